@@ -1,0 +1,5 @@
+import sys
+
+from jsonexporter.cli import main
+
+sys.exit(main())

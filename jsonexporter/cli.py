@@ -1,0 +1,212 @@
+"""The commands: check, schema, serve and probe. Errors end here as one-line messages."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from jsonexporter import __version__, logs
+from jsonexporter.spec import Spec, load_text, read_spec_text
+from jsonexporter.spec.problems import Problem
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("jsonexporter")
+
+
+def _read(file: str) -> str | None:
+    try:
+        return read_spec_text(file)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"{file}: cannot read: {reason}", file=sys.stderr)
+        return None
+
+
+def _load(file: str) -> tuple[Spec | None, list[Problem], bool]:
+    text = _read(file)
+    if text is None:
+        return None, [], False
+    spec, problems = load_text(text, file)
+    return spec, problems, True
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    code = EXIT_OK
+    for file in args.files:
+        spec, problems, readable = _load(file)
+        if not readable:
+            code = EXIT_USAGE
+            continue
+        for problem in problems:
+            print(problem)
+        warnings = [p for p in problems if p.severity == "warning"]
+        if spec is None or (args.strict and warnings):
+            code = max(code, EXIT_INVALID)
+        else:
+            metrics = sum(len(m.metrics) for m in spec.modules.values())
+            print(f"{file}: valid: {len(spec.modules)} module(s), {metrics} metric rule(s), {len(warnings)} warning(s)")
+    return code
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from jsonexporter.spec.schema import schema_text
+
+    sys.stdout.write(schema_text())
+    return EXIT_OK
+
+
+def _load_for_run(file: str) -> Spec | None:
+    spec, problems, readable = _load(file)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return spec if readable else None
+
+
+def _listen_address(address: str) -> tuple[str | None, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid --web.listen-address {address!r}: expected HOST:PORT or :PORT")
+    host = host.strip("[]")
+    return (host or None), int(port)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from jsonexporter.server import Options, make_app
+
+    logs.setup(args.log_level, args.log_format)
+    try:
+        host, port = _listen_address(args.web_listen_address)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    spec = _load_for_run(args.config_file)
+    if spec is None:
+        return EXIT_INVALID
+    app = make_app(spec, Options(timeout_offset=args.timeout_offset))
+    log.info("starting jsonexporter", extra={"version": __version__, "config": args.config_file, "address": args.web_listen_address, "modules": len(spec.modules)})
+    try:
+        web.run_app(app, host=host, port=port, print=None, handler_cancellation=True, access_log=None, shutdown_timeout=10.0)
+    except OSError as exc:
+        log.error("cannot listen", extra={"address": args.web_listen_address, "err": exc.strerror or str(exc)})
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def _inputs(specs: list[str], endpoints: Sequence[str]) -> dict[str, Any]:
+    from jsonexporter.fetch import _parse_json
+
+    documents: dict[str, Any] = {}
+    for item in specs:
+        name, sep, path = item.partition("=")
+        if not sep:
+            if len(endpoints) != 1:
+                raise ValueError(f"--input {item}: the module has several endpoints ({', '.join(endpoints)}): write ENDPOINT=FILE")
+            name, path = endpoints[0], item
+        if name not in endpoints:
+            raise ValueError(f"--input {item}: unknown endpoint {name!r} (the module has {', '.join(endpoints)})")
+        try:
+            with open(path, "rb") as fh:
+                documents[name] = _parse_json(fh.read())
+        except OSError as exc:
+            raise ValueError(f"--input {path}: cannot read: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ValueError(f"--input {path}: {exc}") from None
+    return documents
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from jsonexporter.exposition import render_openmetrics, render_text
+    from jsonexporter.fetch import InvalidRequest, new_session
+    from jsonexporter.probe import ProbeResult, run_offline, run_probe
+
+    logs.setup(args.log_level, args.log_format)
+    spec = _load_for_run(args.config_file)
+    if spec is None:
+        return EXIT_INVALID
+    module = spec.modules.get(args.module)
+    if module is None:
+        print(f"unknown module {args.module!r}; known modules: {', '.join(sorted(spec.modules))}", file=sys.stderr)
+        return EXIT_USAGE
+    query = dict(p.partition("=")[::2] for p in args.param)
+    try:
+        if args.input:
+            result = run_offline(module, _inputs(args.input, list(module.endpoints)), args.target or "offline", query, args.debug)
+        else:
+            if not args.target:
+                print("--target is required without --input", file=sys.stderr)
+                return EXIT_USAGE
+
+            async def online() -> ProbeResult:
+                async with new_session() as session:
+                    return await run_probe(session, module, args.target, query, module.timeout, args.debug)
+
+            result = asyncio.run(online())
+    except (ValueError, InvalidRequest) as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    if result.trace is not None:
+        sys.stdout.write(result.trace.text())
+        for message in result.extraction.messages:
+            print(f"error: {message}")
+    for r in result.endpoints:
+        if not r.ok:
+            print(f"endpoint {r.endpoint}: {r.outcome}: {r.error}", file=sys.stderr)
+    render = render_openmetrics if args.format == "openmetrics" else render_text
+    sys.stdout.write(render(result.families))
+    return EXIT_OK if result.success else EXIT_INVALID
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jsonexporter", description="A declarative Prometheus exporter for any REST/JSON API.")
+    parser.add_argument("--version", action="version", version=f"jsonexporter {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check", help="validate spec files (exit 0 valid, 1 invalid, 2 unreadable)")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.add_argument("--strict", action="store_true", help="warnings make the spec invalid too")
+    check.set_defaults(func=cmd_check)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of the spec")
+    schema.set_defaults(func=cmd_schema)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config.file", dest="config_file", default="jsonexporter.yml", help="spec file (default jsonexporter.yml)")
+        p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
+        p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
+
+    serve = sub.add_parser("serve", help="serve /probe and /metrics")
+    common(serve)
+    serve.add_argument("--web.listen-address", dest="web_listen_address", default=":7979", help="HOST:PORT to listen on (default :7979)")
+    serve.add_argument("--timeout-offset", dest="timeout_offset", type=float, default=0.5,
+                       help="seconds subtracted from Prometheus's scrape timeout (default 0.5)")
+    serve.set_defaults(func=cmd_serve)
+
+    probe = sub.add_parser("probe", help="run one probe and print its metrics")
+    common(probe)
+    probe.add_argument("--module", default="default")
+    probe.add_argument("--target", default="")
+    probe.add_argument("--input", action="append", default=[], metavar="[ENDPOINT=]FILE", help="evaluate a saved JSON answer instead of fetching")
+    probe.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a probe query parameter")
+    probe.add_argument("--debug", action="store_true", help="print the probe's trace before its metrics")
+    probe.add_argument("--format", choices=["text", "openmetrics"], default="text")
+    probe.set_defaults(func=cmd_probe)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0].startswith("--") and args_list[0] not in ("--help", "--version"):
+        args_list.insert(0, "serve")  # `jsonexporter --config.file x` like any Prometheus exporter
+    args = _parser().parse_args(args_list)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,110 @@
+"""One probe: the probe's query resolved against the module, the endpoints fetched, the rules
+applied, and the probe's own metrics (probe_success and friends) added to the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from jsonexporter.exposition import Family, Labels
+from jsonexporter.extract import Extraction, ProbeContext, extract
+from jsonexporter.fetch import EndpointResult, InvalidRequest, fetch_all, render_requests
+from jsonexporter.spec.model import Module
+from jsonexporter.trace import Trace
+
+MAX_TARGET_LENGTH = 4096
+MAX_PARAM_LENGTH = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+RESERVED_PARAMS = frozenset({"module", "target", "debug"})
+
+
+@dataclass(slots=True)
+class ProbeResult:
+    families: list[Family]
+    success: bool
+    endpoints: list[EndpointResult] = field(default_factory=list)
+    extraction: Extraction = field(default_factory=Extraction)
+    trace: Trace | None = None
+
+
+def resolve_values(module: Module, target: str, query: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Template values and `$params` for a probe; raise InvalidRequest for a bad target or parameter."""
+    if not target:
+        raise InvalidRequest("missing target parameter")
+    if len(target) > MAX_TARGET_LENGTH or _CONTROL.search(target):
+        raise InvalidRequest(f"invalid target: longer than {MAX_TARGET_LENGTH} characters or containing control characters")
+    params = {k: v for k, v in query.items() if k not in RESERVED_PARAMS and len(v) <= MAX_PARAM_LENGTH}
+    values = {"target": target, "module": module.name}
+    for name, decl in module.parameters.items():
+        value = query.get(name, decl.default)
+        if value is None:
+            raise InvalidRequest(f"missing parameter {name!r} required by module {module.name!r}")
+        if decl.pattern is not None and not decl.pattern.fullmatch(value):
+            raise InvalidRequest(f"parameter {name!r} does not match {decl.pattern.pattern!r}")
+        if len(value) > MAX_PARAM_LENGTH or _CONTROL.search(value):
+            raise InvalidRequest(f"parameter {name!r} is too long or contains control characters")
+        values[name] = params[name] = value
+    return values, params
+
+
+def module_labels(module: Module, values: Mapping[str, str]) -> Labels:
+    return tuple((name, template.render(values)) for name, template in module.labels)
+
+
+def _gauge(name: str, help_text: str, samples: list[tuple[Labels, float]]) -> Family:
+    return Family(name, "gauge", help_text, [(name, labels, value, None) for labels, value in samples])
+
+
+def self_families(module: Module, extraction: Extraction, endpoints: list[EndpointResult] | None, success: bool, duration: float | None) -> list[Family]:
+    """The probe's own metrics, named in blackbox_exporter's style."""
+    families = []
+    if endpoints is not None:
+        ep = [(r, (("endpoint", r.endpoint),)) for r in endpoints]
+        families += [
+            _gauge("probe_endpoint_success", "Whether the endpoint answered with valid JSON and an accepted status.", [(lb, float(r.ok)) for r, lb in ep]),
+            _gauge("probe_endpoint_http_status_code", "HTTP status code of the endpoint's answer (0 without one).", [(lb, float(r.status)) for r, lb in ep]),
+            _gauge("probe_endpoint_response_bytes", "Size of the endpoint's answer body in bytes, after decompression.", [(lb, float(r.bytes)) for r, lb in ep]),
+            _gauge("probe_endpoint_duration_seconds", "Duration of the endpoint's request in seconds.", [(lb, r.duration) for r, lb in ep]),
+        ]
+    families += [
+        _gauge("probe_extraction_errors", "Series of the metric skipped in this probe because a value or label could not be extracted.",
+               [((("metric", name),), float(n)) for name, n in sorted(extraction.errors.items())]),
+        _gauge("probe_duplicate_series", "Series of the metric dropped in this probe because an earlier one had the same labels.",
+               [((("metric", name),), float(n)) for name, n in sorted(extraction.duplicates.items())]),
+    ]
+    if duration is not None:
+        families.append(_gauge("probe_duration_seconds", "How long the probe took to complete in seconds.", [((), duration)]))
+    families.append(_gauge("probe_success", "Whether every endpoint of the probe succeeded.", [((), float(success))]))
+    return families
+
+
+async def run_probe(session: aiohttp.ClientSession, module: Module, target: str, query: Mapping[str, str], timeout: float, debug: bool = False) -> ProbeResult:
+    """Fetch and extract; raise InvalidRequest before any network I/O when the probe's query is unusable."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    values, params = resolve_values(module, target, query)
+    requests = render_requests(module, values)
+    trace = Trace() if debug else None
+    if trace is not None:
+        trace.add(f"module {module.name}, target {target}, deadline {timeout:.3f}s")
+    endpoints = await fetch_all(session, requests, start + timeout, trace)
+    documents = {r.endpoint: r.document for r in endpoints if r.ok}
+    extraction = extract(module, documents, ProbeContext(module.name, target, params), module_labels(module, values), trace)
+    success = all(r.ok for r in endpoints)
+    families = [*extraction.families.values(), *self_families(module, extraction, endpoints, success, loop.time() - start)]
+    return ProbeResult(families, success, endpoints, extraction, trace)
+
+
+def run_offline(module: Module, documents: Mapping[str, Any], target: str, query: Mapping[str, str], debug: bool = False) -> ProbeResult:
+    """Evaluate saved answers (endpoint name -> parsed JSON) without any network I/O."""
+    values, params = resolve_values(module, target, query)
+    trace = Trace() if debug else None
+    extraction = extract(module, documents, ProbeContext(module.name, target, params), module_labels(module, values), trace)
+    success = all(name in documents for name in module.endpoints)
+    families = [*extraction.families.values(), *self_families(module, extraction, None, success, None)]
+    return ProbeResult(families, success, [], extraction, trace)

@@ -1,0 +1,410 @@
+"""The one loading pipeline used by `check`, by the server at start and by reload:
+YAML with marks -> JSON Schema (every error) -> semantic checks -> the frozen model."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, cast
+
+from jsonexporter.spec.expressions import (
+    CONTEXT_NAMES,
+    Expression,
+    ExpressionError,
+    Template,
+    compile_expression,
+    compile_template,
+)
+from jsonexporter.spec.model import (
+    DEFAULT_ENDPOINT,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_TIMEOUT,
+    Endpoint,
+    JsonBody,
+    Level,
+    Method,
+    Metric,
+    MetricType,
+    Module,
+    Output,
+    Parameter,
+    Spec,
+)
+from jsonexporter.spec.problems import Path, Problem, Severity, SpecError
+from jsonexporter.spec.schema import schema_problems
+from jsonexporter.spec.yamlload import Marks, load_yaml
+
+MAX_SPEC_BYTES = 8 * 1024 * 1024
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# self-metrics of every probe answer live under this prefix
+RESERVED_PREFIX = "probe_"
+_UNIT_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"_(ms|msec|millis|milliseconds)(_total)?$"), "use the base unit: seconds (_seconds) and scale with a JMESPath expression or convert in PromQL"),
+    (re.compile(r"_(kb|mb|gb|kib|mib|gib)(_total)?$"), "use the base unit: bytes (_bytes)"),
+    (re.compile(r"_percent(age)?$"), "use a ratio from 0 to 1 with the suffix _ratio"),
+    (re.compile(r"(latency|duration|elapsed|uptime|runtime)(?!.*_seconds)"), "add a unit suffix, e.g. _seconds"),
+    (re.compile(r"(memory|heap|disk_size|file_size)(?!.*_bytes)"), "add a unit suffix, e.g. _bytes"),
+)
+
+
+def parse_duration(value: str | float | int) -> float:
+    """`10s`, `1m30s`, `500ms` or a number of seconds -> seconds."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = _DURATION.fullmatch(value)
+    if not match or not value:
+        raise ValueError(f"invalid duration {value!r}")
+    h, m, s, ms = (int(g) if g else 0 for g in match.groups())
+    return h * 3600 + m * 60 + s + ms / 1000
+
+
+def _duration(c: _Checker, path: Path, raw: str | float) -> float | None:
+    seconds = parse_duration(raw)
+    if seconds <= 0:
+        c.add(path, f"duration {raw!r} must be greater than zero")
+        return None
+    return seconds
+
+
+@dataclass
+class _Checker:
+    """Collects problems while compiling; every problem gets the position of its YAML node."""
+
+    file: str
+    marks: Marks
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, path: Path, message: str, severity: Severity = "error", column_offset: int = 0, at_key: bool = False) -> None:
+        line, col = self.marks.of_key(path) if at_key else self.marks.of_value(path)
+        self.problems.append(Problem(self.file, line, col + column_offset, path, message, severity))
+
+    def broken(self, path: Path) -> bool:
+        """True when a schema error was found at or below `path` (already reported)."""
+        n = len(path)
+        return any(p.severity == "error" and p.path[:n] == path for p in self.problems)
+
+    def clean(self, path: Path, raw: dict[str, Any]) -> dict[str, Any]:
+        """`raw` without the values that failed the schema themselves, so the rest can still be checked."""
+        failed = {p.path for p in self.problems if p.severity == "error"}
+        return {k: v for k, v in raw.items() if (*path, k) not in failed}
+
+    def expression(self, path: Path, source: object, levels: frozenset[str] = frozenset()) -> Expression | None:
+        if not isinstance(source, str) or self.broken(path):
+            return None  # the schema reported it
+        try:
+            return compile_expression(source, levels)
+        except ExpressionError as exc:
+            quoted = 1 if path in self.marks.quoted else 0
+            self.add(path, f"{exc.message} in {source!r}", column_offset=exc.position + quoted)
+            return None
+
+    def template(self, path: Path, source: object, names: frozenset[str]) -> Template | None:
+        if not isinstance(source, str) or self.broken(path):
+            return None  # the schema reported it
+        try:
+            return compile_template(source, names)
+        except ExpressionError as exc:
+            quoted = 1 if path in self.marks.quoted else 0
+            self.add(path, f"{exc.message} in {source!r}", column_offset=exc.position + quoted)
+            return None
+
+
+def _items(mapping: Any) -> Iterator[tuple[str, Any]]:
+    return iter(mapping.items()) if isinstance(mapping, dict) else iter(())
+
+
+def _parameters(c: _Checker, path: Path, raw: Any) -> dict[str, Parameter]:
+    params: dict[str, Parameter] = {}
+    for name, decl in _items(raw):
+        p = (*path, name)
+        if name in ("target", "module", "debug"):
+            c.add(p, f"parameter name {name!r} is reserved by /probe", at_key=True)
+            continue
+        if c.broken(p) or not isinstance(decl, dict):
+            continue
+        pattern = None
+        if "pattern" in decl:
+            try:
+                pattern = re.compile(decl["pattern"])
+            except re.error as exc:
+                c.add((*p, "pattern"), f"invalid regex {decl['pattern']!r}: {exc}")
+                continue
+        default = decl.get("default")
+        if default is not None and pattern is not None and not pattern.fullmatch(default):
+            c.add((*p, "default"), f"default {default!r} does not match the pattern {pattern.pattern!r}")
+        params[name] = Parameter(name, default, pattern)
+    return params
+
+
+def _json_body(c: _Checker, path: Path, raw: Any, names: frozenset[str]) -> object:
+    if isinstance(raw, str):
+        return c.template(path, raw, names)
+    if isinstance(raw, dict):
+        return {k: _json_body(c, (*path, k), v, names) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_json_body(c, (*path, i), v, names) for i, v in enumerate(raw)]
+    return raw
+
+
+def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: frozenset[str]) -> Endpoint | None:
+    url = c.template((*path, "url"), raw.get("url", "{target}"), names)
+    headers: list[tuple[str, Template]] = []
+    for key, value in _items(raw.get("headers")):
+        if not _HEADER_NAME.match(key):
+            c.add((*path, "headers", key), f"invalid header name {key!r}", at_key=True)
+        t = c.template((*path, "headers", key), value, names)
+        if t is not None:
+            headers.append((key, t))
+    params = [(k, t) for k, v in _items(raw.get("params")) if (t := c.template((*path, "params", k), v, names)) is not None]
+    body: Template | JsonBody | None = None
+    if isinstance(raw.get("body"), str):
+        body = c.template((*path, "body"), raw["body"], names)
+    elif isinstance(raw.get("body"), dict):
+        body = JsonBody(_json_body(c, (*path, "body"), raw["body"], names))
+    timeout = _duration(c, (*path, "timeout"), raw["timeout"]) if "timeout" in raw else None
+    if url is None or c.broken(path):
+        return None
+    codes = raw.get("valid_status_codes")
+    return Endpoint(
+        name=name,
+        url=url,
+        method=cast(Method, raw.get("method", "GET")),
+        headers=tuple(headers),
+        params=tuple(params),
+        body=body,
+        timeout=timeout,
+        valid_status_codes=frozenset(codes) if codes else None,
+        max_response_bytes=raw.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES),
+    )
+
+
+def _levels(c: _Checker, path: Path, raw: Any) -> tuple[tuple[Level, ...], frozenset[str]]:
+    if raw is None:
+        return (), frozenset()
+    items = [raw] if isinstance(raw, str) else raw
+    levels: list[Level] = []
+    names: set[str] = set()
+    for i, item in enumerate(items):
+        p = path if isinstance(raw, str) else (*path, i)
+        if not isinstance(item, (str, dict)):
+            continue
+        source, alias = (item, None) if isinstance(item, str) else (item.get("path", "@"), item.get("as"))
+        expr_path = p if isinstance(item, str) else (*p, "path")
+        # a level may use the names of the levels around it
+        expr = c.expression(expr_path, source, frozenset(names))
+        if alias is not None:
+            if alias in CONTEXT_NAMES or alias in names:
+                c.add((*p, "as"), f"level name {alias!r} is already taken (reserved: {', '.join(sorted(CONTEXT_NAMES))})")
+            names.add(alias)
+        if expr is not None:
+            levels.append(Level(expr, alias))
+    return tuple(levels), frozenset(names)
+
+
+def _lint_name(c: _Checker, path: Path, name: str, mtype: str) -> None:
+    if mtype == "counter" and not name.endswith("_total"):
+        c.add(path, f"counter {name!r} should end with _total", "warning")
+    for pattern, hint in _UNIT_HINTS:
+        if pattern.search(name):
+            c.add(path, f"metric name {name!r}: {hint}", "warning")
+            break
+
+
+def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list[str], module_labels: set[str]) -> Metric | None:
+    raw = c.clean(path, raw)
+    if not isinstance(raw.get("name"), str):
+        return None
+    name: str = raw["name"]
+    mtype = cast(MetricType, raw.get("type", "gauge"))
+    if name.startswith(RESERVED_PREFIX):
+        c.add((*path, "name"), f"metric names starting with {RESERVED_PREFIX!r} are reserved for the probe's own metrics")
+    if mtype == "info" and not name.endswith("_info"):
+        c.add((*path, "name"), f"info metric {name!r} must end with _info")
+    if "help" not in raw:
+        c.add((*path, "name"), f"metric {name!r} has no help", "warning")
+    endpoint = raw.get("endpoint")
+    if endpoint is None:
+        if len(module_endpoints) > 1:
+            c.add(path, f"metric {name!r} must name its endpoint: the module has several ({', '.join(module_endpoints)})")
+        endpoint = module_endpoints[0] if module_endpoints else DEFAULT_ENDPOINT
+    elif endpoint not in module_endpoints:
+        c.add((*path, "endpoint"), f"unknown endpoint {endpoint!r}: the module has {', '.join(module_endpoints)}")
+    levels, level_names = _levels(c, (*path, "each"), raw.get("each"))
+    outputs: list[Output] = []
+    has_value, has_values = "value" in raw, "values" in raw
+    if has_value and has_values:
+        c.add((*path, "values"), "use either `value` or `values`, not both")
+    elif mtype == "info":
+        if has_values:
+            c.add((*path, "values"), "info metrics take no `values`: their labels carry the data")
+        outputs.append(Output(name, None))
+    elif not has_value and not has_values:
+        c.add(path, f"metric {name!r} needs `value` (or `values`)")
+    elif has_value:
+        if (e := c.expression((*path, "value"), raw["value"], level_names)) is not None:
+            outputs.append(Output(name, e))
+    else:
+        if mtype == "stateset":
+            c.add((*path, "values"), "stateset metrics take one `value`: the current state")
+        for suffix, source in raw["values"].items():
+            if (e := c.expression((*path, "values", suffix), source, level_names)) is not None:
+                outputs.append(Output(f"{name}_{suffix}", e))
+    for output in outputs:
+        if output.name != name:
+            _lint_name(c, (*path, "values"), output.name, mtype)
+    if not has_values:
+        _lint_name(c, (*path, "name"), name, mtype)
+
+    labels: list[tuple[str, Expression]] = []
+    for label, source in _items(raw.get("labels")):
+        lp = (*path, "labels", label)
+        if label.startswith("__"):
+            c.add(lp, f"label names starting with __ are reserved: {label!r}", at_key=True)
+        elif label in module_labels:
+            c.add(lp, f"label {label!r} is already set by the module's labels", at_key=True)
+        elif mtype == "stateset" and label == name:
+            c.add(lp, f"label {label!r} is the stateset's own state label", at_key=True)
+        if (e := c.expression(lp, source, level_names)) is not None:
+            labels.append((label, e))
+    states = tuple(_state_text(s) for s in raw.get("states", ()))
+    if mtype == "stateset" and not states:
+        c.add(path, f"stateset metric {name!r} needs `states`: every possible state")
+    if states and mtype != "stateset":
+        c.add((*path, "states"), "`states` is only for type stateset")
+    timestamp = None
+    if "timestamp" in raw:
+        timestamp = c.expression((*path, "timestamp"), raw["timestamp"], level_names)
+    elif "timestamp_unit" in raw:
+        c.add((*path, "timestamp_unit"), "timestamp_unit without timestamp")
+    value_map = {k: float(v) for k, v in _items(raw.get("value_map")) if isinstance(v, (int, float))}
+    if c.broken(path):
+        return None
+    return Metric(
+        name=name,
+        help=raw.get("help", ""),
+        type=mtype,
+        endpoint=endpoint,
+        each=levels,
+        outputs=tuple(outputs),
+        labels=tuple(labels),
+        value_map=MappingProxyType(value_map),
+        default=float(raw["default"]) if "default" in raw else None,
+        timestamp=timestamp,
+        timestamp_scale=0.001 if raw.get("timestamp_unit") == "milliseconds" else 1.0,
+        states=states,
+    )
+
+
+def _state_text(state: object) -> str:
+    if isinstance(state, bool):
+        return "true" if state else "false"
+    return str(state)
+
+
+@dataclass(frozen=True)
+class _Family:
+    type: str
+    labels: frozenset[str]
+    path: Path
+
+
+def _check_families(c: _Checker, module: str, metrics: list[tuple[Path, Metric]], static: set[str]) -> None:
+    """Two rules may feed one metric only with the same type and label names."""
+    seen: dict[str, _Family] = {}
+    for path, metric in metrics:
+        label_names = frozenset(n for n, _ in metric.labels) | static
+        for output in metric.outputs:
+            family = _Family(metric.type, label_names, path)
+            first = seen.setdefault(output.name, family)
+            if first is family:
+                continue
+            where = f"modules.{module}.metrics[{first.path[-1]}]"
+            if first.type != family.type:
+                c.add((*path, "name"), f"metric {output.name!r} is also produced by {where} with type {first.type}, here {family.type}")
+            elif first.labels != family.labels:
+                c.add((*path, "labels"), f"metric {output.name!r} is also produced by {where} with labels {sorted(first.labels)}, here {sorted(family.labels)}")
+
+
+def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
+    path: Path = ("modules", name)
+    raw = c.clean(path, raw)
+    params = _parameters(c, (*path, "parameters"), raw.get("parameters"))
+    names = frozenset({"target", "module", *params})
+    labels = [(k, t) for k, v in _items(raw.get("labels")) if (t := c.template((*path, "labels", k), v, names)) is not None]
+    for label, _ in labels:
+        if label.startswith("__"):
+            c.add((*path, "labels", label), f"label names starting with __ are reserved: {label!r}", at_key=True)
+    raw_endpoints = raw.get("endpoints") if isinstance(raw.get("endpoints"), dict) else {DEFAULT_ENDPOINT: {}}
+    endpoints = {}
+    for ep_name, ep_raw in _items(raw_endpoints):
+        ep_path = (*path, "endpoints", ep_name)
+        if not isinstance(ep_raw, dict):
+            continue
+        if (ep := _endpoint(c, ep_path, ep_name, c.clean(ep_path, ep_raw), names)) is not None:
+            endpoints[ep_name] = ep
+    timeout = DEFAULT_TIMEOUT
+    if "timeout" in raw:
+        timeout = _duration(c, (*path, "timeout"), raw["timeout"]) or DEFAULT_TIMEOUT
+    metrics: list[tuple[Path, Metric]] = []
+    module_labels = {k for k, _ in labels}
+    raw_metrics = raw.get("metrics")
+    for i, m_raw in enumerate(raw_metrics if isinstance(raw_metrics, list) else ()):
+        mp = (*path, "metrics", i)
+        if not isinstance(m_raw, dict):
+            continue
+        metric = _metric(c, mp, m_raw, list(raw_endpoints), module_labels)
+        if metric is not None:
+            metrics.append((mp, metric))
+    _check_families(c, name, metrics, module_labels)
+    if c.broken(path):
+        return None
+    return Module(
+        name=name,
+        endpoints=MappingProxyType(endpoints),
+        metrics=tuple(m for _, m in metrics),
+        timeout=timeout,
+        labels=tuple(labels),
+        parameters=MappingProxyType(params),
+    )
+
+
+def load_text(text: str, file: str) -> tuple[Spec | None, list[Problem]]:
+    """Compile a spec; return it (None when any error was found) and every problem."""
+    data, marks, problems = load_yaml(text, file)
+    if data is None:
+        return None, problems
+    c = _Checker(file, marks, problems)
+    c.problems.extend(schema_problems(data, file, marks))
+    modules: dict[str, Module] = {}
+    if isinstance(data, dict) and isinstance(data.get("modules"), dict):
+        for name, raw in data["modules"].items():
+            if isinstance(raw, dict):
+                module = _module(c, name, raw)
+                if module is not None:
+                    modules[name] = module
+    ordered = sorted(set(c.problems), key=lambda p: (p.line, p.column, p.severity, p.message))
+    if any(p.severity == "error" for p in ordered):
+        return None, ordered
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    return Spec(file, MappingProxyType(modules), sha), ordered
+
+
+def read_spec_text(file: str) -> str:
+    """Read a spec file, refusing absurd sizes; OSError and UnicodeDecodeError propagate."""
+    with open(file, "rb") as fh:
+        raw = fh.read(MAX_SPEC_BYTES + 1)
+    if len(raw) > MAX_SPEC_BYTES:
+        raise OSError(f"{file}: larger than {MAX_SPEC_BYTES} bytes")
+    return raw.decode("utf-8")
+
+
+def load_spec(file: str) -> Spec:
+    """Load and compile `file`; raise SpecError with every problem when it has errors."""
+    spec, problems = load_text(read_spec_text(file), file)
+    if spec is None:
+        raise SpecError(problems)
+    return spec

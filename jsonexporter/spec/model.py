@@ -1,0 +1,106 @@
+"""The compiled spec: frozen, validated, every expression compiled once. Nothing here changes after load."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from jsonexporter.spec.expressions import Expression, Template
+
+MetricType = Literal["gauge", "counter", "untyped", "info", "stateset"]
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+DEFAULT_ENDPOINT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    name: str
+    default: str | None
+    pattern: re.Pattern[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class JsonBody:
+    """A YAML mapping body: sent as JSON, with its strings rendered as templates."""
+
+    value: object  # nested dicts/lists whose strings are Templates
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    name: str
+    url: Template
+    method: Method = "GET"
+    headers: tuple[tuple[str, Template], ...] = ()
+    params: tuple[tuple[str, Template], ...] = ()
+    body: Template | JsonBody | None = None
+    timeout: float | None = None
+    valid_status_codes: frozenset[int] | None = None  # None: any 2xx
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+
+    def status_ok(self, status: int) -> bool:
+        if self.valid_status_codes is None:
+            return 200 <= status < 300
+        return status in self.valid_status_codes
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """One level of `each`: what to iterate, and the name labels can refer to it by."""
+
+    path: Expression
+    alias: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One metric family produced by a rule: `value`, or one entry of `values`."""
+
+    name: str
+    value: Expression | None  # None for info metrics, whose value is always 1
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    name: str
+    help: str
+    type: MetricType
+    endpoint: str
+    each: tuple[Level, ...]
+    outputs: tuple[Output, ...]
+    labels: tuple[tuple[str, Expression], ...]
+    value_map: Mapping[str, float] = field(default_factory=dict)
+    default: float | None = None
+    timestamp: Expression | None = None
+    timestamp_scale: float = 1.0  # multiply to get seconds
+    states: tuple[str, ...] = ()
+
+    @property
+    def uses_context(self) -> bool:
+        exprs = [e for _, e in self.labels] + [o.value for o in self.outputs if o.value is not None]
+        exprs += [lv.path for lv in self.each]
+        if self.timestamp is not None:
+            exprs.append(self.timestamp)
+        return any(e.on_context for e in exprs)
+
+
+@dataclass(frozen=True, slots=True)
+class Module:
+    name: str
+    endpoints: Mapping[str, Endpoint]
+    metrics: tuple[Metric, ...]
+    timeout: float = DEFAULT_TIMEOUT
+    labels: tuple[tuple[str, Template], ...] = ()
+    parameters: Mapping[str, Parameter] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    file: str
+    modules: Mapping[str, Module]
+    sha256: str

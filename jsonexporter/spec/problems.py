@@ -1,0 +1,47 @@
+"""Problems found in a spec: values that carry their location until the edge prints them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Path = tuple[str | int, ...]
+Severity = Literal["error", "warning"]
+
+
+def format_path(path: Path) -> str:
+    """`("modules", "m", "metrics", 2, "labels", "id")` -> `modules.m.metrics[2].labels.id`."""
+    out: list[str] = []
+    for part in path:
+        if isinstance(part, int):
+            out.append(f"[{part}]")
+        elif out and part.replace("_", "a").isalnum():
+            out.append(f".{part}")
+        elif out:
+            out.append(f"[{part!r}]")
+        else:
+            out.append(part)
+    return "".join(out) or "<root>"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    line: int
+    column: int
+    path: Path
+    message: str
+    severity: Severity = "error"
+
+    def __str__(self) -> str:
+        prefix = "warning: " if self.severity == "warning" else ""
+        return f"{self.file}:{self.line}:{self.column}: {format_path(self.path)}: {prefix}{self.message}"
+
+
+class SpecError(Exception):
+    """A spec that cannot be used; `problems` holds every error and warning found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        errors = [p for p in problems if p.severity == "error"]
+        super().__init__("\n".join(str(p) for p in errors) or "invalid spec")
