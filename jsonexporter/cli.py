@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from jsonexporter import __version__, logs
+from jsonexporter.logs import kv
 from jsonexporter.spec import Spec, load_text, read_spec_text
 from jsonexporter.spec.problems import Problem
 
@@ -90,11 +90,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if spec is None:
         return EXIT_INVALID
     app = make_app(spec, Options(timeout_offset=args.timeout_offset))
-    log.info("starting jsonexporter", extra={"version": __version__, "config": args.config_file, "address": args.web_listen_address, "modules": len(spec.modules)})
+    log.info("starting jsonexporter", extra=kv(version=__version__, config=args.config_file, address=args.web_listen_address, modules=len(spec.modules)))
     try:
         web.run_app(app, host=host, port=port, print=None, handler_cancellation=True, access_log=None, shutdown_timeout=10.0)
     except OSError as exc:
-        log.error("cannot listen", extra={"address": args.web_listen_address, "err": exc.strerror or str(exc)})
+        log.error("cannot listen", extra=kv(address=args.web_listen_address, err=exc.strerror or str(exc)))
         return EXIT_INVALID
     return EXIT_OK
 

@@ -34,7 +34,8 @@ class Family:
 def format_value(value: float) -> str:
     if value.is_integer() and -_EXACT_LIMIT < value < _EXACT_LIMIT:
         return str(int(value))
-    return floatToGoString(value)
+    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
 
 
 def _escape_label_value(value: str) -> str:

@@ -8,13 +8,16 @@ import sys
 import time
 from typing import Any
 
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+def kv(**fields: Any) -> dict[str, Any]:
+    """Structured fields for a log call: `log.info("msg", extra=kv(module=m))`."""
+    return {"fields": fields}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
     out: dict[str, Any] = {"time": ts, "level": record.levelname.lower(), "msg": record.getMessage()}
-    out.update((k, v) for k, v in record.__dict__.items() if k not in _STANDARD)
+    out.update(getattr(record, "fields", None) or {})
     if record.exc_info and record.exc_info[1] is not None:
         out["err"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
     return out

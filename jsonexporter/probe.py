@@ -68,7 +68,7 @@ def self_families(module: Module, extraction: Extraction, endpoints: list[Endpoi
         families += [
             _gauge("probe_endpoint_success", "Whether the endpoint answered with valid JSON and an accepted status.", [(lb, float(r.ok)) for r, lb in ep]),
             _gauge("probe_endpoint_http_status_code", "HTTP status code of the endpoint's answer (0 without one).", [(lb, float(r.status)) for r, lb in ep]),
-            _gauge("probe_endpoint_response_bytes", "Size of the endpoint's answer body in bytes, after decompression.", [(lb, float(r.bytes)) for r, lb in ep]),
+            _gauge("probe_endpoint_response_bytes", "Size of the endpoint's answer body in bytes (decompressed).", [(lb, float(r.bytes)) for r, lb in ep]),
             _gauge("probe_endpoint_duration_seconds", "Duration of the endpoint's request in seconds.", [(lb, r.duration) for r, lb in ep]),
         ]
     families += [

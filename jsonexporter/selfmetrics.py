@@ -19,13 +19,17 @@ class SelfMetrics:
         r = self.registry
         self.probes = Counter("jsonexporter_probes", "Probes answered, by module and result (success, failure, invalid).", ["module", "result"], registry=r)
         self.probe_duration = Histogram("jsonexporter_probe_duration_seconds", "Duration of probes in seconds.", ["module"], buckets=PROBE_BUCKETS, registry=r)
-        self.upstream_requests = Counter("jsonexporter_upstream_requests", "Upstream requests by module, endpoint and outcome.", ["module", "endpoint", "outcome"], registry=r)
+        self.upstream_requests = Counter(
+            "jsonexporter_upstream_requests", "Upstream requests by module, endpoint and outcome.", ["module", "endpoint", "outcome"], registry=r
+        )
         self.in_flight = Gauge("jsonexporter_probes_in_flight", "Probes being answered right now.", registry=r)
         self.config_hash = Gauge("jsonexporter_config_hash", "First 48 bits of the SHA-256 of the loaded spec file, as a number.", registry=r)
         self.config_success = Gauge("jsonexporter_config_last_reload_successful", "Whether the last spec (re)load succeeded.", registry=r)
         self.config_timestamp = Gauge("jsonexporter_config_last_reload_success_timestamp_seconds", "Time of the last successful spec load.", registry=r)
         self.config_modules = Gauge("jsonexporter_config_modules", "Modules in the loaded spec.", registry=r)
-        build = Gauge("jsonexporter_build_info", "A metric with constant value 1 labelled by version and Python version.", ["version", "python_version"], registry=r)
+        build = Gauge(
+            "jsonexporter_build_info", "A metric with constant value 1 labelled by version and Python version.", ["version", "python_version"], registry=r
+        )
         build.labels(__version__, platform.python_version()).set(1)
         ProcessCollector(registry=r)
 

@@ -16,6 +16,7 @@ from yarl import URL
 from jsonexporter import __version__
 from jsonexporter.exposition import encode, render_text
 from jsonexporter.fetch import InvalidRequest, new_session, redact_url
+from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, run_probe
 from jsonexporter.selfmetrics import SelfMetrics
 from jsonexporter.spec.model import Spec
@@ -111,9 +112,9 @@ def _record(state: State, module: str, target: str, result: ProbeResult) -> None
     for r in result.endpoints:
         m.upstream_requests.labels(module, r.endpoint, r.outcome).inc()
         if not r.ok:
-            log.warning("endpoint failed", extra={"module": module, "endpoint": r.endpoint, "target": _safe_target(target), "outcome": r.outcome, "err": r.error})
+            log.warning("endpoint failed", extra=kv(module=module, endpoint=r.endpoint, target=_safe_target(target), outcome=r.outcome, err=r.error))
     for message in result.extraction.messages:
-        log.debug("extraction error", extra={"module": module, "target": _safe_target(target), "err": message})
+        log.debug("extraction error", extra=kv(module=module, target=_safe_target(target), err=message))
 
 
 def _debug_text(result: ProbeResult) -> str:

@@ -1,0 +1,113 @@
+"""The direct writer against prometheus_client's own exposition of the same families."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import exposition as text_format
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import exposition as om_format
+from prometheus_client.parser import text_string_to_metric_families
+
+from jsonexporter.exposition import Family, base_name, encode, format_value, render_openmetrics, render_text
+
+
+class _Registry:
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        return self.metrics
+
+
+def _as_client_metrics(families: list[Family]) -> _Registry:
+    metrics = []
+    for family in families:
+        metric = Metric(base_name(family), family.help, family.type)
+        for name, labels, value, ts in family.samples:
+            metric.add_sample(name, dict(labels), value, ts)
+        metrics.append(metric)
+    return _Registry(metrics)
+
+
+label_values = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+non_integral = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=True).filter(lambda v: not v.is_integer() or abs(v) >= 1e15),
+    st.sampled_from([0.5, -2.25, 1e-9, 1234567.5, 1e20, math.inf, -math.inf]),
+)
+timestamps = st.one_of(st.none(), st.sampled_from([1700000000.0, 1700000000.123, 1.5]))
+
+
+@st.composite
+def families(draw: Any) -> list[Family]:
+    result = []
+    for i, mtype in enumerate(draw(st.lists(st.sampled_from(["gauge", "counter", "untyped", "info", "stateset"]), max_size=5))):
+        name = {"counter": f"m{i}_total", "info": f"m{i}_info"}.get(mtype, f"m{i}")
+        label_names = sorted(draw(st.sets(st.sampled_from(["a", "b", "le_x", "zone"]), max_size=3)))
+        samples = []
+        for _ in range(draw(st.integers(0, 4))):
+            labels = tuple((n, draw(label_values)) for n in label_names)
+            samples.append((name, labels, 1.0 if mtype == "info" else draw(non_integral), draw(timestamps)))
+        help_text = draw(st.text(alphabet="ab \\\n\"é", max_size=10))
+        result.append(Family(name, mtype, help_text, samples))
+    return result
+
+
+def _assert_identical_but_exact_integers(ours: str, expected: str) -> None:
+    """Byte-identical, except that an integral value prometheus_client prints as `1.0` or
+    `1.655371e+06` is printed exactly (`1`, `1655371`) by our writer."""
+    assert ours.count("\n") == expected.count("\n")
+    for mine, theirs in zip(ours.split("\n"), expected.split("\n"), strict=True):
+        if mine == theirs:
+            continue
+        assert not theirs.startswith("#"), (mine, theirs)
+        cut = theirs.rfind("}") + 1 if "{" in theirs else theirs.index(" ")
+        series, (their_value, *their_ts) = theirs[:cut], theirs[cut:].split()
+        assert mine.startswith(series + " ")
+        number = float(their_value)
+        assert number.is_integer() and abs(number) < 1e15, (mine, theirs)
+        assert mine == " ".join([series, str(int(number)), *their_ts])
+
+
+@settings(max_examples=300, deadline=None)
+@given(families())
+def test_text_output_is_byte_identical_to_prometheus_client(fams: list[Family]) -> None:
+    expected = text_format.generate_latest(_as_client_metrics(fams)).decode()  # type: ignore[arg-type]
+    _assert_identical_but_exact_integers(render_text(fams), expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(families())
+def test_openmetrics_output_is_byte_identical_to_prometheus_client(fams: list[Family]) -> None:
+    expected = om_format.generate_latest(_as_client_metrics(fams)).decode()
+    _assert_identical_but_exact_integers(render_openmetrics(fams), expected)
+
+
+def test_integral_values_print_exactly_and_parse_back_equal() -> None:
+    values = [0.0, 3.0, -7.0, 1655371.0, 1e10, 999999999999999.0]
+    family = Family("x", "gauge", "h", [("x", (("i", str(i)),), v, None) for i, v in enumerate(values)])
+    text = render_text([family])
+    assert "x{i=\"3\"} 1655371\n" in text and "x{i=\"4\"} 10000000000\n" in text
+    parsed = [s.value for f in text_string_to_metric_families(text) for s in f.samples]
+    assert parsed == values
+    assert format_value(1e15) == "1e+15"  # beyond exact range: Go's form, as prometheus_client prints it
+
+
+def test_gzip_only_when_accepted() -> None:
+    fams = [Family("x", "gauge", "h", [("x", (), 1.0, None)])]
+    body, headers = encode(fams, "text/plain", "gzip, deflate")
+    assert headers["Content-Encoding"] == "gzip" and body[:2] == b"\x1f\x8b"
+    body, headers = encode(fams, "text/plain", "identity")
+    assert "Content-Encoding" not in headers and body.startswith(b"# HELP x h\n")
+
+
+def test_openmetrics_requested_by_prometheus_default_accept_header() -> None:
+    accept = ("application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+              "application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.1")
+    _, headers = encode([], accept, "")
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    _, headers = encode([], "application/openmetrics-text;version=0.0.1", "")
+    assert headers["Content-Type"].startswith("text/plain")

@@ -1,0 +1,388 @@
+"""/probe against real upstream servers on 127.0.0.1: fetching, extraction and self-metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from typing import Any
+
+from aiohttp import web
+from conftest import ExporterFactory, UpstreamFactory, wait_for
+from metrics_util import names, parse, value
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+
+NODES = {
+    "nodes": [
+        {"id": "n1", "cpu": 0.25, "ready": True, "mem": 1655371, "state": "UP"},
+        {"id": "n2", "cpu": "0.5", "ready": False, "mem": 10000000000, "state": "DOWN"},
+        {"id": "n3", "ready": True, "mem": 3, "state": "UP"},
+    ]
+}
+
+NODE_SPEC = """
+modules:
+  default:
+    endpoints:
+      stats: {url: '{target}/api/stats'}
+    metrics:
+      - name: node_cpu_ratio
+        help: CPU use of a node
+        each: nodes
+        value: cpu
+        labels: {id: id, environment: "'beta'"}
+      - name: node
+        help: Node facts
+        each: nodes
+        values: {ready: ready, memory_bytes: mem, up: state}
+        value_map: {UP: 1, DOWN: 0}
+        labels: {id: id}
+"""
+
+
+async def probe(client: Any, query: str, **headers: str) -> tuple[int, str]:
+    response = await client.get(f"/probe?{query}", headers=headers)
+    return response.status, await response.text()
+
+
+async def test_probe_extracts_values_and_labels_from_upstream_json(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/api/stats": NODES})
+    client = await exporter(NODE_SPEC)
+    status, text = await probe(client, f"module=default&target={up.url}")
+    assert status == 200
+    s = parse(text)
+    assert value(s, "node_cpu_ratio", id="n1", environment="beta") == 0.25
+    assert value(s, "node_cpu_ratio", id="n2", environment="beta") == 0.5  # numeric string parsed
+    assert value(s, "node_ready", id="n1") == 1 and value(s, "node_ready", id="n2") == 0
+    assert value(s, "node_up", id="n2") == 0 and value(s, "node_up", id="n1") == 1
+    assert value(s, "node_memory_bytes", id="n2") == 1e10
+    assert value(s, "probe_success") == 1
+    assert value(s, "probe_endpoint_http_status_code", endpoint="stats") == 200
+    assert value(s, "probe_endpoint_response_bytes", endpoint="stats") > 0
+    assert up.hits == {"/api/stats": 1}
+
+
+async def test_integers_are_printed_exactly(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/api/stats": NODES})
+    client = await exporter(NODE_SPEC)
+    _, text = await probe(client, f"target={up.url}")
+    assert 'node_memory_bytes{id="n1"} 1655371\n' in text
+    assert 'node_memory_bytes{id="n2"} 10000000000\n' in text
+
+
+async def test_missing_field_skips_only_that_series_and_is_counted(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/api/stats": NODES})
+    client = await exporter(NODE_SPEC)
+    _, text = await probe(client, f"target={up.url}")
+    s = parse(text)
+    assert ("node_cpu_ratio", frozenset({("id", "n3"), ("environment", "beta")})) not in s
+    assert value(s, "node_memory_bytes", id="n3") == 3  # the other metrics of that element survive
+    assert value(s, "probe_extraction_errors", metric="node_cpu_ratio") == 1
+    assert value(s, "probe_extraction_errors", metric="node_ready") == 0
+    assert value(s, "probe_success") == 1
+
+
+async def test_module_defaults_to_default_when_absent(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/api/stats": NODES})
+    client = await exporter(NODE_SPEC)
+    status, text = await probe(client, f"target={up.url}")
+    assert status == 200 and "node_cpu_ratio" in names(parse(text))
+
+
+async def test_endpoints_are_fetched_concurrently(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    # each endpoint answers only once the other one's request has arrived: sequential fetching would time out
+    arrived = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+    def waits_for(mine: str, other: str) -> Any:
+        async def handle(request: web.Request) -> web.Response:
+            arrived[mine].set()
+            await wait_for(arrived[other], 5)
+            return web.json_response({"v": 1 if mine == "a" else 2})
+
+        return handle
+
+    up = await upstream({"/a": waits_for("a", "b"), "/b": waits_for("b", "a")})
+    client = await exporter("""
+        modules:
+          default:
+            timeout: 10s
+            endpoints:
+              a: {url: '{target}/a'}
+              b: {url: '{target}/b'}
+            metrics:
+              - {name: a_value, help: a, endpoint: a, value: v}
+              - {name: b_value, help: b, endpoint: b, value: v}
+        """)
+    _, text = await probe(client, f"target={up.url}")
+    s = parse(text)
+    assert value(s, "a_value") == 1 and value(s, "b_value") == 2 and value(s, "probe_success") == 1
+
+
+async def test_scrape_timeout_header_sets_the_deadline(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await wait_for(release, 20)
+        return web.json_response({})
+
+    up = await upstream({"/slow": hang, "/fast": {"v": 7}})
+    client = await exporter("""
+        modules:
+          default:
+            timeout: 60s
+            endpoints:
+              slow: {url: '{target}/slow'}
+              fast: {url: '{target}/fast'}
+            metrics:
+              - {name: fast_value, help: f, endpoint: fast, value: v}
+        """)
+    try:
+        # a module timeout of 60s would outlast this bounded wait; the header's 1s (less 0.5s offset) must win
+        status, text = await asyncio.wait_for(probe(client, f"target={up.url}", **{"X-Prometheus-Scrape-Timeout-Seconds": "1"}), 10)
+    finally:
+        release.set()
+    s = parse(text)
+    assert status == 200
+    assert value(s, "probe_success") == 0
+    assert value(s, "probe_endpoint_success", endpoint="slow") == 0
+    assert value(s, "fast_value") == 7  # the endpoint that answered still gives its metrics
+
+
+async def test_upstream_error_status_fails_probe_but_keeps_other_endpoints(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    async def broken(request: web.Request) -> web.Response:
+        return web.json_response({"error": "boom"}, status=500)
+
+    up = await upstream({"/bad": broken, "/good": {"v": 3}})
+    client = await exporter("""
+        modules:
+          default:
+            endpoints:
+              bad: {url: '{target}/bad'}
+              good: {url: '{target}/good'}
+            metrics:
+              - {name: bad_value, help: b, endpoint: bad, value: v}
+              - {name: good_value, help: g, endpoint: good, value: v}
+        """)
+    status, text = await probe(client, f"target={up.url}")
+    s = parse(text)
+    assert status == 200
+    assert value(s, "probe_success") == 0
+    assert value(s, "probe_endpoint_http_status_code", endpoint="bad") == 500
+    assert value(s, "probe_endpoint_success", endpoint="bad") == 0
+    assert value(s, "good_value") == 3
+    assert "bad_value" not in names(s)
+
+
+async def test_invalid_json_fails_the_endpoint(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    async def not_json(request: web.Request) -> web.Response:
+        return web.Response(text="<html>oops</html>", content_type="text/html")
+
+    up = await upstream({"/x": not_json})
+    client = await exporter("modules: {default: {metrics: [{name: x, help: x, value: v}]}}")
+    status, text = await probe(client, f"target={up.url}/x&debug=true")
+    assert status == 200
+    assert "invalid JSON" in text and "b'<html>oops</html>'" in text
+    assert "probe_success 0" in text
+
+
+async def test_connection_refused_fails_the_probe(exporter: ExporterFactory, unused_tcp_port: int) -> None:
+    client = await exporter("modules: {default: {metrics: [{name: x, help: x, value: v}]}}")
+    status, text = await probe(client, f"target=http://127.0.0.1:{unused_tcp_port}/")
+    s = parse(text)
+    assert status == 200 and value(s, "probe_success") == 0
+    assert value(s, "probe_endpoint_http_status_code", endpoint="default") == 0
+
+
+async def test_duplicate_series_keep_the_first_and_are_counted(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/": {"items": [{"id": "a", "v": 1}, {"id": "a", "v": 2}, {"id": "b", "v": 3}]}})
+    client = await exporter("modules: {default: {metrics: [{name: item_value, help: x, each: items, value: v, labels: {id: id}}]}}")
+    status, text = await probe(client, f"target={up.url}/")
+    s = parse(text)
+    assert status == 200
+    assert value(s, "item_value", id="a") == 1 and value(s, "item_value", id="b") == 3
+    assert value(s, "probe_duplicate_series", metric="item_value") == 1
+
+
+async def test_nested_payload_with_parent_keys_gives_last_reading(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    payload = {"shop": {"web": {"prod": [{"name": "pod-a", "energy_consumed": [1.5, 3.25]}], "dev": [{"name": "pod-b", "energy_consumed": [7]}]}}}
+    up = await upstream({"/energy": payload})
+    client = await exporter("""
+        modules:
+          energy:
+            metrics:
+              - name: energy_consumed_total
+                help: Energy consumed by a pod
+                type: counter
+                each: ['*', '*', {as: namespace}, '@']
+                value: 'energy_consumed[-1]'
+                labels: {namespace: $namespace.key, pod_name: name}
+        """)
+    _, text = await probe(client, f"module=energy&target={up.url}/energy")
+    assert 'energy_consumed_total{namespace="prod",pod_name="pod-a"} 3.25\n' in text
+    assert 'energy_consumed_total{namespace="dev",pod_name="pod-b"} 7\n' in text
+
+
+async def test_object_entries_give_key_labels_and_parent_labels(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    payload = {"cluster": "c1", "queues": {"orders": {"depth": 4, "workers": {"w1": 2, "w2": 5}}, "mail": {"depth": 0, "workers": {}}}}
+    up = await upstream({"/": payload})
+    client = await exporter("""
+        modules:
+          default:
+            labels: {source: '{target}'}
+            metrics:
+              - {name: queue_depth, help: d, each: queues, value: depth, labels: {queue: $key, cluster: $root.cluster}}
+              - name: queue_worker_busy
+                help: w
+                each: [queues, workers]
+                value: '@'
+                labels: {queue: $parent.key, worker: $key, position: $index}
+        """)
+    _, text = await probe(client, f"target={up.url}/")
+    s = parse(text)
+    src = f"{up.url}/"
+    assert value(s, "queue_depth", queue="orders", cluster="c1", source=src) == 4
+    assert value(s, "queue_depth", queue="mail", cluster="c1", source=src) == 0
+    assert value(s, "queue_worker_busy", queue="orders", worker="w2", position="1", source=src) == 5
+
+
+async def test_probe_parameters_feed_templates_and_labels(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/repos/{owner}/{name}": {"stars": 42}})
+    client = await exporter("""
+        modules:
+          repo:
+            parameters:
+              repo: {pattern: '[a-z]+/[a-z]+'}
+              region: {default: eu}
+            endpoints:
+              main: {url: '{target}/repos/{repo}', headers: {X-Region: '{region}'}}
+            metrics:
+              - {name: repo_stars, help: s, value: stars, labels: {repo: $params.repo, region: $params.region}}
+        """)
+    status, text = await probe(client, f"module=repo&target={up.url}&repo=prom/client")
+    assert status == 200
+    assert value(parse(text), "repo_stars", repo="prom/client", region="eu") == 42
+    assert up.requests[0].path == "/repos/prom/client"
+    assert up.requests[0].headers["X-Region"] == "eu"
+    status, text = await probe(client, f"module=repo&target={up.url}&repo=../../etc")
+    assert status == 400 and "repo" in text
+
+
+async def test_bad_probe_requests_get_400_with_a_reason(exporter: ExporterFactory) -> None:
+    client = await exporter("modules: {default: {metrics: [{name: x, help: x, value: v}]}}")
+    for query, reason in [
+        ("module=nope&target=http://127.0.0.1:1", "unknown module 'nope'"),
+        ("module=default", "missing target"),
+        ("target=file:///etc/passwd", "http:// or https://"),
+        ("target=gopher://127.0.0.1:70/", "http:// or https://"),
+        ("target=" + "a" * 5000, "longer than"),
+        ("target=http://%0a", "control characters"),
+    ]:
+        status, text = await probe(client, query)
+        assert status == 400, query
+        assert reason in text and text.count("\n") == 1, (query, text)
+
+
+async def test_info_stateset_and_timestamps(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    payload = {"version": "2.1.0", "commit": "abc", "status": "yellow", "at": 1700000000123, "since": "2023-11-14T22:13:20Z"}
+    up = await upstream({"/": payload})
+    client = await exporter("""
+        modules:
+          default:
+            metrics:
+              - {name: app_build_info, help: b, type: info, labels: {version: version, commit: commit}}
+              - {name: cluster_status, help: s, type: stateset, value: status, states: [green, yellow, red]}
+              - {name: cluster_up, help: u, value: "status != 'red'", timestamp: at, timestamp_unit: milliseconds}
+              - {name: cluster_since, help: c, value: '`1`', timestamp: since}
+        """)
+    _, text = await probe(client, f"target={up.url}/")
+    s = parse(text)
+    assert value(s, "app_build_info", version="2.1.0", commit="abc") == 1
+    assert value(s, "cluster_status", cluster_status="yellow") == 1
+    assert value(s, "cluster_status", cluster_status="green") == 0
+    assert "cluster_up 1 1700000000123\n" in text
+    assert "cluster_since 1 1700000000000\n" in text
+
+
+async def test_openmetrics_is_negotiated_and_gzip_applied(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/api/stats": NODES})
+    client = await exporter(NODE_SPEC)
+    accept = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4"
+    response = await client.get(f"/probe?target={up.url}", headers={"Accept": accept, "Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert response.headers["Content-Encoding"] == "gzip"
+    text = gzip.decompress(await response.read()).decode()
+    assert text.endswith("# EOF\n")
+    families = {f.name: f for f in parse_openmetrics(text)}
+    assert families["node_cpu_ratio"].type == "gauge"
+    plain = await client.get(f"/probe?target={up.url}")
+    assert plain.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+
+
+async def test_debug_trace_shows_requests_and_results_without_secrets(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/api/stats": NODES})
+    client = await exporter("""
+        modules:
+          default:
+            endpoints:
+              stats:
+                url: '{target}/api/stats'
+                headers: {Authorization: 'Bearer s3cr3t-token', X-Api-Key: hunter2}
+                params: {access_token: qwerty, page: '1'}
+            metrics:
+              - {name: node_cpu_ratio, help: c, each: nodes, value: cpu, labels: {id: id}}
+        """)
+    status, text = await probe(client, f"target={up.url}&debug=true")
+    assert status == 200
+    assert "endpoint stats: GET" in text and "page=1" in text
+    assert "each[0] 'nodes' ->" in text
+    assert "node_cpu_ratio{id=\"n1\"} 0.25" in text
+    for secret in ("s3cr3t-token", "hunter2", "qwerty"):
+        assert secret not in text
+    assert up.requests[0].headers["Authorization"] == "Bearer s3cr3t-token"  # the upstream still got it
+
+
+async def test_scraper_disconnect_cancels_upstream_requests(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    arrived, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        arrived.set()
+        try:
+            await asyncio.sleep(30)  # stands for an upstream that never answers; cancelled below
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return web.json_response({})
+
+    up = await upstream({"/": hang})
+    client = await exporter("modules: {default: {timeout: 60s, metrics: [{name: x, help: x, value: v}]}}")
+    task = asyncio.create_task(client.get(f"/probe?target={up.url}/"))
+    await wait_for(arrived)
+    task.cancel()  # the scraper goes away: its connection closes
+    await wait_for(cancelled)  # the upstream sees its request abandoned long before 60s
+
+
+async def test_self_metrics_count_probes_by_module_and_result(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/api/stats": NODES})
+    client = await exporter(NODE_SPEC)
+    await probe(client, f"target={up.url}")
+    await probe(client, "target=http://127.0.0.1:1")
+    await probe(client, "module=nope&target=x")
+    response = await client.get("/metrics")
+    s = parse(await response.text())
+    assert value(s, "jsonexporter_probes_total", module="default", result="success") == 1
+    assert value(s, "jsonexporter_probes_total", module="default", result="failure") == 1
+    assert value(s, "jsonexporter_probes_total", module="", result="invalid") == 1
+    assert value(s, "jsonexporter_upstream_requests_total", module="default", endpoint="stats", outcome="success") == 1
+    assert value(s, "jsonexporter_upstream_requests_total", module="default", endpoint="stats", outcome="connection_error") == 1
+    assert value(s, "jsonexporter_probe_duration_seconds_count", module="default") == 2
+    assert value(s, "jsonexporter_config_last_reload_successful") == 1
+    assert value(s, "jsonexporter_probes_in_flight") == 0
+    assert "process_resident_memory_bytes" in names(s)
+    assert any(n == "jsonexporter_build_info" for n in names(s))
+
+
+async def test_landing_page_lists_modules(exporter: ExporterFactory) -> None:
+    client = await exporter("modules: {alpha: {metrics: [{name: x, help: x, value: v}]}, beta: {metrics: [{name: y, help: y, value: v}]}}")
+    response = await client.get("/")
+    text = await response.text()
+    assert response.status == 200 and "alpha" in text and "beta" in text and '<form action="/probe"' in text
+    assert (await client.get("/-/healthy")).status == 200

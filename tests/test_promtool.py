@@ -1,0 +1,66 @@
+"""Probe output accepted by Prometheus's own promtool (text format) and by prometheus_client's
+strict OpenMetrics parser, for every metric type."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from conftest import ExporterFactory, UpstreamFactory
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+
+PROMTOOL = shutil.which("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None and not os.environ.get("CI"), reason="promtool not installed")
+
+PAYLOAD = {
+    "version": "1.2.3",
+    "status": "degraded",
+    "queues": {"orders": {"depth": 4, "processed": 1655371, "failed": 3, "latency": 0.25}, "mail": {"depth": 0, "processed": 10, "failed": 0}},
+}
+ALL_TYPES = """
+modules:
+  default:
+    metrics:
+      - {name: queue_depth, help: "Items waiting\\nin the queue", each: queues, value: depth, labels: {queue: $key}}
+      - {name: queue_processed_total, help: Processed, type: counter, each: queues, value: processed, labels: {queue: $key}}
+      - {name: queue_failed, help: Failed (suffix added), type: counter, each: queues, value: failed, labels: {queue: $key}}
+      - {name: queue_latency_seconds, help: Latency, type: untyped, each: queues, value: latency, labels: {queue: $key}}
+      - {name: app_build_info, help: Build, type: info, labels: {version: version}}
+      - {name: app_status, help: Status, type: stateset, value: status, states: [ok, degraded, down]}
+"""
+
+
+def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL is not None, "promtool is required in CI (.ci/run installs Debian's prometheus package)"
+    return subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+
+
+@needs_promtool
+async def test_text_probe_output_passes_promtool(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/": PAYLOAD})
+    client = await exporter(ALL_TYPES)
+    text = await (await client.get(f"/probe?target={up.url}/")).text()
+    assert "queue_failed_total{queue=\"orders\"} 3\n" in text and "app_status{app_status=\"degraded\"} 1\n" in text
+    result = promtool_check(text)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_openmetrics_probe_output_passes_the_strict_parser(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/": PAYLOAD})
+    client = await exporter(ALL_TYPES)
+    response = await client.get(f"/probe?target={up.url}/", headers={"Accept": "application/openmetrics-text;version=1.0.0"})
+    families = {f.name: f for f in parse_openmetrics(await response.text())}
+    assert families["queue_processed"].type == "counter"
+    assert families["app_build"].type == "info"
+    assert families["app_status"].type == "stateset"
+    assert families["queue_latency_seconds"].type == "unknown"
+
+
+@needs_promtool
+async def test_exporter_metrics_pass_promtool(exporter: ExporterFactory) -> None:
+    client = await exporter(ALL_TYPES)
+    await client.get("/probe?target=http://127.0.0.1:1")
+    result = promtool_check(await (await client.get("/metrics")).text())
+    assert result.returncode == 0, result.stdout + result.stderr
