@@ -386,3 +386,32 @@ async def test_landing_page_lists_modules(exporter: ExporterFactory) -> None:
     text = await response.text()
     assert response.status == 200 and "alpha" in text and "beta" in text and '<form action="/probe"' in text
     assert (await client.get("/-/healthy")).status == 200
+
+
+async def test_connections_to_the_upstream_are_reused_across_probes(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/api/stats": NODES})
+    client = await exporter(NODE_SPEC)
+    for _ in range(3):
+        status, _ = await probe(client, f"target={up.url}")
+        assert status == 200
+    peers = {r.transport.get_extra_info("peername") for r in up.requests if r.transport is not None}
+    assert len(up.requests) == 3 and len(peers) == 1  # one keep-alive connection, not one per probe
+
+
+async def test_oversized_answer_fails_the_endpoint_without_reading_it_all(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            for _ in range(10_000):  # up to 640 MB unless the exporter hangs up first
+                await response.write(b" " * 65536)
+        except (ConnectionError, RuntimeError):
+            pass
+        return response
+
+    up = await upstream({"/big": endless})
+    client = await exporter("modules: {default: {endpoints: {big: {url: '{target}/big', max_response_bytes: 100000}}, metrics: [{name: x, help: x, value: v}]}}")
+    status, text = await probe(client, f"target={up.url}&debug=true")
+    assert status == 200
+    assert "too_large" in text and "larger than max_response_bytes 100000" in text
+    assert "probe_success 0" in text

@@ -1,0 +1,144 @@
+"""The `serve` and `probe` commands as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import UpstreamFactory
+from metrics_util import parse, value
+
+SPEC = """
+modules:
+  default:
+    endpoints:
+      stats: {url: '{target}/stats'}
+    metrics:
+      - {name: jobs_waiting, help: Jobs waiting, each: queues, value: waiting, labels: {queue: $key}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def jsonexporter(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jsonexporter", *args]
+
+
+@pytest.fixture
+def spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "spec.yml"
+    path.write_text(SPEC)
+    return path
+
+
+@pytest.fixture
+def served(spec_file: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        jsonexporter("--config.file", str(spec_file), "--web.listen-address", f"127.0.0.1:{port}", "--log.format", "json"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+async def wait_healthy(base: str, proc: subprocess.Popen[str]) -> None:
+    """Poll /-/healthy until the process answers: bounded to 20 s, stops early if it died."""
+    deadline = time.monotonic() + 20
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
+            try:
+                async with session.get(f"{base}/-/healthy") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)  # polling interval of a bounded readiness loop, not a synchronisation
+    raise AssertionError("exporter did not become healthy within 20 s")
+
+
+async def test_serve_answers_probes_and_stops_cleanly_on_sigterm(upstream: UpstreamFactory, served: tuple[subprocess.Popen[str], str]) -> None:
+    up = await upstream({"/stats": {"queues": {"orders": {"waiting": 12}}}})
+    proc, base = served
+    await wait_healthy(base, proc)
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/probe", params={"target": up.url}) as response:
+        assert response.status == 200
+        s = parse(await response.text())
+    assert value(s, "jobs_waiting", queue="orders") == 12
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert '"msg": "starting jsonexporter"' in stderr and "Traceback" not in stderr
+
+
+def test_serve_refuses_an_invalid_spec_with_located_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("modules:\n  default:\n    metrics:\n      - {name: x, value: 'a['}\n")
+    result = subprocess.run(jsonexporter("serve", "--config.file", str(bad), "--web.listen-address", f"127.0.0.1:{free_port()}"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"{bad}:4:29: modules.default.metrics[0].value: invalid JMESPath" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_probe_command_evaluates_a_saved_answer_offline(tmp_path: Path, spec_file: Path) -> None:
+    answer = tmp_path / "stats.json"
+    answer.write_text('{"queues": {"orders": {"waiting": 3}, "mail": {"waiting": "x"}}}')
+    result = subprocess.run(jsonexporter("probe", "--config.file", str(spec_file), "--input", f"stats={answer}"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    s = parse(result.stdout)
+    assert value(s, "jobs_waiting", queue="orders") == 3
+    assert value(s, "probe_extraction_errors", metric="jobs_waiting") == 1
+    assert "probe_duration_seconds" not in result.stdout  # nothing was timed offline
+
+
+async def test_probe_command_fetches_the_target(upstream: UpstreamFactory, spec_file: Path) -> None:
+    up = await upstream({"/stats": {"queues": {"orders": {"waiting": 5}}}})
+    proc = await asyncio.create_subprocess_exec(*jsonexporter("probe", "--config.file", str(spec_file), "--target", up.url, "--debug"),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()
+    text = stdout.decode()
+    assert "endpoint stats: GET" in text
+    assert 'jobs_waiting{queue="orders"} 5\n' in text
+
+
+def test_probe_command_rejects_unknown_module_and_bad_input(tmp_path: Path, spec_file: Path) -> None:
+    result = subprocess.run(jsonexporter("probe", "--config.file", str(spec_file), "--module", "nope", "--input", "x.json"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "unknown module 'nope'" in result.stderr
+    garbage = tmp_path / "g.json"
+    garbage.write_bytes(b"\xff\xfe{not json")
+    result = subprocess.run(jsonexporter("probe", "--config.file", str(spec_file), "--input", str(garbage)), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and str(garbage) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_schema_command_prints_the_schema() -> None:
+    result = subprocess.run(jsonexporter("schema"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    root = Path(__file__).resolve().parent.parent
+    assert result.stdout == (root / "schemas" / "jsonexporter.schema.json").read_text()
+
+
+def test_version_flag() -> None:
+    result = subprocess.run(jsonexporter("--version"), capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert result.returncode == 0 and result.stdout.startswith("jsonexporter ")
