@@ -76,6 +76,10 @@ def _render_json(value: object, values: Mapping[str, str]) -> object:
 
 
 def _quote_path_value(value: str) -> str:
+    """Percent-encode a parameter for a URL path; `/` is kept but `.` and `..` segments are refused,
+    so a parameter cannot climb out of the path the spec wrote (and take its credentials along)."""
+    if any(segment in (".", "..") for segment in value.replace("\\", "/").split("/")):
+        raise InvalidRequest(f"parameter value {value[:100]!r} contains a . or .. path segment")
     return urllib.parse.quote(value, safe="/")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from conftest import ExporterFactory, UpstreamFactory, wait_for
@@ -415,3 +416,20 @@ async def test_oversized_answer_fails_the_endpoint_without_reading_it_all(upstre
     assert status == 200
     assert "too_large" in text and "larger than max_response_bytes 100000" in text
     assert "probe_success 0" in text
+
+
+async def test_parameters_cannot_climb_out_of_the_url_path(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/api/{tail:.*}": {"v": 1}})
+    client = await exporter("""
+        modules:
+          default:
+            parameters: {repo: {}}
+            endpoints: {main: {url: '{target}/api/repos/{repo}/releases', headers: {Authorization: 'Bearer secret'}}}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    for repo in ("../../user?x=1#", "a/../../admin", "..", "a/./b", "..\\\\admin"):
+        status, text = await probe(client, f"target={up.url}&repo={quote(repo)}")
+        assert status == 400 and "path segment" in text, repo
+    status, _ = await probe(client, f"target={up.url}&repo={quote('owner/name?x=1')}")
+    assert status == 200
+    assert [r.raw_path for r in up.requests] == ["/api/repos/owner/name%3Fx=1/releases"]
