@@ -78,21 +78,39 @@ def _listen_address(address: str) -> tuple[str | None, int]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from jsonexporter.server import Options, make_app
+    from jsonexporter.server import STATE, Options, make_app, reload_on_sighup
+    from jsonexporter.spec import SpecError, parse_duration
+    from jsonexporter.webconfig import WebConfig, load_web_config
 
     logs.setup(args.log_level, args.log_format)
     try:
         host, port = _listen_address(args.web_listen_address)
+        auto_reload = parse_duration(args.config_auto_reload_interval) if args.config_auto_reload_interval else 0.0
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
     spec = _load_for_run(args.config_file)
     if spec is None:
         return EXIT_INVALID
-    app = make_app(spec, Options(timeout_offset=args.timeout_offset))
-    log.info("starting jsonexporter", extra=kv(version=__version__, config=args.config_file, address=args.web_listen_address, modules=len(spec.modules)))
+    web_config = WebConfig()
+    if args.web_config_file:
+        try:
+            web_config = load_web_config(args.web_config_file)
+        except SpecError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return EXIT_INVALID
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"{args.web_config_file}: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+            return EXIT_INVALID
+    options = Options(timeout_offset=args.timeout_offset, max_concurrent_probes=args.max_concurrent_probes, auto_reload_interval=auto_reload)
+    app = make_app(spec, options, spec_file=args.config_file, web_config=web_config)
+    reload_on_sighup(app)
+    log.info("starting jsonexporter", extra=kv(version=__version__, config=args.config_file, address=args.web_listen_address,
+                                               modules=len(spec.modules), tls=web_config.tls is not None, basic_auth=bool(web_config.users)))
     try:
-        web.run_app(app, host=host, port=port, print=None, handler_cancellation=True, access_log=None, shutdown_timeout=10.0)
+        web.run_app(app, host=host, port=port, print=None, handler_cancellation=True, access_log=None,
+                    shutdown_timeout=args.shutdown_timeout, ssl_context=app[STATE].tls)
     except OSError as exc:
         log.error("cannot listen", extra=kv(address=args.web_listen_address, err=exc.strerror or str(exc)))
         return EXIT_INVALID
@@ -186,6 +204,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--web.listen-address", dest="web_listen_address", default=":7979", help="HOST:PORT to listen on (default :7979)")
     serve.add_argument("--timeout-offset", dest="timeout_offset", type=float, default=0.5,
                        help="seconds subtracted from Prometheus's scrape timeout (default 0.5)")
+    serve.add_argument("--web.config.file", dest="web_config_file", default="",
+                       help="exporter-toolkit web config: TLS, basic auth, headers (default: none)")
+    serve.add_argument("--config.auto-reload-interval", dest="config_auto_reload_interval", default="",
+                       help="reload the spec when its file changes, checked at this interval, e.g. 30s (default: off)")
+    serve.add_argument("--web.max-concurrent-probes", dest="max_concurrent_probes", type=int, default=256,
+                       help="probes answered at once; more get HTTP 503 (default 256)")
+    serve.add_argument("--web.shutdown-timeout", dest="shutdown_timeout", type=float, default=15.0,
+                       help="seconds in-flight probes get to finish on SIGTERM (default 15)")
     serve.set_defaults(func=cmd_serve)
 
     probe = sub.add_parser("probe", help="run one probe and print its metrics")

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import html
+import itertools
 import logging
+import signal
+import ssl
+import time
+from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from urllib.parse import quote
+from dataclasses import dataclass, field
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from aiohttp import web
@@ -19,7 +26,9 @@ from jsonexporter.fetch import InvalidRequest, new_session, redact_url
 from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, run_probe
 from jsonexporter.selfmetrics import SelfMetrics
+from jsonexporter.spec import SpecError, load_spec, read_spec_text
 from jsonexporter.spec.model import Spec
+from jsonexporter.webconfig import BasicAuth, WebConfig, headers_hook, load_web_config, ssl_context
 
 log = logging.getLogger("jsonexporter")
 
@@ -32,16 +41,38 @@ class Options:
     timeout_offset: float = 0.5  # seconds kept from Prometheus's scrape timeout to write the answer
     connection_limit: int = 256
     connection_limit_per_host: int = 32
+    max_concurrent_probes: int = 256  # over it: HTTP 503 at once
+    recent_probes: int = 50  # kept for the landing page
+    auto_reload_interval: float = 0.0  # seconds; 0: only SIGHUP and POST /-/reload
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRecord:
+    id: int
+    time: float
+    module: str
+    target: str  # redacted
+    success: bool
+    duration: float
+    errors: tuple[str, ...]
 
 
 @dataclass
 class State:
-    """What the app serves; `spec` is replaced whole, never changed in place."""
+    """What the app serves. `spec` is replaced whole by a reload, never changed in place: a probe
+    keeps the module it started with."""
 
     spec: Spec
     options: Options
     metrics: SelfMetrics
+    spec_file: str | None = None
+    web: WebConfig = field(default_factory=WebConfig)
+    tls: ssl.SSLContext | None = None
     session: aiohttp.ClientSession | None = None
+    in_flight: int = 0
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    recent: deque[ProbeRecord] = field(default_factory=deque)
+    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
 
 STATE = web.AppKey("state", State)
@@ -88,7 +119,11 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
     target = query.get("target", "")
     debug = query.get("debug", "").lower() in ("true", "1", "yes")
     timeout = probe_timeout(module.timeout, request.headers.get(TIMEOUT_HEADER), state.options.timeout_offset)
+    if state.in_flight >= state.options.max_concurrent_probes:
+        state.metrics.probes.labels(module.name, "rejected").inc()
+        return _plain(503, f"too many concurrent probes (limit {state.options.max_concurrent_probes}); try again")
     assert state.session is not None
+    state.in_flight += 1
     state.metrics.in_flight.inc()
     try:
         result = await run_probe(state.session, module, target, query, timeout, debug)
@@ -96,6 +131,7 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
         state.metrics.probes.labels(module.name, "invalid").inc()
         return _plain(400, str(exc))
     finally:
+        state.in_flight -= 1
         state.metrics.in_flight.dec()
     _record(state, module.name, target, result)
     if debug:
@@ -109,6 +145,10 @@ def _record(state: State, module: str, target: str, result: ProbeResult) -> None
     m.probes.labels(module, "success" if result.success else "failure").inc()
     duration = next((f.samples[0][2] for f in result.families if f.name == "probe_duration_seconds"), 0.0)
     m.probe_duration.labels(module).observe(duration)
+    errors = [f"endpoint {r.endpoint}: {r.outcome}: {r.error}" for r in result.endpoints if not r.ok] + result.extraction.messages
+    state.recent.append(ProbeRecord(next(state.ids), time.time(), module, _safe_target(target), result.success, duration, tuple(errors[:20])))
+    while len(state.recent) > state.options.recent_probes:
+        state.recent.popleft()
     for r in result.endpoints:
         m.upstream_requests.labels(module, r.endpoint, r.outcome).inc()
         if not r.ok:
@@ -132,6 +172,59 @@ async def handle_metrics(request: web.Request) -> web.Response:
     return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
 
 
+async def reload_web_config(state: State) -> tuple[bool, str]:
+    """Read the web config again (users, headers, TLS certificates); keep the old one when it is broken."""
+    file = state.web.file
+    if file is None:
+        return True, ""
+    try:
+        web_config = await asyncio.to_thread(load_web_config, file)
+        if web_config.tls is not None and state.tls is not None:
+            # new connections get the new certificate; the client CA and versions stay as started
+            await asyncio.to_thread(state.tls.load_cert_chain, web_config.tls.cert_file, web_config.tls.key_file)
+    except SpecError as exc:
+        reason = "\n".join(str(p) for p in exc.problems if p.severity == "error")
+    except (OSError, UnicodeDecodeError, ssl.SSLError) as exc:
+        reason = f"{file}: cannot load: {exc}"
+    else:
+        state.web = web_config
+        return True, ""
+    for line in reason.splitlines():
+        log.error("web config reload failed, keeping the previous one", extra=kv(err=line))
+    return False, reason
+
+
+async def reload_spec(state: State) -> tuple[bool, str]:
+    """Load the spec file again; replace the served spec only when the new one is completely valid."""
+    web_ok, web_reason = await reload_web_config(state)
+    if state.spec_file is None:
+        return False, "no spec file to reload"
+    async with state.reload_lock:
+        try:
+            spec = await asyncio.to_thread(load_spec, state.spec_file)
+        except SpecError as exc:
+            reason = "\n".join(str(p) for p in exc.problems if p.severity == "error")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = f"{state.spec_file}: cannot read: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+        else:
+            changed = spec.sha256 != state.spec.sha256
+            state.spec = spec
+            state.metrics.spec_loaded(spec.sha256, len(spec.modules))
+            log.info("spec reloaded", extra=kv(config=state.spec_file, changed=changed, modules=len(spec.modules)))
+            if not web_ok:
+                return False, f"spec reloaded, but the web config was not:\n{web_reason}"
+            return True, "reloaded" if changed else "reloaded (unchanged)"
+    state.metrics.config_success.set(0)
+    for line in reason.splitlines():
+        log.error("spec reload failed, keeping the previous spec", extra=kv(err=line))
+    return False, reason
+
+
+async def handle_reload(request: web.Request) -> web.Response:
+    ok, message = await reload_spec(request.app[STATE])
+    return _plain(200 if ok else 500, message if ok else f"reload failed, the previous spec is still served:\n{message}")
+
+
 async def handle_healthy(request: web.Request) -> web.Response:
     return _plain(200, "Healthy.")
 
@@ -140,52 +233,148 @@ async def handle_ready(request: web.Request) -> web.Response:
     return _plain(200, "Ready.")
 
 
-async def handle_index(request: web.Request) -> web.Response:
-    spec = request.app[STATE].spec
-    rows = []
-    for module in spec.modules.values():
-        endpoints = ", ".join(html.escape(e) for e in module.endpoints)
-        metrics = ", ".join(sorted({html.escape(o.name) for m in module.metrics for o in m.outputs}))
-        rows.append(f"<tr><td>{html.escape(module.name)}</td><td>{endpoints}</td><td>{metrics}</td></tr>")
-    options = "".join(f'<option value="{html.escape(m)}">{html.escape(m)}</option>' for m in spec.modules)
+_STYLE = "body{font-family:sans-serif;margin:1em 2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
+
+
+def _page(title: str, body: str) -> web.Response:
     page = f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>jsonexporter</title></head>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>
 <body>
-<h1>jsonexporter {html.escape(__version__)}</h1>
-<p>Spec <code>{html.escape(spec.file)}</code> (sha256 {spec.sha256[:12]}). <a href="/metrics">Exporter metrics</a>, <a href="/-/healthy">health</a>.</p>
-<h2>Modules</h2>
-<table border="1" cellpadding="4"><tr><th>module</th><th>endpoints</th><th>metrics</th></tr>
-{''.join(rows)}
-</table>
-<h2>Probe</h2>
-<form action="/probe" method="get">
-<label>module <select name="module">{options}</select></label>
-<label>target <input name="target" size="60" placeholder="http://host:port"></label>
-<label><input type="checkbox" name="debug" value="true" checked> debug</label>
-<input type="submit" value="Probe">
-</form>
-<p>Example: <code>/probe?module={quote(next(iter(spec.modules), 'default'))}&amp;target=http://localhost:8080</code></p>
+{body}
 </body></html>
 """
     return web.Response(text=page, content_type="text/html")
 
 
-def make_app(spec: Spec, options: Options | None = None, metrics: SelfMetrics | None = None) -> web.Application:
+def _probe_link(module: str, target: str, debug: bool) -> str:
+    query = {"module": module, "target": target} | ({"debug": "true"} if debug else {})
+    return "/probe?" + html.escape(urlencode(query))
+
+
+async def handle_index(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    spec = state.spec
+    rows = []
+    for module in spec.modules.values():
+        endpoints = "<br>".join(f"{html.escape(e.name)}: <code>{html.escape(e.method)} {html.escape(e.url.source)}</code>" for e in module.endpoints.values())
+        metrics = "<br>".join(sorted({f"{html.escape(o.name)} ({m.type})" for m in module.metrics for o in m.outputs}))
+        rows.append(f"<tr><td>{html.escape(module.name)}</td><td>{endpoints}</td><td>{metrics}</td></tr>")
+    options = "".join(f'<option value="{html.escape(m)}">{html.escape(m)}</option>' for m in spec.modules)
+    recent = []
+    for r in reversed(state.recent):
+        when = time.strftime("%H:%M:%S", time.gmtime(r.time))
+        status = "success" if r.success else "failure"
+        recent.append(
+            f"<tr><td>{when}</td><td>{html.escape(r.module)}</td><td>{html.escape(r.target)}</td><td>{status}</td>"
+            f"<td>{r.duration:.3f}s</td><td><a href=\"/probes/{r.id}\">details</a> · "
+            f"<a href=\"{_probe_link(r.module, r.target, True)}\">debug again</a></td></tr>"
+        )
+    body = f"""<h1>jsonexporter {html.escape(__version__)}</h1>
+<p>Spec <code>{html.escape(spec.file)}</code> (sha256 {spec.sha256[:12]}).
+<a href="/metrics">Exporter metrics</a> · <a href="/-/healthy">health</a> · <a href="/-/ready">readiness</a></p>
+<h2>Probe</h2>
+<form action="/probe" method="get">
+<label>module <select name="module">{options}</select></label>
+<label>target <input name="target" size="60" placeholder="http://host:port"></label>
+<label><input type="checkbox" name="debug" value="true" checked> debug trace</label>
+<input type="submit" value="Probe">
+</form>
+<p>Prometheus scrapes <code>/probe?module={quote(next(iter(spec.modules), "default"))}&amp;target=URL</code>.</p>
+<h2>Modules</h2>
+<table><tr><th>module</th><th>endpoints</th><th>metrics</th></tr>
+{"".join(rows)}
+</table>
+<h2>Recent probes</h2>
+<table><tr><th>time (UTC)</th><th>module</th><th>target</th><th>result</th><th>duration</th><th></th></tr>
+{"".join(recent) or '<tr><td colspan="6">none yet</td></tr>'}
+</table>"""
+    return _page("jsonexporter", body)
+
+
+async def handle_probe_record(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    wanted = request.match_info["id"]
+    record = next((r for r in state.recent if str(r.id) == wanted), None)
+    if record is None:
+        return _plain(404, "no such recent probe (only the most recent ones are kept)")
+    errors = "".join(f"<li><code>{html.escape(e)}</code></li>" for e in record.errors) or "<li>none</li>"
+    body = f"""<h1>Probe {record.id}</h1>
+<p>Module <b>{html.escape(record.module)}</b>, target <code>{html.escape(record.target)}</code>,
+{"success" if record.success else "failure"} in {record.duration:.3f}s at {time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.time))} UTC.</p>
+<h2>Errors</h2><ul>{errors}</ul>
+<p><a href="{_probe_link(record.module, record.target, True)}">Run it again with a debug trace</a> · <a href="/">back</a></p>"""
+    return _page(f"probe {record.id}", body)
+
+
+def make_app(
+    spec: Spec,
+    options: Options | None = None,
+    metrics: SelfMetrics | None = None,
+    spec_file: str | None = None,
+    web_config: WebConfig | None = None,
+) -> web.Application:
+    """The app; with a web config, every path requires its basic auth users and gets its headers.
+    TLS is the caller's (the site's) business: `app[STATE].tls` holds the context to serve with."""
     options = options or Options()
-    state = State(spec, options, metrics or SelfMetrics())
+    state = State(spec, options, metrics or SelfMetrics(), spec_file=spec_file, web=web_config or WebConfig())
     state.metrics.spec_loaded(spec.sha256, len(spec.modules))
-    app = web.Application()
+    if state.web.tls is not None:
+        state.tls = ssl_context(state.web.tls)
+    auth = BasicAuth(lambda: state.web)
+    app = web.Application(middlewares=[auth.middleware()])
     app[STATE] = state
+    app.on_response_prepare.append(headers_hook(lambda: state.web))
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         state.session = new_session(options.connection_limit, options.connection_limit_per_host)
         yield
         await state.session.close()
 
+    async def auto_reload_ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(_auto_reload(state)) if options.auto_reload_interval > 0 and spec_file else None
+        yield
+        if task is not None:
+            task.cancel()
+
     app.cleanup_ctx.append(session_ctx)
+    app.cleanup_ctx.append(auto_reload_ctx)
     app.router.add_get("/probe", handle_probe)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/-/healthy", handle_healthy)
     app.router.add_get("/-/ready", handle_ready)
+    app.router.add_post("/-/reload", handle_reload)
+    app.router.add_put("/-/reload", handle_reload)
+    app.router.add_get("/probes/{id}", handle_probe_record)
     app.router.add_get("/", handle_index)
     return app
+
+
+async def _auto_reload(state: State) -> None:
+    """Reload when the file's content changes, checked every `auto_reload_interval` seconds."""
+    assert state.spec_file is not None
+    seen: str | None = state.spec.sha256  # each new content is tried once, a broken one is not retried
+    while True:
+        await asyncio.sleep(state.options.auto_reload_interval)  # the polling period itself, not a synchronisation
+        try:
+            text = await asyncio.to_thread(read_spec_text, state.spec_file)
+            current: str | None = hashlib.sha256(text.encode()).hexdigest()
+        except (OSError, UnicodeDecodeError):
+            current = None
+        if current != seen and current != state.spec.sha256:
+            await reload_spec(state)
+        seen = current
+
+
+def reload_on_sighup(app: web.Application) -> None:
+    """SIGHUP reloads the spec and the web config, as with Prometheus."""
+    tasks: set[asyncio.Task[tuple[bool, str]]] = set()
+
+    async def install(app: web.Application) -> None:
+        def on_hup() -> None:
+            task = asyncio.create_task(reload_spec(app[STATE]))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
+
+    app.on_startup.append(install)

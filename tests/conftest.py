@@ -6,6 +6,7 @@ import asyncio
 import textwrap
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,3 +86,21 @@ def exporter(aiohttp_client: Any) -> ExporterFactory:
 async def wait_for(event: asyncio.Event, seconds: float = 5.0) -> None:
     """A bounded wait: synchronisation through events, never through sleeps."""
     await asyncio.wait_for(event.wait(), seconds)
+
+
+SpecWriter = Callable[..., Path]
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path) -> SpecWriter:
+    """`write_spec(yaml_text, name="spec.yml")`: the dedented text in a file under tmp_path."""
+
+    def write(text: str | bytes, name: str = "spec.yml") -> Path:
+        path = tmp_path / name
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(textwrap.dedent(text).removeprefix("\n"), encoding="utf-8")
+        return path
+
+    return write

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import UpstreamFactory
+from aiohttp import web
+from conftest import UpstreamFactory, wait_for
 from metrics_util import parse, value
 
 SPEC = """
@@ -142,3 +143,52 @@ def test_schema_command_prints_the_schema() -> None:
 def test_version_flag() -> None:
     result = subprocess.run(jsonexporter("--version"), capture_output=True, text=True, timeout=60, env={**os.environ})
     assert result.returncode == 0 and result.stdout.startswith("jsonexporter ")
+
+
+async def test_sighup_reloads_the_spec_of_a_running_server(upstream: UpstreamFactory, served: tuple[subprocess.Popen[str], str], spec_file: Path) -> None:
+    up = await upstream({"/stats": {"queues": {"orders": {"waiting": 1}}}, "/other": {"n": 9}})
+    proc, base = served
+    await wait_healthy(base, proc)
+    spec_file.write_text(SPEC + "  other:\n    metrics:\n      - {name: other_n, help: n, value: n}\n")
+    proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    async with aiohttp.ClientSession() as session:
+        while True:  # bounded poll until the reload is visible
+            async with session.get(f"{base}/probe", params={"module": "other", "target": f"{up.url}/other"}) as response:
+                if response.status == 200:
+                    assert value(parse(await response.text()), "other_n") == 9
+                    break
+            assert time.monotonic() < deadline, "SIGHUP did not reload the spec within 20 s"
+            await asyncio.sleep(0.05)
+
+
+async def test_sigterm_lets_in_flight_probes_finish(upstream: UpstreamFactory, served: tuple[subprocess.Popen[str], str]) -> None:
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.set()
+        await wait_for(release, 20)
+        return web.json_response({"queues": {"orders": {"waiting": 4}}})
+
+    up = await upstream({"/stats": slow})
+    proc, base = served
+    await wait_healthy(base, proc)
+    async with aiohttp.ClientSession() as session:
+        probe = asyncio.create_task(session.get(f"{base}/probe", params={"target": up.url}))
+        await wait_for(arrived)
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while True:  # bounded poll: the server stops accepting new connections first
+            try:
+                async with aiohttp.ClientSession() as fresh, fresh.get(f"{base}/-/healthy") as response:
+                    await response.read()
+            except aiohttp.ClientConnectionError:
+                break
+            assert time.monotonic() < deadline, "still accepting connections 20 s after SIGTERM"
+            await asyncio.sleep(0.05)
+        assert not probe.done()  # the in-flight probe is still waiting for its upstream
+        release.set()
+        response = await asyncio.wait_for(probe, 20)
+        assert response.status == 200
+        assert value(parse(await response.text()), "jobs_waiting", queue="orders") == 4
+    assert await asyncio.to_thread(proc.wait, 20) == 0

@@ -411,7 +411,12 @@ async def test_oversized_answer_fails_the_endpoint_without_reading_it_all(upstre
         return response
 
     up = await upstream({"/big": endless})
-    client = await exporter("modules: {default: {endpoints: {big: {url: '{target}/big', max_response_bytes: 100000}}, metrics: [{name: x, help: x, value: v}]}}")
+    client = await exporter("""
+        modules:
+          default:
+            endpoints: {big: {url: '{target}/big', max_response_bytes: 100000}}
+            metrics: [{name: x, help: x, value: v}]
+        """)
     status, text = await probe(client, f"target={up.url}&debug=true")
     assert status == 200
     assert "too_large" in text and "larger than max_response_bytes 100000" in text

@@ -18,7 +18,7 @@ Search = Callable[[Any], Any]
 
 # names a `$` expression can start with; level names given with `as` are added per metric
 CONTEXT_NAMES = frozenset({"key", "index", "item", "parent", "root", "target", "module", "params"})
-_KNOWN_FUNCTIONS = frozenset(jmespath.functions.Functions.FUNCTION_TABLE)  # type: ignore[attr-defined]
+_KNOWN_FUNCTIONS = frozenset(jmespath.functions.Functions.FUNCTION_TABLE)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -108,10 +108,8 @@ def _parse(source: str) -> ParsedResult:
     except jmespath.exceptions.IncompleteExpressionError as exc:
         raise ExpressionError(f"invalid JMESPath: incomplete expression at position {exc.lex_position}", exc.lex_position) from None
     except jmespath.exceptions.ParseError as exc:
-        if str(exc.token_type).lower() == "eof":
-            message = "unexpected end of expression"
-        else:
-            message = f"unexpected token {exc.token_value!r}"
+        eof = str(exc.token_type).lower() == "eof"
+        message = "unexpected end of expression" if eof else f"unexpected token {exc.token_value!r}"
         raise ExpressionError(f"invalid JMESPath: {message} at position {exc.lex_position}", exc.lex_position) from None
     for name in _functions_used(parsed.parsed):
         if name not in _KNOWN_FUNCTIONS:
@@ -169,21 +167,41 @@ class Template:
         return "".join(out)
 
 
+def _brace_problem(source: str) -> tuple[int, str] | None:
+    """Where a lone brace is, so that the error can point at it."""
+    i = 0
+    while i < len(source):
+        if source.startswith(("{{", "}}"), i):
+            i += 2
+        elif source[i] == "}":
+            return i, "single '}' (write }} for a literal brace)"
+        elif source[i] == "{":
+            end = source.find("}", i)
+            if end < 0:
+                return i, "unclosed '{' (write {{ for a literal brace)"
+            i = end + 1
+        else:
+            i += 1
+    return None
+
+
 def compile_template(source: str, names: frozenset[str]) -> Template:
     """Parse `source`; every placeholder must be one of `names`."""
     parts: list[tuple[str, str | None]] = []
     try:
         parsed = list(string.Formatter().parse(source))
     except ValueError as exc:
-        raise ExpressionError(f"invalid template: {exc}", 0) from None
+        position, problem = _brace_problem(source) or (0, str(exc))
+        raise ExpressionError(f"invalid template: {problem}", position) from None
     position = 0
     for literal, field, spec, conversion in parsed:
-        position += len(literal)
+        position += len(literal) + literal.count("{") + literal.count("}")  # each came from {{ or }}
         if field is None:
             parts.append((literal, None))
             continue
         if spec or conversion or not _IDENTIFIER.fullmatch(field):
-            raise ExpressionError(f"invalid placeholder {{{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}: only {{name}} is allowed", position)
+            shown = f"{{{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+            raise ExpressionError(f"invalid placeholder {shown}: only {{name}} is allowed (write {{{{ and }}}} for literal braces)", position)
         if field not in names:
             known = ", ".join("{" + n + "}" for n in sorted(names))
             raise ExpressionError(f"unknown placeholder {{{field}}}: known are {known}; declare probe parameters under the module's `parameters`", position)

@@ -4,6 +4,7 @@ YAML with marks -> JSON Schema (every error) -> semantic checks -> the frozen mo
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,7 +44,8 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # self-metrics of every probe answer live under this prefix
 RESERVED_PREFIX = "probe_"
 _UNIT_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"_(ms|msec|millis|milliseconds)(_total)?$"), "use the base unit: seconds (_seconds) and scale with a JMESPath expression or convert in PromQL"),
+    (re.compile(r"_(ms|msec|millis|milliseconds)(_total)?$"),
+     "use the base unit: seconds (_seconds) and scale with a JMESPath expression or convert in PromQL"),
     (re.compile(r"_(kb|mb|gb|kib|mib|gib)(_total)?$"), "use the base unit: bytes (_bytes)"),
     (re.compile(r"_percent(age)?$"), "use a ratio from 0 to 1 with the suffix _ratio"),
     (re.compile(r"(latency|duration|elapsed|uptime|runtime)(?!.*_seconds)"), "add a unit suffix, e.g. _seconds"),
@@ -63,11 +65,25 @@ def parse_duration(value: str | float | int) -> float:
 
 
 def _duration(c: _Checker, path: Path, raw: str | float) -> float | None:
-    seconds = parse_duration(raw)
+    seconds = _number(c, path, raw) if isinstance(raw, (int, float)) else parse_duration(raw)
+    if seconds is None:
+        return None
+    if not math.isfinite(seconds):
+        c.add(path, f"duration {raw!r} must be a finite number of seconds")
+        return None
     if seconds <= 0:
         c.add(path, f"duration {raw!r} must be greater than zero")
         return None
     return seconds
+
+
+def _number(c: _Checker, path: Path, raw: float) -> float | None:
+    """`raw` as a float; YAML integers can be too large for one."""
+    try:
+        return float(raw)
+    except OverflowError:
+        c.add(path, "number too large")
+        return None
 
 
 @dataclass
@@ -78,9 +94,13 @@ class _Checker:
     marks: Marks
     problems: list[Problem] = field(default_factory=list)
 
-    def add(self, path: Path, message: str, severity: Severity = "error", column_offset: int = 0, at_key: bool = False) -> None:
-        line, col = self.marks.of_key(path) if at_key else self.marks.of_value(path)
-        self.problems.append(Problem(self.file, line, col + column_offset, path, message, severity))
+    def add(self, path: Path, message: str, severity: Severity = "error", at_key: bool = False, offset: int | None = None) -> None:
+        """Report at the value of `path` (its key with `at_key`; its character `offset` when given)."""
+        if offset is not None:
+            line, col = self.marks.inside(path, offset)
+        else:
+            line, col = self.marks.of_key(path) if at_key else self.marks.of_value(path)
+        self.problems.append(Problem(self.file, line, col, path, message, severity))
 
     def broken(self, path: Path) -> bool:
         """True when a schema error was found at or below `path` (already reported)."""
@@ -98,8 +118,7 @@ class _Checker:
         try:
             return compile_expression(source, levels)
         except ExpressionError as exc:
-            quoted = 1 if path in self.marks.quoted else 0
-            self.add(path, f"{exc.message} in {source!r}", column_offset=exc.position + quoted)
+            self.add(path, f"{exc.message} in {source!r}", offset=exc.position)
             return None
 
     def template(self, path: Path, source: object, names: frozenset[str]) -> Template | None:
@@ -108,8 +127,7 @@ class _Checker:
         try:
             return compile_template(source, names)
         except ExpressionError as exc:
-            quoted = 1 if path in self.marks.quoted else 0
-            self.add(path, f"{exc.message} in {source!r}", column_offset=exc.position + quoted)
+            self.add(path, f"{exc.message} in {source!r}", offset=exc.position)
             return None
 
 
@@ -131,7 +149,7 @@ def _parameters(c: _Checker, path: Path, raw: Any) -> dict[str, Parameter]:
             try:
                 pattern = re.compile(decl["pattern"])
             except re.error as exc:
-                c.add((*p, "pattern"), f"invalid regex {decl['pattern']!r}: {exc}")
+                c.add((*p, "pattern"), f"invalid regex {decl['pattern']!r}: {exc}", offset=exc.pos or 0)
                 continue
         default = decl.get("default")
         if default is not None and pattern is not None and not pattern.fullmatch(default):
@@ -193,28 +211,33 @@ def _levels(c: _Checker, path: Path, raw: Any) -> tuple[tuple[Level, ...], froze
         if not isinstance(item, (str, dict)):
             continue
         source, alias = (item, None) if isinstance(item, str) else (item.get("path", "@"), item.get("as"))
+        if not isinstance(alias, str):
+            alias = None  # the schema reported it
         expr_path = p if isinstance(item, str) else (*p, "path")
         # a level may use the names of the levels around it
         expr = c.expression(expr_path, source, frozenset(names))
         if alias is not None:
-            if alias in CONTEXT_NAMES or alias in names:
-                c.add((*p, "as"), f"level name {alias!r} is already taken (reserved: {', '.join(sorted(CONTEXT_NAMES))})")
+            if alias in CONTEXT_NAMES:
+                c.add((*p, "as"), f"level name {alias!r} is reserved for the context ({', '.join(sorted(CONTEXT_NAMES))})")
+            elif alias in names:
+                c.add((*p, "as"), f"level name {alias!r} is already used by an outer level")
             names.add(alias)
         if expr is not None:
             levels.append(Level(expr, alias))
     return tuple(levels), frozenset(names)
 
 
-def _lint_name(c: _Checker, path: Path, name: str, mtype: str) -> None:
+def _lint_name(c: _Checker, path: Path, name: str, mtype: str, at_key: bool = False) -> None:
     if mtype == "counter" and not name.endswith("_total"):
-        c.add(path, f"counter {name!r} should end with _total", "warning")
+        c.add(path, f"counter {name!r} should end with _total", "warning", at_key=at_key)
     for pattern, hint in _UNIT_HINTS:
         if pattern.search(name):
-            c.add(path, f"metric name {name!r}: {hint}", "warning")
+            c.add(path, f"metric name {name!r}: {hint}", "warning", at_key=at_key)
             break
 
 
 def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list[str], module_labels: set[str]) -> Metric | None:
+    declared = set(raw)  # what was written, even when the schema rejected its value
     raw = c.clean(path, raw)
     if not isinstance(raw.get("name"), str):
         return None
@@ -231,11 +254,11 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
         if len(module_endpoints) > 1:
             c.add(path, f"metric {name!r} must name its endpoint: the module has several ({', '.join(module_endpoints)})")
         endpoint = module_endpoints[0] if module_endpoints else DEFAULT_ENDPOINT
-    elif endpoint not in module_endpoints:
+    elif module_endpoints and endpoint not in module_endpoints:
         c.add((*path, "endpoint"), f"unknown endpoint {endpoint!r}: the module has {', '.join(module_endpoints)}")
     levels, level_names = _levels(c, (*path, "each"), raw.get("each"))
     outputs: list[Output] = []
-    has_value, has_values = "value" in raw, "values" in raw
+    has_value, has_values = "value" in declared, "values" in declared
     if has_value and has_values:
         c.add((*path, "values"), "use either `value` or `values`, not both")
     elif mtype == "info":
@@ -245,17 +268,15 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     elif not has_value and not has_values:
         c.add(path, f"metric {name!r} needs `value` (or `values`)")
     elif has_value:
-        if (e := c.expression((*path, "value"), raw["value"], level_names)) is not None:
+        if (e := c.expression((*path, "value"), raw.get("value"), level_names)) is not None:
             outputs.append(Output(name, e))
     else:
         if mtype == "stateset":
             c.add((*path, "values"), "stateset metrics take one `value`: the current state")
-        for suffix, source in raw["values"].items():
+        for suffix, source in _items(raw.get("values")):
             if (e := c.expression((*path, "values", suffix), source, level_names)) is not None:
                 outputs.append(Output(f"{name}_{suffix}", e))
-    for output in outputs:
-        if output.name != name:
-            _lint_name(c, (*path, "values"), output.name, mtype)
+                _lint_name(c, (*path, "values", suffix), f"{name}_{suffix}", mtype, at_key=True)
     if not has_values:
         _lint_name(c, (*path, "name"), name, mtype)
 
@@ -280,7 +301,8 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
         timestamp = c.expression((*path, "timestamp"), raw["timestamp"], level_names)
     elif "timestamp_unit" in raw:
         c.add((*path, "timestamp_unit"), "timestamp_unit without timestamp")
-    value_map = {k: float(v) for k, v in _items(raw.get("value_map")) if isinstance(v, (int, float))}
+    value_map = {k: f for k, v in _items(raw.get("value_map")) if isinstance(v, (int, float)) and (f := _number(c, (*path, "value_map", k), v)) is not None}
+    default = _number(c, (*path, "default"), raw["default"]) if "default" in raw else None
     if c.broken(path):
         return None
     return Metric(
@@ -292,7 +314,7 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
         outputs=tuple(outputs),
         labels=tuple(labels),
         value_map=MappingProxyType(value_map),
-        default=float(raw["default"]) if "default" in raw else None,
+        default=default,
         timestamp=timestamp,
         timestamp_scale=0.001 if raw.get("timestamp_unit") == "milliseconds" else 1.0,
         states=states,
@@ -331,14 +353,18 @@ def _check_families(c: _Checker, module: str, metrics: list[tuple[Path, Metric]]
 
 def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
     path: Path = ("modules", name)
+    declared = set(raw)
     raw = c.clean(path, raw)
     params = _parameters(c, (*path, "parameters"), raw.get("parameters"))
-    names = frozenset({"target", "module", *params})
+    # every declared parameter, even one with an error, so that templates using it are not blamed too
+    names = frozenset({"target", "module", *(p for p, _ in _items(raw.get("parameters")))})
     labels = [(k, t) for k, v in _items(raw.get("labels")) if (t := c.template((*path, "labels", k), v, names)) is not None]
-    for label, _ in labels:
+    module_labels = {k for k, _ in _items(raw.get("labels"))}
+    for label in sorted(module_labels):
         if label.startswith("__"):
             c.add((*path, "labels", label), f"label names starting with __ are reserved: {label!r}", at_key=True)
-    raw_endpoints = raw.get("endpoints") if isinstance(raw.get("endpoints"), dict) else {DEFAULT_ENDPOINT: {}}
+    # endpoints that failed the schema as a whole leave no names to check metrics against
+    raw_endpoints = raw.get("endpoints", {}) if "endpoints" in declared else {DEFAULT_ENDPOINT: {}}
     endpoints = {}
     for ep_name, ep_raw in _items(raw_endpoints):
         ep_path = (*path, "endpoints", ep_name)
@@ -350,7 +376,6 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
     if "timeout" in raw:
         timeout = _duration(c, (*path, "timeout"), raw["timeout"]) or DEFAULT_TIMEOUT
     metrics: list[tuple[Path, Metric]] = []
-    module_labels = {k for k, _ in labels}
     raw_metrics = raw.get("metrics")
     for i, m_raw in enumerate(raw_metrics if isinstance(raw_metrics, list) else ()):
         mp = (*path, "metrics", i)

@@ -7,7 +7,7 @@ import functools
 import json
 import re
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 
@@ -31,7 +31,8 @@ def _allowed_keys(schema: dict[str, Any]) -> list[str]:
 
 
 def _unknown_key_problems(error: jsonschema.ValidationError, file: str, marks: Marks) -> list[Problem]:
-    instance, schema = error.instance, error.schema
+    instance = cast(dict[str, Any], error.instance)
+    schema = cast(dict[str, Any], error.schema)
     allowed = _allowed_keys(schema)
     patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
     problems = []
@@ -49,14 +50,15 @@ def _unknown_key_problems(error: jsonschema.ValidationError, file: str, marks: M
 def _message(error: jsonschema.ValidationError) -> str:
     v = error.validator
     inst = error.instance
+    expected_value: Any = error.validator_value
     shown = json.dumps(inst)[:80] if not isinstance(inst, (dict, list)) else type(inst).__name__
     if v == "type":
-        expected = error.validator_value if isinstance(error.validator_value, str) else " or ".join(error.validator_value)
+        expected = expected_value if isinstance(expected_value, str) else " or ".join(expected_value)
         names = {"object": "a mapping", "array": "a list", "string": "a string", "number": "a number", "integer": "an integer", "boolean": "true or false"}
         wanted = " or ".join(names.get(t, t) for t in expected.split(" or "))
         return f"expected {wanted}, got {shown}"
     if v == "enum":
-        return f"{shown} is not one of {', '.join(map(str, error.validator_value))}"
+        return f"{shown} is not one of {', '.join(map(str, expected_value))}"
     if v == "required":
         missing = re.findall(r"'([^']+)' is a required property", error.message)
         return f"missing required key {missing[0]!r}" if missing else error.message
@@ -71,20 +73,23 @@ def _message(error: jsonschema.ValidationError) -> str:
     return error.message
 
 
-def schema_problems(data: Any, file: str, marks: Marks) -> list[Problem]:
-    """Every schema violation of `data`, each at the position of the node it is about."""
+_KEY_KINDS = {"modules": "module name", "labels": "label name", "parameters": "parameter name", "endpoints": "endpoint name", "values": "value suffix"}
+
+
+def schema_problems(data: Any, file: str, marks: Marks, validator: jsonschema.Draft202012Validator | None = None) -> list[Problem]:
+    """Every violation of the spec's schema (or `validator`'s) by `data`, each at the position of its node."""
     problems: list[Problem] = []
-    for error in _validator().iter_errors(data):
+    for error in (validator or _validator()).iter_errors(data):
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             problems.extend(_unknown_key_problems(error, file, marks))
             continue
         path: Path = tuple(error.absolute_path)
-        if error.validator == "propertyNames":
-            # the error is about a key of the mapping at `path`: find which one
-            bad = [k for k in error.instance if not re.search(error.validator_value.get("pattern", ""), k)] if "pattern" in error.validator_value else []
-            for key in bad or [""]:
-                line, col = marks.of_key((*path, key)) if key else marks.of_value(path)
-                problems.append(Problem(file, line, col, (*path, key) if key else path, f"invalid name {key!r}: must match {error.validator_value.get('pattern')}"))
+        if "propertyNames" in error.absolute_schema_path and isinstance(error.instance, str):
+            # the error is about one key of the mapping at `path`, which is the instance
+            kind = _KEY_KINDS.get(str(path[-1]) if path else "", "name")
+            key_path: Path = (*path, error.instance)
+            line, col = marks.of_key(key_path)
+            problems.append(Problem(file, line, col, key_path, f"invalid {kind} {error.instance!r}: must match {error.validator_value}"))
             continue
         line, col = marks.of_value(path)
         problems.append(Problem(file, line, col, path, _message(error)))

@@ -17,6 +17,63 @@ from jsonexporter.spec.problems import Path, Problem
 
 MAX_NODES = 200_000  # aliases can multiply a small file; a spec never needs this many nodes
 MAX_DEPTH = 64
+_SPACE = " \t\r\n\x85\u2028\u2029"
+_ESCAPE_DIGITS = {"x": 2, "u": 4, "U": 8}
+
+
+@dataclass(frozen=True, slots=True)
+class _Scalar:
+    """A string scalar as written: enough to find a character of its value in the source."""
+
+    style: str | None
+    raw: str  # the source text of the node, quotes and block header included
+    value: str
+    line: int
+    column: int
+
+    def position(self, offset: int) -> tuple[int, int] | None:
+        """The (line, column) in the source of the value's character at `offset`."""
+        index = self._raw_index(min(offset, len(self.value.rstrip(_SPACE))))
+        if index is None:
+            return None
+        line, column = self.line, self.column
+        for i, ch in enumerate(self.raw[:index]):
+            if ch in "\n\x85\u2028\u2029" or (ch == "\r" and self.raw[i + 1 : i + 2] != "\n"):
+                line, column = line + 1, 1
+            else:
+                column += 1
+        return line, column
+
+    def _raw_index(self, offset: int) -> int | None:
+        # walk the value and the source together: quotes, block headers, indentation,
+        # escapes and folded line breaks are what separate one from the other
+        raw = self.raw
+        i = 1 if self.style in ("'", '"') else raw.find("\n") + 1 if self.style in ("|", ">") else 0
+        found = 0
+        for k, ch in enumerate(self.value[: offset + 1]):
+            if ch not in _SPACE:
+                while i < len(raw) and raw[i] in _SPACE:
+                    i += 1
+            while self.style == '"' and raw[i : i + 1] == "\\" and raw[i + 1 : i + 2] in ("\n", "\r"):  # an escaped line break
+                i += 2
+                while i < len(raw) and raw[i] in _SPACE:
+                    i += 1
+            if self.style == '"' and raw[i : i + 1] == "\\":
+                found = i
+                i += 2 + _ESCAPE_DIGITS.get(raw[i + 1 : i + 2], 0)
+            elif self.style == "'" and raw[i : i + 2] == "''":
+                found, i = i, i + 2
+            elif ch in _SPACE:
+                found = next((j for j in range(i, len(raw)) if raw[j] in _SPACE), i)
+                i = found + 1
+            else:
+                found = raw.find(ch, i)
+                if found < 0:
+                    return None
+                i = found + 1
+            if k == offset:
+                return found
+        return i  # just past the last character: where an incomplete expression ends
 
 
 @dataclass
@@ -25,7 +82,7 @@ class Marks:
 
     values: dict[Path, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
-    quoted: set[Path] = field(default_factory=set)
+    scalars: dict[Path, _Scalar] = field(default_factory=dict)
 
     def of_value(self, path: Path) -> tuple[int, int]:
         """The position of the value at `path`, or of its nearest ancestor that has one."""
@@ -38,10 +95,17 @@ class Marks:
     def of_key(self, path: Path) -> tuple[int, int]:
         return self.keys.get(path) or self.of_value(path)
 
+    def inside(self, path: Path, offset: int) -> tuple[int, int]:
+        """The position of the character at `offset` in the string value at `path`."""
+        scalar = self.scalars.get(path)
+        found = scalar.position(offset) if scalar is not None else None
+        return found or self.of_value(path)
+
 
 class _Builder:
-    def __init__(self, file: str) -> None:
+    def __init__(self, file: str, text: str) -> None:
         self.file = file
+        self.text = text
         self.marks = Marks()
         self.problems: list[Problem] = []
         self.nodes = 0
@@ -61,9 +125,11 @@ class _Builder:
         if isinstance(node, SequenceNode):
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         assert isinstance(node, ScalarNode)
-        if node.style in ("'", '"'):
-            self.marks.quoted.add(path)
         value = self._constructor.construct_object(node)
+        if isinstance(value, str):
+            start, end = node.start_mark, node.end_mark
+            raw = self.text[start.index : end.index]
+            self.marks.scalars[path] = _Scalar(node.style, raw, value, start.line + 1, start.column + 1)
         if isinstance(value, (bytes, bytearray)) or not isinstance(value, (str, int, float, bool, type(None))):
             # dates, binary and other YAML-only types have no JSON equivalent: keep their text
             return node.value
@@ -87,6 +153,11 @@ class _Builder:
         return result
 
 
+def _line_col(text: str, index: int) -> tuple[int, int]:
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
 def _key_text(key: object) -> str:
     if isinstance(key, bool):
         return "true" if key else "false"
@@ -103,7 +174,7 @@ class _TooLarge(Exception):
 
 def load_yaml(text: str, file: str) -> tuple[Any, Marks, list[Problem]]:
     """Parse `text`; return the data, the marks and the problems (syntax errors included)."""
-    builder = _Builder(file)
+    builder = _Builder(file, text)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -111,8 +182,13 @@ def load_yaml(text: str, file: str) -> tuple[Any, Marks, list[Problem]]:
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = " ".join(filter(None, [exc.context, exc.problem])) or "invalid YAML"
         return None, builder.marks, [Problem(file, line, col, (), f"invalid YAML: {message}")]
+    except yaml.reader.ReaderError as exc:
+        line, col = _line_col(text, exc.position)
+        return None, builder.marks, [Problem(file, line, col, (), f"invalid YAML: unacceptable character #x{exc.character:04x}")]
     except yaml.YAMLError as exc:
-        return None, builder.marks, [Problem(file, 1, 1, (), f"invalid YAML: {exc}")]
+        return None, builder.marks, [Problem(file, 1, 1, (), "invalid YAML: " + " ".join(str(exc).split()))]
+    except RecursionError:
+        return None, builder.marks, [Problem(file, 1, 1, (), f"document too deep (over {MAX_DEPTH} levels)")]
     if node is None:
         return None, builder.marks, [Problem(file, 1, 1, (), "the spec is empty")]
     try:

@@ -1,0 +1,232 @@
+"""The exporter-toolkit web configuration (`--web.config.file`): TLS, basic auth with bcrypt
+hashes and response headers, in the format node_exporter and Prometheus accept."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import ssl
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import jsonschema
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from jsonexporter.logs import kv
+from jsonexporter.spec.load import read_spec_text
+from jsonexporter.spec.problems import Problem, SpecError
+from jsonexporter.spec.schema import schema_problems
+from jsonexporter.spec.yamlload import load_yaml
+
+log = logging.getLogger("jsonexporter")
+
+CLIENT_AUTH_TYPES = ("NoClientCert", "RequestClientCert", "RequireAnyClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
+TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+# the headers exporter-toolkit lets a web config set
+ALLOWED_HEADERS = ("Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options", "X-XSS-Protection", "Content-Security-Policy")
+# accepted for compatibility with configs written for Go exporters; Python's ssl module has no equivalent
+IGNORED_TLS_KEYS = ("cipher_suites", "curve_preferences", "prefer_server_cipher_suites", "client_allowed_sans")
+
+_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "tls_server_config": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["cert_file", "key_file"],
+            "properties": {
+                "cert_file": {"type": "string", "minLength": 1},
+                "key_file": {"type": "string", "minLength": 1},
+                "client_auth_type": {"enum": list(CLIENT_AUTH_TYPES)},
+                "client_ca_file": {"type": "string", "minLength": 1},
+                "min_version": {"enum": list(TLS_VERSIONS)},
+                "max_version": {"enum": list(TLS_VERSIONS)},
+                "cipher_suites": {"type": "array", "items": {"type": "string"}},
+                "curve_preferences": {"type": "array", "items": {"type": "string"}},
+                "prefer_server_cipher_suites": {"type": "boolean"},
+                "client_allowed_sans": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "http_server_config": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "http2": {"type": "boolean"},
+                "headers": {"type": "object", "propertyNames": {"enum": list(ALLOWED_HEADERS)}, "additionalProperties": {"type": "string"}},
+            },
+        },
+        "basic_auth_users": {
+            "type": ["object", "null"],
+            "additionalProperties": {"type": "string", "pattern": r"^\$2[abxy]?\$\d\d\$.{53}$"},
+        },
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    cert_file: str
+    key_file: str
+    client_auth_type: str = "NoClientCert"
+    client_ca_file: str | None = None
+    min_version: str = "TLS12"
+    max_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    file: str | None = None
+    tls: TLSConfig | None = None
+    users: Mapping[str, bytes] = field(default_factory=dict)  # user -> bcrypt hash
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def load_web_config(file: str) -> WebConfig:
+    """Load and check a web config; raise SpecError with located problems, OSError when unreadable."""
+    text = read_spec_text(file)
+    data, marks, problems = load_yaml(text, file) if text.strip() else ({}, None, [])
+    if data is None:
+        raise SpecError(problems)
+    if marks is not None:
+        problems += schema_problems(data, file, marks, jsonschema.Draft202012Validator(_SCHEMA))
+    if not any(p.severity == "error" for p in problems):
+        problems += _tls_problems(data, file, marks)
+    if any(p.severity == "error" for p in problems):
+        raise SpecError(problems)
+    tls_raw = data.get("tls_server_config")
+    for key in IGNORED_TLS_KEYS:
+        if tls_raw and key in tls_raw:
+            log.warning("web config key accepted but ignored: Python's ssl module has no equivalent", extra=kv(file=file, key=f"tls_server_config.{key}"))
+    tls = None
+    if tls_raw:
+        tls = TLSConfig(tls_raw["cert_file"], tls_raw["key_file"], tls_raw.get("client_auth_type", "NoClientCert"),
+                        tls_raw.get("client_ca_file"), tls_raw.get("min_version", "TLS12"), tls_raw.get("max_version"))
+        try:
+            ssl_context(tls)  # the files are read now, so a bad certificate is reported at load time
+        except TLSFileError as exc:
+            assert marks is not None
+            path = ("tls_server_config", exc.key)
+            line, col = marks.of_value(path)
+            raise SpecError([Problem(file, line, col, path, f"cannot load the certificate files: {exc.reason}")]) from None
+    users = {u: h.encode() for u, h in (data.get("basic_auth_users") or {}).items()}
+    headers = (data.get("http_server_config") or {}).get("headers") or {}
+    return WebConfig(file, tls, MappingProxyType(users), MappingProxyType(dict(headers)))
+
+
+def _tls_problems(data: dict[str, Any], file: str, marks: Any) -> list[Problem]:
+    tls = data.get("tls_server_config")
+    if not tls:
+        return []
+    auth = tls.get("client_auth_type", "NoClientCert")
+    path = ("tls_server_config", "client_auth_type")
+    line, col = marks.of_value(path)
+    if auth in ("RequireAndVerifyClientCert", "VerifyClientCertIfGiven") and not tls.get("client_ca_file"):
+        return [Problem(file, line, col, path, f"{auth} needs client_ca_file")]
+    if auth in ("RequestClientCert", "RequireAnyClientCert"):
+        message = f"{auth} (a client certificate not verified against a CA) is not supported: use VerifyClientCertIfGiven or RequireAndVerifyClientCert"
+        return [Problem(file, line, col, path, message)]
+    return []
+
+
+class TLSFileError(Exception):
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: cannot load: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+    """The server's TLS context; raises TLSFileError naming the key whose file cannot be used."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = TLS_VERSIONS[tls.min_version]
+    if tls.max_version:
+        context.maximum_version = TLS_VERSIONS[tls.max_version]
+    key = "cert_file"
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        key = "client_ca_file"
+        if tls.client_ca_file:
+            context.load_verify_locations(tls.client_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise TLSFileError(key, reason) from None
+    if tls.client_auth_type == "RequireAndVerifyClientCert":
+        context.verify_mode = ssl.CERT_REQUIRED
+    elif tls.client_auth_type == "VerifyClientCertIfGiven":
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BasicAuth:
+    """Checks `Authorization: Basic` against bcrypt hashes. bcrypt is slow on purpose (tens of ms):
+    checks run in a thread, a few at a time, and successes are remembered (keyed by a hash of the
+    user, password and stored hash, so a changed config forgets them)."""
+
+    MAX_CACHED = 1024
+    _DUMMY = b"$2b$10$" + b"." * 53  # checked for unknown users, so their answer takes as long
+
+    def __init__(self, holder: Callable[[], WebConfig]) -> None:
+        self.holder = holder
+        self.cache: OrderedDict[bytes, None] = OrderedDict()
+        self.slots = asyncio.Semaphore(4)
+
+    async def check(self, header: str | None) -> bool:
+        users = self.holder().users
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            user, sep, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        if not sep:
+            return False
+        stored = users.get(user)
+        key = hashlib.sha256(b"\0".join([user.encode(), password.encode(), stored or b""])).digest()
+        if stored is not None and key in self.cache:
+            self.cache.move_to_end(key)
+            return True
+        ok = await self._bcrypt(password.encode(), stored or self._DUMMY) and stored is not None
+        if ok:
+            self.cache[key] = None
+            while len(self.cache) > self.MAX_CACHED:
+                self.cache.popitem(last=False)
+        return ok
+
+    async def _bcrypt(self, password: bytes, stored: bytes) -> bool:
+        import bcrypt
+
+        async with self.slots:
+            try:
+                return bool(await asyncio.to_thread(bcrypt.checkpw, password, stored))
+            except ValueError:
+                return False
+
+    def middleware(self) -> Middleware:
+        @web.middleware
+        async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if self.holder().users and not await self.check(request.headers.get("Authorization")):
+                return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="jsonexporter"'})
+            return await handler(request)
+
+        return basic_auth
+
+
+def headers_hook(holder: Callable[[], WebConfig]) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An `on_response_prepare` hook adding the web config's `http_server_config.headers`."""
+
+    async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+        for name, value in holder().headers.items():
+            response.headers[name] = value
+
+    return add_headers

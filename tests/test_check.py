@@ -1,0 +1,1121 @@
+"""`jsonexporter check` through the real CLI: located problems, exit codes, warnings, the schema."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from conftest import SpecWriter
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from jsonexporter.cli import main
+from jsonexporter.spec import load_text
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "jsonexporter.schema.json"
+SCHEMA: dict[str, Any] = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def check(capsys: pytest.CaptureFixture[str]) -> Run:
+    """`check(*args)`: run `jsonexporter check ARGS` in-process; return (exit code, stdout, stderr)."""
+
+    def run(*args: str | Path) -> tuple[int, str, str]:
+        code = main(["check", *map(str, args)])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def error_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if ": warning: " not in line and not re.search(r": valid: \d+ module", line)]
+
+
+def warning_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if ": warning: " in line]
+
+
+# -- invalid specs: one row per problem, with its exact place ------------------------------------------
+
+@dataclass(frozen=True)
+class Invalid:
+    id: str
+    text: str
+    # every error the file must produce: ("LINE:COL", "yaml.path", "part of the message")
+    errors: tuple[tuple[str, str, str], ...]
+
+
+def invalid(id: str, text: str, *errors: tuple[str, str, str]) -> Invalid:
+    return Invalid(id, text, errors)
+
+
+INVALID = [
+    # -- YAML itself
+    invalid("yaml_syntax_error", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h: x
+                value: x
+        """, ("5:16", "<root>", "invalid YAML: mapping values are not allowed here")),
+    invalid("yaml_bad_indentation", """
+        modules:
+          m:
+            metrics:
+              - name: a
+               value: x
+        """, ("5:8", "<root>", "invalid YAML: while parsing a block collection")),
+    invalid("yaml_unclosed_quote", """
+        modules:
+          m:
+            metrics:
+              - {name: a, help: h, value: "x}
+        """, ("5:1", "<root>", "invalid YAML: while scanning a quoted scalar found unexpected end of stream")),
+    invalid("yaml_duplicate_key", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                value: y
+        """, ("7:9", "modules.m.metrics[0].value", "duplicate key 'value'")),
+    invalid("yaml_undefined_alias", """
+        modules:
+          m:
+            metrics: *rules
+        """, ("3:14", "<root>", "invalid YAML: found undefined alias 'rules'")),
+    invalid("empty_file", "", ("1:1", "<root>", "the spec is empty")),
+    invalid("only_a_comment", "# nothing yet\n", ("1:1", "<root>", "the spec is empty")),
+    invalid("top_level_list", """
+        - modules
+        """, ("1:1", "<root>", "expected a mapping, got list")),
+    # -- unknown keys, at every level, with a hint
+    invalid("unknown_top_level_key_suggests_close_name", """
+        modules:
+          m:
+            metrics:
+              - {name: a, help: h, value: x}
+        modulez: {}
+        """, ("5:1", "modulez", "unknown key 'modulez' (did you mean 'modules'?)")),
+    invalid("unknown_top_level_key_lists_allowed_keys", """
+        modules:
+          m:
+            metrics:
+              - {name: a, help: h, value: x}
+        scrape_interval: 10s
+        """, ("5:1", "scrape_interval", "unknown key 'scrape_interval' (allowed: modules)")),
+    invalid("unknown_module_key", """
+        modules:
+          m:
+            endpoint: {url: "{target}"}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("3:5", "modules.m.endpoint", "unknown key 'endpoint' (did you mean 'endpoints'?)")),
+    invalid("unknown_endpoint_key", """
+        modules:
+          m:
+            endpoints:
+              api:
+                url: "{target}/api"
+                header: {Accept: application/json}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("6:9", "modules.m.endpoints.api.header", "unknown key 'header' (did you mean 'headers'?)")),
+    invalid("unknown_metric_key", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                lables: {id: id}
+        """, ("7:9", "modules.m.metrics[0].lables", "unknown key 'lables' (did you mean 'labels'?)")),
+    invalid("unknown_level_key", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                each:
+                  - pth: items
+                value: x
+        """, ("7:13", "modules.m.metrics[0].each[0].pth", "unknown key 'pth' (did you mean 'path'?)")),
+    invalid("unknown_parameter_key", """
+        modules:
+          m:
+            parameters:
+              region: {defualt: eu}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:16", "modules.m.parameters.region.defualt", "unknown key 'defualt' (did you mean 'default'?)")),
+    # -- wrong types and shapes
+    invalid("metrics_as_mapping", """
+        modules:
+          m:
+            metrics:
+              name: a
+              value: x
+        """, ("4:7", "modules.m.metrics", "expected a list, got dict")),
+    invalid("help_as_number", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: 42
+                value: x
+        """, ("5:15", "modules.m.metrics[0].help", "expected a string, got 42")),
+    invalid("status_codes_as_string", """
+        modules:
+          m:
+            endpoints:
+              api: {url: "{target}", valid_status_codes: "200"}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:50", "modules.m.endpoints.api.valid_status_codes", 'expected a list, got "200"')),
+    invalid("unknown_method", """
+        modules:
+          m:
+            endpoints:
+              api: {url: "{target}", method: FETCH}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:38", "modules.m.endpoints.api.method", '"FETCH" is not one of GET, POST')),
+    invalid("unknown_metric_type", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                type: histogram
+                value: x
+        """, ("6:15", "modules.m.metrics[0].type", '"histogram" is not one of gauge, counter')),
+    invalid("metric_without_name", """
+        modules:
+          m:
+            metrics:
+              - help: h
+                value: x
+        """, ("4:9", "modules.m.metrics[0]", "missing required key 'name'")),
+    invalid("modules_empty", """
+        modules: {}
+        """, ("1:10", "modules", "must not be empty")),
+    invalid("modules_null", """
+        modules:
+        """, ("1:9", "modules", "expected a mapping, got null")),
+    invalid("module_without_metrics", """
+        modules:
+          m:
+            timeout: 5s
+        """, ("3:5", "modules.m", "missing required key 'metrics'")),
+    invalid("invalid_module_name", """
+        modules:
+          my module:
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("2:3", "modules['my module']", "invalid module name 'my module': must match")),
+    # -- names
+    invalid("metric_name_starting_with_digit", """
+        modules:
+          m:
+            metrics:
+              - name: 1st_metric
+                help: h
+                value: x
+        """, ("4:15", "modules.m.metrics[0].name", '"1st_metric" does not match')),
+    invalid("metric_name_with_dash", """
+        modules:
+          m:
+            metrics:
+              - name: "http-requests"
+                help: h
+                value: x
+        """, ("4:15", "modules.m.metrics[0].name", '"http-requests" does not match')),
+    invalid("label_name_with_dash", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels:
+                  pod-name: pod
+        """, ("8:11", "modules.m.metrics[0].labels['pod-name']", "invalid label name 'pod-name': must match")),
+    invalid("label_name_starting_with_double_underscore", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels:
+                  __name__: pod
+        """, ("8:11", "modules.m.metrics[0].labels.__name__", "label names starting with __ are reserved")),
+    invalid("module_label_name_starting_with_double_underscore", """
+        modules:
+          m:
+            labels: {__scheme: https}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("3:14", "modules.m.labels.__scheme", "label names starting with __ are reserved")),
+    invalid("values_suffix_with_dash", """
+        modules:
+          m:
+            metrics:
+              - name: node
+                help: h
+                values: {is-up: up}
+        """, ("6:18", "modules.m.metrics[0].values['is-up']", "invalid value suffix 'is-up'")),
+    invalid("reserved_probe_prefix", """
+        modules:
+          m:
+            metrics:
+              - name: probe_custom
+                help: h
+                value: x
+        """, ("4:15", "modules.m.metrics[0].name", "metric names starting with 'probe_' are reserved")),
+    invalid("info_metric_without_info_suffix", """
+        modules:
+          m:
+            metrics:
+              - name: build
+                help: h
+                type: info
+                labels: {version: version}
+        """, ("4:15", "modules.m.metrics[0].name", "info metric 'build' must end with _info")),
+    # -- JMESPath: the column points into the expression
+    invalid("jmespath_in_plain_value", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: stats..count
+        """, ("6:22", "modules.m.metrics[0].value", "invalid JMESPath: unexpected token '.' at position 6")),
+    invalid("jmespath_in_double_quoted_value", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: "stats..count"
+        """, ("6:23", "modules.m.metrics[0].value", "invalid JMESPath: unexpected token '.' at position 6")),
+    invalid("jmespath_in_double_quoted_value_with_escapes", r"""
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: "\"my-field\"..x"
+        """, ("6:30", "modules.m.metrics[0].value", "unexpected token '.' at position 11")),
+    invalid("jmespath_in_single_quoted_value_with_doubled_quotes", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: 'stats[?name == ''db''].x..y'
+        """, ("6:42", "modules.m.metrics[0].value", "unexpected token '.' at position 23")),
+    invalid("jmespath_in_folded_block_value", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: >-
+                  items[?ready]
+                  | length(@) ..
+        """, ("8:24", "modules.m.metrics[0].value", "invalid JMESPath: unexpected token '.' at position 27")),
+    invalid("jmespath_incomplete_points_at_its_end", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: "items[0"
+        """, ("6:24", "modules.m.metrics[0].value", "invalid JMESPath: incomplete expression at position 7")),
+    invalid("jmespath_in_label", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels: {pod: "metadata..name"}
+        """, ("7:33", "modules.m.metrics[0].labels.pod", "unexpected token '.' at position 9")),
+    invalid("jmespath_in_each_string", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                each: "items[?ready"
+                value: x
+        """, ("6:28", "modules.m.metrics[0].each", "incomplete expression at position 12")),
+    invalid("jmespath_in_each_level_path", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                each:
+                  - path: nodes
+                    as: node
+                  - path: disks[*]..size
+                value: x
+        """, ("9:28", "modules.m.metrics[0].each[1].path", "unexpected token '.' at position 9")),
+    invalid("jmespath_in_values_entry", """
+        modules:
+          m:
+            metrics:
+              - name: node
+                help: h
+                values:
+                  ready: ready
+                  up: "a b"
+        """, ("8:18", "modules.m.metrics[0].values.up", "unexpected token 'b' at position 2")),
+    invalid("jmespath_in_timestamp", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                timestamp: "updated_at |"
+        """, ("7:33", "modules.m.metrics[0].timestamp", "incomplete expression at position 12")),
+    invalid("jmespath_unknown_function", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: "sum(items[*].n) | nope(@)"
+        """, ("6:35", "modules.m.metrics[0].value", "unknown function nope()")),
+    invalid("unknown_context_name", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: $foo.bar
+        """, ("6:16", "modules.m.metrics[0].value", "unknown context name '$foo': use one of $index, $item, $key")),
+    invalid("empty_expression", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: ""
+        """, ("6:16", "modules.m.metrics[0].value", "must not be empty")),
+    # -- levels
+    invalid("level_name_reserved", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                each: [{path: items, as: root}]
+                value: x
+        """, ("6:34", "modules.m.metrics[0].each[0].as", "level name 'root' is reserved for the context")),
+    invalid("level_name_reused", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                each: [{path: racks, as: r}, {path: hosts, as: r}]
+                value: x
+        """, ("6:56", "modules.m.metrics[0].each[1].as", "level name 'r' is already used by an outer level")),
+    invalid("level_name_not_a_string", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                each: [{path: items, as: [x]}]
+                value: x
+        """, ("6:34", "modules.m.metrics[0].each[0].as", "expected a string, got list")),
+    # -- endpoints of metrics
+    invalid("metric_names_missing_endpoint", """
+        modules:
+          m:
+            endpoints:
+              api: {url: "{target}/api"}
+            metrics:
+              - name: a
+                help: h
+                endpoint: apii
+                value: x
+        """, ("8:19", "modules.m.metrics[0].endpoint", "unknown endpoint 'apii': the module has api")),
+    invalid("broken_endpoints_do_not_blame_the_metrics", """
+        modules:
+          m:
+            endpoints: {}
+            metrics:
+              - {name: a, help: h, endpoint: api, value: x}
+        """, ("3:16", "modules.m.endpoints", "must not be empty")),
+    invalid("metric_names_no_endpoint_among_several", """
+        modules:
+          m:
+            endpoints:
+              api: {url: "{target}/api"}
+              health: {url: "{target}/health"}
+            metrics:
+              - name: a
+                help: h
+                value: x
+        """, ("7:9", "modules.m.metrics[0]", "metric 'a' must name its endpoint: the module has several (api, health)")),
+    # -- value and values
+    invalid("value_and_values", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                values: {up: up}
+        """, ("7:17", "modules.m.metrics[0].values", "use either `value` or `values`, not both")),
+    invalid("neither_value_nor_values", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+        """, ("4:9", "modules.m.metrics[0]", "metric 'a' needs `value` (or `values`)")),
+    # -- families fed by several rules
+    invalid("same_name_different_types", """
+        modules:
+          m:
+            metrics:
+              - {name: jobs, help: h, value: a}
+              - {name: jobs, help: h, value: b, type: untyped}
+        """, ("5:16", "modules.m.metrics[1].name", "metric 'jobs' is also produced by modules.m.metrics[0] with type gauge, here untyped")),
+    invalid("same_name_different_labels", """
+        modules:
+          m:
+            metrics:
+              - {name: jobs, help: h, value: a, labels: {queue: q}}
+              - {name: jobs, help: h, value: b, labels: {queue: q, host: h}}
+        """, ("5:49", "modules.m.metrics[1].labels", "with labels ['queue'], here ['host', 'queue']")),
+    invalid("same_name_different_labels_through_values_suffix", """
+        modules:
+          m:
+            metrics:
+              - {name: node, help: h, values: {up: up, ready: ready}, labels: {id: id}}
+              - {name: node_up, help: h, value: up}
+        """, ("5:9", "modules.m.metrics[1].labels", "metric 'node_up' is also produced by modules.m.metrics[0] with labels ['id'], here []")),
+    # -- parameters
+    invalid("parameter_pattern_invalid_regex", """
+        modules:
+          m:
+            parameters:
+              region: {pattern: "[a-z+"}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:26", "modules.m.parameters.region.pattern", "invalid regex '[a-z+': unterminated character set")),
+    invalid("parameter_default_not_matching_pattern", """
+        modules:
+          m:
+            parameters:
+              region: {pattern: "[a-z]+", default: EU}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:44", "modules.m.parameters.region.default", "default 'EU' does not match the pattern '[a-z]+'")),
+    invalid("parameter_name_target_reserved", """
+        modules:
+          m:
+            parameters:
+              target: {default: x}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:7", "modules.m.parameters.target", "parameter name 'target' is reserved by /probe")),
+    invalid("parameter_name_debug_reserved", """
+        modules:
+          m:
+            parameters:
+              debug: {}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:7", "modules.m.parameters.debug", "parameter name 'debug' is reserved by /probe")),
+    # -- templates
+    invalid("unknown_placeholder_in_url", """
+        modules:
+          m:
+            endpoints:
+              api: {url: "{target}/api/{regoin}"}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:32", "modules.m.endpoints.api.url", "unknown placeholder {regoin}: known are {module}, {target}")),
+    invalid("unknown_placeholder_after_escaped_braces", """
+        modules:
+          m:
+            endpoints:
+              api: {url: "{target}/{{literal}}/{regoin}"}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:40", "modules.m.endpoints.api.url", "unknown placeholder {regoin}")),
+    invalid("unknown_placeholder_in_header", """
+        modules:
+          m:
+            endpoints:
+              api:
+                url: "{target}"
+                headers:
+                  Authorization: "Bearer {token}"
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("7:34", "modules.m.endpoints.api.headers.Authorization", "unknown placeholder {token}")),
+    invalid("unknown_placeholder_in_params", """
+        modules:
+          m:
+            endpoints:
+              api:
+                params: {q: "{query}"}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("5:22", "modules.m.endpoints.api.params.q", "unknown placeholder {query}")),
+    invalid("unknown_placeholder_in_string_body", """
+        modules:
+          m:
+            endpoints:
+              api:
+                method: POST
+                body: '{{"host": "{host}"}}'
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("6:27", "modules.m.endpoints.api.body", "unknown placeholder {host}")),
+    invalid("string_body_with_single_braces", """
+        modules:
+          m:
+            endpoints:
+              api:
+                method: POST
+                body: '{"host": "{target}"}'
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("6:16", "modules.m.endpoints.api.body", 'invalid placeholder {"host": "{target}"}: only {name} is allowed (write {{ and }} for literal braces)')),
+    invalid("unknown_placeholder_in_json_body", """
+        modules:
+          m:
+            endpoints:
+              api:
+                method: POST
+                body:
+                  query: "{q}"
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("7:19", "modules.m.endpoints.api.body.query", "unknown placeholder {q}")),
+    invalid("unknown_placeholder_in_module_label", """
+        modules:
+          m:
+            labels: {env: "{environment}"}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("3:20", "modules.m.labels.env", "unknown placeholder {environment}")),
+    invalid("dotted_placeholder", """
+        modules:
+          m:
+            endpoints:
+              api: {url: "{target}/{a.b}"}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:28", "modules.m.endpoints.api.url", "invalid placeholder {a.b}: only {name} is allowed")),
+    invalid("lone_closing_brace", """
+        modules:
+          m:
+            endpoints:
+              api: {url: "{target}/x}"}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:29", "modules.m.endpoints.api.url", "invalid template: single '}' (write }} for a literal brace)")),
+    invalid("parameter_with_error_is_still_a_known_placeholder", """
+        modules:
+          m:
+            parameters:
+              region: {pattern: "[a-z+"}
+            endpoints:
+              api: {url: "{target}/{region}"}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:26", "modules.m.parameters.region.pattern", "invalid regex")),
+    # -- types and their keys
+    invalid("stateset_without_states", """
+        modules:
+          m:
+            metrics:
+              - name: phase
+                help: h
+                type: stateset
+                value: phase
+        """, ("4:9", "modules.m.metrics[0]", "stateset metric 'phase' needs `states`")),
+    invalid("states_on_a_gauge", """
+        modules:
+          m:
+            metrics:
+              - name: phase
+                help: h
+                value: phase
+                states: [up, down]
+        """, ("7:17", "modules.m.metrics[0].states", "`states` is only for type stateset")),
+    invalid("timestamp_unit_without_timestamp", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                timestamp_unit: milliseconds
+        """, ("7:25", "modules.m.metrics[0].timestamp_unit", "timestamp_unit without timestamp")),
+    invalid("metric_label_collides_with_module_label", """
+        modules:
+          m:
+            labels: {instance: "{target}"}
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels: {instance: host}
+        """, ("8:18", "modules.m.metrics[0].labels.instance", "label 'instance' is already set by the module's labels")),
+    # -- durations
+    invalid("zero_duration_string", """
+        modules:
+          m:
+            timeout: 0s
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("3:14", "modules.m.timeout", "duration '0s' must be greater than zero")),
+    invalid("zero_duration_number", """
+        modules:
+          m:
+            endpoints:
+              api: {timeout: 0}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:22", "modules.m.endpoints.api.timeout", "must be greater than 0")),
+    invalid("not_a_number_duration", """
+        modules:
+          m:
+            timeout: .nan
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("3:14", "modules.m.timeout", "duration nan must be a finite number of seconds")),
+    invalid("integer_too_large_for_a_float", f"""
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                default: {"9" * 400}
+        """, ("7:18", "modules.m.metrics[0].default", "number too large")),
+    invalid("invalid_duration_string", """
+        modules:
+          m:
+            timeout: 1.5s
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("3:14", "modules.m.timeout", '"1.5s" does not match')),
+]
+
+
+@pytest.mark.parametrize("case", INVALID, ids=[c.id for c in INVALID])
+def test_invalid_spec_is_reported_at_its_place(case: Invalid, write_spec: SpecWriter, check: Run) -> None:
+    path = write_spec(case.text)
+    code, out, err = check(path)
+    assert code == 1, out
+    assert err == ""
+    errors = error_lines(out)
+    assert len(errors) == len(case.errors), out
+    for location, yaml_path, message in case.errors:
+        prefix = f"{path}:{location}: {yaml_path}: "
+        found = [line for line in errors if line.startswith(prefix)]
+        assert found, f"no problem starting with {prefix!r} in:\n{out}"
+        assert message in found[0].removeprefix(prefix), out
+    assert not re.search(r": valid: \d+ module", out)
+
+
+def test_unknown_key_is_reported_with_suggestion(write_spec: SpecWriter, check: Run) -> None:
+    path = write_spec("""
+        modules:
+          m:
+            metrics:
+              - {name: a, help: h, value: x, lables: {}}
+        """)
+    code, out, _ = check(path)
+    assert code == 1
+    assert out == f"{path}:4:38: modules.m.metrics[0].lables: unknown key 'lables' (did you mean 'labels'?)\n"
+
+
+def test_invalid_jmespath_in_a_literal_block_points_at_the_line_of_the_expression(write_spec: SpecWriter, check: Run) -> None:
+    path = write_spec("""
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: |
+                  items[?ready]
+                    | [*].count ..
+        """)
+    code, out, _ = check(path)
+    assert code == 1
+    [line] = error_lines(out)
+    assert line.startswith(f"{path}:8:26: modules.m.metrics[0].value: invalid JMESPath: unexpected token '.'"), line
+
+
+def test_all_problems_of_a_file_are_reported_in_one_run(write_spec: SpecWriter, check: Run) -> None:
+    path = write_spec("""
+        modules:
+          web:
+            timeout: 0s
+            metrics:
+              - name: 1bad
+                help: h
+                value: x
+              - name: ok
+                help: h
+                value: "a..b"
+          db:
+            endpoints:
+              api: {url: "{target}/{nope}"}
+            metrics:
+              - name: db_up
+                help: h
+                value: up
+                lables: {}
+              - name: probe_db
+                help: h
+                value: up
+        """)
+    code, out, _ = check(path)
+    assert code == 1
+    errors = error_lines(out)
+    assert [line.split(": ")[0].removeprefix(f"{path}:") for line in errors] == ["3:14", "5:15", "10:19", "13:28", "18:9", "19:15"], out
+    assert [line.split(": ")[1] for line in errors] == [
+        "modules.web.timeout",
+        "modules.web.metrics[0].name",
+        "modules.web.metrics[1].value",
+        "modules.db.endpoints.api.url",
+        "modules.db.metrics[0].lables",
+        "modules.db.metrics[1].name",
+    ]
+
+
+def test_problems_of_several_files_are_all_reported(write_spec: SpecWriter, check: Run) -> None:
+    bad = write_spec("modules: {}\n", "bad.yml")
+    good = write_spec("modules: {m: {metrics: [{name: a, help: h, value: x}]}}\n", "good.yml")
+    code, out, _ = check(bad, good)
+    assert code == 1
+    assert out.splitlines() == [f"{bad}:1:10: modules: must not be empty", f"{good}: valid: 1 module(s), 1 metric rule(s), 0 warning(s)"]
+
+
+# -- warnings ---------------------------------------------------------------------------------------
+
+WARNINGS = [
+    ("counter_without_total", "{name: requests, type: counter, help: h, value: n}", "4:16", "modules.m.metrics[0].name",
+     "counter 'requests' should end with _total"),
+    ("missing_help", "{name: jobs, value: n}", "4:16", "modules.m.metrics[0].name", "metric 'jobs' has no help"),
+    ("unit_milliseconds", "{name: latency_ms, help: h, value: n}", "4:16", "modules.m.metrics[0].name",
+     "metric name 'latency_ms': use the base unit: seconds (_seconds) and scale with a JMESPath expression or convert in PromQL"),
+    ("unit_missing", "{name: request_duration, help: h, value: n}", "4:16", "modules.m.metrics[0].name",
+     "metric name 'request_duration': add a unit suffix, e.g. _seconds"),
+    ("unit_in_values_suffix", "{name: disk, help: h, values: {used_percent: u}}", "4:40", "modules.m.metrics[0].values.used_percent",
+     "metric name 'disk_used_percent': use a ratio from 0 to 1 with the suffix _ratio"),
+]
+
+
+@pytest.mark.parametrize(("rule", "location", "yaml_path", "message"), [w[1:] for w in WARNINGS], ids=[w[0] for w in WARNINGS])
+def test_warning_is_printed_and_exits_zero_unless_strict(rule: str, location: str, yaml_path: str, message: str,
+                                                         write_spec: SpecWriter, check: Run) -> None:
+    path = write_spec(f"""
+        modules:
+          m:
+            metrics:
+              - {rule}
+        """)
+    code, out, _ = check(path)
+    assert code == 0, out
+    assert out.splitlines() == [f"{path}:{location}: {yaml_path}: warning: {message}", f"{path}: valid: 1 module(s), 1 metric rule(s), 1 warning(s)"]
+
+    code, out, _ = check("--strict", path)
+    assert code == 1, out
+    assert warning_lines(out) == [f"{path}:{location}: {yaml_path}: warning: {message}"]
+    assert not re.search(r": valid: \d+ module", out)
+
+
+def test_clean_spec_exits_zero_even_when_strict(write_spec: SpecWriter, check: Run) -> None:
+    path = write_spec("""
+        modules:
+          m:
+            metrics:
+              - {name: requests_total, type: counter, help: Requests served, value: n}
+        """)
+    for args in ((path,), ("--strict", path)):
+        code, out, _ = check(*args)
+        assert code == 0
+        assert out == f"{path}: valid: 1 module(s), 1 metric rule(s), 0 warning(s)\n"
+
+
+# -- unreadable files, usage, hostile input ----------------------------------------------------------
+
+def test_missing_file_exits_2(tmp_path: Path, check: Run) -> None:
+    missing = tmp_path / "nope.yml"
+    code, out, err = check(missing)
+    assert code == 2
+    assert out == ""
+    assert err == f"{missing}: cannot read: No such file or directory\n"
+
+
+def test_directory_exits_2(tmp_path: Path, check: Run) -> None:
+    code, out, err = check(tmp_path)
+    assert code == 2
+    assert out == ""
+    assert err.startswith(f"{tmp_path}: cannot read: ")
+
+
+def test_unreadable_file_wins_over_an_invalid_one(tmp_path: Path, write_spec: SpecWriter, check: Run) -> None:
+    code, out, _ = check(write_spec("modules: {}\n"), tmp_path / "nope.yml")
+    assert code == 2
+    assert ": modules: must not be empty" in out
+
+
+def test_check_without_files_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["check"])
+    assert exited.value.code == 2
+    assert "the following arguments are required: FILE" in capsys.readouterr().err
+
+
+def _laughs() -> str:
+    lines = ['l0: &l0 ["ha", "ha", "ha", "ha", "ha", "ha", "ha", "ha", "ha"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    return "\n".join(lines) + "\n"
+
+
+NASTY: list[tuple[str, bytes, int, str]] = [
+    ("binary_garbage", bytes(range(256)) * 4, 2, "cannot read: 'utf-8' codec can't decode"),
+    ("control_characters", b"modules:\n  m: {metrics: [{name: a\x01b}]}\n", 1, "2:25: <root>: invalid YAML: unacceptable character #x0001"),
+    ("top_level_list", b"- modules\n- metrics\n", 1, "1:1: <root>: expected a mapping, got list"),
+    ("top_level_scalar", b"just text\n", 1, "1:1: <root>: expected a mapping, got \"just text\""),
+    ("billion_laughs", _laughs().encode(), 1, "document too large or too deep"),
+    ("nested_flow_lists_200", b"[" * 200 + b"]" * 200 + b"\n", 1, "document too large or too deep"),
+    ("nested_block_lists_200", b"".join(b"  " * i + b"-\n" for i in range(200)), 1, "document too large or too deep"),
+    ("nested_flow_mappings_5000", b"{a: " * 5000 + b"}" * 5000 + b"\n", 1, "1:1: <root>: document too deep"),
+    ("key_is_a_list", b"? [a]\n: b\nmodules: {m: {metrics: [{name: a, help: h, value: x}]}}\n", 1, "1:3: <root>: mapping keys must be plain scalars"),
+    ("unknown_tag", b"modules: !!python/name:os.system x\n", 1, "invalid YAML: could not determine a constructor"),
+]
+
+
+@pytest.mark.parametrize(("content", "expected_code", "expected"), [n[1:] for n in NASTY], ids=[n[0] for n in NASTY])
+def test_hostile_input_gives_a_message_never_a_traceback(content: bytes, expected_code: int, expected: str,
+                                                         write_spec: SpecWriter, check: Run) -> None:
+    path = write_spec(content)
+    code, out, err = check(path)
+    assert code == expected_code, out + err
+    assert "Traceback" not in out + err
+    assert expected in out + err
+    for line in (out + err).splitlines():
+        assert line.startswith(f"{path}:"), line
+
+
+# -- the schema ---------------------------------------------------------------------------------------
+
+DRAFT7_KEYWORDS = frozenset({
+    "$schema", "$id", "$ref", "$comment", "title", "description", "default", "examples", "readOnly", "writeOnly",
+    "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum",
+    "maxLength", "minLength", "pattern", "format", "contentMediaType", "contentEncoding",
+    "items", "additionalItems", "maxItems", "minItems", "uniqueItems", "contains",
+    "maxProperties", "minProperties", "required", "properties", "patternProperties", "additionalProperties",
+    "dependencies", "propertyNames", "if", "then", "else", "allOf", "anyOf", "oneOf", "not", "definitions",
+})
+_NAMED_SCHEMAS = ("properties", "patternProperties", "definitions", "$defs", "dependencies")
+_ONE_SCHEMA = ("additionalProperties", "additionalItems", "propertyNames", "contains", "not", "if", "then", "else", "items")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "items", "prefixItems")
+
+
+def subschemas(schema: Any) -> Iterator[dict[str, Any]]:
+    """Every schema object in `schema`, itself included (values of enum, required... are not schemas)."""
+    if not isinstance(schema, dict):
+        return
+    yield schema
+    for keyword, value in schema.items():
+        if keyword in _NAMED_SCHEMAS and isinstance(value, dict):
+            for sub in value.values():
+                yield from subschemas(sub)
+        elif keyword in _ONE_SCHEMA and isinstance(value, dict):
+            yield from subschemas(value)
+        elif keyword in _SCHEMA_LISTS and isinstance(value, list):
+            for sub in value:
+                yield from subschemas(sub)
+
+
+def test_schema_is_valid_for_draft_2020_12_and_draft_7() -> None:
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    jsonschema.Draft7Validator.check_schema(SCHEMA)
+
+
+def test_schema_uses_only_draft_7_keywords() -> None:
+    used = {keyword for schema in subschemas(SCHEMA) for keyword in schema}
+    assert used - DRAFT7_KEYWORDS == set()
+    assert {"properties", "additionalProperties", "definitions", "$ref", "propertyNames"} <= used  # the walk went deep
+
+
+def test_schema_walk_finds_keywords_beyond_draft_7() -> None:
+    newer = {"type": "object", "$defs": {"a": {"prefixItems": [{"unevaluatedProperties": False}]}}}
+    assert {k for s in subschemas(newer) for k in s} - DRAFT7_KEYWORDS == {"$defs", "prefixItems", "unevaluatedProperties"}
+
+
+def test_every_property_has_a_description() -> None:
+    missing = [
+        name
+        for schema in subschemas(SCHEMA)
+        for name, sub in schema.get("properties", {}).items()
+        if not (isinstance(sub, dict) and sub.get("description", "").strip())
+    ]
+    assert missing == []
+    assert sum(len(s.get("properties", {})) for s in subschemas(SCHEMA)) > 20
+
+
+def test_schema_command_prints_the_schema_file_exactly(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    assert capsys.readouterr().out == SCHEMA_FILE.read_text(encoding="utf-8")
+
+
+def test_packaged_schema_is_the_schema_file() -> None:
+    packaged = resources.files("jsonexporter.spec").joinpath("jsonexporter.schema.json").read_text(encoding="utf-8")
+    assert packaged == SCHEMA_FILE.read_text(encoding="utf-8")
+
+
+# -- schema and loader agree --------------------------------------------------------------------------
+
+# messages only the schema layer produces; semantic checks never word a problem like this
+SCHEMA_MESSAGES = re.compile(
+    r"^(unknown key |expected |missing required key |must not be empty$|must be greater than -?\d|invalid (module name|label name|parameter name|"
+    r"endpoint name|value suffix|name) )|( does not match \^| is not one of | is (less|greater) than (or equal to )?the (minimum|maximum) "
+    r"| has non-unique elements)"
+)
+
+# shaped to pass the schema (semantic mistakes included); `spec_documents` then breaks some of them
+NAMES = st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True)
+
+
+def mostly(good: st.SearchStrategy[Any], other: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(good, good, good, good, good, good, other)
+
+
+EXPRESSIONS = mostly(
+    st.sampled_from(["a", "a.b", "items[*].v", "@", "$key", "$root.x", "$params.p", "length(@)", "to_number(v)"]),
+    st.one_of(st.sampled_from(["nope(a)", "$lvl.key", "$nope"]), st.text(alphabet="ab$.[]()|&*?@'\"`= {}:,!<>", min_size=1, max_size=10)),
+)
+TEMPLATES = mostly(st.sampled_from(["{target}", "{target}/x?m={module}", "https://x/{p}", "{{x}}"]), st.text(alphabet="ab{}/:?=.", max_size=10))
+DURATIONS = mostly(st.one_of(st.sampled_from(["10s", "1m30s", "500ms", "1h"]), st.integers(1, 30), st.floats(0.001, 30)), st.sampled_from(["0s", "0ms"]))
+JUNK = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 700), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=6),
+    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
+
+LEVELS = st.one_of(EXPRESSIONS, st.fixed_dictionaries({}, optional={"path": EXPRESSIONS, "as": st.sampled_from(["lvl", "root", "n"])}))
+METRICS = st.fixed_dictionaries(
+    {"name": mostly(NAMES, st.sampled_from(["probe_x", "a_info", "x_total", "latency_ms"])), "value": EXPRESSIONS},
+    optional={
+        "help": st.text(max_size=5),
+        "type": mostly(st.sampled_from(["gauge", "counter", "untyped"]), st.sampled_from(["info", "stateset"])),
+        "endpoint": mostly(st.sampled_from(["default", "a", "b"]), st.just("zz")),
+        "each": st.one_of(EXPRESSIONS, st.lists(LEVELS, min_size=1, max_size=2)),
+        "values": st.dictionaries(st.sampled_from(["up", "total", "size_mb"]), EXPRESSIONS, min_size=1, max_size=2),
+        "labels": st.dictionaries(mostly(st.sampled_from(["id", "pod"]), st.sampled_from(["__x", "instance"])), EXPRESSIONS, max_size=2),
+        "value_map": st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+        "default": st.floats(allow_nan=False, allow_infinity=False),
+        "timestamp": EXPRESSIONS,
+        "timestamp_unit": st.sampled_from(["seconds", "milliseconds"]),
+        "states": st.lists(st.one_of(st.text(max_size=3), st.integers()), min_size=1, max_size=3, unique=True),
+    },
+)
+ENDPOINTS = st.fixed_dictionaries({}, optional={
+    "url": TEMPLATES,
+    "method": st.sampled_from(["GET", "POST"]),
+    "headers": st.dictionaries(mostly(st.sampled_from(["Accept", "X-Key"]), st.just("bad header")), TEMPLATES, max_size=2),
+    "params": st.dictionaries(NAMES, TEMPLATES, max_size=2),
+    "body": st.one_of(TEMPLATES, st.dictionaries(NAMES, st.one_of(TEMPLATES, st.integers(), st.lists(TEMPLATES, max_size=2)), max_size=2)),
+    "timeout": DURATIONS,
+    "valid_status_codes": st.lists(st.integers(100, 599), min_size=1, max_size=2),
+    "max_response_bytes": st.integers(1, 10),
+})
+MODULES = st.fixed_dictionaries(
+    {"metrics": st.lists(METRICS, min_size=1, max_size=3)},
+    optional={
+        "timeout": DURATIONS,
+        "labels": st.dictionaries(mostly(st.just("instance"), st.just("__x")), TEMPLATES, max_size=2),
+        "parameters": st.dictionaries(
+            mostly(st.sampled_from(["p", "q"]), st.sampled_from(["target", "debug"])),
+            st.fixed_dictionaries({}, optional={
+                "default": st.text(alphabet="abC1", max_size=3),
+                "pattern": mostly(st.just(".*"), st.sampled_from(["[a-z]+", "[a-"])),
+            }),
+            max_size=2,
+        ),
+        "endpoints": st.dictionaries(st.sampled_from(["default", "a", "b"]), ENDPOINTS, min_size=1, max_size=2),
+    },
+)
+DOCUMENTS = st.fixed_dictionaries({"modules": st.dictionaries(NAMES, MODULES, min_size=1, max_size=2)})
+
+
+def containers(doc: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    yield path, doc
+    children = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    for key, child in children:
+        yield from containers(child, (*path, key))
+
+
+@st.composite
+def spec_documents(draw: st.DrawFn) -> Any:
+    """Spec-shaped documents: mostly right, then a few random breakages (extra keys, wrong types)."""
+    doc = copy.deepcopy(draw(DOCUMENTS))
+    for _ in range(draw(st.integers(0, 2))):
+        nodes = list(containers(doc))
+        path, node = draw(st.sampled_from(nodes))
+        if isinstance(node, dict) and draw(st.booleans()):
+            node[draw(st.sampled_from(["extra", "lables", "valeu", "path", "name"]))] = draw(JUNK)
+        elif path:
+            parent: Any = doc
+            for key in path[:-1]:
+                parent = parent[key]
+            parent[path[-1]] = draw(JUNK)
+    return doc
+
+
+@pytest.mark.filterwarnings("ignore:deprecated string literal syntax:PendingDeprecationWarning")  # jmespath, on `foo` literals
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec_documents())
+def test_loader_agrees_with_the_schema(doc: Any) -> None:
+    text = yaml.safe_dump(doc, sort_keys=False)
+    assert yaml.safe_load(text) == doc  # the loader sees what the schema sees
+    schema_errors = list(jsonschema.Draft202012Validator(SCHEMA).iter_errors(doc))
+
+    spec, problems = load_text(text, "f.yml")  # never raises
+    errors = [p for p in problems if p.severity == "error"]
+    for p in problems:
+        assert re.fullmatch(r"f\.yml:\d+:\d+: \S.*", str(p)) and "\n" not in str(p)
+
+    event(f"schema {'rejects' if schema_errors else 'accepts'}, loader {'rejects' if errors else 'accepts'}")
+    if schema_errors:
+        assert spec is None
+        for e in schema_errors:
+            where = tuple(e.absolute_path)
+            assert any(p.path[: len(where)] == where for p in errors), f"{e.message} at {where} not reported: {problems}"
+    else:
+        assert [p for p in errors if SCHEMA_MESSAGES.search(p.message)] == []
+        assert (spec is None) == bool(errors)

@@ -1,0 +1,320 @@
+"""Operating the exporter: reload, the probe bound, recent probes, web config (TLS, basic auth,
+headers) and hostile upstreams, against the running app on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import bcrypt
+import pytest
+import trustme
+from aiohttp import web
+from conftest import UpstreamFactory, make_spec, wait_for
+from metrics_util import parse, value
+
+from jsonexporter.server import STATE, Options, make_app
+from jsonexporter.webconfig import load_web_config
+
+SPEC_A = """
+modules:
+  default:
+    timeout: 30s
+    metrics:
+      - {name: version_a, help: a, value: v}
+"""
+SPEC_B = """
+modules:
+  default:
+    metrics:
+      - {name: version_b, help: b, value: v}
+  extra:
+    metrics:
+      - {name: extra_value, help: e, value: v}
+"""
+
+
+@pytest.fixture
+def spec_path(tmp_path: Path) -> Path:
+    path = tmp_path / "spec.yml"
+    path.write_text(textwrap.dedent(SPEC_A))
+    return path
+
+
+async def start(aiohttp_client: Any, spec_path: Path, **options: Any) -> Any:
+    spec = make_spec(spec_path.read_text(), str(spec_path))
+    return await aiohttp_client(make_app(spec, Options(**options), spec_file=str(spec_path)))
+
+
+async def test_reload_replaces_the_spec_when_valid(aiohttp_client: Any, spec_path: Path, upstream: UpstreamFactory) -> None:
+    up = await upstream({"/": {"v": 1}})
+    client = await start(aiohttp_client, spec_path)
+    spec_path.write_text(textwrap.dedent(SPEC_B))
+    response = await client.post("/-/reload")
+    assert response.status == 200 and "reloaded" in await response.text()
+    s = parse(await (await client.get(f"/probe?module=extra&target={up.url}/")).text())
+    assert value(s, "extra_value") == 1
+    metrics = parse(await (await client.get("/metrics")).text())
+    assert value(metrics, "jsonexporter_config_last_reload_successful") == 1
+    assert value(metrics, "jsonexporter_config_modules") == 2
+
+
+@pytest.mark.parametrize("damage", ["invalid", "deleted", "unreadable"])
+async def test_a_broken_spec_keeps_the_old_one_serving(aiohttp_client: Any, spec_path: Path, upstream: UpstreamFactory, damage: str) -> None:
+    up = await upstream({"/": {"v": 1}})
+    client = await start(aiohttp_client, spec_path)
+    if damage == "invalid":
+        spec_path.write_text("modules:\n  default:\n    metrics:\n      - {name: x, help: x, value: 'a['}\n")
+    elif damage == "deleted":
+        spec_path.unlink()
+    else:
+        spec_path.write_bytes(b"\xff\xfe\x00garbage")
+    response = await client.post("/-/reload")
+    text = await response.text()
+    assert response.status == 500 and "previous spec is still served" in text
+    if damage == "invalid":
+        assert f"{spec_path}:4:38: modules.default.metrics[0].value: invalid JMESPath" in text
+    s = parse(await (await client.get(f"/probe?target={up.url}/")).text())
+    assert value(s, "version_a") == 1
+    metrics = parse(await (await client.get("/metrics")).text())
+    assert value(metrics, "jsonexporter_config_last_reload_successful") == 0
+
+
+async def test_reload_under_load_loses_no_probe(aiohttp_client: Any, spec_path: Path, upstream: UpstreamFactory) -> None:
+    release, arrived = asyncio.Event(), asyncio.Event()
+    waiting = 0
+
+    async def held(request: web.Request) -> web.Response:
+        nonlocal waiting
+        waiting += 1
+        if waiting == 20:
+            arrived.set()
+        await wait_for(release, 20)
+        return web.json_response({"v": 1})
+
+    up = await upstream({"/": held})
+    client = await start(aiohttp_client, spec_path)
+    probes = [asyncio.create_task(client.get(f"/probe?target={up.url}/")) for _ in range(20)]
+    await wait_for(arrived, 20)
+    spec_path.write_text(textwrap.dedent(SPEC_B))
+    assert (await client.post("/-/reload")).status == 200
+    release.set()
+    responses = await asyncio.gather(*probes)
+    for response in responses:
+        assert response.status == 200
+        s = parse(await response.text())
+        assert value(s, "version_a") == 1 and value(s, "probe_success") == 1  # finished on the spec it started with
+    s = parse(await (await client.get(f"/probe?target={up.url}/")).text())
+    assert value(s, "version_b") == 1
+
+
+async def test_auto_reload_picks_up_a_changed_file(aiohttp_client: Any, spec_path: Path) -> None:
+    client = await start(aiohttp_client, spec_path, auto_reload_interval=0.05)
+    state = client.app[STATE]
+    spec_path.write_text(textwrap.dedent(SPEC_B))
+    for _ in range(400):  # bounded: 20 s at most
+        if "extra" in state.spec.modules:
+            break
+        await asyncio.sleep(0.05)  # polling a condition the background task changes
+    assert "extra" in state.spec.modules
+
+
+async def test_probes_over_the_bound_get_503_at_once(aiohttp_client: Any, spec_path: Path, upstream: UpstreamFactory) -> None:
+    release, arrived = asyncio.Event(), asyncio.Event()
+    count = 0
+
+    async def held(request: web.Request) -> web.Response:
+        nonlocal count
+        count += 1
+        if count == 2:
+            arrived.set()
+        await wait_for(release, 20)
+        return web.json_response({"v": 1})
+
+    up = await upstream({"/": held})
+    client = await start(aiohttp_client, spec_path, max_concurrent_probes=2)
+    held_probes = [asyncio.create_task(client.get(f"/probe?target={up.url}/")) for _ in range(2)]
+    await wait_for(arrived)
+    response = await client.get(f"/probe?target={up.url}/")
+    assert response.status == 503 and "too many concurrent probes" in await response.text()
+    release.set()
+    assert [r.status for r in await asyncio.gather(*held_probes)] == [200, 200]
+    metrics = parse(await (await client.get("/metrics")).text())
+    assert value(metrics, "jsonexporter_probes_total", module="default", result="rejected") == 1
+
+
+async def test_landing_page_lists_recent_probes_with_details(aiohttp_client: Any, spec_path: Path) -> None:
+    client = await start(aiohttp_client, spec_path)
+    await client.get("/probe?target=http://user:pw@127.0.0.1:1/?token=abc")
+    page = await (await client.get("/")).text()
+    assert "Recent probes" in page and "failure" in page and "<script" not in page
+    assert "pw@" not in page and "abc" not in page
+    details = await client.get("/probes/1")
+    text = await details.text()
+    assert details.status == 200 and "connection_error" in text
+    assert (await client.get("/probes/999")).status == 404
+
+
+# -- hostile upstreams ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"a": "\xff\xfe"}', "not UTF-8"),
+    (b"", "invalid JSON"),
+])
+async def test_hostile_bodies_fail_only_their_endpoint(aiohttp_client: Any, spec_path: Path, upstream: UpstreamFactory, body: bytes, reason: str) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    up = await upstream({"/": answer})
+    client = await start(aiohttp_client, spec_path)
+    text = await (await client.get(f"/probe?target={up.url}/&debug=true")).text()
+    assert reason in text and "probe_success 0" in text and "Traceback" not in text
+    assert (await client.get("/-/healthy")).status == 200
+
+
+async def test_upstream_hanging_after_headers_times_out(aiohttp_client: Any, spec_path: Path, upstream: UpstreamFactory) -> None:
+    release = asyncio.Event()
+
+    async def stall(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"v": ')
+        await wait_for(release, 20)
+        return response
+
+    up = await upstream({"/": stall})
+    client = await start(aiohttp_client, spec_path)
+    try:
+        response = await client.get(f"/probe?target={up.url}/", headers={"X-Prometheus-Scrape-Timeout-Seconds": "1"})
+        s = parse(await response.text())
+    finally:
+        release.set()
+    assert value(s, "probe_success") == 0
+    metrics = parse(await (await client.get("/metrics")).text())
+    assert value(metrics, "jsonexporter_upstream_requests_total", module="default", endpoint="default", outcome="timeout") == 1
+
+
+# -- web config: TLS, basic auth, headers --------------------------------------------------
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def _hash(password: str) -> str:
+    # Go's htpasswd-style prefix, as in node_exporter's documentation
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode().replace("$2b$", "$2y$")
+
+
+async def test_basic_auth_users_guard_every_path(aiohttp_client: Any, spec_path: Path, tmp_path: Path) -> None:
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"basic_auth_users:\n  alice: {_hash('wonderland')}\nhttp_server_config:\n  headers:\n    X-Frame-Options: DENY\n")
+    spec = make_spec(spec_path.read_text(), str(spec_path))
+    client = await aiohttp_client(make_app(spec, spec_file=str(spec_path), web_config=load_web_config(str(web_file))))
+    for path in ("/", "/metrics", "/probe?target=http://127.0.0.1:1", "/-/healthy"):
+        response = await client.get(path)
+        assert response.status == 401 and response.headers["WWW-Authenticate"].startswith("Basic")
+    wrong = await client.get("/metrics", headers=_basic("alice", "nope"))
+    assert wrong.status == 401
+    for _ in range(2):  # the second time from the cache of successful checks
+        ok = await client.get("/metrics", headers=_basic("alice", "wonderland"))
+        assert ok.status == 200 and ok.headers["X-Frame-Options"] == "DENY"
+    assert (await client.get("/metrics", headers=_basic("bob", "wonderland"))).status == 401
+
+
+def test_web_config_errors_are_located(tmp_path: Path) -> None:
+    from jsonexporter.spec import SpecError
+
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(
+        "tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: /nonexistent.key\n  client_auth_type: Bogus\nbasic_auth_users:\n  bob: plain\n"
+    )
+    with pytest.raises(SpecError) as caught:
+        load_web_config(str(web_file))
+    lines = [str(p) for p in caught.value.problems]
+    assert any(line.startswith(f"{web_file}:4:21: tls_server_config.client_auth_type:") for line in lines), lines
+    assert any(line.startswith(f"{web_file}:6:8: basic_auth_users.bob:") for line in lines), lines
+    web_file.write_text("tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: /nonexistent.key\n")
+    with pytest.raises(SpecError) as caught:
+        load_web_config(str(web_file))
+    assert str(caught.value.problems[0]).startswith(f"{web_file}:2:14: tls_server_config.cert_file: cannot load")
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, Any]:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("scraper@example.test")
+    paths = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "server.pem", "key": tmp_path / "server.key", "client": tmp_path / "client.pem"}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    server.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    server.private_key_pem.write_to_path(str(paths["key"]))
+    client.private_key_and_cert_chain_pem.write_to_path(str(paths["client"]))
+    return {"ca": ca, "paths": paths}
+
+
+async def _serve_tls(spec_path: Path, web_file: Path) -> tuple[web.AppRunner, str]:
+    spec = make_spec(spec_path.read_text(), str(spec_path))
+    app = make_app(spec, web_config=load_web_config(str(web_file)))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=app[STATE].tls)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"https://127.0.0.1:{port}"
+
+
+async def test_tls_server_config_serves_https_only(spec_path: Path, tmp_path: Path, tls_files: dict[str, Any]) -> None:
+    p = tls_files["paths"]
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"tls_server_config:\n  cert_file: {p['cert']}\n  key_file: {p['key']}\n  min_version: TLS12\n")
+    runner, base = await _serve_tls(spec_path, web_file)
+    try:
+        trusting = ssl.create_default_context(cafile=str(p["ca"]))
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/-/healthy", ssl=trusting) as response:
+                assert response.status == 200
+            with pytest.raises(aiohttp.ClientError):
+                async with session.get(base.replace("https", "http") + "/-/healthy") as response:
+                    await response.read()
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                async with session.get(f"{base}/-/healthy") as response:  # not trusting the test CA
+                    await response.read()
+    finally:
+        await runner.cleanup()
+
+
+async def test_client_certificates_are_required_when_configured(spec_path: Path, tmp_path: Path, tls_files: dict[str, Any]) -> None:
+    p = tls_files["paths"]
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(
+        f"tls_server_config:\n  cert_file: {p['cert']}\n  key_file: {p['key']}\n"
+        f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {p['ca']}\n"
+    )
+    runner, base = await _serve_tls(spec_path, web_file)
+    try:
+        anonymous = ssl.create_default_context(cafile=str(p["ca"]))
+        with_cert = ssl.create_default_context(cafile=str(p["ca"]))
+        with_cert.load_cert_chain(str(p["client"]))
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/-/healthy", ssl=with_cert) as response:
+                assert response.status == 200
+            with pytest.raises(aiohttp.ClientError):
+                async with session.get(f"{base}/-/healthy", ssl=anonymous) as response:
+                    await response.read()
+    finally:
+        await runner.cleanup()
+
+
+def test_debug_json_shapes_are_plain_json() -> None:
+    # the deep-nesting case above relies on json raising RecursionError, not crashing the interpreter
+    with pytest.raises(RecursionError):
+        json.loads("[" * 100_000 + "]" * 100_000)
