@@ -14,13 +14,12 @@ import aiohttp
 from yarl import URL
 
 from jsonexporter import __version__
+from jsonexporter.secrets import REDACTED, is_secret_name
 from jsonexporter.spec.expressions import Template
 from jsonexporter.spec.model import Endpoint, JsonBody, Module
 from jsonexporter.trace import Trace, shorten
 
 USER_AGENT = f"jsonexporter/{__version__}"
-_SECRET_WORDS = ("auth", "token", "secret", "password", "passwd", "key", "cookie", "session", "credential", "signature")
-REDACTED = "<redacted>"
 
 
 class InvalidRequest(Exception):
@@ -49,11 +48,6 @@ class EndpointResult:
     @property
     def ok(self) -> bool:
         return self.outcome == "success"
-
-
-def is_secret_name(name: str) -> bool:
-    lowered = name.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
 
 
 def redact_url(url: URL) -> str:

@@ -23,6 +23,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RESERVED_PARAMS = frozenset({"module", "target", "debug"})
 
 
+class TargetNotAllowed(InvalidRequest):
+    """The target is outside the module's allowlist (HTTP 403 for the scraper)."""
+
+
 @dataclass(slots=True)
 class ProbeResult:
     families: list[Family]
@@ -32,12 +36,15 @@ class ProbeResult:
     trace: Trace | None = None
 
 
-def resolve_values(module: Module, target: str, query: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """Template values and `$params` for a probe; raise InvalidRequest for a bad target or parameter."""
-    if not target:
+def resolve_values(module: Module, target: str, query: Mapping[str, str], offline: bool = False) -> tuple[dict[str, str], dict[str, str]]:
+    """Template values and `$params` for a probe; raise InvalidRequest for a bad target or parameter,
+    TargetNotAllowed for a target outside the module's allowlist."""
+    if not target and module.needs_target:
         raise InvalidRequest("missing target parameter")
     if len(target) > MAX_TARGET_LENGTH or _CONTROL.search(target):
         raise InvalidRequest(f"invalid target: longer than {MAX_TARGET_LENGTH} characters or containing control characters")
+    if not offline and not module.target_allowed(target):  # the allowlist guards requests; offline sends none
+        raise TargetNotAllowed(f"target not allowed by module {module.name!r}: it matches none of its targets.allow patterns")
     params = {k: v for k, v in query.items() if k not in RESERVED_PARAMS and len(v) <= MAX_PARAM_LENGTH}
     values = {"target": target, "module": module.name}
     for name, decl in module.parameters.items():
@@ -102,7 +109,7 @@ async def run_probe(session: aiohttp.ClientSession, module: Module, target: str,
 
 def run_offline(module: Module, documents: Mapping[str, Any], target: str, query: Mapping[str, str], debug: bool = False) -> ProbeResult:
     """Evaluate saved answers (endpoint name -> parsed JSON) without any network I/O."""
-    values, params = resolve_values(module, target, query)
+    values, params = resolve_values(module, target, query, offline=True)
     trace = Trace() if debug else None
     extraction = extract(module, documents, ProbeContext(module.name, target, params), module_labels(module, values), trace)
     success = all(name in documents for name in module.endpoints)

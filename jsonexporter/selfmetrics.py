@@ -17,7 +17,9 @@ class SelfMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.probes = Counter("jsonexporter_probes", "Probes answered, by module and result (success, failure, invalid).", ["module", "result"], registry=r)
+        self.probes = Counter(
+            "jsonexporter_probes", "Probes answered, by module and result (success, failure, invalid, forbidden, rejected).", ["module", "result"], registry=r
+        )
         self.probe_duration = Histogram("jsonexporter_probe_duration_seconds", "Duration of probes in seconds.", ["module"], buckets=PROBE_BUCKETS, registry=r)
         self.upstream_requests = Counter(
             "jsonexporter_upstream_requests", "Upstream requests by module, endpoint and outcome.", ["module", "endpoint", "outcome"], registry=r

@@ -24,7 +24,7 @@ from jsonexporter import __version__
 from jsonexporter.exposition import encode, render_text
 from jsonexporter.fetch import InvalidRequest, new_session, redact_url
 from jsonexporter.logs import kv
-from jsonexporter.probe import ProbeResult, run_probe
+from jsonexporter.probe import ProbeResult, TargetNotAllowed, run_probe
 from jsonexporter.selfmetrics import SelfMetrics
 from jsonexporter.spec import SpecError, load_spec, read_spec_text
 from jsonexporter.spec.model import Spec
@@ -127,6 +127,9 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
     state.metrics.in_flight.inc()
     try:
         result = await run_probe(state.session, module, target, query, timeout, debug)
+    except TargetNotAllowed as exc:
+        state.metrics.probes.labels(module.name, "forbidden").inc()
+        return _plain(403, str(exc))
     except InvalidRequest as exc:
         state.metrics.probes.labels(module.name, "invalid").inc()
         return _plain(400, str(exc))

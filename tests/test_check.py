@@ -1119,3 +1119,67 @@ def test_loader_agrees_with_the_schema(doc: Any) -> None:
     else:
         assert [p for p in errors if SCHEMA_MESSAGES.search(p.message)] == []
         assert (spec is None) == bool(errors)
+
+
+def test_credentials_sent_to_a_host_from_the_target_need_an_allowlist(write_spec: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_spec("""
+        modules:
+          github:
+            endpoints:
+              repo: {url: '{target}/repos', headers: {Authorization: 'Bearer x'}}
+            metrics: [{name: x, help: x, value: v}]
+          fixed_host:
+            endpoints:
+              repo: {url: 'https://api.example.com/{target}', headers: {Authorization: 'Bearer x'}}
+            metrics: [{name: x, help: x, value: v}]
+          allowed:
+            targets: {allow: ['https://api\\.example\\.com']}
+            endpoints:
+              repo: {url: '{target}/repos', params: {api_key: k}}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    errors = [line for line in out if "credentials" in line]
+    assert errors == [f"{path}:2:3: modules.github: endpoint repo sends credentials (header Authorization) to the host of the target: "
+                      "declare `targets: {allow: [...]}` so they can only be sent to the hosts you mean"]
+
+
+def test_allowlist_patterns_must_compile(write_spec: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_spec("""
+        modules:
+          default:
+            targets: {allow: ['http://(a']}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    assert main(["check", str(path)]) == 1
+    expected = f"{path}:3:23: modules.default.targets.allow[0]: invalid regex 'http://(a': missing ), unterminated subpattern at position 7"
+    assert expected in capsys.readouterr().out
+
+
+def test_yaml_1_1_words_stay_strings(write_spec: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_spec("""
+        modules:
+          default:
+            metrics:
+              - {name: switch_on, help: s, value: state, value_map: {on: 1, off: 0, yes: 1, no: 0}}
+              - {name: mode, help: m, type: stateset, value: m, states: [on, off]}
+        """)
+    assert main(["check", "--strict", str(path)]) == 0
+    from jsonexporter.spec import load_spec
+
+    metrics = load_spec(str(path)).modules["default"].metrics
+    assert dict(metrics[0].value_map) == {"on": 1.0, "off": 0.0, "yes": 1.0, "no": 0.0}
+    assert metrics[1].states == ("on", "off")
+
+
+@pytest.mark.parametrize(("metric", "warning"), [
+    ("{name: queue_size_total, help: h, value: v}", "the suffixes _total, _count, _sum and _bucket are for counters"),
+    ("{name: requests_gauge, help: h, value: v}", "should not contain its type"),
+    ("{name: x, help: h, value: v, labels: {quantile: q}}", "label 'quantile' is for histograms and summaries"),
+])
+def test_promtool_lints_are_warnings(write_spec: Any, capsys: pytest.CaptureFixture[str], metric: str, warning: str) -> None:
+    path = write_spec(f"modules:\n  default:\n    metrics:\n      - {metric}\n")
+    assert main(["check", str(path)]) == 0
+    assert warning in capsys.readouterr().out
+    assert main(["check", "--strict", str(path)]) == 1

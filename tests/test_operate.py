@@ -318,3 +318,36 @@ def test_debug_json_shapes_are_plain_json() -> None:
     # the deep-nesting case above relies on json raising RecursionError, not crashing the interpreter
     with pytest.raises(RecursionError):
         json.loads("[" * 100_000 + "]" * 100_000)
+
+
+# -- target allowlists ----------------------------------------------------------------------
+
+
+async def test_targets_outside_the_allowlist_get_403_without_any_request(aiohttp_client: Any, tmp_path: Path, upstream: UpstreamFactory) -> None:
+    up = await upstream({"/": {"v": 1}})
+    spec_path = tmp_path / "spec.yml"
+    spec_path.write_text(textwrap.dedent(f"""
+        modules:
+          default:
+            targets: {{allow: ['{up.url}/.*', 'https://api\\.example\\.com/.*']}}
+            endpoints: {{main: {{url: '{{target}}', headers: {{Authorization: 'Bearer s3cret'}}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """))
+    client = await start(aiohttp_client, spec_path)
+    for target in ("http://127.0.0.1:1/", f"{up.url}.evil.test/", "https://api.example.com.evil.test/", "file:///etc/passwd"):
+        response = await client.get("/probe", params={"target": target})
+        assert response.status == 403 and "not allowed" in await response.text(), target
+    assert up.hits == {}
+    s = parse(await (await client.get("/probe", params={"target": f"{up.url}/"})).text())
+    assert value(s, "x") == 1
+    metrics = parse(await (await client.get("/metrics")).text())
+    assert value(metrics, "jsonexporter_probes_total", module="default", result="forbidden") == 4
+
+
+async def test_a_module_that_needs_no_target_accepts_probes_without_one(aiohttp_client: Any, tmp_path: Path, upstream: UpstreamFactory) -> None:
+    up = await upstream({"/": {"v": 5}})
+    spec_path = tmp_path / "spec.yml"
+    spec_path.write_text(f"modules:\n  default:\n    endpoints: {{fixed: {{url: '{up.url}/'}}}}\n    metrics: [{{name: x, help: x, value: v}}]\n")
+    client = await start(aiohttp_client, spec_path)
+    s = parse(await (await client.get("/probe")).text())
+    assert value(s, "x") == 5

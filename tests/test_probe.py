@@ -323,6 +323,7 @@ async def test_debug_trace_shows_requests_and_results_without_secrets(upstream: 
     client = await exporter("""
         modules:
           default:
+            targets: {allow: ['http://127\\.0\\.0\\.1:\\d+']}
             endpoints:
               stats:
                 url: '{target}/api/stats'
@@ -428,6 +429,7 @@ async def test_parameters_cannot_climb_out_of_the_url_path(upstream: UpstreamFac
     client = await exporter("""
         modules:
           default:
+            targets: {allow: ['http://127\\.0\\.0\\.1:\\d+']}
             parameters: {repo: {}}
             endpoints: {main: {url: '{target}/api/repos/{repo}/releases', headers: {Authorization: 'Bearer secret'}}}
             metrics: [{name: x, help: x, value: v}]

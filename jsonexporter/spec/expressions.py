@@ -37,6 +37,7 @@ class Expression:
     search: Search
     on_context: bool  # a `$` expression: evaluated on the probe context, not the element
     context_names: frozenset[str] = frozenset()
+    fields: tuple[str, ...] | None = None  # `a.b.c` as ("a", "b", "c") when that is all it is
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
@@ -136,12 +137,13 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
             known = ", ".join("$" + n for n in sorted(allowed))
             raise ExpressionError(f"unknown context name {('$' + first) if first else source!r}: use one of {known}", 0)
         names = frozenset({first})
+    chain = None
     if text.strip() == "@":
         search: Search = _current_node
     else:
         chain = _field_chain(parsed.parsed)
         search = _fast_search(chain) if chain is not None else parsed.search
-    return Expression(source, search, on_context, names)
+    return Expression(source, search, on_context, names, None if chain is None else tuple(chain))
 
 
 # -- templates --------------------------------------------------------------------------

@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, cast
 
+from jsonexporter.secrets import is_secret_name
 from jsonexporter.spec.expressions import (
     CONTEXT_NAMES,
     Expression,
@@ -228,8 +229,13 @@ def _levels(c: _Checker, path: Path, raw: Any) -> tuple[tuple[Level, ...], froze
 
 
 def _lint_name(c: _Checker, path: Path, name: str, mtype: str, at_key: bool = False) -> None:
+    # the lints of `promtool check metrics`, so that a spec passing `check --strict` makes output promtool accepts
     if mtype == "counter" and not name.endswith("_total"):
         c.add(path, f"counter {name!r} should end with _total", "warning", at_key=at_key)
+    if mtype != "counter" and re.search(r"_(total|count|sum|bucket)$", name):
+        c.add(path, f"{mtype} {name!r}: the suffixes _total, _count, _sum and _bucket are for counters, summaries and histograms", "warning", at_key=at_key)
+    if re.search(r"(^|_)(gauge|counter|histogram|summary)(_|$)", name):
+        c.add(path, f"metric name {name!r} should not contain its type", "warning", at_key=at_key)
     for pattern, hint in _UNIT_HINTS:
         if pattern.search(name):
             c.add(path, f"metric name {name!r}: {hint}", "warning", at_key=at_key)
@@ -289,6 +295,8 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
             c.add(lp, f"label {label!r} is already set by the module's labels", at_key=True)
         elif mtype == "stateset" and label == name:
             c.add(lp, f"label {label!r} is the stateset's own state label", at_key=True)
+        elif label in ("le", "quantile"):
+            c.add(lp, f"label {label!r} is for histograms and summaries; Prometheus tools treat it specially", "warning", at_key=True)
         if (e := c.expression(lp, source, level_names)) is not None:
             labels.append((label, e))
     states = tuple(_state_text(s) for s in raw.get("states", ()))
@@ -303,6 +311,9 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
         c.add((*path, "timestamp_unit"), "timestamp_unit without timestamp")
     value_map = {k: f for k, v in _items(raw.get("value_map")) if isinstance(v, (int, float)) and (f := _number(c, (*path, "value_map", k), v)) is not None}
     default = _number(c, (*path, "default"), raw["default"]) if "default" in raw else None
+    scale = _number(c, (*path, "scale"), raw["scale"]) if "scale" in raw else 1.0
+    if "scale" in raw and mtype in ("info", "stateset"):
+        c.add((*path, "scale"), f"`scale` is for numbers: a {mtype} metric has none")
     if c.broken(path):
         return None
     return Metric(
@@ -318,6 +329,7 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
         timestamp=timestamp,
         timestamp_scale=0.001 if raw.get("timestamp_unit") == "milliseconds" else 1.0,
         states=states,
+        scale=1.0 if scale is None else scale,
     )
 
 
@@ -385,8 +397,14 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
         if metric is not None:
             metrics.append((mp, metric))
     _check_families(c, name, metrics, module_labels)
+    allow = _target_patterns(c, (*path, "targets", "allow"), (raw.get("targets") or {}).get("allow"))
+    if not allow and "targets" not in declared:
+        for problem in _credentials_to_target_host(endpoints.values()):
+            c.add(path, f"{problem}: declare `targets: {{allow: [...]}}` so they can only be sent to the hosts you mean", at_key=True)
     if c.broken(path):
         return None
+    uses_target = any("target" in t.placeholders for t in _templates(endpoints.values(), labels)) or any(
+        "target" in e.context_names for m in metrics for e in _expressions(m[1]))
     return Module(
         name=name,
         endpoints=MappingProxyType(endpoints),
@@ -394,7 +412,67 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
         timeout=timeout,
         labels=tuple(labels),
         parameters=MappingProxyType(params),
+        target_allow=tuple(allow),
+        needs_target=uses_target,
     )
+
+
+def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[re.Pattern[str]]:
+    patterns = []
+    for i, source in enumerate(raw if isinstance(raw, list) else ()):
+        if not isinstance(source, str):
+            continue
+        try:
+            patterns.append(re.compile(source))
+        except re.error as exc:
+            c.add((*path, i), f"invalid regex {source!r}: {exc.msg}" + (f" at position {exc.pos}" if exc.pos is not None else ""))
+    return patterns
+
+
+_HOST_FROM_TARGET = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)?(?://)?[^/?#]*\{target\}")
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def _credentials_to_target_host(endpoints: Iterable[Endpoint]) -> Iterator[str]:
+    """Endpoints that would send credentials to a host the probe's target picks (SSRF with secrets)."""
+    for ep in endpoints:
+        if not _HOST_FROM_TARGET.match(ep.url.source):
+            continue
+        carried = [f"header {h}" for h, _ in ep.headers if h.lower() in _CREDENTIAL_HEADERS or is_secret_name(h)]
+        carried += [f"query parameter {q}" for q, _ in ep.params if is_secret_name(q)]
+        if carried:
+            yield f"endpoint {ep.name} sends credentials ({', '.join(carried)}) to the host of the target"
+
+
+def _templates(endpoints: Iterable[Endpoint], labels: list[tuple[str, Template]]) -> Iterator[Template]:
+    for ep in endpoints:
+        yield ep.url
+        yield from (t for _, t in ep.headers)
+        yield from (t for _, t in ep.params)
+        if isinstance(ep.body, Template):
+            yield ep.body
+        elif isinstance(ep.body, JsonBody):
+            yield from _json_templates(ep.body.value)
+    yield from (t for _, t in labels)
+
+
+def _json_templates(value: object) -> Iterator[Template]:
+    if isinstance(value, Template):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _json_templates(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _json_templates(v)
+
+
+def _expressions(metric: Metric) -> Iterator[Expression]:
+    yield from (lv.path for lv in metric.each)
+    yield from (o.value for o in metric.outputs if o.value is not None)
+    yield from (e for _, e in metric.labels)
+    if metric.timestamp is not None:
+        yield metric.timestamp
 
 
 def load_text(text: str, file: str) -> tuple[Spec | None, list[Problem]]:

@@ -79,6 +79,7 @@ class Metric:
     timestamp: Expression | None = None
     timestamp_scale: float = 1.0  # multiply to get seconds
     states: tuple[str, ...] = ()
+    scale: float = 1.0
 
     @property
     def uses_context(self) -> bool:
@@ -97,6 +98,11 @@ class Module:
     timeout: float = DEFAULT_TIMEOUT
     labels: tuple[tuple[str, Template], ...] = ()
     parameters: Mapping[str, Parameter] = field(default_factory=dict)
+    target_allow: tuple[re.Pattern[str], ...] = ()  # empty: any target
+    needs_target: bool = True  # some template or `$target` uses it
+
+    def target_allowed(self, target: str) -> bool:
+        return not self.target_allow or any(p.fullmatch(target) for p in self.target_allow)
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,7 +125,7 @@ class _Builder:
         if isinstance(node, SequenceNode):
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         assert isinstance(node, ScalarNode)
-        value = self._constructor.construct_object(node)
+        value = self._scalar(node)
         if isinstance(value, str):
             start, end = node.start_mark, node.end_mark
             raw = self.text[start.index : end.index]
@@ -135,6 +135,12 @@ class _Builder:
             return node.value
         return value
 
+    def _scalar(self, node: ScalarNode) -> Any:
+        # YAML 1.2 booleans only: a bare on/off/yes/no is the string it looks like (value_map keys, states)
+        if node.tag == "tag:yaml.org,2002:bool" and node.style is None and node.value.lower() not in ("true", "false"):
+            return node.value
+        return self._constructor.construct_object(node)
+
     def _mapping(self, node: MappingNode, path: Path, depth: int) -> dict[str, Any]:
         # expands `<<` merge keys the way PyYAML's constructor does
         self._constructor.flatten_mapping(node)
@@ -143,7 +149,7 @@ class _Builder:
             if not isinstance(key_node, ScalarNode):
                 self.problem(key_node, path, "mapping keys must be plain scalars")
                 continue
-            key = _key_text(self._constructor.construct_object(key_node))
+            key = _key_text(self._scalar(key_node))
             child = (*path, key)
             if key in result:
                 self.problem(key_node, child, f"duplicate key {key!r}")
