@@ -141,7 +141,7 @@ def _inputs(specs: list[str], endpoints: Sequence[str]) -> dict[str, Any]:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from jsonexporter.exposition import render_openmetrics, render_text
-    from jsonexporter.fetch import InvalidRequest, new_session
+    from jsonexporter.fetch import InvalidRequest, Upstream, new_session
     from jsonexporter.probe import ProbeResult, run_offline, run_probe
 
     logs.setup(args.log_level, args.log_format)
@@ -163,7 +163,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
             async def online() -> ProbeResult:
                 async with new_session() as session:
-                    return await run_probe(session, module, args.target, query, module.timeout, args.debug)
+                    return await run_probe(Upstream(session), module, args.target, query, module.timeout, args.debug)
 
             result = asyncio.run(online())
     except (ValueError, InvalidRequest) as exc:

@@ -4,16 +4,20 @@ shared keep-alive session, each bounded in time and bytes, answers parsed as JSO
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import time
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
 from jsonexporter import __version__
+from jsonexporter.cache import Answer, Lookup, ResponseCache
+from jsonexporter.client import ClientConfigError, Clients, RequestOptions
 from jsonexporter.secrets import REDACTED, is_secret_name
 from jsonexporter.spec.expressions import Template
 from jsonexporter.spec.model import Endpoint, JsonBody, Module
@@ -44,10 +48,18 @@ class EndpointResult:
     duration: float = 0.0
     document: Any = None
     error: str | None = None
+    cache: str | None = None  # with cache_ttl: miss, hit, coalesced or stale
+    cache_age: float | None = None
+    stale: bool = False  # the upstream failed; `document` is an older good answer (stale_if_error)
 
     @property
     def ok(self) -> bool:
         return self.outcome == "success"
+
+    @property
+    def usable(self) -> bool:
+        """A document to extract from: a good answer now, or a stale one."""
+        return self.ok or self.stale
 
 
 def redact_url(url: URL) -> str:
@@ -140,18 +152,39 @@ def new_session(limit: int = 256, limit_per_host: int = 32) -> aiohttp.ClientSes
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, raise_for_status=False)
 
 
-async def fetch_one(session: aiohttp.ClientSession, request: UpstreamRequest, deadline: float, trace: Trace | None = None) -> EndpointResult:
-    """One request, bounded by its endpoint's timeout and the probe's deadline (a loop.time())."""
+@dataclass
+class Upstream:
+    """What requests go through: the shared keep-alive session, the run-time client configurations
+    of the loaded spec (replaced by a reload) and the response cache."""
+
+    session: aiohttp.ClientSession
+    clients: Clients = field(default_factory=Clients)
+    cache: ResponseCache = field(default_factory=ResponseCache)
+
+
+def _cache_key(request: UpstreamRequest, options: RequestOptions) -> str:
+    parts = [request.method, str(request.url), options.identity(), str(options.proxy), str(id(options.ssl)), str(options.server_hostname)]
+    digest = hashlib.sha256("\0".join(parts).encode())
+    digest.update(request.body or b"")
+    for name, value in sorted(request.headers.items()):
+        digest.update(f"\0{name}\0{value}".encode())
+    return digest.hexdigest()
+
+
+async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptions, budget: float) -> tuple[Answer | None, EndpointResult]:
+    """One upstream request, bounded by `budget` seconds; the answer when it is good."""
     endpoint = request.endpoint
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    budget = deadline - start
-    if endpoint.timeout is not None:
-        budget = min(budget, endpoint.timeout)
     result = EndpointResult(endpoint.name, "success")
+    headers = dict(request.headers)
+    if options.authorization is not None:
+        headers["Authorization"] = options.authorization
+    start = time.monotonic()
     try:
         async with asyncio.timeout(max(budget, 0.0)):
-            async with session.request(request.method, request.url, headers=request.headers, data=request.body) as response:
+            async with up.session.request(
+                request.method, request.url, headers=headers, data=request.body, ssl=options.ssl, server_hostname=options.server_hostname,
+                proxy=options.proxy, proxy_headers=options.proxy_headers, allow_redirects=options.allow_redirects,
+            ) as response:
                 result.status = response.status
                 if not endpoint.status_ok(response.status):
                     result.outcome = "invalid_status"
@@ -164,35 +197,91 @@ async def fetch_one(session: aiohttp.ClientSession, request: UpstreamRequest, de
         result.outcome, result.error = "timeout", f"no complete answer within {budget:.3f}s"
     except _TooLarge as exc:
         result.outcome, result.error = "too_large", str(exc)
+    except aiohttp.ClientError as exc:  # before ValueError: certificate errors are both
+        result.outcome, result.error = "connection_error", f"{type(exc).__name__}: {exc}"
     except ValueError as exc:
         result.outcome, result.error = "invalid_json", str(exc)
-    except aiohttp.ClientError as exc:
-        result.outcome, result.error = "connection_error", f"{type(exc).__name__}: {exc}"
     except OSError as exc:
         result.outcome, result.error = "connection_error", f"{type(exc).__name__}: {exc.strerror or exc}"
-    result.duration = loop.time() - start
+    result.duration = time.monotonic() - start
     if not result.ok:
         result.document = None
+        return None, result
+    return Answer(result.document, result.status, result.bytes), result
+
+
+async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, trace: Trace | None = None) -> EndpointResult:
+    """One endpoint, bounded by its timeout and the probe's deadline (a loop.time()), through the
+    cache when the endpoint has `cache_ttl`."""
+    endpoint = request.endpoint
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    budget = deadline - start
+    if endpoint.timeout is not None:
+        budget = min(budget, endpoint.timeout)
+    options: RequestOptions | None = None
+    try:
+        async with asyncio.timeout(max(budget, 0.0)):  # an OAuth2 token request counts against the deadline
+            options = await up.clients.options(endpoint.client, request.url, up.session)
+    except ClientConfigError as exc:
+        result = EndpointResult(endpoint.name, "config_error", error=str(exc))
+    except TimeoutError:
+        result = EndpointResult(endpoint.name, "timeout", error=f"no OAuth2 token within {budget:.3f}s")
+    if options is not None:
+        remaining = budget - (loop.time() - start)
+        if endpoint.cache_ttl is None:
+            _, result = await _request(up, request, options, remaining)
+        else:
+            lookup = await up.cache.get(_cache_key(request, options), endpoint.cache_ttl, endpoint.stale_if_error,
+                                        lambda: _request(up, request, options, remaining), remaining)
+            result = _from_cache(endpoint.name, lookup, remaining)
+    result.duration = loop.time() - start
     if trace is not None:
-        shown = {k: (REDACTED if is_secret_name(k) else v) for k, v in request.headers.items()}
-        trace.add(f"endpoint {endpoint.name}: {request.method} {redact_url(request.url)}")
-        trace.add(f"  request headers: {shown}")
-        if request.body is not None:
-            trace.add(f"  request body: {len(request.body)} bytes")
-        trace.add(f"  -> {result.outcome}, status {result.status}, {result.bytes} bytes, {result.duration:.3f}s")
-        if result.error:
-            trace.add(f"  error: {result.error}")
-        elif result.document is not None:
-            trace.add(f"  document: {shorten(result.document)}")
+        _trace_request(trace, request, options, result)
     return result
 
 
-async def fetch_all(session: aiohttp.ClientSession, requests: list[UpstreamRequest], deadline: float, trace: Trace | None = None) -> list[EndpointResult]:
-    """Every request at once; cancelling the caller (a scraper that went away) cancels them all."""
+def _from_cache(name: str, lookup: Lookup, waited: float) -> EndpointResult:
+    fetched: EndpointResult | None = lookup.failure if isinstance(lookup.failure, EndpointResult) else None
+    if lookup.answer is None:
+        if fetched is not None:
+            fetched.cache = lookup.result
+            return fetched
+        return EndpointResult(name, "timeout", error=f"no complete answer within {waited:.3f}s", cache=lookup.result)
+    answer = lookup.answer
+    result = EndpointResult(name, "success", answer.status, answer.bytes, document=answer.document, cache=lookup.result, cache_age=lookup.age)
+    if lookup.result == "stale" and fetched is not None:
+        result.outcome, result.error, result.status, result.stale = fetched.outcome, fetched.error, fetched.status, True
+    return result
+
+
+def _trace_request(trace: Trace, request: UpstreamRequest, options: RequestOptions | None, result: EndpointResult) -> None:
+    endpoint = request.endpoint
+    headers = dict(request.headers)
+    if options is not None and options.authorization is not None:
+        headers["Authorization"] = options.authorization
+    shown = {k: (REDACTED if is_secret_name(k) else v) for k, v in headers.items()}
+    trace.add(f"endpoint {endpoint.name}: {request.method} {redact_url(request.url)}")
+    trace.add(f"  request headers: {shown}")
+    if options is not None and options.proxy:
+        trace.add(f"  via proxy {redact_url(URL(options.proxy))}")
+    if request.body is not None:
+        trace.add(f"  request body: {len(request.body)} bytes")
+    cached = f", cache {result.cache} (age {result.cache_age or 0.0:.1f}s)" if result.cache else ""
+    trace.add(f"  -> {result.outcome}, status {result.status}, {result.bytes} bytes, {result.duration:.3f}s{cached}")
+    if result.error:
+        trace.add(f"  error: {result.error}")
+    if result.document is not None:
+        trace.add(f"  document{' (stale)' if result.stale else ''}: {shorten(result.document)}")
+
+
+async def fetch_all(up: Upstream, requests: list[UpstreamRequest], deadline: float, trace: Trace | None = None) -> list[EndpointResult]:
+    """Every request at once; cancelling the caller (a scraper that went away) cancels them all
+    (a cached endpoint's shared request goes on for the other probes waiting for it)."""
     if len(requests) == 1:
-        return [await fetch_one(session, requests[0], deadline, trace)]
+        return [await fetch_one(up, requests[0], deadline, trace)]
     traces = [Trace() if trace is not None else None for _ in requests]
-    results = await asyncio.gather(*(fetch_one(session, r, deadline, t) for r, t in zip(requests, traces, strict=True)))
+    results = await asyncio.gather(*(fetch_one(up, r, deadline, t) for r, t in zip(requests, traces, strict=True)))
     if trace is not None:
         for t in traces:
             assert t is not None

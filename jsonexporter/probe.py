@@ -9,11 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from jsonexporter.exposition import Family, Labels
 from jsonexporter.extract import Extraction, ProbeContext, extract
-from jsonexporter.fetch import EndpointResult, InvalidRequest, fetch_all, render_requests
+from jsonexporter.fetch import EndpointResult, InvalidRequest, Upstream, fetch_all, render_requests
 from jsonexporter.spec.model import Module
 from jsonexporter.trace import Trace
 
@@ -78,6 +76,14 @@ def self_families(module: Module, extraction: Extraction, endpoints: list[Endpoi
             _gauge("probe_endpoint_response_bytes", "Size of the endpoint's answer body in bytes (decompressed).", [(lb, float(r.bytes)) for r, lb in ep]),
             _gauge("probe_endpoint_duration_seconds", "Duration of the endpoint's request in seconds.", [(lb, r.duration) for r, lb in ep]),
         ]
+        cached = [(r, lb) for r, lb in ep if r.cache is not None]
+        if cached:
+            families += [
+                _gauge("probe_endpoint_cache_age_seconds", "Age of the answer used, for endpoints with cache_ttl (0: fetched for this probe).",
+                       [(lb, r.cache_age or 0.0) for r, lb in cached]),
+                _gauge("probe_endpoint_stale", "1 when the upstream failed and an older answer was used (stale_if_error).",
+                       [(lb, float(r.stale)) for r, lb in cached]),
+            ]
     families += [
         _gauge("probe_extraction_errors", "Series of the metric skipped in this probe because a value or label could not be extracted.",
                [((("metric", name),), float(n)) for name, n in sorted(extraction.errors.items())]),
@@ -90,7 +96,7 @@ def self_families(module: Module, extraction: Extraction, endpoints: list[Endpoi
     return families
 
 
-async def run_probe(session: aiohttp.ClientSession, module: Module, target: str, query: Mapping[str, str], timeout: float, debug: bool = False) -> ProbeResult:
+async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[str, str], timeout: float, debug: bool = False) -> ProbeResult:
     """Fetch and extract; raise InvalidRequest before any network I/O when the probe's query is unusable."""
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -99,10 +105,10 @@ async def run_probe(session: aiohttp.ClientSession, module: Module, target: str,
     trace = Trace() if debug else None
     if trace is not None:
         trace.add(f"module {module.name}, target {target}, deadline {timeout:.3f}s")
-    endpoints = await fetch_all(session, requests, start + timeout, trace)
-    documents = {r.endpoint: r.document for r in endpoints if r.ok}
+    endpoints = await fetch_all(up, requests, start + timeout, trace)
+    documents = {r.endpoint: r.document for r in endpoints if r.usable}
     extraction = extract(module, documents, ProbeContext(module.name, target, params), module_labels(module, values), trace)
-    success = all(r.ok for r in endpoints)
+    success = all(r.usable for r in endpoints)
     families = [*extraction.families.values(), *self_families(module, extraction, endpoints, success, loop.time() - start)]
     return ProbeResult(families, success, endpoints, extraction, trace)
 

@@ -24,6 +24,10 @@ class SelfMetrics:
         self.upstream_requests = Counter(
             "jsonexporter_upstream_requests", "Upstream requests by module, endpoint and outcome.", ["module", "endpoint", "outcome"], registry=r
         )
+        self.cache_requests = Counter(
+            "jsonexporter_cache_requests", "Endpoint lookups of endpoints with cache_ttl, by result (miss, hit, coalesced, stale).",
+            ["module", "endpoint", "result"], registry=r,
+        )
         self.in_flight = Gauge("jsonexporter_probes_in_flight", "Probes being answered right now.", registry=r)
         self.config_hash = Gauge("jsonexporter_config_hash", "First 48 bits of the SHA-256 of the loaded spec file, as a number.", registry=r)
         self.config_success = Gauge("jsonexporter_config_last_reload_successful", "Whether the last spec (re)load succeeded.", registry=r)

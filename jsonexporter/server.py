@@ -15,14 +15,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import exposition as prom_exposition
 from yarl import URL
 
 from jsonexporter import __version__
+from jsonexporter.client import Clients
 from jsonexporter.exposition import encode, render_text
-from jsonexporter.fetch import InvalidRequest, new_session, redact_url
+from jsonexporter.fetch import InvalidRequest, Upstream, new_session, redact_url
 from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, TargetNotAllowed, run_probe
 from jsonexporter.selfmetrics import SelfMetrics
@@ -68,7 +68,7 @@ class State:
     spec_file: str | None = None
     web: WebConfig = field(default_factory=WebConfig)
     tls: ssl.SSLContext | None = None
-    session: aiohttp.ClientSession | None = None
+    upstream: Upstream | None = None
     in_flight: int = 0
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     recent: deque[ProbeRecord] = field(default_factory=deque)
@@ -122,11 +122,11 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
     if state.in_flight >= state.options.max_concurrent_probes:
         state.metrics.probes.labels(module.name, "rejected").inc()
         return _plain(503, f"too many concurrent probes (limit {state.options.max_concurrent_probes}); try again")
-    assert state.session is not None
+    assert state.upstream is not None
     state.in_flight += 1
     state.metrics.in_flight.inc()
     try:
-        result = await run_probe(state.session, module, target, query, timeout, debug)
+        result = await run_probe(state.upstream, module, target, query, timeout, debug)
     except TargetNotAllowed as exc:
         state.metrics.probes.labels(module.name, "forbidden").inc()
         return _plain(403, str(exc))
@@ -153,7 +153,10 @@ def _record(state: State, module: str, target: str, result: ProbeResult) -> None
     while len(state.recent) > state.options.recent_probes:
         state.recent.popleft()
     for r in result.endpoints:
-        m.upstream_requests.labels(module, r.endpoint, r.outcome).inc()
+        if r.cache is not None:
+            m.cache_requests.labels(module, r.endpoint, r.cache).inc()
+        if r.cache in (None, "miss", "stale"):  # a hit or a coalesced request sent nothing upstream
+            m.upstream_requests.labels(module, r.endpoint, r.outcome).inc()
         if not r.ok:
             log.warning("endpoint failed", extra=kv(module=module, endpoint=r.endpoint, target=_safe_target(target), outcome=r.outcome, err=r.error))
     for message in result.extraction.messages:
@@ -211,6 +214,8 @@ async def reload_spec(state: State) -> tuple[bool, str]:
             reason = f"{state.spec_file}: cannot read: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
         else:
             changed = spec.sha256 != state.spec.sha256
+            if state.upstream is not None:
+                state.upstream.clients = Clients()  # CA files, certificates and tokens read afresh
             state.spec = spec
             state.metrics.spec_loaded(spec.sha256, len(spec.modules))
             log.info("spec reloaded", extra=kv(config=state.spec_file, changed=changed, modules=len(spec.modules)))
@@ -329,9 +334,9 @@ def make_app(
     app.on_response_prepare.append(headers_hook(lambda: state.web))
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        state.session = new_session(options.connection_limit, options.connection_limit_per_host)
+        state.upstream = Upstream(new_session(options.connection_limit, options.connection_limit_per_host))
         yield
-        await state.session.close()
+        await state.upstream.session.close()
 
     async def auto_reload_ctx(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(_auto_reload(state)) if options.auto_reload_interval > 0 and spec_file else None

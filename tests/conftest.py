@@ -104,3 +104,62 @@ def write_spec(tmp_path: Path) -> SpecWriter:
         return path
 
     return write
+
+
+@dataclass
+class ForwardProxy:
+    """A real HTTP forward proxy on 127.0.0.1: absolute-form requests and CONNECT tunnels."""
+
+    port: int
+    requests: list[str] = field(default_factory=list)  # request lines seen
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def forward_proxy() -> Any:
+    proxy = ForwardProxy(0)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        request_line, *header_lines = head.decode("latin-1").split("\r\n")
+        proxy.requests.append(request_line)
+        method, target, version = request_line.split(" ")
+        if method == "CONNECT":
+            host, port = target.rsplit(":", 1)
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(target)
+            assert parts.hostname in ("127.0.0.1", "localhost"), "the test proxy only forwards to 127.0.0.1"
+            up_reader, up_writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            headers = [h for h in header_lines if h and not h.lower().startswith("proxy-")]
+            up_writer.write(f"{method} {path} {version}\r\n".encode("latin-1") + "\r\n".join([*headers, "", ""]).encode("latin-1"))
+        for a, b in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(_pipe(a, b))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    proxy.port = server.sockets[0].getsockname()[1]
+    yield proxy
+    server.close()
+    for task in list(tasks):
+        task.cancel()

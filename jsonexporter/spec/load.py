@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,15 +26,19 @@ from jsonexporter.spec.model import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
     Endpoint,
+    HTTPClientConfig,
     JsonBody,
     Level,
     Method,
     Metric,
     MetricType,
     Module,
+    OAuth2,
     Output,
     Parameter,
+    Secret,
     Spec,
+    TLSClientConfig,
 )
 from jsonexporter.spec.problems import Path, Problem, Severity, SpecError
 from jsonexporter.spec.schema import schema_problems
@@ -169,7 +174,100 @@ def _json_body(c: _Checker, path: Path, raw: Any, names: frozenset[str]) -> obje
     return raw
 
 
-def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: frozenset[str]) -> Endpoint | None:
+_AUTH_KEYS = ("basic_auth", "authorization", "bearer_token", "bearer_token_file", "oauth2")
+
+
+def _secret(c: _Checker, path: Path, raw: dict[str, Any], key: str, file_key: str) -> Secret | None:
+    """`key` inline or `file_key` (a file read at probe time): one of them, checked to exist now."""
+    if key in raw and file_key in raw:
+        c.add((*path, file_key), f"use either {key} or {file_key}, not both", at_key=True)
+        return None
+    if file_key in raw:
+        _file_warning(c, (*path, file_key), raw[file_key])
+        return Secret(file=raw[file_key])
+    if key in raw:
+        return Secret(value=str(raw[key]))
+    return None
+
+
+def _file_warning(c: _Checker, path: Path, file: object) -> None:
+    if isinstance(file, str) and not os.path.isfile(file):
+        c.add(path, f"file {file!r} does not exist (yet): requests that need it fail until it does", "warning")
+
+
+def _tls_client(c: _Checker, path: Path, raw: dict[str, Any] | None) -> TLSClientConfig | None:
+    if not isinstance(raw, dict):
+        return None
+    raw = c.clean(path, raw)
+    for key in ("ca_file", "cert_file", "key_file"):
+        if key in raw:
+            _file_warning(c, (*path, key), raw[key])
+    if ("cert_file" in raw) != ("key_file" in raw):
+        c.add(path, "cert_file and key_file go together")
+    if "ca" in raw and "ca_file" in raw:
+        c.add((*path, "ca_file"), "use either ca or ca_file, not both", at_key=True)
+    return TLSClientConfig(raw.get("ca_file"), raw.get("ca"), raw.get("cert_file"), raw.get("key_file"), raw.get("server_name"),
+                           bool(raw.get("insecure_skip_verify", False)), raw.get("min_version"), raw.get("max_version"))
+
+
+def _proxy_url(c: _Checker, path: Path, raw: object) -> str | None:
+    if not isinstance(raw, str):
+        return None
+    if not re.match(r"^https?://[^/?#]+", raw):
+        c.add(path, "proxy_url must be an http:// or https:// URL")
+    return raw
+
+
+def _client_config(c: _Checker, blocks: list[tuple[Path, dict[str, Any]]]) -> HTTPClientConfig:
+    """The module's block, then the endpoint's: a key of the endpoint's replaces the module's."""
+    merged: dict[str, tuple[Path, Any]] = {}
+    for path, raw in blocks:
+        block = c.clean(path, raw)
+        if any(k in block for k in _AUTH_KEYS):  # authentication is replaced as a whole, not mixed
+            merged = {k: v for k, v in merged.items() if k not in _AUTH_KEYS}
+        for key, value in block.items():
+            merged[key] = ((*path, key), value)
+    auths = [k for k in _AUTH_KEYS if k in merged]
+    if len({k.removesuffix("_file") for k in auths}) > 1:
+        where = merged[auths[-1]][0]
+        c.add(where, f"use one authentication method, not {' and '.join(auths)}", at_key=True)
+    basic = authorization = oauth2 = None
+    if "basic_auth" in merged:
+        bp, b = merged["basic_auth"]
+        b = c.clean(bp, b)
+        user, password = _secret(c, bp, b, "username", "username_file"), _secret(c, bp, b, "password", "password_file")
+        basic = (user or Secret(value=""), password or Secret(value=""))
+    if "authorization" in merged:
+        ap, a = merged["authorization"]
+        a = c.clean(ap, a)
+        creds = _secret(c, ap, a, "credentials", "credentials_file")
+        if (a.get("type") or "Bearer").lower() == "basic":
+            c.add((*ap, "type"), "authorization type Basic: use basic_auth instead")
+        authorization = (a.get("type") or "Bearer", creds or Secret(value=""))
+    if "bearer_token" in merged or "bearer_token_file" in merged:
+        holder: dict[str, Any] = {k: merged[k][1] for k in ("bearer_token", "bearer_token_file") if k in merged}
+        first = "bearer_token" if "bearer_token" in merged else "bearer_token_file"
+        token = _secret(c, merged[first][0][:-1], holder, "bearer_token", "bearer_token_file")
+        authorization = ("Bearer", token or Secret(value=""))
+    if "oauth2" in merged:
+        op, o = merged["oauth2"]
+        o = c.clean(op, o)
+        if "client_id" in o and "token_url" in o:
+            if not re.match(r"^https?://", o["token_url"]):
+                c.add((*op, "token_url"), "token_url must be an http:// or https:// URL")
+            oauth2 = OAuth2(o["client_id"], _secret(c, op, o, "client_secret", "client_secret_file") or Secret(value=""), o["token_url"],
+                            tuple(o.get("scopes", ())), tuple(sorted((o.get("endpoint_params") or {}).items())),
+                            _tls_client(c, (*op, "tls_config"), o.get("tls_config")), _proxy_url(c, (*op, "proxy_url"), o.get("proxy_url")))
+    tls = _tls_client(c, merged["tls_config"][0], merged["tls_config"][1]) if "tls_config" in merged else None
+    proxy = _proxy_url(c, merged["proxy_url"][0], merged["proxy_url"][1]) if "proxy_url" in merged else None
+    no_proxy = tuple(h.strip() for h in str(merged.get("no_proxy", ((), ""))[1]).split(",") if h.strip())
+    connect = tuple((k, tuple(Secret(value=v) for v in vs)) for k, vs in sorted((merged.get("proxy_connect_header", ((), {}))[1] or {}).items()))
+    return HTTPClientConfig(basic, authorization, oauth2, tls, proxy, no_proxy, bool(merged.get("proxy_from_environment", ((), False))[1]),
+                            connect, bool(merged.get("follow_redirects", ((), True))[1]))
+
+
+def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: frozenset[str],
+              module_client: tuple[Path, dict[str, Any]] | None = None) -> Endpoint | None:
     url = c.template((*path, "url"), raw.get("url", "{target}"), names)
     headers: list[tuple[str, Template]] = []
     for key, value in _items(raw.get("headers")):
@@ -187,6 +285,14 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
     timeout = _duration(c, (*path, "timeout"), raw["timeout"]) if "timeout" in raw else None
     if url is None or c.broken(path):
         return None
+    blocks = [module_client] if module_client is not None else []
+    if isinstance(raw.get("http_client_config"), dict):
+        blocks.append(((*path, "http_client_config"), raw["http_client_config"]))
+    client = _client_config(c, blocks)
+    cache_ttl = _duration(c, (*path, "cache_ttl"), raw["cache_ttl"]) if "cache_ttl" in raw else None
+    stale = _duration(c, (*path, "stale_if_error"), raw["stale_if_error"]) if "stale_if_error" in raw else None
+    if stale is not None and cache_ttl is None:
+        c.add((*path, "stale_if_error"), "stale_if_error needs cache_ttl: only cached answers can be served stale", at_key=True)
     codes = raw.get("valid_status_codes")
     return Endpoint(
         name=name,
@@ -198,6 +304,9 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
         timeout=timeout,
         valid_status_codes=frozenset(codes) if codes else None,
         max_response_bytes=raw.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES),
+        client=client,
+        cache_ttl=cache_ttl,
+        stale_if_error=stale,
     )
 
 
@@ -378,11 +487,14 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
     # endpoints that failed the schema as a whole leave no names to check metrics against
     raw_endpoints = raw.get("endpoints", {}) if "endpoints" in declared else {DEFAULT_ENDPOINT: {}}
     endpoints = {}
+    if isinstance(raw.get("http_client_config"), dict):
+        _client_config(c, [((*path, "http_client_config"), raw["http_client_config"])])  # its problems, even if every endpoint overrides it
     for ep_name, ep_raw in _items(raw_endpoints):
         ep_path = (*path, "endpoints", ep_name)
         if not isinstance(ep_raw, dict):
             continue
-        if (ep := _endpoint(c, ep_path, ep_name, c.clean(ep_path, ep_raw), names)) is not None:
+        module_client = ((*path, "http_client_config"), raw["http_client_config"]) if isinstance(raw.get("http_client_config"), dict) else None
+        if (ep := _endpoint(c, ep_path, ep_name, c.clean(ep_path, ep_raw), names, module_client)) is not None:
             endpoints[ep_name] = ep
     timeout = DEFAULT_TIMEOUT
     if "timeout" in raw:
@@ -439,6 +551,8 @@ def _credentials_to_target_host(endpoints: Iterable[Endpoint]) -> Iterator[str]:
         if not _HOST_FROM_TARGET.match(ep.url.source):
             continue
         carried = [f"header {h}" for h, _ in ep.headers if h.lower() in _CREDENTIAL_HEADERS or is_secret_name(h)]
+        if ep.client.sends_credentials:
+            carried.append("http_client_config")
         carried += [f"query parameter {q}" for q, _ in ep.params if is_secret_name(q)]
         if carried:
             yield f"endpoint {ep.name} sends credentials ({', '.join(carried)}) to the host of the target"

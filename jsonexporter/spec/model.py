@@ -36,12 +36,16 @@ class Endpoint:
     name: str
     url: Template
     method: Method = "GET"
-    headers: tuple[tuple[str, Template], ...] = ()
-    params: tuple[tuple[str, Template], ...] = ()
-    body: Template | JsonBody | None = None
+    # may hold credentials written into the spec: kept out of repr, like Secret
+    headers: tuple[tuple[str, Template], ...] = field(default=(), repr=False)
+    params: tuple[tuple[str, Template], ...] = field(default=(), repr=False)
+    body: Template | JsonBody | None = field(default=None, repr=False)
     timeout: float | None = None
     valid_status_codes: frozenset[int] | None = None  # None: any 2xx
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    client: HTTPClientConfig = field(default_factory=lambda: HTTPClientConfig())
+    cache_ttl: float | None = None
+    stale_if_error: float | None = None
 
     def status_ok(self, status: int) -> bool:
         if self.valid_status_codes is None:
@@ -110,3 +114,63 @@ class Spec:
     file: str
     modules: Mapping[str, Module]
     sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A value given inline or as a file read when used; its repr never shows the value."""
+
+    value: str | None = None
+    file: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Secret(file={self.file!r})" if self.file else "Secret(<redacted>)"
+
+    def read(self) -> str:
+        """The secret; a file is read each time (so a rotated file takes effect), without its final newline."""
+        if self.file is None:
+            return self.value or ""
+        with open(self.file, encoding="utf-8") as fh:
+            return fh.read(65536).rstrip("\r\n")
+
+
+@dataclass(frozen=True, slots=True)
+class TLSClientConfig:
+    ca_file: str | None = None
+    ca: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
+    min_version: str | None = None
+    max_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OAuth2:
+    client_id: str
+    client_secret: Secret
+    token_url: str
+    scopes: tuple[str, ...] = ()
+    endpoint_params: tuple[tuple[str, str], ...] = ()
+    tls: TLSClientConfig | None = None
+    proxy_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPClientConfig:
+    """Prometheus's http_client_config, compiled. Hashable: equal configs share TLS contexts and tokens."""
+
+    basic_auth: tuple[Secret, Secret] | None = None  # username, password
+    authorization: tuple[str, Secret] | None = None  # type, credentials
+    oauth2: OAuth2 | None = None
+    tls: TLSClientConfig | None = None
+    proxy_url: str | None = None
+    no_proxy: tuple[str, ...] = ()
+    proxy_from_environment: bool = False
+    proxy_connect_header: tuple[tuple[str, tuple[Secret, ...]], ...] = ()
+    follow_redirects: bool = True
+
+    @property
+    def sends_credentials(self) -> bool:
+        return bool(self.basic_auth or self.authorization or self.oauth2 or (self.tls and self.tls.cert_file))

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import jsonschema
 
+from jsonexporter.secrets import is_secret_name
 from jsonexporter.spec.problems import Path, Problem
 from jsonexporter.spec.yamlload import Marks
 
@@ -47,11 +48,18 @@ def _unknown_key_problems(error: jsonschema.ValidationError, file: str, marks: M
     return problems
 
 
+def _shows_secret(path: Path) -> bool:
+    keys = [k for k in path if isinstance(k, str)]
+    return bool(keys) and is_secret_name(keys[-1]) and not keys[-1].endswith("_file")
+
+
 def _message(error: jsonschema.ValidationError) -> str:
     v = error.validator
     inst = error.instance
     expected_value: Any = error.validator_value
     shown = json.dumps(inst)[:80] if not isinstance(inst, (dict, list)) else type(inst).__name__
+    if _shows_secret(tuple(error.absolute_path)):
+        shown = "a value (not shown: it is a secret)"
     if v == "type":
         expected = expected_value if isinstance(expected_value, str) else " or ".join(expected_value)
         names = {"object": "a mapping", "array": "a list", "string": "a string", "number": "a number", "integer": "an integer", "boolean": "true or false"}

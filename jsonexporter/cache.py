@@ -1,0 +1,99 @@
+"""Answers reused for an endpoint's `cache_ttl`, and identical concurrent requests coalesced into
+one upstream call. Bounded in entries and bytes; least recently used entries go first."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_MAX_ENTRIES = 1024
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A good upstream answer: the parsed document, its status and size."""
+
+    document: Any
+    status: int
+    bytes: int
+
+
+@dataclass(slots=True)
+class _Entry:
+    answer: Answer
+    stored: float  # monotonic
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    answer: Answer | None  # None: the upstream failed and nothing usable was cached
+    age: float  # seconds since the answer was fetched (0: fetched for this probe)
+    result: str  # miss, hit, coalesced, stale
+    failure: Any = None  # what the fetch returned when it failed
+
+
+Fetch = Callable[[], Coroutine[Any, Any, tuple[Answer | None, Any]]]
+
+
+class ResponseCache:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._inflight: dict[str, asyncio.Task[tuple[Answer | None, Any]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, key: str, ttl: float, stale_for: float | None, fetch: Fetch, wait: float) -> Lookup:
+        """A fresh cached answer, or the result of one fetch shared by every concurrent caller of
+        `key`; with `stale_for`, a failed fetch falls back to an answer younger than that.
+        Each caller waits at most `wait` seconds; the shared fetch goes on for the others."""
+        now = time.monotonic()
+        entry = self._entries.get(key)
+        if entry is not None and now - entry.stored < ttl:
+            self._entries.move_to_end(key)
+            return Lookup(entry.answer, now - entry.stored, "hit")
+        task = self._inflight.get(key)
+        result = "coalesced"
+        if task is None:
+            result = "miss"
+            task = asyncio.create_task(fetch())
+            self._inflight[key] = task
+            task.add_done_callback(lambda t, key=key: self._settle(key, t))  # type: ignore[misc]
+        try:
+            answer, failure = await asyncio.wait_for(asyncio.shield(task), max(wait, 0.0))
+        except TimeoutError:
+            answer, failure = None, TimeoutError()
+        if answer is not None:
+            return Lookup(answer, 0.0, result)
+        entry = self._entries.get(key)
+        if stale_for is not None and entry is not None and time.monotonic() - entry.stored < stale_for:
+            return Lookup(entry.answer, time.monotonic() - entry.stored, "stale", failure)
+        return Lookup(None, 0.0, result, failure)
+
+    def _settle(self, key: str, task: asyncio.Task[tuple[Answer | None, Any]]) -> None:
+        self._inflight.pop(key, None)
+        if task.cancelled() or task.exception() is not None:
+            return
+        answer, _ = task.result()
+        if answer is not None:
+            self._store(key, answer)
+
+    def _store(self, key: str, answer: Answer) -> None:
+        if answer.bytes > self.max_bytes:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old.answer.bytes
+        self._entries[key] = _Entry(answer, time.monotonic())
+        self.bytes += answer.bytes
+        while self._entries and (len(self._entries) > self.max_entries or self.bytes > self.max_bytes):
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= evicted.answer.bytes

@@ -1,0 +1,207 @@
+"""Upstream client configurations at run time: TLS contexts, Authorization headers (files read
+when used), OAuth 2.0 tokens (cached, refreshed before expiry, one refresh at a time) and proxies.
+
+One `Clients` per loaded spec: a reload makes a new one, so CA files, certificates and secrets are
+read again. Equal configurations share one TLS context, so aiohttp pools their connections together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import ipaddress
+import json
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote_plus
+
+import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
+
+from jsonexporter.spec.model import HTTPClientConfig, OAuth2, TLSClientConfig
+
+TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+TOKEN_TIMEOUT = 10.0
+MAX_TOKEN_BYTES = 1024 * 1024
+
+
+class ClientConfigError(Exception):
+    """A file, certificate or token the request needs cannot be had; the message holds no secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOptions:
+    """What aiohttp needs beyond the URL: TLS, proxy, redirects, and the auth header."""
+
+    ssl: ssl.SSLContext | bool
+    server_hostname: str | None
+    proxy: str | None
+    proxy_headers: dict[str, str] | None
+    allow_redirects: bool
+    authorization: str | None
+
+    def identity(self) -> str:
+        """Who the request is made as, for cache keys: a hash, never the credentials."""
+        return hashlib.sha256((self.authorization or "").encode()).hexdigest()[:32]
+
+
+def _read(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read(65536).rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ClientConfigError(f"cannot read {what} {path!r}: {reason}") from None
+
+
+def tls_context(config: TLSClientConfig) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=config.ca_file, cadata=config.ca)
+        if config.cert_file and config.key_file:
+            context.load_cert_chain(config.cert_file, config.key_file)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ClientConfigError(f"tls_config: cannot load certificates: {reason}") from None
+    if config.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if config.min_version:
+        context.minimum_version = TLS_VERSIONS[config.min_version]
+    if config.max_version:
+        context.maximum_version = TLS_VERSIONS[config.max_version]
+    return context
+
+
+def _bypasses_proxy(host: str, no_proxy: tuple[str, ...]) -> bool:
+    host = host.lower().strip("[]")
+    for entry in no_proxy:
+        entry = entry.lower()
+        if entry == "*":
+            return True
+        try:
+            if ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False):
+                return True
+            continue
+        except ValueError:
+            pass
+        domain = entry.lstrip(".").split(":")[0]
+        if host == domain or host.endswith("." + domain):
+            return True
+    return False
+
+
+class TokenSource:
+    """OAuth 2.0 client credentials: one token cached until shortly before it expires; however many
+    probes need a new one at once, one request fetches it."""
+
+    def __init__(self, config: OAuth2, clients: Clients) -> None:
+        self.config = config
+        self.clients = clients
+        self.token: str | None = None
+        self.refresh_at = 0.0
+        self.lock = asyncio.Lock()
+        self.fetches = 0
+
+    async def get(self, session: aiohttp.ClientSession) -> str:
+        if self.token is not None and time.monotonic() < self.refresh_at:
+            return self.token
+        async with self.lock:
+            if self.token is not None and time.monotonic() < self.refresh_at:
+                return self.token  # refreshed by the probe we waited for
+            self.token, lifetime = await self._fetch(session)
+            # refresh early: a tenth of the lifetime before expiry, at most a minute
+            self.refresh_at = time.monotonic() + (lifetime - min(60.0, lifetime / 10) if lifetime else float("inf"))
+            return self.token
+
+    async def _fetch(self, session: aiohttp.ClientSession) -> tuple[str, float]:
+        c = self.config
+        secret = _read(c.client_secret.file, "client_secret_file") if c.client_secret.file else (c.client_secret.value or "")
+        form = {"grant_type": "client_credentials", **dict(c.endpoint_params)}
+        if c.scopes:
+            form["scope"] = " ".join(c.scopes)
+        basic = base64.b64encode(f"{_form_quote(c.client_id)}:{_form_quote(secret)}".encode()).decode()
+        context: ssl.SSLContext | bool = self.clients.context(c.tls) if c.tls else True
+        self.fetches += 1
+        try:
+            async with asyncio.timeout(TOKEN_TIMEOUT), session.post(
+                c.token_url, data=form, headers={"Authorization": f"Basic {basic}", "Accept": "application/json"},
+                ssl=context, proxy=c.proxy_url, allow_redirects=False,
+            ) as response:
+                body = await response.content.read(MAX_TOKEN_BYTES)
+                if response.status != 200:
+                    raise ClientConfigError(f"oauth2: token endpoint answered HTTP {response.status}")
+        except TimeoutError:
+            raise ClientConfigError(f"oauth2: no answer from the token endpoint within {TOKEN_TIMEOUT:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise ClientConfigError(f"oauth2: token request failed: {type(exc).__name__}") from None
+        try:
+            answer: Any = json.loads(body)
+            token = answer["access_token"]
+            lifetime = float(answer.get("expires_in") or 0)
+        except (ValueError, KeyError, TypeError):
+            raise ClientConfigError("oauth2: the token endpoint's answer has no access_token") from None
+        if not isinstance(token, str) or not token:
+            raise ClientConfigError("oauth2: the token endpoint's answer has no access_token")
+        return token, max(lifetime, 0.0)
+
+
+def _form_quote(value: str) -> str:
+    # RFC 6749 2.3.1: client id and secret are form-encoded before basic auth
+    return quote_plus(value)
+
+
+class Clients:
+    """Run-time state of every client configuration of one loaded spec."""
+
+    def __init__(self) -> None:
+        self._contexts: dict[TLSClientConfig, ssl.SSLContext] = {}
+        self._tokens: dict[OAuth2, TokenSource] = {}
+
+    def context(self, config: TLSClientConfig) -> ssl.SSLContext:
+        found = self._contexts.get(config)
+        if found is None:
+            found = self._contexts[config] = tls_context(config)
+        return found
+
+    def token_source(self, config: OAuth2) -> TokenSource:
+        found = self._tokens.get(config)
+        if found is None:
+            found = self._tokens[config] = TokenSource(config, self)
+        return found
+
+    async def options(self, config: HTTPClientConfig, url: URL, session: aiohttp.ClientSession) -> RequestOptions:
+        """Everything a request with `config` needs; raises ClientConfigError (no secret in it)."""
+        authorization = None
+        if config.basic_auth is not None:
+            user_secret, password_secret = config.basic_auth
+            user = _read(user_secret.file, "username_file") if user_secret.file else (user_secret.value or "")
+            password = _read(password_secret.file, "password_file") if password_secret.file else (password_secret.value or "")
+            authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        elif config.authorization is not None:
+            kind, creds = config.authorization
+            value = _read(creds.file, "credentials_file") if creds.file else (creds.value or "")
+            authorization = f"{kind} {value}"
+        elif config.oauth2 is not None:
+            authorization = "Bearer " + await self.token_source(config.oauth2).get(session)
+        context: ssl.SSLContext | bool = self.context(config.tls) if config.tls else True
+        proxy, proxy_headers = self._proxy(config, url)
+        return RequestOptions(context, config.tls.server_name if config.tls else None, proxy, proxy_headers, config.follow_redirects, authorization)
+
+    @staticmethod
+    def _proxy(config: HTTPClientConfig, url: URL) -> tuple[str | None, dict[str, str] | None]:
+        headers = {name: ", ".join(v.value or "" for v in values) for name, values in config.proxy_connect_header} or None
+        if config.proxy_url:
+            if url.host and _bypasses_proxy(url.host, config.no_proxy):
+                return None, None
+            return config.proxy_url, headers
+        if config.proxy_from_environment:
+            try:
+                proxy, _ = get_env_proxy_for_url(url)
+            except LookupError:
+                return None, None
+            return str(proxy), headers
+        return None, None

@@ -1,0 +1,430 @@
+"""Upstream HTTP for real APIs: authentication, TLS, proxies, bodies, redirects, compression,
+caching and coalescing, each against real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import ssl
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiohttp import web
+from conftest import ForwardProxy, UpstreamFactory, make_spec, wait_for
+from metrics_util import parse, value
+
+from jsonexporter.server import STATE, make_app
+
+LOCAL = r"targets: {allow: ['https?://(127\.0\.0\.1|localhost):\d+(/.*)?']}"
+
+
+async def exporter_for(aiohttp_client: Any, text: str) -> Any:
+    return await aiohttp_client(make_app(make_spec(textwrap.dedent(text))))
+
+
+async def probe(client: Any, target: str, **params: str) -> tuple[int, str]:
+    response = await client.get("/probe", params={"target": target, **params})
+    return response.status, await response.text()
+
+
+def needs_auth(expected: str, answer: Any = None) -> Any:
+    async def handle(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != expected:
+            return web.json_response({"error": "unauthorized"}, status=401)
+        return web.json_response(answer if answer is not None else {"v": 1})
+
+    return handle
+
+
+# -- authentication --------------------------------------------------------------------------
+
+
+async def test_basic_auth_inline_and_from_a_file_read_at_each_request(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:
+    password = tmp_path / "password"
+    password.write_text("s3cret\n")
+    up = await upstream({"/": needs_auth("Basic " + base64.b64encode(b"alice:s3cret").decode())})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          inline:
+            {LOCAL}
+            http_client_config: {{basic_auth: {{username: alice, password: s3cret}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          from_file:
+            {LOCAL}
+            http_client_config: {{basic_auth: {{username: alice, password_file: {password}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    for module in ("inline", "from_file"):
+        _, text = await probe(client, f"{up.url}/", module=module)
+        assert value(parse(text), "probe_success") == 1, module
+    password.write_text("rotated")  # a rotated secret takes effect without a reload
+    _, text = await probe(client, f"{up.url}/", module="from_file")
+    s = parse(text)
+    assert value(s, "probe_success") == 0 and value(s, "probe_endpoint_http_status_code", endpoint="default") == 401
+
+
+@pytest.mark.parametrize("block", [
+    "{authorization: {credentials: tok-123}}",
+    "{authorization: {type: Bearer, credentials_file: CREDS}}",
+    "{bearer_token: tok-123}",
+    "{bearer_token_file: CREDS}",
+])
+async def test_bearer_credentials_in_every_prometheus_spelling(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path, block: str) -> None:
+    creds = tmp_path / "creds"
+    creds.write_text("tok-123\n")
+    up = await upstream({"/": needs_auth("Bearer tok-123")})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            {LOCAL}
+            http_client_config: {block.replace("CREDS", str(creds))}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    _, text = await probe(client, f"{up.url}/")
+    assert value(parse(text), "x") == 1
+
+
+async def test_a_missing_secret_file_fails_the_endpoint_and_names_the_file(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:
+    up = await upstream({"/": {"v": 1}})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            {LOCAL}
+            http_client_config: {{bearer_token_file: {tmp_path}/absent}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    _, text = await probe(client, f"{up.url}/", debug="true")
+    assert "config_error" in text and f"{tmp_path}/absent" in text and "No such file" in text
+    assert up.hits == {}
+
+
+async def test_oauth2_token_is_fetched_once_for_concurrent_probes_and_refreshed_before_expiry(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    issued: list[str] = []
+    forms: list[dict[str, str]] = []
+    lifetime = {"expires_in": 3600.0}
+
+    async def token(request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        forms.append({**form, "auth": request.headers.get("Authorization", "")})
+        await asyncio.sleep(0)  # let the other probes pile up behind the single refresh
+        issued.append(f"token-{len(issued) + 1}")
+        return web.json_response({"access_token": issued[-1], "token_type": "Bearer", **lifetime})
+
+    async def api(request: web.Request) -> web.Response:
+        got = request.headers.get("Authorization", "")
+        if not issued or got != f"Bearer {issued[-1]}":
+            return web.json_response({}, status=401)
+        return web.json_response({"v": len(issued)})
+
+    up = await upstream({"/token": token, "/api": api})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            {LOCAL}
+            http_client_config:
+              oauth2:
+                client_id: exporter
+                client_secret: shhh
+                token_url: '{up.url}/token'
+                scopes: [read, metrics]
+                endpoint_params: {{audience: api}}
+            endpoints: {{api: {{url: '{{target}}/api'}}}}
+            metrics: [{{name: token_generation, help: x, endpoint: api, value: v}}]
+        """)
+    results = await asyncio.gather(*(probe(client, up.url) for _ in range(10)))
+    assert [value(parse(text), "token_generation") for _, text in results] == [1] * 10
+    assert len(forms) == 1
+    assert forms[0]["grant_type"] == "client_credentials" and forms[0]["scope"] == "read metrics" and forms[0]["audience"] == "api"
+    assert forms[0]["auth"] == "Basic " + base64.b64encode(b"exporter:shhh").decode()
+    # a token about to expire is replaced before it is used again
+    lifetime["expires_in"] = 0.05
+    source = next(iter(client.app[STATE].upstream.clients._tokens.values()))
+    source.refresh_at = 0  # the cached token is due: as if its hour had passed
+    await probe(client, up.url)
+    for _ in range(200):  # bounded: the 50 ms token expires, the next probe refreshes it
+        _, text = await probe(client, up.url)
+        if len(issued) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert len(issued) == 3 and value(parse(text), "token_generation") == 3
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Any]:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost", "api.internal.test")
+    client = ca.issue_cert("exporter@example.test")
+    files = {"ca": tmp_path / "ca.pem", "client_cert": tmp_path / "client.pem", "client_key": tmp_path / "client.key"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    client.cert_chain_pems[0].write_to_path(str(files["client_cert"]))
+    client.private_key_pem.write_to_path(str(files["client_key"]))
+    return {"ca": ca, "server": server, "files": files}
+
+
+async def tls_upstream(aiohttp_server: Any, pki: dict[str, Any], require_client_cert: bool = False) -> Any:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    pki["server"].configure_cert(context)
+    if require_client_cert:
+        context.verify_mode = ssl.CERT_REQUIRED
+        pki["ca"].configure_trust(context)
+
+    async def handle(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peercert") if request.transport else None
+        return web.json_response({"v": 1, "client_cert": bool(peer)})
+
+    app = web.Application()
+    app.router.add_get("/", handle)
+    return await aiohttp_server(app, ssl=context)
+
+
+async def test_tls_with_a_private_ca_server_name_and_client_certificate(aiohttp_client: Any, aiohttp_server: Any, pki: dict[str, Any]) -> None:
+    server = await tls_upstream(aiohttp_server, pki, require_client_cert=True)
+    f = pki["files"]
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          mtls:
+            {LOCAL}
+            http_client_config:
+              tls_config: {{ca_file: {f['ca']}, cert_file: {f['client_cert']}, key_file: {f['client_key']}, server_name: api.internal.test}}
+            metrics: [{{name: client_cert_seen, help: x, value: client_cert}}]
+          no_client_cert:
+            {LOCAL}
+            http_client_config: {{tls_config: {{ca_file: {f['ca']}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          system_trust:
+            {LOCAL}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    target = f"https://127.0.0.1:{server.port}/"
+    _, text = await probe(client, target, module="mtls")
+    assert value(parse(text), "client_cert_seen") == 1
+    for module in ("no_client_cert", "system_trust"):
+        _, text = await probe(client, target, module=module, debug="true")
+        assert "probe_success 0" in text and "connection_error" in text, module
+
+
+async def test_insecure_skip_verify_accepts_an_unknown_ca(aiohttp_client: Any, aiohttp_server: Any, pki: dict[str, Any]) -> None:
+    server = await tls_upstream(aiohttp_server, pki)
+    client = await exporter_for(aiohttp_client, """
+        modules:
+          default:
+            http_client_config: {tls_config: {insecure_skip_verify: true}}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    _, text = await probe(client, f"https://127.0.0.1:{server.port}/")
+    assert value(parse(text), "x") == 1
+
+
+# -- proxies, redirects, bodies, compression -------------------------------------------------------
+
+
+async def test_requests_go_through_the_proxy_unless_no_proxy_matches(aiohttp_client: Any, upstream: UpstreamFactory, forward_proxy: ForwardProxy) -> None:
+    up = await upstream({"/": {"v": 1}})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          proxied:
+            http_client_config: {{proxy_url: '{forward_proxy.url}'}}
+            metrics: [{{name: x, help: x, value: v}}]
+          bypass:
+            http_client_config: {{proxy_url: '{forward_proxy.url}', no_proxy: 'example.com,127.0.0.0/8'}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    _, text = await probe(client, f"{up.url}/", module="bypass")
+    assert value(parse(text), "x") == 1 and forward_proxy.requests == []
+    _, text = await probe(client, f"{up.url}/", module="proxied")
+    assert value(parse(text), "x") == 1
+    assert forward_proxy.requests == [f"GET {up.url}/ HTTP/1.1"]
+
+
+async def test_redirects_are_followed_unless_disabled(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/new")
+
+    up = await upstream({"/old": moved, "/new": {"v": 2}})
+    client = await exporter_for(aiohttp_client, """
+        modules:
+          follow:
+            metrics: [{name: x, help: x, value: v}]
+          stay:
+            http_client_config: {follow_redirects: false}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    _, text = await probe(client, f"{up.url}/old", module="follow")
+    assert value(parse(text), "x") == 2
+    _, text = await probe(client, f"{up.url}/old", module="stay")
+    assert value(parse(text), "probe_endpoint_http_status_code", endpoint="default") == 302
+    assert value(parse(text), "probe_success") == 0
+
+
+async def test_templated_json_body_and_gzip_answer(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    received: list[Any] = []
+
+    async def search(request: web.Request) -> web.Response:
+        received.append((request.method, request.headers.get("Content-Type"), await request.json()))
+        response = web.json_response({"hits": {"total": 42}})
+        response.enable_compression(web.ContentCoding.gzip)
+        return response
+
+    up = await upstream({"/search": search})
+    client = await exporter_for(aiohttp_client, """
+        modules:
+          default:
+            parameters: {index: {pattern: '[a-z-]+'}}
+            endpoints:
+              search:
+                url: '{target}/search'
+                method: POST
+                body: {query: {term: {index: '{index}'}}, size: 0, tags: ['{module}', literal]}
+            metrics: [{name: search_hits, help: x, value: hits.total}]
+        """)
+    _, text = await probe(client, up.url, index="logs-app")
+    assert value(parse(text), "search_hits") == 42
+    assert received == [("POST", "application/json", {"query": {"term": {"index": "logs-app"}}, "size": 0, "tags": ["default", "literal"]})]
+
+
+# -- cache and coalescing --------------------------------------------------------------------------
+
+
+async def test_cache_hits_within_the_ttl_and_concurrent_probes_share_one_request(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await wait_for(release, 20)
+        return web.json_response({"v": 7})
+
+    up = await upstream({"/": slow})
+    client = await exporter_for(aiohttp_client, """
+        modules:
+          default:
+            endpoints: {main: {url: '{target}', cache_ttl: 1h}}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    state = client.app[STATE]
+    probes = [asyncio.create_task(probe(client, f"{up.url}/")) for _ in range(8)]
+    for _ in range(400):  # bounded: until all 8 probes wait on the one upstream request
+        if state.in_flight == 8:
+            break
+        await asyncio.sleep(0.01)
+    assert state.in_flight == 8
+    release.set()
+    answers = await asyncio.gather(*probes)
+    assert [value(parse(text), "x") for _, text in answers] == [7] * 8
+    assert up.hits == {"/": 1}
+    _, text = await probe(client, f"{up.url}/")
+    s = parse(text)
+    assert value(s, "x") == 7 and up.hits == {"/": 1}  # a hit, not a request
+    assert value(s, "probe_endpoint_cache_age_seconds", endpoint="main") > 0
+    metrics = parse(await (await client.get("/metrics")).text())
+    assert value(metrics, "jsonexporter_cache_requests_total", module="default", endpoint="main", result="miss") == 1
+    assert value(metrics, "jsonexporter_cache_requests_total", module="default", endpoint="main", result="coalesced") == 7
+    assert value(metrics, "jsonexporter_cache_requests_total", module="default", endpoint="main", result="hit") == 1
+    assert value(metrics, "jsonexporter_upstream_requests_total", module="default", endpoint="main", outcome="success") == 1
+
+
+async def test_different_credentials_never_share_a_cached_answer(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    async def whoami(request: web.Request) -> web.Response:
+        return web.json_response({"v": 1 if request.headers.get("Authorization") == "Bearer one" else 2})
+
+    up = await upstream({"/": whoami})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          one:
+            {LOCAL}
+            http_client_config: {{bearer_token: one}}
+            endpoints: {{main: {{url: '{{target}}', cache_ttl: 1h}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          two:
+            {LOCAL}
+            http_client_config: {{bearer_token: two}}
+            endpoints: {{main: {{url: '{{target}}', cache_ttl: 1h}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    assert value(parse((await probe(client, f"{up.url}/", module="one"))[1]), "x") == 1
+    assert value(parse((await probe(client, f"{up.url}/", module="two"))[1]), "x") == 2
+    assert up.hits == {"/": 2}
+
+
+async def test_stale_if_error_serves_the_last_good_answer_and_says_so(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    healthy = {"yes": True}
+
+    async def flaky(request: web.Request) -> web.Response:
+        if healthy["yes"]:
+            return web.json_response({"v": 5})
+        return web.json_response({}, status=503)
+
+    up = await upstream({"/": flaky})
+    client = await exporter_for(aiohttp_client, """
+        modules:
+          default:
+            endpoints: {main: {url: '{target}', cache_ttl: 1ms, stale_if_error: 1h}}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    assert value(parse((await probe(client, f"{up.url}/"))[1]), "x") == 5
+    healthy["yes"] = False
+    for _ in range(200):  # bounded: until the 1 ms entry is no longer fresh and the upstream is asked again
+        _, text = await probe(client, f"{up.url}/")
+        if up.hits["/"] >= 2:
+            break
+    s = parse(text)
+    assert value(s, "x") == 5
+    assert value(s, "probe_endpoint_stale", endpoint="main") == 1
+    assert value(s, "probe_endpoint_success", endpoint="main") == 0
+    assert value(s, "probe_endpoint_http_status_code", endpoint="main") == 503
+    assert value(s, "probe_success") == 1
+
+
+# -- secrets ---------------------------------------------------------------------------------------------
+
+
+async def test_secrets_never_reach_logs_traces_errors_or_pages(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    secrets = ["pw-AAAA", "tok-BBBB", "cs-CCCC", "file-DDDD", "hdr-EEEE"]
+    (tmp_path / "pw").write_text("file-DDDD")
+
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"access_token": "tok-BBBB", "expires_in": 3600})
+
+    up = await upstream({"/token": token, "/": needs_auth("nobody")})  # every API call is refused: errors get logged
+    spec = f"""
+        modules:
+          basic:
+            {LOCAL}
+            http_client_config: {{basic_auth: {{username: u, password: pw-AAAA}}}}
+            endpoints: {{main: {{url: '{{target}}/', headers: {{X-Api-Key: hdr-EEEE}}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          oauth:
+            {LOCAL}
+            http_client_config: {{oauth2: {{client_id: c, client_secret: cs-CCCC, token_url: '{up.url}/token'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          filed:
+            {LOCAL}
+            http_client_config: {{basic_auth: {{username: u, password_file: {tmp_path}/pw}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """
+    client = await exporter_for(aiohttp_client, spec)
+    caplog.set_level(logging.DEBUG)
+    seen = []
+    for module in ("basic", "oauth", "filed"):
+        for debug in ("true", "false"):
+            seen.append((await probe(client, f"{up.url}/", module=module, debug=debug))[1])
+    seen.append(await (await client.get("/")).text())
+    seen.append(await (await client.get("/metrics")).text())
+    seen.append(await (await client.get("/probes/1")).text())
+    seen.append(caplog.text)
+    seen.append(json.dumps([r.__dict__ for r in caplog.records], default=str))
+    seen.append(repr(client.app[STATE].spec))
+    everything = "\n".join(seen)
+    assert "endpoint main: GET" in everything and "<redacted>" in everything  # the traces were there
+    for secret in secrets:
+        assert secret not in everything, secret
