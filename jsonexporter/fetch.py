@@ -71,6 +71,14 @@ def redact_url(url: URL) -> str:
     return str(url)
 
 
+def redact_target(target: str) -> str:
+    """A target as it may be shown: a URL without userinfo or secret query values."""
+    try:
+        return redact_url(URL(target))
+    except (ValueError, TypeError):
+        return repr(target[:100])
+
+
 def _render_json(value: object, values: Mapping[str, str]) -> object:
     if isinstance(value, Template):
         return value.render(values)

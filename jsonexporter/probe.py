@@ -11,7 +11,7 @@ from typing import Any
 
 from jsonexporter.exposition import Family, Labels
 from jsonexporter.extract import Extraction, ProbeContext, extract
-from jsonexporter.fetch import EndpointResult, InvalidRequest, Upstream, fetch_all, render_requests
+from jsonexporter.fetch import EndpointResult, InvalidRequest, Upstream, fetch_all, redact_target, render_requests
 from jsonexporter.spec.model import Module
 from jsonexporter.trace import Trace
 
@@ -104,7 +104,7 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
     requests = render_requests(module, values)
     trace = Trace() if debug else None
     if trace is not None:
-        trace.add(f"module {module.name}, target {target}, deadline {timeout:.3f}s")
+        trace.add(f"module {module.name}, target {redact_target(target)}, deadline {timeout:.3f}s")
     endpoints = await fetch_all(up, requests, start + timeout, trace)
     documents = {r.endpoint: r.document for r in endpoints if r.usable}
     extraction = extract(module, documents, ProbeContext(module.name, target, params), module_labels(module, values), trace)

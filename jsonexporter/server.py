@@ -17,12 +17,11 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 from prometheus_client import exposition as prom_exposition
-from yarl import URL
 
 from jsonexporter import __version__
 from jsonexporter.client import Clients
 from jsonexporter.exposition import encode, render_text
-from jsonexporter.fetch import InvalidRequest, Upstream, new_session, redact_url
+from jsonexporter.fetch import InvalidRequest, Upstream, new_session, redact_target
 from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, TargetNotAllowed, run_probe
 from jsonexporter.selfmetrics import SelfMetrics
@@ -86,13 +85,6 @@ def _shown(value: str, limit: int = 100) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "…")
 
 
-def _safe_target(target: str) -> str:
-    try:
-        return redact_url(URL(target))
-    except (ValueError, TypeError):
-        return _shown(target)
-
-
 def probe_timeout(module_timeout: float, header: str | None, offset: float) -> float:
     """The smaller of the module's timeout and Prometheus's scrape timeout less the offset."""
     if header:
@@ -149,7 +141,7 @@ def _record(state: State, module: str, target: str, result: ProbeResult) -> None
     duration = next((f.samples[0][2] for f in result.families if f.name == "probe_duration_seconds"), 0.0)
     m.probe_duration.labels(module).observe(duration)
     errors = [f"endpoint {r.endpoint}: {r.outcome}: {r.error}" for r in result.endpoints if not r.ok] + result.extraction.messages
-    state.recent.append(ProbeRecord(next(state.ids), time.time(), module, _safe_target(target), result.success, duration, tuple(errors[:20])))
+    state.recent.append(ProbeRecord(next(state.ids), time.time(), module, redact_target(target), result.success, duration, tuple(errors[:20])))
     while len(state.recent) > state.options.recent_probes:
         state.recent.popleft()
     for r in result.endpoints:
@@ -158,9 +150,9 @@ def _record(state: State, module: str, target: str, result: ProbeResult) -> None
         if r.cache in (None, "miss", "stale"):  # a hit or a coalesced request sent nothing upstream
             m.upstream_requests.labels(module, r.endpoint, r.outcome).inc()
         if not r.ok:
-            log.warning("endpoint failed", extra=kv(module=module, endpoint=r.endpoint, target=_safe_target(target), outcome=r.outcome, err=r.error))
+            log.warning("endpoint failed", extra=kv(module=module, endpoint=r.endpoint, target=redact_target(target), outcome=r.outcome, err=r.error))
     for message in result.extraction.messages:
-        log.debug("extraction error", extra=kv(module=module, target=_safe_target(target), err=message))
+        log.debug("extraction error", extra=kv(module=module, target=redact_target(target), err=message))
 
 
 def _debug_text(result: ProbeResult) -> str:

@@ -401,7 +401,7 @@ async def test_secrets_never_reach_logs_traces_errors_or_pages(
           basic:
             {LOCAL}
             http_client_config: {{basic_auth: {{username: u, password: pw-AAAA}}}}
-            endpoints: {{main: {{url: '{{target}}/', headers: {{X-Api-Key: hdr-EEEE}}}}}}
+            endpoints: {{main: {{url: '{{target}}', headers: {{X-Api-Key: hdr-EEEE}}}}}}
             metrics: [{{name: x, help: x, value: v}}]
           oauth:
             {LOCAL}
@@ -411,6 +411,8 @@ async def test_secrets_never_reach_logs_traces_errors_or_pages(
             {LOCAL}
             http_client_config: {{basic_auth: {{username: u, password_file: {tmp_path}/pw}}}}
             metrics: [{{name: x, help: x, value: v}}]
+          open:
+            metrics: [{{name: x, help: x, value: v}}]
         """
     client = await exporter_for(aiohttp_client, spec)
     caplog.set_level(logging.DEBUG)
@@ -418,11 +420,17 @@ async def test_secrets_never_reach_logs_traces_errors_or_pages(
     for module in ("basic", "oauth", "filed"):
         for debug in ("true", "false"):
             seen.append((await probe(client, f"{up.url}/", module=module, debug=debug))[1])
+    userinfo_target = up.url.replace("http://", "http://someone:pw-AAAA@") + "/?token=tok-BBBB"
+    for module in ("basic", "open"):  # refused by the allowlist; fetched (and refused upstream), traced and logged
+        seen.append((await probe(client, userinfo_target, module=module, debug="true"))[1])
+    assert up.hits["/"] == 7  # basic, oauth and filed twice each, open once: every probe reached the upstream
     seen.append(await (await client.get("/")).text())
     seen.append(await (await client.get("/metrics")).text())
     seen.append(await (await client.get("/probes/1")).text())
-    seen.append(caplog.text)
-    seen.append(json.dumps([r.__dict__ for r in caplog.records], default=str))
+    # the test server's access log is the harness's: `serve` runs without one
+    ours = [r for r in caplog.records if r.name != "aiohttp.access"]
+    seen.append("\n".join(logging.Formatter("%(name)s %(message)s").format(r) for r in ours))
+    seen.append(json.dumps([r.__dict__ for r in ours], default=str))
     seen.append(repr(client.app[STATE].spec))
     everything = "\n".join(seen)
     assert "endpoint main: GET" in everything and "<redacted>" in everything  # the traces were there
