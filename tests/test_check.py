@@ -1183,3 +1183,46 @@ def test_promtool_lints_are_warnings(write_spec: Any, capsys: pytest.CaptureFixt
     assert main(["check", str(path)]) == 0
     assert warning in capsys.readouterr().out
     assert main(["check", "--strict", str(path)]) == 1
+
+
+def test_http_client_config_problems_are_located(write_spec: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = write_spec(f"""
+        modules:
+          default:
+            targets: {{allow: ['https://api\\\\.example\\\\.com']}}
+            http_client_config:
+              basic_auth: {{username: u, password: p, password_file: {tmp_path}/pw}}
+              bearer_token: t
+              tls_config: {{ca_file: {tmp_path}/ca.pem, cert_file: {tmp_path}/c.pem}}
+              proxy_url: socks5://proxy:1080
+            endpoints:
+              main: {{url: '{{target}}', stale_if_error: 5m}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    expected = [
+        f"{path}:5:46: modules.default.http_client_config.basic_auth.password_file: use either password or password_file, not both",
+        f"{path}:6:7: modules.default.http_client_config.bearer_token: use one authentication method, not basic_auth and bearer_token",
+        f"{path}:7:19: modules.default.http_client_config.tls_config: cert_file and key_file go together",
+        f"{path}:7:29: modules.default.http_client_config.tls_config.ca_file: warning: file '{tmp_path}/ca.pem' does not exist (yet)",
+        f"{path}:8:18: modules.default.http_client_config.proxy_url: proxy_url must be an http:// or https:// URL",
+        f"{path}:10:31: modules.default.endpoints.main.stale_if_error: stale_if_error needs cache_ttl",
+    ]
+    for line in expected:
+        assert line in out, (line, out)
+
+
+def test_check_never_prints_inline_secrets(write_spec: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_spec("""
+        modules:
+          default:
+            http_client_config:
+              basic_auth: {username: u, password: 123456789}
+              oauth2: {client_id: c, client_secret: [s3cr3t-value], token_url: 'ftp://x'}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "basic_auth.password: expected a string" in out and "not shown: it is a secret" in out
+    assert "123456789" not in out and "s3cr3t-value" not in out

@@ -436,3 +436,71 @@ async def test_secrets_never_reach_logs_traces_errors_or_pages(
     assert "endpoint main: GET" in everything and "<redacted>" in everything  # the traces were there
     for secret in secrets:
         assert secret not in everything, secret
+
+
+async def test_https_goes_through_the_proxy_with_connect(aiohttp_client: Any, aiohttp_server: Any, pki: dict[str, Any], forward_proxy: ForwardProxy) -> None:
+    server = await tls_upstream(aiohttp_server, pki)
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            http_client_config: {{proxy_url: '{forward_proxy.url}', tls_config: {{ca_file: {pki['files']['ca']}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    _, text = await probe(client, f"https://127.0.0.1:{server.port}/")
+    assert value(parse(text), "x") == 1
+    assert forward_proxy.requests == [f"CONNECT 127.0.0.1:{server.port} HTTP/1.1"]
+
+
+async def test_valid_status_codes_and_the_endpoint_timeout(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    release = asyncio.Event()
+
+    async def accepted(request: web.Request) -> web.Response:
+        return web.json_response({"v": 3}, status=202)
+
+    async def hang(request: web.Request) -> web.Response:
+        await wait_for(release, 20)
+        return web.json_response({"v": 4})
+
+    up = await upstream({"/accepted": accepted, "/hang": hang})
+    client = await exporter_for(aiohttp_client, """
+        modules:
+          default:
+            timeout: 60s
+            endpoints:
+              only_200: {url: '{target}/accepted', valid_status_codes: [200]}
+              any_2xx: {url: '{target}/accepted'}
+              slow: {url: '{target}/hang', timeout: 200ms}
+            metrics:
+              - {name: a, help: x, endpoint: only_200, value: v}
+              - {name: b, help: x, endpoint: any_2xx, value: v}
+              - {name: c, help: x, endpoint: slow, value: v}
+        """)
+    try:
+        _, text = await asyncio.wait_for(probe(client, up.url, debug="true"), 20)  # the 200 ms endpoint timeout ends the probe, not 60 s
+    finally:
+        release.set()
+    assert "endpoint only_200" in text and "invalid_status, status 202" in text
+    assert "b 3\n" in text and "a 3" not in text
+    assert "-> timeout" in text and "probe_success 0" in text
+
+
+def test_the_response_cache_is_bounded_in_entries_and_bytes() -> None:
+    from jsonexporter.cache import Answer, ResponseCache
+
+    async def run() -> None:
+        cache = ResponseCache(max_entries=3, max_bytes=1000)
+
+        async def fetch(size: int) -> tuple[Answer | None, Any]:
+            return Answer({"size": size}, 200, size), None
+
+        for i in range(5):
+            await cache.get(f"k{i}", 60, None, lambda i=i: fetch(100 + i), 5)  # type: ignore[misc]
+        assert len(cache) == 3 and cache.bytes == 102 + 103 + 104  # the oldest two went first
+        await cache.get("big", 60, None, lambda: fetch(900), 5)
+        assert cache.bytes <= 1000 and len(cache) == 1  # bytes bound: everything older made room
+        await cache.get("huge", 60, None, lambda: fetch(5000), 5)
+        assert cache.bytes == 900  # an answer over the whole bound is not kept
+        hit = await cache.get("big", 60, None, lambda: fetch(1), 5)
+        assert hit.result == "hit" and hit.answer is not None and hit.answer.document == {"size": 900}
+
+    asyncio.run(run())
