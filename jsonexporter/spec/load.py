@@ -362,7 +362,8 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
         c.add((*path, "name"), f"metric names starting with {RESERVED_PREFIX!r} are reserved for the probe's own metrics")
     if mtype == "info" and not name.endswith("_info"):
         c.add((*path, "name"), f"info metric {name!r} must end with _info")
-    if "help" not in raw:
+    entries = raw.get("values") if isinstance(raw.get("values"), dict) else {}
+    if "help" not in raw and not (entries and all(isinstance(v, dict) and "help" in v for v in entries.values())):
         c.add((*path, "name"), f"metric {name!r} has no help", "warning")
     endpoint = raw.get("endpoint")
     if endpoint is None:
@@ -388,9 +389,13 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     else:
         if mtype == "stateset":
             c.add((*path, "values"), "stateset metrics take one `value`: the current state")
-        for suffix, source in _items(raw.get("values")):
-            if (e := c.expression((*path, "values", suffix), source, level_names)) is not None:
-                outputs.append(Output(f"{name}_{suffix}", e))
+        for suffix, entry in _items(raw.get("values")):
+            entry_path: Path = (*path, "values", suffix)
+            own_help = None
+            if isinstance(entry, dict):
+                entry_path, own_help, entry = (*entry_path, "value"), entry.get("help"), entry.get("value")
+            if (e := c.expression(entry_path, entry, level_names)) is not None:
+                outputs.append(Output(f"{name}_{suffix}", e, own_help if isinstance(own_help, str) else None))
                 _lint_name(c, (*path, "values", suffix), f"{name}_{suffix}", mtype, at_key=True)
     if not has_values:
         _lint_name(c, (*path, "name"), name, mtype)

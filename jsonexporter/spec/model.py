@@ -67,6 +67,7 @@ class Output:
 
     name: str
     value: Expression | None  # None for info metrics, whose value is always 1
+    help: str | None = None  # a `values` entry's own help; None: the rule's
 
 
 @dataclass(frozen=True, slots=True)
