@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -108,6 +109,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     reload_on_sighup(app)
     log.info("starting jsonexporter", extra=kv(version=__version__, config=args.config_file, address=args.web_listen_address,
                                                modules=len(spec.modules), tls=web_config.tls is not None, basic_auth=bool(web_config.users)))
+    # Full collections walk every object alive: most are the modules and the spec, never garbage
+    # (frozen), the rest the documents of the probes in progress, which refcounting frees. Fewer,
+    # rarer collections: 2.1 MB probes 6.3 -> 8.7/s, /-/healthy p99 81 -> 34 ms (bench/).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(5000, 10, 100)
     try:
         web.run_app(app, host=host, port=port, print=None, handler_cancellation=True, access_log=None,
                     shutdown_timeout=args.shutdown_timeout, ssl_context=app[STATE].tls)
@@ -231,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list and args_list[0].startswith("--") and args_list[0] not in ("--help", "--version"):
         args_list.insert(0, "serve")  # `jsonexporter --config.file x` like any Prometheus exporter
     args = _parser().parse_args(args_list)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")  # a lone surrogate from an answer prints as "?", not a traceback
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

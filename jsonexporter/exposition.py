@@ -7,11 +7,15 @@ not `1.655371e+06`). Label pairs must arrive sorted by name, as prometheus_clien
 
 from __future__ import annotations
 
+import asyncio
 import gzip
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.utils import floatToGoString
+
+from jsonexporter.slices import RENDER, sliced, turn
 
 Labels = tuple[tuple[str, str], ...]
 Sample = tuple[str, Labels, float, float | None]  # sample name, sorted labels, value, timestamp (s)
@@ -19,6 +23,8 @@ Sample = tuple[str, Labels, float, float | None]  # sample name, sorted labels, 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 _EXACT_LIMIT = 1e15  # below this every integral float is exact and shorter than Go's %g form
+_CHUNK = 1024  # lines per piece of the rendering
+_COMPRESS_INLINE_BYTES = 1 << 20  # gzip level 1 does this in about 4 ms; larger bodies go to a thread
 
 
 @dataclass(slots=True)
@@ -32,8 +38,11 @@ class Family:
 
 
 def format_value(value: float) -> str:
-    if value.is_integer() and -_EXACT_LIMIT < value < _EXACT_LIMIT:
-        return str(int(value))
+    if value.is_integer():
+        if -_EXACT_LIMIT < value < _EXACT_LIMIT:
+            return str(int(value))
+    elif -math.inf < value < 1e6:  # where Go's %g and Python's repr agree (not NaN)
+        return repr(value)
     text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
     return text
 
@@ -47,7 +56,29 @@ def _escape_label_value(value: str) -> str:
 def _labels(labels: Labels) -> str:
     if not labels:
         return ""
-    return "{" + ",".join(f'{k}="{_escape_label_value(v)}"' for k, v in labels) + "}"
+    parts = []
+    for name, value in labels:
+        if "\\" in value or "\n" in value or '"' in value:
+            value = _escape_label_value(value)
+        parts.append(f'{name}="{value}"')
+    return "{" + ",".join(parts) + "}"
+
+
+def _write_samples(samples: list[Sample], append: Callable[[str], None], label_texts: dict[int, str], openmetrics: bool) -> None:
+    """The sample lines. Extraction shares one labels tuple between the samples of an element
+    (one per value of the rule), so their text is cached by identity: `label_texts` lives for
+    one rendering, while every tuple it has seen is still referenced by a sample."""
+    for sample_name, labels, value, ts in samples:
+        text = label_texts.get(id(labels))
+        if text is None:
+            text = label_texts[id(labels)] = _labels(labels)
+        number = str(int(value)) if value.is_integer() and -_EXACT_LIMIT < value < _EXACT_LIMIT else format_value(value)
+        if ts is None:
+            append(f"{sample_name}{text} {number}\n")
+        elif openmetrics:
+            append(f"{sample_name}{text} {number} {ts}\n")
+        else:
+            append(f"{sample_name}{text} {number} {int(ts * 1000):d}\n")
 
 
 def base_name(family: Family) -> str:
@@ -59,42 +90,53 @@ def base_name(family: Family) -> str:
     return family.name
 
 
-def render_text(families: Iterable[Family]) -> str:
+def _text_header(family: Family) -> str:
+    base = base_name(family)
+    mtype = family.type
+    name = base
+    if mtype == "counter":
+        name = base + "_total"
+    elif mtype == "info":
+        name, mtype = base + "_info", "gauge"
+    elif mtype == "stateset":
+        mtype = "gauge"
+    help_text = family.help.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {name} {help_text}\n# TYPE {name} {mtype}\n"
+
+
+def _openmetrics_header(family: Family) -> str:
+    base = base_name(family)
+    mtype = "unknown" if family.type == "untyped" else family.type
+    help_text = family.help.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return f"# HELP {base} {help_text}\n# TYPE {base} {mtype}\n"
+
+
+def _chunks(families: Iterable[Family], openmetrics: bool) -> Iterator[str]:
+    """The exposition in pieces of about `_CHUNK` lines: steps for `encode_async`, and fewer
+    small strings alive at once than one list of every line."""
     out: list[str] = []
     append = out.append
+    label_texts: dict[int, str] = {}
+    header = _openmetrics_header if openmetrics else _text_header
     for family in families:
-        base = base_name(family)
-        mtype = family.type
-        name = base
-        if mtype == "counter":
-            name = base + "_total"
-        elif mtype == "info":
-            name, mtype = base + "_info", "gauge"
-        elif mtype == "stateset":
-            mtype = "gauge"
-        help_text = family.help.replace("\\", r"\\").replace("\n", r"\n")
-        append(f"# HELP {name} {help_text}\n")
-        append(f"# TYPE {name} {mtype}\n")
-        for sample_name, labels, value, ts in family.samples:
-            stamp = "" if ts is None else f" {int(ts * 1000):d}"
-            append(f"{sample_name}{_labels(labels)} {format_value(value)}{stamp}\n")
-    return "".join(out)
+        append(header(family))
+        samples = family.samples
+        for start in range(0, len(samples), _CHUNK):
+            _write_samples(samples[start:start + _CHUNK], append, label_texts, openmetrics)
+            if len(out) >= _CHUNK:
+                yield "".join(out)
+                out.clear()
+    if openmetrics:
+        append("# EOF\n")
+    yield "".join(out)
+
+
+def render_text(families: Iterable[Family]) -> str:
+    return "".join(_chunks(families, openmetrics=False))
 
 
 def render_openmetrics(families: Iterable[Family]) -> str:
-    out: list[str] = []
-    append = out.append
-    for family in families:
-        base = base_name(family)
-        mtype = "unknown" if family.type == "untyped" else family.type
-        help_text = family.help.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-        append(f"# HELP {base} {help_text}\n")
-        append(f"# TYPE {base} {mtype}\n")
-        for sample_name, labels, value, ts in family.samples:
-            stamp = "" if ts is None else f" {ts}"
-            append(f"{sample_name}{_labels(labels)} {format_value(value)}{stamp}\n")
-    out.append("# EOF\n")
-    return "".join(out)
+    return "".join(_chunks(families, openmetrics=True))
 
 
 def wants_openmetrics(accept: str) -> bool:
@@ -109,14 +151,35 @@ def wants_openmetrics(accept: str) -> bool:
     return False
 
 
+def _negotiate(accept: str, accept_encoding: str) -> tuple[bool, bool, dict[str, str]]:
+    """OpenMetrics or not, gzip or not, and the headers that say so."""
+    openmetrics = wants_openmetrics(accept)
+    headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
+    compress = any(e.split(";")[0].strip().lower() == "gzip" for e in accept_encoding.split(","))
+    if compress:
+        headers["Content-Encoding"] = "gzip"
+    return openmetrics, compress, headers
+
+
 def encode(families: list[Family], accept: str, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
     """Body and headers for a scrape with these Accept and Accept-Encoding headers."""
-    if wants_openmetrics(accept):
-        body, ctype = render_openmetrics(families).encode(), OPENMETRICS_CONTENT_TYPE
-    else:
-        body, ctype = render_text(families).encode(), TEXT_CONTENT_TYPE
-    headers = {"Content-Type": ctype}
-    if any(e.split(";")[0].strip().lower() == "gzip" for e in accept_encoding.split(",")):
+    openmetrics, compress, headers = _negotiate(accept, accept_encoding)
+    body = b"".join(chunk.encode("utf-8", "replace") for chunk in _chunks(families, openmetrics))
+    if compress:
         body = gzip.compress(body, compresslevel=1)
-        headers["Content-Encoding"] = "gzip"
+    return body, headers
+
+
+async def encode_async(families: list[Family], accept: str, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
+    """`encode` on the event loop, in slices and in turn (see slices.py); a big body is
+    compressed in a thread (zlib lets go of the GIL while it works, so that runs beside the
+    event loop)."""
+    openmetrics, compress, headers = _negotiate(accept, accept_encoding)
+    async with turn(RENDER):
+        body = b"".join([chunk.encode("utf-8", "replace") async for chunk in sliced(_chunks(families, openmetrics))])
+    if compress:
+        if len(body) > _COMPRESS_INLINE_BYTES:
+            body = await asyncio.to_thread(gzip.compress, body, compresslevel=1)
+        else:
+            body = gzip.compress(body, compresslevel=1)
     return body, headers

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 from yarl import URL
 
 from jsonexporter import __version__
 from jsonexporter.cache import Answer, Lookup, ResponseCache
 from jsonexporter.client import ClientConfigError, Clients, RequestOptions
 from jsonexporter.secrets import REDACTED, is_secret_name
+from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.expressions import Template
 from jsonexporter.spec.model import Endpoint, JsonBody, Module
 from jsonexporter.trace import Trace, shorten
@@ -128,6 +130,13 @@ def render_requests(module: Module, values: Mapping[str, str]) -> list[UpstreamR
 
 
 def _parse_json(body: bytes) -> Any:
+    # orjson parses 2 to 4 times faster, but needs about 17 times the body's size meanwhile (the json
+    # module 5 times): used up to 1 MiB, where that is at most 17 MB
+    if len(body) <= 1 << 20:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # perhaps valid for the json module (NaN, Infinity, UTF-16/32, a BOM, lone surrogates): it decides, with its messages
     try:
         return json.loads(body)
     except RecursionError:
@@ -200,7 +209,8 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
                 else:
                     body = await _read_body(response, endpoint.max_response_bytes)
                     result.bytes = len(body)
-                    result.document = _parse_json(body)
+                    async with turn(PARSE):  # see slices.py: waiting answers stay bytes, smaller than parsed
+                        result.document = _parse_json(body)
     except TimeoutError:
         result.outcome, result.error = "timeout", f"no complete answer within {budget:.3f}s"
     except _TooLarge as exc:

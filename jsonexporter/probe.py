@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jsonexporter.exposition import Family, Labels
-from jsonexporter.extract import Extraction, ProbeContext, extract
+from jsonexporter.extract import Extraction, ProbeContext, extract, extract_async
 from jsonexporter.fetch import EndpointResult, InvalidRequest, Upstream, fetch_all, redact_target, render_requests
 from jsonexporter.spec.model import Module
 from jsonexporter.trace import Trace
@@ -107,7 +107,7 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
         trace.add(f"module {module.name}, target {redact_target(target)}, deadline {timeout:.3f}s")
     endpoints = await fetch_all(up, requests, start + timeout, trace)
     documents = {r.endpoint: r.document for r in endpoints if r.usable}
-    extraction = extract(module, documents, ProbeContext(module.name, target, params), module_labels(module, values), trace)
+    extraction = await extract_async(module, documents, ProbeContext(module.name, target, params), module_labels(module, values), trace)
     success = all(r.usable for r in endpoints)
     families = [*extraction.families.values(), *self_families(module, extraction, endpoints, success, loop.time() - start)]
     return ProbeResult(families, success, endpoints, extraction, trace)

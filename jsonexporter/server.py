@@ -20,7 +20,7 @@ from prometheus_client import exposition as prom_exposition
 
 from jsonexporter import __version__
 from jsonexporter.client import Clients
-from jsonexporter.exposition import encode, render_text
+from jsonexporter.exposition import encode_async, render_text
 from jsonexporter.fetch import InvalidRequest, Upstream, new_session, redact_target
 from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, TargetNotAllowed, run_probe
@@ -78,7 +78,8 @@ STATE = web.AppKey("state", State)
 
 
 def _plain(status: int, text: str) -> web.Response:
-    return web.Response(status=status, text=text + "\n", content_type="text/plain")
+    # "replace": a lone surrogate that the json module let through from an answer becomes "?"
+    return web.Response(status=status, body=(text + "\n").encode("utf-8", "replace"), content_type="text/plain", charset="utf-8")
 
 
 def _shown(value: str, limit: int = 100) -> str:
@@ -131,7 +132,7 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
     _record(state, module.name, target, result)
     if debug:
         return _plain(200, _debug_text(result))
-    body, headers = encode(result.families, request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", ""))
+    body, headers = await encode_async(result.families, request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", ""))
     return web.Response(body=body, headers=headers)
 
 

@@ -105,3 +105,16 @@ def test_labels_and_series_are_sorted_and_module_labels_added() -> None:
 def test_counter_samples_get_total_suffix() -> None:
     families, _ = _families("modules: {default: {metrics: [{name: requests, help: r, type: counter, value: v}]}}", {"v": 9})
     assert families["requests"].samples[0][0] == "requests_total"
+
+
+def test_values_entries_carry_their_own_help() -> None:
+    families, _ = _families("""
+        modules:
+          default:
+            metrics:
+              - name: node
+                help: Node facts
+                values: {up: {value: up, help: Whether the node is up}, load: load}
+        """, {"up": True, "load": 0.5})
+    assert families["node_up"].help == "Whether the node is up"
+    assert families["node_load"].help == "Node facts"

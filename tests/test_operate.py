@@ -351,3 +351,17 @@ async def test_a_module_that_needs_no_target_accepts_probes_without_one(aiohttp_
     client = await start(aiohttp_client, spec_path)
     s = parse(await (await client.get("/probe")).text())
     assert value(s, "x") == 5
+
+
+async def test_lone_surrogates_in_answers_do_not_break_the_answer(aiohttp_client: Any, tmp_path: Path, upstream: UpstreamFactory) -> None:
+    async def odd(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"items": [{"id": "\\ud800x", "v": 1}, {"id": "ok", "v": 2}]}', content_type="application/json")
+
+    up = await upstream({"/": odd})
+    spec_path = tmp_path / "spec.yml"
+    spec_path.write_text("modules:\n  default:\n    metrics: [{name: x, help: x, each: items, value: v, labels: {id: id}}]\n")
+    client = await start(aiohttp_client, spec_path)
+    for debug in ("false", "true"):
+        response = await client.get("/probe", params={"target": f"{up.url}/", "debug": debug})
+        text = await response.text()
+        assert response.status == 200 and 'x{id="?x"} 1' in text and 'x{id="ok"} 2' in text

@@ -1,0 +1,109 @@
+"""Markdown tables from bench/run's results (one JSON line per wrk run).
+
+    python bench/report.py results.jsonl DURATION LOADAVG PACKAGE_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+Run = dict[str, Any]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _floor_parser() -> str:
+    try:
+        import orjson  # noqa: F401
+    except ImportError:
+        return "json"
+    return "orjson"
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.1f} MB" if nbytes >= 1e6 else f"{nbytes / 1e3:.0f} KB" if nbytes >= 1e4 else f"{nbytes / 1e3:.1f} KB"
+
+
+def _rate(run: Run) -> float:
+    probe = run["probe"]
+    return float(probe["requests"]) / (float(probe["duration_us"]) / 1e6)
+
+
+def _ms(us: float) -> str:
+    ms = us / 1000
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 1 else f"{ms:.2f}"
+
+
+def _errors(run: Run) -> str:
+    probe = run["probe"]
+    bad = probe["errors"] + probe["non_2xx"]
+    return f" ({bad} errors)" if bad else ""
+
+
+def load_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
+    lines = [
+        "| payload | series | conns | probes/s | p50 ms | p99 ms | peak RSS MB | /-/healthy p99 ms "
+        "| floor probes/s | floor p50 ms | floor RSS MB | probes/s vs floor |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for items in (200, 7500):
+        for conns in (1, 8):
+            ours, floor = runs.get(("jsonexporter", items, conns)), runs.get(("floor", items, conns))
+            if ours is None or floor is None:
+                continue
+            healthy = ours["healthy"]
+            lines.append(
+                f"| {_size(ours['bytes'])} ({items} items) | {ours['series']:,} | {conns} | {_rate(ours):,.1f}{_errors(ours)} | "
+                f"{_ms(ours['probe']['p50_us'])} | {_ms(ours['probe']['p99_us'])} | {ours['rss_kb'] / 1024:.0f} | "
+                f"{_ms(healthy['p99_us']) if healthy else '-'} | {_rate(floor):,.1f}{_errors(floor)} | {_ms(floor['probe']['p50_us'])} | "
+                f"{floor['rss_kb'] / 1024:.0f} | {_rate(ours) / _rate(floor):.2f} |"
+            )
+    return lines
+
+
+def linearity_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
+    lines = [
+        "| payload | items | series | p50 ms | µs per item | floor p50 ms | floor µs per item | p50 vs floor |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for items in sorted({key[1] for key in runs if key[2] == 1}):
+        ours, floor = runs.get(("jsonexporter", items, 1)), runs.get(("floor", items, 1))
+        if ours is None or floor is None:
+            continue
+        p50, floor_p50 = ours["probe"]["p50_us"], floor["probe"]["p50_us"]
+        lines.append(
+            f"| {_size(ours['bytes'])} | {items:,} | {ours['series']:,} | {_ms(p50)} | {p50 / items:.1f} | "
+            f"{_ms(floor_p50)} | {floor_p50 / items:.1f} | {p50 / floor_p50:.2f} |"
+        )
+    return lines
+
+
+def main(path: str, duration: str, load: str, package: str) -> None:
+    with open(path) as results:
+        runs = {(r["app"], r["items"], r["connections"]): r for r in map(json.loads, results)}
+    print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({_cpu_model()}), Python {platform.python_version()}, "
+          f"wrk {duration} s per run, one exporter process ({package}), floor parsing with {_floor_parser()}; "
+          f"load average before the run {load}.\n")
+    print("Load (wrk on loopback, closed loop: each connection sends its next probe when the last one answered):\n")
+    print("\n".join(load_table(runs)))
+    if any(key[1] not in (200, 7500) for key in runs):
+        print("\nCost against payload size (1 connection; p50 latency of one probe):\n")
+        print("\n".join(linearity_table(runs)))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:5])

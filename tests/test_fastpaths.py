@@ -1,0 +1,298 @@
+"""Every fast path against the general path it replaces: same output for the same spec and payload.
+
+- extraction: `extract` takes the fast path for rules without `$`, timestamps or statesets, and
+  the general path when traced; both must give the same families, errors, duplicates, messages;
+- the writer: label texts cached per labels tuple, values formatted inline, against the
+  per-sample form (and prometheus_client through tests/test_exposition.py);
+- the sliced forms (`extract_async`, `encode_async`) against the plain ones, and their turns;
+- JSON parsing with orjson against the json module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_spec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jsonexporter.exposition import Family, encode, encode_async, format_value, render_openmetrics, render_text
+from jsonexporter.extract import Extraction, ProbeContext, _fast_plan, extract, extract_async
+from jsonexporter.fetch import _parse_json
+from jsonexporter.probe import module_labels
+from jsonexporter.slices import EXTRACT, PARSE, RENDER, turn
+from jsonexporter.spec.model import Module
+from jsonexporter.trace import Trace
+
+PROBE = ProbeContext("default", "http://t", {"region": "eu"})
+VALUES = {"target": "http://t", "module": "default"}
+
+scalars = (st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats(allow_nan=False)
+           | st.sampled_from(["a", "b", "UP", "1.5", ' 2 ', 'q"uote', "back\\slash", "new\nline", "é", ""]))
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2),
+                           max_leaves=6)
+items = st.dictionaries(st.sampled_from(["id", "a", "v", "w", "tags", "sub"]), json_values, max_size=6)
+elements = st.one_of(items, items, items, scalars)  # mostly objects, sometimes not
+documents = st.fixed_dictionaries({
+    "items": st.lists(elements, max_size=8),
+    "byname": st.dictionaries(st.sampled_from(["x", "y", "z"]), items, max_size=3),
+    "v": json_values,
+})
+
+LABEL_EXPRESSIONS = ["id", "a", "a.b", "tags[0]", "'const'", "length(tags)", "sub", "v"]
+VALUE_EXPRESSIONS = ["v", "w", "a.b", "@", "length(tags)", "v || w", "sub.a"]
+EACHES = [None, "items", "byname", ["items", "tags"], "items[?v]", "items[*].{id: id, v: w, a: a}", "byname.*"]
+
+
+@st.composite
+def modules(draw: Any) -> dict[str, Any]:
+    """A module whose rules take the fast path, with sometimes a general one (`$index`) among them;
+    two rules may feed one family (same type and label names), for duplicates across rules."""
+    metrics = []
+    shapes: list[tuple[str, str, list[str]]] = []  # name, type, label names
+    for i in range(draw(st.integers(1, 4))):
+        mtype = draw(st.sampled_from(["gauge", "counter", "untyped", "info"]))
+        names = draw(st.lists(st.sampled_from(["id", "zz", "b", "a", "m"]), unique=True, max_size=3))
+        if shapes and draw(st.booleans()):
+            name, mtype, names = shapes[0]  # another rule for the family of the first
+        else:
+            name = f"m{i}_info" if mtype == "info" else f"m{i}"
+            shapes.append((name, mtype, names))
+        labels = {n: draw(st.sampled_from(LABEL_EXPRESSIONS)) for n in names}
+        if names and draw(st.integers(0, 5)) == 0:
+            labels[names[0]] = "$index"  # the general path, in the same module
+        rule: dict[str, Any] = {"name": name, "help": "h", "type": mtype, "labels": labels}
+        each = draw(st.sampled_from(EACHES))
+        if each is not None:
+            rule["each"] = each
+        if mtype != "info":
+            if draw(st.booleans()):
+                rule["value"] = draw(st.sampled_from(VALUE_EXPRESSIONS))
+            else:
+                rule["values"] = {"x": draw(st.sampled_from(VALUE_EXPRESSIONS)), "y": draw(st.sampled_from(VALUE_EXPRESSIONS))}
+            if draw(st.booleans()):
+                rule["value_map"] = {"UP": 1, "true": 5, "a": -2.5}
+            if draw(st.booleans()):
+                rule["default"] = -1
+            if draw(st.booleans()):
+                rule["scale"] = draw(st.sampled_from([0.001, 0.5, 3]))
+        metrics.append(rule)
+    module: dict[str, Any] = {"metrics": metrics}
+    if draw(st.booleans()):
+        module["labels"] = {"c": "c-{target}", "zone": "z"}
+    return module
+
+
+def _both_paths(module: Module, document: Any) -> tuple[Extraction, Extraction]:
+    static = module_labels(module, VALUES)
+    fast = extract(module, {"default": document}, PROBE, static)
+    general = extract(module, {"default": document}, PROBE, static, trace=Trace())  # a trace takes the general path
+    return fast, general
+
+
+def _assert_same(fast: Extraction, general: Extraction) -> None:
+    assert {k: f.samples for k, f in fast.families.items()} == {k: f.samples for k, f in general.families.items()}
+    assert [(f.name, f.type, f.help) for f in fast.families.values()] == [(f.name, f.type, f.help) for f in general.families.values()]
+    assert (fast.errors, fast.duplicates, fast.messages) == (general.errors, general.duplicates, general.messages)
+    families_fast, families_general = list(fast.families.values()), list(general.families.values())
+    assert render_text(families_fast) == render_text(families_general)
+    assert render_openmetrics(families_fast) == render_openmetrics(families_general)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(modules(), documents)
+def test_fast_extraction_gives_what_the_general_path_gives(module_spec: dict[str, Any], document: Any) -> None:
+    spec = make_spec(json.dumps({"modules": {"default": module_spec}}))
+    _assert_same(*_both_paths(spec.modules["default"], document))
+
+
+def test_bench_spec_takes_the_fast_path_with_the_same_output() -> None:
+    module = make_spec((Path(__file__).parent.parent / "bench" / "spec.yml").read_text()).modules["default"]
+    assert all(_fast_plan(metric, ()) is not None for metric in module.metrics)
+    document = {"count": 3, "items": [
+        {"id": f"svc-{i}", "region": "eu", "status": "ok", "version": "1.0", "healthy": i != 1, "requests_total": 10**9 + i,
+         "errors_total": i, "latency_ms": 0.5 * i, "cpu_ratio": 0.25, "memory_bytes": 9_999_999_999} for i in range(3)]}
+    fast, general = _both_paths(module, document)
+    _assert_same(fast, general)
+    assert len(fast.families["bench_item_requests_total"].samples) == 3
+
+
+def test_rules_sharing_labels_share_one_labels_tuple_and_the_writer_renders_it_once() -> None:
+    module = make_spec("""
+        modules:
+          default:
+            metrics:
+              - {name: a, help: h, each: items, value: v, labels: {z: id, b: name}}
+              - {name: b, help: h, each: items, value: w, labels: {z: id, b: name}}
+        """).modules["default"]
+    result = extract(module, {"default": {"items": [{"id": 1, "name": "x", "v": 1, "w": 2}]}}, PROBE)
+    (a,), (b,) = result.families["a"].samples, result.families["b"].samples
+    assert a[1] is b[1] and a[1] == (("b", "x"), ("z", "1"))
+    assert render_text(list(result.families.values())).count('{b="x",z="1"}') == 2
+
+
+def test_objects_made_by_an_each_expression_get_their_own_labels() -> None:
+    """The labels memo is by object identity: objects that a projection makes must not be
+    taken for others that were made, and freed, by an earlier rule."""
+    module = make_spec("""
+        modules:
+          default:
+            metrics:
+              - {name: a, help: h, each: 'items[*].{id: id}', value: '`1`', labels: {id: id}}
+              - {name: b, help: h, each: 'items[*].{id: name}', value: '`1`', labels: {id: id}}
+        """).modules["default"]
+    document = {"items": [{"id": "i1", "name": "n1"}, {"id": "i2", "name": "n2"}]}
+    result = extract(module, {"default": document}, PROBE)
+    assert [dict(s[1])["id"] for s in result.families["b"].samples] == ["n1", "n2"]
+    _assert_same(*_both_paths(module, document))
+
+
+def test_a_family_fed_by_a_fast_and_a_general_rule_counts_duplicates_across_them() -> None:
+    module = make_spec("""
+        modules:
+          default:
+            metrics:
+              - {name: x, help: h, each: byname, value: v, labels: {id: $key}}
+              - {name: x, help: h, each: items, value: v, labels: {id: id}}
+        """).modules["default"]
+    document = {"byname": {"a": {"v": 1}}, "items": [{"id": "a", "v": 2}, {"id": "b", "v": 3}, {"id": "b", "v": 4}]}
+    fast, general = _both_paths(module, document)
+    _assert_same(fast, general)
+    assert fast.duplicates["x"] == 2 and [s[2] for s in fast.families["x"].samples] == [1.0, 3.0]
+
+
+def test_scale_multiplies_extracted_numbers_but_not_the_default_in_both_paths() -> None:
+    module = make_spec("""
+        modules:
+          default:
+            metrics:
+              - {name: x_seconds, help: h, each: items, value: ms, labels: {id: id}, scale: 0.001, default: -1, value_map: {UP: 1000}}
+        """).modules["default"]
+    document = {"items": [{"id": "a", "ms": 1500}, {"id": "b", "ms": None}, {"id": "c", "ms": "UP"}, {"id": "d", "ms": True}]}
+    fast, general = _both_paths(module, document)
+    _assert_same(fast, general)
+    assert [s[2] for s in fast.families["x_seconds"].samples] == [1.5, -1.0, 1.0, 0.001]
+
+
+def test_writer_formats_values_as_the_reference_formatter() -> None:
+    values = [0.0, -0.0, 1.0, -3.0, 2.5, 1e-5, 123456.789, 1234567.5, 1e15, 1e15 - 1, -1e15 + 1, 1e16, 1e300, -2.5e-300,
+              math.inf, -math.inf, math.nan, 9_999_999_999.0]
+    family = Family("x", "gauge", "h", [("x", (("i", str(i)),), v, None) for i, v in enumerate(values)])
+    lines = render_text([family]).splitlines()[2:]
+    assert [line.split(" ")[1] for line in lines] == [format_value(v) for v in values]
+    reference = [v for v in values if v.is_integer() and abs(v) < 1e15]
+    assert all(format_value(v) == str(int(v)) for v in reference)
+
+
+def test_sliced_extraction_and_rendering_give_the_plain_results() -> None:
+    module = make_spec("""
+        modules:
+          default:
+            metrics:
+              - {name: x, help: h, each: items, value: v, labels: {id: id}}
+              - {name: y, help: h, each: items, value: '$index', labels: {id: id}}
+        """).modules["default"]
+    document = {"items": [{"id": f"i{i}", "v": i / 3} for i in range(3000)]}  # several steps and chunks
+
+    async def sliced() -> tuple[Extraction, tuple[bytes, dict[str, str]], tuple[bytes, dict[str, str]]]:
+        result = await extract_async(module, {"default": document}, PROBE)
+        families = list(result.families.values())
+        return result, await encode_async(families, "application/openmetrics-text", ""), await encode_async(families, "", "gzip")
+
+    result, openmetrics, compressed = asyncio.run(sliced())
+    plain = extract(module, {"default": document}, PROBE)
+    _assert_same(result, plain)
+    families = list(plain.families.values())
+    assert openmetrics == encode(families, "application/openmetrics-text", "")
+    assert gzip.decompress(compressed[0]) == render_text(families).encode() and compressed[1]["Content-Encoding"] == "gzip"
+
+
+def test_turns_go_by_priority_then_arrival_and_survive_cancelled_waiters() -> None:
+    async def scenario() -> list[str]:
+        order: list[str] = []
+        hold = asyncio.Event()
+
+        async def take(name: str, priority: int) -> None:
+            async with turn(priority):
+                order.append(name)
+                if name == "first":
+                    await hold.wait()
+
+        first = asyncio.create_task(take("first", EXTRACT))
+        await asyncio.sleep(0)
+        waiting = [asyncio.create_task(take(name, priority)) for name, priority in
+                   [("parse", PARSE), ("extract-1", EXTRACT), ("cancelled", RENDER), ("render", RENDER), ("extract-2", EXTRACT)]]
+        await asyncio.sleep(0)
+        waiting[2].cancel()
+        hold.set()
+        await asyncio.gather(first, *waiting, return_exceptions=True)
+        return order
+
+    assert asyncio.run(scenario()) == ["first", "render", "extract-1", "extract-2", "parse"]
+
+
+def test_a_waiter_cancelled_as_it_is_handed_the_turn_passes_it_on() -> None:
+    async def scenario() -> list[str]:
+        order: list[str] = []
+        entered = asyncio.Event()
+
+        async def take(name: str) -> None:
+            async with turn(EXTRACT):
+                order.append(name)
+                entered.set()
+
+        async with turn(EXTRACT):
+            handed, after = asyncio.create_task(take("handed")), asyncio.create_task(take("after"))
+            await asyncio.sleep(0)
+        handed.cancel()  # its future is already done: the turn is its own, and must be passed on
+        await asyncio.gather(handed, after, return_exceptions=True)
+        return order
+
+    assert asyncio.run(scenario()) == ["after"]
+
+
+@pytest.mark.parametrize("body", [
+    b'{"a": [1, 2.5, -0.0, "\\u00e9", true, null, {"b": 18446744073709551615}], "a": 3}',
+    b'  [1e-320, 1.7976931348623157e308, "x\\ny"]  ',
+    b'NaN', b'[Infinity, -Infinity]', b'1e400', b'"\\ud800"', b'\xef\xbb\xbf{"bom": 1}', '{"utf16": 1}'.encode("utf-16"),
+])
+def test_parsing_gives_what_the_json_module_gives(body: bytes) -> None:
+    parsed, expected = _parse_json(body), json.loads(body)
+    assert json.dumps(parsed) == json.dumps(expected)  # NaN-proof comparison, types included (1 vs 1.0)
+
+
+@pytest.mark.parametrize("body", [b"", b"{", b'{"a": tru}', b"[1,]", b"\xff", b"[" * 5000 + b"]" * 5000])
+def test_invalid_json_is_reported_with_the_json_module_messages(body: bytes) -> None:
+    try:
+        json.loads(body)
+    except RecursionError:
+        expected = "JSON nested too deeply"
+    except UnicodeDecodeError as exc:
+        expected = f"body is not UTF-8 text: {exc.reason}"
+    except json.JSONDecodeError as exc:
+        expected = f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    with pytest.raises(ValueError) as raised:
+        _parse_json(body)
+    assert str(raised.value).startswith(expected)
+
+
+def test_integers_beyond_64_bits_are_read_as_floats_in_answers_up_to_1_mib() -> None:
+    """The one difference orjson makes: such integers (label values only; sample values are
+    floats anyway) lose their exact digits, as with every float64 JSON reader. Larger answers
+    are parsed by the json module, which needs less memory."""
+    assert _parse_json(b"[18446744073709551615, 18446744073709551616]") == [18446744073709551615, 1.8446744073709552e19]
+    padding = b" " * (1 << 20)
+    assert _parse_json(b"[18446744073709551616]" + padding) == [18446744073709551616]
+
+
+def test_answers_below_and_above_1_mib_give_the_json_module_documents() -> None:
+    for count in (100, 20_000):
+        body = json.dumps({"items": [{"id": f"i{i}", "v": i / 7, "ok": i % 2 == 0, "n": None, "big": 2**63 + i} for i in range(count)]}).encode()
+        assert (len(body) > 1 << 20) == (count == 20_000)
+        assert _parse_json(body) == json.loads(body)
