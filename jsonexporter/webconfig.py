@@ -19,6 +19,7 @@ import jsonschema
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from jsonexporter.client import TLS_VERSIONS
 from jsonexporter.logs import kv
 from jsonexporter.spec.load import read_spec_text
 from jsonexporter.spec.problems import Problem, SpecError
@@ -28,7 +29,6 @@ from jsonexporter.spec.yamlload import load_yaml
 log = logging.getLogger("jsonexporter")
 
 CLIENT_AUTH_TYPES = ("NoClientCert", "RequestClientCert", "RequireAnyClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
-TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 # the headers exporter-toolkit lets a web config set
 ALLOWED_HEADERS = ("Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options", "X-XSS-Protection", "Content-Security-Policy")
 # accepted for compatibility with configs written for Go exporters; Python's ssl module has no equivalent

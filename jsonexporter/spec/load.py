@@ -521,7 +521,7 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
     if c.broken(path):
         return None
     uses_target = any("target" in t.placeholders for t in _templates(endpoints.values(), labels)) or any(
-        "target" in e.context_names for m in metrics for e in _expressions(m[1]))
+        "target" in e.context_names for m in metrics for e in m[1].expressions())
     return Module(
         name=name,
         endpoints=MappingProxyType(endpoints),
@@ -584,14 +584,6 @@ def _json_templates(value: object) -> Iterator[Template]:
     elif isinstance(value, list):
         for v in value:
             yield from _json_templates(v)
-
-
-def _expressions(metric: Metric) -> Iterator[Expression]:
-    yield from (lv.path for lv in metric.each)
-    yield from (o.value for o in metric.outputs if o.value is not None)
-    yield from (e for _, e in metric.labels)
-    if metric.timestamp is not None:
-        yield metric.timestamp
 
 
 def load_text(text: str, file: str) -> tuple[Spec | None, list[Problem]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -88,11 +88,15 @@ class Metric:
 
     @property
     def uses_context(self) -> bool:
-        exprs = [e for _, e in self.labels] + [o.value for o in self.outputs if o.value is not None]
-        exprs += [lv.path for lv in self.each]
+        return any(e.on_context for e in self.expressions())
+
+    def expressions(self) -> Iterator[Expression]:
+        """Every compiled expression of the rule."""
+        yield from (lv.path for lv in self.each)
+        yield from (o.value for o in self.outputs if o.value is not None)
+        yield from (e for _, e in self.labels)
         if self.timestamp is not None:
-            exprs.append(self.timestamp)
-        return any(e.on_context for e in exprs)
+            yield self.timestamp
 
 
 @dataclass(frozen=True, slots=True)
