@@ -92,7 +92,7 @@ def self_families(module: Module, extraction: Extraction, endpoints: list[Endpoi
     ]
     if duration is not None:
         families.append(_gauge("probe_duration_seconds", "How long the probe took to complete in seconds.", [((), duration)]))
-    families.append(_gauge("probe_success", "Whether every endpoint of the probe succeeded.", [((), float(success))]))
+    families.append(_gauge("probe_success", "Whether every endpoint of the probe gave an answer (a stale one counts).", [((), float(success))]))
     return families
 
 
