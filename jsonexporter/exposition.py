@@ -48,9 +48,7 @@ def format_value(value: float) -> str:
 
 
 def _escape_label_value(value: str) -> str:
-    if "\\" in value or "\n" in value or '"' in value:
-        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-    return value
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
 def _labels(labels: Labels) -> str:

@@ -6,7 +6,6 @@ extraction errors and duplicates counted per metric. A failing rule never drops 
 
 from __future__ import annotations
 
-import json
 import math
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -15,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from jsonexporter.exposition import Family, Labels, Sample
+from jsonexporter.labeltext import label_text
 from jsonexporter.slices import Steps, run, run_sliced
 from jsonexporter.spec.expressions import Expression, Search
 from jsonexporter.spec.model import Level, Metric, Module
@@ -47,23 +47,6 @@ class Extraction:
         self.errors[metric] = self.errors.get(metric, 0) + 1
         if len(self.messages) < MAX_MESSAGES:
             self.messages.append(f"metric {metric}: {message}")
-
-
-def label_text(raw: Any) -> str:
-    """A JSON value as a label value: integers exactly, booleans as true/false, null as empty."""
-    if type(raw) is str:
-        return raw
-    if raw is None:
-        return ""
-    if raw is True or raw is False:
-        return "true" if raw else "false"
-    if type(raw) is int:
-        return str(raw)
-    if type(raw) is float:
-        if raw.is_integer() and abs(raw) < 1e15:
-            return str(int(raw))
-        return repr(raw)
-    return json.dumps(raw, separators=(",", ":"), ensure_ascii=False)
 
 
 def to_number(raw: Any, value_map: Mapping[str, float]) -> float | None:

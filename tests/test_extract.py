@@ -118,3 +118,14 @@ def test_values_entries_carry_their_own_help() -> None:
         """, {"up": True, "load": 0.5})
     assert families["node_up"].help == "Whether the node is up"
     assert families["node_load"].help == "Node facts"
+
+
+def test_declared_states_are_compared_as_label_text() -> None:
+    families, errors = _families("""
+        modules:
+          default:
+            metrics:
+              - {name: mode, help: m, type: stateset, value: m, states: [1.0, 2, true]}
+        """, {"m": 1})
+    assert [(dict(s[1])["mode"], s[2]) for s in families["mode"].samples] == [("1", 1.0), ("2", 0.0), ("true", 0.0)]
+    assert errors["mode"] == 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, cast
 
+from jsonexporter.labeltext import label_text
 from jsonexporter.secrets import is_secret_name
 from jsonexporter.spec.expressions import (
     CONTEXT_NAMES,
@@ -413,7 +414,7 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
             c.add(lp, f"label {label!r} is for histograms and summaries; Prometheus tools treat it specially", "warning", at_key=True)
         if (e := c.expression(lp, source, level_names)) is not None:
             labels.append((label, e))
-    states = tuple(_state_text(s) for s in raw.get("states", ()))
+    states = tuple(label_text(s) for s in raw.get("states", ()))
     if mtype == "stateset" and not states:
         c.add(path, f"stateset metric {name!r} needs `states`: every possible state")
     if states and mtype != "stateset":
@@ -445,12 +446,6 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
         states=states,
         scale=1.0 if scale is None else scale,
     )
-
-
-def _state_text(state: object) -> str:
-    if isinstance(state, bool):
-        return "true" if state else "false"
-    return str(state)
 
 
 @dataclass(frozen=True)
