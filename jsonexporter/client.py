@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
-from jsonexporter.spec.model import HTTPClientConfig, OAuth2, TLSClientConfig
+from jsonexporter.spec.model import HTTPClientConfig, OAuth2, Secret, TLSClientConfig
 
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 TOKEN_TIMEOUT = 10.0
@@ -49,13 +49,13 @@ class RequestOptions:
         return hashlib.sha256((self.authorization or "").encode()).hexdigest()[:32]
 
 
-def _read(path: str, what: str) -> str:
+def _reveal(secret: Secret, what: str) -> str:
+    """The secret's value (its file read now); a file that cannot be read fails the request."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read(65536).rstrip("\r\n")
+        return secret.read()
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
-        raise ClientConfigError(f"cannot read {what} {path!r}: {reason}") from None
+        raise ClientConfigError(f"cannot read {what} {secret.file!r}: {reason}") from None
 
 
 def tls_context(config: TLSClientConfig) -> ssl.SSLContext:
@@ -119,7 +119,7 @@ class TokenSource:
 
     async def _fetch(self, session: aiohttp.ClientSession) -> tuple[str, float]:
         c = self.config
-        secret = _read(c.client_secret.file, "client_secret_file") if c.client_secret.file else (c.client_secret.value or "")
+        secret = _reveal(c.client_secret, "client_secret_file")
         form = {"grant_type": "client_credentials", **dict(c.endpoint_params)}
         if c.scopes:
             form["scope"] = " ".join(c.scopes)
@@ -178,12 +178,12 @@ class Clients:
         authorization = None
         if config.basic_auth is not None:
             user_secret, password_secret = config.basic_auth
-            user = _read(user_secret.file, "username_file") if user_secret.file else (user_secret.value or "")
-            password = _read(password_secret.file, "password_file") if password_secret.file else (password_secret.value or "")
+            user = _reveal(user_secret, "username_file")
+            password = _reveal(password_secret, "password_file")
             authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         elif config.authorization is not None:
             kind, creds = config.authorization
-            value = _read(creds.file, "credentials_file") if creds.file else (creds.value or "")
+            value = _reveal(creds, "credentials_file")
             authorization = f"{kind} {value}"
         elif config.oauth2 is not None:
             authorization = "Bearer " + await self.token_source(config.oauth2).get(session)
