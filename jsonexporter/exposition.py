@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.utils import floatToGoString
@@ -19,27 +19,33 @@ from jsonexporter.slices import RENDER, sliced, turn
 
 Labels = tuple[tuple[str, str], ...]
 Sample = tuple[str, Labels, float, float | None]  # sample name, sorted labels, value, timestamp (s)
+Part = str | Sample  # sample lines already written, or a sample to write
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-_EXACT_LIMIT = 1e15  # below this every integral float is exact and shorter than Go's %g form
-_CHUNK = 1024  # lines per piece of the rendering
+EXACT_LIMIT = 1e15  # below this every integral float is exact and shorter than Go's %g form
+_PIECE = 1 << 16  # characters per piece of the rendering, about
 _COMPRESS_INLINE_BYTES = 1 << 20  # gzip level 1 does this in about 4 ms; larger bodies go to a thread
 
 
 @dataclass(slots=True)
 class Family:
-    """One metric family as the user named it (`x_total` for counters, `x_info` for info)."""
+    """One metric family as the user named it (`x_total` for counters, `x_info` for info).
+
+    Extraction writes the sample lines of a family as it finds them (`sample_line`), so that
+    rendering only joins them: its parts are those lines (a part may hold many), or samples
+    left to the writer, those with a timestamp, which is written differently per format."""
 
     name: str
     type: str  # gauge, counter, untyped, info, stateset
     help: str
-    samples: list[Sample] = field(default_factory=list)
+    parts: list[Part] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)  # the label texts of its series (`labels_text`), for duplicates
 
 
 def format_value(value: float) -> str:
     if value.is_integer():
-        if -_EXACT_LIMIT < value < _EXACT_LIMIT:
+        if -EXACT_LIMIT < value < EXACT_LIMIT:
             return str(int(value))
     elif -math.inf < value < 1e6:  # where Go's %g and Python's repr agree (not NaN)
         return repr(value)
@@ -47,36 +53,38 @@ def format_value(value: float) -> str:
     return text
 
 
-def _escape_label_value(value: str) -> str:
+def escape_label_value(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def _labels(labels: Labels) -> str:
+def needs_escape(value: str) -> bool:
+    return "\\" in value or "\n" in value or '"' in value
+
+
+def labels_text(labels: Labels) -> str:
+    """`{a="1",b="2"}` for sorted label pairs, "" for none: the same in both formats."""
     if not labels:
         return ""
     parts = []
     for name, value in labels:
-        if "\\" in value or "\n" in value or '"' in value:
-            value = _escape_label_value(value)
+        if needs_escape(value):
+            value = escape_label_value(value)
         parts.append(f'{name}="{value}"')
     return "{" + ",".join(parts) + "}"
 
 
-def _write_samples(samples: list[Sample], append: Callable[[str], None], label_texts: dict[int, str], openmetrics: bool) -> None:
-    """The sample lines. Extraction shares one labels tuple between the samples of an element
-    (one per value of the rule), so their text is cached by identity: `label_texts` lives for
-    one rendering, while every tuple it has seen is still referenced by a sample."""
-    for sample_name, labels, value, ts in samples:
-        text = label_texts.get(id(labels))
-        if text is None:
-            text = label_texts[id(labels)] = _labels(labels)
-        number = str(int(value)) if value.is_integer() and -_EXACT_LIMIT < value < _EXACT_LIMIT else format_value(value)
-        if ts is None:
-            append(f"{sample_name}{text} {number}\n")
-        elif openmetrics:
-            append(f"{sample_name}{text} {number} {ts}\n")
-        else:
-            append(f"{sample_name}{text} {number} {int(ts * 1000):d}\n")
+def sample_line(sample_name: str, labels: str, value: float) -> str:
+    """The line of a sample without a timestamp (the same in both formats); `labels` from `labels_text`."""
+    return f"{sample_name}{labels} {format_value(value)}\n"
+
+
+def _sample_text(sample: Sample, openmetrics: bool) -> str:
+    sample_name, labels, value, ts = sample
+    if ts is None:
+        return sample_line(sample_name, labels_text(labels), value)
+    if openmetrics:
+        return f"{sample_name}{labels_text(labels)} {format_value(value)} {ts}\n"
+    return f"{sample_name}{labels_text(labels)} {format_value(value)} {int(ts * 1000):d}\n"
 
 
 def base_name(family: Family) -> str:
@@ -110,20 +118,21 @@ def _openmetrics_header(family: Family) -> str:
 
 
 def _chunks(families: Iterable[Family], openmetrics: bool) -> Iterator[str]:
-    """The exposition in pieces of about `_CHUNK` lines: steps for `encode_async`, and fewer
-    small strings alive at once than one list of every line."""
+    """The exposition in pieces of about `_PIECE` characters: steps for `encode_async`."""
     out: list[str] = []
     append = out.append
-    label_texts: dict[int, str] = {}
+    size = 0
     header = _openmetrics_header if openmetrics else _text_header
     for family in families:
         append(header(family))
-        samples = family.samples
-        for start in range(0, len(samples), _CHUNK):
-            _write_samples(samples[start:start + _CHUNK], append, label_texts, openmetrics)
-            if len(out) >= _CHUNK:
+        for part in family.parts:
+            text = part if isinstance(part, str) else _sample_text(part, openmetrics)
+            append(text)
+            size += len(text)
+            if size >= _PIECE:
                 yield "".join(out)
                 out.clear()
+                size = 0
     if openmetrics:
         append("# EOF\n")
     yield "".join(out)

@@ -7,22 +7,22 @@ extraction errors and duplicates counted per metric. A failing rule never drops 
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from jsonexporter.exposition import Family, Labels, Sample
+from jsonexporter.exposition import EXACT_LIMIT, Family, Labels, escape_label_value, format_value, labels_text, needs_escape, sample_line
 from jsonexporter.labeltext import label_text
 from jsonexporter.slices import Steps, run, run_sliced
 from jsonexporter.spec.expressions import Expression, Search
-from jsonexporter.spec.model import Level, Metric, Module
+from jsonexporter.spec.model import Level, Metric, Module, Output
 from jsonexporter.trace import Trace, shorten
 
 MAX_MESSAGES = 20  # error messages kept per probe for the log and the trace
 _DEFAULT_HELP = "Extracted by jsonexporter."
-_STEP = 256  # elements between two steps of a rule (see slices.py)
+_STEP = 256  # elements between two steps of a rule on the general path (see slices.py)
+_CHUNK = 1024  # elements per step of a rule on the fast path
 
 
 class ExtractionError(Exception):
@@ -141,7 +141,24 @@ def _sample_name(metric: Metric, output_name: str) -> str:
     return output_name
 
 
-def _apply(metric: Metric, doc: Any, probe: ProbeContext, static: Labels, result: Extraction, trace: Trace | None, memo: _LabelMemo) -> Steps[None]:
+def _family(result: Extraction, metric: Metric, output: Output) -> Family:
+    family = result.families.get(output.name)
+    if family is None:
+        family = result.families[output.name] = Family(output.name, metric.type, output.help or metric.help or _DEFAULT_HELP)
+    return family
+
+
+def _add(result: Extraction, name: str, family: Family, sample_name: str, labels: Labels, value: float, ts: float | None) -> None:
+    """One series into its family, unless the family has one with the same labels."""
+    key = labels_text(labels)
+    if key in family.keys:
+        result.duplicates[name] = result.duplicates.get(name, 0) + 1
+        return
+    family.keys.add(key)
+    family.parts.append(sample_line(sample_name, key, value) if ts is None else (sample_name, labels, value, ts))
+
+
+def _apply(metric: Metric, doc: Any, probe: ProbeContext, static: Labels, result: Extraction, trace: Trace | None, memo: _Memo) -> Steps[None]:
     plan = _fast_plan(metric, static) if trace is None else None
     if plan is not None:
         yield from _apply_fast(metric, plan, doc, result, memo)
@@ -155,12 +172,7 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
     if metric.uses_context:
         base = {"key": None, "index": None, "item": doc, "parent": None, "root": doc,
                 "target": probe.target, "module": probe.module, "params": dict(probe.params)}
-    families = []
-    for output in metric.outputs:
-        family = result.families.get(output.name)
-        if family is None:
-            family = result.families[output.name] = Family(output.name, metric.type, output.help or metric.help or _DEFAULT_HELP)
-        families.append((output, family, _sample_name(metric, output.name), set(_seen(family))))
+    families = [(output, _family(result, metric, output), _sample_name(metric, output.name)) for output in metric.outputs]
     label_exprs = metric.labels
     is_info, is_stateset = metric.type == "info", metric.type == "stateset"
     scale = metric.scale
@@ -181,17 +193,18 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
                     result.error(output.name, f"labels: {_reason(exc)}")
                 continue
             pairs.extend(static)
-            for output, family, sample_name, seen in families:
+            for output, family, sample_name in families:
+                samples: list[tuple[Labels, float]]
                 try:
                     if is_info:
-                        samples = [(sample_name, tuple(sorted(pairs)), 1.0, ts)]
+                        samples = [(tuple(sorted(pairs)), 1.0)]
                     else:
                         assert output.value is not None
                         raw = _search(output.value, element, ctx)
                         if show and trace is not None:
                             trace.add(f"    {output.name}: value {output.value.source!r} -> {shorten(raw)}; labels {dict(pairs)}")
                         if is_stateset:
-                            samples = _states(metric, sample_name, pairs, raw, ts)
+                            samples = _states(metric, pairs, raw)
                         else:
                             value = to_number(raw, metric.value_map)
                             if value is None:
@@ -200,20 +213,15 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
                                 value = metric.default  # not scaled
                             elif scale != 1.0:
                                 value *= scale
-                            samples = [(sample_name, tuple(sorted(pairs)), value, ts)]
+                            samples = [(tuple(sorted(pairs)), value)]
                 except _UnknownState as exc:  # still a complete set of states, all 0
                     result.error(output.name, f"{exc} (labels {dict(pairs)})")
                     samples = exc.samples
                 except Exception as exc:
                     result.error(output.name, f"{_reason(exc)} (labels {dict(pairs)})")
                     continue
-                for sample in samples:
-                    key = (sample[0], sample[1])
-                    if key in seen:
-                        result.duplicates[output.name] = result.duplicates.get(output.name, 0) + 1
-                        continue
-                    seen.add(key)
-                    family.samples.append(sample)
+                for labels, value in samples:
+                    _add(result, output.name, family, sample_name, labels, value, ts)
     except Exception as exc:  # the iteration itself failed: this rule gives no (more) series
         for output, *_ in families:
             result.error(output.name, _reason(exc))
@@ -221,27 +229,42 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
         trace.add(f"  rule {metric.name}: {traced} element(s)")
 
 
+# The fast path takes a rule's elements by chunks, and a chunk by columns: the label texts of its
+# elements, then per value the texts of the numbers, each column with one comprehension or map over
+# the chunk, and its sample lines at once. A chunk where some element needs more (a label or value
+# failing, an answer that is not a number, a duplicate) goes element by element, with the same
+# results and messages in the same order as the general path.
+
+
 @dataclass(frozen=True, slots=True)
 class _FastPlan:
-    """A rule as the fast path runs it. Label names are sorted once per rule instead of once per
-    sample; plain field expressions become dict lookups."""
+    """A rule as the fast path runs it. An element's label text is `template % values`, the
+    module's labels already in the template; plain field expressions become dict lookups."""
 
     names: tuple[str, ...]  # the rule's labels in its order, then the module's
-    static_texts: list[str]  # the module's label values
+    static_texts: tuple[str, ...]  # the module's label values
     label_searches: tuple[Search, ...]  # the rule's label expressions, in its order
-    label_fields: tuple[str, ...] | None  # their field names, when each is one plain field
-    sorted_names: tuple[str, ...]
-    sort: Callable[[list[str]], tuple[str, ...]]  # label values in `names` order -> in `sorted_names` order
-    label_key: tuple[tuple[str, str], ...]  # rules with the same key give an element the same labels
+    label_fields: tuple[str | None, ...]  # for each, its field name when it is one plain field
+    template: str  # `{a="%s",b="x"}`: `%s` for the rule's labels in `slots` order ("" without labels)
+    slots: tuple[int, ...]  # the rule's labels (indexes into `names`) in the order of their names
+    key: tuple[tuple[str, str], ...]  # rules of an iteration with the same key give an element the same text
 
 
 @dataclass(slots=True)
-class _LabelMemo:
-    """The labels that elements got from earlier rules of a probe, by label key and id(element).
-    The collections the elements came from are kept, so that no id is reused meanwhile."""
+class _Chunk:
+    texts: list[str]  # the label text of each element
+    distinct: set[str]
+    unique: bool  # no two elements of the chunk with the same labels
 
-    labels: dict[tuple[tuple[str, str], ...], dict[int, Labels]] = field(default_factory=dict)
-    keep: list[Any] = field(default_factory=list)
+
+@dataclass(slots=True)
+class _Memo:
+    """What the rules of one extraction share, when they iterate the same elements of the same
+    endpoint's document: the elements, and the label texts that rules with the same labels give
+    them, by chunk (None for a chunk that went element by element)."""
+
+    elements: dict[tuple[str, tuple[str, ...]], tuple[list[Any], Exception | None]] = field(default_factory=dict)
+    labels: dict[tuple[Any, ...], list[_Chunk | None]] = field(default_factory=dict)
 
 
 def _fast_plan(metric: Metric, static: Labels) -> _FastPlan | None:
@@ -249,40 +272,61 @@ def _fast_plan(metric: Metric, static: Labels) -> _FastPlan | None:
     (`$`), timestamps, stateset expansion; None otherwise."""
     if metric.type == "stateset" or metric.timestamp is not None or metric.uses_context:
         return None
-    names = tuple(name for name, _ in metric.labels) + tuple(name for name, _ in static)
+    rule_names = [name for name, _ in metric.labels]
+    names = (*rule_names, *(name for name, _ in static))
     if len(set(names)) != len(names):
         return None  # the general path's sort also orders by value then
-    order = sorted(range(len(names)), key=names.__getitem__)
-    identity = order == list(range(len(order)))  # a non-identity order has two names or more
-    sort: Callable[[list[str]], tuple[str, ...]] = tuple if identity else operator.itemgetter(*order)
-    label_exprs = [expr for _, expr in metric.labels]
-    fields = [e.fields[0] if e.fields is not None and len(e.fields) == 1 else None for e in label_exprs]
+    static_texts = tuple(value for _, value in static)
+    pieces = []
+    for i in sorted(range(len(names)), key=names.__getitem__):
+        if i < len(rule_names):
+            pieces.append(f'{names[i]}="%s"')
+        else:
+            text = static_texts[i - len(rule_names)]
+            text = escape_label_value(text) if needs_escape(text) else text
+            pieces.append(f'{names[i]}="{text.replace("%", "%%")}"')
+    exprs = [expr for _, expr in metric.labels]
     return _FastPlan(
         names=names,
-        static_texts=[value for _, value in static],
-        label_searches=tuple(e.search for e in label_exprs),
-        label_fields=tuple(f for f in fields if f is not None) if None not in fields else None,
-        sorted_names=tuple(names[i] for i in order),
-        sort=sort,
-        label_key=tuple((name, expr.source) for name, expr in metric.labels),
+        static_texts=static_texts,
+        label_searches=tuple(e.search for e in exprs),
+        label_fields=tuple(e.fields[0] if e.fields is not None and len(e.fields) == 1 else None for e in exprs),
+        template="{" + ",".join(pieces) + "}" if pieces else "",
+        slots=tuple(sorted(range(len(rule_names)), key=rule_names.__getitem__)),
+        key=tuple((name, expr.source) for name, expr in metric.labels),
     )
 
 
-def _plain_elements(levels: tuple[Level, ...], doc: Any, keep: list[Any]) -> Iterator[Any]:
-    """The elements of a (nested) iteration, without the context that only `$` needs."""
+def _plain_elements(levels: tuple[Level, ...], doc: Any) -> tuple[list[Any], Exception | None]:
+    """The elements of a (nested) iteration, without the context that only `$` needs; with the
+    failure that ended it early, if any (the elements before it still count)."""
     if not levels:
-        yield doc
-    elif len(levels) == 1:
-        yield from _items(levels[0], doc, keep)
-    else:
-        for item in _items(levels[0], doc, keep):
-            yield from _plain_elements(levels[1:], item, keep)
+        return [doc], None
+    if len(levels) == 1:  # the common case
+        try:
+            collection = _items(levels[0], doc)
+        except Exception as exc:
+            return [], exc
+        return collection if type(collection) is list else list(collection), None
+    elements: list[Any] = []
+
+    def walk(depth: int, element: Any) -> None:
+        for item in _items(levels[depth], element):
+            if depth == len(levels) - 1:
+                elements.append(item)
+            else:
+                walk(depth + 1, item)
+
+    try:
+        walk(0, doc)
+    except Exception as exc:
+        return elements, exc
+    return elements, None
 
 
-def _items(level: Level, element: Any, keep: list[Any]) -> Iterable[Any]:
-    """What one level iterates; the collection is appended to `keep`."""
+def _items(level: Level, element: Any) -> Iterable[Any]:
+    """What one level iterates."""
     collection = level.path.search(element)
-    keep.append(collection)
     if type(collection) is list:
         return collection
     if type(collection) is dict:
@@ -292,111 +336,180 @@ def _items(level: Level, element: Any, keep: list[Any]) -> Iterable[Any]:
     raise ExtractionError(f"each {level.path.source!r} gave {shorten(collection, 40)}, not a list or object")
 
 
-def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, memo: _LabelMemo) -> Steps[None]:
-    """What `_apply_general` does for the rules `_fast_plan` accepts, with the same output.
-    `memo` holds the labels that earlier rules with the same labels gave each element: specs
-    often have one rule per value over the same elements, and sharing one labels tuple also
-    lets the writer render its text once."""
-    outputs = []
+_Output = tuple[str, Expression | None, str | None, str, Family]  # name, value, its plain field, sample name, family
+
+
+def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, memo: _Memo) -> Steps[None]:
+    """What `_apply_general` does for the rules `_fast_plan` accepts, with the same output."""
+    outputs: list[_Output] = []
     for output in metric.outputs:
-        family = result.families.get(output.name)
-        if family is None:
-            family = result.families[output.name] = Family(output.name, metric.type, output.help or metric.help or _DEFAULT_HELP)
-        sample_name = _sample_name(metric, output.name)
-        seen = {s[1] for s in family.samples if s[0] == sample_name}  # within a family the sample name is the rule's
         value = output.value
-        field = value.fields[0] if value is not None and value.fields is not None and len(value.fields) == 1 else None
-        outputs.append((output.name, value, field, sample_name, seen, family.samples.append))
-    is_info = metric.type == "info"
+        plain = value.fields[0] if value is not None and value.fields is not None and len(value.fields) == 1 else None
+        outputs.append((output.name, value, plain, _sample_name(metric, output.name), _family(result, metric, output)))
+    iteration = (metric.endpoint, tuple(level.path.source for level in metric.each))
+    elements, failure = memo.elements.get(iteration) or memo.elements.setdefault(iteration, _plain_elements(metric.each, doc))
+    chunks = memo.labels.setdefault((*iteration, plan.key), [])
+    for index, start in enumerate(range(0, len(elements), _CHUNK)):
+        if index:
+            yield
+        part = elements[start:start + _CHUNK]
+        if index == len(chunks):
+            chunks.append(_label_texts(plan, part))
+        chunk = chunks[index]
+        columns = None if chunk is None else _value_columns(metric, outputs, part)
+        if chunk is None or columns is None:
+            _one_by_one(metric, plan, outputs, part, result)
+            continue
+        texts, distinct = chunk.texts, chunk.distinct
+        for (name, _, _, sample_name, family), numbers in zip(outputs, columns, strict=True):
+            if chunk.unique and family.keys.isdisjoint(distinct):
+                family.keys |= distinct
+                family.parts.append("".join([f"{sample_name}{text} {number}\n" for text, number in zip(texts, numbers, strict=True)]))
+                continue
+            for text, number in zip(texts, numbers, strict=True):
+                if text in family.keys:
+                    result.duplicates[name] = result.duplicates.get(name, 0) + 1
+                else:
+                    family.keys.add(text)
+                    family.parts.append(f"{sample_name}{text} {number}\n")
+    if failure is not None:  # the iteration itself failed: this rule gives no more series
+        for name, *_ in outputs:
+            result.error(name, _reason(failure))
+
+
+def _label_texts(plan: _FastPlan, elements: list[Any]) -> _Chunk | None:
+    """The label text of each element; None when an expression fails for one of them."""
+    if not plan.slots:
+        texts = [plan.template % ()] * len(elements)
+        return _Chunk(texts, set(texts[:1]), len(elements) <= 1)
+    columns = []
+    for i in plan.slots:
+        plain = plan.label_fields[i]
+        try:
+            raws = [e.get(plain) for e in elements] if plain is not None else list(map(plan.label_searches[i], elements))
+            column = raws if set(map(type, raws)) == _STR else list(map(label_text, raws))
+        except Exception:  # an element that is not an object, an expression failing
+            return None
+        if needs_escape("".join(column)):
+            column = list(map(escape_label_value, column))
+        columns.append(column)
+    texts = list(map(plan.template.__mod__, zip(*columns, strict=True)))
+    distinct = set(texts)
+    return _Chunk(texts, distinct, len(distinct) == len(texts))
+
+
+def _value_columns(metric: Metric, outputs: list[_Output], elements: list[Any]) -> list[list[str]] | None:
+    """For each output, the number text of each element; None when one needs the element loop."""
+    if metric.type == "info":
+        return [["1"] * len(elements)] * len(outputs)
+    columns = []
+    for _, expr, plain, *_ in outputs:
+        assert expr is not None
+        try:
+            raws = [e.get(plain) for e in elements] if plain is not None else list(map(expr.search, elements))
+        except Exception:
+            return None
+        numbers = _number_texts(raws, metric)
+        if numbers is None:
+            return None
+        columns.append(numbers)
+    return columns
+
+
+_STR, _INT, _BOOL, _NUMBERS = {str}, {int}, {bool}, {int, float}
+
+
+def _number_texts(raws: list[Any], metric: Metric) -> list[str] | None:
+    """The sample values of answers as text; None when one of them is not a number."""
+    kinds = set(map(type, raws))
+    scale = metric.scale
+    try:
+        if kinds <= _NUMBERS:
+            if kinds == _INT and scale == 1.0 and min(raws) > -EXACT_LIMIT and max(raws) < EXACT_LIMIT:
+                return list(map(str, raws))
+            return list(map(format_value, map(float, raws) if scale == 1.0 else [raw * scale for raw in raws]))
+        if kinds == _BOOL:
+            true, false = (to_number(raw, metric.value_map) for raw in (True, False))
+            assert true is not None and false is not None
+            true_text, false_text = format_value(true * scale), format_value(false * scale)
+            return [true_text if raw else false_text for raw in raws]
+        texts = []
+        for raw in raws:
+            number = to_number(raw, metric.value_map)
+            if number is None:
+                if metric.default is None:
+                    return None
+                number = metric.default  # not scaled
+            elif scale != 1.0:
+                number *= scale
+            texts.append(format_value(number))
+        return texts
+    except Exception:  # not a number, too large for a float
+        return None
+
+
+def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], elements: list[Any], result: Extraction) -> None:
+    """The fast path for elements that need more than columns: an element whose labels fail loses
+    its series, a value that fails loses its series, each reported."""
     value_map, default, scale = metric.value_map, metric.default, metric.scale
     scaled = scale != 1.0
-    names, static_texts, sorted_names, sort = plan.names, plan.static_texts, plan.sorted_names, plan.sort
-    label_searches, label_fields = plan.label_searches, plan.label_fields
-    no_labels = [None] * len(label_searches)
-    known_labels = memo.labels.setdefault(plan.label_key, {})
-    memo.keep.append(doc)
-    countdown = _STEP
-    try:
-        one_level = len(metric.each) == 1  # the common case, without a generator in between
-        elements = _items(metric.each[0], doc, memo.keep) if one_level else _plain_elements(metric.each, doc, memo.keep)
-        for element in elements:
-            countdown -= 1
-            if not countdown:
-                countdown = _STEP
-                yield
-            labels = known_labels.get(id(element))
-            if labels is None:
+    is_info = metric.type == "info"
+    template, slots = plan.template, plan.slots
+    for element in elements:
+        try:
+            texts = [label_text(search(element)) for search in plan.label_searches]
+        except Exception as exc:  # a label failing drops this element's series only
+            for name, *_ in outputs:
+                result.error(name, f"labels: {_reason(exc)}")
+            continue
+        escaped = [escape_label_value(texts[i]) if needs_escape(texts[i]) else texts[i] for i in slots]
+        key = template % tuple(escaped)
+        for name, expr, plain, sample_name, family in outputs:
+            if is_info:
+                number = 1.0
+            else:
                 try:
-                    if label_fields is None:
-                        raws = [search(element) for search in label_searches]
+                    raw: Any
+                    if plain is not None:
+                        raw = element.get(plain) if type(element) is dict else None
                     else:
-                        raws = list(map(element.get, label_fields)) if type(element) is dict else no_labels
-                    texts = [raw if type(raw) is str else label_text(raw) for raw in raws]
-                except Exception as exc:  # a label failing drops this element's series only
-                    for name, *_ in outputs:
-                        result.error(name, f"labels: {_reason(exc)}")
+                        assert expr is not None
+                        raw = expr.search(element)
+                    converted = to_number(raw, value_map)
+                    if converted is not None:
+                        number = converted * scale if scaled else converted
+                    elif default is not None:
+                        number = default  # not scaled
+                    else:
+                        assert expr is not None
+                        raise ExtractionError(f"value {expr.source!r} is null or missing")
+                except Exception as exc:
+                    shown = dict(zip(plan.names, (*texts, *plan.static_texts), strict=True))  # in the rule's order
+                    result.error(name, f"{_reason(exc)} (labels {shown})")
                     continue
-                if static_texts:
-                    texts += static_texts
-                labels = known_labels[id(element)] = tuple(zip(sorted_names, sort(texts), strict=True))
-            for name, expr, field, sample_name, seen, append in outputs:
-                if is_info:
-                    number = 1.0
-                else:
-                    try:
-                        raw: Any
-                        if field is not None:
-                            raw = element.get(field) if type(element) is dict else None
-                        else:
-                            assert expr is not None
-                            raw = expr.search(element)
-                        kind = type(raw)
-                        if kind is float or kind is int:
-                            number = raw * scale if scaled else float(raw)
-                        else:
-                            converted = to_number(raw, value_map)
-                            if converted is not None:
-                                number = converted * scale if scaled else converted
-                            elif default is not None:
-                                number = default  # not scaled
-                            else:
-                                assert expr is not None
-                                raise ExtractionError(f"value {expr.source!r} is null or missing")
-                    except Exception as exc:
-                        shown = dict(labels)
-                        result.error(name, f"{_reason(exc)} (labels { {n: shown[n] for n in names} })")  # in the rule's order
-                        continue
-                count = len(seen)
-                seen.add(labels)
-                if len(seen) == count:
-                    result.duplicates[name] = result.duplicates.get(name, 0) + 1
-                    continue
-                append((sample_name, labels, number, None))
-    except Exception as exc:  # the iteration itself failed: this rule gives no (more) series
-        for name, *_ in outputs:
-            result.error(name, _reason(exc))
+            if key in family.keys:
+                result.duplicates[name] = result.duplicates.get(name, 0) + 1
+                continue
+            family.keys.add(key)
+            family.parts.append(f"{sample_name}{key} {format_value(number)}\n")
 
 
 def _reason(exc: Exception) -> str:
     return str(exc) if isinstance(exc, ExtractionError) else f"{type(exc).__name__}: {exc}"
 
 
-def _seen(family: Family) -> Iterator[tuple[str, Labels]]:
-    return ((s[0], s[1]) for s in family.samples)
-
-
-def _states(metric: Metric, name: str, pairs: list[tuple[str, str]], raw: Any, ts: float | None) -> list[Sample]:
+def _states(metric: Metric, pairs: list[tuple[str, str]], raw: Any) -> list[tuple[Labels, float]]:
     current = _state_text(raw)
     if current is None:
         raise ExtractionError("state is null or missing")
-    samples = [(name, tuple(sorted([*pairs, (metric.name, state)])), 1.0 if state == current else 0.0, ts) for state in metric.states]
+    samples = [(tuple(sorted([*pairs, (metric.name, state)])), 1.0 if state == current else 0.0) for state in metric.states]
     if current not in metric.states:
         raise _UnknownState(current, samples)
     return samples
 
 
 class _UnknownState(ExtractionError):
-    def __init__(self, state: str, samples: list[Sample]) -> None:
+    def __init__(self, state: str, samples: list[tuple[Labels, float]]) -> None:
         super().__init__(f"state {state!r} is not in states")
         self.samples = samples
 
@@ -413,7 +526,7 @@ async def extract_async(module: Module, documents: Mapping[str, Any], probe: Pro
 
 def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels, trace: Trace | None) -> Steps[Extraction]:
     result = Extraction()
-    memo = _LabelMemo()
+    memo = _Memo()
     for metric in module.metrics:
         for output in metric.outputs:
             result.errors.setdefault(output.name, 0)
@@ -423,5 +536,5 @@ def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeCon
         if trace is not None:
             trace.add(f"metric {metric.name} (endpoint {metric.endpoint}):")
         yield from _apply(metric, documents[metric.endpoint], probe, static, result, trace, memo)
-    result.families = {k: f for k, f in result.families.items() if f.samples}
+    result.families = {k: f for k, f in result.families.items() if f.parts}
     return result

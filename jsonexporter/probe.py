@@ -32,6 +32,7 @@ class ProbeResult:
     endpoints: list[EndpointResult] = field(default_factory=list)
     extraction: Extraction = field(default_factory=Extraction)
     trace: Trace | None = None
+    duration: float = 0.0  # seconds, for the log and the recent probes
 
 
 def resolve_values(module: Module, target: str, query: Mapping[str, str], offline: bool = False) -> tuple[dict[str, str], dict[str, str]]:
@@ -109,8 +110,9 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
     documents = {r.endpoint: r.document for r in endpoints if r.usable}
     extraction = await extract_async(module, documents, ProbeContext(module.name, target, params), module_labels(module, values), trace)
     success = all(r.usable for r in endpoints)
-    families = [*extraction.families.values(), *self_families(module, extraction, endpoints, success, loop.time() - start)]
-    return ProbeResult(families, success, endpoints, extraction, trace)
+    duration = loop.time() - start
+    families = [*extraction.families.values(), *self_families(module, extraction, endpoints, success, duration)]
+    return ProbeResult(families, success, endpoints, extraction, trace, duration)
 
 
 def run_offline(module: Module, documents: Mapping[str, Any], target: str, query: Mapping[str, str], debug: bool = False) -> ProbeResult:

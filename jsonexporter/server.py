@@ -139,7 +139,7 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
 def _record(state: State, module: str, target: str, result: ProbeResult) -> None:
     m = state.metrics
     m.probes.labels(module, "success" if result.success else "failure").inc()
-    duration = next((f.samples[0][2] for f in result.families if f.name == "probe_duration_seconds"), 0.0)
+    duration = result.duration
     m.probe_duration.labels(module).observe(duration)
     errors = [f"endpoint {r.endpoint}: {r.outcome}: {r.error}" for r in result.endpoints if not r.ok] + result.extraction.messages
     state.recent.append(ProbeRecord(next(state.ids), time.time(), module, redact_target(target), result.success, duration, tuple(errors[:20])))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from jsonexporter.exposition import Family, render_text
+
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -21,3 +23,9 @@ def value(series: Series, name: str, **labels: str) -> float:
 
 def names(series: Series) -> set[str]:
     return {name for name, _ in series}
+
+
+def samples(family: Family) -> list[tuple[str, dict[str, str], float]]:
+    """A family's series in their order, as prometheus_client's parser reads its rendering."""
+    (parsed,) = text_string_to_metric_families(render_text([family]))
+    return [(s.name, s.labels, s.value) for s in parsed.samples]

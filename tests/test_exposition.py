@@ -27,7 +27,7 @@ def _as_client_metrics(families: list[Family]) -> _Registry:
     metrics = []
     for family in families:
         metric = Metric(base_name(family), family.help, family.type)
-        for name, labels, value, ts in family.samples:
+        for name, labels, value, ts in family.parts:  # type: ignore[misc]
             metric.add_sample(name, dict(labels), value, ts)
         metrics.append(metric)
     return _Registry(metrics)

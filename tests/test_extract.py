@@ -9,8 +9,9 @@ import pytest
 from conftest import make_spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from metrics_util import samples
 
-from jsonexporter.exposition import Family
+from jsonexporter.exposition import Family, render_text
 from jsonexporter.extract import ExtractionError, ProbeContext, extract, label_text, to_number
 from jsonexporter.spec.expressions import compile_expression
 
@@ -61,7 +62,7 @@ def test_failing_rule_does_not_drop_the_others() -> None:
               - {name: bad_function, help: b, value: 'length(count)'}
               - {name: good, help: g, value: count}
         """, {"count": 4})
-    assert families["good"].samples == [("good", (), 4.0, None)]
+    assert samples(families["good"]) == [("good", {}, 4.0)]
     assert "broken" not in families and "bad_function" not in families
     assert errors == {"broken": 1, "bad_function": 1, "good": 0}
 
@@ -73,7 +74,7 @@ def test_default_replaces_missing_values_without_counting_an_error() -> None:
             metrics:
               - {name: x, help: x, each: items, value: v, default: -1, labels: {id: id}}
         """, {"items": [{"id": "a"}, {"id": "b", "v": None}, {"id": "c", "v": 2}]})
-    assert [s[2] for s in families["x"].samples] == [-1.0, -1.0, 2.0]
+    assert [value for *_, value in samples(families["x"])] == [-1.0, -1.0, 2.0]
     assert errors["x"] == 0
 
 
@@ -84,7 +85,7 @@ def test_unknown_state_gives_all_zero_and_an_error() -> None:
             metrics:
               - {name: health, help: h, type: stateset, value: status, states: [green, red]}
         """, {"status": "purple"})
-    assert [(dict(s[1])["health"], s[2]) for s in families["health"].samples] == [("green", 0.0), ("red", 0.0)]
+    assert [(labels["health"], value) for _, labels, value in samples(families["health"])] == [("green", 0.0), ("red", 0.0)]
     assert errors["health"] == 1
 
 
@@ -99,12 +100,12 @@ def test_labels_and_series_are_sorted_and_module_labels_added() -> None:
     from jsonexporter.probe import module_labels
 
     result = extract(module, {"default": {"v": 1}}, PROBE, module_labels(module, {"target": "t", "module": "default"}))
-    assert result.families["x"].samples == [("x", (("a", "1"), ("b", "2"), ("zone", "z-t")), 1.0, None)]
+    assert render_text([result.families["x"]]).endswith('\nx{a="1",b="2",zone="z-t"} 1\n')
 
 
 def test_counter_samples_get_total_suffix() -> None:
     families, _ = _families("modules: {default: {metrics: [{name: requests, help: r, type: counter, value: v}]}}", {"v": 9})
-    assert families["requests"].samples[0][0] == "requests_total"
+    assert samples(families["requests"])[0][0] == "requests_total"
 
 
 def test_values_entries_carry_their_own_help() -> None:
@@ -127,5 +128,5 @@ def test_declared_states_are_compared_as_label_text() -> None:
             metrics:
               - {name: mode, help: m, type: stateset, value: m, states: [1.0, 2, true]}
         """, {"m": 1})
-    assert [(dict(s[1])["mode"], s[2]) for s in families["mode"].samples] == [("1", 1.0), ("2", 0.0), ("true", 0.0)]
+    assert [(labels["mode"], value) for _, labels, value in samples(families["mode"])] == [("1", 1.0), ("2", 0.0), ("true", 0.0)]
     assert errors["mode"] == 0

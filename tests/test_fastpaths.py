@@ -1,9 +1,10 @@
 """Every fast path against the general path it replaces: same output for the same spec and payload.
 
 - extraction: `extract` takes the fast path for rules without `$`, timestamps or statesets, and
-  the general path when traced; both must give the same families, errors, duplicates, messages;
-- the writer: label texts cached per labels tuple, values formatted inline, against the
-  per-sample form (and prometheus_client through tests/test_exposition.py);
+  the general path when traced; both must give the same families, errors, duplicates, messages,
+  also across the fast path's chunks of elements (columns at once, or one by one);
+- the writer: values formatted as the reference formatter (and the whole output against
+  prometheus_client through tests/test_exposition.py);
 - the sliced forms (`extract_async`, `encode_async`) against the plain ones, and their turns;
 - JSON parsing with orjson against the json module.
 """
@@ -21,6 +22,7 @@ import pytest
 from conftest import make_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from metrics_util import samples
 
 from jsonexporter.exposition import Family, encode, encode_async, format_value, render_openmetrics, render_text
 from jsonexporter.extract import Extraction, ProbeContext, _fast_plan, extract, extract_async
@@ -97,7 +99,7 @@ def _both_paths(module: Module, document: Any) -> tuple[Extraction, Extraction]:
 
 
 def _assert_same(fast: Extraction, general: Extraction) -> None:
-    assert {k: f.samples for k, f in fast.families.items()} == {k: f.samples for k, f in general.families.items()}
+    assert {k: (render_text([f]), f.keys) for k, f in fast.families.items()} == {k: (render_text([f]), f.keys) for k, f in general.families.items()}
     assert [(f.name, f.type, f.help) for f in fast.families.values()] == [(f.name, f.type, f.help) for f in general.families.values()]
     assert (fast.errors, fast.duplicates, fast.messages) == (general.errors, general.duplicates, general.messages)
     families_fast, families_general = list(fast.families.values()), list(general.families.values())
@@ -112,6 +114,22 @@ def test_fast_extraction_gives_what_the_general_path_gives(module_spec: dict[str
     _assert_same(*_both_paths(spec.modules["default"], document))
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(modules(), documents, st.integers(900, 2600), st.integers(1, 50))
+def test_fast_extraction_across_chunks_gives_what_the_general_path_gives(module_spec: dict[str, Any], document: Any, count: int, period: int) -> None:
+    """Thousands of elements: several chunks, some clean (columns at once), some not (a failing
+    or missing value, a duplicate), with duplicates across chunks."""
+    spec = make_spec(json.dumps({"modules": {"default": module_spec}}))
+    base = document["items"] or [{"id": "x", "v": 1}]
+    items = []
+    for i in range(count):
+        element = base[i % len(base)]
+        if type(element) is dict and i % period:  # a new id: mostly distinct labels, repeated every `period`
+            element = {**element, "id": f"{element.get('id')}-{i // period}"}
+        items.append(element)
+    _assert_same(*_both_paths(spec.modules["default"], {**document, "items": items}))
+
+
 def test_bench_spec_takes_the_fast_path_with_the_same_output() -> None:
     module = make_spec((Path(__file__).parent.parent / "bench" / "spec.yml").read_text()).modules["default"]
     assert all(_fast_plan(metric, ()) is not None for metric in module.metrics)
@@ -120,10 +138,10 @@ def test_bench_spec_takes_the_fast_path_with_the_same_output() -> None:
          "errors_total": i, "latency_ms": 0.5 * i, "cpu_ratio": 0.25, "memory_bytes": 9_999_999_999} for i in range(3)]}
     fast, general = _both_paths(module, document)
     _assert_same(fast, general)
-    assert len(fast.families["bench_item_requests_total"].samples) == 3
+    assert len(samples(fast.families["bench_item_requests_total"])) == 3
 
 
-def test_rules_sharing_labels_share_one_labels_tuple_and_the_writer_renders_it_once() -> None:
+def test_rules_sharing_labels_give_an_element_the_same_label_text() -> None:
     module = make_spec("""
         modules:
           default:
@@ -132,8 +150,8 @@ def test_rules_sharing_labels_share_one_labels_tuple_and_the_writer_renders_it_o
               - {name: b, help: h, each: items, value: w, labels: {z: id, b: name}}
         """).modules["default"]
     result = extract(module, {"default": {"items": [{"id": 1, "name": "x", "v": 1, "w": 2}]}}, PROBE)
-    (a,), (b,) = result.families["a"].samples, result.families["b"].samples
-    assert a[1] is b[1] and a[1] == (("b", "x"), ("z", "1"))
+    assert samples(result.families["a"]) == [("a", {"b": "x", "z": "1"}, 1.0)]
+    assert samples(result.families["b"]) == [("b", {"b": "x", "z": "1"}, 2.0)]
     assert render_text(list(result.families.values())).count('{b="x",z="1"}') == 2
 
 
@@ -149,7 +167,7 @@ def test_objects_made_by_an_each_expression_get_their_own_labels() -> None:
         """).modules["default"]
     document = {"items": [{"id": "i1", "name": "n1"}, {"id": "i2", "name": "n2"}]}
     result = extract(module, {"default": document}, PROBE)
-    assert [dict(s[1])["id"] for s in result.families["b"].samples] == ["n1", "n2"]
+    assert [labels["id"] for _, labels, _ in samples(result.families["b"])] == ["n1", "n2"]
     _assert_same(*_both_paths(module, document))
 
 
@@ -164,7 +182,7 @@ def test_a_family_fed_by_a_fast_and_a_general_rule_counts_duplicates_across_them
     document = {"byname": {"a": {"v": 1}}, "items": [{"id": "a", "v": 2}, {"id": "b", "v": 3}, {"id": "b", "v": 4}]}
     fast, general = _both_paths(module, document)
     _assert_same(fast, general)
-    assert fast.duplicates["x"] == 2 and [s[2] for s in fast.families["x"].samples] == [1.0, 3.0]
+    assert fast.duplicates["x"] == 2 and [value for *_, value in samples(fast.families["x"])] == [1.0, 3.0]
 
 
 def test_scale_multiplies_extracted_numbers_but_not_the_default_in_both_paths() -> None:
@@ -177,7 +195,7 @@ def test_scale_multiplies_extracted_numbers_but_not_the_default_in_both_paths() 
     document = {"items": [{"id": "a", "ms": 1500}, {"id": "b", "ms": None}, {"id": "c", "ms": "UP"}, {"id": "d", "ms": True}]}
     fast, general = _both_paths(module, document)
     _assert_same(fast, general)
-    assert [s[2] for s in fast.families["x_seconds"].samples] == [1.5, -1.0, 1.0, 0.001]
+    assert [value for *_, value in samples(fast.families["x_seconds"])] == [1.5, -1.0, 1.0, 0.001]
 
 
 def test_writer_formats_values_as_the_reference_formatter() -> None:
