@@ -1,6 +1,6 @@
 """Markdown tables from bench/run's results (one JSON line per wrk run).
 
-    python bench/report.py results.jsonl DURATION LOADAVG PACKAGE_DIR
+    python bench/report.py results.jsonl DURATION LOADAVG PACKAGE_DIR WORKERS
 """
 
 from __future__ import annotations
@@ -75,6 +75,23 @@ def load_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
     return lines
 
 
+def workers_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
+    lines = [
+        "| payload | series | conns | probes/s | p50 ms | p99 ms | peak RSS MB (all processes) | /-/healthy p99 ms | vs one process |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for items in (200, 7500):
+        ours, one = runs.get(("workers", items, 8)), runs.get(("jsonexporter", items, 8))
+        if ours is None or one is None:
+            continue
+        lines.append(
+            f"| {_size(ours['bytes'])} ({items} items) | {ours['series']:,} | 8 | {_rate(ours):,.1f}{_errors(ours)} | "
+            f"{_ms(ours['probe']['p50_us'])} | {_ms(ours['probe']['p99_us'])} | {ours['rss_kb'] / 1024:.0f} | "
+            f"{_ms(ours['healthy']['p99_us']) if ours['healthy'] else '-'} | {_rate(ours) / _rate(one):.2f} |"
+        )
+    return lines
+
+
 def linearity_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
     lines = [
         "| payload | items | series | p50 ms | µs per item | floor p50 ms | floor µs per item | p50 vs floor |",
@@ -92,7 +109,7 @@ def linearity_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
     return lines
 
 
-def main(path: str, duration: str, load: str, package: str) -> None:
+def main(path: str, duration: str, load: str, package: str, workers: str = "1") -> None:
     with open(path) as results:
         runs = {(r["app"], r["items"], r["connections"]): r for r in map(json.loads, results)}
     print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({_cpu_model()}), Python {platform.python_version()}, "
@@ -100,10 +117,13 @@ def main(path: str, duration: str, load: str, package: str) -> None:
           f"load average before the run {load}.\n")
     print("Load (wrk on loopback, closed loop: each connection sends its next probe when the last one answered):\n")
     print("\n".join(load_table(runs)))
+    if any(key[0] == "workers" for key in runs):
+        print(f"\nWith `--web.workers {workers}` (the same probes, answered by {workers} worker processes on one port):\n")
+        print("\n".join(workers_table(runs)))
     if any(key[1] not in (200, 7500) for key in runs):
         print("\nCost against payload size (1 connection; p50 latency of one probe):\n")
         print("\n".join(linearity_table(runs)))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:6])

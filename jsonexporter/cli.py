@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import logging
 import sys
@@ -79,9 +80,11 @@ def _listen_address(address: str) -> tuple[str | None, int]:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from jsonexporter.selfmetrics import SelfMetrics
     from jsonexporter.server import STATE, Options, make_app, reload_on_sighup
     from jsonexporter.spec import SpecError, parse_duration
     from jsonexporter.webconfig import WebConfig, load_web_config
+    from jsonexporter.workers import WORKER_CANNOT_START, Supervisor, notify_supervisor
 
     logs.setup(args.log_level, args.log_format)
     try:
@@ -104,24 +107,55 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             print(f"{args.web_config_file}: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
             return EXIT_INVALID
+    if args.web_workers < 1 or (args.web_workers > 1 and port == 0):
+        print("--web.workers must be 1 or more, and more than 1 needs a fixed port in --web.listen-address", file=sys.stderr)
+        return EXIT_USAGE
     options = Options(timeout_offset=args.timeout_offset, max_concurrent_probes=args.max_concurrent_probes, auto_reload_interval=auto_reload)
-    app = make_app(spec, options, spec_file=args.config_file, web_config=web_config)
-    reload_on_sighup(app)
-    log.info("starting jsonexporter", extra=kv(version=__version__, config=args.config_file, address=args.web_listen_address,
+    served = [spec]  # the supervisor's copy: what a replaced worker serves when the file is broken meanwhile
+
+    def run(worker: int = 0, directory: str | None = None) -> int:
+        """The exporter, in this process (worker 0) or in a worker process."""
+        opts, metrics = options, None
+        if worker:
+            logs.static_fields(worker=worker)
+            opts = dataclasses.replace(options, worker=worker, workers=args.web_workers, after_reload=notify_supervisor)
+            metrics = SelfMetrics(directory)
+            served[0] = _try_load(args.config_file) or served[0]
+        app = make_app(served[0], opts, metrics, spec_file=args.config_file, web_config=web_config)
+        reload_on_sighup(app)
+        try:
+            web.run_app(app, host=host, port=port, print=None, handler_cancellation=True, access_log=None, reuse_port=worker > 0,
+                        shutdown_timeout=args.shutdown_timeout, ssl_context=app[STATE].tls)
+        except OSError as exc:
+            log.error("cannot listen", extra=kv(address=args.web_listen_address, err=exc.strerror or str(exc)))
+            return WORKER_CANNOT_START if worker else EXIT_INVALID
+        return EXIT_OK
+
+    def reload() -> None:
+        served[0] = _try_load(args.config_file) or served[0]
+
+    log.info("starting jsonexporter", extra=kv(version=__version__, config=args.config_file, address=args.web_listen_address, workers=args.web_workers,
                                                modules=len(spec.modules), tls=web_config.tls is not None, basic_auth=bool(web_config.users)))
     # Full collections walk every object alive: most are the modules and the spec, never garbage
     # (frozen), the rest the documents of the probes in progress, which refcounting frees. Fewer,
-    # rarer collections: 2.1 MB probes 6.3 -> 8.7/s, /-/healthy p99 81 -> 34 ms (bench/).
+    # rarer collections: 2.1 MB probes 6.3 -> 8.7/s, /-/healthy p99 81 -> 34 ms (bench/). Frozen
+    # before forking workers, the spec's pages also stay shared with them.
     gc.collect()
     gc.freeze()
     gc.set_threshold(5000, 10, 100)
+    if args.web_workers == 1:
+        return run()
+    return Supervisor(args.web_workers, run, reload, args.shutdown_timeout).run()
+
+
+def _try_load(file: str) -> Spec | None:
+    """The spec in the file, or None when it cannot be read or is invalid (the caller keeps its own)."""
+    from jsonexporter.spec import SpecError, load_spec
+
     try:
-        web.run_app(app, host=host, port=port, print=None, handler_cancellation=True, access_log=None,
-                    shutdown_timeout=args.shutdown_timeout, ssl_context=app[STATE].tls)
-    except OSError as exc:
-        log.error("cannot listen", extra=kv(address=args.web_listen_address, err=exc.strerror or str(exc)))
-        return EXIT_INVALID
-    return EXIT_OK
+        return load_spec(file)
+    except (SpecError, OSError, UnicodeDecodeError):
+        return None
 
 
 def _inputs(specs: list[str], endpoints: Sequence[str]) -> dict[str, Any]:
@@ -219,6 +253,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="probes answered at once; more get HTTP 503 (default 256)")
     serve.add_argument("--web.shutdown-timeout", dest="shutdown_timeout", type=float, default=15.0,
                        help="seconds in-flight probes get to finish on SIGTERM (default 15)")
+    serve.add_argument("--web.workers", dest="web_workers", type=int, default=1,
+                       help="processes answering on the listen address, e.g. $(nproc): every core extracts (default 1)")
     serve.set_defaults(func=cmd_serve)
 
     probe = sub.add_parser("probe", help="run one probe and print its metrics")

@@ -8,6 +8,13 @@ import sys
 import time
 from typing import Any
 
+_STATIC: dict[str, Any] = {}
+
+
+def static_fields(**fields: Any) -> None:
+    """Fields of every line this process logs from now on (a worker's number)."""
+    _STATIC.update(fields)
+
 
 def kv(**fields: Any) -> dict[str, Any]:
     """Structured fields for a log call: `log.info("msg", extra=kv(module=m))`."""
@@ -16,7 +23,7 @@ def kv(**fields: Any) -> dict[str, Any]:
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-    out: dict[str, Any] = {"time": ts, "level": record.levelname.lower(), "msg": record.getMessage()}
+    out: dict[str, Any] = {"time": ts, "level": record.levelname.lower(), "msg": record.getMessage(), **_STATIC}
     out.update(getattr(record, "fields", None) or {})
     if record.exc_info and record.exc_info[1] is not None:
         out["err"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"

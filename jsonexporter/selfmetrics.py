@@ -1,22 +1,38 @@
-"""The exporter's own metrics, served on /metrics. One registry per app: nothing global."""
+"""The exporter's own metrics, served on /metrics. One registry per app: nothing global.
+
+With worker processes (workers.py), every worker writes its metrics into the supervisor's
+directory (prometheus_client's multiprocess mode), and /metrics reads them all: counters and
+histograms summed over every worker that ever ran, gauges aggregated over the live ones as each
+says (`multiprocess_mode`), process_* summed over the supervisor and its workers.
+"""
 
 from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
 
 from jsonexporter import __version__
+from jsonexporter.workers import read_pids
 
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class SelfMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+    """The metrics; `exposition` is what /metrics serves. `workers_directory`: this process is a
+    worker and writes them there."""
+
+    def __init__(self, workers_directory: str | None = None) -> None:
+        if workers_directory is not None:
+            values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]  # for the metrics made below, in this worker process
+        r = CollectorRegistry(auto_describe=True)
+        self.registry = r
         self.probes = Counter(
             "jsonexporter_probes", "Probes answered, by module and result (success, failure, invalid, forbidden, rejected).", ["module", "result"], registry=r
         )
@@ -28,19 +44,54 @@ class SelfMetrics:
             "jsonexporter_cache_requests", "Endpoint lookups of endpoints with cache_ttl, by result (miss, hit, coalesced, stale).",
             ["module", "endpoint", "result"], registry=r,
         )
-        self.in_flight = Gauge("jsonexporter_probes_in_flight", "Probes being answered right now.", registry=r)
-        self.config_hash = Gauge("jsonexporter_config_hash", "First 48 bits of the SHA-256 of the loaded spec file, as a number.", registry=r)
-        self.config_success = Gauge("jsonexporter_config_last_reload_successful", "Whether the last spec (re)load succeeded.", registry=r)
-        self.config_timestamp = Gauge("jsonexporter_config_last_reload_success_timestamp_seconds", "Time of the last successful spec load.", registry=r)
-        self.config_modules = Gauge("jsonexporter_config_modules", "Modules in the loaded spec.", registry=r)
-        build = Gauge(
-            "jsonexporter_build_info", "A metric with constant value 1 labelled by version and Python version.", ["version", "python_version"], registry=r
-        )
+        # with workers: the sum, the lowest or the highest over the live ones
+        self.in_flight = Gauge("jsonexporter_probes_in_flight", "Probes being answered right now.", registry=r, multiprocess_mode="livesum")
+        self.config_hash = Gauge("jsonexporter_config_hash", "First 48 bits of the SHA-256 of the loaded spec file, as a number.", registry=r,
+                                 multiprocess_mode="livemax")
+        self.config_success = Gauge("jsonexporter_config_last_reload_successful", "Whether the last spec (re)load succeeded (in every worker).", registry=r,
+                                    multiprocess_mode="livemin")
+        self.config_timestamp = Gauge("jsonexporter_config_last_reload_success_timestamp_seconds",
+                                      "Time of the last successful spec load (the oldest of the workers').", registry=r, multiprocess_mode="livemin")
+        self.config_modules = Gauge("jsonexporter_config_modules", "Modules in the loaded spec.", registry=r, multiprocess_mode="livemax")
+        build = Gauge("jsonexporter_build_info", "A metric with constant value 1 labelled by version and Python version.", ["version", "python_version"],
+                      registry=r, multiprocess_mode="livemax")
         build.labels(__version__, platform.python_version()).set(1)
-        ProcessCollector(registry=r)
+        if workers_directory is None:
+            ProcessCollector(registry=r)
+            self.exposition = r
+        else:
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition, path=workers_directory)  # type: ignore[no-untyped-call]
+            self.exposition.register(_Processes(workers_directory))
 
     def spec_loaded(self, sha256: str, modules: int) -> None:
         self.config_hash.set(int(sha256[:12], 16))
         self.config_success.set(1)
         self.config_timestamp.set(time.time())
         self.config_modules.set(modules)
+
+
+_SUMMED = frozenset({"process_cpu_seconds", "process_virtual_memory_bytes", "process_resident_memory_bytes", "process_open_fds"})
+
+
+class _Processes(Collector):
+    """process_* of the supervisor and its workers: CPU, memory and open files summed, the start
+    time and file limit the supervisor's; and how many workers are running."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        pids = read_pids(self.directory)
+        totals: dict[str, Metric] = {}
+        for pid in pids:
+            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():  # type: ignore[misc]
+                total = totals.get(family.name)
+                if total is None:
+                    totals[family.name] = family
+                elif family.name in _SUMMED:
+                    total.samples = [s._replace(value=s.value + t.value) for s, t in zip(total.samples, family.samples, strict=True)]
+        yield from totals.values()
+        workers = GaugeMetricFamily("jsonexporter_workers", "Worker processes running.")
+        workers.add_metric([], max(len(pids) - 1, 0))
+        yield workers

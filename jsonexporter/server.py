@@ -11,7 +11,7 @@ import signal
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
@@ -43,6 +43,9 @@ class Options:
     max_concurrent_probes: int = 256  # over it: HTTP 503 at once
     recent_probes: int = 50  # kept for the landing page
     auto_reload_interval: float = 0.0  # seconds; 0: only SIGHUP and POST /-/reload
+    worker: int = 0  # this process's number among `workers` worker processes (workers.py); 0: the only process
+    workers: int = 1
+    after_reload: Callable[[], None] | None = None  # called after a successful POST /-/reload (workers: the others reload too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +169,7 @@ def _debug_text(result: ProbeResult) -> str:
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
-    registry = request.app[STATE].metrics.registry
+    registry = request.app[STATE].metrics.exposition
     encoder, content_type = prom_exposition.choose_encoder(request.headers.get("Accept", ""))
     return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
 
@@ -222,7 +225,10 @@ async def reload_spec(state: State) -> tuple[bool, str]:
 
 
 async def handle_reload(request: web.Request) -> web.Response:
-    ok, message = await reload_spec(request.app[STATE])
+    state = request.app[STATE]
+    ok, message = await reload_spec(state)
+    if ok and state.options.after_reload is not None:
+        state.options.after_reload()
     return _plain(200 if ok else 500, message if ok else f"reload failed, the previous spec is still served:\n{message}")
 
 
@@ -245,6 +251,12 @@ def _page(title: str, body: str) -> web.Response:
 </body></html>
 """
     return web.Response(text=page, content_type="text/html")
+
+
+def _worker_note(options: Options) -> str:
+    if options.workers <= 1:
+        return ""
+    return f" Worker {options.worker} of {options.workers}: the recent probes below are this worker's."
 
 
 def _probe_link(module: str, target: str, debug: bool) -> str:
@@ -271,7 +283,7 @@ async def handle_index(request: web.Request) -> web.Response:
             f"<a href=\"{_probe_link(r.module, r.target, True)}\">debug again</a></td></tr>"
         )
     body = f"""<h1>jsonexporter {html.escape(__version__)}</h1>
-<p>Spec <code>{html.escape(spec.file)}</code> (sha256 {spec.sha256[:12]}).
+<p>Spec <code>{html.escape(spec.file)}</code> (sha256 {spec.sha256[:12]}).{_worker_note(state.options)}
 <a href="/metrics">Exporter metrics</a> · <a href="/-/healthy">health</a> · <a href="/-/ready">readiness</a></p>
 <h2>Probe</h2>
 <form action="/probe" method="get">
@@ -297,6 +309,8 @@ async def handle_probe_record(request: web.Request) -> web.Response:
     wanted = request.match_info["id"]
     record = next((r for r in state.recent if str(r.id) == wanted), None)
     if record is None:
+        if state.options.workers > 1:
+            return _plain(404, f"no such recent probe in worker {state.options.worker} of {state.options.workers}: each keeps its own most recent ones")
         return _plain(404, "no such recent probe (only the most recent ones are kept)")
     errors = "".join(f"<li><code>{html.escape(e)}</code></li>" for e in record.errors) or "<li>none</li>"
     body = f"""<h1>Probe {record.id}</h1>

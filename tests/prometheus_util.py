@@ -32,6 +32,26 @@ def free_port() -> int:
         return port
 
 
+def jsonexporter(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jsonexporter", *args]
+
+
+async def wait_healthy(base: str, proc: subprocess.Popen[str]) -> None:
+    """Poll /-/healthy until the process answers: bounded to 20 s, stops early if it died."""
+    deadline = time.monotonic() + 20
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
+            try:
+                async with session.get(f"{base}/-/healthy") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)  # polling interval of a bounded readiness loop, not a synchronisation
+    raise AssertionError("exporter did not become healthy within 20 s")
+
+
 def prometheus_binary() -> str:
     """The `prometheus` server; skipped where it is not installed, but a failure in CI (env CI set)."""
     path = shutil.which("prometheus")

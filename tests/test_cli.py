@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 from aiohttp import web
 from conftest import UpstreamFactory, wait_for
 from metrics_util import parse, value
+from prometheus_util import free_port, jsonexporter, wait_healthy
 
 SPEC = """
 modules:
@@ -26,17 +25,6 @@ modules:
     metrics:
       - {name: jobs_waiting, help: Jobs waiting, each: queues, value: waiting, labels: {queue: $key}}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def jsonexporter(*args: str) -> list[str]:
-    return [sys.executable, "-m", "jsonexporter", *args]
 
 
 @pytest.fixture
@@ -59,22 +47,6 @@ def served(spec_file: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
-
-
-async def wait_healthy(base: str, proc: subprocess.Popen[str]) -> None:
-    """Poll /-/healthy until the process answers: bounded to 20 s, stops early if it died."""
-    deadline = time.monotonic() + 20
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
-            try:
-                async with session.get(f"{base}/-/healthy") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)  # polling interval of a bounded readiness loop, not a synchronisation
-    raise AssertionError("exporter did not become healthy within 20 s")
 
 
 async def test_serve_answers_probes_and_stops_cleanly_on_sigterm(upstream: UpstreamFactory, served: tuple[subprocess.Popen[str], str]) -> None:

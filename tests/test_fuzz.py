@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cli import free_port
+from prometheus_util import free_port
 
 # every target outside 127.0.0.1 is refused before any request: the fuzz never leaves this machine
 SPEC = r"""

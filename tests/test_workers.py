@@ -1,0 +1,192 @@
+"""`serve --web.workers 2` as a real process tree: the port shared, /metrics the same totals
+whichever worker answers, reloads reaching every worker, a killed worker replaced, a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import UpstreamFactory
+from metrics_util import Series, parse, value
+from prometheus_util import free_port, jsonexporter, wait_healthy
+from test_promtool import needs_promtool, promtool_check
+
+SPEC = """
+modules:
+  default:
+    endpoints:
+      stats: {url: '{target}/stats'}
+    metrics:
+      - {name: jobs_waiting, help: Jobs waiting, each: queues, value: waiting, labels: {queue: $key}}
+"""
+OTHER = SPEC + "  other:\n    metrics:\n      - {name: other_n, help: n, value: n}\n"
+DEADLINE = 20.0  # seconds for any condition polled below
+Served = tuple[subprocess.Popen[str], str]
+
+
+def _start(spec_file: Path, *flags: str) -> subprocess.Popen[str]:
+    # a session of its own: teardown kills the whole tree, workers too, whatever the test left
+    return subprocess.Popen(jsonexporter("--config.file", str(spec_file), "--log.format", "json", *flags),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    spec_file = tmp_path / "spec.yml"
+    spec_file.write_text(SPEC)
+    port = free_port()
+    proc = _start(spec_file, "--web.listen-address", f"127.0.0.1:{port}", "--web.workers", "2")
+    try:
+        yield proc, f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+async def _fresh(base: str, path: str, params: dict[str, str] | None = None, method: str = "GET") -> tuple[int, str]:
+    """One request on a new connection, which the kernel gives to either worker."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session, \
+            session.request(method, f"{base}{path}", params=params) as response:
+        return response.status, await response.text()
+
+
+async def _metrics(base: str) -> Series:
+    status, text = await _fresh(base, "/metrics")
+    assert status == 200
+    return parse(text)
+
+
+def _workers(proc: subprocess.Popen[str]) -> set[int]:
+    with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+        return {int(pid) for pid in f.read().split()}
+
+
+async def _poll(condition: str, check: object) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        result = check() if callable(check) else check
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, f"{condition}: not within {DEADLINE:.0f} s"
+        await asyncio.sleep(0.05)  # polling interval of a bounded loop, not a synchronisation
+
+
+async def _pages_of_both_workers(base: str) -> dict[int, str]:
+    """The landing page of each worker, asked on fresh connections until both answered (bounded)."""
+    pages: dict[int, str] = {}
+    for _ in range(200):  # both answer with near certainty long before: 2 * 2**-199 that one never does
+        status, text = await _fresh(base, "/")
+        match = re.search(r"Worker (\d) of 2", text)
+        assert status == 200 and match, text[:300]
+        pages[int(match.group(1))] = text
+        if len(pages) == 2:
+            return pages
+    raise AssertionError("one worker never answered on 200 fresh connections")
+
+
+async def test_workers_share_the_port_and_metrics_count_every_probe_whichever_worker_answers(upstream: UpstreamFactory, served: Served) -> None:
+    up = await upstream({"/stats": {"queues": {"orders": {"waiting": 12}}}})
+    proc, base = served
+    await wait_healthy(base, proc)
+    assert len(_workers(proc)) == 2
+    for _ in range(30):
+        status, text = await _fresh(base, "/probe", {"target": up.url})
+        assert status == 200 and value(parse(text), "jobs_waiting", queue="orders") == 12
+    pages = await _pages_of_both_workers(base)
+    answered = {worker: page.count(">details</a>") for worker, page in pages.items()}
+    assert sum(answered.values()) == 30 and min(answered.values()) > 0, answered  # each keeps its own recent probes
+    for _ in range(4):  # each /metrics from either worker: the totals of both
+        s = await _metrics(base)
+        assert value(s, "jsonexporter_probes_total", module="default", result="success") == 30
+        assert value(s, "jsonexporter_probe_duration_seconds_count", module="default") == 30
+        assert value(s, "jsonexporter_upstream_requests_total", module="default", endpoint="stats", outcome="success") == 30
+        assert value(s, "jsonexporter_workers") == 2
+        assert value(s, "jsonexporter_probes_in_flight") == 0
+        assert value(s, "jsonexporter_config_last_reload_successful") == 1
+        assert value(s, "process_resident_memory_bytes") > 0 and value(s, "process_open_fds") > 0
+
+
+@needs_promtool
+async def test_workers_metrics_pass_promtool(upstream: UpstreamFactory, served: Served) -> None:
+    up = await upstream({"/stats": {"queues": {"orders": {"waiting": 1}}}})
+    proc, base = served
+    await wait_healthy(base, proc)
+    assert (await _fresh(base, "/probe", {"target": up.url}))[0] == 200
+    status, text = await _fresh(base, "/metrics")
+    result = promtool_check(text)
+    assert status == 200 and result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_a_reload_reaches_every_worker_and_a_killed_worker_is_replaced_keeping_the_counts(
+    upstream: UpstreamFactory, served: Served, tmp_path: Path
+) -> None:
+    up = await upstream({"/other": {"n": 9}})
+    proc, base = served
+    await wait_healthy(base, proc)
+    (tmp_path / "spec.yml").write_text(OTHER)
+    before = time.time()
+    status, text = await _fresh(base, "/-/reload", method="POST")
+    assert status == 200, text
+
+    async def every_worker_reloaded() -> bool:  # the oldest load time of the live workers
+        return value(await _metrics(base), "jsonexporter_config_last_reload_success_timestamp_seconds") >= before
+
+    await _poll("the other worker reloaded", every_worker_reloaded)
+    for _ in range(20):
+        status, text = await _fresh(base, "/probe", {"module": "other", "target": f"{up.url}/other"})
+        assert status == 200 and value(parse(text), "other_n") == 9
+
+    killed = next(iter(_workers(proc)))
+    os.kill(killed, signal.SIGKILL)
+    await _poll("the killed worker replaced", lambda: killed not in _workers(proc) and len(_workers(proc)) == 2)
+    await wait_healthy(base, proc)
+    s = await _metrics(base)
+    assert value(s, "jsonexporter_probes_total", module="other", result="success") == 20  # the dead worker's share too
+    assert value(s, "jsonexporter_workers") == 2
+    status, text = await _fresh(base, "/probe", {"module": "other", "target": f"{up.url}/other"})
+    assert status == 200  # a replaced worker serves the file's spec, the reloaded one
+
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait, 30) == 0
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert "Traceback" not in stderr
+    assert re.search(rf'"msg": "worker exited", "worker": \d, "pid": {killed}, "code": -9', stderr), stderr
+    directory = re.search(r'"metrics_directory": "([^"]+)"', stderr)
+    assert directory and not os.path.exists(directory.group(1))
+
+
+def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
+    spec_file = tmp_path / "spec.yml"
+    spec_file.write_text(SPEC)
+    for flags in (["--web.listen-address", "127.0.0.1:0", "--web.workers", "2"], ["--web.listen-address", f"127.0.0.1:{free_port()}", "--web.workers", "0"]):
+        result = subprocess.run(jsonexporter("--config.file", str(spec_file), *flags), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "--web.workers must be 1 or more" in result.stderr, result.stderr
+
+
+def test_workers_that_cannot_listen_stop_the_supervisor(tmp_path: Path) -> None:
+    spec_file = tmp_path / "spec.yml"
+    spec_file.write_text(SPEC)
+    with socket.socket() as taken:  # listening without SO_REUSEPORT: the workers cannot join it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _start(spec_file, "--web.listen-address", f"127.0.0.1:{port}", "--web.workers", "2")
+        try:
+            assert proc.wait(30) == 1
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert '"msg": "cannot listen"' in stderr and '"reason": "a worker cannot start"' in stderr and "Traceback" not in stderr
