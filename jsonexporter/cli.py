@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -109,6 +110,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return EXIT_INVALID
     if args.web_workers < 1 or (args.web_workers > 1 and port == 0):
         print("--web.workers must be 1 or more, and more than 1 needs a fixed port in --web.listen-address", file=sys.stderr)
+        return EXIT_USAGE
+    if args.web_workers > 1 and not hasattr(signal, "sigwaitinfo"):
+        print("--web.workers above 1 needs Linux (SO_REUSEPORT spreading connections, sigwaitinfo)", file=sys.stderr)
         return EXIT_USAGE
     options = Options(timeout_offset=args.timeout_offset, max_concurrent_probes=args.max_concurrent_probes, auto_reload_interval=auto_reload)
     served = [spec]  # the supervisor's copy: what a replaced worker serves when the file is broken meanwhile
