@@ -113,7 +113,7 @@ def main(path: str, duration: str, load: str, package: str, workers: str = "1") 
     with open(path) as results:
         runs = {(r["app"], r["items"], r["connections"]): r for r in map(json.loads, results)}
     print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({_cpu_model()}), Python {platform.python_version()}, "
-          f"wrk {duration} s per run, one exporter process ({package}), floor parsing with {_floor_parser()}; "
+          f"wrk {duration} s per run, one exporter process ({package}) unless said, floor parsing with {_floor_parser()}; "
           f"load average before the run {load}.\n")
     print("Load (wrk on loopback, closed loop: each connection sends its next probe when the last one answered):\n")
     print("\n".join(load_table(runs)))

@@ -19,6 +19,8 @@ supervisor's (see selfmetrics.py), so that /metrics gives the same totals whiche
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import shutil
@@ -38,6 +40,7 @@ WORKER_CANNOT_START = 3  # a worker's exit code that stops them all
 CRASH_LIMIT, CRASH_WINDOW = 5, 60.0
 KILL_AFTER = 5.0  # seconds after the shutdown timeout before workers still running are killed
 PIDS_FILE = "pids"  # in the metrics directory: the supervisor's pid, then the workers'
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
 
 
@@ -81,10 +84,12 @@ class Supervisor:
         return self.code
 
     def _spawn(self, index: int, unblocked: Iterable[int]) -> None:
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the supervisor's code
             code = 1
             try:
+                _end_with(supervisor)
                 signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
                 code = self.start(index, self.directory)
             except BaseException as exc:  # a worker's last word, without a traceback
@@ -164,6 +169,17 @@ def _reaped() -> Iterator[tuple[int, int]]:
         if pid == 0:
             return
         yield pid, status
+
+
+def _end_with(supervisor: int) -> None:
+    """SIGTERM for this worker when the supervisor dies, even by SIGKILL: no worker outlives it."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the supervisor's SIGTERM still stops the workers
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def notify_supervisor() -> None:

@@ -4,6 +4,7 @@ whichever worker answers, reloads reaching every worker, a killed worker replace
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -48,7 +49,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     try:
         yield proc, f"http://127.0.0.1:{port}"
     finally:
-        if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):  # the whole group, also workers whose supervisor is gone
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
 
@@ -190,3 +191,20 @@ def test_workers_that_cannot_listen_stop_the_supervisor(tmp_path: Path) -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
     stderr = proc.stderr.read() if proc.stderr else ""
     assert '"msg": "cannot listen"' in stderr and '"reason": "a worker cannot start"' in stderr and "Traceback" not in stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+async def test_no_worker_outlives_a_killed_supervisor(served: Served) -> None:
+    proc, base = served
+    await wait_healthy(base, proc)
+    workers = _workers(proc)
+    assert len(workers) == 2
+    proc.kill()  # SIGKILL: the supervisor cannot pass anything on
+    await _poll("the workers ended", lambda: not any(_alive(pid) for pid in workers))
