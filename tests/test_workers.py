@@ -19,16 +19,9 @@ import pytest
 from conftest import UpstreamFactory
 from metrics_util import Series, parse, value
 from prometheus_util import free_port, jsonexporter, wait_healthy
+from test_cli import SPEC  # the one-module spec of the single-process tests
 from test_promtool import needs_promtool, promtool_check
 
-SPEC = """
-modules:
-  default:
-    endpoints:
-      stats: {url: '{target}/stats'}
-    metrics:
-      - {name: jobs_waiting, help: Jobs waiting, each: queues, value: waiting, labels: {queue: $key}}
-"""
 OTHER = SPEC + "  other:\n    metrics:\n      - {name: other_n, help: n, value: n}\n"
 DEADLINE = 20.0  # seconds for any condition polled below
 Served = tuple[subprocess.Popen[str], str]
