@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jsonexporter import __version__, logs
 from jsonexporter.logs import kv
 from jsonexporter.spec import Spec, load_text, read_spec_text
 from jsonexporter.spec.problems import Problem
+
+if TYPE_CHECKING:
+    from jsonexporter.webconfig import WebConfig
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("jsonexporter")
@@ -78,14 +82,20 @@ def _listen_address(address: str) -> tuple[str | None, int]:
     return (host or None), int(port)
 
 
+@dataclasses.dataclass
+class _Loaded:
+    spec: Spec
+    web: WebConfig
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from jsonexporter.selfmetrics import SelfMetrics
-    from jsonexporter.server import STATE, Options, make_app, reload_on_sighup
-    from jsonexporter.spec import SpecError, parse_duration
+    from jsonexporter.server import STATE, Options, make_app, reload_on_sighup, stop_once_on_signals
+    from jsonexporter.spec import SpecError, load_spec, parse_duration
     from jsonexporter.webconfig import WebConfig, load_web_config
-    from jsonexporter.workers import WORKER_CANNOT_START, Supervisor, notify_supervisor
+    from jsonexporter.workers import WORKER_CANNOT_START, Supervisor, supervisor_notifier
 
     logs.setup(args.log_level, args.log_format)
     try:
@@ -115,51 +125,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("--web.workers above 1 needs Linux (SO_REUSEPORT spreading connections, sigwaitinfo)", file=sys.stderr)
         return EXIT_USAGE
     options = Options(timeout_offset=args.timeout_offset, max_concurrent_probes=args.max_concurrent_probes, auto_reload_interval=auto_reload)
-    served = [spec]  # the supervisor's copy: what a replaced worker serves when the file is broken meanwhile
+    loaded = _Loaded(spec, web_config)  # in the supervisor: the newest valid files, what a replaced worker starts with
 
     def run(worker: int = 0, directory: str | None = None) -> int:
         """The exporter, in this process (worker 0) or in a worker process."""
         opts, metrics = options, None
         if worker:
             logs.static_fields(worker=worker)
-            opts = dataclasses.replace(options, worker=worker, workers=args.web_workers, after_reload=notify_supervisor)
+            opts = dataclasses.replace(options, worker=worker, workers=args.web_workers, after_reload=supervisor_notifier())
             metrics = SelfMetrics(directory)
-            served[0] = _try_load(args.config_file) or served[0]
-        app = make_app(served[0], opts, metrics, spec_file=args.config_file, web_config=web_config)
+        app = make_app(loaded.spec, opts, metrics, spec_file=args.config_file, web_config=loaded.web)
         reload_on_sighup(app)
+        if worker:
+            stop_once_on_signals(app)
         try:
             web.run_app(app, host=host, port=port, print=None, handler_cancellation=True, access_log=None, reuse_port=worker > 0,
-                        shutdown_timeout=args.shutdown_timeout, ssl_context=app[STATE].tls)
+                        handle_signals=not worker, shutdown_timeout=args.shutdown_timeout, ssl_context=app[STATE].tls)
         except OSError as exc:
             log.error("cannot listen", extra=kv(address=args.web_listen_address, err=exc.strerror or str(exc)))
             return WORKER_CANNOT_START if worker else EXIT_INVALID
         return EXIT_OK
 
-    def reload() -> None:
-        served[0] = _try_load(args.config_file) or served[0]
+    def reload() -> None:  # quietly: the workers log what is wrong
+        with contextlib.suppress(SpecError, OSError, UnicodeDecodeError):
+            loaded.spec = load_spec(args.config_file)
+        if args.web_config_file:
+            with contextlib.suppress(SpecError, OSError, UnicodeDecodeError):
+                loaded.web = load_web_config(args.web_config_file)
 
     log.info("starting jsonexporter", extra=kv(version=__version__, config=args.config_file, address=args.web_listen_address, workers=args.web_workers,
                                                modules=len(spec.modules), tls=web_config.tls is not None, basic_auth=bool(web_config.users)))
     # Full collections walk every object alive: most are the modules and the spec, never garbage
     # (frozen), the rest the documents of the probes in progress, which refcounting frees. Fewer,
     # rarer collections: 2.1 MB probes 6.3 -> 8.7/s, /-/healthy p99 81 -> 34 ms (bench/). Frozen
-    # before forking workers, the spec's pages also stay shared with them.
+    # before forking workers, the startup spec's pages also stay shared with them.
     gc.collect()
     gc.freeze()
     gc.set_threshold(5000, 10, 100)
     if args.web_workers == 1:
         return run()
     return Supervisor(args.web_workers, run, reload, args.shutdown_timeout).run()
-
-
-def _try_load(file: str) -> Spec | None:
-    """The spec in the file, or None when it cannot be read or is invalid (the caller keeps its own)."""
-    from jsonexporter.spec import SpecError, load_spec
-
-    try:
-        return load_spec(file)
-    except (SpecError, OSError, UnicodeDecodeError):
-        return None
 
 
 def _inputs(specs: list[str], endpoints: Sequence[str]) -> dict[str, Any]:

@@ -61,16 +61,16 @@ def needs_escape(value: str) -> bool:
     return "\\" in value or "\n" in value or '"' in value
 
 
+def escaped(value: str) -> str:
+    """A label value as it is written between the quotes."""
+    return escape_label_value(value) if needs_escape(value) else value
+
+
 def labels_text(labels: Labels) -> str:
     """`{a="1",b="2"}` for sorted label pairs, "" for none: the same in both formats."""
     if not labels:
         return ""
-    parts = []
-    for name, value in labels:
-        if needs_escape(value):
-            value = escape_label_value(value)
-        parts.append(f'{name}="{value}"')
-    return "{" + ",".join(parts) + "}"
+    return "{" + ",".join(f'{name}="{escaped(value)}"' for name, value in labels) + "}"
 
 
 def sample_line(sample_name: str, labels: str, value: float) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from jsonexporter.exposition import EXACT_LIMIT, Family, Labels, escape_label_value, format_value, labels_text, needs_escape, sample_line
+from jsonexporter.exposition import EXACT_LIMIT, Family, Labels, escape_label_value, escaped, format_value, labels_text, needs_escape, sample_line
 from jsonexporter.labeltext import label_text
 from jsonexporter.slices import Steps, run, run_sliced
 from jsonexporter.spec.expressions import Expression, Search
@@ -69,6 +69,17 @@ def to_number(raw: Any, value_map: Mapping[str, float]) -> float | None:
             hint = f" and not in value_map ({', '.join(value_map)})" if value_map else "; map it with value_map"
             raise ExtractionError(f"{shorten(raw, 60)} is not a number{hint}") from None
     raise ExtractionError(f"expected a number, got {'a list' if kind is list else 'an object'}")
+
+
+def sample_value(raw: Any, metric: Metric, expr: Expression) -> float:
+    """The rule's sample value for what `expr` gave: mapped by value_map, then scaled; `default`,
+    not scaled, for null. Raises ExtractionError."""
+    value = to_number(raw, metric.value_map)
+    if value is None:
+        if metric.default is None:
+            raise ExtractionError(f"value {expr.source!r} is null or missing")
+        return metric.default
+    return value * metric.scale if metric.scale != 1.0 else value
 
 
 def to_timestamp(raw: Any, scale: float) -> float | None:
@@ -175,7 +186,6 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
     families = [(output, _family(result, metric, output), _sample_name(metric, output.name)) for output in metric.outputs]
     label_exprs = metric.labels
     is_info, is_stateset = metric.type == "info", metric.type == "stateset"
-    scale = metric.scale
     traced = 0
     try:
         for element, ctx in _elements(metric, doc, base, trace):
@@ -203,17 +213,7 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
                         raw = _search(output.value, element, ctx)
                         if show and trace is not None:
                             trace.add(f"    {output.name}: value {output.value.source!r} -> {shorten(raw)}; labels {dict(pairs)}")
-                        if is_stateset:
-                            samples = _states(metric, pairs, raw)
-                        else:
-                            value = to_number(raw, metric.value_map)
-                            if value is None:
-                                if metric.default is None:
-                                    raise ExtractionError(f"value {output.value.source!r} is null or missing")
-                                value = metric.default  # not scaled
-                            elif scale != 1.0:
-                                value *= scale
-                            samples = [(tuple(sorted(pairs)), value)]
+                        samples = _states(metric, pairs, raw) if is_stateset else [(tuple(sorted(pairs)), sample_value(raw, metric, output.value))]
                 except _UnknownState as exc:  # still a complete set of states, all 0
                     result.error(output.name, f"{exc} (labels {dict(pairs)})")
                     samples = exc.samples
@@ -282,9 +282,7 @@ def _fast_plan(metric: Metric, static: Labels) -> _FastPlan | None:
         if i < len(rule_names):
             pieces.append(f'{names[i]}="%s"')
         else:
-            text = static_texts[i - len(rule_names)]
-            text = escape_label_value(text) if needs_escape(text) else text
-            pieces.append(f'{names[i]}="{text.replace("%", "%%")}"')
+            pieces.append(f'{names[i]}="{escaped(static_texts[i - len(rule_names)]).replace("%", "%%")}"')
     exprs = [expr for _, expr in metric.labels]
     return _FastPlan(
         names=names,
@@ -384,9 +382,8 @@ def _label_texts(plan: _FastPlan, elements: list[Any]) -> _Chunk | None:
         return _Chunk(texts, set(texts[:1]), len(elements) <= 1)
     columns = []
     for i in plan.slots:
-        plain = plan.label_fields[i]
         try:
-            raws = [e.get(plain) for e in elements] if plain is not None else list(map(plan.label_searches[i], elements))
+            raws = _column(plan.label_searches[i], plan.label_fields[i], elements)
             column = raws if set(map(type, raws)) == _STR else list(map(label_text, raws))
         except Exception:  # an element that is not an object, an expression failing
             return None
@@ -406,20 +403,26 @@ def _value_columns(metric: Metric, outputs: list[_Output], elements: list[Any]) 
     for _, expr, plain, *_ in outputs:
         assert expr is not None
         try:
-            raws = [e.get(plain) for e in elements] if plain is not None else list(map(expr.search, elements))
+            raws = _column(expr.search, plain, elements)
         except Exception:
             return None
-        numbers = _number_texts(raws, metric)
+        numbers = _number_texts(raws, metric, expr)
         if numbers is None:
             return None
         columns.append(numbers)
     return columns
 
 
+def _column(search: Search, plain: str | None, elements: list[Any]) -> list[Any]:
+    """What `search` gives for each element; dict lookups for a plain field (then AttributeError
+    when an element is not an object: the caller goes element by element)."""
+    return [e.get(plain) for e in elements] if plain is not None else list(map(search, elements))
+
+
 _STR, _INT, _BOOL, _NUMBERS = {str}, {int}, {bool}, {int, float}
 
 
-def _number_texts(raws: list[Any], metric: Metric) -> list[str] | None:
+def _number_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[str] | None:
     """The sample values of answers as text; None when one of them is not a number."""
     kinds = set(map(type, raws))
     scale = metric.scale
@@ -433,26 +436,14 @@ def _number_texts(raws: list[Any], metric: Metric) -> list[str] | None:
             assert true is not None and false is not None
             true_text, false_text = format_value(true * scale), format_value(false * scale)
             return [true_text if raw else false_text for raw in raws]
-        texts = []
-        for raw in raws:
-            number = to_number(raw, metric.value_map)
-            if number is None:
-                if metric.default is None:
-                    return None
-                number = metric.default  # not scaled
-            elif scale != 1.0:
-                number *= scale
-            texts.append(format_value(number))
-        return texts
-    except Exception:  # not a number, too large for a float
+        return [format_value(sample_value(raw, metric, expr)) for raw in raws]
+    except Exception:  # not a number, null without a default, too large for a float
         return None
 
 
 def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], elements: list[Any], result: Extraction) -> None:
     """The fast path for elements that need more than columns: an element whose labels fail loses
     its series, a value that fails loses its series, each reported."""
-    value_map, default, scale = metric.value_map, metric.default, metric.scale
-    scaled = scale != 1.0
     is_info = metric.type == "info"
     template, slots = plan.template, plan.slots
     for element in elements:
@@ -462,27 +453,14 @@ def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], element
             for name, *_ in outputs:
                 result.error(name, f"labels: {_reason(exc)}")
             continue
-        escaped = [escape_label_value(texts[i]) if needs_escape(texts[i]) else texts[i] for i in slots]
-        key = template % tuple(escaped)
-        for name, expr, plain, sample_name, family in outputs:
+        key = template % tuple(escaped(texts[i]) for i in slots)
+        for name, expr, _, sample_name, family in outputs:
             if is_info:
                 number = 1.0
             else:
+                assert expr is not None
                 try:
-                    raw: Any
-                    if plain is not None:
-                        raw = element.get(plain) if type(element) is dict else None
-                    else:
-                        assert expr is not None
-                        raw = expr.search(element)
-                    converted = to_number(raw, value_map)
-                    if converted is not None:
-                        number = converted * scale if scaled else converted
-                    elif default is not None:
-                        number = default  # not scaled
-                    else:
-                        assert expr is not None
-                        raise ExtractionError(f"value {expr.source!r} is null or missing")
+                    number = sample_value(expr.search(element), metric, expr)
                 except Exception as exc:
                     shown = dict(zip(plan.names, (*texts, *plan.static_texts), strict=True))  # in the rule's order
                     result.error(name, f"{_reason(exc)} (labels {shown})")

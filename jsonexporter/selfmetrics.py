@@ -19,7 +19,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from jsonexporter import __version__
-from jsonexporter.workers import read_pids
+from jsonexporter.workers import read_ended_cpu, read_pids
 
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -32,7 +32,6 @@ class SelfMetrics:
         if workers_directory is not None:
             values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]  # for the metrics made below, in this worker process
         r = CollectorRegistry(auto_describe=True)
-        self.registry = r
         self.probes = Counter(
             "jsonexporter_probes", "Probes answered, by module and result (success, failure, invalid, forbidden, rejected).", ["module", "result"], registry=r
         )
@@ -75,8 +74,9 @@ _SUMMED = frozenset({"process_cpu_seconds", "process_virtual_memory_bytes", "pro
 
 
 class _Processes(Collector):
-    """process_* of the supervisor and its workers: CPU, memory and open files summed, the start
-    time and file limit the supervisor's; and how many workers are running."""
+    """process_* of the supervisor and its workers: CPU (also of the workers that have ended),
+    memory (pages shared between them counted in each) and open files summed, the start time and
+    file limit the supervisor's; and how many workers are running."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -91,6 +91,10 @@ class _Processes(Collector):
                     totals[family.name] = family
                 elif family.name in _SUMMED:
                     total.samples = [s._replace(value=s.value + t.value) for s, t in zip(total.samples, family.samples, strict=True)]
+        cpu = totals.get("process_cpu_seconds")
+        if cpu is not None:
+            ended = read_ended_cpu(self.directory)
+            cpu.samples = [s._replace(value=s.value + ended) for s in cpu.samples]
         yield from totals.values()
         workers = GaugeMetricFamily("jsonexporter_workers", "Worker processes running.")
         workers.add_metric([], max(len(pids) - 1, 0))

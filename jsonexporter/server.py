@@ -45,7 +45,7 @@ class Options:
     auto_reload_interval: float = 0.0  # seconds; 0: only SIGHUP and POST /-/reload
     worker: int = 0  # this process's number among `workers` worker processes (workers.py); 0: the only process
     workers: int = 1
-    after_reload: Callable[[], None] | None = None  # called after a successful POST /-/reload (workers: the others reload too)
+    after_reload: Callable[[], None] | None = None  # called after POST /-/reload (workers: the others reload too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +227,7 @@ async def reload_spec(state: State) -> tuple[bool, str]:
 async def handle_reload(request: web.Request) -> web.Response:
     state = request.app[STATE]
     ok, message = await reload_spec(state)
-    if ok and state.options.after_reload is not None:
+    if state.options.after_reload is not None:  # the other workers try too, whatever came of it here
         state.options.after_reload()
     return _plain(200 if ok else 500, message if ok else f"reload failed, the previous spec is still served:\n{message}")
 
@@ -391,5 +391,28 @@ def reload_on_sighup(app: web.Application) -> None:
             task.add_done_callback(tasks.discard)
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
+
+    app.on_startup.append(install)
+
+
+def stop_once_on_signals(app: web.Application) -> None:
+    """SIGTERM and SIGINT stop the server gracefully; for `web.run_app(handle_signals=False)`. Unlike
+    aiohttp's own handlers, a second signal while stopping is ignored, so that it cannot cut the
+    probes in flight short: a worker gets one from its supervisor and often one more from a
+    terminal's Ctrl-C or from systemd, which signal the whole group."""
+    stopping = False
+
+    def stop(name: str) -> None:
+        nonlocal stopping
+        if stopping:
+            log.info("already stopping", extra=kv(signal=name))
+            return
+        stopping = True
+        raise web.GracefulExit()
+
+    async def install(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop, sig.name)
 
     app.on_startup.append(install)

@@ -8,7 +8,8 @@ nothing else:
 - SIGHUP is passed on to every worker; a worker reloaded by POST /-/reload sends SIGHUP to the
   supervisor, which passes it on to the others.
 - SIGTERM and SIGINT are passed on, the workers finish their probes (`--web.shutdown-timeout`),
-  and the metrics directory is removed.
+  and the metrics directory is removed. A worker stops once: a second signal (Ctrl-C reaches the
+  whole process group, systemd signals every process of the unit) does not cut its probes short.
 - A worker that dies is replaced, unless one could not start (WORKER_CANNOT_START: its address
   taken) or workers died more than CRASH_LIMIT times within CRASH_WINDOW seconds: then all stop
   and the supervisor exits with 1.
@@ -19,8 +20,8 @@ supervisor's (see selfmetrics.py), so that /metrics gives the same totals whiche
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-import ctypes.util
 import logging
 import os
 import shutil
@@ -40,6 +41,7 @@ WORKER_CANNOT_START = 3  # a worker's exit code that stops them all
 CRASH_LIMIT, CRASH_WINDOW = 5, 60.0
 KILL_AFTER = 5.0  # seconds after the shutdown timeout before workers still running are killed
 PIDS_FILE = "pids"  # in the metrics directory: the supervisor's pid, then the workers'
+CPU_FILE = "cpu"  # in the metrics directory: CPU seconds of the workers that have ended
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _SIGNALS = {signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT}
 
@@ -51,6 +53,22 @@ def read_pids(directory: str) -> list[int]:
             return [int(line) for line in f if line.strip()]
     except (OSError, ValueError):
         return []
+
+
+def read_ended_cpu(directory: str) -> float:
+    """CPU seconds of the workers that have ended, so that the tree's total never goes down."""
+    try:
+        with open(os.path.join(directory, CPU_FILE), encoding="ascii") as f:
+            return float(f.read())
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _write(directory: str, name: str, text: str) -> None:
+    path = os.path.join(directory, name)
+    with open(path + ".new", "w", encoding="ascii") as f:
+        f.write(text)
+    os.replace(path + ".new", path)  # readers see the old file or the new one, whole
 
 
 class Supervisor:
@@ -66,6 +84,7 @@ class Supervisor:
         self.workers: dict[int, int] = {}  # pid -> worker index (1..count)
         self.exits: deque[float] = deque()  # when workers died, within CRASH_WINDOW
         self.deadline: float | None = None  # set when stopping: then no worker is replaced
+        self.ended_cpu = 0.0
         self.code = 0
 
     def run(self) -> int:
@@ -80,7 +99,10 @@ class Supervisor:
                 self._handle(self._wait(), unblocked)
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
+            while signal.sigtimedwait(_SIGNALS, 0) is not None:
+                pass  # signals that came while stopping: taken here, not by their default action on unblocking
             signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+        log.info("workers stopped", extra=kv(code=self.code))
         return self.code
 
     def _spawn(self, index: int, unblocked: Iterable[int]) -> None:
@@ -90,6 +112,7 @@ class Supervisor:
             code = 1
             try:
                 _end_with(supervisor)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its server takes it: the spec it starts with is the newest
                 signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
                 code = self.start(index, self.directory)
             except BaseException as exc:  # a worker's last word, without a traceback
@@ -101,10 +124,7 @@ class Supervisor:
         self._write_pids()
 
     def _write_pids(self) -> None:
-        path = os.path.join(self.directory, PIDS_FILE)
-        with open(path + ".new", "w", encoding="ascii") as f:
-            f.write("".join(f"{pid}\n" for pid in [os.getpid(), *self.workers]))
-        os.replace(path + ".new", path)
+        _write(self.directory, PIDS_FILE, "".join(f"{pid}\n" for pid in [os.getpid(), *self.workers]))
 
     def _wait(self) -> signal.struct_siginfo | None:
         if self.deadline is None:
@@ -117,11 +137,12 @@ class Supervisor:
             for pid in self.workers:
                 os.kill(pid, signal.SIGKILL)
             self.deadline = time.monotonic() + KILL_AFTER
+            self.code = 1
             return
         signo = info.si_signo
         if signo == signal.SIGCHLD:
-            for pid, status in _reaped():
-                self._exited(pid, status, unblocked)
+            for pid, status, cpu in _reaped():
+                self._exited(pid, status, cpu, unblocked)
         elif signo == signal.SIGHUP:
             if self.deadline is None:
                 self.reload()
@@ -131,11 +152,13 @@ class Supervisor:
         else:
             self._stop(f"signal {signal.Signals(signo).name}")
 
-    def _exited(self, pid: int, status: int, unblocked: Iterable[int]) -> None:
+    def _exited(self, pid: int, status: int, cpu: float, unblocked: Iterable[int]) -> None:
         index = self.workers.pop(pid, None)
         if index is None:
             return
         multiprocess.mark_process_dead(pid, self.directory)  # type: ignore[no-untyped-call]  # its live gauges go; its counters stay in the totals
+        self.ended_cpu += cpu
+        _write(self.directory, CPU_FILE, repr(self.ended_cpu))
         self._write_pids()
         if self.deadline is not None:
             return
@@ -160,28 +183,32 @@ class Supervisor:
             os.kill(pid, signal.SIGTERM)
 
 
-def _reaped() -> Iterator[tuple[int, int]]:
+def _reaped() -> Iterator[tuple[int, int, float]]:
+    """The workers that have ended: pid, wait status, CPU seconds."""
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
-        yield pid, status
+        yield pid, status, usage.ru_utime + usage.ru_stime
 
 
 def _end_with(supervisor: int) -> None:
     """SIGTERM for this worker when the supervisor dies, even by SIGKILL: no worker outlives it."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # not Linux: the supervisor's SIGTERM still stops the workers
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the supervisor's SIGTERM still stops the workers
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # the process's own symbols: libc's
     if os.getppid() != supervisor:  # it died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def notify_supervisor() -> None:
-    """From a worker reloaded by POST /-/reload: the supervisor passes SIGHUP on to the others."""
-    os.kill(os.getppid(), signal.SIGHUP)
+def supervisor_notifier() -> Callable[[], None]:
+    """For a worker: what asks its supervisor to reload the other workers (after POST /-/reload)."""
+    supervisor = os.getppid()
+
+    def notify() -> None:
+        if os.getppid() == supervisor:  # never another process that took over its children
+            os.kill(supervisor, signal.SIGHUP)
+
+    return notify

@@ -23,8 +23,9 @@ from conftest import make_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from metrics_util import samples
+from prometheus_client.utils import floatToGoString
 
-from jsonexporter.exposition import Family, encode, encode_async, format_value, render_openmetrics, render_text
+from jsonexporter.exposition import Family, encode, encode_async, render_openmetrics, render_text
 from jsonexporter.extract import Extraction, ProbeContext, _fast_plan, extract, extract_async
 from jsonexporter.fetch import ORJSON_MAX_BYTES, _parse_json
 from jsonexporter.probe import module_labels
@@ -87,7 +88,7 @@ def modules(draw: Any) -> dict[str, Any]:
         metrics.append(rule)
     module: dict[str, Any] = {"metrics": metrics}
     if draw(st.booleans()):
-        module["labels"] = {"c": "c-{target}", "zone": "z"}
+        module["labels"] = {"c": "c-{target}", "zone": draw(st.sampled_from(["z", '50%', 'q"%s\\back\nline']))}
     return module
 
 
@@ -156,8 +157,8 @@ def test_rules_sharing_labels_give_an_element_the_same_label_text() -> None:
 
 
 def test_objects_made_by_an_each_expression_get_their_own_labels() -> None:
-    """The labels memo is by object identity: objects that a projection makes must not be
-    taken for others that were made, and freed, by an earlier rule."""
+    """Rules over different iterations share no labels, though a projection's objects may look
+    alike (and, made and freed by an earlier rule, even get the same ids)."""
     module = make_spec("""
         modules:
           default:
@@ -198,14 +199,22 @@ def test_scale_multiplies_extracted_numbers_but_not_the_default_in_both_paths() 
     assert [value for *_, value in samples(fast.families["x_seconds"])] == [1.5, -1.0, 1.0, 0.001]
 
 
-def test_writer_formats_values_as_the_reference_formatter() -> None:
+def test_values_are_written_as_prometheus_client_writes_them_but_integers_exactly() -> None:
+    """By the writer, and by extraction's columns (floats, integers, both, and beyond 1e15)."""
     values = [0.0, -0.0, 1.0, -3.0, 2.5, 1e-5, 123456.789, 1234567.5, 1e15, 1e15 - 1, -1e15 + 1, 1e16, 1e300, -2.5e-300,
               math.inf, -math.inf, math.nan, 9_999_999_999.0]
+    def reference(v: float) -> str:
+        return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else floatToGoString(float(v))
+
+    expected = [reference(v) for v in values]
     family = Family("x", "gauge", "h", [("x", (("i", str(i)),), v, None) for i, v in enumerate(values)])
-    lines = render_text([family]).splitlines()[2:]
-    assert [line.split(" ")[1] for line in lines] == [format_value(v) for v in values]
-    reference = [v for v in values if v.is_integer() and abs(v) < 1e15]
-    assert all(format_value(v) == str(int(v)) for v in reference)
+    assert [line.split(" ")[1] for line in render_text([family]).splitlines()[2:]] == expected
+    module = make_spec("modules: {default: {metrics: [{name: x, help: h, each: items, value: v, labels: {i: i}}]}}").modules["default"]
+    integers = [0, -3, 10**15 - 1, 10**15, -(10**16), 9_999_999_999]
+    for column in (values, integers, [*integers, 2.5]):
+        result = extract(module, {"default": {"items": [{"i": str(i), "v": v} for i, v in enumerate(column)]}}, PROBE)
+        written = [line.split(" ")[1] for line in render_text(list(result.families.values())).splitlines()[2:]]
+        assert written == [reference(v) for v in column]
 
 
 def test_sliced_extraction_and_rendering_give_the_plain_results() -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import UpstreamFactory
+from aiohttp import web
+from conftest import UpstreamFactory, wait_for
 from metrics_util import Series, parse, value
 from prometheus_util import free_port, jsonexporter, wait_healthy
 from test_cli import SPEC  # the one-module spec of the single-process tests
@@ -28,9 +29,11 @@ Served = tuple[subprocess.Popen[str], str]
 
 
 def _start(spec_file: Path, *flags: str) -> subprocess.Popen[str]:
-    # a session of its own: teardown kills the whole tree, workers too, whatever the test left
+    # a session of its own: teardown kills the whole tree, workers too, whatever the test left; the
+    # metrics directory in the test's own temporary directory, where a killed supervisor leaves it
     return subprocess.Popen(jsonexporter("--config.file", str(spec_file), "--log.format", "json", *flags),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "TMPDIR": str(spec_file.parent)})
 
 
 @pytest.fixture
@@ -77,6 +80,10 @@ async def _poll(condition: str, check: object) -> None:
         await asyncio.sleep(0.05)  # polling interval of a bounded loop, not a synchronisation
 
 
+def _spec_hashes(pages: dict[int, str]) -> set[str]:
+    return {match.group(1) for page in pages.values() for match in re.finditer(r"sha256 ([0-9a-f]{12})", page)}
+
+
 async def _pages_of_both_workers(base: str) -> dict[int, str]:
     """The landing page of each worker, asked on fresh connections until both answered (bounded)."""
     pages: dict[int, str] = {}
@@ -94,7 +101,7 @@ async def test_workers_share_the_port_and_metrics_count_every_probe_whichever_wo
     up = await upstream({"/stats": {"queues": {"orders": {"waiting": 12}}}})
     proc, base = served
     await wait_healthy(base, proc)
-    assert len(_workers(proc)) == 2
+    await _pages_of_both_workers(base)  # both listening before the probes
     for _ in range(30):
         status, text = await _fresh(base, "/probe", {"target": up.url})
         assert status == 200 and value(parse(text), "jobs_waiting", queue="orders") == 12
@@ -129,6 +136,7 @@ async def test_a_reload_reaches_every_worker_and_a_killed_worker_is_replaced_kee
     up = await upstream({"/other": {"n": 9}})
     proc, base = served
     await wait_healthy(base, proc)
+    started = _spec_hashes(await _pages_of_both_workers(base))
     (tmp_path / "spec.yml").write_text(OTHER)
     before = time.time()
     status, text = await _fresh(base, "/-/reload", method="POST")
@@ -149,8 +157,8 @@ async def test_a_reload_reaches_every_worker_and_a_killed_worker_is_replaced_kee
     s = await _metrics(base)
     assert value(s, "jsonexporter_probes_total", module="other", result="success") == 20  # the dead worker's share too
     assert value(s, "jsonexporter_workers") == 2
-    status, text = await _fresh(base, "/probe", {"module": "other", "target": f"{up.url}/other"})
-    assert status == 200  # a replaced worker serves the file's spec, the reloaded one
+    reloaded = _spec_hashes(await _pages_of_both_workers(base))
+    assert len(reloaded) == 1 and reloaded != started  # the replaced worker serves the reloaded spec too
 
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(proc.wait, 30) == 0
@@ -159,6 +167,46 @@ async def test_a_reload_reaches_every_worker_and_a_killed_worker_is_replaced_kee
     assert re.search(rf'"msg": "worker exited", "worker": \d, "pid": {killed}, "code": -9', stderr), stderr
     directory = re.search(r'"metrics_directory": "([^"]+)"', stderr)
     assert directory and not os.path.exists(directory.group(1))
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_stop_signal_to_the_whole_group_lets_in_flight_probes_finish(upstream: UpstreamFactory, served: Served, stop: signal.Signals) -> None:
+    """systemd signals every process of the unit, a terminal's Ctrl-C the whole group: each worker
+    gets the signal, then the supervisor's SIGTERM, and must still finish its probes."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+    count = 0
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal count
+        count += 1
+        if count == 4:
+            arrived.set()
+        await wait_for(release, DEADLINE)
+        return web.json_response({"queues": {"orders": {"waiting": 4}}})
+
+    up = await upstream({"/stats": slow})
+    proc, base = served
+    await wait_healthy(base, proc)
+    await _pages_of_both_workers(base)
+    probes = [asyncio.create_task(_fresh(base, "/probe", {"target": up.url})) for _ in range(4)]
+    await wait_for(arrived, DEADLINE)
+    os.killpg(proc.pid, stop)
+
+    async def refused() -> bool:  # both workers stopped accepting: they are stopping, probes still in flight
+        try:
+            await _fresh(base, "/-/healthy")
+        except aiohttp.ClientConnectionError:
+            return True
+        return False
+
+    await _poll("new connections refused", refused)
+    assert not any(probe.done() for probe in probes)
+    release.set()
+    for status, text in await asyncio.gather(*probes):
+        assert status == 200 and value(parse(text), "jobs_waiting", queue="orders") == 4
+    assert await asyncio.to_thread(proc.wait, 30) == 0
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert '"msg": "already stopping"' in stderr and "Traceback" not in stderr and "worker failed" not in stderr
 
 
 def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
