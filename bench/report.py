@@ -54,6 +54,14 @@ def _errors(run: Run) -> str:
     return f" ({bad} errors)" if bad else ""
 
 
+def _load_cells(run: Run, items: int, conns: int) -> str:
+    """The cells every load row has: payload, series, connections, rate, latencies, RSS, /-/healthy."""
+    healthy = run["healthy"]
+    return (f"| {_size(run['bytes'])} ({items} items) | {run['series']:,} | {conns} | {_rate(run):,.1f}{_errors(run)} | "
+            f"{_ms(run['probe']['p50_us'])} | {_ms(run['probe']['p99_us'])} | {run['rss_kb'] / 1024:.0f} | "
+            f"{_ms(healthy['p99_us']) if healthy else '-'} |")
+
+
 def load_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
     lines = [
         "| payload | series | conns | probes/s | p50 ms | p99 ms | peak RSS MB | /-/healthy p99 ms "
@@ -65,11 +73,8 @@ def load_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
             ours, floor = runs.get(("jsonexporter", items, conns)), runs.get(("floor", items, conns))
             if ours is None or floor is None:
                 continue
-            healthy = ours["healthy"]
             lines.append(
-                f"| {_size(ours['bytes'])} ({items} items) | {ours['series']:,} | {conns} | {_rate(ours):,.1f}{_errors(ours)} | "
-                f"{_ms(ours['probe']['p50_us'])} | {_ms(ours['probe']['p99_us'])} | {ours['rss_kb'] / 1024:.0f} | "
-                f"{_ms(healthy['p99_us']) if healthy else '-'} | {_rate(floor):,.1f}{_errors(floor)} | {_ms(floor['probe']['p50_us'])} | "
+                f"{_load_cells(ours, items, conns)} {_rate(floor):,.1f}{_errors(floor)} | {_ms(floor['probe']['p50_us'])} | "
                 f"{floor['rss_kb'] / 1024:.0f} | {_rate(ours) / _rate(floor):.2f} |"
             )
     return lines
@@ -84,11 +89,7 @@ def workers_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
         ours, one = runs.get(("workers", items, 8)), runs.get(("jsonexporter", items, 8))
         if ours is None or one is None:
             continue
-        lines.append(
-            f"| {_size(ours['bytes'])} ({items} items) | {ours['series']:,} | 8 | {_rate(ours):,.1f}{_errors(ours)} | "
-            f"{_ms(ours['probe']['p50_us'])} | {_ms(ours['probe']['p99_us'])} | {ours['rss_kb'] / 1024:.0f} | "
-            f"{_ms(ours['healthy']['p99_us']) if ours['healthy'] else '-'} | {_rate(ours) / _rate(one):.2f} |"
-        )
+        lines.append(f"{_load_cells(ours, items, 8)} {_rate(ours) / _rate(one):.2f} |")
     return lines
 
 

@@ -88,6 +88,25 @@ async def wait_for(event: asyncio.Event, seconds: float = 5.0) -> None:
     await asyncio.wait_for(event.wait(), seconds)
 
 
+@dataclass
+class Held:
+    """An upstream handler that holds every request until `release` is set, then answers `answer`;
+    `arrived` is set once `count` requests are held: `await upstream({"/": held})`."""
+
+    answer: Any
+    count: int = 1
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    held: int = 0
+
+    async def __call__(self, request: web.Request) -> web.Response:
+        self.held += 1
+        if self.held == self.count:
+            self.arrived.set()
+        await wait_for(self.release, 20)
+        return web.json_response(self.answer)
+
+
 SpecWriter = Callable[..., Path]
 
 

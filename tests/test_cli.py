@@ -12,8 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
-from conftest import UpstreamFactory, wait_for
+from conftest import Held, UpstreamFactory, wait_for
 from metrics_util import parse, value
 from prometheus_util import free_port, jsonexporter, wait_healthy
 
@@ -135,19 +134,13 @@ async def test_sighup_reloads_the_spec_of_a_running_server(upstream: UpstreamFac
 
 
 async def test_sigterm_lets_in_flight_probes_finish(upstream: UpstreamFactory, served: tuple[subprocess.Popen[str], str]) -> None:
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def slow(request: web.Request) -> web.Response:
-        arrived.set()
-        await wait_for(release, 20)
-        return web.json_response({"queues": {"orders": {"waiting": 4}}})
-
-    up = await upstream({"/stats": slow})
+    held = Held({"queues": {"orders": {"waiting": 4}}})
+    up = await upstream({"/stats": held})
     proc, base = served
     await wait_healthy(base, proc)
     async with aiohttp.ClientSession() as session:
         probe = asyncio.create_task(session.get(f"{base}/probe", params={"target": up.url}))
-        await wait_for(arrived)
+        await wait_for(held.arrived)
         proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 20
         while True:  # bounded poll: the server stops accepting new connections first
@@ -159,7 +152,7 @@ async def test_sigterm_lets_in_flight_probes_finish(upstream: UpstreamFactory, s
             assert time.monotonic() < deadline, "still accepting connections 20 s after SIGTERM"
             await asyncio.sleep(0.05)
         assert not probe.done()  # the in-flight probe is still waiting for its upstream
-        release.set()
+        held.release.set()
         response = await asyncio.wait_for(probe, 20)
         assert response.status == 200
         assert value(parse(await response.text()), "jobs_waiting", queue="orders") == 4

@@ -16,7 +16,7 @@ import bcrypt
 import pytest
 import trustme
 from aiohttp import web
-from conftest import UpstreamFactory, make_spec, wait_for
+from conftest import Held, UpstreamFactory, make_spec, wait_for
 from metrics_util import parse, value
 
 from jsonexporter.server import STATE, Options, make_app
@@ -87,24 +87,14 @@ async def test_a_broken_spec_keeps_the_old_one_serving(aiohttp_client: Any, spec
 
 
 async def test_reload_under_load_loses_no_probe(aiohttp_client: Any, spec_path: Path, upstream: UpstreamFactory) -> None:
-    release, arrived = asyncio.Event(), asyncio.Event()
-    waiting = 0
-
-    async def held(request: web.Request) -> web.Response:
-        nonlocal waiting
-        waiting += 1
-        if waiting == 20:
-            arrived.set()
-        await wait_for(release, 20)
-        return web.json_response({"v": 1})
-
+    held = Held({"v": 1}, count=20)
     up = await upstream({"/": held})
     client = await start(aiohttp_client, spec_path)
     probes = [asyncio.create_task(client.get(f"/probe?target={up.url}/")) for _ in range(20)]
-    await wait_for(arrived, 20)
+    await wait_for(held.arrived, 20)
     spec_path.write_text(textwrap.dedent(SPEC_B))
     assert (await client.post("/-/reload")).status == 200
-    release.set()
+    held.release.set()
     responses = await asyncio.gather(*probes)
     for response in responses:
         assert response.status == 200
@@ -126,24 +116,14 @@ async def test_auto_reload_picks_up_a_changed_file(aiohttp_client: Any, spec_pat
 
 
 async def test_probes_over_the_bound_get_503_at_once(aiohttp_client: Any, spec_path: Path, upstream: UpstreamFactory) -> None:
-    release, arrived = asyncio.Event(), asyncio.Event()
-    count = 0
-
-    async def held(request: web.Request) -> web.Response:
-        nonlocal count
-        count += 1
-        if count == 2:
-            arrived.set()
-        await wait_for(release, 20)
-        return web.json_response({"v": 1})
-
+    held = Held({"v": 1}, count=2)
     up = await upstream({"/": held})
     client = await start(aiohttp_client, spec_path, max_concurrent_probes=2)
     held_probes = [asyncio.create_task(client.get(f"/probe?target={up.url}/")) for _ in range(2)]
-    await wait_for(arrived)
+    await wait_for(held.arrived)
     response = await client.get(f"/probe?target={up.url}/")
     assert response.status == 503 and "too many concurrent probes" in await response.text()
-    release.set()
+    held.release.set()
     assert [r.status for r in await asyncio.gather(*held_probes)] == [200, 200]
     metrics = parse(await (await client.get("/metrics")).text())
     assert value(metrics, "jsonexporter_probes_total", module="default", result="rejected") == 1

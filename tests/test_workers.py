@@ -16,8 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
-from conftest import UpstreamFactory, wait_for
+from conftest import Held, UpstreamFactory, wait_for
 from metrics_util import Series, parse, value
 from prometheus_util import free_port, jsonexporter, wait_healthy
 from test_cli import SPEC  # the one-module spec of the single-process tests
@@ -173,23 +172,13 @@ async def test_a_reload_reaches_every_worker_and_a_killed_worker_is_replaced_kee
 async def test_a_stop_signal_to_the_whole_group_lets_in_flight_probes_finish(upstream: UpstreamFactory, served: Served, stop: signal.Signals) -> None:
     """systemd signals every process of the unit, a terminal's Ctrl-C the whole group: each worker
     gets the signal, then the supervisor's SIGTERM, and must still finish its probes."""
-    arrived, release = asyncio.Event(), asyncio.Event()
-    count = 0
-
-    async def slow(request: web.Request) -> web.Response:
-        nonlocal count
-        count += 1
-        if count == 4:
-            arrived.set()
-        await wait_for(release, DEADLINE)
-        return web.json_response({"queues": {"orders": {"waiting": 4}}})
-
-    up = await upstream({"/stats": slow})
+    held = Held({"queues": {"orders": {"waiting": 4}}}, count=4)
+    up = await upstream({"/stats": held})
     proc, base = served
     await wait_healthy(base, proc)
     await _pages_of_both_workers(base)
     probes = [asyncio.create_task(_fresh(base, "/probe", {"target": up.url})) for _ in range(4)]
-    await wait_for(arrived, DEADLINE)
+    await wait_for(held.arrived, DEADLINE)
     os.killpg(proc.pid, stop)
 
     async def refused() -> bool:  # both workers stopped accepting: they are stopping, probes still in flight
@@ -201,7 +190,7 @@ async def test_a_stop_signal_to_the_whole_group_lets_in_flight_probes_finish(ups
 
     await _poll("new connections refused", refused)
     assert not any(probe.done() for probe in probes)
-    release.set()
+    held.release.set()
     for status, text in await asyncio.gather(*probes):
         assert status == 200 and value(parse(text), "jobs_waiting", queue="orders") == 4
     assert await asyncio.to_thread(proc.wait, 30) == 0
