@@ -159,14 +159,20 @@ def _family(result: Extraction, metric: Metric, output: Output) -> Family:
     return family
 
 
+def _new_series(result: Extraction, name: str, family: Family, key: str) -> bool:
+    """Whether the family has no series with this label text yet (now it has); a duplicate is counted."""
+    if key in family.keys:
+        result.duplicates[name] = result.duplicates.get(name, 0) + 1
+        return False
+    family.keys.add(key)
+    return True
+
+
 def _add(result: Extraction, name: str, family: Family, sample_name: str, labels: Labels, value: float, ts: float | None) -> None:
     """One series into its family, unless the family has one with the same labels."""
     key = labels_text(labels)
-    if key in family.keys:
-        result.duplicates[name] = result.duplicates.get(name, 0) + 1
-        return
-    family.keys.add(key)
-    family.parts.append(sample_line(sample_name, key, value) if ts is None else (sample_name, labels, value, ts))
+    if _new_series(result, name, family, key):
+        family.parts.append(sample_line(sample_name, key, value) if ts is None else (sample_name, labels, value, ts))
 
 
 def _apply(metric: Metric, doc: Any, probe: ProbeContext, static: Labels, result: Extraction, trace: Trace | None, memo: _Memo) -> Steps[None]:
@@ -365,10 +371,7 @@ def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, m
                 family.parts.append("".join([f"{sample_name}{text} {number}\n" for text, number in zip(texts, numbers, strict=True)]))
                 continue
             for text, number in zip(texts, numbers, strict=True):
-                if text in family.keys:
-                    result.duplicates[name] = result.duplicates.get(name, 0) + 1
-                else:
-                    family.keys.add(text)
+                if _new_series(result, name, family, text):
                     family.parts.append(f"{sample_name}{text} {number}\n")
     if failure is not None:  # the iteration itself failed: this rule gives no more series
         for name, *_ in outputs:
@@ -432,9 +435,7 @@ def _number_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[str
                 return list(map(str, raws))
             return list(map(format_value, map(float, raws) if scale == 1.0 else [raw * scale for raw in raws]))
         if kinds == _BOOL:
-            true, false = (to_number(raw, metric.value_map) for raw in (True, False))
-            assert true is not None and false is not None
-            true_text, false_text = format_value(true * scale), format_value(false * scale)
+            true_text, false_text = (format_value(sample_value(raw, metric, expr)) for raw in (True, False))
             return [true_text if raw else false_text for raw in raws]
         return [format_value(sample_value(raw, metric, expr)) for raw in raws]
     except Exception:  # not a number, null without a default, too large for a float
@@ -465,11 +466,8 @@ def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], element
                     shown = dict(zip(plan.names, (*texts, *plan.static_texts), strict=True))  # in the rule's order
                     result.error(name, f"{_reason(exc)} (labels {shown})")
                     continue
-            if key in family.keys:
-                result.duplicates[name] = result.duplicates.get(name, 0) + 1
-                continue
-            family.keys.add(key)
-            family.parts.append(f"{sample_name}{key} {format_value(number)}\n")
+            if _new_series(result, name, family, key):
+                family.parts.append(sample_line(sample_name, key, number))
 
 
 def _reason(exc: Exception) -> str:

@@ -81,12 +81,12 @@ def turn(priority: int) -> contextlib.AbstractAsyncContextManager[None]:
 
 
 def run(steps: Steps[T]) -> T:
-    while True:
-        try:
+    try:
+        while True:
             next(steps)
-        except StopIteration as done:
-            result: T = done.value
-            return result
+    except StopIteration as done:
+        result: T = done.value
+        return result
 
 
 async def run_sliced(steps: Steps[T], priority: int = EXTRACT, slice_seconds: float = SLICE_SECONDS) -> T:
@@ -94,15 +94,15 @@ async def run_sliced(steps: Steps[T], priority: int = EXTRACT, slice_seconds: fl
     clock = time.perf_counter
     async with turn(priority):
         until = clock() + slice_seconds
-        while True:
-            try:
+        try:
+            while True:
                 next(steps)
-            except StopIteration as done:
-                result: T = done.value
-                return result
-            if clock() >= until:
-                await asyncio.sleep(0)  # one turn of the event loop for the others
-                until = clock() + slice_seconds
+                if clock() >= until:
+                    await asyncio.sleep(0)  # one turn of the event loop for the others
+                    until = clock() + slice_seconds
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
 
 async def sliced(items: Iterable[T], slice_seconds: float = SLICE_SECONDS) -> AsyncIterator[T]:
