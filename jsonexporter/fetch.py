@@ -99,9 +99,22 @@ def _quote_path_value(value: str) -> str:
     return urllib.parse.quote(value, safe="/")
 
 
+def _url_values(url: Template, values: Mapping[str, str]) -> Mapping[str, str]:
+    """The values for the URL template: a target ending in `/` loses that slash when every
+    `{target}` of the template is followed by one, so `{target}/api` never gives `//api`."""
+    target = values.get("target", "")
+    if not target.endswith("/"):
+        return values
+    parts = url.parts
+    after = [parts[i + 1][0] if i + 1 < len(parts) else "" for i, (_, name) in enumerate(parts) if name == "target"]
+    if not after or not all(text.startswith("/") for text in after):
+        return values
+    return {**values, "target": target[:-1]}
+
+
 def render_request(endpoint: Endpoint, values: Mapping[str, str]) -> UpstreamRequest:
     """Fill in the endpoint's templates; raise InvalidRequest when the URL is not http(s)."""
-    raw_url = endpoint.url.render(values, quote=_quote_path_value)
+    raw_url = endpoint.url.render(_url_values(endpoint.url, values), quote=_quote_path_value)
     try:
         url = URL(raw_url)
     except (ValueError, TypeError) as exc:

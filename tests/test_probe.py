@@ -440,3 +440,19 @@ async def test_parameters_cannot_climb_out_of_the_url_path(upstream: UpstreamFac
     status, _ = await probe(client, f"target={up.url}&repo={quote('owner/name?x=1')}")
     assert status == 200
     assert [r.raw_path for r in up.requests] == ["/api/repos/owner/name%3Fx=1/releases"]
+
+
+async def test_target_with_a_trailing_slash_gives_no_double_slash_in_the_url(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/{tail:.*}": {"v": 1}})
+    client = await exporter("""
+        modules:
+          default:
+            endpoints:
+              nested: {url: '{target}/api/stats'}
+              whole: {url: '{target}'}
+            metrics: [{name: x, help: x, value: v, endpoint: nested}]
+        """)
+    status, text = await probe(client, f"target={quote(up.url + '/base/', safe='')}")
+    assert status == 200 and value(parse(text), "x") == 1
+    assert sorted(r.raw_path for r in up.requests) == ["/base/", "/base/api/stats"]  # a target used whole keeps its slash
+    assert value(parse(text), "probe_success") == 1
