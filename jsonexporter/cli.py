@@ -232,7 +232,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jsonexporter", description="A declarative Prometheus exporter for any REST/JSON API.")
+    parser = argparse.ArgumentParser(prog="jsonexporter", description="A declarative Prometheus exporter for any REST/JSON API.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"jsonexporter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -265,6 +266,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--web.workers", dest="web_workers", type=int, default=1,
                        help="processes answering on the listen address, e.g. $(nproc): every core extracts (default 1)")
     serve.set_defaults(func=cmd_serve)
+    parser.epilog = _serve_flags(serve)
 
     probe = sub.add_parser("probe", help="run one probe and print its metrics")
     common(probe)
@@ -276,6 +278,15 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--format", choices=["text", "openmetrics"], default="text")
     probe.set_defaults(func=cmd_probe)
     return parser
+
+
+def _serve_flags(serve: argparse.ArgumentParser) -> str:
+    """serve's flags for the top-level --help: they work without the command too."""
+    formatter = argparse.HelpFormatter("jsonexporter")
+    formatter.start_section("serve's flags, also without the command (`jsonexporter --config.file FILE` serves)")
+    formatter.add_arguments([action for action in serve._actions if action.dest != "help"])
+    formatter.end_section()
+    return formatter.format_help()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import time
@@ -114,6 +115,16 @@ def test_schema_command_prints_the_schema() -> None:
 def test_version_flag() -> None:
     result = subprocess.run(jsonexporter("--version"), capture_output=True, text=True, timeout=60, env={**os.environ})
     assert result.returncode == 0 and result.stdout.startswith("jsonexporter ")
+
+
+def test_top_level_help_shows_the_serve_flags_that_work_without_the_command() -> None:
+    flag = re.compile(r"(?<![\w-])--[a-z][\w.-]*")
+    top = subprocess.run(jsonexporter("--help"), capture_output=True, text=True, timeout=60)
+    serve = subprocess.run(jsonexporter("serve", "--help"), capture_output=True, text=True, timeout=60)
+    assert top.returncode == 0 and serve.returncode == 0
+    serve_flags = set(flag.findall(serve.stdout)) - {"--help"}
+    assert {"--config.file", "--web.listen-address", "--web.workers"} <= serve_flags
+    assert serve_flags <= set(flag.findall(top.stdout)), top.stdout
 
 
 async def test_sighup_reloads_the_spec_of_a_running_server(upstream: UpstreamFactory, served: tuple[subprocess.Popen[str], str], spec_file: Path) -> None:
