@@ -136,11 +136,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             metrics = SelfMetrics(directory)
         app = make_app(loaded.spec, opts, metrics, spec_file=args.config_file, web_config=loaded.web)
         reload_on_sighup(app)
-        if worker:
-            stop_once_on_signals(app)
+        stop_once_on_signals(app, args.shutdown_timeout)
         try:
             web.run_app(app, host=host, port=port, print=None, handler_cancellation=True, access_log=None, reuse_port=worker > 0,
-                        handle_signals=not worker, shutdown_timeout=args.shutdown_timeout, ssl_context=app[STATE].tls)
+                        handle_signals=False, shutdown_timeout=args.shutdown_timeout, ssl_context=app[STATE].tls)
         except OSError as exc:
             log.error("cannot listen", extra=kv(address=args.web_listen_address, err=exc.strerror or str(exc)))
             return WORKER_CANNOT_START if worker else EXIT_INVALID

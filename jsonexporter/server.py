@@ -395,19 +395,20 @@ def reload_on_sighup(app: web.Application) -> None:
     app.on_startup.append(install)
 
 
-def stop_once_on_signals(app: web.Application) -> None:
+def stop_once_on_signals(app: web.Application, shutdown_timeout: float) -> None:
     """SIGTERM and SIGINT stop the server gracefully; for `web.run_app(handle_signals=False)`. Unlike
     aiohttp's own handlers, a second signal while stopping is ignored, so that it cannot cut the
     probes in flight short: a worker gets one from its supervisor and often one more from a
-    terminal's Ctrl-C or from systemd, which signal the whole group."""
-    stopping = False
+    terminal's Ctrl-C or from systemd, which signal the whole group. The shutdown is logged once,
+    with its reason, when the server has stopped listening and gives the probes in flight
+    `shutdown_timeout` seconds."""
+    reason: list[str] = []  # the signal that stopped the server, once there is one
 
     def stop(name: str) -> None:
-        nonlocal stopping
-        if stopping:
+        if reason:
             log.info("already stopping", extra=kv(signal=name))
             return
-        stopping = True
+        reason.append(name)
         raise web.GracefulExit()
 
     async def install(app: web.Application) -> None:
@@ -415,4 +416,9 @@ def stop_once_on_signals(app: web.Application) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop, sig.name)
 
+    async def announce(app: web.Application) -> None:
+        state = app[STATE]
+        log.info("shutting down", extra=kv(reason=reason[0] if reason else "exit", in_flight=state.in_flight, timeout=shutdown_timeout))
+
     app.on_startup.append(install)
+    app.on_shutdown.append(announce)

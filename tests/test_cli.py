@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 import pytest
@@ -168,3 +170,39 @@ async def test_sigterm_lets_in_flight_probes_finish(upstream: UpstreamFactory, s
         assert response.status == 200
         assert value(parse(await response.text()), "jobs_waiting", queue="orders") == 4
     assert await asyncio.to_thread(proc.wait, 20) == 0
+
+
+def lines_until(stream: IO[str], text: str) -> list[str]:
+    """The lines read up to the first that contains `text` (all of them at the end of the stream)."""
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if text in line:
+            break
+    return lines
+
+
+async def test_shutdown_is_logged_once_with_its_reason_and_a_second_signal_waits_for_the_probes(
+    upstream: UpstreamFactory, served: tuple[subprocess.Popen[str], str]
+) -> None:
+    held = Held({"queues": {"orders": {"waiting": 4}}})
+    up = await upstream({"/stats": held})
+    proc, base = served
+    assert proc.stderr is not None
+    await wait_healthy(base, proc)
+    async with aiohttp.ClientSession() as session:
+        probe = asyncio.create_task(session.get(f"{base}/probe", params={"target": up.url}))
+        await wait_for(held.arrived)
+        proc.send_signal(signal.SIGTERM)
+        before = await asyncio.wait_for(asyncio.to_thread(lines_until, proc.stderr, '"shutting down"'), 20)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C while stopping
+        during = await asyncio.wait_for(asyncio.to_thread(lines_until, proc.stderr, '"already stopping"'), 20)
+        assert not probe.done()
+        held.release.set()
+        response = await asyncio.wait_for(probe, 20)
+        assert response.status == 200 and value(parse(await response.text()), "jobs_waiting", queue="orders") == 4
+    assert await asyncio.to_thread(proc.wait, 20) == 0
+    logged = [json.loads(line) for line in before + during + proc.stderr.readlines()]
+    stops = [(e["reason"], e["in_flight"], e["timeout"]) for e in logged if e["msg"] == "shutting down"]
+    assert stops == [("SIGTERM", 1, 15.0)]
+    assert [e["signal"] for e in logged if e["msg"] == "already stopping"] == ["SIGINT"]
