@@ -62,14 +62,19 @@ def prometheus_binary() -> str:
     return path
 
 
-def readme_relabel_configs() -> list[dict[str, Any]]:
-    """The relabeling of the first job of the README's Prometheus configuration: the tests run the
-    documented config, not a copy of it."""
+def readme_prometheus_config() -> str:
+    """The README's Prometheus configuration (under '## Prometheus configuration'), as written."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Prometheus configuration", 1)[1]
     block = re.search(r"```yaml\n(.*?)```", section, re.S)
     assert block is not None, "README: no yaml block under '## Prometheus configuration'"
-    configs: list[dict[str, Any]] = yaml.safe_load(block.group(1))["scrape_configs"][0]["relabel_configs"]
+    return block.group(1)
+
+
+def readme_relabel_configs() -> list[dict[str, Any]]:
+    """The relabeling of the first job of the README's Prometheus configuration: the tests run the
+    documented config, not a copy of it."""
+    configs: list[dict[str, Any]] = yaml.safe_load(readme_prometheus_config())["scrape_configs"][0]["relabel_configs"]
     return configs
 
 

@@ -20,8 +20,9 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
+from prometheus_util import readme_prometheus_config
 
-from jsonexporter.spec import load_spec, load_text
+from jsonexporter.spec import load_spec, load_text, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES = ROOT / "examples" / "kubernetes"
@@ -179,6 +180,18 @@ def test_prometheus_config_passes_promtool(config: Path) -> None:
     assert PROMTOOL is not None, "promtool is required in CI (.ci/run installs Debian's prometheus package)"
     result = subprocess.run([PROMTOOL, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_prometheus_config_sets_the_scrape_interval_and_timeout_of_its_probes(tmp_path: Path) -> None:
+    config = readme_prometheus_config()
+    (probes,) = [job for job in yaml.safe_load(config)["scrape_configs"] if job.get("metrics_path") == "/probe"]
+    interval, timeout = (parse_duration(probes[key]) for key in ("scrape_interval", "scrape_timeout"))
+    assert 0 < timeout <= interval
+    if PROMTOOL is not None or os.environ.get("CI"):
+        assert PROMTOOL is not None, "promtool is required in CI (.ci/run installs Debian's prometheus package)"
+        (tmp_path / "prometheus.yml").write_text(config)
+        result = subprocess.run([PROMTOOL, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_cookbook_prometheus_config_probes_every_module_of_every_example() -> None:
