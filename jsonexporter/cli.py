@@ -218,10 +218,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
     except (ValueError, InvalidRequest) as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    if result.trace is not None:
-        sys.stdout.write(result.trace.text())
+    if result.trace is not None:  # on stderr: stdout stays an exposition that promtool and parsers read
+        sys.stderr.write(result.trace.text())
         for message in result.extraction.messages:
-            print(f"error: {message}")
+            print(f"error: {message}", file=sys.stderr)
     for r in result.endpoints:
         if not r.ok:
             print(f"endpoint {r.endpoint}: {r.outcome}: {r.error}", file=sys.stderr)
@@ -273,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--target", default="")
     probe.add_argument("--input", action="append", default=[], metavar="[ENDPOINT=]FILE", help="evaluate a saved JSON answer instead of fetching")
     probe.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a probe query parameter")
-    probe.add_argument("--debug", action="store_true", help="print the probe's trace before its metrics")
+    probe.add_argument("--debug", action="store_true", help="write the probe's trace to stderr (the metrics stay alone on stdout)")
     probe.add_argument("--format", choices=["text", "openmetrics"], default="text")
     probe.set_defaults(func=cmd_probe)
     return parser

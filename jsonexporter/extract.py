@@ -23,6 +23,7 @@ MAX_MESSAGES = 20  # error messages kept per probe for the log and the trace
 _DEFAULT_HELP = "Extracted by jsonexporter."
 _STEP = 256  # elements between two steps of a rule on the general path (see slices.py)
 _CHUNK = 1024  # elements per step of a rule on the fast path
+_SHOWN = 3  # elements of a rule whose values and labels a trace shows
 
 
 class ExtractionError(Exception):
@@ -122,7 +123,7 @@ def _elements(metric: Metric, doc: Any, base: dict[str, Any] | None, trace: Trac
         collection = _search(level.path, element, parent)
         if trace is not None and depth not in traced:
             traced.add(depth)
-            trace.add(f"  each[{depth}] {level.path.source!r} -> {shorten(collection)}")
+            _trace_level(trace, metric, depth, collection)
         if type(collection) is list:
             entries: Any = ((None, i, item) for i, item in enumerate(collection))
         elif type(collection) is dict:
@@ -144,6 +145,17 @@ def _elements(metric: Metric, doc: Any, base: dict[str, Any] | None, trace: Trac
                 yield from walk(depth + 1, item, ctx)
 
     yield from walk(0, doc, base)
+
+
+def _trace_level(trace: Trace, metric: Metric, depth: int, collection: Any) -> None:
+    """What an iteration level gave (for the first element of the level above), once per probe:
+    rules iterating the same paths of the same endpoint's document refer to the first of them."""
+    source = metric.each[depth].path.source
+    key = (metric.endpoint, tuple(level.path.source for level in metric.each[:depth + 1]))
+    first = trace.shown.get(key)
+    if first is None:
+        trace.shown[key] = metric.name
+    trace.add(f"  each[{depth}] {source!r} -> {shorten(collection) if first is None else f'as shown for metric {first}'}")
 
 
 def _sample_name(metric: Metric, output_name: str) -> str:
@@ -195,7 +207,7 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
     traced = 0
     try:
         for element, ctx in _elements(metric, doc, base, trace):
-            show = trace is not None and traced < 3
+            show = trace is not None and traced < _SHOWN
             traced += 1
             if traced % _STEP == 0:
                 yield
@@ -213,6 +225,8 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
                 samples: list[tuple[Labels, float]]
                 try:
                     if is_info:
+                        if show and trace is not None:
+                            trace.add(f"    {output.name}: info; labels {dict(pairs)}")
                         samples = [(tuple(sorted(pairs)), 1.0)]
                     else:
                         assert output.value is not None
@@ -232,7 +246,7 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
         for output, *_ in families:
             result.error(output.name, _reason(exc))
     if trace is not None:
-        trace.add(f"  rule {metric.name}: {traced} element(s)")
+        trace.add(f"  rule {metric.name}: {f'first {_SHOWN} of {traced} elements shown' if traced > _SHOWN else f'{traced} element(s)'}")
 
 
 # The fast path takes a rule's elements by chunks, and a chunk by columns: the label texts of its

@@ -13,7 +13,7 @@ from jsonexporter.exposition import Family, Labels
 from jsonexporter.extract import Extraction, ProbeContext, extract, extract_async
 from jsonexporter.fetch import EndpointResult, InvalidRequest, Upstream, fetch_all, redact_target, render_requests
 from jsonexporter.spec.model import Module
-from jsonexporter.trace import Trace
+from jsonexporter.trace import Trace, shorten
 
 MAX_TARGET_LENGTH = 4096
 MAX_PARAM_LENGTH = 1024
@@ -119,6 +119,11 @@ def run_offline(module: Module, documents: Mapping[str, Any], target: str, query
     """Evaluate saved answers (endpoint name -> parsed JSON) without any network I/O."""
     values, params = resolve_values(module, target, query, offline=True)
     trace = Trace() if debug else None
+    if trace is not None:
+        trace.add(f"module {module.name}, target {redact_target(target)}, saved answers (no requests)")
+        for name, document in documents.items():
+            trace.add(f"endpoint {name}: saved answer")
+            trace.add(f"  document: {shorten(document)}")
     extraction = extract(module, documents, ProbeContext(module.name, target, params), module_labels(module, values), trace)
     success = all(name in documents for name in module.endpoints)
     families = [*extraction.families.values(), *self_families(module, extraction, None, success, None)]

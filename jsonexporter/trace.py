@@ -14,7 +14,7 @@ def shorten(value: Any, limit: int = MAX_SHOWN) -> str:
         text = json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError, RecursionError):
         text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"
+    return text if len(text) <= limit else f"{text[:limit]}… (first {limit} of {len(text)} chars)"
 
 
 class Trace:
@@ -23,6 +23,7 @@ class Trace:
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.dropped = 0
+        self.shown: dict[object, str] = {}  # what is traced once per probe (an iteration's result), by key: the rule that showed it
 
     def add(self, line: str) -> None:
         if len(self.lines) < MAX_LINES:

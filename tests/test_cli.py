@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -92,9 +93,24 @@ async def test_probe_command_fetches_the_target(upstream: UpstreamFactory, spec_
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, stderr.decode()
-    text = stdout.decode()
-    assert "endpoint stats: GET" in text
-    assert 'jobs_waiting{queue="orders"} 5\n' in text
+    assert "endpoint stats: GET" in stderr.decode()  # the trace
+    assert value(parse(stdout.decode()), "jobs_waiting", queue="orders") == 5
+
+
+def test_probe_debug_writes_the_trace_to_stderr_and_keeps_stdout_an_exposition(tmp_path: Path, spec_file: Path) -> None:
+    answer = tmp_path / "stats.json"
+    answer.write_text('{"queues": {"orders": {"waiting": 3}, "mail": {"waiting": "x"}}}')
+    result = subprocess.run(jsonexporter("probe", "--config.file", str(spec_file), "--input", str(answer), "--debug"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "metric jobs_waiting (endpoint stats):" in result.stderr and "document: {" in result.stderr
+    assert "error: metric jobs_waiting: " in result.stderr and "error:" not in result.stdout
+    assert value(parse(result.stdout), "jobs_waiting", queue="orders") == 3  # prometheus_client's parser reads all of it
+    promtool = shutil.which("promtool")
+    if promtool is not None or os.environ.get("CI"):
+        assert promtool is not None, "promtool is required in CI (.ci/run installs Debian's prometheus package)"
+        checked = subprocess.run([promtool, "check", "metrics"], input=result.stdout, capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_probe_command_rejects_unknown_module_and_bad_input(tmp_path: Path, spec_file: Path) -> None:

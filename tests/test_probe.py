@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 from typing import Any
 from urllib.parse import quote
 
@@ -340,6 +341,32 @@ async def test_debug_trace_shows_requests_and_results_without_secrets(upstream: 
     for secret in ("s3cr3t-token", "hunter2", "qwerty"):
         assert secret not in text
     assert up.requests[0].headers["Authorization"] == "Bearer s3cr3t-token"  # the upstream still got it
+
+
+async def test_debug_trace_shows_each_document_once_info_labels_and_what_it_shortened(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    nodes = [{"id": f"n{i}", "cpu": i / 10, "note": "x" * 100} for i in range(5)]
+    up = await upstream({"/api/stats": {"version": "2.1", "nodes": nodes}})
+    client = await exporter("""
+        modules:
+          default:
+            endpoints: {stats: {url: '{target}/api/stats'}}
+            metrics:
+              - {name: node_cpu_ratio, help: c, each: nodes, value: cpu, labels: {id: id}}
+              - {name: node_cpu_percent, help: c, each: nodes, value: cpu, scale: 100, labels: {id: id}}
+              - {name: node_info, help: i, type: info, each: nodes, labels: {id: id}}
+              - {name: api_info, help: i, type: info, labels: {version: version}}
+        """)
+    status, text = await probe(client, f"target={up.url}&debug=true")
+    assert status == 200
+    iterations = [line for line in text.splitlines() if line.startswith("  each[0] 'nodes' -> ")]
+    assert len(iterations) == 3 and iterations[0].startswith("  each[0] 'nodes' -> [{")
+    assert iterations[1:] == ["  each[0] 'nodes' -> as shown for metric node_cpu_ratio"] * 2
+    assert text.count("  document: {") == 1  # the endpoint's answer, once
+    assert f"(first 300 of {len(json.dumps(nodes))} chars)" in iterations[0]
+    assert "  rule node_cpu_ratio: first 3 of 5 elements shown" in text
+    assert "    node_info: info; labels {'id': 'n0'}" in text and "    node_info: info; labels {'id': 'n3'}" not in text
+    assert "    api_info: info; labels {'version': '2.1'}" in text
+    assert "  rule api_info: 1 element(s)\n" in text
 
 
 async def test_scraper_disconnect_cancels_upstream_requests(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
