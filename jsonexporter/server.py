@@ -57,6 +57,17 @@ class ProbeRecord:
     success: bool
     duration: float
     errors: tuple[str, ...]
+    endpoints: int = 0
+    endpoint_failures: int = 0
+    extraction_errors: int = 0
+    duplicates: int = 0
+
+    @property
+    def outcome(self) -> str:
+        """failure (probe_success 0), degraded (series skipped or dropped) or success."""
+        if not self.success:
+            return "failure"
+        return "degraded" if self.extraction_errors or self.duplicates or self.endpoint_failures else "success"
 
 
 @dataclass
@@ -145,7 +156,10 @@ def _record(state: State, module: str, target: str, result: ProbeResult) -> None
     duration = result.duration
     m.probe_duration.labels(module).observe(duration)
     errors = [f"endpoint {r.endpoint}: {r.outcome}: {r.error}" for r in result.endpoints if not r.ok] + result.extraction.messages
-    state.recent.append(ProbeRecord(next(state.ids), time.time(), module, redact_target(target), result.success, duration, tuple(errors[:20])))
+    extraction = result.extraction
+    state.recent.append(ProbeRecord(next(state.ids), time.time(), module, redact_target(target), result.success, duration, tuple(errors[:20]),
+                                    len(result.endpoints), sum(not r.ok for r in result.endpoints),
+                                    sum(extraction.errors.values()), sum(extraction.duplicates.values())))
     while len(state.recent) > state.options.recent_probes:
         state.recent.popleft()
     for r in result.endpoints:
@@ -240,7 +254,8 @@ async def handle_ready(request: web.Request) -> web.Response:
     return _plain(200, "Ready.")
 
 
-_STYLE = "body{font-family:sans-serif;margin:1em 2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
+_STYLE = ("body{font-family:sans-serif;margin:1em 2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}"
+          "tr.failure{background:#fbd5d5}tr.degraded{background:#fdf0c4}td.count{text-align:right}td.nonzero{font-weight:bold}")
 
 
 def _page(title: str, body: str) -> web.Response:
@@ -264,6 +279,14 @@ def _probe_link(module: str, target: str, debug: bool) -> str:
     return "/probe?" + html.escape(urlencode(query))
 
 
+def _outcome_text(record: ProbeRecord) -> str:
+    return record.outcome if record.outcome == "success" else f"<b>{record.outcome}</b>"
+
+
+def _count_cell(count: int, suffix: str = "") -> str:
+    return f'<td class="count{" nonzero" if count else ""}">{count}{suffix}</td>'
+
+
 async def handle_index(request: web.Request) -> web.Response:
     state = request.app[STATE]
     spec = state.spec
@@ -276,9 +299,9 @@ async def handle_index(request: web.Request) -> web.Response:
     recent = []
     for r in reversed(state.recent):
         when = time.strftime("%H:%M:%S", time.gmtime(r.time))
-        status = "success" if r.success else "failure"
         recent.append(
-            f"<tr><td>{when}</td><td>{html.escape(r.module)}</td><td>{html.escape(r.target)}</td><td>{status}</td>"
+            f"<tr class=\"{r.outcome}\"><td>{when}</td><td>{html.escape(r.module)}</td><td>{html.escape(r.target)}</td><td>{_outcome_text(r)}</td>"
+            f"{_count_cell(r.endpoint_failures, f' of {r.endpoints}')}{_count_cell(r.extraction_errors)}{_count_cell(r.duplicates)}"
             f"<td>{r.duration:.3f}s</td><td><a href=\"/probes/{r.id}\">details</a> · "
             f"<a href=\"{_probe_link(r.module, r.target, True)}\">debug again</a></td></tr>"
         )
@@ -298,8 +321,11 @@ async def handle_index(request: web.Request) -> web.Response:
 {"".join(rows)}
 </table>
 <h2>Recent probes</h2>
-<table><tr><th>time (UTC)</th><th>module</th><th>target</th><th>result</th><th>duration</th><th></th></tr>
-{"".join(recent) or '<tr><td colspan="6">none yet</td></tr>'}
+<p>Degraded: <code>probe_success</code> 1, but series were skipped (extraction errors) or dropped (duplicates), or a stale answer
+stood in for a failed endpoint.</p>
+<table><tr><th>time (UTC)</th><th>module</th><th>target</th><th>result</th><th>endpoint failures</th><th>extraction errors</th>
+<th>duplicate series</th><th>duration</th><th></th></tr>
+{"".join(recent) or '<tr><td colspan="9">none yet</td></tr>'}
 </table>"""
     return _page("jsonexporter", body)
 
@@ -315,7 +341,9 @@ async def handle_probe_record(request: web.Request) -> web.Response:
     errors = "".join(f"<li><code>{html.escape(e)}</code></li>" for e in record.errors) or "<li>none</li>"
     body = f"""<h1>Probe {record.id}</h1>
 <p>Module <b>{html.escape(record.module)}</b>, target <code>{html.escape(record.target)}</code>,
-{"success" if record.success else "failure"} in {record.duration:.3f}s at {time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.time))} UTC.</p>
+{_outcome_text(record)} in {record.duration:.3f}s at {time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.time))} UTC:
+{record.endpoint_failures} of {record.endpoints} endpoint(s) failed, {record.extraction_errors} extraction error(s),
+{record.duplicates} duplicate series.</p>
 <h2>Errors</h2><ul>{errors}</ul>
 <p><a href="{_probe_link(record.module, record.target, True)}">Run it again with a debug trace</a> · <a href="/">back</a></p>"""
     return _page(f"probe {record.id}", body)

@@ -8,6 +8,7 @@ import base64
 import json
 import ssl
 import textwrap
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,67 @@ async def test_landing_page_lists_recent_probes_with_details(aiohttp_client: Any
     text = await details.text()
     assert details.status == 200 and "connection_error" in text
     assert (await client.get("/probes/999")).status == 404
+
+
+class _Rows(HTMLParser):
+    """The rows of the table after the heading `title`: (class of the row, texts of its cells)."""
+
+    def __init__(self, title: str) -> None:
+        super().__init__()
+        self.title, self.heading, self.active = title, "", False
+        self.rows: list[tuple[str, list[str]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "h2":
+            self.heading, self.active = "", False
+        elif tag == "tr" and self.active:
+            self.rows.append((dict(attrs).get("class") or "", []))
+        elif tag == "td" and self.active and self.rows:
+            self.rows[-1][1].append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "h2" and self.heading == self.title:
+            self.active = True
+        elif tag == "table":
+            self.active = False
+
+    def handle_data(self, data: str) -> None:
+        self.heading += data
+        if self.active and self.rows and self.rows[-1][1]:
+            self.rows[-1][1][-1] += data
+
+
+def recent_probes(page: str) -> list[tuple[str, list[str]]]:
+    parser = _Rows("Recent probes")
+    parser.feed(page)
+    return [(cls, cells) for cls, cells in parser.rows if cells]  # without the header row
+
+
+async def test_recent_probes_show_their_problem_counts_and_failures_stand_out(aiohttp_client: Any, tmp_path: Path, upstream: UpstreamFactory) -> None:
+    nodes = [{"id": "a", "v": 1}, {"id": "b", "v": "x"}, {"id": "c"}, {"id": "d", "v": None}, {"id": "e", "v": []}, {"id": "a", "v": 2}]
+    up = await upstream({"/good": {"nodes": [{"id": "a", "v": 1}]}, "/bad": {"nodes": nodes}})
+    spec_file = tmp_path / "spec.yml"
+    spec_file.write_text(textwrap.dedent("""
+        modules:
+          default:
+            endpoints: {main: {url: '{target}'}, other: {url: 'http://127.0.0.1:1/'}}
+            metrics: [{name: node_value, help: v, each: nodes, value: v, labels: {id: id}, endpoint: main}]
+          one:
+            endpoints: {main: {url: '{target}'}}
+            metrics: [{name: node_value, help: v, each: nodes, value: v, labels: {id: id}}]
+        """))
+    client = await start(aiohttp_client, spec_file)
+    for query in (f"module=one&target={up.url}/good", f"module=one&target={up.url}/bad", f"module=default&target={up.url}/good"):
+        assert (await client.get(f"/probe?{query}")).status == 200
+    rows = recent_probes(await (await client.get("/")).text())
+    # newest first: result, endpoint failures, extraction errors, duplicate series
+    assert [(cls, cells[3:7]) for cls, cells in rows] == [
+        ("failure", ["failure", "1 of 2", "0", "0"]),
+        ("degraded", ["degraded", "0 of 1", "4", "1"]),  # probe_success 1, yet not a plain success
+        ("success", ["success", "0 of 1", "0", "0"]),
+    ]
+    details = await (await client.get("/probes/2")).text()
+    assert "degraded" in details and "4 extraction error(s)" in details and "1 duplicate series" in details
 
 
 # -- hostile upstreams ------------------------------------------------------------------
