@@ -14,10 +14,17 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from aiohttp import web
+from conftest import UpstreamFactory
 from metrics_util import parse, value
 from prometheus_util import ROOT, free_port
+
+from jsonexporter.server import make_app
+from jsonexporter.spec import load_spec
 
 slow = pytest.mark.skipif(
     not (os.environ.get("CI") or os.environ.get("JSONEXPORTER_SLOW_TESTS") == "1"),
@@ -112,6 +119,24 @@ def test_quick_start_has_two_commands_and_a_curl_with_its_answer() -> None:
     assert second == "bash .ci/run"
     assert curl.startswith("curl ") and "/probe?" in curl
     assert value(parse(printed), "probe_success") == 1
+
+
+async def test_readme_shows_the_answer_the_sample_api_gives(upstream: UpstreamFactory, aiohttp_client: Any) -> None:
+    """The quick start's answer without the install: the sample API's files served as they are, the
+    example spec, the probe README's curl sends. It fails as soon as README's copy is out of date."""
+    _, curl, printed = quick_start()
+    sample = ROOT / "examples" / "sample-api"
+
+    async def serve_file(request: web.Request) -> web.Response:
+        return web.Response(body=(sample / request.match_info["path"]).read_bytes())
+
+    up = await upstream({"/{path:.+}": serve_file})
+    client = await aiohttp_client(make_app(load_spec(str(ROOT / "examples" / "queue-stats.yml"))))
+    query = parse_qs(urlsplit(shlex.split(curl)[-1]).query)
+    response = await client.get("/probe", params={"module": query["module"][0], "target": up.url})
+    answer = await response.text()
+    assert response.status == 200 and value(parse(answer), "probe_success") == 1
+    assert without_durations(answer) == without_durations(printed), "README's quick start shows another answer than the one a user gets"
 
 
 @slow
