@@ -40,6 +40,7 @@ class Endpoint:
     headers: tuple[tuple[str, Template], ...] = field(default=(), repr=False)
     params: tuple[tuple[str, Template], ...] = field(default=(), repr=False)
     body: Template | JsonBody | None = field(default=None, repr=False)
+    body_escape: Literal["json", "form"] | None = None  # how values are inserted into a string body
     timeout: float | None = None
     valid_status_codes: frozenset[int] | None = None  # None: any 2xx
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
