@@ -24,7 +24,7 @@ from jsonexporter.hops import BASE_HEADERS, MAX_REDIRECTS, REDIRECT_STATUSES, Ho
 from jsonexporter.secrets import REDACTED, is_secret_name
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.expressions import Template
-from jsonexporter.spec.model import Endpoint, JsonBody, Module
+from jsonexporter.spec.model import HEADER_VALUE_CONTROL, Endpoint, JsonBody, Module
 from jsonexporter.trace import Trace, shorten
 
 
@@ -241,10 +241,6 @@ def _cache_key(request: UpstreamRequest, options: RequestOptions) -> str:
     return digest.hexdigest()
 
 
-# a byte that cannot go into a header value (RFC 9110 5.5: no control characters but tab)
-_UNSENDABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
 def _first_hop(request: UpstreamRequest, options: RequestOptions) -> Hop:
     """The request as first sent, with the Authorization of http_client_config (or the URL's userinfo);
     raise ClientConfigError, naming the header and never its value, when a header cannot be sent."""
@@ -255,7 +251,7 @@ def _first_hop(request: UpstreamRequest, options: RequestOptions) -> Hop:
     elif url.user is not None or url.password is not None:  # sent as Basic auth, as aiohttp and Go do; the URL keeps none
         headers["Authorization"] = "Basic " + base64.b64encode(f"{url.user or ''}:{url.password or ''}".encode()).decode()
     for name, value in [*headers.items(), *(options.proxy_headers or {}).items()]:
-        if _UNSENDABLE.search(value):
+        if HEADER_VALUE_CONTROL.search(value):
             source = f" (from {options.authorization_source})" if name == "Authorization" and options.authorization_source else ""
             raise ClientConfigError(f"header {name}{source} contains a line break or another control character")
     return Hop(request.method, url.with_user(None), headers, request.body, options.server_hostname)

@@ -27,6 +27,7 @@ from jsonexporter.spec.model import (
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
+    HEADER_VALUE_CONTROL,
     Endpoint,
     HTTPClientConfig,
     JsonBody,
@@ -49,9 +50,8 @@ from jsonexporter.spec.yamlload import Marks, load_yaml
 MAX_SPEC_BYTES = 8 * 1024 * 1024
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 5.5: a header value has no control characters but tab
-_JSON_TYPE = re.compile(r"application/(?:[\w.+-]*\+)?json", re.IGNORECASE)
-_FORM_TYPE = re.compile(r"application/x-www-form-urlencoded", re.IGNORECASE)
+_JSON_TYPE = re.compile(r"application/(?:[\w.+-]*\+)?json\s*(?:;|$)", re.IGNORECASE)
+_FORM_TYPE = re.compile(r"application/x-www-form-urlencoded\s*(?:;|$)", re.IGNORECASE)
 _PLACEHOLDER_MARK = "\ue000"  # stands for a value while the JSON structure of a body is checked
 # self-metrics of every probe answer live under this prefix
 RESERVED_PREFIX = "probe_"
@@ -281,7 +281,7 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
             c.add((*path, "headers", key), f"invalid header name {key!r}", at_key=True)
         t = c.template((*path, "headers", key), value, names)
         if t is not None:
-            if _HEADER_CONTROL.search(value):
+            if HEADER_VALUE_CONTROL.search(value):
                 c.add((*path, "headers", key), f"header {key} contains a line break or another control character: it cannot be sent")
             headers.append((key, t))
     params = [(k, t) for k, v in _items(raw.get("params")) if (t := c.template((*path, "params", k), v, names)) is not None]
