@@ -341,9 +341,17 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
         if endpoint.cache_ttl is None:
             _, result = await _request(up, request, options, remaining)
         else:
-            lookup = await up.cache.get(_cache_key(request, options), endpoint.cache_ttl, endpoint.stale_if_error,
-                                        lambda: _request(up, request, options, remaining), remaining)
+            sent: list[EndpointResult] = []  # the request this probe made itself (a miss), for its redirects in the trace
+
+            async def fetch(options: RequestOptions = options) -> tuple[Answer | None, EndpointResult]:
+                answer, fetched = await _request(up, request, options, remaining)
+                sent.append(fetched)
+                return answer, fetched
+
+            lookup = await up.cache.get(_cache_key(request, options), endpoint.cache_ttl, endpoint.stale_if_error, fetch, remaining)
             result = _from_cache(endpoint.name, lookup, remaining)
+            if sent:
+                result.redirects = sent[0].redirects
     result.duration = loop.time() - start
     if trace is not None:
         _trace_request(trace, request, options, result)
