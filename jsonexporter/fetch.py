@@ -387,7 +387,7 @@ def _trace_request(trace: Trace, request: UpstreamRequest, options: RequestOptio
     for line in result.redirects:
         trace.add(f"  {line}")
     cached = f", cache {result.cache} (age {result.cache_age or 0.0:.1f}s)" if result.cache else ""
-    followed = f", {len(result.redirects)} redirects followed" if result.redirects else ""
+    followed = f", redirects followed: {len(result.redirects)}" if result.redirects else ""
     trace.add(f"  -> {result.outcome}, status {result.status}, {result.bytes} bytes, {result.duration:.3f}s{followed}{cached}")
     if result.error:
         trace.add(f"  error: {result.error}")

@@ -121,7 +121,7 @@ async def test_a_redirect_to_another_origin_carries_nothing_the_spec_adds(aiohtt
     assert {k.lower() for k in headers} & {"authorization", "x-api-key", "x-tenant", "cookie", "content-type"} == set()
     assert f"redirect 1: 307 -> POST http://127.0.0.1:{home.port}/moved?api_key=" in text
     assert f"redirect 2: 302 -> GET http://127.0.0.2:{foreign.port}/landing?page=2 (another origin" in text
-    assert "2 redirects followed" in text
+    assert "redirects followed: 2" in text
     assert not any(secret in seen_foreign.text() for secret in SECRETS)
 
 
@@ -185,7 +185,7 @@ async def test_redirects_stop_after_ten_hops(aiohttp_client: Any, upstream: Upst
     client = await exporter_for(aiohttp_client, "modules: {default: {metrics: [{name: x, help: x, value: v}]}}")
     _, text = await probe(client, target=f"{up.url}/loop", debug="true")
     assert up.hits == {"/loop": 11}  # the request and ten redirects
-    assert "-> redirect_refused, status 302" in text and "more than 10 redirects" in text and "10 redirects followed" in text
+    assert "-> redirect_refused, status 302" in text and "more than 10 redirects" in text and "redirects followed: 10" in text
 
 
 async def test_each_redirect_hop_goes_through_the_proxy(aiohttp_client: Any, upstream: UpstreamFactory, forward_proxy: ForwardProxy) -> None:

@@ -381,7 +381,7 @@ async def test_a_cached_answer_is_shared_only_by_endpoints_that_would_accept_it(
         """)
     _, text = await probe(client, url, module="lenient", debug="true")
     assert "cache miss" in text and "probe_success 1" in text
-    assert ("-> GET" in text and "1 redirects followed" in text) == ("redirects" in lenient)  # a miss shows its redirects
+    assert ("-> GET" in text and "redirects followed: 1" in text) == ("redirects" in lenient)  # a miss shows its redirects
     _, text = await probe(client, url, module="strict", debug="true")
     assert f"-> {outcome}" in text and "probe_success 0" in text
     _, text = await probe(client, url, module="lenient", debug="true")
