@@ -195,7 +195,9 @@ async def test_a_stop_signal_to_the_whole_group_lets_in_flight_probes_finish(ups
         assert status == 200 and value(parse(text), "jobs_waiting", queue="orders") == 4
     assert await asyncio.to_thread(proc.wait, 30) == 0
     stderr = proc.stderr.read() if proc.stderr else ""
-    assert '"msg": "already stopping"' in stderr and "Traceback" not in stderr and "worker failed" not in stderr
+    assert "Traceback" not in stderr and "worker failed" not in stderr
+    if stop != signal.SIGTERM:  # a second SIGTERM that arrives while the first is pending merges with it (the kernel keeps one)
+        assert '"msg": "already stopping"' in stderr
 
 
 def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
