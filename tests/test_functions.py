@@ -9,13 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jmespath
 import pytest
 from conftest import SpecWriter, make_spec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from metrics_util import samples
 
 from jsonexporter.extract import Extraction, ProbeContext, extract
 from jsonexporter.spec.expressions import compile_expression
-from jsonexporter.spec.functions import FunctionError
+from jsonexporter.spec.functions import OPTIONS, FunctionError
 from jsonexporter.trace import Trace
 
 PROBE = ProbeContext("default", "http://t", {})
@@ -276,3 +279,30 @@ def test_catastrophic_pattern_on_a_long_hostile_answer_finishes(write_spec: Spec
     assert probe.returncode == 0, probe.stderr
     assert "hostile_match 0\n" in probe.stdout
     assert "hostile_length 50001\n" in probe.stdout
+
+
+# -- direct calls (expressions.py `_direct_search`) against jmespath's interpreter ---------------
+
+CALLS = ["lower(a)", "upper(a.b)", "trim(@)", "split(a, ',')", "replace(a, 'x', 'y')", "regex_match(a, '^[ab]')",
+         "regex_extract(a, '(\\d+)')", "regex_replace(a, '(\\d)', '<\\1>')", "parse_bytes(a)", "parse_duration(b)",
+         "parse_time(a)", "add(a, b)", "divide(a, b)", "multiply(parse_bytes(a), `8`)", "length(a)", "not_null(a, b, `1`)",
+         "to_string(a)", "lower(to_string(a.b))", "join(',', a)", "contains(a, 'x')"]
+_json = st.recursive(st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=False, allow_infinity=False)
+                     | st.sampled_from(["a", "B1", "x,y", " 12 ", "1.5 GiB", "1h2m", "2026-11-30T10:00:00Z", "", "é9"]),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2),
+                     max_leaves=6)
+
+
+def _outcome(search: Any, document: Any) -> Any:
+    try:
+        return ("value", search(document))
+    except Exception as exc:
+        return ("error", type(exc).__name__, str(exc))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(CALLS), _json)
+def test_direct_calls_give_what_the_jmespath_interpreter_gives(source: str, document: Any) -> None:
+    direct = compile_expression(source)
+    interpreted = jmespath.compile(source)
+    assert _outcome(direct.search, document) == _outcome(lambda d: interpreted.search(d, options=OPTIONS), document)

@@ -15,7 +15,7 @@ import jmespath.exceptions
 import jmespath.lexer
 from jmespath.parser import ParsedResult
 
-from jsonexporter.spec.functions import OPTIONS, CallError, check_call
+from jsonexporter.spec.functions import LIBRARY, OPTIONS, CallError, check_call
 
 Search = Callable[[Any], Any]
 
@@ -79,6 +79,31 @@ def _fast_search(fields: list[str]) -> Search:
 
 def _current_node(data: Any) -> Any:
     return data
+
+
+def _direct_search(ast: dict[str, Any]) -> Search | None:
+    """A call such as `lower(a.b)` or `divide(parse_bytes(size), `1024`)`, made only of calls, field
+    chains, literals and `@`, as plain Python calls: what jmespath's interpreter does for it (visit
+    the arguments, call the function), without the interpreter. None for anything else."""
+    kind = ast["type"]
+    if kind == "literal":
+        constant = ast["value"]
+        return lambda data: constant
+    if kind == "current":
+        return _current_node
+    chain = _field_chain(ast)
+    if chain is not None:
+        return _fast_search(chain)
+    if kind != "function_expression":
+        return None
+    arguments = [_direct_search(child) for child in ast["children"]]
+    if any(argument is None for argument in arguments):
+        return None
+    name, call, searches = ast["value"], LIBRARY.call_function, [a for a in arguments if a is not None]
+    if len(searches) == 1:
+        (only,) = searches
+        return lambda data: call(name, [only(data)])
+    return lambda data: call(name, [search(data) for search in searches])
 
 
 def _calls(ast: dict[str, Any]) -> list[dict[str, Any]]:
@@ -186,7 +211,11 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
         search: Search = _current_node
     else:
         chain = _field_chain(parsed.parsed)
-        search = _fast_search(chain) if chain is not None else functools.partial(parsed.search, options=OPTIONS)
+        if chain is not None:
+            search = _fast_search(chain)
+        else:
+            direct = _direct_search(parsed.parsed) if parsed.parsed["type"] == "function_expression" else None
+            search = direct or functools.partial(parsed.search, options=OPTIONS)
     return Expression(source, search, on_context, names, None if chain is None else tuple(chain))
 
 
