@@ -106,6 +106,8 @@ GOOD: list[tuple[str, Any, Any]] = [  # expression, the document's `v` (or the d
     ("divide(v.a, v.b)", {"a": 1, "b": 4}, 0.25),
     ("divide(parse_duration(v), `60`)", "1h30m", 90),
     ("multiply(parse_bytes(v), `8`)", "1KiB", 8192),
+    ("add(sum(`[1, 2]`), max(v))", [3, 4], 7),  # built-ins with typed array literals
+    ("join(', ', sort(v))", ["b", "a"], "a, b"),
 ]
 
 
@@ -159,6 +161,7 @@ BAD: list[tuple[str, Any, str]] = [  # expression, the document's `v`, the messa
     ("divide(`1`, v)", 0, "function divide: cannot use 0: division by zero"),
     ("divide(`1`, v)", 0.0, "function divide: cannot use 0.0: division by zero"),
     ("length(v)", 5, "function length: cannot use 5: expected a string or an array or an object, got number"),  # built-ins too
+    ("sum(v)", ["1"], "function sum: cannot use \"1\": expected an array of numbers, got string"),  # the element that is not
     ("lower(v)", ["x" * 100] * 10, "function lower: cannot use [\"xxxxxxxx"),
 ]
 

@@ -270,7 +270,7 @@ class Library(jmespath.functions.Functions):  # type: ignore[misc]
                     raise _Unusable(value, f"expected {_type_names(expected)}, got {_json_type(value)}")
             return function(self, *resolved_args)
         except jmespath.exceptions.JMESPathTypeError as exc:
-            raise FunctionError(function_name, exc.current_value, f"expected {_type_names(exc.expected_types)}, got {exc.actual_type}") from None
+            raise FunctionError(function_name, exc.current_value, f"expected {_type_names(exc.expected_types)}, got {_json_type(exc.current_value)}") from None
         except _Unusable as exc:
             raise FunctionError(function_name, exc.value, exc.reason) from None
 
@@ -382,7 +382,7 @@ def _count(count: int | float) -> int:
 
 
 def _type_names(types: Sequence[str]) -> str:
-    names = [t for t in types if t != _NULL] or list(types)
+    names = [t.replace("-", " of ") + ("s" if "-" in t else "") for t in types if t != _NULL] or list(types)  # array-number: array of numbers
     return " or ".join(f"an {t}" if t[0] in "aeiou" else f"a {t}" for t in names)
 
 
@@ -426,7 +426,7 @@ def check_call(name: str, args: Sequence[dict[str, Any]]) -> None:
     for i, (arg, spec) in enumerate(zip(args, sig, strict=False)):
         if arg.get("type") == "literal" and spec["types"]:
             kind = _json_type(arg["value"])
-            if kind not in spec["types"]:
+            if kind not in {t.partition("-")[0] for t in spec["types"]}:  # `array-number`: jmespath checks the elements
                 raise CallError(f"{name}() argument {i + 1} must be {_type_names(spec['types'])}, got {kind} {shorten(arg['value'], _SHOWN)}", i)
     if name in REGEX_FUNCTIONS:
         _check_regex_call(name, args)
