@@ -748,6 +748,67 @@ INVALID = [
             metrics:
               - {name: a, help: h, value: x}
         """, ("4:26", "modules.m.parameters.region.pattern", "invalid regex")),
+    # -- hosts from parameters, string bodies, header values
+    invalid("credentials_to_a_host_and_port_from_a_parameter", """
+        modules:
+          m:
+            parameters: {node: {}}
+            http_client_config: {bearer_token: t}
+            endpoints:
+              api: {url: "http://{node}:8080/stats"}
+            metrics:
+              - {name: a, help: h, endpoint: api, value: x}
+        """, ("2:3", "modules.m", "endpoint api sends credentials (http_client_config) to a host taken from {node}: declare `targets")),
+    invalid("credentials_to_a_subdomain_from_a_parameter", """
+        modules:
+          m:
+            parameters: {tenant: {}}
+            endpoints:
+              api: {url: "http://{tenant}.api.example.internal/", headers: {Authorization: Bearer t}}
+            metrics:
+              - {name: a, help: h, endpoint: api, value: x}
+        """, ("2:3", "modules.m", "endpoint api sends credentials (header Authorization) to a host taken from {tenant}")),
+    invalid("json_body_placeholder_outside_a_string", """
+        modules:
+          m:
+            parameters: {size: {}}
+            endpoints:
+              api: {method: POST, body: '{{"size": {size}}}'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("5:44", "modules.m.endpoints.api.body", "placeholder {size} must be inside a JSON string")),
+    invalid("json_body_placeholder_after_a_backslash", """
+        modules:
+          m:
+            endpoints:
+              api: {method: POST, body: '{{"q": "\\{target}"}}'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:43", "modules.m.endpoints.api.body", "placeholder {target} must be inside a JSON string")),
+    invalid("json_content_type_body_that_is_not_json", """
+        modules:
+          m:
+            endpoints:
+              api: {method: POST, headers: {Content-Type: application/json}, body: 'q="{target}"'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:76", "modules.m.endpoints.api.body", "the body is sent as JSON but is not JSON")),
+    invalid("string_body_with_placeholders_and_no_known_escaping", """
+        modules:
+          m:
+            endpoints:
+              api: {method: POST, headers: {Content-Type: text/plain}, body: 'host {target}'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:70", "modules.m.endpoints.api.body", "a string body with placeholders needs a Content-Type whose escaping the exporter knows")),
+    invalid("header_value_with_a_control_character", """
+        modules:
+          m:
+            endpoints:
+              api: {headers: {X-Token: "a\\nb"}}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:32", "modules.m.endpoints.api.headers['X-Token']", "header X-Token contains a line break or another control character")),
     # -- types and their keys
     invalid("stateset_without_states", """
         modules:

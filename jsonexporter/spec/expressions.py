@@ -232,14 +232,29 @@ class Template:
     def placeholders(self) -> frozenset[str]:
         return frozenset(name for _, name in self.parts if name is not None)
 
-    def render(self, values: Mapping[str, str], quote: Callable[[str], str] | None = None) -> str:
+    def render(self, values: Mapping[str, str], quote: Callable[[int, str], str] | None = None) -> str:
+        """The text with the placeholders filled in; `quote(i, value)` encodes the value of part i."""
         out: list[str] = []
-        for literal, name in self.parts:
+        for i, (literal, name) in enumerate(self.parts):
             out.append(literal)
             if name is not None:
                 value = values[name]
-                out.append(quote(value) if quote is not None and name != "target" else value)
+                out.append(quote(i, value) if quote is not None else value)
         return "".join(out)
+
+    def url_origin_parts(self) -> frozenset[int]:
+        """The parts whose placeholder falls in the scheme or authority (userinfo, host, port) of the
+        URL this template makes: a value there picks where the request goes."""
+        skeleton, positions = "", []
+        for i, (literal, name) in enumerate(self.parts):
+            skeleton += literal
+            if name is not None:
+                positions.append((i, len(skeleton)))
+                skeleton += "\0"
+        scheme = re.match(r"[^/?#]*?://", skeleton)
+        rest = skeleton[scheme.end() if scheme else 0:]
+        end = len(skeleton) - len(rest) + (m.start() if (m := re.search(r"[/?#]", rest)) else len(rest))
+        return frozenset(i for i, position in positions if position < end)
 
 
 def _brace_problem(source: str) -> tuple[int, str] | None:
