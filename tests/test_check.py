@@ -154,6 +154,16 @@ INVALID = [
                   - pth: items
                 value: x
         """, ("7:13", "modules.m.metrics[0].each[0].pth", "unknown key 'pth' (did you mean 'path'?)")),
+    invalid("level_optional_not_a_boolean", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                each:
+                  - {path: items, optional: "yes"}
+                value: x
+        """, ("7:37", "modules.m.metrics[0].each[0].optional", 'expected true or false, got "yes"')),
     invalid("unknown_parameter_key", """
         modules:
           m:
@@ -1027,7 +1037,8 @@ JUNK = st.one_of(
     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
 )
 
-LEVELS = st.one_of(EXPRESSIONS, st.fixed_dictionaries({}, optional={"path": EXPRESSIONS, "as": st.sampled_from(["lvl", "root", "n"])}))
+LEVELS = st.one_of(EXPRESSIONS, st.fixed_dictionaries({}, optional={"path": EXPRESSIONS, "as": st.sampled_from(["lvl", "root", "n"]),
+                                                                    "optional": st.booleans()}))
 METRICS = st.fixed_dictionaries(
     {"name": mostly(NAMES, st.sampled_from(["probe_x", "a_info", "x_total", "latency_ms"])), "value": EXPRESSIONS},
     optional={

@@ -334,7 +334,7 @@ def _levels(c: _Checker, path: Path, raw: Any) -> tuple[tuple[Level, ...], froze
                 c.add((*p, "as"), f"level name {alias!r} is already used by an outer level")
             names.add(alias)
         if expr is not None:
-            levels.append(Level(expr, alias))
+            levels.append(Level(expr, alias, isinstance(item, dict) and item.get("optional") is True))
     return tuple(levels), frozenset(names)
 
 
