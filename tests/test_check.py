@@ -839,7 +839,12 @@ WARNINGS = [
      "counter 'requests' should end with _total"),
     ("missing_help", "{name: jobs, value: n}", "4:16", "modules.m.metrics[0].name", "metric 'jobs' has no help"),
     ("unit_milliseconds", "{name: latency_ms, help: h, value: n}", "4:16", "modules.m.metrics[0].name",
-     "metric name 'latency_ms': use the base unit: seconds (_seconds) and scale with a JMESPath expression or convert in PromQL"),
+     "metric name 'latency_ms': use the base unit: seconds (_seconds), converted with `scale: 0.001`"),
+    ("label_job", "{name: jobs, help: h, value: n, labels: {job: name}}", "4:50", "modules.m.metrics[0].labels.job",
+     "label 'job' is set by Prometheus on every scraped series: it renames this one exported_job, unless the scrape config sets honor_labels: true"),
+    ("label_instance", "{name: jobs, help: h, value: n, labels: {instance: host}}", "4:50", "modules.m.metrics[0].labels.instance",
+     "label 'instance' is set by Prometheus on every scraped series: it renames this one exported_instance, "
+     "unless the scrape config sets honor_labels: true"),
     ("unit_missing", "{name: request_duration, help: h, value: n}", "4:16", "modules.m.metrics[0].name",
      "metric name 'request_duration': add a unit suffix, e.g. _seconds"),
     ("unit_in_values_suffix", "{name: disk, help: h, values: {used_percent: u}}", "4:40", "modules.m.metrics[0].values.used_percent",
@@ -864,6 +869,20 @@ def test_warning_is_printed_and_exits_zero_unless_strict(rule: str, location: st
     assert code == 1, out
     assert warning_lines(out) == [f"{path}:{location}: {yaml_path}: warning: {message}"]
     assert not re.search(r": valid: \d+ module", out)
+
+
+def test_module_labels_named_like_target_labels_are_warned_about(write_spec: SpecWriter, check: Run) -> None:
+    path = write_spec("""
+        modules:
+          m:
+            labels: {instance: "{target}", job: api, zone: eu}
+            metrics:
+              - {name: a, help: h, value: x}
+        """)
+    code, out, _ = check(path)
+    assert code == 0, out
+    assert [line.split(": warning: ")[0] for line in warning_lines(out)] == [f"{path}:3:14: modules.m.labels.instance", f"{path}:3:36: modules.m.labels.job"]
+    assert "it renames this one exported_job, unless the scrape config sets honor_labels: true" in out
 
 
 def test_clean_spec_exits_zero_even_when_strict(write_spec: SpecWriter, check: Run) -> None:

@@ -52,7 +52,7 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 RESERVED_PREFIX = "probe_"
 _UNIT_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"_(ms|msec|millis|milliseconds)(_total)?$"),
-     "use the base unit: seconds (_seconds) and scale with a JMESPath expression or convert in PromQL"),
+     "use the base unit: seconds (_seconds), converted with `scale: 0.001`"),
     (re.compile(r"_(kb|mb|gb|kib|mib|gib)(_total)?$"), "use the base unit: bytes (_bytes)"),
     (re.compile(r"_percent(age)?$"), "use a ratio from 0 to 1 with the suffix _ratio"),
     (re.compile(r"(latency|duration|elapsed|uptime|runtime)(?!.*_seconds)"), "add a unit suffix, e.g. _seconds"),
@@ -338,6 +338,16 @@ def _levels(c: _Checker, path: Path, raw: Any) -> tuple[tuple[Level, ...], froze
     return tuple(levels), frozenset(names)
 
 
+# labels Prometheus sets on every scraped series itself: it renames a scraped one exported_NAME
+_TARGET_LABELS = ("job", "instance")
+
+
+def _lint_label(c: _Checker, path: Path, label: str) -> None:
+    if label in _TARGET_LABELS:
+        c.add(path, f"label {label!r} is set by Prometheus on every scraped series: it renames this one exported_{label}, "
+                    "unless the scrape config sets honor_labels: true", "warning", at_key=True)
+
+
 def _lint_name(c: _Checker, path: Path, name: str, mtype: str, at_key: bool = False) -> None:
     # the lints of `promtool check metrics`, so that a spec passing `check --strict` makes output promtool accepts
     if mtype == "counter" and not name.endswith("_total"):
@@ -412,6 +422,8 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
             c.add(lp, f"label {label!r} is the stateset's own state label", at_key=True)
         elif label in ("le", "quantile"):
             c.add(lp, f"label {label!r} is for histograms and summaries; Prometheus tools treat it specially", "warning", at_key=True)
+        else:
+            _lint_label(c, lp, label)
         if (e := c.expression(lp, source, level_names)) is not None:
             labels.append((label, e))
     states = tuple(label_text(s) for s in raw.get("states", ()))
@@ -484,6 +496,7 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
     for label in sorted(module_labels):
         if label.startswith("__"):
             c.add((*path, "labels", label), f"label names starting with __ are reserved: {label!r}", at_key=True)
+        _lint_label(c, (*path, "labels", label), label)
     # endpoints that failed the schema as a whole leave no names to check metrics against
     raw_endpoints = raw.get("endpoints", {}) if "endpoints" in declared else {DEFAULT_ENDPOINT: {}}
     endpoints = {}
