@@ -63,27 +63,84 @@ def invalid(id: str, text: str, *errors: tuple[str, str, str]) -> Invalid:
 
 INVALID = [
     # -- YAML itself
-    invalid("yaml_syntax_error", """
+    invalid("yaml_colon_in_a_plain_value", """
         modules:
           m:
             metrics:
               - name: a
                 help: h: x
                 value: x
-        """, ("5:16", "<root>", "invalid YAML: mapping values are not allowed here")),
-    invalid("yaml_bad_indentation", """
+        """, ("5:16", "<root>", "invalid YAML: a ': ' inside an unquoted value: put the value in quotes")),
+    invalid("yaml_key_indented_less_than_its_mapping", """
         modules:
           m:
             metrics:
               - name: a
                value: x
-        """, ("5:8", "<root>", "invalid YAML: while parsing a block collection")),
-    invalid("yaml_unclosed_quote", """
+        """, ("5:8", "<root>", "invalid YAML: bad indentation: this line starts at column 8, between the columns 7 and 9 of the lines above")),
+    invalid("yaml_key_indented_deeper_than_its_mapping", """
+        modules:
+          m:
+            timeout: 5s
+              metrics: []
+        """, ("4:7", "<root>", "invalid YAML: bad indentation: this line starts at column 7, deeper than the lines above (column 5)")),
+    invalid("yaml_key_lined_up_with_the_dash", """
+        modules:
+          m:
+            metrics:
+              - name: a
+              value: x
+        """, ("5:7", "<root>", "invalid YAML: bad indentation: this line lines up with the '- ' of line 4, not with the keys of that entry")),
+    invalid("yaml_list_entry_among_keys", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                - help: h
+        """, ("5:9", "<root>", "invalid YAML: a list entry among the keys of the mapping of line 4")),
+    invalid("yaml_key_without_colon_is_reported_on_its_line", """
+        modules:
+          m:
+            timeout 5s
+            metrics: []
+        """, ("3:5", "<root>", "invalid YAML: a key without ':' (write `key: value`)")),
+    invalid("yaml_tab_in_indentation", "modules:\n  m:\n  \tmetrics: []\n",
+            ("3:3", "<root>", "invalid YAML: a tab in the indentation: YAML indents with spaces only")),
+    invalid("yaml_unclosed_quote_in_a_flow_mapping", """
         modules:
           m:
             metrics:
               - {name: a, help: h, value: "x}
-        """, ("5:1", "<root>", "invalid YAML: while scanning a quoted scalar found unexpected end of stream")),
+        """, ("4:35", "<root>", 'invalid YAML: unclosed quote: this " has no closing " (a " inside the string is written \\")')),
+    invalid("yaml_unclosed_quote_is_reported_at_the_opening_quote", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: 'the help
+                value: x
+        """, ("5:15", "<root>", "invalid YAML: unclosed quote: this ' has no closing '")),
+    invalid("yaml_unclosed_brace", """
+        modules:
+          m:
+            metrics:
+              - {name: a, help: h
+              - {name: b, help: h}
+        """, ("4:9", "<root>", "invalid YAML: this '{' is not closed: '}' expected before line 5")),
+    invalid("yaml_unknown_escape_in_double_quotes", r"""
+        modules:
+          m:
+            parameters:
+              id: {pattern: "\d+"}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:22", "<root>", r"invalid YAML: unknown escape \d in a double-quoted string: write \\d, or use single quotes")),
+    invalid("yaml_backtick_starts_a_plain_value", """
+        modules:
+          m:
+            metrics:
+              - {name: a, help: h, value: `1`}
+        """, ("4:35", "<root>", "invalid YAML: a value cannot start with `: put the whole value in quotes")),
     invalid("yaml_duplicate_key", """
         modules:
           m:
@@ -213,6 +270,92 @@ INVALID = [
                 type: histogram
                 value: x
         """, ("6:15", "modules.m.metrics[0].type", '"histogram" is not one of gauge, counter')),
+    # -- one mistake, one problem: nothing reported that only follows from it
+    invalid("type_typo_is_one_error_with_a_suggestion", """
+        modules:
+          m:
+            metrics:
+              - name: build_info
+                help: h
+                type: information
+                labels: {version: version}
+        """, ("6:15", "modules.m.metrics[0].type", '"information" is not one of gauge, counter, untyped, info, stateset (did you mean \'info\'?)')),
+    invalid("enum_typo_suggests_the_value_and_hides_its_consequences", """
+        modules:
+          m:
+            metrics:
+              - name: phase
+                help: h
+                type: statset
+                value: phase
+                states: [up, down]
+        """, ("6:15", "modules.m.metrics[0].type", "(did you mean 'stateset'?)")),
+    invalid("enum_in_other_case_suggests_the_value", """
+        modules:
+          m:
+            endpoints:
+              api: {url: "{target}", method: get}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:38", "modules.m.endpoints.api.method", "(did you mean 'GET'?)")),
+    invalid("value_key_typo_is_one_error", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                valeu: x
+        """, ("6:9", "modules.m.metrics[0].valeu", "unknown key 'valeu' (did you mean 'value'?)")),
+    invalid("required_key_typo_is_one_error", """
+        modules:
+          m:
+            metrics:
+              - nmae: a
+                help: h
+                value: x
+        """, ("4:9", "modules.m.metrics[0].nmae", "unknown key 'nmae' (did you mean 'name'?)")),
+    invalid("states_key_typo_is_one_error", """
+        modules:
+          m:
+            metrics:
+              - {name: phase, help: h, type: stateset, value: phase, staets: [up, down]}
+        """, ("4:62", "modules.m.metrics[0].staets", "unknown key 'staets' (did you mean 'states'?)")),
+    invalid("timestamp_key_typo_is_one_error", """
+        modules:
+          m:
+            metrics:
+              - {name: a, help: h, value: x, timestmap: ts, timestamp_unit: milliseconds}
+        """, ("4:38", "modules.m.metrics[0].timestmap", "unknown key 'timestmap' (did you mean 'timestamp'?)")),
+    invalid("endpoint_key_typo_is_one_error", """
+        modules:
+          m:
+            endpoints: {a: {}, b: {}}
+            metrics:
+              - {name: x, help: h, value: x, endpiont: a}
+        """, ("5:38", "modules.m.metrics[0].endpiont", "unknown key 'endpiont' (did you mean 'endpoint'?)")),
+    invalid("invalid_states_are_not_also_missing", """
+        modules:
+          m:
+            metrics:
+              - {name: phase, help: h, type: stateset, value: phase, states: []}
+        """, ("4:70", "modules.m.metrics[0].states", "must not be empty")),
+    # -- every problem of a rule: a broken expression hides none of the others
+    invalid("broken_value_expression_does_not_hide_a_type_clash", """
+        modules:
+          m:
+            metrics:
+              - {name: jobs, help: h, value: "x["}
+              - {name: jobs, help: h, type: counter, value: x}
+        """, ("4:41", "modules.m.metrics[0].value", "invalid JMESPath"),
+             ("5:16", "modules.m.metrics[1].name", "metric 'jobs' is also produced by modules.m.metrics[0] with type gauge, here counter")),
+    invalid("broken_label_expression_does_not_hide_a_label_clash", """
+        modules:
+          m:
+            metrics:
+              - {name: jobs, help: h, value: x, labels: {id: "id["}}
+              - {name: jobs, help: h, value: y}
+        """, ("4:58", "modules.m.metrics[0].labels.id", "invalid JMESPath"),
+             ("5:9", "modules.m.metrics[1].labels", "metric 'jobs' is also produced by modules.m.metrics[0] with labels ['id'], here []")),
     invalid("metric_without_name", """
         modules:
           m:
@@ -958,6 +1101,43 @@ def test_hostile_input_gives_a_message_never_a_traceback(content: bytes, expecte
     assert expected in out + err
     for line in (out + err).splitlines():
         assert line.startswith(f"{path}:"), line
+
+
+BROKEN_YAML_BASE = """\
+modules:
+  m:
+    parameters:
+      region: {default: eu, pattern: '[a-z]+'}
+    endpoints:
+      api: {url: "{target}/api", headers: {Accept: application/json}}
+    metrics:
+      - name: jobs_waiting
+        help: "Jobs waiting"
+        each: [{path: queues, as: q}, items]
+        value: waiting
+        labels:
+          queue: $q.key
+      - {name: up, help: h, value: '`1`'}
+"""
+
+
+# how PyYAML's parser talks, not a user
+PARSER_WORDS = re.compile(r"while (parsing|scanning)|'<[a-z ]+>'|not allowed here|could not find expected")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(["delete", "\t", " ", "  ", "'", '"', ":", "- ", "{", "]", "\n"])),
+                min_size=1, max_size=3))
+def test_broken_yaml_gives_located_problems_never_a_traceback(edits: list[tuple[int, str]]) -> None:
+    text = BROKEN_YAML_BASE
+    for position, edit in edits:
+        at = position % (len(text) + 1)
+        text = text[:at] + text[at + 1 :] if edit == "delete" else text[:at] + edit + text[at:]
+    _, problems = load_text(text, "f.yml")
+    for p in problems:
+        assert 1 <= p.line <= text.count("\n") + 1 and p.column >= 1, p
+        assert re.fullmatch(r"f\.yml:\d+:\d+: \S.*", str(p)) and "\n" not in str(p), p
+        assert not PARSER_WORDS.search(p.message), f"{p} for:\n{text}"
 
 
 # -- the schema ---------------------------------------------------------------------------------------
