@@ -912,6 +912,18 @@ def test_unknown_key_is_reported_with_suggestion(write_spec: SpecWriter, check: 
     assert out == f"{path}:4:38: modules.m.metrics[0].lables: unknown key 'lables' (did you mean 'labels'?)\n"
 
 
+def test_help_key_typo_is_one_error_and_no_missing_help_warning(write_spec: SpecWriter, check: Run) -> None:
+    path = write_spec("""
+        modules:
+          m:
+            metrics:
+              - {name: a, hlep: h, value: x}
+        """)
+    code, out, _ = check(path)
+    assert code == 1
+    assert out == f"{path}:4:19: modules.m.metrics[0].hlep: unknown key 'hlep' (did you mean 'help'?)\n"
+
+
 def test_invalid_jmespath_in_a_literal_block_points_at_the_line_of_the_expression(write_spec: SpecWriter, check: Run) -> None:
     path = write_spec("""
         modules:
