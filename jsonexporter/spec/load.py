@@ -371,7 +371,7 @@ def _lint_name(c: _Checker, path: Path, name: str, mtype: str, at_key: bool = Fa
 
 
 def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list[str], module_labels: set[str]) -> Metric | None:
-    declared = c.declared(path, raw)  # what was written, even when the schema rejected its value
+    declared = c.declared(path, raw)  # what was written (a typo as the key it meant), even when the schema rejected its value
     raw = c.clean(path, raw)
     if not isinstance(raw.get("name"), str):
         return None
