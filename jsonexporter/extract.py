@@ -14,6 +14,7 @@ from typing import Any
 
 from jsonexporter.exposition import EXACT_LIMIT, Family, Labels, escape_label_value, escaped, format_value, labels_text, needs_escape, sample_line
 from jsonexporter.labeltext import label_text
+from jsonexporter.names import text_name
 from jsonexporter.slices import Steps, run, run_sliced
 from jsonexporter.spec.expressions import Expression, Search
 from jsonexporter.spec.model import Level, Metric, Module, Output
@@ -147,9 +148,7 @@ def _elements(metric: Metric, doc: Any, base: dict[str, Any] | None, trace: Trac
 
 
 def _sample_name(metric: Metric, output_name: str) -> str:
-    if metric.type == "counter" and not output_name.endswith("_total"):
-        return output_name + "_total"
-    return output_name
+    return text_name(output_name, metric.type)
 
 
 def _family(result: Extraction, metric: Metric, output: Output) -> Family:
