@@ -124,8 +124,10 @@ def to_timestamp(raw: Any, scale: float) -> float | None:
         raise ExtractionError(f"timestamp {shorten(raw, 60)} is not a number")
     if not math.isfinite(seconds):
         raise ExtractionError(f"timestamp {shorten(raw, 60)} is not finite")
-    if not -_MS_LIMIT <= seconds * 1000 < _MS_LIMIT:
-        raise ExtractionError(f"timestamp {shorten(raw, 60)} is beyond what Prometheus stores (int64 milliseconds, about ±292 million years)")
+    if seconds < 0:  # a "never" sentinel, mostly; Prometheus would drop it as out of bounds, prometheus_client misreads it
+        raise ExtractionError(f"timestamp {shorten(raw, 60)} is before 1970")
+    if seconds * 1000 >= _MS_LIMIT:
+        raise ExtractionError(f"timestamp {shorten(raw, 60)} is beyond what Prometheus stores (int64 milliseconds, about 292 million years)")
     return seconds
 
 
