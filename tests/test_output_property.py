@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 from typing import Any
@@ -129,6 +130,8 @@ def test_every_accepted_spec_gives_answers_every_parser_accepts(case: tuple[dict
         other_value, other_ts = openmetrics_samples[key]
         assert value == other_value, key
         assert (ts is None) == (other_ts is None) and (ts is None or other_ts is None or math.isclose(ts, other_ts, rel_tol=1e-12, abs_tol=0.002)), key
+    if PROMTOOL is None and not os.environ.get("CI"):
+        return  # promtool is not installed here (CI installs it): the parsers above still ran
     checked = _promtool(text)
     strict = not any(p.severity == "warning" for p in problems)
     # 3: lint problems only, which `check` warned about; 1: the answer did not parse
