@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import gc
 import logging
@@ -124,7 +123,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.web_workers > 1 and not hasattr(signal, "sigwaitinfo"):
         print("--web.workers above 1 needs Linux (SO_REUSEPORT spreading connections, sigwaitinfo)", file=sys.stderr)
         return EXIT_USAGE
-    options = Options(timeout_offset=args.timeout_offset, max_concurrent_probes=args.max_concurrent_probes, auto_reload_interval=auto_reload)
+    if args.upstream_max_connections < 1 or args.upstream_max_connections_per_host < 1:
+        print("--upstream.max-connections and --upstream.max-connections-per-host must be 1 or more", file=sys.stderr)
+        return EXIT_USAGE
+    options = Options(timeout_offset=args.timeout_offset, max_concurrent_probes=args.max_concurrent_probes, auto_reload_interval=auto_reload,
+                      connection_limit=args.upstream_max_connections, connection_limit_per_host=args.upstream_max_connections_per_host)
     loaded = _Loaded(spec, web_config)  # in the supervisor: the newest valid files, what a replaced worker starts with
 
     def run(worker: int = 0, directory: str | None = None) -> int:
@@ -147,11 +150,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     def reload() -> None:  # quietly: the workers log what is wrong
-        with contextlib.suppress(SpecError, OSError, UnicodeDecodeError):
-            loaded.spec = load_spec(args.config_file)
-        if args.web_config_file:
-            with contextlib.suppress(SpecError, OSError, UnicodeDecodeError):
-                loaded.web = load_web_config(args.web_config_file)
+        try:  # both or neither, as in the workers (server.reload_spec)
+            spec = load_spec(args.config_file)
+            web = load_web_config(args.web_config_file) if args.web_config_file else loaded.web
+        except (SpecError, OSError, UnicodeDecodeError):
+            return
+        loaded.spec, loaded.web = spec, web
 
     log.info("starting jsonexporter", extra=kv(version=__version__, config=args.config_file, address=args.web_listen_address, workers=args.web_workers,
                                                modules=len(spec.modules), tls=web_config.tls is not None, basic_auth=bool(web_config.users)))
@@ -262,6 +266,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="probes answered at once; more get HTTP 503 (default 256)")
     serve.add_argument("--web.shutdown-timeout", dest="shutdown_timeout", type=float, default=15.0,
                        help="seconds in-flight probes get to finish on SIGTERM (default 15)")
+    serve.add_argument("--upstream.max-connections", dest="upstream_max_connections", type=int, default=256,
+                       help="connections to upstreams open at once, in all (default 256)")
+    serve.add_argument("--upstream.max-connections-per-host", dest="upstream_max_connections_per_host", type=int, default=32,
+                       help="connections open at once to one upstream host and port; more requests wait for one (default 32)")
     serve.add_argument("--web.workers", dest="web_workers", type=int, default=1,
                        help="processes answering on the listen address, e.g. $(nproc): every core extracts (default 1)")
     serve.set_defaults(func=cmd_serve)

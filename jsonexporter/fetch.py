@@ -44,7 +44,7 @@ class UpstreamRequest:
 @dataclass(slots=True)
 class EndpointResult:
     endpoint: str
-    outcome: str  # success, timeout, connection_error, invalid_status, too_large, invalid_json, cancelled
+    outcome: str  # success, timeout, pool_timeout, connection_error, invalid_status, too_large, invalid_json, cancelled
     status: int = 0
     bytes: int = 0
     duration: float = 0.0
@@ -171,7 +171,38 @@ class _TooLarge(Exception):
 def new_session(limit: int = 256, limit_per_host: int = 32) -> aiohttp.ClientSession:
     """The shared keep-alive session; no cookie jar, so nothing carries over between probes."""
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit_per_host, ttl_dns_cache=60, keepalive_timeout=30)
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, raise_for_status=False)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, raise_for_status=False,
+                                 trace_configs=[_pool_wait_trace()])
+
+
+@dataclass(slots=True)
+class _PoolWait:
+    """Whether a request is waiting for a pooled connection (the connector's limits all taken)."""
+
+    waiting: bool = False
+
+
+def _pool_wait_trace() -> aiohttp.TraceConfig:
+    # aiohttp's own signals for the wait in the connector's queue: a deadline that passes while a
+    # request waits there is the exporter's limit, not the upstream's silence
+    async def queued(session: aiohttp.ClientSession, context: Any, params: object) -> None:
+        if isinstance(context.trace_request_ctx, _PoolWait):
+            context.trace_request_ctx.waiting = True
+
+    async def dequeued(session: aiohttp.ClientSession, context: Any, params: object) -> None:
+        if isinstance(context.trace_request_ctx, _PoolWait):
+            context.trace_request_ctx.waiting = False
+
+    config = aiohttp.TraceConfig()
+    config.on_connection_queued_start.append(queued)
+    config.on_connection_queued_end.append(dequeued)
+    return config
+
+
+def _pool_timeout(up: Upstream, budget: float) -> str:
+    connector = up.session.connector
+    limits = f"{connector.limit_per_host} per host, {connector.limit} in all" if connector is not None else "the limits"
+    return f"no free pooled connection within {budget:.3f}s: all connections of the pool ({limits}) were busy; the upstream was not asked"
 
 
 @dataclass
@@ -201,11 +232,12 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
     if options.authorization is not None:
         headers["Authorization"] = options.authorization
     start = time.monotonic()
+    pool = _PoolWait()
     try:
         async with asyncio.timeout(max(budget, 0.0)):
             async with up.session.request(
                 request.method, request.url, headers=headers, data=request.body, ssl=options.ssl, server_hostname=options.server_hostname,
-                proxy=options.proxy, proxy_headers=options.proxy_headers, allow_redirects=options.allow_redirects,
+                proxy=options.proxy, proxy_headers=options.proxy_headers, allow_redirects=options.allow_redirects, trace_request_ctx=pool,
             ) as response:
                 result.status = response.status
                 if not endpoint.status_ok(response.status):
@@ -217,7 +249,10 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
                     async with turn(PARSE):  # see slices.py: waiting answers stay bytes, smaller than parsed
                         result.document = _parse_json(body)
     except TimeoutError:
-        result.outcome, result.error = "timeout", f"no complete answer within {budget:.3f}s"
+        if pool.waiting:
+            result.outcome, result.error = "pool_timeout", _pool_timeout(up, budget)
+        else:
+            result.outcome, result.error = "timeout", f"no complete answer within {budget:.3f}s"
     except _TooLarge as exc:
         result.outcome, result.error = "too_large", str(exc)
     except aiohttp.ClientError as exc:  # before ValueError: certificate errors are both
