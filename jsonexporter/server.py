@@ -23,6 +23,7 @@ from jsonexporter import __version__
 from jsonexporter.client import Clients
 from jsonexporter.exposition import encode_async, render_text
 from jsonexporter.fetch import InvalidRequest, Upstream, new_session, redact_target
+from jsonexporter.listen import ClientConnections
 from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, TargetNotAllowed, run_probe
 from jsonexporter.selfmetrics import SelfMetrics
@@ -41,6 +42,7 @@ class Options:
     timeout_offset: float = 0.5  # seconds kept from Prometheus's scrape timeout to write the answer
     connection_limit: int = 256
     connection_limit_per_host: int = 32
+    max_client_connections: int = 0  # beyond, the oldest idle client connections are closed (listen.py); 0: no bound
     max_concurrent_probes: int = 256  # over it: HTTP 503 at once
     recent_probes: int = 50  # kept for the landing page
     auto_reload_interval: float = 0.0  # seconds; 0: only SIGHUP and POST /-/reload
@@ -72,6 +74,7 @@ class State:
     web: WebConfig = field(default_factory=WebConfig)
     tls: ssl.SSLContext | None = None
     upstream: Upstream | None = None
+    connections: ClientConnections = field(default_factory=ClientConnections)
     in_flight: int = 0
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     recent: deque[ProbeRecord] = field(default_factory=deque)
@@ -329,14 +332,16 @@ def make_app(
     web_config: WebConfig | None = None,
 ) -> web.Application:
     """The app; with a web config, every path requires its basic auth users and gets its headers.
-    TLS is the caller's (the site's) business: `app[STATE].tls` holds the context to serve with."""
+    TLS is the caller's (the site's) business: `app[STATE].tls` holds the context to serve with,
+    and so is the bound on client connections: `app[STATE].connections.new_event_loop()` keeps to it."""
     options = options or Options()
     state = State(spec, options, metrics or SelfMetrics(), spec_file=spec_file, web=web_config or WebConfig())
     state.metrics.spec_loaded(spec.sha256, len(spec.modules))
     if state.web.tls is not None:
         state.tls = ssl_context(state.web.tls)
+    state.connections = ClientConnections(options.max_client_connections)
     auth = BasicAuth(lambda: state.web)
-    app = web.Application(middlewares=[auth.middleware()])
+    app = web.Application(middlewares=[state.connections.middleware(), auth.middleware()])
     app[STATE] = state
     app.on_response_prepare.append(headers_hook(lambda: state.web))
 

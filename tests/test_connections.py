@@ -53,6 +53,64 @@ def _log_lines(proc: subprocess.Popen[str]) -> list[dict[str, object]]:
     return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
 
+# -- to the exporter --------------------------------------------------------------------------
+
+
+async def _idle_connections(base: str, count: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    host, port = base.removeprefix("http://").split(":")
+    return [await asyncio.wait_for(asyncio.open_connection(host, int(port)), BOUND) for _ in range(count)]
+
+
+async def _healthy_on(connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> bool:
+    """Whether /-/healthy answers 200 on this connection (False: the server had closed it)."""
+    reader, writer = connection
+    try:
+        writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), BOUND)
+    except ConnectionError:
+        return False
+    return status_line.startswith(b"HTTP/1.1 200")
+
+
+def _close(connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
+    for _, writer in connections:
+        writer.close()
+
+
+async def test_the_open_files_limit_is_raised_to_the_hard_limit_so_idle_clients_stay_connected(serve: Serve) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+    if hard < 1024:
+        pytest.skip(f"needs a hard open files limit of 1024 or more, this one is {hard}")
+    proc, base = serve(nofile=(256, hard))  # more idle clients below than the soft limit it starts with
+    await wait_healthy(base, proc)
+    idle = await _idle_connections(base, 300)
+    try:
+        assert await _healthy_on((await _idle_connections(base, 1))[0])
+        answered = [await _healthy_on(connection) for connection in idle]
+        assert all(answered), f"{answered.count(False)} of 300 idle connections were closed"
+    finally:
+        _close(idle)
+    [started] = [line for line in _log_lines(proc) if line["msg"] == "open files"]
+    assert started["limit"] == hard and started["started_with"] == 256 and started["hard_limit"] == hard, started
+    assert started["max_connections"] == hard - 256 - 128  # what the upstream connections and the rest leave
+
+
+async def test_beyond_the_connection_limit_the_oldest_idle_clients_are_closed_and_health_checks_answer(serve: Serve) -> None:
+    proc, base = serve(nofile=(512, 512))  # a hard limit too low for the clients below: 128 connections (512 - 256 - 128)
+    await wait_healthy(base, proc)
+    idle = await _idle_connections(base, 600)
+    try:
+        assert await _healthy_on((await _idle_connections(base, 1))[0])
+        for reader, _ in idle[: 600 - 128]:  # closed by the exporter: the read ends at once
+            assert await asyncio.wait_for(reader.read(), BOUND) == b""
+        assert await _healthy_on(idle[-1])  # the newest stay
+    finally:
+        _close(idle)
+    assert any(line["msg"] == "too many client connections, closed the oldest idle ones" for line in _log_lines(proc))
+
+
 # -- to upstreams -----------------------------------------------------------------------------
 
 
