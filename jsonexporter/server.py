@@ -82,7 +82,7 @@ class State:
 
 
 STATE = web.AppKey("state", State)
-_Loaded = TypeVar("_Loaded")
+_T = TypeVar("_T")
 
 
 def _plain(status: int, text: str) -> web.Response:
@@ -179,7 +179,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
     return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
 
 
-async def _load_anew(load: Callable[[str], _Loaded], file: str) -> tuple[_Loaded | None, str]:
+async def _load_anew(load: Callable[[str], _T], file: str) -> tuple[_T | None, str]:
     """A file read again and checked completely: what it holds, or None and what is wrong with it."""
     try:
         return await asyncio.to_thread(load, file), ""
