@@ -23,6 +23,7 @@ log = logging.getLogger("jsonexporter")
 # the files read at a reload, the log, DNS; upstream connections are counted apart
 RESERVED_FILES = 128
 MIN_CLIENT_CONNECTIONS = 16
+PENDING_FOR = 60.0  # seconds: asyncio's TLS handshake timeout, after which a connection is listed or gone
 WARN_INTERVAL = 60.0  # seconds between warnings about closed connections
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle client connection stays open (aiohttp's default, stated)
 _NR_OPEN = "/proc/sys/fs/nr_open"  # Linux: the most a hard limit of "unlimited" lets a process open
@@ -77,7 +78,7 @@ class ClientConnections:
         self.limit = limit
         self.busy: set[web.RequestHandler] = set()  # connections with a request in progress
         self.opened = 0  # an upper bound of the connections open: closes are counted when counted again
-        self.recent: list[web.RequestHandler] = []  # made since the room was last made
+        self.pending: dict[web.RequestHandler, float] = {}  # made, perhaps not listed by the server yet: when
         self.closed = 0  # since the last warning
         self.warned = -WARN_INTERVAL
 
@@ -109,7 +110,9 @@ class ClientConnections:
             if self.opened > self.limit:
                 self._make_room(http)
             handler = http()
-            self.recent.append(handler)
+            self.pending[handler] = time.monotonic()
+            if len(self.pending) > min(self.limit, 4096):  # many new ones, over the limit or not: forget those listed by now
+                self._still_pending(set(http.connections))
             return handler
 
         return connection
@@ -119,9 +122,7 @@ class ClientConnections:
         # accepted in the same turn of the loop are not listed yet
         listed = server.connections
         live = [handler for handler in listed if handler.transport is not None]
-        known = set(listed)
-        pending = len([handler for handler in self.recent if handler not in known and handler.transport is None])
-        self.recent = []
+        pending = self._still_pending(set(listed))
         excess = len(live) + pending + 1 - self.limit
         closed = 0
         if excess > 0:
@@ -138,6 +139,14 @@ class ClientConnections:
                 log.warning("too many client connections, closed the oldest idle ones", extra=kv(limit=self.limit, closed=self.closed))
                 self.warned, self.closed = now, 0
         self.opened = len(live) - closed + pending + 1
+
+    def _still_pending(self, listed: set[web.RequestHandler]) -> int:
+        """How many connections are accepted but not listed by the server yet (it lists them once
+        the loop has told them, after the TLS handshake with TLS), and forget the others."""
+        since = time.monotonic() - PENDING_FOR
+        self.pending = {handler: made for handler, made in self.pending.items()
+                        if made > since and handler not in listed and handler.transport is None}
+        return len(self.pending)
 
 
 class _BoundedLoop(asyncio.SelectorEventLoop):

@@ -57,8 +57,14 @@ def _log_lines(proc: subprocess.Popen[str]) -> list[dict[str, object]]:
 
 
 async def _idle_connections(base: str, count: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """`count` client connections, in batches that the exporter has accepted before the next: more
+    than its listen backlog (128) waiting in the kernel would be accepted out of their order."""
     host, port = base.removeprefix("http://").split(":")
-    return [await asyncio.wait_for(asyncio.open_connection(host, int(port)), BOUND) for _ in range(count)]
+    connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    while len(connections) < count:
+        connections += [await asyncio.wait_for(asyncio.open_connection(host, int(port)), BOUND) for _ in range(min(64, count - len(connections)))]
+        assert await _healthy_on(connections[-1]), f"connection {len(connections)} not answered"  # so every one before is accepted
+    return connections
 
 
 async def _healthy_on(connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> bool:
@@ -67,10 +73,12 @@ async def _healthy_on(connection: tuple[asyncio.StreamReader, asyncio.StreamWrit
     try:
         writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), BOUND)
-    except ConnectionError:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND)
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        await asyncio.wait_for(reader.readexactly(length), BOUND)  # the whole answer: the connection can be asked again
+    except (ConnectionError, asyncio.IncompleteReadError):
         return False
-    return status_line.startswith(b"HTTP/1.1 200")
+    return head.startswith(b"HTTP/1.1 200")
 
 
 def _close(connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
