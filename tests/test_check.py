@@ -53,7 +53,7 @@ def warning_lines(out: str) -> list[str]:
 class Invalid:
     id: str
     text: str
-    # every error the file must produce: ("LINE:COL", "yaml.path", "part of the message")
+    # every error the file must produce: ("LINE:COL", "yaml.path", "part of the message"; SPEC for the file's path)
     errors: tuple[tuple[str, str, str], ...]
 
 
@@ -404,6 +404,103 @@ INVALID = [
                 help: h
                 value: "sum(items[*].n) | nope(@)"
         """, ("6:35", "modules.m.metrics[0].value", "unknown function nope()")),
+    invalid("function_with_too_many_arguments", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: "sum(items[*].n) | lower(@, 'x')"
+        """, ("6:35", "modules.m.metrics[0].value", "invalid JMESPath: lower() takes 1 argument, got 2")),
+    invalid("function_with_too_few_arguments", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels: {zone: "split(zone)"}
+        """, ("7:25", "modules.m.metrics[0].labels.zone", "invalid JMESPath: split() takes 2 to 3 arguments, got 1")),
+    invalid("function_literal_of_the_wrong_type", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: "divide(bytes, '1024')"
+        """, ("6:31", "modules.m.metrics[0].value", "invalid JMESPath: divide() argument 2 must be a number, got string \"1024\"")),
+    invalid("function_literal_of_the_wrong_type_in_a_filter", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                each: "items[?regex_match(name, `3`)].x"
+                value: x
+        """, ("6:41", "modules.m.metrics[0].each", "regex_match() argument 2 must be a string, got number 3")),
+    invalid("regex_pattern_not_a_literal", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: regex_match(name, pattern)
+        """, ("6:34", "modules.m.metrics[0].value", "regex_match() pattern must be a literal string")),
+    invalid("regex_invalid_at_its_place", r"""
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels:
+                  major: regex_extract(version, 'v(\d+') || 'none'
+        """, ("8:41", "modules.m.metrics[0].labels.major", r"invalid regex 'v(\\d+': missing ): v(\d+")),
+    invalid("regex_invalid_in_a_folded_block", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: >-
+                  length(items[?regex_match(name, '^web')])
+                  || regex_match(x, 'a{2,1}')
+        """, ("8:29", "modules.m.metrics[0].value", "invalid regex 'a{2,1}': invalid repetition size: {2,1}")),
+    invalid("regex_with_a_backreference_is_not_re2", r"""
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: regex_match(name, '(a)\1')
+        """, ("6:34", "modules.m.metrics[0].value", r"invalid regex '(a)\\1': invalid escape sequence: \1 (RE2 has no backreferences or lookaround)")),
+    invalid("regex_extract_group_the_pattern_does_not_have", r"""
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels: {minor: 'regex_extract(v, ''(?P<major>\d+)'', ''minor'')'}
+        """, ("7:63", "modules.m.metrics[0].labels.minor", "regex_extract() group \"minor\": the pattern has no group named 'minor'")),
+    invalid("regex_replace_refers_to_a_missing_group", r"""
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels:
+                  v: regex_replace(v, '(\d+)', '<\2>')
+        """, ("8:40", "modules.m.metrics[0].labels.v", "refers to group 2; the pattern has 1")),
+    invalid("parse_time_format_with_a_bad_directive", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: parse_time(started, '%Y-%Q')
+        """, ("6:36", "modules.m.metrics[0].value", "parse_time() format: 'Q' is a bad directive in format '%Y-%Q'")),
     invalid("unknown_context_name", """
         modules:
           m:
@@ -517,6 +614,73 @@ INVALID = [
               - {name: node, help: h, values: {up: up, ready: ready}, labels: {id: id}}
               - {name: node_up, help: h, value: up}
         """, ("5:9", "modules.m.metrics[1].labels", "metric 'node_up' is also produced by modules.m.metrics[0] with labels ['id'], here []")),
+    # -- names that meet after the naming rules: both places, each naming the other
+    invalid("counter_sample_name_is_a_gauge", """
+        modules:
+          m:
+            metrics:
+              - {name: req, help: h, type: counter, value: a}
+              - {name: req_total, help: h, value: b}
+        """,
+        ("4:16", "modules.m.metrics[0].name", "counter 'req' and gauge 'req_total' of modules.m.metrics[1] (SPEC:5:16) both take the name req_total"),
+        ("5:16", "modules.m.metrics[1].name", "gauge 'req_total' and counter 'req' of modules.m.metrics[0] (SPEC:4:16) both take the name req_total")),
+    invalid("info_family_name_is_another_metric", """
+        modules:
+          m:
+            metrics:
+              - {name: node_role_info, help: h, type: info, labels: {role: r}}
+              - {name: node_role, help: h, type: untyped, value: b}
+        """,
+        ("4:16", "modules.m.metrics[0].name", "(OpenMetrics names the family of info 'node_role_info' node_role)"),
+        ("5:16", "modules.m.metrics[1].name", "untyped 'node_role' and info 'node_role_info' of modules.m.metrics[0] (SPEC:4:16) both take")),
+    invalid("values_suffix_gives_a_counter_sample_name", """
+        modules:
+          m:
+            metrics:
+              - {name: jobs, help: h, type: counter, values: {done: d, failed: f}}
+              - {name: jobs_done_total, help: h, value: b}
+        """,
+        ("4:55", "modules.m.metrics[0].values.done", "counter 'jobs_done' and gauge 'jobs_done_total' of modules.m.metrics[1] (SPEC:5:16)"),
+        ("5:16", "modules.m.metrics[1].name", "gauge 'jobs_done_total' and counter 'jobs_done' of modules.m.metrics[0] (SPEC:4:55)")),
+    invalid("two_values_of_one_rule_give_one_counter", """
+        modules:
+          m:
+            metrics:
+              - {name: jobs, help: h, type: counter, values: {done: d, done_total: f}}
+        """,
+        ("4:55", "modules.m.metrics[0].values.done", "counter 'jobs_done' and counter 'jobs_done_total' of modules.m.metrics[0] (SPEC:4:64)"),
+        ("4:64", "modules.m.metrics[0].values.done_total", "both take the name jobs_done_total (the samples of counter 'jobs_done' are named")),
+    invalid("counter_with_and_without_total", """
+        modules:
+          m:
+            metrics:
+              - {name: req_total, help: h, type: counter, value: a}
+              - {name: req, help: h, type: counter, value: b}
+        """,
+        ("4:16", "modules.m.metrics[0].name", "both take the name req_total"),
+        ("5:16", "modules.m.metrics[1].name", "both take the name req_total")),
+    invalid("counter_created_name_is_a_gauge", """
+        modules:
+          m:
+            metrics:
+              - {name: req_created, help: h, value: a}
+              - {name: req_total, help: h, type: counter, value: b}
+        """,
+        ("4:16", "modules.m.metrics[0].name", "(OpenMetrics reserves req_created for the samples of counter 'req_total')"),
+        ("5:16", "modules.m.metrics[1].name", "counter 'req_total' and gauge 'req_created'")),
+    invalid("values_suffix_gives_a_probe_metric", """
+        modules:
+          m:
+            metrics:
+              - {name: probe, help: h, type: counter, values: {success: ok}}
+        """, ("4:56", "modules.m.metrics[0].values.success",
+              "counter 'probe_success' takes the name probe_success, which the probe's own metric probe_success has")),
+    invalid("rule_named_like_a_probe_metric", """
+        modules:
+          m:
+            metrics:
+              - {name: probe_success, help: h, value: ok}
+        """, ("4:16", "modules.m.metrics[0].name", "metric names starting with 'probe_' are reserved for the probe's own metrics")),
     # -- parameters
     invalid("parameter_pattern_invalid_regex", """
         modules:
@@ -651,6 +815,67 @@ INVALID = [
             metrics:
               - {name: a, help: h, value: x}
         """, ("4:26", "modules.m.parameters.region.pattern", "invalid regex")),
+    # -- hosts from parameters, string bodies, header values
+    invalid("credentials_to_a_host_and_port_from_a_parameter", """
+        modules:
+          m:
+            parameters: {node: {}}
+            http_client_config: {bearer_token: t}
+            endpoints:
+              api: {url: "http://{node}:8080/stats"}
+            metrics:
+              - {name: a, help: h, endpoint: api, value: x}
+        """, ("2:3", "modules.m", "endpoint api sends credentials (http_client_config) to a host taken from {node}: declare `targets")),
+    invalid("credentials_to_a_subdomain_from_a_parameter", """
+        modules:
+          m:
+            parameters: {tenant: {}}
+            endpoints:
+              api: {url: "http://{tenant}.api.example.internal/", headers: {Authorization: Bearer t}}
+            metrics:
+              - {name: a, help: h, endpoint: api, value: x}
+        """, ("2:3", "modules.m", "endpoint api sends credentials (header Authorization) to a host taken from {tenant}")),
+    invalid("json_body_placeholder_outside_a_string", """
+        modules:
+          m:
+            parameters: {size: {}}
+            endpoints:
+              api: {method: POST, body: '{{"size": {size}}}'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("5:44", "modules.m.endpoints.api.body", "placeholder {size} must be inside a JSON string")),
+    invalid("json_body_placeholder_after_a_backslash", """
+        modules:
+          m:
+            endpoints:
+              api: {method: POST, body: '{{"q": "\\{target}"}}'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:43", "modules.m.endpoints.api.body", "placeholder {target} must be inside a JSON string")),
+    invalid("json_content_type_body_that_is_not_json", """
+        modules:
+          m:
+            endpoints:
+              api: {method: POST, headers: {Content-Type: application/json}, body: 'q="{target}"'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:76", "modules.m.endpoints.api.body", "the body is sent as JSON but is not JSON")),
+    invalid("string_body_with_placeholders_and_no_known_escaping", """
+        modules:
+          m:
+            endpoints:
+              api: {method: POST, headers: {Content-Type: text/plain}, body: 'host {target}'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:70", "modules.m.endpoints.api.body", "a string body with placeholders needs a Content-Type whose escaping the exporter knows")),
+    invalid("header_value_with_a_control_character", """
+        modules:
+          m:
+            endpoints:
+              api: {headers: {X-Token: "a\\nb"}}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:32", "modules.m.endpoints.api.headers['X-Token']", "header X-Token contains a line break or another control character")),
     # -- types and their keys
     invalid("stateset_without_states", """
         modules:
@@ -670,6 +895,15 @@ INVALID = [
                 value: phase
                 states: [up, down]
         """, ("7:17", "modules.m.metrics[0].states", "`states` is only for type stateset")),
+    invalid("info_with_timestamp", """
+        modules:
+          m:
+            metrics:
+              - name: build_info
+                help: h
+                type: info
+                timestamp: built_at
+        """, ("7:9", "modules.m.metrics[0].timestamp", "info metrics take no `timestamp`")),
     invalid("timestamp_unit_without_timestamp", """
         modules:
           m:
@@ -743,7 +977,7 @@ def test_invalid_spec_is_reported_at_its_place(case: Invalid, write_spec: SpecWr
         prefix = f"{path}:{location}: {yaml_path}: "
         found = [line for line in errors if line.startswith(prefix)]
         assert found, f"no problem starting with {prefix!r} in:\n{out}"
-        assert message in found[0].removeprefix(prefix), out
+        assert message.replace("SPEC", str(path)) in found[0].removeprefix(prefix), out
     assert not re.search(r": valid: \d+ module", out)
 
 

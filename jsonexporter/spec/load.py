@@ -4,15 +4,17 @@ YAML with marks -> JSON Schema (every error) -> semantic checks -> the frozen mo
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from jsonexporter.labeltext import label_text
+from jsonexporter.names import PROBE_METRICS, exposition_names, family_name, text_name
 from jsonexporter.secrets import is_secret_name
 from jsonexporter.spec.expressions import (
     CONTEXT_NAMES,
@@ -26,6 +28,7 @@ from jsonexporter.spec.model import (
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
+    HEADER_VALUE_CONTROL,
     Endpoint,
     HTTPClientConfig,
     JsonBody,
@@ -41,13 +44,16 @@ from jsonexporter.spec.model import (
     Spec,
     TLSClientConfig,
 )
-from jsonexporter.spec.problems import Path, Problem, Severity, SpecError
+from jsonexporter.spec.problems import Path, Problem, Severity, SpecError, format_path
 from jsonexporter.spec.schema import schema_problems
 from jsonexporter.spec.yamlload import Marks, load_yaml
 
 MAX_SPEC_BYTES = 8 * 1024 * 1024
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_JSON_TYPE = re.compile(r"application/(?:[\w.+-]*\+)?json\s*(?:;|$)", re.IGNORECASE)
+_FORM_TYPE = re.compile(r"application/x-www-form-urlencoded\s*(?:;|$)", re.IGNORECASE)
+_PLACEHOLDER_MARK = "\ue000"  # stands for a value while the JSON structure of a body is checked
 # self-metrics of every probe answer live under this prefix
 RESERVED_PREFIX = "probe_"
 _UNIT_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -276,11 +282,16 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
             c.add((*path, "headers", key), f"invalid header name {key!r}", at_key=True)
         t = c.template((*path, "headers", key), value, names)
         if t is not None:
+            if HEADER_VALUE_CONTROL.search(value):
+                c.add((*path, "headers", key), f"header {key} contains a line break or another control character: it cannot be sent")
             headers.append((key, t))
     params = [(k, t) for k, v in _items(raw.get("params")) if (t := c.template((*path, "params", k), v, names)) is not None]
     body: Template | JsonBody | None = None
+    body_escape = None
     if isinstance(raw.get("body"), str):
         body = c.template((*path, "body"), raw["body"], names)
+        if body is not None:
+            body_escape = _body_escape(c, (*path, "body"), body, headers)
     elif isinstance(raw.get("body"), dict):
         body = JsonBody(_json_body(c, (*path, "body"), raw["body"], names))
     timeout = _duration(c, (*path, "timeout"), raw["timeout"]) if "timeout" in raw else None
@@ -302,6 +313,7 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
         headers=tuple(headers),
         params=tuple(params),
         body=body,
+        body_escape=body_escape,
         timeout=timeout,
         valid_status_codes=frozenset(codes) if codes else None,
         max_response_bytes=raw.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES),
@@ -309,6 +321,51 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
         cache_ttl=cache_ttl,
         stale_if_error=stale,
     )
+
+
+def _body_escape(c: _Checker, path: Path, body: Template, headers: list[tuple[str, Template]]) -> Literal["json", "form"] | None:
+    """How values go into a string body, by its Content-Type (or, without one, a body that starts like
+    JSON): JSON-escaped into JSON strings, or form-encoded. Placeholders in any other body are refused,
+    so that no value can change the body's structure."""
+    content_type = next((t for k, t in headers if k.lower() == "content-type"), None)
+    media = None if content_type is None else content_type.source if not content_type.placeholders else "a template"
+    skeleton = body.render(dict.fromkeys(body.placeholders, _PLACEHOLDER_MARK))
+    if media is not None and _FORM_TYPE.match(media.strip()):
+        return "form"
+    if (media is None and skeleton.lstrip()[:1] in ("{", "[")) or (media is not None and _JSON_TYPE.match(media.strip())):
+        _check_json_body(c, path, body, skeleton)
+        return "json"
+    if body.placeholders:
+        c.add(path, f"a string body with placeholders needs a Content-Type whose escaping the exporter knows (application/json, "
+                    f"application/*+json, application/x-www-form-urlencoded), not {media or 'none'}; or use a mapping body: "
+                    "otherwise a value could change the body's structure")
+    return None
+
+
+def _check_json_body(c: _Checker, path: Path, body: Template, skeleton: str) -> None:
+    """Every placeholder of a JSON body inside a JSON string (not after a backslash), and the body JSON."""
+    position = 0  # in the source, for the error's column
+    in_string = escaped = False
+    for literal, name in body.parts:
+        for ch in literal:
+            if escaped:
+                escaped = False
+            elif in_string and ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = not in_string
+        position += len(literal) + literal.count("{") + literal.count("}")  # each came from {{ or }}
+        if name is None:
+            continue
+        if not in_string or escaped:
+            c.add(path, f"placeholder {{{name}}} must be inside a JSON string (\"{{{name}}}\"): values are inserted as escaped string contents",
+                  offset=position)
+            return
+        position += len(name) + 2
+    try:
+        json.loads(skeleton)
+    except ValueError as exc:
+        c.add(path, f"the body is sent as JSON but is not JSON: {getattr(exc, 'msg', exc)}")
 
 
 def _levels(c: _Checker, path: Path, raw: Any) -> tuple[tuple[Level, ...], frozenset[str]]:
@@ -422,6 +479,10 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     timestamp = None
     if "timestamp" in raw:
         timestamp = c.expression((*path, "timestamp"), raw["timestamp"], level_names)
+        if mtype == "info":
+            # OpenMetrics parsers take all series of an info family for one group: one without a timestamp,
+            # or another rule's, and they reject the whole answer
+            c.add((*path, "timestamp"), "info metrics take no `timestamp`", at_key=True)
     elif "timestamp_unit" in raw:
         c.add((*path, "timestamp_unit"), "timestamp_unit without timestamp")
     value_map = {k: f for k, v in _items(raw.get("value_map")) if isinstance(v, (int, float)) and (f := _number(c, (*path, "value_map", k), v)) is not None}
@@ -453,23 +514,77 @@ class _Family:
     type: str
     labels: frozenset[str]
     path: Path
+    name: str = ""
+    at: Path = ()  # where the name is written: the rule's `name`, or its `values` key; () for the probe's own metrics
+
+    @property
+    def at_key(self) -> bool:
+        return len(self.at) > 1 and self.at[-2] == "values"
 
 
 def _check_families(c: _Checker, module: str, metrics: list[tuple[Path, Metric]], static: set[str]) -> None:
-    """Two rules may feed one metric only with the same type and label names."""
+    """Two rules may feed one metric only with the same type and label names; two metrics may not
+    take one name in the exposition, nor a name of the probe's own metrics."""
     seen: dict[str, _Family] = {}
+    takers: dict[str, list[_Family]] = {name: [_Family("gauge", frozenset(), (), name)] for name in PROBE_METRICS}
     for path, metric in metrics:
         label_names = frozenset(n for n, _ in metric.labels) | static
         for output in metric.outputs:
-            family = _Family(metric.type, label_names, path)
+            at: Path = (*path, "name") if output.name == metric.name else (*path, "values", output.name[len(metric.name) + 1:])
+            family = _Family(metric.type, label_names, path, output.name, at)
             first = seen.setdefault(output.name, family)
             if first is family:
+                # a rule named probe_… has its error already; a clash with the probe's metrics would say it twice
+                _check_names(c, family, takers, probe_metrics=not metric.name.startswith(RESERVED_PREFIX))
                 continue
             where = f"modules.{module}.metrics[{first.path[-1]}]"
             if first.type != family.type:
                 c.add((*path, "name"), f"metric {output.name!r} is also produced by {where} with type {first.type}, here {family.type}")
             elif first.labels != family.labels:
                 c.add((*path, "labels"), f"metric {output.name!r} is also produced by {where} with labels {sorted(first.labels)}, here {sorted(family.labels)}")
+
+
+def _check_names(c: _Checker, family: _Family, takers: dict[str, list[_Family]], probe_metrics: bool) -> None:
+    """Report `family` and each family before it that takes one of its exposition names, at both places."""
+    own = text_name(family.name, family.type)  # the name of both formats first: the one a user recognises
+    clashes: dict[int, tuple[_Family, str]] = {}
+    for name in sorted(exposition_names(family.name, family.type), key=lambda n: (n != own, n)):
+        for other in takers.get(name, ()):
+            if other.at or probe_metrics:
+                clashes.setdefault(id(other), (other, name))
+        takers.setdefault(name, []).append(family)
+    for other, name in clashes.values():
+        if not other.at:
+            c.add(family.at, f"{family.type} {family.name!r} takes the name {name}{_reason(name, family)}, which the probe's own metric "
+                             f"{other.name} has: {_REJECTED}; rename the metric", at_key=family.at_key)
+            continue
+        c.add(family.at, _clash(c, family, other, name), at_key=family.at_key)
+        c.add(other.at, _clash(c, other, family, name), at_key=other.at_key)
+
+
+_REJECTED = "Prometheus's parsers reject a whole answer that has a name twice"
+
+
+def _clash(c: _Checker, family: _Family, other: _Family, name: str) -> str:
+    line, col = c.marks.of_key(other.at) if other.at_key else c.marks.of_value(other.at)
+    return (f"{family.type} {family.name!r} and {other.type} {other.name!r} of {format_path(other.path)} ({c.file}:{line}:{col}) "
+            f"both take the name {name}{_reason(name, family, other)}: {_REJECTED}; rename one of them")
+
+
+def _reason(name: str, *families: _Family) -> str:
+    how = [h for f in families if (h := _naming(f, name))]
+    return f" ({'; '.join(how)})" if how else ""
+
+
+def _naming(family: _Family, name: str) -> str | None:
+    """How `family` comes to take `name`, when that is not the name the spec gave it."""
+    if name == family.name:
+        return None
+    if name == text_name(family.name, family.type):
+        return f"the samples of {family.type} {family.name!r} are named {name}"
+    if name == family_name(family.name, family.type):
+        return f"OpenMetrics names the family of {family.type} {family.name!r} {name}"
+    return f"OpenMetrics reserves {name} for the samples of {family.type} {family.name!r}"
 
 
 def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
@@ -541,21 +656,23 @@ def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[re.Pattern[str]]
     return patterns
 
 
-_HOST_FROM_TARGET = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)?(?://)?[^/?#]*\{target\}")
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
 def _credentials_to_target_host(endpoints: Iterable[Endpoint]) -> Iterator[str]:
-    """Endpoints that would send credentials to a host the probe's target picks (SSRF with secrets)."""
+    """Endpoints that would send credentials to a host the probe's caller picks, through the target or
+    any other placeholder in the URL's scheme, host or port (SSRF with secrets)."""
     for ep in endpoints:
-        if not _HOST_FROM_TARGET.match(ep.url.source):
+        picked = sorted({name for i in ep.url.url_origin_parts() if (name := ep.url.parts[i][1]) is not None})
+        if not picked:
             continue
+        whose = "the host of the target" if picked == ["target"] else "a host taken from " + ", ".join(f"{{{n}}}" for n in picked)
         carried = [f"header {h}" for h, _ in ep.headers if h.lower() in _CREDENTIAL_HEADERS or is_secret_name(h)]
         if ep.client.sends_credentials:
             carried.append("http_client_config")
         carried += [f"query parameter {q}" for q, _ in ep.params if is_secret_name(q)]
         if carried:
-            yield f"endpoint {ep.name} sends credentials ({', '.join(carried)}) to the host of the target"
+            yield f"endpoint {ep.name} sends credentials ({', '.join(carried)}) to {whose}"
 
 
 def _templates(endpoints: Iterable[Endpoint], labels: list[tuple[str, Template]]) -> Iterator[Template]:
