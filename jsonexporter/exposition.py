@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.utils import floatToGoString
 
+from jsonexporter.names import family_name, text_name
 from jsonexporter.slices import RENDER, sliced, turn
 
 Labels = tuple[tuple[str, str], ...]
@@ -89,23 +90,12 @@ def _sample_text(sample: Sample, openmetrics: bool) -> str:
 
 def base_name(family: Family) -> str:
     """The OpenMetrics family name: without the `_total` / `_info` that samples carry."""
-    if family.type == "counter" and family.name.endswith("_total"):
-        return family.name[:-6]
-    if family.type == "info" and family.name.endswith("_info"):
-        return family.name[:-5]
-    return family.name
+    return family_name(family.name, family.type)
 
 
 def _text_header(family: Family) -> str:
-    base = base_name(family)
-    mtype = family.type
-    name = base
-    if mtype == "counter":
-        name = base + "_total"
-    elif mtype == "info":
-        name, mtype = base + "_info", "gauge"
-    elif mtype == "stateset":
-        mtype = "gauge"
+    name = text_name(family.name, family.type)
+    mtype = "gauge" if family.type in ("info", "stateset") else family.type
     help_text = family.help.replace("\\", r"\\").replace("\n", r"\n")
     return f"# HELP {name} {help_text}\n# TYPE {name} {mtype}\n"
 

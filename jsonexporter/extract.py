@@ -7,6 +7,7 @@ extraction errors and duplicates counted per metric. A failing rule never drops 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,6 +15,7 @@ from typing import Any
 
 from jsonexporter.exposition import EXACT_LIMIT, Family, Labels, escape_label_value, escaped, format_value, labels_text, needs_escape, sample_line
 from jsonexporter.labeltext import label_text
+from jsonexporter.names import text_name
 from jsonexporter.slices import Steps, run, run_sliced
 from jsonexporter.spec.expressions import Expression, Search
 from jsonexporter.spec.functions import FunctionError
@@ -50,6 +52,23 @@ class Extraction:
             self.messages.append(f"metric {metric}: {message}")
 
 
+# A number in a string, as Prometheus's parsers read one: Go's strconv.ParseFloat without the hex floats
+# and `_` digit separators that they refuse. ASCII only, nothing around it.
+_NUMBER = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf(?:inity)?))|(?i:nan)")
+_MS_LIMIT = 2.0**63  # Prometheus stores a timestamp as int64 milliseconds
+
+
+def parse_number(text: str) -> float:
+    """`text` as Prometheus reads a number; ValueError when it is not one, or beyond a 64-bit float
+    (Go's ParseFloat gives a range error where Python's float() gives infinity)."""
+    if _NUMBER.fullmatch(text) is None:
+        raise ValueError(f"{shorten(text, 60)} is not a number")
+    value = float(text)
+    if math.isinf(value) and text[-1] not in "fFyY":  # not spelled Inf or Infinity
+        raise ValueError(f"{shorten(text, 60)} is beyond the range of a 64-bit float")
+    return value
+
+
 def to_number(raw: Any, value_map: Mapping[str, float]) -> float | None:
     """A JSON value as a sample value; None for null. Raises ExtractionError when it is not a number."""
     kind = type(raw)
@@ -65,10 +84,10 @@ def to_number(raw: Any, value_map: Mapping[str, float]) -> float | None:
         if mapped is not None:
             return mapped
         try:
-            return float(raw.strip())
-        except ValueError:
+            return parse_number(raw)
+        except ValueError as exc:
             hint = f" and not in value_map ({', '.join(value_map)})" if value_map else "; map it with value_map"
-            raise ExtractionError(f"{shorten(raw, 60)} is not a number{hint}") from None
+            raise ExtractionError(f"{exc}{hint}") from None
     raise ExtractionError(f"expected a number, got {'a list' if kind is list else 'an object'}")
 
 
@@ -79,24 +98,35 @@ def sample_value(raw: Any, metric: Metric, expr: Expression) -> float:
     if value is None:
         if metric.default is None:
             raise ExtractionError(f"value {expr.source!r} is null or missing")
-        return metric.default
-    return value * metric.scale if metric.scale != 1.0 else value
+        value = metric.default
+    elif metric.scale != 1.0:
+        value *= metric.scale
+    if metric.type == "counter" and not value >= 0:
+        raise ExtractionError(_NOT_A_COUNT.format(format_value(value)))
+    return value
+
+
+_NOT_A_COUNT = "counter value {} is negative or NaN: OpenMetrics parsers reject the whole answer"
 
 
 def to_timestamp(raw: Any, scale: float) -> float | None:
+    """A JSON value as a sample timestamp in seconds: a number (or a number in a string) of seconds
+    times `scale`, or an RFC 3339 string. Raises ExtractionError, also for one Prometheus cannot store."""
     if raw is None:
         return None
     if type(raw) in (int, float):
         seconds = float(raw) * scale
     elif type(raw) is str:
         try:
-            seconds = datetime.fromisoformat(raw).timestamp()
+            seconds = parse_number(raw) * scale if _NUMBER.fullmatch(raw) else datetime.fromisoformat(raw).timestamp()
         except ValueError:
             raise ExtractionError(f"timestamp {shorten(raw, 60)} is neither a number nor RFC 3339") from None
     else:
         raise ExtractionError(f"timestamp {shorten(raw, 60)} is not a number")
     if not math.isfinite(seconds):
-        raise ExtractionError("timestamp is not finite")
+        raise ExtractionError(f"timestamp {shorten(raw, 60)} is not finite")
+    if not -_MS_LIMIT <= seconds * 1000 < _MS_LIMIT:
+        raise ExtractionError(f"timestamp {shorten(raw, 60)} is beyond what Prometheus stores (int64 milliseconds, about ±292 million years)")
     return seconds
 
 
@@ -148,9 +178,7 @@ def _elements(metric: Metric, doc: Any, base: dict[str, Any] | None, trace: Trac
 
 
 def _sample_name(metric: Metric, output_name: str) -> str:
-    if metric.type == "counter" and not output_name.endswith("_total"):
-        return output_name + "_total"
-    return output_name
+    return text_name(output_name, metric.type)
 
 
 def _family(result: Extraction, metric: Metric, output: Output) -> Family:
@@ -432,6 +460,8 @@ def _number_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[str
     scale = metric.scale
     try:
         if kinds <= _NUMBERS:
+            if metric.type == "counter" and not all(raw * scale >= 0 for raw in raws):
+                return None  # a negative or NaN count is an error of its series: element by element
             if kinds == _INT and scale == 1.0 and min(raws) > -EXACT_LIMIT and max(raws) < EXACT_LIMIT:
                 return list(map(str, raws))
             return list(map(format_value, map(float, raws) if scale == 1.0 else [raw * scale for raw in raws]))
