@@ -38,7 +38,7 @@ class Family:
     left to the writer, those with a timestamp, which is written differently per format."""
 
     name: str
-    type: str  # gauge, counter, untyped, info, stateset
+    type: str  # gauge, counter, untyped, info, stateset, histogram, summary
     help: str
     parts: list[Part] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)  # the label texts of its series (`labels_text`), for duplicates
@@ -50,6 +50,13 @@ def format_value(value: float) -> str:
             return str(int(value))
     elif -math.inf < value < 1e6:  # where Go's %g and Python's repr agree (not NaN)
         return repr(value)
+    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
+
+
+def format_bound(value: float) -> str:
+    """An `le` or `quantile` label value as prometheus_client writes it (`0.1`, `1.0`, `+Inf`): the
+    canonical form OpenMetrics parsers require of them."""
     text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
     return text
 

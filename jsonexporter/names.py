@@ -30,8 +30,9 @@ NAMING: Mapping[str, Naming] = MappingProxyType({
     "stateset": Naming(),
     "counter": Naming("_total", ("_created",)),
     "info": Naming("_info"),
-    # the types still to come: "histogram": Naming("", ("_bucket", "_count", "_sum", "_created")),
-    # "summary": Naming("", ("_count", "_sum", "_created")), "gaugehistogram": Naming("", ("_bucket", "_gcount", "_gsum"))
+    "histogram": Naming("", ("_bucket", "_count", "_sum", "_created")),
+    "summary": Naming("", ("_count", "_sum", "_created")),
+    # still to come: "gaugehistogram": Naming("", ("_bucket", "_gcount", "_gsum"))
 })
 
 # The probe's own metrics (probe.py writes them, all gauges): no family of a rule may take these names.

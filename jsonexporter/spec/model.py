@@ -9,7 +9,8 @@ from typing import Literal
 
 from jsonexporter.spec.expressions import Expression, Template
 
-MetricType = Literal["gauge", "counter", "untyped", "info", "stateset"]
+MetricType = Literal["gauge", "counter", "untyped", "info", "stateset", "histogram", "summary"]
+Duplicates = Literal["first", "last", "sum"]  # what a rule does with its own series of equal labels
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 DEFAULT_TIMEOUT = 10.0
@@ -74,6 +75,16 @@ class Output:
 
 
 @dataclass(frozen=True, slots=True)
+class Distribution:
+    """Where a histogram finds its buckets, or a summary its quantiles, and the sum and count beside them."""
+
+    points: Expression  # `buckets` or `quantiles`
+    sum: Expression | None
+    count: Expression | None
+    cumulative: bool = True  # histograms: False when the answer counts each bucket on its own
+
+
+@dataclass(frozen=True, slots=True)
 class Metric:
     name: str
     help: str
@@ -88,6 +99,8 @@ class Metric:
     timestamp_scale: float = 1.0  # multiply to get seconds
     states: tuple[str, ...] = ()
     scale: float = 1.0
+    duplicates: Duplicates = "first"
+    distribution: Distribution | None = None  # for histograms and summaries, which have no `value`
 
     @property
     def uses_context(self) -> bool:
@@ -100,6 +113,9 @@ class Metric:
         yield from (e for _, e in self.labels)
         if self.timestamp is not None:
             yield self.timestamp
+        if self.distribution is not None:
+            d = self.distribution
+            yield from (e for e in (d.points, d.sum, d.count) if e is not None)
 
 
 @dataclass(frozen=True, slots=True)
