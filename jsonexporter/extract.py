@@ -7,7 +7,6 @@ extraction errors and duplicates counted per metric. A failing rule never drops 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +16,7 @@ from typing import Any
 from jsonexporter.exposition import EXACT_LIMIT, Family, Labels, escape_label_value, escaped, format_bound, format_value, labels_text, needs_escape, sample_line
 from jsonexporter.labeltext import label_text
 from jsonexporter.names import text_name
+from jsonexporter.numbers import NUMBER, parse_number
 from jsonexporter.slices import Steps, run, run_sliced
 from jsonexporter.spec.expressions import Expression, Search
 from jsonexporter.spec.functions import FunctionError
@@ -53,21 +53,7 @@ class Extraction:
             self.messages.append(f"metric {metric}: {message}")
 
 
-# A number in a string, as Prometheus's parsers read one: Go's strconv.ParseFloat without the hex floats
-# and `_` digit separators that they refuse. ASCII only, nothing around it.
-_NUMBER = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf(?:inity)?))|(?i:nan)")
 _MS_LIMIT = 2.0**63  # Prometheus stores a timestamp as int64 milliseconds
-
-
-def parse_number(text: str) -> float:
-    """`text` as Prometheus reads a number; ValueError when it is not one, or beyond a 64-bit float
-    (Go's ParseFloat gives a range error where Python's float() gives infinity)."""
-    if _NUMBER.fullmatch(text) is None:
-        raise ValueError(f"{shorten(text, 60)} is not a number")
-    value = float(text)
-    if math.isinf(value) and text[-1] not in "fFyY":  # not spelled Inf or Infinity
-        raise ValueError(f"{shorten(text, 60)} is beyond the range of a 64-bit float")
-    return value
 
 
 def to_number(raw: Any, value_map: Mapping[str, float]) -> float | None:
@@ -119,15 +105,17 @@ def to_timestamp(raw: Any, scale: float) -> float | None:
         seconds = float(raw) * scale
     elif type(raw) is str:
         try:
-            seconds = parse_number(raw) * scale if _NUMBER.fullmatch(raw) else datetime.fromisoformat(raw).timestamp()
+            seconds = parse_number(raw) * scale if NUMBER.fullmatch(raw) else datetime.fromisoformat(raw).timestamp()
         except ValueError:
             raise ExtractionError(f"timestamp {shorten(raw, 60)} is neither a number nor RFC 3339") from None
     else:
         raise ExtractionError(f"timestamp {shorten(raw, 60)} is not a number")
     if not math.isfinite(seconds):
         raise ExtractionError(f"timestamp {shorten(raw, 60)} is not finite")
-    if not -_MS_LIMIT <= seconds * 1000 < _MS_LIMIT:
-        raise ExtractionError(f"timestamp {shorten(raw, 60)} is beyond what Prometheus stores (int64 milliseconds, about ±292 million years)")
+    if seconds < 0:  # a "never" sentinel, mostly; Prometheus would drop it as out of bounds, prometheus_client misreads it
+        raise ExtractionError(f"timestamp {shorten(raw, 60)} is before 1970")
+    if seconds * 1000 >= _MS_LIMIT:
+        raise ExtractionError(f"timestamp {shorten(raw, 60)} is beyond what Prometheus stores (int64 milliseconds, about 292 million years)")
     return seconds
 
 

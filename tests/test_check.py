@@ -895,6 +895,15 @@ INVALID = [
                 value: phase
                 states: [up, down]
         """, ("7:17", "modules.m.metrics[0].states", "`states` is only for type stateset")),
+    invalid("info_with_timestamp", """
+        modules:
+          m:
+            metrics:
+              - name: build_info
+                help: h
+                type: info
+                timestamp: built_at
+        """, ("7:9", "modules.m.metrics[0].timestamp", "info metrics take no `timestamp`")),
     invalid("timestamp_unit_without_timestamp", """
         modules:
           m:

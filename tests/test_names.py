@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from typing import get_args
 
 import pytest
 from conftest import make_spec
@@ -17,6 +18,7 @@ from jsonexporter.extract import Extraction
 from jsonexporter.fetch import EndpointResult
 from jsonexporter.names import NAMING, PROBE_METRICS, exposition_names
 from jsonexporter.probe import run_offline, self_families
+from jsonexporter.spec.model import MetricType
 
 RULES = {
     "gauge": "{name: g, help: h, type: gauge, value: v, labels: {id: id}}",
@@ -37,8 +39,8 @@ def written_names(text: str, openmetrics: bool) -> set[str]:
     return headers | {f.name for f in families} | {s.name for f in families for s in f.samples}
 
 
-def test_every_type_has_a_rule_here() -> None:
-    assert set(RULES) == set(NAMING)
+def test_every_type_declares_its_names_and_has_a_rule_here() -> None:
+    assert set(RULES) == set(NAMING) == set(get_args(MetricType))
 
 
 @pytest.mark.parametrize("mtype", sorted(RULES))

@@ -491,6 +491,10 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     timestamp = None
     if "timestamp" in raw:
         timestamp = c.expression((*path, "timestamp"), raw["timestamp"], level_names)
+        if mtype == "info":
+            # OpenMetrics parsers take all series of an info family for one group: one without a timestamp,
+            # or another rule's, and they reject the whole answer
+            c.add((*path, "timestamp"), "info metrics take no `timestamp`", at_key=True)
     elif "timestamp_unit" in raw:
         c.add((*path, "timestamp_unit"), "timestamp_unit without timestamp")
     value_map = {k: f for k, v in _items(raw.get("value_map")) if isinstance(v, (int, float)) and (f := _number(c, (*path, "value_map", k), v)) is not None}
