@@ -7,6 +7,7 @@ extraction errors and duplicates counted per metric. A failing rule never drops 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
