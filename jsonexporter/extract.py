@@ -591,13 +591,20 @@ def _with(labels: Labels, name: str, bound: float) -> Labels:
 
 
 def _observed(raw: Any, what: str, expr: Expression) -> float:
-    """A sum or count as a number; null, text that is no number, or a negative or NaN count raise ExtractionError."""
+    """A sum or count as a number; null, text that is no number, a negative or NaN one, a count that is
+    not a whole number raise ExtractionError."""
     if raw is None:
         raise ExtractionError(f"{what} {expr.source!r} is null or missing")
     value = _number(raw, what)
-    if what == "count" and not value >= 0:
-        raise ExtractionError(f"count {format_value(value)} is negative or NaN")
+    if what == "count" and not _is_count(value):
+        raise ExtractionError(f"count {format_value(value)} is not a whole number of observations (OpenMetrics parsers reject it)")
+    if not value >= 0:
+        raise ExtractionError(f"{what} {format_value(value)} is negative or NaN: OpenMetrics parsers reject it")
     return value
+
+
+def _is_count(value: float) -> bool:
+    return value >= 0 and value.is_integer()
 
 
 def _number(raw: Any, what: str) -> float:
@@ -640,8 +647,8 @@ def histogram_buckets(raw: Any, cumulative: bool, count: float | None, source: s
             raise ExtractionError("bucket bound NaN")
         if i and bound == buckets[i - 1][0]:
             raise ExtractionError(f"{where} is given twice")
-        if not n >= 0:
-            raise ExtractionError(f"{where} has a negative or NaN count {format_value(n)}")
+        if not _is_count(n):
+            raise ExtractionError(f"{where} has the count {format_value(n)}, not a whole number of observations (OpenMetrics parsers reject it)")
         if cumulative:
             if n < total:
                 raise ExtractionError(f"cumulative buckets decrease: {where} has {format_value(n)}, below {format_value(total)} "

@@ -84,14 +84,16 @@ def test_a_missing_inf_bucket_is_made_from_the_count(cumulative: bool) -> None:
     ({"0.1": 5, "0.5": 9}, 7, "count 7 is below the largest bucket (9)"),
     ({"0.1": 5, "+Inf": 9}, 10, "count 10 differs from the +Inf bucket (9)"),
     ({"0.1": 5, "1e-1": 6, "+Inf": 9}, None, "bucket le=0.1 is given twice"),
-    ({"0.1": -1, "+Inf": 9}, None, "bucket le=0.1 has a negative or NaN count -1"),
+    ({"0.1": -1, "+Inf": 9}, None, "bucket le=0.1 has the count -1, not a whole number of observations"),
+    ({"0.1": 0.5, "+Inf": 9}, None, "bucket le=0.1 has the count 0.5, not a whole number of observations"),
+    ({"0.1": 1, "+Inf": 9}, 8.5, "count 8.5 is not a whole number of observations"),
     ({"fast": 1, "+Inf": 9}, None, 'bucket bound: "fast" is not a number'),
     ({"-1": 1, "+Inf": 9}, None, "bucket le=-1.0 is negative: OpenMetrics allows no _sum then"),
     ([[0.1, 5, 1]], None, "bucket [0.1, 5, 1] is neither {le, count} nor [le, count]"),
     ("0.1=5", None, 'buckets \'latency.buckets\' gave "0.1=5", not an object or a list'),
     (None, None, "buckets 'latency.buckets' is null or missing"),
-], ids=["decreasing", "no_inf_no_count", "count_below_largest", "count_not_inf", "bound_twice", "negative_count", "bound_not_a_number",
-        "negative_bound", "bad_pair", "not_buckets", "null"])
+], ids=["decreasing", "no_inf_no_count", "count_below_largest", "count_not_inf", "bound_twice", "negative_count", "fractional_count",
+        "fractional_total", "bound_not_a_number", "negative_bound", "bad_pair", "not_buckets", "null"])
 @pytest.mark.parametrize("traced", [False, True])
 def test_buckets_that_cannot_make_a_histogram_are_an_error_of_that_series_only(buckets: Any, count: Any, message: str, traced: bool) -> None:
     result = _histogram(buckets, count=count, traced=traced)
@@ -203,3 +205,17 @@ def test_rendered_families_pass_the_openmetrics_parser_with_timestamps() -> None
     assert [(s.name, s.value, float(s.timestamp)) for s in family.samples] == [
         ("http_request_duration_seconds_bucket", 1, 1_700_000_000), ("http_request_duration_seconds_bucket", 2, 1_700_000_000),
         ("http_request_duration_seconds_count", 2, 1_700_000_000), ("http_request_duration_seconds_sum", 0.1, 1_700_000_000)]
+
+
+@pytest.mark.parametrize(("count", "total", "message"), [
+    (2.5, 1, "count 2.5 is not a whole number of observations (OpenMetrics parsers reject it)"),
+    (2, -1, "sum -1 is negative or NaN: OpenMetrics parsers reject it"),
+    (2, "NaN", "sum NaN is negative or NaN: OpenMetrics parsers reject it"),
+    (2, None, "sum 'sum' is null or missing"),
+])
+def test_a_summary_count_or_sum_that_openmetrics_refuses_is_an_error_of_that_series(count: Any, total: Any, message: str) -> None:
+    spec = SUMMARY + "        sum: sum\n"
+    result = _extract(spec, {"methods": {"bad": {"percentiles": {"p50": 1}, "count": count, "sum": total},
+                                         "get": {"percentiles": {"p50": 1}, "count": 3, "sum": 1}}})
+    assert list(_quantiles(result)) == ["get"]
+    assert result.messages == [f"metric rpc_duration_seconds: {message} (labels {{'method': 'bad'}})"]
