@@ -48,6 +48,11 @@ class Extraction:
     duplicates: dict[str, int] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
 
+    def series(self, metric: str) -> int:
+        """How many series the metric has: duplicates and skipped ones are not counted."""
+        family = self.families.get(metric)
+        return 0 if family is None else len(family.keys)
+
     def error(self, metric: str, message: str) -> None:
         self.errors[metric] = self.errors.get(metric, 0) + 1
         if len(self.messages) < MAX_MESSAGES:
@@ -149,6 +154,7 @@ def _elements(metric: Metric, doc: Any, base: dict[str, Any] | None, trace: Trac
         elif type(collection) is dict:
             entries = ((key, i, item) for i, (key, item) in enumerate(collection.items()))
         elif collection is None:
+            _nothing_to_iterate(level)
             return
         else:
             raise ExtractionError(f"each {level.path.source!r} gave {shorten(collection, 40)}, not a list or object")
@@ -331,7 +337,7 @@ class _Memo:
     endpoint's document: the elements, and the label texts that rules with the same labels give
     them, by chunk (None for a chunk that went element by element)."""
 
-    elements: dict[tuple[str, tuple[str, ...]], tuple[list[Any], Exception | None]] = field(default_factory=dict)
+    elements: dict[tuple[str, tuple[tuple[str, bool], ...]], tuple[list[Any], Exception | None]] = field(default_factory=dict)
     labels: dict[tuple[Any, ...], list[_Chunk | None]] = field(default_factory=dict)
 
 
@@ -400,8 +406,17 @@ def _items(level: Level, element: Any) -> Iterable[Any]:
     if type(collection) is dict:
         return collection.values()
     if collection is None:
+        _nothing_to_iterate(level)
         return ()
     raise ExtractionError(f"each {level.path.source!r} gave {shorten(collection, 40)}, not a list or object")
+
+
+def _nothing_to_iterate(level: Level) -> None:
+    """A level that gave null: a missing field, allowed only where the spec says so. Most often the
+    path is wrong (`node` for `nodes`), and the rule would give no series without a word."""
+    if not level.optional:
+        raise ExtractionError(f"each {level.path.source!r} gave null (no such field?): "
+                              "write the level as {path: ..., optional: true} if it may be absent")
 
 
 _Output = tuple[str, Expression | None, str | None, str, Family]  # name, value, its plain field, sample name, family
@@ -414,7 +429,7 @@ def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, m
         value = output.value
         plain = value.fields[0] if value is not None and value.fields is not None and len(value.fields) == 1 else None
         outputs.append((output.name, value, plain, _sample_name(metric, output.name), _family(result, metric, output)))
-    iteration = (metric.endpoint, tuple(level.path.source for level in metric.each))
+    iteration = (metric.endpoint, tuple((level.path.source, level.optional) for level in metric.each))
     elements, failure = memo.elements.get(iteration) or memo.elements.setdefault(iteration, _plain_elements(metric.each, doc))
     chunks = memo.labels.setdefault((*iteration, plan.key), [])
     for index, start in enumerate(range(0, len(elements), _CHUNK)):

@@ -37,7 +37,7 @@ NAMING: Mapping[str, Naming] = MappingProxyType({
 
 # The probe's own metrics (probe.py writes them, all gauges): no family of a rule may take these names.
 PROBE_METRICS = frozenset({
-    "probe_success", "probe_duration_seconds", "probe_extraction_errors", "probe_duplicate_series",
+    "probe_success", "probe_duration_seconds", "probe_series", "probe_extraction_errors", "probe_duplicate_series",
     "probe_endpoint_success", "probe_endpoint_http_status_code", "probe_endpoint_response_bytes",
     "probe_endpoint_duration_seconds", "probe_endpoint_cache_age_seconds", "probe_endpoint_stale",
 })

@@ -85,6 +85,8 @@ def self_families(module: Module, extraction: Extraction, endpoints: list[Endpoi
                        [(lb, float(r.stale)) for r, lb in cached]),
             ]
     families += [
+        _gauge("probe_series", "Series of the metric written in this probe (0: its rules found nothing, or its endpoint failed).",
+               [((("metric", name),), float(extraction.series(name))) for name in sorted(extraction.errors)]),
         _gauge("probe_extraction_errors", "Series of the metric skipped in this probe because a value or label could not be extracted.",
                [((("metric", name),), float(n)) for name, n in sorted(extraction.errors.items())]),
         _gauge("probe_duplicate_series", "Series of the metric dropped in this probe because an earlier one had the same labels.",

@@ -57,7 +57,8 @@ documents = st.fixed_dictionaries({
 
 LABEL_EXPRESSIONS = ["id", "a", "a.b", "tags[0]", "'const'", "length(tags)", "sub", "v", "lower(a)", "regex_extract(id, '(\\d+)')"]
 VALUE_EXPRESSIONS = ["v", "w", "a.b", "@", "length(tags)", "v || w", "sub.a", "parse_bytes(v)", "divide(v, w)", "regex_match(a, '^[ab]')"]
-EACHES = [None, "items", "byname", ["items", "tags"], "items[?v]", "items[*].{id: id, v: w, a: a}", "byname.*", "counts"]
+EACHES = [None, "items", "byname", ["items", "tags"], "items[?v]", "items[*].{id: id, v: w, a: a}", "byname.*", "counts",
+          "item", [{"path": "item", "optional": True}], ["items", {"path": "tags", "optional": True}], [{"path": "byname", "optional": True}, "sub"]]
 
 
 @st.composite
@@ -184,6 +185,23 @@ def test_objects_made_by_an_each_expression_get_their_own_labels() -> None:
     result = extract(module, {"default": document}, PROBE)
     assert [labels["id"] for _, labels, _ in samples(result.families["b"])] == ["n1", "n2"]
     _assert_same(*_both_paths(module, document))
+
+
+def test_rules_with_the_same_path_one_optional_share_no_iteration() -> None:
+    """A missing level is an error of the rule that does not declare it optional, in both paths,
+    though both rules iterate the same path of the same document."""
+    module = make_spec("""
+        modules:
+          default:
+            metrics:
+              - {name: a, help: h, each: [{path: nodes, optional: true}], value: v}
+              - {name: b, help: h, each: nodes, value: v}
+              - {name: c, help: h, each: [{path: nodes, optional: true}], value: v}
+        """).modules["default"]
+    fast, general = _both_paths(module, {"node": [{"v": 1}]})
+    _assert_same(fast, general)
+    assert fast.errors == {"a": 0, "b": 1, "c": 0} and fast.families == {}
+    assert fast.messages == ["metric b: each 'nodes' gave null (no such field?): write the level as {path: ..., optional: true} if it may be absent"]
 
 
 def test_a_family_fed_by_a_fast_and_a_general_rule_counts_duplicates_across_them() -> None:

@@ -63,6 +63,7 @@ class Level:
 
     path: Expression
     alias: str | None = None
+    optional: bool = False  # null (a missing field) is nothing to iterate, not an extraction error
 
 
 @dataclass(frozen=True, slots=True)
