@@ -580,20 +580,20 @@ def _distribution_series(metric: Metric, sample_name: str, element: Any, ctx: di
     d = metric.distribution
     assert d is not None
     labels = tuple(sorted(pairs))
-    total = None if d.sum is None else _observed(_search(d.sum, element, ctx), "sum", d.sum)
     raw_count = None if d.count is None else _search(d.count, element, ctx)
     # a histogram without its count has it in the +Inf bucket; a summary says it or has none
     count = None if d.count is None or (raw_count is None and metric.type == "histogram") else _observed(raw_count, "count", d.count)
     raw = _search(d.points, element, ctx)
     samples: _Samples = []
-    if metric.type == "histogram":
+    if metric.type == "histogram":  # the buckets first: what a missing distribution is reported as
         buckets = histogram_buckets(raw, d.cumulative, count, d.points.source)
-        if total is not None and buckets[0][0] < 0:
-            raise ExtractionError(f"bucket le={format_bound(buckets[0][0])} is negative: OpenMetrics allows no _sum then")
         samples.extend((f"{sample_name}_bucket", _with(labels, "le", bound), n) for bound, n in buckets)
         count = buckets[-1][1]
     else:
         samples.extend((sample_name, _with(labels, "quantile", q), v) for q, v in summary_quantiles(raw, d.points.source))
+    total = None if d.sum is None else _observed(_search(d.sum, element, ctx), "sum", d.sum)
+    if total is not None and metric.type == "histogram" and buckets[0][0] < 0:
+        raise ExtractionError(f"bucket le={format_bound(buckets[0][0])} is negative: OpenMetrics allows no _sum then")
     if count is not None:
         samples.append((f"{sample_name}_count", labels, count))
     if total is not None:

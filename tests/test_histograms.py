@@ -219,3 +219,9 @@ def test_a_summary_count_or_sum_that_openmetrics_refuses_is_an_error_of_that_ser
                                          "get": {"percentiles": {"p50": 1}, "count": 3, "sum": 1}}})
     assert list(_quantiles(result)) == ["get"]
     assert result.messages == [f"metric rpc_duration_seconds: {message} (labels {{'method': 'bad'}})"]
+
+
+def test_a_route_without_any_latency_is_reported_by_its_missing_buckets() -> None:
+    result = _extract(HISTOGRAM, {"routes": {"/new": {}, "/": {"latency": {"buckets": {"+Inf": 1}, "sum": 0.5}}}})
+    assert list(_buckets(result)) == ["/"]
+    assert result.messages == ["metric http_request_duration_seconds: buckets 'latency.buckets' is null or missing (labels {'route': '/new'})"]
