@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from jsonexporter import __version__, logs
 from jsonexporter.logs import kv
 from jsonexporter.spec import Spec, load_text, read_spec_text
+from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT
 from jsonexporter.spec.problems import Problem
 
 if TYPE_CHECKING:
@@ -124,7 +125,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.web_workers > 1 and not hasattr(signal, "sigwaitinfo"):
         print("--web.workers above 1 needs Linux (SO_REUSEPORT spreading connections, sigwaitinfo)", file=sys.stderr)
         return EXIT_USAGE
-    options = Options(timeout_offset=args.timeout_offset, max_concurrent_probes=args.max_concurrent_probes, auto_reload_interval=auto_reload)
+    if args.series_limit < 0:
+        print("--probe.series-limit must be 0 (no limit) or more", file=sys.stderr)
+        return EXIT_USAGE
+    options = Options(timeout_offset=args.timeout_offset, max_concurrent_probes=args.max_concurrent_probes, auto_reload_interval=auto_reload,
+                      series_limit=args.series_limit)
     loaded = _Loaded(spec, web_config)  # in the supervisor: the newest valid files, what a replaced worker starts with
 
     def run(worker: int = 0, directory: str | None = None) -> int:
@@ -260,6 +265,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="reload the spec when its file changes, checked at this interval, e.g. 30s (default: off)")
     serve.add_argument("--web.max-concurrent-probes", dest="max_concurrent_probes", type=int, default=256,
                        help="probes answered at once; more get HTTP 503 (default 256)")
+    serve.add_argument("--probe.series-limit", dest="series_limit", type=int, default=DEFAULT_SERIES_LIMIT,
+                       help=f"most series per probe of modules without series_limit; more fail the probe; 0: no limit (default {DEFAULT_SERIES_LIMIT})")
     serve.add_argument("--web.shutdown-timeout", dest="shutdown_timeout", type=float, default=15.0,
                        help="seconds in-flight probes get to finish on SIGTERM (default 15)")
     serve.add_argument("--web.workers", dest="web_workers", type=int, default=1,

@@ -9,7 +9,13 @@ before parsing, so that a probe that has begun goes on to its answer and lets go
 document and series, instead of keeping them while the others parse and extract (waiting
 answers are kept as bytes, a few times smaller than parsed). Interleaving them all would keep
 every probe's document and series in memory at once, and make each turn of the loop as long
-as all of their slices together.
+as all of their slices together. A turn let go is handed on at the next turn of the loop, not at
+once, so that the probe letting go can ask for its next turn first (it parsed: now it extracts),
+and only one probe's document and series are alive at a time, whatever the number of probes.
+
+A computation may have a deadline (a `loop.time()`): it raises DeadlinePassed when the deadline
+passes while it waits for its turn or between two slices (one that ends within its first slice is
+never cut), so that a probe whose time is up answers at once instead of computing what nobody reads.
 """
 
 from __future__ import annotations
@@ -26,8 +32,15 @@ from typing import TypeVar
 T = TypeVar("T")
 Steps = Generator[None, None, T]
 
-SLICE_SECONDS = 0.005  # longest the event loop is held by one computation
+# Longest the event loop is held by one computation (the last step may overrun it: extract.py keeps
+# steps around 1 ms). A request to /-/healthy waits for about two slices; 5 ms gave it a p99 of
+# 58-89 ms under 8 probes of bench/'s 2.1 MB answer on a busy 2-core machine (bench/README.md).
+SLICE_SECONDS = 0.002
 RENDER, EXTRACT, PARSE = 0, 1, 2  # priorities of the turns: lower first, so that a probe goes on to the end
+
+
+class DeadlinePassed(Exception):
+    """The deadline of a computation passed before it ended."""
 
 
 class _Turns:
@@ -39,8 +52,15 @@ class _Turns:
         self._arrivals = itertools.count()
 
     @contextlib.asynccontextmanager
-    async def turn(self, priority: int) -> AsyncIterator[None]:
-        await self._acquire(priority)
+    async def turn(self, priority: int, deadline: float | None = None) -> AsyncIterator[None]:
+        if deadline is None:
+            await self._acquire(priority)
+        else:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._acquire(priority)
+            except TimeoutError:
+                raise DeadlinePassed from None
         try:
             yield
         finally:
@@ -60,6 +80,9 @@ class _Turns:
             raise
 
     def _release(self) -> None:
+        asyncio.get_running_loop().call_soon(self._hand_over)  # see the module docstring: still busy until then
+
+    def _hand_over(self) -> None:
         while self._waiting:
             _, _, future = heapq.heappop(self._waiting)
             if not future.done():  # not cancelled meanwhile
@@ -71,13 +94,19 @@ class _Turns:
 _turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turns] = weakref.WeakKeyDictionary()
 
 
-def turn(priority: int) -> contextlib.AbstractAsyncContextManager[None]:
-    """The turn of this event loop's computations (`async with turn(RENDER): ...`)."""
+def turn(priority: int, deadline: float | None = None) -> contextlib.AbstractAsyncContextManager[None]:
+    """The turn of this event loop's computations (`async with turn(RENDER): ...`); DeadlinePassed
+    when `deadline` (a loop.time()) passes before it comes."""
     loop = asyncio.get_running_loop()
     turns = _turns.get(loop)
     if turns is None:
         turns = _turns[loop] = _Turns()
-    return turns.turn(priority)
+    return turns.turn(priority, deadline)
+
+
+def _check(deadline: float | None) -> None:
+    if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+        raise DeadlinePassed
 
 
 def run(steps: Steps[T]) -> T:
@@ -89,29 +118,34 @@ def run(steps: Steps[T]) -> T:
         return result
 
 
-async def run_sliced(steps: Steps[T], priority: int = EXTRACT, slice_seconds: float = SLICE_SECONDS) -> T:
-    """`run` in a turn, pausing every `slice_seconds`."""
+async def run_sliced(steps: Steps[T], priority: int = EXTRACT, slice_seconds: float = SLICE_SECONDS, deadline: float | None = None) -> T:
+    """`run` in a turn, pausing every `slice_seconds`; DeadlinePassed when `deadline` (a
+    loop.time()) passes before the end."""
     clock = time.perf_counter
-    async with turn(priority):
+    async with turn(priority, deadline):
         until = clock() + slice_seconds
         try:
             while True:
                 next(steps)
                 if clock() >= until:
+                    _check(deadline)
                     await asyncio.sleep(0)  # one turn of the event loop for the others
+                    _check(deadline)
                     until = clock() + slice_seconds
         except StopIteration as done:
             result: T = done.value
             return result
 
 
-async def sliced(items: Iterable[T], slice_seconds: float = SLICE_SECONDS) -> AsyncIterator[T]:
+async def sliced(items: Iterable[T], slice_seconds: float = SLICE_SECONDS, deadline: float | None = None) -> AsyncIterator[T]:
     """The items of a generator that computes them, pausing every `slice_seconds`; the caller
-    holds the turn."""
+    holds the turn. DeadlinePassed as in `run_sliced`."""
     clock = time.perf_counter
     until = clock() + slice_seconds
     for item in items:
         yield item
         if clock() >= until:
+            _check(deadline)
             await asyncio.sleep(0)
+            _check(deadline)
             until = clock() + slice_seconds
