@@ -163,10 +163,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Full collections walk every object alive: most are the modules and the spec, never garbage
     # (frozen), the rest the documents of the probes in progress, which refcounting frees. Fewer,
     # rarer collections: 2.1 MB probes 6.3 -> 8.7/s, /-/healthy p99 81 -> 34 ms (bench/). Frozen
-    # before forking workers, the startup spec's pages also stay shared with them.
+    # before forking workers, the startup spec's pages also stay shared with them. The first
+    # threshold counts objects made less those freed: a parsed 2.1 MB answer of bench/ is 15,000;
+    # at 50,000 its parse no longer starts collections that hold the event loop for 2-9 ms each.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(5000, 10, 100)
+    gc.set_threshold(50_000, 10, 100)
     if args.web_workers == 1:
         return run()
     return Supervisor(args.web_workers, run, reload, args.shutdown_timeout).run()

@@ -104,6 +104,21 @@ def turn(priority: int, deadline: float | None = None) -> contextlib.AbstractAsy
     return turns.turn(priority, deadline)
 
 
+def _pause() -> asyncio.Future[None]:
+    """Two turns of the event loop for the others: a request that arrived during the slice is read
+    in the first, and its handler runs in the second, before the computation goes on (after one
+    turn, `sleep(0)`, the computation's next slice would come first and the handler wait for it)."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+    loop.call_soon(loop.call_soon, _wake, future)
+    return future
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():  # not cancelled meanwhile
+        future.set_result(None)
+
+
 def _check(deadline: float | None) -> None:
     if deadline is not None and asyncio.get_running_loop().time() >= deadline:
         raise DeadlinePassed
@@ -129,7 +144,7 @@ async def run_sliced(steps: Steps[T], priority: int = EXTRACT, slice_seconds: fl
                 next(steps)
                 if clock() >= until:
                     _check(deadline)
-                    await asyncio.sleep(0)  # one turn of the event loop for the others
+                    await _pause()
                     _check(deadline)
                     until = clock() + slice_seconds
         except StopIteration as done:
@@ -146,6 +161,6 @@ async def sliced(items: Iterable[T], slice_seconds: float = SLICE_SECONDS, deadl
         yield item
         if clock() >= until:
             _check(deadline)
-            await asyncio.sleep(0)
+            await _pause()
             _check(deadline)
             until = clock() + slice_seconds
