@@ -53,33 +53,33 @@ class _Turns:
 
     @contextlib.asynccontextmanager
     async def turn(self, priority: int, deadline: float | None = None) -> AsyncIterator[None]:
-        if deadline is None:
-            await self._acquire(priority)
+        if self._busy:
+            await self._wait(priority, deadline)
         else:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await self._acquire(priority)
-            except TimeoutError:
-                raise DeadlinePassed from None
+            self._busy = True
         try:
             yield
         finally:
             self._release()
 
-    async def _acquire(self, priority: int) -> None:
-        if not self._busy:
-            self._busy = True
-            return
+    async def _wait(self, priority: int, deadline: float | None) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (priority, next(self._arrivals), future))
         try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self._release()  # handed the turn as it was cancelled: pass it on
-            raise
+            async with asyncio.timeout_at(deadline):
+                try:
+                    await future
+                except asyncio.CancelledError:
+                    if future.done() and not future.cancelled():
+                        self._release()  # handed the turn as it was cancelled: pass it on
+                    raise
+        except TimeoutError:
+            raise DeadlinePassed from None
 
     def _release(self) -> None:
+        if not self._waiting:
+            self._busy = False
+            return
         asyncio.get_running_loop().call_soon(self._hand_over)  # see the module docstring: still busy until then
 
     def _hand_over(self) -> None:
