@@ -14,8 +14,11 @@ from typing import Any
 
 from jsonexporter.exposition import EXACT_LIMIT, Family, Labels, escape_label_value, escaped, format_value, labels_text, needs_escape, sample_line
 from jsonexporter.labeltext import label_text
+from jsonexporter.names import text_name
+from jsonexporter.numbers import NUMBER, parse_number
 from jsonexporter.slices import Steps, run, run_sliced
 from jsonexporter.spec.expressions import Expression, Search
+from jsonexporter.spec.functions import FunctionError
 from jsonexporter.spec.model import Level, Metric, Module, Output
 from jsonexporter.trace import Trace, shorten
 
@@ -51,10 +54,18 @@ class Extraction:
     duplicates: dict[str, int] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
 
+    def series(self, metric: str) -> int:
+        """How many series the metric has: duplicates and skipped ones are not counted."""
+        family = self.families.get(metric)
+        return 0 if family is None else len(family.keys)
+
     def error(self, metric: str, message: str) -> None:
         self.errors[metric] = self.errors.get(metric, 0) + 1
         if len(self.messages) < MAX_MESSAGES:
             self.messages.append(f"metric {metric}: {message}")
+
+
+_MS_LIMIT = 2.0**63  # Prometheus stores a timestamp as int64 milliseconds
 
 
 def to_number(raw: Any, value_map: Mapping[str, float]) -> float | None:
@@ -72,10 +83,10 @@ def to_number(raw: Any, value_map: Mapping[str, float]) -> float | None:
         if mapped is not None:
             return mapped
         try:
-            return float(raw.strip())
-        except ValueError:
+            return parse_number(raw)
+        except ValueError as exc:
             hint = f" and not in value_map ({', '.join(value_map)})" if value_map else "; map it with value_map"
-            raise ExtractionError(f"{shorten(raw, 60)} is not a number{hint}") from None
+            raise ExtractionError(f"{exc}{hint}") from None
     raise ExtractionError(f"expected a number, got {'a list' if kind is list else 'an object'}")
 
 
@@ -86,24 +97,37 @@ def sample_value(raw: Any, metric: Metric, expr: Expression) -> float:
     if value is None:
         if metric.default is None:
             raise ExtractionError(f"value {expr.source!r} is null or missing")
-        return metric.default
-    return value * metric.scale if metric.scale != 1.0 else value
+        value = metric.default
+    elif metric.scale != 1.0:
+        value *= metric.scale
+    if metric.type == "counter" and not value >= 0:
+        raise ExtractionError(_NOT_A_COUNT.format(format_value(value)))
+    return value
+
+
+_NOT_A_COUNT = "counter value {} is negative or NaN: OpenMetrics parsers reject the whole answer"
 
 
 def to_timestamp(raw: Any, scale: float) -> float | None:
+    """A JSON value as a sample timestamp in seconds: a number (or a number in a string) of seconds
+    times `scale`, or an RFC 3339 string. Raises ExtractionError, also for one Prometheus cannot store."""
     if raw is None:
         return None
     if type(raw) in (int, float):
         seconds = float(raw) * scale
     elif type(raw) is str:
         try:
-            seconds = datetime.fromisoformat(raw).timestamp()
+            seconds = parse_number(raw) * scale if NUMBER.fullmatch(raw) else datetime.fromisoformat(raw).timestamp()
         except ValueError:
             raise ExtractionError(f"timestamp {shorten(raw, 60)} is neither a number nor RFC 3339") from None
     else:
         raise ExtractionError(f"timestamp {shorten(raw, 60)} is not a number")
     if not math.isfinite(seconds):
-        raise ExtractionError("timestamp is not finite")
+        raise ExtractionError(f"timestamp {shorten(raw, 60)} is not finite")
+    if seconds < 0:  # a "never" sentinel, mostly; Prometheus would drop it as out of bounds, prometheus_client misreads it
+        raise ExtractionError(f"timestamp {shorten(raw, 60)} is before 1970")
+    if seconds * 1000 >= _MS_LIMIT:
+        raise ExtractionError(f"timestamp {shorten(raw, 60)} is beyond what Prometheus stores (int64 milliseconds, about 292 million years)")
     return seconds
 
 
@@ -136,6 +160,7 @@ def _elements(metric: Metric, doc: Any, base: dict[str, Any] | None, trace: Trac
         elif type(collection) is dict:
             entries = ((key, i, item) for i, (key, item) in enumerate(collection.items()))
         elif collection is None:
+            _nothing_to_iterate(level)
             return
         else:
             raise ExtractionError(f"each {level.path.source!r} gave {shorten(collection, 40)}, not a list or object")
@@ -155,9 +180,7 @@ def _elements(metric: Metric, doc: Any, base: dict[str, Any] | None, trace: Trac
 
 
 def _sample_name(metric: Metric, output_name: str) -> str:
-    if metric.type == "counter" and not output_name.endswith("_total"):
-        return output_name + "_total"
-    return output_name
+    return text_name(output_name, metric.type)
 
 
 def _family(result: Extraction, metric: Metric, output: Output) -> Family:
@@ -277,7 +300,7 @@ class _Memo:
     endpoint's document: the elements, and the label texts that rules with the same labels give
     them, by chunk (None for a chunk that went element by element)."""
 
-    elements: dict[tuple[str, tuple[str, ...]], tuple[list[Any], Exception | None]] = field(default_factory=dict)
+    elements: dict[tuple[str, tuple[tuple[str, bool], ...]], tuple[list[Any], Exception | None]] = field(default_factory=dict)
     labels: dict[tuple[Any, ...], list[_Chunk | None]] = field(default_factory=dict)
 
 
@@ -344,8 +367,17 @@ def _items(level: Level, element: Any) -> Iterable[Any]:
     if type(collection) is dict:
         return collection.values()
     if collection is None:
+        _nothing_to_iterate(level)
         return ()
     raise ExtractionError(f"each {level.path.source!r} gave {shorten(collection, 40)}, not a list or object")
+
+
+def _nothing_to_iterate(level: Level) -> None:
+    """A level that gave null: a missing field, allowed only where the spec says so. Most often the
+    path is wrong (`node` for `nodes`), and the rule would give no series without a word."""
+    if not level.optional:
+        raise ExtractionError(f"each {level.path.source!r} gave null (no such field?): "
+                              "write the level as {path: ..., optional: true} if it may be absent")
 
 
 _Output = tuple[str, Expression | None, str | None, str, Family]  # name, value, its plain field, sample name, family
@@ -358,7 +390,7 @@ def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, m
         value = output.value
         plain = value.fields[0] if value is not None and value.fields is not None and len(value.fields) == 1 else None
         outputs.append((output.name, value, plain, _sample_name(metric, output.name), _family(result, metric, output)))
-    iteration = (metric.endpoint, tuple(level.path.source for level in metric.each))
+    iteration = (metric.endpoint, tuple((level.path.source, level.optional) for level in metric.each))
     elements, failure = memo.elements.get(iteration) or memo.elements.setdefault(iteration, _plain_elements(metric.each, doc))
     chunks = memo.labels.setdefault((*iteration, plan.key), [])
     for index, start in enumerate(range(0, len(elements), _CHUNK)):
@@ -439,6 +471,8 @@ def _number_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[str
     scale = metric.scale
     try:
         if kinds <= _NUMBERS:
+            if metric.type == "counter" and not all(raw * scale >= 0 for raw in raws):
+                return None  # a negative or NaN count is an error of its series: element by element
             if kinds == _INT and scale == 1.0 and min(raws) > -EXACT_LIMIT and max(raws) < EXACT_LIMIT:
                 return list(map(str, raws))
             return list(map(format_value, map(float, raws) if scale == 1.0 else [raw * scale for raw in raws]))
@@ -479,7 +513,7 @@ def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], element
 
 
 def _reason(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, ExtractionError) else f"{type(exc).__name__}: {exc}"
+    return str(exc) if isinstance(exc, ExtractionError | FunctionError) else f"{type(exc).__name__}: {exc}"
 
 
 def _states(metric: Metric, pairs: list[tuple[str, str]], raw: Any) -> list[tuple[Labels, float]]:

@@ -12,6 +12,7 @@ from typing import Any
 from jsonexporter.exposition import Family, Labels
 from jsonexporter.extract import Extraction, ProbeContext, SeriesLimitExceeded, extract, extract_async
 from jsonexporter.fetch import EndpointResult, InvalidRequest, Upstream, fetch_all, redact_target, render_requests
+from jsonexporter.fetch import TargetNotAllowed as TargetNotAllowed  # raised here and by render_requests
 from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT, Module
 from jsonexporter.trace import Trace
@@ -29,10 +30,6 @@ LIMITS = {
     "deadline": "Whether the probe failed because its deadline passed after the endpoints answered, before its series were extracted and written.",
     "series_limit": "Whether the probe failed because its rules gave more series than its series_limit.",
 }
-
-
-class TargetNotAllowed(InvalidRequest):
-    """The target is outside the module's allowlist (HTTP 403 for the scraper)."""
 
 
 @dataclass(slots=True)
@@ -55,7 +52,9 @@ def resolve_values(module: Module, target: str, query: Mapping[str, str], offlin
         raise InvalidRequest("missing target parameter")
     if len(target) > MAX_TARGET_LENGTH or _CONTROL.search(target):
         raise InvalidRequest(f"invalid target: longer than {MAX_TARGET_LENGTH} characters or containing control characters")
-    if not offline and not module.target_allowed(target):  # the allowlist guards requests; offline sends none
+    # the allowlist guards requests (offline sends none); a module that does not use the target checks
+    # only the hosts its parameters make (render_request), and a target it would ignore
+    if not offline and (target or module.needs_target) and not module.target_allowed(target):
         raise TargetNotAllowed(f"target not allowed by module {module.name!r}: it matches none of its targets.allow patterns")
     params = {k: v for k, v in query.items() if k not in RESERVED_PARAMS and len(v) <= MAX_PARAM_LENGTH}
     values = {"target": target, "module": module.name}
@@ -101,6 +100,8 @@ def self_families(module: Module, extraction: Extraction, endpoints: list[Endpoi
                        [(lb, float(r.stale)) for r, lb in cached]),
             ]
     families += [
+        _gauge("probe_series", "Series of the metric written in this probe (0: its rules found nothing, or its endpoint failed).",
+               [((("metric", name),), float(extraction.series(name))) for name in sorted(extraction.errors)]),
         _gauge("probe_extraction_errors", "Series of the metric skipped in this probe because a value or label could not be extracted.",
                [((("metric", name),), float(n)) for name, n in sorted(extraction.errors.items())]),
         _gauge("probe_duplicate_series", "Series of the metric dropped in this probe because an earlier one had the same labels.",

@@ -53,7 +53,7 @@ def warning_lines(out: str) -> list[str]:
 class Invalid:
     id: str
     text: str
-    # every error the file must produce: ("LINE:COL", "yaml.path", "part of the message")
+    # every error the file must produce: ("LINE:COL", "yaml.path", "part of the message"; SPEC for the file's path)
     errors: tuple[tuple[str, str, str], ...]
 
 
@@ -63,27 +63,84 @@ def invalid(id: str, text: str, *errors: tuple[str, str, str]) -> Invalid:
 
 INVALID = [
     # -- YAML itself
-    invalid("yaml_syntax_error", """
+    invalid("yaml_colon_in_a_plain_value", """
         modules:
           m:
             metrics:
               - name: a
                 help: h: x
                 value: x
-        """, ("5:16", "<root>", "invalid YAML: mapping values are not allowed here")),
-    invalid("yaml_bad_indentation", """
+        """, ("5:16", "<root>", "invalid YAML: a ': ' inside an unquoted value: put the value in quotes")),
+    invalid("yaml_key_indented_less_than_its_mapping", """
         modules:
           m:
             metrics:
               - name: a
                value: x
-        """, ("5:8", "<root>", "invalid YAML: while parsing a block collection")),
-    invalid("yaml_unclosed_quote", """
+        """, ("5:8", "<root>", "invalid YAML: bad indentation: this line starts at column 8, between the columns 7 and 9 of the lines above")),
+    invalid("yaml_key_indented_deeper_than_its_mapping", """
+        modules:
+          m:
+            timeout: 5s
+              metrics: []
+        """, ("4:7", "<root>", "invalid YAML: bad indentation: this line starts at column 7, deeper than the lines above (column 5)")),
+    invalid("yaml_key_lined_up_with_the_dash", """
+        modules:
+          m:
+            metrics:
+              - name: a
+              value: x
+        """, ("5:7", "<root>", "invalid YAML: bad indentation: this line lines up with the '- ' of line 4, not with the keys of that entry")),
+    invalid("yaml_list_entry_among_keys", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                - help: h
+        """, ("5:9", "<root>", "invalid YAML: a list entry among the keys of the mapping of line 4")),
+    invalid("yaml_key_without_colon_is_reported_on_its_line", """
+        modules:
+          m:
+            timeout 5s
+            metrics: []
+        """, ("3:5", "<root>", "invalid YAML: a key without ':' (write `key: value`)")),
+    invalid("yaml_tab_in_indentation", "modules:\n  m:\n  \tmetrics: []\n",
+            ("3:3", "<root>", "invalid YAML: a tab in the indentation: YAML indents with spaces only")),
+    invalid("yaml_unclosed_quote_in_a_flow_mapping", """
         modules:
           m:
             metrics:
               - {name: a, help: h, value: "x}
-        """, ("5:1", "<root>", "invalid YAML: while scanning a quoted scalar found unexpected end of stream")),
+        """, ("4:35", "<root>", 'invalid YAML: unclosed quote: this " has no closing " (a " inside the string is written \\")')),
+    invalid("yaml_unclosed_quote_is_reported_at_the_opening_quote", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: 'the help
+                value: x
+        """, ("5:15", "<root>", "invalid YAML: unclosed quote: this ' has no closing '")),
+    invalid("yaml_unclosed_brace", """
+        modules:
+          m:
+            metrics:
+              - {name: a, help: h
+              - {name: b, help: h}
+        """, ("4:9", "<root>", "invalid YAML: this '{' is not closed: '}' expected before line 5")),
+    invalid("yaml_unknown_escape_in_double_quotes", r"""
+        modules:
+          m:
+            parameters:
+              id: {pattern: "\d+"}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:22", "<root>", r"invalid YAML: unknown escape \d in a double-quoted string: write \\d, or use single quotes")),
+    invalid("yaml_backtick_starts_a_plain_value", """
+        modules:
+          m:
+            metrics:
+              - {name: a, help: h, value: `1`}
+        """, ("4:35", "<root>", "invalid YAML: a value cannot start with `: put the whole value in quotes")),
     invalid("yaml_duplicate_key", """
         modules:
           m:
@@ -154,6 +211,16 @@ INVALID = [
                   - pth: items
                 value: x
         """, ("7:13", "modules.m.metrics[0].each[0].pth", "unknown key 'pth' (did you mean 'path'?)")),
+    invalid("level_optional_not_a_boolean", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                each:
+                  - {path: items, optional: "yes"}
+                value: x
+        """, ("7:37", "modules.m.metrics[0].each[0].optional", 'expected true or false, got "yes"')),
     invalid("unknown_parameter_key", """
         modules:
           m:
@@ -203,6 +270,92 @@ INVALID = [
                 type: histogram
                 value: x
         """, ("6:15", "modules.m.metrics[0].type", '"histogram" is not one of gauge, counter')),
+    # -- one mistake, one problem: nothing reported that only follows from it
+    invalid("type_typo_is_one_error_with_a_suggestion", """
+        modules:
+          m:
+            metrics:
+              - name: build_info
+                help: h
+                type: information
+                labels: {version: version}
+        """, ("6:15", "modules.m.metrics[0].type", '"information" is not one of gauge, counter, untyped, info, stateset (did you mean \'info\'?)')),
+    invalid("enum_typo_suggests_the_value_and_hides_its_consequences", """
+        modules:
+          m:
+            metrics:
+              - name: phase
+                help: h
+                type: statset
+                value: phase
+                states: [up, down]
+        """, ("6:15", "modules.m.metrics[0].type", "(did you mean 'stateset'?)")),
+    invalid("enum_in_other_case_suggests_the_value", """
+        modules:
+          m:
+            endpoints:
+              api: {url: "{target}", method: get}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:38", "modules.m.endpoints.api.method", "(did you mean 'GET'?)")),
+    invalid("value_key_typo_is_one_error", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                valeu: x
+        """, ("6:9", "modules.m.metrics[0].valeu", "unknown key 'valeu' (did you mean 'value'?)")),
+    invalid("required_key_typo_is_one_error", """
+        modules:
+          m:
+            metrics:
+              - nmae: a
+                help: h
+                value: x
+        """, ("4:9", "modules.m.metrics[0].nmae", "unknown key 'nmae' (did you mean 'name'?)")),
+    invalid("states_key_typo_is_one_error", """
+        modules:
+          m:
+            metrics:
+              - {name: phase, help: h, type: stateset, value: phase, staets: [up, down]}
+        """, ("4:62", "modules.m.metrics[0].staets", "unknown key 'staets' (did you mean 'states'?)")),
+    invalid("timestamp_key_typo_is_one_error", """
+        modules:
+          m:
+            metrics:
+              - {name: a, help: h, value: x, timestmap: ts, timestamp_unit: milliseconds}
+        """, ("4:38", "modules.m.metrics[0].timestmap", "unknown key 'timestmap' (did you mean 'timestamp'?)")),
+    invalid("endpoint_key_typo_is_one_error", """
+        modules:
+          m:
+            endpoints: {a: {}, b: {}}
+            metrics:
+              - {name: x, help: h, value: x, endpiont: a}
+        """, ("5:38", "modules.m.metrics[0].endpiont", "unknown key 'endpiont' (did you mean 'endpoint'?)")),
+    invalid("invalid_states_are_not_also_missing", """
+        modules:
+          m:
+            metrics:
+              - {name: phase, help: h, type: stateset, value: phase, states: []}
+        """, ("4:70", "modules.m.metrics[0].states", "must not be empty")),
+    # -- every problem of a rule: a broken expression hides none of the others
+    invalid("broken_value_expression_does_not_hide_a_type_clash", """
+        modules:
+          m:
+            metrics:
+              - {name: jobs, help: h, value: "x["}
+              - {name: jobs, help: h, type: counter, value: x}
+        """, ("4:41", "modules.m.metrics[0].value", "invalid JMESPath"),
+             ("5:16", "modules.m.metrics[1].name", "metric 'jobs' is also produced by modules.m.metrics[0] with type gauge, here counter")),
+    invalid("broken_label_expression_does_not_hide_a_label_clash", """
+        modules:
+          m:
+            metrics:
+              - {name: jobs, help: h, value: x, labels: {id: "id["}}
+              - {name: jobs, help: h, value: y}
+        """, ("4:58", "modules.m.metrics[0].labels.id", "invalid JMESPath"),
+             ("5:9", "modules.m.metrics[1].labels", "metric 'jobs' is also produced by modules.m.metrics[0] with labels ['id'], here []")),
     invalid("metric_without_name", """
         modules:
           m:
@@ -404,6 +557,103 @@ INVALID = [
                 help: h
                 value: "sum(items[*].n) | nope(@)"
         """, ("6:35", "modules.m.metrics[0].value", "unknown function nope()")),
+    invalid("function_with_too_many_arguments", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: "sum(items[*].n) | lower(@, 'x')"
+        """, ("6:35", "modules.m.metrics[0].value", "invalid JMESPath: lower() takes 1 argument, got 2")),
+    invalid("function_with_too_few_arguments", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels: {zone: "split(zone)"}
+        """, ("7:25", "modules.m.metrics[0].labels.zone", "invalid JMESPath: split() takes 2 to 3 arguments, got 1")),
+    invalid("function_literal_of_the_wrong_type", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: "divide(bytes, '1024')"
+        """, ("6:31", "modules.m.metrics[0].value", "invalid JMESPath: divide() argument 2 must be a number, got string \"1024\"")),
+    invalid("function_literal_of_the_wrong_type_in_a_filter", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                each: "items[?regex_match(name, `3`)].x"
+                value: x
+        """, ("6:41", "modules.m.metrics[0].each", "regex_match() argument 2 must be a string, got number 3")),
+    invalid("regex_pattern_not_a_literal", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: regex_match(name, pattern)
+        """, ("6:34", "modules.m.metrics[0].value", "regex_match() pattern must be a literal string")),
+    invalid("regex_invalid_at_its_place", r"""
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels:
+                  major: regex_extract(version, 'v(\d+') || 'none'
+        """, ("8:41", "modules.m.metrics[0].labels.major", r"invalid regex 'v(\\d+': missing ): v(\d+")),
+    invalid("regex_invalid_in_a_folded_block", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: >-
+                  length(items[?regex_match(name, '^web')])
+                  || regex_match(x, 'a{2,1}')
+        """, ("8:29", "modules.m.metrics[0].value", "invalid regex 'a{2,1}': invalid repetition size: {2,1}")),
+    invalid("regex_with_a_backreference_is_not_re2", r"""
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: regex_match(name, '(a)\1')
+        """, ("6:34", "modules.m.metrics[0].value", r"invalid regex '(a)\\1': invalid escape sequence: \1 (RE2 has no backreferences or lookaround)")),
+    invalid("regex_extract_group_the_pattern_does_not_have", r"""
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels: {minor: 'regex_extract(v, ''(?P<major>\d+)'', ''minor'')'}
+        """, ("7:63", "modules.m.metrics[0].labels.minor", "regex_extract() group \"minor\": the pattern has no group named 'minor'")),
+    invalid("regex_replace_refers_to_a_missing_group", r"""
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels:
+                  v: regex_replace(v, '(\d+)', '<\2>')
+        """, ("8:40", "modules.m.metrics[0].labels.v", "refers to group 2; the pattern has 1")),
+    invalid("parse_time_format_with_a_bad_directive", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: parse_time(started, '%Y-%Q')
+        """, ("6:36", "modules.m.metrics[0].value", "parse_time() format: 'Q' is a bad directive in format '%Y-%Q'")),
     invalid("unknown_context_name", """
         modules:
           m:
@@ -517,6 +767,73 @@ INVALID = [
               - {name: node, help: h, values: {up: up, ready: ready}, labels: {id: id}}
               - {name: node_up, help: h, value: up}
         """, ("5:9", "modules.m.metrics[1].labels", "metric 'node_up' is also produced by modules.m.metrics[0] with labels ['id'], here []")),
+    # -- names that meet after the naming rules: both places, each naming the other
+    invalid("counter_sample_name_is_a_gauge", """
+        modules:
+          m:
+            metrics:
+              - {name: req, help: h, type: counter, value: a}
+              - {name: req_total, help: h, value: b}
+        """,
+        ("4:16", "modules.m.metrics[0].name", "counter 'req' and gauge 'req_total' of modules.m.metrics[1] (SPEC:5:16) both take the name req_total"),
+        ("5:16", "modules.m.metrics[1].name", "gauge 'req_total' and counter 'req' of modules.m.metrics[0] (SPEC:4:16) both take the name req_total")),
+    invalid("info_family_name_is_another_metric", """
+        modules:
+          m:
+            metrics:
+              - {name: node_role_info, help: h, type: info, labels: {role: r}}
+              - {name: node_role, help: h, type: untyped, value: b}
+        """,
+        ("4:16", "modules.m.metrics[0].name", "(OpenMetrics names the family of info 'node_role_info' node_role)"),
+        ("5:16", "modules.m.metrics[1].name", "untyped 'node_role' and info 'node_role_info' of modules.m.metrics[0] (SPEC:4:16) both take")),
+    invalid("values_suffix_gives_a_counter_sample_name", """
+        modules:
+          m:
+            metrics:
+              - {name: jobs, help: h, type: counter, values: {done: d, failed: f}}
+              - {name: jobs_done_total, help: h, value: b}
+        """,
+        ("4:55", "modules.m.metrics[0].values.done", "counter 'jobs_done' and gauge 'jobs_done_total' of modules.m.metrics[1] (SPEC:5:16)"),
+        ("5:16", "modules.m.metrics[1].name", "gauge 'jobs_done_total' and counter 'jobs_done' of modules.m.metrics[0] (SPEC:4:55)")),
+    invalid("two_values_of_one_rule_give_one_counter", """
+        modules:
+          m:
+            metrics:
+              - {name: jobs, help: h, type: counter, values: {done: d, done_total: f}}
+        """,
+        ("4:55", "modules.m.metrics[0].values.done", "counter 'jobs_done' and counter 'jobs_done_total' of modules.m.metrics[0] (SPEC:4:64)"),
+        ("4:64", "modules.m.metrics[0].values.done_total", "both take the name jobs_done_total (the samples of counter 'jobs_done' are named")),
+    invalid("counter_with_and_without_total", """
+        modules:
+          m:
+            metrics:
+              - {name: req_total, help: h, type: counter, value: a}
+              - {name: req, help: h, type: counter, value: b}
+        """,
+        ("4:16", "modules.m.metrics[0].name", "both take the name req_total"),
+        ("5:16", "modules.m.metrics[1].name", "both take the name req_total")),
+    invalid("counter_created_name_is_a_gauge", """
+        modules:
+          m:
+            metrics:
+              - {name: req_created, help: h, value: a}
+              - {name: req_total, help: h, type: counter, value: b}
+        """,
+        ("4:16", "modules.m.metrics[0].name", "(OpenMetrics reserves req_created for the samples of counter 'req_total')"),
+        ("5:16", "modules.m.metrics[1].name", "counter 'req_total' and gauge 'req_created'")),
+    invalid("values_suffix_gives_a_probe_metric", """
+        modules:
+          m:
+            metrics:
+              - {name: probe, help: h, type: counter, values: {success: ok}}
+        """, ("4:56", "modules.m.metrics[0].values.success",
+              "counter 'probe_success' takes the name probe_success, which the probe's own metric probe_success has")),
+    invalid("rule_named_like_a_probe_metric", """
+        modules:
+          m:
+            metrics:
+              - {name: probe_success, help: h, value: ok}
+        """, ("4:16", "modules.m.metrics[0].name", "metric names starting with 'probe_' are reserved for the probe's own metrics")),
     # -- parameters
     invalid("parameter_pattern_invalid_regex", """
         modules:
@@ -641,6 +958,14 @@ INVALID = [
             metrics:
               - {name: a, help: h, value: x}
         """, ("4:29", "modules.m.endpoints.api.url", "invalid template: single '}' (write }} for a literal brace)")),
+    invalid("placeholder_with_a_line_break_is_reported_on_one_line", r"""
+        modules:
+          m:
+            endpoints:
+              api: {url: "{\ntarget}/api"}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:19", "modules.m.endpoints.api.url", "invalid placeholder {\\ntarget}: only {name} is allowed")),
     invalid("parameter_with_error_is_still_a_known_placeholder", """
         modules:
           m:
@@ -651,6 +976,67 @@ INVALID = [
             metrics:
               - {name: a, help: h, value: x}
         """, ("4:26", "modules.m.parameters.region.pattern", "invalid regex")),
+    # -- hosts from parameters, string bodies, header values
+    invalid("credentials_to_a_host_and_port_from_a_parameter", """
+        modules:
+          m:
+            parameters: {node: {}}
+            http_client_config: {bearer_token: t}
+            endpoints:
+              api: {url: "http://{node}:8080/stats"}
+            metrics:
+              - {name: a, help: h, endpoint: api, value: x}
+        """, ("2:3", "modules.m", "endpoint api sends credentials (http_client_config) to a host taken from {node}: declare `targets")),
+    invalid("credentials_to_a_subdomain_from_a_parameter", """
+        modules:
+          m:
+            parameters: {tenant: {}}
+            endpoints:
+              api: {url: "http://{tenant}.api.example.internal/", headers: {Authorization: Bearer t}}
+            metrics:
+              - {name: a, help: h, endpoint: api, value: x}
+        """, ("2:3", "modules.m", "endpoint api sends credentials (header Authorization) to a host taken from {tenant}")),
+    invalid("json_body_placeholder_outside_a_string", """
+        modules:
+          m:
+            parameters: {size: {}}
+            endpoints:
+              api: {method: POST, body: '{{"size": {size}}}'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("5:44", "modules.m.endpoints.api.body", "placeholder {size} must be inside a JSON string")),
+    invalid("json_body_placeholder_after_a_backslash", """
+        modules:
+          m:
+            endpoints:
+              api: {method: POST, body: '{{"q": "\\{target}"}}'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:43", "modules.m.endpoints.api.body", "placeholder {target} must be inside a JSON string")),
+    invalid("json_content_type_body_that_is_not_json", """
+        modules:
+          m:
+            endpoints:
+              api: {method: POST, headers: {Content-Type: application/json}, body: 'q="{target}"'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:76", "modules.m.endpoints.api.body", "the body is sent as JSON but is not JSON")),
+    invalid("string_body_with_placeholders_and_no_known_escaping", """
+        modules:
+          m:
+            endpoints:
+              api: {method: POST, headers: {Content-Type: text/plain}, body: 'host {target}'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:70", "modules.m.endpoints.api.body", "a string body with placeholders needs a Content-Type whose escaping the exporter knows")),
+    invalid("header_value_with_a_control_character", """
+        modules:
+          m:
+            endpoints:
+              api: {headers: {X-Token: "a\\nb"}}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:32", "modules.m.endpoints.api.headers['X-Token']", "header X-Token contains a line break or another control character")),
     # -- types and their keys
     invalid("stateset_without_states", """
         modules:
@@ -670,6 +1056,15 @@ INVALID = [
                 value: phase
                 states: [up, down]
         """, ("7:17", "modules.m.metrics[0].states", "`states` is only for type stateset")),
+    invalid("info_with_timestamp", """
+        modules:
+          m:
+            metrics:
+              - name: build_info
+                help: h
+                type: info
+                timestamp: built_at
+        """, ("7:9", "modules.m.metrics[0].timestamp", "info metrics take no `timestamp`")),
     invalid("timestamp_unit_without_timestamp", """
         modules:
           m:
@@ -743,7 +1138,7 @@ def test_invalid_spec_is_reported_at_its_place(case: Invalid, write_spec: SpecWr
         prefix = f"{path}:{location}: {yaml_path}: "
         found = [line for line in errors if line.startswith(prefix)]
         assert found, f"no problem starting with {prefix!r} in:\n{out}"
-        assert message in found[0].removeprefix(prefix), out
+        assert message.replace("SPEC", str(path)) in found[0].removeprefix(prefix), out
     assert not re.search(r": valid: \d+ module", out)
 
 
@@ -757,6 +1152,18 @@ def test_unknown_key_is_reported_with_suggestion(write_spec: SpecWriter, check: 
     code, out, _ = check(path)
     assert code == 1
     assert out == f"{path}:4:38: modules.m.metrics[0].lables: unknown key 'lables' (did you mean 'labels'?)\n"
+
+
+def test_help_key_typo_is_one_error_and_no_missing_help_warning(write_spec: SpecWriter, check: Run) -> None:
+    path = write_spec("""
+        modules:
+          m:
+            metrics:
+              - {name: a, hlep: h, value: x}
+        """)
+    code, out, _ = check(path)
+    assert code == 1
+    assert out == f"{path}:4:19: modules.m.metrics[0].hlep: unknown key 'hlep' (did you mean 'help'?)\n"
 
 
 def test_invalid_jmespath_in_a_literal_block_points_at_the_line_of_the_expression(write_spec: SpecWriter, check: Run) -> None:
@@ -829,7 +1236,12 @@ WARNINGS = [
      "counter 'requests' should end with _total"),
     ("missing_help", "{name: jobs, value: n}", "4:16", "modules.m.metrics[0].name", "metric 'jobs' has no help"),
     ("unit_milliseconds", "{name: latency_ms, help: h, value: n}", "4:16", "modules.m.metrics[0].name",
-     "metric name 'latency_ms': use the base unit: seconds (_seconds) and scale with a JMESPath expression or convert in PromQL"),
+     "metric name 'latency_ms': use the base unit: seconds (_seconds), converted with `scale: 0.001`"),
+    ("label_job", "{name: jobs, help: h, value: n, labels: {job: name}}", "4:50", "modules.m.metrics[0].labels.job",
+     "label 'job' is set by Prometheus on every scraped series: it renames this one exported_job, unless the scrape config sets honor_labels: true"),
+    ("label_instance", "{name: jobs, help: h, value: n, labels: {instance: host}}", "4:50", "modules.m.metrics[0].labels.instance",
+     "label 'instance' is set by Prometheus on every scraped series: it renames this one exported_instance, "
+     "unless the scrape config sets honor_labels: true"),
     ("unit_missing", "{name: request_duration, help: h, value: n}", "4:16", "modules.m.metrics[0].name",
      "metric name 'request_duration': add a unit suffix, e.g. _seconds"),
     ("unit_in_values_suffix", "{name: disk, help: h, values: {used_percent: u}}", "4:40", "modules.m.metrics[0].values.used_percent",
@@ -854,6 +1266,20 @@ def test_warning_is_printed_and_exits_zero_unless_strict(rule: str, location: st
     assert code == 1, out
     assert warning_lines(out) == [f"{path}:{location}: {yaml_path}: warning: {message}"]
     assert not re.search(r": valid: \d+ module", out)
+
+
+def test_module_labels_named_like_target_labels_are_warned_about(write_spec: SpecWriter, check: Run) -> None:
+    path = write_spec("""
+        modules:
+          m:
+            labels: {instance: "{target}", job: api, zone: eu}
+            metrics:
+              - {name: a, help: h, value: x}
+        """)
+    code, out, _ = check(path)
+    assert code == 0, out
+    assert [line.split(": warning: ")[0] for line in warning_lines(out)] == [f"{path}:3:14: modules.m.labels.instance", f"{path}:3:36: modules.m.labels.job"]
+    assert "it renames this one exported_job, unless the scrape config sets honor_labels: true" in out
 
 
 def test_clean_spec_exits_zero_even_when_strict(write_spec: SpecWriter, check: Run) -> None:
@@ -929,6 +1355,43 @@ def test_hostile_input_gives_a_message_never_a_traceback(content: bytes, expecte
     assert expected in out + err
     for line in (out + err).splitlines():
         assert line.startswith(f"{path}:"), line
+
+
+BROKEN_YAML_BASE = """\
+modules:
+  m:
+    parameters:
+      region: {default: eu, pattern: '[a-z]+'}
+    endpoints:
+      api: {url: "{target}/api", headers: {Accept: application/json}}
+    metrics:
+      - name: jobs_waiting
+        help: "Jobs waiting"
+        each: [{path: queues, as: q}, items]
+        value: waiting
+        labels:
+          queue: $q.key
+      - {name: up, help: h, value: '`1`'}
+"""
+
+
+# how PyYAML's parser talks, not a user
+PARSER_WORDS = re.compile(r"while (parsing|scanning)|'<[a-z ]+>'|not allowed here|could not find expected")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(["delete", "\t", " ", "  ", "'", '"', ":", "- ", "{", "]", "\n"])),
+                min_size=1, max_size=3))
+def test_broken_yaml_gives_located_problems_never_a_traceback(edits: list[tuple[int, str]]) -> None:
+    text = BROKEN_YAML_BASE
+    for position, edit in edits:
+        at = position % (len(text) + 1)
+        text = text[:at] + text[at + 1 :] if edit == "delete" else text[:at] + edit + text[at:]
+    _, problems = load_text(text, "f.yml")
+    for p in problems:
+        assert 1 <= p.line <= text.count("\n") + 1 and p.column >= 1, p
+        assert re.fullmatch(r"f\.yml:\d+:\d+: \S.*", str(p)) and "\n" not in str(p), p
+        assert not PARSER_WORDS.search(p.message), f"{p} for:\n{text}"
 
 
 # -- the schema ---------------------------------------------------------------------------------------
@@ -1027,7 +1490,8 @@ JUNK = st.one_of(
     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
 )
 
-LEVELS = st.one_of(EXPRESSIONS, st.fixed_dictionaries({}, optional={"path": EXPRESSIONS, "as": st.sampled_from(["lvl", "root", "n"])}))
+LEVELS = st.one_of(EXPRESSIONS, st.fixed_dictionaries({}, optional={"path": EXPRESSIONS, "as": st.sampled_from(["lvl", "root", "n"]),
+                                                                    "optional": st.booleans()}))
 METRICS = st.fixed_dictionaries(
     {"name": mostly(NAMES, st.sampled_from(["probe_x", "a_info", "x_total", "latency_ms"])), "value": EXPRESSIONS},
     optional={

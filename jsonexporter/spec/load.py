@@ -4,15 +4,17 @@ YAML with marks -> JSON Schema (every error) -> semantic checks -> the frozen mo
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from jsonexporter.labeltext import label_text
+from jsonexporter.names import PROBE_METRICS, exposition_names, family_name, text_name
 from jsonexporter.secrets import is_secret_name
 from jsonexporter.spec.expressions import (
     CONTEXT_NAMES,
@@ -26,6 +28,7 @@ from jsonexporter.spec.model import (
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
+    HEADER_VALUE_CONTROL,
     Endpoint,
     HTTPClientConfig,
     JsonBody,
@@ -41,23 +44,28 @@ from jsonexporter.spec.model import (
     Spec,
     TLSClientConfig,
 )
-from jsonexporter.spec.problems import Path, Problem, Severity, SpecError
-from jsonexporter.spec.schema import schema_problems
+from jsonexporter.spec.problems import Path, Problem, Severity, SpecError, format_path
+from jsonexporter.spec.schema import check_schema
 from jsonexporter.spec.yamlload import Marks, load_yaml
 
 MAX_SPEC_BYTES = 8 * 1024 * 1024
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_JSON_TYPE = re.compile(r"application/(?:[\w.+-]*\+)?json\s*(?:;|$)", re.IGNORECASE)
+_FORM_TYPE = re.compile(r"application/x-www-form-urlencoded\s*(?:;|$)", re.IGNORECASE)
+_PLACEHOLDER_MARK = "\ue000"  # stands for a value while the JSON structure of a body is checked
 # self-metrics of every probe answer live under this prefix
 RESERVED_PREFIX = "probe_"
 _UNIT_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"_(ms|msec|millis|milliseconds)(_total)?$"),
-     "use the base unit: seconds (_seconds) and scale with a JMESPath expression or convert in PromQL"),
+     "use the base unit: seconds (_seconds), converted with `scale: 0.001`"),
     (re.compile(r"_(kb|mb|gb|kib|mib|gib)(_total)?$"), "use the base unit: bytes (_bytes)"),
     (re.compile(r"_percent(age)?$"), "use a ratio from 0 to 1 with the suffix _ratio"),
     (re.compile(r"(latency|duration|elapsed|uptime|runtime)(?!.*_seconds)"), "add a unit suffix, e.g. _seconds"),
     (re.compile(r"(memory|heap|disk_size|file_size)(?!.*_bytes)"), "add a unit suffix, e.g. _bytes"),
 )
+# stands for an expression that did not compile (reported), in a rule that is only checked, never run
+_UNUSABLE = compile_expression("@")
 
 
 def parse_duration(value: str | float | int) -> float:
@@ -100,6 +108,7 @@ class _Checker:
     file: str
     marks: Marks
     problems: list[Problem] = field(default_factory=list)
+    meant: frozenset[Path] = frozenset()  # keys written with a typo, by the path of the key meant
 
     def add(self, path: Path, message: str, severity: Severity = "error", at_key: bool = False, offset: int | None = None) -> None:
         """Report at the value of `path` (its key with `at_key`; its character `offset` when given)."""
@@ -113,6 +122,11 @@ class _Checker:
         """True when a schema error was found at or below `path` (already reported)."""
         n = len(path)
         return any(p.severity == "error" and p.path[:n] == path for p in self.problems)
+
+    def declared(self, path: Path, raw: dict[str, Any]) -> set[str]:
+        """The keys of `raw` (at `path`) with those written with a typo (`valeu` counts as `value`):
+        a check that needs a key does not report it missing on top of the typo's own problem."""
+        return set(raw) | {p[-1] for p in self.meant if p[:-1] == path and isinstance(p[-1], str)}
 
     def clean(self, path: Path, raw: dict[str, Any]) -> dict[str, Any]:
         """`raw` without the values that failed the schema themselves, so the rest can still be checked."""
@@ -276,11 +290,16 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
             c.add((*path, "headers", key), f"invalid header name {key!r}", at_key=True)
         t = c.template((*path, "headers", key), value, names)
         if t is not None:
+            if HEADER_VALUE_CONTROL.search(value):
+                c.add((*path, "headers", key), f"header {key} contains a line break or another control character: it cannot be sent")
             headers.append((key, t))
     params = [(k, t) for k, v in _items(raw.get("params")) if (t := c.template((*path, "params", k), v, names)) is not None]
     body: Template | JsonBody | None = None
+    body_escape = None
     if isinstance(raw.get("body"), str):
         body = c.template((*path, "body"), raw["body"], names)
+        if body is not None:
+            body_escape = _body_escape(c, (*path, "body"), body, headers)
     elif isinstance(raw.get("body"), dict):
         body = JsonBody(_json_body(c, (*path, "body"), raw["body"], names))
     timeout = _duration(c, (*path, "timeout"), raw["timeout"]) if "timeout" in raw else None
@@ -302,6 +321,7 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
         headers=tuple(headers),
         params=tuple(params),
         body=body,
+        body_escape=body_escape,
         timeout=timeout,
         valid_status_codes=frozenset(codes) if codes else None,
         max_response_bytes=raw.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES),
@@ -309,6 +329,51 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
         cache_ttl=cache_ttl,
         stale_if_error=stale,
     )
+
+
+def _body_escape(c: _Checker, path: Path, body: Template, headers: list[tuple[str, Template]]) -> Literal["json", "form"] | None:
+    """How values go into a string body, by its Content-Type (or, without one, a body that starts like
+    JSON): JSON-escaped into JSON strings, or form-encoded. Placeholders in any other body are refused,
+    so that no value can change the body's structure."""
+    content_type = next((t for k, t in headers if k.lower() == "content-type"), None)
+    media = None if content_type is None else content_type.source if not content_type.placeholders else "a template"
+    skeleton = body.render(dict.fromkeys(body.placeholders, _PLACEHOLDER_MARK))
+    if media is not None and _FORM_TYPE.match(media.strip()):
+        return "form"
+    if (media is None and skeleton.lstrip()[:1] in ("{", "[")) or (media is not None and _JSON_TYPE.match(media.strip())):
+        _check_json_body(c, path, body, skeleton)
+        return "json"
+    if body.placeholders:
+        c.add(path, f"a string body with placeholders needs a Content-Type whose escaping the exporter knows (application/json, "
+                    f"application/*+json, application/x-www-form-urlencoded), not {media or 'none'}; or use a mapping body: "
+                    "otherwise a value could change the body's structure")
+    return None
+
+
+def _check_json_body(c: _Checker, path: Path, body: Template, skeleton: str) -> None:
+    """Every placeholder of a JSON body inside a JSON string (not after a backslash), and the body JSON."""
+    position = 0  # in the source, for the error's column
+    in_string = escaped = False
+    for literal, name in body.parts:
+        for ch in literal:
+            if escaped:
+                escaped = False
+            elif in_string and ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = not in_string
+        position += len(literal) + literal.count("{") + literal.count("}")  # each came from {{ or }}
+        if name is None:
+            continue
+        if not in_string or escaped:
+            c.add(path, f"placeholder {{{name}}} must be inside a JSON string (\"{{{name}}}\"): values are inserted as escaped string contents",
+                  offset=position)
+            return
+        position += len(name) + 2
+    try:
+        json.loads(skeleton)
+    except ValueError as exc:
+        c.add(path, f"the body is sent as JSON but is not JSON: {getattr(exc, 'msg', exc)}")
 
 
 def _levels(c: _Checker, path: Path, raw: Any) -> tuple[tuple[Level, ...], frozenset[str]]:
@@ -334,8 +399,18 @@ def _levels(c: _Checker, path: Path, raw: Any) -> tuple[tuple[Level, ...], froze
                 c.add((*p, "as"), f"level name {alias!r} is already used by an outer level")
             names.add(alias)
         if expr is not None:
-            levels.append(Level(expr, alias))
+            levels.append(Level(expr, alias, isinstance(item, dict) and item.get("optional") is True))
     return tuple(levels), frozenset(names)
+
+
+# labels Prometheus sets on every scraped series itself: it renames a scraped one exported_NAME
+_TARGET_LABELS = ("job", "instance")
+
+
+def _lint_label(c: _Checker, path: Path, label: str) -> None:
+    if label in _TARGET_LABELS:
+        c.add(path, f"label {label!r} is set by Prometheus on every scraped series: it renames this one exported_{label}, "
+                    "unless the scrape config sets honor_labels: true", "warning", at_key=True)
 
 
 def _lint_name(c: _Checker, path: Path, name: str, mtype: str, at_key: bool = False) -> None:
@@ -353,22 +428,24 @@ def _lint_name(c: _Checker, path: Path, name: str, mtype: str, at_key: bool = Fa
 
 
 def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list[str], module_labels: set[str]) -> Metric | None:
-    declared = set(raw)  # what was written, even when the schema rejected its value
+    declared = c.declared(path, raw)  # what was written (a typo as the key it meant), even when the schema rejected its value
     raw = c.clean(path, raw)
     if not isinstance(raw.get("name"), str):
         return None
     name: str = raw["name"]
+    # a type the schema rejected (`statset`, or `tpye: info`) is unknown: no check that depends on it
+    type_known = "type" in raw or "type" not in declared
     mtype = cast(MetricType, raw.get("type", "gauge"))
     if name.startswith(RESERVED_PREFIX):
         c.add((*path, "name"), f"metric names starting with {RESERVED_PREFIX!r} are reserved for the probe's own metrics")
-    if mtype == "info" and not name.endswith("_info"):
+    if type_known and mtype == "info" and not name.endswith("_info"):
         c.add((*path, "name"), f"info metric {name!r} must end with _info")
     entries = raw.get("values") if isinstance(raw.get("values"), dict) else {}
-    if "help" not in raw and not (entries and all(isinstance(v, dict) and "help" in v for v in entries.values())):
+    if "help" not in declared and not (entries and all(isinstance(v, dict) and "help" in v for v in entries.values())):
         c.add((*path, "name"), f"metric {name!r} has no help", "warning")
     endpoint = raw.get("endpoint")
     if endpoint is None:
-        if len(module_endpoints) > 1:
+        if len(module_endpoints) > 1 and "endpoint" not in declared:
             c.add(path, f"metric {name!r} must name its endpoint: the module has several ({', '.join(module_endpoints)})")
         endpoint = module_endpoints[0] if module_endpoints else DEFAULT_ENDPOINT
     elif module_endpoints and endpoint not in module_endpoints:
@@ -378,6 +455,8 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     has_value, has_values = "value" in declared, "values" in declared
     if has_value and has_values:
         c.add((*path, "values"), "use either `value` or `values`, not both")
+    elif not type_known and not has_value and not has_values:
+        pass  # an info metric needs neither
     elif mtype == "info":
         if has_values:
             c.add((*path, "values"), "info metrics take no `values`: their labels carry the data")
@@ -385,20 +464,20 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     elif not has_value and not has_values:
         c.add(path, f"metric {name!r} needs `value` (or `values`)")
     elif has_value:
-        if (e := c.expression((*path, "value"), raw.get("value"), level_names)) is not None:
-            outputs.append(Output(name, e))
+        outputs.append(Output(name, c.expression((*path, "value"), raw.get("value"), level_names) or _UNUSABLE))
     else:
-        if mtype == "stateset":
+        if type_known and mtype == "stateset":
             c.add((*path, "values"), "stateset metrics take one `value`: the current state")
         for suffix, entry in _items(raw.get("values")):
             entry_path: Path = (*path, "values", suffix)
             own_help = None
             if isinstance(entry, dict):
                 entry_path, own_help, entry = (*entry_path, "value"), entry.get("help"), entry.get("value")
-            if (e := c.expression(entry_path, entry, level_names)) is not None:
-                outputs.append(Output(f"{name}_{suffix}", e, own_help if isinstance(own_help, str) else None))
+            e = c.expression(entry_path, entry, level_names)
+            outputs.append(Output(f"{name}_{suffix}", e or _UNUSABLE, own_help if isinstance(own_help, str) else None))
+            if e is not None and type_known:
                 _lint_name(c, (*path, "values", suffix), f"{name}_{suffix}", mtype, at_key=True)
-    if not has_values:
+    if not has_values and type_known:
         _lint_name(c, (*path, "name"), name, mtype)
 
     labels: list[tuple[str, Expression]] = []
@@ -408,29 +487,36 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
             c.add(lp, f"label names starting with __ are reserved: {label!r}", at_key=True)
         elif label in module_labels:
             c.add(lp, f"label {label!r} is already set by the module's labels", at_key=True)
-        elif mtype == "stateset" and label == name:
+        elif type_known and mtype == "stateset" and label == name:
             c.add(lp, f"label {label!r} is the stateset's own state label", at_key=True)
         elif label in ("le", "quantile"):
             c.add(lp, f"label {label!r} is for histograms and summaries; Prometheus tools treat it specially", "warning", at_key=True)
-        if (e := c.expression(lp, source, level_names)) is not None:
-            labels.append((label, e))
+        else:
+            _lint_label(c, lp, label)
+        labels.append((label, c.expression(lp, source, level_names) or _UNUSABLE))
     states = tuple(label_text(s) for s in raw.get("states", ()))
-    if mtype == "stateset" and not states:
+    if type_known and mtype == "stateset" and "states" not in declared:
         c.add(path, f"stateset metric {name!r} needs `states`: every possible state")
-    if states and mtype != "stateset":
+    if states and type_known and mtype != "stateset":
         c.add((*path, "states"), "`states` is only for type stateset")
     timestamp = None
     if "timestamp" in raw:
         timestamp = c.expression((*path, "timestamp"), raw["timestamp"], level_names)
-    elif "timestamp_unit" in raw:
+        if mtype == "info":
+            # OpenMetrics parsers take all series of an info family for one group: one without a timestamp,
+            # or another rule's, and they reject the whole answer
+            c.add((*path, "timestamp"), "info metrics take no `timestamp`", at_key=True)
+    elif "timestamp_unit" in raw and "timestamp" not in declared:
         c.add((*path, "timestamp_unit"), "timestamp_unit without timestamp")
     value_map = {k: f for k, v in _items(raw.get("value_map")) if isinstance(v, (int, float)) and (f := _number(c, (*path, "value_map", k), v)) is not None}
     default = _number(c, (*path, "default"), raw["default"]) if "default" in raw else None
     scale = _number(c, (*path, "scale"), raw["scale"]) if "scale" in raw else 1.0
     if "scale" in raw and mtype in ("info", "stateset"):
         c.add((*path, "scale"), f"`scale` is for numbers: a {mtype} metric has none")
-    if c.broken(path):
-        return None
+    if not type_known or "labels" in declared - set(raw):
+        return None  # its family is unknown: nothing to compare the other rules with
+    # returned even when broken, with _UNUSABLE for what did not compile, so that its family is
+    # checked against the others (the module is not used when any of its rules is broken)
     return Metric(
         name=name,
         help=raw.get("help", ""),
@@ -453,23 +539,77 @@ class _Family:
     type: str
     labels: frozenset[str]
     path: Path
+    name: str = ""
+    at: Path = ()  # where the name is written: the rule's `name`, or its `values` key; () for the probe's own metrics
+
+    @property
+    def at_key(self) -> bool:
+        return len(self.at) > 1 and self.at[-2] == "values"
 
 
 def _check_families(c: _Checker, module: str, metrics: list[tuple[Path, Metric]], static: set[str]) -> None:
-    """Two rules may feed one metric only with the same type and label names."""
+    """Two rules may feed one metric only with the same type and label names; two metrics may not
+    take one name in the exposition, nor a name of the probe's own metrics."""
     seen: dict[str, _Family] = {}
+    takers: dict[str, list[_Family]] = {name: [_Family("gauge", frozenset(), (), name)] for name in PROBE_METRICS}
     for path, metric in metrics:
         label_names = frozenset(n for n, _ in metric.labels) | static
         for output in metric.outputs:
-            family = _Family(metric.type, label_names, path)
+            at: Path = (*path, "name") if output.name == metric.name else (*path, "values", output.name[len(metric.name) + 1:])
+            family = _Family(metric.type, label_names, path, output.name, at)
             first = seen.setdefault(output.name, family)
             if first is family:
+                # a rule named probe_… has its error already; a clash with the probe's metrics would say it twice
+                _check_names(c, family, takers, probe_metrics=not metric.name.startswith(RESERVED_PREFIX))
                 continue
             where = f"modules.{module}.metrics[{first.path[-1]}]"
             if first.type != family.type:
                 c.add((*path, "name"), f"metric {output.name!r} is also produced by {where} with type {first.type}, here {family.type}")
             elif first.labels != family.labels:
                 c.add((*path, "labels"), f"metric {output.name!r} is also produced by {where} with labels {sorted(first.labels)}, here {sorted(family.labels)}")
+
+
+def _check_names(c: _Checker, family: _Family, takers: dict[str, list[_Family]], probe_metrics: bool) -> None:
+    """Report `family` and each family before it that takes one of its exposition names, at both places."""
+    own = text_name(family.name, family.type)  # the name of both formats first: the one a user recognises
+    clashes: dict[int, tuple[_Family, str]] = {}
+    for name in sorted(exposition_names(family.name, family.type), key=lambda n: (n != own, n)):
+        for other in takers.get(name, ()):
+            if other.at or probe_metrics:
+                clashes.setdefault(id(other), (other, name))
+        takers.setdefault(name, []).append(family)
+    for other, name in clashes.values():
+        if not other.at:
+            c.add(family.at, f"{family.type} {family.name!r} takes the name {name}{_reason(name, family)}, which the probe's own metric "
+                             f"{other.name} has: {_REJECTED}; rename the metric", at_key=family.at_key)
+            continue
+        c.add(family.at, _clash(c, family, other, name), at_key=family.at_key)
+        c.add(other.at, _clash(c, other, family, name), at_key=other.at_key)
+
+
+_REJECTED = "Prometheus's parsers reject a whole answer that has a name twice"
+
+
+def _clash(c: _Checker, family: _Family, other: _Family, name: str) -> str:
+    line, col = c.marks.of_key(other.at) if other.at_key else c.marks.of_value(other.at)
+    return (f"{family.type} {family.name!r} and {other.type} {other.name!r} of {format_path(other.path)} ({c.file}:{line}:{col}) "
+            f"both take the name {name}{_reason(name, family, other)}: {_REJECTED}; rename one of them")
+
+
+def _reason(name: str, *families: _Family) -> str:
+    how = [h for f in families if (h := _naming(f, name))]
+    return f" ({'; '.join(how)})" if how else ""
+
+
+def _naming(family: _Family, name: str) -> str | None:
+    """How `family` comes to take `name`, when that is not the name the spec gave it."""
+    if name == family.name:
+        return None
+    if name == text_name(family.name, family.type):
+        return f"the samples of {family.type} {family.name!r} are named {name}"
+    if name == family_name(family.name, family.type):
+        return f"OpenMetrics names the family of {family.type} {family.name!r} {name}"
+    return f"OpenMetrics reserves {name} for the samples of {family.type} {family.name!r}"
 
 
 def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
@@ -484,6 +624,7 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
     for label in sorted(module_labels):
         if label.startswith("__"):
             c.add((*path, "labels", label), f"label names starting with __ are reserved: {label!r}", at_key=True)
+        _lint_label(c, (*path, "labels", label), label)
     # endpoints that failed the schema as a whole leave no names to check metrics against
     raw_endpoints = raw.get("endpoints", {}) if "endpoints" in declared else {DEFAULT_ENDPOINT: {}}
     endpoints = {}
@@ -542,21 +683,23 @@ def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[re.Pattern[str]]
     return patterns
 
 
-_HOST_FROM_TARGET = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)?(?://)?[^/?#]*\{target\}")
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
 def _credentials_to_target_host(endpoints: Iterable[Endpoint]) -> Iterator[str]:
-    """Endpoints that would send credentials to a host the probe's target picks (SSRF with secrets)."""
+    """Endpoints that would send credentials to a host the probe's caller picks, through the target or
+    any other placeholder in the URL's scheme, host or port (SSRF with secrets)."""
     for ep in endpoints:
-        if not _HOST_FROM_TARGET.match(ep.url.source):
+        picked = sorted({name for i in ep.url.url_origin_parts() if (name := ep.url.parts[i][1]) is not None})
+        if not picked:
             continue
+        whose = "the host of the target" if picked == ["target"] else "a host taken from " + ", ".join(f"{{{n}}}" for n in picked)
         carried = [f"header {h}" for h, _ in ep.headers if h.lower() in _CREDENTIAL_HEADERS or is_secret_name(h)]
         if ep.client.sends_credentials:
             carried.append("http_client_config")
         carried += [f"query parameter {q}" for q, _ in ep.params if is_secret_name(q)]
         if carried:
-            yield f"endpoint {ep.name} sends credentials ({', '.join(carried)}) to the host of the target"
+            yield f"endpoint {ep.name} sends credentials ({', '.join(carried)}) to {whose}"
 
 
 def _templates(endpoints: Iterable[Endpoint], labels: list[tuple[str, Template]]) -> Iterator[Template]:
@@ -587,8 +730,8 @@ def load_text(text: str, file: str) -> tuple[Spec | None, list[Problem]]:
     data, marks, problems = load_yaml(text, file)
     if data is None:
         return None, problems
-    c = _Checker(file, marks, problems)
-    c.problems.extend(schema_problems(data, file, marks))
+    report = check_schema(data, file, marks)
+    c = _Checker(file, marks, [*problems, *report.problems], report.meant)
     modules: dict[str, Module] = {}
     if isinstance(data, dict) and isinstance(data.get("modules"), dict):
         for name, raw in data["modules"].items():

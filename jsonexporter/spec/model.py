@@ -20,6 +20,8 @@ DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 # default max_response_bytes, what keeps one probe within the memory of docs/deployment.md.
 DEFAULT_SERIES_LIMIT = 100_000
 DEFAULT_ENDPOINT = "default"
+# what a header value cannot hold (RFC 9110 5.5): control characters but tab
+HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,7 @@ class Endpoint:
     headers: tuple[tuple[str, Template], ...] = field(default=(), repr=False)
     params: tuple[tuple[str, Template], ...] = field(default=(), repr=False)
     body: Template | JsonBody | None = field(default=None, repr=False)
+    body_escape: Literal["json", "form"] | None = None  # how values are inserted into a string body
     timeout: float | None = None
     valid_status_codes: frozenset[int] | None = None  # None: any 2xx
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
@@ -64,6 +67,7 @@ class Level:
 
     path: Expression
     alias: str | None = None
+    optional: bool = False  # null (a missing field) is nothing to iterate, not an extraction error
 
 
 @dataclass(frozen=True, slots=True)
