@@ -105,12 +105,13 @@ def turn(priority: int, deadline: float | None = None) -> contextlib.AbstractAsy
 
 
 def _pause() -> asyncio.Future[None]:
-    """Two turns of the event loop for the others: a request that arrived during the slice is read
-    in the first, and its handler runs in the second, before the computation goes on (after one
-    turn, `sleep(0)`, the computation's next slice would come first and the handler wait for it)."""
+    """Three turns of the event loop for the others: a request that arrived during the slice is read
+    in the first, aiohttp's connection task wakes in the second and its handler runs in the third,
+    before the computation goes on (after one turn, `sleep(0)`, the next slice would come first, and
+    the handler would wait for two more)."""
     loop = asyncio.get_running_loop()
     future = loop.create_future()
-    loop.call_soon(loop.call_soon, _wake, future)
+    loop.call_soon(loop.call_soon, loop.call_soon, _wake, future)
     return future
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from metrics_util import names, parse, value
 
 from jsonexporter.exposition import Family, encode_async
 from jsonexporter.server import Options, make_app
-from jsonexporter.slices import EXTRACT, PARSE, RENDER, DeadlinePassed, turn
+from jsonexporter.slices import EXTRACT, PARSE, RENDER, DeadlinePassed, Steps, run_sliced, turn
 from jsonexporter.spec import load_text
 
 # About 1.2 million elements that each fail their rule: parsed in a fraction of a second,
@@ -187,3 +188,30 @@ def test_series_limit_must_be_a_count(bad: str) -> None:
     spec, problems = load_text(f"modules:\n  default:\n    series_limit: {bad}\n    metrics: [{{name: x, help: x, value: a}}]\n", "spec.yml")
     assert spec is None
     assert [str(p).split(": ")[0:2] for p in problems] == [["spec.yml:3:19", "modules.default.series_limit"]]
+
+
+async def test_a_health_check_that_arrives_during_a_slice_is_answered_before_the_next_slice(aiohttp_client: Any) -> None:
+    """What keeps /-/healthy quick while big answers are extracted: between two slices, the event
+    loop reads a request that arrived and runs its handler before the computation goes on."""
+    client = await aiohttp_client(make_app(make_spec(SLOW_SPEC)))
+    request = b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    sock = socket.create_connection(("127.0.0.1", client.server.port), timeout=10)
+
+    def first_request() -> bytes:  # in a thread: the connection is accepted and kept alive
+        sock.sendall(request)
+        return sock.recv(65536)
+
+    seen: list[bytes] = []
+
+    def steps() -> Steps[None]:
+        sock.sendall(request)
+        yield  # the slice ends here (slice_seconds=0), with the request in the socket
+        try:
+            seen.append(sock.recv(65536, socket.MSG_DONTWAIT))
+        except (BlockingIOError, TimeoutError):
+            seen.append(b"")
+
+    with sock:
+        assert (await asyncio.to_thread(first_request)).startswith(b"HTTP/1.1 200")
+        await asyncio.wait_for(run_sliced(steps(), slice_seconds=0), 10)
+    assert seen[0].startswith(b"HTTP/1.1 200") and seen[0].endswith(b"Healthy.\n")
