@@ -2,7 +2,8 @@
 
 Extraction and rendering are written as generators that yield between small steps. `run` goes
 through all the steps at once. `run_sliced` does too, but lets the event loop serve whatever is
-waiting (other probes, /-/healthy) each time a slice of `SLICE_SECONDS` has been used.
+waiting (other probes, /-/healthy) each time a slice of `SLICE_SECONDS` has been used: three
+turns of the loop, enough for a request that arrived meanwhile to be answered.
 
 The computations of an event loop take turns, one at a time: rendering before extraction
 before parsing, so that a probe that has begun goes on to its answer and lets go of its
@@ -33,8 +34,9 @@ T = TypeVar("T")
 Steps = Generator[None, None, T]
 
 # Longest the event loop is held by one computation (the last step may overrun it: extract.py keeps
-# steps around 1 ms). A request to /-/healthy waits for about two slices; 5 ms gave it a p99 of
-# 58-89 ms under 8 probes of bench/'s 2.1 MB answer on a busy 2-core machine (bench/README.md).
+# steps around 1 ms). A request to /-/healthy waits for the rest of one slice (see _pause): with 5 ms
+# slices and one loop turn between them, its p99 was 52-136 ms under 8 probes of bench/'s 2.1 MB
+# answer on a busy 2-core machine, 18-21 ms with these (bench/README.md).
 SLICE_SECONDS = 0.002
 RENDER, EXTRACT, PARSE = 0, 1, 2  # priorities of the turns: lower first, so that a probe goes on to the end
 
