@@ -182,13 +182,13 @@ def encode(families: list[Family], accept: str, accept_encoding: str) -> tuple[b
     return body, headers
 
 
-async def encode_async(families: list[Family], accept: str, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
+async def encode_async(families: list[Family], accept: str, accept_encoding: str, deadline: float | None = None) -> tuple[bytes, dict[str, str]]:
     """`encode` on the event loop, in slices and in turn (see slices.py); a big body is
     compressed in a thread (zlib lets go of the GIL while it works, so that runs beside the
-    event loop)."""
+    event loop). DeadlinePassed (slices.py) when `deadline` passes before the body is written."""
     openmetrics, compress, headers = _negotiate(accept, accept_encoding)
-    async with turn(RENDER):
-        body = b"".join([chunk.encode("utf-8", "replace") async for chunk in sliced(_chunks(families, openmetrics))])
+    async with turn(RENDER, deadline):
+        body = b"".join([chunk.encode("utf-8", "replace") async for chunk in sliced(_chunks(families, openmetrics), deadline=deadline)])
     if compress:
         if len(body) > _COMPRESS_INLINE_BYTES:
             body = await asyncio.to_thread(gzip.compress, body, compresslevel=1)

@@ -711,6 +711,7 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
         parameters=MappingProxyType(params),
         target_allow=tuple(allow),
         needs_target=uses_target,
+        series_limit=raw.get("series_limit"),
     )
 
 

@@ -14,7 +14,12 @@ Duplicates = Literal["first", "last", "sum"]  # what a rule does with its own se
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 DEFAULT_TIMEOUT = 10.0
-DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# Parsed, JSON takes up to 38 times its size ([[]],[[]],… : docs/deployment.md): at 4 MiB one probe
+# stays within the 256 MiB of the shipped Kubernetes manifest.
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+# Series per probe of modules without `series_limit` (serve's --probe.series-limit): with the
+# default max_response_bytes, what keeps one probe within the memory of docs/deployment.md.
+DEFAULT_SERIES_LIMIT = 100_000
 DEFAULT_ENDPOINT = "default"
 # what a header value cannot hold (RFC 9110 5.5): control characters but tab
 HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -129,6 +134,7 @@ class Module:
     parameters: Mapping[str, Parameter] = field(default_factory=dict)
     target_allow: tuple[re.Pattern[str], ...] = ()  # empty: any target
     needs_target: bool = True  # some template or `$target` uses it
+    series_limit: int | None = None  # most series a probe may give (0: no limit); None: the server's default
 
     def target_allowed(self, target: str) -> bool:
         return not self.target_allow or any(p.fullmatch(target) for p in self.target_allow)
