@@ -55,6 +55,10 @@ class Extraction:
     errors: dict[str, int] = field(default_factory=dict)  # by metric name
     duplicates: dict[str, int] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
+    # samples that families' keys do not count, for series_limit (which counts samples, as Prometheus's
+    # sample_limit does): a histogram's or summary's beyond its first, and those a rule holds back for
+    # its duplicates policy
+    uncounted: int = 0
 
     def series(self, metric: str) -> int:
         """How many series the metric has: duplicates and skipped ones are not counted."""
@@ -213,7 +217,8 @@ _Series = tuple[str, _Samples]  # a series (a histogram's or summary's: all its 
 _Held = tuple[_Samples, float | None]  # a series and its timestamp
 
 
-def _append(family: Family, samples: _Samples, ts: float | None) -> None:
+def _append(result: Extraction, family: Family, samples: _Samples, ts: float | None) -> None:
+    result.uncounted += len(samples) - 1
     for sample_name, labels, value in samples:
         family.parts.append(sample_line(sample_name, labels_text(labels), value) if ts is None else (sample_name, labels, value, ts))
 
@@ -225,13 +230,14 @@ def _put(result: Extraction, name: str, family: Family, series: _Series, ts: flo
     key, samples = series
     if held is None:
         if _new_series(result, name, family, key):
-            _append(family, samples, ts)
+            _append(result, family, samples, ts)
         return
     before = held.get(key)
     if before is not None and metric.duplicates == "sum":  # one sample: the loader allows `sum` only for single values
         (sample_name, labels, value), = samples
         held[key] = ([(sample_name, labels, before[0][0][2] + value)], ts if ts is not None else before[1])
         return
+    result.uncounted += len(samples) - (0 if before is None else len(before[0]))
     held[key] = (samples, ts)
 
 
@@ -305,8 +311,9 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
             result.error(output.name, _reason(exc))
     for (output, family, _), kept in zip(families, held, strict=True) if held is not None else ():
         for key, (samples_, ts_) in kept.items():
+            result.uncounted -= len(samples_)
             if _new_series(result, output.name, family, key):
-                _append(family, samples_, ts_)
+                _append(result, family, samples_, ts_)
     if trace is not None:
         trace.add(f"  rule {metric.name}: {traced} element(s)")
 
@@ -736,7 +743,7 @@ async def extract_async(module: Module, documents: Mapping[str, Any], probe: Pro
 
 
 def _series(result: Extraction) -> int:
-    return sum(len(family.keys) for family in result.families.values())
+    return sum(len(family.keys) for family in result.families.values()) + result.uncounted
 
 
 def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels, trace: Trace | None,

@@ -89,3 +89,4 @@ async def test_probe_answers_counts_per_state_and_reports_no_duplicates(upstream
     series = parse(await (await client.get(f"/probe?target={up.url}/")).text())
     assert value(series, "items", state="open") == 3 and value(series, "items", state="done") == 1
     assert value(series, "probe_duplicate_series", metric="items") == 0
+

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from test_promtool import needs_promtool, promtool_check
 
 from jsonexporter.exposition import render_openmetrics, render_text
-from jsonexporter.extract import Extraction, ProbeContext, extract
+from jsonexporter.extract import Extraction, ProbeContext, SeriesLimitExceeded, extract, extract_async
 from jsonexporter.trace import Trace
 
 PROBE = ProbeContext("default", "http://t", {})
@@ -225,3 +225,12 @@ def test_a_route_without_any_latency_is_reported_by_its_missing_buckets() -> Non
     result = _extract(HISTOGRAM, {"routes": {"/new": {}, "/": {"latency": {"buckets": {"+Inf": 1}, "sum": 0.5}}}})
     assert list(_buckets(result)) == ["/"]
     assert result.messages == ["metric http_request_duration_seconds: buckets 'latency.buckets' is null or missing (labels {'route': '/new'})"]
+
+
+async def test_series_limit_counts_every_sample_of_a_histogram_as_prometheus_sample_limit_does() -> None:
+    module = make_spec(HISTOGRAM).modules["default"]
+    route = {"latency": {"buckets": {"0.1": 1, "1": 2, "+Inf": 3}, "sum": 0.5}}  # 3 buckets, _count, _sum: 5 samples
+    at = await extract_async(module, {"default": {"routes": {"/a": route, "/b": route}}}, PROBE, series_limit=10)
+    assert len(_buckets(at)) == 2
+    with pytest.raises(SeriesLimitExceeded):
+        await extract_async(module, {"default": {"routes": {"/a": route, "/b": route, "/c": route}}}, PROBE, series_limit=10)
