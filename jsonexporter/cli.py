@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from jsonexporter import __version__, logs
 from jsonexporter.logs import kv
 from jsonexporter.spec import Spec, load_text, read_spec_text
+from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT
 from jsonexporter.spec.problems import Problem
 
 if TYPE_CHECKING:
@@ -124,6 +125,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.web_workers > 1 and not hasattr(signal, "sigwaitinfo"):
         print("--web.workers above 1 needs Linux (SO_REUSEPORT spreading connections, sigwaitinfo)", file=sys.stderr)
         return EXIT_USAGE
+    if args.series_limit < 0:
+        print("--probe.series-limit must be 0 (no limit) or more", file=sys.stderr)
+        return EXIT_USAGE
     if args.upstream_max_connections < 1 or args.upstream_max_connections_per_host < 1:
         print("--upstream.max-connections and --upstream.max-connections-per-host must be 1 or more", file=sys.stderr)
         return EXIT_USAGE
@@ -134,7 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     max_connections = args.web_max_connections or client_connection_limit(open_files.soft, args.upstream_max_connections)
     options = Options(timeout_offset=args.timeout_offset, max_concurrent_probes=args.max_concurrent_probes, auto_reload_interval=auto_reload,
                       connection_limit=args.upstream_max_connections, connection_limit_per_host=args.upstream_max_connections_per_host,
-                      max_client_connections=max_connections)
+                      max_client_connections=max_connections, series_limit=args.series_limit)
     loaded = _Loaded(spec, web_config)  # in the supervisor: the newest valid files, what a replaced worker starts with
 
     def run(worker: int = 0, directory: str | None = None) -> int:
@@ -171,10 +175,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Full collections walk every object alive: most are the modules and the spec, never garbage
     # (frozen), the rest the documents of the probes in progress, which refcounting frees. Fewer,
     # rarer collections: 2.1 MB probes 6.3 -> 8.7/s, /-/healthy p99 81 -> 34 ms (bench/). Frozen
-    # before forking workers, the startup spec's pages also stay shared with them.
+    # before forking workers, the startup spec's pages also stay shared with them. The first
+    # threshold counts objects made less those freed: a parsed 2.1 MB answer of bench/ is 15,000;
+    # at 50,000 its parse no longer starts collections that hold the event loop for 2-9 ms each.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(5000, 10, 100)
+    gc.set_threshold(50_000, 10, 100)
     if args.web_workers == 1:
         return run()
     return Supervisor(args.web_workers, run, reload, args.shutdown_timeout).run()
@@ -274,6 +280,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="reload the spec when its file changes, checked at this interval, e.g. 30s (default: off)")
     serve.add_argument("--web.max-concurrent-probes", dest="max_concurrent_probes", type=int, default=256,
                        help="probes answered at once; more get HTTP 503 (default 256)")
+    serve.add_argument("--probe.series-limit", dest="series_limit", type=int, default=DEFAULT_SERIES_LIMIT,
+                       help=f"most series per probe of modules without series_limit; more fail the probe; 0: no limit (default {DEFAULT_SERIES_LIMIT})")
     serve.add_argument("--web.shutdown-timeout", dest="shutdown_timeout", type=float, default=15.0,
                        help="seconds in-flight probes get to finish on SIGTERM (default 15)")
     serve.add_argument("--web.max-connections", dest="web_max_connections", type=int, default=0,

@@ -39,6 +39,10 @@ class SelfMetrics:
         self.upstream_requests = Counter(
             "jsonexporter_upstream_requests", "Upstream requests by module, endpoint and outcome.", ["module", "endpoint", "outcome"], registry=r
         )
+        self.limits_exceeded = Counter(
+            "jsonexporter_probe_limits_exceeded", "Probes failed because they reached a limit (deadline, series_limit), by module and limit.",
+            ["module", "limit"], registry=r,
+        )
         self.cache_requests = Counter(
             "jsonexporter_cache_requests", "Endpoint lookups of endpoints with cache_ttl, by result (miss, hit, coalesced, stale).",
             ["module", "endpoint", "result"], registry=r,

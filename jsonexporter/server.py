@@ -25,10 +25,11 @@ from jsonexporter.exposition import encode_async, render_text
 from jsonexporter.fetch import InvalidRequest, Upstream, new_session, redact_target
 from jsonexporter.listen import ClientConnections
 from jsonexporter.logs import kv
-from jsonexporter.probe import ProbeResult, TargetNotAllowed, run_probe
+from jsonexporter.probe import ProbeResult, TargetNotAllowed, fail, run_probe
 from jsonexporter.selfmetrics import SelfMetrics
+from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec import SpecError, load_spec, read_spec_text
-from jsonexporter.spec.model import Spec
+from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT, Spec
 from jsonexporter.webconfig import BasicAuth, WebConfig, headers_hook, load_web_config, ssl_context
 
 log = logging.getLogger("jsonexporter")
@@ -44,6 +45,7 @@ class Options:
     connection_limit_per_host: int = 32
     max_client_connections: int = 0  # beyond, the oldest idle client connections are closed (listen.py); 0: no bound
     max_concurrent_probes: int = 256  # over it: HTTP 503 at once
+    series_limit: int = DEFAULT_SERIES_LIMIT  # of modules without series_limit; 0: none
     recent_probes: int = 50  # kept for the landing page
     auto_reload_interval: float = 0.0  # seconds; 0: only SIGHUP and POST /-/reload
     worker: int = 0  # this process's number among `workers` worker processes (workers.py); 0: the only process
@@ -138,7 +140,7 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
     state.in_flight += 1
     state.metrics.in_flight.inc()
     try:
-        result = await run_probe(state.upstream, module, target, query, timeout, debug)
+        result = await run_probe(state.upstream, module, target, query, timeout, debug, state.options.series_limit)
     except TargetNotAllowed as exc:
         state.metrics.probes.labels(module.name, "forbidden").inc()
         return _plain(403, str(exc))
@@ -148,10 +150,17 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
     finally:
         state.in_flight -= 1
         state.metrics.in_flight.dec()
-    _record(state, module.name, target, result)
     if debug:
+        _record(state, module.name, target, result)
         return _plain(200, _debug_text(result))
-    body, headers = await encode_async(result.families, request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", ""))
+    accept, accept_encoding = request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
+    try:
+        body, headers = await encode_async(result.families, accept, accept_encoding, result.deadline)
+    except DeadlinePassed:
+        elapsed = asyncio.get_running_loop().time() - (result.deadline - timeout)
+        result = fail(result, module, "deadline", f"the deadline of {timeout:.3f}s passed while the answer was written", elapsed)
+        body, headers = await encode_async(result.families, accept, accept_encoding)  # the probe's own metrics: a few lines
+    _record(state, module.name, target, result)
     return web.Response(body=body, headers=headers)
 
 
@@ -161,6 +170,10 @@ def _record(state: State, module: str, target: str, result: ProbeResult) -> None
     duration = result.duration
     m.probe_duration.labels(module).observe(duration)
     errors = [f"endpoint {r.endpoint}: {r.outcome}: {r.error}" for r in result.endpoints if not r.ok] + result.extraction.messages
+    if result.failure is not None:
+        errors.insert(0, result.failure)
+        m.limits_exceeded.labels(module, result.failed_due_to or "").inc()
+        log.warning("probe failed", extra=kv(module=module, target=redact_target(target), limit=result.failed_due_to, err=result.failure))
     extraction = result.extraction
     state.recent.append(ProbeRecord(next(state.ids), time.time(), module, redact_target(target), result.success, duration, tuple(errors[:20]),
                                     len(result.endpoints), sum(not r.ok for r in result.endpoints),

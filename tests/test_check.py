@@ -267,9 +267,9 @@ INVALID = [
             metrics:
               - name: a
                 help: h
-                type: histogram
+                type: gaugehistogram
                 value: x
-        """, ("6:15", "modules.m.metrics[0].type", '"histogram" is not one of gauge, counter')),
+        """, ("6:15", "modules.m.metrics[0].type", '"gaugehistogram" is not one of gauge, counter')),
     # -- one mistake, one problem: nothing reported that only follows from it
     invalid("type_typo_is_one_error_with_a_suggestion", """
         modules:
@@ -279,7 +279,8 @@ INVALID = [
                 help: h
                 type: information
                 labels: {version: version}
-        """, ("6:15", "modules.m.metrics[0].type", '"information" is not one of gauge, counter, untyped, info, stateset (did you mean \'info\'?)')),
+        """, ("6:15", "modules.m.metrics[0].type",
+              '"information" is not one of gauge, counter, untyped, info, stateset, histogram, summary (did you mean \'info\'?)')),
     invalid("enum_typo_suggests_the_value_and_hides_its_consequences", """
         modules:
           m:
@@ -1084,6 +1085,94 @@ INVALID = [
                 value: x
                 labels: {instance: host}
         """, ("8:18", "modules.m.metrics[0].labels.instance", "label 'instance' is already set by the module's labels")),
+    # -- duplicates and distributions
+    invalid("duplicates_sum_on_an_info_metric", """
+        modules:
+          m:
+            metrics:
+              - name: build_info
+                help: h
+                type: info
+                labels: {version: v}
+                duplicates: sum
+        """, ("8:21", "modules.m.metrics[0].duplicates", "`duplicates: sum` adds up values, which info metrics do not have (use first or last)")),
+    invalid("duplicates_unknown_policy", """
+        modules:
+          m:
+            metrics:
+              - {name: a, help: h, value: x, duplicates: max}
+        """, ("4:50", "modules.m.metrics[0].duplicates", "\"max\" is not one of first, last, sum")),
+    invalid("histogram_without_buckets_and_sum", """
+        modules:
+          m:
+            metrics:
+              - name: latency_seconds
+                help: h
+                type: histogram
+                count: n
+        """, ("4:9", "modules.m.metrics[0]", "histogram metric 'latency_seconds' needs `buckets` and `sum`")),
+    invalid("buckets_key_typo_is_one_error", """
+        modules:
+          m:
+            metrics:
+              - {name: latency_seconds, help: h, type: histogram, bukets: b, sum: s}
+        """, ("4:59", "modules.m.metrics[0].bukets", "unknown key 'bukets' (did you mean 'buckets'?)")),
+    invalid("histogram_type_typo_hides_the_keys_of_histograms", """
+        modules:
+          m:
+            metrics:
+              - {name: latency_seconds, help: h, type: histogramm, buckets: b, sum: s}
+        """, ("4:48", "modules.m.metrics[0].type", "(did you mean 'histogram'?)")),
+    invalid("summary_without_quantiles", """
+        modules:
+          m:
+            metrics:
+              - {name: rpc_seconds, help: h, type: summary, sum: s}
+        """, ("4:9", "modules.m.metrics[0]", "summary metric 'rpc_seconds' needs `quantiles`")),
+    invalid("histogram_with_a_value", """
+        modules:
+          m:
+            metrics:
+              - name: latency_seconds
+                help: h
+                type: histogram
+                buckets: b
+                sum: s
+                value: v
+                scale: 0.001
+        """, ("9:9", "modules.m.metrics[0].value", "a histogram takes `buckets`, `sum` and `count`, not `value`"),
+             ("10:9", "modules.m.metrics[0].scale", "a histogram takes `buckets`, `sum` and `count`, not `scale`")),
+    invalid("buckets_on_a_summary_and_quantiles_on_a_gauge", """
+        modules:
+          m:
+            metrics:
+              - {name: rpc_seconds, help: h, type: summary, quantiles: q, buckets: b, cumulative: false}
+              - {name: depth, help: h, value: d, quantiles: q}
+        """, ("4:67", "modules.m.metrics[0].buckets", "`buckets` is only for type histogram, not summary"),
+             ("4:79", "modules.m.metrics[0].cumulative", "`cumulative` is only for type histogram, not summary"),
+             ("5:42", "modules.m.metrics[1].quantiles", "`quantiles` is only for type summary, not gauge")),
+    invalid("histogram_label_le_and_summary_label_quantile", """
+        modules:
+          m:
+            metrics:
+              - {name: a_seconds, help: h, type: histogram, buckets: b, sum: s, labels: {le: x}}
+              - {name: b_seconds, help: h, type: summary, quantiles: q, labels: {quantile: x}}
+        """, ("4:82", "modules.m.metrics[0].labels.le", "label 'le' is the histogram's own label of its buckets"),
+             ("5:74", "modules.m.metrics[1].labels.quantile", "label 'quantile' is the summary's own label of its quantiles")),
+    invalid("histogram_bucket_expression_invalid", """
+        modules:
+          m:
+            metrics:
+              - {name: a_seconds, help: h, type: histogram, buckets: 'latency..b', sum: s}
+        """, ("4:71", "modules.m.metrics[0].buckets", "invalid JMESPath: unexpected token '.' at position 8")),
+    invalid("histogram_clashes_with_a_gauge_named_like_its_buckets", """
+        modules:
+          m:
+            metrics:
+              - {name: latency_seconds, help: h, type: histogram, buckets: b, sum: s}
+              - {name: latency_seconds_bucket, help: h, value: x}
+        """, ("4:16", "modules.m.metrics[0].name", "both take the name latency_seconds_bucket"),
+             ("5:16", "modules.m.metrics[1].name", "both take the name latency_seconds_bucket")),
     # -- durations
     invalid("zero_duration_string", """
         modules:
@@ -1496,7 +1585,7 @@ METRICS = st.fixed_dictionaries(
     {"name": mostly(NAMES, st.sampled_from(["probe_x", "a_info", "x_total", "latency_ms"])), "value": EXPRESSIONS},
     optional={
         "help": st.text(max_size=5),
-        "type": mostly(st.sampled_from(["gauge", "counter", "untyped"]), st.sampled_from(["info", "stateset"])),
+        "type": mostly(st.sampled_from(["gauge", "counter", "untyped"]), st.sampled_from(["info", "stateset", "histogram", "summary"])),
         "endpoint": mostly(st.sampled_from(["default", "a", "b"]), st.just("zz")),
         "each": st.one_of(EXPRESSIONS, st.lists(LEVELS, min_size=1, max_size=2)),
         "values": st.dictionaries(st.sampled_from(["up", "total", "size_mb"]), EXPRESSIONS, min_size=1, max_size=2),
@@ -1506,6 +1595,12 @@ METRICS = st.fixed_dictionaries(
         "timestamp": EXPRESSIONS,
         "timestamp_unit": st.sampled_from(["seconds", "milliseconds"]),
         "states": st.lists(st.one_of(st.text(max_size=3), st.integers()), min_size=1, max_size=3, unique=True),
+        "duplicates": st.sampled_from(["first", "last", "sum"]),
+        "buckets": EXPRESSIONS,
+        "cumulative": st.booleans(),
+        "quantiles": EXPRESSIONS,
+        "sum": EXPRESSIONS,
+        "count": EXPRESSIONS,
     },
 )
 ENDPOINTS = st.fixed_dictionaries({}, optional={

@@ -1,7 +1,7 @@
 """Every fast path against the general path it replaces: same output for the same spec and payload.
 
-- extraction: `extract` takes the fast path for rules without `$`, timestamps or statesets, and
-  the general path when traced; both must give the same families, errors, duplicates, messages,
+- extraction: `extract` takes the fast path for rules without `$`, timestamps, statesets, histograms,
+  summaries or a `duplicates` policy other than `first`, and the general path when traced; both must give the same families, errors, duplicates, messages,
   also across the fast path's chunks of elements (columns at once, or one by one);
 - the writer: values formatted as the reference formatter (and the whole output against
   prometheus_client through tests/test_exposition.py);
@@ -48,6 +48,8 @@ documents = st.fixed_dictionaries({
     "items": st.lists(elements, max_size=8),
     "byname": st.dictionaries(st.sampled_from(["x", "y", "z"]), items, max_size=3),
     "v": json_values,
+    "buckets": st.one_of(st.dictionaries(st.sampled_from(["0.1", "1", "+Inf", "x"]), st.integers(0, 12) | st.sampled_from(["3", None]), max_size=3),
+                         st.lists(st.tuples(st.sampled_from([0.5, 2, "+Inf"]), st.integers(0, 12)).map(list), max_size=3)),
     # only numbers: the fast path's columns at once, negative and NaN counts among them
     "counts": st.lists(st.fixed_dictionaries({"id": st.sampled_from(["a", "b", "c", "d"]), "v": st.integers(-3, 3) | st.floats(),
                                               "w": st.integers(-3, 3)}), max_size=6),
@@ -91,7 +93,14 @@ def modules(draw: Any) -> dict[str, Any]:
                 rule["default"] = -1
             if draw(st.booleans()):
                 rule["scale"] = draw(st.sampled_from([0.001, 0.5, 3]))
+        if draw(st.integers(0, 3)) == 0:  # the general path, with its own series merged or not
+            rule["duplicates"] = draw(st.sampled_from(["first", "last"] if mtype == "info" else ["first", "last", "sum"]))
         metrics.append(rule)
+    if draw(st.integers(0, 3)) == 0:  # a histogram: the general path only, beside the others
+        metrics.append({"name": "h_seconds", "help": "h", "type": "histogram", "each": draw(st.sampled_from([None, "byname", "items"])) or "@",
+                        "labels": {"id": "id"}, "buckets": draw(st.sampled_from(["buckets", "$root.buckets", "sub"])),
+                        "sum": draw(st.sampled_from(["v", "`1.5`"])), "count": draw(st.sampled_from(["w", "`9`"])),
+                        "cumulative": draw(st.booleans()), "duplicates": draw(st.sampled_from(["first", "last"]))})
     module: dict[str, Any] = {"metrics": metrics}
     if draw(st.booleans()):
         module["labels"] = {"c": "c-{target}", "zone": draw(st.sampled_from(["z", '50%', 'q"%s\\back\nline']))}

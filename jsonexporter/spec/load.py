@@ -29,6 +29,8 @@ from jsonexporter.spec.model import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
     HEADER_VALUE_CONTROL,
+    Distribution,
+    Duplicates,
     Endpoint,
     HTTPClientConfig,
     JsonBody,
@@ -451,9 +453,18 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     elif module_endpoints and endpoint not in module_endpoints:
         c.add((*path, "endpoint"), f"unknown endpoint {endpoint!r}: the module has {', '.join(module_endpoints)}")
     levels, level_names = _levels(c, (*path, "each"), raw.get("each"))
+    if type_known:
+        _wrong_type_keys(c, path, declared, mtype)
     outputs: list[Output] = []
     has_value, has_values = "value" in declared, "values" in declared
-    if has_value and has_values:
+    distribution = None
+    if mtype in _DISTRIBUTION_KEYS:
+        for key in ("value", "values", "value_map", "default", "scale"):
+            if key in raw:  # not a typo's meaning (`valeu`), which has its own problem
+                c.add((*path, key), f"a {mtype} takes {_DISTRIBUTION_KEYS[mtype]}, not `{key}`", at_key=True)
+        distribution = _distribution(c, path, raw, declared, mtype, level_names)
+        outputs.append(Output(name, None))
+    elif has_value and has_values:
         c.add((*path, "values"), "use either `value` or `values`, not both")
     elif not type_known and not has_value and not has_values:
         pass  # an info metric needs neither
@@ -489,6 +500,8 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
             c.add(lp, f"label {label!r} is already set by the module's labels", at_key=True)
         elif type_known and mtype == "stateset" and label == name:
             c.add(lp, f"label {label!r} is the stateset's own state label", at_key=True)
+        elif (mtype, label) in (("histogram", "le"), ("summary", "quantile")):
+            c.add(lp, f"label {label!r} is the {mtype}'s own label of its {'buckets' if label == 'le' else 'quantiles'}", at_key=True)
         elif label in ("le", "quantile"):
             c.add(lp, f"label {label!r} is for histograms and summaries; Prometheus tools treat it specially", "warning", at_key=True)
         else:
@@ -513,6 +526,9 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     scale = _number(c, (*path, "scale"), raw["scale"]) if "scale" in raw else 1.0
     if "scale" in raw and mtype in ("info", "stateset"):
         c.add((*path, "scale"), f"`scale` is for numbers: a {mtype} metric has none")
+    duplicates = cast(Duplicates, raw.get("duplicates", "first"))
+    if duplicates == "sum" and mtype not in ("gauge", "counter", "untyped"):
+        c.add((*path, "duplicates"), f"`duplicates: sum` adds up values, which {mtype} metrics do not have (use first or last)")
     if not type_known or "labels" in declared - set(raw):
         return None  # its family is unknown: nothing to compare the other rules with
     # returned even when broken, with _UNUSABLE for what did not compile, so that its family is
@@ -531,7 +547,35 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
         timestamp_scale=0.001 if raw.get("timestamp_unit") == "milliseconds" else 1.0,
         states=states,
         scale=1.0 if scale is None else scale,
+        duplicates=duplicates,
+        distribution=distribution,
     )
+
+
+# what each type of distribution takes instead of `value`; the keys no other type takes
+_DISTRIBUTION_KEYS = {"histogram": "`buckets`, `sum` and `count`", "summary": "`quantiles`, `sum` and `count`"}
+_ONLY_FOR = {"buckets": ("histogram",), "cumulative": ("histogram",), "quantiles": ("summary",),
+             "sum": ("histogram", "summary"), "count": ("histogram", "summary")}
+
+
+def _distribution(c: _Checker, path: Path, raw: dict[str, Any], declared: set[str], mtype: str, level_names: frozenset[str]) -> Distribution | None:
+    """The expressions of a histogram (`buckets`, `sum`, `count`) or a summary (`quantiles`, `sum`, `count`)."""
+    points_key = "buckets" if mtype == "histogram" else "quantiles"
+    needed = (points_key, "sum") if mtype == "histogram" else (points_key,)
+    missing = [f"`{key}`" for key in needed if key not in declared]  # a key with a typo has its own error
+    if missing:
+        c.add(path, f"{mtype} metric {raw['name']!r} needs {' and '.join(missing)}")
+    points = c.expression((*path, points_key), raw.get(points_key), level_names)
+    sum_, count = (c.expression((*path, key), raw[key], level_names) if key in raw else None for key in ("sum", "count"))
+    if points is None:
+        return None
+    return Distribution(points, sum_, count, bool(raw.get("cumulative", True)))
+
+
+def _wrong_type_keys(c: _Checker, path: Path, declared: set[str], mtype: str) -> None:
+    for key in sorted(declared & _ONLY_FOR.keys()):
+        if mtype not in _ONLY_FOR[key]:
+            c.add((*path, key), f"`{key}` is only for type {' and '.join(_ONLY_FOR[key])}, not {mtype}", at_key=True)
 
 
 @dataclass(frozen=True)
@@ -667,6 +711,7 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
         parameters=MappingProxyType(params),
         target_allow=tuple(allow),
         needs_target=uses_target,
+        series_limit=raw.get("series_limit"),
     )
 
 
