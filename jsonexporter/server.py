@@ -16,14 +16,16 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import exposition as prom_exposition
 
 from jsonexporter import __version__
 from jsonexporter.client import Clients
 from jsonexporter.exposition import encode_async, render_text
-from jsonexporter.fetch import InvalidRequest, Upstream, new_session, redact_target
+from jsonexporter.fetch import InvalidRequest, Upstream, new_session
 from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, TargetNotAllowed, run_probe
+from jsonexporter.secrets import REDACTED, Redactor
 from jsonexporter.selfmetrics import SelfMetrics
 from jsonexporter.spec import SpecError, load_spec, read_spec_text
 from jsonexporter.spec.model import Spec
@@ -53,7 +55,7 @@ class ProbeRecord:
     id: int
     time: float
     module: str
-    target: str  # redacted
+    target: str  # redacted when recorded: the "debug again" links percent-encode it, beyond the page's redaction
     success: bool
     duration: float
     errors: tuple[str, ...]
@@ -75,14 +77,30 @@ class State:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     recent: deque[ProbeRecord] = field(default_factory=deque)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    redactor: Redactor = field(default_factory=Redactor)  # knows every spec served since start, and what was read at run time
 
 
 STATE = web.AppKey("state", State)
 
 
+class _ForPeople(web.Response):
+    """A page or a plain-text message: redacted by `redact_for_people` on its way out."""
+
+
+@web.middleware
+async def redact_for_people(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The edge of every text meant for people (pages, traces, errors): one redaction, whatever the
+    handler put in. Metrics answers are data and pass untouched."""
+    response = await handler(request)
+    if isinstance(response, _ForPeople) and isinstance(response.body, bytes):
+        mark = html.escape(REDACTED) if response.content_type == "text/html" else REDACTED
+        response.body = request.app[STATE].redactor(response.body.decode("utf-8"), mark).encode("utf-8")
+    return response
+
+
 def _plain(status: int, text: str) -> web.Response:
     # "replace": a lone surrogate that the json module let through from an answer becomes "?"
-    return web.Response(status=status, body=(text + "\n").encode("utf-8", "replace"), content_type="text/plain", charset="utf-8")
+    return _ForPeople(status=status, body=(text + "\n").encode("utf-8", "replace"), content_type="text/plain", charset="utf-8")
 
 
 def _shown(value: str, limit: int = 100) -> str:
@@ -145,7 +163,8 @@ def _record(state: State, module: str, target: str, result: ProbeResult) -> None
     duration = result.duration
     m.probe_duration.labels(module).observe(duration)
     errors = [f"endpoint {r.endpoint}: {r.outcome}: {r.error}" for r in result.endpoints if not r.ok] + result.extraction.messages
-    state.recent.append(ProbeRecord(next(state.ids), time.time(), module, redact_target(target), result.success, duration, tuple(errors[:20])))
+    shown = state.redactor(target)
+    state.recent.append(ProbeRecord(next(state.ids), time.time(), module, shown, result.success, duration, tuple(errors[:20])))
     while len(state.recent) > state.options.recent_probes:
         state.recent.popleft()
     for r in result.endpoints:
@@ -154,9 +173,9 @@ def _record(state: State, module: str, target: str, result: ProbeResult) -> None
         if r.cache in (None, "miss", "stale"):  # a hit or a coalesced request sent nothing upstream
             m.upstream_requests.labels(module, r.endpoint, r.outcome).inc()
         if not r.ok:
-            log.warning("endpoint failed", extra=kv(module=module, endpoint=r.endpoint, target=redact_target(target), outcome=r.outcome, err=r.error))
+            log.warning("endpoint failed", extra=kv(module=module, endpoint=r.endpoint, target=shown, outcome=r.outcome, err=r.error))
     for message in result.extraction.messages:
-        log.debug("extraction error", extra=kv(module=module, target=redact_target(target), err=message))
+        log.debug("extraction error", extra=kv(module=module, target=shown, err=message))
 
 
 def _debug_text(result: ProbeResult) -> str:
@@ -210,8 +229,9 @@ async def reload_spec(state: State) -> tuple[bool, str]:
             reason = f"{state.spec_file}: cannot read: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
         else:
             changed = spec.sha256 != state.spec.sha256
+            state.redactor.know(spec.secrets)
             if state.upstream is not None:
-                state.upstream.clients = Clients()  # CA files, certificates and tokens read afresh
+                state.upstream.clients = Clients(state.redactor)  # CA files, certificates and tokens read afresh
             state.spec = spec
             state.metrics.spec_loaded(spec.sha256, len(spec.modules))
             log.info("spec reloaded", extra=kv(config=state.spec_file, changed=changed, modules=len(spec.modules)))
@@ -250,7 +270,7 @@ def _page(title: str, body: str) -> web.Response:
 {body}
 </body></html>
 """
-    return web.Response(text=page, content_type="text/html")
+    return _ForPeople(text=page, content_type="text/html")
 
 
 def _worker_note(options: Options) -> str:
@@ -331,17 +351,17 @@ def make_app(
     """The app; with a web config, every path requires its basic auth users and gets its headers.
     TLS is the caller's (the site's) business: `app[STATE].tls` holds the context to serve with."""
     options = options or Options()
-    state = State(spec, options, metrics or SelfMetrics(), spec_file=spec_file, web=web_config or WebConfig())
+    state = State(spec, options, metrics or SelfMetrics(), spec_file=spec_file, web=web_config or WebConfig(), redactor=Redactor(spec.secrets))
     state.metrics.spec_loaded(spec.sha256, len(spec.modules))
     if state.web.tls is not None:
         state.tls = ssl_context(state.web.tls)
     auth = BasicAuth(lambda: state.web)
-    app = web.Application(middlewares=[auth.middleware()])
+    app = web.Application(middlewares=[auth.middleware(), redact_for_people])
     app[STATE] = state
     app.on_response_prepare.append(headers_hook(lambda: state.web))
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        state.upstream = Upstream(new_session(options.connection_limit, options.connection_limit_per_host))
+        state.upstream = Upstream(new_session(options.connection_limit, options.connection_limit_per_host), Clients(state.redactor))
         yield
         await state.upstream.session.close()
 

@@ -14,6 +14,8 @@ import jmespath.exceptions
 import jmespath.functions
 from jmespath.parser import ParsedResult
 
+from jsonexporter.secrets import redact_patterns
+
 Search = Callable[[Any], Any]
 
 # names a `$` expression can start with; level names given with `as` are added per metric
@@ -154,6 +156,9 @@ class Template:
 
     source: str
     parts: tuple[tuple[str, str | None], ...]  # (literal text, placeholder name or None)
+
+    def __repr__(self) -> str:
+        return f"Template({redact_patterns(self.source)!r})"
 
     @property
     def placeholders(self) -> frozenset[str]:
