@@ -66,10 +66,6 @@ async def serve(tmp_path: Path) -> AsyncIterator[Callable[[str], Awaitable[Serve
         served.proc.wait(10)
 
 
-def unescaped(page: str) -> str:
-    return html.unescape(page)
-
-
 async def test_the_landing_page_shows_endpoint_urls_without_userinfo_or_secret_query_values(serve: Callable[[str], Awaitable[Served]]) -> None:
     exporter = await serve("""
         modules:
@@ -103,7 +99,7 @@ async def test_client_errors_quoting_the_url_show_it_redacted_in_trace_records_a
     records = [(await exporter.get(f"/probes/{n}"))[1] for n in (1, 2)]
     log = exporter.stop()
     assert "TooManyRedirects" in traces[0] and "ClientResponseError" in traces[1]  # the texts that quote the URL
-    for shown in (*traces, *map(unescaped, records), log):
+    for shown in (*traces, *map(html.unescape, records), log):
         assert "SECRET-QUERY-1" not in shown
         assert "api_key=<redacted>" in shown and "%3Credacted%3E" not in shown
     assert log.count("endpoint failed") == 2
@@ -163,7 +159,7 @@ async def test_the_userinfo_of_a_host_port_target_is_redacted_everywhere(serve: 
     _, record = await exporter.get("/probes/1")
     log = exporter.stop()
     assert up.hits["/api"] == 1 and up.requests[0].headers["Authorization"].startswith("Basic ")  # the target's userinfo was used
-    for shown in (trace, unescaped(page), unescaped(record), log):
+    for shown in (trace, html.unescape(page), html.unescape(record), log):
         assert "pw-HOSTPORT" not in shown and "someone" not in shown
         assert f"<redacted>@127.0.0.1:{up.server.port}" in shown
     assert "invalid_status" in log
