@@ -44,6 +44,7 @@ class RequestOptions:
     proxy_headers: dict[str, str] | None
     allow_redirects: bool
     authorization: str | None
+    authorization_source: str | None = None  # where the Authorization value comes from, for errors that cannot show it
 
     def identity(self) -> str:
         """Who the request is made as, for cache keys: a hash, never the credentials."""
@@ -184,26 +185,29 @@ class Clients:
 
     async def options(self, config: HTTPClientConfig, url: URL, session: aiohttp.ClientSession) -> RequestOptions:
         """Everything a request with `config` needs; raises ClientConfigError (no secret in it)."""
-        authorization = None
+        authorization = source = None
         if config.basic_auth is not None:
             user_secret, password_secret = config.basic_auth
             user = _reveal(user_secret, "username_file")
             password = self.reveal(password_secret, "password_file")
             credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
             self.redactor.learn(credentials)
-            authorization = "Basic " + credentials
+            authorization, source = "Basic " + credentials, "basic_auth"
         elif config.authorization is not None:
             kind, creds = config.authorization
             value = self.reveal(creds, "credentials_file")
             authorization = f"{kind} {value}"
+            source = f"credentials_file {creds.file!r}" if creds.file else "authorization.credentials"
         elif config.oauth2 is not None:
             authorization = "Bearer " + await self.token_source(config.oauth2).get(session)
+            source = "the oauth2 token endpoint's access_token"
         context: ssl.SSLContext | bool = self.context(config.tls) if config.tls else True
-        proxy, proxy_headers = self._proxy(config, url)
-        return RequestOptions(context, config.tls.server_name if config.tls else None, proxy, proxy_headers, config.follow_redirects, authorization)
+        proxy, proxy_headers = self.proxy(config, url)
+        return RequestOptions(context, config.tls.server_name if config.tls else None, proxy, proxy_headers, config.follow_redirects, authorization, source)
 
     @staticmethod
-    def _proxy(config: HTTPClientConfig, url: URL) -> tuple[str | None, dict[str, str] | None]:
+    def proxy(config: HTTPClientConfig, url: URL) -> tuple[str | None, dict[str, str] | None]:
+        """The proxy for a request to `url` (no_proxy decides per URL, so per redirect hop too) and its CONNECT headers."""
         headers = {name: ", ".join(v.value or "" for v in values) for name, values in config.proxy_connect_header} or None
         if config.proxy_url:
             if url.host and _bypasses_proxy(url.host, config.no_proxy):

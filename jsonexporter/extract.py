@@ -16,6 +16,7 @@ from jsonexporter.exposition import EXACT_LIMIT, Family, Labels, escape_label_va
 from jsonexporter.labeltext import label_text
 from jsonexporter.slices import Steps, run, run_sliced
 from jsonexporter.spec.expressions import Expression, Search
+from jsonexporter.spec.functions import FunctionError
 from jsonexporter.spec.model import Level, Metric, Module, Output
 from jsonexporter.trace import Trace, shorten
 
@@ -471,7 +472,7 @@ def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], element
 
 
 def _reason(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, ExtractionError) else f"{type(exc).__name__}: {exc}"
+    return str(exc) if isinstance(exc, ExtractionError | FunctionError) else f"{type(exc).__name__}: {exc}"
 
 
 def _states(metric: Metric, pairs: list[tuple[str, str]], raw: Any) -> list[tuple[Labels, float]]:

@@ -4,11 +4,13 @@ shared keep-alive session, each bounded in time and bytes, answers parsed as JSO
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
+import re
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,20 +18,22 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from jsonexporter import __version__
 from jsonexporter.cache import Answer, Lookup, ResponseCache
 from jsonexporter.client import ClientConfigError, Clients, RequestOptions
+from jsonexporter.hops import BASE_HEADERS, MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin, url_allowed
 from jsonexporter.secrets import REDACTED, is_secret_name, redact_patterns
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.expressions import Template
-from jsonexporter.spec.model import Endpoint, JsonBody, Module
+from jsonexporter.spec.model import HEADER_VALUE_CONTROL, Endpoint, JsonBody, Module
 from jsonexporter.trace import Trace, shorten
-
-USER_AGENT = f"jsonexporter/{__version__}"
 
 
 class InvalidRequest(Exception):
     """The probe's target or parameters make an unusable request (HTTP 400 for the scraper)."""
+
+
+class TargetNotAllowed(InvalidRequest):
+    """The target, or a host taken from a parameter, is outside the module's allowlist (HTTP 403 for the scraper)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +43,14 @@ class UpstreamRequest:
     url: URL
     headers: Mapping[str, str]
     body: bytes | None
+    allow: tuple[re.Pattern[str], ...] = ()  # the module's targets.allow, for redirects
 
 
 @dataclass(slots=True)
 class EndpointResult:
     endpoint: str
-    outcome: str  # success, timeout, connection_error, invalid_status, too_large, invalid_json, cancelled
+    # success, timeout, connection_error, invalid_status, too_large, invalid_json, config_error, redirect_refused, cancelled
+    outcome: str
     status: int = 0
     bytes: int = 0
     duration: float = 0.0
@@ -53,6 +59,7 @@ class EndpointResult:
     cache: str | None = None  # with cache_ttl: miss, hit, coalesced or stale
     cache_age: float | None = None
     stale: bool = False  # the upstream failed; `document` is an older good answer (stale_if_error)
+    redirects: list[str] = field(default_factory=list)  # each redirect followed, for the trace
 
     @property
     def ok(self) -> bool:
@@ -92,18 +99,52 @@ def _quote_path_value(value: str) -> str:
     return urllib.parse.quote(value, safe="/")
 
 
-def render_request(endpoint: Endpoint, values: Mapping[str, str]) -> UpstreamRequest:
-    """Fill in the endpoint's templates; raise InvalidRequest when the URL is not http(s)."""
-    raw_url = endpoint.url.render(values, quote=_quote_path_value)
+_NOT_IN_HOST = re.compile(r"[/?#@\\\s]")
+
+
+def _render_url(endpoint: Endpoint, values: Mapping[str, str]) -> str:
+    """The URL template filled in: `{target}` as is, a parameter in the scheme, host or port checked to be
+    part of a host name or address, a parameter in the path percent-encoded."""
+    in_origin = endpoint.url.url_origin_parts()
+
+    def quote(i: int, value: str) -> str:
+        name = endpoint.url.parts[i][1]
+        if name == "target":
+            return value
+        if i in in_origin:
+            if _NOT_IN_HOST.search(value):
+                raise InvalidRequest(f"endpoint {endpoint.name}: parameter {name!r} is used in the URL's host: "
+                                     f"its value must not contain /, ?, #, @, \\ or spaces")
+            return value
+        return _quote_path_value(value)
+
+    return endpoint.url.render(values, quote)
+
+
+def _body_quote(escape: str | None) -> Callable[[int, str], str] | None:
+    if escape == "json":
+        return lambda _, value: json.dumps(value)[1:-1]  # string contents: quotes and backslashes escaped
+    if escape == "form":
+        return lambda _, value: urllib.parse.quote_plus(value, safe="")
+    return None
+
+
+def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[re.Pattern[str], ...] = ()) -> UpstreamRequest:
+    """Fill in the endpoint's templates; raise InvalidRequest when the URL is not http(s), TargetNotAllowed
+    when a host taken from a parameter is outside `allow` (the module's targets.allow)."""
+    raw_url = _render_url(endpoint, values)
     try:
         url = URL(raw_url)
     except (ValueError, TypeError) as exc:
         raise InvalidRequest(f"endpoint {endpoint.name}: invalid URL: {exc}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise InvalidRequest(f"endpoint {endpoint.name}: the URL must be http:// or https:// with a host, got {redact_url(url)!r}")
+    origin_names = {endpoint.url.parts[i][1] for i in endpoint.url.url_origin_parts()}
+    if allow and origin_names - {"target"} and not url_allowed(url, allow):
+        raise TargetNotAllowed(f"endpoint {endpoint.name}: the host {url.host!r}, taken from a parameter, is not allowed by targets.allow")
     if endpoint.params:
         url = url.update_query([(k, t.render(values)) for k, t in endpoint.params])
-    headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+    headers = dict(BASE_HEADERS)
     for name, template in endpoint.headers:
         value = template.render(values)
         if "\r" in value or "\n" in value:
@@ -111,15 +152,17 @@ def render_request(endpoint: Endpoint, values: Mapping[str, str]) -> UpstreamReq
         headers[name] = value
     body: bytes | None = None
     if isinstance(endpoint.body, Template):
-        body = endpoint.body.render(values).encode()
+        body = endpoint.body.render(values, _body_quote(endpoint.body_escape)).encode()
+        if endpoint.body_escape == "json" and not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/json"
     elif isinstance(endpoint.body, JsonBody):
         body = json.dumps(_render_json(endpoint.body.value, values)).encode()
         headers.setdefault("Content-Type", "application/json")
-    return UpstreamRequest(endpoint, endpoint.method, url, headers, body)
+    return UpstreamRequest(endpoint, endpoint.method, url, headers, body, allow)
 
 
 def render_requests(module: Module, values: Mapping[str, str]) -> list[UpstreamRequest]:
-    return [render_request(endpoint, values) for endpoint in module.endpoints.values()]
+    return [render_request(endpoint, values, module.target_allow) for endpoint in module.endpoints.values()]
 
 
 # orjson parses 1.5 to 4 times faster (2.1 MB of bench/ items: 13 ms against 21), but needs more
@@ -178,7 +221,12 @@ class Upstream:
 
 
 def _cache_key(request: UpstreamRequest, options: RequestOptions) -> str:
-    parts = [request.method, str(request.url), options.identity(), str(options.proxy), str(id(options.ssl)), str(options.server_hostname)]
+    """The request, and everything that decides whether its answer is good: endpoints share an answer
+    only when their own validation (status codes, size limit, redirect policy, allowlist) would accept it."""
+    endpoint = request.endpoint
+    codes = "2xx" if endpoint.valid_status_codes is None else ",".join(map(str, sorted(endpoint.valid_status_codes)))
+    parts = [request.method, str(request.url), options.identity(), str(options.proxy), str(id(options.ssl)), str(options.server_hostname),
+             codes, str(endpoint.max_response_bytes), str(options.allow_redirects), *(p.pattern for p in request.allow)]
     digest = hashlib.sha256("\0".join(parts).encode())
     digest.update(request.body or b"")
     for name, value in sorted(request.headers.items()):
@@ -186,29 +234,67 @@ def _cache_key(request: UpstreamRequest, options: RequestOptions) -> str:
     return digest.hexdigest()
 
 
-async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptions, budget: float) -> tuple[Answer | None, EndpointResult]:
-    """One upstream request, bounded by `budget` seconds; the answer when it is good."""
-    endpoint = request.endpoint
-    result = EndpointResult(endpoint.name, "success")
+def _first_hop(request: UpstreamRequest, options: RequestOptions) -> Hop:
+    """The request as first sent, with the Authorization of http_client_config (or the URL's userinfo);
+    raise ClientConfigError, naming the header and never its value, when a header cannot be sent."""
     headers = dict(request.headers)
+    url = request.url
     if options.authorization is not None:
         headers["Authorization"] = options.authorization
-    start = time.monotonic()
-    try:
-        async with asyncio.timeout(max(budget, 0.0)):
-            async with up.session.request(
-                request.method, request.url, headers=headers, data=request.body, ssl=options.ssl, server_hostname=options.server_hostname,
-                proxy=options.proxy, proxy_headers=options.proxy_headers, allow_redirects=options.allow_redirects,
-            ) as response:
-                result.status = response.status
+    elif url.user is not None or url.password is not None:  # sent as Basic auth, as aiohttp and Go do; the URL keeps none
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{url.user or ''}:{url.password or ''}".encode()).decode()
+    for name, value in [*headers.items(), *(options.proxy_headers or {}).items()]:
+        if HEADER_VALUE_CONTROL.search(value):
+            source = f" (from {options.authorization_source})" if name == "Authorization" and options.authorization_source else ""
+            raise ClientConfigError(f"header {name}{source} contains a line break or another control character")
+    return Hop(request.method, url.with_user(None), headers, request.body, options.server_hostname)
+
+
+async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOptions, hop: Hop, result: EndpointResult) -> None:
+    """Send `hop`, and the requests its redirects make (each through `next_hop`); read the last answer into `result`."""
+    endpoint = request.endpoint
+    while True:
+        proxy, proxy_headers = up.clients.proxy(endpoint.client, hop.url)
+        async with up.session.request(
+            hop.method, hop.url, headers=hop.headers, data=hop.body, ssl=options.ssl, server_hostname=hop.server_hostname,
+            proxy=proxy, proxy_headers=proxy_headers, allow_redirects=False,
+        ) as response:
+            result.status = response.status
+            location = response.headers.get("Location")
+            if location is None or not options.allow_redirects or response.status not in REDIRECT_STATUSES:
                 if not endpoint.status_ok(response.status):
                     result.outcome = "invalid_status"
                     result.error = f"HTTP status {response.status} {response.reason or ''}".rstrip()
-                else:
-                    body = await _read_body(response, endpoint.max_response_bytes)
-                    result.bytes = len(body)
-                    async with turn(PARSE):  # see slices.py: waiting answers stay bytes, smaller than parsed
-                        result.document = _parse_json(body)
+                    return
+                body = await _read_body(response, endpoint.max_response_bytes)
+                result.bytes = len(body)
+                async with turn(PARSE):  # see slices.py: waiting answers stay bytes, smaller than parsed
+                    result.document = _parse_json(body)
+                return
+        n = len(result.redirects) + 1
+        if n > MAX_REDIRECTS:
+            result.outcome, result.error = "redirect_refused", f"more than {MAX_REDIRECTS} redirects"
+            return
+        decision = next_hop(hop, response.status, location, request.url, request.allow)
+        if isinstance(decision, Refusal):
+            where = redact_url(decision.url) if decision.url is not None else "an unusable Location"
+            result.outcome, result.error = "redirect_refused", f"redirect {n} ({response.status} to {where}) refused: {decision.reason}"
+            return
+        crossed = " (another origin: only User-Agent and Accept go with it)" if origin(decision.url) != origin(hop.url) else ""
+        result.redirects.append(f"redirect {n}: {response.status} -> {decision.method} {redact_url(decision.url)}{crossed}")
+        hop = decision
+
+
+async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptions, budget: float) -> tuple[Answer | None, EndpointResult]:
+    """One upstream request and its redirects, bounded by `budget` seconds; the answer when it is good."""
+    result = EndpointResult(request.endpoint.name, "success")
+    start = time.monotonic()
+    try:
+        hop = _first_hop(request, options)
+        async with asyncio.timeout(max(budget, 0.0)):
+            await _exchange(up, request, options, hop, result)
+    except ClientConfigError as exc:
+        result.outcome, result.error = "config_error", str(exc)
     except TimeoutError:
         result.outcome, result.error = "timeout", f"no complete answer within {budget:.3f}s"
     except _TooLarge as exc:
@@ -248,9 +334,17 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
         if endpoint.cache_ttl is None:
             _, result = await _request(up, request, options, remaining)
         else:
-            lookup = await up.cache.get(_cache_key(request, options), endpoint.cache_ttl, endpoint.stale_if_error,
-                                        lambda: _request(up, request, options, remaining), remaining)
+            sent: list[EndpointResult] = []  # the request this probe made itself (a miss), for its redirects in the trace
+
+            async def fetch(options: RequestOptions = options) -> tuple[Answer | None, EndpointResult]:
+                answer, fetched = await _request(up, request, options, remaining)
+                sent.append(fetched)
+                return answer, fetched
+
+            lookup = await up.cache.get(_cache_key(request, options), endpoint.cache_ttl, endpoint.stale_if_error, fetch, remaining)
             result = _from_cache(endpoint.name, lookup, remaining)
+            if sent:
+                result.redirects = sent[0].redirects
     result.duration = loop.time() - start
     if trace is not None:
         _trace_request(trace, request, options, result)
@@ -283,8 +377,11 @@ def _trace_request(trace: Trace, request: UpstreamRequest, options: RequestOptio
         trace.add(f"  via proxy {redact_url(URL(options.proxy))}")
     if request.body is not None:
         trace.add(f"  request body: {len(request.body)} bytes")
+    for line in result.redirects:
+        trace.add(f"  {line}")
     cached = f", cache {result.cache} (age {result.cache_age or 0.0:.1f}s)" if result.cache else ""
-    trace.add(f"  -> {result.outcome}, status {result.status}, {result.bytes} bytes, {result.duration:.3f}s{cached}")
+    followed = f", redirects followed: {len(result.redirects)}" if result.redirects else ""
+    trace.add(f"  -> {result.outcome}, status {result.status}, {result.bytes} bytes, {result.duration:.3f}s{followed}{cached}")
     if result.error:
         trace.add(f"  error: {result.error}")
     if result.document is not None:

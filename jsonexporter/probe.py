@@ -12,6 +12,7 @@ from typing import Any
 from jsonexporter.exposition import Family, Labels
 from jsonexporter.extract import Extraction, ProbeContext, extract, extract_async
 from jsonexporter.fetch import EndpointResult, InvalidRequest, Upstream, fetch_all, redact_target, render_requests
+from jsonexporter.fetch import TargetNotAllowed as TargetNotAllowed  # raised here and by render_requests
 from jsonexporter.spec.model import Module
 from jsonexporter.trace import Trace
 
@@ -19,10 +20,6 @@ MAX_TARGET_LENGTH = 4096
 MAX_PARAM_LENGTH = 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RESERVED_PARAMS = frozenset({"module", "target", "debug"})
-
-
-class TargetNotAllowed(InvalidRequest):
-    """The target is outside the module's allowlist (HTTP 403 for the scraper)."""
 
 
 @dataclass(slots=True)
@@ -42,7 +39,9 @@ def resolve_values(module: Module, target: str, query: Mapping[str, str], offlin
         raise InvalidRequest("missing target parameter")
     if len(target) > MAX_TARGET_LENGTH or _CONTROL.search(target):
         raise InvalidRequest(f"invalid target: longer than {MAX_TARGET_LENGTH} characters or containing control characters")
-    if not offline and not module.target_allowed(target):  # the allowlist guards requests; offline sends none
+    # the allowlist guards requests (offline sends none); a module that does not use the target checks
+    # only the hosts its parameters make (render_request), and a target it would ignore
+    if not offline and (target or module.needs_target) and not module.target_allowed(target):
         raise TargetNotAllowed(f"target not allowed by module {module.name!r}: it matches none of its targets.allow patterns")
     params = {k: v for k, v in query.items() if k not in RESERVED_PARAMS and len(v) <= MAX_PARAM_LENGTH}
     values = {"target": target, "module": module.name}

@@ -404,6 +404,103 @@ INVALID = [
                 help: h
                 value: "sum(items[*].n) | nope(@)"
         """, ("6:35", "modules.m.metrics[0].value", "unknown function nope()")),
+    invalid("function_with_too_many_arguments", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: "sum(items[*].n) | lower(@, 'x')"
+        """, ("6:35", "modules.m.metrics[0].value", "invalid JMESPath: lower() takes 1 argument, got 2")),
+    invalid("function_with_too_few_arguments", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels: {zone: "split(zone)"}
+        """, ("7:25", "modules.m.metrics[0].labels.zone", "invalid JMESPath: split() takes 2 to 3 arguments, got 1")),
+    invalid("function_literal_of_the_wrong_type", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: "divide(bytes, '1024')"
+        """, ("6:31", "modules.m.metrics[0].value", "invalid JMESPath: divide() argument 2 must be a number, got string \"1024\"")),
+    invalid("function_literal_of_the_wrong_type_in_a_filter", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                each: "items[?regex_match(name, `3`)].x"
+                value: x
+        """, ("6:41", "modules.m.metrics[0].each", "regex_match() argument 2 must be a string, got number 3")),
+    invalid("regex_pattern_not_a_literal", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: regex_match(name, pattern)
+        """, ("6:34", "modules.m.metrics[0].value", "regex_match() pattern must be a literal string")),
+    invalid("regex_invalid_at_its_place", r"""
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels:
+                  major: regex_extract(version, 'v(\d+') || 'none'
+        """, ("8:41", "modules.m.metrics[0].labels.major", r"invalid regex 'v(\\d+': missing ): v(\d+")),
+    invalid("regex_invalid_in_a_folded_block", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: >-
+                  length(items[?regex_match(name, '^web')])
+                  || regex_match(x, 'a{2,1}')
+        """, ("8:29", "modules.m.metrics[0].value", "invalid regex 'a{2,1}': invalid repetition size: {2,1}")),
+    invalid("regex_with_a_backreference_is_not_re2", r"""
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: regex_match(name, '(a)\1')
+        """, ("6:34", "modules.m.metrics[0].value", r"invalid regex '(a)\\1': invalid escape sequence: \1 (RE2 has no backreferences or lookaround)")),
+    invalid("regex_extract_group_the_pattern_does_not_have", r"""
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels: {minor: 'regex_extract(v, ''(?P<major>\d+)'', ''minor'')'}
+        """, ("7:63", "modules.m.metrics[0].labels.minor", "regex_extract() group \"minor\": the pattern has no group named 'minor'")),
+    invalid("regex_replace_refers_to_a_missing_group", r"""
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: x
+                labels:
+                  v: regex_replace(v, '(\d+)', '<\2>')
+        """, ("8:40", "modules.m.metrics[0].labels.v", "refers to group 2; the pattern has 1")),
+    invalid("parse_time_format_with_a_bad_directive", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: parse_time(started, '%Y-%Q')
+        """, ("6:36", "modules.m.metrics[0].value", "parse_time() format: 'Q' is a bad directive in format '%Y-%Q'")),
     invalid("unknown_context_name", """
         modules:
           m:
@@ -651,6 +748,67 @@ INVALID = [
             metrics:
               - {name: a, help: h, value: x}
         """, ("4:26", "modules.m.parameters.region.pattern", "invalid regex")),
+    # -- hosts from parameters, string bodies, header values
+    invalid("credentials_to_a_host_and_port_from_a_parameter", """
+        modules:
+          m:
+            parameters: {node: {}}
+            http_client_config: {bearer_token: t}
+            endpoints:
+              api: {url: "http://{node}:8080/stats"}
+            metrics:
+              - {name: a, help: h, endpoint: api, value: x}
+        """, ("2:3", "modules.m", "endpoint api sends credentials (http_client_config) to a host taken from {node}: declare `targets")),
+    invalid("credentials_to_a_subdomain_from_a_parameter", """
+        modules:
+          m:
+            parameters: {tenant: {}}
+            endpoints:
+              api: {url: "http://{tenant}.api.example.internal/", headers: {Authorization: Bearer t}}
+            metrics:
+              - {name: a, help: h, endpoint: api, value: x}
+        """, ("2:3", "modules.m", "endpoint api sends credentials (header Authorization) to a host taken from {tenant}")),
+    invalid("json_body_placeholder_outside_a_string", """
+        modules:
+          m:
+            parameters: {size: {}}
+            endpoints:
+              api: {method: POST, body: '{{"size": {size}}}'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("5:44", "modules.m.endpoints.api.body", "placeholder {size} must be inside a JSON string")),
+    invalid("json_body_placeholder_after_a_backslash", """
+        modules:
+          m:
+            endpoints:
+              api: {method: POST, body: '{{"q": "\\{target}"}}'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:43", "modules.m.endpoints.api.body", "placeholder {target} must be inside a JSON string")),
+    invalid("json_content_type_body_that_is_not_json", """
+        modules:
+          m:
+            endpoints:
+              api: {method: POST, headers: {Content-Type: application/json}, body: 'q="{target}"'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:76", "modules.m.endpoints.api.body", "the body is sent as JSON but is not JSON")),
+    invalid("string_body_with_placeholders_and_no_known_escaping", """
+        modules:
+          m:
+            endpoints:
+              api: {method: POST, headers: {Content-Type: text/plain}, body: 'host {target}'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:70", "modules.m.endpoints.api.body", "a string body with placeholders needs a Content-Type whose escaping the exporter knows")),
+    invalid("header_value_with_a_control_character", """
+        modules:
+          m:
+            endpoints:
+              api: {headers: {X-Token: "a\\nb"}}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:32", "modules.m.endpoints.api.headers['X-Token']", "header X-Token contains a line break or another control character")),
     # -- types and their keys
     invalid("stateset_without_states", """
         modules:

@@ -356,6 +356,40 @@ async def test_different_credentials_never_share_a_cached_answer(aiohttp_client:
     assert up.hits == {"/": 2}
 
 
+@pytest.mark.parametrize(("lenient", "strict", "outcome"), [
+    ("valid_status_codes: [200, 404]", "valid_status_codes: [200]", "invalid_status, status 404"),
+    ("max_response_bytes: 1000", "max_response_bytes: 10", "too_large"),
+    ("http_client_config: {follow_redirects: true}", "http_client_config: {follow_redirects: false}", "invalid_status, status 302"),
+])
+async def test_a_cached_answer_is_shared_only_by_endpoints_that_would_accept_it(
+    aiohttp_client: Any, upstream: UpstreamFactory, lenient: str, strict: str, outcome: str,
+) -> None:
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/answer")
+
+    async def not_found(request: web.Request) -> web.Response:
+        return web.json_response({"v": 1, "padding": "x" * 20}, status=404 if "valid_status" in lenient else 200)
+
+    up = await upstream({"/": moved, "/answer": not_found})
+    url = f"{up.url}/" if "redirects" in lenient else f"{up.url}/answer"
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          lenient:
+            endpoints: {{main: {{url: '{{target}}', cache_ttl: 1h, {lenient}}}}}
+            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
+          strict:
+            endpoints: {{main: {{url: '{{target}}', cache_ttl: 1h, {strict}}}}}
+            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
+        """)
+    _, text = await probe(client, url, module="lenient", debug="true")
+    assert "cache miss" in text and "probe_success 1" in text
+    assert ("-> GET" in text and "redirects followed: 1" in text) == ("redirects" in lenient)  # a miss shows its redirects
+    _, text = await probe(client, url, module="strict", debug="true")
+    assert f"-> {outcome}" in text and "probe_success 0" in text
+    _, text = await probe(client, url, module="lenient", debug="true")
+    assert "cache hit" in text and "probe_success 1" in text  # each keeps its own entry
+
+
 async def test_stale_if_error_serves_the_last_good_answer_and_says_so(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
     healthy = {"yes": True}
 
@@ -459,7 +493,7 @@ async def test_secrets_never_reach_logs_traces_errors_or_pages(
     for module, target in probes:
         for debug in ("true", "false"):
             seen.append((await probe(client, target, module=module, debug=debug))[1])
-    assert up.hits["/"] == 14 and up.hits["/loop"] == 20  # every probe reached its upstream (a loop: 10 requests each)
+    assert up.hits["/"] == 14 and up.hits["/loop"] == 22  # every probe reached its upstream (a loop: 11 requests each)
     # ... and every edge where text leaves the process: traces, pages, logs, error bodies, reprs
     seen.append(await (await client.get("/")).text())
     seen.append(await (await client.get("/metrics")).text())
@@ -475,7 +509,7 @@ async def test_secrets_never_reach_logs_traces_errors_or_pages(
     everything = "\n".join(seen)
     assert "endpoint main: GET" in everything and "<redacted>" in everything  # the traces were there
     assert '"auth": "Bearer <redacted>", "key": "<redacted>", "v": 1' in everything  # with the answer that quoted the credentials
-    assert "TooManyRedirects" in everything and "ClientResponseError" in everything  # so were the client's errors quoting URLs
+    assert "redirect 10: 302" in everything and "ClientResponseError" in everything  # so were the redirects and the client's errors quoting URLs
     shown = re.sub(r'href="[^"]*"', "", everything)  # a link's query is percent-encoded as it must be
     assert "%3Credacted%3E" not in shown and "api_key=<redacted>" in shown and "<redacted>@127.0.0.1" in shown
     for secret in secrets:

@@ -3,6 +3,7 @@ expressions, and the string templates of URLs, headers, params, bodies and modul
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Callable, Mapping
@@ -11,16 +12,16 @@ from typing import Any
 
 import jmespath
 import jmespath.exceptions
-import jmespath.functions
+import jmespath.lexer
 from jmespath.parser import ParsedResult
 
 from jsonexporter.secrets import redact_patterns
+from jsonexporter.spec.functions import LIBRARY, OPTIONS, CallError, check_call
 
 Search = Callable[[Any], Any]
 
 # names a `$` expression can start with; level names given with `as` are added per metric
 CONTEXT_NAMES = frozenset({"key", "index", "item", "parent", "root", "target", "module", "params"})
-_KNOWN_FUNCTIONS = frozenset(jmespath.functions.Functions.FUNCTION_TABLE)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -81,15 +82,84 @@ def _current_node(data: Any) -> Any:
     return data
 
 
-def _functions_used(ast: dict[str, Any]) -> list[str]:
-    found: list[str] = []
+def _direct_search(ast: dict[str, Any]) -> Search | None:
+    """A call such as `lower(a.b)` or `divide(parse_bytes(size), `1024`)`, made only of calls, field
+    chains, literals and `@`, as plain Python calls: what jmespath's interpreter does for it (visit
+    the arguments, call the function), without the interpreter. None for anything else."""
+    kind = ast["type"]
+    if kind == "literal":
+        constant = ast["value"]
+        return lambda data: constant
+    if kind == "current":
+        return _current_node
+    chain = _field_chain(ast)
+    if chain is not None:
+        return _fast_search(chain)
+    if kind != "function_expression":
+        return None
+    arguments = [_direct_search(child) for child in ast["children"]]
+    if any(argument is None for argument in arguments):
+        return None
+    name, call, searches = ast["value"], LIBRARY.call_function, [a for a in arguments if a is not None]
+    if len(searches) == 1:
+        (only,) = searches
+        return lambda data: call(name, [only(data)])
+    return lambda data: call(name, [search(data) for search in searches])
+
+
+def _calls(ast: dict[str, Any]) -> list[dict[str, Any]]:
+    """The function nodes of an expression in the order their names appear in its text."""
+    found: list[dict[str, Any]] = []
     stack = [ast]
     while stack:
         node = stack.pop()
         if node.get("type") == "function_expression":
-            found.append(node["value"])
-        stack.extend(child for child in node.get("children", ()) if isinstance(child, dict))
+            found.append(node)
+        children = [child for child in node.get("children", ()) if isinstance(child, dict)]
+        if node.get("type") == "filter_projection" and len(children) == 3:  # written `left[?comparator].right`
+            children = [children[0], children[2], children[1]]
+        stack.extend(reversed(children))
     return found
+
+
+def _call_positions(text: str) -> list[tuple[str, int, list[int]]]:
+    """Each call in `text`: its name, where the name starts, and where each argument starts."""
+    tokens = list(jmespath.lexer.Lexer().tokenize(text))
+    calls: list[tuple[str, int, list[int]]] = []
+    open_brackets: list[int | None] = []  # per open bracket: the call it belongs to, if any
+    argument_of: int | None = None  # the call whose next argument starts at the next token
+    for i, token in enumerate(tokens):
+        kind = token["type"]
+        if argument_of is not None and kind not in ("rparen", "eof"):
+            calls[argument_of][2].append(token["start"])
+        argument_of = None
+        if kind == "lparen" and i and tokens[i - 1]["type"] == "unquoted_identifier":
+            calls.append((tokens[i - 1]["value"], tokens[i - 1]["start"], []))
+            open_brackets.append(len(calls) - 1)
+            argument_of = len(calls) - 1
+        elif kind in ("lparen", "lbracket", "filter", "lbrace"):
+            open_brackets.append(None)
+        elif kind in ("rparen", "rbracket", "rbrace") and open_brackets:
+            open_brackets.pop()
+        elif kind == "comma" and open_brackets and open_brackets[-1] is not None:
+            argument_of = open_brackets[-1]
+    return calls
+
+
+def _check_calls(parsed: ParsedResult, text: str) -> None:
+    """Every call's name, arity, literal arguments and patterns, at the place of the culprit."""
+    calls = _calls(parsed.parsed)
+    if not calls:
+        return
+    positions = _call_positions(text)
+    if [name for name, _, _ in positions] != [node["value"] for node in calls]:
+        positions = [(node["value"], max(text.find(node["value"] + "("), 0), []) for node in calls]  # not expected; the name at least
+    for node, (_, start, arguments) in zip(calls, positions, strict=True):
+        try:
+            check_call(node["value"], [child for child in node["children"] if isinstance(child, dict)])
+        except CallError as exc:
+            at = arguments[exc.argument] if exc.argument is not None and exc.argument < len(arguments) else start
+            raise ExpressionError(f"invalid JMESPath: {exc.message}", at) from None
 
 
 def _leftmost_field(ast: dict[str, Any]) -> str | None:
@@ -114,9 +184,7 @@ def _parse(source: str) -> ParsedResult:
         eof = str(exc.token_type).lower() == "eof"
         message = "unexpected end of expression" if eof else f"unexpected token {exc.token_value!r}"
         raise ExpressionError(f"invalid JMESPath: {message} at position {exc.lex_position}", exc.lex_position) from None
-    for name in _functions_used(parsed.parsed):
-        if name not in _KNOWN_FUNCTIONS:
-            raise ExpressionError(f"invalid JMESPath: unknown function {name}()", max(source.find(name + "("), 0))
+    _check_calls(parsed, source)
     return parsed
 
 
@@ -144,7 +212,11 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
         search: Search = _current_node
     else:
         chain = _field_chain(parsed.parsed)
-        search = _fast_search(chain) if chain is not None else parsed.search
+        if chain is not None:
+            search = _fast_search(chain)
+        else:
+            direct = _direct_search(parsed.parsed) if parsed.parsed["type"] == "function_expression" else None
+            search = direct or functools.partial(parsed.search, options=OPTIONS)
     return Expression(source, search, on_context, names, None if chain is None else tuple(chain))
 
 
@@ -164,14 +236,29 @@ class Template:
     def placeholders(self) -> frozenset[str]:
         return frozenset(name for _, name in self.parts if name is not None)
 
-    def render(self, values: Mapping[str, str], quote: Callable[[str], str] | None = None) -> str:
+    def render(self, values: Mapping[str, str], quote: Callable[[int, str], str] | None = None) -> str:
+        """The text with the placeholders filled in; `quote(i, value)` encodes the value of part i."""
         out: list[str] = []
-        for literal, name in self.parts:
+        for i, (literal, name) in enumerate(self.parts):
             out.append(literal)
             if name is not None:
                 value = values[name]
-                out.append(quote(value) if quote is not None and name != "target" else value)
+                out.append(quote(i, value) if quote is not None else value)
         return "".join(out)
+
+    def url_origin_parts(self) -> frozenset[int]:
+        """The parts whose placeholder falls in the scheme or authority (userinfo, host, port) of the
+        URL this template makes: a value there picks where the request goes."""
+        skeleton, positions = "", []
+        for i, (literal, name) in enumerate(self.parts):
+            skeleton += literal
+            if name is not None:
+                positions.append((i, len(skeleton)))
+                skeleton += "\0"
+        scheme = re.match(r"[^/?#]*?://", skeleton)
+        rest = skeleton[scheme.end() if scheme else 0:]
+        end = len(skeleton) - len(rest) + (m.start() if (m := re.search(r"[/?#]", rest)) else len(rest))
+        return frozenset(i for i, position in positions if position < end)
 
 
 def _brace_problem(source: str) -> tuple[int, str] | None:

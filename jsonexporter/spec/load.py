@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from jsonexporter.labeltext import label_text
 from jsonexporter.secrets import Redactor, is_secret_name, spec_secrets
@@ -27,6 +28,7 @@ from jsonexporter.spec.model import (
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
+    HEADER_VALUE_CONTROL,
     Endpoint,
     HTTPClientConfig,
     JsonBody,
@@ -49,6 +51,9 @@ from jsonexporter.spec.yamlload import Marks, load_yaml
 MAX_SPEC_BYTES = 8 * 1024 * 1024
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_JSON_TYPE = re.compile(r"application/(?:[\w.+-]*\+)?json\s*(?:;|$)", re.IGNORECASE)
+_FORM_TYPE = re.compile(r"application/x-www-form-urlencoded\s*(?:;|$)", re.IGNORECASE)
+_PLACEHOLDER_MARK = "\ue000"  # stands for a value while the JSON structure of a body is checked
 # self-metrics of every probe answer live under this prefix
 RESERVED_PREFIX = "probe_"
 _UNIT_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -277,11 +282,16 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
             c.add((*path, "headers", key), f"invalid header name {key!r}", at_key=True)
         t = c.template((*path, "headers", key), value, names)
         if t is not None:
+            if HEADER_VALUE_CONTROL.search(value):
+                c.add((*path, "headers", key), f"header {key} contains a line break or another control character: it cannot be sent")
             headers.append((key, t))
     params = [(k, t) for k, v in _items(raw.get("params")) if (t := c.template((*path, "params", k), v, names)) is not None]
     body: Template | JsonBody | None = None
+    body_escape = None
     if isinstance(raw.get("body"), str):
         body = c.template((*path, "body"), raw["body"], names)
+        if body is not None:
+            body_escape = _body_escape(c, (*path, "body"), body, headers)
     elif isinstance(raw.get("body"), dict):
         body = JsonBody(_json_body(c, (*path, "body"), raw["body"], names))
     timeout = _duration(c, (*path, "timeout"), raw["timeout"]) if "timeout" in raw else None
@@ -303,6 +313,7 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
         headers=tuple(headers),
         params=tuple(params),
         body=body,
+        body_escape=body_escape,
         timeout=timeout,
         valid_status_codes=frozenset(codes) if codes else None,
         max_response_bytes=raw.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES),
@@ -310,6 +321,51 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
         cache_ttl=cache_ttl,
         stale_if_error=stale,
     )
+
+
+def _body_escape(c: _Checker, path: Path, body: Template, headers: list[tuple[str, Template]]) -> Literal["json", "form"] | None:
+    """How values go into a string body, by its Content-Type (or, without one, a body that starts like
+    JSON): JSON-escaped into JSON strings, or form-encoded. Placeholders in any other body are refused,
+    so that no value can change the body's structure."""
+    content_type = next((t for k, t in headers if k.lower() == "content-type"), None)
+    media = None if content_type is None else content_type.source if not content_type.placeholders else "a template"
+    skeleton = body.render(dict.fromkeys(body.placeholders, _PLACEHOLDER_MARK))
+    if media is not None and _FORM_TYPE.match(media.strip()):
+        return "form"
+    if (media is None and skeleton.lstrip()[:1] in ("{", "[")) or (media is not None and _JSON_TYPE.match(media.strip())):
+        _check_json_body(c, path, body, skeleton)
+        return "json"
+    if body.placeholders:
+        c.add(path, f"a string body with placeholders needs a Content-Type whose escaping the exporter knows (application/json, "
+                    f"application/*+json, application/x-www-form-urlencoded), not {media or 'none'}; or use a mapping body: "
+                    "otherwise a value could change the body's structure")
+    return None
+
+
+def _check_json_body(c: _Checker, path: Path, body: Template, skeleton: str) -> None:
+    """Every placeholder of a JSON body inside a JSON string (not after a backslash), and the body JSON."""
+    position = 0  # in the source, for the error's column
+    in_string = escaped = False
+    for literal, name in body.parts:
+        for ch in literal:
+            if escaped:
+                escaped = False
+            elif in_string and ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = not in_string
+        position += len(literal) + literal.count("{") + literal.count("}")  # each came from {{ or }}
+        if name is None:
+            continue
+        if not in_string or escaped:
+            c.add(path, f"placeholder {{{name}}} must be inside a JSON string (\"{{{name}}}\"): values are inserted as escaped string contents",
+                  offset=position)
+            return
+        position += len(name) + 2
+    try:
+        json.loads(skeleton)
+    except ValueError as exc:
+        c.add(path, f"the body is sent as JSON but is not JSON: {getattr(exc, 'msg', exc)}")
 
 
 def _levels(c: _Checker, path: Path, raw: Any) -> tuple[tuple[Level, ...], frozenset[str]]:
@@ -542,21 +598,23 @@ def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[re.Pattern[str]]
     return patterns
 
 
-_HOST_FROM_TARGET = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)?(?://)?[^/?#]*\{target\}")
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
 def _credentials_to_target_host(endpoints: Iterable[Endpoint]) -> Iterator[str]:
-    """Endpoints that would send credentials to a host the probe's target picks (SSRF with secrets)."""
+    """Endpoints that would send credentials to a host the probe's caller picks, through the target or
+    any other placeholder in the URL's scheme, host or port (SSRF with secrets)."""
     for ep in endpoints:
-        if not _HOST_FROM_TARGET.match(ep.url.source):
+        picked = sorted({name for i in ep.url.url_origin_parts() if (name := ep.url.parts[i][1]) is not None})
+        if not picked:
             continue
+        whose = "the host of the target" if picked == ["target"] else "a host taken from " + ", ".join(f"{{{n}}}" for n in picked)
         carried = [f"header {h}" for h, _ in ep.headers if h.lower() in _CREDENTIAL_HEADERS or is_secret_name(h)]
         if ep.client.sends_credentials:
             carried.append("http_client_config")
         carried += [f"query parameter {q}" for q, _ in ep.params if is_secret_name(q)]
         if carried:
-            yield f"endpoint {ep.name} sends credentials ({', '.join(carried)}) to the host of the target"
+            yield f"endpoint {ep.name} sends credentials ({', '.join(carried)}) to {whose}"
 
 
 def _templates(endpoints: Iterable[Endpoint], labels: list[tuple[str, Template]]) -> Iterator[Template]:

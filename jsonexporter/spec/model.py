@@ -15,6 +15,8 @@ Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 DEFAULT_ENDPOINT = "default"
+# what a header value cannot hold (RFC 9110 5.5): control characters but tab
+HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,7 @@ class Endpoint:
     headers: tuple[tuple[str, Template], ...] = field(default=(), repr=False)
     params: tuple[tuple[str, Template], ...] = field(default=(), repr=False)
     body: Template | JsonBody | None = field(default=None, repr=False)
+    body_escape: Literal["json", "form"] | None = None  # how values are inserted into a string body
     timeout: float | None = None
     valid_status_codes: frozenset[int] | None = None  # None: any 2xx
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES

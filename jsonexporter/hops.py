@@ -1,0 +1,114 @@
+"""Redirects as new requests. `next_hop` is the one place that decides what a request may carry
+to the URL a redirect names (the spec's headers, credentials, secret query values, the body), and
+`url_allowed` whether a URL is inside a module's `targets.allow`. fetch.py follows redirects itself
+and asks them at every hop."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from yarl import URL
+
+from jsonexporter import __version__
+from jsonexporter.secrets import is_secret_name
+
+USER_AGENT = f"jsonexporter/{__version__}"
+# what the exporter sends of its own; a hop to another origin carries nothing else
+BASE_HEADERS: Mapping[str, str] = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+MAX_REDIRECTS = 10  # Go's net/http and aiohttp stop at 10 too
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_BODY_HEADERS = frozenset({"content-type", "content-length", "content-encoding"})
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One request as it is sent. Its URL never holds userinfo: that travels as Authorization."""
+
+    method: str
+    url: URL
+    headers: Mapping[str, str]
+    body: bytes | None
+    server_hostname: str | None = None  # tls_config.server_name, for the host it was written for
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a redirect is not followed; `url` is where it pointed (None: no usable URL)."""
+
+    url: URL | None
+    reason: str
+
+
+Origin = tuple[str, str, int | None]
+
+
+def origin(url: URL) -> Origin:
+    return url.scheme, (url.host or "").lower(), url.port
+
+
+def url_forms(url: URL) -> list[str]:
+    """The spellings of `url` an allowlist pattern may match: the URL, without its query, its origin
+    (`https://h:8006`, and `https://h` for a default port), `h:8006` and `h`."""
+    host = url.host or ""
+    host = f"[{host}]" if ":" in host else host
+    plain = url.with_user(None).with_fragment(None)
+    forms = [str(plain), str(plain.with_query(None)), f"{url.scheme}://{host}:{url.port}", f"{host}:{url.port}", host]
+    if url.explicit_port is None:
+        forms.append(f"{url.scheme}://{host}")
+    return forms
+
+
+def url_allowed(url: URL, patterns: Iterable[re.Pattern[str]]) -> bool:
+    forms = url_forms(url)
+    return any(p.fullmatch(form) for p in patterns for form in forms)
+
+
+def carried_secrets(hop: Hop) -> list[str]:
+    """What of `hop` is secret, by name: credential and secret-named headers, secret query parameters."""
+    found = [f"header {name}" for name in hop.headers if is_secret_name(name)]
+    return found + [f"query parameter {name}" for name in dict.fromkeys(hop.url.query) if is_secret_name(name)]
+
+
+def _secret_values(hop: Hop) -> set[str]:
+    values = {v for k, v in hop.url.query.items() if is_secret_name(k) and v}
+    return values | {v for k, v in hop.headers.items() if is_secret_name(k) and v}
+
+
+def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple[re.Pattern[str], ...]) -> Hop | Refusal:
+    """The request a `status` redirect to `location` makes of `previous`, or why it is refused.
+
+    Prometheus's (Go's) semantics otherwise: 301/302/303 turn other methods than GET and HEAD into
+    a GET without body; 307/308 keep method and body. The allowlist applies to hops that leave the
+    origin of the `first` request (that one was allowed with the probe). A hop to another origin than
+    `previous` carries nothing of the spec (headers, credentials, body, secret query values), and
+    is refused when it would have to re-send a body, or leave https for http while carrying secrets."""
+    try:
+        url = previous.url.join(URL(location))
+    except (ValueError, TypeError):
+        return Refusal(None, "its Location header is not a URL")
+    if url.scheme not in ("http", "https") or not url.host:
+        return Refusal(url, "it is not an http:// or https:// URL with a host")
+    url = url.with_user(None).with_fragment(None)  # a redirect never adds credentials
+    if allow and origin(url) != origin(first) and not url_allowed(url, allow):
+        return Refusal(url, "it leaves the origin of the request for a host that targets.allow does not allow")
+    method, body, headers = previous.method, previous.body, dict(previous.headers)
+    if status in (301, 302, 303):
+        method = method if method in ("GET", "HEAD") else "GET"
+        body = None
+        headers = {k: v for k, v in headers.items() if k.lower() not in _BODY_HEADERS}
+    server_hostname = previous.server_hostname
+    if origin(url) != origin(previous.url):
+        secrets = carried_secrets(previous)
+        if previous.url.scheme == "https" and url.scheme == "http" and secrets:
+            return Refusal(url, f"it leaves https for http, and the request carries secrets ({', '.join(secrets)})")
+        if body is not None:
+            return Refusal(url, f"a {status} would send the request body to another origin")
+        hidden = _secret_values(previous)
+        if any(v in hidden for v in url.query.values()):
+            url = url.with_query([(k, v) for k, v in url.query.items() if v not in hidden])
+        headers = dict(BASE_HEADERS)
+        if url.host != previous.url.host:
+            server_hostname = None
+    return Hop(method, url, headers, body, server_hostname)

@@ -1,0 +1,451 @@
+"""The function library of spec expressions: strings, regular expressions, times, durations, sizes
+and arithmetic, registered with jmespath's own custom functions next to its built-in ones.
+
+Calls are checked at load (`check_call`: name, arity, the types of literal arguments, regex
+patterns, which must be literals and are compiled then); at probe time a value a function cannot
+use raises `FunctionError`, which extraction reports as an error of that series.
+
+Regular expressions run on RE2 (google-re2): matching takes time linear in the input whatever the
+pattern, so a pattern like `(a+)+$` on a long hostile answer cannot hold the event loop. Python's
+`re` backtracks (exponential on such input, and uninterruptible); a timeout (the `regex` module)
+would still spend the timeout once per element.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import jmespath
+import jmespath.exceptions
+import jmespath.functions
+import re2
+from jmespath.functions import signature
+
+from jsonexporter.trace import shorten
+
+MAX_INPUT = 256  # characters of a time, duration or size string: longer is not one
+_SHOWN = 60  # characters of a value shown in an error message
+REGEX_FUNCTIONS = frozenset({"regex_match", "regex_extract", "regex_replace"})
+_STRING, _NUMBER, _NULL = "string", "number", "null"
+
+
+class FunctionError(Exception):
+    """A function given a value it cannot use: `function NAME: cannot use VALUE: reason`."""
+
+    def __init__(self, function: str, value: Any, reason: str) -> None:
+        super().__init__(f"function {function}: cannot use {shorten(value, _SHOWN)}: {reason}")
+
+
+class CallError(Exception):
+    """A call that cannot work, found at load; `argument` is the index of the culprit (None: the call)."""
+
+    def __init__(self, message: str, argument: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.argument = argument
+
+
+class _Unusable(Exception):
+    def __init__(self, value: Any, reason: str) -> None:
+        super().__init__(reason)
+        self.value = value
+        self.reason = reason
+
+
+# -- regular expressions ----------------------------------------------------------------------
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # RE2 would print parse errors to stderr; they are reported instead
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """An RE2 program over UTF-8 bytes (RE2's own encoding: its Python wrapper would map every
+    offset back to characters, four times slower on short strings), with group names as text."""
+
+    source: str
+    program: Any
+    groups: int
+    groupindex: Mapping[str, int]
+
+    def search(self, text: str) -> Any:
+        return self.program.search(text.encode("utf-8", "surrogatepass"))
+
+    def sub(self, replacement: str, text: str) -> str:
+        replaced: bytes = self.program.sub(replacement.encode("utf-8", "surrogatepass"), text.encode("utf-8", "surrogatepass"))
+        return replaced.decode("utf-8", "surrogatepass")
+
+
+@functools.lru_cache(maxsize=1024)
+def compiled_pattern(source: str) -> Pattern:
+    """The RE2 program of a pattern; compiled at load, so probes find it here. Raises CallError."""
+    try:
+        program = re2.compile(source.encode("utf-8", "surrogatepass"), _RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        hint = " (RE2 has no backreferences or lookaround)" if reason.startswith(("invalid perl operator", "invalid escape")) else ""
+        raise CallError(f"invalid regex {source!r}: {reason}{hint}", 1) from None
+    names = {name.decode("utf-8", "surrogatepass"): index for name, index in program.groupindex.items()}
+    return Pattern(source, program, program.groups, names)
+
+
+_GROUP_REFERENCE = re.compile(r"\\(?:(\d+)|g<([^>]*)>|(.?))", re.DOTALL)
+
+
+def _check_replacement(pattern: Pattern, replacement: str) -> None:
+    for match in _GROUP_REFERENCE.finditer(replacement):
+        number, name, other = match.groups()
+        if name is not None:
+            known = name in pattern.groupindex or (name.isdigit() and int(name) <= pattern.groups)
+            if not known:
+                raise CallError(f"replacement {replacement!r} refers to group {name!r}, which the pattern does not have", 2)
+        elif number is not None and int(number) > pattern.groups:
+            raise CallError(f"replacement {replacement!r} refers to group {number}; the pattern has {pattern.groups}", 2)
+        elif other == "":
+            raise CallError(f"replacement {replacement!r} ends with a lone backslash (write \\\\ for one)", 2)
+
+
+def _group(pattern: Pattern, group: Any) -> int:
+    if type(group) is str:
+        if group not in pattern.groupindex:
+            raise _Unusable(group, f"the pattern has no group named {group!r}")
+        return pattern.groupindex[group]
+    if type(group) is float and group.is_integer():
+        group = int(group)
+    if type(group) is not int or not 0 <= group <= pattern.groups:
+        raise _Unusable(group, f"the pattern has groups 0 to {pattern.groups}")
+    return group
+
+
+# -- times, durations, sizes ------------------------------------------------------------------
+
+def _bounded(text: str) -> str:
+    if len(text) > MAX_INPUT:
+        raise _Unusable(text, f"longer than {MAX_INPUT} characters")
+    return text.strip()
+
+
+def _seconds(moment: datetime) -> float:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def strptime_format_problem(fmt: str) -> str | None:
+    """Why `fmt` is not a strptime format, or None."""
+    try:
+        datetime.strptime("", fmt)
+    except ValueError as exc:
+        return None if "does not match format" in str(exc) else str(exc)
+    return None
+
+
+_NUMBER_TEXT = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_PLAIN = re.compile(rf"[+-]?{_NUMBER_TEXT}(?:[eE][+-]?\d+)?")
+_GO_PART = re.compile(rf"({_NUMBER_TEXT})(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS = {"ns": Decimal("1e-9"), "us": Decimal("1e-6"), "µs": Decimal("1e-6"), "μs": Decimal("1e-6"), "ms": Decimal("0.001"),
+             "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
+_ISO_NUMBER = r"(\d+(?:[.,]\d+)?)"
+_ISO = re.compile(rf"P(?:{_ISO_NUMBER}Y)?(?:{_ISO_NUMBER}M)?(?:{_ISO_NUMBER}W)?(?:{_ISO_NUMBER}D)?"
+                  rf"(?:T(?:{_ISO_NUMBER}H)?(?:{_ISO_NUMBER}M)?(?:{_ISO_NUMBER}S)?)?", re.IGNORECASE)
+_ISO_UNITS = (None, None, Decimal(604800), Decimal(86400), Decimal(3600), Decimal(60), Decimal(1))
+_CLOCK = re.compile(r"(?:(\d+)\.)?(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)")
+
+
+def _finite(value: Decimal | float, raw: Any) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise _Unusable(raw, "too large")
+    return number
+
+
+def _decimal(text: str, raw: Any) -> Decimal:
+    number = Decimal(text.replace(",", "."))
+    if not -400 < number.adjusted() < 400:  # beyond any float: refused before arithmetic on it
+        raise _Unusable(raw, "too large" if number.adjusted() > 0 else "too small")
+    return number
+
+
+def _duration(raw: Any) -> float:
+    if type(raw) in (int, float):
+        return _finite(raw, raw)
+    text = _bounded(raw)
+    sign, body = (-1, text[1:]) if text[:1] == "-" else (1, text[1:] if text[:1] == "+" else text)
+    if _PLAIN.fullmatch(text):
+        return _finite(_decimal(text, raw), raw)
+    total = Decimal(0)
+    if (iso := _ISO.fullmatch(body)) and body.upper() not in ("P", "PT") and not body.upper().endswith("T"):
+        parts = iso.groups()
+        if parts[0] is not None or parts[1] is not None:
+            raise _Unusable(raw, "years and months have no fixed length in seconds")
+        for part, unit in zip(parts[2:], _ISO_UNITS[2:], strict=True):
+            if part is not None and unit is not None:
+                total += _decimal(part, raw) * unit
+    elif clock := _CLOCK.fullmatch(body):
+        days, hours, minutes, seconds = clock.groups()
+        total = (_decimal(days or "0", raw) * 86400 + _decimal(hours, raw) * 3600 + int(minutes) * 60 + _decimal(seconds, raw))
+    else:
+        position = 0
+        while position < len(body):
+            part = _GO_PART.match(body, position)
+            if part is None:
+                break
+            total += _decimal(part.group(1), raw) * _GO_UNITS[part.group(2)]
+            position = part.end()
+        if not body or position < len(body):
+            raise _Unusable(raw, "not a duration (1h2m3.5s, 250ms, P1DT2H, 1.02:03:04.5 or seconds)")
+    return _finite(sign * total, raw)
+
+
+_SIZE = re.compile(rf"([+-]?{_NUMBER_TEXT}(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)")
+_SI = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15, "e": 10**18}
+_SIZE_UNITS = {
+    **{"b": 1, "byte": 1, "bytes": 1},
+    **{prefix + suffix: factor for prefix, factor in _SI.items() if prefix for suffix in ("", "b")},
+    **{prefix + "i" + suffix: 1024 ** (i + 1) for i, prefix in enumerate("kmgtpe") for suffix in ("", "b")},
+    "": 1,
+}
+
+
+def _bytes(raw: Any) -> int | float:
+    if type(raw) in (int, float):
+        return raw  # type: ignore[no-any-return]
+    text = _bounded(raw)
+    size = _SIZE.fullmatch(text)
+    if size is None:
+        raise _Unusable(raw, "not a size (10MB, 1.5 GiB, 512Ki or a number of bytes)")
+    unit = _SIZE_UNITS.get(size.group(2).lower())
+    if unit is None:
+        raise _Unusable(raw, f"unknown unit {size.group(2)!r} (B, kB, MB, GB, TB, PB, EB, KiB, MiB, GiB, TiB, PiB, EiB)")
+    total = _decimal(size.group(1), raw) * unit
+    if total == total.to_integral_value() and abs(total) < 2**63:
+        return int(total)
+    return _finite(total, raw)
+
+
+def _arithmetic(raw: Any, result: int | float) -> int | float:
+    if type(result) is float and not math.isfinite(result):
+        raise _Unusable(raw, "the result is not a finite number")
+    return result
+
+
+# -- the library ------------------------------------------------------------------------------
+
+def _arg(*types: str, optional: bool = False) -> dict[str, Any]:
+    return {"types": list(types), "optional": optional}
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _takes(*arguments: dict[str, Any]) -> Callable[[_F], _F]:
+    """jmespath's `signature`, typed."""
+    decorate: Callable[[_F], _F] = signature(*arguments)
+    return decorate
+
+
+class Library(jmespath.functions.Functions):  # type: ignore[misc]
+    """jmespath's built-in functions and ours. Ours may have `optional` arguments (an arity range,
+    checked at load like the rest), and check the types of their arguments with precomputed sets:
+    jmespath's own check would cost as much as the function."""
+
+    def call_function(self, function_name: str, resolved_args: list[Any]) -> Any:
+        ours = _CALLS.get(function_name)
+        try:
+            if ours is None:  # a built-in function: jmespath checks its arguments
+                return super().call_function(function_name, resolved_args)
+            function, kinds, least = ours
+            if not least <= len(resolved_args) <= len(kinds):  # load checked it: only for other callers
+                raise jmespath.exceptions.ArityError(least, len(resolved_args), function_name)
+            for i, (value, allowed) in enumerate(zip(resolved_args, kinds, strict=False)):
+                if type(value) not in allowed:
+                    expected = Library.FUNCTION_TABLE[function_name]["signature"][i]["types"]
+                    raise _Unusable(value, f"expected {_type_names(expected)}, got {_json_type(value)}")
+            return function(self, *resolved_args)
+        except jmespath.exceptions.JMESPathTypeError as exc:
+            raise FunctionError(function_name, exc.current_value, f"expected {_type_names(exc.expected_types)}, got {_json_type(exc.current_value)}") from None
+        except _Unusable as exc:
+            raise FunctionError(function_name, exc.value, exc.reason) from None
+
+    # strings, as JMESPath Community Edition (JEP-14) defines them; null gives null
+    @_takes(_arg(_STRING, _NULL))
+    def _func_lower(self, s: str | None) -> str | None:
+        return None if s is None else s.lower()
+
+    @_takes(_arg(_STRING, _NULL))
+    def _func_upper(self, s: str | None) -> str | None:
+        return None if s is None else s.upper()
+
+    @_takes(_arg(_STRING, _NULL), _arg(_STRING, optional=True))
+    def _func_trim(self, s: str | None, chars: str = "") -> str | None:
+        return None if s is None else s.strip(chars or None)
+
+    @_takes(_arg(_STRING, _NULL), _arg(_STRING), _arg(_NUMBER, optional=True))
+    def _func_split(self, s: str | None, sep: str, count: int | float | None = None) -> list[str] | None:
+        if s is None:
+            return None
+        limit = -1 if count is None else _count(count)
+        if limit == 0:
+            return [s]
+        if sep == "":
+            chars = list(s)
+            return chars if limit < 0 or limit >= len(chars) else [*chars[:limit], s[limit:]]
+        return s.split(sep, limit)
+
+    @_takes(_arg(_STRING, _NULL), _arg(_STRING), _arg(_STRING), _arg(_NUMBER, optional=True))
+    def _func_replace(self, s: str | None, old: str, new: str, count: int | float | None = None) -> str | None:
+        if s is None:
+            return None
+        return s.replace(old, new, -1 if count is None else _count(count))
+
+    # regular expressions (RE2); patterns are literals, compiled at load
+    @_takes(_arg(_STRING, _NULL), _arg(_STRING))
+    def _func_regex_match(self, s: str | None, pattern: str) -> bool | None:
+        return None if s is None else compiled_pattern(pattern).search(s) is not None
+
+    @_takes(_arg(_STRING, _NULL), _arg(_STRING), _arg(_NUMBER, _STRING, optional=True))
+    def _func_regex_extract(self, s: str | None, pattern: str, group: int | str | None = None) -> str | None:
+        if s is None:
+            return None
+        program = compiled_pattern(pattern)
+        wanted = (1 if program.groups else 0) if group is None else _group(program, group)
+        match = program.search(s)
+        found: bytes | None = None if match is None else match.group(wanted)
+        return None if found is None else found.decode("utf-8", "surrogatepass")
+
+    @_takes(_arg(_STRING, _NULL), _arg(_STRING), _arg(_STRING))
+    def _func_regex_replace(self, s: str | None, pattern: str, replacement: str) -> str | None:
+        if s is None:
+            return None
+        try:
+            return compiled_pattern(pattern).sub(replacement, s)
+        except (IndexError, ValueError) as exc:  # a replacement that is not a literal refers to no group
+            raise _Unusable(replacement, f"bad replacement: {exc}") from None
+
+    # times, durations, sizes
+    @_takes(_arg(_STRING, _NULL), _arg(_STRING, optional=True))
+    def _func_parse_time(self, s: str | None, fmt: str | None = None) -> float | None:
+        if s is None:
+            return None
+        text = _bounded(s)
+        try:
+            if fmt is not None:
+                return _seconds(datetime.strptime(text, fmt))
+            if text[10:11] == "t":  # RFC 3339 allows lower case t and z; fromisoformat does not
+                text = text[:10] + "T" + text[11:]
+            return _seconds(datetime.fromisoformat(text[:-1] + "Z" if text[-1:] == "z" else text))
+        except (ValueError, OverflowError, OSError):
+            expected = f"does not match the format {fmt!r}" if fmt is not None else "not an RFC 3339 / ISO 8601 time"
+            raise _Unusable(s, expected) from None
+
+    @_takes(_arg(_STRING, _NUMBER, _NULL))
+    def _func_parse_duration(self, s: str | float | None) -> float | None:
+        return None if s is None else _duration(s)
+
+    @_takes(_arg(_STRING, _NUMBER, _NULL))
+    def _func_parse_bytes(self, s: str | float | None) -> int | float | None:
+        return None if s is None else _bytes(s)
+
+    # arithmetic: null in, null out
+    @_takes(_arg(_NUMBER, _NULL), _arg(_NUMBER, _NULL))
+    def _func_add(self, a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else _arithmetic(a, a + b)
+
+    @_takes(_arg(_NUMBER, _NULL), _arg(_NUMBER, _NULL))
+    def _func_subtract(self, a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else _arithmetic(a, a - b)
+
+    @_takes(_arg(_NUMBER, _NULL), _arg(_NUMBER, _NULL))
+    def _func_multiply(self, a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else _arithmetic(a, a * b)
+
+    @_takes(_arg(_NUMBER, _NULL), _arg(_NUMBER, _NULL))
+    def _func_divide(self, a: float | None, b: float | None) -> float | None:
+        if a is None or b is None:
+            return None
+        if b == 0:
+            raise _Unusable(b, "division by zero")
+        return _arithmetic(a, a / b)
+
+
+def _count(count: int | float) -> int:
+    if count < 0 or not float(count).is_integer():
+        raise _Unusable(count, "the count must be a whole number, 0 or more")
+    return int(count)
+
+
+def _type_names(types: Sequence[str]) -> str:
+    names = [t.replace("-", " of ") + ("s" if "-" in t else "") for t in types if t != _NULL] or list(types)  # array-number: array of numbers
+    return " or ".join(f"an {t}" if t[0] in "aeiou" else f"a {t}" for t in names)
+
+
+_JSON_TYPES = {str: _STRING, int: _NUMBER, float: _NUMBER, bool: "boolean", type(None): _NULL, list: "array", dict: "object"}
+_PYTHON_TYPES = {name: frozenset(kind for kind, json_name in _JSON_TYPES.items() if json_name == name) for name in set(_JSON_TYPES.values())}
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), "object")
+
+
+def _our_calls() -> dict[str, tuple[Callable[..., Any], tuple[frozenset[type], ...], int]]:
+    """Our functions, with the Python types each argument accepts and the number of required ones."""
+    calls = {}
+    for name, entry in Library.FUNCTION_TABLE.items():
+        if entry["function"].__qualname__.startswith(Library.__name__ + "."):
+            sig = entry["signature"]
+            kinds = tuple(frozenset().union(*(_PYTHON_TYPES[t] for t in arg["types"])) for arg in sig)
+            calls[name] = (entry["function"], kinds, sum(1 for arg in sig if not arg.get("optional")))
+    return calls
+
+
+_CALLS = _our_calls()
+LIBRARY = Library()
+OPTIONS = jmespath.Options(custom_functions=LIBRARY)  # one for every search: the library is stateless
+FUNCTION_NAMES = frozenset(Library.FUNCTION_TABLE)
+
+
+def check_call(name: str, args: Sequence[dict[str, Any]]) -> None:
+    """Raise CallError when the call `name(args)` (parsed nodes) cannot work, whatever the data."""
+    entry = Library.FUNCTION_TABLE.get(name)
+    if entry is None:
+        raise CallError(f"unknown function {name}()")
+    sig: Sequence[dict[str, Any]] = entry["signature"]
+    variadic = bool(sig) and bool(sig[-1].get("variadic"))
+    least = sum(1 for a in sig if not a.get("optional"))
+    most = None if variadic else len(sig)
+    if len(args) < least or (most is not None and len(args) > most):
+        wanted = f"at least {least}" if most is None else str(least) if least == most else f"{least} to {most}"
+        raise CallError(f"{name}() takes {wanted} argument{'' if (most or least) == 1 else 's'}, got {len(args)}")
+    for i, (arg, spec) in enumerate(zip(args, sig, strict=False)):
+        if arg.get("type") == "literal" and spec["types"]:
+            kind = _json_type(arg["value"])
+            if kind not in {t.partition("-")[0] for t in spec["types"]}:  # `array-number`: jmespath checks the elements
+                raise CallError(f"{name}() argument {i + 1} must be {_type_names(spec['types'])}, got {kind} {shorten(arg['value'], _SHOWN)}", i)
+    if name in REGEX_FUNCTIONS:
+        _check_regex_call(name, args)
+    elif name == "parse_time" and len(args) == 2 and args[1].get("type") == "literal":
+        problem = strptime_format_problem(args[1]["value"])
+        if problem is not None:
+            raise CallError(f"parse_time() format: {problem}", 1)
+
+
+def _check_regex_call(name: str, args: Sequence[dict[str, Any]]) -> None:
+    pattern_node = args[1]
+    if pattern_node.get("type") != "literal":
+        raise CallError(f"{name}() pattern must be a literal string, such as 'v(\\d+)'", 1)
+    program = compiled_pattern(pattern_node["value"])
+    if len(args) == 3 and args[2].get("type") == "literal":
+        if name == "regex_extract":
+            try:
+                _group(program, args[2]["value"])
+            except _Unusable as exc:
+                raise CallError(f"regex_extract() group {shorten(exc.value, _SHOWN)}: {exc.reason}", 2) from None
+        else:
+            _check_replacement(program, args[2]["value"])

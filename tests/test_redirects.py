@@ -1,0 +1,311 @@
+"""Redirects are new requests, and hosts from parameters are hosts from the caller: what a request
+may carry is decided hop by hop. 127.0.0.1 plays the API, 127.0.0.2 the foreign host."""
+
+from __future__ import annotations
+
+import ssl
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiohttp import web
+from conftest import ForwardProxy, UpstreamFactory, make_spec
+from metrics_util import parse, value
+
+from jsonexporter.server import make_app
+
+SECRETS = ("hdr-SECRET-1", "tok-SECRET-2", "pw-SECRET-3", "q-SECRET-4")
+
+
+@dataclass
+class Seen:
+    """What a server received: (method, path with query, headers, body) per request."""
+
+    requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+
+    def text(self) -> str:
+        return repr(self.requests)
+
+
+async def recording_server(aiohttp_server: Any, host: str, answers: dict[str, Any], scheme_ssl: ssl.SSLContext | None = None) -> tuple[Any, Seen]:
+    """A real server on `host`; each path answers a JSON value or calls `answer(request)`; everything received is recorded."""
+    seen = Seen()
+
+    def route(answer: Any) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            seen.requests.append((request.method, request.path_qs, dict(request.headers), await request.read()))
+            if callable(answer):
+                result: web.StreamResponse = answer(request)
+                return result
+            return web.json_response(answer)
+
+        return handle
+
+    app = web.Application()
+    for path, answer in answers.items():
+        app.router.add_route("*", path, route(answer))
+    server = await aiohttp_server(app, host=host, ssl=scheme_ssl)
+    return server, seen
+
+
+def redirect(location: str, status: int = 302) -> Any:
+    def answer(request: web.Request) -> web.Response:
+        return web.Response(status=status, headers={"Location": location.replace("QUERY", request.query_string)})
+
+    return answer
+
+
+async def exporter_for(aiohttp_client: Any, text: str) -> Any:
+    return await aiohttp_client(make_app(make_spec(textwrap.dedent(text))))
+
+
+async def probe(client: Any, **params: str) -> tuple[int, str]:
+    response = await client.get("/probe", params=params)
+    return response.status, await response.text()
+
+
+def secret_module(name: str, allow: str, url: str = "http://{target}/start", method: str = "POST") -> str:
+    """A module that adds every kind of secret: Authorization, a secret-named header, a secret query parameter, a body."""
+    return f"""
+          {name}:
+            targets: {{allow: [{allow}]}}
+            http_client_config: {{bearer_token: {SECRETS[1]}}}
+            endpoints:
+              main:
+                url: '{url}'
+                method: {method}
+                headers: {{X-API-Key: {SECRETS[0]}, X-Tenant: acme}}
+                params: {{api_key: {SECRETS[3]}}}
+                body: {{user: exporter, password: {SECRETS[2]}}}
+            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
+    """
+
+
+HOME = r"'127\.0\.0\.1:\d+'"
+HOME_AND_FOREIGN = r"'127\.0\.0\.1:\d+', '127\.0\.0\.2:\d+'"
+
+
+async def test_a_redirect_to_a_host_outside_the_allowlist_is_refused_before_any_request(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    foreign, stolen = await recording_server(aiohttp_server, "127.0.0.2", {"/{tail:.*}": {"v": 666, "foreign": "answer-FOREIGN"}})
+    home, _ = await recording_server(aiohttp_server, "127.0.0.1", {"/start": redirect(f"http://127.0.0.2:{foreign.port}/steal?QUERY")})
+    client = await exporter_for(aiohttp_client, "modules:" + secret_module("default", HOME))
+    status, text = await probe(client, target=f"127.0.0.1:{home.port}", debug="true")
+    assert status == 200
+    assert stolen.requests == []  # nothing reached the foreign host: not the secrets, not even a request
+    assert "-> redirect_refused, status 302" in text and "probe_success 0" in text
+    assert f"redirect 1 (302 to http://127.0.0.2:{foreign.port}/steal?api_key=" in text  # the URL shown redacted
+    assert "targets.allow does not allow" in text
+    assert "answer-FOREIGN" not in text and "Traceback" not in text
+    for secret in SECRETS:
+        assert secret not in text
+
+
+async def test_a_redirect_to_another_origin_carries_nothing_the_spec_adds(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    foreign, seen_foreign = await recording_server(aiohttp_server, "127.0.0.2", {"/landing": {"v": 2}})
+    # the API moves us within its origin first (everything goes along), then to another host, echoing the query
+    home, seen_home = await recording_server(aiohttp_server, "127.0.0.1", {
+        "/start": redirect("/moved?QUERY", 307),
+        "/moved": redirect(f"http://127.0.0.2:{foreign.port}/landing?QUERY&page=2", 302),
+    })
+    client = await exporter_for(aiohttp_client, "modules:" + secret_module("default", HOME_AND_FOREIGN))
+    status, text = await probe(client, target=f"127.0.0.1:{home.port}", debug="true")
+    assert status == 200 and value(parse(_exposition(text)), "x") == 2
+    (m1, _, _, body1), (m2, _, headers2, body2) = seen_home.requests
+    assert (m1, m2) == ("POST", "POST") and body1 == body2 and SECRETS[2].encode() in body2  # a 307 within the origin keeps method and body
+    assert headers2["X-API-Key"] == SECRETS[0] and headers2["Authorization"] == f"Bearer {SECRETS[1]}"
+    [(method, path, headers, body)] = seen_foreign.requests
+    assert (method, path, body) == ("GET", "/landing?page=2", b"")  # 302: a GET without body; our secret query value stayed home
+    assert {k.lower() for k in headers} & {"authorization", "x-api-key", "x-tenant", "cookie", "content-type"} == set()
+    assert f"redirect 1: 307 -> POST http://127.0.0.1:{home.port}/moved?api_key=" in text
+    assert f"redirect 2: 302 -> GET http://127.0.0.2:{foreign.port}/landing?page=2 (another origin" in text
+    assert "redirects followed: 2" in text
+    assert not any(secret in seen_foreign.text() for secret in SECRETS)
+
+
+def _exposition(text: str) -> str:
+    """The metrics of a debug=true answer, which come after its trace."""
+    return text.split("\nmetrics:\n", 1)[1]
+
+
+async def test_a_307_that_would_resend_the_body_to_another_origin_is_refused(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    foreign, seen_foreign = await recording_server(aiohttp_server, "127.0.0.2", {"/{tail:.*}": {"v": 3}})
+    home, _ = await recording_server(aiohttp_server, "127.0.0.1", {"/start": redirect(f"http://127.0.0.2:{foreign.port}/again", 307)})
+    client = await exporter_for(aiohttp_client, "modules:" + secret_module("default", HOME_AND_FOREIGN))
+    _, text = await probe(client, target=f"127.0.0.1:{home.port}", debug="true")
+    assert seen_foreign.requests == []
+    assert "-> redirect_refused" in text and "a 307 would send the request body to another origin" in text
+
+
+@pytest.fixture
+def tls_pair(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return server_context, ca_file
+
+
+async def test_https_to_http_is_refused_while_the_request_carries_secrets(
+    aiohttp_client: Any, aiohttp_server: Any, tls_pair: tuple[ssl.SSLContext, Path],
+) -> None:
+    server_context, ca_file = tls_pair
+    plain, seen_plain = await recording_server(aiohttp_server, "127.0.0.2", {"/{tail:.*}": {"v": 4}})
+    home, _ = await recording_server(aiohttp_server, "127.0.0.1", {"/start": redirect(f"http://127.0.0.2:{plain.port}/clear")}, server_context)
+    allow = r"'https://127\.0\.0\.1:\d+', '127\.0\.0\.2:\d+'"
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          secret:
+            targets: {{allow: [{allow}]}}
+            http_client_config: {{tls_config: {{ca_file: {ca_file}}}}}
+            endpoints: {{main: {{url: '{{target}}/start', headers: {{X-API-Key: {SECRETS[0]}}}}}}}
+            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
+          public:
+            targets: {{allow: [{allow}]}}
+            http_client_config: {{tls_config: {{ca_file: {ca_file}}}}}
+            endpoints: {{main: {{url: '{{target}}/start'}}}}
+            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
+        """)
+    target = f"https://127.0.0.1:{home.port}"
+    _, text = await probe(client, target=target, module="secret", debug="true")
+    assert seen_plain.requests == []
+    assert "-> redirect_refused" in text and "it leaves https for http, and the request carries secrets (header X-API-Key)" in text
+    _, text = await probe(client, target=target, module="public")
+    assert value(parse(text), "x") == 4 and len(seen_plain.requests) == 1  # nothing secret: the downgrade is followed
+
+
+async def test_redirects_stop_after_ten_hops(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/loop")
+
+    up = await upstream({"/loop": loop})
+    client = await exporter_for(aiohttp_client, "modules: {default: {metrics: [{name: x, help: x, value: v}]}}")
+    _, text = await probe(client, target=f"{up.url}/loop", debug="true")
+    assert up.hits == {"/loop": 11}  # the request and ten redirects
+    assert "-> redirect_refused, status 302" in text and "more than 10 redirects" in text and "redirects followed: 10" in text
+
+
+async def test_each_redirect_hop_goes_through_the_proxy(aiohttp_client: Any, upstream: UpstreamFactory, forward_proxy: ForwardProxy) -> None:
+    paths: list[str] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        paths.append(request.raw_path)
+        raise web.HTTPFound("/new")
+
+    async def new(request: web.Request) -> web.Response:
+        paths.append(request.raw_path)
+        return web.json_response({"v": 5})
+
+    up = await upstream({"/old": moved, "/new": new})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            http_client_config: {{proxy_url: '{forward_proxy.url}'}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    _, text = await probe(client, target=f"{up.url}/old")
+    assert value(parse(text), "x") == 5
+    # the test proxy logs (and rewrites to /path) the first request of each connection; later ones on it arrive
+    # in absolute form: either way, each of the two hops went through it
+    assert forward_proxy.requests[0] == f"GET {up.url}/old HTTP/1.1" and len(paths) == 2
+    assert len(forward_proxy.requests) + sum(p.startswith("http://") for p in paths) == 2
+
+
+# -- hosts taken from parameters ---------------------------------------------------------------
+
+
+async def test_a_host_taken_from_a_parameter_must_be_allowed_and_a_host(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    foreign, stolen = await recording_server(aiohttp_server, "127.0.0.2", {"/stats": {"v": 7}})
+    home, seen_home = await recording_server(aiohttp_server, "127.0.0.1", {"/stats": {"v": 6}})
+    client = await exporter_for(aiohttp_client, rf"""
+        modules:
+          tokened:
+            targets: {{allow: [{HOME}]}}
+            parameters: {{node: {{}}, port: {{}}}}
+            http_client_config: {{bearer_token: {SECRETS[1]}}}
+            endpoints: {{main: {{url: 'http://{{node}}:{{port}}/stats'}}}}
+            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
+          open:
+            parameters: {{node: {{}}}}
+            endpoints: {{main: {{url: 'http://{{node}}:{home.port}/stats'}}}}
+            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
+        """)
+    status, text = await probe(client, module="tokened", node="127.0.0.1", port=str(home.port))
+    assert status == 200 and value(parse(text), "x") == 6  # no target needed: the allowlist checks the host the parameters make
+    assert seen_home.requests[0][2]["Authorization"] == f"Bearer {SECRETS[1]}"
+    status, text = await probe(client, module="tokened", node="127.0.0.2", port=str(foreign.port))
+    assert status == 403 and "taken from a parameter, is not allowed by targets.allow" in text
+    for node in ("127.0.0.2/", "127.0.0.2?", "127.0.0.2#", "x@127.0.0.2", "127.0.0.2\\", "127.0.0.2 "):
+        status, text = await probe(client, module="open", node=node)
+        assert status == 400 and "parameter 'node' is used in the URL's host" in text, node
+    assert stolen.requests == []
+    status, text = await probe(client, module="open", node="127.0.0.1")
+    assert status == 200 and value(parse(text), "x") == 6
+
+
+# -- string bodies ------------------------------------------------------------------------------
+
+
+async def test_a_parameter_cannot_change_the_structure_of_a_string_body(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    received: list[tuple[str | None, bytes]] = []
+
+    async def record(request: web.Request) -> web.Response:
+        received.append((request.headers.get("Content-Type"), await request.read()))
+        return web.json_response({"v": 1})
+
+    up = await upstream({"/": record})
+    client = await exporter_for(aiohttp_client, r"""
+        modules:
+          json:
+            parameters: {user: {}}
+            endpoints:
+              main: {url: '{target}/', method: POST, body: '{{"role": "viewer", "user": "{user}", "note": "a\\{user}"}}'}
+            metrics: [{name: x, help: x, endpoint: main, value: v}]
+          form:
+            parameters: {user: {}}
+            endpoints:
+              main:
+                url: '{target}/'
+                method: POST
+                headers: {Content-Type: application/x-www-form-urlencoded}
+                body: 'user={user}&role=viewer'
+            metrics: [{name: x, help: x, endpoint: main, value: v}]
+        """)
+    import json
+    from urllib.parse import parse_qs
+
+    hostile = 'x", "role": "admin", "x": "\\'
+    _, text = await probe(client, module="json", target=up.url, user=hostile)
+    assert value(parse(text), "x") == 1
+    content_type, body = received[-1]
+    assert content_type == "application/json"
+    assert json.loads(body) == {"role": "viewer", "user": hostile, "note": "a\\" + hostile}
+    _, text = await probe(client, module="form", target=up.url, user="x&role=admin")
+    assert value(parse(text), "x") == 1
+    assert parse_qs(received[-1][1].decode()) == {"user": ["x&role=admin"], "role": ["viewer"]}
+
+
+# -- requests that cannot be built ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", ["tok-SECRET\nX-Injected: 1", "tok-\x01SECRET"])
+async def test_a_credentials_file_that_cannot_be_a_header_is_a_config_error(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path, content: str,
+) -> None:
+    creds = tmp_path / "creds"
+    creds.write_text(content + "\n")
+    up = await upstream({"/": {"v": 1}})
+    client = await exporter_for(aiohttp_client, rf"""
+        modules:
+          default:
+            targets: {{allow: ['http://127\.0\.0\.1:\d+']}}
+            http_client_config: {{authorization: {{credentials_file: {creds}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    _, text = await probe(client, target=up.url, debug="true")
+    assert "-> config_error" in text and "probe_success 0" in text
+    assert f"header Authorization (from credentials_file '{creds}') contains a line break or another control character" in text
+    assert "SECRET" not in text and up.hits == {}
