@@ -1,8 +1,9 @@
 """Series to Prometheus text format 0.0.4 and OpenMetrics 1.0.0.
 
 A direct writer, byte-identical to prometheus_client's `generate_latest` for the same metric
-families, with one deliberate difference: integral values are printed exactly (`1655371`,
-not `1.655371e+06`). Label pairs must arrive sorted by name, as prometheus_client sorts them.
+families, with two deliberate differences: integral values are printed exactly (`1655371`,
+not `1.655371e+06`), and OpenMetrics timestamps never in exponent form. Label pairs must arrive
+sorted by name, as prometheus_client sorts them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.utils import floatToGoString
 
+from jsonexporter.names import family_name, text_name
 from jsonexporter.slices import RENDER, sliced, turn
 
 Labels = tuple[tuple[str, str], ...]
@@ -83,29 +85,25 @@ def _sample_text(sample: Sample, openmetrics: bool) -> str:
     if ts is None:
         return sample_line(sample_name, labels_text(labels), value)
     if openmetrics:
-        return f"{sample_name}{labels_text(labels)} {format_value(value)} {ts}\n"
+        return f"{sample_name}{labels_text(labels)} {format_value(value)} {_openmetrics_timestamp(ts)}\n"
     return f"{sample_name}{labels_text(labels)} {format_value(value)} {int(ts * 1000):d}\n"
+
+
+def _openmetrics_timestamp(ts: float) -> str:
+    """Seconds as prometheus_client writes them, but never in exponent form (`1e-05`), which its parser
+    misreads (as 1.00000000 s) or rejects; the bound of extraction keeps them below 1e16, where repr has none."""
+    text = repr(ts)
+    return format(ts, ".9f") if "e" in text else text
 
 
 def base_name(family: Family) -> str:
     """The OpenMetrics family name: without the `_total` / `_info` that samples carry."""
-    if family.type == "counter" and family.name.endswith("_total"):
-        return family.name[:-6]
-    if family.type == "info" and family.name.endswith("_info"):
-        return family.name[:-5]
-    return family.name
+    return family_name(family.name, family.type)
 
 
 def _text_header(family: Family) -> str:
-    base = base_name(family)
-    mtype = family.type
-    name = base
-    if mtype == "counter":
-        name = base + "_total"
-    elif mtype == "info":
-        name, mtype = base + "_info", "gauge"
-    elif mtype == "stateset":
-        mtype = "gauge"
+    name = text_name(family.name, family.type)
+    mtype = "gauge" if family.type in ("info", "stateset") else family.type
     help_text = family.help.replace("\\", r"\\").replace("\n", r"\n")
     return f"# HELP {name} {help_text}\n# TYPE {name} {mtype}\n"
 

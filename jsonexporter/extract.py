@@ -14,6 +14,8 @@ from typing import Any
 
 from jsonexporter.exposition import EXACT_LIMIT, Family, Labels, escape_label_value, escaped, format_value, labels_text, needs_escape, sample_line
 from jsonexporter.labeltext import label_text
+from jsonexporter.names import text_name
+from jsonexporter.numbers import NUMBER, parse_number
 from jsonexporter.slices import Steps, run, run_sliced
 from jsonexporter.spec.expressions import Expression, Search
 from jsonexporter.spec.functions import FunctionError
@@ -50,6 +52,9 @@ class Extraction:
             self.messages.append(f"metric {metric}: {message}")
 
 
+_MS_LIMIT = 2.0**63  # Prometheus stores a timestamp as int64 milliseconds
+
+
 def to_number(raw: Any, value_map: Mapping[str, float]) -> float | None:
     """A JSON value as a sample value; None for null. Raises ExtractionError when it is not a number."""
     kind = type(raw)
@@ -65,10 +70,10 @@ def to_number(raw: Any, value_map: Mapping[str, float]) -> float | None:
         if mapped is not None:
             return mapped
         try:
-            return float(raw.strip())
-        except ValueError:
+            return parse_number(raw)
+        except ValueError as exc:
             hint = f" and not in value_map ({', '.join(value_map)})" if value_map else "; map it with value_map"
-            raise ExtractionError(f"{shorten(raw, 60)} is not a number{hint}") from None
+            raise ExtractionError(f"{exc}{hint}") from None
     raise ExtractionError(f"expected a number, got {'a list' if kind is list else 'an object'}")
 
 
@@ -79,24 +84,37 @@ def sample_value(raw: Any, metric: Metric, expr: Expression) -> float:
     if value is None:
         if metric.default is None:
             raise ExtractionError(f"value {expr.source!r} is null or missing")
-        return metric.default
-    return value * metric.scale if metric.scale != 1.0 else value
+        value = metric.default
+    elif metric.scale != 1.0:
+        value *= metric.scale
+    if metric.type == "counter" and not value >= 0:
+        raise ExtractionError(_NOT_A_COUNT.format(format_value(value)))
+    return value
+
+
+_NOT_A_COUNT = "counter value {} is negative or NaN: OpenMetrics parsers reject the whole answer"
 
 
 def to_timestamp(raw: Any, scale: float) -> float | None:
+    """A JSON value as a sample timestamp in seconds: a number (or a number in a string) of seconds
+    times `scale`, or an RFC 3339 string. Raises ExtractionError, also for one Prometheus cannot store."""
     if raw is None:
         return None
     if type(raw) in (int, float):
         seconds = float(raw) * scale
     elif type(raw) is str:
         try:
-            seconds = datetime.fromisoformat(raw).timestamp()
+            seconds = parse_number(raw) * scale if NUMBER.fullmatch(raw) else datetime.fromisoformat(raw).timestamp()
         except ValueError:
             raise ExtractionError(f"timestamp {shorten(raw, 60)} is neither a number nor RFC 3339") from None
     else:
         raise ExtractionError(f"timestamp {shorten(raw, 60)} is not a number")
     if not math.isfinite(seconds):
-        raise ExtractionError("timestamp is not finite")
+        raise ExtractionError(f"timestamp {shorten(raw, 60)} is not finite")
+    if seconds < 0:  # a "never" sentinel, mostly; Prometheus would drop it as out of bounds, prometheus_client misreads it
+        raise ExtractionError(f"timestamp {shorten(raw, 60)} is before 1970")
+    if seconds * 1000 >= _MS_LIMIT:
+        raise ExtractionError(f"timestamp {shorten(raw, 60)} is beyond what Prometheus stores (int64 milliseconds, about 292 million years)")
     return seconds
 
 
@@ -148,9 +166,7 @@ def _elements(metric: Metric, doc: Any, base: dict[str, Any] | None, trace: Trac
 
 
 def _sample_name(metric: Metric, output_name: str) -> str:
-    if metric.type == "counter" and not output_name.endswith("_total"):
-        return output_name + "_total"
-    return output_name
+    return text_name(output_name, metric.type)
 
 
 def _family(result: Extraction, metric: Metric, output: Output) -> Family:
@@ -432,6 +448,8 @@ def _number_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[str
     scale = metric.scale
     try:
         if kinds <= _NUMBERS:
+            if metric.type == "counter" and not all(raw * scale >= 0 for raw in raws):
+                return None  # a negative or NaN count is an error of its series: element by element
             if kinds == _INT and scale == 1.0 and min(raws) > -EXACT_LIMIT and max(raws) < EXACT_LIMIT:
                 return list(map(str, raws))
             return list(map(format_value, map(float, raws) if scale == 1.0 else [raw * scale for raw in raws]))

@@ -53,7 +53,7 @@ def warning_lines(out: str) -> list[str]:
 class Invalid:
     id: str
     text: str
-    # every error the file must produce: ("LINE:COL", "yaml.path", "part of the message")
+    # every error the file must produce: ("LINE:COL", "yaml.path", "part of the message"; SPEC for the file's path)
     errors: tuple[tuple[str, str, str], ...]
 
 
@@ -614,6 +614,73 @@ INVALID = [
               - {name: node, help: h, values: {up: up, ready: ready}, labels: {id: id}}
               - {name: node_up, help: h, value: up}
         """, ("5:9", "modules.m.metrics[1].labels", "metric 'node_up' is also produced by modules.m.metrics[0] with labels ['id'], here []")),
+    # -- names that meet after the naming rules: both places, each naming the other
+    invalid("counter_sample_name_is_a_gauge", """
+        modules:
+          m:
+            metrics:
+              - {name: req, help: h, type: counter, value: a}
+              - {name: req_total, help: h, value: b}
+        """,
+        ("4:16", "modules.m.metrics[0].name", "counter 'req' and gauge 'req_total' of modules.m.metrics[1] (SPEC:5:16) both take the name req_total"),
+        ("5:16", "modules.m.metrics[1].name", "gauge 'req_total' and counter 'req' of modules.m.metrics[0] (SPEC:4:16) both take the name req_total")),
+    invalid("info_family_name_is_another_metric", """
+        modules:
+          m:
+            metrics:
+              - {name: node_role_info, help: h, type: info, labels: {role: r}}
+              - {name: node_role, help: h, type: untyped, value: b}
+        """,
+        ("4:16", "modules.m.metrics[0].name", "(OpenMetrics names the family of info 'node_role_info' node_role)"),
+        ("5:16", "modules.m.metrics[1].name", "untyped 'node_role' and info 'node_role_info' of modules.m.metrics[0] (SPEC:4:16) both take")),
+    invalid("values_suffix_gives_a_counter_sample_name", """
+        modules:
+          m:
+            metrics:
+              - {name: jobs, help: h, type: counter, values: {done: d, failed: f}}
+              - {name: jobs_done_total, help: h, value: b}
+        """,
+        ("4:55", "modules.m.metrics[0].values.done", "counter 'jobs_done' and gauge 'jobs_done_total' of modules.m.metrics[1] (SPEC:5:16)"),
+        ("5:16", "modules.m.metrics[1].name", "gauge 'jobs_done_total' and counter 'jobs_done' of modules.m.metrics[0] (SPEC:4:55)")),
+    invalid("two_values_of_one_rule_give_one_counter", """
+        modules:
+          m:
+            metrics:
+              - {name: jobs, help: h, type: counter, values: {done: d, done_total: f}}
+        """,
+        ("4:55", "modules.m.metrics[0].values.done", "counter 'jobs_done' and counter 'jobs_done_total' of modules.m.metrics[0] (SPEC:4:64)"),
+        ("4:64", "modules.m.metrics[0].values.done_total", "both take the name jobs_done_total (the samples of counter 'jobs_done' are named")),
+    invalid("counter_with_and_without_total", """
+        modules:
+          m:
+            metrics:
+              - {name: req_total, help: h, type: counter, value: a}
+              - {name: req, help: h, type: counter, value: b}
+        """,
+        ("4:16", "modules.m.metrics[0].name", "both take the name req_total"),
+        ("5:16", "modules.m.metrics[1].name", "both take the name req_total")),
+    invalid("counter_created_name_is_a_gauge", """
+        modules:
+          m:
+            metrics:
+              - {name: req_created, help: h, value: a}
+              - {name: req_total, help: h, type: counter, value: b}
+        """,
+        ("4:16", "modules.m.metrics[0].name", "(OpenMetrics reserves req_created for the samples of counter 'req_total')"),
+        ("5:16", "modules.m.metrics[1].name", "counter 'req_total' and gauge 'req_created'")),
+    invalid("values_suffix_gives_a_probe_metric", """
+        modules:
+          m:
+            metrics:
+              - {name: probe, help: h, type: counter, values: {success: ok}}
+        """, ("4:56", "modules.m.metrics[0].values.success",
+              "counter 'probe_success' takes the name probe_success, which the probe's own metric probe_success has")),
+    invalid("rule_named_like_a_probe_metric", """
+        modules:
+          m:
+            metrics:
+              - {name: probe_success, help: h, value: ok}
+        """, ("4:16", "modules.m.metrics[0].name", "metric names starting with 'probe_' are reserved for the probe's own metrics")),
     # -- parameters
     invalid("parameter_pattern_invalid_regex", """
         modules:
@@ -828,6 +895,15 @@ INVALID = [
                 value: phase
                 states: [up, down]
         """, ("7:17", "modules.m.metrics[0].states", "`states` is only for type stateset")),
+    invalid("info_with_timestamp", """
+        modules:
+          m:
+            metrics:
+              - name: build_info
+                help: h
+                type: info
+                timestamp: built_at
+        """, ("7:9", "modules.m.metrics[0].timestamp", "info metrics take no `timestamp`")),
     invalid("timestamp_unit_without_timestamp", """
         modules:
           m:
@@ -901,7 +977,7 @@ def test_invalid_spec_is_reported_at_its_place(case: Invalid, write_spec: SpecWr
         prefix = f"{path}:{location}: {yaml_path}: "
         found = [line for line in errors if line.startswith(prefix)]
         assert found, f"no problem starting with {prefix!r} in:\n{out}"
-        assert message in found[0].removeprefix(prefix), out
+        assert message.replace("SPEC", str(path)) in found[0].removeprefix(prefix), out
     assert not re.search(r": valid: \d+ module", out)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import exposition as text_format
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as om_format
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from jsonexporter.exposition import Family, base_name, encode, format_value, render_openmetrics, render_text
@@ -111,3 +113,10 @@ def test_openmetrics_requested_by_prometheus_default_accept_header() -> None:
     assert headers["Content-Type"].startswith("application/openmetrics-text")
     _, headers = encode([], "application/openmetrics-text;version=0.0.1", "")
     assert headers["Content-Type"].startswith("text/plain")
+
+
+def test_openmetrics_timestamps_are_written_without_an_exponent() -> None:
+    """prometheus_client writes 5.2e-06 s as `5.2e-06`, which its own parser reads as 5.2 s."""
+    fams = [Family("a", "gauge", "h", [("a", (("t", str(ts)),), 1.0, ts) for ts in (5.2e-06, 1e-05, 1700000000.25, 9.2e15)])]
+    (family,) = parse_openmetrics(render_openmetrics(fams))
+    assert [float(s.timestamp) for s in family.samples] == [pytest.approx(5.2e-06, abs=1e-9), 1e-05, 1700000000.25, 9.2e15]  # type: ignore[arg-type]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jmespath
@@ -10,10 +11,12 @@ from conftest import make_spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from metrics_util import samples
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
-from jsonexporter.exposition import Family, render_text
-from jsonexporter.extract import ExtractionError, ProbeContext, extract, label_text, to_number
+from jsonexporter.exposition import Family, render_openmetrics, render_text
+from jsonexporter.extract import ExtractionError, ProbeContext, extract, label_text, sample_value, to_number, to_timestamp
 from jsonexporter.spec.expressions import compile_expression
+from jsonexporter.trace import Trace
 
 PROBE = ProbeContext("default", "http://t", {})
 
@@ -37,7 +40,7 @@ def test_label_values_print_integers_exactly_and_booleans_as_words() -> None:
 
 def test_values_accept_numbers_booleans_numeric_strings_and_mapped_strings() -> None:
     mapping = {"UP": 1.0, "true": 5.0}
-    assert to_number(3, {}) == 3.0 and to_number(" 2.5 ", {}) == 2.5
+    assert to_number(3, {}) == 3.0 and to_number("2.5", {}) == 2.5
     assert to_number(True, {}) == 1.0 and to_number(False, {}) == 0.0 and to_number(True, mapping) == 5.0
     assert to_number("UP", mapping) == 1.0
     assert to_number(None, mapping) is None
@@ -45,6 +48,107 @@ def test_values_accept_numbers_booleans_numeric_strings_and_mapped_strings() -> 
         to_number("DOWN", mapping)
     with pytest.raises(ExtractionError, match="list"):
         to_number([1], {})
+
+
+# Prometheus's number syntax (its parsers: Go's ParseFloat without hex floats and `_`); Python's float()
+# takes many of NOT_NUMBERS too
+PROMETHEUS_NUMBERS = {"12": 12.0, "-1.5": -1.5, "+.5": 0.5, "5.": 5.0, "007": 7.0, "1e3": 1000.0, "1E-3": 0.001, "-2.5e+2": -250.0,
+                      "Inf": math.inf, "+inf": math.inf, "-Infinity": -math.inf, "iNfInItY": math.inf, "NaN": math.nan, "nan": math.nan}
+NOT_NUMBERS = ["1_000", "\u0661\u0662", "\uff11\uff12", "1\u00b2", "0x1p3", "0x10", " 2", "2 ", "2\n", "\u20032", "", ".", "e5", "1e", "1e+",
+               "+nan", "-NaN", "infin", "1,5", "1.5.1", "--1"]
+
+
+@pytest.mark.parametrize("text", PROMETHEUS_NUMBERS)
+def test_numbers_in_strings_are_read_as_prometheus_reads_them(text: str) -> None:
+    number = to_number(text, {})
+    assert number is not None
+    assert (math.isnan(number) and math.isnan(PROMETHEUS_NUMBERS[text])) or number == PROMETHEUS_NUMBERS[text]
+
+
+@pytest.mark.parametrize("text", NOT_NUMBERS)
+def test_strings_that_prometheus_does_not_read_as_numbers_are_errors(text: str) -> None:
+    with pytest.raises(ExtractionError, match="is not a number"):
+        to_number(text, {})
+
+
+@pytest.mark.parametrize("text", ["1e400", "-1e309", "1.7976931348623159e308"])
+def test_numbers_beyond_a_64_bit_float_are_errors(text: str) -> None:
+    with pytest.raises(ExtractionError, match="beyond the range of a 64-bit float"):
+        to_number(text, {})
+
+
+def test_only_the_series_with_a_number_prometheus_reads_is_written() -> None:
+    spec = """
+        modules:
+          default:
+            metrics:
+              - {name: depth, help: h, each: items, value: v, labels: {id: id}}
+        """
+    document = {"items": [{"id": "plain", "v": "12"}, {"id": "underscore", "v": "1_000"}, {"id": "arabic", "v": "\u0661\u0662"},
+                          {"id": "fullwidth", "v": "\uff11\uff12"}]}
+    families, errors = _families(spec, document)
+    assert samples(families["depth"]) == [("depth", {"id": "plain"}, 12.0)]
+    assert errors == {"depth": 3}
+
+
+@pytest.mark.parametrize("raw, scale, seconds", [
+    (1_700_000_000, 1.0, 1.7e9), ("1700000000.5", 1.0, 1_700_000_000.5), (1.7e18, 0.001, 1.7e15), ("1.7e18", 0.001, 1.7e15),
+    (0, 1.0, 0.0), (9.2e15, 1.0, 9.2e15), ("2024-05-01T10:00:00Z", 1.0, 1714557600.0)])
+def test_timestamps_within_int64_milliseconds_are_kept(raw: Any, scale: float, seconds: float) -> None:
+    assert to_timestamp(raw, scale) == seconds
+
+
+@pytest.mark.parametrize("raw, scale", [(1.7e18, 1.0), ("1.7e18", 1.0), (9.3e15, 1.0), (2.0**63, 0.001), (1e300, 1.0)])
+def test_timestamps_beyond_int64_milliseconds_are_errors(raw: Any, scale: float) -> None:
+    with pytest.raises(ExtractionError, match="beyond what Prometheus stores"):
+        to_timestamp(raw, scale)
+
+
+@pytest.mark.parametrize("raw", [-1, -0.5, "-86400", -9.3e15, "1969-12-31T23:59:59Z"])
+def test_timestamps_before_1970_are_errors(raw: Any) -> None:
+    with pytest.raises(ExtractionError, match="before 1970"):
+        to_timestamp(raw, 1.0)
+
+
+@pytest.mark.parametrize("raw", [math.nan, math.inf, "NaN", "-Inf", "1_700000000", "\uff11\uff17\uff10\uff10"])
+def test_timestamps_that_are_not_finite_numbers_are_errors(raw: Any) -> None:
+    with pytest.raises(ExtractionError, match=r"not finite|neither a number"):
+        to_timestamp(raw, 1.0)
+
+
+def test_a_timestamp_prometheus_cannot_store_is_an_error_of_that_series_only() -> None:
+    spec = """
+        modules:
+          default:
+            metrics:
+              - {name: depth, help: h, each: items, value: v, timestamp: ts, labels: {id: id}}
+        """
+    document = {"items": [{"id": "now", "v": 1, "ts": 1_700_000_000}, {"id": "far", "v": 2, "ts": 1.7e18}]}
+    families, errors = _families(spec, document)
+    assert render_text(list(families.values())).splitlines()[-1] == 'depth{id="now"} 1 1700000000000'
+    assert errors == {"depth": 1}
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["fast", "general"])
+def test_a_negative_or_nan_counter_value_is_an_error_of_that_series(traced: bool) -> None:
+    module = make_spec("""
+        modules:
+          default:
+            metrics:
+              - {name: jobs_total, help: h, type: counter, each: items, value: v, labels: {id: id}}
+              - {name: done_total, help: h, type: counter, each: items, value: v, scale: -1, labels: {id: id}}
+        """).modules["default"]
+    # numbers only: the fast path writes such a column at once
+    document = {"items": [{"id": "ok", "v": 3}, {"id": "negative", "v": -1}, {"id": "nan", "v": math.nan}, {"id": "zero", "v": 0}]}
+    result = extract(module, {"default": document}, PROBE, trace=Trace() if traced else None)
+    assert [s[1]["id"] for s in samples(result.families["jobs_total"])] == ["ok", "zero"]
+    assert [s[1]["id"] for s in samples(result.families["done_total"])] == ["negative", "zero"]
+    assert result.errors == {"jobs_total": 2, "done_total": 2}
+    assert "counter value -1 is negative or NaN" in "\n".join(result.messages)
+    assert to_number("NaN", {}) is not None
+    with pytest.raises(ExtractionError, match="counter value NaN is negative or NaN"):
+        sample_value("NaN", module.metrics[0], module.metrics[0].outputs[0].value)  # type: ignore[arg-type]
+    list(parse_openmetrics(render_openmetrics(list(result.families.values()))))
 
 
 def _families(spec_text: str, document: Any) -> tuple[dict[str, Family], dict[str, int]]:

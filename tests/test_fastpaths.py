@@ -37,7 +37,9 @@ PROBE = ProbeContext("default", "http://t", {"region": "eu"})
 VALUES = {"target": "http://t", "module": "default"}
 
 scalars = (st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats(allow_nan=False)
-           | st.sampled_from(["a", "b", "UP", "1.5", ' 2 ', 'q"uote', "back\\slash", "new\nline", "é", ""]))
+           | st.sampled_from(["a", "b", "UP", "1.5", ' 2 ', 'q"uote', "back\\slash", "new\nline", "é", ""])
+           # numbers in strings as Prometheus reads them, and what only Python's float() would read
+           | st.sampled_from(["-3", ".5e1", "Inf", "-infinity", "NaN", "1e400", "1_000", "\u0661\u0662", "\uff11\uff12", "+nan", "0x1p3"]))
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2),
                            max_leaves=6)
 items = st.dictionaries(st.sampled_from(["id", "a", "v", "w", "tags", "sub"]), json_values, max_size=6)
@@ -46,11 +48,14 @@ documents = st.fixed_dictionaries({
     "items": st.lists(elements, max_size=8),
     "byname": st.dictionaries(st.sampled_from(["x", "y", "z"]), items, max_size=3),
     "v": json_values,
+    # only numbers: the fast path's columns at once, negative and NaN counts among them
+    "counts": st.lists(st.fixed_dictionaries({"id": st.sampled_from(["a", "b", "c", "d"]), "v": st.integers(-3, 3) | st.floats(),
+                                              "w": st.integers(-3, 3)}), max_size=6),
 })
 
 LABEL_EXPRESSIONS = ["id", "a", "a.b", "tags[0]", "'const'", "length(tags)", "sub", "v", "lower(a)", "regex_extract(id, '(\\d+)')"]
 VALUE_EXPRESSIONS = ["v", "w", "a.b", "@", "length(tags)", "v || w", "sub.a", "parse_bytes(v)", "divide(v, w)", "regex_match(a, '^[ab]')"]
-EACHES = [None, "items", "byname", ["items", "tags"], "items[?v]", "items[*].{id: id, v: w, a: a}", "byname.*"]
+EACHES = [None, "items", "byname", ["items", "tags"], "items[?v]", "items[*].{id: id, v: w, a: a}", "byname.*", "counts"]
 
 
 @st.composite
@@ -71,7 +76,7 @@ def modules(draw: Any) -> dict[str, Any]:
         if names and draw(st.integers(0, 5)) == 0:
             labels[names[0]] = "$index"  # the general path, in the same module
         rule: dict[str, Any] = {"name": name, "help": "h", "type": mtype, "labels": labels}
-        each = draw(st.sampled_from(EACHES))
+        each = draw(st.sampled_from([*EACHES, "counts", "counts"]))  # "counts" more often: the columns at once
         if each is not None:
             rule["each"] = each
         if mtype != "info":

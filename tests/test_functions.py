@@ -309,3 +309,19 @@ def test_direct_calls_give_what_the_jmespath_interpreter_gives(source: str, docu
     direct = compile_expression(source)
     interpreted = jmespath.compile(source)
     assert _outcome(direct.search, document) == _outcome(lambda d: interpreted.search(d, options=OPTIONS), document)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("12", 12), ("-3", -3), ("1e3", 1000.0), ("+.5", 0.5), ("Inf", float("inf")), ("99999999999999999999", 99999999999999999999),
+    ("1_000", None), ("\u0661\u0662", None), ("\uff11\uff12", None), (" 12", None), ("0x1p3", None), ("1e400", None)])
+def test_to_number_reads_strings_as_prometheus_reads_numbers(text: str, expected: Any) -> None:
+    """jmespath's own to_number takes what Python's int() and float() take: `1_000`, `١٢`, spaces."""
+    result = compile_expression("to_number(v)").search({"v": text})
+    assert result == expected and type(result) is type(expected)
+
+
+@pytest.mark.parametrize("source", ["parse_duration(v)", "parse_bytes(v)"])
+@pytest.mark.parametrize("text", ["\u0661\u0662", "\uff11\uff12", "\u0661\u0662s", "\u0661\u0662 MB", "1:\u0660\u0660:00"])
+def test_durations_and_sizes_take_only_ascii_digits(source: str, text: str) -> None:
+    with pytest.raises(FunctionError, match="not a"):
+        compile_expression(source).search({"v": text})

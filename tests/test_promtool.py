@@ -64,3 +64,19 @@ async def test_exporter_metrics_pass_promtool(exporter: ExporterFactory) -> None
     await client.get("/probe?target=http://127.0.0.1:1")
     result = promtool_check(await (await client.get("/metrics")).text())
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+async def test_a_timestamp_beyond_int64_milliseconds_drops_only_its_series(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/": {"items": [{"id": "now", "v": 1, "ts": 1_700_000_000}, {"id": "far", "v": 2, "ts": 1.7e18}]}})
+    client = await exporter("""
+        modules:
+          default:
+            metrics:
+              - {name: depth, help: h, each: items, value: v, timestamp: ts, labels: {id: id}}
+        """)
+    text = await (await client.get(f"/probe?target={up.url}/")).text()
+    result = promtool_check(text)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'depth{id="now"} 1 1700000000000\n' in text and 'id="far"' not in text
+    assert 'probe_extraction_errors{metric="depth"} 1\n' in text

@@ -28,6 +28,7 @@ import jmespath.functions
 import re2
 from jmespath.functions import signature
 
+from jsonexporter.numbers import INTEGER, parse_number
 from jsonexporter.trace import shorten
 
 MAX_INPUT = 256  # characters of a time, duration or size string: longer is not one
@@ -147,16 +148,16 @@ def strptime_format_problem(fmt: str) -> str | None:
     return None
 
 
-_NUMBER_TEXT = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_PLAIN = re.compile(rf"[+-]?{_NUMBER_TEXT}(?:[eE][+-]?\d+)?")
-_GO_PART = re.compile(rf"({_NUMBER_TEXT})(ns|us|µs|μs|ms|s|m|h)")
+_NUMBER_TEXT = r"(?:\d+(?:\.\d*)?|\.\d+)"  # compiled with re.ASCII: \d is 0-9 only, as in numbers.py
+_PLAIN = re.compile(rf"[+-]?{_NUMBER_TEXT}(?:[eE][+-]?\d+)?", re.ASCII)
+_GO_PART = re.compile(rf"({_NUMBER_TEXT})(ns|us|µs|μs|ms|s|m|h)", re.ASCII)
 _GO_UNITS = {"ns": Decimal("1e-9"), "us": Decimal("1e-6"), "µs": Decimal("1e-6"), "μs": Decimal("1e-6"), "ms": Decimal("0.001"),
              "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
 _ISO_NUMBER = r"(\d+(?:[.,]\d+)?)"
 _ISO = re.compile(rf"P(?:{_ISO_NUMBER}Y)?(?:{_ISO_NUMBER}M)?(?:{_ISO_NUMBER}W)?(?:{_ISO_NUMBER}D)?"
-                  rf"(?:T(?:{_ISO_NUMBER}H)?(?:{_ISO_NUMBER}M)?(?:{_ISO_NUMBER}S)?)?", re.IGNORECASE)
+                  rf"(?:T(?:{_ISO_NUMBER}H)?(?:{_ISO_NUMBER}M)?(?:{_ISO_NUMBER}S)?)?", re.IGNORECASE | re.ASCII)
 _ISO_UNITS = (None, None, Decimal(604800), Decimal(86400), Decimal(3600), Decimal(60), Decimal(1))
-_CLOCK = re.compile(r"(?:(\d+)\.)?(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)")
+_CLOCK = re.compile(r"(?:(\d+)\.)?(\d+):([0-5]\d):([0-5]\d(?:\.\d+)?)", re.ASCII)
 
 
 def _finite(value: Decimal | float, raw: Any) -> float:
@@ -204,7 +205,7 @@ def _duration(raw: Any) -> float:
     return _finite(sign * total, raw)
 
 
-_SIZE = re.compile(rf"([+-]?{_NUMBER_TEXT}(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)")
+_SIZE = re.compile(rf"([+-]?{_NUMBER_TEXT}(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)", re.ASCII)
 _SI = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15, "e": 10**18}
 _SIZE_UNITS = {
     **{"b": 1, "byte": 1, "bytes": 1},
@@ -344,6 +345,18 @@ class Library(jmespath.functions.Functions):  # type: ignore[misc]
         except (ValueError, OverflowError, OSError):
             expected = f"does not match the format {fmt!r}" if fmt is not None else "not an RFC 3339 / ISO 8601 time"
             raise _Unusable(s, expected) from None
+
+    # jmespath's own reads a string with Python's int() and float(), which take `1_000`, `١٢` and spaces
+    @_takes(_arg(_STRING, _NUMBER, "boolean", _NULL, "array", "object"))
+    def _func_to_number(self, arg: Any) -> int | float | None:
+        if type(arg) is str:
+            if INTEGER.fullmatch(arg):
+                return int(arg)
+            try:
+                return parse_number(arg)
+            except ValueError:
+                return None
+        return arg if type(arg) in (int, float) else None
 
     @_takes(_arg(_STRING, _NUMBER, _NULL))
     def _func_parse_duration(self, s: str | float | None) -> float | None:

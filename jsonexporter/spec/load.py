@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any, Literal, cast
 
 from jsonexporter.labeltext import label_text
+from jsonexporter.names import PROBE_METRICS, exposition_names, family_name, text_name
 from jsonexporter.secrets import Redactor, is_secret_name, spec_secrets
 from jsonexporter.spec.expressions import (
     CONTEXT_NAMES,
@@ -44,7 +45,7 @@ from jsonexporter.spec.model import (
     Spec,
     TLSClientConfig,
 )
-from jsonexporter.spec.problems import Path, Problem, Severity, SpecError
+from jsonexporter.spec.problems import Path, Problem, Severity, SpecError, format_path
 from jsonexporter.spec.schema import schema_problems
 from jsonexporter.spec.yamlload import Marks, load_yaml
 
@@ -479,6 +480,10 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     timestamp = None
     if "timestamp" in raw:
         timestamp = c.expression((*path, "timestamp"), raw["timestamp"], level_names)
+        if mtype == "info":
+            # OpenMetrics parsers take all series of an info family for one group: one without a timestamp,
+            # or another rule's, and they reject the whole answer
+            c.add((*path, "timestamp"), "info metrics take no `timestamp`", at_key=True)
     elif "timestamp_unit" in raw:
         c.add((*path, "timestamp_unit"), "timestamp_unit without timestamp")
     value_map = {k: f for k, v in _items(raw.get("value_map")) if isinstance(v, (int, float)) and (f := _number(c, (*path, "value_map", k), v)) is not None}
@@ -510,23 +515,77 @@ class _Family:
     type: str
     labels: frozenset[str]
     path: Path
+    name: str = ""
+    at: Path = ()  # where the name is written: the rule's `name`, or its `values` key; () for the probe's own metrics
+
+    @property
+    def at_key(self) -> bool:
+        return len(self.at) > 1 and self.at[-2] == "values"
 
 
 def _check_families(c: _Checker, module: str, metrics: list[tuple[Path, Metric]], static: set[str]) -> None:
-    """Two rules may feed one metric only with the same type and label names."""
+    """Two rules may feed one metric only with the same type and label names; two metrics may not
+    take one name in the exposition, nor a name of the probe's own metrics."""
     seen: dict[str, _Family] = {}
+    takers: dict[str, list[_Family]] = {name: [_Family("gauge", frozenset(), (), name)] for name in PROBE_METRICS}
     for path, metric in metrics:
         label_names = frozenset(n for n, _ in metric.labels) | static
         for output in metric.outputs:
-            family = _Family(metric.type, label_names, path)
+            at: Path = (*path, "name") if output.name == metric.name else (*path, "values", output.name[len(metric.name) + 1:])
+            family = _Family(metric.type, label_names, path, output.name, at)
             first = seen.setdefault(output.name, family)
             if first is family:
+                # a rule named probe_… has its error already; a clash with the probe's metrics would say it twice
+                _check_names(c, family, takers, probe_metrics=not metric.name.startswith(RESERVED_PREFIX))
                 continue
             where = f"modules.{module}.metrics[{first.path[-1]}]"
             if first.type != family.type:
                 c.add((*path, "name"), f"metric {output.name!r} is also produced by {where} with type {first.type}, here {family.type}")
             elif first.labels != family.labels:
                 c.add((*path, "labels"), f"metric {output.name!r} is also produced by {where} with labels {sorted(first.labels)}, here {sorted(family.labels)}")
+
+
+def _check_names(c: _Checker, family: _Family, takers: dict[str, list[_Family]], probe_metrics: bool) -> None:
+    """Report `family` and each family before it that takes one of its exposition names, at both places."""
+    own = text_name(family.name, family.type)  # the name of both formats first: the one a user recognises
+    clashes: dict[int, tuple[_Family, str]] = {}
+    for name in sorted(exposition_names(family.name, family.type), key=lambda n: (n != own, n)):
+        for other in takers.get(name, ()):
+            if other.at or probe_metrics:
+                clashes.setdefault(id(other), (other, name))
+        takers.setdefault(name, []).append(family)
+    for other, name in clashes.values():
+        if not other.at:
+            c.add(family.at, f"{family.type} {family.name!r} takes the name {name}{_reason(name, family)}, which the probe's own metric "
+                             f"{other.name} has: {_REJECTED}; rename the metric", at_key=family.at_key)
+            continue
+        c.add(family.at, _clash(c, family, other, name), at_key=family.at_key)
+        c.add(other.at, _clash(c, other, family, name), at_key=other.at_key)
+
+
+_REJECTED = "Prometheus's parsers reject a whole answer that has a name twice"
+
+
+def _clash(c: _Checker, family: _Family, other: _Family, name: str) -> str:
+    line, col = c.marks.of_key(other.at) if other.at_key else c.marks.of_value(other.at)
+    return (f"{family.type} {family.name!r} and {other.type} {other.name!r} of {format_path(other.path)} ({c.file}:{line}:{col}) "
+            f"both take the name {name}{_reason(name, family, other)}: {_REJECTED}; rename one of them")
+
+
+def _reason(name: str, *families: _Family) -> str:
+    how = [h for f in families if (h := _naming(f, name))]
+    return f" ({'; '.join(how)})" if how else ""
+
+
+def _naming(family: _Family, name: str) -> str | None:
+    """How `family` comes to take `name`, when that is not the name the spec gave it."""
+    if name == family.name:
+        return None
+    if name == text_name(family.name, family.type):
+        return f"the samples of {family.type} {family.name!r} are named {name}"
+    if name == family_name(family.name, family.type):
+        return f"OpenMetrics names the family of {family.type} {family.name!r} {name}"
+    return f"OpenMetrics reserves {name} for the samples of {family.type} {family.name!r}"
 
 
 def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
