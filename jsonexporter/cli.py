@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import gc
 import logging
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from jsonexporter import __version__, logs
 from jsonexporter.logs import kv
 from jsonexporter.spec import Spec, load_text, read_spec_text
+from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT
 from jsonexporter.spec.problems import Problem
 
 if TYPE_CHECKING:
@@ -91,6 +91,7 @@ class _Loaded:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from jsonexporter.listen import KEEPALIVE_TIMEOUT, client_connection_limit, raise_open_files_limit
     from jsonexporter.selfmetrics import SelfMetrics
     from jsonexporter.server import STATE, Options, make_app, reload_on_sighup, stop_once_on_signals
     from jsonexporter.spec import SpecError, load_spec, parse_duration
@@ -124,7 +125,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.web_workers > 1 and not hasattr(signal, "sigwaitinfo"):
         print("--web.workers above 1 needs Linux (SO_REUSEPORT spreading connections, sigwaitinfo)", file=sys.stderr)
         return EXIT_USAGE
-    options = Options(timeout_offset=args.timeout_offset, max_concurrent_probes=args.max_concurrent_probes, auto_reload_interval=auto_reload)
+    if args.series_limit < 0:
+        print("--probe.series-limit must be 0 (no limit) or more", file=sys.stderr)
+        return EXIT_USAGE
+    if args.upstream_max_connections < 1 or args.upstream_max_connections_per_host < 1:
+        print("--upstream.max-connections and --upstream.max-connections-per-host must be 1 or more", file=sys.stderr)
+        return EXIT_USAGE
+    if args.web_max_connections < 0:
+        print("--web.max-connections must be 0 (from the open files limit) or more", file=sys.stderr)
+        return EXIT_USAGE
+    open_files = raise_open_files_limit()  # before the workers start: they inherit it
+    max_connections = args.web_max_connections or client_connection_limit(open_files.soft, args.upstream_max_connections)
+    options = Options(timeout_offset=args.timeout_offset, max_concurrent_probes=args.max_concurrent_probes, auto_reload_interval=auto_reload,
+                      connection_limit=args.upstream_max_connections, connection_limit_per_host=args.upstream_max_connections_per_host,
+                      max_client_connections=max_connections, series_limit=args.series_limit)
     loaded = _Loaded(spec, web_config)  # in the supervisor: the newest valid files, what a replaced worker starts with
 
     def run(worker: int = 0, directory: str | None = None) -> int:
@@ -141,28 +155,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
             stop_once_on_signals(app)
         try:
             web.run_app(app, host=host, port=port, print=None, handler_cancellation=True, access_log=None, reuse_port=worker > 0,
-                        handle_signals=not worker, shutdown_timeout=args.shutdown_timeout, ssl_context=app[STATE].tls)
+                        handle_signals=not worker, shutdown_timeout=args.shutdown_timeout, ssl_context=app[STATE].tls,
+                        keepalive_timeout=KEEPALIVE_TIMEOUT, loop=app[STATE].connections.new_event_loop())
         except OSError as exc:
             log.error("cannot listen", extra=kv(address=args.web_listen_address, err=exc.strerror or str(exc)))
             return WORKER_CANNOT_START if worker else EXIT_INVALID
         return EXIT_OK
 
     def reload() -> None:  # quietly: the workers log what is wrong
-        with contextlib.suppress(SpecError, OSError, UnicodeDecodeError):
-            loaded.spec = load_spec(args.config_file)
-        if args.web_config_file:
-            with contextlib.suppress(SpecError, OSError, UnicodeDecodeError):
-                loaded.web = load_web_config(args.web_config_file)
+        try:  # both or neither, as in the workers (server.reload_spec)
+            spec = load_spec(args.config_file)
+            web = load_web_config(args.web_config_file) if args.web_config_file else loaded.web
+        except (SpecError, OSError, UnicodeDecodeError):
+            return
+        loaded.spec, loaded.web = spec, web
 
     log.info("starting jsonexporter", extra=kv(version=__version__, config=args.config_file, address=args.web_listen_address, workers=args.web_workers,
                                                modules=len(spec.modules), tls=web_config.tls is not None, basic_auth=bool(web_config.users)))
+    log.info("open files", extra=kv(limit=open_files.soft, started_with=open_files.started, hard_limit=open_files.hard, max_connections=max_connections,
+                                    upstream_max_connections=args.upstream_max_connections))
     # Full collections walk every object alive: most are the modules and the spec, never garbage
     # (frozen), the rest the documents of the probes in progress, which refcounting frees. Fewer,
     # rarer collections: 2.1 MB probes 6.3 -> 8.7/s, /-/healthy p99 81 -> 34 ms (bench/). Frozen
-    # before forking workers, the startup spec's pages also stay shared with them.
+    # before forking workers, the startup spec's pages also stay shared with them. The first
+    # threshold counts objects made less those freed: a parsed 2.1 MB answer of bench/ is 15,000;
+    # at 50,000 its parse no longer starts collections that hold the event loop for 2-9 ms each.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(5000, 10, 100)
+    gc.set_threshold(50_000, 10, 100)
     if args.web_workers == 1:
         return run()
     return Supervisor(args.web_workers, run, reload, args.shutdown_timeout).run()
@@ -265,8 +285,17 @@ def _parser() -> argparse.ArgumentParser:
                        help="reload the spec when its file changes, checked at this interval, e.g. 30s (default: off)")
     serve.add_argument("--web.max-concurrent-probes", dest="max_concurrent_probes", type=int, default=256,
                        help="probes answered at once; more get HTTP 503 (default 256)")
+    serve.add_argument("--probe.series-limit", dest="series_limit", type=int, default=DEFAULT_SERIES_LIMIT,
+                       help=f"most series per probe of modules without series_limit; more fail the probe; 0: no limit (default {DEFAULT_SERIES_LIMIT})")
     serve.add_argument("--web.shutdown-timeout", dest="shutdown_timeout", type=float, default=15.0,
                        help="seconds in-flight probes get to finish on SIGTERM (default 15)")
+    serve.add_argument("--web.max-connections", dest="web_max_connections", type=int, default=0,
+                       help="client connections open at once; beyond, the oldest idle ones are closed "
+                            "(default 0: what the open files limit leaves, less --upstream.max-connections and 128)")
+    serve.add_argument("--upstream.max-connections", dest="upstream_max_connections", type=int, default=256,
+                       help="connections to upstreams open at once, in all (default 256)")
+    serve.add_argument("--upstream.max-connections-per-host", dest="upstream_max_connections_per_host", type=int, default=32,
+                       help="connections open at once to one upstream host and port; more requests wait for one (default 32)")
     serve.add_argument("--web.workers", dest="web_workers", type=int, default=1,
                        help="processes answering on the listen address, e.g. $(nproc): every core extracts (default 1)")
     serve.set_defaults(func=cmd_serve)

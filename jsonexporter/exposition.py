@@ -39,7 +39,7 @@ class Family:
     left to the writer, those with a timestamp, which is written differently per format."""
 
     name: str
-    type: str  # gauge, counter, untyped, info, stateset
+    type: str  # gauge, counter, untyped, info, stateset, histogram, summary
     help: str
     parts: list[Part] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)  # the label texts of its series (`labels_text`), for duplicates
@@ -51,6 +51,13 @@ def format_value(value: float) -> str:
             return str(int(value))
     elif -math.inf < value < 1e6:  # where Go's %g and Python's repr agree (not NaN)
         return repr(value)
+    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
+
+
+def format_bound(value: float) -> str:
+    """An `le` or `quantile` label value as prometheus_client writes it (`0.1`, `1.0`, `+Inf`): the
+    canonical form OpenMetrics parsers require of them."""
     text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
     return text
 
@@ -175,13 +182,13 @@ def encode(families: list[Family], accept: str, accept_encoding: str) -> tuple[b
     return body, headers
 
 
-async def encode_async(families: list[Family], accept: str, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
+async def encode_async(families: list[Family], accept: str, accept_encoding: str, deadline: float | None = None) -> tuple[bytes, dict[str, str]]:
     """`encode` on the event loop, in slices and in turn (see slices.py); a big body is
     compressed in a thread (zlib lets go of the GIL while it works, so that runs beside the
-    event loop)."""
+    event loop). DeadlinePassed (slices.py) when `deadline` passes before the body is written."""
     openmetrics, compress, headers = _negotiate(accept, accept_encoding)
-    async with turn(RENDER):
-        body = b"".join([chunk.encode("utf-8", "replace") async for chunk in sliced(_chunks(families, openmetrics))])
+    async with turn(RENDER, deadline):
+        body = b"".join([chunk.encode("utf-8", "replace") async for chunk in sliced(_chunks(families, openmetrics), deadline=deadline)])
     if compress:
         if len(body) > _COMPRESS_INLINE_BYTES:
             body = await asyncio.to_thread(gzip.compress, body, compresslevel=1)

@@ -7,12 +7,14 @@ extraction errors and duplicates counted per metric. A failing rule never drops 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from jsonexporter.exposition import EXACT_LIMIT, Family, Labels, escape_label_value, escaped, format_value, labels_text, needs_escape, sample_line
+from jsonexporter.exposition import EXACT_LIMIT, Family, Labels, escape_label_value, escaped, format_bound, format_value, labels_text, needs_escape, sample_line
 from jsonexporter.labeltext import label_text
 from jsonexporter.names import text_name
 from jsonexporter.numbers import NUMBER, parse_number
@@ -25,11 +27,19 @@ from jsonexporter.trace import Trace, shorten
 MAX_MESSAGES = 20  # error messages kept per probe for the log and the trace
 _DEFAULT_HELP = "Extracted by jsonexporter."
 _STEP = 256  # elements between two steps of a rule on the general path (see slices.py)
-_CHUNK = 1024  # elements per step of a rule on the fast path
+_CHUNK = 512  # elements per step of a rule on the fast path: about 1 ms for bench/'s items (1024: 2 ms)
 
 
 class ExtractionError(Exception):
     pass
+
+
+class SeriesLimitExceeded(Exception):
+    """The rules gave more series than the probe's limit: the probe fails rather than answer some."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the rules gave more than {limit} series (series_limit)")
+        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +55,15 @@ class Extraction:
     errors: dict[str, int] = field(default_factory=dict)  # by metric name
     duplicates: dict[str, int] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
+    # samples that families' keys do not count, for series_limit (which counts samples, as Prometheus's
+    # sample_limit does): a histogram's or summary's beyond its first, and those a rule holds back for
+    # its duplicates policy
+    uncounted: int = 0
+
+    def series(self, metric: str) -> int:
+        """How many series the metric has: duplicates and skipped ones are not counted."""
+        family = self.families.get(metric)
+        return 0 if family is None else len(family.keys)
 
     def error(self, metric: str, message: str) -> None:
         self.errors[metric] = self.errors.get(metric, 0) + 1
@@ -147,6 +166,7 @@ def _elements(metric: Metric, doc: Any, base: dict[str, Any] | None, trace: Trac
         elif type(collection) is dict:
             entries = ((key, i, item) for i, (key, item) in enumerate(collection.items()))
         elif collection is None:
+            _nothing_to_iterate(level)
             return
         else:
             raise ExtractionError(f"each {level.path.source!r} gave {shorten(collection, 40)}, not a list or object")
@@ -192,6 +212,35 @@ def _add(result: Extraction, name: str, family: Family, sample_name: str, labels
         family.parts.append(sample_line(sample_name, key, value) if ts is None else (sample_name, labels, value, ts))
 
 
+_Samples = list[tuple[str, Labels, float]]  # sample name, sorted labels, value
+_Series = tuple[str, _Samples]  # a series (a histogram's or summary's: all its samples) by its label text
+_Held = tuple[_Samples, float | None]  # a series and its timestamp
+
+
+def _append(result: Extraction, family: Family, samples: _Samples, ts: float | None) -> None:
+    result.uncounted += len(samples) - 1
+    for sample_name, labels, value in samples:
+        family.parts.append(sample_line(sample_name, labels_text(labels), value) if ts is None else (sample_name, labels, value, ts))
+
+
+def _put(result: Extraction, name: str, family: Family, series: _Series, ts: float | None, metric: Metric, held: dict[str, _Held] | None) -> None:
+    """A series into its family (`held` None: duplicates `first`), or into what the rule holds back
+    for `last` (it replaces one with the same labels, in that one's place) and `sum` (it adds to it).
+    Only series merged across rules count as duplicates: those of one rule are what its policy asks for."""
+    key, samples = series
+    if held is None:
+        if _new_series(result, name, family, key):
+            _append(result, family, samples, ts)
+        return
+    before = held.get(key)
+    if before is not None and metric.duplicates == "sum":  # one sample: the loader allows `sum` only for single values
+        (sample_name, labels, value), = samples
+        held[key] = ([(sample_name, labels, before[0][0][2] + value)], ts if ts is not None else before[1])
+        return
+    result.uncounted += len(samples) - (0 if before is None else len(before[0]))
+    held[key] = (samples, ts)
+
+
 def _apply(metric: Metric, doc: Any, probe: ProbeContext, static: Labels, result: Extraction, trace: Trace | None, memo: _Memo) -> Steps[None]:
     plan = _fast_plan(metric, static) if trace is None else None
     if plan is not None:
@@ -209,6 +258,8 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
     families = [(output, _family(result, metric, output), _sample_name(metric, output.name)) for output in metric.outputs]
     label_exprs = metric.labels
     is_info, is_stateset = metric.type == "info", metric.type == "stateset"
+    # duplicates `last` and `sum`: the rule's series wait in `held` for its last element
+    held: list[dict[str, _Held]] | None = None if metric.duplicates == "first" else [{} for _ in families]
     traced = 0
     try:
         for element, ctx in _elements(metric, doc, base, trace):
@@ -226,9 +277,15 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
                     result.error(output.name, f"labels: {_reason(exc)}")
                 continue
             pairs.extend(static)
-            for output, family, sample_name in families:
+            for index, (output, family, sample_name) in enumerate(families):
                 samples: list[tuple[Labels, float]]
                 try:
+                    if metric.distribution is not None:
+                        series = _distribution_series(metric, sample_name, element, ctx, pairs)
+                        if show and trace is not None:
+                            trace.add(f"    {output.name}: {len(series[1])} sample(s); labels {dict(pairs)}")
+                        _put(result, output.name, family, series, ts, metric, None if held is None else held[index])
+                        continue
                     if is_info:
                         samples = [(tuple(sorted(pairs)), 1.0)]
                     else:
@@ -243,11 +300,20 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
                 except Exception as exc:
                     result.error(output.name, f"{_reason(exc)} (labels {dict(pairs)})")
                     continue
+                if held is not None:
+                    for labels, value in samples:
+                        _put(result, output.name, family, (labels_text(labels), [(sample_name, labels, value)]), ts, metric, held[index])
+                    continue
                 for labels, value in samples:
                     _add(result, output.name, family, sample_name, labels, value, ts)
     except Exception as exc:  # the iteration itself failed: this rule gives no (more) series
         for output, *_ in families:
             result.error(output.name, _reason(exc))
+    for (output, family, _), kept in zip(families, held, strict=True) if held is not None else ():
+        for key, (samples_, ts_) in kept.items():
+            result.uncounted -= len(samples_)
+            if _new_series(result, output.name, family, key):
+                _append(result, family, samples_, ts_)
     if trace is not None:
         trace.add(f"  rule {metric.name}: {traced} element(s)")
 
@@ -286,7 +352,7 @@ class _Memo:
     endpoint's document: the elements, and the label texts that rules with the same labels give
     them, by chunk (None for a chunk that went element by element)."""
 
-    elements: dict[tuple[str, tuple[str, ...]], tuple[list[Any], Exception | None]] = field(default_factory=dict)
+    elements: dict[tuple[str, tuple[tuple[str, bool], ...]], tuple[list[Any], Exception | None]] = field(default_factory=dict)
     labels: dict[tuple[Any, ...], list[_Chunk | None]] = field(default_factory=dict)
 
 
@@ -294,6 +360,8 @@ def _fast_plan(metric: Metric, static: Labels) -> _FastPlan | None:
     """The plan when the rule needs none of what only the general path does: the probe context
     (`$`), timestamps, stateset expansion; None otherwise."""
     if metric.type == "stateset" or metric.timestamp is not None or metric.uses_context:
+        return None
+    if metric.distribution is not None or metric.duplicates != "first":  # new rule features: the general path only
         return None
     rule_names = [name for name, _ in metric.labels]
     names = (*rule_names, *(name for name, _ in static))
@@ -353,8 +421,17 @@ def _items(level: Level, element: Any) -> Iterable[Any]:
     if type(collection) is dict:
         return collection.values()
     if collection is None:
+        _nothing_to_iterate(level)
         return ()
     raise ExtractionError(f"each {level.path.source!r} gave {shorten(collection, 40)}, not a list or object")
+
+
+def _nothing_to_iterate(level: Level) -> None:
+    """A level that gave null: a missing field, allowed only where the spec says so. Most often the
+    path is wrong (`node` for `nodes`), and the rule would give no series without a word."""
+    if not level.optional:
+        raise ExtractionError(f"each {level.path.source!r} gave null (no such field?): "
+                              "write the level as {path: ..., optional: true} if it may be absent")
 
 
 _Output = tuple[str, Expression | None, str | None, str, Family]  # name, value, its plain field, sample name, family
@@ -367,7 +444,7 @@ def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, m
         value = output.value
         plain = value.fields[0] if value is not None and value.fields is not None and len(value.fields) == 1 else None
         outputs.append((output.name, value, plain, _sample_name(metric, output.name), _family(result, metric, output)))
-    iteration = (metric.endpoint, tuple(level.path.source for level in metric.each))
+    iteration = (metric.endpoint, tuple((level.path.source, level.optional) for level in metric.each))
     elements, failure = memo.elements.get(iteration) or memo.elements.setdefault(iteration, _plain_elements(metric.each, doc))
     chunks = memo.labels.setdefault((*iteration, plan.key), [])
     for index, start in enumerate(range(0, len(elements), _CHUNK)):
@@ -509,17 +586,168 @@ class _UnknownState(ExtractionError):
         self.samples = samples
 
 
+# -- histograms and summaries: what the answer gives, checked, in the form Prometheus's parsers accept
+# (buckets cumulative, sorted by bound, ending with +Inf, the count equal to it; quantiles between 0 and 1)
+
+
+def _distribution_series(metric: Metric, sample_name: str, element: Any, ctx: dict[str, Any] | None, pairs: list[tuple[str, str]]) -> _Series:
+    """All the samples of one histogram or summary series. Raises ExtractionError."""
+    d = metric.distribution
+    assert d is not None
+    labels = tuple(sorted(pairs))
+    raw_count = None if d.count is None else _search(d.count, element, ctx)
+    # a histogram without its count has it in the +Inf bucket; a summary says it or has none
+    count = None if d.count is None or (raw_count is None and metric.type == "histogram") else _observed(raw_count, "count", d.count)
+    raw = _search(d.points, element, ctx)
+    samples: _Samples = []
+    if metric.type == "histogram":  # the buckets first: what a missing distribution is reported as
+        buckets = histogram_buckets(raw, d.cumulative, count, d.points.source)
+        samples.extend((f"{sample_name}_bucket", _with(labels, "le", bound), n) for bound, n in buckets)
+        count = buckets[-1][1]
+    else:
+        samples.extend((sample_name, _with(labels, "quantile", q), v) for q, v in summary_quantiles(raw, d.points.source))
+    total = None if d.sum is None else _observed(_search(d.sum, element, ctx), "sum", d.sum)
+    if total is not None and metric.type == "histogram" and buckets[0][0] < 0:
+        raise ExtractionError(f"bucket le={format_bound(buckets[0][0])} is negative: OpenMetrics allows no _sum then")
+    if count is not None:
+        samples.append((f"{sample_name}_count", labels, count))
+    if total is not None:
+        samples.append((f"{sample_name}_sum", labels, total))
+    return labels_text(labels), samples
+
+
+def _with(labels: Labels, name: str, bound: float) -> Labels:
+    return tuple(sorted([*labels, (name, format_bound(bound))]))
+
+
+def _observed(raw: Any, what: str, expr: Expression) -> float:
+    """A sum or count as a number; null, text that is no number, a negative or NaN one, a count that is
+    not a whole number raise ExtractionError."""
+    if raw is None:
+        raise ExtractionError(f"{what} {expr.source!r} is null or missing")
+    value = _number(raw, what)
+    if what == "count" and not _is_count(value):
+        raise ExtractionError(f"count {format_value(value)} is not a whole number of observations (OpenMetrics parsers reject it)")
+    if not value >= 0:
+        raise ExtractionError(f"{what} {format_value(value)} is negative or NaN: OpenMetrics parsers reject it")
+    return value
+
+
+def _is_count(value: float) -> bool:
+    return value >= 0 and value.is_integer()
+
+
+def _number(raw: Any, what: str) -> float:
+    if type(raw) in (int, float):
+        return float(raw)
+    if type(raw) is str:
+        try:
+            return parse_number(raw)
+        except ValueError as exc:
+            raise ExtractionError(f"{what}: {exc}") from None
+    raise ExtractionError(f"{what} {shorten(raw, 40)} is not a number")
+
+
+def _bucket_pairs(raw: Any, source: str) -> list[tuple[Any, Any]]:
+    """(bound, count) as the answer gives them: an object, a list of {le, count} or of [le, count]."""
+    if type(raw) is dict:
+        return list(raw.items())
+    if type(raw) is not list:
+        raise ExtractionError(f"buckets {source!r} gave {shorten(raw, 40)}, not an object or a list" if raw is not None
+                              else f"buckets {source!r} is null or missing")
+    pairs = []
+    for item in raw:
+        if type(item) is dict and "le" in item and "count" in item:
+            pairs.append((item["le"], item["count"]))
+        elif type(item) is list and len(item) == 2:
+            pairs.append((item[0], item[1]))
+        else:
+            raise ExtractionError(f"bucket {shorten(item, 40)} is neither {{le, count}} nor [le, count]")
+    return pairs
+
+
+def histogram_buckets(raw: Any, cumulative: bool, count: float | None, source: str) -> list[tuple[float, float]]:
+    """(bound, cumulative count) sorted by bound, ending with +Inf (from `count` when the answer has no
+    +Inf bucket). Raises ExtractionError for buckets that decrease, a count below them, a bound twice."""
+    buckets = sorted((_number(le, "bucket bound"), _number(n, "bucket count")) for le, n in _bucket_pairs(raw, source))
+    total = 0.0
+    for i, (bound, n) in enumerate(buckets):
+        where = f"bucket le={format_bound(bound)}"
+        if math.isnan(bound):
+            raise ExtractionError("bucket bound NaN")
+        if i and bound == buckets[i - 1][0]:
+            raise ExtractionError(f"{where} is given twice")
+        if not _is_count(n):
+            raise ExtractionError(f"{where} has the count {format_value(n)}, not a whole number of observations (OpenMetrics parsers reject it)")
+        if cumulative:
+            if n < total:
+                raise ExtractionError(f"cumulative buckets decrease: {where} has {format_value(n)}, below {format_value(total)} "
+                                      "(`cumulative: false` if the answer counts each bucket on its own)")
+            total = n
+        else:
+            total += n
+            buckets[i] = (bound, total)
+    if not buckets or buckets[-1][0] != math.inf:
+        if count is None:
+            raise ExtractionError(f"buckets {source!r} have no +Inf bucket, and the rule no `count` to make it from")
+        if count < total:
+            raise ExtractionError(f"count {format_value(count)} is below the largest bucket ({format_value(total)})")
+        buckets.append((math.inf, count))
+    elif count is not None and count != total:
+        raise ExtractionError(f"count {format_value(count)} differs from the +Inf bucket ({format_value(total)})")
+    return buckets
+
+
+_PERCENTILE = re.compile(r"[pP]([0-9]+(?:\.[0-9]+)?)")
+
+
+def _quantile(key: str) -> float:
+    """`0.99`, or `p99` (the first two digits are the percent, the others its decimals: p999 = 0.999; p100 = 1; p99.9 as written)."""
+    match = _PERCENTILE.fullmatch(key)
+    if match is None:
+        q = _number(key, "quantile")
+    else:
+        digits = match[1]
+        percent = digits if "." in digits or len(digits) <= 2 or digits == "100" else f"{digits[:2]}.{digits[2:]}"
+        q = float(Decimal(percent) / 100)
+    if not 0 <= q <= 1:
+        raise ExtractionError(f"quantile {shorten(key, 40)} is not between 0 and 1")
+    return q
+
+
+def summary_quantiles(raw: Any, source: str) -> list[tuple[float, float]]:
+    """(quantile, value) sorted by quantile. Raises ExtractionError."""
+    if type(raw) is not dict:
+        raise ExtractionError(f"quantiles {source!r} gave {shorten(raw, 40)}, not an object" if raw is not None
+                              else f"quantiles {source!r} is null or missing")
+    points = sorted((_quantile(str(key)), _number(value, f"quantile {shorten(str(key), 20)}")) for key, value in raw.items())
+    for i, (q, value) in enumerate(points):
+        if i and q == points[i - 1][0]:
+            raise ExtractionError(f"quantile {format_bound(q)} is given twice")
+        if value < 0:
+            raise ExtractionError(f"quantile {format_bound(q)} has the negative value {format_value(value)}: OpenMetrics parsers reject it")
+    return points
+
+
 def extract(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels = (), trace: Trace | None = None) -> Extraction:
     """Apply every rule of `module` to the documents of the endpoints that answered."""
     return run(_extract_steps(module, documents, probe, static, trace))
 
 
-async def extract_async(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels = (), trace: Trace | None = None) -> Extraction:
-    """`extract` on the event loop, in slices: a big document does not delay the other requests."""
-    return await run_sliced(_extract_steps(module, documents, probe, static, trace))
+async def extract_async(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels = (), trace: Trace | None = None,
+                        deadline: float | None = None, series_limit: int = 0) -> Extraction:
+    """`extract` on the event loop, in slices: a big document does not delay the other requests.
+    Raises DeadlinePassed (slices.py) when `deadline` passes first, SeriesLimitExceeded when the
+    rules give more than `series_limit` series (0: no limit)."""
+    return await run_sliced(_extract_steps(module, documents, probe, static, trace, series_limit), deadline=deadline)
 
 
-def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels, trace: Trace | None) -> Steps[Extraction]:
+def _series(result: Extraction) -> int:
+    return sum(len(family.keys) for family in result.families.values()) + result.uncounted
+
+
+def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels, trace: Trace | None,
+                   series_limit: int = 0) -> Steps[Extraction]:
     result = Extraction()
     memo = _Memo()
     for metric in module.metrics:
@@ -530,6 +758,12 @@ def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeCon
             continue  # its endpoint failed; that is reported per endpoint, not per metric
         if trace is not None:
             trace.add(f"metric {metric.name} (endpoint {metric.endpoint}):")
-        yield from _apply(metric, documents[metric.endpoint], probe, static, result, trace, memo)
+        # counted at every step, so that the series kept before failing stay about a step's worth
+        for _ in _apply(metric, documents[metric.endpoint], probe, static, result, trace, memo):
+            if series_limit and _series(result) > series_limit:
+                raise SeriesLimitExceeded(series_limit)
+            yield
+    if series_limit and _series(result) > series_limit:
+        raise SeriesLimitExceeded(series_limit)
     result.families = {k: f for k, f in result.families.items() if f.parts}
     return result

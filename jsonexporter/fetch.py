@@ -49,7 +49,7 @@ class UpstreamRequest:
 @dataclass(slots=True)
 class EndpointResult:
     endpoint: str
-    # success, timeout, connection_error, invalid_status, too_large, invalid_json, config_error, redirect_refused, cancelled
+    # success, timeout, pool_timeout, connection_error, invalid_status, too_large, invalid_json, config_error, redirect_refused, cancelled
     outcome: str
     status: int = 0
     bytes: int = 0
@@ -207,7 +207,38 @@ class _TooLarge(Exception):
 def new_session(limit: int = 256, limit_per_host: int = 32) -> aiohttp.ClientSession:
     """The shared keep-alive session; no cookie jar, so nothing carries over between probes."""
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit_per_host, ttl_dns_cache=60, keepalive_timeout=30)
-    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, raise_for_status=False)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, raise_for_status=False,
+                                 trace_configs=[_pool_wait_trace()])
+
+
+@dataclass(slots=True)
+class _PoolWait:
+    """Whether a request is waiting for a pooled connection (the connector's limits all taken)."""
+
+    waiting: bool = False
+
+
+def _pool_wait_trace() -> aiohttp.TraceConfig:
+    # aiohttp's own signals for the wait in the connector's queue: a deadline that passes while a
+    # request waits there is the exporter's limit, not the upstream's silence
+    async def queued(session: aiohttp.ClientSession, context: Any, params: object) -> None:
+        if isinstance(context.trace_request_ctx, _PoolWait):
+            context.trace_request_ctx.waiting = True
+
+    async def dequeued(session: aiohttp.ClientSession, context: Any, params: object) -> None:
+        if isinstance(context.trace_request_ctx, _PoolWait):
+            context.trace_request_ctx.waiting = False
+
+    config = aiohttp.TraceConfig()
+    config.on_connection_queued_start.append(queued)
+    config.on_connection_queued_end.append(dequeued)
+    return config
+
+
+def _pool_timeout(up: Upstream, budget: float) -> str:
+    connector = up.session.connector
+    limits = f"{connector.limit_per_host} per host, {connector.limit} in all" if connector is not None else "the limits"
+    return f"no free pooled connection within {budget:.3f}s: all connections of the pool ({limits}) were busy; the upstream was not asked"
 
 
 @dataclass
@@ -250,14 +281,15 @@ def _first_hop(request: UpstreamRequest, options: RequestOptions) -> Hop:
     return Hop(request.method, url.with_user(None), headers, request.body, options.server_hostname)
 
 
-async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOptions, hop: Hop, result: EndpointResult) -> None:
-    """Send `hop`, and the requests its redirects make (each through `next_hop`); read the last answer into `result`."""
+async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOptions, hop: Hop, result: EndpointResult, pool: _PoolWait) -> None:
+    """Send `hop`, and the requests its redirects make (each through `next_hop`); read the last answer into `result`;
+    `pool` says whether a request is waiting for a pooled connection."""
     endpoint = request.endpoint
     while True:
         proxy, proxy_headers = up.clients.proxy(endpoint.client, hop.url)
         async with up.session.request(
             hop.method, hop.url, headers=hop.headers, data=hop.body, ssl=options.ssl, server_hostname=hop.server_hostname,
-            proxy=proxy, proxy_headers=proxy_headers, allow_redirects=False,
+            proxy=proxy, proxy_headers=proxy_headers, allow_redirects=False, trace_request_ctx=pool,
         ) as response:
             result.status = response.status
             location = response.headers.get("Location")
@@ -289,14 +321,18 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
     """One upstream request and its redirects, bounded by `budget` seconds; the answer when it is good."""
     result = EndpointResult(request.endpoint.name, "success")
     start = time.monotonic()
+    pool = _PoolWait()
     try:
         hop = _first_hop(request, options)
         async with asyncio.timeout(max(budget, 0.0)):
-            await _exchange(up, request, options, hop, result)
+            await _exchange(up, request, options, hop, result, pool)
     except ClientConfigError as exc:
         result.outcome, result.error = "config_error", str(exc)
     except TimeoutError:
-        result.outcome, result.error = "timeout", f"no complete answer within {budget:.3f}s"
+        if pool.waiting:
+            result.outcome, result.error = "pool_timeout", _pool_timeout(up, budget)
+        else:
+            result.outcome, result.error = "timeout", f"no complete answer within {budget:.3f}s"
     except _TooLarge as exc:
         result.outcome, result.error = "too_large", str(exc)
     except aiohttp.ClientError as exc:  # before ValueError: certificate errors are both

@@ -30,15 +30,17 @@ NAMING: Mapping[str, Naming] = MappingProxyType({
     "stateset": Naming(),
     "counter": Naming("_total", ("_created",)),
     "info": Naming("_info"),
-    # the types still to come: "histogram": Naming("", ("_bucket", "_count", "_sum", "_created")),
-    # "summary": Naming("", ("_count", "_sum", "_created")), "gaugehistogram": Naming("", ("_bucket", "_gcount", "_gsum"))
+    "histogram": Naming("", ("_bucket", "_count", "_sum", "_created")),
+    "summary": Naming("", ("_count", "_sum", "_created")),
+    # still to come: "gaugehistogram": Naming("", ("_bucket", "_gcount", "_gsum"))
 })
 
 # The probe's own metrics (probe.py writes them, all gauges): no family of a rule may take these names.
 PROBE_METRICS = frozenset({
-    "probe_success", "probe_duration_seconds", "probe_extraction_errors", "probe_duplicate_series",
+    "probe_success", "probe_duration_seconds", "probe_series", "probe_extraction_errors", "probe_duplicate_series",
     "probe_endpoint_success", "probe_endpoint_http_status_code", "probe_endpoint_response_bytes",
     "probe_endpoint_duration_seconds", "probe_endpoint_cache_age_seconds", "probe_endpoint_stale",
+    "probe_failed_due_to_deadline", "probe_failed_due_to_series_limit",
 })
 
 

@@ -10,16 +10,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jsonexporter.exposition import Family, Labels
-from jsonexporter.extract import Extraction, ProbeContext, extract, extract_async
+from jsonexporter.extract import Extraction, ProbeContext, SeriesLimitExceeded, extract, extract_async
 from jsonexporter.fetch import EndpointResult, InvalidRequest, Upstream, fetch_all, redact_target, render_requests
 from jsonexporter.fetch import TargetNotAllowed as TargetNotAllowed  # raised here and by render_requests
-from jsonexporter.spec.model import Module
+from jsonexporter.slices import DeadlinePassed
+from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT, Module
 from jsonexporter.trace import Trace
 
 MAX_TARGET_LENGTH = 4096
 MAX_PARAM_LENGTH = 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RESERVED_PARAMS = frozenset({"module", "target", "debug"})
+# Seconds that extracting and writing always get after the endpoints answered, even past the
+# deadline (an endpoint that timed out took all of it): a small answer is still written, within the
+# 0.5 s that --timeout-offset keeps from Prometheus's scrape timeout.
+LATE_GRACE = 0.25
+# What a probe fails for, besides its endpoints: each has its gauge probe_failed_due_to_<limit>.
+LIMITS = {
+    "deadline": "Whether the probe failed because its deadline passed after the endpoints answered, before its series were extracted and written.",
+    "series_limit": "Whether the probe failed because its rules gave more series than its series_limit.",
+}
 
 
 @dataclass(slots=True)
@@ -30,6 +40,9 @@ class ProbeResult:
     extraction: Extraction = field(default_factory=Extraction)
     trace: Trace | None = None
     duration: float = 0.0  # seconds, for the log and the recent probes
+    deadline: float = float("inf")  # loop.time() by which the answer must be written
+    failed_due_to: str | None = None  # a key of LIMITS: then no extracted series are answered
+    failure: str | None = None  # why, for the log, the trace and the recent probes
 
 
 def resolve_values(module: Module, target: str, query: Mapping[str, str], offline: bool = False) -> tuple[dict[str, str], dict[str, str]]:
@@ -65,8 +78,10 @@ def _gauge(name: str, help_text: str, samples: list[tuple[Labels, float]]) -> Fa
     return Family(name, "gauge", help_text, [(name, labels, value, None) for labels, value in samples])
 
 
-def self_families(module: Module, extraction: Extraction, endpoints: list[EndpointResult] | None, success: bool, duration: float | None) -> list[Family]:
-    """The probe's own metrics, named in blackbox_exporter's style."""
+def self_families(module: Module, extraction: Extraction, endpoints: list[EndpointResult] | None, success: bool, duration: float | None,
+                  failed_due_to: str | None = None) -> list[Family]:
+    """The probe's own metrics, named in blackbox_exporter's style; probe_failed_due_to_* with
+    the endpoints' (online probes only)."""
     families = []
     if endpoints is not None:
         ep = [(r, (("endpoint", r.endpoint),)) for r in endpoints]
@@ -85,33 +100,70 @@ def self_families(module: Module, extraction: Extraction, endpoints: list[Endpoi
                        [(lb, float(r.stale)) for r, lb in cached]),
             ]
     families += [
+        _gauge("probe_series", "Series of the metric written in this probe (0: its rules found nothing, or its endpoint failed).",
+               [((("metric", name),), float(extraction.series(name))) for name in sorted(extraction.errors)]),
         _gauge("probe_extraction_errors", "Series of the metric skipped in this probe because a value or label could not be extracted.",
                [((("metric", name),), float(n)) for name, n in sorted(extraction.errors.items())]),
         _gauge("probe_duplicate_series", "Series of the metric dropped in this probe because an earlier one had the same labels.",
                [((("metric", name),), float(n)) for name, n in sorted(extraction.duplicates.items())]),
     ]
+    if endpoints is not None:
+        families += [_gauge(f"probe_failed_due_to_{limit}", help_text, [((), float(failed_due_to == limit))]) for limit, help_text in LIMITS.items()]
     if duration is not None:
         families.append(_gauge("probe_duration_seconds", "How long the probe took to complete in seconds.", [((), duration)]))
     families.append(_gauge("probe_success", "Whether every endpoint of the probe gave an answer (a stale one counts).", [((), float(success))]))
     return families
 
 
-async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[str, str], timeout: float, debug: bool = False) -> ProbeResult:
-    """Fetch and extract; raise InvalidRequest before any network I/O when the probe's query is unusable."""
+async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[str, str], timeout: float, debug: bool = False,
+                    series_limit: int = DEFAULT_SERIES_LIMIT) -> ProbeResult:
+    """Fetch and extract, all within `timeout`; raise InvalidRequest before any network I/O when
+    the probe's query is unusable. `series_limit` applies when the module has none (0: no limit)."""
     loop = asyncio.get_running_loop()
     start = loop.time()
+    deadline = start + timeout
     values, params = resolve_values(module, target, query)
     requests = render_requests(module, values)
     trace = Trace() if debug else None
     if trace is not None:
         trace.add(f"module {module.name}, target {redact_target(target)}, deadline {timeout:.3f}s")
-    endpoints = await fetch_all(up, requests, start + timeout, trace)
+    endpoints = await fetch_all(up, requests, deadline, trace)
+    deadline = max(deadline, loop.time() + LATE_GRACE)
     documents = {r.endpoint: r.document for r in endpoints if r.usable}
-    extraction = await extract_async(module, documents, ProbeContext(module.name, target, params), module_labels(module, values), trace)
-    success = all(r.usable for r in endpoints)
-    duration = loop.time() - start
-    families = [*extraction.families.values(), *self_families(module, extraction, endpoints, success, duration)]
-    return ProbeResult(families, success, endpoints, extraction, trace, duration)
+    limit = series_limit if module.series_limit is None else module.series_limit
+    failed_due_to = failure = None
+    context, labels = ProbeContext(module.name, target, params), module_labels(module, values)
+    try:
+        if documents:
+            extraction = await extract_async(module, documents, context, labels, trace, deadline, limit)
+        else:  # nothing to extract from: no turn to wait for, the endpoints' failures are the reason
+            extraction = extract(module, documents, context, labels, trace)
+    except DeadlinePassed:
+        failed_due_to, failure = "deadline", f"the deadline of {timeout:.3f}s passed before the series were extracted"
+    except SeriesLimitExceeded as exc:
+        where = f"series_limit of module {module.name}" if module.series_limit is not None else "--probe.series-limit"
+        failed_due_to, failure = "series_limit", f"the rules gave more than {exc.limit} series ({where}); no series are answered"
+    del documents
+    for r in endpoints:
+        r.document = None  # extracted: let it go before the answer is written (a cached one stays in the cache)
+    result = ProbeResult([], all(r.usable for r in endpoints), endpoints, Extraction(), trace, deadline=deadline)
+    if failure is not None:
+        return fail(result, module, failed_due_to or "", failure, loop.time() - start)
+    result.extraction = extraction
+    result.duration = loop.time() - start
+    result.families = [*extraction.families.values(), *self_families(module, extraction, endpoints, result.success, result.duration)]
+    return result
+
+
+def fail(result: ProbeResult, module: Module, limit: str, reason: str, duration: float) -> ProbeResult:
+    """The probe's answer when it failed for `limit` (a key of LIMITS): its own metrics, none of
+    the series it extracted (never a partial set)."""
+    if result.trace is not None:
+        result.trace.add(f"probe failed: {reason}")
+    result.extraction = Extraction()
+    result.success, result.failed_due_to, result.failure, result.duration = False, limit, reason, duration
+    result.families = self_families(module, result.extraction, result.endpoints, False, duration, limit)
+    return result
 
 
 def run_offline(module: Module, documents: Mapping[str, Any], target: str, query: Mapping[str, str], debug: bool = False) -> ProbeResult:

@@ -39,6 +39,10 @@ class SelfMetrics:
         self.upstream_requests = Counter(
             "jsonexporter_upstream_requests", "Upstream requests by module, endpoint and outcome.", ["module", "endpoint", "outcome"], registry=r
         )
+        self.limits_exceeded = Counter(
+            "jsonexporter_probe_limits_exceeded", "Probes failed because they reached a limit (deadline, series_limit), by module and limit.",
+            ["module", "limit"], registry=r,
+        )
         self.cache_requests = Counter(
             "jsonexporter_cache_requests", "Endpoint lookups of endpoints with cache_ttl, by result (miss, hit, coalesced, stale).",
             ["module", "endpoint", "result"], registry=r,
@@ -47,7 +51,8 @@ class SelfMetrics:
         self.in_flight = Gauge("jsonexporter_probes_in_flight", "Probes being answered right now.", registry=r, multiprocess_mode="livesum")
         self.config_hash = Gauge("jsonexporter_config_hash", "First 48 bits of the SHA-256 of the loaded spec file, as a number.", registry=r,
                                  multiprocess_mode="livemax")
-        self.config_success = Gauge("jsonexporter_config_last_reload_successful", "Whether the last spec (re)load succeeded (in every worker).", registry=r,
+        self.config_success = Gauge("jsonexporter_config_last_reload_successful",
+                                    "Whether the last (re)load of the spec and the web config succeeded (in every worker).", registry=r,
                                     multiprocess_mode="livemin")
         self.config_timestamp = Gauge("jsonexporter_config_last_reload_success_timestamp_seconds",
                                       "Time of the last successful spec load (the oldest of the workers').", registry=r, multiprocess_mode="livemin")

@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
@@ -23,12 +24,14 @@ from jsonexporter import __version__
 from jsonexporter.client import Clients
 from jsonexporter.exposition import encode_async, render_text
 from jsonexporter.fetch import InvalidRequest, Upstream, new_session
+from jsonexporter.listen import ClientConnections
 from jsonexporter.logs import kv
-from jsonexporter.probe import ProbeResult, TargetNotAllowed, run_probe
+from jsonexporter.probe import ProbeResult, TargetNotAllowed, fail, run_probe
 from jsonexporter.secrets import REDACTED, Redactor
 from jsonexporter.selfmetrics import SelfMetrics
+from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec import SpecError, load_spec, read_spec_text
-from jsonexporter.spec.model import Spec
+from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT, Spec
 from jsonexporter.webconfig import BasicAuth, WebConfig, headers_hook, load_web_config, ssl_context
 
 log = logging.getLogger("jsonexporter")
@@ -42,7 +45,9 @@ class Options:
     timeout_offset: float = 0.5  # seconds kept from Prometheus's scrape timeout to write the answer
     connection_limit: int = 256
     connection_limit_per_host: int = 32
+    max_client_connections: int = 0  # beyond, the oldest idle client connections are closed (listen.py); 0: no bound
     max_concurrent_probes: int = 256  # over it: HTTP 503 at once
+    series_limit: int = DEFAULT_SERIES_LIMIT  # of modules without series_limit; 0: none
     recent_probes: int = 50  # kept for the landing page
     auto_reload_interval: float = 0.0  # seconds; 0: only SIGHUP and POST /-/reload
     worker: int = 0  # this process's number among `workers` worker processes (workers.py); 0: the only process
@@ -73,6 +78,7 @@ class State:
     web: WebConfig = field(default_factory=WebConfig)
     tls: ssl.SSLContext | None = None
     upstream: Upstream | None = None
+    connections: ClientConnections = field(default_factory=ClientConnections)
     in_flight: int = 0
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     recent: deque[ProbeRecord] = field(default_factory=deque)
@@ -81,6 +87,7 @@ class State:
 
 
 STATE = web.AppKey("state", State)
+_T = TypeVar("_T")
 
 
 class _ForPeople(web.Response):
@@ -140,7 +147,7 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
     state.in_flight += 1
     state.metrics.in_flight.inc()
     try:
-        result = await run_probe(state.upstream, module, target, query, timeout, debug)
+        result = await run_probe(state.upstream, module, target, query, timeout, debug, state.options.series_limit)
     except TargetNotAllowed as exc:
         state.metrics.probes.labels(module.name, "forbidden").inc()
         return _plain(403, str(exc))
@@ -150,10 +157,17 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
     finally:
         state.in_flight -= 1
         state.metrics.in_flight.dec()
-    _record(state, module.name, target, result)
     if debug:
+        _record(state, module.name, target, result)
         return _plain(200, _debug_text(result))
-    body, headers = await encode_async(result.families, request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", ""))
+    accept, accept_encoding = request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
+    try:
+        body, headers = await encode_async(result.families, accept, accept_encoding, result.deadline)
+    except DeadlinePassed:
+        elapsed = asyncio.get_running_loop().time() - (result.deadline - timeout)
+        result = fail(result, module, "deadline", f"the deadline of {timeout:.3f}s passed while the answer was written", elapsed)
+        body, headers = await encode_async(result.families, accept, accept_encoding)  # the probe's own metrics: a few lines
+    _record(state, module.name, target, result)
     return web.Response(body=body, headers=headers)
 
 
@@ -164,6 +178,10 @@ def _record(state: State, module: str, target: str, result: ProbeResult) -> None
     m.probe_duration.labels(module).observe(duration)
     errors = [f"endpoint {r.endpoint}: {r.outcome}: {r.error}" for r in result.endpoints if not r.ok] + result.extraction.messages
     shown = state.redactor(target)
+    if result.failure is not None:
+        errors.insert(0, result.failure)
+        m.limits_exceeded.labels(module, result.failed_due_to or "").inc()
+        log.warning("probe failed", extra=kv(module=module, target=shown, limit=result.failed_due_to, err=result.failure))
     state.recent.append(ProbeRecord(next(state.ids), time.time(), module, shown, result.success, duration, tuple(errors[:20])))
     while len(state.recent) > state.options.recent_probes:
         state.recent.popleft()
@@ -193,54 +211,50 @@ async def handle_metrics(request: web.Request) -> web.Response:
     return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
 
 
-async def reload_web_config(state: State) -> tuple[bool, str]:
-    """Read the web config again (users, headers, TLS certificates); keep the old one when it is broken."""
-    file = state.web.file
-    if file is None:
-        return True, ""
+async def _load_anew(load: Callable[[str], _T], file: str) -> tuple[_T | None, str]:
+    """A file read again and checked completely: what it holds, or None and what is wrong with it."""
     try:
-        web_config = await asyncio.to_thread(load_web_config, file)
-        if web_config.tls is not None and state.tls is not None:
-            # new connections get the new certificate; the client CA and versions stay as started
-            await asyncio.to_thread(state.tls.load_cert_chain, web_config.tls.cert_file, web_config.tls.key_file)
+        return await asyncio.to_thread(load, file), ""
     except SpecError as exc:
-        reason = "\n".join(str(p) for p in exc.problems if p.severity == "error")
-    except (OSError, UnicodeDecodeError, ssl.SSLError) as exc:
-        reason = f"{file}: cannot load: {exc}"
-    else:
-        state.web = web_config
-        return True, ""
-    for line in reason.splitlines():
-        log.error("web config reload failed, keeping the previous one", extra=kv(err=line))
-    return False, reason
+        return None, "\n".join(str(p) for p in exc.problems if p.severity == "error")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"{file}: cannot read: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+
+
+async def _web_config_anew(state: State) -> tuple[WebConfig | None, str]:
+    """The web config read again (users, headers, TLS certificates, each file checked)."""
+    if state.web.file is None:
+        return state.web, ""
+    return await _load_anew(load_web_config, state.web.file)
 
 
 async def reload_spec(state: State) -> tuple[bool, str]:
-    """Load the spec file again; replace the served spec only when the new one is completely valid."""
-    web_ok, web_reason = await reload_web_config(state)
+    """Load the spec and the web config again; replace them only when both are completely valid,
+    so that a reload changes everything or nothing, and `..._last_reload_successful` says which."""
     if state.spec_file is None:
         return False, "no spec file to reload"
     async with state.reload_lock:
-        try:
-            spec = await asyncio.to_thread(load_spec, state.spec_file)
-        except SpecError as exc:
-            reason = "\n".join(str(p) for p in exc.problems if p.severity == "error")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = f"{state.spec_file}: cannot read: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
-        else:
-            changed = spec.sha256 != state.spec.sha256
-            state.redactor.know(spec.secrets)
-            if state.upstream is not None:
-                state.upstream.clients = Clients(state.redactor)  # CA files, certificates and tokens read afresh
-            state.spec = spec
-            state.metrics.spec_loaded(spec.sha256, len(spec.modules))
-            log.info("spec reloaded", extra=kv(config=state.spec_file, changed=changed, modules=len(spec.modules)))
-            if not web_ok:
-                return False, f"spec reloaded, but the web config was not:\n{web_reason}"
-            return True, "reloaded" if changed else "reloaded (unchanged)"
+        (web_config, web_reason), (spec, spec_reason) = await asyncio.gather(_web_config_anew(state), _load_anew(load_spec, state.spec_file))
+        reason = "\n".join(r for r in (spec_reason, web_reason) if r)
+        if spec is not None and web_config is not None:
+            try:
+                if web_config.tls is not None and state.tls is not None and web_config is not state.web:
+                    # new connections get the new certificate; the client CA and versions stay as started
+                    await asyncio.to_thread(state.tls.load_cert_chain, web_config.tls.cert_file, web_config.tls.key_file)
+            except (OSError, ssl.SSLError) as exc:  # the files changed since they were checked
+                reason = f"{web_config.file}: cannot load the certificate files: {getattr(exc, 'strerror', None) or exc}"
+            else:
+                changed = spec.sha256 != state.spec.sha256
+                state.redactor.know(spec.secrets)
+                if state.upstream is not None:
+                    state.upstream.clients = Clients(state.redactor)  # CA files, certificates and tokens read afresh
+                state.spec, state.web = spec, web_config
+                state.metrics.spec_loaded(spec.sha256, len(spec.modules))
+                log.info("spec reloaded", extra=kv(config=state.spec_file, changed=changed, modules=len(spec.modules)))
+                return True, "reloaded" if changed else "reloaded (unchanged)"
     state.metrics.config_success.set(0)
     for line in reason.splitlines():
-        log.error("spec reload failed, keeping the previous spec", extra=kv(err=line))
+        log.error("reload failed, keeping the previous spec and web config", extra=kv(err=line))
     return False, reason
 
 
@@ -249,7 +263,9 @@ async def handle_reload(request: web.Request) -> web.Response:
     ok, message = await reload_spec(state)
     if state.options.after_reload is not None:  # the other workers try too, whatever came of it here
         state.options.after_reload()
-    return _plain(200 if ok else 500, message if ok else f"reload failed, the previous spec is still served:\n{message}")
+    if ok:
+        return _plain(200, message)
+    return _plain(500, f"reload failed, nothing changed: the previous spec is still served, with the previous web config:\n{message}")
 
 
 async def handle_healthy(request: web.Request) -> web.Response:
@@ -349,14 +365,16 @@ def make_app(
     web_config: WebConfig | None = None,
 ) -> web.Application:
     """The app; with a web config, every path requires its basic auth users and gets its headers.
-    TLS is the caller's (the site's) business: `app[STATE].tls` holds the context to serve with."""
+    TLS is the caller's (the site's) business: `app[STATE].tls` holds the context to serve with,
+    and so is the bound on client connections: `app[STATE].connections.new_event_loop()` keeps to it."""
     options = options or Options()
     state = State(spec, options, metrics or SelfMetrics(), spec_file=spec_file, web=web_config or WebConfig(), redactor=Redactor(spec.secrets))
     state.metrics.spec_loaded(spec.sha256, len(spec.modules))
     if state.web.tls is not None:
         state.tls = ssl_context(state.web.tls)
+    state.connections = ClientConnections(options.max_client_connections)
     auth = BasicAuth(lambda: state.web)
-    app = web.Application(middlewares=[auth.middleware(), redact_for_people])
+    app = web.Application(middlewares=[state.connections.middleware(), auth.middleware(), redact_for_people])
     app[STATE] = state
     app.on_response_prepare.append(headers_hook(lambda: state.web))
 

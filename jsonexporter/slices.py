@@ -2,14 +2,21 @@
 
 Extraction and rendering are written as generators that yield between small steps. `run` goes
 through all the steps at once. `run_sliced` does too, but lets the event loop serve whatever is
-waiting (other probes, /-/healthy) each time a slice of `SLICE_SECONDS` has been used.
+waiting (other probes, /-/healthy) each time a slice of `SLICE_SECONDS` has been used: three
+turns of the loop, enough for a request that arrived meanwhile to be answered.
 
 The computations of an event loop take turns, one at a time: rendering before extraction
 before parsing, so that a probe that has begun goes on to its answer and lets go of its
 document and series, instead of keeping them while the others parse and extract (waiting
 answers are kept as bytes, a few times smaller than parsed). Interleaving them all would keep
 every probe's document and series in memory at once, and make each turn of the loop as long
-as all of their slices together.
+as all of their slices together. A turn let go is handed on at the next turn of the loop, not at
+once, so that the probe letting go can ask for its next turn first (it parsed: now it extracts),
+and only one probe's document and series are alive at a time, whatever the number of probes.
+
+A computation may have a deadline (a `loop.time()`): it raises DeadlinePassed when the deadline
+passes while it waits for its turn or between two slices (one that ends within its first slice is
+never cut), so that a probe whose time is up answers at once instead of computing what nobody reads.
 """
 
 from __future__ import annotations
@@ -26,8 +33,16 @@ from typing import TypeVar
 T = TypeVar("T")
 Steps = Generator[None, None, T]
 
-SLICE_SECONDS = 0.005  # longest the event loop is held by one computation
+# Longest the event loop is held by one computation (the last step may overrun it: extract.py keeps
+# steps around 1 ms). A request to /-/healthy waits for the rest of one slice (see _pause): with 5 ms
+# slices and one loop turn between them, its p99 was 52-136 ms under 8 probes of bench/'s 2.1 MB
+# answer on a busy 2-core machine, 18-21 ms with these (bench/README.md).
+SLICE_SECONDS = 0.002
 RENDER, EXTRACT, PARSE = 0, 1, 2  # priorities of the turns: lower first, so that a probe goes on to the end
+
+
+class DeadlinePassed(Exception):
+    """The deadline of a computation passed before it ended."""
 
 
 class _Turns:
@@ -39,27 +54,37 @@ class _Turns:
         self._arrivals = itertools.count()
 
     @contextlib.asynccontextmanager
-    async def turn(self, priority: int) -> AsyncIterator[None]:
-        await self._acquire(priority)
+    async def turn(self, priority: int, deadline: float | None = None) -> AsyncIterator[None]:
+        if self._busy:
+            await self._wait(priority, deadline)
+        else:
+            self._busy = True
         try:
             yield
         finally:
             self._release()
 
-    async def _acquire(self, priority: int) -> None:
-        if not self._busy:
-            self._busy = True
-            return
+    async def _wait(self, priority: int, deadline: float | None) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (priority, next(self._arrivals), future))
         try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self._release()  # handed the turn as it was cancelled: pass it on
-            raise
+            async with asyncio.timeout_at(deadline):
+                try:
+                    await future
+                except asyncio.CancelledError:
+                    if future.done() and not future.cancelled():
+                        self._release()  # handed the turn as it was cancelled: pass it on
+                    raise
+        except TimeoutError:
+            raise DeadlinePassed from None
 
     def _release(self) -> None:
+        if not self._waiting:
+            self._busy = False
+            return
+        asyncio.get_running_loop().call_soon(self._hand_over)  # see the module docstring: still busy until then
+
+    def _hand_over(self) -> None:
         while self._waiting:
             _, _, future = heapq.heappop(self._waiting)
             if not future.done():  # not cancelled meanwhile
@@ -71,13 +96,35 @@ class _Turns:
 _turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turns] = weakref.WeakKeyDictionary()
 
 
-def turn(priority: int) -> contextlib.AbstractAsyncContextManager[None]:
-    """The turn of this event loop's computations (`async with turn(RENDER): ...`)."""
+def turn(priority: int, deadline: float | None = None) -> contextlib.AbstractAsyncContextManager[None]:
+    """The turn of this event loop's computations (`async with turn(RENDER): ...`); DeadlinePassed
+    when `deadline` (a loop.time()) passes before it comes."""
     loop = asyncio.get_running_loop()
     turns = _turns.get(loop)
     if turns is None:
         turns = _turns[loop] = _Turns()
-    return turns.turn(priority)
+    return turns.turn(priority, deadline)
+
+
+def _pause() -> asyncio.Future[None]:
+    """Three turns of the event loop for the others: a request that arrived during the slice is read
+    in the first, aiohttp's connection task wakes in the second and its handler runs in the third,
+    before the computation goes on (after one turn, `sleep(0)`, the next slice would come first, and
+    the handler would wait for two more)."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+    loop.call_soon(loop.call_soon, loop.call_soon, _wake, future)
+    return future
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():  # not cancelled meanwhile
+        future.set_result(None)
+
+
+def _check(deadline: float | None) -> None:
+    if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+        raise DeadlinePassed
 
 
 def run(steps: Steps[T]) -> T:
@@ -89,29 +136,34 @@ def run(steps: Steps[T]) -> T:
         return result
 
 
-async def run_sliced(steps: Steps[T], priority: int = EXTRACT, slice_seconds: float = SLICE_SECONDS) -> T:
-    """`run` in a turn, pausing every `slice_seconds`."""
+async def run_sliced(steps: Steps[T], priority: int = EXTRACT, slice_seconds: float = SLICE_SECONDS, deadline: float | None = None) -> T:
+    """`run` in a turn, pausing every `slice_seconds`; DeadlinePassed when `deadline` (a
+    loop.time()) passes before the end."""
     clock = time.perf_counter
-    async with turn(priority):
+    async with turn(priority, deadline):
         until = clock() + slice_seconds
         try:
             while True:
                 next(steps)
                 if clock() >= until:
-                    await asyncio.sleep(0)  # one turn of the event loop for the others
+                    _check(deadline)
+                    await _pause()
+                    _check(deadline)
                     until = clock() + slice_seconds
         except StopIteration as done:
             result: T = done.value
             return result
 
 
-async def sliced(items: Iterable[T], slice_seconds: float = SLICE_SECONDS) -> AsyncIterator[T]:
+async def sliced(items: Iterable[T], slice_seconds: float = SLICE_SECONDS, deadline: float | None = None) -> AsyncIterator[T]:
     """The items of a generator that computes them, pausing every `slice_seconds`; the caller
-    holds the turn."""
+    holds the turn. DeadlinePassed as in `run_sliced`."""
     clock = time.perf_counter
     until = clock() + slice_seconds
     for item in items:
         yield item
         if clock() >= until:
-            await asyncio.sleep(0)
+            _check(deadline)
+            await _pause()
+            _check(deadline)
             until = clock() + slice_seconds

@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
+import re
 import ssl
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +36,13 @@ CLIENT_AUTH_TYPES = ("NoClientCert", "RequestClientCert", "RequireAnyClientCert"
 ALLOWED_HEADERS = ("Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options", "X-XSS-Protection", "Content-Security-Policy")
 # accepted for compatibility with configs written for Go exporters; Python's ssl module has no equivalent
 IGNORED_TLS_KEYS = ("cipher_suites", "curve_preferences", "prefer_server_cipher_suites", "client_allowed_sans")
+# The highest bcrypt cost accepted. A check at cost 14 takes 0.94 s of one core (an AMD EPYC core,
+# measured with the bcrypt package: cost 10 63 ms, 12 235 ms, 14 939 ms); each step doubles it, so
+# Go's maximum, 31, takes about 34 hours, and anyone who knows a user name could start such checks.
+MAX_BCRYPT_COST = 14
+MAX_BCRYPT_CHECK_SECONDS = 0.94  # at MAX_BCRYPT_COST, as measured above
+CHECK_SLOTS = 4  # password checks running at once; beyond, HTTP 503 at once
+_BCRYPT_COST = re.compile(r"^\$2[abxy]?\$(\d\d)\$")
 
 _SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -117,8 +127,37 @@ def load_web_config(file: str) -> WebConfig:
             line, col = marks.of_value(path)
             raise SpecError([Problem(file, line, col, path, f"cannot load the certificate files: {exc.reason}")]) from None
     users = {u: h.encode() for u, h in (data.get("basic_auth_users") or {}).items()}
+    if costly := _bcrypt_cost_problems(users, file, marks):
+        raise SpecError(costly)
     headers = (data.get("http_server_config") or {}).get("headers") or {}
     return WebConfig(file, tls, MappingProxyType(users), MappingProxyType(dict(headers)))
+
+
+def _bcrypt_cost_problems(users: Mapping[str, bytes], file: str, marks: Any) -> list[Problem]:
+    problems = []
+    for user, stored in users.items():
+        match = _BCRYPT_COST.match(stored.decode())
+        cost = int(match.group(1)) if match else 0
+        if 4 <= cost <= MAX_BCRYPT_COST:
+            continue
+        path = ("basic_auth_users", user)
+        line, col = marks.of_value(path)
+        if cost < 4:
+            message = f"bcrypt cost {cost} is not a bcrypt cost (4 to 31)"
+        else:
+            seconds = MAX_BCRYPT_CHECK_SECONDS * 2 ** (cost - MAX_BCRYPT_COST)
+            message = (f"bcrypt cost {cost} is over {MAX_BCRYPT_COST}, the highest accepted: each check would take about {_duration(seconds)} "
+                       f"of a CPU core (cost {MAX_BCRYPT_COST} takes {MAX_BCRYPT_CHECK_SECONDS} s, each step doubles it), which anyone who "
+                       f"knows the user name could start; hash the password again with a lower cost, e.g. htpasswd -nBC 10 {user}")
+        problems.append(Problem(file, line, col, path, message))
+    return problems
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400.0), ("hours", 3600.0), ("minutes", 60.0)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def _tls_problems(data: dict[str, Any], file: str, marks: Any) -> list[Problem]:
@@ -170,18 +209,20 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 class BasicAuth:
     """Checks `Authorization: Basic` against bcrypt hashes. bcrypt is slow on purpose (tens of ms):
-    checks run in a thread, a few at a time, and successes are remembered (keyed by a hash of the
-    user, password and stored hash, so a changed config forgets them)."""
+    checks run in threads of their own, at most CHECK_SLOTS at once, and successes are remembered
+    (keyed by a hash of the user, password and stored hash, so a changed config forgets them)."""
 
     MAX_CACHED = 1024
     _DUMMY = b"$2b$10$" + b"." * 53  # checked for unknown users, so their answer takes as long
 
-    def __init__(self, holder: Callable[[], WebConfig]) -> None:
+    def __init__(self, holder: Callable[[], WebConfig], slots: int = CHECK_SLOTS) -> None:
         self.holder = holder
         self.cache: OrderedDict[bytes, None] = OrderedDict()
-        self.slots = asyncio.Semaphore(4)
+        self.slots = slots
+        self.free = slots  # changed in the event loop's thread only
 
-    async def check(self, header: str | None) -> bool:
+    async def check(self, header: str | None) -> bool | None:
+        """Whether the header carries a known user and its password; None when every slot is busy."""
         users = self.holder().users
         if not header or not header.startswith("Basic "):
             return False
@@ -196,27 +237,61 @@ class BasicAuth:
         if stored is not None and key in self.cache:
             self.cache.move_to_end(key)
             return True
-        ok = await self._bcrypt(password.encode(), stored or self._DUMMY) and stored is not None
+        ok = await self._bcrypt(password.encode(), stored or self._DUMMY)
+        if ok is None:
+            return None
+        ok = ok and stored is not None
         if ok:
             self.cache[key] = None
             while len(self.cache) > self.MAX_CACHED:
                 self.cache.popitem(last=False)
         return ok
 
-    async def _bcrypt(self, password: bytes, stored: bytes) -> bool:
+    async def _bcrypt(self, password: bytes, stored: bytes) -> bool | None:
+        """One check in a thread of its own, or None at once when none of the slots is free. The
+        slot is given back by the thread as it ends, not by the request: a client that goes away
+        does not make room for more checks than there are slots. The threads are daemons: a stop
+        never waits for them, whatever checks clients started."""
         import bcrypt
 
-        async with self.slots:
+        if self.free <= 0:
+            return None
+        self.free -= 1
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bool] = loop.create_future()
+
+        def settle(ok: bool) -> None:
+            self.free += 1
+            if not answer.done():  # not cancelled meanwhile
+                answer.set_result(ok)
+
+        def run() -> None:
+            ok = False
             try:
-                return bool(await asyncio.to_thread(bcrypt.checkpw, password, stored))
+                ok = bool(bcrypt.checkpw(password, stored))
             except ValueError:
-                return False
+                pass
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nothing waits for the answer any more
+                    loop.call_soon_threadsafe(settle, ok)
+
+        try:
+            threading.Thread(target=run, name="password-check", daemon=True).start()
+        except RuntimeError:  # no thread to be had
+            self.free += 1
+            return None
+        return await answer
 
     def middleware(self) -> Middleware:
         @web.middleware
         async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if self.holder().users and not await self.check(request.headers.get("Authorization")):
-                return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="jsonexporter"'})
+            if self.holder().users:
+                ok = await self.check(request.headers.get("Authorization"))
+                if ok is None:
+                    return web.Response(status=503, text=f"Too many password checks in progress ({self.slots} at once); try again\n",
+                                        headers={"Retry-After": "1"})
+                if not ok:
+                    return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="jsonexporter"'})
             return await handler(request)
 
         return basic_auth

@@ -63,27 +63,84 @@ def invalid(id: str, text: str, *errors: tuple[str, str, str]) -> Invalid:
 
 INVALID = [
     # -- YAML itself
-    invalid("yaml_syntax_error", """
+    invalid("yaml_colon_in_a_plain_value", """
         modules:
           m:
             metrics:
               - name: a
                 help: h: x
                 value: x
-        """, ("5:16", "<root>", "invalid YAML: mapping values are not allowed here")),
-    invalid("yaml_bad_indentation", """
+        """, ("5:16", "<root>", "invalid YAML: a ': ' inside an unquoted value: put the value in quotes")),
+    invalid("yaml_key_indented_less_than_its_mapping", """
         modules:
           m:
             metrics:
               - name: a
                value: x
-        """, ("5:8", "<root>", "invalid YAML: while parsing a block collection")),
-    invalid("yaml_unclosed_quote", """
+        """, ("5:8", "<root>", "invalid YAML: bad indentation: this line starts at column 8, between the columns 7 and 9 of the lines above")),
+    invalid("yaml_key_indented_deeper_than_its_mapping", """
+        modules:
+          m:
+            timeout: 5s
+              metrics: []
+        """, ("4:7", "<root>", "invalid YAML: bad indentation: this line starts at column 7, deeper than the lines above (column 5)")),
+    invalid("yaml_key_lined_up_with_the_dash", """
+        modules:
+          m:
+            metrics:
+              - name: a
+              value: x
+        """, ("5:7", "<root>", "invalid YAML: bad indentation: this line lines up with the '- ' of line 4, not with the keys of that entry")),
+    invalid("yaml_list_entry_among_keys", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                - help: h
+        """, ("5:9", "<root>", "invalid YAML: a list entry among the keys of the mapping of line 4")),
+    invalid("yaml_key_without_colon_is_reported_on_its_line", """
+        modules:
+          m:
+            timeout 5s
+            metrics: []
+        """, ("3:5", "<root>", "invalid YAML: a key without ':' (write `key: value`)")),
+    invalid("yaml_tab_in_indentation", "modules:\n  m:\n  \tmetrics: []\n",
+            ("3:3", "<root>", "invalid YAML: a tab in the indentation: YAML indents with spaces only")),
+    invalid("yaml_unclosed_quote_in_a_flow_mapping", """
         modules:
           m:
             metrics:
               - {name: a, help: h, value: "x}
-        """, ("5:1", "<root>", "invalid YAML: while scanning a quoted scalar found unexpected end of stream")),
+        """, ("4:35", "<root>", 'invalid YAML: unclosed quote: this " has no closing " (a " inside the string is written \\")')),
+    invalid("yaml_unclosed_quote_is_reported_at_the_opening_quote", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: 'the help
+                value: x
+        """, ("5:15", "<root>", "invalid YAML: unclosed quote: this ' has no closing '")),
+    invalid("yaml_unclosed_brace", """
+        modules:
+          m:
+            metrics:
+              - {name: a, help: h
+              - {name: b, help: h}
+        """, ("4:9", "<root>", "invalid YAML: this '{' is not closed: '}' expected before line 5")),
+    invalid("yaml_unknown_escape_in_double_quotes", r"""
+        modules:
+          m:
+            parameters:
+              id: {pattern: "\d+"}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:22", "<root>", r"invalid YAML: unknown escape \d in a double-quoted string: write \\d, or use single quotes")),
+    invalid("yaml_backtick_starts_a_plain_value", """
+        modules:
+          m:
+            metrics:
+              - {name: a, help: h, value: `1`}
+        """, ("4:35", "<root>", "invalid YAML: a value cannot start with `: put the whole value in quotes")),
     invalid("yaml_duplicate_key", """
         modules:
           m:
@@ -154,6 +211,16 @@ INVALID = [
                   - pth: items
                 value: x
         """, ("7:13", "modules.m.metrics[0].each[0].pth", "unknown key 'pth' (did you mean 'path'?)")),
+    invalid("level_optional_not_a_boolean", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                each:
+                  - {path: items, optional: "yes"}
+                value: x
+        """, ("7:37", "modules.m.metrics[0].each[0].optional", 'expected true or false, got "yes"')),
     invalid("unknown_parameter_key", """
         modules:
           m:
@@ -200,9 +267,96 @@ INVALID = [
             metrics:
               - name: a
                 help: h
-                type: histogram
+                type: gaugehistogram
                 value: x
-        """, ("6:15", "modules.m.metrics[0].type", '"histogram" is not one of gauge, counter')),
+        """, ("6:15", "modules.m.metrics[0].type", '"gaugehistogram" is not one of gauge, counter')),
+    # -- one mistake, one problem: nothing reported that only follows from it
+    invalid("type_typo_is_one_error_with_a_suggestion", """
+        modules:
+          m:
+            metrics:
+              - name: build_info
+                help: h
+                type: information
+                labels: {version: version}
+        """, ("6:15", "modules.m.metrics[0].type",
+              '"information" is not one of gauge, counter, untyped, info, stateset, histogram, summary (did you mean \'info\'?)')),
+    invalid("enum_typo_suggests_the_value_and_hides_its_consequences", """
+        modules:
+          m:
+            metrics:
+              - name: phase
+                help: h
+                type: statset
+                value: phase
+                states: [up, down]
+        """, ("6:15", "modules.m.metrics[0].type", "(did you mean 'stateset'?)")),
+    invalid("enum_in_other_case_suggests_the_value", """
+        modules:
+          m:
+            endpoints:
+              api: {url: "{target}", method: get}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:38", "modules.m.endpoints.api.method", "(did you mean 'GET'?)")),
+    invalid("value_key_typo_is_one_error", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                valeu: x
+        """, ("6:9", "modules.m.metrics[0].valeu", "unknown key 'valeu' (did you mean 'value'?)")),
+    invalid("required_key_typo_is_one_error", """
+        modules:
+          m:
+            metrics:
+              - nmae: a
+                help: h
+                value: x
+        """, ("4:9", "modules.m.metrics[0].nmae", "unknown key 'nmae' (did you mean 'name'?)")),
+    invalid("states_key_typo_is_one_error", """
+        modules:
+          m:
+            metrics:
+              - {name: phase, help: h, type: stateset, value: phase, staets: [up, down]}
+        """, ("4:62", "modules.m.metrics[0].staets", "unknown key 'staets' (did you mean 'states'?)")),
+    invalid("timestamp_key_typo_is_one_error", """
+        modules:
+          m:
+            metrics:
+              - {name: a, help: h, value: x, timestmap: ts, timestamp_unit: milliseconds}
+        """, ("4:38", "modules.m.metrics[0].timestmap", "unknown key 'timestmap' (did you mean 'timestamp'?)")),
+    invalid("endpoint_key_typo_is_one_error", """
+        modules:
+          m:
+            endpoints: {a: {}, b: {}}
+            metrics:
+              - {name: x, help: h, value: x, endpiont: a}
+        """, ("5:38", "modules.m.metrics[0].endpiont", "unknown key 'endpiont' (did you mean 'endpoint'?)")),
+    invalid("invalid_states_are_not_also_missing", """
+        modules:
+          m:
+            metrics:
+              - {name: phase, help: h, type: stateset, value: phase, states: []}
+        """, ("4:70", "modules.m.metrics[0].states", "must not be empty")),
+    # -- every problem of a rule: a broken expression hides none of the others
+    invalid("broken_value_expression_does_not_hide_a_type_clash", """
+        modules:
+          m:
+            metrics:
+              - {name: jobs, help: h, value: "x["}
+              - {name: jobs, help: h, type: counter, value: x}
+        """, ("4:41", "modules.m.metrics[0].value", "invalid JMESPath"),
+             ("5:16", "modules.m.metrics[1].name", "metric 'jobs' is also produced by modules.m.metrics[0] with type gauge, here counter")),
+    invalid("broken_label_expression_does_not_hide_a_label_clash", """
+        modules:
+          m:
+            metrics:
+              - {name: jobs, help: h, value: x, labels: {id: "id["}}
+              - {name: jobs, help: h, value: y}
+        """, ("4:58", "modules.m.metrics[0].labels.id", "invalid JMESPath"),
+             ("5:9", "modules.m.metrics[1].labels", "metric 'jobs' is also produced by modules.m.metrics[0] with labels ['id'], here []")),
     invalid("metric_without_name", """
         modules:
           m:
@@ -805,6 +959,14 @@ INVALID = [
             metrics:
               - {name: a, help: h, value: x}
         """, ("4:29", "modules.m.endpoints.api.url", "invalid template: single '}' (write }} for a literal brace)")),
+    invalid("placeholder_with_a_line_break_is_reported_on_one_line", r"""
+        modules:
+          m:
+            endpoints:
+              api: {url: "{\ntarget}/api"}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:19", "modules.m.endpoints.api.url", "invalid placeholder {\\ntarget}: only {name} is allowed")),
     invalid("parameter_with_error_is_still_a_known_placeholder", """
         modules:
           m:
@@ -923,6 +1085,94 @@ INVALID = [
                 value: x
                 labels: {instance: host}
         """, ("8:18", "modules.m.metrics[0].labels.instance", "label 'instance' is already set by the module's labels")),
+    # -- duplicates and distributions
+    invalid("duplicates_sum_on_an_info_metric", """
+        modules:
+          m:
+            metrics:
+              - name: build_info
+                help: h
+                type: info
+                labels: {version: v}
+                duplicates: sum
+        """, ("8:21", "modules.m.metrics[0].duplicates", "`duplicates: sum` adds up values, which info metrics do not have (use first or last)")),
+    invalid("duplicates_unknown_policy", """
+        modules:
+          m:
+            metrics:
+              - {name: a, help: h, value: x, duplicates: max}
+        """, ("4:50", "modules.m.metrics[0].duplicates", "\"max\" is not one of first, last, sum")),
+    invalid("histogram_without_buckets_and_sum", """
+        modules:
+          m:
+            metrics:
+              - name: latency_seconds
+                help: h
+                type: histogram
+                count: n
+        """, ("4:9", "modules.m.metrics[0]", "histogram metric 'latency_seconds' needs `buckets` and `sum`")),
+    invalid("buckets_key_typo_is_one_error", """
+        modules:
+          m:
+            metrics:
+              - {name: latency_seconds, help: h, type: histogram, bukets: b, sum: s}
+        """, ("4:59", "modules.m.metrics[0].bukets", "unknown key 'bukets' (did you mean 'buckets'?)")),
+    invalid("histogram_type_typo_hides_the_keys_of_histograms", """
+        modules:
+          m:
+            metrics:
+              - {name: latency_seconds, help: h, type: histogramm, buckets: b, sum: s}
+        """, ("4:48", "modules.m.metrics[0].type", "(did you mean 'histogram'?)")),
+    invalid("summary_without_quantiles", """
+        modules:
+          m:
+            metrics:
+              - {name: rpc_seconds, help: h, type: summary, sum: s}
+        """, ("4:9", "modules.m.metrics[0]", "summary metric 'rpc_seconds' needs `quantiles`")),
+    invalid("histogram_with_a_value", """
+        modules:
+          m:
+            metrics:
+              - name: latency_seconds
+                help: h
+                type: histogram
+                buckets: b
+                sum: s
+                value: v
+                scale: 0.001
+        """, ("9:9", "modules.m.metrics[0].value", "a histogram takes `buckets`, `sum` and `count`, not `value`"),
+             ("10:9", "modules.m.metrics[0].scale", "a histogram takes `buckets`, `sum` and `count`, not `scale`")),
+    invalid("buckets_on_a_summary_and_quantiles_on_a_gauge", """
+        modules:
+          m:
+            metrics:
+              - {name: rpc_seconds, help: h, type: summary, quantiles: q, buckets: b, cumulative: false}
+              - {name: depth, help: h, value: d, quantiles: q}
+        """, ("4:67", "modules.m.metrics[0].buckets", "`buckets` is only for type histogram, not summary"),
+             ("4:79", "modules.m.metrics[0].cumulative", "`cumulative` is only for type histogram, not summary"),
+             ("5:42", "modules.m.metrics[1].quantiles", "`quantiles` is only for type summary, not gauge")),
+    invalid("histogram_label_le_and_summary_label_quantile", """
+        modules:
+          m:
+            metrics:
+              - {name: a_seconds, help: h, type: histogram, buckets: b, sum: s, labels: {le: x}}
+              - {name: b_seconds, help: h, type: summary, quantiles: q, labels: {quantile: x}}
+        """, ("4:82", "modules.m.metrics[0].labels.le", "label 'le' is the histogram's own label of its buckets"),
+             ("5:74", "modules.m.metrics[1].labels.quantile", "label 'quantile' is the summary's own label of its quantiles")),
+    invalid("histogram_bucket_expression_invalid", """
+        modules:
+          m:
+            metrics:
+              - {name: a_seconds, help: h, type: histogram, buckets: 'latency..b', sum: s}
+        """, ("4:71", "modules.m.metrics[0].buckets", "invalid JMESPath: unexpected token '.' at position 8")),
+    invalid("histogram_clashes_with_a_gauge_named_like_its_buckets", """
+        modules:
+          m:
+            metrics:
+              - {name: latency_seconds, help: h, type: histogram, buckets: b, sum: s}
+              - {name: latency_seconds_bucket, help: h, value: x}
+        """, ("4:16", "modules.m.metrics[0].name", "both take the name latency_seconds_bucket"),
+             ("5:16", "modules.m.metrics[1].name", "both take the name latency_seconds_bucket")),
     # -- durations
     invalid("zero_duration_string", """
         modules:
@@ -991,6 +1241,18 @@ def test_unknown_key_is_reported_with_suggestion(write_spec: SpecWriter, check: 
     code, out, _ = check(path)
     assert code == 1
     assert out == f"{path}:4:38: modules.m.metrics[0].lables: unknown key 'lables' (did you mean 'labels'?)\n"
+
+
+def test_help_key_typo_is_one_error_and_no_missing_help_warning(write_spec: SpecWriter, check: Run) -> None:
+    path = write_spec("""
+        modules:
+          m:
+            metrics:
+              - {name: a, hlep: h, value: x}
+        """)
+    code, out, _ = check(path)
+    assert code == 1
+    assert out == f"{path}:4:19: modules.m.metrics[0].hlep: unknown key 'hlep' (did you mean 'help'?)\n"
 
 
 def test_invalid_jmespath_in_a_literal_block_points_at_the_line_of_the_expression(write_spec: SpecWriter, check: Run) -> None:
@@ -1063,7 +1325,12 @@ WARNINGS = [
      "counter 'requests' should end with _total"),
     ("missing_help", "{name: jobs, value: n}", "4:16", "modules.m.metrics[0].name", "metric 'jobs' has no help"),
     ("unit_milliseconds", "{name: latency_ms, help: h, value: n}", "4:16", "modules.m.metrics[0].name",
-     "metric name 'latency_ms': use the base unit: seconds (_seconds) and scale with a JMESPath expression or convert in PromQL"),
+     "metric name 'latency_ms': use the base unit: seconds (_seconds), converted with `scale: 0.001`"),
+    ("label_job", "{name: jobs, help: h, value: n, labels: {job: name}}", "4:50", "modules.m.metrics[0].labels.job",
+     "label 'job' is set by Prometheus on every scraped series: it renames this one exported_job, unless the scrape config sets honor_labels: true"),
+    ("label_instance", "{name: jobs, help: h, value: n, labels: {instance: host}}", "4:50", "modules.m.metrics[0].labels.instance",
+     "label 'instance' is set by Prometheus on every scraped series: it renames this one exported_instance, "
+     "unless the scrape config sets honor_labels: true"),
     ("unit_missing", "{name: request_duration, help: h, value: n}", "4:16", "modules.m.metrics[0].name",
      "metric name 'request_duration': add a unit suffix, e.g. _seconds"),
     ("unit_in_values_suffix", "{name: disk, help: h, values: {used_percent: u}}", "4:40", "modules.m.metrics[0].values.used_percent",
@@ -1088,6 +1355,20 @@ def test_warning_is_printed_and_exits_zero_unless_strict(rule: str, location: st
     assert code == 1, out
     assert warning_lines(out) == [f"{path}:{location}: {yaml_path}: warning: {message}"]
     assert not re.search(r": valid: \d+ module", out)
+
+
+def test_module_labels_named_like_target_labels_are_warned_about(write_spec: SpecWriter, check: Run) -> None:
+    path = write_spec("""
+        modules:
+          m:
+            labels: {instance: "{target}", job: api, zone: eu}
+            metrics:
+              - {name: a, help: h, value: x}
+        """)
+    code, out, _ = check(path)
+    assert code == 0, out
+    assert [line.split(": warning: ")[0] for line in warning_lines(out)] == [f"{path}:3:14: modules.m.labels.instance", f"{path}:3:36: modules.m.labels.job"]
+    assert "it renames this one exported_job, unless the scrape config sets honor_labels: true" in out
 
 
 def test_clean_spec_exits_zero_even_when_strict(write_spec: SpecWriter, check: Run) -> None:
@@ -1163,6 +1444,43 @@ def test_hostile_input_gives_a_message_never_a_traceback(content: bytes, expecte
     assert expected in out + err
     for line in (out + err).splitlines():
         assert line.startswith(f"{path}:"), line
+
+
+BROKEN_YAML_BASE = """\
+modules:
+  m:
+    parameters:
+      region: {default: eu, pattern: '[a-z]+'}
+    endpoints:
+      api: {url: "{target}/api", headers: {Accept: application/json}}
+    metrics:
+      - name: jobs_waiting
+        help: "Jobs waiting"
+        each: [{path: queues, as: q}, items]
+        value: waiting
+        labels:
+          queue: $q.key
+      - {name: up, help: h, value: '`1`'}
+"""
+
+
+# how PyYAML's parser talks, not a user
+PARSER_WORDS = re.compile(r"while (parsing|scanning)|'<[a-z ]+>'|not allowed here|could not find expected")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.sampled_from(["delete", "\t", " ", "  ", "'", '"', ":", "- ", "{", "]", "\n"])),
+                min_size=1, max_size=3))
+def test_broken_yaml_gives_located_problems_never_a_traceback(edits: list[tuple[int, str]]) -> None:
+    text = BROKEN_YAML_BASE
+    for position, edit in edits:
+        at = position % (len(text) + 1)
+        text = text[:at] + text[at + 1 :] if edit == "delete" else text[:at] + edit + text[at:]
+    _, problems = load_text(text, "f.yml")
+    for p in problems:
+        assert 1 <= p.line <= text.count("\n") + 1 and p.column >= 1, p
+        assert re.fullmatch(r"f\.yml:\d+:\d+: \S.*", str(p)) and "\n" not in str(p), p
+        assert not PARSER_WORDS.search(p.message), f"{p} for:\n{text}"
 
 
 # -- the schema ---------------------------------------------------------------------------------------
@@ -1261,12 +1579,13 @@ JUNK = st.one_of(
     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
 )
 
-LEVELS = st.one_of(EXPRESSIONS, st.fixed_dictionaries({}, optional={"path": EXPRESSIONS, "as": st.sampled_from(["lvl", "root", "n"])}))
+LEVELS = st.one_of(EXPRESSIONS, st.fixed_dictionaries({}, optional={"path": EXPRESSIONS, "as": st.sampled_from(["lvl", "root", "n"]),
+                                                                    "optional": st.booleans()}))
 METRICS = st.fixed_dictionaries(
     {"name": mostly(NAMES, st.sampled_from(["probe_x", "a_info", "x_total", "latency_ms"])), "value": EXPRESSIONS},
     optional={
         "help": st.text(max_size=5),
-        "type": mostly(st.sampled_from(["gauge", "counter", "untyped"]), st.sampled_from(["info", "stateset"])),
+        "type": mostly(st.sampled_from(["gauge", "counter", "untyped"]), st.sampled_from(["info", "stateset", "histogram", "summary"])),
         "endpoint": mostly(st.sampled_from(["default", "a", "b"]), st.just("zz")),
         "each": st.one_of(EXPRESSIONS, st.lists(LEVELS, min_size=1, max_size=2)),
         "values": st.dictionaries(st.sampled_from(["up", "total", "size_mb"]), EXPRESSIONS, min_size=1, max_size=2),
@@ -1276,6 +1595,12 @@ METRICS = st.fixed_dictionaries(
         "timestamp": EXPRESSIONS,
         "timestamp_unit": st.sampled_from(["seconds", "milliseconds"]),
         "states": st.lists(st.one_of(st.text(max_size=3), st.integers()), min_size=1, max_size=3, unique=True),
+        "duplicates": st.sampled_from(["first", "last", "sum"]),
+        "buckets": EXPRESSIONS,
+        "cumulative": st.booleans(),
+        "quantiles": EXPRESSIONS,
+        "sum": EXPRESSIONS,
+        "count": EXPRESSIONS,
     },
 )
 ENDPOINTS = st.fixed_dictionaries({}, optional={

@@ -92,6 +92,19 @@ def test_deployment_runs_two_hardened_replicas_with_health_checks() -> None:
     assert f"--web.listen-address=:{port['containerPort']}" in container["args"]
 
 
+def test_memory_limit_holds_one_probe_at_the_default_limits_by_the_documented_rule() -> None:
+    from jsonexporter.spec.model import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_SERIES_LIMIT
+
+    (container,) = kustomized()["Deployment"]["spec"]["template"]["spec"]["containers"]
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    assert not any(a.startswith(("--probe.series-limit", "--web.workers")) for a in container["args"])  # the defaults apply
+    rule = re.search(r"peak ≈ (\d+) MB.*?\+ (\d+) × max_response_bytes.*?\+ ([\d.]+) KB × series_limit", (ROOT / "docs" / "deployment.md").read_text(), re.S)
+    assert rule, "docs/deployment.md states the memory rule"
+    base, per_byte, per_series = float(rule[1]) * 1e6, float(rule[2]), float(rule[3]) * 1e3
+    assert base + per_byte * DEFAULT_MAX_RESPONSE_BYTES + per_series * DEFAULT_SERIES_LIMIT <= int(limit[:-2]) << 20
+
+
 def test_manifests_refer_to_each_other() -> None:
     r = kustomized()
     deployment, pod = r["Deployment"], r["Deployment"]["spec"]["template"]

@@ -20,6 +20,7 @@ from prometheus_util import ROOT, Processes, PrometheusAPI, eventually, free_por
 SHOP = {
     "version": "1.4.2",
     "queues": {"orders": {"depth": 12, "processed": 1655371}, "mail": {"depth": 0, "processed": 7}},
+    "latency": {"buckets": {"0.1": 6, "0.5": 9, "1": 10}, "count": 10, "sum": 2.1, "percentiles": {"p50": 0.08, "p99": 0.9}},
 }
 SHOP_MODULE = {
     "endpoints": {"stats": {"url": "{target}/api/stats"}},
@@ -28,6 +29,9 @@ SHOP_MODULE = {
         {"name": "shop_messages_processed_total", "help": "Messages processed", "type": "counter", "each": "queues", "value": "processed",
          "labels": {"queue": "$key"}},
         {"name": "shop_build_info", "help": "Version of the shop", "type": "info", "labels": {"version": "version"}},
+        {"name": "shop_request_duration_seconds", "help": "Time to answer", "type": "histogram", "buckets": "latency.buckets",
+         "sum": "latency.sum", "count": "latency.count"},
+        {"name": "shop_rpc_duration_seconds", "help": "Time to answer", "type": "summary", "quantiles": "latency.percentiles"},
     ],
 }
 
@@ -102,6 +106,14 @@ async def test_prometheus_scrapes_local_app_its_own_api_and_a_dead_target_throug
         assert {r["metric"]["queue"]: r["value"] for r in processed} == {"orders": 1655371.0, "mail": 7.0}
         info = await api.query("shop_build_info")
         assert [(r["metric"]["version"], r["value"]) for r in info] == [("1.4.2", 1.0)]
+        # a histogram and a summary Prometheus ingests as such: histogram_quantile over the buckets (the median
+        # in the first bucket, 0.1 * 5/6), the +Inf bucket made from the count, the quantiles of the summary
+        median = await api.query(f'histogram_quantile(0.5, shop_request_duration_seconds_bucket{{instance="{shop}"}})')
+        assert [round(r["value"], 6) for r in median] == [round(0.1 * 5 / 6, 6)]
+        inf = await api.query(f'shop_request_duration_seconds_bucket{{instance="{shop}", le="+Inf"}}')
+        assert [r["value"] for r in inf] == [10.0]
+        p99 = await api.query(f'shop_rpc_duration_seconds{{instance="{shop}", quantile="0.99"}}')
+        assert [r["value"] for r in p99] == [0.9]
 
         # Prometheus's build information, read through its JSON API, matches what the API says directly
         build = await api.get("/api/v1/status/buildinfo")

@@ -1,7 +1,7 @@
 """Every fast path against the general path it replaces: same output for the same spec and payload.
 
-- extraction: `extract` takes the fast path for rules without `$`, timestamps or statesets, and
-  the general path when traced; both must give the same families, errors, duplicates, messages,
+- extraction: `extract` takes the fast path for rules without `$`, timestamps, statesets, histograms,
+  summaries or a `duplicates` policy other than `first`, and the general path when traced; both must give the same families, errors, duplicates, messages,
   also across the fast path's chunks of elements (columns at once, or one by one);
 - the writer: values formatted as the reference formatter (and the whole output against
   prometheus_client through tests/test_exposition.py);
@@ -48,6 +48,8 @@ documents = st.fixed_dictionaries({
     "items": st.lists(elements, max_size=8),
     "byname": st.dictionaries(st.sampled_from(["x", "y", "z"]), items, max_size=3),
     "v": json_values,
+    "buckets": st.one_of(st.dictionaries(st.sampled_from(["0.1", "1", "+Inf", "x"]), st.integers(0, 12) | st.sampled_from(["3", None]), max_size=3),
+                         st.lists(st.tuples(st.sampled_from([0.5, 2, "+Inf"]), st.integers(0, 12)).map(list), max_size=3)),
     # only numbers: the fast path's columns at once, negative and NaN counts among them
     "counts": st.lists(st.fixed_dictionaries({"id": st.sampled_from(["a", "b", "c", "d"]), "v": st.integers(-3, 3) | st.floats(),
                                               "w": st.integers(-3, 3)}), max_size=6),
@@ -55,7 +57,8 @@ documents = st.fixed_dictionaries({
 
 LABEL_EXPRESSIONS = ["id", "a", "a.b", "tags[0]", "'const'", "length(tags)", "sub", "v", "lower(a)", "regex_extract(id, '(\\d+)')"]
 VALUE_EXPRESSIONS = ["v", "w", "a.b", "@", "length(tags)", "v || w", "sub.a", "parse_bytes(v)", "divide(v, w)", "regex_match(a, '^[ab]')"]
-EACHES = [None, "items", "byname", ["items", "tags"], "items[?v]", "items[*].{id: id, v: w, a: a}", "byname.*", "counts"]
+EACHES = [None, "items", "byname", ["items", "tags"], "items[?v]", "items[*].{id: id, v: w, a: a}", "byname.*", "counts",
+          "item", [{"path": "item", "optional": True}], ["items", {"path": "tags", "optional": True}], [{"path": "byname", "optional": True}, "sub"]]
 
 
 @st.composite
@@ -90,7 +93,14 @@ def modules(draw: Any) -> dict[str, Any]:
                 rule["default"] = -1
             if draw(st.booleans()):
                 rule["scale"] = draw(st.sampled_from([0.001, 0.5, 3]))
+        if draw(st.integers(0, 3)) == 0:  # the general path, with its own series merged or not
+            rule["duplicates"] = draw(st.sampled_from(["first", "last"] if mtype == "info" else ["first", "last", "sum"]))
         metrics.append(rule)
+    if draw(st.integers(0, 3)) == 0:  # a histogram: the general path only, beside the others
+        metrics.append({"name": "h_seconds", "help": "h", "type": "histogram", "each": draw(st.sampled_from([None, "byname", "items"])) or "@",
+                        "labels": {"id": "id"}, "buckets": draw(st.sampled_from(["buckets", "$root.buckets", "sub"])),
+                        "sum": draw(st.sampled_from(["v", "`1.5`"])), "count": draw(st.sampled_from(["w", "`9`"])),
+                        "cumulative": draw(st.booleans()), "duplicates": draw(st.sampled_from(["first", "last"]))})
     module: dict[str, Any] = {"metrics": metrics}
     if draw(st.booleans()):
         module["labels"] = {"c": "c-{target}", "zone": draw(st.sampled_from(["z", '50%', 'q"%s\\back\nline']))}
@@ -175,6 +185,23 @@ def test_objects_made_by_an_each_expression_get_their_own_labels() -> None:
     result = extract(module, {"default": document}, PROBE)
     assert [labels["id"] for _, labels, _ in samples(result.families["b"])] == ["n1", "n2"]
     _assert_same(*_both_paths(module, document))
+
+
+def test_rules_with_the_same_path_one_optional_share_no_iteration() -> None:
+    """A missing level is an error of the rule that does not declare it optional, in both paths,
+    though both rules iterate the same path of the same document."""
+    module = make_spec("""
+        modules:
+          default:
+            metrics:
+              - {name: a, help: h, each: [{path: nodes, optional: true}], value: v}
+              - {name: b, help: h, each: nodes, value: v}
+              - {name: c, help: h, each: [{path: nodes, optional: true}], value: v}
+        """).modules["default"]
+    fast, general = _both_paths(module, {"node": [{"v": 1}]})
+    _assert_same(fast, general)
+    assert fast.errors == {"a": 0, "b": 1, "c": 0} and fast.families == {}
+    assert fast.messages == ["metric b: each 'nodes' gave null (no such field?): write the level as {path: ..., optional: true} if it may be absent"]
 
 
 def test_a_family_fed_by_a_fast_and_a_general_rule_counts_duplicates_across_them() -> None:

@@ -26,8 +26,10 @@ RULES = {
     "counter": "{name: c, help: h, type: counter, value: v, labels: {id: id}}",
     "info": "{name: i_info, help: h, type: info, labels: {id: id}}",
     "stateset": "{name: s, help: h, type: stateset, value: state, states: [up, down], labels: {id: id}}",
+    "histogram": "{name: h, help: h, type: histogram, buckets: '[[`1`, v]]', sum: v, count: v, labels: {id: id}}",
+    "summary": "{name: q, help: h, type: summary, quantiles: '{p50: v}', sum: v, count: v, labels: {id: id}}",
 }
-NAMES = {"gauge": "g", "untyped": "u", "counter": "c", "info": "i_info", "stateset": "s"}
+NAMES = {"gauge": "g", "untyped": "u", "counter": "c", "info": "i_info", "stateset": "s", "histogram": "h", "summary": "q"}
 
 
 def written_names(text: str, openmetrics: bool) -> set[str]:

@@ -1,6 +1,7 @@
 """Every spec that `check` accepts gives answers that every parser accepts.
 
-Hypothesis draws small specs (gauge, counter, untyped, info and stateset rules, `values` entries, labels
+Hypothesis draws small specs (gauge, counter, untyped, info, stateset, histogram and summary rules, `values`
+entries, `duplicates` policies, labels
 with odd characters, module labels, value maps, scales, defaults, timestamps) and documents for them;
 each probe runs offline, is rendered in both formats, read back by prometheus_client's text and
 OpenMetrics parsers and checked by `promtool check metrics`. Half the specs draw their names from a few
@@ -27,10 +28,10 @@ from jsonexporter.probe import run_offline
 from jsonexporter.spec import load_text
 
 PROMTOOL = shutil.which("promtool")
-TYPES = ["gauge", "counter", "untyped", "info", "stateset"]
+TYPES = ["gauge", "counter", "untyped", "info", "stateset", "histogram", "summary"]
 # names that meet after the naming rules, drawn together
 STEMS = ["req", "node_role", "jobs", "probe"]
-SUFFIXES = ["", "", "_total", "_info", "_created", "_done_total"]
+SUFFIXES = ["", "", "_total", "_info", "_created", "_done_total", "_bucket", "_sum"]
 CLASHING_VALUES = ["done", "done_total", "success", "info", "x"]
 # the refusals a spec drawn from STEMS may get: names that meet, or the probe's prefix
 REFUSALS = ("both take the name", "which the probe's own metric", "is also produced by", "reserved for the probe's own metrics")
@@ -50,6 +51,11 @@ elements = st.fixed_dictionaries({
     "w": values,
     "state": st.sampled_from(["up", "down", "1.5", "other", None]),
     "ts": timestamps,
+    # a histogram's buckets and a summary's quantiles, mostly right, sometimes not
+    "b": st.one_of(st.dictionaries(st.sampled_from(["0.1", "1", "2.5", "+Inf", "1e-3", "-1", "x"]), st.integers(0, 20) | st.sampled_from(["3", 1.5, -1, None]),
+                                   max_size=4),
+                   st.lists(st.tuples(st.sampled_from([0.25, 5, "+Inf", "inf"]), st.integers(0, 20)).map(list), max_size=3)),
+    "q": st.dictionaries(st.sampled_from(["0.5", "p99", "p999", "p50", "1.5", "p100"]), st.integers(-1, 5) | st.floats(), max_size=3),
 })
 documents = st.fixed_dictionaries({"items": st.lists(elements, min_size=1, max_size=5), "v": values, "lab": st.sampled_from(ODD_TEXTS)})
 
@@ -67,6 +73,13 @@ def rules(draw: Any, index: int, clashing: bool) -> dict[str, Any]:
     rule["labels"] = {n: draw(st.sampled_from(["id", "lab", "$index", "'const'", "v", "$root.lab"])) for n in names}
     if mtype == "stateset":
         rule.update(value="state", states=["up", "down", "1.5"])
+    elif mtype == "histogram":
+        rule.update(buckets="b", sum=draw(st.sampled_from(["v", "`2.5`"])), cumulative=draw(st.booleans()))
+        if draw(st.booleans()):
+            rule["count"] = draw(st.sampled_from(["w", "`20`"]))
+    elif mtype == "summary":
+        rule["quantiles"] = "q"
+        rule.update({key: draw(st.sampled_from(["v", "w"])) for key in draw(st.lists(st.sampled_from(["sum", "count"]), unique=True))})
     elif mtype != "info":
         if draw(st.booleans()):
             rule["value"] = draw(st.sampled_from(["v", "w"]))
@@ -79,6 +92,8 @@ def rules(draw: Any, index: int, clashing: bool) -> dict[str, Any]:
             rule["default"] = draw(st.sampled_from([0, -1]))
         if draw(st.booleans()):
             rule["scale"] = draw(st.sampled_from([0.001, -1, 1024]))
+    if draw(st.integers(0, 2)) == 0:
+        rule["duplicates"] = draw(st.sampled_from(["first", "last", "sum"] if mtype in ("gauge", "counter", "untyped") else ["first", "last"]))
     if mtype != "info" and draw(st.booleans()):
         rule["timestamp"] = "ts"
         if draw(st.booleans()):

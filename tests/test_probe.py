@@ -82,6 +82,40 @@ async def test_missing_field_skips_only_that_series_and_is_counted(upstream: Ups
     assert value(s, "probe_success") == 1
 
 
+async def test_an_each_path_that_finds_nothing_is_an_extraction_error_unless_optional(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    """`node` for `nodes` gives null: the rule is empty, and says so; an empty list stays fine."""
+    up = await upstream({"/api/stats": {**NODES, "disks": []}})
+    client = await exporter("""
+        modules:
+          default:
+            endpoints:
+              stats: {url: '{target}/api/stats'}
+            metrics:
+              - {name: node_ready, help: h, each: node, value: ready, labels: {id: id}}
+              - {name: node_disk_ready, help: h, each: [{path: disks_of_nodes, optional: true}], value: ready}
+              - {name: disk_ready, help: h, each: disks, value: ready}
+              - {name: node_cpu_ratio, help: h, each: nodes, value: cpu, labels: {id: id}}
+        """)
+    _, text = await probe(client, f"target={up.url}")
+    s = parse(text)
+    assert value(s, "probe_extraction_errors", metric="node_ready") == 1
+    assert value(s, "probe_series", metric="node_ready") == 0
+    for optional_or_empty in ("node_disk_ready", "disk_ready"):
+        assert value(s, "probe_extraction_errors", metric=optional_or_empty) == 0
+        assert value(s, "probe_series", metric=optional_or_empty) == 0
+    assert value(s, "probe_series", metric="node_cpu_ratio") == 2  # n3 has no cpu: skipped, not written
+    assert value(s, "probe_success") == 1
+
+
+async def test_series_count_is_zero_for_the_metrics_of_a_failed_endpoint(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/api/stats": NODES})
+    client = await exporter(NODE_SPEC.replace("/api/stats", "/api/gone"))
+    _, text = await probe(client, f"target={up.url}")
+    s = parse(text)
+    assert value(s, "probe_success") == 0
+    assert value(s, "probe_series", metric="node_cpu_ratio") == 0 and value(s, "probe_series", metric="node_up") == 0
+
+
 async def test_module_defaults_to_default_when_absent(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
     up = await upstream({"/api/stats": NODES})
     client = await exporter(NODE_SPEC)

@@ -30,6 +30,8 @@ from jsonexporter.spec.model import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
     HEADER_VALUE_CONTROL,
+    Distribution,
+    Duplicates,
     Endpoint,
     HTTPClientConfig,
     JsonBody,
@@ -46,7 +48,7 @@ from jsonexporter.spec.model import (
     TLSClientConfig,
 )
 from jsonexporter.spec.problems import Path, Problem, Severity, SpecError, format_path
-from jsonexporter.spec.schema import schema_problems
+from jsonexporter.spec.schema import check_schema
 from jsonexporter.spec.yamlload import Marks, load_yaml
 
 MAX_SPEC_BYTES = 8 * 1024 * 1024
@@ -59,12 +61,14 @@ _PLACEHOLDER_MARK = "\ue000"  # stands for a value while the JSON structure of a
 RESERVED_PREFIX = "probe_"
 _UNIT_HINTS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"_(ms|msec|millis|milliseconds)(_total)?$"),
-     "use the base unit: seconds (_seconds) and scale with a JMESPath expression or convert in PromQL"),
+     "use the base unit: seconds (_seconds), converted with `scale: 0.001`"),
     (re.compile(r"_(kb|mb|gb|kib|mib|gib)(_total)?$"), "use the base unit: bytes (_bytes)"),
     (re.compile(r"_percent(age)?$"), "use a ratio from 0 to 1 with the suffix _ratio"),
     (re.compile(r"(latency|duration|elapsed|uptime|runtime)(?!.*_seconds)"), "add a unit suffix, e.g. _seconds"),
     (re.compile(r"(memory|heap|disk_size|file_size)(?!.*_bytes)"), "add a unit suffix, e.g. _bytes"),
 )
+# stands for an expression that did not compile (reported), in a rule that is only checked, never run
+_UNUSABLE = compile_expression("@")
 
 
 def parse_duration(value: str | float | int) -> float:
@@ -107,6 +111,7 @@ class _Checker:
     file: str
     marks: Marks
     problems: list[Problem] = field(default_factory=list)
+    meant: frozenset[Path] = frozenset()  # keys written with a typo, by the path of the key meant
 
     def add(self, path: Path, message: str, severity: Severity = "error", at_key: bool = False, offset: int | None = None) -> None:
         """Report at the value of `path` (its key with `at_key`; its character `offset` when given)."""
@@ -120,6 +125,11 @@ class _Checker:
         """True when a schema error was found at or below `path` (already reported)."""
         n = len(path)
         return any(p.severity == "error" and p.path[:n] == path for p in self.problems)
+
+    def declared(self, path: Path, raw: dict[str, Any]) -> set[str]:
+        """The keys of `raw` (at `path`) with those written with a typo (`valeu` counts as `value`):
+        a check that needs a key does not report it missing on top of the typo's own problem."""
+        return set(raw) | {p[-1] for p in self.meant if p[:-1] == path and isinstance(p[-1], str)}
 
     def clean(self, path: Path, raw: dict[str, Any]) -> dict[str, Any]:
         """`raw` without the values that failed the schema themselves, so the rest can still be checked."""
@@ -392,8 +402,18 @@ def _levels(c: _Checker, path: Path, raw: Any) -> tuple[tuple[Level, ...], froze
                 c.add((*p, "as"), f"level name {alias!r} is already used by an outer level")
             names.add(alias)
         if expr is not None:
-            levels.append(Level(expr, alias))
+            levels.append(Level(expr, alias, isinstance(item, dict) and item.get("optional") is True))
     return tuple(levels), frozenset(names)
+
+
+# labels Prometheus sets on every scraped series itself: it renames a scraped one exported_NAME
+_TARGET_LABELS = ("job", "instance")
+
+
+def _lint_label(c: _Checker, path: Path, label: str) -> None:
+    if label in _TARGET_LABELS:
+        c.add(path, f"label {label!r} is set by Prometheus on every scraped series: it renames this one exported_{label}, "
+                    "unless the scrape config sets honor_labels: true", "warning", at_key=True)
 
 
 def _lint_name(c: _Checker, path: Path, name: str, mtype: str, at_key: bool = False) -> None:
@@ -411,31 +431,44 @@ def _lint_name(c: _Checker, path: Path, name: str, mtype: str, at_key: bool = Fa
 
 
 def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list[str], module_labels: set[str]) -> Metric | None:
-    declared = set(raw)  # what was written, even when the schema rejected its value
+    declared = c.declared(path, raw)  # what was written (a typo as the key it meant), even when the schema rejected its value
     raw = c.clean(path, raw)
     if not isinstance(raw.get("name"), str):
         return None
     name: str = raw["name"]
+    # a type the schema rejected (`statset`, or `tpye: info`) is unknown: no check that depends on it
+    type_known = "type" in raw or "type" not in declared
     mtype = cast(MetricType, raw.get("type", "gauge"))
     if name.startswith(RESERVED_PREFIX):
         c.add((*path, "name"), f"metric names starting with {RESERVED_PREFIX!r} are reserved for the probe's own metrics")
-    if mtype == "info" and not name.endswith("_info"):
+    if type_known and mtype == "info" and not name.endswith("_info"):
         c.add((*path, "name"), f"info metric {name!r} must end with _info")
     entries = raw.get("values") if isinstance(raw.get("values"), dict) else {}
-    if "help" not in raw and not (entries and all(isinstance(v, dict) and "help" in v for v in entries.values())):
+    if "help" not in declared and not (entries and all(isinstance(v, dict) and "help" in v for v in entries.values())):
         c.add((*path, "name"), f"metric {name!r} has no help", "warning")
     endpoint = raw.get("endpoint")
     if endpoint is None:
-        if len(module_endpoints) > 1:
+        if len(module_endpoints) > 1 and "endpoint" not in declared:
             c.add(path, f"metric {name!r} must name its endpoint: the module has several ({', '.join(module_endpoints)})")
         endpoint = module_endpoints[0] if module_endpoints else DEFAULT_ENDPOINT
     elif module_endpoints and endpoint not in module_endpoints:
         c.add((*path, "endpoint"), f"unknown endpoint {endpoint!r}: the module has {', '.join(module_endpoints)}")
     levels, level_names = _levels(c, (*path, "each"), raw.get("each"))
+    if type_known:
+        _wrong_type_keys(c, path, declared, mtype)
     outputs: list[Output] = []
     has_value, has_values = "value" in declared, "values" in declared
-    if has_value and has_values:
+    distribution = None
+    if mtype in _DISTRIBUTION_KEYS:
+        for key in ("value", "values", "value_map", "default", "scale"):
+            if key in raw:  # not a typo's meaning (`valeu`), which has its own problem
+                c.add((*path, key), f"a {mtype} takes {_DISTRIBUTION_KEYS[mtype]}, not `{key}`", at_key=True)
+        distribution = _distribution(c, path, raw, declared, mtype, level_names)
+        outputs.append(Output(name, None))
+    elif has_value and has_values:
         c.add((*path, "values"), "use either `value` or `values`, not both")
+    elif not type_known and not has_value and not has_values:
+        pass  # an info metric needs neither
     elif mtype == "info":
         if has_values:
             c.add((*path, "values"), "info metrics take no `values`: their labels carry the data")
@@ -443,20 +476,20 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     elif not has_value and not has_values:
         c.add(path, f"metric {name!r} needs `value` (or `values`)")
     elif has_value:
-        if (e := c.expression((*path, "value"), raw.get("value"), level_names)) is not None:
-            outputs.append(Output(name, e))
+        outputs.append(Output(name, c.expression((*path, "value"), raw.get("value"), level_names) or _UNUSABLE))
     else:
-        if mtype == "stateset":
+        if type_known and mtype == "stateset":
             c.add((*path, "values"), "stateset metrics take one `value`: the current state")
         for suffix, entry in _items(raw.get("values")):
             entry_path: Path = (*path, "values", suffix)
             own_help = None
             if isinstance(entry, dict):
                 entry_path, own_help, entry = (*entry_path, "value"), entry.get("help"), entry.get("value")
-            if (e := c.expression(entry_path, entry, level_names)) is not None:
-                outputs.append(Output(f"{name}_{suffix}", e, own_help if isinstance(own_help, str) else None))
+            e = c.expression(entry_path, entry, level_names)
+            outputs.append(Output(f"{name}_{suffix}", e or _UNUSABLE, own_help if isinstance(own_help, str) else None))
+            if e is not None and type_known:
                 _lint_name(c, (*path, "values", suffix), f"{name}_{suffix}", mtype, at_key=True)
-    if not has_values:
+    if not has_values and type_known:
         _lint_name(c, (*path, "name"), name, mtype)
 
     labels: list[tuple[str, Expression]] = []
@@ -466,16 +499,19 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
             c.add(lp, f"label names starting with __ are reserved: {label!r}", at_key=True)
         elif label in module_labels:
             c.add(lp, f"label {label!r} is already set by the module's labels", at_key=True)
-        elif mtype == "stateset" and label == name:
+        elif type_known and mtype == "stateset" and label == name:
             c.add(lp, f"label {label!r} is the stateset's own state label", at_key=True)
+        elif (mtype, label) in (("histogram", "le"), ("summary", "quantile")):
+            c.add(lp, f"label {label!r} is the {mtype}'s own label of its {'buckets' if label == 'le' else 'quantiles'}", at_key=True)
         elif label in ("le", "quantile"):
             c.add(lp, f"label {label!r} is for histograms and summaries; Prometheus tools treat it specially", "warning", at_key=True)
-        if (e := c.expression(lp, source, level_names)) is not None:
-            labels.append((label, e))
+        else:
+            _lint_label(c, lp, label)
+        labels.append((label, c.expression(lp, source, level_names) or _UNUSABLE))
     states = tuple(label_text(s) for s in raw.get("states", ()))
-    if mtype == "stateset" and not states:
+    if type_known and mtype == "stateset" and "states" not in declared:
         c.add(path, f"stateset metric {name!r} needs `states`: every possible state")
-    if states and mtype != "stateset":
+    if states and type_known and mtype != "stateset":
         c.add((*path, "states"), "`states` is only for type stateset")
     timestamp = None
     if "timestamp" in raw:
@@ -484,15 +520,20 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
             # OpenMetrics parsers take all series of an info family for one group: one without a timestamp,
             # or another rule's, and they reject the whole answer
             c.add((*path, "timestamp"), "info metrics take no `timestamp`", at_key=True)
-    elif "timestamp_unit" in raw:
+    elif "timestamp_unit" in raw and "timestamp" not in declared:
         c.add((*path, "timestamp_unit"), "timestamp_unit without timestamp")
     value_map = {k: f for k, v in _items(raw.get("value_map")) if isinstance(v, (int, float)) and (f := _number(c, (*path, "value_map", k), v)) is not None}
     default = _number(c, (*path, "default"), raw["default"]) if "default" in raw else None
     scale = _number(c, (*path, "scale"), raw["scale"]) if "scale" in raw else 1.0
     if "scale" in raw and mtype in ("info", "stateset"):
         c.add((*path, "scale"), f"`scale` is for numbers: a {mtype} metric has none")
-    if c.broken(path):
-        return None
+    duplicates = cast(Duplicates, raw.get("duplicates", "first"))
+    if duplicates == "sum" and mtype not in ("gauge", "counter", "untyped"):
+        c.add((*path, "duplicates"), f"`duplicates: sum` adds up values, which {mtype} metrics do not have (use first or last)")
+    if not type_known or "labels" in declared - set(raw):
+        return None  # its family is unknown: nothing to compare the other rules with
+    # returned even when broken, with _UNUSABLE for what did not compile, so that its family is
+    # checked against the others (the module is not used when any of its rules is broken)
     return Metric(
         name=name,
         help=raw.get("help", ""),
@@ -507,7 +548,35 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
         timestamp_scale=0.001 if raw.get("timestamp_unit") == "milliseconds" else 1.0,
         states=states,
         scale=1.0 if scale is None else scale,
+        duplicates=duplicates,
+        distribution=distribution,
     )
+
+
+# what each type of distribution takes instead of `value`; the keys no other type takes
+_DISTRIBUTION_KEYS = {"histogram": "`buckets`, `sum` and `count`", "summary": "`quantiles`, `sum` and `count`"}
+_ONLY_FOR = {"buckets": ("histogram",), "cumulative": ("histogram",), "quantiles": ("summary",),
+             "sum": ("histogram", "summary"), "count": ("histogram", "summary")}
+
+
+def _distribution(c: _Checker, path: Path, raw: dict[str, Any], declared: set[str], mtype: str, level_names: frozenset[str]) -> Distribution | None:
+    """The expressions of a histogram (`buckets`, `sum`, `count`) or a summary (`quantiles`, `sum`, `count`)."""
+    points_key = "buckets" if mtype == "histogram" else "quantiles"
+    needed = (points_key, "sum") if mtype == "histogram" else (points_key,)
+    missing = [f"`{key}`" for key in needed if key not in declared]  # a key with a typo has its own error
+    if missing:
+        c.add(path, f"{mtype} metric {raw['name']!r} needs {' and '.join(missing)}")
+    points = c.expression((*path, points_key), raw.get(points_key), level_names)
+    sum_, count = (c.expression((*path, key), raw[key], level_names) if key in raw else None for key in ("sum", "count"))
+    if points is None:
+        return None
+    return Distribution(points, sum_, count, bool(raw.get("cumulative", True)))
+
+
+def _wrong_type_keys(c: _Checker, path: Path, declared: set[str], mtype: str) -> None:
+    for key in sorted(declared & _ONLY_FOR.keys()):
+        if mtype not in _ONLY_FOR[key]:
+            c.add((*path, key), f"`{key}` is only for type {' and '.join(_ONLY_FOR[key])}, not {mtype}", at_key=True)
 
 
 @dataclass(frozen=True)
@@ -600,6 +669,7 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
     for label in sorted(module_labels):
         if label.startswith("__"):
             c.add((*path, "labels", label), f"label names starting with __ are reserved: {label!r}", at_key=True)
+        _lint_label(c, (*path, "labels", label), label)
     # endpoints that failed the schema as a whole leave no names to check metrics against
     raw_endpoints = raw.get("endpoints", {}) if "endpoints" in declared else {DEFAULT_ENDPOINT: {}}
     endpoints = {}
@@ -642,6 +712,7 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
         parameters=MappingProxyType(params),
         target_allow=tuple(allow),
         needs_target=uses_target,
+        series_limit=raw.get("series_limit"),
     )
 
 
@@ -704,8 +775,8 @@ def load_text(text: str, file: str) -> tuple[Spec | None, list[Problem]]:
     data, marks, problems = load_yaml(text, file)
     if data is None:
         return None, problems
-    c = _Checker(file, marks, problems)
-    c.problems.extend(schema_problems(data, file, marks))
+    report = check_schema(data, file, marks)
+    c = _Checker(file, marks, [*problems, *report.problems], report.meant)
     modules: dict[str, Module] = {}
     if isinstance(data, dict) and isinstance(data.get("modules"), dict):
         for name, raw in data["modules"].items():

@@ -9,11 +9,17 @@ from typing import Literal
 
 from jsonexporter.spec.expressions import Expression, Template
 
-MetricType = Literal["gauge", "counter", "untyped", "info", "stateset"]
+MetricType = Literal["gauge", "counter", "untyped", "info", "stateset", "histogram", "summary"]
+Duplicates = Literal["first", "last", "sum"]  # what a rule does with its own series of equal labels
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 DEFAULT_TIMEOUT = 10.0
-DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# Parsed, JSON takes up to 38 times its size ([[]],[[]],… : docs/deployment.md): at 4 MiB one probe
+# stays within the 256 MiB of the shipped Kubernetes manifest.
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+# Series per probe of modules without `series_limit` (serve's --probe.series-limit): with the
+# default max_response_bytes, what keeps one probe within the memory of docs/deployment.md.
+DEFAULT_SERIES_LIMIT = 100_000
 DEFAULT_ENDPOINT = "default"
 # what a header value cannot hold (RFC 9110 5.5): control characters but tab
 HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -62,6 +68,7 @@ class Level:
 
     path: Expression
     alias: str | None = None
+    optional: bool = False  # null (a missing field) is nothing to iterate, not an extraction error
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,16 @@ class Output:
     name: str
     value: Expression | None  # None for info metrics, whose value is always 1
     help: str | None = None  # a `values` entry's own help; None: the rule's
+
+
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    """Where a histogram finds its buckets, or a summary its quantiles, and the sum and count beside them."""
+
+    points: Expression  # `buckets` or `quantiles`
+    sum: Expression | None
+    count: Expression | None
+    cumulative: bool = True  # histograms: False when the answer counts each bucket on its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +105,8 @@ class Metric:
     timestamp_scale: float = 1.0  # multiply to get seconds
     states: tuple[str, ...] = ()
     scale: float = 1.0
+    duplicates: Duplicates = "first"
+    distribution: Distribution | None = None  # for histograms and summaries, which have no `value`
 
     @property
     def uses_context(self) -> bool:
@@ -100,6 +119,9 @@ class Metric:
         yield from (e for _, e in self.labels)
         if self.timestamp is not None:
             yield self.timestamp
+        if self.distribution is not None:
+            d = self.distribution
+            yield from (e for e in (d.points, d.sum, d.count) if e is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +134,7 @@ class Module:
     parameters: Mapping[str, Parameter] = field(default_factory=dict)
     target_allow: tuple[re.Pattern[str], ...] = ()  # empty: any target
     needs_target: bool = True  # some template or `$target` uses it
+    series_limit: int | None = None  # most series a probe may give (0: no limit); None: the server's default
 
     def target_allowed(self, target: str) -> bool:
         return not self.target_allow or any(p.fullmatch(target) for p in self.target_allow)

@@ -24,6 +24,9 @@ def format_path(path: Path) -> str:
     return "".join(out) or "<root>"
 
 
+_LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r", "\x85": "\\x85", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     file: str
@@ -35,7 +38,9 @@ class Problem:
 
     def __str__(self) -> str:
         prefix = "warning: " if self.severity == "warning" else ""
-        return f"{self.file}:{self.line}:{self.column}: {format_path(self.path)}: {prefix}{self.message}"
+        # one problem, one line: a message may quote the user's text, line breaks included
+        message = self.message.translate(_LINE_BREAKS)
+        return f"{self.file}:{self.line}:{self.column}: {format_path(self.path)}: {prefix}{message}"
 
 
 class SpecError(Exception):

@@ -6,6 +6,8 @@ import difflib
 import functools
 import json
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
@@ -31,21 +33,39 @@ def _allowed_keys(schema: dict[str, Any]) -> list[str]:
     return sorted(schema.get("properties", {}))
 
 
-def _unknown_key_problems(error: jsonschema.ValidationError, file: str, marks: Marks) -> list[Problem]:
+def suggestion(word: str, choices: list[str]) -> str | None:
+    """The choice `word` was probably meant to be: the same but for case, a close spelling
+    (`valeu`, `statset`), or one starting the other (`information` for `info`)."""
+    lowered = {c.lower(): c for c in choices}
+    if word.lower() in lowered:
+        return lowered[word.lower()]
+    close = difflib.get_close_matches(word.lower(), list(lowered), n=1)
+    if close:
+        return lowered[close[0]]
+    prefixed = [c for low, c in lowered.items() if min(len(low), len(word)) >= 3 and (word.lower().startswith(low) or low.startswith(word.lower()))]
+    return prefixed[0] if len(prefixed) == 1 else None
+
+
+@dataclass(frozen=True)
+class SchemaReport:
+    problems: list[Problem]
+    meant: frozenset[Path]  # the keys written with a typo (`valeu` -> path of `value`): checks that need them should not blame their absence too
+
+
+def _unknown_keys(error: jsonschema.ValidationError, file: str, marks: Marks) -> Iterator[tuple[Problem, Path | None]]:
+    """Each unknown key's problem, with the path of the key it probably meant."""
     instance = cast(dict[str, Any], error.instance)
     schema = cast(dict[str, Any], error.schema)
     allowed = _allowed_keys(schema)
     patterns = [re.compile(p) for p in schema.get("patternProperties", {})]
-    problems = []
     for key in instance:
         if key in allowed or any(p.search(key) for p in patterns):
             continue
         path: Path = (*error.absolute_path, key)
-        close = difflib.get_close_matches(key, allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})"
+        close = suggestion(key, allowed)
+        hint = f" (did you mean {close!r}?)" if close else f" (allowed: {', '.join(allowed)})"
         line, col = marks.of_key(path)
-        problems.append(Problem(file, line, col, path, f"unknown key {key!r}{hint}"))
-    return problems
+        yield Problem(file, line, col, path, f"unknown key {key!r}{hint}"), None if close is None else (*error.absolute_path, close)
 
 
 def _shows_secret(path: Path) -> bool:
@@ -66,7 +86,9 @@ def _message(error: jsonschema.ValidationError) -> str:
         wanted = " or ".join(names.get(t, t) for t in expected.split(" or "))
         return f"expected {wanted}, got {shown}"
     if v == "enum":
-        return f"{shown} is not one of {', '.join(map(str, expected_value))}"
+        close = suggestion(inst, [str(e) for e in expected_value]) if isinstance(inst, str) else None
+        hint = f" (did you mean {close!r}?)" if close else ""
+        return f"{shown} is not one of {', '.join(map(str, expected_value))}{hint}"
     if v == "required":
         missing = re.findall(r"'([^']+)' is a required property", error.message)
         return f"missing required key {missing[0]!r}" if missing else error.message
@@ -86,12 +108,27 @@ _KEY_KINDS = {"modules": "module name", "labels": "label name", "parameters": "p
 
 def schema_problems(data: Any, file: str, marks: Marks, validator: jsonschema.Draft202012Validator | None = None) -> list[Problem]:
     """Every violation of the spec's schema (or `validator`'s) by `data`, each at the position of its node."""
+    return check_schema(data, file, marks, validator).problems
+
+
+def check_schema(data: Any, file: str, marks: Marks, validator: jsonschema.Draft202012Validator | None = None) -> SchemaReport:
+    """`schema_problems`, and the keys the typos among them meant. One typo gives one problem: a
+    required key written with a typo (`nmae`) is not also reported missing."""
     problems: list[Problem] = []
-    for error in (validator or _validator()).iter_errors(data):
+    meant: set[Path] = set()
+    errors = list((validator or _validator()).iter_errors(data))
+    for error in errors:
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-            problems.extend(_unknown_key_problems(error, file, marks))
+            for problem, key in _unknown_keys(error, file, marks):
+                problems.append(problem)
+                if key is not None:
+                    meant.add(key)
+    for error in errors:
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             continue
         path: Path = tuple(error.absolute_path)
+        if error.validator == "required" and any((*path, key) in meant for key in re.findall(r"'([^']+)' is a required property", error.message)):
+            continue
         if "propertyNames" in error.absolute_schema_path and isinstance(error.instance, str):
             # the error is about one key of the mapping at `path`, which is the instance
             kind = _KEY_KINDS.get(str(path[-1]) if path else "", "name")
@@ -101,4 +138,4 @@ def schema_problems(data: Any, file: str, marks: Marks, validator: jsonschema.Dr
             continue
         line, col = marks.of_value(path)
         problems.append(Problem(file, line, col, path, _message(error)))
-    return sorted(set(problems), key=lambda p: (p.line, p.column, p.message))
+    return SchemaReport(sorted(set(problems), key=lambda p: (p.line, p.column, p.message)), frozenset(meant))

@@ -14,6 +14,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from jsonexporter.spec.problems import Path, Problem
+from jsonexporter.spec.yamlsyntax import syntax_error
 
 MAX_NODES = 200_000  # aliases can multiply a small file; a spec never needs this many nodes
 MAX_DEPTH = 64
@@ -184,9 +185,7 @@ def load_yaml(text: str, file: str) -> tuple[Any, Marks, list[Problem]]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        message = " ".join(filter(None, [exc.context, exc.problem])) or "invalid YAML"
+        line, col, message = syntax_error(exc, text)
         return None, builder.marks, [Problem(file, line, col, (), f"invalid YAML: {message}")]
     except yaml.reader.ReaderError as exc:
         line, col = _line_col(text, exc.position)

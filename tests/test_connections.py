@@ -1,0 +1,156 @@
+"""Connections, as real `jsonexporter serve` processes on 127.0.0.1: to the exporter (the open-files
+limit raised at start, idle clients bounded) and to upstreams (the per-host pool limit a flag, a
+probe that waited for a pooled connection told from an upstream that did not answer)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import Held, UpstreamFactory, wait_for
+from metrics_util import parse, value
+from prometheus_util import free_port, jsonexporter, wait_healthy
+from test_cli import SPEC  # the one-module spec of the single-process tests
+
+BOUND = 20.0  # seconds any wait below gets before the test fails
+Serve = Callable[..., tuple[subprocess.Popen[str], str]]
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    """`serve(*flags, nofile=(soft, hard))`: the exporter as a process, stopped at teardown."""
+    spec_file = tmp_path / "spec.yml"
+    spec_file.write_text(SPEC)
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*flags: str, nofile: tuple[int, int] | None = None) -> tuple[subprocess.Popen[str], str]:
+        def limit() -> None:  # in the child, before the exporter starts: what systemd or a container gives it
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
+        port = free_port()
+        proc = subprocess.Popen(jsonexporter("--config.file", str(spec_file), "--web.listen-address", f"127.0.0.1:{port}", "--log.format", "json", *flags),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limit)
+        procs.append(proc)
+        return proc, f"http://127.0.0.1:{port}"
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def _log_lines(proc: subprocess.Popen[str]) -> list[dict[str, object]]:
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=BOUND)
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+# -- to the exporter --------------------------------------------------------------------------
+
+
+async def _idle_connections(base: str, count: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """`count` client connections, in batches that the exporter has accepted before the next: more
+    than its listen backlog (128) waiting in the kernel would be accepted out of their order."""
+    host, port = base.removeprefix("http://").split(":")
+    connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    while len(connections) < count:
+        connections += [await asyncio.wait_for(asyncio.open_connection(host, int(port)), BOUND) for _ in range(min(64, count - len(connections)))]
+        assert await _healthy_on(connections[-1]), f"connection {len(connections)} not answered"  # so every one before is accepted
+    return connections
+
+
+async def _healthy_on(connection: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> bool:
+    """Whether /-/healthy answers 200 on this connection (False: the server had closed it)."""
+    reader, writer = connection
+    try:
+        writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND)
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        await asyncio.wait_for(reader.readexactly(length), BOUND)  # the whole answer: the connection can be asked again
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return False
+    return head.startswith(b"HTTP/1.1 200")
+
+
+def _close(connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]) -> None:
+    for _, writer in connections:
+        writer.close()
+
+
+async def test_the_open_files_limit_is_raised_to_the_hard_limit_so_idle_clients_stay_connected(serve: Serve) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+    if hard < 1024:
+        pytest.skip(f"needs a hard open files limit of 1024 or more, this one is {hard}")
+    proc, base = serve(nofile=(256, hard))  # more idle clients below than the soft limit it starts with
+    await wait_healthy(base, proc)
+    idle = await _idle_connections(base, 300)
+    try:
+        assert await _healthy_on((await _idle_connections(base, 1))[0])
+        answered = [await _healthy_on(connection) for connection in idle]
+        assert all(answered), f"{answered.count(False)} of 300 idle connections were closed"
+    finally:
+        _close(idle)
+    [started] = [line for line in _log_lines(proc) if line["msg"] == "open files"]
+    assert started["limit"] == hard and started["started_with"] == 256 and started["hard_limit"] == hard, started
+    assert started["max_connections"] == hard - 256 - 128  # what the upstream connections and the rest leave
+
+
+async def test_beyond_the_connection_limit_the_oldest_idle_clients_are_closed_and_health_checks_answer(serve: Serve) -> None:
+    proc, base = serve(nofile=(512, 512))  # a hard limit too low for the clients below: 128 connections (512 - 256 - 128)
+    await wait_healthy(base, proc)
+    idle = await _idle_connections(base, 600)
+    try:
+        assert await _healthy_on((await _idle_connections(base, 1))[0])
+        for reader, _ in idle[: 600 - 128]:  # closed by the exporter: the read ends at once
+            assert await asyncio.wait_for(reader.read(), BOUND) == b""
+        assert await _healthy_on(idle[-1])  # the newest stay
+    finally:
+        _close(idle)
+    assert any(line["msg"] == "too many client connections, closed the oldest idle ones" for line in _log_lines(proc))
+
+
+# -- to upstreams -----------------------------------------------------------------------------
+
+
+async def test_a_probe_that_gets_no_pooled_connection_is_a_pool_timeout_not_an_upstream_timeout(upstream: UpstreamFactory, serve: Serve) -> None:
+    held = Held({"queues": {"orders": {"waiting": 3}}}, count=2)
+    up = await upstream({"/stats": held})
+    proc, base = serve("--upstream.max-connections-per-host", "2")
+    await wait_healthy(base, proc)
+    async with aiohttp.ClientSession() as session:
+
+        async def probe(headers: dict[str, str] | None = None) -> str:
+            async with session.get(f"{base}/probe", params={"target": up.url, "debug": "true"}, headers=headers) as response:
+                assert response.status == 200
+                return await response.text()
+
+        holding = [asyncio.create_task(probe()) for _ in range(2)]
+        await wait_for(held.arrived, BOUND)  # both of the host's two connections are taken
+        # a scrape timeout of 1.5 s (1 s after the offset): this probe waits for a connection meanwhile
+        waited = await asyncio.wait_for(probe({"X-Prometheus-Scrape-Timeout-Seconds": "1.5"}), BOUND)
+        held.release.set()
+        answered = await asyncio.wait_for(asyncio.gather(*holding), BOUND)
+        async with session.get(f"{base}/metrics") as response:
+            metrics = parse(await response.text())
+    assert "-> pool_timeout" in waited and "no free pooled connection within 1.000s" in waited and "2 per host" in waited, waited
+    assert "the upstream was not asked" in waited and "probe_success 0" in waited
+    assert all("probe_success 1" in text for text in answered)
+    assert held.held == 2  # the third probe never reached the upstream
+    assert value(metrics, "jsonexporter_upstream_requests_total", module="default", endpoint="stats", outcome="pool_timeout") == 1
+    assert value(metrics, "jsonexporter_upstream_requests_total", module="default", endpoint="stats", outcome="success") == 2
+
+
+def test_connection_limits_must_be_positive(serve: Serve) -> None:
+    proc, _ = serve("--upstream.max-connections-per-host", "0")
+    assert proc.wait(BOUND) == 2
+    assert proc.stderr is not None and "--upstream.max-connections-per-host must be 1 or more" in proc.stderr.read()

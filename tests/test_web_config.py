@@ -1,0 +1,200 @@
+"""The web config as real `jsonexporter serve` processes on 127.0.0.1: bcrypt checks bounded in cost
+and in number, shutdown and reload unaffected by them, and a failed reload reported as a failure."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import signal
+import ssl
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import bcrypt
+import pytest
+import trustme
+from metrics_util import parse, value
+from prometheus_util import free_port, jsonexporter
+from test_cli import SPEC  # the one-module spec of the single-process tests
+
+from jsonexporter.spec import SpecError
+from jsonexporter.webconfig import CHECK_SLOTS, MAX_BCRYPT_COST, load_web_config
+
+BOUND = 30.0  # seconds any wait below gets before the test fails
+Serve = Callable[..., tuple[subprocess.Popen[str], str]]
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    """`serve(web_file, *flags)`: the exporter as a process (a session of its own: teardown kills
+    workers too), stopped at teardown."""
+    spec_file = tmp_path / "spec.yml"
+    spec_file.write_text(SPEC)
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(web_file: Path, *flags: str, scheme: str = "http") -> tuple[subprocess.Popen[str], str]:
+        port = free_port()
+        proc = subprocess.Popen(jsonexporter("--config.file", str(spec_file), "--web.config.file", str(web_file), "--web.listen-address",
+                                             f"127.0.0.1:{port}", "--log.format", "json", *flags),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                env={**os.environ, "TMPDIR": str(tmp_path)})
+        procs.append(proc)
+        return proc, f"{scheme}://127.0.0.1:{port}"
+
+    yield start
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def _hash(password: str, cost: int) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode()
+
+
+async def _until(condition: str, check: Callable[[], Awaitable[bool]]) -> None:
+    deadline = time.monotonic() + BOUND
+    while not await check():
+        assert time.monotonic() < deadline, f"{condition}: not within {BOUND:.0f} s"
+        await asyncio.sleep(0.05)  # polling interval of a bounded loop, not a synchronisation
+
+
+# -- bcrypt ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cost", [MAX_BCRYPT_COST + 1, 31])
+def test_bcrypt_costs_over_the_bound_are_refused_at_load_saying_why(tmp_path: Path, cost: int) -> None:
+    web_file = tmp_path / "web.yml"
+    # a hash is only text: one with a high cost is written, not computed
+    web_file.write_text(f"basic_auth_users:\n  fine: {_hash('x', 4)}\n  costly: $2y${cost}${'.' * 53}\n")
+    with pytest.raises(SpecError) as caught:
+        load_web_config(str(web_file))
+    [problem] = [str(p) for p in caught.value.problems]
+    assert problem.startswith(f"{web_file}:3:11: basic_auth_users.costly: bcrypt cost {cost} is over {MAX_BCRYPT_COST}"), problem
+    assert "each step doubles it" in problem and "htpasswd -nBC 10 costly" in problem
+    assert ("34 hours" if cost == 31 else "2 s") in problem, problem
+
+
+def test_the_highest_accepted_bcrypt_cost_loads(tmp_path: Path) -> None:
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"basic_auth_users:\n  slow: $2y${MAX_BCRYPT_COST}${'.' * 53}\n")
+    assert "slow" in load_web_config(str(web_file)).users
+
+
+async def test_password_checks_keep_their_slot_until_their_thread_ends_and_never_block_reload_or_stop(tmp_path: Path, serve: Serve) -> None:
+    slow_hash = await asyncio.to_thread(_hash, "right", MAX_BCRYPT_COST)  # a legitimate, slow user: about 1 s a check
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"basic_auth_users:\n  alice: {_hash('alice', 4)}\n  bob: {_hash('bob', 4)}\n  slow: {slow_hash}\n")
+    proc, base = serve(web_file)
+    async with aiohttp.ClientSession() as session:
+
+        async def status(path: str, user: str, password: str, method: str = "GET") -> int:
+            async with session.request(method, f"{base}{path}", headers=_basic(user, password)) as response:
+                await response.read()
+                return response.status
+
+        async def alice_answers() -> bool:
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                return await status("/-/healthy", "alice", "alice") == 200
+            return False
+
+        await _until("alice logged in", alice_answers)  # remembered from now on: no more checks for her
+
+        held = await _fill_slots(lambda: status("/-/healthy", "slow", "wrong"))
+        for task in held:  # the clients go away; their checks go on in their threads
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+        assert await status("/metrics", "bob", "bob") == 503  # the slots are still taken
+        assert await status("/-/reload", "alice", "alice", "POST") == 200  # the remembered user and the reload are not held up
+
+        async def bob_in() -> bool:
+            return await status("/metrics", "bob", "bob") == 200
+
+        await _until("a slot free again once the slow checks ended", bob_in)
+        flood = [asyncio.create_task(status("/-/healthy", "slow", "wrong")) for _ in range(2 * CHECK_SLOTS)]
+        done, _ = await asyncio.wait(flood, timeout=BOUND, return_when=asyncio.FIRST_COMPLETED)
+        assert done and all(task.result() == 503 for task in done)  # every slot busy with a slow check
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, BOUND) == 0
+        await asyncio.gather(*flood, return_exceptions=True)
+
+
+async def _fill_slots(slow_request: Callable[[], Awaitable[int]]) -> list[asyncio.Task[int]]:
+    """With every slot free: twice as many slow checks as there are slots, each on a connection of
+    its own; the requests in progress once as many have been refused (503 at once) as there are
+    slots, which hold them."""
+    flood = [asyncio.create_task(slow_request()) for _ in range(2 * CHECK_SLOTS)]
+    refused = 0
+    deadline = time.monotonic() + BOUND
+    while refused < CHECK_SLOTS:
+        done, _ = await asyncio.wait(flood, timeout=max(deadline - time.monotonic(), 0), return_when=asyncio.FIRST_COMPLETED)
+        assert done, f"not {CHECK_SLOTS} requests refused with 503 within {BOUND:.0f} s while {CHECK_SLOTS} slow checks ran"
+        for task in done:
+            flood.remove(task)
+            assert task.result() == 503  # a slow check takes about 1 s: these were refused at once
+            refused += 1
+    assert len(flood) == CHECK_SLOTS
+    return flood
+
+
+# -- a failed reload is a failure --------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> dict[str, Any]:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    other = ca.issue_cert("127.0.0.1")
+    paths = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "server.pem", "key": tmp_path / "server.key"}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    server.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    server.private_key_pem.write_to_path(str(paths["key"]))
+    return {"paths": paths, "key": server.private_key_pem.bytes(), "other_key": other.private_key_pem.bytes()}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_failed_web_config_reload_is_reported_as_a_failure(tmp_path: Path, serve: Serve, tls_files: dict[str, Any], workers: str) -> None:
+    p = tls_files["paths"]
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"tls_server_config:\n  cert_file: {p['cert']}\n  key_file: {p['key']}\n")
+    proc, base = serve(web_file, "--web.workers", workers, scheme="https")
+    trusting = ssl.create_default_context(cafile=str(p["ca"]))
+
+    async def get(path: str, method: str = "GET") -> tuple[int, str]:
+        # a connection of its own each time: with workers, either may answer
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, ssl=trusting)) as session, \
+                session.request(method, f"{base}{path}") as response:
+            return response.status, await response.text()
+
+    async def healthy() -> bool:
+        assert proc.poll() is None
+        with contextlib.suppress(aiohttp.ClientConnectionError):
+            return (await get("/-/healthy"))[0] == 200
+        return False
+
+    async def reload_state(expected: float) -> bool:
+        return value(parse((await get("/metrics"))[1]), "jsonexporter_config_last_reload_successful") == expected
+
+    await _until("serving https", healthy)
+    p["key"].write_bytes(tls_files["other_key"])  # a key that does not match the certificate
+    status, text = await get("/-/reload", "POST")
+    assert status == 500, text
+    assert "reload failed, nothing changed" in text and f"{web_file}:2:14: tls_server_config.cert_file: cannot load the certificate files" in text, text
+    assert "spec reloaded" not in text and "reloaded" not in text.replace("reload failed", "")
+    assert await reload_state(0)
+    assert (await get("/-/healthy"))[0] == 200  # still serving with the previous certificate
+
+    p["key"].write_bytes(tls_files["key"])
+    status, text = await get("/-/reload", "POST")
+    assert status == 200 and text.startswith("reloaded"), text
+    await _until("every worker reloaded", lambda: reload_state(1))
