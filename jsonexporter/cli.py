@@ -149,6 +149,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             opts = dataclasses.replace(options, worker=worker, workers=args.web_workers, after_reload=supervisor_notifier())
             metrics = SelfMetrics(directory)
         app = make_app(loaded.spec, opts, metrics, spec_file=args.config_file, web_config=loaded.web)
+        logs.redact_with(app[STATE].redactor)
         reload_on_sighup(app)
         stop_once_on_signals(app, args.shutdown_timeout)
         try:
@@ -209,9 +210,11 @@ def _inputs(specs: list[str], endpoints: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    from jsonexporter.client import Clients
     from jsonexporter.exposition import render_openmetrics, render_text
     from jsonexporter.fetch import InvalidRequest, Upstream, new_session
     from jsonexporter.probe import ProbeResult, run_offline, run_probe
+    from jsonexporter.secrets import Redactor
 
     logs.setup(args.log_level, args.log_format)
     spec = _load_for_run(args.config_file)
@@ -221,6 +224,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if module is None:
         print(f"unknown module {args.module!r}; known modules: {', '.join(sorted(spec.modules))}", file=sys.stderr)
         return EXIT_USAGE
+    redact = Redactor(spec.secrets)  # what this command prints, but the metrics, passes it
+    logs.redact_with(redact)
     query = dict(p.partition("=")[::2] for p in args.param)
     try:
         if args.input:
@@ -232,19 +237,19 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
             async def online() -> ProbeResult:
                 async with new_session() as session:
-                    return await run_probe(Upstream(session), module, args.target, query, module.timeout, args.debug)
+                    return await run_probe(Upstream(session, Clients(redact)), module, args.target, query, module.timeout, args.debug)
 
             result = asyncio.run(online())
     except (ValueError, InvalidRequest) as exc:
-        print(exc, file=sys.stderr)
+        print(redact(str(exc)), file=sys.stderr)
         return EXIT_USAGE
     if result.trace is not None:  # on stderr: stdout stays an exposition that promtool and parsers read
-        sys.stderr.write(result.trace.text())
+        sys.stderr.write(redact(result.trace.text()))
         for message in result.extraction.messages:
-            print(f"error: {message}", file=sys.stderr)
+            print(redact(f"error: {message}"), file=sys.stderr)
     for r in result.endpoints:
         if not r.ok:
-            print(f"endpoint {r.endpoint}: {r.outcome}: {r.error}", file=sys.stderr)
+            print(redact(f"endpoint {r.endpoint}: {r.outcome}: {r.error}"), file=sys.stderr)
     render = render_openmetrics if args.format == "openmetrics" else render_text
     sys.stdout.write(render(result.families))
     return EXIT_OK if result.success else EXIT_INVALID

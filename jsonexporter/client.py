@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
+from jsonexporter.secrets import Redactor
 from jsonexporter.spec.model import HTTPClientConfig, OAuth2, Secret, TLSClientConfig
 
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
@@ -120,7 +121,7 @@ class TokenSource:
 
     async def _fetch(self, session: aiohttp.ClientSession) -> tuple[str, float]:
         c = self.config
-        secret = _reveal(c.client_secret, "client_secret_file")
+        secret = self.clients.reveal(c.client_secret, "client_secret_file")
         form = {"grant_type": "client_credentials", **dict(c.endpoint_params)}
         if c.scopes:
             form["scope"] = " ".join(c.scopes)
@@ -147,6 +148,7 @@ class TokenSource:
             raise ClientConfigError("oauth2: the token endpoint's answer has no access_token") from None
         if not isinstance(token, str) or not token:
             raise ClientConfigError("oauth2: the token endpoint's answer has no access_token")
+        self.clients.redactor.learn(token)
         return token, max(lifetime, 0.0)
 
 
@@ -156,11 +158,18 @@ def _form_quote(value: str) -> str:
 
 
 class Clients:
-    """Run-time state of every client configuration of one loaded spec."""
+    """Run-time state of every client configuration of one loaded spec. Every secret read at run time
+    (files, tokens) is taught to `redactor`, the one that redacts what the process shows."""
 
-    def __init__(self) -> None:
+    def __init__(self, redactor: Redactor | None = None) -> None:
         self._contexts: dict[TLSClientConfig, ssl.SSLContext] = {}
         self._tokens: dict[OAuth2, TokenSource] = {}
+        self.redactor = redactor if redactor is not None else Redactor()
+
+    def reveal(self, secret: Secret, what: str) -> str:
+        value = _reveal(secret, what)
+        self.redactor.learn(value)
+        return value
 
     def context(self, config: TLSClientConfig) -> ssl.SSLContext:
         found = self._contexts.get(config)
@@ -180,11 +189,13 @@ class Clients:
         if config.basic_auth is not None:
             user_secret, password_secret = config.basic_auth
             user = _reveal(user_secret, "username_file")
-            password = _reveal(password_secret, "password_file")
-            authorization, source = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode(), "basic_auth"
+            password = self.reveal(password_secret, "password_file")
+            credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self.redactor.learn(credentials)
+            authorization, source = "Basic " + credentials, "basic_auth"
         elif config.authorization is not None:
             kind, creds = config.authorization
-            value = _reveal(creds, "credentials_file")
+            value = self.reveal(creds, "credentials_file")
             authorization = f"{kind} {value}"
             source = f"credentials_file {creds.file!r}" if creds.file else "authorization.credentials"
         elif config.oauth2 is not None:

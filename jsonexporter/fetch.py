@@ -21,7 +21,7 @@ from yarl import URL
 from jsonexporter.cache import Answer, Lookup, ResponseCache
 from jsonexporter.client import ClientConfigError, Clients, RequestOptions
 from jsonexporter.hops import BASE_HEADERS, MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin, url_allowed
-from jsonexporter.secrets import REDACTED, is_secret_name
+from jsonexporter.secrets import REDACTED, is_secret_name, redact_patterns
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.expressions import Template
 from jsonexporter.spec.model import HEADER_VALUE_CONTROL, Endpoint, JsonBody, Module
@@ -72,20 +72,13 @@ class EndpointResult:
 
 
 def redact_url(url: URL) -> str:
-    """The URL without userinfo and with secret-looking query values hidden."""
-    if url.user or url.password:
-        url = url.with_user(None)
-    if url.query and any(is_secret_name(k) for k in url.query):
-        url = url.with_query([(k, REDACTED if is_secret_name(k) else v) for k, v in url.query.items()])
-    return str(url)
+    """The URL as it may be shown (secrets.redact_patterns): no userinfo, no secret query values."""
+    return redact_patterns(str(url))
 
 
 def redact_target(target: str) -> str:
-    """A target as it may be shown: a URL without userinfo or secret query values."""
-    try:
-        return redact_url(URL(target))
-    except (ValueError, TypeError):
-        return repr(target[:100])
+    """A target as it may be shown, with or without a scheme (`user:pw@host:8080` too)."""
+    return redact_patterns(target)
 
 
 def _render_json(value: object, values: Mapping[str, str]) -> object:

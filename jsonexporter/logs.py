@@ -8,12 +8,21 @@ import sys
 import time
 from typing import Any
 
+from jsonexporter.secrets import Redactor
+
 _STATIC: dict[str, Any] = {}
+# Logging is process-wide, so is the redactor of its lines: the running spec's (redact_with).
+_REDACT: list[Redactor] = [Redactor()]
 
 
 def static_fields(**fields: Any) -> None:
     """Fields of every line this process logs from now on (a worker's number)."""
     _STATIC.update(fields)
+
+
+def redact_with(redactor: Redactor) -> None:
+    """Redact every line from now on with `redactor` (it learns the secrets read at run time)."""
+    _REDACT[0] = redactor
 
 
 def kv(**fields: Any) -> dict[str, Any]:
@@ -23,10 +32,12 @@ def kv(**fields: Any) -> dict[str, Any]:
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-    out: dict[str, Any] = {"time": ts, "level": record.levelname.lower(), "msg": record.getMessage(), **_STATIC}
-    out.update(getattr(record, "fields", None) or {})
+    redact = _REDACT[0]
+    out: dict[str, Any] = {"time": ts, "level": record.levelname.lower(), "msg": redact(record.getMessage()), **_STATIC}
+    for key, value in (getattr(record, "fields", None) or {}).items():
+        out[key] = value if value is None or isinstance(value, (bool, int, float)) else redact(str(value))
     if record.exc_info and record.exc_info[1] is not None:
-        out["err"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        out["err"] = redact(f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}")
     return out
 
 

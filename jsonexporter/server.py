@@ -17,15 +17,17 @@ from typing import TypeVar
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import exposition as prom_exposition
 
 from jsonexporter import __version__
 from jsonexporter.client import Clients
 from jsonexporter.exposition import encode_async, render_text
-from jsonexporter.fetch import InvalidRequest, Upstream, new_session, redact_target
+from jsonexporter.fetch import InvalidRequest, Upstream, new_session
 from jsonexporter.listen import ClientConnections
 from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, TargetNotAllowed, fail, run_probe
+from jsonexporter.secrets import REDACTED, Redactor
 from jsonexporter.selfmetrics import SelfMetrics
 from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec import SpecError, load_spec, read_spec_text
@@ -58,7 +60,7 @@ class ProbeRecord:
     id: int
     time: float
     module: str
-    target: str  # redacted
+    target: str  # redacted when recorded: the "debug again" links percent-encode it, beyond the page's redaction
     success: bool
     duration: float
     errors: tuple[str, ...]
@@ -92,15 +94,31 @@ class State:
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     recent: deque[ProbeRecord] = field(default_factory=deque)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    redactor: Redactor = field(default_factory=Redactor)  # knows every spec served since start, and what was read at run time
 
 
 STATE = web.AppKey("state", State)
 _T = TypeVar("_T")
 
 
+class _ForPeople(web.Response):
+    """A page or a plain-text message: redacted by `redact_for_people` on its way out."""
+
+
+@web.middleware
+async def redact_for_people(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The edge of every text meant for people (pages, traces, errors): one redaction, whatever the
+    handler put in. Metrics answers are data and pass untouched."""
+    response = await handler(request)
+    if isinstance(response, _ForPeople) and isinstance(response.body, bytes):
+        mark = html.escape(REDACTED) if response.content_type == "text/html" else REDACTED
+        response.body = request.app[STATE].redactor(response.body.decode("utf-8"), mark).encode("utf-8")
+    return response
+
+
 def _plain(status: int, text: str) -> web.Response:
     # "replace": a lone surrogate that the json module let through from an answer becomes "?"
-    return web.Response(status=status, body=(text + "\n").encode("utf-8", "replace"), content_type="text/plain", charset="utf-8")
+    return _ForPeople(status=status, body=(text + "\n").encode("utf-8", "replace"), content_type="text/plain", charset="utf-8")
 
 
 def _shown(value: str, limit: int = 100) -> str:
@@ -170,12 +188,13 @@ def _record(state: State, module: str, target: str, result: ProbeResult) -> None
     duration = result.duration
     m.probe_duration.labels(module).observe(duration)
     errors = [f"endpoint {r.endpoint}: {r.outcome}: {r.error}" for r in result.endpoints if not r.ok] + result.extraction.messages
+    shown = state.redactor(target)
     if result.failure is not None:
         errors.insert(0, result.failure)
         m.limits_exceeded.labels(module, result.failed_due_to or "").inc()
-        log.warning("probe failed", extra=kv(module=module, target=redact_target(target), limit=result.failed_due_to, err=result.failure))
+        log.warning("probe failed", extra=kv(module=module, target=shown, limit=result.failed_due_to, err=result.failure))
     extraction = result.extraction
-    state.recent.append(ProbeRecord(next(state.ids), time.time(), module, redact_target(target), result.success, duration, tuple(errors[:20]),
+    state.recent.append(ProbeRecord(next(state.ids), time.time(), module, shown, result.success, duration, tuple(errors[:20]),
                                     len(result.endpoints), sum(not r.ok for r in result.endpoints),
                                     sum(extraction.errors.values()), sum(extraction.duplicates.values())))
     while len(state.recent) > state.options.recent_probes:
@@ -186,9 +205,9 @@ def _record(state: State, module: str, target: str, result: ProbeResult) -> None
         if r.cache in (None, "miss", "stale"):  # a hit or a coalesced request sent nothing upstream
             m.upstream_requests.labels(module, r.endpoint, r.outcome).inc()
         if not r.ok:
-            log.warning("endpoint failed", extra=kv(module=module, endpoint=r.endpoint, target=redact_target(target), outcome=r.outcome, err=r.error))
+            log.warning("endpoint failed", extra=kv(module=module, endpoint=r.endpoint, target=shown, outcome=r.outcome, err=r.error))
     for message in result.extraction.messages:
-        log.debug("extraction error", extra=kv(module=module, target=redact_target(target), err=message))
+        log.debug("extraction error", extra=kv(module=module, target=shown, err=message))
 
 
 def _debug_text(result: ProbeResult) -> str:
@@ -240,8 +259,9 @@ async def reload_spec(state: State) -> tuple[bool, str]:
                 reason = f"{web_config.file}: cannot load the certificate files: {getattr(exc, 'strerror', None) or exc}"
             else:
                 changed = spec.sha256 != state.spec.sha256
+                state.redactor.know(spec.secrets)
                 if state.upstream is not None:
-                    state.upstream.clients = Clients()  # CA files, certificates and tokens read afresh
+                    state.upstream.clients = Clients(state.redactor)  # CA files, certificates and tokens read afresh
                 state.spec, state.web = spec, web_config
                 state.metrics.spec_loaded(spec.sha256, len(spec.modules))
                 log.info("spec reloaded", extra=kv(config=state.spec_file, changed=changed, modules=len(spec.modules)))
@@ -281,7 +301,7 @@ def _page(title: str, body: str) -> web.Response:
 {body}
 </body></html>
 """
-    return web.Response(text=page, content_type="text/html")
+    return _ForPeople(text=page, content_type="text/html")
 
 
 def _worker_note(options: Options) -> str:
@@ -376,18 +396,18 @@ def make_app(
     TLS is the caller's (the site's) business: `app[STATE].tls` holds the context to serve with,
     and so is the bound on client connections: `app[STATE].connections.new_event_loop()` keeps to it."""
     options = options or Options()
-    state = State(spec, options, metrics or SelfMetrics(), spec_file=spec_file, web=web_config or WebConfig())
+    state = State(spec, options, metrics or SelfMetrics(), spec_file=spec_file, web=web_config or WebConfig(), redactor=Redactor(spec.secrets))
     state.metrics.spec_loaded(spec.sha256, len(spec.modules))
     if state.web.tls is not None:
         state.tls = ssl_context(state.web.tls)
     state.connections = ClientConnections(options.max_client_connections)
     auth = BasicAuth(lambda: state.web)
-    app = web.Application(middlewares=[state.connections.middleware(), auth.middleware()])
+    app = web.Application(middlewares=[state.connections.middleware(), auth.middleware(), redact_for_people])
     app[STATE] = state
     app.on_response_prepare.append(headers_hook(lambda: state.web))
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        state.upstream = Upstream(new_session(options.connection_limit, options.connection_limit_per_host))
+        state.upstream = Upstream(new_session(options.connection_limit, options.connection_limit_per_host), Clients(state.redactor))
         yield
         await state.upstream.session.close()
 

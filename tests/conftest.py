@@ -182,3 +182,24 @@ async def forward_proxy() -> Any:
     server.close()
     for task in list(tasks):
         task.cancel()
+
+
+@pytest.fixture
+async def malformed_upstream() -> Any:
+    """The URL of a real server on 127.0.0.1 that answers every request with an invalid HTTP head
+    (a Content-Length that is not a number): the client's parser error quotes the request's URL."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n{}")
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    server.close()
+    await server.wait_closed()

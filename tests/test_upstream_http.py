@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
+import re
 import ssl
 import textwrap
 from pathlib import Path
@@ -18,6 +18,8 @@ from aiohttp import web
 from conftest import ForwardProxy, UpstreamFactory, make_spec, wait_for
 from metrics_util import parse, value
 
+from jsonexporter import logs
+from jsonexporter.secrets import Redactor
 from jsonexporter.server import STATE, make_app
 
 LOCAL = r"targets: {allow: ['https?://(127\.0\.0\.1|localhost):\d+(/.*)?']}"
@@ -421,15 +423,24 @@ async def test_stale_if_error_serves_the_last_good_answer_and_says_so(aiohttp_cl
 
 
 async def test_secrets_never_reach_logs_traces_errors_or_pages(
-    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    aiohttp_client: Any, upstream: UpstreamFactory, malformed_upstream: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    secrets = ["pw-AAAA", "tok-BBBB", "cs-CCCC", "file-DDDD", "hdr-EEEE"]
+    # every kind of secret a spec, a file, a token endpoint or a target can hold ...
+    secrets = ["pw-AAAA", "tok-BBBB", "cs-CCCC", "file-DDDD", "hdr-EEEE", "qk-GGGG", "hdr-{HHHH}", "qu-IIII", "url-JJJJ", "ses-KKKK",
+               "body-LLLL", "hp-MMMM", "dflt-NNNN", "file-OOOO", "hdr-PPPP"]
     (tmp_path / "pw").write_text("file-DDDD")
+    (tmp_path / "token").write_text("file-OOOO\n")
 
     async def token(request: web.Request) -> web.Response:
         return web.json_response({"access_token": "tok-BBBB", "expires_in": 3600})
 
-    up = await upstream({"/token": token, "/": needs_auth("nobody")})  # every API call is refused: errors get logged
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.path_qs)
+
+    async def echo(request: web.Request) -> web.Response:  # an API that quotes the credentials it was sent
+        return web.json_response({"auth": request.headers.get("Authorization"), "key": request.headers.get("X-Key"), "v": 1})
+
+    up = await upstream({"/token": token, "/": needs_auth("nobody"), "/loop": loop, "/echo": echo})  # every API call fails: errors get logged
     spec = f"""
         modules:
           basic:
@@ -445,29 +456,62 @@ async def test_secrets_never_reach_logs_traces_errors_or_pages(
             {LOCAL}
             http_client_config: {{basic_auth: {{username: u, password_file: {tmp_path}/pw}}}}
             metrics: [{{name: x, help: x, value: v}}]
+          looping:
+            {LOCAL}
+            endpoints: {{main: {{url: '{{target}}/loop', params: {{api_key: qk-GGGG}}, headers: {{X-Api-Key: 'hdr-{{{{HHHH}}}}'}}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          malformed:
+            {LOCAL}
+            parameters: {{api_key: {{default: dflt-NNNN}}}}
+            endpoints: {{main: {{url: '{{target}}/x?api_key=qu-IIII&token={{api_key}}'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          written:
+            endpoints: {{main: {{url: '{up.url.replace("http://", "http://uu:url-JJJJ@")}/?session=ses-KKKK'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          posting:
+            {LOCAL}
+            endpoints: {{main: {{url: '{{target}}', method: POST, body: {{user: u, password: body-LLLL}}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          hostport:
+            endpoints: {{main: {{url: 'http://{{target}}/'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          echoing:
+            {LOCAL}
+            http_client_config: {{bearer_token_file: {tmp_path}/token}}
+            endpoints: {{main: {{url: '{{target}}/echo', headers: {{X-Key: hdr-PPPP}}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
           open:
             metrics: [{{name: x, help: x, value: v}}]
         """
     client = await exporter_for(aiohttp_client, spec)
     caplog.set_level(logging.DEBUG)
     seen = []
-    for module in ("basic", "oauth", "filed"):
-        for debug in ("true", "false"):
-            seen.append((await probe(client, f"{up.url}/", module=module, debug=debug))[1])
+    probes = [(m, f"{up.url}/") for m in ("basic", "oauth", "filed", "posting", "written")]
+    probes += [("looping", up.url), ("echoing", up.url), ("malformed", malformed_upstream), ("hostport", up.url.replace("http://", "someone:hp-MMMM@"))]
     userinfo_target = up.url.replace("http://", "http://someone:pw-AAAA@") + "/?token=tok-BBBB"
-    for module in ("basic", "open"):  # refused by the allowlist; fetched (and refused upstream), traced and logged
-        seen.append((await probe(client, userinfo_target, module=module, debug="true"))[1])
-    assert up.hits["/"] == 7  # basic, oauth and filed twice each, open once: every probe reached the upstream
+    probes += [("basic", userinfo_target), ("open", userinfo_target)]  # refused by the allowlist; fetched (and refused upstream)
+    for module, target in probes:
+        for debug in ("true", "false"):
+            seen.append((await probe(client, target, module=module, debug=debug))[1])
+    assert up.hits["/"] == 14 and up.hits["/loop"] == 22  # every probe reached its upstream (a loop: 11 requests each)
+    # ... and every edge where text leaves the process: traces, pages, logs, error bodies, reprs
     seen.append(await (await client.get("/")).text())
     seen.append(await (await client.get("/metrics")).text())
-    seen.append(await (await client.get("/probes/1")).text())
-    # the test server's access log is the harness's: `serve` runs without one
-    ours = [r for r in caplog.records if r.name != "aiohttp.access"]
-    seen.append("\n".join(logging.Formatter("%(name)s %(message)s").format(r) for r in ours))
-    seen.append(json.dumps([r.__dict__ for r in ours], default=str))
+    for n in range(1, len(client.app[STATE].recent) + 1):
+        seen.append(await (await client.get(f"/probes/{n}")).text())
+    ours = [r for r in caplog.records if r.name != "aiohttp.access"]  # the test server's access log is the harness's: `serve` runs without one
+    logs.redact_with(client.app[STATE].redactor)  # what `serve` does
+    try:
+        seen += [formatter.format(r) for r in ours for formatter in (logs.LogfmtFormatter(), logs.JsonFormatter())]
+    finally:
+        logs.redact_with(Redactor())
     seen.append(repr(client.app[STATE].spec))
     everything = "\n".join(seen)
     assert "endpoint main: GET" in everything and "<redacted>" in everything  # the traces were there
+    assert '"auth": "Bearer <redacted>", "key": "<redacted>", "v": 1' in everything  # with the answer that quoted the credentials
+    assert "redirect 10: 302" in everything and "ClientResponseError" in everything  # so were the redirects and the client's errors quoting URLs
+    shown = re.sub(r'href="[^"]*"', "", everything)  # a link's query is percent-encoded as it must be
+    assert "%3Credacted%3E" not in shown and "api_key=<redacted>" in shown and "<redacted>@127.0.0.1" in shown
     for secret in secrets:
         assert secret not in everything, secret
 

@@ -15,6 +15,7 @@ import jmespath.exceptions
 import jmespath.lexer
 from jmespath.parser import ParsedResult
 
+from jsonexporter.secrets import redact_patterns
 from jsonexporter.spec.functions import LIBRARY, OPTIONS, CallError, check_call
 
 Search = Callable[[Any], Any]
@@ -227,6 +228,9 @@ class Template:
 
     source: str
     parts: tuple[tuple[str, str | None], ...]  # (literal text, placeholder name or None)
+
+    def __repr__(self) -> str:
+        return f"Template({redact_patterns(self.source)!r})"
 
     @property
     def placeholders(self) -> frozenset[str]:

@@ -3,6 +3,7 @@ YAML with marks -> JSON Schema (every error) -> semantic checks -> the frozen mo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -15,7 +16,7 @@ from typing import Any, Literal, cast
 
 from jsonexporter.labeltext import label_text
 from jsonexporter.names import PROBE_METRICS, exposition_names, family_name, text_name
-from jsonexporter.secrets import is_secret_name
+from jsonexporter.secrets import Redactor, is_secret_name, spec_secrets
 from jsonexporter.spec.expressions import (
     CONTEXT_NAMES,
     Expression,
@@ -783,11 +784,19 @@ def load_text(text: str, file: str) -> tuple[Spec | None, list[Problem]]:
                 module = _module(c, name, raw)
                 if module is not None:
                     modules[name] = module
-    ordered = sorted(set(c.problems), key=lambda p: (p.line, p.column, p.severity, p.message))
+    secrets = spec_secrets(data)
+    ordered = _redacted(sorted(set(c.problems), key=lambda p: (p.line, p.column, p.severity, p.message)), secrets)
     if any(p.severity == "error" for p in ordered):
         return None, ordered
     sha = hashlib.sha256(text.encode()).hexdigest()
-    return Spec(file, MappingProxyType(modules), sha), ordered
+    return Spec(file, MappingProxyType(modules), sha, secrets), ordered
+
+
+def _redacted(problems: list[Problem], secrets: frozenset[str]) -> list[Problem]:
+    """Problems as they may be shown: a message quoting a value (a template with a stray brace in a
+    secret header) never shows a secret of the spec, wherever the problem is printed or served."""
+    redact = Redactor(secrets)
+    return [dataclasses.replace(p, message=redact(p.message)) for p in problems]
 
 
 def read_spec_text(file: str) -> str:

@@ -28,7 +28,7 @@ HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 @dataclass(frozen=True, slots=True)
 class Parameter:
     name: str
-    default: str | None
+    default: str | None = field(repr=False)  # an api_key parameter's default is a credential
     pattern: re.Pattern[str] | None
 
 
@@ -145,6 +145,7 @@ class Spec:
     file: str
     modules: Mapping[str, Module]
     sha256: str
+    secrets: frozenset[str] = field(default=frozenset(), repr=False)  # the values written in it, for secrets.Redactor
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +184,10 @@ class OAuth2:
     client_secret: Secret
     token_url: str
     scopes: tuple[str, ...] = ()
-    endpoint_params: tuple[tuple[str, str], ...] = ()
+    # reprs leave out what may hold credentials (a client assertion, a proxy's userinfo), like Secret
+    endpoint_params: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     tls: TLSClientConfig | None = None
-    proxy_url: str | None = None
+    proxy_url: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +198,7 @@ class HTTPClientConfig:
     authorization: tuple[str, Secret] | None = None  # type, credentials
     oauth2: OAuth2 | None = None
     tls: TLSClientConfig | None = None
-    proxy_url: str | None = None
+    proxy_url: str | None = field(default=None, repr=False)  # may hold userinfo
     no_proxy: tuple[str, ...] = ()
     proxy_from_environment: bool = False
     proxy_connect_header: tuple[tuple[str, tuple[Secret, ...]], ...] = ()

@@ -1,0 +1,209 @@
+"""Redaction at every edge, against the exporter as a real process: what its pages, traces, error
+bodies, log lines and commands show of the secrets a spec, a target or a client error holds."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import signal
+import subprocess
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import UpstreamFactory
+from prometheus_util import free_port, jsonexporter, wait_healthy
+
+
+@dataclass
+class Served:
+    """`jsonexporter serve` on 127.0.0.1, logging logfmt into a file."""
+
+    proc: subprocess.Popen[str]
+    base: str
+    spec: Path
+    log: Path
+
+    async def get(self, path: str, **params: str) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session, session.get(self.base + path, params=params) as response:
+            return response.status, await response.text()
+
+    async def post(self, path: str) -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session, session.post(self.base + path) as response:
+            return response.status, await response.text()
+
+    def stop(self) -> str:
+        """Stop the process; its log."""
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(15) == 0
+        return self.log.read_text()
+
+
+@pytest.fixture
+async def serve(tmp_path: Path) -> AsyncIterator[Callable[[str], Awaitable[Served]]]:
+    started: list[Served] = []
+
+    async def start(spec_text: str) -> Served:
+        spec, log = tmp_path / "spec.yml", tmp_path / "exporter.log"
+        spec.write_text(textwrap.dedent(spec_text))
+        port = free_port()
+        with log.open("w") as err:
+            proc = subprocess.Popen(jsonexporter("--config.file", str(spec), "--web.listen-address", f"127.0.0.1:{port}", "--log.level", "debug"),
+                                    stdout=subprocess.DEVNULL, stderr=err, text=True)
+        served = Served(proc, f"http://127.0.0.1:{port}", spec, log)
+        started.append(served)
+        await wait_healthy(served.base, proc)
+        return served
+
+    yield start
+    for served in started:
+        if served.proc.poll() is None:
+            served.proc.kill()
+        served.proc.wait(10)
+
+
+async def test_the_landing_page_shows_endpoint_urls_without_userinfo_or_secret_query_values(serve: Callable[[str], Awaitable[Served]]) -> None:
+    exporter = await serve("""
+        modules:
+          default:
+            endpoints:
+              api: {url: 'http://apiuser:pa55-LANDING@127.0.0.1:9/v1?api_key=k3y-LANDING&page=1'}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    _, page = await exporter.get("/")
+    exporter.stop()
+    assert "pa55-LANDING" not in page and "k3y-LANDING" not in page and "apiuser" not in page
+    assert "GET http://&lt;redacted&gt;@127.0.0.1:9/v1?api_key=&lt;redacted&gt;&amp;page=1" in page  # shown as <redacted>, in HTML
+
+
+async def test_client_errors_quoting_the_url_show_it_redacted_in_trace_records_and_log(
+    serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory, malformed_upstream: str,
+) -> None:
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.path_qs)
+
+    up = await upstream({"/loop": loop})
+    exporter = await serve(r"""
+        modules:
+          default:
+            targets: {allow: ['http://127\.0\.0\.1:\d+']}
+            endpoints:
+              api: {url: '{target}/loop', params: {api_key: SECRET-QUERY-1}}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    traces = [(await exporter.get("/probe", target=target, debug="true"))[1] for target in (up.url, malformed_upstream)]
+    records = [(await exporter.get(f"/probes/{n}"))[1] for n in (1, 2)]
+    log = exporter.stop()
+    assert "redirect 10: 302 -> GET" in traces[0] and "ClientResponseError" in traces[1]  # the texts that quote the URL
+    for shown in (*traces, *map(html.unescape, records), log):
+        assert "SECRET-QUERY-1" not in shown and "%3Credacted%3E" not in shown
+    for shown in (*traces, html.unescape(records[1]), log):
+        assert "api_key=<redacted>" in shown
+    assert log.count("endpoint failed") == 2
+
+
+async def test_secret_values_with_braces_never_show_in_check_reload_or_log(serve: Callable[[str], Awaitable[Served]], tmp_path: Path) -> None:
+    good = """
+        modules:
+          default:
+            metrics: [{name: x, help: x, value: v}]
+        """
+    # each a secret that is not a valid template: the problem quotes the value it cannot parse
+    broken = """
+        modules:
+          default:
+            endpoints:
+              api:
+                url: 'http://127.0.0.1:9/'
+                headers: {X-Api-Key: 'hdr{SECRET-1'}
+                params: {token: 'SECRET-2}x'}
+                body: {user: u, password: 'p{w}SECRET-3'}
+            metrics: [{name: x, help: x, value: v}]
+          raw:
+            endpoints:
+              api: {url: 'http://127.0.0.1:9/', method: POST, body: '{"user": "u", "password": "SECRET-4"}'}
+            metrics: [{name: x, help: x, value: v}]
+        """
+    secrets = ("SECRET-1", "SECRET-2", "SECRET-3", "SECRET-4")
+    exporter = await serve(good)
+    exporter.spec.write_text(textwrap.dedent(broken))
+    check = subprocess.run(jsonexporter("check", str(exporter.spec)), capture_output=True, text=True, timeout=60)
+    status, reload_body = await exporter.post("/-/reload")
+    log = exporter.stop()
+    assert check.returncode == 1 and status == 500
+    for shown in (check.stdout, reload_body, log):
+        assert "headers['X-Api-Key']: invalid template" in shown and "params.token: invalid template" in shown
+        assert "body.password: unknown placeholder" in shown and "modules.raw.endpoints.api.body: invalid placeholder" in shown
+        assert "'<redacted>'" in shown
+        for secret in secrets:
+            assert secret not in shown, (secret, shown)
+
+
+async def test_the_userinfo_of_a_host_port_target_is_redacted_everywhere(serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory) -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"error": "who are you"}, status=401)
+
+    up = await upstream({"/api": refuse})
+    exporter = await serve("""
+        modules:
+          default:
+            endpoints: {api: {url: 'http://{target}/api'}}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    target = up.url.replace("http://", "someone:pw-HOSTPORT@")  # user:pw@127.0.0.1:port
+    _, trace = await exporter.get("/probe", target=target, debug="true")
+    _, page = await exporter.get("/")
+    _, record = await exporter.get("/probes/1")
+    log = exporter.stop()
+    assert up.hits["/api"] == 1 and up.requests[0].headers["Authorization"].startswith("Basic ")  # the target's userinfo was used
+    for shown in (trace, html.unescape(page), html.unescape(record), log):
+        assert "pw-HOSTPORT" not in shown and "someone" not in shown
+        assert f"<redacted>@127.0.0.1:{up.server.port}" in shown
+    assert "invalid_status" in log
+
+
+async def test_the_probe_command_prints_no_secret(upstream: UpstreamFactory, tmp_path: Path) -> None:
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.path_qs)
+
+    up = await upstream({"/loop": loop})
+    (tmp_path / "token").write_text("FILE-TOKEN-1")
+    spec = tmp_path / "spec.yml"
+    spec.write_text(textwrap.dedent(fr"""
+        modules:
+          default:
+            targets: {{allow: ['http://127\.0\.0\.1:\d+']}}
+            http_client_config: {{bearer_token_file: {tmp_path}/token}}
+            endpoints: {{api: {{url: '{{target}}/loop?session=SESSION-1'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """))
+    proc = await asyncio.create_subprocess_exec(*jsonexporter("probe", "--config.file", str(spec), "--target", up.url, "--debug"),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    printed = out.decode() + err.decode()
+    assert proc.returncode == 1 and "more than 10 redirects" in printed and "session=<redacted>" in printed
+    assert "SESSION-1" not in printed and "FILE-TOKEN-1" not in printed
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("http://user:pw@host:80/x?api_key=abc&b=2", "http://<redacted>@host:80/x?api_key=<redacted>&b=2"),
+    ("http://u:p@ss@host/", "http://<redacted>@host/"),  # a password holding `@`
+    ("target=user:pw@127.0.0.1:8080", "target=<redacted>@127.0.0.1:8080"),
+    ("tok3n@127.0.0.1:8080/api", "<redacted>@127.0.0.1:8080/api"),
+    ("url='http://h/?a=1&Session_ID=abc'", "url='http://h/?a=1&Session_ID=<redacted>'"),
+    ('<a href="/probe?m=1&amp;api_key=zz&amp;t=x">', '<a href="/probe?m=1&amp;api_key=<redacted>&amp;t=x">'),
+    # what only looks alike stays: e-mail addresses, scp-style remotes, label pairs, plain words
+    ("mail ops@example.com at 12:30", "mail ops@example.com at 12:30"),
+    ("git@github.com:org/repo", "git@github.com:org/repo"),
+    ('x{token="abc",key="v"} 1', 'x{token="abc",key="v"} 1'),
+    ("password=1 in a sentence", "password=1 in a sentence"),
+])
+def test_the_pattern_rules_hide_credentials_in_urls_and_nothing_else(text: str, shown: str) -> None:
+    from jsonexporter.secrets import redact_patterns
+
+    assert redact_patterns(text) == shown
+    assert redact_patterns(shown) == shown  # applying twice changes nothing
