@@ -21,7 +21,7 @@ from yarl import URL
 from jsonexporter.cache import Answer, Lookup, ResponseCache
 from jsonexporter.client import ClientConfigError, Clients, RequestOptions
 from jsonexporter.hops import BASE_HEADERS, MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin, url_allowed
-from jsonexporter.secrets import REDACTED, is_secret_name, redact_patterns
+from jsonexporter.secrets import CUT, REDACTED, Redactor, is_secret_name, redact_patterns
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.expressions import Template
 from jsonexporter.spec.model import HEADER_VALUE_CONTROL, Endpoint, JsonBody, Module
@@ -79,6 +79,20 @@ def redact_url(url: URL) -> str:
 def redact_target(target: str) -> str:
     """A target as it may be shown, with or without a scheme (`user:pw@host:8080` too)."""
     return redact_patterns(target)
+
+
+def target_redactor(target: str) -> Redactor | None:
+    """What hides the credentials a target carries (`user:pw@host:8080`) in the texts of its probe: the
+    password and the Basic credentials _first_hop makes of it, which an upstream may quote back. Kept
+    per probe, never learned: callers could otherwise push the spec's secrets out of the Redactor."""
+    try:
+        url = URL(target if "://" in target else f"http://{target}")
+    except (ValueError, TypeError):
+        return None
+    if url.user is None and url.password is None:
+        return None
+    basic = base64.b64encode(f"{url.user or ''}:{url.password or ''}".encode()).decode()
+    return Redactor({basic, url.password if url.password is not None else url.user or ""})
 
 
 def _render_json(value: object, values: Mapping[str, str]) -> object:
@@ -198,7 +212,13 @@ def _parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise ValueError(f"body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; body starts with {body[:64]!r}") from None
+        raise ValueError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; body starts with {_quoted_start(body)}") from None
+
+
+def _quoted_start(body: bytes, limit: int = 64) -> str:
+    """The first `limit` bytes, quoted; a cut is marked (secrets.CUT), so that a secret cut in two is still hidden."""
+    shown = repr(body[:limit])
+    return shown if len(body) <= limit else f"{shown[:-1]}{CUT}{shown[-1]}"
 
 
 async def _read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from yarl import URL
 
 from jsonexporter import __version__
-from jsonexporter.secrets import is_secret_name
+from jsonexporter.secrets import MIN_BARE_LENGTH, is_secret_name
 
 USER_AGENT = f"jsonexporter/{__version__}"
 # what the exporter sends of its own; a hop to another origin carries nothing else
@@ -72,8 +72,15 @@ def carried_secrets(hop: Hop) -> list[str]:
 
 
 def _secret_values(hop: Hop) -> set[str]:
+    """The secret values `hop` carries: of secret-named query parameters and headers, and the credentials
+    of a header such as `Authorization: Bearer …` without its scheme, as a redirect would quote them."""
     values = {v for k, v in hop.url.query.items() if is_secret_name(k) and v}
-    return values | {v for k, v in hop.headers.items() if is_secret_name(k) and v}
+    for name, value in hop.headers.items():
+        if is_secret_name(name) and value:
+            values.add(value)
+            if len(credentials := value.partition(" ")[2].strip()) >= MIN_BARE_LENGTH:
+                values.add(credentials)
+    return values
 
 
 def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple[re.Pattern[str], ...]) -> Hop | Refusal:

@@ -23,6 +23,10 @@ MIN_BARE_LENGTH = 4
 # Values learned at run time (files, OAuth2 tokens) are kept this many at most, the oldest dropped
 # first: a token refreshed every hour for years must not grow the process.
 MAX_LEARNED = 1024
+# Where a text from outside was shortened (trace.shorten, a quoted answer): a known secret that runs
+# into it is half shown, so its beginning is hidden too. A longer beginning than this is not looked for.
+CUT = "…"
+MAX_CUT_LOOKBACK = 4096
 
 
 def is_secret_name(name: str) -> bool:
@@ -185,6 +189,8 @@ class Redactor:
         self._learned: dict[str, None] = {}
         self._pattern: re.Pattern[str] | None = None
         self._empty = True
+        self._heads: dict[str, list[str]] = {}  # the secrets' forms by their first MIN_BARE_LENGTH characters, for cuts
+        self._longest = 0
         self.know(known)
 
     def know(self, values: Iterable[str]) -> None:
@@ -209,13 +215,37 @@ class Redactor:
             forms = {f for v in (*self._known, *self._learned) for f in _forms(v) if f}
             self._empty = not forms
             self._pattern = re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)) or "(?!)")
+            self._heads = {}
+            for f in forms:
+                if len(f) > MIN_BARE_LENGTH:
+                    self._heads.setdefault(f[:MIN_BARE_LENGTH], []).append(f)
+            self._longest = min(max(map(len, forms), default=0), MAX_CUT_LOOKBACK)
         return None if self._empty else self._pattern
+
+    def _cut_short(self, text: str, mark: str) -> str:
+        """`text` without the beginning of a known secret that runs into a cut (CUT): a text shortened
+        before it reached the edge shows no part of one."""
+        out: list[str] = []
+        done = 0
+        at = text.find(CUT)
+        while at >= 0:
+            for start in range(max(done, at - self._longest), at - MIN_BARE_LENGTH + 1):
+                forms = self._heads.get(text[start:start + MIN_BARE_LENGTH])
+                if forms and any(form.startswith(text[start:at]) for form in forms):
+                    out += [text[done:start], mark]
+                    done = at
+                    break
+            at = text.find(CUT, at + 1)
+        out.append(text[done:])
+        return "".join(out)
 
     def __call__(self, text: str, mark: str = REDACTED) -> str:
         """`text` as it may leave the process; `mark` replaces each secret (HTML-escaped in a page)."""
         pattern = self._compiled()
         if pattern is not None:
             text = pattern.sub(lambda m: _quoted(m[0], mark), text)
+            if CUT in text:
+                text = self._cut_short(text, mark)
         return redact_patterns(text, mark)
 
 

@@ -23,7 +23,7 @@ from prometheus_client import exposition as prom_exposition
 from jsonexporter import __version__
 from jsonexporter.client import Clients
 from jsonexporter.exposition import encode_async, render_text
-from jsonexporter.fetch import InvalidRequest, Upstream, new_session
+from jsonexporter.fetch import InvalidRequest, Upstream, new_session, target_redactor
 from jsonexporter.listen import ClientConnections
 from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, TargetNotAllowed, fail, run_probe
@@ -168,9 +168,11 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
     finally:
         state.in_flight -= 1
         state.metrics.in_flight.dec()
+    caller = target_redactor(target)
     if debug:
-        _record(state, module.name, target, result)
-        return _plain(200, _debug_text(result))
+        _record(state, module.name, target, result, caller)
+        text = _debug_text(result)
+        return _plain(200, caller(text) if caller is not None else text)
     accept, accept_encoding = request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
     try:
         body, headers = await encode_async(result.families, accept, accept_encoding, result.deadline)
@@ -178,16 +180,19 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
         elapsed = asyncio.get_running_loop().time() - (result.deadline - timeout)
         result = fail(result, module, "deadline", f"the deadline of {timeout:.3f}s passed while the answer was written", elapsed)
         body, headers = await encode_async(result.families, accept, accept_encoding)  # the probe's own metrics: a few lines
-    _record(state, module.name, target, result)
+    _record(state, module.name, target, result, caller)
     return web.Response(body=body, headers=headers)
 
 
-def _record(state: State, module: str, target: str, result: ProbeResult) -> None:
+def _record(state: State, module: str, target: str, result: ProbeResult, caller: Redactor | None = None) -> None:
+    """Count, log and keep the probe; `caller` hides what its target's credentials are (fetch.target_redactor)."""
     m = state.metrics
     m.probes.labels(module, "success" if result.success else "failure").inc()
     duration = result.duration
     m.probe_duration.labels(module).observe(duration)
     errors = [f"endpoint {r.endpoint}: {r.outcome}: {r.error}" for r in result.endpoints if not r.ok] + result.extraction.messages
+    if caller is not None:
+        errors = [caller(e) for e in errors]
     shown = state.redactor(target)
     if result.failure is not None:
         errors.insert(0, result.failure)
@@ -205,9 +210,10 @@ def _record(state: State, module: str, target: str, result: ProbeResult) -> None
         if r.cache in (None, "miss", "stale"):  # a hit or a coalesced request sent nothing upstream
             m.upstream_requests.labels(module, r.endpoint, r.outcome).inc()
         if not r.ok:
-            log.warning("endpoint failed", extra=kv(module=module, endpoint=r.endpoint, target=shown, outcome=r.outcome, err=r.error))
+            err = caller(r.error or "") if caller is not None else r.error
+            log.warning("endpoint failed", extra=kv(module=module, endpoint=r.endpoint, target=shown, outcome=r.outcome, err=err))
     for message in result.extraction.messages:
-        log.debug("extraction error", extra=kv(module=module, target=shown, err=message))
+        log.debug("extraction error", extra=kv(module=module, target=shown, err=caller(message) if caller is not None else message))
 
 
 def _debug_text(result: ProbeResult) -> str:

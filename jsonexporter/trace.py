@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from jsonexporter.secrets import CUT
+
 MAX_SHOWN = 300  # characters of an intermediate result shown in a trace line
 MAX_LINES = 5_000
 
@@ -14,7 +16,7 @@ def shorten(value: Any, limit: int = MAX_SHOWN) -> str:
         text = json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError, RecursionError):
         text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}… (first {limit} of {len(text)} chars)"
+    return text if len(text) <= limit else f"{text[:limit]}{CUT} (first {limit} of {len(text)} chars)"
 
 
 class Trace:

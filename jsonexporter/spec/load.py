@@ -305,6 +305,7 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
             body_escape = _body_escape(c, (*path, "body"), body, headers)
     elif isinstance(raw.get("body"), dict):
         body = JsonBody(_json_body(c, (*path, "body"), raw["body"], names))
+        _check_mapping_body_type(c, (*path, "body"), body, headers)
     timeout = _duration(c, (*path, "timeout"), raw["timeout"]) if "timeout" in raw else None
     if url is None or c.broken(path):
         return None
@@ -351,6 +352,19 @@ def _body_escape(c: _Checker, path: Path, body: Template, headers: list[tuple[st
                     f"application/*+json, application/x-www-form-urlencoded), not {media or 'none'}; or use a mapping body: "
                     "otherwise a value could change the body's structure")
     return None
+
+
+def _check_mapping_body_type(c: _Checker, path: Path, body: JsonBody, headers: list[tuple[str, Template]]) -> None:
+    """A mapping body is sent as JSON text; under another Content-Type the upstream would read that text
+    by other rules (a form parser splits a value at its `&`), so a value could change the body's structure."""
+    content_type = next((t for k, t in headers if k.lower() == "content-type"), None)
+    if content_type is None or not any(t.placeholders for t in _json_templates(body.value)):
+        return
+    if content_type.placeholders or not _JSON_TYPE.match(content_type.source.strip()):
+        media = "a template" if content_type.placeholders else content_type.source
+        c.add(path, f"a mapping body is sent as JSON, so with placeholders its Content-Type must be JSON (application/json, "
+                    f"application/*+json), not {media}: otherwise a value could change the body's structure; for a form, "
+                    "write a string body with Content-Type application/x-www-form-urlencoded")
 
 
 def _check_json_body(c: _Checker, path: Path, body: Template, skeleton: str) -> None:

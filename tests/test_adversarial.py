@@ -1,0 +1,117 @@
+"""The pieces of the security work tried together, the way a hostile target, upstream or client
+would: secrets learned at run time meeting the texts that quote upstream answers, bodies meeting
+their Content-Type. 127.0.0.1 plays the API, 127.0.0.2 the foreign host."""
+
+from __future__ import annotations
+
+import base64
+import html
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from conftest import UpstreamFactory
+from test_redirects import exporter_for, probe, recording_server
+
+from jsonexporter.spec import load_text
+
+TOKEN = "tok-FILE-" + "0123456789abcdefghijklmnopqrstu"  # 40 characters, read from a file at run time
+
+
+def _token_module(tmp_path: Path, allow: str = r"'http://127\.0\.0\.1:\d+'") -> str:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    return rf"""
+        modules:
+          default:
+            targets: {{allow: [{allow}]}}
+            http_client_config: {{bearer_token_file: {token_file}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """
+
+
+def _no_part_of_the_token(text: str) -> None:
+    for i in range(0, len(TOKEN) - 8, 4):  # no 8 characters in a row of it, wherever a text was cut
+        assert TOKEN[i:i + 8] not in text, (TOKEN[i:i + 8], text)
+
+
+async def test_a_learned_secret_cut_where_a_trace_shortens_a_document_shows_no_part_of_it(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    # the document as the trace writes it: the cut at 300 characters falls 20 characters into the token
+    prefix = '{"pad": "", "echo": "Bearer '
+    up = await upstream({"/": {"pad": "p" * (300 - 20 - len(prefix)), "echo": f"Bearer {TOKEN}", "v": 1}})
+    client = await exporter_for(aiohttp_client, _token_module(tmp_path))
+    status, text = await probe(client, target=up.url, debug="true")
+    assert status == 200 and "(first 300 of" in text and "probe_success 1" in text
+    _no_part_of_the_token(text)
+
+
+async def test_a_learned_secret_cut_where_an_invalid_json_error_quotes_the_body_shows_no_part_of_it(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    async def echo(request: web.Request) -> web.Response:  # not JSON: the error quotes its first 64 bytes
+        return web.Response(text="E" * 44 + request.headers["Authorization"].removeprefix("Bearer "))
+
+    up = await upstream({"/": echo})
+    client = await exporter_for(aiohttp_client, _token_module(tmp_path))
+    status, text = await probe(client, target=up.url, debug="true")
+    assert status == 200 and "-> invalid_json" in text and "body starts with" in text
+    _no_part_of_the_token(text)
+    page = await (await client.get("/probes/1")).text()
+    assert "body starts with" in html.unescape(page)
+    _no_part_of_the_token(html.unescape(page))
+
+
+def test_a_mapping_body_with_placeholders_under_a_form_content_type_is_refused() -> None:
+    # sent as JSON text under a form type, {user: 'x&role=admin'} would reach a form parser as a role field
+    spec, problems = load_text(textwrap.dedent("""
+        modules:
+          default:
+            parameters: {user: {}}
+            endpoints:
+              main: {method: POST, headers: {Content-Type: application/x-www-form-urlencoded}, body: {user: '{user}', role: viewer}}
+            metrics: [{name: x, help: x, endpoint: main, value: v}]
+        """), "spec.yml")
+    assert spec is None
+    [problem] = [p for p in problems if p.severity == "error"]
+    assert "spec.yml:6:94:" in str(problem) and "a mapping body is sent as JSON" in str(problem)
+    assert "not application/x-www-form-urlencoded" in str(problem)
+
+
+async def test_a_redirect_that_echoes_the_bearer_token_to_another_origin_does_not_forward_it(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path,
+) -> None:
+    def echo_token(request: web.Request) -> web.Response:  # the API sends us on with our own token in the query
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        return web.Response(status=302, headers={"Location": f"//127.0.0.2:{foreign.port}/landing?x={token}&page=2"})
+
+    foreign, seen_foreign = await recording_server(aiohttp_server, "127.0.0.2", {"/landing": {"v": 2}})
+    home, _ = await recording_server(aiohttp_server, "127.0.0.1", {"/": echo_token})
+    client = await exporter_for(aiohttp_client, _token_module(tmp_path, r"'http://127\.0\.0\.1:\d+', '127\.0\.0\.2:\d+'"))
+    status, text = await probe(client, target=f"http://127.0.0.1:{home.port}", debug="true")
+    assert status == 200 and "probe_success 1" in text
+    [(_, path, _, _)] = seen_foreign.requests
+    assert path == "/landing?page=2"
+    assert TOKEN not in seen_foreign.text()
+
+
+async def test_the_credentials_of_a_target_quoted_back_by_its_upstream_show_nowhere(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    home, _ = await recording_server(aiohttp_server, "127.0.0.1", {
+        "/whole": lambda r: web.Response(text=f"no {r.headers['Authorization']} here"),  # not JSON: the error quotes it
+        "/cut": lambda r: web.Response(text="x" * 50 + r.headers["Authorization"]),  # quoted up to its 64th byte
+    })
+    client = await exporter_for(aiohttp_client, r"""
+        modules:
+          default:
+            targets: {allow: ['\w+:[\w-]+@127\.0\.0\.1:\d+']}
+            endpoints: {whole: {url: 'http://{target}/whole'}, cut: {url: 'http://{target}/cut'}}
+            metrics: [{name: x, help: x, endpoint: whole, value: v}]
+        """)
+    basic = base64.b64encode(b"u:pw-SECRET-9").decode()
+    _, text = await probe(client, target=f"u:pw-SECRET-9@127.0.0.1:{home.port}", debug="true")
+    page = html.unescape(await (await client.get("/probes/1")).text())
+    assert text.count("-> invalid_json") == 2 and page.count("invalid_json") == 2
+    for shown in (text, page):
+        assert "pw-SECRET" not in shown and basic[:8] not in shown, shown
