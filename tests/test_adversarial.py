@@ -115,3 +115,13 @@ async def test_the_credentials_of_a_target_quoted_back_by_its_upstream_show_nowh
     assert text.count("-> invalid_json") == 2 and page.count("invalid_json") == 2
     for shown in (text, page):
         assert "pw-SECRET" not in shown and basic[:8] not in shown, shown
+
+
+async def test_a_url_password_in_an_answer_cut_where_the_trace_shortens_it_shows_no_part_of_it(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    # nothing the exporter knows: the pattern rules hide a URL's userinfo, which a cut before its `@` hid from them
+    prefix = '{"pad": "", "repo": "https://deploy:'
+    up = await upstream({"/": {"pad": "p" * (300 - 12 - len(prefix)), "repo": "https://deploy:gh-pass-w0rd-SECRET-7@git.example/x", "v": 1}})
+    client = await exporter_for(aiohttp_client, "modules: {default: {metrics: [{name: x, help: x, value: v}]}}")
+    status, text = await probe(client, target=up.url, debug="true")
+    assert status == 200 and "(first 300 of" in text and "probe_success 1" in text
+    assert "https://<redacted>… (first 300 of" in text and "gh-pass" not in text
