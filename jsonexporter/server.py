@@ -210,7 +210,7 @@ def _record(state: State, module: str, target: str, result: ProbeResult, caller:
         if r.cache in (None, "miss", "stale"):  # a hit or a coalesced request sent nothing upstream
             m.upstream_requests.labels(module, r.endpoint, r.outcome).inc()
         if not r.ok:
-            err = caller(r.error or "") if caller is not None else r.error
+            err = caller(r.error) if caller is not None and r.error is not None else r.error
             log.warning("endpoint failed", extra=kv(module=module, endpoint=r.endpoint, target=shown, outcome=r.outcome, err=err))
     for message in result.extraction.messages:
         log.debug("extraction error", extra=kv(module=module, target=shown, err=caller(message) if caller is not None else message))
