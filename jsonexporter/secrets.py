@@ -210,7 +210,10 @@ class Redactor:
     def learn(self, value: str) -> None:
         """A secret read at run time (a file, a token); cheap when it is known already."""
         value = value.strip()
-        if not value or value in self._learned or value in self._known or value in REDACTED:
+        if not value or value in self._known or value in REDACTED:
+            return
+        if value in self._learned:  # in use again: the newest, so that newer values cannot push it out
+            self._learned[value] = self._learned.pop(value)
             return
         self._learned[value] = None
         while len(self._learned) > MAX_LEARNED:

@@ -207,3 +207,16 @@ def test_the_pattern_rules_hide_credentials_in_urls_and_nothing_else(text: str, 
 
     assert redact_patterns(text) == shown
     assert redact_patterns(shown) == shown  # applying twice changes nothing
+
+
+def test_a_learned_secret_in_use_stays_hidden_however_many_newer_ones_are_learned() -> None:
+    from jsonexporter.secrets import MAX_LEARNED, REDACTED, Redactor
+
+    redact = Redactor()
+    redact.learn("file-token-in-constant-use")
+    for i in range(MAX_LEARNED - 24):
+        redact.learn(f"rotated-oauth-token-{i:06d}")
+    redact.learn("file-token-in-constant-use")  # read again at a request: the newest now
+    for i in range(100):
+        redact.learn(f"rotated-oauth-token-more-{i:06d}")
+    assert redact("Authorization: file-token-in-constant-use") == f"Authorization: {REDACTED}"
