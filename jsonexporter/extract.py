@@ -281,14 +281,19 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
                 yield
             try:
                 pairs = [(name, label_text(_search(expr, element, ctx))) for name, expr in label_exprs]
-                ts = None
-                if metric.timestamp is not None:
-                    ts = to_timestamp(_search(metric.timestamp, element, ctx), metric.timestamp_scale)
             except Exception as exc:  # a label failing drops this element's series only
                 for output, *_ in families:
                     result.error(output.name, f"labels: {_reason(exc)}")
                 continue
             pairs.extend(static)
+            ts = None
+            if metric.timestamp is not None:
+                try:
+                    ts = to_timestamp(_search(metric.timestamp, element, ctx), metric.timestamp_scale)
+                except Exception as exc:  # the message says "timestamp …"; the labels say which series
+                    for output, *_ in families:
+                        result.error(output.name, f"{_reason(exc)} (labels {dict(pairs)})")
+                    continue
             for index, (output, family, sample_name) in enumerate(families):
                 samples: list[tuple[Labels, float]]
                 try:
