@@ -663,6 +663,18 @@ INVALID = [
                 help: h
                 value: $foo.bar
         """, ("6:16", "modules.m.metrics[0].value", "unknown context name '$foo': use one of $index, $item, $key")),
+    invalid("context_name_inside_a_function_call", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                each: states
+                labels: {state: lower($key)}
+                value: '@'
+        """, ("7:31", "modules.m.metrics[0].labels.state",
+              "invalid JMESPath: `$key` inside an expression: a `$` context name can only start one; "
+              "give it to a function with `.` and `@`: `$key.lower(@)`")),
     invalid("empty_expression", """
         modules:
           m:
