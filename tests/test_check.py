@@ -558,6 +558,14 @@ INVALID = [
                 help: h
                 value: "sum(items[*].n) | nope(@)"
         """, ("6:35", "modules.m.metrics[0].value", "unknown function nope()")),
+    invalid("unknown_function_gets_did_you_mean", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: "parse_duraton(uptime)"
+        """, ("6:17", "modules.m.metrics[0].value", "unknown function parse_duraton() (did you mean parse_duration()?)")),
     invalid("function_with_too_many_arguments", """
         modules:
           m:
