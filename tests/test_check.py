@@ -1159,9 +1159,9 @@ INVALID = [
                 buckets: b
                 sum: s
                 value: v
-                scale: 0.001
+                scale: 0
         """, ("9:9", "modules.m.metrics[0].value", "a histogram takes `buckets`, `sum` and `count`, not `value`"),
-             ("10:9", "modules.m.metrics[0].scale", "a histogram takes `buckets`, `sum` and `count`, not `scale`")),
+             ("10:16", "modules.m.metrics[0].scale", "the `scale` of a histogram must be greater than 0")),
     invalid("buckets_on_a_summary_and_quantiles_on_a_gauge", """
         modules:
           m:
