@@ -281,14 +281,19 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
                 yield
             try:
                 pairs = [(name, label_text(_search(expr, element, ctx))) for name, expr in label_exprs]
-                ts = None
-                if metric.timestamp is not None:
-                    ts = to_timestamp(_search(metric.timestamp, element, ctx), metric.timestamp_scale)
             except Exception as exc:  # a label failing drops this element's series only
                 for output, *_ in families:
                     result.error(output.name, f"labels: {_reason(exc)}")
                 continue
             pairs.extend(static)
+            ts = None
+            if metric.timestamp is not None:
+                try:
+                    ts = to_timestamp(_search(metric.timestamp, element, ctx), metric.timestamp_scale)
+                except Exception as exc:  # the message says "timestamp …"; the labels say which series
+                    for output, *_ in families:
+                        result.error(output.name, f"{_reason(exc)} (labels {dict(pairs)})")
+                    continue
             for index, (output, family, sample_name) in enumerate(families):
                 samples: list[tuple[Labels, float]]
                 try:
@@ -614,13 +619,14 @@ def _distribution_series(metric: Metric, sample_name: str, element: Any, ctx: di
     count = None if d.count is None or (raw_count is None and metric.type == "histogram") else _observed(raw_count, "count", d.count)
     raw = _search(d.points, element, ctx)
     samples: _Samples = []
+    scale = metric.scale  # of the observations (bounds, quantile values, sum), never of counts
     if metric.type == "histogram":  # the buckets first: what a missing distribution is reported as
         buckets = histogram_buckets(raw, d.cumulative, count, d.points.source)
-        samples.extend((f"{sample_name}_bucket", _with(labels, "le", bound), n) for bound, n in buckets)
+        samples.extend((f"{sample_name}_bucket", _with(labels, "le", _scaled(bound, scale)), n) for bound, n in buckets)
         count = buckets[-1][1]
     else:
-        samples.extend((sample_name, _with(labels, "quantile", q), v) for q, v in summary_quantiles(raw, d.points.source))
-    total = None if d.sum is None else _observed(_search(d.sum, element, ctx), "sum", d.sum)
+        samples.extend((sample_name, _with(labels, "quantile", q), _scaled(v, scale)) for q, v in summary_quantiles(raw, d.points.source))
+    total = None if d.sum is None else _scaled(_observed(_search(d.sum, element, ctx), "sum", d.sum), scale)
     if total is not None and metric.type == "histogram" and buckets[0][0] < 0:
         raise ExtractionError(f"bucket le={format_bound(buckets[0][0])} is negative: OpenMetrics allows no _sum then")
     if count is not None:
@@ -628,6 +634,13 @@ def _distribution_series(metric: Metric, sample_name: str, element: Any, ctx: di
     if total is not None:
         samples.append((f"{sample_name}_sum", labels, total))
     return labels_text(labels), samples
+
+
+def _scaled(value: float, scale: float) -> float:
+    """`value * scale` in decimal, so that a bound in milliseconds becomes the `le` a user wrote (700 ms: 0.7, not 0.7000000000000001)."""
+    if scale == 1.0 or not math.isfinite(value):
+        return value
+    return float(Decimal(repr(value)) * Decimal(repr(scale)))
 
 
 def _with(labels: Labels, name: str, bound: float) -> Labels:

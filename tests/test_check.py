@@ -558,6 +558,14 @@ INVALID = [
                 help: h
                 value: "sum(items[*].n) | nope(@)"
         """, ("6:35", "modules.m.metrics[0].value", "unknown function nope()")),
+    invalid("unknown_function_gets_did_you_mean", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: "parse_duraton(uptime)"
+        """, ("6:17", "modules.m.metrics[0].value", "unknown function parse_duraton() (did you mean parse_duration()?)")),
     invalid("function_with_too_many_arguments", """
         modules:
           m:
@@ -663,6 +671,18 @@ INVALID = [
                 help: h
                 value: $foo.bar
         """, ("6:16", "modules.m.metrics[0].value", "unknown context name '$foo': use one of $index, $item, $key")),
+    invalid("context_name_inside_a_function_call", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                each: states
+                labels: {state: lower($key)}
+                value: '@'
+        """, ("7:31", "modules.m.metrics[0].labels.state",
+              "invalid JMESPath: `$key` inside an expression: a `$` context name can only start one; "
+              "give it to a function with `.` and `@`: `$key.lower(@)`")),
     invalid("empty_expression", """
         modules:
           m:
@@ -1139,9 +1159,9 @@ INVALID = [
                 buckets: b
                 sum: s
                 value: v
-                scale: 0.001
+                scale: 0
         """, ("9:9", "modules.m.metrics[0].value", "a histogram takes `buckets`, `sum` and `count`, not `value`"),
-             ("10:9", "modules.m.metrics[0].scale", "a histogram takes `buckets`, `sum` and `count`, not `scale`")),
+             ("10:16", "modules.m.metrics[0].scale", "the `scale` of a histogram must be greater than 0")),
     invalid("buckets_on_a_summary_and_quantiles_on_a_gauge", """
         modules:
           m:

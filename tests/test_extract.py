@@ -129,6 +129,19 @@ def test_a_timestamp_prometheus_cannot_store_is_an_error_of_that_series_only() -
     assert errors == {"depth": 1}
 
 
+def test_a_timestamp_error_names_the_timestamp_and_the_series_labels_not_a_label_failure() -> None:
+    module = make_spec("""
+        modules:
+          default:
+            metrics:
+              - {name: depth, help: h, each: items, value: v, timestamp: ts, labels: {id: id}}
+        """).modules["default"]
+    result = extract(module, {"default": {"items": [{"id": "far", "v": 2, "ts": 1.7e18}]}}, PROBE)
+    (message,) = result.messages
+    assert message.startswith("metric depth: timestamp 1.7e+18 is beyond what Prometheus stores")
+    assert message.endswith("(labels {'id': 'far'})")
+
+
 @pytest.mark.parametrize("traced", [False, True], ids=["fast", "general"])
 def test_a_negative_or_nan_counter_value_is_an_error_of_that_series(traced: bool) -> None:
     module = make_spec("""

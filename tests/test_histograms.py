@@ -234,3 +234,24 @@ async def test_series_limit_counts_every_sample_of_a_histogram_as_prometheus_sam
     assert len(_buckets(at)) == 2
     with pytest.raises(SeriesLimitExceeded):
         await extract_async(module, {"default": {"routes": {"/a": route, "/b": route, "/c": route}}}, PROBE, series_limit=10)
+
+
+def test_scale_converts_millisecond_bounds_sums_and_quantiles_to_seconds_but_not_counts() -> None:
+    # the `_ms` lint points at `scale: 0.001`: a histogram or summary in milliseconds must be able to follow it
+    result = _extract("""
+modules:
+  default:
+    metrics:
+      - {name: http_request_duration_seconds, help: h, type: histogram, each: routes, labels: {route: $key},
+         buckets: latency.buckets, sum: latency.sum, count: latency.count, scale: 0.001}
+      - {name: rpc_duration_seconds, help: h, type: summary, quantiles: percentiles, sum: total, count: n, scale: 0.001}
+""", {"routes": {"/": {"latency": {"buckets": {"100": 5, "500": 9}, "sum": 2500, "count": 12}}},
+      "percentiles": {"p50": 120, "p99": 900}, "total": 4000, "n": 7})
+    assert _buckets(result) == {"/": [("0.1", 5.0), ("0.5", 9.0), ("+Inf", 12.0)]}
+    lines = render_text(result.families.values()).splitlines()
+    assert 'http_request_duration_seconds_sum{route="/"} 2.5' in lines
+    assert 'http_request_duration_seconds_count{route="/"} 12' in lines
+    assert [line for line in lines if line.startswith("rpc_duration_seconds")] == [
+        'rpc_duration_seconds{quantile="0.5"} 0.12', 'rpc_duration_seconds{quantile="0.99"} 0.9',
+        "rpc_duration_seconds_count 7", "rpc_duration_seconds_sum 4"]
+    assert result.errors == {"http_request_duration_seconds": 0, "rpc_duration_seconds": 0}

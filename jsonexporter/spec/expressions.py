@@ -176,6 +176,11 @@ def _parse(source: str) -> ParsedResult:
     try:
         parsed = jmespath.compile(source)
     except jmespath.exceptions.LexerError as exc:
+        if exc.lexer_value == "$":  # JMESPath has no variables: our `$` is a prefix of a whole expression
+            name = _IDENTIFIER.match(source, exc.lexer_position + 1)
+            shown = "$" + name.group() if name else "$"
+            raise ExpressionError(f"invalid JMESPath: `{shown}` inside an expression: a `$` context name can only start one; "
+                                  f"give it to a function with `.` and `@`: `{shown}.lower(@)`", exc.lexer_position) from None
         message = getattr(exc, "message", None) or exc.msg
         raise ExpressionError(f"invalid JMESPath: {message.lower()} at position {exc.lexer_position}", exc.lexer_position) from None
     except jmespath.exceptions.IncompleteExpressionError as exc:

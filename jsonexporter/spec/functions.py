@@ -29,6 +29,7 @@ import re2
 from jmespath.functions import signature
 
 from jsonexporter.numbers import INTEGER, parse_number
+from jsonexporter.spec.schema import suggestion
 from jsonexporter.trace import shorten
 
 MAX_INPUT = 256  # characters of a time, duration or size string: longer is not one
@@ -428,7 +429,8 @@ def check_call(name: str, args: Sequence[dict[str, Any]]) -> None:
     """Raise CallError when the call `name(args)` (parsed nodes) cannot work, whatever the data."""
     entry = Library.FUNCTION_TABLE.get(name)
     if entry is None:
-        raise CallError(f"unknown function {name}()")
+        close = suggestion(name, sorted(FUNCTION_NAMES))
+        raise CallError(f"unknown function {name}()" + (f" (did you mean {close}()?)" if close else ""))
     sig: Sequence[dict[str, Any]] = entry["signature"]
     variadic = bool(sig) and bool(sig[-1].get("variadic"))
     least = sum(1 for a in sig if not a.get("optional"))

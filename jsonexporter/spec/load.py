@@ -474,7 +474,7 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     has_value, has_values = "value" in declared, "values" in declared
     distribution = None
     if mtype in _DISTRIBUTION_KEYS:
-        for key in ("value", "values", "value_map", "default", "scale"):
+        for key in ("value", "values", "value_map", "default"):
             if key in raw:  # not a typo's meaning (`valeu`), which has its own problem
                 c.add((*path, key), f"a {mtype} takes {_DISTRIBUTION_KEYS[mtype]}, not `{key}`", at_key=True)
         distribution = _distribution(c, path, raw, declared, mtype, level_names)
@@ -541,6 +541,8 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     scale = _number(c, (*path, "scale"), raw["scale"]) if "scale" in raw else 1.0
     if "scale" in raw and mtype in ("info", "stateset"):
         c.add((*path, "scale"), f"`scale` is for numbers: a {mtype} metric has none")
+    elif scale is not None and not scale > 0 and mtype in _DISTRIBUTION_KEYS:  # it scales bounds and sums: their order and sign must hold
+        c.add((*path, "scale"), f"the `scale` of a {mtype} must be greater than 0")
     duplicates = cast(Duplicates, raw.get("duplicates", "first"))
     if duplicates == "sum" and mtype not in ("gauge", "counter", "untyped"):
         c.add((*path, "duplicates"), f"`duplicates: sum` adds up values, which {mtype} metrics do not have (use first or last)")
