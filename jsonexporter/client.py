@@ -125,7 +125,7 @@ class TokenSource:
         form = {"grant_type": "client_credentials", **dict(c.endpoint_params)}
         if c.scopes:
             form["scope"] = " ".join(c.scopes)
-        basic = base64.b64encode(f"{_form_quote(c.client_id)}:{_form_quote(secret)}".encode()).decode()
+        basic = basic_credentials(_form_quote(c.client_id), _form_quote(secret))
         context: ssl.SSLContext | bool = self.clients.context(c.tls) if c.tls else True
         self.fetches += 1
         try:
@@ -150,6 +150,11 @@ class TokenSource:
             raise ClientConfigError("oauth2: the token endpoint's answer has no access_token")
         self.clients.redactor.learn(token)
         return token, max(lifetime, 0.0)
+
+
+def basic_credentials(user: str, password: str) -> str:
+    """The credentials of an `Authorization: Basic` header (RFC 7617)."""
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def _form_quote(value: str) -> str:
@@ -190,7 +195,7 @@ class Clients:
             user_secret, password_secret = config.basic_auth
             user = _reveal(user_secret, "username_file")
             password = self.reveal(password_secret, "password_file")
-            credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+            credentials = basic_credentials(user, password)
             self.redactor.learn(credentials)
             authorization, source = "Basic " + credentials, "basic_auth"
         elif config.authorization is not None:

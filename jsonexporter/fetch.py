@@ -4,7 +4,6 @@ shared keep-alive session, each bounded in time and bytes, answers parsed as JSO
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import re
@@ -19,7 +18,7 @@ import orjson
 from yarl import URL
 
 from jsonexporter.cache import Answer, Lookup, ResponseCache
-from jsonexporter.client import ClientConfigError, Clients, RequestOptions
+from jsonexporter.client import ClientConfigError, Clients, RequestOptions, basic_credentials
 from jsonexporter.hops import BASE_HEADERS, MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin, url_allowed
 from jsonexporter.secrets import CUT, REDACTED, Redactor, is_secret_name, redact_patterns
 from jsonexporter.slices import PARSE, turn
@@ -91,7 +90,7 @@ def target_redactor(target: str) -> Redactor | None:
         return None
     if url.user is None and url.password is None:
         return None
-    basic = base64.b64encode(f"{url.user or ''}:{url.password or ''}".encode()).decode()
+    basic = basic_credentials(url.user or "", url.password or "")
     return Redactor({basic, url.password if url.password is not None else url.user or ""})
 
 
@@ -172,11 +171,8 @@ def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[r
     if endpoint.params:
         url = url.update_query([(k, t.render(values)) for k, t in endpoint.params])
     headers = dict(BASE_HEADERS)
-    for name, template in endpoint.headers:
-        value = template.render(values)
-        if "\r" in value or "\n" in value:
-            raise InvalidRequest(f"endpoint {endpoint.name}: header {name} would contain a line break")
-        headers[name] = value
+    for name, template in endpoint.headers:  # their values are checked with the Authorization's in _first_hop
+        headers[name] = template.render(values)
     body: bytes | None = None
     if isinstance(endpoint.body, Template):
         body = endpoint.body.render(values, _body_quote(endpoint.body_escape)).encode()
@@ -306,7 +302,7 @@ def _first_hop(request: UpstreamRequest, options: RequestOptions) -> Hop:
     if options.authorization is not None:
         headers["Authorization"] = options.authorization
     elif url.user is not None or url.password is not None:  # sent as Basic auth, as aiohttp and Go do; the URL keeps none
-        headers["Authorization"] = "Basic " + base64.b64encode(f"{url.user or ''}:{url.password or ''}".encode()).decode()
+        headers["Authorization"] = "Basic " + basic_credentials(url.user or "", url.password or "")
     for name, value in [*headers.items(), *(options.proxy_headers or {}).items()]:
         if HEADER_VALUE_CONTROL.search(value):
             source = f" (from {options.authorization_source})" if name == "Authorization" and options.authorization_source else ""
