@@ -131,7 +131,7 @@ _NOT_IN_HOST = re.compile(r"[/?#@\\\s]")
 def _render_url(endpoint: Endpoint, values: Mapping[str, str]) -> str:
     """The URL template filled in: `{target}` as is, a parameter in the scheme, host or port checked to be
     part of a host name or address, a parameter in the path percent-encoded."""
-    in_origin = endpoint.url.url_origin_parts()
+    in_origin = endpoint.url.origin_parts
 
     def quote(i: int, value: str) -> str:
         name = endpoint.url.parts[i][1]
@@ -165,7 +165,7 @@ def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[r
         raise InvalidRequest(f"endpoint {endpoint.name}: invalid URL: {exc}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise InvalidRequest(f"endpoint {endpoint.name}: the URL must be http:// or https:// with a host, got {redact_url(url)!r}")
-    origin_names = {endpoint.url.parts[i][1] for i in endpoint.url.url_origin_parts()}
+    origin_names = {endpoint.url.parts[i][1] for i in endpoint.url.origin_parts}
     if allow and origin_names - {"target"} and not url_allowed(url, allow):
         raise TargetNotAllowed(f"endpoint {endpoint.name}: the host {url.host!r}, taken from a parameter, is not allowed by targets.allow")
     if endpoint.params:

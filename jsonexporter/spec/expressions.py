@@ -3,6 +3,7 @@ expressions, and the string templates of URLs, headers, params, bodies and modul
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import string
@@ -233,6 +234,12 @@ class Template:
 
     source: str
     parts: tuple[tuple[str, str | None], ...]  # (literal text, placeholder name or None)
+    # the parts whose placeholder falls in the scheme or authority (userinfo, host, port) of the URL
+    # this template makes: a value there picks where the request goes; found once, not per request
+    origin_parts: frozenset[int] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "origin_parts", _url_origin_parts(self.parts))
 
     def __repr__(self) -> str:
         return f"Template({redact_patterns(self.source)!r})"
@@ -251,19 +258,17 @@ class Template:
                 out.append(quote(i, value) if quote is not None else value)
         return "".join(out)
 
-    def url_origin_parts(self) -> frozenset[int]:
-        """The parts whose placeholder falls in the scheme or authority (userinfo, host, port) of the
-        URL this template makes: a value there picks where the request goes."""
-        skeleton, positions = "", []
-        for i, (literal, name) in enumerate(self.parts):
-            skeleton += literal
-            if name is not None:
-                positions.append((i, len(skeleton)))
-                skeleton += "\0"
-        scheme = re.match(r"[^/?#]*?://", skeleton)
-        rest = skeleton[scheme.end() if scheme else 0:]
-        end = len(skeleton) - len(rest) + (m.start() if (m := re.search(r"[/?#]", rest)) else len(rest))
-        return frozenset(i for i, position in positions if position < end)
+def _url_origin_parts(parts: tuple[tuple[str, str | None], ...]) -> frozenset[int]:
+    skeleton, positions = "", []
+    for i, (literal, name) in enumerate(parts):
+        skeleton += literal
+        if name is not None:
+            positions.append((i, len(skeleton)))
+            skeleton += "\0"
+    scheme = re.match(r"[^/?#]*?://", skeleton)
+    rest = skeleton[scheme.end() if scheme else 0:]
+    end = len(skeleton) - len(rest) + (m.start() if (m := re.search(r"[/?#]", rest)) else len(rest))
+    return frozenset(i for i, position in positions if position < end)
 
 
 def _brace_problem(source: str) -> tuple[int, str] | None:

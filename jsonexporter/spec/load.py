@@ -751,7 +751,7 @@ def _credentials_to_target_host(endpoints: Iterable[Endpoint]) -> Iterator[str]:
     """Endpoints that would send credentials to a host the probe's caller picks, through the target or
     any other placeholder in the URL's scheme, host or port (SSRF with secrets)."""
     for ep in endpoints:
-        picked = sorted({name for i in ep.url.url_origin_parts() if (name := ep.url.parts[i][1]) is not None})
+        picked = sorted({name for i in ep.url.origin_parts if (name := ep.url.parts[i][1]) is not None})
         if not picked:
             continue
         whose = "the host of the target" if picked == ["target"] else "a host taken from " + ", ".join(f"{{{n}}}" for n in picked)
