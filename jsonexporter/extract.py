@@ -17,7 +17,7 @@ from typing import Any
 from jsonexporter.exposition import EXACT_LIMIT, Family, Labels, escape_label_value, escaped, format_bound, format_value, labels_text, needs_escape, sample_line
 from jsonexporter.labeltext import label_text
 from jsonexporter.names import text_name
-from jsonexporter.numbers import NUMBER, parse_number
+from jsonexporter.numbers import parse_number
 from jsonexporter.slices import Steps, run, run_sliced
 from jsonexporter.spec.expressions import Expression, Search
 from jsonexporter.spec.functions import FunctionError
@@ -124,7 +124,10 @@ def to_timestamp(raw: Any, scale: float) -> float | None:
         seconds = float(raw) * scale
     elif type(raw) is str:
         try:
-            seconds = parse_number(raw) * scale if NUMBER.fullmatch(raw) else datetime.fromisoformat(raw).timestamp()
+            try:
+                seconds = parse_number(raw) * scale
+            except ValueError:
+                seconds = datetime.fromisoformat(raw).timestamp()
         except ValueError:
             raise ExtractionError(f"timestamp {shorten(raw, 60)} is neither a number nor RFC 3339") from None
     else:
