@@ -93,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from jsonexporter.listen import KEEPALIVE_TIMEOUT, client_connection_limit, raise_open_files_limit
     from jsonexporter.selfmetrics import SelfMetrics
-    from jsonexporter.server import STATE, Options, make_app, reload_on_sighup, stop_once_on_signals
+    from jsonexporter.server import STATE, Options, load_anew, make_app, reload_on_sighup, stop_once_on_signals
     from jsonexporter.spec import SpecError, load_spec, parse_duration
     from jsonexporter.webconfig import WebConfig, load_web_config
     from jsonexporter.workers import WORKER_CANNOT_START, Supervisor, supervisor_notifier
@@ -162,12 +162,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     def reload() -> None:  # quietly: the workers log what is wrong
-        try:  # both or neither, as in the workers (server.reload_spec)
-            spec = load_spec(args.config_file)
-            web = load_web_config(args.web_config_file) if args.web_config_file else loaded.web
-        except (SpecError, OSError, UnicodeDecodeError):
-            return
-        loaded.spec, loaded.web = spec, web
+        spec, _ = load_anew(load_spec, args.config_file)
+        web, _ = load_anew(load_web_config, args.web_config_file) if args.web_config_file else (loaded.web, "")
+        if spec is not None and web is not None:  # both or neither, as in the workers (server.reload_spec)
+            loaded.spec, loaded.web = spec, web
 
     log.info("starting jsonexporter", extra=kv(version=__version__, config=args.config_file, address=args.web_listen_address, workers=args.web_workers,
                                                modules=len(spec.modules), tls=web_config.tls is not None, basic_auth=bool(web_config.users)))

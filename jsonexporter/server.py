@@ -231,10 +231,11 @@ async def handle_metrics(request: web.Request) -> web.Response:
     return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
 
 
-async def _load_anew(load: Callable[[str], _T], file: str) -> tuple[_T | None, str]:
-    """A file read again and checked completely: what it holds, or None and what is wrong with it."""
+def load_anew(load: Callable[[str], _T], file: str) -> tuple[_T | None, str]:
+    """A file read again and checked completely: what it holds, or None and what is wrong with it
+    (a reload here and in the supervisor, cli.py)."""
     try:
-        return await asyncio.to_thread(load, file), ""
+        return load(file), ""
     except SpecError as exc:
         return None, "\n".join(str(p) for p in exc.problems if p.severity == "error")
     except (OSError, UnicodeDecodeError) as exc:
@@ -245,7 +246,7 @@ async def _web_config_anew(state: State) -> tuple[WebConfig | None, str]:
     """The web config read again (users, headers, TLS certificates, each file checked)."""
     if state.web.file is None:
         return state.web, ""
-    return await _load_anew(load_web_config, state.web.file)
+    return await asyncio.to_thread(load_anew, load_web_config, state.web.file)
 
 
 async def reload_spec(state: State) -> tuple[bool, str]:
@@ -254,7 +255,7 @@ async def reload_spec(state: State) -> tuple[bool, str]:
     if state.spec_file is None:
         return False, "no spec file to reload"
     async with state.reload_lock:
-        (web_config, web_reason), (spec, spec_reason) = await asyncio.gather(_web_config_anew(state), _load_anew(load_spec, state.spec_file))
+        (web_config, web_reason), (spec, spec_reason) = await asyncio.gather(_web_config_anew(state), asyncio.to_thread(load_anew, load_spec, state.spec_file))
         reason = "\n".join(r for r in (spec_reason, web_reason) if r)
         if spec is not None and web_config is not None:
             try:
