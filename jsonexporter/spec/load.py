@@ -335,11 +335,15 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
     )
 
 
+def _content_type(headers: list[tuple[str, Template]]) -> Template | None:
+    return next((t for k, t in headers if k.lower() == "content-type"), None)
+
+
 def _body_escape(c: _Checker, path: Path, body: Template, headers: list[tuple[str, Template]]) -> Literal["json", "form"] | None:
     """How values go into a string body, by its Content-Type (or, without one, a body that starts like
     JSON): JSON-escaped into JSON strings, or form-encoded. Placeholders in any other body are refused,
     so that no value can change the body's structure."""
-    content_type = next((t for k, t in headers if k.lower() == "content-type"), None)
+    content_type = _content_type(headers)
     media = None if content_type is None else content_type.source if not content_type.placeholders else "a template"
     skeleton = body.render(dict.fromkeys(body.placeholders, _PLACEHOLDER_MARK))
     if media is not None and _FORM_TYPE.match(media.strip()):
@@ -357,7 +361,7 @@ def _body_escape(c: _Checker, path: Path, body: Template, headers: list[tuple[st
 def _check_mapping_body_type(c: _Checker, path: Path, body: JsonBody, headers: list[tuple[str, Template]]) -> None:
     """A mapping body is sent as JSON text; under another Content-Type the upstream would read that text
     by other rules (a form parser splits a value at its `&`), so a value could change the body's structure."""
-    content_type = next((t for k, t in headers if k.lower() == "content-type"), None)
+    content_type = _content_type(headers)
     if content_type is None or not any(t.placeholders for t in _json_templates(body.value)):
         return
     if content_type.placeholders or not _JSON_TYPE.match(content_type.source.strip()):

@@ -73,6 +73,11 @@ def _shows_secret(path: Path) -> bool:
     return bool(keys) and is_secret_name(keys[-1]) and not keys[-1].endswith("_file")
 
 
+def _required_keys(error: jsonschema.ValidationError) -> list[str]:
+    """The keys a `required` error says are missing."""
+    return re.findall(r"'([^']+)' is a required property", error.message)
+
+
 def _message(error: jsonschema.ValidationError) -> str:
     v = error.validator
     inst = error.instance
@@ -90,7 +95,7 @@ def _message(error: jsonschema.ValidationError) -> str:
         hint = f" (did you mean {close!r}?)" if close else ""
         return f"{shown} is not one of {', '.join(map(str, expected_value))}{hint}"
     if v == "required":
-        missing = re.findall(r"'([^']+)' is a required property", error.message)
+        missing = _required_keys(error)
         return f"missing required key {missing[0]!r}" if missing else error.message
     if v == "pattern":
         return f"{shown} does not match {error.validator_value}"
@@ -127,7 +132,7 @@ def check_schema(data: Any, file: str, marks: Marks, validator: jsonschema.Draft
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             continue
         path: Path = tuple(error.absolute_path)
-        if error.validator == "required" and any((*path, key) in meant for key in re.findall(r"'([^']+)' is a required property", error.message)):
+        if error.validator == "required" and any((*path, key) in meant for key in _required_keys(error)):
             continue
         if "propertyNames" in error.absolute_schema_path and isinstance(error.instance, str):
             # the error is about one key of the mapping at `path`, which is the instance
