@@ -55,6 +55,8 @@ GOOD: list[tuple[str, Any, Any]] = [  # expression, the document's `v` (or the d
     ("regex_replace(v, '(?P<n>\\d+)', '[\\g<n>]')", "a1", "a[1]"),
     ("regex_replace(v, '\\s+', ' ')", "a  \t b", "a b"),
     ("regex_replace(v, 'é', 'e')", "café", "cafe"),
+    ("replace(v, 'a', 'bb', `3`)", "a" * 400_000, "bbbbbb" + "a" * 399_997),  # growth within the bound, counted as limited
+    ("regex_replace(v, '(a+)', '\\1\\1')", "a" * 30_000, "a" * 60_000),  # the bound is counted, not guessed
     # times
     ("parse_time(v)", "2026-11-30T10:00:00Z", NOON),
     ("parse_time(v)", "2026-11-30T11:30:00+01:30", NOON),
@@ -132,6 +134,11 @@ BAD: list[tuple[str, Any, str]] = [  # expression, the document's `v`, the messa
     ("regex_extract(v.s, '(a)', v.g)", {"s": "a", "g": True}, "function regex_extract: cannot use true: expected a number or a string, got boolean"),
     ("regex_replace(v.s, 'a', v.r)", {"s": "a", "r": "\\3"}, "function regex_replace: cannot use \"\\\\3\": bad replacement"),
     ("regex_replace(v, 'a', 'b')", ["a"], "function regex_replace: cannot use [\"a\"]: expected a string, got array"),
+    # a hostile answer cannot make a result many times its size
+    ("replace(v, '', 'xx')", "a" * 40_000, "the result would be more than 65536 characters longer than the string"),
+    ("replace(v, 'a', 'aaaaaaaaaaa')", "a" * 7_000, "the result would be more than 65536 characters longer than the string"),
+    ("regex_replace(v, '', 'xx')", "a" * 40_000, "the result would be more than 65536 bytes longer than the string"),
+    ("regex_replace(v, '(a+)', '\\1\\1\\1')", "a" * 40_000, "the result would be more than 65536 bytes longer than the string"),
     ("parse_time(v)", "yesterday", "function parse_time: cannot use \"yesterday\": not an RFC 3339 / ISO 8601 time"),
     ("parse_time(v)", "2026-13-01T00:00:00Z", "not an RFC 3339 / ISO 8601 time"),
     ("parse_time(v)", NOON, f"function parse_time: cannot use {NOON}: expected a string, got number"),

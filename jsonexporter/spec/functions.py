@@ -33,6 +33,9 @@ from jsonexporter.spec.schema import suggestion
 from jsonexporter.trace import shorten
 
 MAX_INPUT = 256  # characters of a time, duration or size string: longer is not one
+# How much longer than its string the result of replace() or regex_replace() may be: answers are hostile,
+# and `replace(s, '', new)` or a pattern matching everywhere would multiply a long string's size.
+MAX_GROWTH = 65536
 _SHOWN = 60  # characters of a value shown in an error message
 REGEX_FUNCTIONS = frozenset({"regex_match", "regex_extract", "regex_replace"})
 _STRING, _NUMBER, _NULL = "string", "number", "null"
@@ -81,7 +84,18 @@ class Pattern:
         return self.program.search(text.encode("utf-8", "surrogatepass"))
 
     def sub(self, replacement: str, text: str) -> str:
-        replaced: bytes = self.program.sub(replacement.encode("utf-8", "surrogatepass"), text.encode("utf-8", "surrogatepass"))
+        """Every match replaced; raises _Unusable when the result would grow by more than MAX_GROWTH bytes."""
+        data, template = text.encode("utf-8", "surrogatepass"), replacement.encode("utf-8", "surrogatepass")
+        # at most one match per position, and each group's text at most once in all: when even that
+        # cannot grow the result past the bound, it is not counted (the common case of short strings)
+        if (len(data) + 1) * len(template) + replacement.count("\\") * len(data) > MAX_GROWTH:
+            growth = 0
+            for match in self.program.finditer(data):  # one match at a time: no memory beyond the count
+                start, end = match.span()
+                growth += len(match.expand(template)) - (end - start)
+                if growth > MAX_GROWTH:
+                    raise _Unusable(text, f"the result would be more than {MAX_GROWTH} bytes longer than the string")
+        replaced: bytes = self.program.sub(template, data)
         return replaced.decode("utf-8", "surrogatepass")
 
 
@@ -305,7 +319,11 @@ class Library(jmespath.functions.Functions):  # type: ignore[misc]
     def _func_replace(self, s: str | None, old: str, new: str, count: int | float | None = None) -> str | None:
         if s is None:
             return None
-        return s.replace(old, new, -1 if count is None else _count(count))
+        limit = -1 if count is None else _count(count)
+        matches = s.count(old) if old else len(s) + 1
+        if (min(matches, limit) if limit >= 0 else matches) * (len(new) - len(old)) > MAX_GROWTH:
+            raise _Unusable(s, f"the result would be more than {MAX_GROWTH} characters longer than the string")
+        return s.replace(old, new, limit)
 
     # regular expressions (RE2); patterns are literals, compiled at load
     @_takes(_arg(_STRING, _NULL), _arg(_STRING))
