@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ MAX_INPUT = 256  # characters of a time, duration or size string: longer is not 
 # How much longer than its string the result of replace() or regex_replace() may be: answers are hostile,
 # and `replace(s, '', new)` or a pattern matching everywhere would multiply a long string's size.
 MAX_GROWTH = 65536
+_FLOAT_MAX = sys.float_info.max
 _SHOWN = 60  # characters of a value shown in an error message
 REGEX_FUNCTIONS = frozenset({"regex_match", "regex_extract", "regex_replace"})
 _STRING, _NUMBER, _NULL = "string", "number", "null"
@@ -369,9 +371,10 @@ class Library(jmespath.functions.Functions):  # type: ignore[misc]
     @_takes(_arg(_STRING, _NUMBER, "boolean", _NULL, "array", "object"))
     def _func_to_number(self, arg: Any) -> int | float | None:
         if type(arg) is str:
-            if INTEGER.fullmatch(arg):
-                return int(arg)
             try:
+                if INTEGER.fullmatch(arg):
+                    number = int(arg)  # exact; past Python's digit limit a ValueError, as a number out of range
+                    return number if abs(number) <= _FLOAT_MAX else None  # as parse_number refuses what no float holds
                 return parse_number(arg)
             except ValueError:
                 return None
