@@ -1,7 +1,8 @@
 """The upstream side: what a probe asks its module's APIs, and how.
 
 render.py builds the requests from a module's endpoints, fetch.py sends them (hops.py decides each
-redirect, client.py holds the http_client_config of each endpoint, cache.py shares answers).
+redirect, client.py holds the http_client_config of each endpoint, cache.py shares answers, pagination.py
+follows an endpoint's next pages).
 `fetch_module` is the one entry point the probe calls."""
 
 from __future__ import annotations

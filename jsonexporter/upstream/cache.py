@@ -21,6 +21,7 @@ class Answer:
     document: Any
     status: int
     bytes: int
+    pages: int | None = None  # with pagination: the pages it was made of
 
 
 @dataclass(slots=True)
