@@ -44,7 +44,8 @@ class PagedAPI:
 
     async def link(self, request: web.Request) -> web.Response:
         n = self._number(request)
-        links = [f'</api/link?page={n + 1}&per_page={PER_PAGE}>; rel="next"'] if n < last_page() else []
+        rel = "next" if n == 1 else "prefetch next"  # a link of several relation types counts for each
+        links = [f'</api/link?page={n + 1}&per_page={PER_PAGE}>; rel="{rel}"'] if n < last_page() else []
         links.append(f'<{request.url.with_query(page=last_page())}>; rel="last"')
         return web.json_response(page_of(n), headers={"Link": ", ".join(links)})
 
@@ -173,31 +174,46 @@ async def test_max_response_bytes_bounds_all_pages_together(aiohttp_client: Any,
     assert stars(text.partition("metrics:\n")[2]) == {}
 
 
-async def test_a_next_page_on_another_origin_is_refused_and_gets_no_credentials(aiohttp_client: Any, aiohttp_server: Any,
-                                                                                 upstream: UpstreamFactory) -> None:
-    foreign_requests: list[web.Request] = []
+async def foreign_host(aiohttp_server: Any) -> tuple[Any, list[web.Request]]:
+    """A real server on 127.0.0.2, the foreign host, that answers anything and records what it received."""
+    received: list[web.Request] = []
 
-    async def foreign(request: web.Request) -> web.Response:
-        foreign_requests.append(request)
+    async def answer(request: web.Request) -> web.Response:
+        received.append(request)
         return web.json_response([{"name": "stolen", "stars": 666}])
 
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", foreign)
-    elsewhere = await aiohttp_server(app, host="127.0.0.2")
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return await aiohttp_server(app, host="127.0.0.2"), received
+
+
+@pytest.mark.parametrize("way", ["next_link", "redirect"])
+async def test_a_page_on_another_origin_is_refused_and_gets_no_credentials(aiohttp_client: Any, aiohttp_server: Any,
+                                                                            upstream: UpstreamFactory, way: str) -> None:
+    """Page 2 names page 3 on 127.0.0.2 (refused: pages stay on the first request's origin), or redirects
+    there (refused by the redirect rules, as a first page's redirect outside targets.allow is)."""
+    elsewhere, foreign_requests = await foreign_host(aiohttp_server)
+    foreign = f"http://127.0.0.2:{elsewhere.port}/api/third?page=3"
 
     async def first(request: web.Request) -> web.Response:
         return web.json_response(page_of(1), headers={"Link": '</api/second>; rel="next"'})
 
     async def second(request: web.Request) -> web.Response:
-        return web.json_response(page_of(2), headers={"Link": f'<http://127.0.0.2:{elsewhere.port}/api/third?page=3>; rel="next"'})
+        if way == "redirect":
+            raise web.HTTPFound(foreign)
+        return web.json_response(page_of(2), headers={"Link": f'<{foreign}>; rel="next"'})
 
     up = await upstream({"/api/first": first, "/api/second": second})
     client = await exporter_for(aiohttp_client, spec_for("/api/first", "'@'", "{link_header: next}"))
     text = await probe(client, up.url, debug="true")
     assert foreign_requests == []
     assert up.requests[1].headers["Authorization"] == f"Bearer {TOKEN}"  # page 2, on the same origin, has them
-    assert "-> pagination_refused" in text
-    assert f"page 2: its next page http://127.0.0.2:{elsewhere.port}/api/third?page=3 is on another origin" in text
+    if way == "next_link":
+        assert "-> pagination_refused" in text
+        assert f"page 2: its next page {foreign} is on another origin" in text
+    else:
+        assert "-> redirect_refused" in text
+        assert f"page 2: redirect 1 (302 to {foreign}) refused" in text
     metrics = text.partition("metrics:\n")[2]
     assert stars(metrics) == {}
     assert value(parse(metrics), "probe_endpoint_success", endpoint="repos") == 0
@@ -219,16 +235,31 @@ async def test_a_next_url_requested_before_ends_the_sequence(aiohttp_client: Any
     assert value(parse(metrics), "probe_endpoint_pages", endpoint="repos") == 2
 
 
-async def test_a_page_whose_items_are_not_a_list_fails_naming_the_page(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+NEXT = {"page_param": "{page_param: page}", "link_header": "{link_header: next}", "field": "{field: next}"}
+BAD_PAGES = {
+    "not_a_list": ("invalid_page", "page 2: items values is not a list but an object"),
+    "not_json": ("invalid_json", "page 2: invalid JSON: Expecting value at line 1 column 1; body starts with b'<html>maintenance</html>'"),
+}
+
+
+# page_param and field styles read each page on arrival, link_header all pages once the last one arrived
+@pytest.mark.parametrize(("style", "bad"), [("page_param", "not_a_list"), ("link_header", "not_a_list"), ("link_header", "not_json"),
+                                            ("field", "not_json")])
+async def test_a_bad_page_fails_the_endpoint_naming_the_page(aiohttp_client: Any, upstream: UpstreamFactory, style: str, bad: str) -> None:
     async def pages(request: web.Request) -> web.Response:
         n = int(request.query.get("page", "1"))
-        return web.json_response({"values": page_of(1) if n == 1 else {"error": "rate limited"}})
+        links = {"Link": f'</api/p?page={n + 1}>; rel="next"'} if n < 3 else {}
+        if n == 2 and bad == "not_json":
+            return web.Response(text="<html>maintenance</html>", content_type="text/html", headers=links)
+        answer = {"values": page_of(n) if n != 2 else {"error": "rate limited"}, "next": f"/api/p?page={n + 1}" if n < 3 else None}
+        return web.json_response(answer, headers=links)
 
-    up = await upstream({"/api/numbered": pages})
-    client = await exporter_for(aiohttp_client, spec_for("/api/numbered", "values", "{page_param: page}"))
+    up = await upstream({"/api/p": pages})
+    client = await exporter_for(aiohttp_client, spec_for("/api/p", "values", NEXT[style]))
     text = await probe(client, up.url, debug="true")
-    assert "-> invalid_page" in text
-    assert "page 2: items values is not a list but an object" in text
+    outcome, message = BAD_PAGES[bad]
+    assert f"-> {outcome}" in text
+    assert message in text
     metrics = text.partition("metrics:\n")[2]
     assert stars(metrics) == {}
     assert value(parse(metrics), "probe_endpoint_success", endpoint="repos") == 0

@@ -21,7 +21,7 @@ from jsonexporter.trace import Trace, shorten
 from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache
 from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, basic_credentials
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
-from jsonexporter.upstream.pagination import OnAnswer, fetch_pages
+from jsonexporter.upstream.pagination import Page, fetch_pages
 from jsonexporter.upstream.render import UpstreamRequest, redact_url
 
 
@@ -179,10 +179,9 @@ def _first_hop(request: UpstreamRequest, options: RequestOptions) -> Hop:
 
 
 async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOptions, hop: Hop, result: EndpointResult, pool: _PoolWait,
-                    max_bytes: int | None = None, on_answer: OnAnswer | None = None) -> None:
-    """Send `hop`, and the requests its redirects make (each through `next_hop`); read the last answer into `result`
-    (at most `max_bytes`, by default the endpoint's max_response_bytes), after `on_answer` saw its response;
-    `pool` says whether a request is waiting for a pooled connection."""
+                    page: Page | None = None) -> None:
+    """Send `hop`, and the requests its redirects make (each through `next_hop`); read the last answer into `result`,
+    or for a `page` of a paginated endpoint, as that Page says; `pool` says whether a request is waiting for a pooled connection."""
     endpoint = request.endpoint
     while True:
         proxy, proxy_headers = up.clients.proxy(endpoint.client, hop.url)
@@ -197,10 +196,14 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
                     result.outcome = "invalid_status"
                     result.error = f"HTTP status {response.status} {response.reason or ''}".rstrip()
                     return
-                if on_answer is not None:
-                    on_answer(response)
-                body = await _read_body(response, endpoint.max_response_bytes if max_bytes is None else max_bytes)
+                if page is not None:
+                    page.answered(response)
+                body = await _read_body(response, endpoint.max_response_bytes if page is None else page.max_bytes)
                 result.bytes = len(body)
+                if page is not None:
+                    page.body = body
+                    if not page.parse:
+                        return
                 async with turn(PARSE):  # see slices.py: waiting answers stay bytes, smaller than parsed
                     result.document = _parse_json(body)
                 return
@@ -219,16 +222,16 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
 
 
 async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptions, budget: float,
-                   max_bytes: int | None = None, on_answer: OnAnswer | None = None) -> tuple[Answer | None, EndpointResult]:
+                   page: Page | None = None) -> tuple[Answer | None, EndpointResult]:
     """One upstream request and its redirects, bounded by `budget` seconds; the answer when it is good
-    (`max_bytes` and `on_answer` as for _exchange)."""
+    (`page` as for _exchange)."""
     result = EndpointResult(request.endpoint.name, "success")
     start = time.monotonic()
     pool = _PoolWait()
     try:
         hop = _first_hop(request, options)
         async with asyncio.timeout(max(budget, 0.0)):
-            await _exchange(up, request, options, hop, result, pool, max_bytes, on_answer)
+            await _exchange(up, request, options, hop, result, pool, page)
     except ClientConfigError as exc:
         result.outcome, result.error = "config_error", str(exc)
     except TimeoutError:
@@ -295,10 +298,10 @@ async def _answer(up: Upstream, request: UpstreamRequest, options: RequestOption
     if request.endpoint.pagination is None:
         return await _request(up, request, options, budget)
 
-    async def send(page: UpstreamRequest, budget: float, max_bytes: int, on_answer: OnAnswer) -> tuple[Answer | None, EndpointResult]:
-        return await _request(up, page, options, budget, max_bytes, on_answer)
+    async def send(paged: UpstreamRequest, budget: float, page: Page) -> tuple[Answer | None, EndpointResult]:
+        return await _request(up, paged, options, budget, page)
 
-    return await fetch_pages(send, request, budget)
+    return await fetch_pages(send, _parse_json, request, budget)
 
 
 def _from_cache(name: str, lookup: Lookup, waited: float) -> EndpointResult:

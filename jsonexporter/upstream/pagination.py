@@ -2,7 +2,8 @@
 request path, and their elements gathered at `items` of the first page's document, which is the one
 answer the rules (and the cache) see. Every page stays on the first page's origin; the sequence is bounded
 by max_pages, by the endpoint's deadline and by max_response_bytes over all pages together, and an answer
-that would be incomplete (a bound reached, a page refused or failed) fails the endpoint: never partial data."""
+that would be incomplete (a bound reached, a page refused or failed) fails the endpoint: never partial data.
+Pages wait as bytes for the last one, so that a probe in flight holds no parsed document."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from yarl import URL
 
+from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.model import Pagination
 from jsonexporter.upstream.cache import Answer
 from jsonexporter.upstream.hops import origin
@@ -23,21 +25,27 @@ from jsonexporter.upstream.render import UpstreamRequest, redact_url
 if TYPE_CHECKING:
     from jsonexporter.upstream.fetch import EndpointResult
 
-# what fetch.py calls with the final response of a request (after its redirects), before reading its body
-OnAnswer = Callable[[aiohttp.ClientResponse], None]
-# one page: fetch.py's _request with the client options bound, given the page's request, the seconds and bytes left
-Send = Callable[[UpstreamRequest, float, int, OnAnswer], Awaitable[tuple[Answer | None, "EndpointResult"]]]
+# one page: fetch.py's _request with the client options bound, given the page's request and the seconds left
+Send = Callable[[UpstreamRequest, float, "Page"], Awaitable[tuple[Answer | None, "EndpointResult"]]]
+Parse = Callable[[bytes], Any]
 
 
 @dataclass(slots=True)
-class _Response:
-    """What a page's response says besides its body: the URL that answered, and its Link header."""
+class Page:
+    """What fetch.py's exchange of one page keeps besides its parsed document: the URL that answered,
+    its Link header and its body. The exchange reads at most `max_bytes` (what the pages before left of
+    max_response_bytes), and parses the body only with `parse`: the Link header style needs no document
+    to find the next page, so its pages are parsed once, all together, when the last one arrived."""
 
+    max_bytes: int
+    parse: bool
     url: URL | None = None
     links: list[tuple[str, URL]] = field(default_factory=list)  # (rel, URL resolved against the page's URL)
     link_error: str | None = None
+    body: bytes = b""
 
-    def __call__(self, response: aiohttp.ClientResponse) -> None:
+    def answered(self, response: aiohttp.ClientResponse) -> None:
+        """Called with the final response (after its redirects), before its body is read."""
         self.url = response.url
         try:
             for link in response.links.values():  # aiohttp's RFC 8288 parser; it resolves each URL against the response's
@@ -49,7 +57,11 @@ class _Response:
 
 
 class _PageError(Exception):
-    """A page that cannot be part of the answer (outcome invalid_page)."""
+    """A page that cannot be part of the answer: its outcome, and a message naming it."""
+
+    def __init__(self, message: str, outcome: str = "invalid_page") -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 def _kind(value: Any) -> str:
@@ -76,32 +88,34 @@ def first_url(request: UpstreamRequest) -> URL:
     return request.url
 
 
-def _next_url(request: UpstreamRequest, pagination: Pagination, number: int, document: Any, elements: list[Any], seen: _Response) -> URL | None:
-    """The URL of the page after page `number`, or None when there is none; raise _PageError for an unusable one."""
+def _next_url(request: UpstreamRequest, pagination: Pagination, number: int, page: Page, document: Any) -> tuple[URL | None, int | None]:
+    """The URL of the page after page `number` (None when there is none), and the page's elements when its
+    document was parsed to find it; raise _PageError for an unusable page."""
+    if pagination.style == "link_header":
+        if page.link_error is not None:
+            raise _PageError(page.link_error)
+        wanted = pagination.rel.lower()
+        return next((url for rel, url in page.links if wanted in rel.lower().split()), None), None
+    elements = len(_elements(document, pagination))
     if pagination.style == "page_param":
         assert pagination.param is not None
-        return request.url.update_query({pagination.param: str(pagination.start + number)}) if elements else None
-    if pagination.style == "link_header":
-        if seen.link_error is not None:
-            raise _PageError(seen.link_error)
-        wanted = pagination.rel.lower()
-        return next((url for rel, url in seen.links if wanted in rel.lower().split()), None)
+        return (request.url.update_query({pagination.param: str(pagination.start + number)}) if elements else None), elements
     assert pagination.next is not None
     try:
         value = pagination.next.search(document)
     except Exception as exc:  # a function given what it cannot use: this page says nothing usable
         raise _PageError(f"next {pagination.style} {pagination.next.source}: {exc}") from None
     if value is None or value == "":
-        return None
+        return None, elements
     if pagination.style == "cursor":
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             raise _PageError(f"the cursor {pagination.next.source} is {_kind(value)}, not a string or an integer")
         assert pagination.param is not None
-        return request.url.update_query({pagination.param: str(value)})
+        return request.url.update_query({pagination.param: str(value)}), elements
     if not isinstance(value, str):
         raise _PageError(f"the next URL {pagination.next.source} is {_kind(value)}, not a string")
     try:
-        return (seen.url or request.url).join(URL(value))
+        return (page.url or request.url).join(URL(value)), elements
     except (ValueError, TypeError):
         raise _PageError(f"the next URL {pagination.next.source} is not a URL") from None
 
@@ -115,15 +129,44 @@ def _same_credentials(url: URL, first: URL) -> URL:
     return url
 
 
+def _combined(bodies: list[bytes], pagination: Pagination, parse: Parse) -> tuple[Any, list[int]]:
+    """The first page's document with every page's elements at `items`, and each page's number of
+    elements; each body is let go once parsed. Raise _PageError naming the page that cannot be part of it."""
+    document: Any = None
+    gathered: list[Any] = []
+    counts: list[int] = []
+    for i, body in enumerate(bodies):
+        bodies[i] = b""
+        try:
+            parsed = parse(body)
+        except ValueError as exc:
+            raise _PageError(f"page {i + 1}: {exc}", "invalid_json") from None
+        del body
+        try:
+            elements = _elements(parsed, pagination)
+        except _PageError as exc:
+            raise _PageError(f"page {i + 1}: {exc}") from None
+        counts.append(len(elements))
+        if i == 0:
+            document, gathered = parsed, elements
+        else:
+            gathered.extend(elements)
+    return document, counts
+
+
 def _failed(result: EndpointResult, number: int, outcome: str, error: str, total: int, lines: list[str]) -> tuple[None, EndpointResult]:
     result.outcome, result.error, result.document = outcome, error, None
     result.bytes, result.pages, result.page_lines, result.redirects = total, number, lines, []
     return None, result
 
 
-async def fetch_pages(send: Send, request: UpstreamRequest, budget: float) -> tuple[Answer | None, EndpointResult]:
+async def fetch_pages(send: Send, parse: Parse, request: UpstreamRequest, budget: float) -> tuple[Answer | None, EndpointResult]:
     """The endpoint's pages in sequence, within `budget` seconds and max_response_bytes over all of them;
-    the first page's document with every page's elements at `items` when the whole sequence was good."""
+    the first page's document with every page's elements at `items` when the whole sequence was good.
+
+    While the next pages are fetched, the pages before are held as bytes, as answers waiting for their
+    turn to be parsed are (docs/deployment.md#memory): a page parsed to find the next one is let go at
+    once, and all are parsed together, with `parse`, in one turn once the last one arrived."""
     endpoint = request.endpoint
     pagination = endpoint.pagination
     assert pagination is not None
@@ -132,16 +175,17 @@ async def fetch_pages(send: Send, request: UpstreamRequest, budget: float) -> tu
     url = first_url(request)
     requested = {str(url)}
     lines: list[str] = []
-    gathered: list[Any] | None = None  # the first page's list at `items`: the others' elements join it
-    document: Any = None
+    at: list[int] = []  # the line of each page in `lines`
+    bodies: list[bytes] = []
     total = 0
     number = 0
     while True:
         number += 1
-        seen = _Response()
+        page = Page(endpoint.max_response_bytes - total, parse=pagination.style != "link_header")
         spent = loop.time() - start
-        answer, result = await send(dataclasses.replace(request, url=url), budget - spent, endpoint.max_response_bytes - total, seen)
+        answer, result = await send(dataclasses.replace(request, url=url), budget - spent, page)
         total += result.bytes
+        at.append(len(lines))
         lines.append(f"page {number}: {request.method} {redact_url(url)} -> {result.outcome}, status {result.status}, {result.bytes} bytes")
         lines += [f"  {line}" for line in result.redirects]
         if answer is None:
@@ -152,15 +196,13 @@ async def fetch_pages(send: Send, request: UpstreamRequest, budget: float) -> tu
                 error = f"page {number}: {result.error} (the pages share the endpoint's {budget:.3f}s; pages 1 to {number - 1} took {spent:.3f}s)"
             return _failed(result, number, result.outcome, error, total, lines)
         try:
-            elements = _elements(answer.document, pagination)
-            following = _next_url(request, pagination, number, answer.document, elements, seen)
+            following, elements = _next_url(request, pagination, number, page, answer.document)
         except _PageError as exc:
-            return _failed(result, number, "invalid_page", f"page {number}: {exc}", total, lines)
-        lines[-1] += f", {len(elements)} elements"
-        if gathered is None:
-            document, gathered = answer.document, elements
-        else:
-            gathered.extend(elements)
+            return _failed(result, number, exc.outcome, f"page {number}: {exc}", total, lines)
+        answer = result.document = None  # bytes only until the last page arrived (above)
+        bodies.append(page.body)
+        if elements is not None:
+            lines[at[-1]] += f", {elements} elements"
         if following is None:
             break
         following = _same_credentials(following, request.url)
@@ -175,5 +217,16 @@ async def fetch_pages(send: Send, request: UpstreamRequest, budget: float) -> tu
                            "the answer would be incomplete", total, lines)
         requested.add(str(following))
         url = following
+    try:
+        async with asyncio.timeout(max(budget - (loop.time() - start), 0.0)), turn(PARSE):
+            document, counts = _combined(bodies, pagination, parse)
+    except TimeoutError:
+        return _failed(result, number, "timeout", f"pages 1 to {number} arrived, but the endpoint's {budget:.3f}s passed before they were parsed",
+                       total, lines)
+    except _PageError as exc:
+        return _failed(result, number, exc.outcome, str(exc), total, lines)
+    if pagination.style == "link_header":
+        for i, count in zip(at, counts, strict=True):
+            lines[i] += f", {count} elements"
     result.document, result.bytes, result.pages, result.page_lines, result.redirects = document, total, number, lines, []
     return Answer(document, result.status, total, number), result
