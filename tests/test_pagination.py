@@ -51,13 +51,14 @@ class PagedAPI:
 
     async def field(self, request: web.Request) -> web.Response:
         n = self._number(request)
-        following = f"field?page={n + 1}" if n < last_page() else None  # relative to the page's URL
+        # relative to the page's URL, then absolute
+        following = (f"field?page={n + 1}" if n == 1 else str(request.url.with_query(page=n + 1))) if n < last_page() else None
         return web.json_response({"data": {"values": page_of(n)}, "links": {"next": following}, "total": len(REPOS)})
 
     async def cursor(self, request: web.Request) -> web.Response:
         self.authorization.append(request.headers.get("Authorization"))
-        n = int(request.query.get("after", "c1")[1:])
-        meta = {"next_cursor": f"c{n + 1}"} if n < last_page() else {}
+        n = int(request.query.get("after", "c1").removeprefix("c"))
+        meta = {"next_cursor": f"c{n + 1}" if n == 1 else n + 1} if n < last_page() else {}  # a string, then an integer
         return web.json_response({"items": page_of(n), "meta": meta})
 
     async def numbered(self, request: web.Request) -> web.Response:
