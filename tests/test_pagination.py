@@ -5,6 +5,7 @@ and max_response_bytes over all pages; pages stay on the first page's origin. 12
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import textwrap
 from pathlib import Path
@@ -219,6 +220,32 @@ async def test_a_page_on_another_origin_is_refused_and_gets_no_credentials(aioht
     assert stars(metrics) == {}
     assert value(parse(metrics), "probe_endpoint_success", endpoint="repos") == 0
     assert value(parse(metrics), "probe_endpoint_pages", endpoint="repos") == 2
+
+
+async def test_the_credentials_of_the_target_go_to_every_page_and_the_trace_shows_none(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    """A target with userinfo is sent as Basic auth to the next pages too (a Link URL carries none of its own);
+    a secret query parameter is in every page's URL, and redacted in the trace."""
+    api = PagedAPI()
+    up = await upstream(api.routes())
+    client = await exporter_for(aiohttp_client, """
+        modules:
+          default:
+            targets: {allow: ['http://alice:pw-SECRET@127\\.0\\.0\\.1:\\d+']}
+            endpoints:
+              repos:
+                url: '{target}/api/link'
+                params: {api_key: key-SECRET-1}
+                pagination: {items: '@', next: {link_header: next}}
+            metrics:
+              - {name: repo_stars, help: Stars., each: '@', value: stars, labels: {repo: name}}
+        """)
+    target = up.url.replace("http://", "http://alice:pw-SECRET@")
+    text = await probe(client, target, debug="true")
+    assert stars(text.partition("metrics:\n")[2]) == {r["name"]: float(r["stars"]) for r in REPOS}
+    assert api.authorization == ["Basic " + base64.b64encode(b"alice:pw-SECRET").decode()] * last_page()
+    assert [r.query.get("api_key") for r in up.requests] == ["key-SECRET-1", None, None]  # Link URLs are followed as given
+    assert "page 3: GET http://<redacted>@127.0.0.1:" in text
+    assert "SECRET" not in text
 
 
 async def test_a_next_url_requested_before_ends_the_sequence(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
