@@ -166,8 +166,11 @@ def fail(result: ProbeResult, module: Module, limit: str, reason: str, duration:
     return result
 
 
-def run_offline(module: Module, documents: Mapping[str, Any], target: str, query: Mapping[str, str], debug: bool = False) -> ProbeResult:
-    """Evaluate saved answers (endpoint name -> parsed JSON) without any network I/O."""
+def run_offline(module: Module, documents: Mapping[str, Any], target: str, query: Mapping[str, str], debug: bool = False,
+                endpoints: list[EndpointResult] | None = None) -> ProbeResult:
+    """Evaluate saved answers (endpoint name -> parsed JSON) without any network I/O. `endpoints`, the
+    outcome of each endpoint as `jsonexporter test` makes it from its answers (failures too), adds the
+    probe_endpoint_* and probe_failed_due_to_* metrics of a live probe."""
     values, params = resolve_values(module, target, query, offline=True)
     trace = Trace() if debug else None
     if trace is not None:
@@ -177,5 +180,5 @@ def run_offline(module: Module, documents: Mapping[str, Any], target: str, query
             trace.add(f"  document: {shorten(document)}")
     extraction = extract(module, documents, ProbeContext(module.name, target, params), module_labels(module, values), trace)
     success = all(name in documents for name in module.endpoints)
-    families = [*extraction.families.values(), *self_families(module, extraction, None, success, None)]
-    return ProbeResult(families, success, [], extraction, trace)
+    families = [*extraction.families.values(), *self_families(module, extraction, endpoints, success, None)]
+    return ProbeResult(families, success, endpoints or [], extraction, trace)

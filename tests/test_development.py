@@ -4,6 +4,7 @@ of the repository."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -51,6 +52,16 @@ def test_ci_run_on_a_developer_machine_runs_the_suite_as_ci_does(tmp_path: Path)
     assert result.returncode == 0, result.stdout + result.stderr
     pytest_runs = [line for line in calls.read_text().splitlines() if " -m pytest" in line]
     assert pytest_runs == ["CI=true -m pytest -q -p no:cacheprovider"]
+    test_runs = [line for line in calls.read_text().splitlines() if " -m jsonexporter test" in line]
+    assert test_runs == ["CI=true -m jsonexporter test examples/tests/*.test.yml"]  # the cookbook's goldens, after the suite
+
+
+def test_ci_run_runs_exactly_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"The test command that `.ci/run` runs after installing is\n`([^`]+)`", readme)
+    assert found, "README.md no longer states the test command"
+    last = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip() and not line.startswith("#")][-1]
+    assert last == found.group(1)
 
 
 def test_coverage_data_is_not_in_the_repository_and_is_ignored() -> None:
