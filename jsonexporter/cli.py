@@ -1,4 +1,4 @@
-"""The commands: check, schema, serve and probe. Errors end here as one-line messages."""
+"""The commands: check, schema, serve, probe and test. Errors end here as one-line messages."""
 
 from __future__ import annotations
 
