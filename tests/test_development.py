@@ -68,3 +68,13 @@ def test_coverage_data_is_not_in_the_repository_and_is_ignored() -> None:
     assert git("ls-files", "--", ".coverage", ".coverage.*").stdout == ""
     assert git("check-ignore", "-q", ".coverage").returncode == 0
     assert git("check-ignore", "-q", ".coverage.host.1234.XyZ").returncode == 0
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject.toml lists the packages by name: a new one (upstream/, spectest/) left out would be
+    missing from a `pip install .`, while the editable install of the suite still finds it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "jsonexporter").rglob("__init__.py")}
+    assert listed == found

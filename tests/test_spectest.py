@@ -160,33 +160,41 @@ def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return {(s.name, frozenset(s.labels.items())): s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
 
-async def test_a_status_failure_gives_the_series_of_a_live_probe_of_that_failure(tmp_path: Path, upstream: UpstreamFactory,
-                                                                                 exporter: ExporterFactory) -> None:
-    async def unavailable(request: web.Request) -> web.Response:
-        return web.json_response({"error": "down"}, status=500)
+async def _text(request: web.Request, body: str, status: int = 200) -> web.Response:
+    return web.Response(text=body, status=status, content_type="application/json")
 
-    up = await upstream({"/stats": unavailable, "/health": {"healthy": 1}})
+
+@pytest.mark.parametrize(("health", "answer"), [
+    ((json.dumps({"error": "down"}), 500), "{status: 500, json: {error: down}}"),
+    (("", 503), "{status: 503}"),  # accepted by valid_status_codes: an empty body, not JSON
+    (("not json", 200), "{body: 'not json'}"),
+    ((json.dumps({"healthy": 1, "padding": "x" * 64}), 200), "{json: {healthy: 1, padding: '" + "x" * 64 + "'}}"),
+    ((json.dumps({"healthy": 0}), 503), "{status: 503, json: {healthy: 0}}"),
+], ids=["invalid_status", "empty_body", "invalid_json", "too_large", "accepted_status"])
+async def test_an_answer_gives_the_series_of_a_live_probe_of_that_answer(tmp_path: Path, upstream: UpstreamFactory, exporter: ExporterFactory,
+                                                                         health: tuple[str, int], answer: str) -> None:
+    """The outcomes `jsonexporter test` gives answers mirror fetch's exchange: this keeps them equal."""
+    up = await upstream({"/stats": STATS, "/health": lambda request: _text(request, *health)})
     client = await exporter(SPEC)
     live = _samples(await (await client.get(f"/probe?module=default&target={up.url}")).text())
     file = write(tmp_path, f"""
         spec: spec.yml
         tests:
-          - name: stats down
+          - name: live and offline
             target: '{up.url}'
             answers:
-              stats: {{status: 500}}
-              health: {{json: {{healthy: 1}}}}
+              stats: {{file: stats.json}}
+              health: {answer}
             exp_samples: []
         """)
     loaded = load_suite(file.read_text(), str(file))
     assert loaded.suite is not None, loaded.problems
     samples, _, _, _ = probe_case(loaded.suite.cases[0])
     offline = {(s.series.name, s.series.labels): s.value for s in samples}
-    timings = ("probe_duration_seconds", "probe_endpoint_duration_seconds", "probe_endpoint_response_bytes")
+    timings = ("probe_duration_seconds", "probe_endpoint_duration_seconds")
     assert {k: v for k, v in offline.items() if k[0] not in timings} == {k: v for k, v in live.items() if k[0] not in timings}
-    assert offline[("probe_endpoint_http_status_code", frozenset({("endpoint", "stats")}))] == 500
-    assert offline[("probe_success", frozenset())] == 0
     assert set(offline) == set(live) - {("probe_duration_seconds", frozenset())}  # offline, a probe has no duration
+    assert offline[("probe_endpoint_http_status_code", frozenset({("endpoint", "health")}))] == health[1]
 
 
 async def test_a_test_sends_nothing_to_its_target(tmp_path: Path, upstream: UpstreamFactory, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 
 import jsonschema
 
-from jsonexporter.fetch import InvalidRequest
 from jsonexporter.probe import resolve_values
 from jsonexporter.spec import Spec, load_text, read_spec_text
 from jsonexporter.spec.model import Module
@@ -23,6 +22,7 @@ from jsonexporter.spec.problems import Path, Problem
 from jsonexporter.spec.schema import check_schema, suggestion
 from jsonexporter.spec.yamlload import Marks, load_yaml
 from jsonexporter.spectest.series import Series, SeriesSyntaxError, parse_series
+from jsonexporter.upstream import InvalidRequest
 
 SCHEMA_FILE = "jsonexporter-test.schema.json"
 DEFAULT_MODULE = "default"

@@ -14,7 +14,6 @@ from typing import TextIO
 from prometheus_client.parser import text_string_to_metric_families
 
 from jsonexporter.exposition import Family, format_value, render_text
-from jsonexporter.fetch import EndpointResult, _parse_json
 from jsonexporter.probe import run_offline
 from jsonexporter.secrets import Redactor
 from jsonexporter.spec import read_spec_text
@@ -22,6 +21,8 @@ from jsonexporter.spec.problems import Problem
 from jsonexporter.spec.schema import suggestion
 from jsonexporter.spectest.load import Answer, Case, Loaded, SpecCache, Suite, load_suite
 from jsonexporter.spectest.series import Series
+from jsonexporter.upstream import EndpointResult
+from jsonexporter.upstream.fetch import _parse_json
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_UNEXPECTED = 50  # unexpected series shown per case: enough to see the pattern, not a whole exposition
@@ -29,8 +30,8 @@ _NOT_SENT = "(the test's answer: nothing was sent)"
 
 
 def endpoint_result(name: str, answer: Answer, status_ok: bool, limit: int) -> EndpointResult:
-    """The outcome a live probe gives the endpoint for this answer, classified as fetch's exchange does:
-    the status first, then the size, then the JSON."""
+    """The outcome a live probe gives the endpoint for this answer, classified as upstream.fetch's exchange
+    does: the status first, then the size, then the JSON (tests/test_spectest.py compares both, answer by answer)."""
     if answer.error == "timeout":
         return EndpointResult(name, "timeout", error=f"no complete answer {_NOT_SENT}")
     if answer.error is not None:
