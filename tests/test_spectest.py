@@ -529,3 +529,14 @@ def test_the_example_of_the_docs_passes(capsys: pytest.CaptureFixture[str]) -> N
     assert loaded.suite is not None, loaded.problems
     assert run_suite(loaded.suite, sys.stdout)
     assert capsys.readouterr().out == f"{docs}: 1 test(s) passed\n"
+
+
+def test_the_example_of_the_readme_passes_on_its_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    spec = next(b for b in blocks if b.lstrip("#").lstrip().startswith("yaml-language-server: $schema=../schemas/jsonexporter.schema.json") and "modules:" in b)
+    tests = next(b for b in blocks if "exp_samples:" in b)
+    (tmp_path / "queue-stats.yml").write_text(spec)
+    (tmp_path / "t.test.yml").write_text(tests)
+    code, out, _ = run(capsys, tmp_path / "t.test.yml")
+    assert code == 0, out
