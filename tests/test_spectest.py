@@ -197,6 +197,38 @@ async def test_an_answer_gives_the_series_of_a_live_probe_of_that_answer(tmp_pat
     assert offline[("probe_endpoint_http_status_code", frozenset({("endpoint", "health")}))] == health[1]
 
 
+async def test_a_probe_over_its_series_limit_fails_as_a_live_one(tmp_path: Path, upstream: UpstreamFactory, exporter: ExporterFactory,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    spec = SPEC.replace("  default:\n", "  default:\n    series_limit: 1\n", 1)
+    up = await upstream({"/stats": STATS, "/health": {"healthy": 1}})
+    client = await exporter(spec)
+    live = _samples(await (await client.get(f"/probe?module=default&target={up.url}")).text())
+    file = write(tmp_path, f"""
+        spec: spec.yml
+        tests:
+          - name: two queues, one allowed
+            target: '{up.url}'
+            answers:
+              stats: {{file: stats.json}}
+              health: {{json: {{healthy: 1}}}}
+            exp_samples:
+              - {{labels: probe_failed_due_to_series_limit, value: 1}}
+              - {{labels: probe_success, value: 0}}
+            exact: true
+        """, spec=spec)
+    code, out, _ = run(capsys, file)
+    assert code == 0, out
+    assert live[("probe_failed_due_to_series_limit", frozenset())] == 1
+    assert not any(name.startswith("queue_") for name, _ in live)
+    loaded = load_suite(file.read_text(), str(file))
+    assert loaded.suite is not None
+    samples, _, _, notes = probe_case(loaded.suite.cases[0])
+    timings = ("probe_duration_seconds", "probe_endpoint_duration_seconds")
+    assert {(s.series.name, s.series.labels): s.value for s in samples if s.series.name not in timings} == {
+        k: v for k, v in live.items() if k[0] not in timings}
+    assert notes == ["the rules gave more than 1 series (series_limit of module default); no series are answered"]
+
+
 async def test_a_test_sends_nothing_to_its_target(tmp_path: Path, upstream: UpstreamFactory, capsys: pytest.CaptureFixture[str]) -> None:
     up = await upstream({"/stats": STATS, "/health": {"healthy": 1}})
     file = write(tmp_path, PASSING.replace("http://queue.example", up.url))

@@ -76,7 +76,7 @@ def _samples(families: list[Family]) -> list[Sample]:
 
 def probe_case(case: Case) -> tuple[list[Sample], set[str], list[EndpointResult], list[str]]:
     """The case's probe, offline: its samples, the names of the spec's own families among them, the
-    endpoints' outcomes and extraction's messages."""
+    endpoints' outcomes, and why the probe failed (a series limit) or extraction skipped series."""
     results = []
     for name, endpoint in case.module.endpoints.items():
         answer = case.answers[name]
@@ -84,7 +84,7 @@ def probe_case(case: Case) -> tuple[list[Sample], set[str], list[EndpointResult]
     documents = {r.endpoint: r.document for r in results if r.usable}
     result = run_offline(case.module, documents, case.target, case.params, endpoints=results)
     own = {family.name for family in result.extraction.families.values()}
-    return _samples(result.families), own, results, result.extraction.messages
+    return _samples(result.families), own, results, [*([result.failure] if result.failure else []), *result.extraction.messages]
 
 
 def _same(expected: float, got: float) -> bool:
