@@ -8,7 +8,7 @@ import functools
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -145,7 +145,7 @@ def _choices(word: str, names: list[str], kind: str) -> str:
     return f" (did you mean {close!r}?)" if close else f" (the {kind} has {', '.join(sorted(names)) or 'none'})"
 
 
-def load_suite(text: str, file: str, specs: SpecCache | None = None, read: Callable[[str, int], bytes] | None = None) -> Loaded:
+def load_suite(text: str, file: str, specs: SpecCache | None = None) -> Loaded:
     """Compile a test file; `suite` is None when any error was found, and `problems` holds them all."""
     loaded = Loaded(None)
     data, marks, problems = load_yaml(text, file)
@@ -161,7 +161,7 @@ def load_suite(text: str, file: str, specs: SpecCache | None = None, read: Calla
     if spec is not None and isinstance(data.get("tests"), list):
         for i, raw in enumerate(data["tests"]):
             if isinstance(raw, dict):
-                case = _case(c, ("tests", i), raw, spec, read or _read_answer)
+                case = _case(c, ("tests", i), raw, spec)
                 if case is not None:
                     cases.append(case)
     loaded.problems = sorted(set(loaded.problems), key=lambda p: (p.file != file, p.file, p.line, p.column, p.message))
@@ -198,7 +198,7 @@ def _read_answer(path: str, limit: int) -> bytes:
         return fh.read(limit + 1)  # one byte more than the endpoint takes: enough to refuse it as too large
 
 
-def _case(c: _Checker, path: Path, raw: dict[str, Any], spec: Spec, read: Callable[[str, int], bytes]) -> Case | None:
+def _case(c: _Checker, path: Path, raw: dict[str, Any], spec: Spec) -> Case | None:
     errors = len(c.loaded.problems)
     module_name = raw.get("module", DEFAULT_MODULE)
     module = spec.modules.get(module_name) if isinstance(module_name, str) else None
@@ -211,7 +211,7 @@ def _case(c: _Checker, path: Path, raw: dict[str, Any], spec: Spec, read: Callab
             resolve_values(module, target, params, offline=True)
         except InvalidRequest as exc:
             c.add((*path, "params") if "params" in raw else path, str(exc))
-    answers, answer_at = _answers(c, (*path, "answers"), raw.get("answers"), module, read)
+    answers, answer_at = _answers(c, (*path, "answers"), raw.get("answers"), module)
     expected = _samples(c, (*path, "exp_samples"), raw.get("exp_samples"))
     name, exact = raw.get("name"), raw.get("exact", False)
     if len(c.loaded.problems) > errors or module is None or not isinstance(name, str) or not isinstance(target, str) or params is None:
@@ -229,8 +229,7 @@ def _params(raw: object) -> dict[str, str] | None:
     return {k: v if isinstance(v, str) else str(v) for k, v in raw.items()}
 
 
-def _answers(c: _Checker, path: Path, raw: object, module: Module | None,
-             read: Callable[[str, int], bytes]) -> tuple[dict[str, Answer] | None, dict[str, Mark]]:
+def _answers(c: _Checker, path: Path, raw: object, module: Module | None) -> tuple[dict[str, Answer] | None, dict[str, Mark]]:
     """The answers by endpoint; their endpoints are checked against `module` when it is known."""
     if not isinstance(raw, dict):
         return None, {}
@@ -247,7 +246,7 @@ def _answers(c: _Checker, path: Path, raw: object, module: Module | None,
         marks[name] = c.at((*path, name), key=True)
         if isinstance(value, dict):
             limit = module.endpoints[name].max_response_bytes if module is not None else 0
-            answer = _answer(c, (*path, name), value, limit, read)
+            answer = _answer(c, (*path, name), value, limit)
             if answer is not None:
                 answers[name] = answer
     missing = [name for name in endpoints if name not in raw and name not in meant]
@@ -257,7 +256,7 @@ def _answers(c: _Checker, path: Path, raw: object, module: Module | None,
     return (answers if complete else None), marks
 
 
-def _answer(c: _Checker, path: Path, raw: dict[str, Any], limit: int, read: Callable[[str, int], bytes]) -> Answer | None:
+def _answer(c: _Checker, path: Path, raw: dict[str, Any], limit: int) -> Answer | None:
     bodies = [key for key in BODIES if key in raw]
     if len(bodies) > 1:
         c.add((*path, bodies[1]), f"{' and '.join(bodies)} are alternatives: an answer has one body", key=True)
@@ -283,7 +282,7 @@ def _answer(c: _Checker, path: Path, raw: dict[str, Any], limit: int, read: Call
     if isinstance(file, str) and file:
         where = relative_to(c.file, file)
         try:
-            return Answer(status, read(where, limit))
+            return Answer(status, _read_answer(where, limit))
         except OSError as exc:
             c.add((*path, "file"), f"cannot read {where}: {exc.strerror or exc}")
             c.loaded.unreadable = True
