@@ -316,7 +316,7 @@ def _parser() -> argparse.ArgumentParser:
     probe.set_defaults(func=cmd_probe)
 
     test = sub.add_parser("test", help="run unit tests of specs on saved answers, offline (exit 0 all pass, 1 a test fails or is invalid, 2 unreadable)")
-    test.add_argument("files", nargs="+", metavar="TESTFILE")
+    test.add_argument("files", nargs="+", metavar="TESTFILE", help="a test file: spec, tests with answers and exp_samples (docs/testing.md)")
     test.set_defaults(func=cmd_test)
     return parser
 
