@@ -19,6 +19,10 @@ To regenerate the .prom files after an intended change of the output, run
     JSONEXPORTER_UPDATE_GOLDEN=1 pytest tests/test_examples.py
 
 then READ `git diff examples/golden`: every value and label must still be what the JSON says.
+
+The same run rewrites examples/tests/NAME.test.yml, the goldens of NAME as a test file of
+`jsonexporter test` (every sample of each MODULE.prom, exact: true); each must equal what the goldens
+make, and pass `jsonexporter test`, which .ci/run also runs after the suite.
 """
 
 from __future__ import annotations
