@@ -1,6 +1,6 @@
 """Pagination: an endpoint's next pages followed one after the other, each a request through fetch.py's
 request path, and their elements gathered at `items` of the first page's document, which is the one
-answer the rules (and the cache) see. Every page stays on the first page's origin; the sequence is bounded
+answer the rules (and the cache) see. Every page stays on the endpoint URL's origin; the sequence is bounded
 by max_pages, by the endpoint's deadline and by max_response_bytes over all pages together, and an answer
 that would be incomplete (a bound reached, a page refused or failed) fails the endpoint: never partial data.
 Pages wait as bytes for the last one, so that a probe in flight holds no parsed document."""
@@ -80,7 +80,7 @@ def _elements(document: Any, pagination: Pagination) -> list[Any]:
     return value
 
 
-def first_url(request: UpstreamRequest) -> URL:
+def _first_url(request: UpstreamRequest) -> URL:
     """The first page's URL: the endpoint's, with the first page number in page_param style."""
     pagination = request.endpoint.pagination
     if pagination is not None and pagination.style == "page_param" and pagination.param is not None:
@@ -172,7 +172,7 @@ async def fetch_pages(send: Send, parse: Parse, request: UpstreamRequest, budget
     assert pagination is not None
     loop = asyncio.get_running_loop()
     start = loop.time()
-    url = first_url(request)
+    url = _first_url(request)
     requested = {str(url)}
     lines: list[str] = []
     at: list[int] = []  # the line of each page in `lines`
