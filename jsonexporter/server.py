@@ -323,6 +323,11 @@ def _worker_note(options: Options) -> str:
     return f" Worker {options.worker} of {options.workers}: the recent probes below are this worker's."
 
 
+def _files_note(spec: Spec) -> str:
+    files = set(spec.origins.values())
+    return f"{len(files)} files, " if files - {spec.file} else ""
+
+
 def _probe_link(module: str, target: str, debug: bool) -> str:
     query = {"module": module, "target": target} | ({"debug": "true"} if debug else {})
     return "/probe?" + html.escape(urlencode(query))
@@ -356,7 +361,7 @@ async def handle_index(request: web.Request) -> web.Response:
             f"<a href=\"{_probe_link(r.module, r.target, True)}\">debug again</a></td></tr>"
         )
     body = f"""<h1>jsonexporter {html.escape(__version__)}</h1>
-<p>Spec <code>{html.escape(spec.file)}</code> (sha256 {spec.sha256[:12]}).{_worker_note(state.options)}
+<p>Spec <code>{html.escape(spec.file)}</code> ({_files_note(spec)}sha256 {spec.sha256[:12]}).{_worker_note(state.options)}
 <a href="/metrics">Exporter metrics</a> · <a href="/-/healthy">health</a> · <a href="/-/ready">readiness</a></p>
 <h2>Probe</h2>
 <form action="/probe" method="get">

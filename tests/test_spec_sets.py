@@ -118,6 +118,7 @@ async def test_the_metrics_and_the_landing_page_say_which_file_each_module_comes
     client = await start(aiohttp_client, conf_d)
     assert await modules_by_file(client) == {str(conf_d / "a.yml"): 1, str(conf_d / "b.yml"): 2, str(conf_d / "c.yaml"): 1}
     page = await (await client.get("/")).text()
+    assert f"Spec <code>{conf_d}</code> (3 files, sha256 " in page
     for name, file in (("a", "a.yml"), ("b", "b.yml"), ("b2", "b.yml"), ("c", "c.yaml")):
         assert f"<tr><td>{name}</td><td><code>{conf_d / file}</code></td>" in page
 
@@ -189,3 +190,38 @@ async def test_sighup_to_the_workers_supervisor_rereads_the_directory(workers_on
     await _poll("both workers serve the re-read directory", both_serve_the_new_set)
     status, text = await _fresh(base, "/probe", {"module": "a", "target": "http://127.0.0.1:1/"})
     assert status == 400 and "known modules: b, c, e" in text
+
+
+def test_a_configmap_mount_is_read_through_its_links_and_read_again_after_an_update(tmp_path: Path) -> None:
+    """kubelet's layout: the files are links into `..data`, itself a link to a hidden timestamped
+    directory, swapped whole on an update; the links of new keys come after."""
+    mount = tmp_path / "jsonexporter"
+    (mount / "..2026_12_01_1").mkdir(parents=True)
+    (mount / "..2026_12_01_1" / "a.yml").write_text(module("a"))
+    (mount / "..data").symlink_to("..2026_12_01_1")
+    (mount / "a.yml").symlink_to("..data/a.yml")
+    assert list(load_spec(str(mount)).modules) == ["a"]
+    (mount / "..2026_12_01_2").mkdir()
+    (mount / "..2026_12_01_2" / "a.yml").write_text(module("a", "a_renamed"))
+    (mount / "..2026_12_01_2" / "b.yml").write_text(module("b"))
+    (mount / "..data_tmp").symlink_to("..2026_12_01_2")
+    os.replace(mount / "..data_tmp", mount / "..data")
+    (mount / "b.yml").symlink_to("..data/b.yml")
+    spec = load_spec(str(mount))
+    assert list(spec.modules) == ["a", "b"] and spec.modules["a"].metrics[0].name == "a_renamed"
+
+
+def test_a_link_to_nothing_in_the_directory_is_named(conf_d: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (conf_d / "e.yml").symlink_to("gone.yml")
+    assert run_check(capsys, conf_d) == (2, "", f"{conf_d / 'e.yml'}: cannot read: No such file or directory\n")
+
+
+def test_an_unreadable_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads any directory")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0)
+    try:
+        assert run_check(capsys, locked) == (2, "", f"{locked}: cannot read: Permission denied\n")
+    finally:
+        locked.chmod(0o755)

@@ -39,8 +39,14 @@ def is_spec_set(source: str) -> bool:
 def spec_files(source: str) -> list[str]:
     """The files of `source`, sorted; SpecFileError when a directory or glob gives none."""
     if os.path.isdir(source):
-        names = sorted(n for n in os.listdir(source) if n.endswith(_SUFFIXES) and not n.startswith("."))
-        files = [f for n in names if os.path.isfile(f := os.path.join(source, n))]
+        try:
+            listed = os.listdir(source)
+        except OSError as exc:
+            raise SpecFileError(f"{source}: cannot read: {exc.strerror or exc}") from None
+        # hidden names left out: editors' files, and the `..data` links of a Kubernetes ConfigMap mount
+        names = sorted(n for n in listed if n.endswith(_SUFFIXES) and not n.startswith("."))
+        # a link to nothing is kept: reading it says what is missing
+        files = [f for n in names if not os.path.isdir(f := os.path.join(source, n))]
         if not files:
             raise SpecFileError(f"{source}: no spec in this directory: it holds no *.yml or *.yaml file (subdirectories are not read)")
     elif is_spec_set(source):

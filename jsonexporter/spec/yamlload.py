@@ -116,14 +116,16 @@ class _Builder:
         self.text = text
         self.marks = Marks()
         self.problems: list[Problem] = []
+        self._reported: set[tuple[int, str]] = set()
         self.nodes = 0
         self._constructor = SafeConstructor()
         self._resolver = yaml.resolver.Resolver()
 
     def problem(self, node: Node, path: Path, message: str) -> None:
         mark = node.start_mark
-        if any(p.line == mark.line + 1 and p.column == mark.column + 1 and p.message == message for p in self.problems):
+        if (mark.index, message) in self._reported:
             return  # a node of an anchor, read again for each alias or merge of it: one problem where it is written
+        self._reported.add((mark.index, message))
         self.problems.append(Problem(self.file, mark.line + 1, mark.column + 1, path, message))
 
     def build(self, node: Node, path: Path, depth: int = 0) -> Any:
