@@ -190,6 +190,9 @@ async def test_sighup_to_the_workers_supervisor_rereads_the_directory(workers_on
     await _poll("both workers serve the re-read directory", both_serve_the_new_set)
     status, text = await _fresh(base, "/probe", {"module": "a", "target": "http://127.0.0.1:1/"})
     assert status == 400 and "known modules: b, c, e" in text
+    status, text = await _fresh(base, "/metrics")
+    by_file = {dict(labels)["file"]: v for (name, labels), v in parse(text).items() if name == "jsonexporter_config_modules"}
+    assert by_file == {str(conf_d / "a.yml"): 0, str(conf_d / "b.yml"): 1, str(conf_d / "c.yaml"): 1, str(conf_d / "e.yml"): 1}
 
 
 def test_a_configmap_mount_is_read_through_its_links_and_read_again_after_an_update(tmp_path: Path) -> None:
