@@ -7,10 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import SpecWriter
+from hypothesis import given
+from hypothesis import strategies as st
 from metrics_util import parse, value
 
 from jsonexporter.cli import main
+from jsonexporter.spec.yamlload import load_yaml
 
 
 def check(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, list[str]]:
@@ -116,6 +120,22 @@ def test_a_merge_key_of_something_else_than_mappings_is_located(write_spec: Spec
     code, lines = check(capsys, spec)
     assert code == 1
     assert lines == [f"{spec}:4:26: modules.m.metrics[0]['<<']: `<<` merges a mapping or a list of mappings (`<<: *base` or `<<: [*a, *b]`)"]
+
+
+KEYS = st.sampled_from(["a", "b", "c", "d", "e"])
+FLAT = st.dictionaries(KEYS, st.integers(0, 9), max_size=4)
+
+
+@given(FLAT, FLAT, FLAT, st.sampled_from(["*x", "[*x]", "[*x, *y]", "[*y, *x]"]), st.booleans())
+def test_merge_keys_give_what_pyyaml_gives_in_its_order(x: dict[str, int], y: dict[str, int], written: dict[str, int], merge: str,
+                                                       merge_first: bool) -> None:
+    pairs = [f"{k}: {v}" for k, v in written.items()]
+    pairs.insert(0 if merge_first else len(pairs), f"<<: {merge}")
+    text = f"x: &x {json.dumps(x)}\ny: &y {json.dumps(y)}\nz: {{{', '.join(pairs)}}}\n"
+    data, _, problems = load_yaml(text, "f.yml")
+    assert problems == []
+    expected = yaml.safe_load(text)
+    assert data == expected and list(data["z"].items()) == list(expected["z"].items())
 
 
 # -- x- fragments -----------------------------------------------------------------------------------
