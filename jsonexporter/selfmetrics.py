@@ -45,7 +45,7 @@ class SelfMetrics:
         )
         self.cache_requests = Counter(
             "jsonexporter_cache_requests", "Endpoint lookups of endpoints with cache_ttl (miss, hit, coalesced, stale, revalidate) or "
-            "refresh_interval (first, scheduled, stale), by result.",
+            "refresh_interval (first, scheduled, scheduled_stale), by result.",
             ["module", "endpoint", "result"], registry=r,
         )
         # per endpoint, never per target: a schedule's target is the caller's choice

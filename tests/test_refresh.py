@@ -8,6 +8,7 @@ import asyncio
 import logging
 import textwrap
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,16 @@ def counting(answers: Callable[[int], Any], on: dict[int, asyncio.Event] | None 
             return await answer(request)
         if isinstance(answer, int):
             return web.json_response({}, status=answer)
+        if isinstance(answer, Redirect):
+            return web.Response(status=302, headers={"Location": answer.location})
         return web.json_response(answer)
 
     return handle
+
+
+@dataclass
+class Redirect:
+    location: str
 
 
 def schedule_tasks() -> list[asyncio.Task[Any]]:
@@ -163,6 +171,52 @@ async def test_a_probe_never_waits_for_the_api_after_the_first_answer(aiohttp_cl
     held.release.set()
 
 
+async def test_concurrent_first_probes_of_a_request_wait_for_one_scheduled_request(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    held = Held({"v": 1})
+    up = await upstream({"/": held})
+    client = await start(aiohttp_client, SCHEDULED)
+    probes = [asyncio.create_task(probe(client, target=f"{up.url}/")) for _ in range(8)]
+    await wait_for(held.arrived, BOUND)
+    held.release.set()
+    answers = await asyncio.wait_for(asyncio.gather(*probes), BOUND)
+    assert [value(s, "x") for s in answers] == [1] * 8
+    assert up.hits == {"/": 1}
+    metrics = parse(await (await client.get("/metrics")).text())
+    assert value(metrics, "jsonexporter_cache_requests_total", module="default", endpoint="main", result="first") == 8
+
+
+async def test_a_scheduled_request_keeps_to_the_redirect_rules_of_a_probe(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    foreign_hits: list[str] = []
+
+    async def foreign_answer(request: web.Request) -> web.Response:
+        foreign_hits.append(request.path_qs)
+        return web.json_response({"v": 666})
+
+    foreign_app = web.Application()
+    foreign_app.router.add_get("/{tail:.*}", foreign_answer)
+    foreign = await aiohttp_server(foreign_app, host="127.0.0.2")
+    third = {3: asyncio.Event()}
+    home_app = web.Application()
+    home_app.router.add_get("/", counting(lambda n: {"v": 1} if n == 1 else Redirect(f"http://127.0.0.2:{foreign.port}/steal"), third))
+    home = await aiohttp_server(home_app, host="127.0.0.1")
+    client = await start(aiohttp_client, r"""
+        modules:
+          default:
+            targets: {allow: ['http://127\.0\.0\.1:\d+/']}
+            http_client_config: {bearer_token: tok-SECRET}
+            endpoints: {main: {url: '{target}', refresh_interval: 1s}}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    target = f"http://127.0.0.1:{home.port}/"
+    assert value(await probe(client, target=target), "x") == 1
+    await wait_for(third[3], BOUND)  # the second, redirected, request is over
+    response = await client.get("/probe", params={"target": target, "debug": "true"})
+    text = await response.text()
+    assert "redirect_refused" in text and "targets.allow does not allow" in text and "probe_success 0" in text
+    assert "cache scheduled" in text  # the answer of the schedule, not a request of this probe
+    assert foreign_hits == [] and "tok-SECRET" not in text
+
+
 async def test_a_failed_refresh_serves_the_last_good_answer_within_stale_if_error_else_fails(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
     kept, failing = {3: asyncio.Event()}, {3: asyncio.Event()}
     up = await upstream({"/kept": counting(lambda n: {"v": 1} if n == 1 else 503, kept), "/failing": counting(lambda n: {"v": 1} if n == 1 else 503, failing)})
@@ -188,6 +242,7 @@ async def test_a_failed_refresh_serves_the_last_good_answer_within_stale_if_erro
     assert ("x", ()) not in s
     metrics = parse(await (await client.get("/metrics")).text())
     assert value(metrics, "jsonexporter_refresh_failures_total", module="kept", endpoint="main") >= 1
+    assert value(metrics, "jsonexporter_cache_requests_total", module="kept", endpoint="main", result="scheduled_stale") == 1
 
 
 async def test_a_target_not_probed_for_three_intervals_leaves_its_schedule(aiohttp_client: Any, upstream: UpstreamFactory) -> None:

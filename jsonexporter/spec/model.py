@@ -24,7 +24,7 @@ DEFAULT_ENDPOINT = "default"
 # serve's defaults for refresh_interval (upstream/refresh.py): requests of modules with a target on a
 # schedule at once (--refresh.max-requests), and the least time without a probe before one leaves
 # (--refresh.min-idle): a Prometheus scraping every minute keeps a 1s schedule alive.
-DEFAULT_REFRESH_MAX_REQUESTS = 128
+DEFAULT_REFRESH_MAX_REQUESTS = 32
 DEFAULT_REFRESH_MIN_IDLE = 300.0
 # what a header value cannot hold (RFC 9110 5.5): control characters but tab
 HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")

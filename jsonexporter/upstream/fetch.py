@@ -41,7 +41,7 @@ class EndpointResult:
     duration: float = 0.0
     document: Any = None
     error: str | None = None
-    cache: str | None = None  # with cache_ttl: miss, hit, coalesced, stale or revalidate; with refresh_interval: first, scheduled or stale
+    cache: str | None = None  # with cache_ttl: miss, hit, coalesced, stale or revalidate; with refresh_interval: first, scheduled or scheduled_stale
     cache_age: float | None = None
     stale: bool = False  # the upstream failed; `document` is an older good answer (stale_if_error)
     redirects: list[str] = field(default_factory=list)  # each redirect followed, for the trace
@@ -269,7 +269,9 @@ def schedule_key(request: UpstreamRequest, job: Job) -> Hashable:
 
 
 def render_job(job: Job) -> UpstreamRequest:
-    """The request of a background job, rendered afresh from the endpoint and the probe's values as a probe's is."""
+    """The request of a background job, rendered afresh from the endpoint and the probe's values as a probe's is
+    (fetch_module): a step that adds values before rendering (a login's) belongs in both, so that a schedule
+    never sends values that have expired."""
     return render_request(job.endpoint, job.values, job.module.target_allow)
 
 
@@ -357,7 +359,7 @@ def _from_cache(name: str, lookup: Lookup, waited: float) -> EndpointResult:
         return EndpointResult(name, "timeout", error=f"no complete answer within {waited:.3f}s", cache=lookup.result)
     answer = lookup.answer
     result = EndpointResult(name, "success", answer.status, answer.bytes, document=answer.document, cache=lookup.result, cache_age=lookup.age)
-    if lookup.result == "stale" and fetched is not None:
+    if lookup.result in ("stale", "scheduled_stale") and fetched is not None:
         result.outcome, result.error, result.status, result.stale = fetched.outcome, fetched.error, fetched.status, True
     return result
 

@@ -115,8 +115,8 @@ class Schedules:
         if s.failure is None:
             return Lookup(s.answer, age, result)
         stale_for = s.job.endpoint.stale_if_error
-        if stale_for is not None and age < stale_for:
-            return Lookup(s.answer, age, "stale", s.failure)
+        if stale_for is not None and age < stale_for:  # not "stale": that one says the probe itself asked the upstream
+            return Lookup(s.answer, age, "scheduled_stale", s.failure)
         return Lookup(None, age, result, s.failure)
 
     def pin(self, key: Hashable, job: Job) -> None:
