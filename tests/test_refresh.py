@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ import pytest
 from aiohttp import web
 from conftest import Held, UpstreamFactory, make_spec, wait_for
 from metrics_util import parse, value
+from prometheus_util import free_port, jsonexporter, wait_healthy
 
 from jsonexporter import logs
 from jsonexporter.cli import main
@@ -156,6 +160,36 @@ async def test_a_targetless_schedule_fetches_with_no_probe_at_all_and_stops_with
     assert schedule_tasks()
     await client.close()
     assert schedule_tasks() == []
+
+
+async def test_each_worker_of_serve_schedules_a_targetless_endpoint_at_start(upstream: UpstreamFactory, tmp_path: Path) -> None:
+    peers: set[int] = set()
+    two = asyncio.Event()
+
+    async def energy(request: web.Request) -> web.Response:
+        peers.add(request.transport.get_extra_info("peername")[1] if request.transport is not None else 0)
+        if len(peers) >= 2:  # each worker has its own keep-alive connection
+            two.set()
+        return web.json_response({"v": 1})
+
+    up = await upstream({"/energy": energy})
+    spec_file = tmp_path / "spec.yml"
+    spec_file.write_text(textwrap.dedent(f"""
+        modules:
+          energy:
+            endpoints: {{main: {{url: '{up.url}/energy', refresh_interval: 1s}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """))
+    port = free_port()
+    proc = subprocess.Popen(jsonexporter("--config.file", str(spec_file), "--web.listen-address", f"127.0.0.1:{port}", "--web.workers", "2"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}", proc)
+        await wait_for(two, BOUND)  # two workers asked the API, and nobody probed
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(BOUND)
 
 
 async def test_a_probe_never_waits_for_the_api_after_the_first_answer(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
@@ -332,3 +366,44 @@ def test_check_places_refresh_and_revalidation_mistakes_at_their_keys(tmp_path: 
     assert f"{path}:4:47: modules.default.endpoints.both.refresh_interval: use either refresh_interval or cache_ttl, not both" in out
     assert f"{path}:5:51: modules.default.endpoints.fast.refresh_interval: refresh_interval '500ms' is shorter than the least, 1s" in out
     assert f"{path}:6:34: modules.default.endpoints.alone.stale_while_revalidate: stale_while_revalidate needs cache_ttl" in out
+
+
+async def test_reload_stops_the_schedule_of_a_request_whose_values_the_new_spec_refuses(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    up = await upstream({"/sites/{site}": {"v": 1}})
+    spec = """
+        modules:
+          default:
+            parameters: {{site: {{pattern: '{pattern}'}}}}
+            endpoints: {{main: {{url: '{{target}}/sites/{{site}}', refresh_interval: 1s}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """
+    path = tmp_path / "spec.yml"
+    path.write_text(textwrap.dedent(spec.format(pattern="[a-z]+")))
+    client = await start(aiohttp_client, path.read_text(), spec_file=str(path))
+    assert value(await probe(client, target=up.url, site="paris"), "x") == 1
+    (schedule,) = list(client.app[STATE].upstream.schedules)
+    path.write_text(textwrap.dedent(spec.format(pattern="[0-9]+")))  # the same request, but `paris` is refused now
+    assert (await client.post("/-/reload")).status == 200
+    await wait_for(schedule.ended, BOUND)
+    assert len(client.app[STATE].upstream.schedules) == 0
+
+
+async def test_a_probe_waiting_for_a_first_answer_still_answers_when_a_reload_stops_its_schedule(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    held = Held({"v": 1})
+    up = await upstream({"/": held})
+    path = tmp_path / "spec.yml"
+    path.write_text(textwrap.dedent(SCHEDULED))
+    client = await start(aiohttp_client, path.read_text(), spec_file=str(path))
+    waiting = asyncio.create_task(client.get("/probe", params={"target": f"{up.url}/"}))
+    await wait_for(held.arrived, BOUND)
+    (schedule,) = list(client.app[STATE].upstream.schedules)
+    path.write_text(textwrap.dedent(SCHEDULED.replace(", refresh_interval: 1s", "")))
+    assert (await client.post("/-/reload")).status == 200
+    await wait_for(schedule.ended, BOUND)
+    response = await asyncio.wait_for(waiting, BOUND)
+    assert response.status == 200 and value(parse(await response.text()), "probe_success") == 0
+    held.release.set()

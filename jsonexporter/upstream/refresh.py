@@ -109,6 +109,11 @@ class Schedules:
                 await asyncio.wait_for(asyncio.shield(self._attempt(s)), max(wait, 0.0))
             except TimeoutError:
                 return Lookup(None, 0.0, result, None)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                return Lookup(None, 0.0, result, None)  # a reload stopped the schedule meanwhile: this probe did not end
         if s.answer is None:
             return Lookup(None, 0.0, result, s.failure)
         age = time.monotonic() - s.stored
