@@ -1,4 +1,4 @@
-"""The commands: check, schema, serve and probe. Errors end here as one-line messages."""
+"""The commands: check, schema, serve, probe and test. Errors end here as one-line messages."""
 
 from __future__ import annotations
 
@@ -258,6 +258,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK if result.success else EXIT_INVALID
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    from jsonexporter.spectest import run_files
+
+    return run_files(args.files, sys.stdout, sys.stderr)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jsonexporter", description="A declarative Prometheus exporter for any REST/JSON API.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -319,6 +325,10 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--debug", action="store_true", help="write the probe's trace to stderr (the metrics stay alone on stdout)")
     probe.add_argument("--format", choices=["text", "openmetrics"], default="text")
     probe.set_defaults(func=cmd_probe)
+
+    test = sub.add_parser("test", help="run unit tests of specs on saved answers, offline (exit 0 all pass, 1 a test fails or is invalid, 2 unreadable)")
+    test.add_argument("files", nargs="+", metavar="TESTFILE", help="a test file: spec, tests with answers and exp_samples (docs/testing.md)")
+    test.set_defaults(func=cmd_test)
     return parser
 
 

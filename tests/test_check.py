@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ import yaml
 from conftest import SpecWriter
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from schema_util import broken_documents
 
 from jsonexporter.cli import main
 from jsonexporter.spec import load_text
@@ -1652,28 +1652,9 @@ MODULES = st.fixed_dictionaries(
 DOCUMENTS = st.fixed_dictionaries({"modules": st.dictionaries(NAMES, MODULES, min_size=1, max_size=2)})
 
 
-def containers(doc: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
-    yield path, doc
-    children = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
-    for key, child in children:
-        yield from containers(child, (*path, key))
-
-
-@st.composite
-def spec_documents(draw: st.DrawFn) -> Any:
+def spec_documents() -> st.SearchStrategy[Any]:
     """Spec-shaped documents: mostly right, then a few random breakages (extra keys, wrong types)."""
-    doc = copy.deepcopy(draw(DOCUMENTS))
-    for _ in range(draw(st.integers(0, 2))):
-        nodes = list(containers(doc))
-        path, node = draw(st.sampled_from(nodes))
-        if isinstance(node, dict) and draw(st.booleans()):
-            node[draw(st.sampled_from(["extra", "lables", "valeu", "path", "name"]))] = draw(JUNK)
-        elif path:
-            parent: Any = doc
-            for key in path[:-1]:
-                parent = parent[key]
-            parent[path[-1]] = draw(JUNK)
-    return doc
+    return broken_documents(DOCUMENTS, ["extra", "lables", "valeu", "path", "name"], JUNK)
 
 
 @pytest.mark.filterwarnings("ignore:deprecated string literal syntax:PendingDeprecationWarning")  # jmespath, on `foo` literals
