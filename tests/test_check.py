@@ -1414,11 +1414,14 @@ def test_missing_file_exits_2(tmp_path: Path, check: Run) -> None:
     assert err == f"{missing}: cannot read: No such file or directory\n"
 
 
-def test_directory_exits_2(tmp_path: Path, check: Run) -> None:
+def test_a_directory_without_spec_files_exits_2_saying_so(tmp_path: Path, check: Run) -> None:
+    (tmp_path / "notes.txt").write_text("modules: {}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.yml").write_text("modules: {}\n")  # not read: subdirectories are not
     code, out, err = check(tmp_path)
     assert code == 2
     assert out == ""
-    assert err.startswith(f"{tmp_path}: cannot read: ")
+    assert err == f"{tmp_path}: no spec in this directory: it holds no *.yml or *.yaml file (subdirectories are not read)\n"
 
 
 def test_unreadable_file_wins_over_an_invalid_one(tmp_path: Path, write_spec: SpecWriter, check: Run) -> None:
@@ -1450,7 +1453,9 @@ NASTY: list[tuple[str, bytes, int, str]] = [
     ("nested_block_lists_200", b"".join(b"  " * i + b"-\n" for i in range(200)), 1, "document too large or too deep"),
     ("nested_flow_mappings_5000", b"{a: " * 5000 + b"}" * 5000 + b"\n", 1, "1:1: <root>: document too deep"),
     ("key_is_a_list", b"? [a]\n: b\nmodules: {m: {metrics: [{name: a, help: h, value: x}]}}\n", 1, "1:3: <root>: mapping keys must be plain scalars"),
-    ("unknown_tag", b"modules: !!python/name:os.system x\n", 1, "invalid YAML: could not determine a constructor"),
+    ("unknown_tag", b"modules: !!python/name:os.system x\n", 1, "1:10: modules: unknown tag !!python/name:os.system: nothing is made from tags"),
+    ("explicit_tag_the_value_does_not_fit", b"modules: {m: {timeout: !!int abc, metrics: [{name: a, help: h, value: x}]}}\n", 1,
+     "1:24: modules.m.timeout: 'abc' is not a valid !!int"),
 ]
 
 
@@ -1649,7 +1654,8 @@ MODULES = st.fixed_dictionaries(
         "endpoints": st.dictionaries(st.sampled_from(["default", "a", "b"]), ENDPOINTS, min_size=1, max_size=2),
     },
 )
-DOCUMENTS = st.fixed_dictionaries({"modules": st.dictionaries(NAMES, MODULES, min_size=1, max_size=2)})
+DOCUMENTS = st.fixed_dictionaries({"modules": st.dictionaries(NAMES, MODULES, min_size=1, max_size=2)},
+                                   optional={"x-fragments": JUNK})  # extension fields: ignored by both
 
 
 def spec_documents() -> st.SearchStrategy[Any]:
