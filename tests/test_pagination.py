@@ -327,6 +327,34 @@ async def test_the_cache_keeps_the_combined_document(aiohttp_client: Any, upstre
     assert value(s, "probe_endpoint_cache_age_seconds", endpoint="repos") > 0
 
 
+@pytest.mark.parametrize("background", ["stale_while_revalidate", "refresh_interval"])
+async def test_background_requests_gather_every_page_too(aiohttp_client: Any, upstream: UpstreamFactory, background: str) -> None:
+    """A revalidation (stale_while_revalidate) or a schedule's request (refresh_interval) is the whole sequence of pages."""
+    factor = [1]  # the API's answer changes: the stars of every repository, on every page
+
+    async def pages(request: web.Request) -> web.Response:
+        n = int(request.query.get("page", "1"))
+        links = {"Link": f'</api/p?page={n + 1}>; rel="next"'} if n < last_page() else {}
+        return web.json_response([{**r, "stars": r["stars"] * factor[0]} for r in page_of(n)], headers=links)
+
+    up = await upstream({"/api/p": pages})
+    keys = "cache_ttl: 1ms\n                stale_while_revalidate: 1h" if background == "stale_while_revalidate" else "refresh_interval: 1s"
+    client = await exporter_for(aiohttp_client, spec_for("/api/p", "'@'", "{link_header: next}").replace(
+        "pagination:", f"{keys}\n                pagination:"))
+    first = await probe(client, up.url)
+    assert stars(first) == {r["name"]: float(r["stars"]) for r in REPOS}
+    assert value(parse(first), "probe_endpoint_pages", endpoint="repos") == last_page()
+    factor[0] = 2
+    wanted = {r["name"]: float(r["stars"] * 2) for r in REPOS}
+    for _ in range(1000):  # bounded: until a background request stored the new answer (each probe a real round trip)
+        text = await probe(client, up.url)
+        if stars(text) == wanted:
+            break
+        await asyncio.sleep(0.01)  # the polling period of a bounded wait, not a synchronisation
+    assert stars(text) == wanted  # all pages: page 1 alone would give 3 repositories
+    assert value(parse(text), "probe_endpoint_pages", endpoint="repos") == last_page()
+
+
 # -- check --------------------------------------------------------------------------------------
 
 
