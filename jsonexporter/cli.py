@@ -1,4 +1,4 @@
-"""The commands: check, schema, serve and probe. Errors end here as one-line messages."""
+"""The commands: check, schema, serve, probe and migrate. Errors end here as one-line messages."""
 
 from __future__ import annotations
 
@@ -253,6 +253,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK if result.success else EXIT_INVALID
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from jsonexporter.migrate import run
+
+    return run(args.file, args.output)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jsonexporter", description="A declarative Prometheus exporter for any REST/JSON API.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -308,6 +314,12 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--debug", action="store_true", help="write the probe's trace to stderr (the metrics stay alone on stdout)")
     probe.add_argument("--format", choices=["text", "openmetrics"], default="text")
     probe.set_defaults(func=cmd_probe)
+
+    migrate = sub.add_parser("migrate", help="translate a json_exporter configuration into a spec "
+                                             "(exit 0 all translated, 1 something not translated, 2 unreadable)")
+    migrate.add_argument("file", metavar="JSON_EXPORTER_CONFIG")
+    migrate.add_argument("-o", "--output", metavar="SPEC", help="write the spec here (default: stdout)")
+    migrate.set_defaults(func=cmd_migrate)
     return parser
 
 
