@@ -126,8 +126,9 @@ def _literal_value(text: str) -> str:
     try:
         number = float(stripped)
     except ValueError:
+        hint = "; a JSONPath needs braces since json_exporter 0.3 (`{.field}`)" if text[:1] in ("$", "@") else ""
         raise Untranslatable(f"the value {text!r} has no braces, so json_exporter reads the text itself, which is not a number: "
-                             "it never gave a sample") from None
+                             f"it never gave a sample{hint}") from None
     if number != number or number in (float("inf"), float("-inf")):
         return f"to_number('{stripped.lower()}')"
     return "`" + (str(int(number)) if number.is_integer() and abs(number) < 2**53 else repr(number)) + "`"

@@ -27,7 +27,8 @@ from jsonexporter.spec.yamlload import Marks, load_yaml
 EXIT_OK, EXIT_UNTRANSLATED, EXIT_USAGE = 0, 1, 2
 
 _MODULE_KEYS = frozenset({"headers", "metrics", "http_client_config", "body", "valid_status_codes"})
-_METRIC_KEYS = frozenset({"name", "path", "help", "type", "valuetype", "labels", "values", "epochtimestamp", "valueconverter", "allow_missing_key"})
+_METRIC_KEYS = frozenset({"name", "path", "help", "type", "valuetype", "labels", "values", "epochtimestamp", "valueconverter", "allow_missing_key",
+                          "engine"})
 _VALUE_TYPES = {"gauge": "gauge", "counter": "counter", "untyped": "untyped"}
 _PARAMETER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # `{{ .name | first }}`, `{{ first .name }}`, `{{ index .name 0 }}`: a query parameter's first value
@@ -168,8 +169,8 @@ class _Translator:
         module.origin = origin
         metrics = raw.get("metrics")
         if not isinstance(metrics, list) or not metrics:
-            self.error((*path, "metrics"), "a module needs a list of metrics")
-            return module
+            self.error((*path, "metrics"), "not translated: a module needs a list of metrics; the module is left out")
+            return None
         for i, m in enumerate(metrics):
             module.metrics.extend(self.metric((*path, "metrics", i), m))
         return module
@@ -254,6 +255,9 @@ class _Translator:
         if not name:
             self.error(path, "not translated: a metric without a name")
             return []
+        if raw.get("engine", "jsonpath") != "jsonpath":
+            self.error((*path, "engine"), f"not translated: only JSONPath is translated, not engine {raw['engine']!r}; the metric is left out")
+            return []
         scrape = raw.get("type", "value") or "value"
         if scrape not in ("value", "object"):
             hint = f"; `valuetype: {scrape}` is the metric type" if scrape in _VALUE_TYPES else ""
@@ -327,6 +331,9 @@ class _Translator:
             expression = self.expression(lp, source if isinstance(source, str) else _scalar_text(source) or "", "label", "the label is left out")
             if expression is None:
                 continue
+            if expression.startswith("'$") or expression.startswith("'@"):
+                self.warning(lp, f"{source!r} has no braces, so json_exporter (since 0.3) gives the text itself as the label: kept; "
+                                 "a JSONPath needs braces (`{.field}`)")
             labels[str(label)] = expression
             origin[("labels", str(label))] = lp
         return labels
@@ -477,13 +484,22 @@ def migrate_text(text: str, file: str) -> tuple[Migration | None, list[Problem]]
     if isinstance(data, dict):
         for key in sorted(set(data) - {"modules"}) if paths.get("default") != () else ():
             t.warning((key,), f"json_exporter ignores the key {key!r}: left out", at_key=True)
-    modules = [m for name, raw in raw_modules.items() if (m := t.module(str(name), raw, paths[name])) is not None]
+    modules = []
+    for name, raw in raw_modules.items():
+        module = t.module(str(name), raw, paths[name])
+        if module is not None and not module.metrics:
+            t.error(module.source, "not translated: none of the module's metrics could be translated; the module is left out", at_key=True)
+        elif module is not None:
+            modules.append(module)
     for text_ in _ALWAYS:
         t.change(text_)
     migration = Migration(modules, [], t.problems)
-    _checked(migration, t, file)
+    if modules:
+        _checked(migration, t, file)
+    else:
+        t.error((), "nothing could be translated: the spec written has no modules, which `check` refuses")
+    migration.problems = sorted(set(migration.problems), key=lambda p: (p.line, p.column, p.message))
     migration.changes = [_change_line(text_, where) for text_, where in t.changes.items()]
-    migration.problems.sort(key=lambda p: (p.line, p.column))
     return migration, migration.problems
 
 

@@ -256,6 +256,31 @@ def test_what_check_refuses_is_reported_at_the_json_exporter_metric_and_left_out
     assert [m.name for m in loaded.modules["default"].metrics] == ["dup", "other"]
 
 
+def test_a_module_none_of_whose_metrics_translate_is_left_out_and_the_others_are_kept() -> None:
+    spec, problems = _migrated("""
+        modules:
+          cel:
+            metrics:
+            - {name: up, engine: cel, path: '.up'}
+          legacy:
+            metrics:
+            - {name: up, path: '$.up'}
+          good:
+            metrics:
+            - {name: up, path: '{.up}'}
+    """)
+    assert problems == [
+        "je.yml:3:3: modules.cel: not translated: none of the module's metrics could be translated; the module is left out",
+        "je.yml:5:26: modules.cel.metrics[0].engine: not translated: only JSONPath is translated, not engine 'cel'; the metric is left out",
+        "je.yml:6:3: modules.legacy: not translated: none of the module's metrics could be translated; the module is left out",
+        "je.yml:8:25: modules.legacy.metrics[0].path: not translated: the value '$.up' has no braces, so json_exporter reads the text itself, "
+        "which is not a number: it never gave a sample; a JSONPath needs braces since json_exporter 0.3 (`{.field}`) (in '$.up'); "
+        "the metric is left out",
+    ]
+    loaded, _ = load_text(spec, "spec.yml")
+    assert loaded is not None and list(loaded.modules) == ["good"]
+
+
 BAD = """\
 modules:
   default:
