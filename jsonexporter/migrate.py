@@ -20,7 +20,7 @@ import yaml
 
 from jsonexporter.jsonpath import GO_FALSE, GO_TRUE, Place, Untranslatable, translate
 from jsonexporter.spec import load_text, read_spec_text
-from jsonexporter.spec.problems import Path, Problem, format_path
+from jsonexporter.spec.problems import Path, Problem, Severity, format_path
 from jsonexporter.spec.schema import schema_text
 from jsonexporter.spec.yamlload import Marks, load_yaml
 
@@ -29,7 +29,7 @@ EXIT_OK, EXIT_UNTRANSLATED, EXIT_USAGE = 0, 1, 2
 _MODULE_KEYS = frozenset({"headers", "metrics", "http_client_config", "body", "valid_status_codes"})
 _METRIC_KEYS = frozenset({"name", "path", "help", "type", "valuetype", "labels", "values", "epochtimestamp", "valueconverter", "allow_missing_key",
                           "engine"})
-_VALUE_TYPES = {"gauge": "gauge", "counter": "counter", "untyped": "untyped"}
+_VALUE_TYPES = ("gauge", "counter", "untyped")  # json_exporter's valuetype, the same names here
 _PARAMETER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # `{{ .name | first }}`, `{{ first .name }}`, `{{ index .name 0 }}`: a query parameter's first value
 _GO_PARAMETER = re.compile(r"\{\{(-?)\s*(?:\.(\w+)\s*\|\s*first|first\s+\.(\w+)|index\s+\.(\w+)\s+0)\s*(-?)\}\}")
@@ -48,6 +48,8 @@ class _Metric:
 
 @dataclass
 class _Module:
+    """One module of the spec: its keys but the metrics, its rules, and the source path of each key."""
+
     name: str
     data: dict[str, Any]
     source: Path
@@ -62,10 +64,6 @@ class Migration:
     modules: list[_Module]
     changes: list[str]
     problems: list[Problem]
-
-    @property
-    def complete(self) -> bool:
-        return not any(p.severity == "error" for p in self.problems)
 
     def data(self) -> dict[str, Any]:
         modules: dict[str, Any] = {}
@@ -88,6 +86,8 @@ class Migration:
 
 @dataclass
 class _Translator:
+    """Translates the parts of one configuration, collecting each problem at its position and each change in meaning."""
+
     file: str
     marks: Marks
     problems: list[Problem] = field(default_factory=list)
@@ -99,12 +99,12 @@ class _Translator:
     def warning(self, path: Path, message: str, at_key: bool = False) -> None:
         self._add(path, message, "warning", None, at_key)
 
-    def _add(self, path: Path, message: str, severity: str, offset: int | None, at_key: bool) -> None:
+    def _add(self, path: Path, message: str, severity: Severity, offset: int | None, at_key: bool) -> None:
         if offset is not None:
             line, col = self.marks.inside(path, offset)
         else:
             line, col = self.marks.of_key(path) if at_key else self.marks.of_value(path)
-        self.problems.append(Problem(self.file, line, col, path, message, "error" if severity == "error" else "warning"))
+        self.problems.append(Problem(self.file, line, col, path, message, severity))
 
     def change(self, text: str, where: Path | None = None) -> None:
         places = self.changes.setdefault(text, [])
@@ -270,7 +270,7 @@ class _Translator:
         if valuetype is None:
             rule["type"] = "untyped"
         elif valuetype in _VALUE_TYPES:
-            rule["type"] = _VALUE_TYPES[valuetype]
+            rule["type"] = valuetype
         else:
             rule["type"] = "untyped"
             self.change(f"valuetype {valuetype!r}, which json_exporter wrote as untyped, is written as untyped", (*path, "valuetype"))
