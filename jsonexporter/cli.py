@@ -186,7 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _inputs(specs: list[str], endpoints: Sequence[str]) -> dict[str, Any]:
-    from jsonexporter.fetch import _parse_json
+    from jsonexporter.upstream.fetch import _parse_json
 
     documents: dict[str, Any] = {}
     for item in specs:
@@ -208,11 +208,11 @@ def _inputs(specs: list[str], endpoints: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from jsonexporter.client import Clients
     from jsonexporter.exposition import render_openmetrics, render_text
-    from jsonexporter.fetch import InvalidRequest, Upstream, new_session
     from jsonexporter.probe import ProbeResult, run_offline, run_probe
     from jsonexporter.secrets import Redactor
+    from jsonexporter.upstream import InvalidRequest, Upstream, new_session
+    from jsonexporter.upstream.client import Clients
 
     logs.setup(args.log_level, args.log_format)
     spec = _load_for_run(args.config_file)

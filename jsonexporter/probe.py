@@ -11,11 +11,11 @@ from typing import Any
 
 from jsonexporter.exposition import Family, Labels
 from jsonexporter.extract import Extraction, ProbeContext, SeriesLimitExceeded, extract, extract_async
-from jsonexporter.fetch import EndpointResult, InvalidRequest, Upstream, fetch_all, redact_target, render_requests
-from jsonexporter.fetch import TargetNotAllowed as TargetNotAllowed  # raised here and by render_requests
 from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT, Module
 from jsonexporter.trace import Trace, shorten
+from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, fetch_module, redact_target
+from jsonexporter.upstream import TargetNotAllowed as TargetNotAllowed  # raised here and by fetch_module
 
 MAX_TARGET_LENGTH = 4096
 MAX_PARAM_LENGTH = 1024
@@ -123,11 +123,10 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
     start = loop.time()
     deadline = start + timeout
     values, params = resolve_values(module, target, query)
-    requests = render_requests(module, values)
     trace = Trace() if debug else None
     if trace is not None:
         trace.add(f"module {module.name}, target {redact_target(target)}, deadline {timeout:.3f}s")
-    endpoints = await fetch_all(up, requests, deadline, trace)
+    endpoints = await fetch_module(up, module, values, deadline, trace)
     deadline = max(deadline, loop.time() + LATE_GRACE)
     documents = {r.endpoint: r.document for r in endpoints if r.usable}
     limit = series_limit if module.series_limit is None else module.series_limit

@@ -21,9 +21,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import exposition as prom_exposition
 
 from jsonexporter import __version__
-from jsonexporter.client import Clients
 from jsonexporter.exposition import encode_async, render_text
-from jsonexporter.fetch import InvalidRequest, Upstream, new_session, target_redactor
 from jsonexporter.listen import ClientConnections
 from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, TargetNotAllowed, fail, run_probe
@@ -32,6 +30,8 @@ from jsonexporter.selfmetrics import SelfMetrics
 from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec import SpecError, load_spec, read_spec_text
 from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT, Spec
+from jsonexporter.upstream import InvalidRequest, Upstream, new_session, target_redactor
+from jsonexporter.upstream.client import Clients
 from jsonexporter.webconfig import BasicAuth, WebConfig, headers_hook, load_web_config, ssl_context
 
 log = logging.getLogger("jsonexporter")

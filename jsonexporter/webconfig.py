@@ -22,12 +22,12 @@ import jsonschema
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from jsonexporter.client import TLS_VERSIONS
 from jsonexporter.logs import kv
 from jsonexporter.spec.load import read_spec_text
 from jsonexporter.spec.problems import Problem, SpecError
 from jsonexporter.spec.schema import schema_problems
 from jsonexporter.spec.yamlload import load_yaml
+from jsonexporter.upstream.client import TLS_VERSIONS
 
 log = logging.getLogger("jsonexporter")
 

@@ -27,11 +27,11 @@ from prometheus_client.utils import floatToGoString
 
 from jsonexporter.exposition import Family, encode, encode_async, render_openmetrics, render_text
 from jsonexporter.extract import Extraction, ProbeContext, _fast_plan, extract, extract_async
-from jsonexporter.fetch import ORJSON_MAX_BYTES, _parse_json
 from jsonexporter.probe import module_labels
 from jsonexporter.slices import EXTRACT, PARSE, RENDER, turn
 from jsonexporter.spec.model import Module
 from jsonexporter.trace import Trace
+from jsonexporter.upstream.fetch import ORJSON_MAX_BYTES, _parse_json
 
 PROBE = ProbeContext("default", "http://t", {"region": "eu"})
 VALUES = {"target": "http://t", "module": "default"}

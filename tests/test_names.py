@@ -15,10 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from jsonexporter.exposition import render_openmetrics, render_text
 from jsonexporter.extract import Extraction
-from jsonexporter.fetch import EndpointResult
 from jsonexporter.names import NAMING, PROBE_METRICS, exposition_names
 from jsonexporter.probe import run_offline, self_families
 from jsonexporter.spec.model import MetricType
+from jsonexporter.upstream.fetch import EndpointResult
 
 RULES = {
     "gauge": "{name: g, help: h, type: gauge, value: v, labels: {id: id}}",

@@ -563,7 +563,7 @@ async def test_valid_status_codes_and_the_endpoint_timeout(aiohttp_client: Any, 
 
 
 def test_the_response_cache_is_bounded_in_entries_and_bytes() -> None:
-    from jsonexporter.cache import Answer, ResponseCache
+    from jsonexporter.upstream.cache import Answer, ResponseCache
 
     async def run() -> None:
         cache = ResponseCache(max_entries=3, max_bytes=1000)

@@ -1,0 +1,154 @@
+"""Requests rendered from a module's endpoints: templates filled in, parameters quoted for where they
+go (a host, a path, a JSON or form body), hosts from parameters held to the module's allowlist."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from yarl import URL
+
+from jsonexporter.secrets import Redactor, redact_patterns
+from jsonexporter.spec.expressions import Template
+from jsonexporter.spec.model import Endpoint, JsonBody, Module
+from jsonexporter.upstream.client import basic_credentials
+from jsonexporter.upstream.hops import BASE_HEADERS, url_allowed
+
+
+class InvalidRequest(Exception):
+    """The probe's target or parameters make an unusable request (HTTP 400 for the scraper)."""
+
+
+class TargetNotAllowed(InvalidRequest):
+    """The target, or a host taken from a parameter, is outside the module's allowlist (HTTP 403 for the scraper)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    endpoint: Endpoint
+    method: str
+    url: URL
+    headers: Mapping[str, str]
+    body: bytes | None
+    allow: tuple[re.Pattern[str], ...] = ()  # the module's targets.allow, for redirects
+
+
+def redact_url(url: URL) -> str:
+    """The URL as it may be shown (secrets.redact_patterns): no userinfo, no secret query values."""
+    return redact_patterns(str(url))
+
+
+def redact_target(target: str) -> str:
+    """A target as it may be shown, with or without a scheme (`user:pw@host:8080` too)."""
+    return redact_patterns(target)
+
+
+def target_redactor(target: str) -> Redactor | None:
+    """What hides the credentials a target carries (`user:pw@host:8080`) in the texts of its probe: the
+    password and the Basic credentials _first_hop makes of it, which an upstream may quote back. Kept
+    per probe, never learned: callers could otherwise push the spec's secrets out of the Redactor."""
+    try:
+        url = URL(target if "://" in target else f"http://{target}")
+    except (ValueError, TypeError):
+        return None
+    if url.user is None and url.password is None:
+        return None
+    basic = basic_credentials(url.user or "", url.password or "")
+    return Redactor({basic, url.password if url.password is not None else url.user or ""})
+
+
+def _render_json(value: object, values: Mapping[str, str]) -> object:
+    if isinstance(value, Template):
+        return value.render(values)
+    if isinstance(value, dict):
+        return {k: _render_json(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_render_json(v, values) for v in value]
+    return value
+
+
+def _quote_path_value(value: str) -> str:
+    """Percent-encode a parameter for a URL path; `/` is kept but `.` and `..` segments are refused,
+    so a parameter cannot climb out of the path the spec wrote (and take its credentials along)."""
+    if any(segment in (".", "..") for segment in value.replace("\\", "/").split("/")):
+        raise InvalidRequest(f"parameter value {value[:100]!r} contains a . or .. path segment")
+    return urllib.parse.quote(value, safe="/")
+
+
+def _url_values(url: Template, values: Mapping[str, str]) -> Mapping[str, str]:
+    """The values for the URL template: a target ending in `/` loses that slash when every
+    `{target}` of the template is followed by one, so `{target}/api` never gives `//api`."""
+    target = values.get("target", "")
+    if not target.endswith("/"):
+        return values
+    parts = url.parts
+    after = [parts[i + 1][0] if i + 1 < len(parts) else "" for i, (_, name) in enumerate(parts) if name == "target"]
+    if not after or not all(text.startswith("/") for text in after):
+        return values
+    return {**values, "target": target[:-1]}
+
+
+_NOT_IN_HOST = re.compile(r"[/?#@\\\s]")
+
+
+def _render_url(endpoint: Endpoint, values: Mapping[str, str]) -> str:
+    """The URL template filled in: `{target}` as is, a parameter in the scheme, host or port checked to be
+    part of a host name or address, a parameter in the path percent-encoded."""
+    in_origin = endpoint.url.origin_parts
+
+    def quote(i: int, value: str) -> str:
+        name = endpoint.url.parts[i][1]
+        if name == "target":
+            return value
+        if i in in_origin:
+            if _NOT_IN_HOST.search(value):
+                raise InvalidRequest(f"endpoint {endpoint.name}: parameter {name!r} is used in the URL's host: "
+                                     f"its value must not contain /, ?, #, @, \\ or spaces")
+            return value
+        return _quote_path_value(value)
+
+    return endpoint.url.render(_url_values(endpoint.url, values), quote)
+
+
+def _body_quote(escape: str | None) -> Callable[[int, str], str] | None:
+    if escape == "json":
+        return lambda _, value: json.dumps(value)[1:-1]  # string contents: quotes and backslashes escaped
+    if escape == "form":
+        return lambda _, value: urllib.parse.quote_plus(value, safe="")
+    return None
+
+
+def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[re.Pattern[str], ...] = ()) -> UpstreamRequest:
+    """Fill in the endpoint's templates; raise InvalidRequest when the URL is not http(s), TargetNotAllowed
+    when a host taken from a parameter is outside `allow` (the module's targets.allow)."""
+    raw_url = _render_url(endpoint, values)
+    try:
+        url = URL(raw_url)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"endpoint {endpoint.name}: invalid URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise InvalidRequest(f"endpoint {endpoint.name}: the URL must be http:// or https:// with a host, got {redact_url(url)!r}")
+    origin_names = {endpoint.url.parts[i][1] for i in endpoint.url.origin_parts}
+    if allow and origin_names - {"target"} and not url_allowed(url, allow):
+        raise TargetNotAllowed(f"endpoint {endpoint.name}: the host {url.host!r}, taken from a parameter, is not allowed by targets.allow")
+    if endpoint.params:
+        url = url.update_query([(k, t.render(values)) for k, t in endpoint.params])
+    headers = dict(BASE_HEADERS)
+    for name, template in endpoint.headers:  # their values are checked with the Authorization's in _first_hop
+        headers[name] = template.render(values)
+    body: bytes | None = None
+    if isinstance(endpoint.body, Template):
+        body = endpoint.body.render(values, _body_quote(endpoint.body_escape)).encode()
+        if endpoint.body_escape == "json" and not any(k.lower() == "content-type" for k in headers):
+            headers["Content-Type"] = "application/json"
+    elif isinstance(endpoint.body, JsonBody):
+        body = json.dumps(_render_json(endpoint.body.value, values)).encode()
+        headers.setdefault("Content-Type", "application/json")
+    return UpstreamRequest(endpoint, endpoint.method, url, headers, body, allow)
+
+
+def render_requests(module: Module, values: Mapping[str, str]) -> list[UpstreamRequest]:
+    return [render_request(endpoint, values, module.target_allow) for endpoint in module.endpoints.values()]
