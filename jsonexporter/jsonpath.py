@@ -201,6 +201,8 @@ class _Parser:
                 self.i += 2
                 object_of = None if projecting else out or "@"
                 out, projecting = self._project(out, ".*" if out else "*", projecting)
+            elif self.peek() == "." and self.i + 1 == self.end:
+                self.i += 1  # `{.}`: the current element
             elif self.peek() == ".":
                 self.i += 1
                 out = self._join(out, self.name())

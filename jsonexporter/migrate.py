@@ -132,7 +132,7 @@ class _Translator:
 
     def module(self, name: str, raw: Any, path: Path) -> _Module | None:
         if not isinstance(raw, dict):
-            self.error(path, "a module must be a mapping")
+            self.error(path, "not translated: a module must be a mapping; left out")
             return None
         module = _Module(name, {}, path)
         for key in sorted(set(raw) - _MODULE_KEYS):
@@ -145,7 +145,7 @@ class _Translator:
                 endpoint["headers"] = headers
                 origin.update({("endpoints", "default", "headers", k): (*path, "headers", k) for k in headers})
         elif "headers" in raw and raw["headers"] is not None:
-            self.error((*path, "headers"), "headers must be a mapping of header names to values")
+            self.error((*path, "headers"), "not translated: headers must be a mapping of header names to values; left out")
         body = raw.get("body")
         if body is not None:
             self.body(path, body, endpoint, module, origin)
@@ -154,7 +154,7 @@ class _Translator:
             endpoint["valid_status_codes"] = codes
             origin[("endpoints", "default", "valid_status_codes")] = (*path, "valid_status_codes")
         elif codes not in (None, []):
-            self.error((*path, "valid_status_codes"), "valid_status_codes must be a list of status codes")
+            self.error((*path, "valid_status_codes"), "not translated: valid_status_codes must be a list of status codes; left out")
         if endpoint:
             module.data["endpoints"] = {"default": {"url": "{target}", **endpoint}}
         client = raw.get("http_client_config")
@@ -178,7 +178,7 @@ class _Translator:
     def body(self, path: Path, body: Any, endpoint: dict[str, Any], module: _Module, origin: dict[Path, Path]) -> None:
         bp = (*path, "body")
         if not isinstance(body, dict):
-            self.error(bp, "body must be a mapping with `content` (and `templatize`)")
+            self.error(bp, "not translated: body must be a mapping with `content` (and `templatize`); left out")
             return
         for key in sorted(set(body) - {"content", "templatize"}):
             self.warning((*bp, key), f"json_exporter ignores the key {key!r} of a body: left out", at_key=True)
@@ -187,7 +187,7 @@ class _Translator:
             return  # json_exporter sends a GET without a body
         endpoint["method"] = "POST"
         origin[("endpoints", "default", "body")] = (*bp, "content")
-        if body.get("templatize") is not True:
+        if not _yaml11_true(body.get("templatize")):
             endpoint["body"] = _template_text(content)
             return
         parameters: dict[str, Any] = {}
@@ -243,7 +243,7 @@ class _Translator:
 
     def metric(self, path: Path, raw: Any) -> list[_Metric]:
         if not isinstance(raw, dict):
-            self.error(path, "a metric must be a mapping")
+            self.error(path, "not translated: a metric must be a mapping; left out")
             return []
         for key in sorted(set(raw) - _METRIC_KEYS):
             if key == "epochTimestamp":
@@ -253,7 +253,7 @@ class _Translator:
                                            f"{', '.join(sorted(_METRIC_KEYS))}): left out", at_key=True)
         name = _scalar_text(raw.get("name"))
         if not name:
-            self.error(path, "not translated: a metric without a name")
+            self.error(path, "not translated: a metric without a name; left out")
             return []
         if raw.get("engine", "jsonpath") != "jsonpath":
             self.error((*path, "engine"), f"not translated: only JSONPath is translated, not engine {raw['engine']!r}; the metric is left out")
@@ -277,7 +277,7 @@ class _Translator:
         if rule["type"] == "counter":
             self.change("counter samples are named NAME_total, as Prometheus's conventions and OpenMetrics want "
                         "(json_exporter wrote NAME): update queries and alerts", (*path, "valuetype"))
-        missing_ok = raw.get("allow_missing_key") is True
+        missing_ok = _yaml11_true(raw.get("allow_missing_key"))
         values: dict[str, tuple[str, Path]] = {}  # suffix (or "" for `value`) -> (JSONPath text, path)
         if scrape == "value":
             if "values" in raw:
@@ -323,7 +323,7 @@ class _Translator:
         if raw is None:
             return {}
         if not isinstance(raw, dict):
-            self.error((*path, "labels"), "labels must be a mapping of label names to JSONPath")
+            self.error((*path, "labels"), "not translated: labels must be a mapping of label names to JSONPath; left out")
             return {}
         labels: dict[str, str] = {}
         for label, source in raw.items():
@@ -376,7 +376,7 @@ class _Translator:
         if raw is None:
             return {}
         if not isinstance(raw, dict):
-            self.error((*path, "valueconverter"), "valueconverter must map value paths to mappings of strings to numbers")
+            self.error((*path, "valueconverter"), "not translated: valueconverter must map value paths to mappings of strings to numbers; left out")
             return {}
         found: dict[str, dict[str, float | int]] = {}
         for key, mapping in raw.items():
@@ -385,7 +385,7 @@ class _Translator:
                 self.warning(cp, f"no value of this metric has the path {key!r}, so json_exporter never used this converter: left out", at_key=True)
                 continue
             if not isinstance(mapping, dict):
-                self.error(cp, "a converter maps strings to numbers")
+                self.error(cp, "not translated: a converter maps strings to numbers; left out")
                 continue
             table: dict[str, float | int] = {}
             for text, number in mapping.items():
@@ -394,8 +394,14 @@ class _Translator:
                     self.error((*cp, text), f"not translated: {number!r} is not a number: json_exporter dropped such samples")
                     continue
                 table[str(text).lower()] = int(converted) if converted.is_integer() else converted
-            found[str(key)] = table
+            if table:
+                found[str(key)] = table
         return found
+
+
+def _yaml11_true(raw: Any) -> bool:
+    """True as json_exporter's YAML 1.1 reads a boolean: `yes` and `on` too, which are strings in a spec."""
+    return raw is True or (isinstance(raw, str) and raw.lower() in ("yes", "y", "on", "true"))
 
 
 def _insert_after(data: dict[str, Any], after: str, key: str, value: Any) -> dict[str, Any]:

@@ -35,6 +35,7 @@ DOC = {
 
 @pytest.mark.parametrize(("jsonpath", "place", "expected"), [
     ("{.a.b}", "value", 1),
+    ("{.}", "value", DOC),
     ("{ $.a.b }", "value", 1),
     ("{@.a.b}", "value", 1),
     ("{.a.temp-bed}", "value", 60),
@@ -182,14 +183,15 @@ def test_epochtimestamp_gives_millisecond_timestamps_and_its_camel_case_spelling
     assert ignored.timestamp is None
 
 
-def test_allow_missing_key_makes_a_missing_object_path_nothing_to_iterate() -> None:
+@pytest.mark.parametrize("spelling", ["true", "yes"])  # json_exporter reads YAML 1.1, where yes is true
+def test_allow_missing_key_makes_a_missing_object_path_nothing_to_iterate(spelling: str) -> None:
     config = """
         modules:
           default:
             metrics:
             - {name: item, type: object, path: '{.items[*]}', values: {n: '{.n}'}ALLOW}
     """
-    tolerant, _ = _migrated(config.replace("ALLOW", ", allow_missing_key: true"))
+    tolerant, _ = _migrated(config.replace("ALLOW", f", allow_missing_key: {spelling}"))
     strict, _ = _migrated(config.replace("ALLOW", ""))
     assert value(_probe(tolerant, {}), "probe_extraction_errors", metric="item_n") == 0
     assert value(_probe(strict, {}), "probe_extraction_errors", metric="item_n") == 1
