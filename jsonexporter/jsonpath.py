@@ -95,18 +95,15 @@ def _joined(parts: list[str | _Expr]) -> Translation:
             pieces.append(_string_literal(part))
             continue
         value = _single(part)
-        guards.append(f"{_grouped(value)} != null")
+        guards.append(f"{grouped(value)} != null")
         pieces.append(f"to_string({value})")
     expression = f"{' && '.join(guards)} && join('', [{', '.join(pieces)}]) || ''"
     return Translation(expression, any(isinstance(p, _Expr) and p.projecting for p in parts))
 
 
-def _grouped(text: str) -> str:
-    return text if _simple(text) else f"({text})"
-
-
-def _simple(text: str) -> bool:
-    return re.fullmatch(r"[\w\"@:.\-\[\]]+", text) is not None and "||" not in text
+def grouped(expression: str) -> str:
+    """`expression` in parentheses unless it is a plain path or literal, for use inside a larger expression."""
+    return expression if re.fullmatch(r"[\w\"@:.\-\[\]`]+", expression) else f"({expression})"
 
 
 def _string_literal(text: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from jsonexporter.jsonpath import GO_FALSE, GO_TRUE, Place, Untranslatable, translate
+from jsonexporter.jsonpath import GO_FALSE, GO_TRUE, Place, Untranslatable, grouped, translate
 from jsonexporter.spec import load_text, read_spec_text
 from jsonexporter.spec.problems import Path, Problem, Severity, format_path
 from jsonexporter.spec.schema import schema_text
@@ -352,7 +352,7 @@ class _Translator:
             if expression is None:
                 continue
             if text in by_converter:
-                expression = f"type({_grouped(expression)}) == 'string' && lower({expression}) || {_grouped(expression)}"
+                expression = f"type({grouped(expression)}) == 'string' && lower({expression}) || {grouped(expression)}"
             groups.setdefault(text if text in by_converter else "", []).append((suffix, expression, vp))
         metrics = []
         for key, entries in groups.items():
@@ -412,10 +412,6 @@ def _insert_after(data: dict[str, Any], after: str, key: str, value: Any) -> dic
             out[key] = value
     out.setdefault(key, value)
     return out
-
-
-def _grouped(expression: str) -> str:
-    return expression if re.fullmatch(r"[\w\"@:.\-\[\]`]+", expression) else f"({expression})"
 
 
 def _go_number(raw: Any) -> float | None:
