@@ -155,9 +155,14 @@ class _Translator:
             origin[("endpoints", "default", "valid_status_codes")] = (*path, "valid_status_codes")
         elif codes not in (None, []):
             self.error((*path, "valid_status_codes"), "not translated: valid_status_codes must be a list of status codes; left out")
+        client = raw.get("http_client_config")
+        if isinstance(client, dict) and isinstance(client.get("http_headers"), dict):
+            extra = self.http_headers((*path, "http_client_config", "http_headers"), client["http_headers"])
+            endpoint["headers"] = {**endpoint.get("headers", {}), **extra}
+            origin.update({("endpoints", "default", "headers", k): (*path, "http_client_config", "http_headers", k) for k in extra})
+            client = {k: v for k, v in client.items() if k != "http_headers"}
         if endpoint:
             module.data["endpoints"] = {"default": {"url": "{target}", **endpoint}}
-        client = raw.get("http_client_config")
         if isinstance(client, dict):
             kept = self.client_config((*path, "http_client_config"), client, _client_schema())
             if kept:
@@ -222,6 +227,19 @@ class _Translator:
                 last += len(rest) - len(rest.lstrip())
         out.append(_template_text(content[last:]))
         return "".join(out)
+
+    def http_headers(self, path: Path, raw: dict[str, Any]) -> dict[str, str]:
+        """Prometheus's `http_headers` (`{Name: {values: [...], secrets: [...], files: [...]}}`): one value each here."""
+        headers: dict[str, str] = {}
+        for name, spec in raw.items():
+            hp = (*path, name)
+            given = [v for key in ("values", "secrets") for v in ((spec or {}).get(key) or [] if isinstance(spec, dict) else [])]
+            if not isinstance(spec, dict) or spec.get("files") or len(given) != 1 or not isinstance(given[0], str):
+                self.error(hp, "not translated: only a header with one value (`values` or `secrets`) has a translation, not files or "
+                               "several values; left out", at_key=True)
+                continue
+            headers[str(name)] = _template_text(given[0])
+        return headers
 
     def client_config(self, path: Path, raw: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
         """The keys of an http_client_config the spec knows (they are Prometheus's names); the others reported."""

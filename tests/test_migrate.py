@@ -226,6 +226,29 @@ async def test_headers_templated_body_and_status_codes_reach_the_upstream(upstre
     assert body == '{"user": "a\\"b", "literal": "{{ `{x}` }}"}'  # the value JSON-escaped; the untranslated action as written
 
 
+def test_http_headers_of_the_client_config_become_request_headers() -> None:
+    spec, problems = _migrated("""
+        modules:
+          default:
+            headers: {X-A: a}
+            http_client_config:
+              http_headers:
+                X-B: {values: [b]}
+                X-C: {secrets: ['{c}']}
+                X-File: {files: [/etc/x]}
+              follow_redirects: false
+            metrics:
+            - {name: up, path: '{.up}'}
+    """)
+    assert problems == ["je.yml:9:9: modules.default.http_client_config.http_headers['X-File']: not translated: only a header with one value "
+                        "(`values` or `secrets`) has a translation, not files or several values; left out"]
+    loaded, _ = load_text(spec, "spec.yml")
+    assert loaded is not None
+    endpoint = loaded.modules["default"].endpoints["default"]
+    assert {k: t.render({}) for k, t in endpoint.headers} == {"X-A": "a", "X-B": "b", "X-C": "{c}"}
+    assert endpoint.client.follow_redirects is False
+
+
 def test_credentials_sent_to_the_target_get_an_allowlist_of_any_target_with_a_warning() -> None:
     spec, problems = _migrated("""
         modules:
@@ -288,7 +311,7 @@ modules:
   default:
     timeout: 5s
     http_client_config:
-      http_headers: {X: {values: [a]}}
+      tls_config: {ca_ref: x}
     metrics:
     - {name: deep, path: '{..x}'}
     - {name: typed, type: gauge, path: '{.a}'}
@@ -312,7 +335,7 @@ def test_migrate_exits_1_listing_each_untranslated_construct_at_its_place_and_wr
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
     assert f"{config}:3:5: modules.default.timeout: warning: json_exporter ignores the key 'timeout'" in lines[0]
-    assert lines[1].startswith(f"{config}:5:7: modules.default.http_client_config.http_headers: not translated")
+    assert lines[1].startswith(f"{config}:5:20: modules.default.http_client_config.tls_config.ca_ref: not translated")
     assert lines[2].startswith(f"{config}:7:28: modules.default.metrics[0].path: not translated: recursive descent")
     assert lines[3].startswith(f"{config}:8:27: modules.default.metrics[1].type: not translated: type 'gauge'")
     assert lines[4].startswith(f"{config}:12:36: modules.default.metrics[2].labels.bad: not translated: `{{range}}`")
