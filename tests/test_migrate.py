@@ -9,8 +9,11 @@ from typing import Any
 
 import jmespath
 import pytest
+import yaml
 from aiohttp import web
 from conftest import ExporterFactory, UpstreamFactory
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from metrics_util import Series, parse, value
 from prometheus_util import jsonexporter
 
@@ -19,6 +22,7 @@ from jsonexporter.jsonpath import Untranslatable, translate
 from jsonexporter.migrate import migrate_text, render
 from jsonexporter.probe import run_offline
 from jsonexporter.spec import load_text
+from jsonexporter.spec.expressions import compile_expression
 
 DOC = {
     "counter": 1234,
@@ -89,6 +93,57 @@ def test_untranslatable_jsonpath_says_why_and_where(jsonpath: str, place: Any, r
         translate(jsonpath, place)
     assert reason in caught.value.message
     assert caught.value.offset == offset
+
+
+_PIECES = st.sampled_from(["{", "}", ".", "..", "$", "@", "[", "]", "*", "?(", ")", "==", "<", " ", "'", '"', "a", "b-c", "0", "-1", ":",
+                            ",", "range", "end", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECES, max_size=14).map("".join), st.sampled_from(["value", "label", "each"]))
+def test_any_jsonpath_translates_to_an_expression_the_spec_compiles_or_says_why_not(jsonpath: str, place: Any) -> None:
+    try:
+        translation = translate(jsonpath, place)
+    except Untranslatable as exc:
+        assert exc.message and 0 <= exc.offset <= len(jsonpath)
+        return
+    if translation.expression is not None:
+        compile_expression(translation.expression)
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 300), st.sampled_from(["", "x", "{.a}", "{.a[*]}", "p-{.b}", "{..a}", "1", "yes", "{"]))
+_METRIC = st.fixed_dictionaries({"name": st.sampled_from(["m", "n", "m_total", "m_count", "bad-name", "probe_x", "x_info"]),
+                                  "path": st.sampled_from(["{.a}", "{.a[*]}", "{$}", "{.b.*}", "1"])}, optional={
+    "help": _SCALARS, "type": st.one_of(_SCALARS, st.sampled_from(["value", "object", "gauge"])),
+    "valuetype": st.one_of(_SCALARS, st.sampled_from(["gauge", "counter", "untyped"])),
+    "labels": st.one_of(_SCALARS, st.dictionaries(st.sampled_from(["id", "le", "__x", "job", "bad-label"]), _SCALARS, max_size=3)),
+    "values": st.one_of(_SCALARS, st.dictionaries(st.sampled_from(["a", "count", "total", "b"]), _SCALARS, max_size=3)),
+    "epochtimestamp": _SCALARS, "epochTimestamp": _SCALARS, "allow_missing_key": _SCALARS,
+    "valueconverter": st.one_of(_SCALARS, st.dictionaries(_SCALARS.map(str), st.one_of(_SCALARS, st.dictionaries(st.sampled_from(["A", "b"]), _SCALARS)),
+                                                          max_size=2)),
+})
+_MODULE = st.fixed_dictionaries({"metrics": st.lists(_METRIC, min_size=1, max_size=4)}, optional={
+    "headers": st.one_of(_SCALARS, st.dictionaries(st.sampled_from(["Authorization", "X-A", "bad name"]), _SCALARS, max_size=2)),
+    "body": st.one_of(_SCALARS, st.fixed_dictionaries({}, optional={"content": st.sampled_from(["", "{}", '{"a": "{{ .a | first }}"}', "{{ now }}", "x"]),
+                                                                    "templatize": _SCALARS})),
+    "valid_status_codes": st.one_of(_SCALARS, st.lists(st.one_of(st.integers(0, 700), _SCALARS), max_size=2)),
+    "http_client_config": st.one_of(_SCALARS, st.fixed_dictionaries({}, optional={
+        "basic_auth": st.one_of(_SCALARS, st.fixed_dictionaries({}, optional={"username": _SCALARS, "password": _SCALARS})),
+        "tls_config": st.one_of(_SCALARS, st.fixed_dictionaries({}, optional={"insecure_skip_verify": _SCALARS, "ca_ref": _SCALARS})),
+        "follow_redirects": _SCALARS, "http_headers": st.one_of(_SCALARS, st.dictionaries(st.sampled_from(["X-B"]), _SCALARS))})),
+})
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.sampled_from(["default", "b", "bad-name"]), _MODULE, min_size=1, max_size=3))
+def test_any_configuration_migrates_without_a_traceback_to_a_spec_check_accepts(modules: dict[str, Any]) -> None:
+    text = yaml.safe_dump({"modules": modules})
+    migration, problems = migrate_text(text, "je.yml")
+    if migration is None:
+        assert problems
+        return
+    spec, errors = load_text(render(migration, "je.yml"), "spec.yml")
+    assert (spec is not None) == bool(migration.modules), errors
 
 
 def _migrated(config: str) -> tuple[str, list[str]]:
