@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import textwrap
 from pathlib import Path
@@ -434,3 +435,12 @@ def test_migrate_exits_2_on_a_usage_error() -> None:
     result = _run()
     assert result.returncode == 2
     assert "JSON_EXPORTER_CONFIG" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_example_of_docs_migrating_md_is_what_migrate_writes() -> None:
+    blocks = re.findall(r"```yaml\n(.*?)```", (Path(__file__).resolve().parents[1] / "docs" / "migrating.md").read_text(), re.DOTALL)
+    config, written = blocks[0], blocks[1]
+    migration, problems = migrate_text(config, "json_exporter.yml")
+    assert migration is not None and all(p.severity == "warning" for p in problems)
+    spec = render(migration, "json_exporter.yml")
+    assert spec[spec.index("modules:"):] == written[written.index("modules:"):]
