@@ -325,7 +325,7 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = sub.add_parser("migrate", help="translate a json_exporter configuration into a spec "
                                              "(exit 0 all translated, 1 something not translated, 2 unreadable)")
-    migrate.add_argument("file", metavar="JSON_EXPORTER_CONFIG")
+    migrate.add_argument("file", metavar="JSON_EXPORTER_CONFIG", help="a json_exporter configuration file (docs/migrating.md)")
     migrate.add_argument("-o", "--output", metavar="SPEC", help="write the spec here (default: stdout)")
     migrate.set_defaults(func=cmd_migrate)
     return parser
