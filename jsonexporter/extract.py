@@ -551,13 +551,21 @@ def _number_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[str
                 return None  # a negative or NaN count is an error of its series: element by element
             if kinds == _INT and scale == 1.0 and min(raws) > -EXACT_LIMIT and max(raws) < EXACT_LIMIT:
                 return list(map(str, raws))
-            return list(map(format_value, map(float, raws) if scale == 1.0 else [raw * scale for raw in raws]))
+            return _float_texts(list(map(float, raws)) if scale == 1.0 else [float(raw * scale) for raw in raws])
         if kinds == _BOOL:
             true_text, false_text = (format_value(sample_value(raw, metric, expr)) for raw in (True, False))
             return [true_text if raw else false_text for raw in raws]
         return [format_value(sample_value(raw, metric, expr)) for raw in raws]
     except Exception:  # not a number, null without a default, too large for a float
         return None
+
+
+def _float_texts(values: list[float]) -> list[str]:
+    """`format_value` of each value; repr for all at once when that is each one's form (none integral,
+    all finite and below 1e6): about half the time of a call per value (bench/README.md)."""
+    if values and math.isfinite(sum(values)) and max(values) < 1e6 and not any(map(float.is_integer, values)):
+        return list(map(float.__repr__, values))
+    return list(map(format_value, values))
 
 
 def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], elements: list[Any], result: Extraction) -> None:

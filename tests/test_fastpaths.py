@@ -15,12 +15,13 @@ import asyncio
 import gzip
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import make_spec
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from metrics_util import samples
 from prometheus_client.utils import floatToGoString
@@ -354,3 +355,64 @@ def test_answers_below_and_above_the_orjson_limit_give_the_json_module_documents
     body = json.dumps({"items": [{"id": f"i{i}", "v": i / 7, "ok": i % 2 == 0, "n": None, "big": 2**63 + i} for i in range(20_000)]}).encode()
     for padded in (body, body + b" " * ORJSON_MAX_BYTES):
         assert _parse_json(padded) == json.loads(body)
+
+
+def _projected(module: Module, document: Any) -> tuple[Any, Any]:
+    """The answer parsed whole, and as the module's rules read it (spec/projection.py)."""
+    body = json.dumps(document).encode()
+    return _parse_json(body), _parse_json(body, module.projections.get("default"))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(modules(), documents)
+def test_an_answer_parsed_for_the_rules_gives_what_the_whole_answer_gives(module_spec: dict[str, Any], document: Any) -> None:
+    module = make_spec(json.dumps({"modules": {"default": module_spec}})).modules["default"]
+    whole, projected = _projected(module, document)
+    event("projected" if projected != whole else "parsed whole" if "default" not in module.projections else "projection kept everything")
+    static = module_labels(module, VALUES)
+    for trace in (None, Trace()):  # the fast path, and the general one
+        _assert_same(extract(module, {"default": projected}, PROBE, static, trace=trace), extract(module, {"default": whole}, PROBE, static, trace=trace))
+
+
+def test_bench_spec_parses_only_the_fields_its_rules_read() -> None:
+    module = make_spec((Path(__file__).parent.parent / "bench" / "spec.yml").read_text()).modules["default"]
+    item = {"id": "svc-1", "name": "n", "region": "eu", "status": "ok", "healthy": True, "requests_total": 10**9, "errors_total": 2,
+            "latency_ms": 0.5, "cpu_ratio": 0.25, "memory_bytes": 9_999_999_999, "version": "1.0", "tags": ["a", "b"]}
+    whole, projected = _projected(module, {"generated_at": "2024-05-01T10:00:00Z", "count": 1, "items": [item]})
+    assert projected == {"count": 1, "items": [{k: v for k, v in item.items() if k not in ("name", "tags")}]}
+    _assert_same(extract(module, {"default": projected}, PROBE), extract(module, {"default": whole}, PROBE))
+
+
+@pytest.mark.parametrize("rule", [
+    {"name": "m", "help": "h", "each": "items", "labels": {"i": "$index"}, "value": "v"},  # `$`: the context
+    {"name": "m", "help": "h", "each": "items", "labels": {"k": "join(',', keys(@))"}, "value": "v"},  # the element as a whole
+    {"name": "m", "help": "h", "each": "items[?v > `1`]", "value": "v"},  # a filter over the collection
+])
+def test_rules_reading_more_than_named_fields_parse_the_whole_answer(rule: dict[str, Any]) -> None:
+    module = make_spec(json.dumps({"modules": {"default": {"metrics": [rule]}}})).modules["default"]
+    assert "default" not in module.projections
+
+
+_ITEMS_V = {"metrics": [{"name": "m", "help": "h", "each": "items", "value": "v"}]}
+
+
+@pytest.mark.parametrize("body", [
+    b'{"items": [{"v": 1, "x": 2}, 3]}',  # an element that is not an object
+    b'{"items": [{"v": 18446744073709551616, "x": 2}]}',  # beyond 64 bits: orjson's float
+    b'{"items": [{"v": NaN, "x": 2}]}', b'\xef\xbb\xbf{"items": [{"v": 1, "x": 2}]}',  # what only the json module reads
+    b'{"items": [{"v": 1, "x": "\xff"}]}',  # not UTF-8, in a field no rule reads: the json module's error
+])
+def test_an_answer_the_projection_does_not_fit_is_parsed_whole(body: bytes) -> None:
+    projection = make_spec(json.dumps({"modules": {"default": _ITEMS_V}})).modules["default"].projections["default"]
+    try:
+        expected = _parse_json(body)
+    except ValueError as exc:
+        with pytest.raises(ValueError, match=re.escape(str(exc))):
+            _parse_json(body, projection)
+        return
+    assert json.dumps(_parse_json(body, projection)) == json.dumps(expected)  # "x" kept: parsed whole
+
+
+def test_the_values_of_an_object_are_projected_as_elements() -> None:
+    projection = make_spec(json.dumps({"modules": {"default": _ITEMS_V}})).modules["default"].projections["default"]
+    assert _parse_json(b'{"items": {"a": {"v": 1, "x": 2}, "b": {"v": 2}}, "y": 3}', projection) == {"items": {"a": {"v": 1}, "b": {"v": 2}}}

@@ -4,6 +4,7 @@ bounded in time and bytes, redirects followed through hops.next_hop, answers par
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import time
@@ -17,6 +18,7 @@ from yarl import URL
 from jsonexporter.secrets import CUT, REDACTED, is_secret_name
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.model import HEADER_VALUE_CONTROL
+from jsonexporter.spec.projection import FULL, Projection
 from jsonexporter.trace import Trace, shorten
 from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache
 from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, basic_credentials
@@ -56,7 +58,12 @@ class EndpointResult:
 ORJSON_MAX_BYTES = 4 << 20
 
 
-def _parse_json(body: bytes) -> Any:
+def _parse_json(body: bytes, projection: Projection | None = None) -> Any:
+    """The answer parsed: with `projection`, only what the rules read, when that applies to it."""
+    if projection is not None:
+        document = projection.decode(body)
+        if document is not FULL:
+            return document
     if len(body) <= ORJSON_MAX_BYTES:
         try:
             return orjson.loads(body)
@@ -147,7 +154,8 @@ def _cache_key(request: UpstreamRequest, options: RequestOptions) -> str:
     endpoint = request.endpoint
     codes = "2xx" if endpoint.valid_status_codes is None else ",".join(map(str, sorted(endpoint.valid_status_codes)))
     parts = [request.method, str(request.url), options.identity(), str(options.proxy), str(id(options.ssl)), str(options.server_hostname),
-             codes, str(endpoint.max_response_bytes), str(options.allow_redirects), *(p.pattern for p in request.allow)]
+             codes, str(endpoint.max_response_bytes), str(options.allow_redirects), *(p.pattern for p in request.allow),
+             request.projection.key if request.projection is not None else "whole"]  # an answer parsed for other rules may lack fields
     digest = hashlib.sha256("\0".join(parts).encode())
     digest.update(request.body or b"")
     for name, value in sorted(request.headers.items()):
@@ -191,7 +199,7 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
                 body = await _read_body(response, endpoint.max_response_bytes)
                 result.bytes = len(body)
                 async with turn(PARSE):  # see slices.py: waiting answers stay bytes, smaller than parsed
-                    result.document = _parse_json(body)
+                    result.document = _parse_json(body, request.projection)
                 return
         n = len(result.redirects) + 1
         if n > MAX_REDIRECTS:
@@ -241,6 +249,8 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
 async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, trace: Trace | None = None) -> EndpointResult:
     """One endpoint, bounded by its timeout and the probe's deadline (a loop.time()), through the
     cache when the endpoint has `cache_ttl`."""
+    if trace is not None and request.projection is not None:
+        request = dataclasses.replace(request, projection=None)  # the trace shows the whole answer
     endpoint = request.endpoint
     loop = asyncio.get_running_loop()
     start = loop.time()
