@@ -15,6 +15,8 @@ from decimal import Decimal
 from itertools import repeat
 from typing import Any
 
+import orjson
+
 from jsonexporter.exposition import EXACT_LIMIT, Family, Labels, escape_label_value, escaped, format_bound, format_value, labels_text, needs_escape, sample_line
 from jsonexporter.labeltext import label_text
 from jsonexporter.names import text_name
@@ -549,10 +551,11 @@ def _number_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[str
     scale = metric.scale
     try:
         if kinds <= _NUMBERS:
-            if metric.type == "counter" and not all(raw * scale >= 0 for raw in raws):
+            exact = kinds == _INT and scale > 0  # no NaN, and the sign is the integer's: min() says it at C speed
+            if metric.type == "counter" and not (min(raws) >= 0 if exact else all(raw * scale >= 0 for raw in raws)):
                 return None  # a negative or NaN count is an error of its series: element by element
             if kinds == _INT and scale == 1.0 and min(raws) > -EXACT_LIMIT and max(raws) < EXACT_LIMIT:
-                return list(map(str, raws))
+                return _json_texts(raws)
             return _float_texts(list(map(float, raws)) if scale == 1.0 else [float(raw * scale) for raw in raws])
         if kinds == _BOOL:
             true_text, false_text = (format_value(sample_value(raw, metric, expr)) for raw in (True, False))
@@ -563,11 +566,21 @@ def _number_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[str
 
 
 def _float_texts(values: list[float]) -> list[str]:
-    """`format_value` of each value; repr for all at once when that is each one's form (none integral,
-    all finite and below 1e6): about half the time of a call per value (bench/README.md)."""
+    """`format_value` of each value: repr when that is each one's form (none integral, all finite and
+    below 1e6), written by orjson at once where its shortest digits are repr's, positional from 1e-4 to
+    1e16 (512 values: 23 µs, against 110 for repr one by one and 225 for format_value)."""
     if values and math.isfinite(sum(values)) and max(values) < 1e6 and not any(map(float.is_integer, values)):
+        if min(values) > -1e16 and min(map(abs, values)) >= 1e-4:
+            written = orjson.dumps(values)
+            if b"e" not in written:  # none in exponent form
+                return written[1:-1].decode().split(",")
         return list(map(float.__repr__, values))
     return list(map(format_value, values))
+
+
+def _json_texts(numbers: list[int]) -> list[str]:
+    """str() of each integer (within int64), in one call: 512 of them in 24 µs, against 41 one by one."""
+    return orjson.dumps(numbers)[1:-1].decode().split(",")
 
 
 def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], elements: list[Any], result: Extraction) -> None:

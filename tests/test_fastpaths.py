@@ -233,7 +233,8 @@ def test_scale_multiplies_extracted_numbers_but_not_the_default_in_both_paths() 
 
 
 def test_values_are_written_as_prometheus_client_writes_them_but_integers_exactly() -> None:
-    """By the writer, and by extraction's columns (floats, integers, both, and beyond 1e15)."""
+    """By the writer, and by extraction's columns (floats, integers, both, and beyond 1e15; fractions only,
+    written at once, with one below 1e-4 or above 1e6 among them)."""
     values = [0.0, -0.0, 1.0, -3.0, 2.5, 1e-5, 123456.789, 1234567.5, 1e15, 1e15 - 1, -1e15 + 1, 1e16, 1e300, -2.5e-300,
               math.inf, -math.inf, math.nan, 9_999_999_999.0]
     def reference(v: float) -> str:
@@ -244,7 +245,8 @@ def test_values_are_written_as_prometheus_client_writes_them_but_integers_exactl
     assert [line.split(" ")[1] for line in render_text([family]).splitlines()[2:]] == expected
     module = make_spec("modules: {default: {metrics: [{name: x, help: h, each: items, value: v, labels: {i: i}}]}}").modules["default"]
     integers = [0, -3, 10**15 - 1, 10**15, -(10**16), 9_999_999_999]
-    for column in (values, integers, [*integers, 2.5]):
+    fractions = [0.0001, 0.00012, 2.5, 123456.789, 999999.5, -12345678.5, -1e15 - 0.5, 0.1, 1 / 3, -2.5e-3]
+    for column in (values, integers, [*integers, 2.5], fractions, [*fractions, 5e-05], [*fractions, -5e-05], [*fractions, 1e6 + 0.5]):
         result = extract(module, {"default": {"items": [{"i": str(i), "v": v} for i, v in enumerate(column)]}}, PROBE)
         written = [line.split(" ")[1] for line in render_text(list(result.families.values())).splitlines()[2:]]
         assert written == [reference(v) for v in column]
