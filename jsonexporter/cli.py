@@ -1,4 +1,4 @@
-"""The commands: check, schema, serve and probe. Errors end here as one-line messages."""
+"""The commands: check, schema, serve, probe and test. Errors end here as one-line messages."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from jsonexporter import __version__, logs
 from jsonexporter.logs import kv
-from jsonexporter.spec import Spec, load_text, read_spec_text
-from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT
+from jsonexporter.spec import Spec, SpecFileError, load_texts, read_spec_files
+from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, DEFAULT_SERIES_LIMIT
 from jsonexporter.spec.problems import Problem
+from jsonexporter.spec.sources import is_spec_set
 
 if TYPE_CHECKING:
     from jsonexporter.webconfig import WebConfig
@@ -25,20 +26,14 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("jsonexporter")
 
 
-def _read(file: str) -> str | None:
+def _load(source: str) -> tuple[Spec | None, list[Problem], bool]:
+    """The spec of a file, directory or glob; readable False (and why, on stderr) when it gives none."""
     try:
-        return read_spec_text(file)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        print(f"{file}: cannot read: {reason}", file=sys.stderr)
-        return None
-
-
-def _load(file: str) -> tuple[Spec | None, list[Problem], bool]:
-    text = _read(file)
-    if text is None:
+        texts = read_spec_files(source)
+    except SpecFileError as exc:
+        print(exc, file=sys.stderr)
         return None, [], False
-    spec, problems = load_text(text, file)
+    spec, problems = load_texts(texts, source)
     return spec, problems, True
 
 
@@ -56,7 +51,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             code = max(code, EXIT_INVALID)
         else:
             metrics = sum(len(m.metrics) for m in spec.modules.values())
-            print(f"{file}: valid: {len(spec.modules)} module(s), {metrics} metric rule(s), {len(warnings)} warning(s)")
+            files = len(set(spec.origins.values()))
+            print(f"{file}: valid: {len(spec.modules)} module(s), {metrics} metric rule(s), {len(warnings)} warning(s)"
+                  + (f", in {files} file(s)" if is_spec_set(file) else ""))
     return code
 
 
@@ -102,6 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         host, port = _listen_address(args.web_listen_address)
         auto_reload = parse_duration(args.config_auto_reload_interval) if args.config_auto_reload_interval else 0.0
+        refresh_min_idle = parse_duration(args.refresh_min_idle)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
@@ -134,11 +132,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.web_max_connections < 0:
         print("--web.max-connections must be 0 (from the open files limit) or more", file=sys.stderr)
         return EXIT_USAGE
+    if args.refresh_max_requests < 0:
+        print("--refresh.max-requests must be 0 (no schedules for modules with a target) or more", file=sys.stderr)
+        return EXIT_USAGE
     open_files = raise_open_files_limit()  # before the workers start: they inherit it
     max_connections = args.web_max_connections or client_connection_limit(open_files.soft, args.upstream_max_connections)
     options = Options(timeout_offset=args.timeout_offset, max_concurrent_probes=args.max_concurrent_probes, auto_reload_interval=auto_reload,
                       connection_limit=args.upstream_max_connections, connection_limit_per_host=args.upstream_max_connections_per_host,
-                      max_client_connections=max_connections, series_limit=args.series_limit)
+                      max_client_connections=max_connections, series_limit=args.series_limit,
+                      refresh_max_requests=args.refresh_max_requests, refresh_min_idle=refresh_min_idle)
     loaded = _Loaded(spec, web_config)  # in the supervisor: the newest valid files, what a replaced worker starts with
 
     def run(worker: int = 0, directory: str | None = None) -> int:
@@ -253,14 +255,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK if result.success else EXIT_INVALID
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    from jsonexporter.spectest import run_files
+
+    return run_files(args.files, sys.stdout, sys.stderr)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jsonexporter", description="A declarative Prometheus exporter for any REST/JSON API.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"jsonexporter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = sub.add_parser("check", help="validate spec files (exit 0 valid, 1 invalid, 2 unreadable)")
-    check.add_argument("files", nargs="+", metavar="FILE")
+    check = sub.add_parser("check", help="validate specs (exit 0 valid, 1 invalid, 2 unreadable)")
+    check.add_argument("files", nargs="+", metavar="FILE", help="a spec file, or a directory or glob of files forming one spec")
     check.add_argument("--strict", action="store_true", help="warnings make the spec invalid too")
     check.set_defaults(func=cmd_check)
 
@@ -268,7 +276,8 @@ def _parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=cmd_schema)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config.file", dest="config_file", default="jsonexporter.yml", help="spec file (default jsonexporter.yml)")
+        p.add_argument("--config.file", dest="config_file", default="jsonexporter.yml",
+                       help="spec file, or a directory or glob of spec files forming one spec (default jsonexporter.yml)")
         p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
         p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
 
@@ -280,7 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--web.config.file", dest="web_config_file", default="",
                        help="exporter-toolkit web config: TLS, basic auth, headers (default: none)")
     serve.add_argument("--config.auto-reload-interval", dest="config_auto_reload_interval", default="",
-                       help="reload the spec when its file changes, checked at this interval, e.g. 30s (default: off)")
+                       help="reload the spec when its files change, checked at this interval, e.g. 30s (default: off)")
     serve.add_argument("--web.max-concurrent-probes", dest="max_concurrent_probes", type=int, default=256,
                        help="probes answered at once; more get HTTP 503 (default 256)")
     serve.add_argument("--probe.series-limit", dest="series_limit", type=int, default=DEFAULT_SERIES_LIMIT,
@@ -296,6 +305,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="connections open at once to one upstream host and port; more requests wait for one (default 32)")
     serve.add_argument("--web.workers", dest="web_workers", type=int, default=1,
                        help="processes answering on the listen address, e.g. $(nproc): every core extracts (default 1)")
+    serve.add_argument("--refresh.max-requests", dest="refresh_max_requests", type=int, default=DEFAULT_REFRESH_MAX_REQUESTS,
+                       help="requests of modules with a target fetched on a schedule (refresh_interval) at once; beyond, "
+                            f"a probe fetches the endpoint itself (default {DEFAULT_REFRESH_MAX_REQUESTS})")
+    serve.add_argument("--refresh.min-idle", dest="refresh_min_idle", default=f"{DEFAULT_REFRESH_MIN_IDLE / 60:.0f}m",
+                       help="a scheduled request of a module with a target stops after 3 intervals without a probe, "
+                            f"never sooner than this (default {DEFAULT_REFRESH_MIN_IDLE / 60:.0f}m)")
     serve.set_defaults(func=cmd_serve)
     parser.epilog = _serve_flags(serve)
 
@@ -308,6 +323,10 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--debug", action="store_true", help="write the probe's trace to stderr (the metrics stay alone on stdout)")
     probe.add_argument("--format", choices=["text", "openmetrics"], default="text")
     probe.set_defaults(func=cmd_probe)
+
+    test = sub.add_parser("test", help="run unit tests of specs on saved answers, offline (exit 0 all pass, 1 a test fails or is invalid, 2 unreadable)")
+    test.add_argument("files", nargs="+", metavar="TESTFILE", help="a test file: spec, tests with answers and exp_samples (docs/testing.md)")
+    test.set_defaults(func=cmd_test)
     return parser
 
 

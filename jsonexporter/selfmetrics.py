@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -44,9 +44,21 @@ class SelfMetrics:
             ["module", "limit"], registry=r,
         )
         self.cache_requests = Counter(
-            "jsonexporter_cache_requests", "Endpoint lookups of endpoints with cache_ttl, by result (miss, hit, coalesced, stale).",
+            "jsonexporter_cache_requests", "Endpoint lookups of endpoints with cache_ttl (miss, hit, coalesced, stale, revalidate) or "
+            "refresh_interval (first, scheduled, scheduled_stale), by result.",
             ["module", "endpoint", "result"], registry=r,
         )
+        # per endpoint, never per target: a schedule's target is the caller's choice
+        self.refresh_success = Gauge("jsonexporter_refresh_last_success_timestamp_seconds",
+                                     "Time of the last successful scheduled request of endpoints with refresh_interval (of any of their targets).",
+                                     ["module", "endpoint"], registry=r, multiprocess_mode="livemax")
+        self.refresh_failures = Counter("jsonexporter_refresh_failures", "Scheduled requests of endpoints with refresh_interval that failed.",
+                                        ["module", "endpoint"], registry=r)
+        self.refresh_unscheduled = Counter("jsonexporter_refresh_unscheduled",
+                                           "Probes that fetched an endpoint with refresh_interval themselves: every scheduled place "
+                                           "(--refresh.max-requests) was taken.", ["module", "endpoint"], registry=r)
+        self.refresh_scheduled = Gauge("jsonexporter_refresh_scheduled_requests", "Requests fetched on a schedule (refresh_interval).",
+                                       registry=r, multiprocess_mode="livesum")
         # with workers: the sum, the lowest or the highest over the live ones
         self.in_flight = Gauge("jsonexporter_probes_in_flight", "Probes being answered right now.", registry=r, multiprocess_mode="livesum")
         self.config_hash = Gauge("jsonexporter_config_hash", "First 48 bits of the SHA-256 of the loaded spec file, as a number.", registry=r,
@@ -56,7 +68,9 @@ class SelfMetrics:
                                     multiprocess_mode="livemin")
         self.config_timestamp = Gauge("jsonexporter_config_last_reload_success_timestamp_seconds",
                                       "Time of the last successful spec load (the oldest of the workers').", registry=r, multiprocess_mode="livemin")
-        self.config_modules = Gauge("jsonexporter_config_modules", "Modules in the loaded spec.", registry=r, multiprocess_mode="livemax")
+        self.config_modules = Gauge("jsonexporter_config_modules", "Modules in the loaded spec, by the file they are written in.", ["file"],
+                                    registry=r, multiprocess_mode="livemax")
+        self._files: set[str] = set()  # the file labels of config_modules
         build = Gauge("jsonexporter_build_info", "A metric with constant value 1 labelled by version and Python version.", ["version", "python_version"],
                       registry=r, multiprocess_mode="livemax")
         build.labels(__version__, platform.python_version()).set(1)
@@ -68,11 +82,17 @@ class SelfMetrics:
             MultiProcessCollector(self.exposition, path=workers_directory)  # type: ignore[no-untyped-call]
             self.exposition.register(_Processes(workers_directory))
 
-    def spec_loaded(self, sha256: str, modules: int) -> None:
+    def spec_loaded(self, sha256: str, modules_by_file: Mapping[str, int]) -> None:
         self.config_hash.set(int(sha256[:12], 16))
         self.config_success.set(1)
         self.config_timestamp.set(time.time())
-        self.config_modules.set(modules)
+        for gone in self._files - set(modules_by_file):
+            # with workers, prometheus_client keeps a removed series' last value in the worker's file: 0, not a stale count
+            self.config_modules.labels(gone).set(0)
+            self.config_modules.remove(gone)
+        for file, count in modules_by_file.items():
+            self.config_modules.labels(file).set(count)
+        self._files = set(modules_by_file)
 
 
 _SUMMED = frozenset({"process_cpu_seconds", "process_virtual_memory_bytes", "process_resident_memory_bytes", "process_open_fds"})
