@@ -395,6 +395,13 @@ def test_rules_reading_more_than_named_fields_parse_the_whole_answer(rule: dict[
     assert "default" not in module.projections
 
 
+def test_an_endpoint_no_rule_reads_is_parsed_whole() -> None:
+    module = make_spec(json.dumps({"modules": {"default": {
+        "endpoints": {"read": {"url": "{target}"}, "unread": {"url": "{target}/other"}},
+        "metrics": [{"name": "m", "help": "h", "endpoint": "read", "value": "v"}]}}})).modules["default"]
+    assert set(module.projections) == {"read"}
+
+
 _ITEMS_V = {"metrics": [{"name": "m", "help": "h", "each": "items", "value": "v"}]}
 
 

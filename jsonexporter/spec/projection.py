@@ -159,11 +159,14 @@ FULL: Any = object()  # Projection.decode: parse this answer whole
 
 
 def projections(metrics: Iterable[Metric], endpoints: Iterable[str]) -> dict[str, Projection]:
-    """The projection of each endpoint whose rules read only named fields of their elements."""
+    """The projection of each endpoint whose rules read only named fields of their elements. An endpoint
+    no rule reads has none: what reads its answer is not a rule (a login's token, a next page's link), and
+    whatever reads an answer besides the rules must add what it reads to the shape, or parse it whole."""
     metrics = list(metrics)
     found = {}
     for endpoint in endpoints:
-        shape = _shape(m for m in metrics if m.endpoint == endpoint)
+        readers = [m for m in metrics if m.endpoint == endpoint]
+        shape = _shape(readers) if readers else None
         if shape is not None:
             found[endpoint] = Projection(_describe(shape), msgspec.json.Decoder(_type(shape, [0])))
     return found
