@@ -56,7 +56,8 @@ documents = st.fixed_dictionaries({
                                               "w": st.integers(-3, 3)}), max_size=6),
 })
 
-LABEL_EXPRESSIONS = ["id", "a", "a.b", "tags[0]", "'const'", "length(tags)", "sub", "v", "lower(a)", "regex_extract(id, '(\\d+)')"]
+LABEL_EXPRESSIONS = ["id", "a", "a.b", "tags[0]", "'const'", "length(tags)", "sub", "v", "lower(a)", "regex_extract(id, '(\\d+)')",
+                     "{k: id, w: w}"]
 VALUE_EXPRESSIONS = ["v", "w", "a.b", "@", "length(tags)", "v || w", "sub.a", "parse_bytes(v)", "divide(v, w)", "regex_match(a, '^[ab]')"]
 EACHES = [None, "items", "byname", ["items", "tags"], "items[?v]", "items[*].{id: id, v: w, a: a}", "byname.*", "counts",
           "item", [{"path": "item", "optional": True}], ["items", {"path": "tags", "optional": True}], [{"path": "byname", "optional": True}, "sub"]]
@@ -393,6 +394,14 @@ def test_bench_spec_parses_only_the_fields_its_rules_read() -> None:
 def test_rules_reading_more_than_named_fields_parse_the_whole_answer(rule: dict[str, Any]) -> None:
     module = make_spec(json.dumps({"modules": {"default": {"metrics": [rule]}}})).modules["default"]
     assert "default" not in module.projections
+
+
+def test_fields_read_by_calls_and_multi_selects_are_kept() -> None:
+    rule = {"name": "m", "help": "h", "each": "items", "labels": {"o": "{k: id, w: sub.w}", "u": "upper(name)"}, "value": "divide(v, `2`)"}
+    module = make_spec(json.dumps({"modules": {"default": {"metrics": [rule]}}})).modules["default"]
+    whole, projected = _projected(module, {"items": [{"id": "a", "sub": {"w": 1, "x": 2}, "name": "n", "v": 3, "other": 4}]})
+    assert projected == {"items": [{"id": "a", "sub": {"w": 1}, "name": "n", "v": 3}]}
+    _assert_same(extract(module, {"default": projected}, PROBE), extract(module, {"default": whole}, PROBE))
 
 
 def test_an_endpoint_no_rule_reads_is_parsed_whole() -> None:

@@ -29,7 +29,7 @@ from jsonexporter.spec.model import Metric
 _NAVIGATING = frozenset({"subexpression", "index_expression", "projection", "value_projection", "filter_projection", "flatten", "pipe"})
 # node types whose children are each evaluated on the current node
 _COMBINING = frozenset({"function_expression", "or_expression", "and_expression", "not_expression", "comparator",
-                        "multi_select_list", "multi_select_hash", "key_val_pair"})
+                        "multi_select_list", "multi_select_dict", "key_val_pair"})
 
 
 # A value read whole. An integer beyond 64 bits fails it, so that the answer is parsed whole, where
