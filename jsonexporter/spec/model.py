@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from jsonexporter.spec.expressions import Expression, Template
+
+if TYPE_CHECKING:
+    from jsonexporter.spec.projection import Projection
 
 MetricType = Literal["gauge", "counter", "untyped", "info", "stateset", "histogram", "summary"]
 Duplicates = Literal["first", "last", "sum"]  # what a rule does with its own series of equal labels
@@ -166,6 +169,8 @@ class Module:
     target_allow: tuple[re.Pattern[str], ...] = ()  # empty: any target
     needs_target: bool = True  # some template or `$target` uses it
     series_limit: int | None = None  # most series a probe may give (0: no limit); None: the server's default
+    # by endpoint: a decoder of only the fields its rules read (projection.py); none: parsed whole
+    projections: Mapping[str, Projection] = field(default_factory=dict, compare=False, repr=False)
 
     def target_allowed(self, target: str) -> bool:
         return not self.target_allow or any(p.fullmatch(target) for p in self.target_allow)
