@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from jsonexporter.secrets import CUT, REDACTED, is_secret_name
@@ -22,6 +23,7 @@ from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache
 from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, basic_credentials
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
 from jsonexporter.upstream.render import UpstreamRequest, redact_url
+from jsonexporter.upstream.sessions import LoginStore
 
 
 @dataclass(slots=True)
@@ -38,6 +40,7 @@ class EndpointResult:
     cache_age: float | None = None
     stale: bool = False  # the upstream failed; `document` is an older good answer (stale_if_error)
     redirects: list[str] = field(default_factory=list)  # each redirect followed, for the trace
+    response_headers: CIMultiDictProxy[str] | None = field(default=None, repr=False)  # of the last answer: a login's values may be there
 
     @property
     def ok(self) -> bool:
@@ -134,11 +137,12 @@ def _pool_timeout(up: Upstream, budget: float) -> str:
 @dataclass
 class Upstream:
     """What requests go through: the shared keep-alive session, the run-time client configurations
-    of the loaded spec (replaced by a reload) and the response cache."""
+    of the loaded spec (replaced by a reload), the response cache and the login sessions."""
 
     session: aiohttp.ClientSession
     clients: Clients = field(default_factory=Clients)
     cache: ResponseCache = field(default_factory=ResponseCache)
+    logins: LoginStore = field(default_factory=LoginStore)
 
 
 def _cache_key(request: UpstreamRequest, options: RequestOptions) -> str:
@@ -181,7 +185,7 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
             hop.method, hop.url, headers=hop.headers, data=hop.body, ssl=options.ssl, server_hostname=hop.server_hostname,
             proxy=proxy, proxy_headers=proxy_headers, allow_redirects=False, trace_request_ctx=pool,
         ) as response:
-            result.status = response.status
+            result.status, result.response_headers = response.status, response.headers
             location = response.headers.get("Location")
             if location is None or not options.allow_redirects or response.status not in REDIRECT_STATUSES:
                 if not endpoint.status_ok(response.status):
