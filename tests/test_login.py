@@ -464,3 +464,18 @@ async def test_the_session_store_is_bounded_least_recently_used_first_out() -> N
     for key in ("a", "b", "a", "c", "a", "b"):
         await store.get(key, login_as(key), 5)
     assert made == ["a", "b", "c", "b"] and len(store) == 2  # b went when c came: a was used since
+
+
+def test_where_login_values_are_is_no_secret_to_hide(write_spec: SpecWriter, capsys: pytest.CaptureFixture[str]) -> None:
+    # `token: data.token` names where a token is: `check` shows it as written (it would hide a secret-named key's value)
+    spec = write_spec(f"""
+        modules:
+          pve:
+            {LOCAL}
+            login: {{url: '{{target}}/login', values: {{token: 'data.token[[', session: {{cookie: SESSIONID}}}}}}
+            endpoints: {{a: {{url: '{{target}}/a', headers: {{X-A: '{{token}}', X-B: '{{session}}'}}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    assert main(["check", str(spec)]) == 1
+    out = capsys.readouterr().out
+    assert "in 'data.token[['" in out and "<redacted>" not in out, out

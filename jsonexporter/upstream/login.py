@@ -137,9 +137,7 @@ async def _log_in(up: Upstream, login: Login, request: UpstreamRequest, options:
     headers = result.response_headers
     values = {}
     for source in login.values:
-        value = _value(source, result.document, headers)
-        up.clients.redactor.learn(value)
-        values[source.name] = value
+        values[source.name] = _value(source, result.document, headers)  # learned by the Redactor in prepare(), before any use
     lifetime = _lifetime(login, result.document)
     now = time.monotonic()
     session = Session(values, now, now + renewal_delay(lifetime), now + lifetime)
