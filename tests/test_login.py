@@ -137,7 +137,7 @@ async def test_refused_values_renew_the_login_and_the_endpoint_is_retried_once(a
     pve.expire()  # the API forgets its tickets: the next request with one gets a 401
     _, text = await probe(client, up.url, debug="true")
     assert generation(text) == 2 and value(parse(text.partition("metrics:\n")[2]), "probe_success") == 1
-    assert "renewed, its values refused by nodes (HTTP 401)" in text
+    assert "login: its values refused by nodes (HTTP 401): made again, and those endpoints retried once" in text
     assert pve.logins == 2 and up.hits["/nodes"] == 3
     pve.refuse = True  # refused with fresh values too: one retry only
     _, text = await probe(client, up.url)

@@ -127,7 +127,7 @@ async def _log_in(up: Upstream, login: Login, request: UpstreamRequest, options:
     """The login request, through fetch.py's request path, and the session its answer gives."""
     _, result = await _request(up, request, options, budget)
     if trace is not None:
-        trace.add(f"login: {request.method} {redact_url(request.url)}")
+        trace.add(f"login: {request.method} {redact_url(request.url)}" + (f", body of {len(request.body)} bytes" if request.body is not None else ""))
         for line in result.redirects:
             trace.add(f"  {line}")
         trace.add(f"  -> {result.outcome}, status {result.status}, {result.bytes} bytes, {result.duration:.3f}s")
@@ -236,7 +236,8 @@ async def fetch_logged_in(up: Upstream, module: Module, values: Mapping[str, str
     if prepared.session is None or not refused:
         return results
     if trace is not None:
-        trace.add(f"login: renewed, its values refused by {', '.join(e.name for e in refused)} (HTTP {results[endpoints.index(refused[0])].status})")
+        status = results[endpoints.index(refused[0])].status
+        trace.add(f"login: its values refused by {', '.join(e.name for e in refused)} (HTTP {status}): made again, and those endpoints retried once")
     renewed = await prepare(up, module, values, deadline, trace, rejected=prepared.session)
     retried = {r.endpoint: r for r in await fetch_prepared(up, module, refused, renewed, deadline, trace)}
     return [retried.get(r.endpoint, r) for r in results]
