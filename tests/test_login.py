@@ -479,3 +479,39 @@ def test_where_login_values_are_is_no_secret_to_hide(write_spec: SpecWriter, cap
     assert main(["check", str(spec)]) == 1
     out = capsys.readouterr().out
     assert "in 'data.token[['" in out and "<redacted>" not in out, out
+
+
+async def test_the_login_request_keeps_the_limits_of_an_endpoint_request(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await wait_for(release, 20)
+        return web.json_response({"ticket": "t"})
+
+    async def away(request: web.Request) -> web.Response:  # a 307 keeps the POST and its body: not to another origin
+        raise web.HTTPTemporaryRedirect(f"http://localhost:{request.url.port}/big")
+
+    up = await upstream({"/hang": hang, "/away": away, "/big": {"ticket": "t" * 1000}, "/nodes": {"v": 1}})
+
+    def module(name: str, login: str) -> str:
+        return f"""
+          {name}:
+            {LOCAL}
+            timeout: 1s
+            secrets: {{password: {{file: {tmp_path}/password}}}}
+            login: {{method: POST, body: {{password: '{{password}}'}}, values: {{ticket: ticket}}, {login}}}
+            endpoints: {{nodes: {{url: '{{target}}/nodes', headers: {{X-Ticket: '{{ticket}}'}}}}}}
+            metrics: [{{name: v, help: x, value: v}}]
+        """
+
+    client = await pve_exporter(aiohttp_client, tmp_path, module("slow", "url: '{target}/hang'"), module("big", "url: '{target}/big', max_response_bytes: 100"),
+                                module("away", "url: '{target}/away'"))
+    errors = {}
+    for name in ("slow", "big", "away"):
+        _, text = await probe(client, up.url, module=name, debug="true")
+        errors[name] = next(line for line in text.splitlines() if line.startswith("endpoint nodes: not requested:"))
+    release.set()
+    assert errors["slow"].startswith("endpoint nodes: not requested: login_failed: login: ") and "within" in errors["slow"]
+    assert errors["big"] == "endpoint nodes: not requested: login_failed: login: too_large: response of 1014 bytes is larger than max_response_bytes 100"
+    assert errors["away"].startswith("endpoint nodes: not requested: login_failed: login: redirect_refused: redirect 1 (307 to http://localhost:")
+    assert "/nodes" not in up.hits
