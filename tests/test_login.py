@@ -515,3 +515,30 @@ async def test_the_login_request_keeps_the_limits_of_an_endpoint_request(aiohttp
     assert errors["big"] == "endpoint nodes: not requested: login_failed: login: too_large: response of 1014 bytes is larger than max_response_bytes 100"
     assert errors["away"].startswith("endpoint nodes: not requested: login_failed: login: redirect_refused: redirect 1 (307 to http://localhost:")
     assert "/nodes" not in up.hits
+
+
+async def test_a_login_answer_without_its_values_fails_the_login_saying_which(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:
+    up = await upstream({"/login": {"data": {"ticket": {"nested": 1}}, "expires": "soon"}, "/nodes": {"v": 1}})
+
+    def module(name: str, values: str, expires_in: str = "1h") -> str:
+        return f"""
+          {name}:
+            {LOCAL}
+            login: {{url: '{{target}}/login', values: {values}, expires_in: {expires_in}}}
+            endpoints: {{nodes: {{url: '{{target}}/nodes', headers: {{X-Ticket: '{{ticket}}'}}}}}}
+            metrics: [{{name: v, help: x, value: v}}]
+        """
+
+    client = await pve_exporter(aiohttp_client, tmp_path, module("missing", "{ticket: data.tiket}"), module("object", "{ticket: data.ticket}"),
+                                module("header", "{ticket: {header: X-Auth-Token}}"), module("lifetime", "{ticket: expires}", "'to_number(expires)'"))
+    errors = {}
+    for name in ("missing", "object", "header", "lifetime"):
+        _, text = await probe(client, up.url, module=name, debug="true")
+        errors[name] = next(line for line in text.splitlines() if line.startswith("endpoint nodes: not requested:")).partition("login_failed: ")[2]
+    assert errors == {
+        "missing": "login value 'ticket': 'data.tiket' of the login's answer is missing",
+        "object": "login value 'ticket': 'data.ticket' of the login's answer is an object, not a string or number",
+        "header": "login value 'ticket': the login's answer's header X-Auth-Token is missing",
+        "lifetime": "login: expires_in 'to_number(expires)' gives no number of seconds greater than 0 on the login's answer",
+    }
+    assert "/nodes" not in up.hits
