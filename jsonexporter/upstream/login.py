@@ -161,7 +161,7 @@ def _value(source: LoginValue, document: Any, headers: CIMultiDictProxy[str] | N
         assert source.header is not None
         found, where = headers.get(source.header) if headers is not None else None, f"the login's answer's header {source.header}"
     if isinstance(found, bool) or not isinstance(found, (str, int, float)) or found == "":
-        kind = {dict: "an object", list: "an array", bool: "a boolean"}.get(type(found), "not a string or number")
+        kind = {dict: "an object", list: "an array", bool: "a boolean"}.get(type(found), f"a {type(found).__name__}")
         what = "missing" if found is None else "empty" if found == "" else f"{kind}, not a string or number"
         raise LoginFailed(f"login value {name!r}: {where} is {what}")
     text = str(found)
