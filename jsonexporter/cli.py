@@ -1,4 +1,4 @@
-"""The commands: check, schema, serve and probe. Errors end here as one-line messages."""
+"""The commands: check, schema, serve, probe and test. Errors end here as one-line messages."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from jsonexporter import __version__, logs
 from jsonexporter.logs import kv
-from jsonexporter.spec import Spec, load_text, read_spec_text
+from jsonexporter.spec import Spec, SpecFileError, load_texts, read_spec_files
 from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT
 from jsonexporter.spec.problems import Problem
+from jsonexporter.spec.sources import is_spec_set
 
 if TYPE_CHECKING:
     from jsonexporter.webconfig import WebConfig
@@ -25,20 +26,14 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("jsonexporter")
 
 
-def _read(file: str) -> str | None:
+def _load(source: str) -> tuple[Spec | None, list[Problem], bool]:
+    """The spec of a file, directory or glob; readable False (and why, on stderr) when it gives none."""
     try:
-        return read_spec_text(file)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        print(f"{file}: cannot read: {reason}", file=sys.stderr)
-        return None
-
-
-def _load(file: str) -> tuple[Spec | None, list[Problem], bool]:
-    text = _read(file)
-    if text is None:
+        texts = read_spec_files(source)
+    except SpecFileError as exc:
+        print(exc, file=sys.stderr)
         return None, [], False
-    spec, problems = load_text(text, file)
+    spec, problems = load_texts(texts, source)
     return spec, problems, True
 
 
@@ -56,7 +51,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             code = max(code, EXIT_INVALID)
         else:
             metrics = sum(len(m.metrics) for m in spec.modules.values())
-            print(f"{file}: valid: {len(spec.modules)} module(s), {metrics} metric rule(s), {len(warnings)} warning(s)")
+            files = len(set(spec.origins.values()))
+            print(f"{file}: valid: {len(spec.modules)} module(s), {metrics} metric rule(s), {len(warnings)} warning(s)"
+                  + (f", in {files} file(s)" if is_spec_set(file) else ""))
     return code
 
 
@@ -253,14 +250,20 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK if result.success else EXIT_INVALID
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    from jsonexporter.spectest import run_files
+
+    return run_files(args.files, sys.stdout, sys.stderr)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jsonexporter", description="A declarative Prometheus exporter for any REST/JSON API.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"jsonexporter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = sub.add_parser("check", help="validate spec files (exit 0 valid, 1 invalid, 2 unreadable)")
-    check.add_argument("files", nargs="+", metavar="FILE")
+    check = sub.add_parser("check", help="validate specs (exit 0 valid, 1 invalid, 2 unreadable)")
+    check.add_argument("files", nargs="+", metavar="FILE", help="a spec file, or a directory or glob of files forming one spec")
     check.add_argument("--strict", action="store_true", help="warnings make the spec invalid too")
     check.set_defaults(func=cmd_check)
 
@@ -268,7 +271,8 @@ def _parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=cmd_schema)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config.file", dest="config_file", default="jsonexporter.yml", help="spec file (default jsonexporter.yml)")
+        p.add_argument("--config.file", dest="config_file", default="jsonexporter.yml",
+                       help="spec file, or a directory or glob of spec files forming one spec (default jsonexporter.yml)")
         p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
         p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
 
@@ -280,7 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--web.config.file", dest="web_config_file", default="",
                        help="exporter-toolkit web config: TLS, basic auth, headers (default: none)")
     serve.add_argument("--config.auto-reload-interval", dest="config_auto_reload_interval", default="",
-                       help="reload the spec when its file changes, checked at this interval, e.g. 30s (default: off)")
+                       help="reload the spec when its files change, checked at this interval, e.g. 30s (default: off)")
     serve.add_argument("--web.max-concurrent-probes", dest="max_concurrent_probes", type=int, default=256,
                        help="probes answered at once; more get HTTP 503 (default 256)")
     serve.add_argument("--probe.series-limit", dest="series_limit", type=int, default=DEFAULT_SERIES_LIMIT,
@@ -308,6 +312,10 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--debug", action="store_true", help="write the probe's trace to stderr (the metrics stay alone on stdout)")
     probe.add_argument("--format", choices=["text", "openmetrics"], default="text")
     probe.set_defaults(func=cmd_probe)
+
+    test = sub.add_parser("test", help="run unit tests of specs on saved answers, offline (exit 0 all pass, 1 a test fails or is invalid, 2 unreadable)")
+    test.add_argument("files", nargs="+", metavar="TESTFILE", help="a test file: spec, tests with answers and exp_samples (docs/testing.md)")
+    test.set_defaults(func=cmd_test)
     return parser
 
 

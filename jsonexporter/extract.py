@@ -759,9 +759,11 @@ def summary_quantiles(raw: Any, source: str) -> list[tuple[float, float]]:
     return points
 
 
-def extract(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels = (), trace: Trace | None = None) -> Extraction:
-    """Apply every rule of `module` to the documents of the endpoints that answered."""
-    return run(_extract_steps(module, documents, probe, static, trace))
+def extract(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels = (), trace: Trace | None = None,
+            series_limit: int = 0) -> Extraction:
+    """Apply every rule of `module` to the documents of the endpoints that answered; raise
+    SeriesLimitExceeded when they give more than `series_limit` series (0: no limit)."""
+    return run(_extract_steps(module, documents, probe, static, trace, series_limit))
 
 
 async def extract_async(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels = (), trace: Trace | None = None,

@@ -140,8 +140,7 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
     except DeadlinePassed:
         failed_due_to, failure = "deadline", f"the deadline of {timeout:.3f}s passed before the series were extracted"
     except SeriesLimitExceeded as exc:
-        where = f"series_limit of module {module.name}" if module.series_limit is not None else "--probe.series-limit"
-        failed_due_to, failure = "series_limit", f"the rules gave more than {exc.limit} series ({where}); no series are answered"
+        failed_due_to, failure = "series_limit", _series_limit_failure(module, exc)
     del documents
     for r in endpoints:
         r.document = None  # extracted: let it go before the answer is written (a cached one stays in the cache)
@@ -152,6 +151,11 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
     result.duration = loop.time() - start
     result.families = [*extraction.families.values(), *self_families(module, extraction, endpoints, result.success, result.duration)]
     return result
+
+
+def _series_limit_failure(module: Module, exc: SeriesLimitExceeded) -> str:
+    where = f"series_limit of module {module.name}" if module.series_limit is not None else "--probe.series-limit"
+    return f"the rules gave more than {exc.limit} series ({where}); no series are answered"
 
 
 def fail(result: ProbeResult, module: Module, limit: str, reason: str, duration: float) -> ProbeResult:
@@ -165,8 +169,12 @@ def fail(result: ProbeResult, module: Module, limit: str, reason: str, duration:
     return result
 
 
-def run_offline(module: Module, documents: Mapping[str, Any], target: str, query: Mapping[str, str], debug: bool = False) -> ProbeResult:
-    """Evaluate saved answers (endpoint name -> parsed JSON) without any network I/O."""
+def run_offline(module: Module, documents: Mapping[str, Any], target: str, query: Mapping[str, str], debug: bool = False,
+                endpoints: list[EndpointResult] | None = None) -> ProbeResult:
+    """Evaluate saved answers (endpoint name -> parsed JSON) without any network I/O. `endpoints`, the
+    outcome of each endpoint as `jsonexporter test` makes it from its answers (failures too), adds the
+    probe_endpoint_* and probe_failed_due_to_* metrics of a live probe, and its series limit (the module's
+    series_limit, else the default of --probe.series-limit)."""
     values, params = resolve_values(module, target, query, offline=True)
     trace = Trace() if debug else None
     if trace is not None:
@@ -174,7 +182,15 @@ def run_offline(module: Module, documents: Mapping[str, Any], target: str, query
         for name, document in documents.items():
             trace.add(f"endpoint {name}: saved answer")
             trace.add(f"  document: {shorten(document)}")
-    extraction = extract(module, documents, ProbeContext(module.name, target, params), module_labels(module, values), trace)
+    limit = 0 if endpoints is None else DEFAULT_SERIES_LIMIT if module.series_limit is None else module.series_limit
+    try:
+        extraction = extract(module, documents, ProbeContext(module.name, target, params), module_labels(module, values), trace, limit)
+    except SeriesLimitExceeded as exc:
+        failure = _series_limit_failure(module, exc)
+        if trace is not None:
+            trace.add(f"probe failed: {failure}")
+        families = self_families(module, Extraction(), endpoints, False, None, "series_limit")
+        return ProbeResult(families, False, endpoints or [], Extraction(), trace, failed_due_to="series_limit", failure=failure)
     success = all(name in documents for name in module.endpoints)
-    families = [*extraction.families.values(), *self_families(module, extraction, None, success, None)]
-    return ProbeResult(families, success, [], extraction, trace)
+    families = [*extraction.families.values(), *self_families(module, extraction, endpoints, success, None)]
+    return ProbeResult(families, success, endpoints or [], extraction, trace)

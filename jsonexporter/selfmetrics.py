@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -56,7 +56,9 @@ class SelfMetrics:
                                     multiprocess_mode="livemin")
         self.config_timestamp = Gauge("jsonexporter_config_last_reload_success_timestamp_seconds",
                                       "Time of the last successful spec load (the oldest of the workers').", registry=r, multiprocess_mode="livemin")
-        self.config_modules = Gauge("jsonexporter_config_modules", "Modules in the loaded spec.", registry=r, multiprocess_mode="livemax")
+        self.config_modules = Gauge("jsonexporter_config_modules", "Modules in the loaded spec, by the file they are written in.", ["file"],
+                                    registry=r, multiprocess_mode="livemax")
+        self._files: set[str] = set()  # the file labels of config_modules
         build = Gauge("jsonexporter_build_info", "A metric with constant value 1 labelled by version and Python version.", ["version", "python_version"],
                       registry=r, multiprocess_mode="livemax")
         build.labels(__version__, platform.python_version()).set(1)
@@ -68,11 +70,17 @@ class SelfMetrics:
             MultiProcessCollector(self.exposition, path=workers_directory)  # type: ignore[no-untyped-call]
             self.exposition.register(_Processes(workers_directory))
 
-    def spec_loaded(self, sha256: str, modules: int) -> None:
+    def spec_loaded(self, sha256: str, modules_by_file: Mapping[str, int]) -> None:
         self.config_hash.set(int(sha256[:12], 16))
         self.config_success.set(1)
         self.config_timestamp.set(time.time())
-        self.config_modules.set(modules)
+        for gone in self._files - set(modules_by_file):
+            # with workers, prometheus_client keeps a removed series' last value in the worker's file: 0, not a stale count
+            self.config_modules.labels(gone).set(0)
+            self.config_modules.remove(gone)
+        for file, count in modules_by_file.items():
+            self.config_modules.labels(file).set(count)
+        self._files = set(modules_by_file)
 
 
 _SUMMED = frozenset({"process_cpu_seconds", "process_virtual_memory_bytes", "process_resident_memory_bytes", "process_open_fds"})

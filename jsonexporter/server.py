@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import html
 import itertools
 import logging
 import signal
 import ssl
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -28,8 +27,9 @@ from jsonexporter.probe import ProbeResult, TargetNotAllowed, fail, run_probe
 from jsonexporter.secrets import REDACTED, Redactor
 from jsonexporter.selfmetrics import SelfMetrics
 from jsonexporter.slices import DeadlinePassed
-from jsonexporter.spec import SpecError, load_spec, read_spec_text
+from jsonexporter.spec import SpecError, SpecFileError, load_spec, read_spec_files
 from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT, Spec
+from jsonexporter.spec.sources import spec_sha256
 from jsonexporter.upstream import InvalidRequest, Upstream, new_session, target_redactor
 from jsonexporter.upstream.client import Clients
 from jsonexporter.webconfig import BasicAuth, WebConfig, headers_hook, load_web_config, ssl_context
@@ -238,6 +238,8 @@ def load_anew(load: Callable[[str], _T], file: str) -> tuple[_T | None, str]:
         return load(file), ""
     except SpecError as exc:
         return None, "\n".join(str(p) for p in exc.problems if p.severity == "error")
+    except SpecFileError as exc:
+        return None, str(exc)
     except (OSError, UnicodeDecodeError) as exc:
         return None, f"{file}: cannot read: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
 
@@ -270,13 +272,17 @@ async def reload_spec(state: State) -> tuple[bool, str]:
                 if state.upstream is not None:
                     state.upstream.clients = Clients(state.redactor)  # CA files, certificates and tokens read afresh
                 state.spec, state.web = spec, web_config
-                state.metrics.spec_loaded(spec.sha256, len(spec.modules))
+                state.metrics.spec_loaded(spec.sha256, _modules_by_file(spec))
                 log.info("spec reloaded", extra=kv(config=state.spec_file, changed=changed, modules=len(spec.modules)))
                 return True, "reloaded" if changed else "reloaded (unchanged)"
     state.metrics.config_success.set(0)
     for line in reason.splitlines():
         log.error("reload failed, keeping the previous spec and web config", extra=kv(err=line))
     return False, reason
+
+
+def _modules_by_file(spec: Spec) -> dict[str, int]:
+    return dict(sorted(Counter(spec.module_file(name) for name in spec.modules).items()))
 
 
 async def handle_reload(request: web.Request) -> web.Response:
@@ -317,6 +323,11 @@ def _worker_note(options: Options) -> str:
     return f" Worker {options.worker} of {options.workers}: the recent probes below are this worker's."
 
 
+def _files_note(spec: Spec) -> str:
+    files = set(spec.origins.values())
+    return f"{len(files)} files, " if files - {spec.file} else ""
+
+
 def _probe_link(module: str, target: str, debug: bool) -> str:
     query = {"module": module, "target": target} | ({"debug": "true"} if debug else {})
     return "/probe?" + html.escape(urlencode(query))
@@ -337,7 +348,8 @@ async def handle_index(request: web.Request) -> web.Response:
     for module in spec.modules.values():
         endpoints = "<br>".join(f"{html.escape(e.name)}: <code>{html.escape(e.method)} {html.escape(e.url.source)}</code>" for e in module.endpoints.values())
         metrics = "<br>".join(sorted({f"{html.escape(o.name)} ({m.type})" for m in module.metrics for o in m.outputs}))
-        rows.append(f"<tr><td>{html.escape(module.name)}</td><td>{endpoints}</td><td>{metrics}</td></tr>")
+        rows.append(f"<tr><td>{html.escape(module.name)}</td><td><code>{html.escape(spec.module_file(module.name))}</code></td>"
+                    f"<td>{endpoints}</td><td>{metrics}</td></tr>")
     options = "".join(f'<option value="{html.escape(m)}">{html.escape(m)}</option>' for m in spec.modules)
     recent = []
     for r in reversed(state.recent):
@@ -349,7 +361,7 @@ async def handle_index(request: web.Request) -> web.Response:
             f"<a href=\"{_probe_link(r.module, r.target, True)}\">debug again</a></td></tr>"
         )
     body = f"""<h1>jsonexporter {html.escape(__version__)}</h1>
-<p>Spec <code>{html.escape(spec.file)}</code> (sha256 {spec.sha256[:12]}).{_worker_note(state.options)}
+<p>Spec <code>{html.escape(spec.file)}</code> ({_files_note(spec)}sha256 {spec.sha256[:12]}).{_worker_note(state.options)}
 <a href="/metrics">Exporter metrics</a> · <a href="/-/healthy">health</a> · <a href="/-/ready">readiness</a></p>
 <h2>Probe</h2>
 <form action="/probe" method="get">
@@ -360,7 +372,7 @@ async def handle_index(request: web.Request) -> web.Response:
 </form>
 <p>Prometheus scrapes <code>/probe?module={quote(next(iter(spec.modules), "default"))}&amp;target=URL</code>.</p>
 <h2>Modules</h2>
-<table><tr><th>module</th><th>endpoints</th><th>metrics</th></tr>
+<table><tr><th>module</th><th>file</th><th>endpoints</th><th>metrics</th></tr>
 {"".join(rows)}
 </table>
 <h2>Recent probes</h2>
@@ -404,7 +416,7 @@ def make_app(
     and so is the bound on client connections: `app[STATE].connections.new_event_loop()` keeps to it."""
     options = options or Options()
     state = State(spec, options, metrics or SelfMetrics(), spec_file=spec_file, web=web_config or WebConfig(), redactor=Redactor(spec.secrets))
-    state.metrics.spec_loaded(spec.sha256, len(spec.modules))
+    state.metrics.spec_loaded(spec.sha256, _modules_by_file(spec))
     if state.web.tls is not None:
         state.tls = ssl_context(state.web.tls)
     state.connections = ClientConnections(options.max_client_connections)
@@ -438,15 +450,16 @@ def make_app(
 
 
 async def _auto_reload(state: State) -> None:
-    """Reload when the file's content changes, checked every `auto_reload_interval` seconds."""
+    """Reload when the content of the spec's files changes (or a file comes or goes), checked every
+    `auto_reload_interval` seconds."""
     assert state.spec_file is not None
     seen: str | None = state.spec.sha256  # each new content is tried once, a broken one is not retried
     while True:
         await asyncio.sleep(state.options.auto_reload_interval)  # the polling period itself, not a synchronisation
         try:
-            text = await asyncio.to_thread(read_spec_text, state.spec_file)
-            current: str | None = hashlib.sha256(text.encode()).hexdigest()
-        except (OSError, UnicodeDecodeError):
+            texts = await asyncio.to_thread(read_spec_files, state.spec_file)
+            current: str | None = spec_sha256(state.spec_file, texts)
+        except SpecFileError:
             current = None
         if current != seen and current != state.spec.sha256:
             await reload_spec(state)

@@ -23,9 +23,9 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from jsonexporter.logs import kv
-from jsonexporter.spec.load import read_spec_text
 from jsonexporter.spec.problems import Problem, SpecError
 from jsonexporter.spec.schema import schema_problems
+from jsonexporter.spec.sources import read_spec_text
 from jsonexporter.spec.yamlload import load_yaml
 from jsonexporter.upstream.client import TLS_VERSIONS
 

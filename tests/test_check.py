@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ import yaml
 from conftest import SpecWriter
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from schema_util import broken_documents
 
 from jsonexporter.cli import main
 from jsonexporter.spec import load_text
@@ -1414,11 +1414,14 @@ def test_missing_file_exits_2(tmp_path: Path, check: Run) -> None:
     assert err == f"{missing}: cannot read: No such file or directory\n"
 
 
-def test_directory_exits_2(tmp_path: Path, check: Run) -> None:
+def test_a_directory_without_spec_files_exits_2_saying_so(tmp_path: Path, check: Run) -> None:
+    (tmp_path / "notes.txt").write_text("modules: {}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.yml").write_text("modules: {}\n")  # not read: subdirectories are not
     code, out, err = check(tmp_path)
     assert code == 2
     assert out == ""
-    assert err.startswith(f"{tmp_path}: cannot read: ")
+    assert err == f"{tmp_path}: no spec in this directory: it holds no *.yml or *.yaml file (subdirectories are not read)\n"
 
 
 def test_unreadable_file_wins_over_an_invalid_one(tmp_path: Path, write_spec: SpecWriter, check: Run) -> None:
@@ -1450,7 +1453,9 @@ NASTY: list[tuple[str, bytes, int, str]] = [
     ("nested_block_lists_200", b"".join(b"  " * i + b"-\n" for i in range(200)), 1, "document too large or too deep"),
     ("nested_flow_mappings_5000", b"{a: " * 5000 + b"}" * 5000 + b"\n", 1, "1:1: <root>: document too deep"),
     ("key_is_a_list", b"? [a]\n: b\nmodules: {m: {metrics: [{name: a, help: h, value: x}]}}\n", 1, "1:3: <root>: mapping keys must be plain scalars"),
-    ("unknown_tag", b"modules: !!python/name:os.system x\n", 1, "invalid YAML: could not determine a constructor"),
+    ("unknown_tag", b"modules: !!python/name:os.system x\n", 1, "1:10: modules: unknown tag !!python/name:os.system: nothing is made from tags"),
+    ("explicit_tag_the_value_does_not_fit", b"modules: {m: {timeout: !!int abc, metrics: [{name: a, help: h, value: x}]}}\n", 1,
+     "1:24: modules.m.timeout: 'abc' is not a valid !!int"),
 ]
 
 
@@ -1649,31 +1654,13 @@ MODULES = st.fixed_dictionaries(
         "endpoints": st.dictionaries(st.sampled_from(["default", "a", "b"]), ENDPOINTS, min_size=1, max_size=2),
     },
 )
-DOCUMENTS = st.fixed_dictionaries({"modules": st.dictionaries(NAMES, MODULES, min_size=1, max_size=2)})
+DOCUMENTS = st.fixed_dictionaries({"modules": st.dictionaries(NAMES, MODULES, min_size=1, max_size=2)},
+                                   optional={"x-fragments": JUNK})  # extension fields: ignored by both
 
 
-def containers(doc: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
-    yield path, doc
-    children = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
-    for key, child in children:
-        yield from containers(child, (*path, key))
-
-
-@st.composite
-def spec_documents(draw: st.DrawFn) -> Any:
+def spec_documents() -> st.SearchStrategy[Any]:
     """Spec-shaped documents: mostly right, then a few random breakages (extra keys, wrong types)."""
-    doc = copy.deepcopy(draw(DOCUMENTS))
-    for _ in range(draw(st.integers(0, 2))):
-        nodes = list(containers(doc))
-        path, node = draw(st.sampled_from(nodes))
-        if isinstance(node, dict) and draw(st.booleans()):
-            node[draw(st.sampled_from(["extra", "lables", "valeu", "path", "name"]))] = draw(JUNK)
-        elif path:
-            parent: Any = doc
-            for key in path[:-1]:
-                parent = parent[key]
-            parent[path[-1]] = draw(JUNK)
-    return doc
+    return broken_documents(DOCUMENTS, ["extra", "lables", "valeu", "path", "name"], JUNK)
 
 
 @pytest.mark.filterwarnings("ignore:deprecated string literal syntax:PendingDeprecationWarning")  # jmespath, on `foo` literals

@@ -4,6 +4,7 @@ of the repository."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -51,9 +52,29 @@ def test_ci_run_on_a_developer_machine_runs_the_suite_as_ci_does(tmp_path: Path)
     assert result.returncode == 0, result.stdout + result.stderr
     pytest_runs = [line for line in calls.read_text().splitlines() if " -m pytest" in line]
     assert pytest_runs == ["CI=true -m pytest -q -p no:cacheprovider"]
+    test_runs = [line for line in calls.read_text().splitlines() if " -m jsonexporter test" in line]
+    assert test_runs == ["CI=true -m jsonexporter test examples/tests/*.test.yml"]  # the cookbook's goldens, after the suite
+
+
+def test_ci_run_runs_exactly_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"The test command that `.ci/run` runs after installing is\n`([^`]+)`", readme)
+    assert found, "README.md no longer states the test command"
+    last = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip() and not line.startswith("#")][-1]
+    assert last == found.group(1)
 
 
 def test_coverage_data_is_not_in_the_repository_and_is_ignored() -> None:
     assert git("ls-files", "--", ".coverage", ".coverage.*").stdout == ""
     assert git("check-ignore", "-q", ".coverage").returncode == 0
     assert git("check-ignore", "-q", ".coverage.host.1234.XyZ").returncode == 0
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject.toml lists the packages by name: a new one (upstream/, spectest/) left out would be
+    missing from a `pip install .`, while the editable install of the suite still finds it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "jsonexporter").rglob("__init__.py")}
+    assert listed == found

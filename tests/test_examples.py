@@ -19,10 +19,15 @@ To regenerate the .prom files after an intended change of the output, run
     JSONEXPORTER_UPDATE_GOLDEN=1 pytest tests/test_examples.py
 
 then READ `git diff examples/golden`: every value and label must still be what the JSON says.
+
+The same run rewrites examples/tests/NAME.test.yml, the goldens of NAME as a test file of
+`jsonexporter test` (every sample of each MODULE.prom, exact: true); each must equal what the goldens
+make, and pass `jsonexporter test`, which .ci/run also runs after the suite.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -34,7 +39,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jsonexporter.cli import main
+from jsonexporter.exposition import format_value
 from jsonexporter.spec import load_spec
+from jsonexporter.spectest.series import format_series
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -42,6 +49,8 @@ GOLDEN = EXAMPLES / "golden"
 TARGET = "http://example.invalid"
 MODELINE = "# yaml-language-server: $schema=../schemas/jsonexporter.schema.json"
 UPDATE = os.environ.get("JSONEXPORTER_UPDATE_GOLDEN") == "1"
+TESTS = EXAMPLES / "tests"
+TEST_MODELINE = "# yaml-language-server: $schema=../../schemas/jsonexporter-test.schema.json"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None and not os.environ.get("CI"), reason="promtool not installed")
 
@@ -153,3 +162,58 @@ def test_probe_output_passes_promtool(example: str, module: str) -> None:
     assert text
     result = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- the goldens as test files of `jsonexporter test` --------------------------------------------------
+
+
+def _yaml_string(text: str) -> str:
+    """A YAML scalar that reads back as `text`: single-quoted, or JSON's double quotes for unprintable characters."""
+    return "'" + text.replace("'", "''") + "'" if text.isprintable() else json.dumps(text)
+
+
+def cookbook_test_file(example: str) -> str:
+    """examples/tests/EXAMPLE.test.yml as the goldens make it: per module, its saved answers and every
+    sample of MODULE.prom, exactly."""
+    lines = [
+        TEST_MODELINE,
+        f"# Made from golden/{example}/ by tests/test_examples.py: JSONEXPORTER_UPDATE_GOLDEN=1 pytest tests/test_examples.py",
+        "# rewrites it with the goldens. CI runs it: jsonexporter test examples/tests/*.test.yml",
+        f"spec: ../{example}.yml",
+        "tests:",
+    ]
+    for name, module in _golden_modules():
+        if name != example:
+            continue
+        lines += [f"  - name: {_yaml_string(f'module {module} on the saved answers of golden/{example}/')}",
+                  f"    module: {_yaml_string(module)}", f"    target: {TARGET}"]
+        params = [param.partition("=") for param in _params(example, module)]
+        if params:
+            lines += ["    params:", *(f"      {key}: {_yaml_string(value)}" for key, _, value in params)]
+        lines.append("    answers:")
+        for endpoint, file in _inputs(example, module).items():
+            lines.append(f"      {endpoint}: {{file: {_yaml_string(os.path.relpath(file, TESTS))}}}")
+        lines += ["    exact: true", "    exp_samples:"]
+        for family in text_string_to_metric_families((GOLDEN / example / f"{module}.prom").read_text()):
+            for sample in family.samples:
+                lines += [f"      - labels: {_yaml_string(format_series(sample.name, sample.labels))}", f"        value: {format_value(float(sample.value))}"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)
+def test_example_test_file_holds_its_goldens(spec: Path) -> None:
+    file = TESTS / f"{spec.stem}.test.yml"
+    if UPDATE:  # after test_probe_output_matches_golden, which wrote the .prom files
+        file.write_text(cookbook_test_file(spec.stem))
+    assert file.exists(), f"no {file.relative_to(ROOT)}: run with JSONEXPORTER_UPDATE_GOLDEN=1"
+    assert file.read_text() == cookbook_test_file(spec.stem), f"{file.relative_to(ROOT)} differs from the goldens: run with JSONEXPORTER_UPDATE_GOLDEN=1"
+
+
+def test_example_test_files_pass_jsonexporter_test() -> None:
+    """What CI runs after the suite (.ci/run), here too: the cookbook's goldens through `jsonexporter test`."""
+    files = sorted(str(f.relative_to(ROOT)) for f in TESTS.glob("*.test.yml"))
+    assert len(files) == len(SPECS)
+    result = subprocess.run([sys.executable, "-m", "jsonexporter", "test", *files], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    passed = [line for line in result.stdout.splitlines() if line.endswith(" test(s) passed")]
+    assert len(passed) == len(files) and " of " not in result.stdout, result.stdout

@@ -63,7 +63,7 @@ async def test_reload_replaces_the_spec_when_valid(aiohttp_client: Any, spec_pat
     assert value(s, "extra_value") == 1
     metrics = parse(await (await client.get("/metrics")).text())
     assert value(metrics, "jsonexporter_config_last_reload_successful") == 1
-    assert value(metrics, "jsonexporter_config_modules") == 2
+    assert value(metrics, "jsonexporter_config_modules", file=str(spec_path)) == 2
 
 
 @pytest.mark.parametrize("damage", ["invalid", "deleted", "unreadable"])

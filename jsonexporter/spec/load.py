@@ -4,12 +4,12 @@ YAML with marks -> JSON Schema (every error) -> semantic checks -> the frozen mo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, cast
@@ -52,10 +52,10 @@ from jsonexporter.spec.model import (
     json_templates,
 )
 from jsonexporter.spec.problems import Path, Problem, Severity, SpecError, format_path
-from jsonexporter.spec.schema import check_schema
+from jsonexporter.spec.schema import check_schema, schema_text
+from jsonexporter.spec.sources import read_spec_files, spec_sha256
 from jsonexporter.spec.yamlload import Marks, load_yaml
 
-MAX_SPEC_BYTES = 8 * 1024 * 1024
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _JSON_TYPE = re.compile(r"application/(?:[\w.+-]*\+)?json\s*(?:;|$)", re.IGNORECASE)
@@ -862,24 +862,79 @@ def _templates(endpoints: Iterable[Endpoint], labels: list[tuple[str, Template]]
 
 def load_text(text: str, file: str) -> tuple[Spec | None, list[Problem]]:
     """Compile a spec; return it (None when any error was found) and every problem."""
+    return load_texts([(file, text)], file)
+
+
+@dataclass
+class _File:
+    """One file of a spec, compiled: its modules, and where their names are written."""
+
+    file: str
+    modules: dict[str, Module]
+    # what only one file of a set may define: its modules ("modules", NAME) and top-level settings (KEY,), at their keys
+    defined: dict[Path, tuple[int, int]]
+    problems: list[Problem]
+    secrets: frozenset[str]
+
+
+def _load_file(file: str, text: str) -> _File:
     data, marks, problems = load_yaml(text, file)
     if data is None:
-        return None, problems
+        return _File(file, {}, {}, problems, frozenset())
     report = check_schema(data, file, marks)
-    c = _Checker(file, marks, [*problems, *report.problems], report.meant)
+    # the YAML's own problems (an unknown tag, a key written twice) leave a value that is still
+    # checked, as read: they are not among those that make the checks skip a value
+    c = _Checker(file, marks, list(report.problems), report.meant)
     modules: dict[str, Module] = {}
+    defined: dict[Path, tuple[int, int]] = {}
     if isinstance(data, dict) and isinstance(data.get("modules"), dict):
         for name, raw in data["modules"].items():
+            defined["modules", name] = marks.of_key(("modules", name))
             if isinstance(raw, dict):
                 module = _module(c, name, raw)
                 if module is not None:
                     modules[name] = module
-    secrets = spec_secrets(data)
-    ordered = _redacted(sorted(set(c.problems), key=lambda p: (p.line, p.column, p.severity, p.message)), secrets)
+    if isinstance(data, dict):
+        defined |= {(key,): marks.of_key((key,)) for key in data if key in _top_level_settings()}
+    return _File(file, modules, defined, [*problems, *c.problems], spec_secrets(data))
+
+
+@functools.cache
+def _top_level_settings() -> frozenset[str]:
+    """The top-level keys of the schema but `modules` (none yet): one file of a set sets each."""
+    return frozenset(json.loads(schema_text())["properties"]) - {"modules"}
+
+
+def _defined_twice(files: list[_File]) -> Iterator[Problem]:
+    """A module name defined in two files of one spec, or a top-level setting set in two: a problem
+    at each place, naming the other."""
+    first: dict[Path, tuple[str, tuple[int, int]]] = {}
+    for f in files:
+        for path, at in f.defined.items():
+            if path not in first:
+                first[path] = (f.file, at)
+                continue
+            where, (line, col) = first[path]
+            what = f"module {path[1]!r} is defined twice" if len(path) == 2 else f"{path[0]!r} is set in two files"
+            yield Problem(f.file, at[0], at[1], path, f"{what}: also in {where}:{line}:{col}")
+            yield Problem(where, line, col, path, f"{what}: also in {f.file}:{at[0]}:{at[1]}")
+
+
+def load_texts(texts: Sequence[tuple[str, str]], source: str) -> tuple[Spec | None, list[Problem]]:
+    """Compile the files (file, text) of `source` into one spec: their modules together. Each file
+    is a spec of its own (its anchors are its own); a module name may be defined in one file only.
+    Return the spec (None when any error was found) and every problem, file by file."""
+    files = [_load_file(file, text) for file, text in texts]
+    twice = list(_defined_twice(files))
+    secrets = frozenset().union(*(f.secrets for f in files))
+    problems = [p for f in files for p in sorted({*f.problems, *(t for t in twice if t.file == f.file)},
+                                                 key=lambda p: (p.line, p.column, p.severity, p.message))]
+    ordered = _redacted(problems, secrets)
     if any(p.severity == "error" for p in ordered):
         return None, ordered
-    sha = hashlib.sha256(text.encode()).hexdigest()
-    return Spec(file, MappingProxyType(modules), sha, secrets), ordered
+    modules = {name: module for f in files for name, module in f.modules.items()}
+    origins = {name: f.file for f in files for name in f.modules}
+    return Spec(source, MappingProxyType(modules), spec_sha256(source, texts), secrets, MappingProxyType(origins)), ordered
 
 
 def _redacted(problems: list[Problem], secrets: frozenset[str]) -> list[Problem]:
@@ -889,18 +944,10 @@ def _redacted(problems: list[Problem], secrets: frozenset[str]) -> list[Problem]
     return [dataclasses.replace(p, message=redact(p.message)) for p in problems]
 
 
-def read_spec_text(file: str) -> str:
-    """Read a spec file, refusing absurd sizes; OSError and UnicodeDecodeError propagate."""
-    with open(file, "rb") as fh:
-        raw = fh.read(MAX_SPEC_BYTES + 1)
-    if len(raw) > MAX_SPEC_BYTES:
-        raise OSError(f"{file}: larger than {MAX_SPEC_BYTES} bytes")
-    return raw.decode("utf-8")
-
-
-def load_spec(file: str) -> Spec:
-    """Load and compile `file`; raise SpecError with every problem when it has errors."""
-    spec, problems = load_text(read_spec_text(file), file)
+def load_spec(source: str) -> Spec:
+    """Load and compile the file, directory or glob `source` (sources.py); raise SpecError with
+    every problem when it has errors, SpecFileError when it gives no file to read."""
+    spec, problems = load_texts(read_spec_files(source), source)
     if spec is None:
         raise SpecError(problems)
     return spec

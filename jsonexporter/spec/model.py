@@ -171,10 +171,14 @@ class Module:
 
 @dataclass(frozen=True, slots=True)
 class Spec:
-    file: str
+    file: str  # the file, directory or glob it was loaded from
     modules: Mapping[str, Module]
     sha256: str
     secrets: frozenset[str] = field(default=frozenset(), repr=False)  # the values written in it, for secrets.Redactor
+    origins: Mapping[str, str] = field(default_factory=dict)  # module name -> the file it is written in (sources.py)
+
+    def module_file(self, name: str) -> str:
+        return self.origins.get(name, self.file)
 
 
 @dataclass(frozen=True, slots=True)

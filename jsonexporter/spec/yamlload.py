@@ -1,7 +1,9 @@
 """YAML loading that keeps the line and column of every node.
 
 The document is composed with PyYAML's safe machinery and turned into plain JSON-like data
-while the position of each value (and of each mapping key) is recorded by its path.
+while the position of each value (and of each mapping key) is recorded by its path. Merge keys
+(`<<`) follow PyYAML's constructor; a tag is never constructed: one the loader does not know is a
+problem at its place, and the node is read as if it had no tag, so that the rest is still checked.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ MAX_NODES = 200_000  # aliases can multiply a small file; a spec never needs thi
 MAX_DEPTH = 64
 _SPACE = " \t\r\n\x85\u2028\u2029"
 _ESCAPE_DIGITS = {"x": 2, "u": 4, "U": 8}
+_YAML_TAG = "tag:yaml.org,2002:"
+_MERGE = _YAML_TAG + "merge"
+# the tags whose values JSON has (dates and binary are kept as their text); `!!value` is a plain `=`
+_SCALAR_TAGS = frozenset(_YAML_TAG + t for t in ("str", "int", "float", "bool", "null", "timestamp", "binary", "value"))
+_COLLECTION_TAGS: dict[type[Node], str] = {MappingNode: _YAML_TAG + "map", SequenceNode: _YAML_TAG + "seq"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +116,16 @@ class _Builder:
         self.text = text
         self.marks = Marks()
         self.problems: list[Problem] = []
+        self._reported: set[tuple[int, str]] = set()
         self.nodes = 0
         self._constructor = SafeConstructor()
+        self._resolver = yaml.resolver.Resolver()
 
     def problem(self, node: Node, path: Path, message: str) -> None:
         mark = node.start_mark
+        if (mark.index, message) in self._reported:
+            return  # a node of an anchor, read again for each alias or merge of it: one problem where it is written
+        self._reported.add((mark.index, message))
         self.problems.append(Problem(self.file, mark.line + 1, mark.column + 1, path, message))
 
     def build(self, node: Node, path: Path, depth: int = 0) -> Any:
@@ -122,11 +134,13 @@ class _Builder:
             raise _TooLarge(node, path)
         self.marks.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, MappingNode):
+            self._known_tag(node, path)
             return self._mapping(node, path, depth)
         if isinstance(node, SequenceNode):
+            self._known_tag(node, path)
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         assert isinstance(node, ScalarNode)
-        value = self._scalar(node)
+        value = self._scalar(node, path)
         if isinstance(value, str):
             start, end = node.start_mark, node.end_mark
             raw = self.text[start.index : end.index]
@@ -136,28 +150,84 @@ class _Builder:
             return node.value
         return value
 
-    def _scalar(self, node: ScalarNode) -> Any:
+    def _known_tag(self, node: Node, path: Path) -> bool:
+        """False, with a problem at the tag, when the loader does not know the node's tag."""
+        known = node.tag in _SCALAR_TAGS if isinstance(node, ScalarNode) else node.tag == _COLLECTION_TAGS.get(type(node))
+        if not known:
+            shown = "!!" + node.tag.removeprefix(_YAML_TAG) if node.tag.startswith(_YAML_TAG) else node.tag
+            self.problem(node, path, f"unknown tag {shown}: nothing is made from tags in a spec; remove it "
+                                     "(the value is checked as if it were not there, and the spec is refused)")
+        return known
+
+    def _scalar(self, node: ScalarNode, path: Path) -> Any:
+        if not self._known_tag(node, path):
+            plain = node.style is None
+            tag: str = self._resolver.resolve(ScalarNode, node.value, (True, False)) if plain else _YAML_TAG + "str"  # type: ignore[no-untyped-call]
+            node = ScalarNode(tag, node.value, node.start_mark, node.end_mark, node.style)
         # YAML 1.2 booleans only: a bare on/off/yes/no is the string it looks like (value_map keys, states)
         if node.tag == "tag:yaml.org,2002:bool" and node.style is None and node.value.lower() not in ("true", "false"):
             return node.value
-        return self._constructor.construct_object(node)
+        if node.tag == _YAML_TAG + "value":
+            return node.value
+        try:
+            return self._constructor.construct_object(node)
+        except (yaml.constructor.ConstructorError, ValueError, LookupError, AttributeError, TypeError):
+            # an explicit tag the text does not fit (`!!int abc`): PyYAML's constructors raise anything
+            self.problem(node, path, f"{node.value!r} is not a valid !!{node.tag.removeprefix(_YAML_TAG)}")
+            return node.value
 
     def _mapping(self, node: MappingNode, path: Path, depth: int) -> dict[str, Any]:
-        # expands `<<` merge keys the way PyYAML's constructor does
-        self._constructor.flatten_mapping(node)
         result: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, ScalarNode):
-                self.problem(key_node, path, "mapping keys must be plain scalars")
-                continue
-            key = _key_text(self._scalar(key_node))
+        for key, key_node, value_node in self._pairs(node, path, depth):
             child = (*path, key)
-            if key in result:
-                self.problem(key_node, child, f"duplicate key {key!r}")
-                continue
             self.marks.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             result[key] = self.build(value_node, child, depth + 1)
         return result
+
+    def _pairs(self, node: MappingNode, path: Path, depth: int) -> list[tuple[str, Node, Node]]:
+        """The keys of a mapping with their nodes, its merge keys (`<<`) expanded as PyYAML's
+        constructor does: a key written in the mapping wins over a merged one, and of the mappings
+        merged (`<<: [*a, *b]`) the first that has a key gives it. A merged key keeps the nodes
+        where it was written, in the anchor, and so its position. A key written twice is a problem."""
+        if depth > MAX_DEPTH:
+            raise _TooLarge(node, path)
+        written: dict[str, tuple[Node, Node]] = {}
+        sources: list[MappingNode] = []
+        merge: Node | None = None
+        for key_node, value_node in node.value:
+            self.nodes += 1
+            if self.nodes > MAX_NODES:
+                raise _TooLarge(key_node, path)
+            if key_node.tag == _MERGE and merge is None:
+                merge = key_node
+                sources = self._merged(value_node, path)
+                continue
+            if not isinstance(key_node, ScalarNode):
+                self.problem(key_node, path, "mapping keys must be plain scalars")
+                continue
+            key = "<<" if key_node.tag == _MERGE else _key_text(self._scalar(key_node, path))
+            first = merge if key == "<<" else written[key][0] if key in written else None
+            if first is not None:
+                line, col = first.start_mark.line + 1, first.start_mark.column + 1
+                hint = ": merge several mappings with one `<<: [*a, *b]`" if key == "<<" else ""
+                self.problem(key_node, (*path, key), f"duplicate key {key!r} (first written at {line}:{col}){hint}")
+                continue
+            written[key] = (key_node, value_node)
+        merged: dict[str, tuple[Node, Node]] = {}
+        for source in sources:
+            for key, key_node, value_node in self._pairs(source, path, depth + 1):
+                merged.setdefault(key, (key_node, value_node))
+        ordered = {**merged, **{k: v for k, v in written.items() if k not in merged}}
+        return [(k, *(written.get(k) or v)) for k, v in ordered.items()]
+
+    def _merged(self, value: Node, path: Path) -> list[MappingNode]:
+        """The mappings a `<<` merges: one mapping, or a list of them."""
+        items = value.value if isinstance(value, SequenceNode) else [value]
+        mappings = [item for item in items if isinstance(item, MappingNode)]
+        if len(mappings) < len(items):
+            wrong = next(item for item in items if not isinstance(item, MappingNode))
+            self.problem(wrong, (*path, "<<"), "`<<` merges a mapping or a list of mappings (`<<: *base` or `<<: [*a, *b]`)")
+        return mappings
 
 
 def _line_col(text: str, index: int) -> tuple[int, int]:

@@ -1,0 +1,86 @@
+"""Where a spec comes from: one file, or the files of a directory or a glob, whose modules form one spec.
+
+`--config.file` (serve, probe) and `check`'s arguments name a source. A directory stands for every
+`*.yml` and `*.yaml` file directly in it (not in its subdirectories, not hidden ones), a glob for
+the files it matches; both sorted by name. The files are read together and bounded together.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from collections.abc import Sequence
+
+MAX_SPEC_BYTES = 8 * 1024 * 1024  # of one file, and of all the files of a source together
+MAX_SPEC_FILES = 1000
+_SUFFIXES = (".yml", ".yaml")
+
+
+class SpecFileError(Exception):
+    """A source that gives no spec to check: a file that cannot be read, an empty directory, a glob
+    matching nothing. Its text is the whole message, starting with the file or source."""
+
+
+def read_spec_text(file: str) -> str:
+    """Read a spec file, refusing absurd sizes; OSError and UnicodeDecodeError propagate."""
+    with open(file, "rb") as fh:
+        raw = fh.read(MAX_SPEC_BYTES + 1)
+    if len(raw) > MAX_SPEC_BYTES:
+        raise OSError(f"{file}: larger than {MAX_SPEC_BYTES} bytes")
+    return raw.decode("utf-8")
+
+
+def is_spec_set(source: str) -> bool:
+    """True when `source` names several files (a directory or a glob), not one file."""
+    return os.path.isdir(source) or (glob.has_magic(source) and not os.path.exists(source))
+
+
+def spec_files(source: str) -> list[str]:
+    """The files of `source`, sorted; SpecFileError when a directory or glob gives none."""
+    if os.path.isdir(source):
+        try:
+            listed = os.listdir(source)
+        except OSError as exc:
+            raise SpecFileError(f"{source}: cannot read: {exc.strerror or exc}") from None
+        # hidden names left out: editors' files, and the `..data` links of a Kubernetes ConfigMap mount
+        names = sorted(n for n in listed if n.endswith(_SUFFIXES) and not n.startswith("."))
+        # a link to nothing is kept: reading it says what is missing
+        files = [f for n in names if not os.path.isdir(f := os.path.join(source, n))]
+        if not files:
+            raise SpecFileError(f"{source}: no spec in this directory: it holds no *.yml or *.yaml file (subdirectories are not read)")
+    elif is_spec_set(source):
+        files = sorted(f for f in glob.glob(source) if os.path.isfile(f))
+        if not files:
+            raise SpecFileError(f"{source}: no spec: the glob matches no file")
+    else:
+        return [source]
+    if len(files) > MAX_SPEC_FILES:
+        raise SpecFileError(f"{source}: {len(files)} files, more than the {MAX_SPEC_FILES} a spec may have")
+    return files
+
+
+def read_spec_files(source: str) -> list[tuple[str, str]]:
+    """(file, text) of every file of `source`; SpecFileError, naming the file, when one cannot be read."""
+    texts: list[tuple[str, str]] = []
+    total = 0
+    for file in spec_files(source):
+        try:
+            text = read_spec_text(file)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).removeprefix(f"{file}: ")
+            raise SpecFileError(f"{file}: cannot read: {reason}") from None
+        total += len(text.encode())
+        if total > MAX_SPEC_BYTES:
+            raise SpecFileError(f"{source}: its files are larger than {MAX_SPEC_BYTES} bytes together")
+        texts.append((file, text))
+    return texts
+
+
+def spec_sha256(source: str, texts: Sequence[tuple[str, str]]) -> str:
+    """The SHA-256 of one file's text; of a directory or glob, that of its `sha256sum` listing, so
+    that a file added, removed, renamed or changed changes it."""
+    if len(texts) == 1 and texts[0][0] == source:
+        return hashlib.sha256(texts[0][1].encode()).hexdigest()
+    listing = "".join(f"{hashlib.sha256(text.encode()).hexdigest()}  {file}\n" for file, text in texts)
+    return hashlib.sha256(listing.encode()).hexdigest()
