@@ -94,7 +94,8 @@ def self_families(module: Module, extraction: Extraction, endpoints: list[Endpoi
         cached = [(r, lb) for r, lb in ep if r.cache is not None]
         if cached:
             families += [
-                _gauge("probe_endpoint_cache_age_seconds", "Age of the answer used, for endpoints with cache_ttl (0: fetched for this probe).",
+                _gauge("probe_endpoint_cache_age_seconds",
+                       "Age of the answer used, for endpoints with cache_ttl or refresh_interval (0: fetched for this probe).",
                        [(lb, r.cache_age or 0.0) for r, lb in cached]),
                 _gauge("probe_endpoint_stale", "1 when the upstream failed and an older answer was used (stale_if_error).",
                        [(lb, float(r.stale)) for r, lb in cached]),

@@ -44,9 +44,21 @@ class SelfMetrics:
             ["module", "limit"], registry=r,
         )
         self.cache_requests = Counter(
-            "jsonexporter_cache_requests", "Endpoint lookups of endpoints with cache_ttl, by result (miss, hit, coalesced, stale).",
+            "jsonexporter_cache_requests", "Endpoint lookups of endpoints with cache_ttl (miss, hit, coalesced, stale, revalidate) or "
+            "refresh_interval (first, scheduled, scheduled_stale), by result.",
             ["module", "endpoint", "result"], registry=r,
         )
+        # per endpoint, never per target: a schedule's target is the caller's choice
+        self.refresh_success = Gauge("jsonexporter_refresh_last_success_timestamp_seconds",
+                                     "Time of the last successful scheduled request of endpoints with refresh_interval (of any of their targets).",
+                                     ["module", "endpoint"], registry=r, multiprocess_mode="livemax")
+        self.refresh_failures = Counter("jsonexporter_refresh_failures", "Scheduled requests of endpoints with refresh_interval that failed.",
+                                        ["module", "endpoint"], registry=r)
+        self.refresh_unscheduled = Counter("jsonexporter_refresh_unscheduled",
+                                           "Probes that fetched an endpoint with refresh_interval themselves: every scheduled place "
+                                           "(--refresh.max-requests) was taken.", ["module", "endpoint"], registry=r)
+        self.refresh_scheduled = Gauge("jsonexporter_refresh_scheduled_requests", "Requests fetched on a schedule (refresh_interval).",
+                                       registry=r, multiprocess_mode="livesum")
         # with workers: the sum, the lowest or the highest over the live ones
         self.in_flight = Gauge("jsonexporter_probes_in_flight", "Probes being answered right now.", registry=r, multiprocess_mode="livesum")
         self.config_hash = Gauge("jsonexporter_config_hash", "First 48 bits of the SHA-256 of the loaded spec file, as a number.", registry=r,

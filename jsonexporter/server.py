@@ -28,10 +28,11 @@ from jsonexporter.secrets import REDACTED, Redactor
 from jsonexporter.selfmetrics import SelfMetrics
 from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec import SpecError, SpecFileError, load_spec, read_spec_files
-from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT, Spec
+from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, DEFAULT_SERIES_LIMIT, Spec
 from jsonexporter.spec.sources import spec_sha256
-from jsonexporter.upstream import InvalidRequest, Upstream, new_session, target_redactor
+from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, new_session, reschedule, target_redactor
 from jsonexporter.upstream.client import Clients
+from jsonexporter.upstream.refresh import Events, Job
 from jsonexporter.webconfig import BasicAuth, WebConfig, headers_hook, load_web_config, ssl_context
 
 log = logging.getLogger("jsonexporter")
@@ -53,6 +54,8 @@ class Options:
     worker: int = 0  # this process's number among `workers` worker processes (workers.py); 0: the only process
     workers: int = 1
     after_reload: Callable[[], None] | None = None  # called after POST /-/reload (workers: the others reload too)
+    refresh_max_requests: int = DEFAULT_REFRESH_MAX_REQUESTS  # scheduled requests of modules with a target (refresh_interval), at once
+    refresh_min_idle: float = DEFAULT_REFRESH_MIN_IDLE  # seconds without a probe before such a request may leave its schedule
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +275,8 @@ async def reload_spec(state: State) -> tuple[bool, str]:
                 if state.upstream is not None:
                     state.upstream.clients = Clients(state.redactor)  # CA files, certificates and tokens read afresh
                 state.spec, state.web = spec, web_config
+                if state.upstream is not None:
+                    reschedule(state.upstream, spec)
                 state.metrics.spec_loaded(spec.sha256, _modules_by_file(spec))
                 log.info("spec reloaded", extra=kv(config=state.spec_file, changed=changed, modules=len(spec.modules)))
                 return True, "reloaded" if changed else "reloaded (unchanged)"
@@ -426,9 +431,12 @@ def make_app(
     app.on_response_prepare.append(headers_hook(lambda: state.web))
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
-        state.upstream = Upstream(new_session(options.connection_limit, options.connection_limit_per_host), Clients(state.redactor))
+        state.upstream = Upstream(new_session(options.connection_limit, options.connection_limit_per_host), Clients(state.redactor),
+                                  events=_BackgroundMetrics(state.metrics))
+        state.upstream.schedule(options.refresh_max_requests, options.refresh_min_idle)
+        reschedule(state.upstream, state.spec)  # modules without a target: their schedules start with the app
         yield
-        await state.upstream.session.close()
+        await state.upstream.close()  # the background requests end with the app, before the session they use
 
     async def auto_reload_ctx(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(_auto_reload(state)) if options.auto_reload_interval > 0 and spec_file else None
@@ -447,6 +455,29 @@ def make_app(
     app.router.add_get("/probes/{id}", handle_probe_record)
     app.router.add_get("/", handle_index)
     return app
+
+
+class _BackgroundMetrics(Events):
+    """Background requests in the exporter's metrics: labelled by module and endpoint, never by target."""
+
+    def __init__(self, metrics: SelfMetrics) -> None:
+        self.metrics = metrics
+
+    def fetched(self, job: Job, result: EndpointResult) -> None:
+        module, endpoint = job.module.name, job.endpoint.name
+        self.metrics.upstream_requests.labels(module, endpoint, result.outcome).inc()
+        if job.endpoint.refresh_interval is None:
+            return
+        if result.ok:
+            self.metrics.refresh_success.labels(module, endpoint).set(time.time())
+        else:
+            self.metrics.refresh_failures.labels(module, endpoint).inc()
+
+    def unscheduled(self, job: Job) -> None:
+        self.metrics.refresh_unscheduled.labels(job.module.name, job.endpoint.name).inc()
+
+    def scheduled(self, count: int) -> None:
+        self.metrics.refresh_scheduled.set(count)
 
 
 async def _auto_reload(state: State) -> None:

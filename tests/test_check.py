@@ -174,7 +174,7 @@ INVALID = [
             metrics:
               - {name: a, help: h, value: x}
         scrape_interval: 10s
-        """, ("5:1", "scrape_interval", "unknown key 'scrape_interval' (allowed: modules)")),
+        """, ("5:1", "scrape_interval", "unknown key 'scrape_interval' (allowed: modules, or a key matching ^x-)")),
     invalid("unknown_module_key", """
         modules:
           m:

@@ -542,3 +542,59 @@ async def test_a_login_answer_without_its_values_fails_the_login_saying_which(ai
         "lifetime": "login: expires_in 'to_number(expires)' gives no number of seconds greater than 0 on the login's answer",
     }
     assert "/nodes" not in up.hits
+
+
+async def test_scheduled_requests_log_in_and_renew_a_refused_login_without_a_probe(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:
+    pve = Pve()
+    answered: list[int] = []
+    events = {n: asyncio.Event() for n in range(1, 10)}
+
+    async def nodes(request: web.Request) -> web.Response:
+        response = await pve.nodes(request)
+        answered.append(response.status)
+        if len(answered) in events:
+            events[len(answered)].set()
+        return response
+
+    up = await upstream({"/access/ticket": pve.ticket, "/nodes": nodes})
+    spec = pve_module(tmp_path / "password").replace("url: '{target}/nodes'\n", "url: '{target}/nodes'\n                refresh_interval: 1s\n")
+    client = await pve_exporter(aiohttp_client, tmp_path, spec)
+    assert generation((await probe(client, up.url))[1]) == 1  # joins its schedule, waiting for the first answer
+    await wait_for(events[2], 30)  # then a scheduled request, with the shared login's ticket
+    assert answered[:2] == [200, 200] and pve.logins == 1
+    pve.expire()
+    n = len(answered)
+    await wait_for(events[n + 2], 30)  # refused (401), logged in again, retried at once
+    assert answered[n:n + 2] == [401, 200] and pve.logins == 2
+    assert generation((await probe(client, up.url))[1]) == 2
+
+
+async def test_a_targetless_schedule_reads_its_secret_at_each_request(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:
+    keys: list[str | None] = []
+    second = asyncio.Event()
+
+    async def keyed(request: web.Request) -> web.Response:
+        keys.append(request.headers.get("X-Api-Key"))
+        if len(keys) >= 2:
+            second.set()
+        return web.json_response({"v": 1})
+
+    up = await upstream({"/keyed": keyed})
+    (tmp_path / "key").write_text("key-SECRET-1")
+    client = await pve_exporter(aiohttp_client, tmp_path, f"""
+      energy:
+        secrets: {{key: {{file: {tmp_path}/key}}}}
+        endpoints: {{main: {{url: '{up.url}/keyed', headers: {{X-Api-Key: '{{key}}'}}, refresh_interval: 1s}}}}
+        metrics: [{{name: v, help: x, value: v}}]
+    """)
+    await wait_for(second, 30)  # scheduled at load: no probe
+    assert keys[:2] == ["key-SECRET-1", "key-SECRET-1"]
+    (tmp_path / "key").write_text("key-SECRET-2")
+    third = len(keys) + 1
+    for _ in range(3000):  # bounded: until the next scheduled request
+        if len(keys) >= third:
+            break
+        await asyncio.sleep(0.01)
+    assert keys[third - 1] == "key-SECRET-2"
+    response = await client.get("/probe", params={"module": "energy"})
+    assert value(parse(await response.text()), "v") == 1

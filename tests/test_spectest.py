@@ -372,7 +372,23 @@ def test_an_unreadable_spec_or_answer_is_located_and_exits_2(tmp_path: Path, cap
     file = write(tmp_path, PASSING.replace("spec: spec.yml", "spec: absent.yml"))
     code, out, _ = run(capsys, file)
     assert code == 2
-    assert out == f"{file}:1:7: spec: cannot read the spec {tmp_path / 'absent.yml'}: No such file or directory\n"
+    assert out == f"{file}:1:7: spec: cannot use the spec: {tmp_path / 'absent.yml'}: cannot read: No such file or directory\n"
+
+
+def test_a_spec_given_as_a_directory_is_its_files_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path, PASSING)
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (tmp_path / "spec.yml").rename(specs / "queue.yml")
+    (specs / "other.yaml").write_text("modules:\n  other:\n    endpoints: {e: {url: 'http://127.0.0.1:1/'}}\n"
+                                      "    metrics: [{name: other_up, help: Up., endpoint: e, value: up}]\n")
+    file = tmp_path / "t.test.yml"
+    file.write_text(file.read_text().replace("spec: spec.yml", "spec: specs"))
+    assert run(capsys, file)[:2] == (0, f"{file}: 1 test(s) passed\n")
+    (specs / "other.yaml").unlink()
+    (specs / "queue.yml").unlink()
+    code, out, _ = run(capsys, file)
+    assert code == 2 and "spec: cannot use the spec: " in out and "no spec in this directory" in out
 
 
 def test_an_invalid_spec_gets_its_errors_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

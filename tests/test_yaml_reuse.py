@@ -160,7 +160,7 @@ def test_other_unknown_top_level_keys_stay_errors(write_spec: SpecWriter, capsys
         modules:
           m: {metrics: [{name: a, help: h, value: v}]}
         """)
-    assert check(capsys, spec) == (1, [f"{spec}:1:1: x_labels: unknown key 'x_labels' (allowed: modules)"])
+    assert check(capsys, spec) == (1, [f"{spec}:1:1: x_labels: unknown key 'x_labels' (allowed: modules, or a key matching ^x-)"])
 
 
 # -- unknown tags -----------------------------------------------------------------------------------

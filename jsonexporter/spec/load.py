@@ -319,8 +319,9 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
     client = _client_config(c, blocks)
     cache_ttl = _duration(c, (*path, "cache_ttl"), raw["cache_ttl"]) if "cache_ttl" in raw else None
     stale = _duration(c, (*path, "stale_if_error"), raw["stale_if_error"]) if "stale_if_error" in raw else None
-    if stale is not None and cache_ttl is None:
-        c.add((*path, "stale_if_error"), "stale_if_error needs cache_ttl: only cached answers can be served stale", at_key=True)
+    revalidate, interval = _background_keys(c, path, raw, cache_ttl)
+    if stale is not None and cache_ttl is None and interval is None:
+        c.add((*path, "stale_if_error"), "stale_if_error needs cache_ttl or refresh_interval: only kept answers can be served stale", at_key=True)
     codes = raw.get("valid_status_codes")
     return Endpoint(
         name=name,
@@ -336,7 +337,28 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
         client=client,
         cache_ttl=cache_ttl,
         stale_if_error=stale,
+        stale_while_revalidate=revalidate,
+        refresh_interval=interval,
     )
+
+
+# A schedule faster than this is a load test, not monitoring: the API is asked once a second per request at most.
+MIN_REFRESH_INTERVAL = 1.0
+
+
+def _background_keys(c: _Checker, path: Path, raw: dict[str, Any], cache_ttl: float | None) -> tuple[float | None, float | None]:
+    """`stale_while_revalidate` and `refresh_interval`, checked against `cache_ttl`."""
+    revalidate = _duration(c, (*path, "stale_while_revalidate"), raw["stale_while_revalidate"]) if "stale_while_revalidate" in raw else None
+    interval = _duration(c, (*path, "refresh_interval"), raw["refresh_interval"]) if "refresh_interval" in raw else None
+    if "stale_while_revalidate" in raw and cache_ttl is None:
+        c.add((*path, "stale_while_revalidate"), "stale_while_revalidate needs cache_ttl: it is the window after cache_ttl in which an answer "
+              "is served while it is refreshed", at_key=True)
+    if interval is not None and interval < MIN_REFRESH_INTERVAL:
+        c.add((*path, "refresh_interval"), f"refresh_interval {raw['refresh_interval']!r} is shorter than the least, 1s")
+    if "refresh_interval" in raw and cache_ttl is not None:
+        c.add((*path, "refresh_interval"), "use either refresh_interval or cache_ttl, not both: refresh_interval keeps the latest answer "
+              "itself, probes never wait for it", at_key=True)
+    return revalidate, interval
 
 
 def _content_type(headers: list[tuple[str, Template]]) -> Template | None:

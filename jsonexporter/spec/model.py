@@ -22,6 +22,11 @@ DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 # default max_response_bytes, what keeps one probe within the memory of docs/deployment.md.
 DEFAULT_SERIES_LIMIT = 100_000
 DEFAULT_ENDPOINT = "default"
+# serve's defaults for refresh_interval (upstream/refresh.py): requests of modules with a target on a
+# schedule at once (--refresh.max-requests), and the least time without a probe before one leaves
+# (--refresh.min-idle): a Prometheus scraping every minute keeps a 1s schedule alive.
+DEFAULT_REFRESH_MAX_REQUESTS = 32
+DEFAULT_REFRESH_MIN_IDLE = 300.0
 # what a header value cannot hold (RFC 9110 5.5): control characters but tab
 HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -56,6 +61,10 @@ class Endpoint:
     client: HTTPClientConfig = field(default_factory=lambda: HTTPClientConfig())
     cache_ttl: float | None = None
     stale_if_error: float | None = None
+    # background requests (upstream/cache.py, upstream/refresh.py): a stale answer served while one request
+    # refreshes it (with cache_ttl), or the endpoint fetched on a schedule, probes using its latest answer
+    stale_while_revalidate: float | None = None
+    refresh_interval: float | None = None
 
     def templates(self) -> Iterator[Template]:
         """Every template of the request: URL, headers, params, body."""

@@ -63,7 +63,8 @@ def _unknown_keys(error: jsonschema.ValidationError, file: str, marks: Marks) ->
             continue
         path: Path = (*error.absolute_path, key)
         close = suggestion(key, allowed)
-        hint = f" (did you mean {close!r}?)" if close else f" (allowed: {', '.join(allowed)})"
+        matching = "".join(f", or a key matching {p.pattern}" for p in patterns)
+        hint = f" (did you mean {close!r}?)" if close else f" (allowed: {', '.join(allowed)}{matching})"
         line, col = marks.of_key(path)
         yield Problem(file, line, col, path, f"unknown key {key!r}{hint}"), None if close is None else (*error.absolute_path, close)
 

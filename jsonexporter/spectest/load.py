@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 
 from jsonexporter.probe import resolve_values
-from jsonexporter.spec import Spec, load_text, read_spec_text
+from jsonexporter.spec import Spec, SpecFileError, load_texts, read_spec_files
 from jsonexporter.spec.model import Module
 from jsonexporter.spec.problems import Path, Problem
 from jsonexporter.spec.schema import check_schema, suggestion
@@ -109,11 +109,11 @@ SpecCache = dict[str, tuple[Spec | None, list[Problem], str | None]]  # path -> 
 
 def load_spec_cached(path: str, cache: SpecCache) -> tuple[Spec | None, list[Problem], str | None]:
     if path not in cache:
-        try:
-            spec, problems = load_text(read_spec_text(path), path)
+        try:  # a file, a directory or a glob, as --config.file takes
+            spec, problems = load_texts(read_spec_files(path), path)
             cache[path] = spec, problems, None
-        except (OSError, UnicodeDecodeError) as exc:
-            cache[path] = None, [], exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        except SpecFileError as exc:
+            cache[path] = None, [], str(exc)
     return cache[path]
 
 
@@ -184,7 +184,7 @@ def _spec(c: _Checker, raw: object, specs: SpecCache) -> Spec | None:
     path = relative_to(c.file, raw)
     spec, problems, unreadable = load_spec_cached(path, specs)
     if unreadable is not None:
-        c.add(("spec",), f"cannot read the spec {path}: {unreadable}")
+        c.add(("spec",), f"cannot use the spec: {unreadable}")  # the message names the file
         c.loaded.unreadable = True
     elif spec is None:
         errors = [p for p in problems if p.severity == "error"]

@@ -1,5 +1,6 @@
 """Answers reused for an endpoint's `cache_ttl`, and identical concurrent requests coalesced into
-one upstream call. Bounded in entries and bytes; least recently used entries go first."""
+one upstream call; with `stale_while_revalidate`, an answer past its ttl served at once while one
+background request refreshes it. Bounded in entries and bytes; least recently used entries go first."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class _Entry:
 class Lookup:
     answer: Answer | None  # None: the upstream failed and nothing usable was cached
     age: float  # seconds since the answer was fetched (0: fetched for this probe)
-    result: str  # miss, hit, coalesced, stale
+    result: str  # miss, hit, coalesced, stale, revalidate (served stale while a background request refreshes it)
     failure: Any = None  # what the fetch returned when it failed
 
 
@@ -51,22 +52,28 @@ class ResponseCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def get(self, key: str, ttl: float, stale_for: float | None, fetch: Fetch, wait: float) -> Lookup:
+    async def get(self, key: str, ttl: float, stale_for: float | None, fetch: Fetch, wait: float,
+                  revalidate_for: float | None = None, revalidate: Fetch | None = None) -> Lookup:
         """A fresh cached answer, or the result of one fetch shared by every concurrent caller of
         `key`; with `stale_for`, a failed fetch falls back to an answer younger than that.
-        Each caller waits at most `wait` seconds; the shared fetch goes on for the others."""
+        Each caller waits at most `wait` seconds; the shared fetch goes on for the others.
+        With `revalidate_for`, an answer older than `ttl` by less than that is returned at once,
+        and `revalidate` (bounded by its caller) refreshes it in the background unless a fetch of `key` is in flight."""
         now = time.monotonic()
         entry = self._entries.get(key)
         if entry is not None and now - entry.stored < ttl:
             self._entries.move_to_end(key)
             return Lookup(entry.answer, now - entry.stored, "hit")
+        if entry is not None and revalidate_for is not None and revalidate is not None and now - entry.stored < ttl + revalidate_for:
+            self._entries.move_to_end(key)
+            if key not in self._inflight:
+                self._start(key, revalidate)
+            return Lookup(entry.answer, now - entry.stored, "revalidate")
         task = self._inflight.get(key)
         result = "coalesced"
         if task is None:
             result = "miss"
-            task = asyncio.create_task(fetch())
-            self._inflight[key] = task
-            task.add_done_callback(lambda t, key=key: self._settle(key, t))  # type: ignore[misc]
+            task = self._start(key, fetch)
         try:
             answer, failure = await asyncio.wait_for(asyncio.shield(task), max(wait, 0.0))
         except TimeoutError:
@@ -77,6 +84,20 @@ class ResponseCache:
         if stale_for is not None and entry is not None and time.monotonic() - entry.stored < stale_for:
             return Lookup(entry.answer, time.monotonic() - entry.stored, "stale", failure)
         return Lookup(None, 0.0, result, failure)
+
+    def _start(self, key: str, fetch: Fetch) -> asyncio.Task[tuple[Answer | None, Any]]:
+        """The one fetch of `key` in flight: held here, so that no caller's end cancels it (close() does)."""
+        task = asyncio.create_task(fetch())
+        self._inflight[key] = task
+        task.add_done_callback(lambda t, key=key: self._settle(key, t))  # type: ignore[misc]
+        return task
+
+    async def close(self) -> None:
+        """Cancel the fetches in flight (the app stops): none outlives the session it uses."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _settle(self, key: str, task: asyncio.Task[tuple[Answer | None, Any]]) -> None:
         self._inflight.pop(key, None)

@@ -4,9 +4,12 @@ bounded in time and bytes, redirects followed through hops.next_hop, answers par
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
+import logging
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +18,7 @@ import orjson
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from jsonexporter.logs import kv
 from jsonexporter.secrets import CUT, REDACTED, is_secret_name
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.model import HEADER_VALUE_CONTROL
@@ -22,8 +26,11 @@ from jsonexporter.trace import Trace, shorten
 from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache
 from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, basic_credentials
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
-from jsonexporter.upstream.render import UpstreamRequest, redact_url
+from jsonexporter.upstream.refresh import Events, Job, Schedules
+from jsonexporter.upstream.render import InvalidRequest, UpstreamRequest, redact_target, redact_url, render_request, target_redactor
 from jsonexporter.upstream.sessions import LoginStore
+
+log = logging.getLogger("jsonexporter")
 
 
 @dataclass(slots=True)
@@ -36,7 +43,7 @@ class EndpointResult:
     duration: float = 0.0
     document: Any = None
     error: str | None = None
-    cache: str | None = None  # with cache_ttl: miss, hit, coalesced or stale
+    cache: str | None = None  # with cache_ttl: miss, hit, coalesced, stale or revalidate; with refresh_interval: first, scheduled or scheduled_stale
     cache_age: float | None = None
     stale: bool = False  # the upstream failed; `document` is an older good answer (stale_if_error)
     redirects: list[str] = field(default_factory=list)  # each redirect followed, for the trace
@@ -137,12 +144,28 @@ def _pool_timeout(up: Upstream, budget: float) -> str:
 @dataclass
 class Upstream:
     """What requests go through: the shared keep-alive session, the run-time client configurations
-    of the loaded spec (replaced by a reload), the response cache and the login sessions."""
+    of the loaded spec (replaced by a reload), the response cache and the login sessions; with `schedules`
+    (the server's), endpoints with refresh_interval are fetched on their schedules, else each probe fetches them."""
 
     session: aiohttp.ClientSession
     clients: Clients = field(default_factory=Clients)
     cache: ResponseCache = field(default_factory=ResponseCache)
     logins: LoginStore = field(default_factory=LoginStore)
+    schedules: Schedules | None = None
+    events: Events = field(default_factory=Events)
+
+    def schedule(self, max_requests: int, min_idle: float) -> Schedules:
+        """Fetch endpoints with refresh_interval on schedules from now on."""
+        self.schedules = Schedules(lambda job: _background(self, job), max_requests, min_idle, self.events)
+        return self.schedules
+
+    async def close(self) -> None:
+        """Stop every background request, then the session."""
+        if self.schedules is not None:
+            await self.schedules.close()
+        await self.cache.close()
+        await self.logins.close()
+        await self.session.close()
 
 
 def _cache_key(request: UpstreamRequest, options: RequestOptions) -> str:
@@ -242,9 +265,54 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
     return Answer(result.document, result.status, result.bytes), result
 
 
-async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, trace: Trace | None = None) -> EndpointResult:
+def schedule_key(request: UpstreamRequest, job: Job) -> Hashable:
+    """What makes a schedule the same one: its module, endpoint and interval, the rendered request and
+    what decides whether an answer is good (the client config compared whole: a changed secret is a new schedule)."""
+    endpoint = request.endpoint
+    return (job.module.name, endpoint.name, endpoint.refresh_interval, request.method, str(request.url), tuple(sorted(request.headers.items())),
+            request.body, endpoint.client, endpoint.valid_status_codes, endpoint.max_response_bytes, tuple(p.pattern for p in request.allow))
+
+
+def render_job(job: Job) -> UpstreamRequest:
+    """The request of a background job, rendered afresh from the endpoint and the probe's values as a probe's is
+    (fetch_module). The values login.py adds when it sends one (secrets, a login's) stand in by their names:
+    the schedule of a request outlives a rotated secret and a renewed login, and never keeps their values."""
+    module = job.module
+    added = [*module.secrets, *(v.name for v in module.login.values)] if module.login is not None else list(module.secrets)
+    return render_request(job.endpoint, {**job.values, **{name: name for name in added}}, module.target_allow)
+
+
+async def _background(up: Upstream, job: Job) -> tuple[Answer | None, EndpointResult]:
+    """A schedule's request: rendered afresh, sent through fetch_one as a probe's (the client config, the
+    redirect and host rules), bounded by the job's budget; reported and, when it fails, logged."""
+    deadline = asyncio.get_running_loop().time() + job.budget
+    try:
+        if job.module.secrets or job.module.login is not None:
+            from jsonexporter.upstream.login import fetch_logged_in  # it sends its requests through this module
+
+            (result,) = await fetch_logged_in(up, job.module, job.values, deadline, endpoints=[job.endpoint])
+        else:
+            result = await fetch_one(up, render_job(job), deadline)
+    except InvalidRequest as exc:  # a reload changed what the values may be
+        result = EndpointResult(job.endpoint.name, "config_error", error=str(exc))
+    return _background_done(up, job, result), result
+
+
+def _background_done(up: Upstream, job: Job, result: EndpointResult) -> Answer | None:
+    up.events.fetched(job, result)
+    if not result.ok:
+        caller = target_redactor(job.values.get("target", ""))
+        err = caller(result.error) if caller is not None and result.error is not None else result.error
+        log.warning("background request failed, keeping the previous answer", extra=kv(
+            module=job.module.name, endpoint=job.endpoint.name, target=redact_target(job.values.get("target", "")), outcome=result.outcome, err=err))
+        return None
+    return Answer(result.document, result.status, result.bytes)
+
+
+async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, trace: Trace | None = None, job: Job | None = None) -> EndpointResult:
     """One endpoint, bounded by its timeout and the probe's deadline (a loop.time()), through the
-    cache when the endpoint has `cache_ttl`."""
+    cache when the endpoint has `cache_ttl`, from its schedule when it has `refresh_interval` and `job`
+    (the probe's, for the background requests) is given."""
     endpoint = request.endpoint
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -261,7 +329,13 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
         result = EndpointResult(endpoint.name, "timeout", error=f"no OAuth2 token within {budget:.3f}s")
     if options is not None:
         remaining = budget - (loop.time() - start)
-        if endpoint.cache_ttl is None:
+        lookup: Lookup | None = None
+        if job is not None and endpoint.refresh_interval is not None and up.schedules is not None:
+            scheduled = request if not (job.module.secrets or job.module.login) else render_job(job)  # without their values
+            lookup = await up.schedules.get(schedule_key(scheduled, job), job, remaining)
+        if lookup is not None:
+            result = _from_cache(endpoint.name, lookup, remaining)
+        elif endpoint.cache_ttl is None:
             _, result = await _request(up, request, options, remaining)
         else:
             sent: list[EndpointResult] = []  # the request this probe made itself (a miss), for its redirects in the trace
@@ -271,7 +345,13 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
                 sent.append(fetched)
                 return answer, fetched
 
-            lookup = await up.cache.get(_cache_key(request, options), endpoint.cache_ttl, endpoint.stale_if_error, fetch, remaining)
+            async def revalidate(options: RequestOptions = options) -> tuple[Answer | None, EndpointResult]:
+                assert job is not None
+                _, fetched = await _request(up, request, options, job.budget)
+                return _background_done(up, job, fetched), fetched
+
+            lookup = await up.cache.get(_cache_key(request, options), endpoint.cache_ttl, endpoint.stale_if_error, fetch, remaining,
+                                        endpoint.stale_while_revalidate, revalidate if job is not None else None)
             result = _from_cache(endpoint.name, lookup, remaining)
             if sent:
                 result.redirects = sent[0].redirects
@@ -282,7 +362,8 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
 
 
 def _from_cache(name: str, lookup: Lookup, waited: float) -> EndpointResult:
-    fetched: EndpointResult | None = lookup.failure if isinstance(lookup.failure, EndpointResult) else None
+    # a copy: the failure is shared by the probes that waited for it, and a schedule keeps it
+    fetched = dataclasses.replace(lookup.failure) if isinstance(lookup.failure, EndpointResult) else None
     if lookup.answer is None:
         if fetched is not None:
             fetched.cache = lookup.result
@@ -290,7 +371,7 @@ def _from_cache(name: str, lookup: Lookup, waited: float) -> EndpointResult:
         return EndpointResult(name, "timeout", error=f"no complete answer within {waited:.3f}s", cache=lookup.result)
     answer = lookup.answer
     result = EndpointResult(name, "success", answer.status, answer.bytes, document=answer.document, cache=lookup.result, cache_age=lookup.age)
-    if lookup.result == "stale" and fetched is not None:
+    if lookup.result in ("stale", "scheduled_stale") and fetched is not None:
         result.outcome, result.error, result.status, result.stale = fetched.outcome, fetched.error, fetched.status, True
     return result
 
@@ -318,13 +399,16 @@ def _trace_request(trace: Trace, request: UpstreamRequest, options: RequestOptio
         trace.add(f"  document{' (stale)' if result.stale else ''}: {shorten(result.document)}")
 
 
-async def fetch_all(up: Upstream, requests: list[UpstreamRequest], deadline: float, trace: Trace | None = None) -> list[EndpointResult]:
+async def fetch_all(up: Upstream, requests: list[UpstreamRequest], deadline: float, trace: Trace | None = None,
+                    jobs: list[Job] | None = None) -> list[EndpointResult]:
     """Every request at once; cancelling the caller (a scraper that went away) cancels them all
-    (a cached endpoint's shared request goes on for the other probes waiting for it)."""
+    (a cached endpoint's shared request goes on for the other probes waiting for it). `jobs`, one per
+    request: what its background requests are made of."""
+    each = jobs if jobs is not None else [None] * len(requests)
     if len(requests) == 1:
-        return [await fetch_one(up, requests[0], deadline, trace)]
+        return [await fetch_one(up, requests[0], deadline, trace, each[0])]
     traces = [Trace() if trace is not None else None for _ in requests]
-    results = await asyncio.gather(*(fetch_one(up, r, deadline, t) for r, t in zip(requests, traces, strict=True)))
+    results = await asyncio.gather(*(fetch_one(up, r, deadline, t, j) for r, t, j in zip(requests, traces, each, strict=True)))
     if trace is not None:
         for t in traces:
             assert t is not None

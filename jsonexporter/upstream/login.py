@@ -24,6 +24,7 @@ from jsonexporter.spec.model import Endpoint, Login, LoginValue, Module
 from jsonexporter.trace import Trace
 from jsonexporter.upstream.client import ClientConfigError, RequestOptions, renewal_delay
 from jsonexporter.upstream.fetch import EndpointResult, Upstream, _cache_key, _request, fetch_all
+from jsonexporter.upstream.refresh import Job
 from jsonexporter.upstream.render import UpstreamRequest, redact_url, render_request
 from jsonexporter.upstream.sessions import LoginFailed, Obtained, Session
 
@@ -211,28 +212,34 @@ def _trace_session(trace: Trace, got: Obtained) -> None:
 
 
 async def fetch_prepared(up: Upstream, module: Module, endpoints: Sequence[Endpoint], prepared: Prepared, deadline: float,
-                         trace: Trace | None = None) -> list[EndpointResult]:
+                         trace: Trace | None = None, probe_values: Mapping[str, str] | None = None) -> list[EndpointResult]:
     """`endpoints` rendered with the prepared values and fetched, in their order; those that cannot be
-    requested (the login failed, a secret they need is unreadable) get their failure without a request."""
-    requests, failed = [], {}
+    requested (the login failed, a secret they need is unreadable) get their failure without a request.
+    With `probe_values` (a probe's, not a background request's), endpoints with refresh_interval join their schedules."""
+    requests, failed, jobs = [], {}, []
     for endpoint in endpoints:
         failure = prepared.failed(endpoint)
         if failure is None:
             requests.append(render_request(endpoint, prepared.values, module.target_allow))
+            if probe_values is not None:
+                jobs.append(Job(module, endpoint, probe_values))  # the values without the secrets': added again at each request
             continue
         failed[endpoint.name] = failure
         if trace is not None:
             trace.add(f"endpoint {endpoint.name}: not requested: {failure.outcome}: {failure.error}")
-    fetched = iter(await fetch_all(up, requests, deadline, trace) if requests else [])
+    fetched = iter(await fetch_all(up, requests, deadline, trace, jobs if probe_values is not None else None) if requests else [])
     return [failed.get(endpoint.name) or next(fetched) for endpoint in endpoints]
 
 
-async def fetch_logged_in(up: Upstream, module: Module, values: Mapping[str, str], deadline: float, trace: Trace | None = None) -> list[EndpointResult]:
-    """Every endpoint of `module` after its login; an endpoint answering 401 or 403 makes the login be
-    renewed (once for all the probes that saw it refused) and is retried once, within the deadline."""
+async def fetch_logged_in(up: Upstream, module: Module, values: Mapping[str, str], deadline: float, trace: Trace | None = None,
+                          endpoints: Sequence[Endpoint] | None = None) -> list[EndpointResult]:
+    """Every endpoint of `module` after its login, for a probe; or `endpoints`, for a background request
+    (refresh.py). An endpoint answering 401 or 403 makes the login be renewed (once for all the probes
+    that saw it refused) and is retried once, within the deadline."""
     prepared = await prepare(up, module, values, deadline, trace)
-    endpoints = list(module.endpoints.values())
-    results = await fetch_prepared(up, module, endpoints, prepared, deadline, trace)
+    probe_values = values if endpoints is None else None
+    endpoints = list(module.endpoints.values()) if endpoints is None else list(endpoints)
+    results = await fetch_prepared(up, module, endpoints, prepared, deadline, trace, probe_values)
     refused = [endpoint for endpoint, r in zip(endpoints, results, strict=True) if r.status in RENEW_STATUSES]
     if prepared.session is None or not refused:
         return results
@@ -240,5 +247,5 @@ async def fetch_logged_in(up: Upstream, module: Module, values: Mapping[str, str
         status = results[endpoints.index(refused[0])].status
         trace.add(f"login: its values refused by {', '.join(e.name for e in refused)} (HTTP {status}): made again, and those endpoints retried once")
     renewed = await prepare(up, module, values, deadline, trace, rejected=prepared.session)
-    retried = {r.endpoint: r for r in await fetch_prepared(up, module, refused, renewed, deadline, trace)}
+    retried = {r.endpoint: r for r in await fetch_prepared(up, module, refused, renewed, deadline, trace, probe_values)}
     return [retried.get(r.endpoint, r) for r in results]

@@ -75,6 +75,13 @@ class LoginStore:
             task = self._start(key, login, True)
         return Obtained(await asyncio.wait_for(asyncio.shield(task), max(wait, 0.0)), how)
 
+    async def close(self) -> None:
+        """Cancel the logins in flight (the app stops): none outlives the session it uses."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def _start(self, key: str, login: Login, waited: bool) -> asyncio.Task[Session]:
         task = asyncio.create_task(login(waited))
         self._inflight[key] = task

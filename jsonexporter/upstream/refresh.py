@@ -1,0 +1,201 @@
+"""Endpoints with `refresh_interval`: each request fetched in the background on its schedule, so that
+a probe uses the latest answer and never waits for the API, but for a request's very first answer.
+
+A schedule is one request: its endpoint and the probe's values, rendered afresh at each refresh by
+the caller's fetch (the path every probe's request takes). Modules without a target get theirs at load
+(`pin`); a request of a module with a target joins at its first probe and leaves after IDLE_INTERVALS
+intervals without one (never sooner than `min_idle`); at most `max_requests` of those run at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine, Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from jsonexporter.logs import kv
+from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, Endpoint, Module
+from jsonexporter.upstream.cache import Answer, Lookup
+
+if TYPE_CHECKING:
+    from jsonexporter.upstream.fetch import EndpointResult
+
+log = logging.getLogger("jsonexporter")
+
+# Without a probe for this many intervals, a request leaves its schedule: a scraper that stopped, or a
+# target asked once. Three: a scrape that comes late, or one lost, does not stop it.
+IDLE_INTERVALS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What a background request is made of: rendered again each time from the endpoint and the probe's
+    values (target, module, parameters), never kept rendered."""
+
+    module: Module
+    endpoint: Endpoint
+    values: Mapping[str, str] = field(repr=False)  # a parameter may be a credential
+
+    @property
+    def budget(self) -> float:
+        """Seconds a background request may take: the endpoint's timeout, else its module's."""
+        return self.endpoint.timeout if self.endpoint.timeout is not None else self.module.timeout
+
+
+JobFetch = Callable[[Job], Coroutine[Any, Any, tuple[Answer | None, Any]]]
+
+
+class Events:
+    """What the schedules and the background requests report (the server's self-metrics); here: nothing."""
+
+    def fetched(self, job: Job, result: EndpointResult) -> None:
+        """A background request ended (a schedule's, or a stale answer's revalidation)."""
+
+    def unscheduled(self, job: Job) -> None:
+        """A probe fetched the endpoint itself: every scheduled place was taken."""
+
+    def scheduled(self, count: int) -> None:
+        """The number of scheduled requests changed."""
+
+
+@dataclass(eq=False)
+class Schedule:
+    key: Hashable
+    job: Job
+    pinned: bool  # started at load, for a module without a target: never leaves for want of probes
+    answer: Answer | None = None  # the latest good answer
+    stored: float = 0.0  # monotonic, when it came
+    failure: Any = None  # what the latest refresh gave when it failed; None after a success
+    last_probe: float = field(default_factory=time.monotonic)
+    task: asyncio.Task[None] | None = None
+    attempt: asyncio.Task[None] | None = None  # the request in flight
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Schedules:
+    def __init__(self, fetch: JobFetch, max_requests: int = DEFAULT_REFRESH_MAX_REQUESTS, min_idle: float = DEFAULT_REFRESH_MIN_IDLE,
+                 events: Events | None = None) -> None:
+        self.fetch = fetch
+        self.max_requests = max_requests
+        self.min_idle = min_idle
+        self.events = events or Events()
+        self._schedules: dict[Hashable, Schedule] = {}
+
+    def __len__(self) -> int:
+        return len(self._schedules)
+
+    def __iter__(self) -> Iterator[Schedule]:
+        return iter(list(self._schedules.values()))
+
+    def get_schedule(self, key: Hashable) -> Schedule | None:
+        return self._schedules.get(key)
+
+    async def get(self, key: Hashable, job: Job, wait: float) -> Lookup | None:
+        """The latest answer of `key`'s schedule, joined now if need be; only a request that never had a good
+        answer waits for one (at most `wait` seconds). None: no place left, the caller fetches itself."""
+        s = self._schedules.get(key)
+        if s is None:
+            if sum(not s.pinned for s in self._schedules.values()) >= self.max_requests:
+                self.events.unscheduled(job)
+                return None
+            s = self._start(key, job, pinned=False)
+        s.last_probe = time.monotonic()
+        result = "scheduled"
+        if s.answer is None:
+            result = "first"
+            try:
+                await asyncio.wait_for(asyncio.shield(self._attempt(s)), max(wait, 0.0))
+            except TimeoutError:
+                return Lookup(None, 0.0, result, None)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                return Lookup(None, 0.0, result, None)  # a reload stopped the schedule meanwhile: this probe did not end
+        if s.answer is None:
+            return Lookup(None, 0.0, result, s.failure)
+        age = time.monotonic() - s.stored
+        if s.failure is None:
+            return Lookup(s.answer, age, result)
+        stale_for = s.job.endpoint.stale_if_error
+        if stale_for is not None and age < stale_for:  # not "stale": that one says the probe itself asked the upstream
+            return Lookup(s.answer, age, "scheduled_stale", s.failure)
+        return Lookup(None, age, result, s.failure)
+
+    def pin(self, key: Hashable, job: Job) -> None:
+        """A schedule from load on, whether probed or not (a module without a target)."""
+        s = self._schedules.get(key)
+        if s is None:
+            self._start(key, job, pinned=True)
+        else:
+            s.job, s.pinned = job, True
+
+    def keep(self, kept: Mapping[Hashable, tuple[Job, bool]]) -> None:
+        """After a reload: the schedules of `kept` go on with their new job and pinned state, every other one stops."""
+        for key, s in list(self._schedules.items()):
+            if key in kept:
+                s.job, s.pinned = kept[key]
+            else:
+                self._stop(s)
+
+    async def close(self) -> None:
+        """Stop every schedule and its request in flight, and wait until they have ended."""
+        schedules = list(self._schedules.values())
+        for s in schedules:
+            self._stop(s)
+        await asyncio.gather(*(t for s in schedules for t in (s.task, s.attempt) if t is not None), return_exceptions=True)
+
+    def idle_after(self, job: Job) -> float:
+        interval = job.endpoint.refresh_interval or 0.0
+        return max(IDLE_INTERVALS * interval, self.min_idle)
+
+    def _start(self, key: Hashable, job: Job, pinned: bool) -> Schedule:
+        s = Schedule(key, job, pinned)
+        self._schedules[key] = s
+        s.task = asyncio.create_task(self._run(s))
+        self.events.scheduled(len(self._schedules))
+        return s
+
+    def _stop(self, s: Schedule) -> None:
+        for task in (s.task, s.attempt):
+            if task is not None:
+                task.cancel()
+        self._forget(s)
+
+    def _forget(self, s: Schedule) -> None:
+        if self._schedules.get(s.key) is s:
+            del self._schedules[s.key]
+            self.events.scheduled(len(self._schedules))
+        s.ended.set()
+
+    async def _run(self, s: Schedule) -> None:
+        try:
+            while True:
+                started = time.monotonic()
+                await self._attempt(s)
+                if not s.pinned and time.monotonic() - s.last_probe >= self.idle_after(s.job):
+                    return
+                interval = s.job.endpoint.refresh_interval or 0.0  # from the job of now: a reload may have changed it
+                await asyncio.sleep(max(interval - (time.monotonic() - started), 0.0))  # the schedule's period itself
+        finally:
+            self._forget(s)
+
+    def _attempt(self, s: Schedule) -> asyncio.Task[None]:
+        """The request in flight, or a new one: a probe waiting for a first answer and the schedule share it."""
+        if s.attempt is None or s.attempt.done():
+            s.attempt = asyncio.create_task(self._refresh(s))
+        return s.attempt
+
+    async def _refresh(self, s: Schedule) -> None:
+        job = s.job
+        try:
+            answer, failure = await self.fetch(job)
+        except Exception as exc:  # a schedule outlives whatever one request does
+            log.error("scheduled request failed unexpectedly", extra=kv(module=job.module.name, endpoint=job.endpoint.name, err=f"{type(exc).__name__}: {exc}"))
+            answer, failure = None, None
+        if answer is not None:
+            s.answer, s.stored, s.failure = answer, time.monotonic(), None
+        else:
+            s.failure = failure
