@@ -110,9 +110,49 @@ def linearity_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
     return lines
 
 
+def features_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
+    lines = [
+        "| spec | payload | series | conns | probes/s | p50 ms | p99 ms | peak RSS MB | /-/healthy p99 ms | vs bench/spec.yml |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    ours, plain = runs.get(("features", 7500, 8)), runs.get(("jsonexporter", 7500, 8))
+    if ours is not None and plain is not None:
+        lines.append(f"| bench/spec.yml |{_load_cells(plain, 7500, 8)[1:]} 1.00 |")
+        lines.append(f"| bench/features.yml |{_load_cells(ours, 7500, 8)[1:]} {_rate(ours) / _rate(plain):.2f} |")
+    return lines
+
+
+def targets_table(runs: dict[tuple[str, int, int], Run], targets: list[Run]) -> list[str]:
+    """The many-targets row: probes/s against one target's (the same run), the RSS over the run, and
+    the upstream connections nginx accepted (the first pass over the targets opens one each; keep-alive
+    reuses them after it, churn opens more) and the sockets the pool holds at the end."""
+    lines = [
+        "| targets | conns | probes | probes/s | p50 ms | p99 ms | vs one target | RSS MB after 1st pass, at end (peak) "
+        "| connections opened | reused after the 1st pass | sockets open at end |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
+    one = runs.get(("jsonexporter", 200, 8))
+    for run in targets:
+        rate, n = _rate(run), run["targets"]
+        samples = run["rss_samples_kb"] or [0]
+        first = samples[min(len(samples) - 1, int(n / max(rate, 1e-9) / 0.2) + 1)]  # sampled every 0.2 s
+        (accepts0, requests0), (accepts1, requests1) = run["nginx_before"], run["nginx_after"]
+        opened, probes = accepts1 - accepts0, requests1 - requests0
+        later = probes - n
+        reused = f"{1 - max(opened - n, 0) / later:.0%}" if later > 0 else "- (under one pass)"
+        lines.append(
+            f"| {n:,} | {run['connections']} | {probes:,} | {rate:,.1f}{_errors(run)} | {_ms(run['probe']['p50_us'])} | "
+            f"{_ms(run['probe']['p99_us'])} | {rate / _rate(one) if one else float('nan'):.2f} | "
+            f"{first / 1024:.0f}, {samples[-1] / 1024:.0f} ({run['rss_kb'] / 1024:.0f}) | {opened:,} | {reused} | {run['sockets']:,} |"
+        )
+    return lines
+
+
 def main(path: str, duration: str, load: str, package: str, workers: str = "1") -> None:
     with open(path) as results:
-        runs = {(r["app"], r["items"], r["connections"]): r for r in map(json.loads, results)}
+        every = list(map(json.loads, results))
+    runs = {(r["app"], r["items"], r["connections"]): r for r in every if "targets" not in r}
+    targets = [r for r in every if "targets" in r]
     print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({_cpu_model()}), Python {platform.python_version()}, "
           f"wrk {duration} s per run, one exporter process ({package}) unless said, floor parsing with {_floor_parser()}; "
           f"load average before the run {load}.\n")
@@ -121,6 +161,14 @@ def main(path: str, duration: str, load: str, package: str, workers: str = "1") 
     if any(key[0] == "workers" for key in runs):
         print(f"\nWith `--web.workers {workers}` (the same probes, answered by {workers} worker processes on one port):\n")
         print("\n".join(workers_table(runs)))
+    if ("features", 7500, 8) in runs:
+        print("\nRule features (bench/features.yml: the function library in labels and values, a histogram per item, "
+              "`duplicates: sum` per region) against bench/spec.yml in the same run:\n")
+        print("\n".join(features_table(runs)))
+    if targets:
+        print(f"\nMany targets: {targets[0]['targets']:,} origins (ports of one nginx, each the 56 KB answer) probed in turn "
+              "for twice as long as the other runs, against one target in the same run:\n")
+        print("\n".join(targets_table(runs, targets)))
     if any(key[1] not in (200, 7500) for key in runs):
         print("\nCost against payload size (1 connection; p50 latency of one probe):\n")
         print("\n".join(linearity_table(runs)))

@@ -6,13 +6,17 @@ extraction errors and duplicates counted per metric. A failing rule never drops 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from itertools import repeat
 from typing import Any
+
+import orjson
 
 from jsonexporter.exposition import EXACT_LIMIT, Family, Labels, escape_label_value, escaped, format_bound, format_value, labels_text, needs_escape, sample_line
 from jsonexporter.labeltext import label_text
@@ -355,10 +359,12 @@ class _FastPlan:
     names: tuple[str, ...]  # the rule's labels in its order, then the module's
     static_texts: tuple[str, ...]  # the module's label values
     label_searches: tuple[Search, ...]  # the rule's label expressions, in its order
+    label_exprs: tuple[Expression, ...]
     label_fields: tuple[str | None, ...]  # for each, its field name when it is one plain field
     template: str  # `{a="%s",b="x"}`: `%s` for the rule's labels in `slots` order ("" without labels)
     slots: tuple[int, ...]  # the rule's labels (indexes into `names`) in the order of their names
     key: tuple[tuple[str, str], ...]  # rules of an iteration with the same key give an element the same text
+    between: tuple[str, ...]  # the template's text before, between and after the rule's labels' values (`_text_function`)
 
 
 @dataclass(slots=True)
@@ -390,22 +396,42 @@ def _fast_plan(metric: Metric, static: Labels) -> _FastPlan | None:
     if len(set(names)) != len(names):
         return None  # the general path's sort also orders by value then
     static_texts = tuple(value for _, value in static)
-    pieces = []
+    pieces: list[str] = []  # the template's pairs
+    between = [""]  # the text between the values of the rule's labels
     for i in sorted(range(len(names)), key=names.__getitem__):
+        comma = "," if pieces else "{"
         if i < len(rule_names):
             pieces.append(f'{names[i]}="%s"')
+            between[-1] += f'{comma}{names[i]}="'
+            between.append('"')
         else:
-            pieces.append(f'{names[i]}="{escaped(static_texts[i - len(rule_names)]).replace("%", "%%")}"')
+            text = escaped(static_texts[i - len(rule_names)])
+            pieces.append(f'{names[i]}="{text.replace("%", "%%")}"')
+            between[-1] += f'{comma}{names[i]}="{text}"'
+    between[-1] += "}" if pieces else ""
     exprs = [expr for _, expr in metric.labels]
     return _FastPlan(
         names=names,
         static_texts=static_texts,
         label_searches=tuple(e.search for e in exprs),
+        label_exprs=tuple(exprs),
         label_fields=tuple(e.fields[0] if e.fields is not None and len(e.fields) == 1 else None for e in exprs),
         template="{" + ",".join(pieces) + "}" if pieces else "",
         slots=tuple(sorted(range(len(rule_names)), key=rule_names.__getitem__)),
         key=tuple((name, expr.source) for name, expr in metric.labels),
+        between=tuple(between),
     )
+
+
+@functools.cache
+def _text_function(k: int) -> Callable[..., str]:
+    """`lambda v0, v1, p0, p1, p2: f"{p0}{v0}{p1}{v1}{p2}"` for k = 2 values: an f-string joins them
+    in half the time `template % values` takes (512 texts of 4 labels: 57 µs against 103). Its source
+    is names and digits only; one per number of labels, for every rule and probe."""
+    parameters = ", ".join([f"v{i}" for i in range(k)] + [f"p{i}" for i in range(k + 1)])
+    body = "".join(f"{{p{i}}}{{v{i}}}" for i in range(k)) + f"{{p{k}}}"
+    function: Callable[..., str] = eval(f"lambda {parameters}: f'{body}'")
+    return function
 
 
 def _plain_elements(levels: tuple[Level, ...], doc: Any) -> tuple[list[Any], Exception | None]:
@@ -502,14 +528,14 @@ def _label_texts(plan: _FastPlan, elements: list[Any]) -> _Chunk | None:
     columns = []
     for i in plan.slots:
         try:
-            raws = _column(plan.label_searches[i], plan.label_fields[i], elements)
+            raws = _column(plan.label_exprs[i], plan.label_fields[i], elements)
             column = raws if set(map(type, raws)) == _STR else list(map(label_text, raws))
         except Exception:  # an element that is not an object, an expression failing
             return None
         if needs_escape("".join(column)):
             column = list(map(escape_label_value, column))
         columns.append(column)
-    texts = list(map(plan.template.__mod__, zip(*columns, strict=True)))
+    texts = list(map(_text_function(len(columns)), *columns, *map(repeat, plan.between)))
     distinct = set(texts)
     return _Chunk(texts, distinct, len(distinct) == len(texts))
 
@@ -522,7 +548,7 @@ def _value_columns(metric: Metric, outputs: list[_Output], elements: list[Any]) 
     for _, expr, plain, *_ in outputs:
         assert expr is not None
         try:
-            raws = _column(expr.search, plain, elements)
+            raws = _column(expr, plain, elements)
         except Exception:
             return None
         numbers = _number_texts(raws, metric, expr)
@@ -532,10 +558,14 @@ def _value_columns(metric: Metric, outputs: list[_Output], elements: list[Any]) 
     return columns
 
 
-def _column(search: Search, plain: str | None, elements: list[Any]) -> list[Any]:
-    """What `search` gives for each element; dict lookups for a plain field (then AttributeError
-    when an element is not an object: the caller goes element by element)."""
-    return [e.get(plain) for e in elements] if plain is not None else list(map(search, elements))
+def _column(expr: Expression, plain: str | None, elements: list[Any]) -> list[Any]:
+    """What `search` gives for each element; dict lookups for a plain field (then TypeError when an
+    element is not an object: the caller goes element by element). map of dict.get: 15 µs per 512
+    elements against 19 for a comprehension of e.get."""
+    if plain is not None:
+        return list(map(dict.get, elements, repeat(plain)))
+    at_once = None if expr.columns is None else expr.columns(elements)  # calls by columns (bench/README.md)
+    return at_once if at_once is not None else list(map(expr.search, elements))
 
 
 _STR, _INT, _BOOL, _NUMBERS = {str}, {int}, {bool}, {int, float}
@@ -547,17 +577,36 @@ def _number_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[str
     scale = metric.scale
     try:
         if kinds <= _NUMBERS:
-            if metric.type == "counter" and not all(raw * scale >= 0 for raw in raws):
+            exact = kinds == _INT and scale > 0  # no NaN, and the sign is the integer's: min() says it at C speed
+            if metric.type == "counter" and not (min(raws) >= 0 if exact else all(raw * scale >= 0 for raw in raws)):
                 return None  # a negative or NaN count is an error of its series: element by element
             if kinds == _INT and scale == 1.0 and min(raws) > -EXACT_LIMIT and max(raws) < EXACT_LIMIT:
-                return list(map(str, raws))
-            return list(map(format_value, map(float, raws) if scale == 1.0 else [raw * scale for raw in raws]))
+                return _json_texts(raws)
+            return _float_texts(list(map(float, raws)) if scale == 1.0 else [float(raw * scale) for raw in raws])
         if kinds == _BOOL:
             true_text, false_text = (format_value(sample_value(raw, metric, expr)) for raw in (True, False))
             return [true_text if raw else false_text for raw in raws]
         return [format_value(sample_value(raw, metric, expr)) for raw in raws]
     except Exception:  # not a number, null without a default, too large for a float
         return None
+
+
+def _float_texts(values: list[float]) -> list[str]:
+    """`format_value` of each value: repr when that is each one's form (none integral, all finite and
+    below 1e6), written by orjson at once where its shortest digits are repr's, positional from 1e-4 to
+    1e16 (512 values: 23 µs, against 110 for repr one by one and 225 for format_value)."""
+    if values and math.isfinite(sum(values)) and max(values) < 1e6 and not any(map(float.is_integer, values)):
+        if min(values) > -1e16 and min(map(abs, values)) >= 1e-4:
+            written = orjson.dumps(values)
+            if b"e" not in written:  # none in exponent form
+                return written[1:-1].decode().split(",")
+        return list(map(float.__repr__, values))
+    return list(map(format_value, values))
+
+
+def _json_texts(numbers: list[int]) -> list[str]:
+    """str() of each integer (within int64), in one call: 512 of them in 24 µs, against 41 one by one."""
+    return orjson.dumps(numbers)[1:-1].decode().split(",")
 
 
 def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], elements: list[Any], result: Extraction) -> None:

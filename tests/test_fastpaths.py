@@ -15,12 +15,13 @@ import asyncio
 import gzip
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import make_spec
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from metrics_util import samples
 from prometheus_client.utils import floatToGoString
@@ -55,7 +56,8 @@ documents = st.fixed_dictionaries({
                                               "w": st.integers(-3, 3)}), max_size=6),
 })
 
-LABEL_EXPRESSIONS = ["id", "a", "a.b", "tags[0]", "'const'", "length(tags)", "sub", "v", "lower(a)", "regex_extract(id, '(\\d+)')"]
+LABEL_EXPRESSIONS = ["id", "a", "a.b", "tags[0]", "'const'", "length(tags)", "sub", "v", "lower(a)", "regex_extract(id, '(\\d+)')",
+                     "{k: id, w: w}"]
 VALUE_EXPRESSIONS = ["v", "w", "a.b", "@", "length(tags)", "v || w", "sub.a", "parse_bytes(v)", "divide(v, w)", "regex_match(a, '^[ab]')"]
 EACHES = [None, "items", "byname", ["items", "tags"], "items[?v]", "items[*].{id: id, v: w, a: a}", "byname.*", "counts",
           "item", [{"path": "item", "optional": True}], ["items", {"path": "tags", "optional": True}], [{"path": "byname", "optional": True}, "sub"]]
@@ -232,7 +234,8 @@ def test_scale_multiplies_extracted_numbers_but_not_the_default_in_both_paths() 
 
 
 def test_values_are_written_as_prometheus_client_writes_them_but_integers_exactly() -> None:
-    """By the writer, and by extraction's columns (floats, integers, both, and beyond 1e15)."""
+    """By the writer, and by extraction's columns (floats, integers, both, and beyond 1e15; fractions only,
+    written at once, with one below 1e-4 or above 1e6 among them)."""
     values = [0.0, -0.0, 1.0, -3.0, 2.5, 1e-5, 123456.789, 1234567.5, 1e15, 1e15 - 1, -1e15 + 1, 1e16, 1e300, -2.5e-300,
               math.inf, -math.inf, math.nan, 9_999_999_999.0]
     def reference(v: float) -> str:
@@ -243,7 +246,8 @@ def test_values_are_written_as_prometheus_client_writes_them_but_integers_exactl
     assert [line.split(" ")[1] for line in render_text([family]).splitlines()[2:]] == expected
     module = make_spec("modules: {default: {metrics: [{name: x, help: h, each: items, value: v, labels: {i: i}}]}}").modules["default"]
     integers = [0, -3, 10**15 - 1, 10**15, -(10**16), 9_999_999_999]
-    for column in (values, integers, [*integers, 2.5]):
+    fractions = [0.0001, 0.00012, 2.5, 123456.789, 999999.5, -12345678.5, -1e15 - 0.5, 0.1, 1 / 3, -2.5e-3]
+    for column in (values, integers, [*integers, 2.5], fractions, [*fractions, 5e-05], [*fractions, -5e-05], [*fractions, 1e6 + 0.5]):
         result = extract(module, {"default": {"items": [{"i": str(i), "v": v} for i, v in enumerate(column)]}}, PROBE)
         written = [line.split(" ")[1] for line in render_text(list(result.families.values())).splitlines()[2:]]
         assert written == [reference(v) for v in column]
@@ -354,3 +358,79 @@ def test_answers_below_and_above_the_orjson_limit_give_the_json_module_documents
     body = json.dumps({"items": [{"id": f"i{i}", "v": i / 7, "ok": i % 2 == 0, "n": None, "big": 2**63 + i} for i in range(20_000)]}).encode()
     for padded in (body, body + b" " * ORJSON_MAX_BYTES):
         assert _parse_json(padded) == json.loads(body)
+
+
+def _projected(module: Module, document: Any) -> tuple[Any, Any]:
+    """The answer parsed whole, and as the module's rules read it (spec/projection.py)."""
+    body = json.dumps(document).encode()
+    return _parse_json(body), _parse_json(body, module.projections.get("default"))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(modules(), documents)
+def test_an_answer_parsed_for_the_rules_gives_what_the_whole_answer_gives(module_spec: dict[str, Any], document: Any) -> None:
+    module = make_spec(json.dumps({"modules": {"default": module_spec}})).modules["default"]
+    whole, projected = _projected(module, document)
+    event("projected" if projected != whole else "parsed whole" if "default" not in module.projections else "projection kept everything")
+    static = module_labels(module, VALUES)
+    for trace in (None, Trace()):  # the fast path, and the general one
+        _assert_same(extract(module, {"default": projected}, PROBE, static, trace=trace), extract(module, {"default": whole}, PROBE, static, trace=trace))
+
+
+def test_bench_spec_parses_only_the_fields_its_rules_read() -> None:
+    module = make_spec((Path(__file__).parent.parent / "bench" / "spec.yml").read_text()).modules["default"]
+    item = {"id": "svc-1", "name": "n", "region": "eu", "status": "ok", "healthy": True, "requests_total": 10**9, "errors_total": 2,
+            "latency_ms": 0.5, "cpu_ratio": 0.25, "memory_bytes": 9_999_999_999, "version": "1.0", "tags": ["a", "b"]}
+    whole, projected = _projected(module, {"generated_at": "2024-05-01T10:00:00Z", "count": 1, "items": [item]})
+    assert projected == {"count": 1, "items": [{k: v for k, v in item.items() if k not in ("name", "tags")}]}
+    _assert_same(extract(module, {"default": projected}, PROBE), extract(module, {"default": whole}, PROBE))
+
+
+@pytest.mark.parametrize("rule", [
+    {"name": "m", "help": "h", "each": "items", "labels": {"i": "$index"}, "value": "v"},  # `$`: the context
+    {"name": "m", "help": "h", "each": "items", "labels": {"k": "join(',', keys(@))"}, "value": "v"},  # the element as a whole
+    {"name": "m", "help": "h", "each": "items[?v > `1`]", "value": "v"},  # a filter over the collection
+])
+def test_rules_reading_more_than_named_fields_parse_the_whole_answer(rule: dict[str, Any]) -> None:
+    module = make_spec(json.dumps({"modules": {"default": {"metrics": [rule]}}})).modules["default"]
+    assert "default" not in module.projections
+
+
+def test_fields_read_by_calls_and_multi_selects_are_kept() -> None:
+    rule = {"name": "m", "help": "h", "each": "items", "labels": {"o": "{k: id, w: sub.w}", "u": "upper(name)"}, "value": "divide(v, `2`)"}
+    module = make_spec(json.dumps({"modules": {"default": {"metrics": [rule]}}})).modules["default"]
+    whole, projected = _projected(module, {"items": [{"id": "a", "sub": {"w": 1, "x": 2}, "name": "n", "v": 3, "other": 4}]})
+    assert projected == {"items": [{"id": "a", "sub": {"w": 1}, "name": "n", "v": 3}]}
+    _assert_same(extract(module, {"default": projected}, PROBE), extract(module, {"default": whole}, PROBE))
+
+
+def test_an_endpoint_no_rule_reads_is_parsed_whole() -> None:
+    module = make_spec(json.dumps({"modules": {"default": {
+        "endpoints": {"read": {"url": "{target}"}, "unread": {"url": "{target}/other"}},
+        "metrics": [{"name": "m", "help": "h", "endpoint": "read", "value": "v"}]}}})).modules["default"]
+    assert set(module.projections) == {"read"}
+
+
+_ITEMS_V = {"metrics": [{"name": "m", "help": "h", "each": "items", "value": "v"}]}
+
+
+@pytest.mark.parametrize("body", [
+    b'{"items": [{"v": 1, "x": 2}, 3]}',  # an element that is not an object
+    b'{"items": [{"v": 18446744073709551616, "x": 2}]}',  # beyond 64 bits: orjson's float
+    b'{"items": [{"v": NaN, "x": 2}]}', b'\xef\xbb\xbf{"items": [{"v": 1, "x": 2}]}',  # what only the json module reads
+    b'{"items": [{"v": 1, "x": "\xff"}]}',  # not UTF-8, in a field no rule reads: the json module's error
+])
+def test_an_answer_the_projection_does_not_fit_is_parsed_whole(body: bytes) -> None:
+    projection = make_spec(json.dumps({"modules": {"default": _ITEMS_V}})).modules["default"].projections["default"]
+    try:
+        expected = _parse_json(body)
+    except ValueError as exc:
+        with pytest.raises(ValueError, match=re.escape(str(exc))):
+            _parse_json(body, projection)
+        return
+    assert json.dumps(_parse_json(body, projection)) == json.dumps(expected)  # "x" kept: parsed whole
+
+
+def test_the_values_of_an_object_are_projected_as_elements() -> None:
+    projection = make_spec(json.dumps({"modules": {"default": _ITEMS_V}})).modules["default"].projections["default"]
+    assert _parse_json(b'{"items": {"a": {"v": 1, "x": 2}, "b": {"v": 2}}, "y": 3}', projection) == {"items": {"a": {"v": 1}, "b": {"v": 2}}}

@@ -356,6 +356,29 @@ async def test_different_credentials_never_share_a_cached_answer(aiohttp_client:
     assert up.hits == {"/": 2}
 
 
+async def test_modules_reading_other_fields_of_one_cached_answer_each_get_theirs(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    """Each module's rules parse only the fields they read (spec/projection.py): an answer parsed for
+    one module's rules lacks the other's fields, so it is not shared with it."""
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"items": [{"a": 1, "b": 2}]})
+
+    up = await upstream({"/": answer})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          one:
+            {LOCAL}
+            endpoints: {{main: {{url: '{{target}}', cache_ttl: 1h}}}}
+            metrics: [{{name: x, help: x, each: items, value: a}}]
+          two:
+            {LOCAL}
+            endpoints: {{main: {{url: '{{target}}', cache_ttl: 1h}}}}
+            metrics: [{{name: x, help: x, each: items, value: b}}]
+        """)
+    assert value(parse((await probe(client, f"{up.url}/", module="one"))[1]), "x") == 1
+    assert value(parse((await probe(client, f"{up.url}/", module="two"))[1]), "x") == 2
+    assert up.hits == {"/": 2}
+
+
 @pytest.mark.parametrize(("lenient", "strict", "outcome"), [
     ("valid_status_codes: [200, 404]", "valid_status_codes: [200]", "invalid_status, status 404"),
     ("max_response_bytes: 1000", "max_response_bytes: 10", "too_large"),

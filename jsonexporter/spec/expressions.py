@@ -17,9 +17,10 @@ import jmespath.lexer
 from jmespath.parser import ParsedResult
 
 from jsonexporter.secrets import redact_patterns
-from jsonexporter.spec.functions import LIBRARY, OPTIONS, CallError, check_call
+from jsonexporter.spec.functions import LIBRARY, OPTIONS, CallError, call_by_columns, check_call
 
 Search = Callable[[Any], Any]
+Columns = Callable[[list[Any]], "list[Any] | None"]  # what an expression gives for each element of a list, at once; None: one by one
 
 # names a `$` expression can start with; level names given with `as` are added per metric
 CONTEXT_NAMES = frozenset({"key", "index", "item", "parent", "root", "target", "module", "params"})
@@ -42,6 +43,7 @@ class Expression:
     on_context: bool  # a `$` expression: evaluated on the probe context, not the element
     context_names: frozenset[str] = frozenset()
     fields: tuple[str, ...] | None = None  # `a.b.c` as ("a", "b", "c") when that is all it is
+    columns: Columns | None = None  # a call of our functions on fields and literals, by columns (`_direct_columns`)
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
@@ -106,6 +108,34 @@ def _direct_search(ast: dict[str, Any]) -> Search | None:
         (only,) = searches
         return lambda data: call(name, [only(data)])
     return lambda data: call(name, [search(data) for search in searches])
+
+
+def _direct_columns(ast: dict[str, Any]) -> Columns | None:
+    """For an expression `_direct_search` takes: its value for each element of a list, each call made
+    once per argument column (`call_by_columns`); None for other expressions."""
+    kind = ast["type"]
+    if kind == "literal":
+        constant = ast["value"]
+        return lambda rows: [constant] * len(rows)
+    if kind == "current":
+        return lambda rows: rows
+    chain = _field_chain(ast)
+    if chain is not None:
+        search = _fast_search(chain)
+        return lambda rows: list(map(search, rows))
+    if kind != "function_expression":
+        return None
+    found = [_direct_columns(child) for child in ast["children"]]
+    arguments = [a for a in found if a is not None]
+    if len(arguments) != len(found):
+        return None
+    name = ast["value"]
+
+    def columns(rows: list[Any]) -> list[Any] | None:
+        values = [argument(rows) for argument in arguments]
+        return None if any(v is None for v in values) else call_by_columns(name, [v for v in values if v is not None])
+
+    return columns
 
 
 def _calls(ast: dict[str, Any]) -> list[dict[str, Any]]:
@@ -214,6 +244,7 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
             raise ExpressionError(f"unknown context name {('$' + first) if first else source!r}: use one of {known}", 0)
         names = frozenset({first})
     chain = None
+    columns: Columns | None = None
     if text.strip() == "@":
         search: Search = _current_node
     else:
@@ -223,7 +254,8 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
         else:
             direct = _direct_search(parsed.parsed) if parsed.parsed["type"] == "function_expression" else None
             search = direct or functools.partial(parsed.search, options=OPTIONS)
-    return Expression(source, search, on_context, names, None if chain is None else tuple(chain))
+            columns = _direct_columns(parsed.parsed) if direct is not None else None
+    return Expression(source, search, on_context, names, None if chain is None else tuple(chain), columns)
 
 
 # -- templates --------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from jsonexporter.spec.model import (
     json_templates,
 )
 from jsonexporter.spec.problems import Path, Problem, Severity, SpecError, format_path
+from jsonexporter.spec.projection import projections
 from jsonexporter.spec.schema import check_schema, schema_text
 from jsonexporter.spec.sources import read_spec_files, spec_sha256
 from jsonexporter.spec.yamlload import Marks, load_yaml
@@ -756,16 +757,18 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
         return None
     uses_target = any("target" in t.placeholders for t in _templates([*endpoints.values(), *([login.request] if login else [])], labels)) or any(
         "target" in e.context_names for m in metrics for e in m[1].expressions())
+    module_metrics = [m for _, m in metrics]
     return Module(
         name=name,
         endpoints=MappingProxyType(endpoints),
-        metrics=tuple(m for _, m in metrics),
+        metrics=tuple(module_metrics),
         timeout=timeout,
         labels=tuple(labels),
         parameters=MappingProxyType(params),
         target_allow=tuple(allow),
         needs_target=uses_target,
         series_limit=raw.get("series_limit"),
+        projections=MappingProxyType(projections(module_metrics, endpoints)),
         secrets=MappingProxyType(secrets),
         login=login,
     )

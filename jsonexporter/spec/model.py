@@ -6,9 +6,12 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from jsonexporter.spec.expressions import Expression, Template
+
+if TYPE_CHECKING:
+    from jsonexporter.spec.projection import Projection
 
 MetricType = Literal["gauge", "counter", "untyped", "info", "stateset", "histogram", "summary"]
 Duplicates = Literal["first", "last", "sum"]  # what a rule does with its own series of equal labels
@@ -170,6 +173,8 @@ class Module:
     target_allow: tuple[re.Pattern[str], ...] = ()  # empty: any target
     needs_target: bool = True  # some template or `$target` uses it
     series_limit: int | None = None  # most series a probe may give (0: no limit); None: the server's default
+    # by endpoint: a decoder of only the fields its rules read (projection.py); none: parsed whole
+    projections: Mapping[str, Projection] = field(default_factory=dict, compare=False, repr=False)
     # login sessions (issue 14): placeholders read when used, and the request made before the endpoints
     secrets: Mapping[str, ModuleSecret] = field(default_factory=dict)
     login: Login | None = None

@@ -22,6 +22,7 @@ from jsonexporter.logs import kv
 from jsonexporter.secrets import CUT, REDACTED, is_secret_name
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.model import HEADER_VALUE_CONTROL
+from jsonexporter.spec.projection import FULL, Projection
 from jsonexporter.trace import Trace, shorten
 from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache
 from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, basic_credentials
@@ -66,7 +67,12 @@ class EndpointResult:
 ORJSON_MAX_BYTES = 4 << 20
 
 
-def _parse_json(body: bytes) -> Any:
+def _parse_json(body: bytes, projection: Projection | None = None) -> Any:
+    """The answer parsed: with `projection`, only what the rules read, when that applies to it."""
+    if projection is not None:
+        document = projection.decode(body)
+        if document is not FULL:
+            return document
     if len(body) <= ORJSON_MAX_BYTES:
         try:
             return orjson.loads(body)
@@ -174,7 +180,8 @@ def _cache_key(request: UpstreamRequest, options: RequestOptions) -> str:
     endpoint = request.endpoint
     codes = "2xx" if endpoint.valid_status_codes is None else ",".join(map(str, sorted(endpoint.valid_status_codes)))
     parts = [request.method, str(request.url), options.identity(), str(options.proxy), str(id(options.ssl)), str(options.server_hostname),
-             codes, str(endpoint.max_response_bytes), str(options.allow_redirects), *(p.pattern for p in request.allow)]
+             codes, str(endpoint.max_response_bytes), str(options.allow_redirects), *(p.pattern for p in request.allow),
+             request.projection.key if request.projection is not None else "whole"]  # an answer parsed for other rules may lack fields
     digest = hashlib.sha256("\0".join(parts).encode())
     digest.update(request.body or b"")
     for name, value in sorted(request.headers.items()):
@@ -218,7 +225,7 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
                 body = await _read_body(response, endpoint.max_response_bytes)
                 result.bytes = len(body)
                 async with turn(PARSE):  # see slices.py: waiting answers stay bytes, smaller than parsed
-                    result.document = _parse_json(body)
+                    result.document = _parse_json(body, request.projection)
                 return
         n = len(result.redirects) + 1
         if n > MAX_REDIRECTS:
@@ -279,7 +286,7 @@ def render_job(job: Job) -> UpstreamRequest:
     the schedule of a request outlives a rotated secret and a renewed login, and never keeps their values."""
     module = job.module
     added = [*module.secrets, *(v.name for v in module.login.values)] if module.login is not None else list(module.secrets)
-    return render_request(job.endpoint, {**job.values, **{name: name for name in added}}, module.target_allow)
+    return render_request(job.endpoint, {**job.values, **{name: name for name in added}}, module.target_allow, module.projections.get(job.endpoint.name))
 
 
 async def _background(up: Upstream, job: Job) -> tuple[Answer | None, EndpointResult]:
@@ -313,6 +320,8 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
     """One endpoint, bounded by its timeout and the probe's deadline (a loop.time()), through the
     cache when the endpoint has `cache_ttl`, from its schedule when it has `refresh_interval` and `job`
     (the probe's, for the background requests) is given."""
+    if trace is not None and request.projection is not None:
+        request = dataclasses.replace(request, projection=None)  # the trace shows the whole answer (its cache entry is its own)
     endpoint = request.endpoint
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -396,7 +405,8 @@ def _trace_request(trace: Trace, request: UpstreamRequest, options: RequestOptio
     if result.error:
         trace.add(f"  error: {result.error}")
     if result.document is not None:
-        trace.add(f"  document{' (stale)' if result.stale else ''}: {shorten(result.document)}")
+        parsed = " (the fields the rules read)" if request.projection is not None else ""  # spec/projection.py
+        trace.add(f"  document{' (stale)' if result.stale else ''}{parsed}: {shorten(result.document)}")
 
 
 async def fetch_all(up: Upstream, requests: list[UpstreamRequest], deadline: float, trace: Trace | None = None,

@@ -85,7 +85,7 @@ async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadl
     missing = sorted(login.request.placeholders & unreadable.keys())
     if missing:
         return _failed(trace, "config_error", f"login: {unreadable[missing[0]]}", filled, unreadable)
-    request = render_request(login.request, filled, module.target_allow)
+    request = render_request(login.request, filled, module.target_allow)  # no projection: the login is read by its values, not by rules
     loop = asyncio.get_running_loop()
     start = loop.time()
     budget = deadline - start if login.request.timeout is None else min(deadline - start, login.request.timeout)
@@ -220,7 +220,7 @@ async def fetch_prepared(up: Upstream, module: Module, endpoints: Sequence[Endpo
     for endpoint in endpoints:
         failure = prepared.failed(endpoint)
         if failure is None:
-            requests.append(render_request(endpoint, prepared.values, module.target_allow))
+            requests.append(render_request(endpoint, prepared.values, module.target_allow, module.projections.get(endpoint.name)))
             if probe_values is not None:
                 jobs.append(Job(module, endpoint, probe_values))  # the values without the secrets': added again at each request
             continue

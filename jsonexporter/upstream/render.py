@@ -14,6 +14,7 @@ from yarl import URL
 from jsonexporter.secrets import Redactor, redact_patterns
 from jsonexporter.spec.expressions import Template
 from jsonexporter.spec.model import Endpoint, JsonBody, Module
+from jsonexporter.spec.projection import Projection
 from jsonexporter.upstream.client import basic_credentials
 from jsonexporter.upstream.hops import BASE_HEADERS, url_allowed
 
@@ -34,6 +35,7 @@ class UpstreamRequest:
     headers: Mapping[str, str]
     body: bytes | None
     allow: tuple[re.Pattern[str], ...] = ()  # the module's targets.allow, for redirects
+    projection: Projection | None = None  # what the module's rules read of the answer (spec/projection.py)
 
 
 def redact_url(url: URL) -> str:
@@ -121,7 +123,8 @@ def _body_quote(escape: str | None) -> Callable[[int, str], str] | None:
     return None
 
 
-def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[re.Pattern[str], ...] = ()) -> UpstreamRequest:
+def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[re.Pattern[str], ...] = (),
+                   projection: Projection | None = None) -> UpstreamRequest:
     """Fill in the endpoint's templates; raise InvalidRequest when the URL is not http(s), TargetNotAllowed
     when a host taken from a parameter is outside `allow` (the module's targets.allow)."""
     raw_url = _render_url(endpoint, values)
@@ -147,8 +150,8 @@ def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[r
     elif isinstance(endpoint.body, JsonBody):
         body = json.dumps(_render_json(endpoint.body.value, values)).encode()
         headers.setdefault("Content-Type", "application/json")
-    return UpstreamRequest(endpoint, endpoint.method, url, headers, body, allow)
+    return UpstreamRequest(endpoint, endpoint.method, url, headers, body, allow, projection)
 
 
 def render_requests(module: Module, values: Mapping[str, str]) -> list[UpstreamRequest]:
-    return [render_request(endpoint, values, module.target_allow) for endpoint in module.endpoints.values()]
+    return [render_request(endpoint, values, module.target_allow, module.projections.get(name)) for name, endpoint in module.endpoints.items()]
