@@ -1,4 +1,4 @@
-"""The commands: check, schema, serve, probe and test. Errors end here as one-line messages."""
+"""The commands: check, schema, serve, probe, test and migrate. Errors end here as one-line messages."""
 
 from __future__ import annotations
 
@@ -261,6 +261,12 @@ def cmd_test(args: argparse.Namespace) -> int:
     return run_files(args.files, sys.stdout, sys.stderr)
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from jsonexporter.migrate import run
+
+    return run(args.file, args.output)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jsonexporter", description="A declarative Prometheus exporter for any REST/JSON API.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -327,6 +333,12 @@ def _parser() -> argparse.ArgumentParser:
     test = sub.add_parser("test", help="run unit tests of specs on saved answers, offline (exit 0 all pass, 1 a test fails or is invalid, 2 unreadable)")
     test.add_argument("files", nargs="+", metavar="TESTFILE", help="a test file: spec, tests with answers and exp_samples (docs/testing.md)")
     test.set_defaults(func=cmd_test)
+
+    migrate = sub.add_parser("migrate", help="translate a json_exporter configuration into a spec "
+                                             "(exit 0 all translated, 1 something not translated, 2 unreadable)")
+    migrate.add_argument("file", metavar="JSON_EXPORTER_CONFIG", help="a json_exporter configuration file (docs/migrating.md)")
+    migrate.add_argument("-o", "--output", metavar="SPEC", help="write the spec here (default: stdout)")
+    migrate.set_defaults(func=cmd_migrate)
     return parser
 
 
