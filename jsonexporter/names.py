@@ -41,6 +41,7 @@ PROBE_METRICS = frozenset({
     "probe_endpoint_success", "probe_endpoint_http_status_code", "probe_endpoint_response_bytes",
     "probe_endpoint_duration_seconds", "probe_endpoint_cache_age_seconds", "probe_endpoint_stale",
     "probe_failed_due_to_deadline", "probe_failed_due_to_series_limit",
+    "probe_endpoint_pages",
 })
 
 

@@ -100,6 +100,10 @@ def self_families(module: Module, extraction: Extraction, endpoints: list[Endpoi
                 _gauge("probe_endpoint_stale", "1 when the upstream failed and an older answer was used (stale_if_error).",
                        [(lb, float(r.stale)) for r, lb in cached]),
             ]
+        paged = [(r, lb) for r, lb in ep if (e := module.endpoints.get(r.endpoint)) is not None and e.pagination is not None]
+        if paged:
+            families.append(_gauge("probe_endpoint_pages", "Pages requested for the endpoint's answer (pagination), a failed one included; "
+                                   "from the cache, the pages of the answer used.", [(lb, float(r.pages or 0)) for r, lb in paged]))
     families += [
         _gauge("probe_series", "Series of the metric written in this probe (0: its rules found nothing, or its endpoint failed).",
                [((("metric", name),), float(extraction.series(name))) for name in sorted(extraction.errors)]),

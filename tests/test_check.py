@@ -1637,6 +1637,11 @@ ENDPOINTS = st.fixed_dictionaries({}, optional={
     "timeout": DURATIONS,
     "valid_status_codes": st.lists(st.integers(100, 599), min_size=1, max_size=2),
     "max_response_bytes": st.integers(1, 10),
+    "pagination": st.fixed_dictionaries({
+        "items": mostly(st.sampled_from(["@", "values", "data.values"]), st.sampled_from(["values[0]", "$root.x", "a |"])),
+        "next": st.dictionaries(st.sampled_from(["link_header", "field", "cursor", "param", "page_param", "start"]),
+                                st.one_of(EXPRESSIONS, st.integers(0, 3)), min_size=1, max_size=3),
+    }, optional={"max_pages": st.integers(0, 1001)}),
 })
 MODULES = st.fixed_dictionaries(
     {"metrics": st.lists(METRICS, min_size=1, max_size=3)},

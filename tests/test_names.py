@@ -55,8 +55,9 @@ def test_a_family_writes_only_names_it_takes(mtype: str) -> None:
 
 
 def test_the_probe_metrics_that_check_reserves_are_those_the_probe_writes() -> None:
-    module = make_spec("modules:\n  m:\n    metrics:\n      - {name: a, help: h, value: v}\n").modules["m"]
-    endpoint = EndpointResult("default", "success", cache="hit", cache_age=1.0)
+    paginated = "    endpoints: {default: {pagination: {items: '@', next: {link_header: next}}}}\n"
+    module = make_spec("modules:\n  m:\n" + paginated + "    metrics:\n      - {name: a, help: h, value: v}\n").modules["m"]
+    endpoint = EndpointResult("default", "success", cache="hit", cache_age=1.0, pages=1)
     written = {f.name for f in self_families(module, Extraction(errors={"a": 0}), [endpoint], True, 0.5)}
     assert written == PROBE_METRICS
 

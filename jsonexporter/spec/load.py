@@ -27,6 +27,7 @@ from jsonexporter.spec.expressions import (
 )
 from jsonexporter.spec.model import (
     DEFAULT_ENDPOINT,
+    DEFAULT_MAX_PAGES,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
     HEADER_VALUE_CONTROL,
@@ -43,8 +44,10 @@ from jsonexporter.spec.model import (
     MetricType,
     Module,
     ModuleSecret,
+    NextStyle,
     OAuth2,
     Output,
+    Pagination,
     Parameter,
     Secret,
     Spec,
@@ -340,6 +343,7 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
         stale_if_error=stale,
         stale_while_revalidate=revalidate,
         refresh_interval=interval,
+        pagination=_pagination(c, (*path, "pagination"), raw.get("pagination")),
     )
 
 
@@ -360,6 +364,49 @@ def _background_keys(c: _Checker, path: Path, raw: dict[str, Any], cache_ttl: fl
         c.add((*path, "refresh_interval"), "use either refresh_interval or cache_ttl, not both: refresh_interval keeps the latest answer "
               "itself, probes never wait for it", at_key=True)
     return revalidate, interval
+
+
+_NEXT_STYLES: tuple[NextStyle, ...] = ("link_header", "field", "cursor", "page_param")
+_NEXT_COMPANIONS = {"param": "cursor", "start": "page_param"}  # keys that go with one style only
+
+
+def _pagination(c: _Checker, path: Path, raw: Any) -> Pagination | None:
+    """`items` as `@` or a plain field path, and exactly one style of `next`."""
+    if not isinstance(raw, dict) or c.broken(path):
+        return None  # absent, or the schema reported it
+    items = raw["items"]
+    item_path: tuple[str, ...] | None = ()
+    if items.strip() != "@":
+        expression = c.expression((*path, "items"), items)
+        item_path = None if expression is None or expression.on_context else expression.fields
+        if expression is not None and item_path is None:
+            c.add((*path, "items"), f"items must be @ (each page is the list) or a plain field path such as data.values, not {items!r}: "
+                                    "the elements of every page are gathered at that place of the first page")
+    next_path = (*path, "next")
+    next_raw: dict[str, Any] = raw["next"]
+    styles = [s for s in _NEXT_STYLES if s in c.declared(next_path, next_raw)]
+    if not styles:
+        c.add(next_path, f"next needs one of {', '.join(_NEXT_STYLES)}: how the next page is found")
+        return None
+    if len(styles) > 1:
+        c.add((*next_path, styles[1]), f"next takes one style: {styles[0]} or {styles[1]}, not both", at_key=True)
+        return None
+    style = styles[0]
+    for key, owner in _NEXT_COMPANIONS.items():
+        if key in next_raw and owner != style:
+            c.add((*next_path, key), f"{key} goes with {owner}, not {style}", at_key=True)
+    if style == "cursor" and "param" not in c.declared(next_path, next_raw):
+        c.add(next_path, "cursor needs param: the query parameter that sends the cursor back")
+    expression = None
+    if style in ("field", "cursor"):
+        expression = c.expression((*next_path, style), next_raw[style])
+        if expression is not None and expression.on_context:
+            c.add((*next_path, style), f"{style} is evaluated on each page's document: the probe's $ names are not available there")
+    if item_path is None or c.broken(path) or (style in ("field", "cursor") and expression is None):
+        return None
+    param = next_raw.get("param") if style == "cursor" else next_raw.get("page_param")
+    return Pagination(items, item_path, style, rel=next_raw.get("link_header", "next"), next=expression, param=param,
+                      start=next_raw.get("start", 1), max_pages=raw.get("max_pages", DEFAULT_MAX_PAGES))
 
 
 def _content_type(headers: list[tuple[str, Template]]) -> Template | None:

@@ -48,6 +48,26 @@ class JsonBody:
     value: object  # nested dicts/lists whose strings are Templates
 
 
+NextStyle = Literal["link_header", "field", "cursor", "page_param"]
+DEFAULT_MAX_PAGES = 10
+# a sequence of pages is one answer for the rules: the deadline and max_response_bytes bound it too
+MAX_PAGES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Pagination:
+    """Where each page's elements are, and how the next page is found (one style of `next`)."""
+
+    items: str  # as written: `@` or a plain field path
+    item_path: tuple[str, ...]  # its field names; (): the page is the list
+    style: NextStyle
+    rel: str = "next"  # link_header: the relation type followed
+    next: Expression | None = None  # field: gives the next URL; cursor: gives the cursor
+    param: str | None = None  # cursor, page_param: the query parameter set on the first URL
+    start: int = 1  # page_param: the number of the first page
+    max_pages: int = DEFAULT_MAX_PAGES
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     name: str
@@ -68,6 +88,8 @@ class Endpoint:
     # refreshes it (with cache_ttl), or the endpoint fetched on a schedule, probes using its latest answer
     stale_while_revalidate: float | None = None
     refresh_interval: float | None = None
+    # pagination: the next pages followed, their elements gathered into the first page's document
+    pagination: Pagination | None = None
 
     def templates(self) -> Iterator[Template]:
         """Every template of the request: URL, headers, params, body."""

@@ -2,8 +2,9 @@
 
 render.py builds the requests from a module's endpoints, fetch.py sends them (hops.py decides each
 redirect, client.py holds the http_client_config of each endpoint, cache.py shares answers, refresh.py
-fetches endpoints with refresh_interval on their schedules, login.py reads a module's secrets and makes
-its login first, sessions.py shares the login's values). `fetch_module` is the one entry point the probe calls."""
+fetches endpoints with refresh_interval on their schedules, pagination.py follows an endpoint's next pages,
+login.py reads a module's secrets and makes its login first, sessions.py shares the login's values).
+`fetch_module` is the one entry point the probe calls."""
 
 from __future__ import annotations
 

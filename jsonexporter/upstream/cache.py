@@ -22,6 +22,7 @@ class Answer:
     document: Any
     status: int
     bytes: int
+    pages: int | None = None  # with pagination: the pages it was made of
 
 
 @dataclass(slots=True)

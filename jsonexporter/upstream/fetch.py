@@ -27,6 +27,7 @@ from jsonexporter.trace import Trace, shorten
 from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache
 from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, basic_credentials
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
+from jsonexporter.upstream.pagination import Page, fetch_pages
 from jsonexporter.upstream.refresh import Events, Job, Schedules
 from jsonexporter.upstream.render import InvalidRequest, UpstreamRequest, redact_target, redact_url, render_request, target_redactor
 from jsonexporter.upstream.sessions import LoginStore
@@ -37,7 +38,8 @@ log = logging.getLogger("jsonexporter")
 @dataclass(slots=True)
 class EndpointResult:
     endpoint: str
-    # success, timeout, pool_timeout, connection_error, invalid_status, too_large, invalid_json, config_error, redirect_refused, cancelled
+    # success, timeout, pool_timeout, connection_error, invalid_status, too_large, invalid_json, config_error, redirect_refused, cancelled;
+    # with pagination also invalid_page, too_many_pages, pagination_refused
     outcome: str
     status: int = 0
     bytes: int = 0
@@ -49,6 +51,9 @@ class EndpointResult:
     stale: bool = False  # the upstream failed; `document` is an older good answer (stale_if_error)
     redirects: list[str] = field(default_factory=list)  # each redirect followed, for the trace
     response_headers: CIMultiDictProxy[str] | None = field(default=None, repr=False)  # of the last answer: a login's values may be there
+    # pagination: the pages requested (None: the endpoint has no pagination), and each page for the trace
+    pages: int | None = None
+    page_lines: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -182,6 +187,8 @@ def _cache_key(request: UpstreamRequest, options: RequestOptions) -> str:
     parts = [request.method, str(request.url), options.identity(), str(options.proxy), str(id(options.ssl)), str(options.server_hostname),
              codes, str(endpoint.max_response_bytes), str(options.allow_redirects), *(p.pattern for p in request.allow),
              request.projection.key if request.projection is not None else "whole"]  # an answer parsed for other rules may lack fields
+    if endpoint.pagination is not None:  # a combined document is another answer than its first page
+        parts.append(repr(endpoint.pagination))
     digest = hashlib.sha256("\0".join(parts).encode())
     digest.update(request.body or b"")
     for name, value in sorted(request.headers.items()):
@@ -205,9 +212,10 @@ def _first_hop(request: UpstreamRequest, options: RequestOptions) -> Hop:
     return Hop(request.method, url.with_user(None), headers, request.body, options.server_hostname)
 
 
-async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOptions, hop: Hop, result: EndpointResult, pool: _PoolWait) -> None:
-    """Send `hop`, and the requests its redirects make (each through `next_hop`); read the last answer into `result`;
-    `pool` says whether a request is waiting for a pooled connection."""
+async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOptions, hop: Hop, result: EndpointResult, pool: _PoolWait,
+                    page: Page | None = None) -> None:
+    """Send `hop`, and the requests its redirects make (each through `next_hop`); read the last answer into `result`,
+    or for a `page` of a paginated endpoint, as that Page says; `pool` says whether a request is waiting for a pooled connection."""
     endpoint = request.endpoint
     while True:
         proxy, proxy_headers = up.clients.proxy(endpoint.client, hop.url)
@@ -222,8 +230,14 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
                     result.outcome = "invalid_status"
                     result.error = f"HTTP status {response.status} {response.reason or ''}".rstrip()
                     return
-                body = await _read_body(response, endpoint.max_response_bytes)
+                if page is not None:
+                    page.answered(response)
+                body = await _read_body(response, endpoint.max_response_bytes if page is None else page.max_bytes)
                 result.bytes = len(body)
+                if page is not None:
+                    page.body = body
+                    if not page.parse:
+                        return
                 async with turn(PARSE):  # see slices.py: waiting answers stay bytes, smaller than parsed
                     result.document = _parse_json(body, request.projection)
                 return
@@ -241,15 +255,17 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
         hop = decision
 
 
-async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptions, budget: float) -> tuple[Answer | None, EndpointResult]:
-    """One upstream request and its redirects, bounded by `budget` seconds; the answer when it is good."""
+async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptions, budget: float,
+                   page: Page | None = None) -> tuple[Answer | None, EndpointResult]:
+    """One upstream request and its redirects, bounded by `budget` seconds; the answer when it is good
+    (`page` as for _exchange)."""
     result = EndpointResult(request.endpoint.name, "success")
     start = time.monotonic()
     pool = _PoolWait()
     try:
         hop = _first_hop(request, options)
         async with asyncio.timeout(max(budget, 0.0)):
-            await _exchange(up, request, options, hop, result, pool)
+            await _exchange(up, request, options, hop, result, pool, page)
     except ClientConfigError as exc:
         result.outcome, result.error = "config_error", str(exc)
     except TimeoutError:
@@ -313,7 +329,7 @@ def _background_done(up: Upstream, job: Job, result: EndpointResult) -> Answer |
         log.warning("background request failed, keeping the previous answer", extra=kv(
             module=job.module.name, endpoint=job.endpoint.name, target=redact_target(job.values.get("target", "")), outcome=result.outcome, err=err))
         return None
-    return Answer(result.document, result.status, result.bytes)
+    return Answer(result.document, result.status, result.bytes, result.pages)
 
 
 async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, trace: Trace | None = None, job: Job | None = None) -> EndpointResult:
@@ -345,29 +361,44 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
         if lookup is not None:
             result = _from_cache(endpoint.name, lookup, remaining)
         elif endpoint.cache_ttl is None:
-            _, result = await _request(up, request, options, remaining)
+            _, result = await _answer(up, request, options, remaining)
         else:
             sent: list[EndpointResult] = []  # the request this probe made itself (a miss), for its redirects in the trace
 
             async def fetch(options: RequestOptions = options) -> tuple[Answer | None, EndpointResult]:
-                answer, fetched = await _request(up, request, options, remaining)
+                answer, fetched = await _answer(up, request, options, remaining)
                 sent.append(fetched)
                 return answer, fetched
 
             async def revalidate(options: RequestOptions = options) -> tuple[Answer | None, EndpointResult]:
                 assert job is not None
-                _, fetched = await _request(up, request, options, job.budget)
+                _, fetched = await _answer(up, request, options, job.budget)
                 return _background_done(up, job, fetched), fetched
 
             lookup = await up.cache.get(_cache_key(request, options), endpoint.cache_ttl, endpoint.stale_if_error, fetch, remaining,
                                         endpoint.stale_while_revalidate, revalidate if job is not None else None)
             result = _from_cache(endpoint.name, lookup, remaining)
             if sent:
-                result.redirects = sent[0].redirects
+                result.redirects, result.page_lines = sent[0].redirects, sent[0].page_lines
     result.duration = loop.time() - start
     if trace is not None:
         _trace_request(trace, request, options, result)
     return result
+
+
+async def _answer(up: Upstream, request: UpstreamRequest, options: RequestOptions, budget: float) -> tuple[Answer | None, EndpointResult]:
+    """The endpoint's answer: one request, or with `pagination` its sequence of pages (pagination.py), each one a _request."""
+    if request.endpoint.pagination is None:
+        return await _request(up, request, options, budget)
+
+    # parsed whole (spec/projection.py): what finds the next page and where the pages' elements go is not
+    # read by a rule, and a projection of the rules' reads would leave it out
+    request = dataclasses.replace(request, projection=None)
+
+    async def send(paged: UpstreamRequest, budget: float, page: Page) -> tuple[Answer | None, EndpointResult]:
+        return await _request(up, paged, options, budget, page)
+
+    return await fetch_pages(send, _parse_json, request, budget)
 
 
 def _from_cache(name: str, lookup: Lookup, waited: float) -> EndpointResult:
@@ -379,7 +410,8 @@ def _from_cache(name: str, lookup: Lookup, waited: float) -> EndpointResult:
             return fetched
         return EndpointResult(name, "timeout", error=f"no complete answer within {waited:.3f}s", cache=lookup.result)
     answer = lookup.answer
-    result = EndpointResult(name, "success", answer.status, answer.bytes, document=answer.document, cache=lookup.result, cache_age=lookup.age)
+    result = EndpointResult(name, "success", answer.status, answer.bytes, document=answer.document, cache=lookup.result, cache_age=lookup.age,
+                            pages=answer.pages)
     if lookup.result in ("stale", "scheduled_stale") and fetched is not None:
         result.outcome, result.error, result.status, result.stale = fetched.outcome, fetched.error, fetched.status, True
     return result
@@ -397,7 +429,7 @@ def _trace_request(trace: Trace, request: UpstreamRequest, options: RequestOptio
         trace.add(f"  via proxy {redact_url(URL(options.proxy))}")
     if request.body is not None:
         trace.add(f"  request body: {len(request.body)} bytes")
-    for line in result.redirects:
+    for line in [*result.redirects, *result.page_lines]:
         trace.add(f"  {line}")
     cached = f", cache {result.cache} (age {result.cache_age or 0.0:.1f}s)" if result.cache else ""
     followed = f", redirects followed: {len(result.redirects)}" if result.redirects else ""
