@@ -171,6 +171,8 @@ def spec_secrets(data: Any) -> frozenset[str]:
                 for name, decl in value.items():
                     if is_secret_name(str(name)) and isinstance(decl, dict):
                         found.update(_values_of(decl.get("default")))
+            elif key == "login" and isinstance(value, dict):  # its `values` name where tokens are, they hold none
+                _walk({k: v for k, v in value.items() if k not in ("values", "expires_in")}, str(key), found)
             elif key not in ("metrics", "labels"):  # their keys name labels, not secrets
                 _walk(value, str(key), found)
     return frozenset(s for value in found for s in secret_fragments(value))

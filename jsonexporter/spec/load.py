@@ -37,10 +37,13 @@ from jsonexporter.spec.model import (
     HTTPClientConfig,
     JsonBody,
     Level,
+    Login,
+    LoginValue,
     Method,
     Metric,
     MetricType,
     Module,
+    ModuleSecret,
     NextStyle,
     OAuth2,
     Output,
@@ -49,6 +52,7 @@ from jsonexporter.spec.model import (
     Secret,
     Spec,
     TLSClientConfig,
+    json_templates,
 )
 from jsonexporter.spec.problems import Path, Problem, Severity, SpecError, format_path
 from jsonexporter.spec.projection import projections
@@ -432,7 +436,7 @@ def _check_mapping_body_type(c: _Checker, path: Path, body: JsonBody, headers: l
     """A mapping body is sent as JSON text; under another Content-Type the upstream would read that text
     by other rules (a form parser splits a value at its `&`), so a value could change the body's structure."""
     content_type = _content_type(headers)
-    if content_type is None or not any(t.placeholders for t in _json_templates(body.value)):
+    if content_type is None or not any(t.placeholders for t in json_templates(body.value)):
         return
     if content_type.placeholders or not _JSON_TYPE.match(content_type.source.strip()):
         media = "a template" if content_type.placeholders else content_type.source
@@ -754,6 +758,12 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
     params = _parameters(c, (*path, "parameters"), raw.get("parameters"))
     # every declared parameter, even one with an error, so that templates using it are not blamed too
     names = frozenset({"target", "module", *(p for p, _ in _items(raw.get("parameters")))})
+    secrets = _secrets(c, (*path, "secrets"), raw.get("secrets"), names)
+    login_names = names | {n for n, _ in _items(raw.get("secrets"))}
+    module_client = ((*path, "http_client_config"), raw["http_client_config"]) if isinstance(raw.get("http_client_config"), dict) else None
+    raw_login = raw.get("login") if isinstance(raw.get("login"), dict) else None
+    login = _login(c, (*path, "login"), raw_login, login_names, module_client) if raw_login is not None else None
+    request_names = login_names | _login_value_names(c, (*path, "login", "values"), (raw_login or {}).get("values"), login_names)
     labels = [(k, t) for k, v in _items(raw.get("labels")) if (t := c.template((*path, "labels", k), v, names)) is not None]
     module_labels = {k for k, _ in _items(raw.get("labels"))}
     for label in sorted(module_labels):
@@ -769,8 +779,7 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
         ep_path = (*path, "endpoints", ep_name)
         if not isinstance(ep_raw, dict):
             continue
-        module_client = ((*path, "http_client_config"), raw["http_client_config"]) if isinstance(raw.get("http_client_config"), dict) else None
-        if (ep := _endpoint(c, ep_path, ep_name, c.clean(ep_path, ep_raw), names, module_client)) is not None:
+        if (ep := _endpoint(c, ep_path, ep_name, c.clean(ep_path, ep_raw), request_names, module_client)) is not None:
             endpoints[ep_name] = ep
     timeout = DEFAULT_TIMEOUT
     if "timeout" in raw:
@@ -787,11 +796,13 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
     _check_families(c, name, metrics, module_labels)
     allow = _target_patterns(c, (*path, "targets", "allow"), (raw.get("targets") or {}).get("allow"))
     if not allow and "targets" not in declared:
-        for problem in _credentials_to_target_host(endpoints.values()):
+        for problem in _credentials_to_target_host(endpoints.values(), request_names - names, login):
             c.add(path, f"{problem}: declare `targets: {{allow: [...]}}` so they can only be sent to the hosts you mean", at_key=True)
+    if (login is not None or "login" not in raw) and len(endpoints) == len(raw_endpoints):  # a broken request's placeholders are unknown
+        _unused_login_names(c, path, [*endpoints.values(), *([login.request] if login else [])], secrets, request_names - login_names)
     if c.broken(path):
         return None
-    uses_target = any("target" in t.placeholders for t in _templates(endpoints.values(), labels)) or any(
+    uses_target = any("target" in t.placeholders for t in _templates([*endpoints.values(), *([login.request] if login else [])], labels)) or any(
         "target" in e.context_names for m in metrics for e in m[1].expressions())
     module_metrics = [m for _, m in metrics]
     return Module(
@@ -805,7 +816,79 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
         needs_target=uses_target,
         series_limit=raw.get("series_limit"),
         projections=MappingProxyType(projections(module_metrics, endpoints)),
+        secrets=MappingProxyType(secrets),
+        login=login,
     )
+
+
+# -- secrets and login (issue 14) ------------------------------------------------------------------
+
+_LOGIN_VALUE_KEYS = ("values", "expires_in")  # the login's own keys; the others are those of an endpoint's request
+
+
+def _secrets(c: _Checker, path: Path, raw: Any, names: frozenset[str]) -> dict[str, ModuleSecret]:
+    found: dict[str, ModuleSecret] = {}
+    for name, decl in _items(raw):
+        p = (*path, name)
+        if name in names:
+            c.add(p, f"secret {name!r} has the name of a {'parameter' if name not in ('target', 'module') else 'placeholder of every module'}", at_key=True)
+            continue
+        if c.broken(p) or not isinstance(decl, dict):
+            continue
+        if "file" in decl:
+            _file_warning(c, (*p, "file"), decl["file"])
+        found[name] = ModuleSecret(name, decl.get("file"), decl.get("env"))
+    return found
+
+
+def _login_value_names(c: _Checker, path: Path, raw: Any, names: frozenset[str]) -> frozenset[str]:
+    """The placeholders a login gives its endpoints (a value named like a parameter or secret is reported)."""
+    found = set()
+    for name, _ in _items(raw):
+        if name in names:
+            c.add((*path, name), f"login value {name!r} has the name of a parameter, a secret or {{target}}/{{module}}", at_key=True)
+        else:
+            found.add(name)
+    return frozenset(found)
+
+
+def _login(c: _Checker, path: Path, raw: dict[str, Any], names: frozenset[str], module_client: tuple[Path, dict[str, Any]] | None) -> Login | None:
+    """The login request (checked as an endpoint's), its values and their lifetime."""
+    raw = c.clean(path, raw)
+    request = _endpoint(c, path, "login", {k: v for k, v in raw.items() if k not in _LOGIN_VALUE_KEYS}, names, module_client)
+    values: list[LoginValue] = []
+    for name, source in _items(raw.get("values")):
+        p = (*path, "values", name)
+        if isinstance(source, dict):
+            if isinstance(source.get("cookie"), str):
+                values.append(LoginValue(name, cookie=source["cookie"]))
+            elif isinstance(source.get("header"), str):
+                values.append(LoginValue(name, header=source["header"]))
+            continue
+        expression = c.expression(p, source)
+        if expression is not None and expression.on_context:
+            c.add(p, "a login value is read from the login's answer: `$` context names are not available there")
+        elif expression is not None:
+            values.append(LoginValue(name, path=expression))
+    expires_in: float | Expression | None = None
+    if "expires_in" in raw:
+        source = raw["expires_in"]
+        if isinstance(source, (int, float)) or (isinstance(source, str) and _DURATION.fullmatch(source)):
+            expires_in = _duration(c, (*path, "expires_in"), source)
+        else:
+            expires_in = c.expression((*path, "expires_in"), source)
+            if expires_in is not None and expires_in.on_context:
+                c.add((*path, "expires_in"), "expires_in is read from the login's answer: `$` context names are not available there")
+    if request is None or c.broken(path):
+        return None
+    return Login(request, tuple(values), expires_in)
+
+
+def _unused_login_names(c: _Checker, path: Path, requests: list[Endpoint], secrets: Iterable[str], values: Iterable[str]) -> None:
+    used = {n for ep in requests for n in ep.placeholders}
+    for where, names in ((("secrets",), secrets), (("login", "values"), values)):
+        for name in sorted(set(names) - used):
+            c.add((*path, *where, name), f"{{{name}}} is used by no request of the module", "warning", at_key=True)
 
 
 def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[re.Pattern[str]]:
@@ -823,10 +906,13 @@ def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[re.Pattern[str]]
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
-def _credentials_to_target_host(endpoints: Iterable[Endpoint]) -> Iterator[str]:
+def _credentials_to_target_host(endpoints: Iterable[Endpoint], credentials: frozenset[str] = frozenset(),
+                                login: Login | None = None) -> Iterator[str]:
     """Endpoints that would send credentials to a host the probe's caller picks, through the target or
-    any other placeholder in the URL's scheme, host or port (SSRF with secrets)."""
-    for ep in endpoints:
+    any other placeholder in the URL's scheme, host or port (SSRF with secrets); the placeholders of
+    `credentials` (secrets, login values) and the `login` request count too."""
+    whom = [(f"endpoint {ep.name}", ep) for ep in endpoints] + ([("the login", login.request)] if login else [])
+    for what, ep in whom:
         picked = sorted({name for i in ep.url.origin_parts if (name := ep.url.parts[i][1]) is not None})
         if not picked:
             continue
@@ -835,31 +921,15 @@ def _credentials_to_target_host(endpoints: Iterable[Endpoint]) -> Iterator[str]:
         if ep.client.sends_credentials:
             carried.append("http_client_config")
         carried += [f"query parameter {q}" for q, _ in ep.params if is_secret_name(q)]
+        carried += [f"{{{n}}}" for n in sorted(ep.placeholders & credentials)]
         if carried:
-            yield f"endpoint {ep.name} sends credentials ({', '.join(carried)}) to {whose}"
+            yield f"{what} sends credentials ({', '.join(carried)}) to {whose}"
 
 
 def _templates(endpoints: Iterable[Endpoint], labels: list[tuple[str, Template]]) -> Iterator[Template]:
     for ep in endpoints:
-        yield ep.url
-        yield from (t for _, t in ep.headers)
-        yield from (t for _, t in ep.params)
-        if isinstance(ep.body, Template):
-            yield ep.body
-        elif isinstance(ep.body, JsonBody):
-            yield from _json_templates(ep.body.value)
+        yield from ep.templates()
     yield from (t for _, t in labels)
-
-
-def _json_templates(value: object) -> Iterator[Template]:
-    if isinstance(value, Template):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _json_templates(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _json_templates(v)
 
 
 def load_text(text: str, file: str) -> tuple[Spec | None, list[Problem]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -90,10 +91,35 @@ class Endpoint:
     # pagination: the next pages followed, their elements gathered into the first page's document
     pagination: Pagination | None = None
 
+    def templates(self) -> Iterator[Template]:
+        """Every template of the request: URL, headers, params, body."""
+        yield self.url
+        yield from (t for _, t in self.headers)
+        yield from (t for _, t in self.params)
+        if isinstance(self.body, Template):
+            yield self.body
+        elif isinstance(self.body, JsonBody):
+            yield from json_templates(self.body.value)
+
+    @property
+    def placeholders(self) -> frozenset[str]:
+        return frozenset(name for t in self.templates() for name in t.placeholders)
+
     def status_ok(self, status: int) -> bool:
         if self.valid_status_codes is None:
             return 200 <= status < 300
         return status in self.valid_status_codes
+
+
+def json_templates(value: object) -> Iterator[Template]:
+    if isinstance(value, Template):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from json_templates(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from json_templates(v)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +197,9 @@ class Module:
     series_limit: int | None = None  # most series a probe may give (0: no limit); None: the server's default
     # by endpoint: a decoder of only the fields its rules read (projection.py); none: parsed whole
     projections: Mapping[str, Projection] = field(default_factory=dict, compare=False, repr=False)
+    # login sessions (issue 14): placeholders read when used, and the request made before the endpoints
+    secrets: Mapping[str, ModuleSecret] = field(default_factory=dict)
+    login: Login | None = None
 
     def target_allowed(self, target: str) -> bool:
         return not self.target_allow or any(p.fullmatch(target) for p in self.target_allow)
@@ -204,6 +233,51 @@ class Secret:
             return self.value or ""
         with open(self.file, encoding="utf-8") as fh:
             return fh.read(65536).rstrip("\r\n")
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleSecret:
+    """A module's `secrets` entry: a placeholder whose value is read from a file or the environment each
+    time a request needs it (a rotated file takes effect at once); its repr never shows the value."""
+
+    name: str
+    file: str | None = None
+    env: str | None = None
+
+    def read(self) -> str:
+        """The value; OSError (or UnicodeDecodeError) when the file cannot be read, KeyError when the variable is not set."""
+        if self.file is not None:
+            return Secret(file=self.file).read()
+        return os.environ[self.env or ""]
+
+    @property
+    def source(self) -> str:
+        return f"file {self.file!r}" if self.file is not None else f"environment variable {self.env}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginValue:
+    """A placeholder the login's answer gives: a JMESPath `path` on its JSON, or a `cookie` it sets, or a `header`."""
+
+    name: str
+    path: Expression | None = None
+    cookie: str | None = None
+    header: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """A module's `login`: a request made before its endpoints (an Endpoint, so that it is rendered and sent
+    as they are), the values its answer gives, and how long they last (None: until an endpoint answers 401 or 403)."""
+
+    request: Endpoint
+    values: tuple[LoginValue, ...]
+    expires_in: float | Expression | None = None
+
+    @property
+    def reads_body(self) -> bool:
+        """Whether the login's answer must be JSON: a value or `expires_in` is read from it."""
+        return isinstance(self.expires_in, Expression) or any(v.path is not None for v in self.values)
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,6 +96,12 @@ def _bypasses_proxy(host: str, no_proxy: tuple[str, ...]) -> bool:
     return False
 
 
+def renewal_delay(lifetime: float) -> float:
+    """When to renew credentials that last `lifetime` seconds: a tenth of it before expiry, at most a
+    minute, so that a probe in flight never sends expired ones."""
+    return lifetime - min(60.0, lifetime / 10)
+
+
 class TokenSource:
     """OAuth 2.0 client credentials: one token cached until shortly before it expires; however many
     probes need a new one at once, one request fetches it."""
@@ -115,8 +121,7 @@ class TokenSource:
             if self.token is not None and time.monotonic() < self.refresh_at:
                 return self.token  # refreshed by the probe we waited for
             self.token, lifetime = await self._fetch(session)
-            # refresh early: a tenth of the lifetime before expiry, at most a minute
-            self.refresh_at = time.monotonic() + (lifetime - min(60.0, lifetime / 10) if lifetime else float("inf"))
+            self.refresh_at = time.monotonic() + (renewal_delay(lifetime) if lifetime else float("inf"))
             return self.token
 
     async def _fetch(self, session: aiohttp.ClientSession) -> tuple[str, float]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from jsonexporter.logs import kv
@@ -29,6 +30,7 @@ from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Re
 from jsonexporter.upstream.pagination import Page, fetch_pages
 from jsonexporter.upstream.refresh import Events, Job, Schedules
 from jsonexporter.upstream.render import InvalidRequest, UpstreamRequest, redact_target, redact_url, render_request, target_redactor
+from jsonexporter.upstream.sessions import LoginStore
 
 log = logging.getLogger("jsonexporter")
 
@@ -48,6 +50,7 @@ class EndpointResult:
     cache_age: float | None = None
     stale: bool = False  # the upstream failed; `document` is an older good answer (stale_if_error)
     redirects: list[str] = field(default_factory=list)  # each redirect followed, for the trace
+    response_headers: CIMultiDictProxy[str] | None = field(default=None, repr=False)  # of the last answer: a login's values may be there
     # pagination: the pages requested (None: the endpoint has no pagination), and each page for the trace
     pages: int | None = None
     page_lines: list[str] = field(default_factory=list)
@@ -152,12 +155,13 @@ def _pool_timeout(up: Upstream, budget: float) -> str:
 @dataclass
 class Upstream:
     """What requests go through: the shared keep-alive session, the run-time client configurations
-    of the loaded spec (replaced by a reload) and the response cache; with `schedules` (the server's),
-    endpoints with refresh_interval are fetched on their schedules, else each probe fetches them."""
+    of the loaded spec (replaced by a reload), the response cache and the login sessions; with `schedules`
+    (the server's), endpoints with refresh_interval are fetched on their schedules, else each probe fetches them."""
 
     session: aiohttp.ClientSession
     clients: Clients = field(default_factory=Clients)
     cache: ResponseCache = field(default_factory=ResponseCache)
+    logins: LoginStore = field(default_factory=LoginStore)
     schedules: Schedules | None = None
     events: Events = field(default_factory=Events)
 
@@ -171,6 +175,7 @@ class Upstream:
         if self.schedules is not None:
             await self.schedules.close()
         await self.cache.close()
+        await self.logins.close()
         await self.session.close()
 
 
@@ -218,7 +223,7 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
             hop.method, hop.url, headers=hop.headers, data=hop.body, ssl=options.ssl, server_hostname=hop.server_hostname,
             proxy=proxy, proxy_headers=proxy_headers, allow_redirects=False, trace_request_ctx=pool,
         ) as response:
-            result.status = response.status
+            result.status, result.response_headers = response.status, response.headers
             location = response.headers.get("Location")
             if location is None or not options.allow_redirects or response.status not in REDIRECT_STATUSES:
                 if not endpoint.status_ok(response.status):
@@ -293,20 +298,26 @@ def schedule_key(request: UpstreamRequest, job: Job) -> Hashable:
 
 def render_job(job: Job) -> UpstreamRequest:
     """The request of a background job, rendered afresh from the endpoint and the probe's values as a probe's is
-    (fetch_module): a step that adds values before rendering (a login's) belongs in both, so that a schedule
-    never sends values that have expired."""
-    return render_request(job.endpoint, job.values, job.module.target_allow, job.module.projections.get(job.endpoint.name))
+    (fetch_module). The values login.py adds when it sends one (secrets, a login's) stand in by their names:
+    the schedule of a request outlives a rotated secret and a renewed login, and never keeps their values."""
+    module = job.module
+    added = [*module.secrets, *(v.name for v in module.login.values)] if module.login is not None else list(module.secrets)
+    return render_request(job.endpoint, {**job.values, **{name: name for name in added}}, module.target_allow, module.projections.get(job.endpoint.name))
 
 
 async def _background(up: Upstream, job: Job) -> tuple[Answer | None, EndpointResult]:
     """A schedule's request: rendered afresh, sent through fetch_one as a probe's (the client config, the
     redirect and host rules), bounded by the job's budget; reported and, when it fails, logged."""
+    deadline = asyncio.get_running_loop().time() + job.budget
     try:
-        request = render_job(job)
+        if job.module.secrets or job.module.login is not None:
+            from jsonexporter.upstream.login import fetch_logged_in  # it sends its requests through this module
+
+            (result,) = await fetch_logged_in(up, job.module, job.values, deadline, endpoints=[job.endpoint])
+        else:
+            result = await fetch_one(up, render_job(job), deadline)
     except InvalidRequest as exc:  # a reload changed what the values may be
         result = EndpointResult(job.endpoint.name, "config_error", error=str(exc))
-    else:
-        result = await fetch_one(up, request, asyncio.get_running_loop().time() + job.budget)
     return _background_done(up, job, result), result
 
 
@@ -345,7 +356,8 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
         remaining = budget - (loop.time() - start)
         lookup: Lookup | None = None
         if job is not None and endpoint.refresh_interval is not None and up.schedules is not None:
-            lookup = await up.schedules.get(schedule_key(request, job), job, remaining)
+            scheduled = request if not (job.module.secrets or job.module.login) else render_job(job)  # without their values
+            lookup = await up.schedules.get(schedule_key(scheduled, job), job, remaining)
         if lookup is not None:
             result = _from_cache(endpoint.name, lookup, remaining)
         elif endpoint.cache_ttl is None:

@@ -1,0 +1,98 @@
+"""Login sessions: the values a module's login gave, kept per login request (module, target, secrets)
+until they are due for renewal. However many probes need a new login at once, one login is made and
+they all wait for it. Bounded in sessions; the least recently used go first."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# One session per (module, target, secrets): an exporter probing a fleet of appliances keeps one per
+# appliance. Each holds at most 8 values (the schema's bound), which the Redactor learns: 256 x 8
+# would pass its MAX_LEARNED, but every use learns a session's values again, so those in use stay.
+MAX_SESSIONS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What one login gave; times are time.monotonic()."""
+
+    values: Mapping[str, str] = field(repr=False)
+    made: float
+    renew_at: float
+    expires_at: float
+
+
+class LoginFailed(Exception):
+    """The login gave no usable values; the message names what failed, never a value."""
+
+
+@dataclass(frozen=True, slots=True)
+class Obtained:
+    session: Session
+    how: str  # made (by this caller), coalesced (made for a concurrent one), reused, renewing (reused, a renewal under way)
+
+
+# makes a login; its argument says whether a caller waits for it (False: a renewal in the background)
+Login = Callable[[bool], Coroutine[Any, Any, Session]]
+
+
+class LoginStore:
+    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
+        self.max_sessions = max_sessions
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._inflight: dict[str, asyncio.Task[Session]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    async def get(self, key: str, login: Login, wait: float, rejected: Session | None = None) -> Obtained:
+        """The session of `key`, logging in when there is none or it is due for renewal, or when it is
+        `rejected` (an endpoint answered 401 or 403 with it). A session due for renewal but not expired is
+        returned at once and renewed in the background (a failed renewal keeps it, and the next probe tries
+        again). Otherwise waits at most `wait` seconds (TimeoutError); a shared login goes on for the others."""
+        current = self._sessions.get(key)
+        if current is not None and current is rejected:
+            del self._sessions[key]
+            current = None
+        now = time.monotonic()
+        if current is not None and now < current.renew_at:
+            self._sessions.move_to_end(key)
+            return Obtained(current, "reused")
+        if current is not None and now < current.expires_at:  # due, still valid: renewed while probes go on using it
+            self._sessions.move_to_end(key)
+            if key not in self._inflight:
+                self._start(key, login, False)
+            return Obtained(current, "renewing")
+        task = self._inflight.get(key)
+        how = "coalesced"
+        if task is None:
+            how = "made"
+            task = self._start(key, login, True)
+        return Obtained(await asyncio.wait_for(asyncio.shield(task), max(wait, 0.0)), how)
+
+    async def close(self) -> None:
+        """Cancel the logins in flight (the app stops): none outlives the session it uses."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _start(self, key: str, login: Login, waited: bool) -> asyncio.Task[Session]:
+        task = asyncio.create_task(login(waited))
+        self._inflight[key] = task
+        task.add_done_callback(lambda t, key=key: self._settle(key, t))  # type: ignore[misc]
+        return task
+
+    def _settle(self, key: str, task: asyncio.Task[Session]) -> None:
+        self._inflight.pop(key, None)
+        if task.cancelled() or task.exception() is not None:  # retrieved: every waiter may have given up
+            return
+        self._sessions.pop(key, None)
+        self._sessions[key] = task.result()
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
