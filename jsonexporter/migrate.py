@@ -501,6 +501,12 @@ def migrate_text(text: str, file: str) -> tuple[Migration | None, list[Problem]]
         paths = {name: ("modules", name) for name in raw_modules} if isinstance(raw_modules, dict) else {}
     if not isinstance(raw_modules, dict) or not raw_modules:
         return None, [Problem(file, 1, 1, (), "not a json_exporter configuration: it has no `modules` mapping")]
+    for name, raw in raw_modules.items():
+        if isinstance(raw, dict) and "endpoints" in raw:  # json_exporter's modules have none: a spec of ours
+            line, col = marks.of_key((*paths[name], "endpoints"))
+            return None, [Problem(file, line, col, (*paths[name], "endpoints"),
+                                  "not a json_exporter configuration: this is already a jsonexporter spec "
+                                  "(its modules have `endpoints`); check it with `jsonexporter check`")]
     if isinstance(data, dict):
         for key in sorted(set(data) - {"modules"}) if paths.get("default") != () else ():
             t.warning((key,), f"json_exporter ignores the key {key!r}: left out", at_key=True)

@@ -420,6 +420,8 @@ def test_migrate_exits_0_when_everything_translated_and_writes_the_spec_to_stdou
     (None, "cannot read"),
     ("modules: [\n", "invalid YAML"),
     ("metrics_path: /probe\n", "not a json_exporter configuration"),
+    ("modules:\n  default:\n    endpoints: {e: {url: '{target}'}}\n    metrics: []\n",
+     "je.yml:3:5: modules.default.endpoints: not a json_exporter configuration: this is already a jsonexporter spec"),
 ])
 def test_migrate_exits_2_on_a_file_it_cannot_read_as_a_configuration(tmp_path: Path, content: str | None, message: str) -> None:
     config = tmp_path / "je.yml"
