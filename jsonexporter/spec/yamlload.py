@@ -155,8 +155,8 @@ class _Builder:
         known = node.tag in _SCALAR_TAGS if isinstance(node, ScalarNode) else node.tag == _COLLECTION_TAGS.get(type(node))
         if not known:
             shown = "!!" + node.tag.removeprefix(_YAML_TAG) if node.tag.startswith(_YAML_TAG) else node.tag
-            self.problem(node, path, f"unknown tag {shown}: nothing is made from tags in a spec; remove it "
-                                     "(the value is checked as if it were not there, and the spec is refused)")
+            self.problem(node, path, f"unknown tag {shown}: nothing is made from tags; remove it "
+                                     "(the value is checked as if it were not there, and the file is refused)")
         return known
 
     def _scalar(self, node: ScalarNode, path: Path) -> Any:
