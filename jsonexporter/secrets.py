@@ -180,7 +180,9 @@ def spec_secrets(data: Any) -> frozenset[str]:
 
 def _forms(value: str) -> Iterator[str]:
     """How a value shows in text: as is, quoted by repr or JSON, percent-encoded, HTML-escaped."""
-    shown = [value, repr(value)[1:-1], json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]]
+    # repr of its UTF-8 bytes too: an answer that is not JSON is quoted as bytes (fetch._quoted_start)
+    shown = list(dict.fromkeys([value, repr(value)[1:-1], json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
+                                repr(value.encode())[2:-1]]))
     if len(value) >= MIN_BARE_LENGTH:
         shown += [quote(value, safe=""), quote_plus(value)]
         yield from shown

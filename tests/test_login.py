@@ -311,7 +311,8 @@ async def test_secrets_and_login_values_never_reach_traces_logs_pages_or_errors(
         logs.redact_with(Redactor())
     everything = "\n".join(seen)
     assert "login: made for this probe" in everything and "endpoint quoting" in everything and "no JSON <redacted> <redacted>" in everything
-    assert "bad password <redacted>" in everything  # the failed login's error, quoting the password
+    # the failed login's error says why, without quoting the answer (where a token would be)
+    assert "login: invalid_json: invalid JSON: Expecting value at line 1 column 1" in everything and "bad password" not in everything
     for secret in (PASSWORD, "TICKET0001SECRET", "CSRF0001SECRET"):
         assert secret not in everything, secret
 
@@ -598,3 +599,32 @@ async def test_a_targetless_schedule_reads_its_secret_at_each_request(aiohttp_cl
     assert keys[third - 1] == "key-SECRET-2"
     response = await client.get("/probe", params={"module": "energy"})
     assert value(parse(await response.text()), "v") == 1
+
+
+async def test_a_login_answer_that_is_not_json_is_not_quoted_where_its_token_would_be(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:
+    token = "SIDVALUE-abcdef123456"
+
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(text='{"sid": "' + token + '", oops', content_type="application/json")
+
+    up = await upstream({"/login": broken, "/nodes": {"v": 1}})
+    client = await pve_exporter(aiohttp_client, tmp_path, f"""
+          default:
+            {LOCAL}
+            login: {{url: '{{target}}/login', values: {{sid: sid}}}}
+            endpoints: {{nodes: {{url: '{{target}}/nodes', headers: {{X-Session: '{{sid}}'}}}}}}
+            metrics: [{{name: v, help: x, value: v}}]
+    """)
+    _, text = await probe(client, up.url, module="default", debug="true")
+    page = await (await client.get("/")).text()
+    assert "login_failed: login: invalid_json: invalid JSON:" in text
+    assert token not in text and token not in page
+
+
+def test_a_secret_shows_hidden_in_the_bytes_an_answer_is_quoted_as() -> None:
+    from jsonexporter.upstream.fetch import _parse_json
+    redact = Redactor()
+    redact.learn("pässwort-SECRET1")
+    with pytest.raises(ValueError) as raised:
+        _parse_json('{"error": "wrong password pässwort-SECRET1" oops'.encode())
+    assert "p\\xc3\\xa4sswort" in str(raised.value) and "sswort-SECRET1" not in redact(str(raised.value))

@@ -309,3 +309,39 @@ async def test_a_credentials_file_that_cannot_be_a_header_is_a_config_error(
     assert "-> config_error" in text and "probe_success 0" in text
     assert f"header Authorization (from credentials_file '{creds}') contains a line break or another control character" in text
     assert "SECRET" not in text and up.hits == {}
+
+
+async def test_secrets_and_login_values_go_to_no_other_origin_whatever_their_parameters_are_named(
+        aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path) -> None:
+    """A module secret in `?pw=`, a login value in `?sid=` and in a path: names that say nothing, values
+    that are secret all the same. A redirect to another (allowed) origin echoing them loses them from its
+    query, and one that puts them where a query cannot be cleaned (the path) is refused."""
+    password, sid = "hunter2-PASSWORD-xyz", "SIDVALUE-abcdef123456"
+    (tmp_path / "pw").write_text(password)
+    foreign, stolen = await recording_server(aiohttp_server, "127.0.0.2", {"/{tail:.*}": {"v": 666}})
+    home, _ = await recording_server(aiohttp_server, "127.0.0.1", {
+        "/login": {"sid": sid},
+        "/query": redirect(f"http://127.0.0.2:{foreign.port}/landing?QUERY&page=2"),
+        "/path": lambda request: web.Response(status=302, headers={"Location": f"http://127.0.0.2:{foreign.port}/s/{request.query['sid']}"}),
+    })
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            targets: {{allow: ['127\\.0\\.0\\.[12]:\\d+']}}
+            secrets: {{password: {{file: {tmp_path / 'pw'}}}}}
+            login:
+              url: 'http://127.0.0.1:{home.port}/login'
+              method: POST
+              body: {{user: exporter, password: '{{password}}'}}
+              values: {{sid: sid}}
+            endpoints:
+              query: {{url: 'http://127.0.0.1:{home.port}/query?sid={{sid}}&pw={{password}}'}}
+              path: {{url: 'http://127.0.0.1:{home.port}/path?sid={{sid}}'}}
+            metrics: [{{name: x, help: x, endpoint: query, value: v}}]
+    """)
+    status, text = await probe(client, debug="true")
+    assert status == 200
+    assert [path for _, path, _, _ in stolen.requests] == ["/landing?page=2"]  # the query's secrets stayed home
+    assert "endpoint path:" in text and "-> redirect_refused, status 302" in text
+    assert "holds a secret value of the request" in text
+    assert password not in text and sid not in text

@@ -72,6 +72,9 @@ class EndpointResult:
 ORJSON_MAX_BYTES = 4 << 20
 
 
+BODY_STARTS = "body starts with"  # how an invalid answer is quoted: a login leaves it out
+
+
 def _parse_json(body: bytes, projection: Projection | None = None) -> Any:
     """The answer parsed: with `projection`, only what the rules read, when that applies to it."""
     if projection is not None:
@@ -90,7 +93,7 @@ def _parse_json(body: bytes, projection: Projection | None = None) -> Any:
     except UnicodeDecodeError as exc:
         raise ValueError(f"body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; body starts with {_quoted_start(body)}") from None
+        raise ValueError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; {BODY_STARTS} {_quoted_start(body)}") from None
 
 
 def _quoted_start(body: bytes, limit: int = 64) -> str:
@@ -209,7 +212,7 @@ def _first_hop(request: UpstreamRequest, options: RequestOptions) -> Hop:
         if HEADER_VALUE_CONTROL.search(value):
             source = f" (from {options.authorization_source})" if name == "Authorization" and options.authorization_source else ""
             raise ClientConfigError(f"header {name}{source} contains a line break or another control character")
-    return Hop(request.method, url.with_user(None), headers, request.body, options.server_hostname)
+    return Hop(request.method, url.with_user(None), headers, request.body, options.server_hostname, request.secrets)
 
 
 async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOptions, hop: Hop, result: EndpointResult, pool: _PoolWait,

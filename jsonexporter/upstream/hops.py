@@ -6,8 +6,9 @@ and asks them at every hop."""
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from yarl import URL
 
@@ -31,6 +32,7 @@ class Hop:
     headers: Mapping[str, str]
     body: bytes | None
     server_hostname: str | None = None  # tls_config.server_name, for the host it was written for
+    secrets: frozenset[str] = field(default=frozenset(), repr=False)  # secret values it was rendered with (UpstreamRequest.secrets)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +69,23 @@ def url_allowed(url: URL, patterns: Iterable[re.Pattern[str]]) -> bool:
 
 def carried_secrets(hop: Hop) -> list[str]:
     """What of `hop` is secret, by name: credential and secret-named headers, secret query parameters."""
-    found = [f"header {name}" for name in hop.headers if is_secret_name(name)]
-    return found + [f"query parameter {name}" for name in dict.fromkeys(hop.url.query) if is_secret_name(name)]
+    found = [f"header {name}" for name in hop.headers if is_secret_name(name) or _holds(hop.headers[name], hop.secrets)]
+    return found + [f"query parameter {name}" for name in dict.fromkeys(hop.url.query)
+                    if is_secret_name(name) or _holds(hop.url.query[name], hop.secrets)]
+
+
+def _holds(text: str, secrets: frozenset[str]) -> bool:
+    """Whether `text` holds one of `secrets`, as written or percent-encoded (a URL quoting it)."""
+    if not secrets:
+        return False
+    forms = (text, urllib.parse.unquote_plus(text))
+    return any(len(s) >= MIN_BARE_LENGTH and any(s in form for form in forms) for s in secrets)
 
 
 def _secret_values(hop: Hop) -> set[str]:
     """The secret values `hop` carries: of secret-named query parameters and headers, and the credentials
     of a header such as `Authorization: Bearer …` without its scheme, as a redirect would quote them."""
-    values = {v for k, v in hop.url.query.items() if is_secret_name(k) and v}
+    values = {v for k, v in hop.url.query.items() if (is_secret_name(k) or _holds(v, hop.secrets)) and v}
     for name, value in hop.headers.items():
         if is_secret_name(name) and value:
             values.add(value)
@@ -115,7 +126,9 @@ def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple
         hidden = _secret_values(previous)
         if any(v in hidden for v in url.query.values()):
             url = url.with_query([(k, v) for k, v in url.query.items() if v not in hidden])
+        if _holds(str(url), previous.secrets) or _holds(url.path, previous.secrets):
+            return Refusal(url, "its URL holds a secret value of the request (of `secrets` or the login), which another origin must not get")
         headers = dict(BASE_HEADERS)
         if url.host != previous.url.host:
             server_hostname = None
-    return Hop(method, url, headers, body, server_hostname)
+    return Hop(method, url, headers, body, server_hostname, previous.secrets)

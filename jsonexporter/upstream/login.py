@@ -23,7 +23,7 @@ from multidict import CIMultiDictProxy
 from jsonexporter.spec.model import Endpoint, Login, LoginValue, Module
 from jsonexporter.trace import Trace
 from jsonexporter.upstream.client import ClientConfigError, RequestOptions, renewal_delay
-from jsonexporter.upstream.fetch import EndpointResult, Upstream, _cache_key, _request, fetch_all
+from jsonexporter.upstream.fetch import BODY_STARTS, EndpointResult, Upstream, _cache_key, _request, fetch_all
 from jsonexporter.upstream.refresh import Job
 from jsonexporter.upstream.render import UpstreamRequest, redact_url, render_request
 from jsonexporter.upstream.sessions import LoginFailed, Obtained, Session
@@ -71,6 +71,13 @@ def read_secrets(up: Upstream, module: Module, values: Mapping[str, str]) -> tup
     return filled, unreadable
 
 
+def secret_values(module: Module, values: Mapping[str, str]) -> frozenset[str]:
+    """The values of `module`'s secrets and login values among `values`: what its requests must not carry
+    to another origin (hops.next_hop), whatever the names of the placeholders that put them there."""
+    names = [*module.secrets, *(v.name for v in module.login.values)] if module.login is not None else list(module.secrets)
+    return frozenset(values[name] for name in names if values.get(name))
+
+
 async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadline: float, trace: Trace | None = None,
                   rejected: Session | None = None) -> Prepared:
     """The values for `module`'s endpoints by `deadline` (a loop.time()): the probe's, the secrets', the
@@ -85,7 +92,8 @@ async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadl
     missing = sorted(login.request.placeholders & unreadable.keys())
     if missing:
         return _failed(trace, "config_error", f"login: {unreadable[missing[0]]}", filled, unreadable)
-    request = render_request(login.request, filled, module.target_allow)  # no projection: the login is read by its values, not by rules
+    # no projection: the login is read by its values, not by rules
+    request = render_request(login.request, filled, module.target_allow, secrets=secret_values(module, filled))
     loop = asyncio.get_running_loop()
     start = loop.time()
     budget = deadline - start if login.request.timeout is None else min(deadline - start, login.request.timeout)
@@ -134,7 +142,9 @@ async def _log_in(up: Upstream, login: Login, request: UpstreamRequest, options:
         trace.add(f"  -> {result.outcome}, status {result.status}, {result.bytes} bytes, {result.duration:.3f}s")
     # an answer without JSON (qBittorrent's `Ok.`) is good when every value is a cookie or a header
     if not result.ok and not (result.outcome == "invalid_json" and not login.reads_body):
-        raise LoginFailed(f"login: {result.outcome}: {result.error}")
+        # the quoted start of a login answer that is not JSON is where its token would be, unknown to the Redactor yet
+        error = (result.error or "").partition(f"; {BODY_STARTS}")[0] if result.outcome == "invalid_json" else result.error
+        raise LoginFailed(f"login: {result.outcome}: {error}")
     headers = result.response_headers
     values = {}
     for source in login.values:
@@ -220,7 +230,8 @@ async def fetch_prepared(up: Upstream, module: Module, endpoints: Sequence[Endpo
     for endpoint in endpoints:
         failure = prepared.failed(endpoint)
         if failure is None:
-            requests.append(render_request(endpoint, prepared.values, module.target_allow, module.projections.get(endpoint.name)))
+            requests.append(render_request(endpoint, prepared.values, module.target_allow, module.projections.get(endpoint.name),
+                                           secret_values(module, prepared.values)))
             if probe_values is not None:
                 jobs.append(Job(module, endpoint, probe_values))  # the values without the secrets': added again at each request
             continue

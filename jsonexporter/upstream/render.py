@@ -7,7 +7,7 @@ import json
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from yarl import URL
 
@@ -36,6 +36,8 @@ class UpstreamRequest:
     body: bytes | None
     allow: tuple[re.Pattern[str], ...] = ()  # the module's targets.allow, for redirects
     projection: Projection | None = None  # what the module's rules read of the answer (spec/projection.py)
+    # the values of `secrets` and a login's in it, whatever their placeholders' names: hops.next_hop holds them back from other origins
+    secrets: frozenset[str] = field(default=frozenset(), repr=False)
 
 
 def redact_url(url: URL) -> str:
@@ -124,7 +126,7 @@ def _body_quote(escape: str | None) -> Callable[[int, str], str] | None:
 
 
 def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[re.Pattern[str], ...] = (),
-                   projection: Projection | None = None) -> UpstreamRequest:
+                   projection: Projection | None = None, secrets: frozenset[str] = frozenset()) -> UpstreamRequest:
     """Fill in the endpoint's templates; raise InvalidRequest when the URL is not http(s), TargetNotAllowed
     when a host taken from a parameter is outside `allow` (the module's targets.allow)."""
     raw_url = _render_url(endpoint, values)
@@ -150,7 +152,7 @@ def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[r
     elif isinstance(endpoint.body, JsonBody):
         body = json.dumps(_render_json(endpoint.body.value, values)).encode()
         headers.setdefault("Content-Type", "application/json")
-    return UpstreamRequest(endpoint, endpoint.method, url, headers, body, allow, projection)
+    return UpstreamRequest(endpoint, endpoint.method, url, headers, body, allow, projection, secrets)
 
 
 def render_requests(module: Module, values: Mapping[str, str]) -> list[UpstreamRequest]:
