@@ -202,7 +202,8 @@ def _record(state: State, module: str, target: str, result: ProbeResult, caller:
         m.limits_exceeded.labels(module, result.failed_due_to or "").inc()
         log.warning("probe failed", extra=kv(module=module, target=shown, limit=result.failed_due_to, err=result.failure))
     extraction = result.extraction
-    state.recent.append(ProbeRecord(next(state.ids), time.time(), module, shown, result.success, duration, tuple(errors[:20]),
+    # redacted now, while their values are known: a learned value may be pushed out before the page is asked for
+    state.recent.append(ProbeRecord(next(state.ids), time.time(), module, shown, result.success, duration, tuple(map(state.redactor, errors[:20])),
                                     len(result.endpoints), sum(not r.ok for r in result.endpoints),
                                     sum(extraction.errors.values()), sum(extraction.duplicates.values())))
     while len(state.recent) > state.options.recent_probes:

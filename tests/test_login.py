@@ -628,3 +628,26 @@ def test_a_secret_shows_hidden_in_the_bytes_an_answer_is_quoted_as() -> None:
     with pytest.raises(ValueError) as raised:
         _parse_json('{"error": "wrong password pässwort-SECRET1" oops'.encode())
     assert "p\\xc3\\xa4sswort" in str(raised.value) and "sswort-SECRET1" not in redact(str(raised.value))
+
+
+async def test_a_recorded_probe_stays_redacted_when_its_secret_is_pushed_out_of_the_learned_ones(
+        aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:
+    async def quoting(request: web.Request) -> web.Response:  # not JSON, quoting the secret header back
+        return web.Response(text=f"denied {request.headers['X-Key']}", content_type="application/json")
+
+    up = await upstream({"/data": quoting})
+    (tmp_path / "key").write_text("KEYVALUE-0123456789")
+    client = await aiohttp_client(make_app(make_spec(f"""
+        modules:
+          default:
+            {LOCAL}
+            secrets: {{key: {{file: {tmp_path / 'key'}}}}}
+            endpoints: {{data: {{url: '{{target}}/data', headers: {{X-Key: '{{key}}'}}}}}}
+            metrics: [{{name: v, help: x, value: v}}]
+    """)))
+    await client.get("/probe", params={"target": up.url})
+    redactor = client.server.app[STATE].redactor
+    for n in range(2000):  # other run-time secrets, as many logins would bring: the first is forgotten
+        redactor.learn(f"other-secret-{n:06d}")
+    page = await (await client.get("/probes/1")).text()
+    assert "invalid_json" in page and "KEYVALUE-0123456789" not in page

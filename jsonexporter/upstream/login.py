@@ -31,7 +31,9 @@ from jsonexporter.upstream.sessions import LoginFailed, Obtained, Session
 # statuses that say the login's values are no longer accepted: the login is made again and the
 # endpoint retried once
 RENEW_STATUSES = frozenset({401, 403})
-MAX_VALUE_CHARS = 16 * 1024  # a login value goes into headers: larger than any ticket or cookie
+# a login value goes into headers: at most the largest cookie browsers keep (RFC 6265: 4096 bytes);
+# each is learned by the Redactor, whose pattern grows with them
+MAX_VALUE_CHARS = 4096
 
 
 @dataclass(frozen=True, slots=True)
