@@ -95,10 +95,12 @@ def test_an_unreadable_file_of_a_set_is_named(conf_d: Path, capsys: pytest.Captu
     assert err.startswith(f"{conf_d / 'b.yml'}: cannot read: 'utf-8' codec can't decode"), err
 
 
-def test_probe_runs_a_module_of_any_file_of_the_set(conf_d: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("source", ["", "[bc].*"], ids=["directory", "glob"])
+def test_probe_runs_a_module_of_any_file_of_the_set(conf_d: Path, capsys: pytest.CaptureFixture[str], source: str) -> None:
     answer = conf_d.parent / "answer.json"
     answer.write_text(json.dumps({"v": 7}))
-    assert main(["probe", "--config.file", str(conf_d), "--module", "c", "--input", str(answer), "--target", "http://example.invalid"]) == 0
+    config = str(conf_d / source) if source else str(conf_d)
+    assert main(["probe", "--config.file", config, "--module", "c", "--input", str(answer), "--target", "http://example.invalid"]) == 0
     assert value(parse(capsys.readouterr().out), "c_value") == 7
 
 
@@ -123,9 +125,10 @@ async def test_the_metrics_and_the_landing_page_say_which_file_each_module_comes
         assert f"<tr><td>{name}</td><td><code>{conf_d / file}</code></td>" in page
 
 
-async def test_a_reload_takes_a_file_added_and_drops_a_file_removed(aiohttp_client: Any, conf_d: Path, upstream: UpstreamFactory) -> None:
+@pytest.mark.parametrize("source", ["", "*.y*ml"], ids=["directory", "glob"])
+async def test_a_reload_takes_a_file_added_and_drops_a_file_removed(aiohttp_client: Any, conf_d: Path, upstream: UpstreamFactory, source: str) -> None:
     up = await upstream({"/": {"v": 1}})
-    client = await start(aiohttp_client, conf_d)
+    client = await start(aiohttp_client, conf_d / source if source else conf_d)
     (conf_d / "b.yml").unlink()
     (conf_d / "e.yml").write_text(module("e"))
     response = await client.post("/-/reload")
