@@ -201,6 +201,11 @@ class Module:
     secrets: Mapping[str, ModuleSecret] = field(default_factory=dict)
     login: Login | None = None
 
+    @property
+    def secret_names(self) -> tuple[str, ...]:
+        """The placeholders whose values are secret and added when a request is sent: `secrets`, then the login's values."""
+        return (*self.secrets, *(v.name for v in self.login.values)) if self.login is not None else tuple(self.secrets)
+
     def target_allowed(self, target: str) -> bool:
         return not self.target_allow or any(p.fullmatch(target) for p in self.target_allow)
 

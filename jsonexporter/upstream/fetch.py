@@ -304,8 +304,8 @@ def render_job(job: Job) -> UpstreamRequest:
     (fetch_module). The values login.py adds when it sends one (secrets, a login's) stand in by their names:
     the schedule of a request outlives a rotated secret and a renewed login, and never keeps their values."""
     module = job.module
-    added = [*module.secrets, *(v.name for v in module.login.values)] if module.login is not None else list(module.secrets)
-    return render_request(job.endpoint, {**job.values, **{name: name for name in added}}, module.target_allow, module.projections.get(job.endpoint.name))
+    values = {**job.values, **{name: name for name in module.secret_names}}
+    return render_request(job.endpoint, values, module.target_allow, module.projections.get(job.endpoint.name))
 
 
 async def _background(up: Upstream, job: Job) -> tuple[Answer | None, EndpointResult]:

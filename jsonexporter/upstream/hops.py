@@ -126,7 +126,7 @@ def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple
         hidden = _secret_values(previous)
         if any(v in hidden for v in url.query.values()):
             url = url.with_query([(k, v) for k, v in url.query.items() if v not in hidden])
-        if _holds(str(url), previous.secrets) or _holds(url.path, previous.secrets):
+        if _holds(str(url), previous.secrets):  # percent-decoded too: its path as well as its query
             return Refusal(url, "its URL holds a secret value of the request (of `secrets` or the login), which another origin must not get")
         headers = dict(BASE_HEADERS)
         if url.host != previous.url.host:

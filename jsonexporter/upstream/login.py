@@ -76,8 +76,7 @@ def read_secrets(up: Upstream, module: Module, values: Mapping[str, str]) -> tup
 def secret_values(module: Module, values: Mapping[str, str]) -> frozenset[str]:
     """The values of `module`'s secrets and login values among `values`: what its requests must not carry
     to another origin (hops.next_hop), whatever the names of the placeholders that put them there."""
-    names = [*module.secrets, *(v.name for v in module.login.values)] if module.login is not None else list(module.secrets)
-    return frozenset(values[name] for name in names if values.get(name))
+    return frozenset(values[name] for name in module.secret_names if values.get(name))
 
 
 async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadline: float, trace: Trace | None = None,
