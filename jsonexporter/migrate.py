@@ -19,7 +19,9 @@ from typing import Any
 import yaml
 
 from jsonexporter.jsonpath import GO_FALSE, GO_TRUE, Place, Untranslatable, grouped, translate
+from jsonexporter.secrets import spec_secrets
 from jsonexporter.spec import load_text, read_spec_text
+from jsonexporter.spec.load import redacted
 from jsonexporter.spec.problems import Path, Problem, Severity, format_path
 from jsonexporter.spec.schema import schema_text
 from jsonexporter.spec.yamlload import Marks, load_yaml
@@ -524,7 +526,8 @@ def migrate_text(text: str, file: str) -> tuple[Migration | None, list[Problem]]
         _checked(migration, t, file)
     else:
         t.error((), "nothing could be translated: the spec written has no modules, which `check` refuses")
-    migration.problems = sorted(set(migration.problems), key=lambda p: (p.line, p.column, p.message))
+    # json_exporter's configuration has the shape of a spec where credentials are: its problems quote none
+    migration.problems = redacted(sorted(set(migration.problems), key=lambda p: (p.line, p.column, p.message)), spec_secrets(data))
     migration.changes = [_change_line(text_, where) for text_, where in t.changes.items()]
     return migration, migration.problems
 

@@ -446,3 +446,18 @@ def test_the_example_of_docs_migrating_md_is_what_migrate_writes() -> None:
     assert migration is not None and all(p.severity == "warning" for p in problems)
     spec = render(migration, "json_exporter.yml")
     assert spec[spec.index("modules:"):] == written[written.index("modules:"):]
+
+
+def test_what_migrate_reports_never_quotes_a_credential_of_the_configuration(tmp_path: Path) -> None:
+    config, out = tmp_path / "je.yml", tmp_path / "spec.yml"
+    config.write_text(textwrap.dedent("""\
+        modules:
+          default:
+            headers: {X-API-Key: hunter2PASSWORD}
+            body: {content: '{"x": "{{ print "hunter2PASSWORD" }}"}', templatize: true}
+            metrics: [{name: up, path: '{.up}', help: x}]
+    """))
+    result = _run(str(config), "-o", str(out))
+    assert result.returncode == 1 and "the Go template action '{{ print \"<redacted>\" }}'" in result.stderr
+    assert "hunter2PASSWORD" not in result.stderr
+    assert "hunter2PASSWORD" not in out.read_text().partition("\nmodules:")[0]  # nor the header's list; the spec itself sends it

@@ -1001,7 +1001,7 @@ def load_texts(texts: Sequence[tuple[str, str]], source: str) -> tuple[Spec | No
     secrets = frozenset().union(*(f.secrets for f in files))
     problems = [p for f in files for p in sorted({*f.problems, *(t for t in twice if t.file == f.file)},
                                                  key=lambda p: (p.line, p.column, p.severity, p.message))]
-    ordered = _redacted(problems, secrets)
+    ordered = redacted(problems, secrets)
     if any(p.severity == "error" for p in ordered):
         return None, ordered
     modules = {name: module for f in files for name, module in f.modules.items()}
@@ -1009,7 +1009,7 @@ def load_texts(texts: Sequence[tuple[str, str]], source: str) -> tuple[Spec | No
     return Spec(source, MappingProxyType(modules), spec_sha256(source, texts), secrets, MappingProxyType(origins)), ordered
 
 
-def _redacted(problems: list[Problem], secrets: frozenset[str]) -> list[Problem]:
+def redacted(problems: list[Problem], secrets: frozenset[str]) -> list[Problem]:
     """Problems as they may be shown: a message quoting a value (a template with a stray brace in a
     secret header) never shows a secret of the spec, wherever the problem is printed or served."""
     redact = Redactor(secrets)
