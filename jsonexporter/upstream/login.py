@@ -23,7 +23,7 @@ from multidict import CIMultiDictProxy
 from jsonexporter.spec.model import Endpoint, Login, LoginValue, Module
 from jsonexporter.trace import Trace
 from jsonexporter.upstream.client import ClientConfigError, RequestOptions, renewal_delay
-from jsonexporter.upstream.fetch import BODY_STARTS, EndpointResult, Upstream, _cache_key, _request, fetch_all
+from jsonexporter.upstream.fetch import EndpointResult, Upstream, _cache_key, _request, fetch_all
 from jsonexporter.upstream.refresh import Job
 from jsonexporter.upstream.render import UpstreamRequest, redact_url, render_request
 from jsonexporter.upstream.sessions import LoginFailed, Obtained, Session
@@ -135,7 +135,7 @@ def _session_key(module: Module, login: Login, request: UpstreamRequest, options
 
 async def _log_in(up: Upstream, login: Login, request: UpstreamRequest, options: RequestOptions, budget: float, trace: Trace | None) -> Session:
     """The login request, through fetch.py's request path, and the session its answer gives."""
-    _, result = await _request(up, request, options, budget)
+    _, result = await _request(up, request, options, budget, quote_answer=False)
     if trace is not None:
         trace.add(f"login: {request.method} {redact_url(request.url)}" + (f", body of {len(request.body)} bytes" if request.body is not None else ""))
         for line in result.redirects:
@@ -143,9 +143,7 @@ async def _log_in(up: Upstream, login: Login, request: UpstreamRequest, options:
         trace.add(f"  -> {result.outcome}, status {result.status}, {result.bytes} bytes, {result.duration:.3f}s")
     # an answer without JSON (qBittorrent's `Ok.`) is good when every value is a cookie or a header
     if not result.ok and not (result.outcome == "invalid_json" and not login.reads_body):
-        # the quoted start of a login answer that is not JSON is where its token would be, unknown to the Redactor yet
-        error = (result.error or "").partition(f"; {BODY_STARTS}")[0] if result.outcome == "invalid_json" else result.error
-        raise LoginFailed(f"login: {result.outcome}: {error}")
+        raise LoginFailed(f"login: {result.outcome}: {result.error}")
     headers = result.response_headers
     values = {}
     for source in login.values:
