@@ -571,6 +571,42 @@ async def test_scheduled_requests_log_in_and_renew_a_refused_login_without_a_pro
     assert generation((await probe(client, up.url))[1]) == 2
 
 
+async def test_a_revalidation_refused_logs_in_again_and_the_cache_gets_the_fresh_answer(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    pve = Pve()
+    answered: list[int] = []
+    retried = asyncio.Event()
+
+    async def nodes(request: web.Request) -> web.Response:
+        response = await pve.nodes(request)
+        answered.append(response.status)
+        if answered[-2:] == [401, 200]:
+            retried.set()
+        return response
+
+    up = await upstream({"/access/ticket": pve.ticket, "/nodes": nodes})
+    spec = pve_module(tmp_path / "password").replace(
+        "url: '{target}/nodes'\n", "url: '{target}/nodes'\n                cache_ttl: 1ms\n                stale_while_revalidate: 1h\n")
+    client = await pve_exporter(aiohttp_client, tmp_path, spec)
+    assert generation((await probe(client, up.url))[1]) == 1
+    pve.expire()  # the session's ticket is refused from now on, long before its `expires`
+    for _ in range(400):  # bounded: until a probe finds the 1 ms answer stale and starts its revalidation
+        assert (await probe(client, up.url))[0] == 200
+        if len(answered) > 1:
+            break
+        await asyncio.sleep(0.01)  # the polling period of a bounded wait, not a synchronisation
+    await wait_for(retried, 30)  # the revalidation: refused, logged in again, sent again with the new ticket
+    assert answered[:3] == [200, 401, 200] and pve.logins == 2
+    for _ in range(400):  # bounded: until the retried answer is stored
+        status, text = await probe(client, up.url)
+        if generation(text) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert status == 200 and generation(text) == 2 and pve.logins == 2  # the probes use the renewed session and its cached answer
+    assert 401 not in answered[2:]
+
+
 async def test_a_targetless_schedule_reads_its_secret_at_each_request(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:
     keys: list[str | None] = []
     second = asyncio.Event()

@@ -376,7 +376,12 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
 
             async def revalidate(options: RequestOptions = options) -> tuple[Answer | None, EndpointResult]:
                 assert job is not None
+                until = loop.time() + job.budget
                 _, fetched = await _answer(up, request, options, job.budget)
+                if job.module.login is not None:
+                    from jsonexporter.upstream.login import renewed_if_refused  # it sends its requests through this module
+
+                    fetched = await renewed_if_refused(up, job, request, fetched, until)
                 return _background_done(up, job, fetched), fetched
 
             lookup = await up.cache.get(_cache_key(request, options), endpoint.cache_ttl, endpoint.stale_if_error, fetch, remaining,

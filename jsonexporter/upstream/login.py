@@ -241,6 +241,20 @@ async def fetch_prepared(up: Upstream, module: Module, endpoints: Sequence[Endpo
     return [failed.get(endpoint.name) or next(fetched) for endpoint in endpoints]
 
 
+async def renewed_if_refused(up: Upstream, job: Job, sent: UpstreamRequest, result: EndpointResult, deadline: float) -> EndpointResult:
+    """A revalidation of a stale answer (cache.py) as fetch_logged_in treats a probe's request: refused
+    (401, 403) with the session it was rendered with, that session is renewed (unless a probe renewed
+    it meanwhile) and the request rendered with the new values is sent once more, through the cache,
+    under the key the next probes look for."""
+    if result.status not in RENEW_STATUSES:
+        return result
+    prepared = await prepare(up, job.module, job.values, deadline)
+    if prepared.session is not None and set(prepared.session.values.values()) <= sent.secrets:
+        prepared = await prepare(up, job.module, job.values, deadline, rejected=prepared.session)
+    (retried,) = await fetch_prepared(up, job.module, [job.endpoint], prepared, deadline)
+    return retried
+
+
 async def fetch_logged_in(up: Upstream, module: Module, values: Mapping[str, str], deadline: float, trace: Trace | None = None,
                           endpoints: Sequence[Endpoint] | None = None) -> list[EndpointResult]:
     """Every endpoint of `module` after its login, for a probe; or `endpoints`, for a background request
