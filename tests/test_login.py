@@ -607,6 +607,24 @@ async def test_a_revalidation_refused_logs_in_again_and_the_cache_gets_the_fresh
     assert 401 not in answered[2:]
 
 
+async def test_logins_are_counted_by_module_and_result_and_their_sessions_by_module(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    pve, other, wrong = Pve(), Pve(), Pve(password="another-password")
+    ups = [await start_pve(upstream, p) for p in (pve, other, wrong)]
+    client = await pve_exporter(aiohttp_client, tmp_path, pve_module(tmp_path / "password"))
+    statuses = [(await probe(client, up.url))[0] for up in ups]
+    pve.expire()
+    statuses.append((await probe(client, ups[0].url))[0])  # refused, logged in again: still one session for that target
+    assert statuses == [200] * 4
+    metrics = parse(await (await client.get("/metrics")).text())  # prometheus_client's parser
+    assert value(metrics, "jsonexporter_login_requests_total", module="pve", result="success") == 3
+    assert value(metrics, "jsonexporter_login_requests_total", module="pve", result="invalid_status") == 1
+    assert value(metrics, "jsonexporter_login_sessions", module="pve") == 2
+    labels = {tuple(sorted(name for name, _ in labelled)) for series, labelled in metrics if series.startswith("jsonexporter_login_")}
+    assert labels == {("module", "result"), ("module",)}  # never a target
+
+
 async def test_a_targetless_schedule_reads_its_secret_at_each_request(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:
     keys: list[str | None] = []
     second = asyncio.Event()

@@ -168,6 +168,9 @@ class Upstream:
     schedules: Schedules | None = None
     events: Events = field(default_factory=Events)
 
+    def __post_init__(self) -> None:
+        self.logins.changed = self.events.sessions
+
     def schedule(self, max_requests: int, min_idle: float) -> Schedules:
         """Fetch endpoints with refresh_interval on schedules from now on."""
         self.schedules = Schedules(lambda job: _background(self, job), max_requests, min_idle, self.events)

@@ -108,7 +108,8 @@ async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadl
     remaining = budget - (loop.time() - start)
     try:
         got = await up.logins.get(_session_key(module, login, request, options),
-                                  lambda waited: _log_in(up, login, request, options, remaining, trace if waited else None), remaining, rejected)
+                                  lambda waited: _log_in(up, module.name, login, request, options, remaining, trace if waited else None), remaining,
+                                  rejected, module.name)
     except LoginFailed as exc:
         return _failed(trace, "login_failed", str(exc), filled, unreadable)
     except TimeoutError:
@@ -133,8 +134,9 @@ def _session_key(module: Module, login: Login, request: UpstreamRequest, options
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-async def _log_in(up: Upstream, login: Login, request: UpstreamRequest, options: RequestOptions, budget: float, trace: Trace | None) -> Session:
-    """The login request, through fetch.py's request path, and the session its answer gives."""
+async def _log_in(up: Upstream, module: str, login: Login, request: UpstreamRequest, options: RequestOptions, budget: float,
+                  trace: Trace | None) -> Session:
+    """The login request of `module`, through fetch.py's request path, and the session its answer gives; its result reported (up.events)."""
     _, result = await _request(up, request, options, budget, quote_answer=False)
     if trace is not None:
         trace.add(f"login: {request.method} {redact_url(request.url)}" + (f", body of {len(request.body)} bytes" if request.body is not None else ""))
@@ -143,12 +145,18 @@ async def _log_in(up: Upstream, login: Login, request: UpstreamRequest, options:
         trace.add(f"  -> {result.outcome}, status {result.status}, {result.bytes} bytes, {result.duration:.3f}s")
     # an answer without JSON (qBittorrent's `Ok.`) is good when every value is a cookie or a header
     if not result.ok and not (result.outcome == "invalid_json" and not login.reads_body):
+        up.events.logged_in(module, result.outcome)
         raise LoginFailed(f"login: {result.outcome}: {result.error}")
     headers = result.response_headers
     values = {}
-    for source in login.values:
-        values[source.name] = _value(source, result.document, headers)  # learned by the Redactor in prepare(), before any use
-    lifetime = _lifetime(login, result.document)
+    try:
+        for source in login.values:
+            values[source.name] = _value(source, result.document, headers)  # learned by the Redactor in prepare(), before any use
+        lifetime = _lifetime(login, result.document)
+    except LoginFailed:
+        up.events.logged_in(module, "invalid_answer")
+        raise
+    up.events.logged_in(module, "success")
     now = time.monotonic()
     session = Session(values, now, now + renewal_delay(lifetime), now + lifetime)
     if trace is not None:
