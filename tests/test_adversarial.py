@@ -105,7 +105,7 @@ async def test_the_credentials_of_a_target_quoted_back_by_its_upstream_show_nowh
     client = await exporter_for(aiohttp_client, r"""
         modules:
           default:
-            targets: {allow: ['\w+:[\w-]+@127\.0\.0\.1:\d+']}
+            targets: {allow: ['(\w+:[\w-]+@)?127\.0\.0\.1:\d+']}
             endpoints: {whole: {url: 'http://{target}/whole'}, cut: {url: 'http://{target}/cut'}}
             metrics: [{name: x, help: x, endpoint: whole, value: v}]
         """)

@@ -237,7 +237,7 @@ async def test_a_host_taken_from_a_parameter_must_be_allowed_and_a_host(aiohttp_
     assert status == 200 and value(parse(text), "x") == 6  # no target needed: the allowlist checks the host the parameters make
     assert seen_home.requests[0][2]["Authorization"] == f"Bearer {SECRETS[1]}"
     status, text = await probe(client, module="tokened", node="127.0.0.2", port=str(foreign.port))
-    assert status == 403 and "taken from a parameter, is not allowed by targets.allow" in text
+    assert status == 403 and "taken from the target or a parameter, is not allowed by targets.allow" in text
     for node in ("127.0.0.2/", "127.0.0.2?", "127.0.0.2#", "x@127.0.0.2", "127.0.0.2\\", "127.0.0.2 "):
         status, text = await probe(client, module="open", node=node)
         assert status == 400 and "parameter 'node' is used in the URL's host" in text, node
@@ -247,6 +247,36 @@ async def test_a_host_taken_from_a_parameter_must_be_allowed_and_a_host(aiohttp_
 
 
 # -- string bodies ------------------------------------------------------------------------------
+
+
+async def test_the_allowlist_holds_the_url_a_target_makes_not_the_target_as_written(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    foreign, stolen = await recording_server(aiohttp_server, "127.0.0.2", {"/{tail:.*}": {"v": 666}})
+    home, seen_home = await recording_server(aiohttp_server, "127.0.0.1", {"/{tail:.*}": {"v": 6}})
+    # a prefix pattern, and one whose `.+` stands for a host's first labels: both match tricky targets as written
+    client = await exporter_for(aiohttp_client, rf"""
+        modules:
+          prefix:
+            targets: {{allow: ['http://127\.0\.0\.1:{home.port}.*']}}
+            http_client_config: {{bearer_token: {SECRETS[1]}}}
+            endpoints: {{main: {{url: '{{target}}/echo'}}}}
+            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
+          labels:
+            targets: {{allow: ['http://.+\.0\.0\.1:\d+']}}
+            http_client_config: {{bearer_token: {SECRETS[1]}}}
+            endpoints: {{main: {{url: '{{target}}/echo'}}}}
+            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
+        """)
+    there = f"127.0.0.2:{foreign.port}"
+    for module, target in [("prefix", f"http://127.0.0.1:{home.port}@{there}"), ("prefix", f"http://127.0.0.1:{home.port}:pw@{there}/x"),
+                           ("labels", f"http://{there}#.0.0.1:1"), ("labels", f"http://{there}?.0.0.1:1"), ("labels", f"http://{there}/.0.0.1:1")]:
+        status, text = await probe(client, module=module, target=target)
+        assert status == 403 and "is not allowed by targets.allow" in text, (module, target, text)
+    assert stolen.requests == []  # the foreign host was never asked, so it never saw the token
+    for module, target in [("prefix", f"http://127.0.0.1:{home.port}"), ("prefix", f"http://127.0.0.1:{home.port}/api"),
+                           ("labels", f"http://127.0.0.1:{home.port}")]:
+        status, text = await probe(client, module=module, target=target)
+        assert status == 200 and value(parse(text), "x") == 6, (module, target, text)
+    assert [path for _, path, _, _ in seen_home.requests] == ["/echo", "/api/echo", "/echo"]
 
 
 async def test_a_parameter_cannot_change_the_structure_of_a_string_body(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
