@@ -177,6 +177,45 @@ async def test_https_to_http_is_refused_while_the_request_carries_secrets(
     assert value(parse(text), "x") == 4 and len(seen_plain.requests) == 1  # nothing secret: the downgrade is followed
 
 
+async def test_the_client_certificate_stays_with_the_origin_of_the_request(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_cert, client_cert = ca.issue_cert("127.0.0.1", "127.0.0.2"), ca.issue_cert("monitor-client")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(server_context)
+    ca.configure_trust(server_context)
+    server_context.verify_mode = ssl.CERT_OPTIONAL  # each server says whether a certificate was presented
+    for name, blob in (("ca.pem", ca.cert_pem), ("client.pem", client_cert.cert_chain_pems[0]), ("client.key", client_cert.private_key_pem)):
+        blob.write_to_path(str(tmp_path / name))
+    presented: list[tuple[str, bool]] = []
+
+    def noting(answer: Any) -> Any:
+        def handle(request: web.Request) -> web.Response:
+            presented.append((f"{request.host.split(':')[0]}{request.path}", bool(request.transport and request.transport.get_extra_info("peercert"))))
+            result: web.Response = answer(request) if callable(answer) else web.json_response(answer)
+            return result
+
+        return handle
+
+    foreign, _ = await recording_server(aiohttp_server, "127.0.0.2", {"/landing": noting({"v": 2})}, server_context)
+    home, _ = await recording_server(aiohttp_server, "127.0.0.1", {
+        "/start": noting(redirect("/moved", 307)),
+        "/moved": noting(redirect(f"https://127.0.0.2:{foreign.port}/landing")),
+    }, server_context)
+    client = await exporter_for(aiohttp_client, rf"""
+        modules:
+          default:
+            targets: {{allow: ['https://127\.0\.0\.[12]:\d+']}}
+            http_client_config:
+              tls_config: {{ca_file: {tmp_path}/ca.pem, cert_file: {tmp_path}/client.pem, key_file: {tmp_path}/client.key}}
+            endpoints: {{main: {{url: '{{target}}/start'}}}}
+            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
+        """)
+    for _ in range(2):  # the second time over pooled connections: one made without the certificate stays without it
+        status, text = await probe(client, target=f"https://127.0.0.1:{home.port}")
+        assert status == 200 and value(parse(text), "x") == 2, text
+    assert presented == [("127.0.0.1/start", True), ("127.0.0.1/moved", True), ("127.0.0.2/landing", False)] * 2
+
+
 async def test_redirects_stop_after_ten_hops(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
     async def loop(request: web.Request) -> web.Response:
         raise web.HTTPFound("/loop")

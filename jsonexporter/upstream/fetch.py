@@ -223,7 +223,8 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
     while True:
         proxy, proxy_headers = up.clients.proxy(endpoint.client, hop.url)
         async with up.session.request(
-            hop.method, hop.url, headers=hop.headers, data=hop.body, ssl=options.ssl, server_hostname=hop.server_hostname,
+            hop.method, hop.url, headers=hop.headers, data=hop.body, ssl=options.ssl if hop.client_identity else options.anonymous_ssl,
+            server_hostname=hop.server_hostname,
             proxy=proxy, proxy_headers=proxy_headers, allow_redirects=False, trace_request_ctx=pool,
         ) as response:
             result.status, result.response_headers = response.status, response.headers

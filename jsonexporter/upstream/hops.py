@@ -33,6 +33,8 @@ class Hop:
     body: bytes | None
     server_hostname: str | None = None  # tls_config.server_name, for the host it was written for
     secrets: frozenset[str] = field(default=frozenset(), repr=False)  # secret values it was rendered with (UpstreamRequest.secrets)
+    # whether it may present tls_config's client certificate: only within the origin of the first request
+    client_identity: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +102,7 @@ def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple
     Prometheus's (Go's) semantics otherwise: 301/302/303 turn other methods than GET and HEAD into
     a GET without body; 307/308 keep method and body. The allowlist applies to hops that leave the
     origin of the `first` request (that one was allowed with the probe). A hop to another origin than
-    `previous` carries nothing of the spec (headers, credentials, body, secret query values), and
+    `previous` carries nothing of the spec (headers, credentials, the TLS client certificate, body, secret query values), and
     is refused when it would have to re-send a body, or leave https for http while carrying secrets."""
     try:
         url = previous.url.join(URL(location))
@@ -131,4 +133,6 @@ def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple
         headers = dict(BASE_HEADERS)
         if url.host != previous.url.host:
             server_hostname = None
-    return Hop(method, url, headers, body, server_hostname, previous.secrets)
+    # a client certificate is a credential of http_client_config like the Authorization: it stays with the origin
+    client_identity = previous.client_identity and origin(url) == origin(previous.url)
+    return Hop(method, url, headers, body, server_hostname, previous.secrets, client_identity)
