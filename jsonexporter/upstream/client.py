@@ -16,6 +16,7 @@ import json
 import ssl
 import time
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -47,7 +48,7 @@ class RequestOptions:
     authorization: str | None
     authorization_source: str | None = None  # where the Authorization value comes from, for errors that cannot show it
     # the TLS of `ssl` without tls_config's client certificate, for hops to another origin (hops.Hop.client_identity)
-    anonymous_ssl: ssl.SSLContext | bool = True
+    anonymous_ssl: SSLContext | bool = True  # (the field `ssl` hides the module here)
 
     def identity(self) -> str:
         """Who the request is made as, for cache keys: a hash, never the credentials."""
