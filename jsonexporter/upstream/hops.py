@@ -52,6 +52,19 @@ def origin(url: URL) -> Origin:
     return url.scheme, (url.host or "").lower(), url.port
 
 
+def checked_url(text: str | URL, base: URL | None = None) -> URL | None:
+    """`text` as a URL (joined to `base` when given), None when it is none: yarl decodes an IDNA host
+    (`xn--…`) only when `.host` is first read, so an invalid one is found here, not where the URL is used."""
+    try:
+        url = text if isinstance(text, URL) else URL(text)
+        if base is not None:
+            url = base.join(url)
+        url.host  # noqa: B018 (the decoding is the check)
+    except (ValueError, TypeError):  # UnicodeError is a ValueError
+        return None
+    return url
+
+
 def url_forms(url: URL) -> list[str]:
     """The spellings of `url` an allowlist pattern may match: the URL, without its query, its origin
     (`https://h:8006`, and `https://h` for a default port), `h:8006` and `h`."""
@@ -104,10 +117,9 @@ def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple
     origin of the `first` request (that one was allowed with the probe). A hop to another origin than
     `previous` carries nothing of the spec (headers, credentials, the TLS client certificate, body, secret query values), and
     is refused when it would have to re-send a body, or leave https for http while carrying secrets."""
-    try:
-        url = previous.url.join(URL(location))
-    except (ValueError, TypeError):
-        return Refusal(None, "its Location header is not a URL")
+    url = checked_url(location, previous.url)
+    if url is None:
+        return Refusal(None, "its Location header is not a URL (or names a host that is not a valid name)")
     if url.scheme not in ("http", "https") or not url.host:
         return Refusal(url, "it is not an http:// or https:// URL with a host")
     url = url.with_user(None).with_fragment(None)  # a redirect never adds credentials

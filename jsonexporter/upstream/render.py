@@ -16,7 +16,7 @@ from jsonexporter.spec.expressions import Template
 from jsonexporter.spec.model import Endpoint, JsonBody, Module
 from jsonexporter.spec.projection import Projection
 from jsonexporter.upstream.client import basic_credentials
-from jsonexporter.upstream.hops import BASE_HEADERS, url_allowed
+from jsonexporter.upstream.hops import BASE_HEADERS, checked_url, url_allowed
 
 
 class InvalidRequest(Exception):
@@ -130,11 +130,9 @@ def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[r
     """Fill in the endpoint's templates; raise InvalidRequest when the URL is not http(s), TargetNotAllowed
     when its host comes from the target or a parameter and the URL is outside `allow` (the module's
     targets.allow, matched against the URL's spellings as a redirect's: hops.url_forms)."""
-    raw_url = _render_url(endpoint, values)
-    try:
-        url = URL(raw_url)
-    except (ValueError, TypeError) as exc:
-        raise InvalidRequest(f"endpoint {endpoint.name}: invalid URL: {exc}") from None
+    url = checked_url(_render_url(endpoint, values))
+    if url is None:
+        raise InvalidRequest(f"endpoint {endpoint.name}: invalid URL: not a URL, or its host is not a valid name (an IDNA `xn--` label that decodes to none)")
     if url.scheme not in ("http", "https") or not url.host:
         raise InvalidRequest(f"endpoint {endpoint.name}: the URL must be http:// or https:// with a host, got {redact_url(url)!r}")
     if allow and endpoint.url.origin_parts and not url_allowed(url, allow):
