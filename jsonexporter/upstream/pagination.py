@@ -18,7 +18,7 @@ from yarl import URL
 
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.model import Pagination
-from jsonexporter.upstream.cache import Answer
+from jsonexporter.upstream.cache import Answer, parsed_size
 from jsonexporter.upstream.hops import checked_url, origin
 from jsonexporter.upstream.render import UpstreamRequest, redact_url
 
@@ -232,4 +232,6 @@ async def fetch_pages(send: Send, parse: Parse, request: UpstreamRequest, budget
         for i, count in zip(at, counts, strict=True):
             lines[i] += f", {count} elements"
     result.document, result.bytes, result.pages, result.page_lines, result.redirects = document, total, number, lines, []
-    return Answer(document, result.status, total, number), result
+    if endpoint.cache_ttl is not None:
+        result.parsed_size = sum(map(parsed_size, bodies))
+    return Answer(document, result.status, total, number, result.parsed_size), result
