@@ -159,4 +159,4 @@ async def test_an_invalid_idna_host_from_a_target_a_page_or_a_redirect_fails_onl
     metrics = parse(await (await client.get("/metrics")).text())
     assert value(metrics, "jsonexporter_probes_total", module="default", result="invalid") == 1
     assert value(metrics, "jsonexporter_probes_total", module="link", result="failure") == 1
-    assert (await client.get("/probes/1")).status == 200  # the refused probe is recorded with the others
+    assert "redirect_refused" in await (await client.get("/probes/3")).text()  # recorded with its outcome (the 400 is not a probe)
