@@ -304,6 +304,10 @@ async def test_the_allowlist_holds_the_url_a_target_makes_not_the_target_as_writ
             http_client_config: {{bearer_token: {SECRETS[1]}}}
             endpoints: {{main: {{url: '{{target}}/echo'}}}}
             metrics: [{{name: x, help: x, endpoint: main, value: v}}]
+          slash:
+            targets: {{allow: ['http://127\.0\.0\.1:\d+/']}}
+            endpoints: {{main: {{url: '{{target}}/echo'}}}}
+            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
         """)
     there = f"127.0.0.2:{foreign.port}"
     for module, target in [("prefix", f"http://127.0.0.1:{home.port}@{there}"), ("prefix", f"http://127.0.0.1:{home.port}:pw@{there}/x"),
@@ -312,10 +316,10 @@ async def test_the_allowlist_holds_the_url_a_target_makes_not_the_target_as_writ
         assert status == 403 and "is not allowed by targets.allow" in text, (module, target, text)
     assert stolen.requests == []  # the foreign host was never asked, so it never saw the token
     for module, target in [("prefix", f"http://127.0.0.1:{home.port}"), ("prefix", f"http://127.0.0.1:{home.port}/api"),
-                           ("labels", f"http://127.0.0.1:{home.port}")]:
+                           ("labels", f"http://127.0.0.1:{home.port}"), ("slash", f"http://127.0.0.1:{home.port}/")]:
         status, text = await probe(client, module=module, target=target)
         assert status == 200 and value(parse(text), "x") == 6, (module, target, text)
-    assert [path for _, path, _, _ in seen_home.requests] == ["/echo", "/api/echo", "/echo"]
+    assert [path for _, path, _, _ in seen_home.requests] == ["/echo", "/api/echo", "/echo", "/echo"]
 
 
 async def test_a_parameter_cannot_change_the_structure_of_a_string_body(aiohttp_client: Any, upstream: UpstreamFactory) -> None:

@@ -67,14 +67,13 @@ def checked_url(text: str | URL, base: URL | None = None) -> URL | None:
 
 def url_forms(url: URL) -> list[str]:
     """The spellings of `url` an allowlist pattern may match: the URL, without its query, its origin
-    (`https://h:8006`, and `https://h` for a default port), `h:8006` and `h`."""
+    (`https://h:8006`, and `https://h` for a default port, each also with a final `/`), `h:8006` and `h`."""
     host = url.host or ""
     host = f"[{host}]" if ":" in host else host
     plain = url.with_user(None).with_fragment(None)
-    forms = [str(plain), str(plain.with_query(None)), f"{url.scheme}://{host}:{url.port}", f"{host}:{url.port}", host]
-    if url.explicit_port is None:
-        forms.append(f"{url.scheme}://{host}")
-    return forms
+    origins = [f"{url.scheme}://{host}:{url.port}", *([f"{url.scheme}://{host}"] if url.explicit_port is None else [])]
+    # an origin pattern written as a target with its slash (`https://h/`) still allows `{target}/api`
+    return [str(plain), str(plain.with_query(None)), *origins, *(f"{o}/" for o in origins), f"{host}:{url.port}", host]
 
 
 def url_allowed(url: URL, patterns: Iterable[re.Pattern[str]]) -> bool:
