@@ -38,6 +38,7 @@ from jsonexporter.webconfig import BasicAuth, WebConfig, headers_hook, load_web_
 log = logging.getLogger("jsonexporter")
 
 TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+WRITTEN_WHOLE_BYTES = 1 << 18  # an answer up to this size is sent in one write (one system call), its copies cost little
 MIN_TIMEOUT = 0.1
 
 
@@ -189,12 +190,14 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
 
 
 async def write_pieces(request: web.Request, pieces: list[bytes], headers: dict[str, str]) -> web.StreamResponse:
-    """An answer written piece by piece, each let go once written, with its Content-Length. A whole
+    """An answer written piece by piece (a small one at once), each let go once written, with its Content-Length. A whole
     body would be in memory up to four times at once while sent (joined; joined again with the headers
     and copied twice by the Python 3.11 transport, for what the socket does not take at once), and
     until the scraper has read it."""
     response = web.StreamResponse(headers=headers)
-    response.content_length = sum(map(len, pieces))
+    response.content_length = size = sum(map(len, pieces))
+    if size <= WRITTEN_WHOLE_BYTES:
+        pieces[:] = [b"".join(pieces)]
     try:
         await response.prepare(request)
         if request.method != "HEAD":
