@@ -219,6 +219,11 @@ async def test_a_health_check_that_arrives_during_a_slice_is_answered_before_the
     assert seen[0].startswith(b"HTTP/1.1 200") and seen[0].endswith(b"Healthy.\n")
 
 
+OWNER = "o" * 200
+BIG_ANSWER_SPEC = (f"modules:\n  default:\n    labels: {{owner: {OWNER}}}\n    metrics:\n"  # 20 series per element, of 230 bytes
+                   + "".join(f"      - {{name: item_{n}, help: h, each: '@', labels: {{id: id}}, value: v}}\n" for n in range(20)))
+
+
 def _read_answer(port: int, path: str) -> tuple[bytes, int, bytes]:
     """A scraper with a small receive buffer, as one across a network (the kernel takes little of an answer
     at once), that keeps none of it: the head, the size of the body and its end."""
@@ -238,10 +243,8 @@ async def test_an_answer_is_in_memory_about_once_while_it_is_written(upstream: U
     """Its series are let go as they are written into pieces, and each piece once sent: joined, then copied
     by the transport for what the socket did not take at once, a whole body was there up to four times."""
     up = await upstream({"/": [{"id": f"{i:06d}", "v": i} for i in range(4_000)]})
-    owner = "o" * 200
-    client = await exporter(f"modules:\n  default:\n    labels: {{owner: {owner}}}\n    metrics:\n"
-                            + "".join(f"      - {{name: item_{n}, help: h, each: '@', labels: {{id: id}}, value: v}}\n" for n in range(20)))
-    series = 80_000 * len(f'item_0{{id="000000",owner="{owner}"}} 1\n')  # about the size of the answer
+    client = await exporter(BIG_ANSWER_SPEC)
+    series = 80_000 * len(f'item_0{{id="000000",owner="{OWNER}"}} 1\n')  # about the size of the answer
     tracemalloc.start()
     try:
         _, size, end = await asyncio.to_thread(_read_answer, client.server.port, f"/probe?target={up.url}/")  # type: ignore[union-attr]
@@ -285,3 +288,30 @@ async def test_an_answer_written_in_pieces_is_byte_identical_to_one_written_whol
         assert b"Content-Length: " + str(len(body)).encode() in expected and (method == "HEAD") != expected.endswith(body)
     head, _, compressed = (await _raw_answer(server.port, "GET", "/pieces", "gzip")).partition(b"\r\n\r\n")
     assert b"Content-Encoding: gzip" in head and gzip.decompress(compressed) == body
+
+
+def _leave_after_the_head(port: int, path: str) -> bytes:
+    """A scraper that goes away once its answer has begun (its scrape timeout passed): closed with the
+    rest unread, the connection is reset."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        sock.settimeout(120)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        return sock.recv(1 << 10)
+
+
+async def test_a_scraper_that_leaves_while_its_answer_is_written_is_no_error(
+    upstream: UpstreamFactory, exporter: ExporterFactory, caplog: pytest.LogCaptureFixture,
+) -> None:
+    up = await upstream({"/": [{"id": f"{i:06d}", "v": i} for i in range(4_000)]})
+    client = await exporter(BIG_ANSWER_SPEC)
+    caplog.set_level(logging.DEBUG)
+    path = f"/probe?target={up.url}/"
+    head = await asyncio.to_thread(_leave_after_the_head, client.server.port, path)  # type: ignore[union-attr]
+    assert head.startswith(b"HTTP/1.1 200")
+    # the reset is an event of the loop before the next probe's request arrives: that answer comes after
+    # the one left behind has given up (its writer woken by the lost connection)
+    text = await _probe(client, f"target={up.url}/")
+    assert text.endswith("probe_success 1\n")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
