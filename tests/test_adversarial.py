@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 from conftest import UpstreamFactory
-from test_redirects import exporter_for, probe, recording_server
+from test_redirects import exporter_for, probe, recording_server, redirect
 
 from jsonexporter.spec import load_text
 
@@ -125,3 +125,43 @@ async def test_a_url_password_in_an_answer_cut_where_the_trace_shortens_it_shows
     status, text = await probe(client, target=up.url, debug="true")
     assert status == 200 and "(first 300 of" in text and "probe_success 1" in text
     assert "https://<redacted>… (first 300 of" in text and "gh-pass" not in text
+
+
+# `([a-z0-9]+[.-]?)+` and `([a-zA-Z0-9]+\s?)+` split a run of letters every possible way before giving up:
+# with Python's re, 40 letters and a character the pattern refuses take longer than the age of the server
+HOSTILE = "a" * 40 + "!"
+_BACKTRACKING_MODULE = r"""
+    modules:
+      default:
+        targets: {allow: ['http://127\.0\.0\.1:\d+', 'https?://([a-z0-9]+[.-]?)+\.example\.com(:\d+)?']}
+        parameters:
+          name: {pattern: '([a-zA-Z0-9]+\s?)+', default: x}
+        endpoints:
+          main: {url: '{target}/start', params: {name: '{name}'}}
+        metrics: [{name: x, help: x, value: v}]
+    """
+
+
+async def test_patterns_that_backtrack_answer_hostile_targets_parameters_and_locations(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    home, seen = await recording_server(aiohttp_server, "127.0.0.1", {"/start": redirect("http://" + "a" * 40 + "/")})
+    client = await exporter_for(aiohttp_client, _BACKTRACKING_MODULE)
+    status, text = await probe(client, target="https://" + HOSTILE)
+    assert status == 403 and "not allowed" in text
+    status, text = await probe(client, target=f"http://127.0.0.1:{home.port}", name=HOSTILE)
+    assert status == 400 and "parameter 'name' does not match" in text
+    assert seen.requests == []
+    # an upstream's Location is matched against the same patterns (all its spellings: the host alone too)
+    status, text = await probe(client, target=f"http://127.0.0.1:{home.port}", name="two words", debug="true")
+    assert status == 200 and "targets.allow does not allow" in text and "probe_success 0" in text
+    assert [path for _, path, _, _ in seen.requests] == ["/start?name=two+words"]
+    assert (await client.get("/-/healthy")).status == 200
+
+
+def test_parameter_and_allowlist_patterns_match_the_whole_value_as_before() -> None:
+    spec, problems = load_text(textwrap.dedent(_BACKTRACKING_MODULE), "spec.yml")
+    assert spec is not None, problems
+    module = spec.modules["default"]
+    assert module.target_allowed("https://a-b.c9.example.com:8443") and module.target_allowed("http://127.0.0.1:80")
+    assert not module.target_allowed("https://" + HOSTILE) and not module.target_allowed("http://127.0.0.1:80/x")
+    pattern = module.parameters["name"].pattern
+    assert pattern is not None and pattern.fullmatch("two words") and not pattern.fullmatch(HOSTILE)

@@ -863,7 +863,24 @@ INVALID = [
               region: {pattern: "[a-z+"}
             metrics:
               - {name: a, help: h, value: x}
-        """, ("4:26", "modules.m.parameters.region.pattern", "invalid regex '[a-z+': unterminated character set")),
+        """, ("4:26", "modules.m.parameters.region.pattern", "invalid regex '[a-z+': missing ]: [a-z+")),
+    # parameter patterns and targets.allow are RE2, like the functions' patterns: linear time on values from outside
+    invalid("parameter_pattern_with_a_backreference", r"""
+        modules:
+          m:
+            parameters:
+              word: {pattern: '(\w+)-\1'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:30", "modules.m.parameters.word.pattern",
+              r"invalid regex '(\\w+)-\\1': invalid escape sequence: \1 (RE2 has no backreferences or lookaround)")),
+    invalid("allowlist_pattern_with_a_lookahead", r"""
+        modules:
+          m:
+            targets: {allow: ['https://(?!internal)[a-z]+\.example\.com']}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("3:32", "modules.m.targets.allow[0]", "invalid perl operator: (?! (RE2 has no backreferences or lookaround)")),
     invalid("parameter_default_not_matching_pattern", """
         modules:
           m:
@@ -1724,7 +1741,7 @@ def test_allowlist_patterns_must_compile(write_spec: Any, capsys: pytest.Capture
             metrics: [{name: x, help: x, value: v}]
         """)
     assert main(["check", str(path)]) == 1
-    expected = f"{path}:3:23: modules.default.targets.allow[0]: invalid regex 'http://(a': missing ), unterminated subpattern at position 7"
+    expected = f"{path}:3:24: modules.default.targets.allow[0]: invalid regex 'http://(a': missing ): http://(a"
     assert expected in capsys.readouterr().out
 
 

@@ -25,6 +25,7 @@ from jsonexporter.spec.expressions import (
     compile_expression,
     compile_template,
 )
+from jsonexporter.spec.functions import Pattern, RegexError, compile_regex
 from jsonexporter.spec.model import (
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_PAGES,
@@ -153,6 +154,18 @@ class _Checker:
             self.add(path, f"{exc.message} in {source!r}", offset=exc.position)
             return None
 
+    def regex(self, path: Path, source: object) -> Pattern | None:
+        """A pattern matched against values from outside (a parameter, the target, a redirect's Location):
+        RE2, whose matching time is linear in the value whatever the pattern (Python's `re` backtracks:
+        `([a-z]+\\s?)+` against 30 letters and a `!` would hold the event loop for minutes)."""
+        if not isinstance(source, str) or self.broken(path):
+            return None  # the schema reported it
+        try:
+            return compile_regex(source)
+        except RegexError as exc:
+            self.add(path, exc.message, offset=exc.offset)
+            return None
+
     def template(self, path: Path, source: object, names: frozenset[str]) -> Template | None:
         if not isinstance(source, str) or self.broken(path):
             return None  # the schema reported it
@@ -178,10 +191,8 @@ def _parameters(c: _Checker, path: Path, raw: Any) -> dict[str, Parameter]:
             continue
         pattern = None
         if "pattern" in decl:
-            try:
-                pattern = re.compile(decl["pattern"])
-            except re.error as exc:
-                c.add((*p, "pattern"), f"invalid regex {decl['pattern']!r}: {exc}", offset=exc.pos or 0)
+            pattern = c.regex((*p, "pattern"), decl["pattern"])
+            if pattern is None:
                 continue
         default = decl.get("default")
         if default is not None and pattern is not None and not pattern.fullmatch(default):
@@ -891,16 +902,8 @@ def _unused_login_names(c: _Checker, path: Path, requests: list[Endpoint], secre
             c.add((*path, *where, name), f"{{{name}}} is used by no request of the module", "warning", at_key=True)
 
 
-def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[re.Pattern[str]]:
-    patterns = []
-    for i, source in enumerate(raw if isinstance(raw, list) else ()):
-        if not isinstance(source, str):
-            continue
-        try:
-            patterns.append(re.compile(source))
-        except re.error as exc:
-            c.add((*path, i), f"invalid regex {source!r}: {exc.msg}" + (f" at position {exc.pos}" if exc.pos is not None else ""))
-    return patterns
+def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[Pattern]:
+    return [p for i, source in enumerate(raw if isinstance(raw, list) else ()) if (p := c.regex((*path, i), source)) is not None]
 
 
 _CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
