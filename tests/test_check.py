@@ -1196,6 +1196,21 @@ INVALID = [
               - {name: b_seconds, help: h, type: summary, quantiles: q, labels: {quantile: x}}
         """, ("4:82", "modules.m.metrics[0].labels.le", "label 'le' is the histogram's own label of its buckets"),
              ("5:74", "modules.m.metrics[1].labels.quantile", "label 'quantile' is the summary's own label of its quantiles")),
+    # a module's labels go on every series of its rules: the same names are taken, reported at the module's label
+    invalid("module_labels_le_quantile_and_a_statesets_name", """
+        modules:
+          m:
+            labels: {le: "'x'", quantile: "'y'", state: "'z'", zone: "'eu'"}
+            metrics:
+              - {name: a_seconds, help: h, type: histogram, buckets: b, sum: s}
+              - {name: b_seconds, help: h, type: summary, quantiles: q}
+              - {name: state, help: h, type: stateset, states: [up, down], value: s}
+              - {name: c, help: h, value: c}
+        """, ("3:14", "modules.m.labels.le",
+              "module label 'le' is the histogram's own label of its buckets, for a_seconds (modules.m.metrics[0])"),
+             ("3:25", "modules.m.labels.quantile",
+              "module label 'quantile' is the summary's own label of its quantiles, for b_seconds (modules.m.metrics[1])"),
+             ("3:42", "modules.m.labels.state", "module label 'state' is the stateset's own state label, for state (modules.m.metrics[2])")),
     invalid("histogram_bucket_expression_invalid", """
         modules:
           m:
@@ -1765,6 +1780,8 @@ def test_yaml_1_1_words_stay_strings(write_spec: Any, capsys: pytest.CaptureFixt
     ("{name: queue_size_total, help: h, value: v}", "the suffixes _total, _count, _sum and _bucket are for counters"),
     ("{name: requests_gauge, help: h, value: v}", "should not contain its type"),
     ("{name: x, help: h, value: v, labels: {quantile: q}}", "label 'quantile' is for histograms and summaries"),
+    ("{name: x, help: h, value: v}\n    labels: {le: \"'1'\"}", "module label 'le' is for histograms and summaries; Prometheus tools "
+     "treat it specially, for x (modules.default.metrics[0])"),
 ])
 def test_promtool_lints_are_warnings(write_spec: Any, capsys: pytest.CaptureFixture[str], metric: str, warning: str) -> None:
     path = write_spec(f"modules:\n  default:\n    metrics:\n      - {metric}\n")

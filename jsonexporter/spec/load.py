@@ -533,6 +533,31 @@ def _lint_name(c: _Checker, path: Path, name: str, mtype: str, at_key: bool = Fa
             break
 
 
+def _reserved_label(label: str, mtype: str | None, name: str) -> tuple[str, Severity] | None:
+    """Why a label of a rule of type `mtype` (None: unknown) named `name` cannot be `label`, whether
+    the rule or its module sets it: the exposition adds a label of that name itself."""
+    if mtype == "stateset" and label == name:
+        return f"label {label!r} is the stateset's own state label", "error"
+    if (mtype, label) in (("histogram", "le"), ("summary", "quantile")):
+        return f"label {label!r} is the {mtype}'s own label of its {'buckets' if label == 'le' else 'quantiles'}", "error"
+    if label in ("le", "quantile"):
+        return f"label {label!r} is for histograms and summaries; Prometheus tools treat it specially", "warning"
+    return None
+
+
+def _check_module_labels(c: _Checker, path: Path, labels: Iterable[str], metrics: list[tuple[Path, Metric]]) -> None:
+    """The reserved names of `_reserved_label` among the module's `labels`, for each of its rules, at the module's label."""
+    for label in labels:
+        found: dict[tuple[str, Severity], list[str]] = {}
+        for mp, metric in metrics:
+            reserved = _reserved_label(label, metric.type, metric.name)
+            if reserved is not None:
+                found.setdefault(reserved, []).append(f"{metric.name} ({format_path(mp)})")
+        for (message, severity), rules in found.items():
+            if severity == "error" or not any(s == "error" for _, s in found):
+                c.add((*path, "labels", label), f"module {message}, for {', '.join(rules)}", severity, at_key=True)
+
+
 def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list[str], module_labels: set[str]) -> Metric | None:
     declared = c.declared(path, raw)  # what was written (a typo as the key it meant), even when the schema rejected its value
     raw = c.clean(path, raw)
@@ -602,12 +627,8 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
             c.add(lp, f"label names starting with __ are reserved: {label!r}", at_key=True)
         elif label in module_labels:
             c.add(lp, f"label {label!r} is already set by the module's labels", at_key=True)
-        elif type_known and mtype == "stateset" and label == name:
-            c.add(lp, f"label {label!r} is the stateset's own state label", at_key=True)
-        elif (mtype, label) in (("histogram", "le"), ("summary", "quantile")):
-            c.add(lp, f"label {label!r} is the {mtype}'s own label of its {'buckets' if label == 'le' else 'quantiles'}", at_key=True)
-        elif label in ("le", "quantile"):
-            c.add(lp, f"label {label!r} is for histograms and summaries; Prometheus tools treat it specially", "warning", at_key=True)
+        elif (reserved := _reserved_label(label, mtype if type_known else None, name)) is not None:
+            c.add(lp, *reserved, at_key=True)
         else:
             _lint_label(c, lp, label)
         labels.append((label, c.expression(lp, source, level_names) or _UNUSABLE))
@@ -805,6 +826,7 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
         if metric is not None:
             metrics.append((mp, metric))
     _check_families(c, name, metrics, module_labels)
+    _check_module_labels(c, path, sorted(module_labels), metrics)
     allow = _target_patterns(c, (*path, "targets", "allow"), (raw.get("targets") or {}).get("allow"))
     if not allow and "targets" not in declared:
         for problem in _credentials_to_target_host(endpoints.values(), request_names - names, login):
