@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 from conftest import UpstreamFactory
+from metrics_util import parse, value
 from test_redirects import exporter_for, probe, recording_server, redirect
 
 from jsonexporter.spec import load_text
@@ -165,3 +166,46 @@ def test_parameter_and_allowlist_patterns_match_the_whole_value_as_before() -> N
     assert not module.target_allowed("https://" + HOSTILE) and not module.target_allowed("http://127.0.0.1:80/x")
     pattern = module.parameters["name"].pattern
     assert pattern is not None and pattern.fullmatch("two words") and not pattern.fullmatch(HOSTILE)
+
+
+async def test_labels_show_neither_a_targets_userinfo_nor_a_secret_named_parameter(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    home, seen = await recording_server(aiohttp_server, "127.0.0.1", {"/": {"v": 1}})
+    client = await exporter_for(aiohttp_client, r"""
+        modules:
+          default:
+            targets: {allow: ['http://([^@/]+@)?127\.0\.0\.1:\d+']}
+            parameters:
+              api_key: {default: DefaultApiKeySecret1}
+              region: {default: eu}
+            labels: {source: '{target}'}
+            endpoints:
+              main: {url: '{target}/', params: {api_key: '{api_key}'}}
+            metrics:
+              - {name: x, help: x, value: v, labels: {t: $target, p: $params.to_string(@)}}
+        """)
+    status, text = await probe(client, target=f"http://bob:TargetPassw0rd@127.0.0.1:{home.port}", session_token="CallerTokenValue1")
+    assert status == 200, text
+    shown = f"http://<redacted>@127.0.0.1:{home.port}"
+    assert value(parse(text), "x", source=shown, t=shown, p='{"region":"eu"}') == 1
+    for secret in ("TargetPassw0rd", "DefaultApiKeySecret1", "CallerTokenValue1"):
+        assert secret not in text
+    [(_, path, _, _)] = seen.requests
+    assert path == "/?api_key=DefaultApiKeySecret1"  # the requests still get them
+
+
+def test_secret_named_parameters_cannot_be_label_values() -> None:
+    _, problems = load_text(textwrap.dedent("""
+        modules:
+          default:
+            parameters:
+              api_key: {default: DefaultApiKeySecret1}
+            labels: {k: '{api_key}'}
+            endpoints:
+              main: {url: 'http://127.0.0.1:1/', params: {api_key: '{api_key}'}}
+            metrics:
+              - {name: x, help: x, value: v, labels: {p: $params.api_key}}
+        """), "spec.yml")
+    assert [(p.line, p.column, p.message.split(":")[0]) for p in problems] == [
+        (6, 17, "label 'k' takes {api_key}, a parameter whose name says it is secret"),
+        (10, 50, "'$params.api_key' reads a parameter whose name says it is secret")]
+    assert not any("DefaultApiKeySecret1" in p.message for p in problems)

@@ -149,10 +149,15 @@ class _Checker:
         if not isinstance(source, str) or self.broken(path):
             return None  # the schema reported it
         try:
-            return compile_expression(source, levels)
+            expression = compile_expression(source, levels)
         except ExpressionError as exc:
             self.add(path, f"{exc.message} in {source!r}", offset=exc.position)
             return None
+        if expression.on_context and expression.fields is not None and expression.fields[0] == "params" and len(expression.fields) > 1 \
+                and is_secret_name(expression.fields[1]):
+            self.add(path, f"{source!r} reads a parameter whose name says it is secret: $params never holds one (its value would "
+                           "become a label or sample of the answer, stored by Prometheus); secret parameters go into requests only")
+        return expression
 
     def regex(self, path: Path, source: object) -> Pattern | None:
         """A pattern matched against values from outside (a parameter, the target, a redirect's Location):
@@ -545,6 +550,15 @@ def _reserved_label(label: str, mtype: str | None, name: str) -> tuple[str, Seve
     return None
 
 
+def _secret_parameters_in_labels(c: _Checker, path: Path, labels: list[tuple[str, Template]]) -> None:
+    """A module label may not take a parameter whose name says secret (its default is a secret of the
+    spec, a caller's value one of the scrape config): it would be a label value of every series."""
+    for label, template in labels:
+        for name in sorted(n for n in template.placeholders if is_secret_name(n)):
+            c.add((*path, label), f"label {label!r} takes {{{name}}}, a parameter whose name says it is secret: label values are stored by "
+                                  "Prometheus and shown to whoever can query it; secret parameters go into requests only")
+
+
 def _check_module_labels(c: _Checker, path: Path, labels: Iterable[str], metrics: list[tuple[Path, Metric]]) -> None:
     """The reserved names of `_reserved_label` among the module's `labels`, for each of its rules, at the module's label."""
     for label in labels:
@@ -797,6 +811,7 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
     login = _login(c, (*path, "login"), raw_login, login_names, module_client) if raw_login is not None else None
     request_names = login_names | _login_value_names(c, (*path, "login", "values"), (raw_login or {}).get("values"), login_names)
     labels = [(k, t) for k, v in _items(raw.get("labels")) if (t := c.template((*path, "labels", k), v, names)) is not None]
+    _secret_parameters_in_labels(c, (*path, "labels"), labels)
     module_labels = {k for k, _ in _items(raw.get("labels"))}
     for label in sorted(module_labels):
         if label.startswith("__"):
