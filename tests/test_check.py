@@ -855,6 +855,14 @@ INVALID = [
             metrics:
               - {name: probe_success, help: h, value: ok}
         """, ("4:16", "modules.m.metrics[0].name", "metric names starting with 'probe_' are reserved for the probe's own metrics")),
+    invalid("help_with_a_carriage_return_or_another_control_character", r"""
+        modules:
+          m:
+            metrics:
+              - {name: a, help: "carriage\rreturn", value: x}
+              - {name: b, help: "tab\tand\nline feed are fine", values: {c: {value: x, help: "nul\0"}}}
+        """, ("4:34", "modules.m.metrics[0].help", r"help contains the control character '\r': only tab and line breaks (\n) are written"),
+             ("5:90", "modules.m.metrics[1].values.c.help", r"help contains the control character '\x00'")),
     # -- parameters
     invalid("parameter_pattern_invalid_regex", """
         modules:

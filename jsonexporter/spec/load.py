@@ -538,6 +538,16 @@ def _lint_name(c: _Checker, path: Path, name: str, mtype: str, at_key: bool = Fa
             break
 
 
+# what a help text cannot hold: control characters but tab and line feed (written `\n`); a CR, which
+# prometheus_client's parsers take for the end of a line, is written as a line break but is most likely a mistake
+_HELP_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _help_text(c: _Checker, path: Path, text: object) -> None:
+    if isinstance(text, str) and (control := _HELP_CONTROL.search(text)):
+        c.add(path, f"help contains the control character {control.group()!r}: only tab and line breaks (\\n) are written", offset=control.start())
+
+
 def _reserved_label(label: str, mtype: str | None, name: str) -> tuple[str, Severity] | None:
     """Why a label of a rule of type `mtype` (None: unknown) named `name` cannot be `label`, whether
     the rule or its module sets it: the exposition adds a label of that name itself."""
@@ -586,6 +596,9 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     if type_known and mtype == "info" and not name.endswith("_info"):
         c.add((*path, "name"), f"info metric {name!r} must end with _info")
     entries = raw.get("values") if isinstance(raw.get("values"), dict) else {}
+    _help_text(c, (*path, "help"), raw.get("help"))
+    for suffix, entry in _items(entries):
+        _help_text(c, (*path, "values", suffix, "help"), entry.get("help") if isinstance(entry, dict) else None)
     if "help" not in declared and not (entries and all(isinstance(v, dict) and "help" in v for v in entries.values())):
         c.add((*path, "name"), f"metric {name!r} has no help", "warning")
     endpoint = raw.get("endpoint")
