@@ -198,3 +198,51 @@ async def test_a_failed_web_config_reload_is_reported_as_a_failure(tmp_path: Pat
     status, text = await get("/-/reload", "POST")
     assert status == 200 and text.startswith("reloaded"), text
     await _until("every worker reloaded", lambda: reload_state(1))
+
+
+# -- no secret in what a web config's problems print --------------------------------------------
+
+PASSWORD = "plaintextPasswordOops"  # a password written where its hash belongs
+BAD_HASH = "$2y$10$NotAValidHashButSecretXYZabcdefghijklmnopqrstuvwxyz012"
+
+
+async def test_web_config_problems_show_no_users_hash_or_password_at_start_reload_or_in_the_log(tmp_path: Path, serve: Serve) -> None:
+    bad = f"basic_auth_users:\n  bob: {PASSWORD}\n  alice: {BAD_HASH}\n"
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(bad)
+    proc, _ = serve(web_file)
+    out, err = proc.communicate(timeout=BOUND)
+    assert proc.returncode != 0 and f"{web_file}:2:8: basic_auth_users.bob: a value (not shown: it is a secret)" in err, err
+    assert "basic_auth_users.alice" in err
+
+    web_file.write_text(f"basic_auth_users:\n  carol: {_hash('carol', 4)}\n")
+    proc, base = serve(web_file)
+
+    async def get(path: str, method: str = "GET") -> tuple[int, str]:
+        async with aiohttp.ClientSession() as session, session.request(method, f"{base}{path}", headers=_basic("carol", "carol")) as response:
+            return response.status, await response.text()
+
+    async def healthy() -> bool:
+        assert proc.poll() is None
+        with contextlib.suppress(aiohttp.ClientConnectionError):
+            return (await get("/-/healthy"))[0] == 200
+        return False
+
+    await _until("serving", healthy)
+    web_file.write_text(bad)
+    status, text = await get("/-/reload", "POST")
+    assert status == 500 and "basic_auth_users.bob" in text, text
+    proc.send_signal(signal.SIGTERM)
+    _, log = proc.communicate(timeout=BOUND)
+    assert "basic_auth_users.bob" in log, log
+    for shown in (out + err, text, log):
+        assert PASSWORD not in shown and "NotAValidHashButSecret" not in shown
+
+
+def test_a_users_password_is_not_shown_where_another_key_quotes_it(tmp_path: Path) -> None:
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"basic_auth_users:\n  bob: {PASSWORD}\ntls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n  min_version: {PASSWORD}\n")
+    with pytest.raises(SpecError) as caught:
+        load_web_config(str(web_file))
+    assert f"{web_file}:6:16: tls_server_config.min_version: " in str(caught.value)
+    assert PASSWORD not in str(caught.value)
