@@ -209,3 +209,38 @@ def test_secret_named_parameters_cannot_be_label_values() -> None:
         (6, 17, "label 'k' takes {api_key}, a parameter whose name says it is secret"),
         (10, 50, "'$params.api_key' reads a parameter whose name says it is secret")]
     assert not any("DefaultApiKeySecret1" in p.message for p in problems)
+
+
+JFROG_KEY, PASS_VALUE = "AKCp8jFrogInlineKey", "PassInlineValue"
+
+
+async def test_credential_headers_of_any_name_are_hidden_in_traces(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    def echo(request: web.Request) -> web.Response:  # an API quoting the request back, as error pages do
+        return web.json_response({"v": 1, "seen": dict(request.headers)})
+
+    home, seen = await recording_server(aiohttp_server, "127.0.0.1", {"/echo": echo})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            endpoints:
+              e:
+                url: http://127.0.0.1:{home.port}/echo
+                headers: {{X-JFrog-Art-Api: {JFROG_KEY}, X-Api-Pass: {PASS_VALUE}, X-GitHub-Api-Version: "2022-11-28", X-Tenant: acme}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    status, text = await probe(client, debug="true")
+    assert status == 200 and "probe_success 1" in text
+    [(_, _, headers, _)] = seen.requests
+    assert headers["X-JFrog-Art-Api"] == JFROG_KEY and headers["X-Api-Pass"] == PASS_VALUE  # sent as written
+    assert JFROG_KEY not in text and PASS_VALUE not in text
+    assert "2022-11-28" in text and "acme" in text  # a version selector and a short value are no credentials
+
+
+def test_credential_headers_of_any_name_to_the_target_need_an_allowlist() -> None:
+    def problems(headers: str) -> list[str]:
+        text = f"modules:\n  default:\n    endpoints: {{e: {{url: '{{target}}/echo', headers: {headers}}}}}\n    metrics: [{{name: x, help: x, value: a}}]\n"
+        return [p.message for p in load_text(text, "spec.yml")[1]]
+
+    [message] = problems(f"{{X-JFrog-Art-Api: {JFROG_KEY}, Accept: application/vnd.github+json}}")
+    assert message.startswith("endpoint e sends credentials (header X-JFrog-Art-Api) to the host of the target")
+    assert problems('{Accept: application/json, X-GitHub-Api-Version: "2022-11-28", X-Tenant: acme, X-Region: "{module}"}') == []

@@ -16,7 +16,7 @@ from typing import Any, Literal, cast
 
 from jsonexporter.labeltext import label_text
 from jsonexporter.names import PROBE_METRICS, exposition_names, family_name, text_name
-from jsonexporter.secrets import Redactor, is_secret_name, spec_secrets
+from jsonexporter.secrets import Redactor, is_credential_header, is_secret_name, spec_secrets
 from jsonexporter.spec.expressions import (
     CONTEXT_NAMES,
     Expression,
@@ -956,9 +956,6 @@ def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[Pattern]:
     return [p for i, source in enumerate(raw if isinstance(raw, list) else ()) if (p := c.regex((*path, i), source)) is not None]
 
 
-_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
-
-
 def _credentials_to_target_host(endpoints: Iterable[Endpoint], credentials: frozenset[str] = frozenset(),
                                 login: Login | None = None) -> Iterator[str]:
     """Endpoints that would send credentials to a host the probe's caller picks, through the target or
@@ -970,7 +967,7 @@ def _credentials_to_target_host(endpoints: Iterable[Endpoint], credentials: froz
         if not picked:
             continue
         whose = "the host of the target" if picked == ["target"] else "a host taken from " + ", ".join(f"{{{n}}}" for n in picked)
-        carried = [f"header {h}" for h, _ in ep.headers if h.lower() in _CREDENTIAL_HEADERS or is_secret_name(h)]
+        carried = [f"header {h}" for h, t in ep.headers if is_credential_header(h, t.source)]
         if ep.client.sends_credentials:
             carried.append("http_client_config")
         carried += [f"query parameter {q}" for q, _ in ep.params if is_secret_name(q)]
