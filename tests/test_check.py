@@ -1787,6 +1787,7 @@ def test_yaml_1_1_words_stay_strings(write_spec: Any, capsys: pytest.CaptureFixt
 @pytest.mark.parametrize(("metric", "warning"), [
     ("{name: queue_size_total, help: h, value: v}", "the suffixes _total, _count, _sum and _bucket are for counters"),
     ("{name: requests_gauge, help: h, value: v}", "should not contain its type"),
+    ("{name: 'node:cpu_ratio', help: h, value: v}", "metric name 'node:cpu_ratio' should not contain ':': colons are for the names of recording rules"),
     ("{name: x, help: h, value: v, labels: {quantile: q}}", "label 'quantile' is for histograms and summaries"),
     ("{name: x, help: h, value: v}\n    labels: {le: \"'1'\"}", "module label 'le' is for histograms and summaries; Prometheus tools "
      "treat it specially, for x (modules.default.metrics[0])"),

@@ -532,6 +532,8 @@ def _lint_name(c: _Checker, path: Path, name: str, mtype: str, at_key: bool = Fa
         c.add(path, f"{mtype} {name!r}: the suffixes _total, _count, _sum and _bucket are for counters, summaries and histograms", "warning", at_key=at_key)
     if re.search(r"(^|_)(gauge|counter|histogram|summary)(_|$)", name):
         c.add(path, f"metric name {name!r} should not contain its type", "warning", at_key=at_key)
+    if ":" in name:
+        c.add(path, f"metric name {name!r} should not contain ':': colons are for the names of recording rules", "warning", at_key=at_key)
     for pattern, hint in _UNIT_HINTS:
         if pattern.search(name):
             c.add(path, f"metric name {name!r}: {hint}", "warning", at_key=at_key)
