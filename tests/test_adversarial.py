@@ -106,7 +106,7 @@ async def test_the_credentials_of_a_target_quoted_back_by_its_upstream_show_nowh
     client = await exporter_for(aiohttp_client, r"""
         modules:
           default:
-            targets: {allow: ['\w+:[\w-]+@127\.0\.0\.1:\d+']}
+            targets: {allow: ['(\w+:[\w-]+@)?127\.0\.0\.1:\d+']}
             endpoints: {whole: {url: 'http://{target}/whole'}, cut: {url: 'http://{target}/cut'}}
             metrics: [{name: x, help: x, endpoint: whole, value: v}]
         """)
@@ -244,3 +244,37 @@ def test_credential_headers_of_any_name_to_the_target_need_an_allowlist() -> Non
     [message] = problems(f"{{X-JFrog-Art-Api: {JFROG_KEY}, Accept: application/vnd.github+json}}")
     assert message.startswith("endpoint e sends credentials (header X-JFrog-Art-Api) to the host of the target")
     assert problems('{Accept: application/json, X-GitHub-Api-Version: "2022-11-28", X-Tenant: acme, X-Region: "{module}"}') == []
+
+
+async def test_an_invalid_idna_host_from_a_target_a_page_or_a_redirect_fails_only_its_probe_or_endpoint(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    bad = "http://xn--zz/"  # a punycode label that decodes to nothing: yarl finds out when the host is first read
+    async def link(request: web.Request) -> web.Response:
+        return web.json_response([{"v": 1}], headers={"Link": f'<{bad}>; rel="next"'})
+
+    async def moved(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": bad})
+
+    up = await upstream({"/field": {"items": [{"v": 1}], "next": bad}, "/link": link, "/moved": moved})
+    client = await exporter_for(aiohttp_client, r"""
+        modules:
+          default:
+            endpoints: {main: {url: '{target}'}}
+            metrics: [{name: x, help: x, value: v}]
+          field:
+            endpoints: {main: {url: '{target}/field', pagination: {items: items, next: {field: next}}}}
+            metrics: [{name: x, help: x, each: items, value: v}]
+          link:
+            endpoints: {main: {url: '{target}/link', pagination: {items: '@', next: {link_header: next}}}}
+            metrics: [{name: x, help: x, each: '@', value: v}]
+        """)
+    status, text = await probe(client, target=bad)
+    assert status == 400 and "invalid URL" in text and "Traceback" not in text, text
+    for module, path, outcome in (("field", "", "invalid_page"), ("link", "", "invalid_page"), ("default", "/moved", "redirect_refused")):
+        status, text = await probe(client, module=module, target=up.url + path, debug="true")
+        assert status == 200 and f"-> {outcome}" in text and "not a valid name" in text and "Traceback" not in text, (module, text)
+    metrics = parse(await (await client.get("/metrics")).text())
+    assert value(metrics, "jsonexporter_probes_total", module="default", result="invalid") == 1
+    assert value(metrics, "jsonexporter_probes_total", module="link", result="failure") == 1
+    assert "redirect_refused" in await (await client.get("/probes/3")).text()  # recorded with its outcome (the 400 is not a probe)
