@@ -40,7 +40,7 @@ PROBE = ProbeContext("default", "http://t", {"region": "eu"})
 VALUES = {"target": "http://t", "module": "default"}
 
 scalars = (st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats(allow_nan=False)
-           | st.sampled_from(["a", "b", "UP", "1.5", ' 2 ', 'q"uote', "back\\slash", "new\nline", "é", ""])
+           | st.sampled_from(["a", "b", "UP", "1.5", ' 2 ', 'q"uote', "back\\slash", "new\nline", "cr\r\nlf\rx", "é", ""])
            # numbers in strings as Prometheus reads them, and what only Python's float() would read
            | st.sampled_from(["-3", ".5e1", "Inf", "-infinity", "NaN", "1e400", "1_000", "\u0661\u0662", "\uff11\uff12", "+nan", "0x1p3"]))
 _BUCKET_KEYS = ["0.1", "1", "+Inf"]
