@@ -1,9 +1,10 @@
 """Series to Prometheus text format 0.0.4 and OpenMetrics 1.0.0.
 
 A direct writer, byte-identical to prometheus_client's `generate_latest` for the same metric
-families, with two deliberate differences: integral values are printed exactly (`1655371`,
-not `1.655371e+06`), and OpenMetrics timestamps never in exponent form. Label pairs must arrive
-sorted by name, as prometheus_client sorts them.
+families, with three deliberate differences: integral values are printed exactly (`1655371`,
+not `1.655371e+06`), OpenMetrics timestamps never in exponent form, and a CR in a label value or
+help text is written as a line break (`\n`), not raw. Label pairs must arrive sorted by name, as
+prometheus_client sorts them.
 """
 
 from __future__ import annotations
@@ -63,12 +64,20 @@ def format_bound(value: float) -> str:
     return text
 
 
+def _line_breaks(text: str) -> str:
+    """CR LF and a lone CR as LF. Neither format has an escape for CR, and prometheus_client's parsers
+    (both formats) split lines at a raw one, rejecting the whole answer (Go's accept it): a CR in text
+    is a line break (Windows', old Mac's), which `\\n` writes. Not a space: that would join the lines;
+    not U+FFFD: the text is not broken."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def escape_label_value(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return _line_breaks(value.replace("\\", r"\\")).replace("\n", r"\n").replace('"', r"\"")
 
 
 def needs_escape(value: str) -> bool:
-    return "\\" in value or "\n" in value or '"' in value
+    return "\\" in value or "\n" in value or '"' in value or "\r" in value
 
 
 def escaped(value: str) -> str:
@@ -112,14 +121,14 @@ def base_name(family: Family) -> str:
 def _text_header(family: Family) -> str:
     name = text_name(family.name, family.type)
     mtype = "gauge" if family.type in ("info", "stateset") else family.type
-    help_text = family.help.replace("\\", r"\\").replace("\n", r"\n")
+    help_text = _line_breaks(family.help.replace("\\", r"\\")).replace("\n", r"\n")
     return f"# HELP {name} {help_text}\n# TYPE {name} {mtype}\n"
 
 
 def _openmetrics_header(family: Family) -> str:
     base = base_name(family)
     mtype = "unknown" if family.type == "untyped" else family.type
-    help_text = family.help.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    help_text = _line_breaks(family.help.replace("\\", r"\\")).replace("\n", r"\n").replace('"', r"\"")
     return f"# HELP {base} {help_text}\n# TYPE {base} {mtype}\n"
 
 

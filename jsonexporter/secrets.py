@@ -34,6 +34,28 @@ def is_secret_name(name: str) -> bool:
     return any(word in lowered for word in _SECRET_WORDS)
 
 
+# Request headers that carry no credential: content negotiation, caching, the client's name. Any
+# other header may: credential headers have no common name (X-JFrog-Art-Api, X-Api-Pass).
+HARMLESS_HEADERS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-language", "cache-control", "content-language",
+                              "content-type", "if-modified-since", "if-none-match", "pragma", "prefer", "user-agent", "x-requested-with"})
+# A header named like none of the secret words holds a credential when its value has a literal part this
+# long (API keys and tokens are longer): shorter values (`true`, `acme`, `v2`) would be hidden in every
+# trace wherever they appear, and are rarely credentials.
+MIN_UNNAMED_CREDENTIAL = 8
+
+
+def is_credential_header(name: str, value: str) -> bool:
+    """Whether a spec's header `name: value` (a template) sends a credential: by its name (Authorization,
+    Cookie, a secret word), or by a literal part of MIN_UNNAMED_CREDENTIAL characters or more in any
+    header but the harmless ones and API version selectors (`X-GitHub-Api-Version: 2022-11-28`)."""
+    if is_secret_name(name):
+        return True
+    lowered = name.lower()
+    if lowered in HARMLESS_HEADERS or lowered.endswith("-version"):
+        return False
+    return any(len(f) >= MIN_UNNAMED_CREDENTIAL for f in secret_fragments(value))
+
+
 # -- pattern rules: credentials in anything that looks like a URL ------------------------------
 
 # `scheme://userinfo@`: the userinfo runs to the last `@` before the path (a password may hold `@`)
@@ -142,9 +164,14 @@ def _in_body(text: str) -> Iterator[str]:
             yield next(v for v in match.groups()[1:] if v is not None)
 
 
+_HEADER_MAPPINGS = ("headers", "proxy_connect_header")
+
+
 def _walk(node: object, key: str | None, found: set[str]) -> None:
     if isinstance(node, dict):
         for k, v in node.items():
+            if key in _HEADER_MAPPINGS:
+                found.update(s for s in _values_of(v) if is_credential_header(str(k), s))
             _walk(v, str(k), found)
         return
     if isinstance(node, list) and not (key and is_secret_name(key)):
@@ -162,7 +189,8 @@ def _walk(node: object, key: str | None, found: set[str]) -> None:
 
 def spec_secrets(data: Any) -> frozenset[str]:
     """The secret values written in a spec's YAML data: credentials in `http_client_config`, values of
-    secret-named headers, query parameters, body keys and parameter defaults, passwords in URLs."""
+    credential headers (is_credential_header), of secret-named query parameters, body keys and parameter
+    defaults, passwords in URLs."""
     found: set[str] = set()
     modules = data.get("modules") if isinstance(data, dict) else None
     for module in modules.values() if isinstance(modules, dict) else ():

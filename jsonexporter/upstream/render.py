@@ -13,6 +13,7 @@ from yarl import URL
 
 from jsonexporter.secrets import Redactor, redact_patterns
 from jsonexporter.spec.expressions import Template
+from jsonexporter.spec.functions import Pattern
 from jsonexporter.spec.model import Endpoint, JsonBody, Module
 from jsonexporter.spec.projection import Projection
 from jsonexporter.upstream.client import basic_credentials
@@ -34,7 +35,7 @@ class UpstreamRequest:
     url: URL
     headers: Mapping[str, str]
     body: bytes | None
-    allow: tuple[re.Pattern[str], ...] = ()  # the module's targets.allow, for redirects
+    allow: tuple[Pattern, ...] = ()  # the module's targets.allow, for redirects
     projection: Projection | None = None  # what the module's rules read of the answer (spec/projection.py)
     # the values of `secrets` and a login's in it, whatever their placeholders' names: hops.next_hop holds them back from other origins
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
@@ -164,7 +165,7 @@ def _body_quote(escape: str | None) -> Callable[[int, str], str] | None:
     return None
 
 
-def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[re.Pattern[str], ...] = (),
+def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[Pattern, ...] = (),
                    projection: Projection | None = None, secrets: frozenset[str] = frozenset()) -> UpstreamRequest:
     """Fill in the endpoint's templates; raise InvalidRequest when the URL is not http(s), TargetNotAllowed
     when its host comes from the target or a parameter and the URL is outside `allow` (the module's
