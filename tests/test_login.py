@@ -651,3 +651,20 @@ async def test_a_recorded_probe_stays_redacted_when_its_secret_is_pushed_out_of_
         redactor.learn(f"other-secret-{n:06d}")
     page = await (await client.get("/probes/1")).text()
     assert "invalid_json" in page and "KEYVALUE-0123456789" not in page
+
+
+async def test_the_values_of_a_live_login_session_stay_hidden_however_many_other_values_are_learned(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    from jsonexporter.secrets import REDACTED
+
+    pve = Pve()
+    up = await start_pve(upstream, pve)
+    client = await pve_exporter(aiohttp_client, tmp_path, pve_module(tmp_path / "password"))
+    assert generation((await probe(client, up.url))[1]) == 1
+    redact = client.app[STATE].redactor
+    redact.budget = 10_000
+    for i in range(2048):  # the values of other sessions and tokens: far beyond the budget (and the 1,024 values once kept)
+        redact.learn(f"other-session-value-{i:04d}")
+    assert redact("ticket PVE:monitor:TICKET0001SECRET, csrf CSRF0001SECRET") == f"ticket {REDACTED}, csrf {REDACTED}"
+    assert redact("other-session-value-0000") == "other-session-value-0000"  # not in use: forgotten

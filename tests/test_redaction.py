@@ -210,13 +210,15 @@ def test_the_pattern_rules_hide_credentials_in_urls_and_nothing_else(text: str, 
 
 
 def test_a_learned_secret_in_use_stays_hidden_however_many_newer_ones_are_learned() -> None:
-    from jsonexporter.secrets import MAX_LEARNED, REDACTED, Redactor
+    from jsonexporter.secrets import REDACTED, Redactor
 
-    redact = Redactor()
+    redact = Redactor(budget=100_000)
     redact.learn("file-token-in-constant-use")
-    for i in range(MAX_LEARNED - 24):
+    for i in range(600):  # the forms of each are 158 characters: 95,000 in all, within the budget
         redact.learn(f"rotated-oauth-token-{i:06d}")
-    redact.learn("file-token-in-constant-use")  # read again at a request: the newest now
+    redact.learn("file-token-in-constant-use")  # read again at a request: the most recently used now
     for i in range(100):
         redact.learn(f"rotated-oauth-token-more-{i:06d}")
     assert redact("Authorization: file-token-in-constant-use") == f"Authorization: {REDACTED}"
+    assert redact("rotated-oauth-token-000000") == "rotated-oauth-token-000000"  # the least recently used went
+    assert redact.learned_chars <= 100_000

@@ -153,7 +153,7 @@ class TokenSource:
             raise ClientConfigError("oauth2: the token endpoint's answer has no access_token") from None
         if not isinstance(token, str) or not token:
             raise ClientConfigError("oauth2: the token endpoint's answer has no access_token")
-        self.clients.redactor.learn(token)
+        self.clients.redactor.hold(self, "access_token", [token])  # the previous one released
         return token, max(lifetime, 0.0)
 
 
@@ -178,7 +178,7 @@ class Clients:
 
     def reveal(self, secret: Secret, what: str) -> str:
         value = _reveal(secret, what)
-        self.redactor.learn(value)
+        self.redactor.hold(self, f"{what} {secret.file}", [value])  # as last read: a rotated file replaces it
         return value
 
     def context(self, config: TLSClientConfig) -> ssl.SSLContext:
@@ -201,7 +201,7 @@ class Clients:
             user = _reveal(user_secret, "username_file")
             password = self.reveal(password_secret, "password_file")
             credentials = basic_credentials(user, password)
-            self.redactor.learn(credentials)
+            self.redactor.hold(self, f"basic_auth {id(config)}", [credentials])
             authorization, source = "Basic " + credentials, "basic_auth"
         elif config.authorization is not None:
             kind, creds = config.authorization

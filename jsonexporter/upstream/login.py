@@ -32,7 +32,7 @@ from jsonexporter.upstream.sessions import LoginFailed, Obtained, Session
 # endpoint retried once
 RENEW_STATUSES = frozenset({401, 403})
 # a login value goes into headers: at most the largest cookie browsers keep (RFC 6265: 4096 bytes);
-# each is learned by the Redactor, whose pattern grows with them
+# each is held by the Redactor while its session lives, whatever its budget (secrets.LEARNED_BUDGET)
 MAX_VALUE_CHARS = 4096
 
 
@@ -68,7 +68,7 @@ def read_secrets(up: Upstream, module: Module, values: Mapping[str, str]) -> tup
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
             unreadable[name] = f"secret {name!r}: cannot read {secret.source}: {reason}"
             continue
-        up.clients.redactor.learn(value)
+        up.clients.redactor.hold(up.clients, f"secret {module.name}.{name}", [value])  # as last read: a rotated one replaces it
         filled[name] = value
     return filled, unreadable
 
@@ -113,8 +113,7 @@ async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadl
         return _failed(trace, "login_failed", str(exc), filled, unreadable)
     except TimeoutError:
         return _failed(trace, "login_failed", f"login: no answer within {remaining:.3f}s", filled, unreadable)
-    for value in got.session.values.values():
-        up.clients.redactor.learn(value)  # in use again: the newest, so that other secrets learned since do not push it out
+    up.clients.redactor.hold(got.session, "login", got.session.values.values())  # kept while the session lives
     if trace is not None and got.how != "made":
         _trace_session(trace, got)
     return Prepared({**filled, **got.session.values}, got.session, unreadable=unreadable)
