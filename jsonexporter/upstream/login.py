@@ -24,6 +24,7 @@ from jsonexporter.spec.model import Endpoint, Login, LoginValue, Module
 from jsonexporter.trace import Trace
 from jsonexporter.upstream.client import ClientConfigError, RequestOptions, renewal_delay
 from jsonexporter.upstream.fetch import BODY_STARTS, EndpointResult, Upstream, _cache_key, _request, fetch_all
+from jsonexporter.upstream.files import SECRET_READ_TIMEOUT
 from jsonexporter.upstream.refresh import Job
 from jsonexporter.upstream.render import UpstreamRequest, redact_url, render_request
 from jsonexporter.upstream.sessions import LoginFailed, Obtained, Session
@@ -55,12 +56,17 @@ class Prepared:
         return None
 
 
-def read_secrets(up: Upstream, module: Module, values: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """`values` with every readable secret of `module` added (each learned by the Redactor), and why the others are not."""
+async def read_secrets(up: Upstream, module: Module, values: Mapping[str, str], deadline: float) -> tuple[dict[str, str], dict[str, str]]:
+    """`values` with every readable secret of `module` added (each held by the Redactor), and why the
+    others are not; files are read off the loop, each within SECRET_READ_TIMEOUT and the `deadline`."""
     filled, unreadable = dict(values), {}
+    loop = asyncio.get_running_loop()
     for name, secret in module.secrets.items():
         try:
-            value = secret.read()
+            if secret.file is None:
+                value = secret.read()
+            else:
+                value = await up.clients.files.read(secret.file, min(SECRET_READ_TIMEOUT, deadline - loop.time()))
         except KeyError:
             unreadable[name] = f"secret {name!r}: {secret.source} is not set"
             continue
@@ -86,7 +92,7 @@ async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadl
     InvalidRequest, as rendering an endpoint does, when the values make an unusable login request."""
     if not module.secrets and module.login is None:
         return Prepared(values)
-    filled, unreadable = read_secrets(up, module, values)
+    filled, unreadable = await read_secrets(up, module, values, deadline)
     login = module.login
     if login is None:
         return Prepared(filled, unreadable=unreadable)
