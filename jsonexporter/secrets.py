@@ -8,10 +8,12 @@ what looks like a credential in a URL, so that no call site has to remember to f
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -20,9 +22,6 @@ REDACTED = "<redacted>"
 # A known secret shorter than this is looked for only where it is quoted ('abc', "abc"): bare, it
 # would match inside ordinary words and numbers everywhere.
 MIN_BARE_LENGTH = 4
-# Values learned at run time (files, OAuth2 tokens) are kept this many at most, the oldest dropped
-# first: a token refreshed every hour for years must not grow the process.
-MAX_LEARNED = 1024
 # Where a text from outside was shortened (trace.shorten, a quoted answer): a known secret that runs
 # into it is half shown, so its beginning is hidden too. A longer beginning than this is not looked for.
 CUT = "…"
@@ -220,75 +219,251 @@ def _forms(value: str) -> Iterator[str]:
     yield from (html.escape(s) for s in quoted)
 
 
+# -- known values: found by lookups of a few characters at every K-th position ----------------
+
+# A form of L characters is looked for by its K-grams at offsets 0..K-1, K the largest power of two
+# with 2K-1 <= L: an occurrence anywhere covers exactly one position that is a multiple of K with K of
+# its characters, so a text is read in steps of K (n/K dictionary lookups for each K in use), whatever
+# the number of values. Longer grams would make fewer lookups but more entries per form.
+MAX_GRAM = 32
+# Characters of the forms of learned values kept at most: beyond it, values not in use are forgotten,
+# the least recently used first. The values in use (Redactor.hold: live login sessions, current OAuth2
+# tokens, secret files as last read) are kept even beyond it.
+LEARNED_BUDGET = 16 * 1024 * 1024
+
+
+def _gram_size(length: int) -> int:
+    return min(MAX_GRAM, 1 << (((length + 1) // 2).bit_length() - 1))
+
+
+class _Forms:
+    """The forms of a set of values, indexed for finding in a text; adding or removing a value costs
+    in proportion to its forms."""
+
+    def __init__(self) -> None:
+        self._count: dict[str, int] = {}  # form -> how many values have it
+        self._grams: dict[int, dict[str, list[tuple[str, int]]]] = {}  # K -> K-gram -> (form, offset)
+        self.heads: dict[str, list[str]] = {}  # forms longer than MIN_BARE_LENGTH by their first MIN_BARE_LENGTH characters, for cuts
+        self._lengths: dict[int, int] = {}  # form length -> how many forms
+
+    def __bool__(self) -> bool:
+        return bool(self._count)
+
+    @property
+    def longest(self) -> int:
+        return max(self._lengths, default=0)
+
+    def add(self, forms: Iterable[str]) -> None:
+        for form in forms:
+            if (count := self._count.get(form, 0)) == 0:
+                k = _gram_size(len(form))
+                grams = self._grams.setdefault(k, {})
+                for offset in range(k):
+                    grams.setdefault(form[offset:offset + k], []).append((form, offset))
+                if len(form) > MIN_BARE_LENGTH:
+                    self.heads.setdefault(form[:MIN_BARE_LENGTH], []).append(form)
+                self._lengths[len(form)] = self._lengths.get(len(form), 0) + 1
+            self._count[form] = count + 1
+
+    def remove(self, forms: Iterable[str]) -> None:
+        for form in forms:
+            count = self._count.pop(form)
+            if count > 1:
+                self._count[form] = count - 1
+                continue
+            k = _gram_size(len(form))
+            grams = self._grams[k]
+            for offset in range(k):
+                gram = form[offset:offset + k]
+                entries = grams[gram]
+                entries.remove((form, offset))
+                if not entries:
+                    del grams[gram]
+            if not grams:
+                del self._grams[k]
+            if len(form) > MIN_BARE_LENGTH:
+                same = self.heads[form[:MIN_BARE_LENGTH]]
+                same.remove(form)
+                if not same:
+                    del self.heads[form[:MIN_BARE_LENGTH]]
+            if (n := self._lengths.pop(len(form))) > 1:
+                self._lengths[len(form)] = n - 1
+
+    def find(self, text: str, ends: dict[int, int]) -> None:
+        """Into `ends`: for each position of `text` where a form starts, the end of the longest one."""
+        n = len(text)
+        for k, grams in list(self._grams.items()):  # a log line may be redacted on another thread while a value is learned
+            get = grams.get
+            for at in range(0, n - k + 1, k):
+                entries = get(text[at:at + k])
+                if entries is not None:
+                    for form, offset in entries:
+                        start = at - offset
+                        if start >= 0 and ends.get(start, -1) < start + len(form) and text.startswith(form, start):
+                            ends[start] = start + len(form)
+
+
 class Redactor:
     """The one redaction function: known secret values first, then the pattern rules."""
 
-    def __init__(self, known: Iterable[str] = ()) -> None:
+    def __init__(self, known: Iterable[str] = (), budget: int = LEARNED_BUDGET) -> None:
+        self.budget = budget
+        self._forms = _Forms()
         self._known: set[str] = set()
-        self._learned: dict[str, None] = {}
-        self._pattern: re.Pattern[str] | None = None
-        self._empty = True
-        self._heads: dict[str, list[str]] = {}  # the secrets' forms by their first MIN_BARE_LENGTH characters, for cuts
-        self._longest = 0
+        self._present: dict[str, tuple[str, ...]] = {}  # every value looked for -> its forms
+        self._learned: dict[str, None] = {}  # learned values not in use, the least recently used first
+        self._pinned: dict[str, int] = {}  # learned values in use -> how many holders use them
+        self._learned_chars = 0  # of the forms of the learned values, in use or not
+        self._holders: dict[int, tuple[weakref.ref[object], dict[str, tuple[str, ...]]]] = {}
+        self._released: list[int] = []  # holders gone (weakref callbacks): released at the next call, never inside one
         self.know(known)
 
     def know(self, values: Iterable[str]) -> None:
         """Secrets of a (re)loaded spec; kept: an old spec's secrets stay hidden after a reload."""
-        new = {v for v in values if v and v not in REDACTED} - self._known
-        if new:
-            self._known |= new
-            self._pattern = None
+        for value in {v for v in values if v and v not in REDACTED} - self._known:
+            self._known.add(value)
+            if value in self._learned or value in self._pinned:  # learned first: now known, never forgotten
+                self._learned.pop(value, None)
+                self._pinned.pop(value, None)
+                self._learned_chars -= sum(map(len, self._present[value]))
+            else:
+                self._look_for(value)
 
     def learn(self, value: str) -> None:
-        """A secret read at run time (a file, a token); cheap when it is known already."""
+        """A secret read at run time (a file, a token): costs in proportion to its forms, nothing when
+        it is known already. Kept within `budget` while not in use (see hold)."""
+        self._release_gone()
         value = value.strip()
-        if not value or value in self._known or value in REDACTED:
+        if not value or value in self._known or value in REDACTED or value in self._pinned:
             return
-        if value in self._learned:  # in use again: the newest, so that newer values cannot push it out
+        if value in self._learned:  # used again: the most recently used
             self._learned[value] = self._learned.pop(value)
             return
+        self._learned_chars += sum(map(len, self._look_for(value)))
         self._learned[value] = None
-        while len(self._learned) > MAX_LEARNED:
-            del self._learned[next(iter(self._learned))]
-        self._pattern = None
+        self._forget_beyond_budget()
 
-    def _compiled(self) -> re.Pattern[str] | None:
-        if self._pattern is None:
-            forms = {f for v in (*self._known, *self._learned) for f in _forms(v) if f}
-            self._empty = not forms
-            self._pattern = re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)) or "(?!)")
-            self._heads = {}
-            for f in forms:
-                if len(f) > MIN_BARE_LENGTH:
-                    self._heads.setdefault(f[:MIN_BARE_LENGTH], []).append(f)
-            self._longest = min(max(map(len, forms), default=0), MAX_CUT_LOOKBACK)
-        return None if self._empty else self._pattern
+    def hold(self, owner: object, what: str, values: Iterable[str]) -> None:
+        """`owner` uses `values` under the name `what` (a login session its values, a token source its
+        token, a client configuration a file as last read): learned, and never forgotten while `owner`
+        lives and holds them. Values it held under `what` before are released (a rotated file)."""
+        self._release_gone()
+        key = id(owner)
+        held = self._holders.get(key)
+        if held is None:
+            held = self._holders[key] = (weakref.ref(owner, functools.partial(self._gone, key)), {})
+        new = tuple(dict.fromkeys(v.strip() for v in values if v.strip()))
+        old = held[1].get(what, ())
+        held[1][what] = new
+        for value in new:
+            self._pin(value)
+        for value in old:
+            self._unpin(value)
 
-    def _cut_short(self, text: str, mark: str) -> str:
-        """`text` without the beginning of a known secret that runs into a cut (CUT): a text shortened
-        before it reached the edge shows no part of one."""
+    def release(self, owner: object) -> None:
+        """`owner` no longer uses its values: they may be forgotten, the least recently used first."""
+        if id(owner) in self._holders:
+            self._release(id(owner))
+
+    def _gone(self, key: int, _: object) -> None:
+        self._released.append(key)  # a weakref callback runs wherever the collector does: the dicts are changed later
+
+    def _release_gone(self) -> None:
+        while self._released:
+            key = self._released.pop()
+            held = self._holders.get(key)
+            if held is not None and held[0]() is None:  # not a new owner at the same address
+                self._release(key)
+
+    def _release(self, key: int) -> None:
+        for values in self._holders.pop(key)[1].values():
+            for value in values:
+                self._unpin(value)
+
+    def _pin(self, value: str) -> None:
+        if value in self._known or value in REDACTED:
+            return
+        if value in self._pinned:
+            self._pinned[value] += 1
+            return
+        if value in self._learned:
+            del self._learned[value]
+        else:
+            self._learned_chars += sum(map(len, self._look_for(value)))
+        self._pinned[value] = 1
+
+    def _unpin(self, value: str) -> None:
+        if (count := self._pinned.get(value)) is None:
+            return
+        if count > 1:
+            self._pinned[value] = count - 1
+            return
+        del self._pinned[value]
+        self._learned[value] = None  # no longer in use: the most recently used of those that may go
+        self._forget_beyond_budget()
+
+    def _look_for(self, value: str) -> tuple[str, ...]:
+        forms = tuple(dict.fromkeys(f for f in _forms(value) if f))
+        self._present[value] = forms
+        self._forms.add(forms)
+        return forms
+
+    def _forget_beyond_budget(self) -> None:
+        # the one learned last stays: whoever learned it is about to show text that may hold it
+        while self._learned_chars > self.budget and len(self._learned) > 1:
+            oldest = next(iter(self._learned))
+            del self._learned[oldest]
+            forms = self._present.pop(oldest)
+            self._forms.remove(forms)
+            self._learned_chars -= sum(map(len, forms))
+
+    @property
+    def learned_chars(self) -> int:
+        """Characters of the forms of the learned values kept (in use or not)."""
+        return self._learned_chars
+
+    def _known_redacted(self, text: str, mark: str) -> str:
+        """Every known form in `text` replaced, the longest at a position first, left to right."""
+        ends: dict[int, int] = {}
+        self._forms.find(text, ends)
+        if not ends:
+            return text
         out: list[str] = []
         done = 0
-        at = text.find(CUT)
-        while at >= 0:
-            for start in range(max(done, at - self._longest), at - MIN_BARE_LENGTH + 1):
-                forms = self._heads.get(text[start:start + MIN_BARE_LENGTH])
-                if forms and any(form.startswith(text[start:at]) for form in forms):
-                    out += [text[done:start], mark]
-                    done = at
-                    break
-            at = text.find(CUT, at + 1)
+        for start in sorted(ends):
+            if start >= done:
+                out += [text[done:start], _quoted(text[start:ends[start]], mark)]
+                done = ends[start]
         out.append(text[done:])
         return "".join(out)
 
     def __call__(self, text: str, mark: str = REDACTED) -> str:
         """`text` as it may leave the process; `mark` replaces each secret (HTML-escaped in a page)."""
-        pattern = self._compiled()
-        if pattern is not None:
-            text = pattern.sub(lambda m: _quoted(m[0], mark), text)
+        self._release_gone()
+        if self._forms:
+            text = self._known_redacted(text, mark)
             if CUT in text:
-                text = self._cut_short(text, mark)
+                text = cut_short(text, mark, self._forms.heads, min(self._forms.longest, MAX_CUT_LOOKBACK))
         return redact_patterns(text, mark)
+
+
+def cut_short(text: str, mark: str, heads: Mapping[str, list[str]], longest: int) -> str:
+    """`text` without the beginning of a known secret that runs into a cut (CUT): a text shortened
+    before it reached the edge shows no part of one. `heads`: the forms longer than MIN_BARE_LENGTH by
+    their first MIN_BARE_LENGTH characters; `longest`: how far back a beginning is looked for."""
+    out: list[str] = []
+    done = 0
+    at = text.find(CUT)
+    while at >= 0:
+        for start in range(max(done, at - longest), at - MIN_BARE_LENGTH + 1):
+            forms = heads.get(text[start:start + MIN_BARE_LENGTH])
+            if forms and any(form.startswith(text[start:at]) for form in forms):
+                out += [text[done:start], mark]
+                done = at
+                break
+        at = text.find(CUT, at + 1)
+    out.append(text[done:])
+    return "".join(out)
 
 
 def _quoted(found: str, mark: str) -> str:

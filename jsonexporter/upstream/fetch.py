@@ -29,7 +29,7 @@ from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOpti
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
 from jsonexporter.upstream.pagination import Page, fetch_pages
 from jsonexporter.upstream.refresh import Events, Job, Schedules
-from jsonexporter.upstream.render import InvalidRequest, UpstreamRequest, redact_target, redact_url, render_request, target_redactor
+from jsonexporter.upstream.render import InvalidRequest, UpstreamRequest, probe_redactor, redact_target, redact_url, render_request
 from jsonexporter.upstream.sessions import LoginStore
 
 log = logging.getLogger("jsonexporter")
@@ -335,7 +335,7 @@ async def _background(up: Upstream, job: Job) -> tuple[Answer | None, EndpointRe
 def _background_done(up: Upstream, job: Job, result: EndpointResult) -> Answer | None:
     up.events.fetched(job, result)
     if not result.ok:
-        caller = target_redactor(job.values.get("target", ""))
+        caller = probe_redactor(job.values)
         err = caller(result.error) if caller is not None and result.error is not None else result.error
         log.warning("background request failed, keeping the previous answer", extra=kv(
             module=job.module.name, endpoint=job.endpoint.name, target=redact_target(job.values.get("target", "")), outcome=result.outcome, err=err))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from yarl import URL
 
-from jsonexporter.secrets import Redactor, redact_patterns
+from jsonexporter.secrets import Redactor, is_secret_name, redact_patterns
 from jsonexporter.spec.expressions import Template
 from jsonexporter.spec.functions import Pattern
 from jsonexporter.spec.model import Endpoint, JsonBody, Module
@@ -63,6 +63,21 @@ def target_redactor(target: str) -> Redactor | None:
         return None
     basic = basic_credentials(url.user or "", url.password or "")
     return Redactor({basic, url.password if url.password is not None else url.user or ""})
+
+
+def probe_redactor(values: Mapping[str, str]) -> Redactor | None:
+    """What hides a probe's own secrets in the texts of that probe (its trace, errors, record and log
+    lines): the target's credentials (target_redactor) and the values of its secret-named parameters
+    (`api_key=…` on /probe), which an upstream may echo where no pattern rule sees them. Kept per
+    probe, never learned: the one Redactor of the process does not grow with its callers."""
+    secret = [value for name, value in values.items() if name not in ("target", "module") and is_secret_name(name) and value]
+    caller = target_redactor(values.get("target", ""))
+    if not secret:
+        return caller
+    if caller is None:
+        return Redactor(secret)
+    caller.know(secret)
+    return caller
 
 
 def _render_json(value: object, values: Mapping[str, str]) -> object:
