@@ -26,7 +26,7 @@ from jsonexporter.upstream.client import ClientConfigError, RequestOptions, rene
 from jsonexporter.upstream.fetch import BODY_STARTS, EndpointResult, Upstream, _cache_key, _request, fetch_all
 from jsonexporter.upstream.files import SECRET_READ_TIMEOUT
 from jsonexporter.upstream.refresh import Job
-from jsonexporter.upstream.render import UpstreamRequest, redact_url, render_request
+from jsonexporter.upstream.render import UpstreamRequest, render_request
 from jsonexporter.upstream.sessions import LoginFailed, Obtained, Session
 
 # statuses that say the login's values are no longer accepted: the login is made again and the
@@ -142,7 +142,7 @@ async def _log_in(up: Upstream, login: Login, request: UpstreamRequest, options:
     """The login request, through fetch.py's request path, and the session its answer gives."""
     _, result = await _request(up, request, options, budget)
     if trace is not None:
-        trace.add(f"login: {request.method} {redact_url(request.url)}" + (f", body of {len(request.body)} bytes" if request.body is not None else ""))
+        trace.add(f"login: {request.method} {request.url}" + (f", body of {len(request.body)} bytes" if request.body is not None else ""))
         for line in result.redirects:
             trace.add(f"  {line}")
         trace.add(f"  -> {result.outcome}, status {result.status}, {result.bytes} bytes, {result.duration:.3f}s")
