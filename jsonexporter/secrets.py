@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus
 
+from yarl import URL
+
 _SECRET_WORDS = ("auth", "token", "secret", "password", "passwd", "key", "cookie", "session", "credential", "signature")
 REDACTED = "<redacted>"
 # A known secret shorter than this is looked for only where it is quoted ('abc', "abc"): bare, it
@@ -205,13 +207,26 @@ def spec_secrets(data: Any) -> frozenset[str]:
     return frozenset(s for value in found for s in secret_fragments(value))
 
 
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
+
+
+def _yarl_forms(value: str) -> tuple[str, ...]:
+    """The value as yarl (aiohttp's URLs) writes it in a path and in a query, which is neither of
+    urllib's spellings: it leaves `!:@$=/` as they are in a path and encodes `+` and `=` in a query."""
+    try:
+        return URL.build(path="/" + value).raw_path[1:], URL.build(query={"k": value}).raw_query_string[2:]
+    except (ValueError, TypeError, UnicodeError):
+        return ()
+
+
 def _forms(value: str) -> Iterator[str]:
     """How a value shows in text: as is, quoted by repr or JSON, percent-encoded, HTML-escaped."""
     # repr of its UTF-8 bytes too: an answer that is not JSON is quoted as bytes (fetch._quoted_start)
     shown = list(dict.fromkeys([value, repr(value)[1:-1], json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
                                 repr(value.encode())[2:-1]]))
     if len(value) >= MIN_BARE_LENGTH:
-        shown += [quote(value, safe=""), quote_plus(value)]
+        shown += dict.fromkeys(f for form in (quote(value, safe=""), quote_plus(value), quote(value, safe="/"), *_yarl_forms(value))
+                               for f in (form, _PERCENT.sub(lambda m: m[0].lower(), form)))
         yield from shown
         yield from (html.escape(s) for s in shown)
     quoted = [repr(value), json.dumps(value), f"'{value}'", f'"{value}"']
@@ -230,6 +245,16 @@ MAX_GRAM = 32
 # the least recently used first. The values in use (Redactor.hold: live login sessions, current OAuth2
 # tokens, secret files as last read) are kept even beyond it.
 LEARNED_BUDGET = 16 * 1024 * 1024
+# Candidates a text may make the lookups check, beyond which it is withheld whole (WITHHELD): a text
+# repeating what values repeat (`abab…` against many values `abab…x`) makes every lookup a hit, and
+# the check of each would take minutes. Ordinary texts make a few checks per known value they hold.
+MAX_CHECKS_BASE = 1 << 20
+MAX_CHECKS_PER_CHAR = 16
+WITHHELD = "(text withheld: it would take too long to look for the known secrets in it)"
+
+
+class _TooCostly(Exception):
+    pass
 
 
 def _gram_size(length: int) -> int:
@@ -290,13 +315,18 @@ class _Forms:
                 self._lengths[len(form)] = n - 1
 
     def find(self, text: str, ends: dict[int, int]) -> None:
-        """Into `ends`: for each position of `text` where a form starts, the end of the longest one."""
+        """Into `ends`: for each position of `text` where a form starts, the end of the longest one. Raises
+        _TooCostly when the text makes more than its share of checks (MAX_CHECKS_BASE, MAX_CHECKS_PER_CHAR)."""
         n = len(text)
+        left = MAX_CHECKS_BASE + MAX_CHECKS_PER_CHAR * n
         for k, grams in list(self._grams.items()):  # a log line may be redacted on another thread while a value is learned
             get = grams.get
             for at in range(0, n - k + 1, k):
                 entries = get(text[at:at + k])
                 if entries is not None:
+                    left -= len(entries)
+                    if left < 0:
+                        raise _TooCostly
                     for form, offset in entries:
                         start = at - offset
                         if start >= 0 and ends.get(start, -1) < start + len(form) and text.startswith(form, start):
@@ -306,8 +336,12 @@ class _Forms:
 class Redactor:
     """The one redaction function: known secret values first, then the pattern rules."""
 
-    def __init__(self, known: Iterable[str] = (), budget: int = LEARNED_BUDGET) -> None:
+    def __init__(self, known: Iterable[str] = (), budget: int = LEARNED_BUDGET, parent: Redactor | None = None) -> None:
         self.budget = budget
+        # a probe's own Redactor: the process's values are looked for first, then its own, then the
+        # pattern rules once; two Redactors one after the other would not do: the first one's pattern
+        # rules hide part of a value (`user:pw@` in a ticket) and the second one no longer finds the rest
+        self.parent = parent
         self._forms = _Forms()
         self._known: set[str] = set()
         self._present: dict[str, tuple[str, ...]] = {}  # every value looked for -> its forms
@@ -425,7 +459,10 @@ class Redactor:
     def _known_redacted(self, text: str, mark: str) -> str:
         """Every known form in `text` replaced, the longest at a position first, left to right."""
         ends: dict[int, int] = {}
-        self._forms.find(text, ends)
+        try:
+            self._forms.find(text, ends)
+        except _TooCostly:
+            return f"{mark} {WITHHELD}"
         if not ends:
             return text
         out: list[str] = []
@@ -437,14 +474,19 @@ class Redactor:
         out.append(text[done:])
         return "".join(out)
 
-    def __call__(self, text: str, mark: str = REDACTED) -> str:
-        """`text` as it may leave the process; `mark` replaces each secret (HTML-escaped in a page)."""
+    def _values_redacted(self, text: str, mark: str) -> str:
         self._release_gone()
         if self._forms:
             text = self._known_redacted(text, mark)
             if CUT in text:
                 text = cut_short(text, mark, self._forms.heads, min(self._forms.longest, MAX_CUT_LOOKBACK))
-        return redact_patterns(text, mark)
+        return text
+
+    def __call__(self, text: str, mark: str = REDACTED) -> str:
+        """`text` as it may leave the process; `mark` replaces each secret (HTML-escaped in a page)."""
+        if self.parent is not None:
+            text = self.parent._values_redacted(text, mark)
+        return redact_patterns(self._values_redacted(text, mark), mark)
 
 
 def cut_short(text: str, mark: str, heads: Mapping[str, list[str]], longest: int) -> str:

@@ -259,3 +259,35 @@ async def test_a_secret_named_probe_parameter_echoed_by_the_upstream_shows_nowhe
     for shown in (traced, page, logged):
         assert key not in shown and "param-SECRET" not in shown, shown
     assert client.app[STATE].redactor(key) == key  # hidden per probe, not learned by the one Redactor of the process
+
+
+async def test_secrets_are_hidden_as_aiohttp_writes_them_in_paths_and_queries(serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory,
+                                                                               tmp_path: Path) -> None:
+    """yarl keeps `!:@$=/` in a path and encodes `+` and `=` in a query: neither urllib spelling."""
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"error": "no"}, status=400)
+
+    up = await upstream({"/x/{rest:.*}": refuse})
+    (tmp_path / "pw").write_text("Pass#word!1")
+    (tmp_path / "ticket").write_text("PVE:monitor@pve:6750AB12::Zm9v+YmFy/YmF6==")
+    exporter = await serve(fr"""
+        modules:
+          default:
+            targets: {{allow: ['http://127\.0\.0\.1:\d+']}}
+            secrets:
+              pw: {{file: {tmp_path}/pw}}
+              ticket: {{file: {tmp_path}/ticket}}
+            endpoints:
+              e:
+                url: '{{target}}/x/{{pw}}'
+                params: {{q: '{{pw}}', t: '{{ticket}}'}}
+            metrics: [{{name: x, help: x, value: a}}]
+        """)
+    _, trace = await exporter.get("/probe", target=up.url, debug="true")
+    _, record = await exporter.get("/probes/1")
+    log = exporter.stop()
+    assert up.requests and up.requests[0].query["q"] == "Pass#word!1"  # the secrets were sent
+    for shown in (trace, html.unescape(record), log):
+        assert "invalid_status" in shown
+        for part in ("Pass", "word", "Zm9v", "YmF6", "6750AB12"):
+            assert part not in shown, (part, shown)

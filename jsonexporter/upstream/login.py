@@ -26,7 +26,7 @@ from jsonexporter.upstream.client import ClientConfigError, RequestOptions, rene
 from jsonexporter.upstream.fetch import EndpointResult, Upstream, _cache_key, _request, fetch_all
 from jsonexporter.upstream.files import SECRET_READ_TIMEOUT
 from jsonexporter.upstream.refresh import Job
-from jsonexporter.upstream.render import UpstreamRequest, redact_url, render_request
+from jsonexporter.upstream.render import UpstreamRequest, render_request
 from jsonexporter.upstream.sessions import LoginFailed, Obtained, Session
 
 # statuses that say the login's values are no longer accepted: the login is made again and the
@@ -144,7 +144,7 @@ async def _log_in(up: Upstream, module: str, login: Login, request: UpstreamRequ
     """The login request of `module`, through fetch.py's request path, and the session its answer gives; its result reported (up.events)."""
     _, result = await _request(up, request, options, budget, quote_answer=False)
     if trace is not None:
-        trace.add(f"login: {request.method} {redact_url(request.url)}" + (f", body of {len(request.body)} bytes" if request.body is not None else ""))
+        trace.add(f"login: {request.method} {request.url}" + (f", body of {len(request.body)} bytes" if request.body is not None else ""))
         for line in result.redirects:
             trace.add(f"  {line}")
         trace.add(f"  -> {result.outcome}, status {result.status}, {result.bytes} bytes, {result.duration:.3f}s")
