@@ -27,7 +27,7 @@ from metrics_util import samples
 from prometheus_client.utils import floatToGoString
 
 from jsonexporter.exposition import Family, encode, encode_async, render_openmetrics, render_text
-from jsonexporter.extract import Extraction, ProbeContext, _fast_plan, extract, extract_async
+from jsonexporter.extract import _MAX_PLANS, Extraction, ProbeContext, _fast_plan, extract, extract_async
 from jsonexporter.probe import module_labels
 from jsonexporter.slices import EXTRACT, PARSE, RENDER, turn
 from jsonexporter.spec.model import Module
@@ -157,6 +157,32 @@ def test_bench_spec_takes_the_fast_path_with_the_same_output() -> None:
     fast, general = _both_paths(module, document)
     _assert_same(fast, general)
     assert len(samples(fast.families["bench_item_requests_total"])) == 3
+
+
+def _labelled_by_target() -> Module:
+    return make_spec("""
+        modules:
+          default:
+            labels: {instance: "{target}"}
+            metrics:
+              - {name: a, help: h, each: items, value: v, labels: {id: id}}
+        """).modules["default"]
+
+
+def test_module_labels_of_each_probe_reach_its_series_through_the_kept_plans() -> None:
+    """A rule's plan is kept with its module between probes (Module.fast_plans), for each set of module labels."""
+    module = _labelled_by_target()
+    for target in ("http://one", "http://two", "http://one"):
+        result = extract(module, {"default": {"items": [{"id": "x", "v": 1}]}}, PROBE, module_labels(module, {"target": target, "module": "default"}))
+        assert samples(result.families["a"]) == [("a", {"id": "x", "instance": target}, 1.0)]
+
+
+def test_the_plans_kept_for_module_labels_made_of_targets_are_bounded() -> None:
+    module = _labelled_by_target()
+    for i in range(_MAX_PLANS + 10):
+        extract(module, {"default": {"items": [{"id": "x", "v": 1}]}}, PROBE, module_labels(module, {"target": f"http://t{i}", "module": "default"}))
+        assert len(module.fast_plans) <= _MAX_PLANS
+    assert module.fast_plans
 
 
 def test_rules_sharing_labels_give_an_element_the_same_label_text() -> None:
