@@ -616,16 +616,17 @@ def _number_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[str
     try:
         if kinds <= _NUMBERS:
             exact = kinds == _INT and scale > 0  # no NaN, and the sign is the integer's: min() says it at C speed
-            if metric.type == "counter" and not (min(raws) >= 0 if exact else all(raw * scale >= 0 for raw in raws)):
+            low = min(raws) if exact else None
+            if metric.type == "counter" and not (low >= 0 if low is not None else all(raw * scale >= 0 for raw in raws)):
                 return None  # a negative or NaN count is an error of its series: element by element
-            if kinds == _INT and scale == 1.0 and min(raws) > -EXACT_LIMIT and max(raws) < EXACT_LIMIT:
+            if low is not None and scale == 1.0 and low > -EXACT_LIMIT and max(raws) < EXACT_LIMIT:
                 return _json_texts(raws)
             if scale == 1.0:
                 return _float_texts(raws if kinds == _FLOAT else list(map(float, raws)))
             return _float_texts([float(raw * scale) for raw in raws])
-        if kinds == _BOOL:
+        if kinds == _BOOL:  # orjson's `true,false,…` with the texts put in (number texts have neither word): a third of a comprehension's time
             true_text, false_text = (format_value(sample_value(raw, metric, expr)) for raw in (True, False))
-            return [true_text if raw else false_text for raw in raws]
+            return orjson.dumps(raws)[1:-1].decode().replace("false", false_text).replace("true", true_text).split(",")
         return [format_value(sample_value(raw, metric, expr)) for raw in raws]
     except Exception:  # not a number, null without a default, too large for a float
         return None
@@ -634,13 +635,14 @@ def _number_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[str
 def _float_texts(values: list[float]) -> list[str]:
     """`format_value` of each value: repr when that is each one's form (none integral, all finite and
     below 1e6), written by orjson at once where its shortest digits are repr's, positional from 1e-4 to
-    1e16 (512 values: 23 µs, against 110 for repr one by one and 225 for format_value)."""
-    if values and math.isfinite(sum(values)) and max(values) < 1e6 and not any(map(float.is_integer, values)):
-        if min(values) > -1e16 and min(map(abs, values)) >= 1e-4:
+    1e16; what orjson writes tells the integral (`2.0`) and the NaN or infinite (`null`) ones apart
+    (200 values in about 0.6 of the time that checking them on the numbers took, and a fifth of repr one by one's)."""
+    if values:
+        low = min(values)
+        if max(values) < 1e6 and (low >= 1e-4 or (low > -1e16 and min(map(abs, values)) >= 1e-4)):  # NaN may hide from both: null below
             written = orjson.dumps(values)
-            if b"e" not in written:  # none in exponent form
+            if b"e" not in written and b"n" not in written and b".0," not in written and not written.endswith(b".0]"):
                 return written[1:-1].decode().split(",")
-        return list(map(float.__repr__, values))
     return list(map(format_value, values))
 
 

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from metrics_util import samples
 from prometheus_client.utils import floatToGoString
 
-from jsonexporter.exposition import Family, encode, encode_async, render_openmetrics, render_text
-from jsonexporter.extract import _MAX_PLANS, Extraction, ProbeContext, _fast_plan, extract, extract_async
+from jsonexporter.exposition import Family, encode, encode_async, format_value, render_openmetrics, render_text
+from jsonexporter.extract import _MAX_PLANS, Extraction, ProbeContext, _fast_plan, _float_texts, extract, extract_async
 from jsonexporter.probe import module_labels
 from jsonexporter.slices import EXTRACT, PARSE, RENDER, turn
 from jsonexporter.spec.model import Module
@@ -277,6 +277,19 @@ def test_values_are_written_as_prometheus_client_writes_them_but_integers_exactl
         result = extract(module, {"default": {"items": [{"i": str(i), "v": v} for i, v in enumerate(column)]}}, PROBE)
         written = [line.split(" ")[1] for line in render_text(list(result.families.values())).splitlines()[2:]]
         assert written == [reference(v) for v in column]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats() | st.floats(-1e6, 1e6).map(lambda v: round(v, 3)) | st.integers(-(10**6), 10**6).map(float), min_size=1, max_size=8))
+def test_a_column_of_floats_is_written_as_each_one_alone(values: list[float]) -> None:
+    """Written at once by orjson where that is each one's text: integral, NaN and infinite values, exponent forms among them."""
+    assert _float_texts(values) == [format_value(v) for v in values]
+
+
+def test_a_column_of_booleans_is_written_with_their_values() -> None:
+    module = make_spec("modules: {default: {metrics: [{name: x, help: h, each: items, value: v, labels: {i: i}, value_map: {'true': 5}}]}}").modules["default"]
+    result = extract(module, {"default": {"items": [{"i": "a", "v": True}, {"i": "b", "v": False}, {"i": "c", "v": True}]}}, PROBE)
+    assert [(s[1]["i"], s[2]) for s in samples(result.families["x"])] == [("a", 5.0), ("b", 0.0), ("c", 5.0)]
 
 
 def test_sliced_extraction_and_rendering_give_the_plain_results() -> None:
