@@ -12,6 +12,7 @@ import asyncio
 import functools
 import gzip
 import math
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -134,15 +135,21 @@ def _openmetrics_header_of(name: str, family_type: str, help_text: str) -> str:
     return f"# HELP {base} {help_text}\n# TYPE {base} {mtype}\n"
 
 
-def _chunks(families: Iterable[Family], openmetrics: bool) -> Iterator[str]:
-    """The exposition in pieces of about `_PIECE` characters: steps for `encode_async`."""
+def _chunks(families: Iterable[Family], openmetrics: bool, let_go: bool = False) -> Iterator[str]:
+    """The exposition in pieces of about `_PIECE` characters: steps for `encode_async`. With `let_go`,
+    each family's parts and keys are let go as they are written (see encode_pieces)."""
     out: list[str] = []
     append = out.append
     size = 0
     header = _openmetrics_header if openmetrics else _text_header
     for family in families:
         append(header(family))
-        for part in family.parts:
+        parts = family.parts
+        if let_go:
+            family.parts, family.keys = [], set()
+        for index, part in enumerate(parts):
+            if let_go:
+                parts[index] = ""
             text = part if isinstance(part, str) else _sample_text(part, openmetrics)
             append(text)
             size += len(text)
@@ -195,15 +202,33 @@ def encode(families: list[Family], accept: str, accept_encoding: str) -> tuple[b
 
 
 async def encode_async(families: list[Family], accept: str, accept_encoding: str, deadline: float | None = None) -> tuple[bytes, dict[str, str]]:
-    """`encode` on the event loop, in slices and in turn (see slices.py); a big body is
-    compressed in a thread (zlib lets go of the GIL while it works, so that runs beside the
-    event loop). DeadlinePassed (slices.py) when `deadline` passes before the body is written."""
+    """`encode` on the event loop: `encode_pieces` joined."""
+    pieces, headers = await encode_pieces(families, accept, accept_encoding, deadline)
+    return b"".join(pieces), headers
+
+
+async def encode_pieces(families: list[Family], accept: str, accept_encoding: str, deadline: float | None = None,
+                        let_go: bool = False) -> tuple[list[bytes], dict[str, str]]:
+    """`encode`'s body in pieces of about `_PIECE` characters, never joined (a server writes them one
+    after the other: server.write_pieces), rendered on the event loop in slices and in turn (see
+    slices.py); a big body is compressed in a thread (zlib lets go of the GIL while it works, so that
+    runs beside the event loop). DeadlinePassed (slices.py) when `deadline` passes before the body is written.
+    With `let_go` (the caller has no more use for the families), the families' series are let go as
+    they are written, emptying them: the series and their written answer are not both whole in memory."""
     openmetrics, compress, headers = _negotiate(accept, accept_encoding)
     async with turn(RENDER, deadline):
-        body = b"".join([chunk.encode("utf-8", "replace") async for chunk in sliced(_chunks(families, openmetrics), deadline=deadline)])
+        pieces = [chunk.encode("utf-8", "replace") async for chunk in sliced(_chunks(families, openmetrics, let_go), deadline=deadline)]
     if compress:
-        if len(body) > _COMPRESS_INLINE_BYTES:
-            body = await asyncio.to_thread(gzip.compress, body, compresslevel=1)
+        if sum(map(len, pieces)) > _COMPRESS_INLINE_BYTES:
+            pieces = await asyncio.to_thread(_gzip_pieces, pieces)
         else:
-            body = gzip.compress(body, compresslevel=1)
-    return body, headers
+            pieces = _gzip_pieces(pieces)
+    return pieces, headers
+
+
+def _gzip_pieces(pieces: list[bytes]) -> list[bytes]:
+    """One gzip stream of the pieces (level 1, as `encode`), in pieces."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: the gzip header and trailer
+    compressed = [compressor.compress(piece) for piece in pieces]
+    compressed.append(compressor.flush())
+    return [piece for piece in compressed if piece]

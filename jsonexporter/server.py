@@ -20,7 +20,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import exposition as prom_exposition
 
 from jsonexporter import __version__
-from jsonexporter.exposition import encode_async, render_text
+from jsonexporter.exposition import encode_pieces, render_text
 from jsonexporter.listen import ClientConnections
 from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, TargetNotAllowed, fail, run_probe
@@ -38,6 +38,7 @@ from jsonexporter.webconfig import BasicAuth, WebConfig, headers_hook, load_web_
 log = logging.getLogger("jsonexporter")
 
 TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+WRITTEN_WHOLE_BYTES = 1 << 18  # an answer up to this size is sent in one write (one system call), its copies cost little
 MIN_TIMEOUT = 0.1
 
 
@@ -178,13 +179,34 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
         return _plain(200, caller(text) if caller is not None else text)
     accept, accept_encoding = request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
     try:
-        body, headers = await encode_async(result.families, accept, accept_encoding, result.deadline)
+        pieces, headers = await encode_pieces(result.families, accept, accept_encoding, result.deadline, let_go=True)
     except DeadlinePassed:
         elapsed = asyncio.get_running_loop().time() - (result.deadline - timeout)
         result = fail(result, module, "deadline", f"the deadline of {timeout:.3f}s passed while the answer was written", elapsed)
-        body, headers = await encode_async(result.families, accept, accept_encoding)  # the probe's own metrics: a few lines
+        pieces, headers = await encode_pieces(result.families, accept, accept_encoding)  # the probe's own metrics: a few lines
+    result.families, result.extraction.families = [], {}  # written: the series go before the answer is sent
     _record(state, module.name, target, result, caller)
-    return web.Response(body=body, headers=headers)
+    return await write_pieces(request, pieces, headers)
+
+
+async def write_pieces(request: web.Request, pieces: list[bytes], headers: dict[str, str]) -> web.StreamResponse:
+    """An answer written piece by piece (a small one at once), each let go once written, with its Content-Length. A whole
+    body would be in memory up to four times at once while sent (joined; joined again with the headers
+    and copied twice by the Python 3.11 transport, for what the socket does not take at once), and
+    until the scraper has read it."""
+    response = web.StreamResponse(headers=headers)
+    response.content_length = size = sum(map(len, pieces))
+    if size <= WRITTEN_WHOLE_BYTES:
+        pieces[:] = [b"".join(pieces)]
+    try:
+        await response.prepare(request)
+        if request.method != "HEAD":
+            pieces.reverse()
+            while pieces:
+                await response.write(pieces.pop())
+    except ConnectionError:  # the scraper went away: there is nobody to answer
+        pass
+    return response
 
 
 def _record(state: State, module: str, target: str, result: ProbeResult, caller: Redactor | None = None) -> None:

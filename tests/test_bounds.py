@@ -4,8 +4,10 @@ series limit, the default max_response_bytes, and the turns that keep one probe'
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import socket
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -13,8 +15,8 @@ from aiohttp import web
 from conftest import ExporterFactory, UpstreamFactory, make_spec
 from metrics_util import names, parse, value
 
-from jsonexporter.exposition import Family, encode_async
-from jsonexporter.server import Options, make_app
+from jsonexporter.exposition import Family, encode, encode_async, encode_pieces
+from jsonexporter.server import Options, make_app, write_pieces
 from jsonexporter.slices import EXTRACT, PARSE, RENDER, DeadlinePassed, Steps, run_sliced, turn
 from jsonexporter.spec import load_text
 
@@ -215,3 +217,101 @@ async def test_a_health_check_that_arrives_during_a_slice_is_answered_before_the
         assert (await asyncio.to_thread(first_request)).startswith(b"HTTP/1.1 200")
         await asyncio.wait_for(run_sliced(steps(), slice_seconds=0), 10)
     assert seen[0].startswith(b"HTTP/1.1 200") and seen[0].endswith(b"Healthy.\n")
+
+
+OWNER = "o" * 200
+BIG_ANSWER_SPEC = (f"modules:\n  default:\n    labels: {{owner: {OWNER}}}\n    metrics:\n"  # 20 series per element, of 230 bytes
+                   + "".join(f"      - {{name: item_{n}, help: h, each: '@', labels: {{id: id}}, value: v}}\n" for n in range(20)))
+
+
+def _read_answer(port: int, path: str) -> tuple[bytes, int, bytes]:
+    """A scraper with a small receive buffer, as one across a network (the kernel takes little of an answer
+    at once), that keeps none of it: the head, the size of the body and its end."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        sock.settimeout(120)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        received, size = b"", 0
+        while chunk := sock.recv(1 << 16):
+            received = received[-1024:] + chunk
+            size += len(chunk)
+    return received[:received.find(b"\r\n\r\n")] if size == len(received) else b"", size, received[-1024:]
+
+
+async def test_an_answer_is_in_memory_about_once_while_it_is_written(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    """Its series are let go as they are written into pieces, and each piece once sent: joined, then copied
+    by the transport for what the socket did not take at once, a whole body was there up to four times."""
+    up = await upstream({"/": [{"id": f"{i:06d}", "v": i} for i in range(4_000)]})
+    client = await exporter(BIG_ANSWER_SPEC)
+    series = 80_000 * len(f'item_0{{id="000000",owner="{OWNER}"}} 1\n')  # about the size of the answer
+    tracemalloc.start()
+    try:
+        _, size, end = await asyncio.to_thread(_read_answer, client.server.port, f"/probe?target={up.url}/")  # type: ignore[union-attr]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert size > series and end.endswith(b"probe_success 1\n")
+    assert peak < 1.5 * size
+
+
+async def _raw_answer(port: int, method: str, path: str, accept_encoding: str = "") -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept-Encoding: {accept_encoding}\r\nConnection: close\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), 60)
+    writer.close()
+    return b"\r\n".join(line for line in answer.split(b"\r\n") if not line.startswith(b"Date: "))
+
+
+async def test_an_answer_written_in_pieces_is_byte_identical_to_one_written_whole(aiohttp_server: Any) -> None:
+    def families() -> list[Family]:  # several pieces (exposition._PIECE), a sample left to the writer, non-ASCII text
+        return [Family("x", "gauge", "h", [f'x{{id="{i}",name="é{i}"}} {i}\n' for i in range(20_000)]),
+                Family("y", "counter", "h", [("y_total", (("a", "b"),), 1.5, 1.0)])]
+
+    body, headers = encode(families(), "", "")
+
+    async def in_pieces(request: web.Request) -> web.StreamResponse:
+        pieces, headers = await encode_pieces(families(), "", request.headers.get("Accept-Encoding", ""), let_go=True)
+        assert len(pieces) > 1
+        return await write_pieces(request, pieces, headers)
+
+    async def whole(request: web.Request) -> web.Response:
+        return web.Response(body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/pieces", in_pieces)
+    app.router.add_get("/whole", whole)
+    server = await aiohttp_server(app)
+    for method in ("GET", "HEAD"):
+        expected = await _raw_answer(server.port, method, "/whole")
+        assert await _raw_answer(server.port, method, "/pieces") == expected
+        assert b"Content-Length: " + str(len(body)).encode() in expected and (method == "HEAD") != expected.endswith(body)
+    head, _, compressed = (await _raw_answer(server.port, "GET", "/pieces", "gzip")).partition(b"\r\n\r\n")
+    assert b"Content-Encoding: gzip" in head and gzip.decompress(compressed) == body
+
+
+def _leave_after_the_head(port: int, path: str) -> bytes:
+    """A scraper that goes away once its answer has begun (its scrape timeout passed): closed with the
+    rest unread, the connection is reset."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        sock.settimeout(120)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        return sock.recv(1 << 10)
+
+
+async def test_a_scraper_that_leaves_while_its_answer_is_written_is_no_error(
+    upstream: UpstreamFactory, exporter: ExporterFactory, caplog: pytest.LogCaptureFixture,
+) -> None:
+    up = await upstream({"/": [{"id": f"{i:06d}", "v": i} for i in range(4_000)]})
+    client = await exporter(BIG_ANSWER_SPEC)
+    caplog.set_level(logging.DEBUG)
+    path = f"/probe?target={up.url}/"
+    head = await asyncio.to_thread(_leave_after_the_head, client.server.port, path)  # type: ignore[union-attr]
+    assert head.startswith(b"HTTP/1.1 200")
+    # the reset is an event of the loop before the next probe's request arrives: that answer comes after
+    # the one left behind has given up (its writer woken by the lost connection)
+    text = await _probe(client, f"target={up.url}/")
+    assert text.endswith("probe_success 1\n")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
