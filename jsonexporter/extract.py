@@ -6,9 +6,11 @@ extraction errors and duplicates counted per metric. A failing rule never drops 
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -261,10 +263,12 @@ def _put(result: Extraction, name: str, family: Family, series: _Series, ts: flo
 
 def _apply(metric: Metric, doc: Any, probe: ProbeContext, static: Labels, result: Extraction, trace: Trace | None, memo: _Memo) -> Steps[None]:
     plan = _cached_plan(memo, metric, static) if trace is None else None
-    if plan is not None:
-        yield from _apply_fast(metric, plan, doc, result, memo)
-    else:
+    if plan is None:
         yield from _apply_general(metric, doc, probe, static, result, trace)
+    elif metric.distribution is not None:
+        yield from _apply_fast_histogram(metric, plan, doc, result, memo)
+    else:
+        yield from _apply_fast(metric, plan, doc, result, memo)
 
 
 def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels, result: Extraction, trace: Trace | None) -> Steps[None]:
@@ -371,6 +375,7 @@ class _Chunk:
     texts: list[str]  # the label text of each element
     distinct: set[str]
     unique: bool  # no two elements of the chunk with the same labels
+    columns: list[list[str]]  # the escaped label values, in the plan's `slots` order (a histogram's `le` goes between them)
 
 
 @dataclass(slots=True)
@@ -404,29 +409,17 @@ def _cached_plan(memo: _Memo, metric: Metric, static: Labels) -> _FastPlan | Non
 
 def _fast_plan(metric: Metric, static: Labels) -> _FastPlan | None:
     """The plan when the rule needs none of what only the general path does: the probe context
-    (`$`), timestamps, stateset expansion; None otherwise."""
-    if metric.type == "stateset" or metric.timestamp is not None or metric.uses_context:
+    (`$`), timestamps, stateset expansion, summaries, a histogram's `duplicates: last`; None otherwise."""
+    if metric.type in ("stateset", "summary") or metric.timestamp is not None or metric.uses_context:
         return None
-    if metric.distribution is not None or metric.duplicates != "first":  # new rule features: the general path only
+    if metric.distribution is not None and metric.duplicates != "first":
         return None
     rule_names = [name for name, _ in metric.labels]
     names = (*rule_names, *(name for name, _ in static))
-    if len(set(names)) != len(names):
+    if len(set(names)) != len(names) or (metric.distribution is not None and "le" in names):
         return None  # the general path's sort also orders by value then
     static_texts = tuple(value for _, value in static)
-    pieces: list[str] = []  # the template's pairs
-    between = [""]  # the text between the values of the rule's labels
-    for i in sorted(range(len(names)), key=names.__getitem__):
-        comma = "," if pieces else "{"
-        if i < len(rule_names):
-            pieces.append(f'{names[i]}="%s"')
-            between[-1] += f'{comma}{names[i]}="'
-            between.append('"')
-        else:
-            text = escaped(static_texts[i - len(rule_names)])
-            pieces.append(f'{names[i]}="{text.replace("%", "%%")}"')
-            between[-1] += f'{comma}{names[i]}="{text}"'
-    between[-1] += "}" if pieces else ""
+    pieces, between = _template(names, len(rule_names), static_texts)
     exprs = [expr for _, expr in metric.labels]
     return _FastPlan(
         names=names,
@@ -439,6 +432,25 @@ def _fast_plan(metric: Metric, static: Labels) -> _FastPlan | None:
         key=tuple((name, expr.source) for name, expr in metric.labels),
         between=tuple(between),
     )
+
+
+def _template(names: tuple[str, ...], rule_labels: int, static_texts: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """The pairs of a plan's template (`name="%s"` for the rule's first `rule_labels` names, the
+    static text for the others), sorted by name, and the text before, between and after the values."""
+    pieces: list[str] = []  # the template's pairs
+    between = [""]  # the text between the values of the rule's labels
+    for i in sorted(range(len(names)), key=names.__getitem__):
+        comma = "," if pieces else "{"
+        if i < rule_labels:
+            pieces.append(f'{names[i]}="%s"')
+            between[-1] += f'{comma}{names[i]}="'
+            between.append('"')
+        else:
+            text = escaped(static_texts[i - rule_labels])
+            pieces.append(f'{names[i]}="{text.replace("%", "%%")}"')
+            between[-1] += f'{comma}{names[i]}="{text}"'
+    between[-1] += "}" if pieces else ""
+    return pieces, between
 
 
 def _plain_elements(levels: tuple[Level, ...], doc: Any) -> tuple[list[Any], Exception | None]:
@@ -499,19 +511,32 @@ def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, m
         value = output.value
         plain = value.fields[0] if value is not None and value.fields is not None and len(value.fields) == 1 else None
         outputs.append((output.name, value, plain, _sample_name(metric, output.name), _family(result, metric, output)))
-    iteration = (metric.endpoint, tuple((level.path.source, level.optional) for level in metric.each))
-    elements, failure = memo.elements.get(iteration) or memo.elements.setdefault(iteration, _plain_elements(metric.each, doc))
-    chunks = memo.labels.setdefault((*iteration, plan.key), [])
-    for index, start in enumerate(range(0, len(elements), _CHUNK)):
-        if index:
+    # duplicates `last` and `sum`: the rule's series wait for its last element, by label text (as `_put`):
+    # `last` keeps the text of the value, `sum` the value
+    held: list[dict[str, Any]] | None = None if metric.duplicates == "first" else [{} for _ in outputs]
+    for part, chunk in _chunks(metric, plan, doc, memo):
+        if part is None:
             yield
-        part = elements[start:start + _CHUNK]
-        if index == len(chunks):
-            chunks.append(_label_texts(plan, part))
-        chunk = chunks[index]
+            continue
+        before = 0 if held is None else sum(map(len, held))
+        if chunk is not None and held is not None and metric.duplicates == "sum":
+            values = _value_numbers(metric, outputs, part)
+            if values is not None:
+                _hold_sums(held, chunk.texts, values)
+            else:
+                _one_by_one(metric, plan, outputs, part, result, held)
+            result.uncounted += sum(map(len, held)) - before  # as `_put` counts what a rule holds back
+            continue
         columns = None if chunk is None else _value_columns(metric, outputs, part)
         if chunk is None or columns is None:
-            _one_by_one(metric, plan, outputs, part, result)
+            _one_by_one(metric, plan, outputs, part, result, held)
+            if held is not None:
+                result.uncounted += sum(map(len, held)) - before
+            continue
+        if held is not None:
+            for kept, numbers in zip(held, columns, strict=True):
+                kept.update(zip(chunk.texts, numbers, strict=True))  # `last`: a later element replaces an earlier one in its place
+            result.uncounted += sum(map(len, held)) - before
             continue
         texts, distinct = chunk.texts, chunk.distinct
         for (name, _, _, sample_name, family), numbers in zip(outputs, columns, strict=True):
@@ -522,16 +547,262 @@ def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, m
             for text, number in zip(texts, numbers, strict=True):
                 if _new_series(result, name, family, text):
                     family.parts.append(f"{sample_name}{text} {number}\n")
-    if failure is not None:  # the iteration itself failed: this rule gives no more series
+    _iteration_failed(metric, outputs, result, memo)
+    for (name, _, _, sample_name, family), kept in zip(outputs, held, strict=True) if held is not None else ():
+        result.uncounted -= len(kept)
+        for key, value in kept.items():
+            if _new_series(result, name, family, key):
+                family.parts.append(f"{sample_name}{key} {value if type(value) is str else format_value(value)}\n")
+
+
+def _chunks(metric: Metric, plan: _FastPlan, doc: Any, memo: _Memo) -> Iterator[tuple[list[Any] | None, _Chunk | None]]:
+    """The rule's elements by chunks, with their label texts (None: the chunk goes element by
+    element); (None, None) between two chunks, where the rule yields its turn."""
+    elements, _ = _iteration(metric, doc, memo)
+    chunks = memo.labels.setdefault((*_iteration_key(metric), plan.key), [])
+    for index, start in enumerate(range(0, len(elements), _CHUNK)):
+        if index:
+            yield None, None
+        part = elements[start:start + _CHUNK]
+        if index == len(chunks):
+            chunks.append(_label_texts(plan, part))
+        yield part, chunks[index]
+
+
+def _iteration_key(metric: Metric) -> tuple[str, tuple[tuple[str, bool], ...]]:
+    return metric.endpoint, tuple((level.path.source, level.optional) for level in metric.each)
+
+
+def _iteration(metric: Metric, doc: Any, memo: _Memo) -> tuple[list[Any], Exception | None]:
+    iteration = _iteration_key(metric)
+    return memo.elements.get(iteration) or memo.elements.setdefault(iteration, _plain_elements(metric.each, doc))
+
+
+def _iteration_failed(metric: Metric, outputs: list[_Output], result: Extraction, memo: _Memo) -> None:
+    """The iteration itself failed: the rule gives no more series, and says why."""
+    failure = memo.elements[_iteration_key(metric)][1]
+    if failure is not None:
         for name, *_ in outputs:
             result.error(name, _reason(failure))
+
+
+def _value_numbers(metric: Metric, outputs: list[_Output], elements: list[Any]) -> list[list[float]] | None:
+    """For each output, the sample value of each element (`sample_value`); None when one needs the element loop."""
+    columns = []
+    for _, expr, plain, *_ in outputs:
+        assert expr is not None
+        try:
+            raws = _column(expr, plain, elements)
+            if set(map(type, raws)) <= _NUMBERS:
+                scale = metric.scale
+                values = list(map(float, raws)) if scale == 1.0 else [float(raw) * scale for raw in raws]
+                if metric.type == "counter" and not all(map((0.0).__le__, values)):
+                    return None  # a negative or NaN count is an error of its series
+            else:
+                values = [sample_value(raw, metric, expr) for raw in raws]
+        except Exception:
+            return None
+        columns.append(values)
+    return columns
+
+
+def _hold_sums(held: list[dict[str, Any]], texts: list[str], columns: list[list[float]]) -> None:
+    """`duplicates: sum`: each value added to what the rule holds for its labels, in the order of the elements (as `_put` adds)."""
+    for kept, values in zip(held, columns, strict=True):
+        get = kept.get
+        for text, value in zip(texts, values, strict=True):
+            before = get(text)
+            kept[text] = value if before is None else before + value
+
+
+# Histograms by columns: the buckets of a chunk's elements, when they are objects with the same keys
+# (their `layout`, checked once), become a column of counts per bucket, checked at column speed (whole,
+# cumulative or summed, the +Inf bucket and the count agreeing); a chunk where one element is not so
+# goes element by element through `_distribution_series`, with the general path's messages.
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """The bucket keys of a histogram's answers, checked once: their order by bound, and the text
+    around the values of a series (`_series_function`): each sample's name and labels, `le` among them."""
+
+    keys: tuple[Any, ...]  # in the order of their bounds
+    infinite: bool  # the last is +Inf; else the count makes it
+    negative: bool  # a bound below 0: a sum is an error then
+    pieces: tuple[str, ...]
+
+
+def _layout(keys: tuple[Any, ...], metric: Metric, plan: _FastPlan, sample_name: str) -> _Layout | None:
+    """The layout of buckets with these keys; None when they are not bounds, one of them twice: the
+    element loop reports that."""
+    try:
+        bounds = [_number(key, "bucket bound") for key in keys]
+    except ExtractionError:
+        return None
+    if any(map(math.isnan, bounds)) or len(set(bounds)) != len(bounds):
+        return None
+    order = sorted(range(len(keys)), key=bounds.__getitem__)
+    ordered = [bounds[i] for i in order]
+    infinite = bool(ordered) and ordered[-1] == math.inf
+    rule_labels = len(plan.names) - len(plan.static_texts)
+    samples = []  # per sample: its name, the text around the label values
+    for bound in ordered if infinite else [*ordered, math.inf]:
+        _, between = _template((*plan.names, "le"), rule_labels, (*plan.static_texts, format_bound(_scaled(bound, metric.scale))))
+        samples.append((f"{sample_name}_bucket", between))
+    samples.append((f"{sample_name}_count", list(plan.between)))
+    assert metric.distribution is not None
+    if metric.distribution.sum is not None:
+        samples.append((f"{sample_name}_sum", list(plan.between)))
+    pieces = []
+    for j, (name, between) in enumerate(samples):
+        pieces.extend([f"{chr(10) if j else ''}{name}{between[0]}", *between[1:-1], f"{between[-1]} "] if len(between) > 1
+                      else [f"{chr(10) if j else ''}{name}{between[0]} "])
+    pieces.append("\n")
+    return _Layout(tuple(keys[i] for i in order), infinite, bool(ordered) and ordered[0] < 0, tuple(pieces))
+
+
+@functools.cache
+def _series_function(k: int, m: int) -> Callable[..., str]:
+    """The text of a series of m samples with k label values: `lambda v0, x0, x1, q0_0, q0_1, q1_0, q1_1, z:
+    f"{q0_0}{v0}{q0_1}{x0}{q1_0}{v0}{q1_1}{x1}{z}"` for k = 1, m = 2 (an f-string function, for all of a
+    histogram's samples at once: the q pieces are each sample's name and labels, the x its value)."""
+    values = [f"v{i}" for i in range(k)]
+    samples = [f"x{j}" for j in range(m)]
+    pieces = [f"q{j}_{i}" for j in range(m) for i in range(k + 1)]
+    body = "".join("".join(f"{{q{j}_{i}}}{{v{i}}}" for i in range(k)) + f"{{q{j}_{k}}}{{x{j}}}" for j in range(m)) + "{z}"
+    function: Callable[..., str] = eval(f"lambda {', '.join([*values, *samples, *pieces, 'z'])}: f'{body}'")
+    return function
+
+
+def _apply_fast_histogram(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, memo: _Memo) -> Steps[None]:
+    """What `_apply_general` does for a histogram `_fast_plan` accepts (`duplicates: first`), with the same output."""
+    (output,) = metric.outputs
+    name, sample_name, family = output.name, _sample_name(metric, output.name), _family(result, metric, output)
+    outputs: list[_Output] = [(name, None, None, sample_name, family)]
+    layouts: dict[tuple[Any, ...], _Layout | None] = {}
+    for part, chunk in _chunks(metric, plan, doc, memo):
+        if part is None:
+            yield
+            continue
+        found = None if chunk is None else _histogram_texts(metric, plan, layouts, sample_name, part, chunk)
+        if chunk is None or found is None:
+            _histograms_one_by_one(metric, plan, name, sample_name, family, part, result)
+            continue
+        texts, samples = found
+        if chunk.unique and family.keys.isdisjoint(chunk.distinct):
+            family.keys |= chunk.distinct
+            result.uncounted += (samples - 1) * len(part)
+            family.parts.append("".join(texts))
+            continue
+        for key, series in zip(chunk.texts, texts, strict=True):
+            if _new_series(result, name, family, key):
+                result.uncounted += samples - 1
+                family.parts.append(series)
+    _iteration_failed(metric, outputs, result, memo)
+
+
+def _plain_field(expr: Expression) -> str | None:
+    return expr.fields[0] if expr.fields is not None and len(expr.fields) == 1 else None
+
+
+def _bucket_columns(metric: Metric, plan: _FastPlan, layouts: dict[tuple[Any, ...], _Layout | None], sample_name: str,
+                    elements: list[Any]) -> tuple[_Layout, list[list[Any]]] | None:
+    """The layout of the elements' buckets and their counts, a column per bucket in the order of
+    the bounds; None unless every element's buckets are an object with the same keys."""
+    d = metric.distribution
+    assert d is not None
+    entries = d.points.entries
+    if entries is not None and set(map(type, elements)) == _DICT:  # `{"0.1": fast, "+Inf": all}`: its keys, whatever the values
+        keys = tuple(key for key, _ in entries)
+        layout = layouts[keys] if keys in layouts else layouts.setdefault(keys, _layout(keys, metric, plan, sample_name))
+        if layout is None:
+            return None
+        by_key = dict(entries)
+        columns = [by_key[key](elements) for key in layout.keys]
+        return None if any(column is None for column in columns) else (layout, [c for c in columns if c is not None])
+    raws = _column(d.points, _plain_field(d.points), elements)
+    if not raws or set(map(type, raws)) != _DICT:
+        return None
+    keys = tuple(raws[0])
+    if not all(map(raws[0].keys().__eq__, map(dict.keys, raws))):
+        return None
+    layout = layouts[keys] if keys in layouts else layouts.setdefault(keys, _layout(keys, metric, plan, sample_name))
+    return None if layout is None else (layout, [[raw[key] for raw in raws] for key in layout.keys])
+
+
+def _histogram_texts(metric: Metric, plan: _FastPlan, layouts: dict[tuple[Any, ...], _Layout | None], sample_name: str,
+                     elements: list[Any], chunk: _Chunk) -> tuple[list[str], int] | None:
+    """The text of each element's series and its number of samples; None when one element needs the
+    element loop (its buckets, count or sum are not the common case)."""
+    d = metric.distribution
+    assert d is not None
+    try:
+        found = _bucket_columns(metric, plan, layouts, sample_name, elements)
+        if found is None:
+            return None
+        layout, counts = found
+        if layout.negative and d.sum is not None:
+            return None
+        if not all(set(map(type, column)) == _INT and min(column) >= 0 for column in counts):
+            return None  # fractions, text, negative counts: the element loop says which
+        for i in range(1, len(counts)):
+            if d.cumulative:
+                if not all(map(operator.le, counts[i - 1], counts[i])):
+                    return None
+            else:
+                counts[i] = list(map(operator.add, counts[i - 1], counts[i]))
+        count = None if d.count is None else _column(d.count, _plain_field(d.count), elements)
+        if count is not None and set(map(type, count)) == _NONE:
+            count = None  # a histogram without its count has it in the +Inf bucket
+        if count is not None and (set(map(type, count)) != _INT or min(count) < 0):
+            return None
+        if layout.infinite:
+            if count is not None and count != counts[-1]:
+                return None
+        elif count is None or (counts and not all(map(operator.le, counts[-1], count))):
+            return None
+        else:
+            counts.append(count)
+        if max(counts[-1]) >= EXACT_LIMIT:
+            return None  # where the general path's float sums may round
+        values = [*map(_json_texts, counts), _json_texts(counts[-1])]
+        if d.sum is not None:
+            total = _column(d.sum, _plain_field(d.sum), elements)
+            if not set(map(type, total)) <= _NUMBERS:
+                return None
+            sums = list(map(float, total))
+            if not all(map((0.0).__le__, sums)):
+                return None
+            values.append(_float_texts(_scaled_all(sums, metric.scale)))
+    except Exception:  # an element that is not an object, an expression failing
+        return None
+    function = _series_function(len(chunk.columns), len(values))
+    return list(map(function, *chunk.columns, *values, *map(repeat, layout.pieces))), len(values)
+
+
+def _histograms_one_by_one(metric: Metric, plan: _FastPlan, name: str, sample_name: str, family: Family, elements: list[Any],
+                           result: Extraction) -> None:
+    """Histogram series element by element, as the general path makes them."""
+    for element in elements:
+        try:
+            texts = [label_text(search(element)) for search in plan.label_searches]
+        except Exception as exc:  # a label failing drops this element's series only
+            result.error(name, f"labels: {_reason(exc)}")
+            continue
+        pairs = list(zip(plan.names, (*texts, *plan.static_texts), strict=True))
+        try:
+            series = _distribution_series(metric, sample_name, element, None, pairs)
+        except Exception as exc:
+            result.error(name, f"{_reason(exc)} (labels {dict(pairs)})")
+            continue
+        _put(result, name, family, series, None, metric, None)
 
 
 def _label_texts(plan: _FastPlan, elements: list[Any]) -> _Chunk | None:
     """The label text of each element; None when an expression fails for one of them."""
     if not plan.slots:
         texts = [plan.template % ()] * len(elements)
-        return _Chunk(texts, set(texts[:1]), len(elements) <= 1)
+        return _Chunk(texts, set(texts[:1]), len(elements) <= 1, [])
     columns = []
     for i in plan.slots:
         try:
@@ -548,7 +819,7 @@ def _label_texts(plan: _FastPlan, elements: list[Any]) -> _Chunk | None:
         columns.append(column)
     texts = _joined_texts(plan.between, columns)
     distinct = set(texts)
-    return _Chunk(texts, distinct, len(distinct) == len(texts))
+    return _Chunk(texts, distinct, len(distinct) == len(texts), columns)
 
 
 def _joined_texts(between: tuple[str, ...], columns: list[list[str]]) -> list[str]:
@@ -606,7 +877,7 @@ def _column(expr: Expression, plain: str | None, elements: list[Any]) -> list[An
     return at_once if at_once is not None else list(map(expr.search, elements))
 
 
-_INT, _FLOAT, _BOOL, _NUMBERS = {int}, {float}, {bool}, {int, float}
+_STR, _INT, _FLOAT, _BOOL, _NUMBERS, _DICT, _NONE = {str}, {int}, {float}, {bool}, {int, float}, {dict}, {type(None)}
 
 
 def _number_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[str] | None:
@@ -651,9 +922,11 @@ def _json_texts(numbers: list[int]) -> list[str]:
     return orjson.dumps(numbers)[1:-1].decode().split(",")
 
 
-def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], elements: list[Any], result: Extraction) -> None:
+def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], elements: list[Any], result: Extraction,
+                held: list[dict[str, Any]] | None = None) -> None:
     """The fast path for elements that need more than columns: an element whose labels fail loses
-    its series, a value that fails loses its series, each reported."""
+    its series, a value that fails loses its series, each reported; with `held`, the series wait
+    for the rule's last element (`duplicates: last` keeps the value's text, `sum` adds the value)."""
     is_info = metric.type == "info"
     template, slots = plan.template, plan.slots
     for element in elements:
@@ -664,7 +937,7 @@ def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], element
                 result.error(name, f"labels: {_reason(exc)}")
             continue
         key = template % tuple(escaped(texts[i]) for i in slots)
-        for name, expr, _, sample_name, family in outputs:
+        for index, (name, expr, _, sample_name, family) in enumerate(outputs):
             if is_info:
                 number = 1.0
             else:
@@ -675,6 +948,14 @@ def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], element
                     shown = dict(zip(plan.names, (*texts, *plan.static_texts), strict=True))  # in the rule's order
                     result.error(name, f"{_reason(exc)} (labels {shown})")
                     continue
+            if held is not None:
+                kept = held[index]
+                before = kept.get(key)
+                if metric.duplicates == "sum":
+                    kept[key] = number if before is None else before + number
+                else:
+                    kept[key] = format_value(number)
+                continue
             if _new_series(result, name, family, key):
                 family.parts.append(sample_line(sample_name, key, number))
 
@@ -735,6 +1016,29 @@ def _scaled(value: float, scale: float) -> float:
     if scale == 1.0 or not math.isfinite(value):
         return value
     return float(Decimal(repr(value)) * Decimal(repr(scale)))
+
+
+def _scaled_all(values: list[float], scale: float) -> list[float]:
+    """`_scaled` of each value. For a scale that is a power of ten (0.001), the decimal product is the
+    value's shortest digits with the exponent moved: float() of that text rounds it as float(Decimal) does."""
+    if scale == 1.0:
+        return values
+    exponent = _ten_to(scale)
+    if exponent is None:
+        return [_scaled(value, scale) for value in values]
+    suffix = f"e{exponent}"
+    written = orjson.dumps(values)  # repr's digits, as `_float_texts` has them, but in one call
+    if values and b"e" not in written and b"n" not in written:  # no exponent form, no inf or nan (null)
+        return list(map(float, written[1:-1].decode().replace(",", suffix + ",").__add__(suffix).split(",")))
+    return [_scaled(value, scale) if "e" in text or "n" in text else float(text + suffix)  # exponent form, inf, nan: as `_scaled`
+            for value, text in zip(values, map(float.__repr__, values), strict=True)]
+
+
+@functools.cache
+def _ten_to(scale: float) -> int | None:
+    """n when `scale` is written 10**n (repr: 0.001, 1e-05, 1000.0), else None."""
+    sign, digits, exponent = Decimal(repr(scale)).normalize().as_tuple()
+    return exponent if sign == 0 and digits == (1,) and isinstance(exponent, int) else None
 
 
 def _with(labels: Labels, name: str, bound: float) -> Labels:

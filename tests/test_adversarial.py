@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 from conftest import UpstreamFactory
+from metrics_util import parse, value
 from test_redirects import exporter_for, probe, recording_server
 
 from jsonexporter.spec import load_text
@@ -105,7 +106,7 @@ async def test_the_credentials_of_a_target_quoted_back_by_its_upstream_show_nowh
     client = await exporter_for(aiohttp_client, r"""
         modules:
           default:
-            targets: {allow: ['\w+:[\w-]+@127\.0\.0\.1:\d+']}
+            targets: {allow: ['(\w+:[\w-]+@)?127\.0\.0\.1:\d+']}
             endpoints: {whole: {url: 'http://{target}/whole'}, cut: {url: 'http://{target}/cut'}}
             metrics: [{name: x, help: x, endpoint: whole, value: v}]
         """)
@@ -125,3 +126,37 @@ async def test_a_url_password_in_an_answer_cut_where_the_trace_shortens_it_shows
     status, text = await probe(client, target=up.url, debug="true")
     assert status == 200 and "(first 300 of" in text and "probe_success 1" in text
     assert "https://<redacted>… (first 300 of" in text and "gh-pass" not in text
+
+
+async def test_an_invalid_idna_host_from_a_target_a_page_or_a_redirect_fails_only_its_probe_or_endpoint(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    bad = "http://xn--zz/"  # a punycode label that decodes to nothing: yarl finds out when the host is first read
+    async def link(request: web.Request) -> web.Response:
+        return web.json_response([{"v": 1}], headers={"Link": f'<{bad}>; rel="next"'})
+
+    async def moved(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": bad})
+
+    up = await upstream({"/field": {"items": [{"v": 1}], "next": bad}, "/link": link, "/moved": moved})
+    client = await exporter_for(aiohttp_client, r"""
+        modules:
+          default:
+            endpoints: {main: {url: '{target}'}}
+            metrics: [{name: x, help: x, value: v}]
+          field:
+            endpoints: {main: {url: '{target}/field', pagination: {items: items, next: {field: next}}}}
+            metrics: [{name: x, help: x, each: items, value: v}]
+          link:
+            endpoints: {main: {url: '{target}/link', pagination: {items: '@', next: {link_header: next}}}}
+            metrics: [{name: x, help: x, each: '@', value: v}]
+        """)
+    status, text = await probe(client, target=bad)
+    assert status == 400 and "invalid URL" in text and "Traceback" not in text, text
+    for module, path, outcome in (("field", "", "invalid_page"), ("link", "", "invalid_page"), ("default", "/moved", "redirect_refused")):
+        status, text = await probe(client, module=module, target=up.url + path, debug="true")
+        assert status == 200 and f"-> {outcome}" in text and "not a valid name" in text and "Traceback" not in text, (module, text)
+    metrics = parse(await (await client.get("/metrics")).text())
+    assert value(metrics, "jsonexporter_probes_total", module="default", result="invalid") == 1
+    assert value(metrics, "jsonexporter_probes_total", module="link", result="failure") == 1
+    assert "redirect_refused" in await (await client.get("/probes/3")).text()  # recorded with its outcome (the 400 is not a probe)

@@ -1,8 +1,10 @@
 """Every fast path against the general path it replaces: same output for the same spec and payload.
 
-- extraction: `extract` takes the fast path for rules without `$`, timestamps, statesets, histograms,
-  summaries or a `duplicates` policy other than `first`, and the general path when traced; both must give the same families, errors, duplicates, messages,
-  also across the fast path's chunks of elements (columns at once, or one by one);
+- extraction: `extract` takes the fast path for rules without `$`, timestamps, statesets, summaries or
+  a histogram's `duplicates: last` (histograms, `duplicates: last` and `sum`, function calls by columns
+  with their results kept across probes included), and the general path when traced; both must give the
+  same families, errors, duplicates, messages, also across the fast path's chunks of elements (columns
+  at once, or one by one) and after other answers (what calls keep across probes);
 - the writer: values formatted as the reference formatter (and the whole output against
   prometheus_client through tests/test_exposition.py);
 - the sliced forms (`extract_async`, `encode_async`) against the plain ones, and their turns;
@@ -41,6 +43,27 @@ scalars = (st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.float
            | st.sampled_from(["a", "b", "UP", "1.5", ' 2 ', 'q"uote', "back\\slash", "new\nline", "é", ""])
            # numbers in strings as Prometheus reads them, and what only Python's float() would read
            | st.sampled_from(["-3", ".5e1", "Inf", "-infinity", "NaN", "1e400", "1_000", "\u0661\u0662", "\uff11\uff12", "+nan", "0x1p3"]))
+_BUCKET_KEYS = ["0.1", "1", "+Inf"]
+_BAD_NUMBERS = st.sampled_from([-1, 2.5, "3", "x", None, True, 10**16, 1e300, float("nan")])
+
+
+def _histogram_items(clean: bool) -> st.SearchStrategy[dict[str, Any]]:
+    """Elements with a histogram's buckets (`b`, or `x` and `y` for a multi-select hash), sum `s` and count
+    `c`: all of the common case (the columns at once) when `clean` (counts that do not decrease, `c` the
+    +Inf one), else some that are not."""
+    ids = st.sampled_from(["a", "b", "c", "d"])
+    if clean:
+        sums = st.integers(0, 9) | st.sampled_from([0.07, 0.13, 2.01, 700, 0.25, 1e-07])  # 0.07 * 0.001 is not 7e-05
+        return st.tuples(ids, st.lists(st.integers(0, 4), min_size=3, max_size=3).map(sorted), sums).map(
+            lambda t: {"id": t[0], "b": dict(zip(_BUCKET_KEYS, t[1], strict=True)), "x": t[1][1], "y": t[1][2], "c": t[1][2], "s": t[2]})
+    count = st.integers(0, 4) | _BAD_NUMBERS
+    buckets = (st.fixed_dictionaries({key: count for key in _BUCKET_KEYS})
+               | st.dictionaries(st.sampled_from(["0.1", "1", "1.0", "+Inf", "-1", "x", "NaN"]), count, max_size=3)
+               | st.none() | st.lists(st.tuples(st.sampled_from([0.5, "+Inf"]), count).map(list), max_size=2))
+    return st.fixed_dictionaries({"id": ids, "b": buckets, "x": count, "y": count, "s": st.floats() | _BAD_NUMBERS,
+                                  "c": st.integers(0, 12) | _BAD_NUMBERS})
+
+
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2),
                            max_leaves=6)
 items = st.dictionaries(st.sampled_from(["id", "a", "v", "w", "tags", "sub"]), json_values, max_size=6)
@@ -54,11 +77,14 @@ documents = st.fixed_dictionaries({
     # only numbers: the fast path's columns at once, negative and NaN counts among them
     "counts": st.lists(st.fixed_dictionaries({"id": st.sampled_from(["a", "b", "c", "d"]), "v": st.integers(-3, 3) | st.floats(),
                                               "w": st.integers(-3, 3)}), max_size=6),
+    "hists": st.booleans().flatmap(lambda clean: st.lists(_histogram_items(clean), max_size=6)),
 })
 
 LABEL_EXPRESSIONS = ["id", "a", "a.b", "tags[0]", "'const'", "length(tags)", "sub", "v", "lower(a)", "regex_extract(id, '(\\d+)')",
-                     "{k: id, w: w}"]
-VALUE_EXPRESSIONS = ["v", "w", "a.b", "@", "length(tags)", "v || w", "sub.a", "parse_bytes(v)", "divide(v, w)", "regex_match(a, '^[ab]')"]
+                     "{k: id, w: w}", "regex_replace(id, '^a', 'x-')", "upper(trim(id))", "lower(to_string(v))", "parse_bytes(a)"]
+VALUE_EXPRESSIONS = ["v", "w", "a.b", "@", "length(tags)", "v || w", "sub.a", "parse_bytes(v)", "divide(v, w)", "regex_match(a, '^[ab]')",
+                     "parse_duration(a)", "to_number(id)"]
+HISTOGRAM_BUCKETS = ["b", "sub", '{"0.5": x, "+Inf": y}', '{"1": x, "2": y}', '{"5": x, "5.0": y}', '{"+Inf": c}']
 EACHES = [None, "items", "byname", ["items", "tags"], "items[?v]", "items[*].{id: id, v: w, a: a}", "byname.*", "counts",
           "item", [{"path": "item", "optional": True}], ["items", {"path": "tags", "optional": True}], [{"path": "byname", "optional": True}, "sub"]]
 
@@ -95,22 +121,38 @@ def modules(draw: Any) -> dict[str, Any]:
                 rule["default"] = -1
             if draw(st.booleans()):
                 rule["scale"] = draw(st.sampled_from([0.001, 0.5, 3]))
-        if draw(st.integers(0, 3)) == 0:  # the general path, with its own series merged or not
+        if draw(st.booleans()):  # its own series merged or not
             rule["duplicates"] = draw(st.sampled_from(["first", "last"] if mtype == "info" else ["first", "last", "sum"]))
         metrics.append(rule)
-    if draw(st.integers(0, 3)) == 0:  # a histogram: the general path only, beside the others
+    if draw(st.integers(0, 3)) == 0:  # a histogram over other elements, the general path's only (`$root`, `last`)
         metrics.append({"name": "h_seconds", "help": "h", "type": "histogram", "each": draw(st.sampled_from([None, "byname", "items"])) or "@",
                         "labels": {"id": "id"}, "buckets": draw(st.sampled_from(["buckets", "$root.buckets", "sub"])),
                         "sum": draw(st.sampled_from(["v", "`1.5`"])), "count": draw(st.sampled_from(["w", "`9`"])),
                         "cumulative": draw(st.booleans()), "duplicates": draw(st.sampled_from(["first", "last"]))})
+    histograms: list[dict[str, Any]] = []
+    for _ in range(draw(st.integers(0, 2))):  # histograms by columns; the second may feed the first's family
+        rule = {"name": f"hh{len(histograms)}_seconds", "help": "h", "type": "histogram", "each": "hists",
+                "labels": draw(st.sampled_from([{}, {"id": "id"}, {"id": "id", "zz": "lower(id)"}])),
+                "buckets": draw(st.sampled_from(HISTOGRAM_BUCKETS)), "sum": draw(st.sampled_from(["s", "`1.5`"])), "cumulative": draw(st.booleans())}
+        if histograms and draw(st.booleans()):
+            rule.update(name=histograms[0]["name"], labels=histograms[0]["labels"])  # duplicates across rules
+        for key, choices in (("count", [None, None, "c", "`9`"]), ("scale", [None, 0.001, 0.1, 0.3, 1000])):
+            if (choice := draw(st.sampled_from(choices))) is not None:
+                rule[key] = choice
+        histograms.append(rule)
+    metrics.extend(histograms)
     module: dict[str, Any] = {"metrics": metrics}
     if draw(st.booleans()):
         module["labels"] = {"c": "c-{target}", "zone": draw(st.sampled_from(["z", '50%', 'q"%s\\back\nline']))}
     return module
 
 
-def _both_paths(module: Module, document: Any) -> tuple[Extraction, Extraction]:
+def _both_paths(module: Module, document: Any, before: Any = None) -> tuple[Extraction, Extraction]:
+    """The fast and the general path's extraction of `document`; the fast path after extracting
+    `before` first, when given (what function calls keep across probes)."""
     static = module_labels(module, VALUES)
+    if before is not None:
+        extract(module, {"default": before}, PROBE, static)
     fast = extract(module, {"default": document}, PROBE, static)
     general = extract(module, {"default": document}, PROBE, static, trace=Trace())  # a trace takes the general path
     return fast, general
@@ -120,6 +162,7 @@ def _assert_same(fast: Extraction, general: Extraction) -> None:
     assert {k: (render_text([f]), f.keys) for k, f in fast.families.items()} == {k: (render_text([f]), f.keys) for k, f in general.families.items()}
     assert [(f.name, f.type, f.help) for f in fast.families.values()] == [(f.name, f.type, f.help) for f in general.families.values()]
     assert (fast.errors, fast.duplicates, fast.messages) == (general.errors, general.duplicates, general.messages)
+    assert fast.uncounted == general.uncounted  # what series_limit counts beside the families' series
     families_fast, families_general = list(fast.families.values()), list(general.families.values())
     assert render_text(families_fast) == render_text(families_general)
     assert render_openmetrics(families_fast) == render_openmetrics(families_general)
@@ -132,20 +175,63 @@ def test_fast_extraction_gives_what_the_general_path_gives(module_spec: dict[str
     _assert_same(*_both_paths(spec.modules["default"], document))
 
 
+@st.composite
+def merging_modules(draw: Any) -> dict[str, Any]:
+    """Rules whose series merge: `duplicates: last` or `sum` over elements with repeated labels (the
+    columns at once, or one by one where a value fails), histograms by columns, and rules feeding
+    one family."""
+    metrics: list[dict[str, Any]] = []
+    for i in range(draw(st.integers(1, 3))):
+        mtype = draw(st.sampled_from(["gauge", "counter"]))
+        rule: dict[str, Any] = {"name": "d" if i and draw(st.booleans()) else f"d{i}", "help": "h", "type": mtype, "each": "counts",
+                                "labels": {"id": draw(st.sampled_from(["id", "'const'", "upper(id)", "regex_replace(id, '^[ab]', 'x')"]))},
+                                "value": draw(st.sampled_from(["v", "w", "to_number(id)"])),
+                                "duplicates": draw(st.sampled_from(["first", "last", "sum"]))}
+        if metrics and rule["name"] == "d":  # another rule for the family of the first
+            rule["type"] = metrics[0]["type"]
+            metrics[0]["name"] = "d"
+        if draw(st.booleans()):
+            rule["scale"] = draw(st.sampled_from([0.001, 0.1, 3]))
+        metrics.append(rule)
+    metrics.extend(draw(modules())["metrics"][-2:])
+    return {"metrics": metrics}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(merging_modules(), documents)
+def test_merged_series_by_columns_give_what_the_general_path_gives(module_spec: dict[str, Any], document: Any) -> None:
+    spec = make_spec(json.dumps({"modules": {"default": module_spec}}))
+    _assert_same(*_both_paths(spec.modules["default"], document))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(modules(), documents, documents)
+def test_fast_extraction_after_other_answers_gives_what_the_general_path_gives(module_spec: dict[str, Any], before: Any, document: Any) -> None:
+    """Function calls keep their results across probes: an answer after another one (with the same
+    label values, or others) gives what the general path gives it."""
+    spec = make_spec(json.dumps({"modules": {"default": module_spec}}))
+    module = spec.modules["default"]
+    _assert_same(*_both_paths(module, document, before))
+    _assert_same(*_both_paths(module, document, document))
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(modules(), documents, st.integers(900, 2600), st.integers(1, 50))
 def test_fast_extraction_across_chunks_gives_what_the_general_path_gives(module_spec: dict[str, Any], document: Any, count: int, period: int) -> None:
     """Thousands of elements: several chunks, some clean (columns at once), some not (a failing
     or missing value, a duplicate), with duplicates across chunks."""
     spec = make_spec(json.dumps({"modules": {"default": module_spec}}))
-    base = document["items"] or [{"id": "x", "v": 1}]
-    items = []
-    for i in range(count):
-        element = base[i % len(base)]
-        if type(element) is dict and i % period:  # a new id: mostly distinct labels, repeated every `period`
-            element = {**element, "id": f"{element.get('id')}-{i // period}"}
-        items.append(element)
-    _assert_same(*_both_paths(spec.modules["default"], {**document, "items": items}))
+    many = {}
+    for field, default in (("items", {"id": "x", "v": 1}), ("hists", {"id": "x", "b": {"+Inf": 1}, "s": 1, "c": 1})):
+        base = document[field] or [default]
+        elements = []
+        for i in range(count):
+            element = base[i % len(base)]
+            if type(element) is dict and i % period:  # a new id: mostly distinct labels, repeated every `period`
+                element = {**element, "id": f"{element.get('id')}-{i // period}"}
+            elements.append(element)
+        many[field] = elements
+    _assert_same(*_both_paths(spec.modules["default"], {**document, **many}))
 
 
 def test_bench_spec_takes_the_fast_path_with_the_same_output() -> None:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from metrics_util import samples
 
 from jsonexporter.extract import Extraction, ProbeContext, extract
-from jsonexporter.spec.expressions import compile_expression
+from jsonexporter.spec.expressions import MEMO_CHARACTERS, MEMO_ENTRIES, CallMemo, compile_expression
 from jsonexporter.spec.functions import OPTIONS, FunctionError
 from jsonexporter.trace import Trace
 
@@ -296,7 +296,8 @@ def test_catastrophic_pattern_on_a_long_hostile_answer_finishes(write_spec: Spec
 CALLS = ["lower(a)", "upper(a.b)", "trim(@)", "split(a, ',')", "replace(a, 'x', 'y')", "regex_match(a, '^[ab]')",
          "regex_extract(a, '(\\d+)')", "regex_replace(a, '(\\d)', '<\\1>')", "parse_bytes(a)", "parse_duration(b)",
          "parse_time(a)", "add(a, b)", "divide(a, b)", "multiply(parse_bytes(a), `8`)", "length(a)", "not_null(a, b, `1`)",
-         "to_string(a)", "lower(to_string(a.b))", "join(',', a)", "contains(a, 'x')"]
+         "to_string(a)", "lower(to_string(a.b))", "join(',', a)", "contains(a, 'x')", "{x: a, y: upper(b)}", "{x: a.b, x: b}",
+         '{"0.5": a, "+Inf": parse_bytes(b)}']
 _json = st.recursive(st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=False, allow_infinity=False)
                      | st.sampled_from(["a", "B1", "x,y", " 12 ", "1.5 GiB", "1h2m", "2026-11-30T10:00:00Z", "", "é9"]),
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2),
@@ -316,6 +317,37 @@ def test_direct_calls_give_what_the_jmespath_interpreter_gives(source: str, docu
     direct = compile_expression(source)
     interpreted = jmespath.compile(source)
     assert _outcome(direct.search, document) == _outcome(lambda d: interpreted.search(d, options=OPTIONS), document)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([*CALLS, "upper(trim(a))", "regex_replace(a, '^B', 'x')", "replace(a, 'x', b)"]), st.lists(_json, max_size=6),
+       st.lists(_json, max_size=6))
+def test_calls_by_columns_give_what_calls_one_by_one_give_answer_after_answer(source: str, rows: list[Any], later: list[Any]) -> None:
+    """`columns` (each call once per column, results kept across probes by their input) against
+    `search` per row, for two answers in turn and the first again: None means row by row, which
+    raises for the row that fails."""
+    expression = compile_expression(source)
+    assert expression.columns is not None
+    same_input = [{"a": "x", "b": "1"}, {"a": "x", "b": "2"}, {"a": " B1 ", "b": "y"}, {"a": " B1 ", "b": "z"}]  # one input alike, another not
+    for answer in (rows, later, rows, [*rows, *later], same_input):
+        at_once = expression.columns(answer)
+        one_by_one = [_outcome(expression.search, row) for row in answer]
+        if at_once is None:
+            assert any(outcome[0] == "error" for outcome in one_by_one) or source in ("join(',', a)", "contains(a, 'x')", "length(a)",
+                                                                                      "not_null(a, b, `1`)", "to_string(a)", "lower(to_string(a.b))")
+        else:
+            assert [("value", value) for value in at_once] == one_by_one
+
+
+def test_a_call_memo_keeps_at_most_its_entries_and_characters() -> None:
+    memo = CallMemo()
+    memo.keep({f"k{i}": f"v{i}" for i in range(MEMO_ENTRIES + 10)})
+    assert 0 < len(memo.results) <= MEMO_ENTRIES
+    memo = CallMemo()
+    memo.keep({str(i) * 500: "x" * 500 for i in range(10_000)})
+    assert 0 < memo.characters <= MEMO_CHARACTERS and len(memo.results) * 1000 <= MEMO_CHARACTERS
+    memo.keep({"long": "y" * 2000, "list": ["a"]})  # too long to keep, and not a value to share
+    assert "long" not in memo.results and "list" not in memo.results
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -230,7 +230,7 @@ async def test_the_credentials_of_the_target_go_to_every_page_and_the_trace_show
     client = await exporter_for(aiohttp_client, """
         modules:
           default:
-            targets: {allow: ['http://alice:pw-SECRET@127\\.0\\.0\\.1:\\d+']}
+            targets: {allow: ['http://(alice:pw-SECRET@)?127\\.0\\.0\\.1:\\d+']}
             endpoints:
               repos:
                 url: '{target}/api/link'

@@ -177,6 +177,45 @@ async def test_https_to_http_is_refused_while_the_request_carries_secrets(
     assert value(parse(text), "x") == 4 and len(seen_plain.requests) == 1  # nothing secret: the downgrade is followed
 
 
+async def test_the_client_certificate_stays_with_the_origin_of_the_request(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_cert, client_cert = ca.issue_cert("127.0.0.1", "127.0.0.2"), ca.issue_cert("monitor-client")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(server_context)
+    ca.configure_trust(server_context)
+    server_context.verify_mode = ssl.CERT_OPTIONAL  # each server says whether a certificate was presented
+    for name, blob in (("ca.pem", ca.cert_pem), ("client.pem", client_cert.cert_chain_pems[0]), ("client.key", client_cert.private_key_pem)):
+        blob.write_to_path(str(tmp_path / name))
+    presented: list[tuple[str, bool]] = []
+
+    def noting(answer: Any) -> Any:
+        def handle(request: web.Request) -> web.Response:
+            presented.append((f"{request.host.split(':')[0]}{request.path}", bool(request.transport and request.transport.get_extra_info("peercert"))))
+            result: web.Response = answer(request) if callable(answer) else web.json_response(answer)
+            return result
+
+        return handle
+
+    foreign, _ = await recording_server(aiohttp_server, "127.0.0.2", {"/landing": noting({"v": 2})}, server_context)
+    home, _ = await recording_server(aiohttp_server, "127.0.0.1", {
+        "/start": noting(redirect("/moved", 307)),
+        "/moved": noting(redirect(f"https://127.0.0.2:{foreign.port}/landing")),
+    }, server_context)
+    client = await exporter_for(aiohttp_client, rf"""
+        modules:
+          default:
+            targets: {{allow: ['https://127\.0\.0\.[12]:\d+']}}
+            http_client_config:
+              tls_config: {{ca_file: {tmp_path}/ca.pem, cert_file: {tmp_path}/client.pem, key_file: {tmp_path}/client.key}}
+            endpoints: {{main: {{url: '{{target}}/start'}}}}
+            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
+        """)
+    for _ in range(2):  # the second time over pooled connections: one made without the certificate stays without it
+        status, text = await probe(client, target=f"https://127.0.0.1:{home.port}")
+        assert status == 200 and value(parse(text), "x") == 2, text
+    assert presented == [("127.0.0.1/start", True), ("127.0.0.1/moved", True), ("127.0.0.2/landing", False)] * 2
+
+
 async def test_redirects_stop_after_ten_hops(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
     async def loop(request: web.Request) -> web.Response:
         raise web.HTTPFound("/loop")
@@ -237,7 +276,7 @@ async def test_a_host_taken_from_a_parameter_must_be_allowed_and_a_host(aiohttp_
     assert status == 200 and value(parse(text), "x") == 6  # no target needed: the allowlist checks the host the parameters make
     assert seen_home.requests[0][2]["Authorization"] == f"Bearer {SECRETS[1]}"
     status, text = await probe(client, module="tokened", node="127.0.0.2", port=str(foreign.port))
-    assert status == 403 and "taken from a parameter, is not allowed by targets.allow" in text
+    assert status == 403 and "taken from the target or a parameter, is not allowed by targets.allow" in text
     for node in ("127.0.0.2/", "127.0.0.2?", "127.0.0.2#", "x@127.0.0.2", "127.0.0.2\\", "127.0.0.2 "):
         status, text = await probe(client, module="open", node=node)
         assert status == 400 and "parameter 'node' is used in the URL's host" in text, node
@@ -247,6 +286,40 @@ async def test_a_host_taken_from_a_parameter_must_be_allowed_and_a_host(aiohttp_
 
 
 # -- string bodies ------------------------------------------------------------------------------
+
+
+async def test_the_allowlist_holds_the_url_a_target_makes_not_the_target_as_written(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    foreign, stolen = await recording_server(aiohttp_server, "127.0.0.2", {"/{tail:.*}": {"v": 666}})
+    home, seen_home = await recording_server(aiohttp_server, "127.0.0.1", {"/{tail:.*}": {"v": 6}})
+    # a prefix pattern, and one whose `.+` stands for a host's first labels: both match tricky targets as written
+    client = await exporter_for(aiohttp_client, rf"""
+        modules:
+          prefix:
+            targets: {{allow: ['http://127\.0\.0\.1:{home.port}.*']}}
+            http_client_config: {{bearer_token: {SECRETS[1]}}}
+            endpoints: {{main: {{url: '{{target}}/echo'}}}}
+            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
+          labels:
+            targets: {{allow: ['http://.+\.0\.0\.1:\d+']}}
+            http_client_config: {{bearer_token: {SECRETS[1]}}}
+            endpoints: {{main: {{url: '{{target}}/echo'}}}}
+            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
+          slash:
+            targets: {{allow: ['http://127\.0\.0\.1:\d+/']}}
+            endpoints: {{main: {{url: '{{target}}/echo'}}}}
+            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
+        """)
+    there = f"127.0.0.2:{foreign.port}"
+    for module, target in [("prefix", f"http://127.0.0.1:{home.port}@{there}"), ("prefix", f"http://127.0.0.1:{home.port}:pw@{there}/x"),
+                           ("labels", f"http://{there}#.0.0.1:1"), ("labels", f"http://{there}?.0.0.1:1"), ("labels", f"http://{there}/.0.0.1:1")]:
+        status, text = await probe(client, module=module, target=target)
+        assert status == 403 and "is not allowed by targets.allow" in text, (module, target, text)
+    assert stolen.requests == []  # the foreign host was never asked, so it never saw the token
+    for module, target in [("prefix", f"http://127.0.0.1:{home.port}"), ("prefix", f"http://127.0.0.1:{home.port}/api"),
+                           ("labels", f"http://127.0.0.1:{home.port}"), ("slash", f"http://127.0.0.1:{home.port}/")]:
+        status, text = await probe(client, module=module, target=target)
+        assert status == 200 and value(parse(text), "x") == 6, (module, target, text)
+    assert [path for _, path, _, _ in seen_home.requests] == ["/echo", "/api/echo", "/echo", "/echo"]
 
 
 async def test_a_parameter_cannot_change_the_structure_of_a_string_body(aiohttp_client: Any, upstream: UpstreamFactory) -> None:

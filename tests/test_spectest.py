@@ -3,6 +3,7 @@ diff, answers that fail as live ones do, invalid test files located, exit codes,
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -422,6 +423,15 @@ def test_the_specs_secrets_never_show_in_failures(tmp_path: Path, capsys: pytest
     code, out, _ = run(capsys, file)
     assert code == 1 and "invalid_json" in out
     assert "hunter2" not in out
+
+
+def test_the_targets_credentials_never_show_in_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    basic = base64.b64encode(b"bob:TargetPw-4321").decode()
+    tests = PASSING.replace("target: http://queue.example", "target: http://bob:TargetPw-4321@queue.example")
+    file = write(tmp_path, tests.replace("{file: stats.json}", f"{{body: 'TargetPw-4321 {basic} not json'}}"))
+    code, out, _ = run(capsys, file)
+    assert code == 1 and "invalid_json" in out and "body starts with" in out
+    assert "TargetPw" not in out and basic[:8] not in out, out
 
 
 @pytest.mark.parametrize("text", [

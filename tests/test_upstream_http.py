@@ -585,6 +585,41 @@ async def test_valid_status_codes_and_the_endpoint_timeout(aiohttp_client: Any, 
     assert "-> timeout" in text and "probe_success 0" in text
 
 
+async def test_the_response_cache_counts_answers_by_their_parsed_size_not_their_bodies(upstream: UpstreamFactory) -> None:
+    from jsonexporter.upstream import fetch_module
+    from jsonexporter.upstream.cache import ResponseCache, parsed_size
+    from jsonexporter.upstream.fetch import Upstream as Fetching
+    from jsonexporter.upstream.fetch import new_session
+
+    dense = b"[" + b",".join([b"[[]]"] * 4000) + b"]"  # 20 kB, the densest JSON: 25 to 30 times that parsed
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=dense, content_type="application/json")
+
+    up = await upstream({"/{n}": answer})
+    module = make_spec(r"""
+        modules:
+          default:
+            targets: {allow: ['http://127\.0\.0\.1:\d+/\d+']}
+            endpoints: {main: {url: '{target}', cache_ttl: 1h}}
+            metrics: [{name: x, help: x, value: length(@)}]
+        """).modules["default"]
+    bound = 3 * parsed_size(dense)  # 8 bodies are 160 kB together, far under it; parsed, 3 of them fill it
+    fetching = Fetching(new_session(), cache=ResponseCache(max_bytes=bound))
+    try:
+        async def fetch(n: int) -> str | None:
+            deadline = asyncio.get_running_loop().time() + 20
+            [result] = await fetch_module(fetching, module, {"target": f"{up.url}/{n}", "module": "default"}, deadline)
+            assert result.ok, result.error
+            return result.cache
+
+        assert [await fetch(n) for n in range(8)] == ["miss"] * 8
+        assert len(fetching.cache) == 3 and fetching.cache.bytes <= bound
+        assert [await fetch(n) for n in (7, 6, 5, 0)] == ["hit", "hit", "hit", "miss"]  # the oldest made room
+    finally:
+        await fetching.close()
+
+
 def test_the_response_cache_is_bounded_in_entries_and_bytes() -> None:
     from jsonexporter.upstream.cache import Answer, ResponseCache
 
@@ -592,7 +627,7 @@ def test_the_response_cache_is_bounded_in_entries_and_bytes() -> None:
         cache = ResponseCache(max_entries=3, max_bytes=1000)
 
         async def fetch(size: int) -> tuple[Answer | None, Any]:
-            return Answer({"size": size}, 200, size), None
+            return Answer({"size": size}, 200, size, size=size), None  # counted as `size` parsed bytes
 
         for i in range(5):
             await cache.get(f"k{i}", 60, None, lambda i=i: fetch(100 + i), 5)  # type: ignore[misc]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import re
 import string
 from collections.abc import Callable, Mapping
@@ -44,6 +45,8 @@ class Expression:
     context_names: frozenset[str] = frozenset()
     fields: tuple[str, ...] | None = None  # `a.b.c` as ("a", "b", "c") when that is all it is
     columns: Columns | None = None  # a call of our functions on fields and literals, by columns (`_direct_columns`)
+    # a multi-select hash `{k: a, j: lower(b)}` of such: its keys and the columns of their values (a histogram's buckets)
+    entries: tuple[tuple[str, Columns], ...] | None = None
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
@@ -81,6 +84,23 @@ def _fast_search(fields: list[str]) -> Search:
     return search_chain
 
 
+def _field_columns(chain: list[str]) -> Callable[[list[Any]], list[Any]]:
+    """`_fast_search` of each row: for one field, dict lookups at C speed (map of dict.get: 15 µs per
+    512 rows, against 60 for the search function), the search where a row is not an object."""
+    search = _fast_search(chain)
+    if len(chain) != 1:
+        return lambda rows: list(map(search, rows))
+    (only,) = chain
+
+    def column(rows: list[Any]) -> list[Any]:
+        try:
+            return list(map(dict.get, rows, itertools.repeat(only)))
+        except TypeError:  # a row that is not an object (its field is null)
+            return list(map(search, rows))
+
+    return column
+
+
 def _current_node(data: Any) -> Any:
     return data
 
@@ -98,6 +118,8 @@ def _direct_search(ast: dict[str, Any]) -> Search | None:
     chain = _field_chain(ast)
     if chain is not None:
         return _fast_search(chain)
+    if kind == "multi_select_dict":
+        return _hash_search(ast)
     if kind != "function_expression":
         return None
     arguments = [_direct_search(child) for child in ast["children"]]
@@ -108,6 +130,22 @@ def _direct_search(ast: dict[str, Any]) -> Search | None:
         (only,) = searches
         return lambda data: call(name, [only(data)])
     return lambda data: call(name, [search(data) for search in searches])
+
+
+def _hash_search(ast: dict[str, Any]) -> Search | None:
+    """`{a: x, b: lower(y)}` (of what `_direct_search` takes) as jmespath evaluates it: null for null."""
+    keys = [pair["value"] for pair in ast["children"]]
+    values = [_direct_search(pair["children"][0]) for pair in ast["children"]]
+    searches = [v for v in values if v is not None]
+    if len(searches) != len(values):
+        return None
+
+    def search_hash(data: Any) -> Any:
+        if data is None:
+            return None
+        return dict(zip(keys, [search(data) for search in searches], strict=True))
+
+    return search_hash
 
 
 def _direct_columns(ast: dict[str, Any]) -> Columns | None:
@@ -121,8 +159,9 @@ def _direct_columns(ast: dict[str, Any]) -> Columns | None:
         return lambda rows: rows
     chain = _field_chain(ast)
     if chain is not None:
-        search = _fast_search(chain)
-        return lambda rows: list(map(search, rows))
+        return _field_columns(chain)
+    if kind == "multi_select_dict":
+        return _hash_columns(ast)
     if kind != "function_expression":
         return None
     found = [_direct_columns(child) for child in ast["children"]]
@@ -134,6 +173,116 @@ def _direct_columns(ast: dict[str, Any]) -> Columns | None:
     def columns(rows: list[Any]) -> list[Any] | None:
         values = [argument(rows) for argument in arguments]
         return None if any(v is None for v in values) else call_by_columns(name, [v for v in values if v is not None])
+
+    return columns
+
+
+# Calls whose result depends on their arguments only, and is a string, number, boolean or null (not `split`'s list)
+PURE_FUNCTIONS = frozenset({"lower", "upper", "trim", "replace", "regex_match", "regex_extract", "regex_replace", "parse_time",
+                            "to_number", "parse_duration", "parse_bytes"})
+MEMO_ENTRIES = 16384  # results an expression keeps across probes, at most (`CallMemo`)
+MEMO_CHARACTERS = 1 << 20  # characters of their inputs and results, at most: about 4 MB per expression at worst
+_MEMO_INPUT = 1024  # characters of an input worth keeping the result of
+_MEMO_KEYS = frozenset({str, type(None)})  # inputs equal only to themselves (1 == 1.0 == True would mix results)
+_RESULTS = (str, int, float, bool, type(None))  # immutable: one result may be shared by many elements
+_MISSING = object()
+
+
+class CallMemo:
+    """The results of an expression of pure calls on one field, by the field's value, kept across probes:
+    real APIs give the same label values scrape after scrape (ids, regions, versions). Bounded in entries
+    and characters; full, it starts again from empty (the values of the current answers fill it again).
+    It lives with the compiled spec: a reload drops it with the old rules."""
+
+    __slots__ = ("characters", "results")
+
+    def __init__(self) -> None:
+        self.results: dict[str | None, Any] = {}
+        self.characters = 0
+
+    def keep(self, fresh: dict[str | None, Any]) -> None:
+        for key, result in fresh.items():
+            if type(result) not in _RESULTS:
+                continue
+            size = (0 if key is None else len(key)) + (len(result) if type(result) is str else 0)
+            if size > _MEMO_INPUT:
+                continue
+            if len(self.results) >= MEMO_ENTRIES or self.characters + size > MEMO_CHARACTERS:
+                self.results.clear()
+                self.characters = 0
+            self.results[key] = result
+            self.characters += size
+
+
+def _single_input(ast: dict[str, Any]) -> list[str] | None:
+    """The field chain that is the only input of a call made of pure functions, literals and that
+    field (`lower(trim(status))`, `regex_replace(id, '^a', 'b')`); None for any other expression."""
+    if ast["type"] != "function_expression" or ast["value"] not in PURE_FUNCTIONS:
+        return None
+    inputs: list[list[str]] = []
+    for child in ast["children"]:
+        if child["type"] == "literal":
+            continue
+        chain = _field_chain(child)
+        found = chain if chain is not None else _single_input(child)
+        if found is None:
+            return None
+        inputs.append(found)
+    return inputs[0] if inputs and all(found == inputs[0] for found in inputs) else None
+
+
+def _memoised(columns: Columns, chain: list[str]) -> Columns:
+    """`columns` for an expression `_single_input` accepts, each distinct input computed once and
+    its result kept in a `CallMemo` for the next chunks and probes."""
+    memo = CallMemo()
+    field = _field_columns(chain)
+
+    def memoised(rows: list[Any]) -> list[Any] | None:
+        keys = field(rows)
+        if not set(map(type, keys)) <= _MEMO_KEYS:
+            return columns(rows)
+        known = list(map(memo.results.get, keys, itertools.repeat(_MISSING)))
+        if _MISSING not in known:
+            return known
+        first_rows: dict[str | None, Any] = {}
+        for key, result, row in zip(keys, known, rows, strict=True):
+            if result is _MISSING and key not in first_rows:
+                first_rows[key] = row
+        results = columns(list(first_rows.values()))
+        if results is None:  # a row fails: the caller goes row by row, and says which
+            return None
+        fresh = dict(zip(first_rows, results, strict=True))
+        memo.keep(fresh)
+        return [fresh[key] if result is _MISSING else result for key, result in zip(keys, known, strict=True)]
+
+    return memoised
+
+
+def _hash_entries(ast: dict[str, Any]) -> dict[str, Columns]:
+    """The keys of a multi-select hash `_hash_columns` takes, each with the columns of its value; a key
+    given twice has its last value in its first place, as in the object jmespath makes."""
+    entries = {}
+    for pair in ast["children"]:
+        found = _direct_columns(pair["children"][0])
+        assert found is not None
+        entries[pair["value"]] = found
+    return entries
+
+
+def _hash_columns(ast: dict[str, Any]) -> Columns | None:
+    """`_hash_search` by columns: a histogram's `buckets: '{"0.1": fast, "+Inf": all}'`, for instance."""
+    keys = [pair["value"] for pair in ast["children"]]
+    found = [_direct_columns(pair["children"][0]) for pair in ast["children"]]
+    arguments = [a for a in found if a is not None]
+    if len(arguments) != len(found):
+        return None
+
+    def columns(rows: list[Any]) -> list[Any] | None:
+        values = [argument(rows) for argument in arguments]
+        if any(v is None for v in values):
+            return None
+        return [None if row is None else dict(zip(keys, row_values, strict=True))
+                for row, row_values in zip(rows, zip(*values, strict=True), strict=True)]  # JMESPath has no `{}`: some keys
 
     return columns
 
@@ -245,6 +394,7 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
         names = frozenset({first})
     chain = None
     columns: Columns | None = None
+    entries: tuple[tuple[str, Columns], ...] | None = None
     if text.strip() == "@":
         search: Search = _current_node
     else:
@@ -252,10 +402,15 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
         if chain is not None:
             search = _fast_search(chain)
         else:
-            direct = _direct_search(parsed.parsed) if parsed.parsed["type"] == "function_expression" else None
+            direct = _direct_search(parsed.parsed) if parsed.parsed["type"] in ("function_expression", "multi_select_dict") else None
             search = direct or functools.partial(parsed.search, options=OPTIONS)
             columns = _direct_columns(parsed.parsed) if direct is not None else None
-    return Expression(source, search, on_context, names, None if chain is None else tuple(chain), columns)
+            single = _single_input(parsed.parsed)
+            if columns is not None and single is not None:
+                columns = _memoised(columns, single)
+            if columns is not None and parsed.parsed["type"] == "multi_select_dict":
+                entries = tuple(_hash_entries(parsed.parsed).items())
+    return Expression(source, search, on_context, names, None if chain is None else tuple(chain), columns, entries)
 
 
 # -- templates --------------------------------------------------------------------------

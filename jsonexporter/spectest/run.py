@@ -21,7 +21,7 @@ from jsonexporter.spec.problems import Problem
 from jsonexporter.spec.schema import suggestion
 from jsonexporter.spectest.load import Answer, Case, Loaded, SpecCache, Suite, load_suite
 from jsonexporter.spectest.series import Series
-from jsonexporter.upstream import EndpointResult
+from jsonexporter.upstream import EndpointResult, target_redactor
 from jsonexporter.upstream.fetch import _parse_json
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -136,9 +136,14 @@ def run_suite(suite: Suite, out: TextIO) -> bool:
         if not outcome.failures:
             continue
         failed += 1
-        print(redact(str(case.at.says(f"test {case.name!r} failed"))), file=out)
+        caller = target_redactor(case.target)  # as a live probe's texts (server._record): the target's credentials never show
+
+        def shown(text: str, caller: Redactor | None = caller) -> str:
+            return caller(redact(text)) if caller is not None else redact(text)
+
+        print(shown(str(case.at.says(f"test {case.name!r} failed"))), file=out)
         for line in [*outcome.failures, *outcome.notes]:
-            print(redact(f"  {line}"), file=out)
+            print(shown(f"  {line}"), file=out)
     total = len(suite.cases)
     print(f"{suite.file}: {total - failed} of {total} test(s) passed" if failed else f"{suite.file}: {total} test(s) passed", file=out)
     return failed == 0

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import ipaddress
 import json
 import ssl
 import time
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -45,6 +47,8 @@ class RequestOptions:
     allow_redirects: bool
     authorization: str | None
     authorization_source: str | None = None  # where the Authorization value comes from, for errors that cannot show it
+    # the TLS of `ssl` without tls_config's client certificate, for hops to another origin (hops.Hop.client_identity)
+    anonymous_ssl: SSLContext | bool = True  # (the field `ssl` hides the module here)
 
     def identity(self) -> str:
         """Who the request is made as, for cache keys: a hash, never the credentials."""
@@ -187,6 +191,10 @@ class Clients:
             found = self._contexts[config] = tls_context(config)
         return found
 
+    def anonymous_context(self, config: TLSClientConfig) -> ssl.SSLContext:
+        """The context of `config` without its client certificate (the same one when it has none), shared as `context`'s are."""
+        return self.context(dataclasses.replace(config, cert_file=None, key_file=None))
+
     def token_source(self, config: OAuth2) -> TokenSource:
         found = self._tokens.get(config)
         if found is None:
@@ -212,8 +220,10 @@ class Clients:
             authorization = "Bearer " + await self.token_source(config.oauth2).get(session)
             source = "the oauth2 token endpoint's access_token"
         context: ssl.SSLContext | bool = self.context(config.tls) if config.tls else True
+        anonymous: ssl.SSLContext | bool = self.anonymous_context(config.tls) if config.tls else True
         proxy, proxy_headers = self.proxy(config, url)
-        return RequestOptions(context, config.tls.server_name if config.tls else None, proxy, proxy_headers, config.follow_redirects, authorization, source)
+        return RequestOptions(context, config.tls.server_name if config.tls else None, proxy, proxy_headers, config.follow_redirects, authorization, source,
+                              anonymous)
 
     @staticmethod
     def proxy(config: HTTPClientConfig, url: URL) -> tuple[str | None, dict[str, str] | None]:

@@ -24,7 +24,7 @@ from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.model import HEADER_VALUE_CONTROL
 from jsonexporter.spec.projection import FULL, Projection
 from jsonexporter.trace import Trace, shorten
-from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache
+from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache, parsed_size
 from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, basic_credentials
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
 from jsonexporter.upstream.pagination import Page, fetch_pages
@@ -54,6 +54,7 @@ class EndpointResult:
     # pagination: the pages requested (None: the endpoint has no pagination), and each page for the trace
     pages: int | None = None
     page_lines: list[str] = field(default_factory=list)
+    parsed_size: int | None = None  # with cache_ttl: what `document` takes in memory (cache.parsed_size)
 
     @property
     def ok(self) -> bool:
@@ -223,7 +224,8 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
     while True:
         proxy, proxy_headers = up.clients.proxy(endpoint.client, hop.url)
         async with up.session.request(
-            hop.method, hop.url, headers=hop.headers, data=hop.body, ssl=options.ssl, server_hostname=hop.server_hostname,
+            hop.method, hop.url, headers=hop.headers, data=hop.body, ssl=options.ssl if hop.client_identity else options.anonymous_ssl,
+            server_hostname=hop.server_hostname,
             proxy=proxy, proxy_headers=proxy_headers, allow_redirects=False, trace_request_ctx=pool,
         ) as response:
             result.status, result.response_headers = response.status, response.headers
@@ -243,6 +245,8 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
                         return
                 async with turn(PARSE):  # see slices.py: waiting answers stay bytes, smaller than parsed
                     result.document = _parse_json(body, request.projection)
+                    if endpoint.cache_ttl is not None:
+                        result.parsed_size = parsed_size(body)
                 return
         n = len(result.redirects) + 1
         if n > MAX_REDIRECTS:
@@ -288,7 +292,7 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
     if not result.ok:
         result.document = None
         return None, result
-    return Answer(result.document, result.status, result.bytes), result
+    return Answer(result.document, result.status, result.bytes, size=result.parsed_size), result
 
 
 def schedule_key(request: UpstreamRequest, job: Job) -> Hashable:
@@ -332,7 +336,7 @@ def _background_done(up: Upstream, job: Job, result: EndpointResult) -> Answer |
         log.warning("background request failed, keeping the previous answer", extra=kv(
             module=job.module.name, endpoint=job.endpoint.name, target=redact_target(job.values.get("target", "")), outcome=result.outcome, err=err))
         return None
-    return Answer(result.document, result.status, result.bytes, result.pages)
+    return Answer(result.document, result.status, result.bytes, result.pages, result.parsed_size)
 
 
 async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, trace: Trace | None = None, job: Job | None = None) -> EndpointResult:

@@ -33,6 +33,8 @@ class Hop:
     body: bytes | None
     server_hostname: str | None = None  # tls_config.server_name, for the host it was written for
     secrets: frozenset[str] = field(default=frozenset(), repr=False)  # secret values it was rendered with (UpstreamRequest.secrets)
+    # whether it may present tls_config's client certificate: only within the origin of the first request
+    client_identity: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,16 +52,28 @@ def origin(url: URL) -> Origin:
     return url.scheme, (url.host or "").lower(), url.port
 
 
+def checked_url(text: str | URL, base: URL | None = None) -> URL | None:
+    """`text` as a URL (joined to `base` when given), None when it is none: yarl decodes an IDNA host
+    (`xn--…`) only when `.host` is first read, so an invalid one is found here, not where the URL is used."""
+    try:
+        url = text if isinstance(text, URL) else URL(text)
+        if base is not None:
+            url = base.join(url)
+        url.host  # noqa: B018 (the decoding is the check)
+    except (ValueError, TypeError):  # UnicodeError is a ValueError
+        return None
+    return url
+
+
 def url_forms(url: URL) -> list[str]:
     """The spellings of `url` an allowlist pattern may match: the URL, without its query, its origin
-    (`https://h:8006`, and `https://h` for a default port), `h:8006` and `h`."""
+    (`https://h:8006`, and `https://h` for a default port, each also with a final `/`), `h:8006` and `h`."""
     host = url.host or ""
     host = f"[{host}]" if ":" in host else host
     plain = url.with_user(None).with_fragment(None)
-    forms = [str(plain), str(plain.with_query(None)), f"{url.scheme}://{host}:{url.port}", f"{host}:{url.port}", host]
-    if url.explicit_port is None:
-        forms.append(f"{url.scheme}://{host}")
-    return forms
+    origins = [f"{url.scheme}://{host}:{url.port}", *([f"{url.scheme}://{host}"] if url.explicit_port is None else [])]
+    # an origin pattern written as a target with its slash (`https://h/`) still allows `{target}/api`
+    return [str(plain), str(plain.with_query(None)), *origins, *(f"{o}/" for o in origins), f"{host}:{url.port}", host]
 
 
 def url_allowed(url: URL, patterns: Iterable[re.Pattern[str]]) -> bool:
@@ -100,12 +114,11 @@ def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple
     Prometheus's (Go's) semantics otherwise: 301/302/303 turn other methods than GET and HEAD into
     a GET without body; 307/308 keep method and body. The allowlist applies to hops that leave the
     origin of the `first` request (that one was allowed with the probe). A hop to another origin than
-    `previous` carries nothing of the spec (headers, credentials, body, secret query values), and
+    `previous` carries nothing of the spec (headers, credentials, the TLS client certificate, body, secret query values), and
     is refused when it would have to re-send a body, or leave https for http while carrying secrets."""
-    try:
-        url = previous.url.join(URL(location))
-    except (ValueError, TypeError):
-        return Refusal(None, "its Location header is not a URL")
+    url = checked_url(location, previous.url)
+    if url is None:
+        return Refusal(None, "its Location header is not a URL (or names a host that is not a valid name)")
     if url.scheme not in ("http", "https") or not url.host:
         return Refusal(url, "it is not an http:// or https:// URL with a host")
     url = url.with_user(None).with_fragment(None)  # a redirect never adds credentials
@@ -131,4 +144,6 @@ def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple
         headers = dict(BASE_HEADERS)
         if url.host != previous.url.host:
             server_hostname = None
-    return Hop(method, url, headers, body, server_hostname, previous.secrets)
+    # a client certificate is a credential of http_client_config like the Authorization: it stays with the origin
+    client_identity = previous.client_identity and origin(url) == origin(previous.url)
+    return Hop(method, url, headers, body, server_hostname, previous.secrets, client_identity)

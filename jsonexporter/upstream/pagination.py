@@ -18,8 +18,8 @@ from yarl import URL
 
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.model import Pagination
-from jsonexporter.upstream.cache import Answer
-from jsonexporter.upstream.hops import origin
+from jsonexporter.upstream.cache import Answer, parsed_size
+from jsonexporter.upstream.hops import checked_url, origin
 from jsonexporter.upstream.render import UpstreamRequest, redact_url
 
 if TYPE_CHECKING:
@@ -95,7 +95,10 @@ def _next_url(request: UpstreamRequest, pagination: Pagination, number: int, pag
         if page.link_error is not None:
             raise _PageError(page.link_error)
         wanted = pagination.rel.lower()
-        return next((url for rel, url in page.links if wanted in rel.lower().split()), None), None
+        found = next((url for rel, url in page.links if wanted in rel.lower().split()), None)
+        if found is not None and checked_url(found) is None:
+            raise _PageError(f"its Link header's {pagination.rel!r} URL names a host that is not a valid name")
+        return found, None
     elements = len(_elements(document, pagination))
     if pagination.style == "page_param":
         assert pagination.param is not None
@@ -114,10 +117,10 @@ def _next_url(request: UpstreamRequest, pagination: Pagination, number: int, pag
         return request.url.update_query({pagination.param: str(value)}), elements
     if not isinstance(value, str):
         raise _PageError(f"the next URL {pagination.next.source} is {_kind(value)}, not a string")
-    try:
-        return (page.url or request.url).join(URL(value)), elements
-    except (ValueError, TypeError):
-        raise _PageError(f"the next URL {pagination.next.source} is not a URL") from None
+    following = checked_url(value, page.url or request.url)
+    if following is None:
+        raise _PageError(f"the next URL {pagination.next.source} is not a URL (or names a host that is not a valid name)")
+    return following, elements
 
 
 def _same_credentials(url: URL, first: URL) -> URL:
@@ -229,4 +232,6 @@ async def fetch_pages(send: Send, parse: Parse, request: UpstreamRequest, budget
         for i, count in zip(at, counts, strict=True):
             lines[i] += f", {count} elements"
     result.document, result.bytes, result.pages, result.page_lines, result.redirects = document, total, number, lines, []
-    return Answer(document, result.status, total, number), result
+    if endpoint.cache_ttl is not None:
+        result.parsed_size = sum(map(parsed_size, bodies))
+    return Answer(document, result.status, total, number, result.parsed_size), result

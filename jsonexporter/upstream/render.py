@@ -1,5 +1,5 @@
 """Requests rendered from a module's endpoints: templates filled in, parameters quoted for where they
-go (a host, a path, a JSON or form body), hosts from parameters held to the module's allowlist."""
+go (a host, a path, a JSON or form body), the URL a target or parameter makes held to the module's allowlist."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from jsonexporter.spec.expressions import Template
 from jsonexporter.spec.model import Endpoint, JsonBody, Module
 from jsonexporter.spec.projection import Projection
 from jsonexporter.upstream.client import basic_credentials
-from jsonexporter.upstream.hops import BASE_HEADERS, url_allowed
+from jsonexporter.upstream.hops import BASE_HEADERS, checked_url, url_allowed
 
 
 class InvalidRequest(Exception):
@@ -128,17 +128,16 @@ def _body_quote(escape: str | None) -> Callable[[int, str], str] | None:
 def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[re.Pattern[str], ...] = (),
                    projection: Projection | None = None, secrets: frozenset[str] = frozenset()) -> UpstreamRequest:
     """Fill in the endpoint's templates; raise InvalidRequest when the URL is not http(s), TargetNotAllowed
-    when a host taken from a parameter is outside `allow` (the module's targets.allow)."""
-    raw_url = _render_url(endpoint, values)
-    try:
-        url = URL(raw_url)
-    except (ValueError, TypeError) as exc:
-        raise InvalidRequest(f"endpoint {endpoint.name}: invalid URL: {exc}") from None
+    when its host comes from the target or a parameter and the URL is outside `allow` (the module's
+    targets.allow, matched against the URL's spellings as a redirect's: hops.url_forms)."""
+    url = checked_url(_render_url(endpoint, values))
+    if url is None:
+        raise InvalidRequest(f"endpoint {endpoint.name}: invalid URL: not a URL, or its host is not a valid name (an IDNA `xn--` label that decodes to none)")
     if url.scheme not in ("http", "https") or not url.host:
         raise InvalidRequest(f"endpoint {endpoint.name}: the URL must be http:// or https:// with a host, got {redact_url(url)!r}")
-    origin_names = {endpoint.url.parts[i][1] for i in endpoint.url.origin_parts}
-    if allow and origin_names - {"target"} and not url_allowed(url, allow):
-        raise TargetNotAllowed(f"endpoint {endpoint.name}: the host {url.host!r}, taken from a parameter, is not allowed by targets.allow")
+    if allow and endpoint.url.origin_parts and not url_allowed(url, allow):
+        # the URL as sent, not the target as written: `http://allowed:80@other/` is a request to `other`
+        raise TargetNotAllowed(f"endpoint {endpoint.name}: the host {url.host!r}, taken from the target or a parameter, is not allowed by targets.allow")
     if endpoint.params:
         url = url.update_query([(k, t.render(values)) for k, t in endpoint.params])
     headers = dict(BASE_HEADERS)
