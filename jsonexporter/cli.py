@@ -212,7 +212,7 @@ def _inputs(specs: list[str], endpoints: Sequence[str]) -> dict[str, Any]:
 def cmd_probe(args: argparse.Namespace) -> int:
     from jsonexporter.exposition import render_openmetrics, render_text
     from jsonexporter.probe import ProbeResult, run_offline, run_probe
-    from jsonexporter.secrets import Redactor
+    from jsonexporter.secrets import Redactor, is_secret_name
     from jsonexporter.upstream import InvalidRequest, Upstream, new_session
     from jsonexporter.upstream.client import Clients
 
@@ -227,6 +227,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     redact = Redactor(spec.secrets)  # what this command prints, but the metrics, passes it
     logs.redact_with(redact)
     query = dict(p.partition("=")[::2] for p in args.param)
+    redact.know(value for name, value in query.items() if is_secret_name(name))  # one probe: its own secrets join the command's
     try:
         if args.input:
             result = run_offline(module, _inputs(args.input, list(module.endpoints)), args.target or "offline", query, args.debug)

@@ -1,9 +1,10 @@
 """Series to Prometheus text format 0.0.4 and OpenMetrics 1.0.0.
 
 A direct writer, byte-identical to prometheus_client's `generate_latest` for the same metric
-families, with two deliberate differences: integral values are printed exactly (`1655371`,
-not `1.655371e+06`), and OpenMetrics timestamps never in exponent form. Label pairs must arrive
-sorted by name, as prometheus_client sorts them.
+families, with three deliberate differences: integral values are printed exactly (`1655371`,
+not `1.655371e+06`), OpenMetrics timestamps never in exponent form, and a CR in a label value or
+help text is written as a line break (`\n`), not raw. Label pairs must arrive sorted by name, as
+prometheus_client sorts them.
 """
 
 from __future__ import annotations
@@ -64,12 +65,20 @@ def format_bound(value: float) -> str:
     return text
 
 
+def _line_breaks(text: str) -> str:
+    """CR LF and a lone CR as LF. Neither format has an escape for CR, and prometheus_client's parsers
+    (both formats) split lines at a raw one, rejecting the whole answer (Go's accept it): a CR in text
+    is a line break (Windows', old Mac's), which `\\n` writes. Not a space: that would join the lines;
+    not U+FFFD: the text is not broken."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def escape_label_value(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return _line_breaks(value.replace("\\", r"\\")).replace("\n", r"\n").replace('"', r"\"")
 
 
 def needs_escape(value: str) -> bool:
-    return "\\" in value or "\n" in value or '"' in value
+    return "\\" in value or "\n" in value or '"' in value or "\r" in value
 
 
 def escaped(value: str) -> str:
@@ -123,7 +132,7 @@ def _openmetrics_header(family: Family) -> str:
 def _text_header_of(family_name: str, family_type: str, help_text: str) -> str:
     name = text_name(family_name, family_type)
     mtype = "gauge" if family_type in ("info", "stateset") else family_type
-    help_text = help_text.replace("\\", r"\\").replace("\n", r"\n")
+    help_text = _line_breaks(help_text.replace("\\", r"\\")).replace("\n", r"\n")
     return f"# HELP {name} {help_text}\n# TYPE {name} {mtype}\n"
 
 
@@ -131,7 +140,7 @@ def _text_header_of(family_name: str, family_type: str, help_text: str) -> str:
 def _openmetrics_header_of(name: str, family_type: str, help_text: str) -> str:
     base = family_name(name, family_type)
     mtype = "unknown" if family_type == "untyped" else family_type
-    help_text = help_text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    help_text = _line_breaks(help_text.replace("\\", r"\\")).replace("\n", r"\n").replace('"', r"\"")
     return f"# HELP {base} {help_text}\n# TYPE {base} {mtype}\n"
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from jsonexporter.exposition import Family, Labels, labels_text, sample_line
 from jsonexporter.extract import Extraction, ProbeContext, SeriesLimitExceeded, extract, extract_async
+from jsonexporter.secrets import is_secret_name
 from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT, Module
 from jsonexporter.trace import Trace, shorten
@@ -57,7 +58,8 @@ def resolve_values(module: Module, target: str, query: Mapping[str, str], offlin
     # only the hosts its parameters make (render_request), and a target it would ignore
     if not offline and (target or module.needs_target) and not module.target_allowed(target):
         raise TargetNotAllowed(f"target not allowed by module {module.name!r}: it matches none of its targets.allow patterns")
-    params = {k: v for k, v in query.items() if k not in RESERVED_PARAMS and len(v) <= MAX_PARAM_LENGTH}
+    # `$params` goes into the answer (labels, samples): a value named as a secret stays in the requests
+    params = {k: v for k, v in query.items() if k not in RESERVED_PARAMS and len(v) <= MAX_PARAM_LENGTH and not is_secret_name(k)}
     values = {"target": target, "module": module.name}
     for name, decl in module.parameters.items():
         value = query.get(name, decl.default)
@@ -67,12 +69,21 @@ def resolve_values(module: Module, target: str, query: Mapping[str, str], offlin
             raise InvalidRequest(f"parameter {name!r} does not match {decl.pattern.pattern!r}")
         if len(value) > MAX_PARAM_LENGTH or _CONTROL.search(value):
             raise InvalidRequest(f"parameter {name!r} is too long or contains control characters")
-        values[name] = params[name] = value
+        values[name] = value
+        if not is_secret_name(name):
+            params[name] = value
     return values, params
 
 
 def module_labels(module: Module, values: Mapping[str, str]) -> Labels:
     return tuple((name, template.render(values)) for name, template in module.labels)
+
+
+def answer_context(module: Module, target: str, params: Mapping[str, str], values: Mapping[str, str]) -> tuple[ProbeContext, Labels]:
+    """What the rules see of the probe (`$target`, `$params`) and the module's labels, with the target as it
+    may be shown (redact_target): both become label values, and a target's userinfo is a credential."""
+    shown = redact_target(target)
+    return ProbeContext(module.name, shown, params), module_labels(module, {**values, "target": shown})
 
 
 def _gauge(name: str, help_text: str, samples: list[tuple[Labels, float]]) -> Family:
@@ -144,7 +155,7 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
     documents = {r.endpoint: r.document for r in endpoints if r.usable}
     limit = series_limit if module.series_limit is None else module.series_limit
     failed_due_to = failure = None
-    context, labels = ProbeContext(module.name, target, params), module_labels(module, values)
+    context, labels = answer_context(module, target, params, values)
     try:
         if documents:
             extraction = await extract_async(module, documents, context, labels, trace, deadline, limit)
@@ -197,7 +208,7 @@ def run_offline(module: Module, documents: Mapping[str, Any], target: str, query
             trace.add(f"  document: {shorten(document)}")
     limit = 0 if endpoints is None else DEFAULT_SERIES_LIMIT if module.series_limit is None else module.series_limit
     try:
-        extraction = extract(module, documents, ProbeContext(module.name, target, params), module_labels(module, values), trace, limit)
+        extraction = extract(module, documents, *answer_context(module, target, params, values), trace, limit)
     except SeriesLimitExceeded as exc:
         failure = _series_limit_failure(module, exc)
         if trace is not None:

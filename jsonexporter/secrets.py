@@ -8,21 +8,22 @@ what looks like a credential in a URL, so that no call site has to remember to f
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus
+
+from yarl import URL
 
 _SECRET_WORDS = ("auth", "token", "secret", "password", "passwd", "key", "cookie", "session", "credential", "signature")
 REDACTED = "<redacted>"
 # A known secret shorter than this is looked for only where it is quoted ('abc', "abc"): bare, it
 # would match inside ordinary words and numbers everywhere.
 MIN_BARE_LENGTH = 4
-# Values learned at run time (files, OAuth2 tokens) are kept this many at most, the oldest dropped
-# first: a token refreshed every hour for years must not grow the process.
-MAX_LEARNED = 1024
 # Where a text from outside was shortened (trace.shorten, a quoted answer): a known secret that runs
 # into it is half shown, so its beginning is hidden too. A longer beginning than this is not looked for.
 CUT = "…"
@@ -32,6 +33,28 @@ MAX_CUT_LOOKBACK = 4096
 def is_secret_name(name: str) -> bool:
     lowered = name.lower()
     return any(word in lowered for word in _SECRET_WORDS)
+
+
+# Request headers that carry no credential: content negotiation, caching, the client's name. Any
+# other header may: credential headers have no common name (X-JFrog-Art-Api, X-Api-Pass).
+HARMLESS_HEADERS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-language", "cache-control", "content-language",
+                              "content-type", "if-modified-since", "if-none-match", "pragma", "prefer", "user-agent", "x-requested-with"})
+# A header named like none of the secret words holds a credential when its value has a literal part this
+# long (API keys and tokens are longer): shorter values (`true`, `acme`, `v2`) would be hidden in every
+# trace wherever they appear, and are rarely credentials.
+MIN_UNNAMED_CREDENTIAL = 8
+
+
+def is_credential_header(name: str, value: str) -> bool:
+    """Whether a spec's header `name: value` (a template) sends a credential: by its name (Authorization,
+    Cookie, a secret word), or by a literal part of MIN_UNNAMED_CREDENTIAL characters or more in any
+    header but the harmless ones and API version selectors (`X-GitHub-Api-Version: 2022-11-28`)."""
+    if is_secret_name(name):
+        return True
+    lowered = name.lower()
+    if lowered in HARMLESS_HEADERS or lowered.endswith("-version"):
+        return False
+    return any(len(f) >= MIN_UNNAMED_CREDENTIAL for f in secret_fragments(value))
 
 
 # -- pattern rules: credentials in anything that looks like a URL ------------------------------
@@ -142,9 +165,14 @@ def _in_body(text: str) -> Iterator[str]:
             yield next(v for v in match.groups()[1:] if v is not None)
 
 
+_HEADER_MAPPINGS = ("headers", "proxy_connect_header")
+
+
 def _walk(node: object, key: str | None, found: set[str]) -> None:
     if isinstance(node, dict):
         for k, v in node.items():
+            if key in _HEADER_MAPPINGS:
+                found.update(s for s in _values_of(v) if is_credential_header(str(k), s))
             _walk(v, str(k), found)
         return
     if isinstance(node, list) and not (key and is_secret_name(key)):
@@ -162,7 +190,8 @@ def _walk(node: object, key: str | None, found: set[str]) -> None:
 
 def spec_secrets(data: Any) -> frozenset[str]:
     """The secret values written in a spec's YAML data: credentials in `http_client_config`, values of
-    secret-named headers, query parameters, body keys and parameter defaults, passwords in URLs."""
+    credential headers (is_credential_header), of secret-named query parameters, body keys and parameter
+    defaults, passwords in URLs."""
     found: set[str] = set()
     modules = data.get("modules") if isinstance(data, dict) else None
     for module in modules.values() if isinstance(modules, dict) else ():
@@ -178,13 +207,26 @@ def spec_secrets(data: Any) -> frozenset[str]:
     return frozenset(s for value in found for s in secret_fragments(value))
 
 
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
+
+
+def _yarl_forms(value: str) -> tuple[str, ...]:
+    """The value as yarl (aiohttp's URLs) writes it in a path and in a query, which is neither of
+    urllib's spellings: it leaves `!:@$=/` as they are in a path and encodes `+` and `=` in a query."""
+    try:
+        return URL.build(path="/" + value).raw_path[1:], URL.build(query={"k": value}).raw_query_string[2:]
+    except (ValueError, TypeError, UnicodeError):
+        return ()
+
+
 def _forms(value: str) -> Iterator[str]:
     """How a value shows in text: as is, quoted by repr or JSON, percent-encoded, HTML-escaped."""
     # repr of its UTF-8 bytes too: an answer that is not JSON is quoted as bytes (fetch._quoted_start)
     shown = list(dict.fromkeys([value, repr(value)[1:-1], json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
                                 repr(value.encode())[2:-1]]))
     if len(value) >= MIN_BARE_LENGTH:
-        shown += [quote(value, safe=""), quote_plus(value)]
+        shown += dict.fromkeys(f for form in (quote(value, safe=""), quote_plus(value), quote(value, safe="/"), *_yarl_forms(value))
+                               for f in (form, _PERCENT.sub(lambda m: m[0].lower(), form)))
         yield from shown
         yield from (html.escape(s) for s in shown)
     quoted = [repr(value), json.dumps(value), f"'{value}'", f'"{value}"']
@@ -192,75 +234,278 @@ def _forms(value: str) -> Iterator[str]:
     yield from (html.escape(s) for s in quoted)
 
 
+# -- known values: found by lookups of a few characters at every K-th position ----------------
+
+# A form of L characters is looked for by its K-grams at offsets 0..K-1, K the largest power of two
+# with 2K-1 <= L: an occurrence anywhere covers exactly one position that is a multiple of K with K of
+# its characters, so a text is read in steps of K (n/K dictionary lookups for each K in use), whatever
+# the number of values. Longer grams would make fewer lookups but more entries per form.
+MAX_GRAM = 32
+# Characters of the forms of learned values kept at most: beyond it, values not in use are forgotten,
+# the least recently used first. The values in use (Redactor.hold: live login sessions, current OAuth2
+# tokens, secret files as last read) are kept even beyond it.
+LEARNED_BUDGET = 16 * 1024 * 1024
+# Candidates a text may make the lookups check, beyond which it is withheld whole (WITHHELD): a text
+# repeating what values repeat (`abab…` against many values `abab…x`) makes every lookup a hit, and
+# the check of each would take minutes. Ordinary texts make a few checks per known value they hold.
+MAX_CHECKS_BASE = 1 << 20
+MAX_CHECKS_PER_CHAR = 16
+WITHHELD = "(text withheld: it would take too long to look for the known secrets in it)"
+
+
+class _TooCostly(Exception):
+    pass
+
+
+def _gram_size(length: int) -> int:
+    return min(MAX_GRAM, 1 << (((length + 1) // 2).bit_length() - 1))
+
+
+class _Forms:
+    """The forms of a set of values, indexed for finding in a text; adding or removing a value costs
+    in proportion to its forms."""
+
+    def __init__(self) -> None:
+        self._count: dict[str, int] = {}  # form -> how many values have it
+        self._grams: dict[int, dict[str, list[tuple[str, int]]]] = {}  # K -> K-gram -> (form, offset)
+        self.heads: dict[str, list[str]] = {}  # forms longer than MIN_BARE_LENGTH by their first MIN_BARE_LENGTH characters, for cuts
+        self._lengths: dict[int, int] = {}  # form length -> how many forms
+
+    def __bool__(self) -> bool:
+        return bool(self._count)
+
+    @property
+    def longest(self) -> int:
+        return max(self._lengths, default=0)
+
+    def add(self, forms: Iterable[str]) -> None:
+        for form in forms:
+            if (count := self._count.get(form, 0)) == 0:
+                k = _gram_size(len(form))
+                grams = self._grams.setdefault(k, {})
+                for offset in range(k):
+                    grams.setdefault(form[offset:offset + k], []).append((form, offset))
+                if len(form) > MIN_BARE_LENGTH:
+                    self.heads.setdefault(form[:MIN_BARE_LENGTH], []).append(form)
+                self._lengths[len(form)] = self._lengths.get(len(form), 0) + 1
+            self._count[form] = count + 1
+
+    def remove(self, forms: Iterable[str]) -> None:
+        for form in forms:
+            count = self._count.pop(form)
+            if count > 1:
+                self._count[form] = count - 1
+                continue
+            k = _gram_size(len(form))
+            grams = self._grams[k]
+            for offset in range(k):
+                gram = form[offset:offset + k]
+                entries = grams[gram]
+                entries.remove((form, offset))
+                if not entries:
+                    del grams[gram]
+            if not grams:
+                del self._grams[k]
+            if len(form) > MIN_BARE_LENGTH:
+                same = self.heads[form[:MIN_BARE_LENGTH]]
+                same.remove(form)
+                if not same:
+                    del self.heads[form[:MIN_BARE_LENGTH]]
+            if (n := self._lengths.pop(len(form))) > 1:
+                self._lengths[len(form)] = n - 1
+
+    def find(self, text: str, ends: dict[int, int]) -> None:
+        """Into `ends`: for each position of `text` where a form starts, the end of the longest one. Raises
+        _TooCostly when the text makes more than its share of checks (MAX_CHECKS_BASE, MAX_CHECKS_PER_CHAR)."""
+        n = len(text)
+        left = MAX_CHECKS_BASE + MAX_CHECKS_PER_CHAR * n
+        for k, grams in list(self._grams.items()):  # a log line may be redacted on another thread while a value is learned
+            get = grams.get
+            for at in range(0, n - k + 1, k):
+                entries = get(text[at:at + k])
+                if entries is not None:
+                    left -= len(entries)
+                    if left < 0:
+                        raise _TooCostly
+                    for form, offset in entries:
+                        start = at - offset
+                        if start >= 0 and ends.get(start, -1) < start + len(form) and text.startswith(form, start):
+                            ends[start] = start + len(form)
+
+
 class Redactor:
     """The one redaction function: known secret values first, then the pattern rules."""
 
-    def __init__(self, known: Iterable[str] = ()) -> None:
+    def __init__(self, known: Iterable[str] = (), budget: int = LEARNED_BUDGET, parent: Redactor | None = None) -> None:
+        self.budget = budget
+        # a probe's own Redactor: the process's values are looked for first, then its own, then the
+        # pattern rules once; two Redactors one after the other would not do: the first one's pattern
+        # rules hide part of a value (`user:pw@` in a ticket) and the second one no longer finds the rest
+        self.parent = parent
+        self._forms = _Forms()
         self._known: set[str] = set()
-        self._learned: dict[str, None] = {}
-        self._pattern: re.Pattern[str] | None = None
-        self._empty = True
-        self._heads: dict[str, list[str]] = {}  # the secrets' forms by their first MIN_BARE_LENGTH characters, for cuts
-        self._longest = 0
+        self._present: dict[str, tuple[str, ...]] = {}  # every value looked for -> its forms
+        self._learned: dict[str, None] = {}  # learned values not in use, the least recently used first
+        self._pinned: dict[str, int] = {}  # learned values in use -> how many holders use them
+        self._learned_chars = 0  # of the forms of the learned values, in use or not
+        self._holders: dict[int, tuple[weakref.ref[object], dict[str, tuple[str, ...]]]] = {}
+        self._released: list[int] = []  # holders gone (weakref callbacks): released at the next call, never inside one
         self.know(known)
 
     def know(self, values: Iterable[str]) -> None:
         """Secrets of a (re)loaded spec; kept: an old spec's secrets stay hidden after a reload."""
-        new = {v for v in values if v and v not in REDACTED} - self._known
-        if new:
-            self._known |= new
-            self._pattern = None
+        for value in {v for v in values if v and v not in REDACTED} - self._known:
+            self._known.add(value)
+            if value in self._learned or value in self._pinned:  # learned first: now known, never forgotten
+                self._learned.pop(value, None)
+                self._pinned.pop(value, None)
+                self._learned_chars -= sum(map(len, self._present[value]))
+            else:
+                self._look_for(value)
 
     def learn(self, value: str) -> None:
-        """A secret read at run time (a file, a token); cheap when it is known already."""
+        """A secret read at run time (a file, a token): costs in proportion to its forms, nothing when
+        it is known already. Kept within `budget` while not in use (see hold)."""
+        self._release_gone()
         value = value.strip()
-        if not value or value in self._known or value in REDACTED:
+        if not value or value in self._known or value in REDACTED or value in self._pinned:
             return
-        if value in self._learned:  # in use again: the newest, so that newer values cannot push it out
+        if value in self._learned:  # used again: the most recently used
             self._learned[value] = self._learned.pop(value)
             return
+        self._learned_chars += sum(map(len, self._look_for(value)))
         self._learned[value] = None
-        while len(self._learned) > MAX_LEARNED:
-            del self._learned[next(iter(self._learned))]
-        self._pattern = None
+        self._forget_beyond_budget()
 
-    def _compiled(self) -> re.Pattern[str] | None:
-        if self._pattern is None:
-            forms = {f for v in (*self._known, *self._learned) for f in _forms(v) if f}
-            self._empty = not forms
-            self._pattern = re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)) or "(?!)")
-            self._heads = {}
-            for f in forms:
-                if len(f) > MIN_BARE_LENGTH:
-                    self._heads.setdefault(f[:MIN_BARE_LENGTH], []).append(f)
-            self._longest = min(max(map(len, forms), default=0), MAX_CUT_LOOKBACK)
-        return None if self._empty else self._pattern
+    def hold(self, owner: object, what: str, values: Iterable[str]) -> None:
+        """`owner` uses `values` under the name `what` (a login session its values, a token source its
+        token, a client configuration a file as last read): learned, and never forgotten while `owner`
+        lives and holds them. Values it held under `what` before are released (a rotated file)."""
+        self._release_gone()
+        key = id(owner)
+        held = self._holders.get(key)
+        if held is None:
+            held = self._holders[key] = (weakref.ref(owner, functools.partial(self._gone, key)), {})
+        new = tuple(dict.fromkeys(v.strip() for v in values if v.strip()))
+        old = held[1].get(what, ())
+        held[1][what] = new
+        for value in new:
+            self._pin(value)
+        for value in old:
+            self._unpin(value)
 
-    def _cut_short(self, text: str, mark: str) -> str:
-        """`text` without the beginning of a known secret that runs into a cut (CUT): a text shortened
-        before it reached the edge shows no part of one."""
+    def release(self, owner: object) -> None:
+        """`owner` no longer uses its values: they may be forgotten, the least recently used first."""
+        if id(owner) in self._holders:
+            self._release(id(owner))
+
+    def _gone(self, key: int, _: object) -> None:
+        self._released.append(key)  # a weakref callback runs wherever the collector does: the dicts are changed later
+
+    def _release_gone(self) -> None:
+        while self._released:
+            key = self._released.pop()
+            held = self._holders.get(key)
+            if held is not None and held[0]() is None:  # not a new owner at the same address
+                self._release(key)
+
+    def _release(self, key: int) -> None:
+        for values in self._holders.pop(key)[1].values():
+            for value in values:
+                self._unpin(value)
+
+    def _pin(self, value: str) -> None:
+        if value in self._known or value in REDACTED:
+            return
+        if value in self._pinned:
+            self._pinned[value] += 1
+            return
+        if value in self._learned:
+            del self._learned[value]
+        else:
+            self._learned_chars += sum(map(len, self._look_for(value)))
+        self._pinned[value] = 1
+
+    def _unpin(self, value: str) -> None:
+        if (count := self._pinned.get(value)) is None:
+            return
+        if count > 1:
+            self._pinned[value] = count - 1
+            return
+        del self._pinned[value]
+        self._learned[value] = None  # no longer in use: the most recently used of those that may go
+        self._forget_beyond_budget()
+
+    def _look_for(self, value: str) -> tuple[str, ...]:
+        forms = tuple(dict.fromkeys(f for f in _forms(value) if f))
+        self._present[value] = forms
+        self._forms.add(forms)
+        return forms
+
+    def _forget_beyond_budget(self) -> None:
+        # the one learned last stays: whoever learned it is about to show text that may hold it
+        while self._learned_chars > self.budget and len(self._learned) > 1:
+            oldest = next(iter(self._learned))
+            del self._learned[oldest]
+            forms = self._present.pop(oldest)
+            self._forms.remove(forms)
+            self._learned_chars -= sum(map(len, forms))
+
+    @property
+    def learned_chars(self) -> int:
+        """Characters of the forms of the learned values kept (in use or not)."""
+        return self._learned_chars
+
+    def _known_redacted(self, text: str, mark: str) -> str:
+        """Every known form in `text` replaced, the longest at a position first, left to right."""
+        ends: dict[int, int] = {}
+        try:
+            self._forms.find(text, ends)
+        except _TooCostly:
+            return f"{mark} {WITHHELD}"
+        if not ends:
+            return text
         out: list[str] = []
         done = 0
-        at = text.find(CUT)
-        while at >= 0:
-            for start in range(max(done, at - self._longest), at - MIN_BARE_LENGTH + 1):
-                forms = self._heads.get(text[start:start + MIN_BARE_LENGTH])
-                if forms and any(form.startswith(text[start:at]) for form in forms):
-                    out += [text[done:start], mark]
-                    done = at
-                    break
-            at = text.find(CUT, at + 1)
+        for start in sorted(ends):
+            if start >= done:
+                out += [text[done:start], _quoted(text[start:ends[start]], mark)]
+                done = ends[start]
         out.append(text[done:])
         return "".join(out)
 
+    def _values_redacted(self, text: str, mark: str) -> str:
+        self._release_gone()
+        if self._forms:
+            text = self._known_redacted(text, mark)
+            if CUT in text:
+                text = cut_short(text, mark, self._forms.heads, min(self._forms.longest, MAX_CUT_LOOKBACK))
+        return text
+
     def __call__(self, text: str, mark: str = REDACTED) -> str:
         """`text` as it may leave the process; `mark` replaces each secret (HTML-escaped in a page)."""
-        pattern = self._compiled()
-        if pattern is not None:
-            text = pattern.sub(lambda m: _quoted(m[0], mark), text)
-            if CUT in text:
-                text = self._cut_short(text, mark)
-        return redact_patterns(text, mark)
+        if self.parent is not None:
+            text = self.parent._values_redacted(text, mark)
+        return redact_patterns(self._values_redacted(text, mark), mark)
+
+
+def cut_short(text: str, mark: str, heads: Mapping[str, list[str]], longest: int) -> str:
+    """`text` without the beginning of a known secret that runs into a cut (CUT): a text shortened
+    before it reached the edge shows no part of one. `heads`: the forms longer than MIN_BARE_LENGTH by
+    their first MIN_BARE_LENGTH characters; `longest`: how far back a beginning is looked for."""
+    out: list[str] = []
+    done = 0
+    at = text.find(CUT)
+    while at >= 0:
+        for start in range(max(done, at - longest), at - MIN_BARE_LENGTH + 1):
+            forms = heads.get(text[start:start + MIN_BARE_LENGTH])
+            if forms and any(form.startswith(text[start:at]) for form in forms):
+                out += [text[done:start], mark]
+                done = at
+                break
+        at = text.find(CUT, at + 1)
+    out.append(text[done:])
+    return "".join(out)
 
 
 def _quoted(found: str, mark: str) -> str:

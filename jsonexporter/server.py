@@ -30,7 +30,7 @@ from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec import SpecError, SpecFileError, load_spec, read_spec_files
 from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, DEFAULT_SERIES_LIMIT, Spec
 from jsonexporter.spec.sources import spec_sha256
-from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, new_session, reschedule, target_redactor
+from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, new_session, probe_redactor, reschedule
 from jsonexporter.upstream.client import Clients
 from jsonexporter.upstream.refresh import Events, Job
 from jsonexporter.webconfig import BasicAuth, WebConfig, headers_hook, load_web_config, ssl_context
@@ -159,20 +159,20 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
         state.metrics.probes.labels(module.name, "rejected").inc()
         return _plain(503, f"too many concurrent probes (limit {state.options.max_concurrent_probes}); try again")
     assert state.upstream is not None
+    caller = probe_redactor(query, state.redactor)  # this probe's own secrets: its target's credentials, its secret-named parameters
     state.in_flight += 1
     state.metrics.in_flight.inc()
     try:
         result = await run_probe(state.upstream, module, target, query, timeout, debug, state.options.series_limit)
     except TargetNotAllowed as exc:
         state.metrics.probes.labels(module.name, "forbidden").inc()
-        return _plain(403, str(exc))
+        return _plain(403, caller(str(exc)) if caller is not None else str(exc))
     except InvalidRequest as exc:
         state.metrics.probes.labels(module.name, "invalid").inc()
-        return _plain(400, str(exc))
+        return _plain(400, caller(str(exc)) if caller is not None else str(exc))
     finally:
         state.in_flight -= 1
         state.metrics.in_flight.dec()
-    caller = target_redactor(target)
     if debug:
         _record(state, module.name, target, result, caller)
         text = _debug_text(result)
@@ -210,7 +210,7 @@ async def write_pieces(request: web.Request, pieces: list[bytes], headers: dict[
 
 
 def _record(state: State, module: str, target: str, result: ProbeResult, caller: Redactor | None = None) -> None:
-    """Count, log and keep the probe; `caller` hides what its target's credentials are (fetch.target_redactor)."""
+    """Count, log and keep the probe; `caller` hides the probe's own secrets (render.probe_redactor)."""
     m = state.metrics
     m.probes.labels(module, "success" if result.success else "failure").inc()
     duration = result.duration
@@ -220,9 +220,9 @@ def _record(state: State, module: str, target: str, result: ProbeResult, caller:
         errors = [caller(e) for e in errors]
     shown = state.redactor(target)
     if result.failure is not None:
-        errors.insert(0, result.failure)
+        errors.insert(0, caller(result.failure) if caller is not None else result.failure)
         m.limits_exceeded.labels(module, result.failed_due_to or "").inc()
-        log.warning("probe failed", extra=kv(module=module, target=shown, limit=result.failed_due_to, err=result.failure))
+        log.warning("probe failed", extra=kv(module=module, target=shown, limit=result.failed_due_to, err=errors[0]))
     extraction = result.extraction
     # redacted now, while their values are known: a learned value may be pushed out before the page is asked for
     state.recent.append(ProbeRecord(next(state.ids), time.time(), module, shown, result.success, duration, tuple(map(state.redactor, errors[:20])),

@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from jsonexporter.logs import kv
+from jsonexporter.spec.load import redacted
 from jsonexporter.spec.problems import Problem, SpecError
 from jsonexporter.spec.schema import schema_problems
 from jsonexporter.spec.sources import read_spec_text
@@ -100,11 +101,24 @@ class WebConfig:
 
 
 def load_web_config(file: str) -> WebConfig:
-    """Load and check a web config; raise SpecError with located problems, OSError when unreadable."""
+    """Load and check a web config; raise SpecError with located problems, OSError when unreadable.
+    No problem shows a user's hash (or a password written instead of one), wherever it is printed."""
     text = read_spec_text(file)
     data, marks, problems = load_yaml(text, file) if text.strip() else ({}, None, [])
     if data is None:
         raise SpecError(problems)
+    try:
+        return _web_config(file, data, marks, problems)
+    except SpecError as exc:
+        raise SpecError(redacted(exc.problems, _credentials(data))) from None
+
+
+def _credentials(data: Any) -> frozenset[str]:
+    users = data.get("basic_auth_users") if isinstance(data, dict) else None
+    return frozenset(str(v) for v in users.values() if v is not None) if isinstance(users, dict) else frozenset()
+
+
+def _web_config(file: str, data: Any, marks: Any, problems: list[Problem]) -> WebConfig:
     if marks is not None:
         problems += schema_problems(data, file, marks, jsonschema.Draft202012Validator(_SCHEMA))
     if not any(p.severity == "error" for p in problems):

@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from conftest import UpstreamFactory
 from metrics_util import parse, value
-from test_redirects import exporter_for, probe, recording_server
+from test_redirects import exporter_for, probe, recording_server, redirect
 
 from jsonexporter.spec import load_text
 
@@ -126,6 +126,124 @@ async def test_a_url_password_in_an_answer_cut_where_the_trace_shortens_it_shows
     status, text = await probe(client, target=up.url, debug="true")
     assert status == 200 and "(first 300 of" in text and "probe_success 1" in text
     assert "https://<redacted>… (first 300 of" in text and "gh-pass" not in text
+
+
+# `([a-z0-9]+[.-]?)+` and `([a-zA-Z0-9]+\s?)+` split a run of letters every possible way before giving up:
+# with Python's re, 40 letters and a character the pattern refuses take longer than the age of the server
+HOSTILE = "a" * 40 + "!"
+_BACKTRACKING_MODULE = r"""
+    modules:
+      default:
+        targets: {allow: ['http://127\.0\.0\.1:\d+', 'https?://([a-z0-9]+[.-]?)+\.example\.com(:\d+)?']}
+        parameters:
+          name: {pattern: '([a-zA-Z0-9]+\s?)+', default: x}
+        endpoints:
+          main: {url: '{target}/start', params: {name: '{name}'}}
+        metrics: [{name: x, help: x, value: v}]
+    """
+
+
+async def test_patterns_that_backtrack_answer_hostile_targets_parameters_and_locations(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    home, seen = await recording_server(aiohttp_server, "127.0.0.1", {"/start": redirect("http://" + "a" * 40 + "/")})
+    client = await exporter_for(aiohttp_client, _BACKTRACKING_MODULE)
+    status, text = await probe(client, target="https://" + HOSTILE)
+    assert status == 403 and "not allowed" in text
+    status, text = await probe(client, target=f"http://127.0.0.1:{home.port}", name=HOSTILE)
+    assert status == 400 and "parameter 'name' does not match" in text
+    assert seen.requests == []
+    # an upstream's Location is matched against the same patterns (all its spellings: the host alone too)
+    status, text = await probe(client, target=f"http://127.0.0.1:{home.port}", name="two words", debug="true")
+    assert status == 200 and "targets.allow does not allow" in text and "probe_success 0" in text
+    assert [path for _, path, _, _ in seen.requests] == ["/start?name=two+words"]
+    assert (await client.get("/-/healthy")).status == 200
+
+
+def test_parameter_and_allowlist_patterns_match_the_whole_value_as_before() -> None:
+    spec, problems = load_text(textwrap.dedent(_BACKTRACKING_MODULE), "spec.yml")
+    assert spec is not None, problems
+    module = spec.modules["default"]
+    assert module.target_allowed("https://a-b.c9.example.com:8443") and module.target_allowed("http://127.0.0.1:80")
+    assert not module.target_allowed("https://" + HOSTILE) and not module.target_allowed("http://127.0.0.1:80/x")
+    pattern = module.parameters["name"].pattern
+    assert pattern is not None and pattern.fullmatch("two words") and not pattern.fullmatch(HOSTILE)
+
+
+async def test_labels_show_neither_a_targets_userinfo_nor_a_secret_named_parameter(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    home, seen = await recording_server(aiohttp_server, "127.0.0.1", {"/": {"v": 1}})
+    client = await exporter_for(aiohttp_client, r"""
+        modules:
+          default:
+            targets: {allow: ['http://([^@/]+@)?127\.0\.0\.1:\d+']}
+            parameters:
+              api_key: {default: DefaultApiKeySecret1}
+              region: {default: eu}
+            labels: {source: '{target}'}
+            endpoints:
+              main: {url: '{target}/', params: {api_key: '{api_key}'}}
+            metrics:
+              - {name: x, help: x, value: v, labels: {t: $target, p: $params.to_string(@)}}
+        """)
+    status, text = await probe(client, target=f"http://bob:TargetPassw0rd@127.0.0.1:{home.port}", session_token="CallerTokenValue1")
+    assert status == 200, text
+    shown = f"http://<redacted>@127.0.0.1:{home.port}"
+    assert value(parse(text), "x", source=shown, t=shown, p='{"region":"eu"}') == 1
+    for secret in ("TargetPassw0rd", "DefaultApiKeySecret1", "CallerTokenValue1"):
+        assert secret not in text
+    [(_, path, _, _)] = seen.requests
+    assert path == "/?api_key=DefaultApiKeySecret1"  # the requests still get them
+
+
+def test_secret_named_parameters_cannot_be_label_values() -> None:
+    _, problems = load_text(textwrap.dedent("""
+        modules:
+          default:
+            parameters:
+              api_key: {default: DefaultApiKeySecret1}
+            labels: {k: '{api_key}'}
+            endpoints:
+              main: {url: 'http://127.0.0.1:1/', params: {api_key: '{api_key}'}}
+            metrics:
+              - {name: x, help: x, value: v, labels: {p: $params.api_key}}
+        """), "spec.yml")
+    assert [(p.line, p.column, p.message.split(":")[0]) for p in problems] == [
+        (6, 17, "label 'k' takes {api_key}, a parameter whose name says it is secret"),
+        (10, 50, "'$params.api_key' reads a parameter whose name says it is secret")]
+    assert not any("DefaultApiKeySecret1" in p.message for p in problems)
+
+
+JFROG_KEY, PASS_VALUE = "AKCp8jFrogInlineKey", "PassInlineValue"
+
+
+async def test_credential_headers_of_any_name_are_hidden_in_traces(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    def echo(request: web.Request) -> web.Response:  # an API quoting the request back, as error pages do
+        return web.json_response({"v": 1, "seen": dict(request.headers)})
+
+    home, seen = await recording_server(aiohttp_server, "127.0.0.1", {"/echo": echo})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            endpoints:
+              e:
+                url: http://127.0.0.1:{home.port}/echo
+                headers: {{X-JFrog-Art-Api: {JFROG_KEY}, X-Api-Pass: {PASS_VALUE}, X-GitHub-Api-Version: "2022-11-28", X-Tenant: acme}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    status, text = await probe(client, debug="true")
+    assert status == 200 and "probe_success 1" in text
+    [(_, _, headers, _)] = seen.requests
+    assert headers["X-JFrog-Art-Api"] == JFROG_KEY and headers["X-Api-Pass"] == PASS_VALUE  # sent as written
+    assert JFROG_KEY not in text and PASS_VALUE not in text
+    assert "2022-11-28" in text and "acme" in text  # a version selector and a short value are no credentials
+
+
+def test_credential_headers_of_any_name_to_the_target_need_an_allowlist() -> None:
+    def problems(headers: str) -> list[str]:
+        text = f"modules:\n  default:\n    endpoints: {{e: {{url: '{{target}}/echo', headers: {headers}}}}}\n    metrics: [{{name: x, help: x, value: a}}]\n"
+        return [p.message for p in load_text(text, "spec.yml")[1]]
+
+    [message] = problems(f"{{X-JFrog-Art-Api: {JFROG_KEY}, Accept: application/vnd.github+json}}")
+    assert message.startswith("endpoint e sends credentials (header X-JFrog-Art-Api) to the host of the target")
+    assert problems('{Accept: application/json, X-GitHub-Api-Version: "2022-11-28", X-Tenant: acme, X-Region: "{module}"}') == []
 
 
 async def test_an_invalid_idna_host_from_a_target_a_page_or_a_redirect_fails_only_its_probe_or_endpoint(

@@ -855,6 +855,14 @@ INVALID = [
             metrics:
               - {name: probe_success, help: h, value: ok}
         """, ("4:16", "modules.m.metrics[0].name", "metric names starting with 'probe_' are reserved for the probe's own metrics")),
+    invalid("help_with_a_carriage_return_or_another_control_character", r"""
+        modules:
+          m:
+            metrics:
+              - {name: a, help: "carriage\rreturn", value: x}
+              - {name: b, help: "tab\tand\nline feed are fine", values: {c: {value: x, help: "nul\0"}}}
+        """, ("4:34", "modules.m.metrics[0].help", r"help contains the control character '\r': only tab and line breaks (\n) are written"),
+             ("5:90", "modules.m.metrics[1].values.c.help", r"help contains the control character '\x00'")),
     # -- parameters
     invalid("parameter_pattern_invalid_regex", """
         modules:
@@ -863,7 +871,24 @@ INVALID = [
               region: {pattern: "[a-z+"}
             metrics:
               - {name: a, help: h, value: x}
-        """, ("4:26", "modules.m.parameters.region.pattern", "invalid regex '[a-z+': unterminated character set")),
+        """, ("4:26", "modules.m.parameters.region.pattern", "invalid regex '[a-z+': missing ]: [a-z+")),
+    # parameter patterns and targets.allow are RE2, like the functions' patterns: linear time on values from outside
+    invalid("parameter_pattern_with_a_backreference", r"""
+        modules:
+          m:
+            parameters:
+              word: {pattern: '(\w+)-\1'}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("4:30", "modules.m.parameters.word.pattern",
+              r"invalid regex '(\\w+)-\\1': invalid escape sequence: \1 (RE2 has no backreferences or lookaround)")),
+    invalid("allowlist_pattern_with_a_lookahead", r"""
+        modules:
+          m:
+            targets: {allow: ['https://(?!internal)[a-z]+\.example\.com']}
+            metrics:
+              - {name: a, help: h, value: x}
+        """, ("3:32", "modules.m.targets.allow[0]", "invalid perl operator: (?! (RE2 has no backreferences or lookaround)")),
     invalid("parameter_default_not_matching_pattern", """
         modules:
           m:
@@ -1179,6 +1204,21 @@ INVALID = [
               - {name: b_seconds, help: h, type: summary, quantiles: q, labels: {quantile: x}}
         """, ("4:82", "modules.m.metrics[0].labels.le", "label 'le' is the histogram's own label of its buckets"),
              ("5:74", "modules.m.metrics[1].labels.quantile", "label 'quantile' is the summary's own label of its quantiles")),
+    # a module's labels go on every series of its rules: the same names are taken, reported at the module's label
+    invalid("module_labels_le_quantile_and_a_statesets_name", """
+        modules:
+          m:
+            labels: {le: "'x'", quantile: "'y'", state: "'z'", zone: "'eu'"}
+            metrics:
+              - {name: a_seconds, help: h, type: histogram, buckets: b, sum: s}
+              - {name: b_seconds, help: h, type: summary, quantiles: q}
+              - {name: state, help: h, type: stateset, states: [up, down], value: s}
+              - {name: c, help: h, value: c}
+        """, ("3:14", "modules.m.labels.le",
+              "module label 'le' is the histogram's own label of its buckets, for a_seconds (modules.m.metrics[0])"),
+             ("3:25", "modules.m.labels.quantile",
+              "module label 'quantile' is the summary's own label of its quantiles, for b_seconds (modules.m.metrics[1])"),
+             ("3:42", "modules.m.labels.state", "module label 'state' is the stateset's own state label, for state (modules.m.metrics[2])")),
     invalid("histogram_bucket_expression_invalid", """
         modules:
           m:
@@ -1724,7 +1764,7 @@ def test_allowlist_patterns_must_compile(write_spec: Any, capsys: pytest.Capture
             metrics: [{name: x, help: x, value: v}]
         """)
     assert main(["check", str(path)]) == 1
-    expected = f"{path}:3:23: modules.default.targets.allow[0]: invalid regex 'http://(a': missing ), unterminated subpattern at position 7"
+    expected = f"{path}:3:24: modules.default.targets.allow[0]: invalid regex 'http://(a': missing ): http://(a"
     assert expected in capsys.readouterr().out
 
 
@@ -1747,7 +1787,10 @@ def test_yaml_1_1_words_stay_strings(write_spec: Any, capsys: pytest.CaptureFixt
 @pytest.mark.parametrize(("metric", "warning"), [
     ("{name: queue_size_total, help: h, value: v}", "the suffixes _total, _count, _sum and _bucket are for counters"),
     ("{name: requests_gauge, help: h, value: v}", "should not contain its type"),
+    ("{name: 'node:cpu_ratio', help: h, value: v}", "metric name 'node:cpu_ratio' should not contain ':': colons are for the names of recording rules"),
     ("{name: x, help: h, value: v, labels: {quantile: q}}", "label 'quantile' is for histograms and summaries"),
+    ("{name: x, help: h, value: v}\n    labels: {le: \"'1'\"}", "module label 'le' is for histograms and summaries; Prometheus tools "
+     "treat it specially, for x (modules.default.metrics[0])"),
 ])
 def test_promtool_lints_are_warnings(write_spec: Any, capsys: pytest.CaptureFixture[str], metric: str, warning: str) -> None:
     path = write_spec(f"modules:\n  default:\n    metrics:\n      - {metric}\n")

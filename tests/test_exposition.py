@@ -25,12 +25,17 @@ class _Registry:
         return self.metrics
 
 
+def _line_breaks(text: str) -> str:
+    """A CR as our writer takes it, a line break (prometheus_client writes it raw, which its parsers reject)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def _as_client_metrics(families: list[Family]) -> _Registry:
     metrics = []
     for family in families:
-        metric = Metric(base_name(family), family.help, family.type)
+        metric = Metric(base_name(family), _line_breaks(family.help), family.type)
         for name, labels, value, ts in family.parts:  # type: ignore[misc]
-            metric.add_sample(name, dict(labels), value, ts)
+            metric.add_sample(name, {k: _line_breaks(v) for k, v in labels}, value, ts)
         metrics.append(metric)
     return _Registry(metrics)
 
@@ -53,7 +58,7 @@ def families(draw: Any) -> list[Family]:
         for _ in range(draw(st.integers(0, 4))):
             labels = tuple((n, draw(label_values)) for n in label_names)
             samples.append((name, labels, 1.0 if mtype == "info" else draw(non_integral), draw(timestamps)))
-        help_text = draw(st.text(alphabet="ab \\\n\"é", max_size=10))
+        help_text = draw(st.text(alphabet="ab \\\n\r\"é", max_size=10))
         result.append(Family(name, mtype, help_text, samples))
     return result
 
@@ -86,6 +91,15 @@ def test_text_output_is_byte_identical_to_prometheus_client(fams: list[Family]) 
 def test_openmetrics_output_is_byte_identical_to_prometheus_client(fams: list[Family]) -> None:
     expected = om_format.generate_latest(_as_client_metrics(fams)).decode()
     _assert_identical_but_exact_integers(render_openmetrics(fams), expected)
+
+
+def test_carriage_returns_in_help_and_label_values_are_written_as_line_breaks() -> None:
+    family = Family("x", "gauge", "two\r\nlines\rthree", [("x", (("a", "1\r2\r\n3\n4\\r"),), 1.0, None)])
+    text, openmetrics = render_text([family]), render_openmetrics([family])
+    assert "\r" not in text + openmetrics
+    assert '# HELP x two\\nlines\\nthree\nx{a="1\\n2\\n3\\n4\\\\r"} 1\n' in text.replace("# TYPE x gauge\n", "")
+    for parsed in (list(text_string_to_metric_families(text)), list(parse_openmetrics(openmetrics))):
+        assert [(f.documentation, [s.labels for s in f.samples]) for f in parsed] == [("two\nlines\nthree", [{"a": "1\n2\n3\n4\\r"}])]
 
 
 def test_integral_values_print_exactly_and_parse_back_equal() -> None:

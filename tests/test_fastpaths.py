@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from conftest import make_spec
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from metrics_util import samples
 from prometheus_client.utils import floatToGoString
@@ -40,7 +40,7 @@ PROBE = ProbeContext("default", "http://t", {"region": "eu"})
 VALUES = {"target": "http://t", "module": "default"}
 
 scalars = (st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats(allow_nan=False)
-           | st.sampled_from(["a", "b", "UP", "1.5", ' 2 ', 'q"uote', "back\\slash", "new\nline", "é", ""])
+           | st.sampled_from(["a", "b", "UP", "1.5", ' 2 ', 'q"uote', "back\\slash", "new\nline", "cr\r\nlf\rx", "é", ""])
            # numbers in strings as Prometheus reads them, and what only Python's float() would read
            | st.sampled_from(["-3", ".5e1", "Inf", "-infinity", "NaN", "1e400", "1_000", "\u0661\u0662", "\uff11\uff12", "+nan", "0x1p3"]))
 _BUCKET_KEYS = ["0.1", "1", "+Inf"]
@@ -485,6 +485,16 @@ def test_answers_below_and_above_the_orjson_limit_give_the_json_module_documents
         assert _parse_json(padded) == json.loads(body)
 
 
+def _beyond_64_bits_in_a_value(node: Any, depth: int, parent: type) -> bool:
+    """An integer beyond orjson's 64 bits in a list, or deeper than an element's field: in a value a rule
+    reads whole, which the projection keeps exact and orjson makes a float (spec/projection.py)."""
+    if isinstance(node, dict):
+        return any(_beyond_64_bits_in_a_value(v, depth + 1, dict) for v in node.values())
+    if isinstance(node, list):
+        return any(_beyond_64_bits_in_a_value(v, depth + 1, list) for v in node)
+    return type(node) is int and not -(2**63) <= node < 2**64 and (parent is list or depth > 3)
+
+
 def _projected(module: Module, document: Any) -> tuple[Any, Any]:
     """The answer parsed whole, and as the module's rules read it (spec/projection.py)."""
     body = json.dumps(document).encode()
@@ -494,6 +504,7 @@ def _projected(module: Module, document: Any) -> tuple[Any, Any]:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(modules(), documents)
 def test_an_answer_parsed_for_the_rules_gives_what_the_whole_answer_gives(module_spec: dict[str, Any], document: Any) -> None:
+    assume(not _beyond_64_bits_in_a_value(document, 0, dict))
     module = make_spec(json.dumps({"modules": {"default": module_spec}})).modules["default"]
     whole, projected = _projected(module, document)
     event("projected" if projected != whole else "parsed whole" if "default" not in module.projections else "projection kept everything")

@@ -5,8 +5,10 @@ and when refused, secrets read at each use and never shown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
 import re
 import textwrap
 import time
@@ -651,3 +653,72 @@ async def test_a_recorded_probe_stays_redacted_when_its_secret_is_pushed_out_of_
         redactor.learn(f"other-secret-{n:06d}")
     page = await (await client.get("/probes/1")).text()
     assert "invalid_json" in page and "KEYVALUE-0123456789" not in page
+
+
+async def test_the_values_of_a_live_login_session_stay_hidden_however_many_other_values_are_learned(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    from jsonexporter.secrets import REDACTED
+
+    pve = Pve()
+    up = await start_pve(upstream, pve)
+    client = await pve_exporter(aiohttp_client, tmp_path, pve_module(tmp_path / "password"))
+    assert generation((await probe(client, up.url))[1]) == 1
+    redact = client.app[STATE].redactor
+    redact.budget = 10_000
+    for i in range(2048):  # the values of other sessions and tokens: far beyond the budget (and the 1,024 values once kept)
+        redact.learn(f"other-session-value-{i:04d}")
+    assert redact("ticket PVE:monitor:TICKET0001SECRET, csrf CSRF0001SECRET") == f"ticket {REDACTED}, csrf {REDACTED}"
+    assert redact("other-session-value-0000") == "other-session-value-0000"  # not in use: forgotten
+
+
+async def test_a_secret_file_nobody_writes_fails_its_probe_within_the_timeout_and_other_probes_answer(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it for reading waits for a writer, as a read from a hung NFS mount waits for the server
+    up = await upstream({"/keyed": {"v": 1}})
+    client = await pve_exporter(aiohttp_client, tmp_path, f"""
+      piped:
+        {LOCAL}
+        timeout: 20s
+        secrets: {{key: {{file: {fifo}}}}}
+        endpoints: {{keyed: {{url: '{{target}}/keyed', headers: {{X-Api-Key: '{{key}}'}}}}}}
+        metrics: [{{name: v, help: x, endpoint: keyed, value: v}}]
+    """, f"""
+      filed:
+        {LOCAL}
+        http_client_config: {{bearer_token_file: {fifo}}}
+        endpoints: {{keyed: {{url: '{{target}}/keyed'}}}}
+        metrics: [{{name: v, help: x, endpoint: keyed, value: v}}]
+    """, f"""
+      plain:
+        {LOCAL}
+        endpoints: {{keyed: {{url: '{{target}}/keyed'}}}}
+        metrics: [{{name: v, help: x, endpoint: keyed, value: v}}]
+    """)
+    try:
+        stuck = [asyncio.create_task(probe(client, up.url, module=m, debug="true")) for m in ("piped", "piped", "filed")]
+        for _ in range(3):  # while those wait for the file, the loop serves the others
+            _, text = await asyncio.wait_for(probe(client, up.url, module="plain"), 20)
+            assert value(parse(text), "probe_success") == 1
+        (piped, piped_text), (piped_again, _), (filed, filed_text) = [await asyncio.wait_for(t, 30) for t in stuck]
+        assert piped == piped_again == filed == 200
+        assert f"endpoint keyed: not requested: config_error: secret 'key': cannot read file '{fifo}': no answer within 2s" in piped_text
+        assert "-> config_error, status 0, 0 bytes" in filed_text
+        assert f"error: cannot read credentials_file '{fifo}': no answer within 2s" in filed_text
+        assert up.hits.get("/keyed") == 3  # the plain probes only
+    finally:  # let the reads blocked on the FIFO end: a writer comes and goes
+        with contextlib.suppress(OSError):  # no reader left
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+async def test_a_secret_file_larger_than_the_bound_is_unreadable(tmp_path: Path) -> None:
+    from jsonexporter.upstream.files import MAX_SECRET_BYTES, SecretFiles
+
+    (tmp_path / "big").write_bytes(b"x" * (MAX_SECRET_BYTES + 1))
+    (tmp_path / "ok").write_bytes(b"x" * (MAX_SECRET_BYTES - 1) + b"\n")
+    files = SecretFiles()
+    with pytest.raises(OSError, match=f"larger than {MAX_SECRET_BYTES} bytes"):
+        await files.read(str(tmp_path / "big"))
+    assert await files.read(str(tmp_path / "ok")) == "x" * (MAX_SECRET_BYTES - 1)

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 from conftest import ExporterFactory, UpstreamFactory
+from metrics_util import parse, value
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 PROMTOOL = shutil.which("promtool")
@@ -56,6 +57,28 @@ async def test_openmetrics_probe_output_passes_the_strict_parser(upstream: Upstr
     assert families["app_build"].type == "info"
     assert families["app_status"].type == "stateset"
     assert families["queue_latency_seconds"].type == "unknown"
+
+
+@needs_promtool
+async def test_carriage_returns_from_an_answer_are_line_breaks_that_every_parser_accepts(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    """prometheus_client's parsers (both formats) rejected a whole answer holding a raw CR in a label value."""
+    up = await upstream({"/": {"items": [{"id": "a\rb", "v": 1}, {"id": "c\r\nd", "v": 2}, {"id": "e\nf", "v": 3}]}})
+    client = await exporter("""
+        modules:
+          default:
+            metrics:
+              - {name: depth, help: h, each: items, value: v, labels: {id: id}}
+              - {name: last_depth, help: h, each: items, value: v, duplicates: last, labels: {id: id}}
+        """)
+    text = await (await client.get(f"/probe?target={up.url}/")).text()
+    result = promtool_check(text)
+    assert result.returncode == 0, result.stdout + result.stderr
+    series = parse(text)
+    for name in ("depth", "last_depth"):
+        assert [value(series, name, id=i) for i in ("a\nb", "c\nd", "e\nf")] == [1, 2, 3]
+    response = await client.get(f"/probe?target={up.url}/", headers={"Accept": "application/openmetrics-text;version=1.0.0"})
+    families = {f.name: f for f in parse_openmetrics(await response.text())}
+    assert [s.labels["id"] for s in families["depth"].samples] == ["a\nb", "c\nd", "e\nf"]
 
 
 @needs_promtool

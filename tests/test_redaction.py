@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import html
+import logging
 import signal
 import subprocess
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import UpstreamFactory
+from conftest import UpstreamFactory, make_spec
 from prometheus_util import free_port, jsonexporter, wait_healthy
 
 
@@ -210,13 +212,82 @@ def test_the_pattern_rules_hide_credentials_in_urls_and_nothing_else(text: str, 
 
 
 def test_a_learned_secret_in_use_stays_hidden_however_many_newer_ones_are_learned() -> None:
-    from jsonexporter.secrets import MAX_LEARNED, REDACTED, Redactor
+    from jsonexporter.secrets import REDACTED, Redactor
 
-    redact = Redactor()
+    redact = Redactor(budget=100_000)
     redact.learn("file-token-in-constant-use")
-    for i in range(MAX_LEARNED - 24):
+    for i in range(600):  # the forms of each are 158 characters: 95,000 in all, within the budget
         redact.learn(f"rotated-oauth-token-{i:06d}")
-    redact.learn("file-token-in-constant-use")  # read again at a request: the newest now
+    redact.learn("file-token-in-constant-use")  # read again at a request: the most recently used now
     for i in range(100):
         redact.learn(f"rotated-oauth-token-more-{i:06d}")
     assert redact("Authorization: file-token-in-constant-use") == f"Authorization: {REDACTED}"
+    assert redact("rotated-oauth-token-000000") == "rotated-oauth-token-000000"  # the least recently used went
+    assert redact.learned_chars <= 100_000
+
+
+async def test_a_secret_named_probe_parameter_echoed_by_the_upstream_shows_nowhere(
+    aiohttp_client: Any, upstream: UpstreamFactory, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from jsonexporter import logs
+    from jsonexporter.secrets import Redactor
+    from jsonexporter.server import STATE, make_app
+
+    key = "param-SECRET-value-42"
+    async def echo(request: web.Request) -> web.Response:  # not JSON: the error quotes it back
+        return web.Response(text=f"denied for {request.headers['X-Api-Key']}")
+
+    up = await upstream({"/": echo})
+    client = await aiohttp_client(make_app(make_spec(textwrap.dedent(r"""
+        modules:
+          default:
+            targets: {allow: ['http://127\.0\.0\.1:\d+']}
+            parameters: {api_key: {}}
+            endpoints: {main: {url: '{target}/', headers: {X-Api-Key: '{api_key}'}}}
+            metrics: [{name: x, help: x, value: v}]
+        """))))
+    logs.redact_with(client.app[STATE].redactor)  # what `serve` does
+    caplog.set_level(logging.WARNING)
+    try:
+        traced = await (await client.get("/probe", params={"target": up.url, "api_key": key, "debug": "true"})).text()
+        await client.get("/probe", params={"target": up.url, "api_key": key})
+        page = await (await client.get("/probes/2")).text()
+        logged = "\n".join(logs.JsonFormatter().format(r) for r in caplog.records)
+    finally:
+        logs.redact_with(Redactor())
+    assert "-> invalid_json" in traced and "invalid_json" in page and "invalid_json" in logged
+    for shown in (traced, page, logged):
+        assert key not in shown and "param-SECRET" not in shown, shown
+    assert client.app[STATE].redactor(key) == key  # hidden per probe, not learned by the one Redactor of the process
+
+
+async def test_secrets_are_hidden_as_aiohttp_writes_them_in_paths_and_queries(serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory,
+                                                                               tmp_path: Path) -> None:
+    """yarl keeps `!:@$=/` in a path and encodes `+` and `=` in a query: neither urllib spelling."""
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"error": "no"}, status=400)
+
+    up = await upstream({"/x/{rest:.*}": refuse})
+    (tmp_path / "pw").write_text("Pass#word!1")
+    (tmp_path / "ticket").write_text("PVE:monitor@pve:6750AB12::Zm9v+YmFy/YmF6==")
+    exporter = await serve(fr"""
+        modules:
+          default:
+            targets: {{allow: ['http://127\.0\.0\.1:\d+']}}
+            secrets:
+              pw: {{file: {tmp_path}/pw}}
+              ticket: {{file: {tmp_path}/ticket}}
+            endpoints:
+              e:
+                url: '{{target}}/x/{{pw}}'
+                params: {{q: '{{pw}}', t: '{{ticket}}'}}
+            metrics: [{{name: x, help: x, value: a}}]
+        """)
+    _, trace = await exporter.get("/probe", target=up.url, debug="true")
+    _, record = await exporter.get("/probes/1")
+    log = exporter.stop()
+    assert up.requests and up.requests[0].query["q"] == "Pass#word!1"  # the secrets were sent
+    for shown in (trace, html.unescape(record), log):
+        assert "invalid_status" in shown
+        for part in ("Pass", "word", "Zm9v", "YmF6", "6750AB12"):
+            assert part not in shown, (part, shown)

@@ -150,6 +150,28 @@ async def _fill_slots(slow_request: Callable[[], Awaitable[int]]) -> list[asynci
 # -- a failed reload is a failure --------------------------------------------------------------
 
 
+Get = Callable[..., Awaitable[tuple[int, str]]]
+
+
+def _requests(proc: subprocess.Popen[str], base: str, trusting: ssl.SSLContext | None = None,
+              headers: dict[str, str] | None = None) -> tuple[Get, Callable[[], Awaitable[bool]]]:
+    """`get(path, method)` -> (status, text) of the exporter at `base`, and whether it answers /-/healthy (while running)."""
+
+    async def get(path: str, method: str = "GET") -> tuple[int, str]:
+        # a connection of its own each time: with workers, either may answer
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, ssl=trusting or True)) as session, \
+                session.request(method, f"{base}{path}", headers=headers) as response:
+            return response.status, await response.text()
+
+    async def healthy() -> bool:
+        assert proc.poll() is None
+        with contextlib.suppress(aiohttp.ClientConnectionError):
+            return (await get("/-/healthy"))[0] == 200
+        return False
+
+    return get, healthy
+
+
 @pytest.fixture
 def tls_files(tmp_path: Path) -> dict[str, Any]:
     ca = trustme.CA()
@@ -168,19 +190,7 @@ async def test_a_failed_web_config_reload_is_reported_as_a_failure(tmp_path: Pat
     web_file = tmp_path / "web.yml"
     web_file.write_text(f"tls_server_config:\n  cert_file: {p['cert']}\n  key_file: {p['key']}\n")
     proc, base = serve(web_file, "--web.workers", workers, scheme="https")
-    trusting = ssl.create_default_context(cafile=str(p["ca"]))
-
-    async def get(path: str, method: str = "GET") -> tuple[int, str]:
-        # a connection of its own each time: with workers, either may answer
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, ssl=trusting)) as session, \
-                session.request(method, f"{base}{path}") as response:
-            return response.status, await response.text()
-
-    async def healthy() -> bool:
-        assert proc.poll() is None
-        with contextlib.suppress(aiohttp.ClientConnectionError):
-            return (await get("/-/healthy"))[0] == 200
-        return False
+    get, healthy = _requests(proc, base, ssl.create_default_context(cafile=str(p["ca"])))
 
     async def reload_state(expected: float) -> bool:
         return value(parse((await get("/metrics"))[1]), "jsonexporter_config_last_reload_successful") == expected
@@ -198,3 +208,42 @@ async def test_a_failed_web_config_reload_is_reported_as_a_failure(tmp_path: Pat
     status, text = await get("/-/reload", "POST")
     assert status == 200 and text.startswith("reloaded"), text
     await _until("every worker reloaded", lambda: reload_state(1))
+
+
+# -- no secret in what a web config's problems print --------------------------------------------
+
+PASSWORD = "plaintextPasswordOops"  # a password written where its hash belongs
+BAD_HASH = "$2y$10$NotAValidHashButSecretXYZabcdefghijklmnopqrstuvwxyz012"
+
+
+async def test_web_config_problems_show_no_users_hash_or_password_at_start_reload_or_in_the_log(tmp_path: Path, serve: Serve) -> None:
+    bad = f"basic_auth_users:\n  bob: {PASSWORD}\n  alice: {BAD_HASH}\n"
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(bad)
+    proc, _ = serve(web_file)
+    out, err = proc.communicate(timeout=BOUND)
+    assert proc.returncode != 0 and f"{web_file}:2:8: basic_auth_users.bob: a value (not shown: it is a secret)" in err, err
+    assert "basic_auth_users.alice" in err
+
+    web_file.write_text(f"basic_auth_users:\n  carol: {_hash('carol', 4)}\n")
+    proc, base = serve(web_file)
+    get, healthy = _requests(proc, base, headers=_basic("carol", "carol"))
+
+    await _until("serving", healthy)
+    web_file.write_text(bad)
+    status, text = await get("/-/reload", "POST")
+    assert status == 500 and "basic_auth_users.bob" in text, text
+    proc.send_signal(signal.SIGTERM)
+    _, log = proc.communicate(timeout=BOUND)
+    assert "basic_auth_users.bob" in log, log
+    for shown in (out + err, text, log):
+        assert PASSWORD not in shown and "NotAValidHashButSecret" not in shown
+
+
+def test_a_users_password_is_not_shown_where_another_key_quotes_it(tmp_path: Path) -> None:
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"basic_auth_users:\n  bob: {PASSWORD}\ntls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n  min_version: {PASSWORD}\n")
+    with pytest.raises(SpecError) as caught:
+        load_web_config(str(web_file))
+    assert f"{web_file}:6:16: tls_server_config.min_version: " in str(caught.value)
+    assert PASSWORD not in str(caught.value)

@@ -8,7 +8,9 @@ use raises `FunctionError`, which extraction reports as an error of that series.
 Regular expressions run on RE2 (google-re2): matching takes time linear in the input whatever the
 pattern, so a pattern like `(a+)+$` on a long hostile answer cannot hold the event loop. Python's
 `re` backtracks (exponential on such input, and uninterruptible); a timeout (the `regex` module)
-would still spend the timeout once per element.
+would still spend the timeout once per element. The other patterns of a spec, matched against values
+from outside (parameter `pattern`s, `targets.allow` against the target and redirect Locations), are
+compiled here too, by `compile_regex`: one syntax and one matching engine for every pattern of a spec.
 """
 
 from __future__ import annotations
@@ -83,8 +85,16 @@ class Pattern:
     groups: int
     groupindex: Mapping[str, int]
 
+    @property
+    def pattern(self) -> str:
+        """The source, under `re.Pattern`'s name: messages and cache keys quote it."""
+        return self.source
+
     def search(self, text: str) -> Any:
         return self.program.search(text.encode("utf-8", "surrogatepass"))
+
+    def fullmatch(self, text: str) -> bool:
+        return self.program.fullmatch(text.encode("utf-8", "surrogatepass")) is not None
 
     def sub(self, replacement: str, text: str) -> str:
         """Every match replaced; raises _Unusable when the result would grow by more than MAX_GROWTH bytes."""
@@ -102,17 +112,37 @@ class Pattern:
         return replaced.decode("utf-8", "surrogatepass")
 
 
+class RegexError(ValueError):
+    """A pattern RE2 refuses; `offset` is where in the source the culprit starts, when it can be told."""
+
+    def __init__(self, message: str, offset: int | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.offset = offset
+
+
 @functools.lru_cache(maxsize=1024)
-def compiled_pattern(source: str) -> Pattern:
-    """The RE2 program of a pattern; compiled at load, so probes find it here. Raises CallError."""
+def compile_regex(source: str) -> Pattern:
+    """The RE2 program of a spec's pattern: the one compiler of every regex a spec writes. Raises RegexError."""
     try:
         program = re2.compile(source.encode("utf-8", "surrogatepass"), _RE2_OPTIONS)
     except re2.error as exc:
         reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
         hint = " (RE2 has no backreferences or lookaround)" if reason.startswith(("invalid perl operator", "invalid escape")) else ""
-        raise CallError(f"invalid regex {source!r}: {reason}{hint}", 1) from None
+        # RE2 quotes the culprit after the colon (`invalid escape sequence: \1`)
+        culprit = reason.partition(": ")[2]
+        offset = source.find(culprit) if culprit else -1
+        raise RegexError(f"invalid regex {source!r}: {reason}{hint}", offset if offset >= 0 else None) from None
     names = {name.decode("utf-8", "surrogatepass"): index for name, index in program.groupindex.items()}
     return Pattern(source, program, program.groups, names)
+
+
+def compiled_pattern(source: str) -> Pattern:
+    """The RE2 program of a function's pattern; compiled at load, so probes find it cached. Raises CallError."""
+    try:
+        return compile_regex(source)
+    except RegexError as exc:
+        raise CallError(exc.message, 1) from None
 
 
 _GROUP_REFERENCE = re.compile(r"\\(?:(\d+)|g<([^>]*)>|(.?))", re.DOTALL)

@@ -16,7 +16,7 @@ from typing import Any, Literal, cast
 
 from jsonexporter.labeltext import label_text
 from jsonexporter.names import PROBE_METRICS, exposition_names, family_name, text_name
-from jsonexporter.secrets import Redactor, is_secret_name, spec_secrets
+from jsonexporter.secrets import Redactor, is_credential_header, is_secret_name, spec_secrets
 from jsonexporter.spec.expressions import (
     CONTEXT_NAMES,
     Expression,
@@ -25,6 +25,7 @@ from jsonexporter.spec.expressions import (
     compile_expression,
     compile_template,
 )
+from jsonexporter.spec.functions import Pattern, RegexError, compile_regex
 from jsonexporter.spec.model import (
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_PAGES,
@@ -148,9 +149,26 @@ class _Checker:
         if not isinstance(source, str) or self.broken(path):
             return None  # the schema reported it
         try:
-            return compile_expression(source, levels)
+            expression = compile_expression(source, levels)
         except ExpressionError as exc:
             self.add(path, f"{exc.message} in {source!r}", offset=exc.position)
+            return None
+        if expression.on_context and expression.fields is not None and expression.fields[0] == "params" and len(expression.fields) > 1 \
+                and is_secret_name(expression.fields[1]):
+            self.add(path, f"{source!r} reads a parameter whose name says it is secret: $params never holds one (its value would "
+                           "become a label or sample of the answer, stored by Prometheus); secret parameters go into requests only")
+        return expression
+
+    def regex(self, path: Path, source: object) -> Pattern | None:
+        """A pattern matched against values from outside (a parameter, the target, a redirect's Location):
+        RE2, whose matching time is linear in the value whatever the pattern (Python's `re` backtracks:
+        `([a-z]+\\s?)+` against 30 letters and a `!` would hold the event loop for minutes)."""
+        if not isinstance(source, str) or self.broken(path):
+            return None  # the schema reported it
+        try:
+            return compile_regex(source)
+        except RegexError as exc:
+            self.add(path, exc.message, offset=exc.offset)
             return None
 
     def template(self, path: Path, source: object, names: frozenset[str]) -> Template | None:
@@ -178,10 +196,8 @@ def _parameters(c: _Checker, path: Path, raw: Any) -> dict[str, Parameter]:
             continue
         pattern = None
         if "pattern" in decl:
-            try:
-                pattern = re.compile(decl["pattern"])
-            except re.error as exc:
-                c.add((*p, "pattern"), f"invalid regex {decl['pattern']!r}: {exc}", offset=exc.pos or 0)
+            pattern = c.regex((*p, "pattern"), decl["pattern"])
+            if pattern is None:
                 continue
         default = decl.get("default")
         if default is not None and pattern is not None and not pattern.fullmatch(default):
@@ -516,10 +532,56 @@ def _lint_name(c: _Checker, path: Path, name: str, mtype: str, at_key: bool = Fa
         c.add(path, f"{mtype} {name!r}: the suffixes _total, _count, _sum and _bucket are for counters, summaries and histograms", "warning", at_key=at_key)
     if re.search(r"(^|_)(gauge|counter|histogram|summary)(_|$)", name):
         c.add(path, f"metric name {name!r} should not contain its type", "warning", at_key=at_key)
+    if ":" in name:
+        c.add(path, f"metric name {name!r} should not contain ':': colons are for the names of recording rules", "warning", at_key=at_key)
     for pattern, hint in _UNIT_HINTS:
         if pattern.search(name):
             c.add(path, f"metric name {name!r}: {hint}", "warning", at_key=at_key)
             break
+
+
+# what a help text cannot hold: control characters but tab and line feed (written `\n`); a CR, which
+# prometheus_client's parsers take for the end of a line, is written as a line break but is most likely a mistake
+_HELP_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _help_text(c: _Checker, path: Path, text: object) -> None:
+    if isinstance(text, str) and (control := _HELP_CONTROL.search(text)):
+        c.add(path, f"help contains the control character {control.group()!r}: only tab and line breaks (\\n) are written", offset=control.start())
+
+
+def _reserved_label(label: str, mtype: str | None, name: str) -> tuple[str, Severity] | None:
+    """Why a label of a rule of type `mtype` (None: unknown) named `name` cannot be `label`, whether
+    the rule or its module sets it: the exposition adds a label of that name itself."""
+    if mtype == "stateset" and label == name:
+        return f"label {label!r} is the stateset's own state label", "error"
+    if (mtype, label) in (("histogram", "le"), ("summary", "quantile")):
+        return f"label {label!r} is the {mtype}'s own label of its {'buckets' if label == 'le' else 'quantiles'}", "error"
+    if label in ("le", "quantile"):
+        return f"label {label!r} is for histograms and summaries; Prometheus tools treat it specially", "warning"
+    return None
+
+
+def _secret_parameters_in_labels(c: _Checker, path: Path, labels: list[tuple[str, Template]]) -> None:
+    """A module label may not take a parameter whose name says secret (its default is a secret of the
+    spec, a caller's value one of the scrape config): it would be a label value of every series."""
+    for label, template in labels:
+        for name in sorted(n for n in template.placeholders if is_secret_name(n)):
+            c.add((*path, label), f"label {label!r} takes {{{name}}}, a parameter whose name says it is secret: label values are stored by "
+                                  "Prometheus and shown to whoever can query it; secret parameters go into requests only")
+
+
+def _check_module_labels(c: _Checker, path: Path, labels: Iterable[str], metrics: list[tuple[Path, Metric]]) -> None:
+    """The reserved names of `_reserved_label` among the module's `labels`, for each of its rules, at the module's label."""
+    for label in labels:
+        found: dict[tuple[str, Severity], list[str]] = {}
+        for mp, metric in metrics:
+            reserved = _reserved_label(label, metric.type, metric.name)
+            if reserved is not None:
+                found.setdefault(reserved, []).append(f"{metric.name} ({format_path(mp)})")
+        for (message, severity), rules in found.items():
+            if severity == "error" or not any(s == "error" for _, s in found):
+                c.add((*path, "labels", label), f"module {message}, for {', '.join(rules)}", severity, at_key=True)
 
 
 def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list[str], module_labels: set[str]) -> Metric | None:
@@ -536,6 +598,9 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     if type_known and mtype == "info" and not name.endswith("_info"):
         c.add((*path, "name"), f"info metric {name!r} must end with _info")
     entries = raw.get("values") if isinstance(raw.get("values"), dict) else {}
+    _help_text(c, (*path, "help"), raw.get("help"))
+    for suffix, entry in _items(entries):
+        _help_text(c, (*path, "values", suffix, "help"), entry.get("help") if isinstance(entry, dict) else None)
     if "help" not in declared and not (entries and all(isinstance(v, dict) and "help" in v for v in entries.values())):
         c.add((*path, "name"), f"metric {name!r} has no help", "warning")
     endpoint = raw.get("endpoint")
@@ -591,12 +656,8 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
             c.add(lp, f"label names starting with __ are reserved: {label!r}", at_key=True)
         elif label in module_labels:
             c.add(lp, f"label {label!r} is already set by the module's labels", at_key=True)
-        elif type_known and mtype == "stateset" and label == name:
-            c.add(lp, f"label {label!r} is the stateset's own state label", at_key=True)
-        elif (mtype, label) in (("histogram", "le"), ("summary", "quantile")):
-            c.add(lp, f"label {label!r} is the {mtype}'s own label of its {'buckets' if label == 'le' else 'quantiles'}", at_key=True)
-        elif label in ("le", "quantile"):
-            c.add(lp, f"label {label!r} is for histograms and summaries; Prometheus tools treat it specially", "warning", at_key=True)
+        elif (reserved := _reserved_label(label, mtype if type_known else None, name)) is not None:
+            c.add(lp, *reserved, at_key=True)
         else:
             _lint_label(c, lp, label)
         labels.append((label, c.expression(lp, source, level_names) or _UNUSABLE))
@@ -765,6 +826,7 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
     login = _login(c, (*path, "login"), raw_login, login_names, module_client) if raw_login is not None else None
     request_names = login_names | _login_value_names(c, (*path, "login", "values"), (raw_login or {}).get("values"), login_names)
     labels = [(k, t) for k, v in _items(raw.get("labels")) if (t := c.template((*path, "labels", k), v, names)) is not None]
+    _secret_parameters_in_labels(c, (*path, "labels"), labels)
     module_labels = {k for k, _ in _items(raw.get("labels"))}
     for label in sorted(module_labels):
         if label.startswith("__"):
@@ -794,6 +856,7 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
         if metric is not None:
             metrics.append((mp, metric))
     _check_families(c, name, metrics, module_labels)
+    _check_module_labels(c, path, sorted(module_labels), metrics)
     allow = _target_patterns(c, (*path, "targets", "allow"), (raw.get("targets") or {}).get("allow"))
     if not allow and "targets" not in declared:
         for problem in _credentials_to_target_host(endpoints.values(), request_names - names, login):
@@ -891,19 +954,8 @@ def _unused_login_names(c: _Checker, path: Path, requests: list[Endpoint], secre
             c.add((*path, *where, name), f"{{{name}}} is used by no request of the module", "warning", at_key=True)
 
 
-def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[re.Pattern[str]]:
-    patterns = []
-    for i, source in enumerate(raw if isinstance(raw, list) else ()):
-        if not isinstance(source, str):
-            continue
-        try:
-            patterns.append(re.compile(source))
-        except re.error as exc:
-            c.add((*path, i), f"invalid regex {source!r}: {exc.msg}" + (f" at position {exc.pos}" if exc.pos is not None else ""))
-    return patterns
-
-
-_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[Pattern]:
+    return [p for i, source in enumerate(raw if isinstance(raw, list) else ()) if (p := c.regex((*path, i), source)) is not None]
 
 
 def _credentials_to_target_host(endpoints: Iterable[Endpoint], credentials: frozenset[str] = frozenset(),
@@ -917,7 +969,7 @@ def _credentials_to_target_host(endpoints: Iterable[Endpoint], credentials: froz
         if not picked:
             continue
         whose = "the host of the target" if picked == ["target"] else "a host taken from " + ", ".join(f"{{{n}}}" for n in picked)
-        carried = [f"header {h}" for h, _ in ep.headers if h.lower() in _CREDENTIAL_HEADERS or is_secret_name(h)]
+        carried = [f"header {h}" for h, t in ep.headers if is_credential_header(h, t.source)]
         if ep.client.sends_credentials:
             carried.append("http_client_config")
         carried += [f"query parameter {q}" for q, _ in ep.params if is_secret_name(q)]

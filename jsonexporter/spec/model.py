@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from jsonexporter.spec.expressions import Expression, Template
+from jsonexporter.spec.functions import Pattern
 
 if TYPE_CHECKING:
     from jsonexporter.spec.projection import Projection
@@ -38,7 +39,7 @@ HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 class Parameter:
     name: str
     default: str | None = field(repr=False)  # an api_key parameter's default is a credential
-    pattern: re.Pattern[str] | None
+    pattern: Pattern | None  # RE2 (functions.compile_regex), matched against the whole value
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +193,7 @@ class Module:
     timeout: float = DEFAULT_TIMEOUT
     labels: tuple[tuple[str, Template], ...] = ()
     parameters: Mapping[str, Parameter] = field(default_factory=dict)
-    target_allow: tuple[re.Pattern[str], ...] = ()  # empty: any target
+    target_allow: tuple[Pattern, ...] = ()  # empty: any target; RE2 (functions.compile_regex)
     needs_target: bool = True  # some template or `$target` uses it
     series_limit: int | None = None  # most series a probe may give (0: no limit); None: the server's default
     # by endpoint: a decoder of only the fields its rules read (projection.py); none: parsed whole

@@ -33,7 +33,10 @@ _COMBINING = frozenset({"function_expression", "or_expression", "and_expression"
 
 
 # A value read whole. An integer beyond 64 bits fails it, so that the answer is parsed whole, where
-# orjson reads it as a float (as _parse_json does up to 4 MiB; nested in a list or object it stays exact).
+# orjson reads it as a float (as _parse_json does up to 4 MiB). Nested in a list or object read whole it
+# stays exact (msgspec takes no bounds there): the one difference from the whole parse, seen only in the
+# label text of such a list (`[18446744073709551616]`, not `[1.8446744073709552e+19]`), as the json
+# module gives it beyond 4 MiB.
 _LEAF = Union[Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)], float, str, bool, None, list[Any], dict[str, Any]]  # noqa: UP007
 
 

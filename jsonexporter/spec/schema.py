@@ -69,7 +69,14 @@ def _unknown_keys(error: jsonschema.ValidationError, file: str, marks: Marks) ->
         yield Problem(file, line, col, path, f"unknown key {key!r}{hint}"), None if close is None else (*error.absolute_path, close)
 
 
+# places whose values are credentials whatever their keys say: the web config's users (each a bcrypt
+# hash, or a password pasted by mistake) and its TLS key (a PEM pasted for the file's name)
+_SECRET_PLACES: tuple[Path, ...] = (("basic_auth_users",), ("tls_server_config", "key_file"))
+
+
 def _shows_secret(path: Path) -> bool:
+    if any(path[:len(place)] == place for place in _SECRET_PLACES):
+        return True
     keys = [k for k in path if isinstance(k, str)]
     return bool(keys) and is_secret_name(keys[-1]) and not keys[-1].endswith("_file")
 

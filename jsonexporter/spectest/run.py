@@ -136,10 +136,10 @@ def run_suite(suite: Suite, out: TextIO) -> bool:
         if not outcome.failures:
             continue
         failed += 1
-        caller = target_redactor(case.target)  # as a live probe's texts (server._record): the target's credentials never show
+        caller = target_redactor(case.target, redact)  # as a live probe's texts (server._record): the target's credentials never show
 
-        def shown(text: str, caller: Redactor | None = caller) -> str:
-            return caller(redact(text)) if caller is not None else redact(text)
+        def shown(text: str, caller: Redactor = caller or redact) -> str:
+            return caller(text)
 
         print(shown(str(case.at.says(f"test {case.name!r} failed"))), file=out)
         for line in [*outcome.failures, *outcome.notes]:

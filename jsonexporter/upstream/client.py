@@ -26,6 +26,7 @@ from yarl import URL
 
 from jsonexporter.secrets import Redactor
 from jsonexporter.spec.model import HTTPClientConfig, OAuth2, Secret, TLSClientConfig
+from jsonexporter.upstream.files import SecretFiles
 
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 TOKEN_TIMEOUT = 10.0
@@ -55,10 +56,12 @@ class RequestOptions:
         return hashlib.sha256((self.authorization or "").encode()).hexdigest()[:32]
 
 
-def _reveal(secret: Secret, what: str) -> str:
-    """The secret's value (its file read now); a file that cannot be read fails the request."""
+async def _reveal(files: SecretFiles, secret: Secret, what: str) -> str:
+    """The secret's value (its file read now, off the loop); a file that cannot be read fails the request."""
+    if secret.file is None:
+        return secret.value or ""
     try:
-        return secret.read()
+        return await files.read(secret.file)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise ClientConfigError(f"cannot read {what} {secret.file!r}: {reason}") from None
@@ -130,7 +133,7 @@ class TokenSource:
 
     async def _fetch(self, session: aiohttp.ClientSession) -> tuple[str, float]:
         c = self.config
-        secret = self.clients.reveal(c.client_secret, "client_secret_file")
+        secret = await self.clients.reveal(c.client_secret, "client_secret_file")
         form = {"grant_type": "client_credentials", **dict(c.endpoint_params)}
         if c.scopes:
             form["scope"] = " ".join(c.scopes)
@@ -157,7 +160,7 @@ class TokenSource:
             raise ClientConfigError("oauth2: the token endpoint's answer has no access_token") from None
         if not isinstance(token, str) or not token:
             raise ClientConfigError("oauth2: the token endpoint's answer has no access_token")
-        self.clients.redactor.learn(token)
+        self.clients.redactor.hold(self, "access_token", [token])  # the previous one released
         return token, max(lifetime, 0.0)
 
 
@@ -179,10 +182,11 @@ class Clients:
         self._contexts: dict[TLSClientConfig, ssl.SSLContext] = {}
         self._tokens: dict[OAuth2, TokenSource] = {}
         self.redactor = redactor if redactor is not None else Redactor()
+        self.files = SecretFiles()
 
-    def reveal(self, secret: Secret, what: str) -> str:
-        value = _reveal(secret, what)
-        self.redactor.learn(value)
+    async def reveal(self, secret: Secret, what: str) -> str:
+        value = await _reveal(self.files, secret, what)
+        self.redactor.hold(self, f"{what} {secret.file}", [value])  # as last read: a rotated file replaces it
         return value
 
     def context(self, config: TLSClientConfig) -> ssl.SSLContext:
@@ -206,14 +210,14 @@ class Clients:
         authorization = source = None
         if config.basic_auth is not None:
             user_secret, password_secret = config.basic_auth
-            user = _reveal(user_secret, "username_file")
-            password = self.reveal(password_secret, "password_file")
+            user = await _reveal(self.files, user_secret, "username_file")
+            password = await self.reveal(password_secret, "password_file")
             credentials = basic_credentials(user, password)
-            self.redactor.learn(credentials)
+            self.redactor.hold(self, f"basic_auth {id(config)}", [credentials])
             authorization, source = "Basic " + credentials, "basic_auth"
         elif config.authorization is not None:
             kind, creds = config.authorization
-            value = self.reveal(creds, "credentials_file")
+            value = await self.reveal(creds, "credentials_file")
             authorization = f"{kind} {value}"
             source = f"credentials_file {creds.file!r}" if creds.file else "authorization.credentials"
         elif config.oauth2 is not None:

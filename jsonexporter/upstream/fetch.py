@@ -29,7 +29,7 @@ from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOpti
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
 from jsonexporter.upstream.pagination import Page, fetch_pages
 from jsonexporter.upstream.refresh import Events, Job, Schedules
-from jsonexporter.upstream.render import InvalidRequest, UpstreamRequest, redact_target, redact_url, render_request, target_redactor
+from jsonexporter.upstream.render import InvalidRequest, UpstreamRequest, probe_redactor, redact_target, render_request
 from jsonexporter.upstream.sessions import LoginStore
 
 log = logging.getLogger("jsonexporter")
@@ -254,11 +254,11 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
             return
         decision = next_hop(hop, response.status, location, request.url, request.allow)
         if isinstance(decision, Refusal):
-            where = redact_url(decision.url) if decision.url is not None else "an unusable Location"
+            where = str(decision.url) if decision.url is not None else "an unusable Location"
             result.outcome, result.error = "redirect_refused", f"redirect {n} ({response.status} to {where}) refused: {decision.reason}"
             return
         crossed = " (another origin: only User-Agent and Accept go with it)" if origin(decision.url) != origin(hop.url) else ""
-        result.redirects.append(f"redirect {n}: {response.status} -> {decision.method} {redact_url(decision.url)}{crossed}")
+        result.redirects.append(f"redirect {n}: {response.status} -> {decision.method} {decision.url}{crossed}")
         hop = decision
 
 
@@ -331,7 +331,7 @@ async def _background(up: Upstream, job: Job) -> tuple[Answer | None, EndpointRe
 def _background_done(up: Upstream, job: Job, result: EndpointResult) -> Answer | None:
     up.events.fetched(job, result)
     if not result.ok:
-        caller = target_redactor(job.values.get("target", ""))
+        caller = probe_redactor(job.values, up.clients.redactor)
         err = caller(result.error) if caller is not None and result.error is not None else result.error
         log.warning("background request failed, keeping the previous answer", extra=kv(
             module=job.module.name, endpoint=job.endpoint.name, target=redact_target(job.values.get("target", "")), outcome=result.outcome, err=err))
@@ -430,10 +430,10 @@ def _trace_request(trace: Trace, request: UpstreamRequest, options: RequestOptio
     if options is not None and options.authorization is not None:
         headers["Authorization"] = options.authorization
     shown = {k: (REDACTED if is_secret_name(k) else v) for k, v in headers.items()}
-    trace.add(f"endpoint {endpoint.name}: {request.method} {redact_url(request.url)}")
+    trace.add(f"endpoint {endpoint.name}: {request.method} {request.url}")
     trace.add(f"  request headers: {shown}")
     if options is not None and options.proxy:
-        trace.add(f"  via proxy {redact_url(URL(options.proxy))}")
+        trace.add(f"  via proxy {URL(options.proxy)}")
     if request.body is not None:
         trace.add(f"  request body: {len(request.body)} bytes")
     for line in [*result.redirects, *result.page_lines]:

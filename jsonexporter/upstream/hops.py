@@ -5,7 +5,6 @@ and asks them at every hop."""
 
 from __future__ import annotations
 
-import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from yarl import URL
 
 from jsonexporter import __version__
 from jsonexporter.secrets import MIN_BARE_LENGTH, is_secret_name
+from jsonexporter.spec.functions import Pattern
 
 USER_AGENT = f"jsonexporter/{__version__}"
 # what the exporter sends of its own; a hop to another origin carries nothing else
@@ -76,7 +76,7 @@ def url_forms(url: URL) -> list[str]:
     return [str(plain), str(plain.with_query(None)), *origins, *(f"{o}/" for o in origins), f"{host}:{url.port}", host]
 
 
-def url_allowed(url: URL, patterns: Iterable[re.Pattern[str]]) -> bool:
+def url_allowed(url: URL, patterns: Iterable[Pattern]) -> bool:
     forms = url_forms(url)
     return any(p.fullmatch(form) for p in patterns for form in forms)
 
@@ -108,7 +108,7 @@ def _secret_values(hop: Hop) -> set[str]:
     return values
 
 
-def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple[re.Pattern[str], ...]) -> Hop | Refusal:
+def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple[Pattern, ...]) -> Hop | Refusal:
     """The request a `status` redirect to `location` makes of `previous`, or why it is refused.
 
     Prometheus's (Go's) semantics otherwise: 301/302/303 turn other methods than GET and HEAD into

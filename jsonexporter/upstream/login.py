@@ -24,15 +24,16 @@ from jsonexporter.spec.model import Endpoint, Login, LoginValue, Module
 from jsonexporter.trace import Trace
 from jsonexporter.upstream.client import ClientConfigError, RequestOptions, renewal_delay
 from jsonexporter.upstream.fetch import BODY_STARTS, EndpointResult, Upstream, _cache_key, _request, fetch_all
+from jsonexporter.upstream.files import SECRET_READ_TIMEOUT
 from jsonexporter.upstream.refresh import Job
-from jsonexporter.upstream.render import UpstreamRequest, redact_url, render_request
+from jsonexporter.upstream.render import UpstreamRequest, render_request
 from jsonexporter.upstream.sessions import LoginFailed, Obtained, Session
 
 # statuses that say the login's values are no longer accepted: the login is made again and the
 # endpoint retried once
 RENEW_STATUSES = frozenset({401, 403})
 # a login value goes into headers: at most the largest cookie browsers keep (RFC 6265: 4096 bytes);
-# each is learned by the Redactor, whose pattern grows with them
+# each is held by the Redactor while its session lives, whatever its budget (secrets.LEARNED_BUDGET)
 MAX_VALUE_CHARS = 4096
 
 
@@ -55,12 +56,17 @@ class Prepared:
         return None
 
 
-def read_secrets(up: Upstream, module: Module, values: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """`values` with every readable secret of `module` added (each learned by the Redactor), and why the others are not."""
+async def read_secrets(up: Upstream, module: Module, values: Mapping[str, str], deadline: float) -> tuple[dict[str, str], dict[str, str]]:
+    """`values` with every readable secret of `module` added (each held by the Redactor), and why the
+    others are not; files are read off the loop, each within SECRET_READ_TIMEOUT and the `deadline`."""
     filled, unreadable = dict(values), {}
+    loop = asyncio.get_running_loop()
     for name, secret in module.secrets.items():
         try:
-            value = secret.read()
+            if secret.file is None:
+                value = secret.read()
+            else:
+                value = await up.clients.files.read(secret.file, min(SECRET_READ_TIMEOUT, deadline - loop.time()))
         except KeyError:
             unreadable[name] = f"secret {name!r}: {secret.source} is not set"
             continue
@@ -68,7 +74,7 @@ def read_secrets(up: Upstream, module: Module, values: Mapping[str, str]) -> tup
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
             unreadable[name] = f"secret {name!r}: cannot read {secret.source}: {reason}"
             continue
-        up.clients.redactor.learn(value)
+        up.clients.redactor.hold(up.clients, f"secret {module.name}.{name}", [value])  # as last read: a rotated one replaces it
         filled[name] = value
     return filled, unreadable
 
@@ -86,7 +92,7 @@ async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadl
     InvalidRequest, as rendering an endpoint does, when the values make an unusable login request."""
     if not module.secrets and module.login is None:
         return Prepared(values)
-    filled, unreadable = read_secrets(up, module, values)
+    filled, unreadable = await read_secrets(up, module, values, deadline)
     login = module.login
     if login is None:
         return Prepared(filled, unreadable=unreadable)
@@ -113,8 +119,7 @@ async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadl
         return _failed(trace, "login_failed", str(exc), filled, unreadable)
     except TimeoutError:
         return _failed(trace, "login_failed", f"login: no answer within {remaining:.3f}s", filled, unreadable)
-    for value in got.session.values.values():
-        up.clients.redactor.learn(value)  # in use again: the newest, so that other secrets learned since do not push it out
+    up.clients.redactor.hold(got.session, "login", got.session.values.values())  # kept while the session lives
     if trace is not None and got.how != "made":
         _trace_session(trace, got)
     return Prepared({**filled, **got.session.values}, got.session, unreadable=unreadable)
@@ -137,7 +142,7 @@ async def _log_in(up: Upstream, login: Login, request: UpstreamRequest, options:
     """The login request, through fetch.py's request path, and the session its answer gives."""
     _, result = await _request(up, request, options, budget)
     if trace is not None:
-        trace.add(f"login: {request.method} {redact_url(request.url)}" + (f", body of {len(request.body)} bytes" if request.body is not None else ""))
+        trace.add(f"login: {request.method} {request.url}" + (f", body of {len(request.body)} bytes" if request.body is not None else ""))
         for line in result.redirects:
             trace.add(f"  {line}")
         trace.add(f"  -> {result.outcome}, status {result.status}, {result.bytes} bytes, {result.duration:.3f}s")

@@ -20,7 +20,7 @@ from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.model import Pagination
 from jsonexporter.upstream.cache import Answer, parsed_size
 from jsonexporter.upstream.hops import checked_url, origin
-from jsonexporter.upstream.render import UpstreamRequest, redact_url
+from jsonexporter.upstream.render import UpstreamRequest
 
 if TYPE_CHECKING:
     from jsonexporter.upstream.fetch import EndpointResult
@@ -189,7 +189,7 @@ async def fetch_pages(send: Send, parse: Parse, request: UpstreamRequest, budget
         answer, result = await send(dataclasses.replace(request, url=url), budget - spent, page)
         total += result.bytes
         at.append(len(lines))
-        lines.append(f"page {number}: {request.method} {redact_url(url)} -> {result.outcome}, status {result.status}, {result.bytes} bytes")
+        lines.append(f"page {number}: {request.method} {url} -> {result.outcome}, status {result.status}, {result.bytes} bytes")
         lines += [f"  {line}" for line in result.redirects]
         if answer is None:
             error = f"page {number}: {result.error}"
@@ -210,10 +210,10 @@ async def fetch_pages(send: Send, parse: Parse, request: UpstreamRequest, budget
             break
         following = _same_credentials(following, request.url)
         if origin(following) != origin(request.url):
-            return _failed(result, number, "pagination_refused", f"page {number}: its next page {redact_url(following)} is on another origin than "
-                           f"the first page ({redact_url(request.url.with_path('/').with_query(None))}): refused, nothing is sent there", total, lines)
+            return _failed(result, number, "pagination_refused", f"page {number}: its next page {following} is on another origin than "
+                           f"the first page ({request.url.with_path('/').with_query(None)}): refused, nothing is sent there", total, lines)
         if str(following) in requested:
-            lines.append(f"page {number}: its next page {redact_url(following)} was requested before: the sequence ends")
+            lines.append(f"page {number}: its next page {following} was requested before: the sequence ends")
             break
         if number >= pagination.max_pages:
             return _failed(result, number, "too_many_pages", f"page {number} has a next page, and max_pages is {pagination.max_pages}: "

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 from yarl import URL
 
-from jsonexporter.secrets import Redactor, redact_patterns
+from jsonexporter.secrets import Redactor, is_secret_name, redact_patterns
 from jsonexporter.spec.expressions import Template
+from jsonexporter.spec.functions import Pattern
 from jsonexporter.spec.model import Endpoint, JsonBody, Module
 from jsonexporter.spec.projection import Projection
 from jsonexporter.upstream.client import basic_credentials
@@ -34,15 +35,16 @@ class UpstreamRequest:
     url: URL
     headers: Mapping[str, str]
     body: bytes | None
-    allow: tuple[re.Pattern[str], ...] = ()  # the module's targets.allow, for redirects
+    allow: tuple[Pattern, ...] = ()  # the module's targets.allow, for redirects
     projection: Projection | None = None  # what the module's rules read of the answer (spec/projection.py)
     # the values of `secrets` and a login's in it, whatever their placeholders' names: hops.next_hop holds them back from other origins
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
 
 
-def redact_url(url: URL) -> str:
-    """The URL as it may be shown (secrets.redact_patterns): no userinfo, no secret query values."""
-    return redact_patterns(str(url))
+# Traces and messages write URLs as they are: they leave the process through the one Redactor (the
+# server's middleware, the log formatter, the commands), which looks for every known value first and
+# applies the pattern rules after. The pattern rules applied here, before it, would hide part of a
+# value (`user:pw@` in a login ticket) and leave the rest for the Redactor to miss.
 
 
 def redact_target(target: str) -> str:
@@ -50,10 +52,11 @@ def redact_target(target: str) -> str:
     return redact_patterns(target)
 
 
-def target_redactor(target: str) -> Redactor | None:
+def target_redactor(target: str, parent: Redactor | None = None) -> Redactor | None:
     """What hides the credentials a target carries (`user:pw@host:8080`) in the texts of its probe: the
     password and the Basic credentials _first_hop makes of it, which an upstream may quote back. Kept
-    per probe, never learned: callers could otherwise push the spec's secrets out of the Redactor."""
+    per probe, never learned: callers could otherwise push the spec's secrets out of the Redactor.
+    `parent`: the process's Redactor, whose values it looks for first (see Redactor)."""
     try:
         url = URL(target if "://" in target else f"http://{target}")
     except (ValueError, TypeError):
@@ -61,7 +64,22 @@ def target_redactor(target: str) -> Redactor | None:
     if url.user is None and url.password is None:
         return None
     basic = basic_credentials(url.user or "", url.password or "")
-    return Redactor({basic, url.password if url.password is not None else url.user or ""})
+    return Redactor({basic, url.password if url.password is not None else url.user or ""}, parent=parent)
+
+
+def probe_redactor(values: Mapping[str, str], parent: Redactor | None = None) -> Redactor | None:
+    """What hides a probe's own secrets in the texts of that probe (its trace, errors, record and log
+    lines): the target's credentials (target_redactor) and the values of its secret-named parameters
+    (`api_key=…` on /probe), which an upstream may echo where no pattern rule sees them. Kept per
+    probe, never learned: the one Redactor of the process does not grow with its callers."""
+    secret = [value for name, value in values.items() if name not in ("target", "module") and is_secret_name(name) and value]
+    caller = target_redactor(values.get("target", ""), parent)
+    if not secret:
+        return caller
+    if caller is None:
+        return Redactor(secret, parent=parent)
+    caller.know(secret)
+    return caller
 
 
 def _render_json(value: object, values: Mapping[str, str]) -> object:
@@ -125,7 +143,7 @@ def _body_quote(escape: str | None) -> Callable[[int, str], str] | None:
     return None
 
 
-def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[re.Pattern[str], ...] = (),
+def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[Pattern, ...] = (),
                    projection: Projection | None = None, secrets: frozenset[str] = frozenset()) -> UpstreamRequest:
     """Fill in the endpoint's templates; raise InvalidRequest when the URL is not http(s), TargetNotAllowed
     when its host comes from the target or a parameter and the URL is outside `allow` (the module's
@@ -134,7 +152,7 @@ def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[r
     if url is None:
         raise InvalidRequest(f"endpoint {endpoint.name}: invalid URL: not a URL, or its host is not a valid name (an IDNA `xn--` label that decodes to none)")
     if url.scheme not in ("http", "https") or not url.host:
-        raise InvalidRequest(f"endpoint {endpoint.name}: the URL must be http:// or https:// with a host, got {redact_url(url)!r}")
+        raise InvalidRequest(f"endpoint {endpoint.name}: the URL must be http:// or https:// with a host, got {str(url)!r}")
     if allow and endpoint.url.origin_parts and not url_allowed(url, allow):
         # the URL as sent, not the target as written: `http://allowed:80@other/` is a request to `other`
         raise TargetNotAllowed(f"endpoint {endpoint.name}: the host {url.host!r}, taken from the target or a parameter, is not allowed by targets.allow")

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # One session per (module, target, secrets): an exporter probing a fleet of appliances keeps one per
-# appliance. Each holds at most 8 values (the schema's bound), which the Redactor learns: 256 x 8
-# would pass its MAX_LEARNED, but every use learns a session's values again, so those in use stay.
+# appliance. Each holds at most 8 values (the schema's bound), which the Redactor holds while the
+# session lives (login.prepare): never forgotten while in use, whatever its budget.
 MAX_SESSIONS = 256
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)  # the Redactor keeps its values while it lives
 class Session:
     """What one login gave; times are time.monotonic()."""
 

@@ -1,0 +1,128 @@
+"""The Redactor's matcher against the way it used to be built (one `re` alternation of every form,
+the longest first), and its bounds: a budget for learned values, never forgetting those in use."""
+
+from __future__ import annotations
+
+import gc
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jsonexporter.secrets import CUT, MAX_CUT_LOOKBACK, MIN_BARE_LENGTH, REDACTED, WITHHELD, Redactor, _forms, _quoted, cut_short, redact_patterns
+
+
+class _Reference:
+    """The Redactor as it was: every form of every value in one alternation, recompiled on each change."""
+
+    def __init__(self, values: set[str]) -> None:
+        forms = {f for v in values for f in _forms(v) if f}
+        self.pattern = re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))) if forms else None
+        self.heads: dict[str, list[str]] = {}
+        for f in forms:
+            if len(f) > MIN_BARE_LENGTH:
+                self.heads.setdefault(f[:MIN_BARE_LENGTH], []).append(f)
+        self.longest = min(max(map(len, forms), default=0), MAX_CUT_LOOKBACK)
+
+    @staticmethod
+    def kept(value: str) -> list[str]:
+        """The forms of `value` a Redactor keeps when it learns it."""
+        value = value.strip()
+        return list(dict.fromkeys(f for f in _forms(value) if f)) if value and value not in REDACTED else []
+
+    def __call__(self, text: str, mark: str = REDACTED) -> str:
+        if self.pattern is not None:
+            text = self.pattern.sub(lambda m: _quoted(m[0], mark), text)
+            if CUT in text:
+                text = cut_short(text, mark, self.heads, self.longest)  # the cut rule as the Redactor applies it, on the heads built the old way
+        return redact_patterns(text, mark)
+
+
+# few letters, so that values overlap, share beginnings and hold one another; and what forms escape
+_LETTERS = "ab'\"&<% é\\\n"
+_values = st.lists(st.text(_LETTERS, min_size=1, max_size=12), min_size=1, max_size=6, unique=True)
+
+
+@st.composite
+def _texts_with_forms(draw: st.DrawFn) -> tuple[list[str], str]:
+    values = draw(_values)
+    pieces = []
+    for _ in range(draw(st.integers(0, 8))):
+        if draw(st.booleans()):
+            value = draw(st.sampled_from(values))
+            form = draw(st.sampled_from(list(dict.fromkeys(_forms(value)))))
+            cut = draw(st.integers(1, len(form)))
+            pieces.append(form if draw(st.integers(0, 4)) else form[:cut] + CUT)  # now and then a form cut short
+        else:
+            pieces.append(draw(st.text(_LETTERS + CUT + "x=@:/", max_size=10)))
+    return values, "".join(pieces)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_texts_with_forms(), st.sampled_from([REDACTED, "&lt;redacted&gt;"]))
+def test_the_redactor_redacts_as_one_alternation_of_every_form_longest_first(case: tuple[list[str], str], mark: str) -> None:
+    values, text = case
+    learned, known = values[::2], values[1::2]
+    redact = Redactor(known)
+    for value in learned:
+        redact.learn(value)
+    reference = _Reference({v.strip() for v in learned if v.strip() and v.strip() not in REDACTED} | {v for v in known if v not in REDACTED})
+    assert redact(text, mark) == reference(text, mark)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_texts_with_forms())
+def test_the_redactor_looks_only_for_the_values_it_keeps_after_forgetting(case: tuple[list[str], str]) -> None:
+    values, text = case
+    redact = Redactor(budget=0)
+    owner = _Owner()
+    redact.hold(owner, "values", values)
+    assert redact(text) == _Reference({v.strip() for v in values if v.strip() and v.strip() not in REDACTED})(text)
+    redact.release(owner)  # no longer in use, and the budget is 0: all forgotten but the last one released
+    redact.budget = 10**6
+    redact.learn(values[-1])
+    held = [v for v in dict.fromkeys(v.strip() for v in values) if _Reference.kept(v)]  # in the order hold() took them
+    kept = held[-1:] + [v.strip() for v in values[-1:] if _Reference.kept(v)]
+    assert redact.learned_chars == sum(len(f) for v in set(kept) for f in _Reference.kept(v))
+    assert redact(text) == _Reference(set(kept))(text)
+
+
+class _Owner:
+    """What holds values: a login session, a token source, a client configuration."""
+
+
+def test_values_in_use_are_kept_beyond_the_budget_and_forgotten_oldest_first_once_released() -> None:
+    redact = Redactor(budget=2_000)
+    sessions = [_Owner() for _ in range(8)]
+    for i, session in enumerate(sessions):  # 8 sessions x 4 values of 100 characters: 3,200 characters and more of forms
+        redact.hold(session, "login", [f"session-{i}-value-{j}-" + "x" * 80 for j in range(4)])
+    for i in range(50):  # newer values, not in use, learned after them
+        redact.learn(f"unpinned-{i:03d}-" + "y" * 80)
+    assert all(redact(f"session-{i}-value-{j}-" + "x" * 80) == REDACTED for i in range(8) for j in range(4))
+    redact.release(sessions[0])
+    del sessions[1]
+    gc.collect()
+    redact.learn("one-more-" + "z" * 80)  # over the budget: what is not in use goes, the least recently used first
+    assert redact("session-0-value-0-" + "x" * 80) != REDACTED and redact("session-1-value-0-" + "x" * 80) != REDACTED
+    assert redact("session-2-value-0-" + "x" * 80) == REDACTED
+    assert redact("one-more-" + "z" * 80) == REDACTED
+
+
+def test_a_holder_that_reads_a_rotated_file_releases_the_old_value() -> None:
+    redact = Redactor(budget=0)
+    clients = _Owner()
+    redact.hold(clients, "secret token", ["old-file-token"])
+    redact.hold(clients, "secret token", ["new-file-token"])
+    redact.learn("an-oauth2-token")  # the budget is 0: what is not in use goes, but the one learned last
+    assert redact("old-file-token new-file-token an-oauth2-token") == f"old-file-token {REDACTED} {REDACTED}"
+
+
+def test_a_text_repeating_what_the_values_repeat_is_withheld_whole_not_searched_for_minutes() -> None:
+    """Every lookup of `abab…` hits each value `abab…x`; checking them all took over 100 s."""
+    redactor = Redactor()
+    for k in range(200, 500):
+        redactor.learn("ab" * k + "x")
+    text = "ab" * 500_000
+    shown = redactor(text)
+    assert "abab" not in shown and WITHHELD in shown
+    assert redactor("a line with ab" * 3 + "ab" * 250 + "x in it") == "a line with aba line with aba line with <redacted> in it"  # others still redacted
