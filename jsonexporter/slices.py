@@ -22,7 +22,6 @@ never cut), so that a probe whose time is up answers at once instead of computin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import time
@@ -53,16 +52,8 @@ class _Turns:
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
 
-    @contextlib.asynccontextmanager
-    async def turn(self, priority: int, deadline: float | None = None) -> AsyncIterator[None]:
-        if self._busy:
-            await self._wait(priority, deadline)
-        else:
-            self._busy = True
-        try:
-            yield
-        finally:
-            self._release()
+    def turn(self, priority: int, deadline: float | None = None) -> _Turn:
+        return _Turn(self, priority, deadline)
 
     async def _wait(self, priority: int, deadline: float | None) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -93,10 +84,29 @@ class _Turns:
         self._busy = False
 
 
+class _Turn:
+    """`async with` a turn: a class, not a contextlib generator (a turn without waiting 6 µs -> 2; a probe takes 3)."""
+
+    __slots__ = ("_deadline", "_priority", "_turns")
+
+    def __init__(self, turns: _Turns, priority: int, deadline: float | None) -> None:
+        self._turns, self._priority, self._deadline = turns, priority, deadline
+
+    async def __aenter__(self) -> None:
+        turns = self._turns
+        if turns._busy:
+            await turns._wait(self._priority, self._deadline)  # raising, it has not taken the turn: nothing to let go
+        else:
+            turns._busy = True
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._turns._release()
+
+
 _turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turns] = weakref.WeakKeyDictionary()
 
 
-def turn(priority: int, deadline: float | None = None) -> contextlib.AbstractAsyncContextManager[None]:
+def turn(priority: int, deadline: float | None = None) -> _Turn:
     """The turn of this event loop's computations (`async with turn(RENDER): ...`); DeadlinePassed
     when `deadline` (a loop.time()) passes before it comes."""
     loop = asyncio.get_running_loop()

@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from metrics_util import samples
 from prometheus_client.utils import floatToGoString
 
-from jsonexporter.exposition import Family, encode, encode_async, render_openmetrics, render_text
-from jsonexporter.extract import Extraction, ProbeContext, _fast_plan, extract, extract_async
+from jsonexporter.exposition import Family, encode, encode_async, format_value, render_openmetrics, render_text
+from jsonexporter.extract import _MAX_PLANS, Extraction, ProbeContext, _fast_plan, _float_texts, extract, extract_async
 from jsonexporter.probe import module_labels
 from jsonexporter.slices import EXTRACT, PARSE, RENDER, turn
 from jsonexporter.spec.model import Module
@@ -245,6 +245,32 @@ def test_bench_spec_takes_the_fast_path_with_the_same_output() -> None:
     assert len(samples(fast.families["bench_item_requests_total"])) == 3
 
 
+def _labelled_by_target() -> Module:
+    return make_spec("""
+        modules:
+          default:
+            labels: {instance: "{target}"}
+            metrics:
+              - {name: a, help: h, each: items, value: v, labels: {id: id}}
+        """).modules["default"]
+
+
+def test_module_labels_of_each_probe_reach_its_series_through_the_kept_plans() -> None:
+    """A rule's plan is kept with its module between probes (Module.fast_plans), for each set of module labels."""
+    module = _labelled_by_target()
+    for target in ("http://one", "http://two", "http://one"):
+        result = extract(module, {"default": {"items": [{"id": "x", "v": 1}]}}, PROBE, module_labels(module, {"target": target, "module": "default"}))
+        assert samples(result.families["a"]) == [("a", {"id": "x", "instance": target}, 1.0)]
+
+
+def test_the_plans_kept_for_module_labels_made_of_targets_are_bounded() -> None:
+    module = _labelled_by_target()
+    for i in range(_MAX_PLANS + 10):
+        extract(module, {"default": {"items": [{"id": "x", "v": 1}]}}, PROBE, module_labels(module, {"target": f"http://t{i}", "module": "default"}))
+        assert len(module.fast_plans) <= _MAX_PLANS
+    assert module.fast_plans
+
+
 def test_rules_sharing_labels_give_an_element_the_same_label_text() -> None:
     module = make_spec("""
         modules:
@@ -337,6 +363,19 @@ def test_values_are_written_as_prometheus_client_writes_them_but_integers_exactl
         result = extract(module, {"default": {"items": [{"i": str(i), "v": v} for i, v in enumerate(column)]}}, PROBE)
         written = [line.split(" ")[1] for line in render_text(list(result.families.values())).splitlines()[2:]]
         assert written == [reference(v) for v in column]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats() | st.floats(-1e6, 1e6).map(lambda v: round(v, 3)) | st.integers(-(10**6), 10**6).map(float), min_size=1, max_size=8))
+def test_a_column_of_floats_is_written_as_each_one_alone(values: list[float]) -> None:
+    """Written at once by orjson where that is each one's text: integral, NaN and infinite values, exponent forms among them."""
+    assert _float_texts(values) == [format_value(v) for v in values]
+
+
+def test_a_column_of_booleans_is_written_with_their_values() -> None:
+    module = make_spec("modules: {default: {metrics: [{name: x, help: h, each: items, value: v, labels: {i: i}, value_map: {'true': 5}}]}}").modules["default"]
+    result = extract(module, {"default": {"items": [{"i": "a", "v": True}, {"i": "b", "v": False}, {"i": "c", "v": True}]}}, PROBE)
+    assert [(s[1]["i"], s[2]) for s in samples(result.families["x"])] == [("a", 5.0), ("b", 0.0), ("c", 5.0)]
 
 
 def test_sliced_extraction_and_rendering_give_the_plain_results() -> None:

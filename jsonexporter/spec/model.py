@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from jsonexporter.spec.expressions import Expression, Template
 from jsonexporter.spec.functions import Pattern
@@ -198,6 +198,8 @@ class Module:
     series_limit: int | None = None  # most series a probe may give (0: no limit); None: the server's default
     # by endpoint: a decoder of only the fields its rules read (projection.py); none: parsed whole
     projections: Mapping[str, Projection] = field(default_factory=dict, compare=False, repr=False)
+    # extract.py's plans of the rules, by rule and module labels: made at a rule's first probe, gone with the module at a reload
+    fast_plans: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
     # login sessions (issue 14): placeholders read when used, and the request made before the endpoints
     secrets: Mapping[str, ModuleSecret] = field(default_factory=dict)
     login: Login | None = None
