@@ -1840,3 +1840,17 @@ def test_check_never_prints_inline_secrets(write_spec: Any, capsys: pytest.Captu
     out = capsys.readouterr().out
     assert "basic_auth.password: expected a string" in out and "not shown: it is a secret" in out
     assert "123456789" not in out and "s3cr3t-value" not in out
+
+
+def test_a_wildcard_in_an_allowlists_host_is_a_warning_at_its_place(write_spec: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_spec(r"""
+        modules:
+          default:
+            targets: {allow: ['https://.+\.example\.com', 'https://[a-z0-9-]+\.example\.com', 'https?://.*']}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}:3:32: modules.default.targets.allow[0]: warning: this . in the host matches '/', '?', '#' and '@' too" in out
+    assert "allow[1]" not in out and "allow[2]" not in out  # the host's characters, and every host on purpose
+    assert main(["check", "--strict", str(path)]) == 1

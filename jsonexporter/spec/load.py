@@ -955,7 +955,40 @@ def _unused_login_names(c: _Checker, path: Path, requests: list[Endpoint], secre
 
 
 def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[Pattern]:
-    return [p for i, source in enumerate(raw if isinstance(raw, list) else ()) if (p := c.regex((*path, i), source)) is not None]
+    patterns = []
+    for i, source in enumerate(raw if isinstance(raw, list) else ()):
+        if (pattern := c.regex((*path, i), source)) is not None:
+            patterns.append(pattern)
+            if (at := _wildcard_in_host(pattern.pattern)) is not None:
+                c.add((*path, i), "this . in the host matches '/', '?', '#' and '@' too: 'https://.+\\.example\\.com' lets "
+                      "'https://evil.test?.example.com' through; write the host's characters, e.g. [a-z0-9-]+ or [^/?#@]+", "warning", offset=at)
+    return patterns
+
+
+def _wildcard_in_host(source: str) -> int | None:
+    r"""Where an allowlist pattern's host part has a `.` (any character) that more of the host follows,
+    as in `https://.+\.example\.com`; None when it has none (`https://.*` allows every host on purpose)."""
+    start = source.find("://")
+    if start < 0:
+        return None
+    wildcard: int | None = None
+    in_class = False
+    i = start + 3
+    while i < len(source):
+        char = source[i]
+        if in_class:
+            in_class = char != "]"
+        elif char == "/":
+            break
+        elif char == ".":
+            wildcard = i if wildcard is None else wildcard
+        elif char == "\\" or char == "[" or char.isalnum() or char in "-:":
+            if wildcard is not None:
+                return wildcard
+            in_class = char == "["
+            i += char == "\\"
+        i += 1
+    return None
 
 
 def _credentials_to_target_host(endpoints: Iterable[Endpoint], credentials: frozenset[str] = frozenset(),
