@@ -59,6 +59,13 @@ class SelfMetrics:
                                            "(--refresh.max-requests) was taken.", ["module", "endpoint"], registry=r)
         self.refresh_scheduled = Gauge("jsonexporter_refresh_scheduled_requests", "Requests fetched on a schedule (refresh_interval).",
                                        registry=r, multiprocess_mode="livesum")
+        # per module, never per target: a session is kept per login request, whose target is the caller's choice
+        self.login_requests = Counter("jsonexporter_login_requests", "Login requests of modules with a login, by result: success, the "
+                                      "request's outcome (invalid_status, timeout, connection_error, ...), invalid_answer (no usable values).",
+                                      ["module", "result"], registry=r)
+        self.login_sessions = Gauge("jsonexporter_login_sessions", "Login sessions kept (at most 256), by module.", ["module"],
+                                    registry=r, multiprocess_mode="livesum")
+        self._login_modules: set[str] = set()  # the module labels of login_sessions
         # with workers: the sum, the lowest or the highest over the live ones
         self.in_flight = Gauge("jsonexporter_probes_in_flight", "Probes being answered right now.", registry=r, multiprocess_mode="livesum")
         self.config_hash = Gauge("jsonexporter_config_hash", "First 48 bits of the SHA-256 of the loaded spec file, as a number.", registry=r,
@@ -93,6 +100,14 @@ class SelfMetrics:
         for file, count in modules_by_file.items():
             self.config_modules.labels(file).set(count)
         self._files = set(modules_by_file)
+
+    def sessions_kept(self, by_module: Mapping[str, int]) -> None:
+        for gone in self._login_modules - set(by_module):
+            self.login_sessions.labels(gone).set(0)  # with workers, a removed series keeps its last value in the worker's file
+            self.login_sessions.remove(gone)
+        for module, count in by_module.items():
+            self.login_sessions.labels(module).set(count)
+        self._login_modules = set(by_module)
 
 
 _SUMMED = frozenset({"process_cpu_seconds", "process_virtual_memory_bytes", "process_resident_memory_bytes", "process_open_fds"})

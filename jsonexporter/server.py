@@ -10,7 +10,7 @@ import signal
 import ssl
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import quote, urlencode
@@ -481,7 +481,7 @@ def make_app(
 
 
 class _BackgroundMetrics(Events):
-    """Background requests in the exporter's metrics: labelled by module and endpoint, never by target."""
+    """Background requests and logins in the exporter's metrics: labelled by module (and endpoint), never by target."""
 
     def __init__(self, metrics: SelfMetrics) -> None:
         self.metrics = metrics
@@ -501,6 +501,12 @@ class _BackgroundMetrics(Events):
 
     def scheduled(self, count: int) -> None:
         self.metrics.refresh_scheduled.set(count)
+
+    def logged_in(self, module: str, result: str) -> None:
+        self.metrics.login_requests.labels(module, result).inc()
+
+    def sessions(self, by_module: Mapping[str, int]) -> None:
+        self.metrics.sessions_kept(by_module)
 
 
 async def _auto_reload(state: State) -> None:

@@ -98,12 +98,13 @@ class Held:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     held: int = 0
+    hold: float = 20.0  # seconds a request is held at most: longer than every bounded wait of the test before `release`
 
     async def __call__(self, request: web.Request) -> web.Response:
         self.held += 1
         if self.held == self.count:
             self.arrived.set()
-        await wait_for(self.release, 20)
+        await wait_for(self.release, self.hold)
         return web.json_response(self.answer)
 
 

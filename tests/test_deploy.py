@@ -27,7 +27,7 @@ from jsonexporter.spec import load_spec, load_text, parse_duration
 ROOT = Path(__file__).resolve().parent.parent
 KUBERNETES = ROOT / "examples" / "kubernetes"
 PROBE_SCHEMA = Path(__file__).parent / "data" / "probe-crd.schema.json"
-PROMETHEUS_CONFIGS = [ROOT / "examples" / "prometheus.yml", KUBERNETES / "scrape-config.yml", KUBERNETES / "scrape-config-sharded.yml"]
+PROMETHEUS_CONFIGS = [ROOT / "examples" / "prometheus" / "prometheus.yml", KUBERNETES / "scrape-config.yml", KUBERNETES / "scrape-config-sharded.yml"]
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None and not os.environ.get("CI"), reason="promtool not installed")
 slow = pytest.mark.skipif(
@@ -208,10 +208,10 @@ def test_readme_prometheus_config_sets_the_scrape_interval_and_timeout_of_its_pr
 
 
 def test_cookbook_prometheus_config_probes_every_module_of_every_example() -> None:
-    """examples/prometheus.yml: one job per module, sent to the exporter serving that example
+    """examples/prometheus/prometheus.yml: one job per module, sent to the exporter serving that example
     (jsonexporter-NAME:7979 serves examples/NAME.yml), with every required parameter given and only
     targets that the module's allowlist lets through."""
-    jobs = documents(ROOT / "examples" / "prometheus.yml")[0]["scrape_configs"]
+    jobs = documents(ROOT / "examples" / "prometheus" / "prometheus.yml")[0]["scrape_configs"]
     probed: set[tuple[str, str]] = set()
     for job in (j for j in jobs if j.get("metrics_path") == "/probe"):
         relabel = job["relabel_configs"]
@@ -230,7 +230,7 @@ def test_cookbook_prometheus_config_probes_every_module_of_every_example() -> No
         targets = [t for c in job["static_configs"] for t in c["targets"]]
         assert [t for t in targets if not module.target_allowed(t)] == [], f"job {job['job_name']}: targets the module would refuse (403)"
         probed.add((spec_file.stem, module_name))
-    examples = {(p.stem, m) for p in (ROOT / "examples").glob("*.yml") if p.name != "prometheus.yml" for m in load_spec(str(p)).modules}
+    examples = {(p.stem, m) for p in (ROOT / "examples").glob("*.yml") for m in load_spec(str(p)).modules}
     assert probed == examples
     exporters = next(j for j in jobs if j["job_name"] == "jsonexporter")["static_configs"][0]["targets"]
     assert sorted(exporters) == sorted(f"jsonexporter-{name}:7979" for name, _ in examples)

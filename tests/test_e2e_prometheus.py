@@ -47,7 +47,7 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 
 def spec_with_shop_module(tmp_path: Path) -> Path:
-    """examples/prometheus-status.yml as it is (module `default`) plus a module `shop` for the local app."""
+    """examples/prometheus-status.yml as it is (module `prometheus`) plus a module `shop` for the local app."""
     spec = yaml.safe_load((ROOT / "examples" / "prometheus-status.yml").read_text(encoding="utf-8"))
     spec["modules"]["shop"] = SHOP_MODULE
     path = tmp_path / "spec.yml"
@@ -81,7 +81,7 @@ async def test_prometheus_scrapes_local_app_its_own_api_and_a_dead_target_throug
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
         "scrape_configs": [
             probe_job("shop", "shop", [shop, dead], exporter),
-            probe_job("prometheus-api", "default", [prometheus], exporter),
+            probe_job("prometheus-api", "prometheus", [prometheus], exporter),
             {"job_name": "jsonexporter", "static_configs": [{"targets": [exporter]}]},
         ],
     }
@@ -136,7 +136,7 @@ async def test_prometheus_scrapes_local_app_its_own_api_and_a_dead_target_throug
         assert {instance: (url.netloc, url.path, parse_qs(url.query)) for instance, url in probes.items()} == {
             shop: (exporter, "/probe", {"module": ["shop"], "target": [shop]}),
             dead: (exporter, "/probe", {"module": ["shop"], "target": [dead]}),
-            prometheus: (exporter, "/probe", {"module": ["default"], "target": [prometheus]}),
+            prometheus: (exporter, "/probe", {"module": ["prometheus"], "target": [prometheus]}),
         }
 
         own = await eventually(lambda: api.query('jsonexporter_probes_total{module="shop"}'),

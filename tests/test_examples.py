@@ -54,7 +54,7 @@ TEST_MODELINE = "# yaml-language-server: $schema=../../schemas/jsonexporter-test
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None and not os.environ.get("CI"), reason="promtool not installed")
 
-SPECS = sorted(p for p in EXAMPLES.glob("*.yml") if p.name != "prometheus.yml")  # prometheus.yml: the config that scrapes them
+SPECS = sorted(EXAMPLES.glob("*.yml"))
 
 
 def _golden_modules() -> list[tuple[str, str]]:
@@ -100,6 +100,16 @@ def test_the_cookbook_is_found() -> None:
     names = {spec.stem for spec in SPECS}
     required = {"queue-stats", "energy-per-pod", "elasticsearch-health", "object-keys", "status-page", "prometheus-status", "github-repo"}
     assert required <= names, f"missing examples: {sorted(required - names)}"
+
+
+def test_the_examples_directory_is_one_spec_that_passes_check_strict(capsys: pytest.CaptureFixture[str]) -> None:
+    """`serve --config.file examples/` serves the whole cookbook: distinct module names, and nothing
+    but specs directly in the directory (the Prometheus configuration lives in examples/prometheus/)."""
+    code = main(["check", "--strict", str(EXAMPLES)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "0 warning(s)" in out, out
+    assert set(load_spec(str(EXAMPLES)).modules) == {m for spec in SPECS for m in load_spec(str(spec)).modules}
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)

@@ -28,7 +28,7 @@ from jsonexporter.server import STATE, make_app
 from jsonexporter.spec import load_text
 from jsonexporter.upstream.sessions import LoginStore, Session
 
-LOCAL = r"targets: {allow: ['http://127\.0\.0\.1:\d+(/bad)?']}"
+LOCAL = r"targets: {allow: ['http://127\.0\.0\.1:\d+']}"
 PASSWORD = "pve-pass-SECRET1"
 
 
@@ -298,11 +298,12 @@ async def test_secrets_and_login_values_never_reach_traces_logs_pages_or_errors(
     async def quoting_login(request: web.Request) -> web.Response:
         return web.Response(text=f"bad password {(await request.json())['password']}")
 
-    up = await start_pve(upstream, pve, **{"/quoting": quoting, "/bad/access/ticket": quoting_login})
+    up = await start_pve(upstream, pve, **{"/quoting": quoting})
+    bad = await upstream({"/access/ticket": quoting_login})
     client = await pve_exporter(aiohttp_client, tmp_path, pve_module(
         tmp_path / "password", endpoints="quoting: {url: '{target}/quoting', headers: {X-Ticket: '{ticket}', CSRFPreventionToken: '{csrf}'}}"))
     caplog.set_level(logging.DEBUG)
-    seen = [(await probe(client, target, debug=debug))[1] for target in (up.url, f"{up.url}/bad") for debug in ("true", "false")]
+    seen = [(await probe(client, target, debug=debug))[1] for target in (up.url, bad.url) for debug in ("true", "false")]
     seen.append(await (await client.get("/")).text())
     for n in range(1, len(client.app[STATE].recent) + 1):
         seen.append(await (await client.get(f"/probes/{n}")).text())
@@ -570,6 +571,60 @@ async def test_scheduled_requests_log_in_and_renew_a_refused_login_without_a_pro
     await wait_for(events[n + 2], 30)  # refused (401), logged in again, retried at once
     assert answered[n:n + 2] == [401, 200] and pve.logins == 2
     assert generation((await probe(client, up.url))[1]) == 2
+
+
+async def test_a_revalidation_refused_logs_in_again_and_the_cache_gets_the_fresh_answer(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    pve = Pve()
+    answered: list[int] = []
+    retried = asyncio.Event()
+
+    async def nodes(request: web.Request) -> web.Response:
+        response = await pve.nodes(request)
+        answered.append(response.status)
+        if answered[-2:] == [401, 200]:
+            retried.set()
+        return response
+
+    up = await upstream({"/access/ticket": pve.ticket, "/nodes": nodes})
+    spec = pve_module(tmp_path / "password").replace(
+        "url: '{target}/nodes'\n", "url: '{target}/nodes'\n                cache_ttl: 1ms\n                stale_while_revalidate: 1h\n")
+    client = await pve_exporter(aiohttp_client, tmp_path, spec)
+    assert generation((await probe(client, up.url))[1]) == 1
+    pve.expire()  # the session's ticket is refused from now on, long before its `expires`
+    for _ in range(400):  # bounded: until a probe finds the 1 ms answer stale and starts its revalidation
+        assert (await probe(client, up.url))[0] == 200
+        if len(answered) > 1:
+            break
+        await asyncio.sleep(0.01)  # the polling period of a bounded wait, not a synchronisation
+    await wait_for(retried, 30)  # the revalidation: refused, logged in again, sent again with the new ticket
+    assert answered[:3] == [200, 401, 200] and pve.logins == 2
+    for _ in range(400):  # bounded: until the retried answer is stored
+        status, text = await probe(client, up.url)
+        if generation(text) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert status == 200 and generation(text) == 2 and pve.logins == 2  # the probes use the renewed session and its cached answer
+    assert 401 not in answered[2:]
+
+
+async def test_logins_are_counted_by_module_and_result_and_their_sessions_by_module(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    pve, other, wrong = Pve(), Pve(), Pve(password="another-password")
+    ups = [await start_pve(upstream, p) for p in (pve, other, wrong)]
+    client = await pve_exporter(aiohttp_client, tmp_path, pve_module(tmp_path / "password"))
+    statuses = [(await probe(client, up.url))[0] for up in ups]
+    pve.expire()
+    statuses.append((await probe(client, ups[0].url))[0])  # refused, logged in again: still one session for that target
+    assert statuses == [200] * 4
+    metrics = parse(await (await client.get("/metrics")).text())  # prometheus_client's parser
+    assert value(metrics, "jsonexporter_login_requests_total", module="pve", result="success") == 3
+    assert value(metrics, "jsonexporter_login_requests_total", module="pve", result="invalid_status") == 1
+    assert value(metrics, "jsonexporter_login_sessions", module="pve") == 2
+    labels = {tuple(sorted(name for name, _ in labelled)) for series, labelled in metrics if series.startswith("jsonexporter_login_")}
+    assert labels == {("module", "result"), ("module",)}  # never a target
 
 
 async def test_a_targetless_schedule_reads_its_secret_at_each_request(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:

@@ -503,6 +503,41 @@ async def test_parameters_cannot_climb_out_of_the_url_path(upstream: UpstreamFac
     assert [r.raw_path for r in up.requests] == ["/api/repos/owner/name%3Fx=1/releases"]
 
 
+async def test_target_cannot_move_the_request_off_where_the_url_puts_it(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/{tail:.*}": {"v": 1}})
+    client = await exporter(f"""
+        modules:
+          origin:
+            targets: {{allow: ['(http://)?127\\.0\\.0\\.1:\\d+.*']}}
+            endpoints: {{stats: {{url: '{{target}}/api/stats', headers: {{Authorization: 'Bearer secret'}}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          whole:
+            targets: {{allow: ['http://127\\.0\\.0\\.1:\\d+/public/.*']}}
+            metrics: [{{name: x, help: x, value: v}}]
+          segment:
+            endpoints: {{repo: {{url: '{up.url}/api/{{target}}/status'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    refused = {
+        "origin": [f"{up.url}/../admin", f"{up.url}?x=1", f"{up.url}#f", f"{up.url}/%2e%2e/admin", f"{up.url}/base",
+                   f"{up.url}\\admin", f"{up.url}%2e%2e", f"{up.url.removeprefix('http://')}/admin"],
+        "whole": [f"{up.url}/public/../admin", f"{up.url}/public/%2e%2e/admin", f"{up.url}/public/.%2E/admin"],
+        "segment": ["..", ".", "%2e%2e"],
+    }
+    for module, targets in refused.items():
+        for target in targets:
+            status, text = await probe(client, f"module={module}&target={quote(target, safe='')}")
+            assert status == 400 and f"module {module}, endpoint " in text and "invalid target" in text, (target, text)
+            assert "Traceback" not in text
+    assert up.requests == []
+    for module, target in (("origin", up.url + "/"), ("whole", f"{up.url}/public/x?y=1#f"),
+                           ("segment", "a/../admin"), ("segment", "x?y=1#f"), ("segment", "%2e%2e%2fadmin")):
+        status, text = await probe(client, f"module={module}&target={quote(target, safe='')}")
+        assert status == 200, (target, text)
+    assert [r.raw_path for r in up.requests] == [
+        "/api/stats", "/public/x?y=1", "/api/a%2F..%2Fadmin/status", "/api/x%3Fy=1%23f/status", "/api/%252e%252e%252fadmin/status"]
+
+
 async def test_target_with_a_trailing_slash_gives_no_double_slash_in_the_url(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
     up = await upstream({"/{tail:.*}": {"v": 1}})
     client = await exporter("""
@@ -513,7 +548,7 @@ async def test_target_with_a_trailing_slash_gives_no_double_slash_in_the_url(ups
               whole: {url: '{target}'}
             metrics: [{name: x, help: x, value: v, endpoint: nested}]
         """)
-    status, text = await probe(client, f"target={quote(up.url + '/base/', safe='')}")
+    status, text = await probe(client, f"target={quote(up.url + '/', safe='')}")
     assert status == 200 and value(parse(text), "x") == 1
-    assert sorted(r.raw_path for r in up.requests) == ["/base/", "/base/api/stats"]  # a target used whole keeps its slash
+    assert sorted(r.raw_path for r in up.requests) == ["/", "/api/stats"]  # a target used whole keeps its slash
     assert value(parse(text), "probe_success") == 1

@@ -313,13 +313,15 @@ async def test_the_allowlist_holds_the_url_a_target_makes_not_the_target_as_writ
     for module, target in [("prefix", f"http://127.0.0.1:{home.port}@{there}"), ("prefix", f"http://127.0.0.1:{home.port}:pw@{there}/x"),
                            ("labels", f"http://{there}#.0.0.1:1"), ("labels", f"http://{there}?.0.0.1:1"), ("labels", f"http://{there}/.0.0.1:1")]:
         status, text = await probe(client, module=module, target=target)
-        assert status == 403 and "is not allowed by targets.allow" in text, (module, target, text)
+        # 403 from the allowlist, or 400 when the target would add a path, a query or a fragment (render._quote_target)
+        assert (status, "is not allowed by targets.allow" in text) == (403, True) or (status, "invalid target" in text) == (400, True), \
+            (module, target, text)
     assert stolen.requests == []  # the foreign host was never asked, so it never saw the token
-    for module, target in [("prefix", f"http://127.0.0.1:{home.port}"), ("prefix", f"http://127.0.0.1:{home.port}/api"),
+    for module, target in [("prefix", f"http://127.0.0.1:{home.port}"), ("prefix", f"http://127.0.0.1:{home.port}/"),
                            ("labels", f"http://127.0.0.1:{home.port}"), ("slash", f"http://127.0.0.1:{home.port}/")]:
         status, text = await probe(client, module=module, target=target)
         assert status == 200 and value(parse(text), "x") == 6, (module, target, text)
-    assert [path for _, path, _, _ in seen_home.requests] == ["/echo", "/api/echo", "/echo", "/echo"]
+    assert [path for _, path, _, _ in seen_home.requests] == ["/echo", "/echo", "/echo", "/echo"]
 
 
 async def test_a_parameter_cannot_change_the_structure_of_a_string_body(aiohttp_client: Any, upstream: UpstreamFactory) -> None:

@@ -345,6 +345,7 @@ def test_an_invalid_test_file_gets_every_problem_located_and_no_test_runs(tmp_pa
         "6:7: tests[0].answers.stat: module default has no endpoint 'stat' (did you mean 'stats'?)",
         "6:7: tests[0].answers: no answer for endpoint(s) health: a test gives one for each endpoint of module default",
         "8:35: tests[0].exp_samples[0].labels: invalid series: label queue: only = is allowed: an expected sample is one series, not a selection",
+        "10:9: tests[0].exp_samples[1]: missing required key 'labels'",
         "10:9: tests[0].exp_samples[1].label: unknown key 'label' (did you mean 'labels'?)",
         "12:39: tests[0].exp_samples[2].labels: invalid series: missing } at the end",
         '13:16: tests[0].exp_samples[2].value: "abc" is not a number: write a number, or NaN, +Inf or -Inf',
@@ -355,6 +356,35 @@ def test_an_invalid_test_file_gets_every_problem_located_and_no_test_runs(tmp_pa
         "23:18: tests[2].exp_samples[1].labels: a{b=\"c\"} is expected already, at exp_samples[0]",
         "26:13: tests[3].params: parameter 'repo' does not match '[a-z]+/[a-z]+'",
     ]]
+
+
+def test_a_typo_of_a_required_key_says_both_the_unknown_key_and_the_missing_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = write(tmp_path, PASSING.replace("  - name: two queues", "  - nme: two queues"))
+    code, out, err = run(capsys, file)
+    assert (code, err) == (1, "")
+    assert out.splitlines() == [f"{file}:3:5: tests[0]: missing required key 'name'",
+                                f"{file}:3:5: tests[0].nme: unknown key 'nme' (did you mean 'name'?)"]
+
+
+def test_top_level_x_keys_hold_the_anchors_of_a_test_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = write(tmp_path, """
+        spec: spec.yml
+        x-answers: &answers
+          stats: {file: stats.json}
+          health: {json: {healthy: 1}}
+        x-notes: anything, ignored
+        tests:
+          - name: healthy
+            answers: *answers
+            exp_samples: [{labels: probe_success, value: 1}]
+          - name: the same answers, another target
+            target: http://other.example
+            answers: *answers
+            exp_samples: [{labels: 'queue_healthy{instance="http://other.example"}', value: 1}]
+        """)
+    code, out, err = run(capsys, file)
+    assert (code, out, err) == (0, f"{file}: 2 test(s) passed\n", "")
+    assert list(jsonschema.Draft202012Validator(SCHEMA).iter_errors(yaml.safe_load(file.read_text()))) == []
 
 
 def test_an_unreadable_test_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

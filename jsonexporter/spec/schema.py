@@ -124,9 +124,11 @@ def schema_problems(data: Any, file: str, marks: Marks, validator: jsonschema.Dr
     return check_schema(data, file, marks, validator).problems
 
 
-def check_schema(data: Any, file: str, marks: Marks, validator: jsonschema.Draft202012Validator | None = None) -> SchemaReport:
+def check_schema(data: Any, file: str, marks: Marks, validator: jsonschema.Draft202012Validator | None = None,
+                 typo_hides_missing: bool = True) -> SchemaReport:
     """`schema_problems`, and the keys the typos among them meant. One typo gives one problem: a
-    required key written with a typo (`nmae`) is not also reported missing."""
+    required key written with a typo (`nmae`) is not also reported missing, unless `typo_hides_missing`
+    is false (test files, whose reader runs them: both problems, each at its place)."""
     problems: list[Problem] = []
     meant: set[Path] = set()
     errors = list((validator or _validator()).iter_errors(data))
@@ -140,7 +142,7 @@ def check_schema(data: Any, file: str, marks: Marks, validator: jsonschema.Draft
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             continue
         path: Path = tuple(error.absolute_path)
-        if error.validator == "required" and any((*path, key) in meant for key in _required_keys(error)):
+        if typo_hides_missing and error.validator == "required" and any((*path, key) in meant for key in _required_keys(error)):
             continue
         if "propertyNames" in error.absolute_schema_path and isinstance(error.instance, str):
             # the error is about one key of the mapping at `path`, which is the instance

@@ -152,7 +152,7 @@ def load_suite(text: str, file: str, specs: SpecCache | None = None) -> Loaded:
     loaded.problems += problems
     if data is None:
         return loaded
-    loaded.problems += [_worded(p) for p in check_schema(data, file, marks, _validator()).problems]
+    loaded.problems += [_worded(p) for p in check_schema(data, file, marks, _validator(), typo_hides_missing=False).problems]
     if not isinstance(data, dict):
         return loaded
     c = _Checker(file, marks, loaded)

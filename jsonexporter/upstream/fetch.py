@@ -73,11 +73,10 @@ class EndpointResult:
 ORJSON_MAX_BYTES = 4 << 20
 
 
-BODY_STARTS = "body starts with"  # how an invalid answer is quoted: a login leaves it out
-
-
-def _parse_json(body: bytes, projection: Projection | None = None) -> Any:
-    """The answer parsed: with `projection`, only what the rules read, when that applies to it."""
+def _parse_json(body: bytes, projection: Projection | None = None, quote_answer: bool = True) -> Any:
+    """The answer parsed: with `projection`, only what the rules read, when that applies to it. An
+    invalid one's error quotes its start when `quote_answer` (not a login's: its token would be there,
+    unknown to the Redactor yet)."""
     if projection is not None:
         document = projection.decode(body)
         if document is not FULL:
@@ -94,7 +93,8 @@ def _parse_json(body: bytes, projection: Projection | None = None) -> Any:
     except UnicodeDecodeError as exc:
         raise ValueError(f"body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; {BODY_STARTS} {_quoted_start(body)}") from None
+        quoted = f"; body starts with {_quoted_start(body)}" if quote_answer else ""
+        raise ValueError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}{quoted}") from None
 
 
 def _quoted_start(body: bytes, limit: int = 64) -> str:
@@ -169,6 +169,9 @@ class Upstream:
     schedules: Schedules | None = None
     events: Events = field(default_factory=Events)
 
+    def __post_init__(self) -> None:
+        self.logins.changed = self.events.sessions
+
     def schedule(self, max_requests: int, min_idle: float) -> Schedules:
         """Fetch endpoints with refresh_interval on schedules from now on."""
         self.schedules = Schedules(lambda job: _background(self, job), max_requests, min_idle, self.events)
@@ -217,9 +220,10 @@ def _first_hop(request: UpstreamRequest, options: RequestOptions) -> Hop:
 
 
 async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOptions, hop: Hop, result: EndpointResult, pool: _PoolWait,
-                    page: Page | None = None) -> None:
+                    page: Page | None = None, quote_answer: bool = True) -> None:
     """Send `hop`, and the requests its redirects make (each through `next_hop`); read the last answer into `result`,
-    or for a `page` of a paginated endpoint, as that Page says; `pool` says whether a request is waiting for a pooled connection."""
+    or for a `page` of a paginated endpoint, as that Page says; `pool` says whether a request is waiting for a pooled connection;
+    `quote_answer` whether result.error may quote the answer (_parse_json)."""
     endpoint = request.endpoint
     while True:
         proxy, proxy_headers = up.clients.proxy(endpoint.client, hop.url)
@@ -244,7 +248,7 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
                     if not page.parse:
                         return
                 async with turn(PARSE):  # see slices.py: waiting answers stay bytes, smaller than parsed
-                    result.document = _parse_json(body, request.projection)
+                    result.document = _parse_json(body, request.projection, quote_answer)
                     if endpoint.cache_ttl is not None:
                         result.parsed_size = parsed_size(body)
                 return
@@ -263,16 +267,16 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
 
 
 async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptions, budget: float,
-                   page: Page | None = None) -> tuple[Answer | None, EndpointResult]:
+                   page: Page | None = None, quote_answer: bool = True) -> tuple[Answer | None, EndpointResult]:
     """One upstream request and its redirects, bounded by `budget` seconds; the answer when it is good
-    (`page` as for _exchange)."""
+    (`page` and `quote_answer` as for _exchange)."""
     result = EndpointResult(request.endpoint.name, "success")
     start = time.monotonic()
     pool = _PoolWait()
     try:
         hop = _first_hop(request, options)
         async with asyncio.timeout(max(budget, 0.0)):
-            await _exchange(up, request, options, hop, result, pool, page)
+            await _exchange(up, request, options, hop, result, pool, page, quote_answer)
     except ClientConfigError as exc:
         result.outcome, result.error = "config_error", str(exc)
     except TimeoutError:
@@ -379,7 +383,12 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
 
             async def revalidate(options: RequestOptions = options) -> tuple[Answer | None, EndpointResult]:
                 assert job is not None
+                until = loop.time() + job.budget
                 _, fetched = await _answer(up, request, options, job.budget)
+                if job.module.login is not None:
+                    from jsonexporter.upstream.login import renewed_if_refused  # it sends its requests through this module
+
+                    fetched = await renewed_if_refused(up, job, request, fetched, until)
                 return _background_done(up, job, fetched), fetched
 
             lookup = await up.cache.get(_cache_key(request, options), endpoint.cache_ttl, endpoint.stale_if_error, fetch, remaining,

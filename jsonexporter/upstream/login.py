@@ -23,7 +23,7 @@ from multidict import CIMultiDictProxy
 from jsonexporter.spec.model import Endpoint, Login, LoginValue, Module
 from jsonexporter.trace import Trace
 from jsonexporter.upstream.client import ClientConfigError, RequestOptions, renewal_delay
-from jsonexporter.upstream.fetch import BODY_STARTS, EndpointResult, Upstream, _cache_key, _request, fetch_all
+from jsonexporter.upstream.fetch import EndpointResult, Upstream, _cache_key, _request, fetch_all
 from jsonexporter.upstream.files import SECRET_READ_TIMEOUT
 from jsonexporter.upstream.refresh import Job
 from jsonexporter.upstream.render import UpstreamRequest, render_request
@@ -114,7 +114,8 @@ async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadl
     remaining = budget - (loop.time() - start)
     try:
         got = await up.logins.get(_session_key(module, login, request, options),
-                                  lambda waited: _log_in(up, login, request, options, remaining, trace if waited else None), remaining, rejected)
+                                  lambda waited: _log_in(up, module.name, login, request, options, remaining, trace if waited else None), remaining,
+                                  rejected, module.name)
     except LoginFailed as exc:
         return _failed(trace, "login_failed", str(exc), filled, unreadable)
     except TimeoutError:
@@ -138,9 +139,10 @@ def _session_key(module: Module, login: Login, request: UpstreamRequest, options
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-async def _log_in(up: Upstream, login: Login, request: UpstreamRequest, options: RequestOptions, budget: float, trace: Trace | None) -> Session:
-    """The login request, through fetch.py's request path, and the session its answer gives."""
-    _, result = await _request(up, request, options, budget)
+async def _log_in(up: Upstream, module: str, login: Login, request: UpstreamRequest, options: RequestOptions, budget: float,
+                  trace: Trace | None) -> Session:
+    """The login request of `module`, through fetch.py's request path, and the session its answer gives; its result reported (up.events)."""
+    _, result = await _request(up, request, options, budget, quote_answer=False)
     if trace is not None:
         trace.add(f"login: {request.method} {request.url}" + (f", body of {len(request.body)} bytes" if request.body is not None else ""))
         for line in result.redirects:
@@ -148,14 +150,18 @@ async def _log_in(up: Upstream, login: Login, request: UpstreamRequest, options:
         trace.add(f"  -> {result.outcome}, status {result.status}, {result.bytes} bytes, {result.duration:.3f}s")
     # an answer without JSON (qBittorrent's `Ok.`) is good when every value is a cookie or a header
     if not result.ok and not (result.outcome == "invalid_json" and not login.reads_body):
-        # the quoted start of a login answer that is not JSON is where its token would be, unknown to the Redactor yet
-        error = (result.error or "").partition(f"; {BODY_STARTS}")[0] if result.outcome == "invalid_json" else result.error
-        raise LoginFailed(f"login: {result.outcome}: {error}")
+        up.events.logged_in(module, result.outcome)
+        raise LoginFailed(f"login: {result.outcome}: {result.error}")
     headers = result.response_headers
     values = {}
-    for source in login.values:
-        values[source.name] = _value(source, result.document, headers)  # learned by the Redactor in prepare(), before any use
-    lifetime = _lifetime(login, result.document)
+    try:
+        for source in login.values:
+            values[source.name] = _value(source, result.document, headers)  # learned by the Redactor in prepare(), before any use
+        lifetime = _lifetime(login, result.document)
+    except LoginFailed:
+        up.events.logged_in(module, "invalid_answer")
+        raise
+    up.events.logged_in(module, "success")
     now = time.monotonic()
     session = Session(values, now, now + renewal_delay(lifetime), now + lifetime)
     if trace is not None:
@@ -246,6 +252,20 @@ async def fetch_prepared(up: Upstream, module: Module, endpoints: Sequence[Endpo
             trace.add(f"endpoint {endpoint.name}: not requested: {failure.outcome}: {failure.error}")
     fetched = iter(await fetch_all(up, requests, deadline, trace, jobs if probe_values is not None else None) if requests else [])
     return [failed.get(endpoint.name) or next(fetched) for endpoint in endpoints]
+
+
+async def renewed_if_refused(up: Upstream, job: Job, sent: UpstreamRequest, result: EndpointResult, deadline: float) -> EndpointResult:
+    """A revalidation of a stale answer (cache.py) as fetch_logged_in treats a probe's request: refused
+    (401, 403) with the session it was rendered with, that session is renewed (unless a probe renewed
+    it meanwhile) and the request rendered with the new values is sent once more, through the cache,
+    under the key the next probes look for."""
+    if result.status not in RENEW_STATUSES:
+        return result
+    prepared = await prepare(up, job.module, job.values, deadline)
+    if prepared.session is not None and set(prepared.session.values.values()) <= sent.secrets:
+        prepared = await prepare(up, job.module, job.values, deadline, rejected=prepared.session)
+    (retried,) = await fetch_prepared(up, job.module, [job.endpoint], prepared, deadline)
+    return retried
 
 
 async def fetch_logged_in(up: Upstream, module: Module, values: Mapping[str, str], deadline: float, trace: Trace | None = None,

@@ -59,6 +59,12 @@ class Events:
     def scheduled(self, count: int) -> None:
         """The number of scheduled requests changed."""
 
+    def logged_in(self, module: str, result: str) -> None:
+        """A login request of `module` ended: success, its request's outcome, or invalid_answer (no usable values)."""
+
+    def sessions(self, by_module: Mapping[str, int]) -> None:
+        """The login sessions kept changed: their number by module, every module that has one."""
+
 
 @dataclass(eq=False)
 class Schedule:

@@ -114,17 +114,56 @@ def _url_values(url: Template, values: Mapping[str, str]) -> Mapping[str, str]:
 
 
 _NOT_IN_HOST = re.compile(r"[/?#@\\\s]")
+_NOT_IN_ORIGIN = re.compile(r"[/?#\\\s]")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class _TargetRefused(Exception):
+    """Why a target cannot go where the URL template puts it."""
+
+
+def _dot_segment(segment: str) -> bool:
+    # %2E is `.` (RFC 3986 6.2.2.2): yarl resolves both forms, so neither can be encoded away
+    return urllib.parse.unquote(segment) in (".", "..")
+
+
+def _quote_target(url: Template, i: int, value: str) -> str:
+    """The target as part i of the URL template: the whole URL (`{target}` alone: the target's own, as in
+    json_exporter and blackbox_exporter, without dot segments that would move it off the path targets.allow
+    matched), an origin (`{target}/api`, `https://{target}:8443/`: `[scheme://][user:pw@]host[:port]`,
+    nothing that starts a path, a query or a fragment), else one value of the path or query, encoded whole."""
+    if len(url.parts) == 1:
+        path = urllib.parse.urlsplit(value).path
+        if any(_dot_segment(s) for s in path.replace("\\", "/").split("/")):
+            raise _TargetRefused("its path has a . or .. segment (the request would go elsewhere than the URL written)")
+        return value
+    if i in url.origin_parts:
+        authority = value
+        if i == 0 and not url.parts[0][0]:
+            authority = _SCHEME.sub("", value, count=1).removesuffix("/")
+        if _NOT_IN_ORIGIN.search(authority) or "%" in authority.rpartition("@")[2]:
+            raise _TargetRefused(f"the URL {url.source!r} takes it as an origin, [scheme://]host[:port]: "
+                                 f"it must not add a path, a query or a fragment (/, ?, #, \\, % or spaces)")
+        return value
+    if _dot_segment(value):
+        raise _TargetRefused(f"the URL {url.source!r} takes it as one path segment: . and .. (also as %2e) are not values")
+    return urllib.parse.quote(value, safe="")
 
 
 def _render_url(endpoint: Endpoint, values: Mapping[str, str]) -> str:
-    """The URL template filled in: `{target}` as is, a parameter in the scheme, host or port checked to be
-    part of a host name or address, a parameter in the path percent-encoded."""
+    """The URL template filled in: `{target}` where the template puts it (_quote_target), a parameter in
+    the scheme, host or port checked to be part of a host name or address, a parameter in the path
+    percent-encoded."""
     in_origin = endpoint.url.origin_parts
 
     def quote(i: int, value: str) -> str:
         name = endpoint.url.parts[i][1]
         if name == "target":
-            return value
+            try:
+                return _quote_target(endpoint.url, i, value)
+            except _TargetRefused as exc:
+                raise InvalidRequest(f"module {values.get('module', '')}, endpoint {endpoint.name}: "
+                                     f"invalid target {redact_target(value)[:100]!r}: {exc}") from None
         if i in in_origin:
             if _NOT_IN_HOST.search(value):
                 raise InvalidRequest(f"endpoint {endpoint.name}: parameter {name!r} is used in the URL's host: "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,18 +46,24 @@ class LoginStore:
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[Session]] = {}
+        self._modules: dict[str, str] = {}  # key -> the module whose session it is, for `changed`
+        # called with the number of sessions by module whenever it changes (the self-metrics)
+        self.changed: Callable[[Mapping[str, int]], None] = lambda by_module: None
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    async def get(self, key: str, login: Login, wait: float, rejected: Session | None = None) -> Obtained:
+    async def get(self, key: str, login: Login, wait: float, rejected: Session | None = None, module: str = "") -> Obtained:
         """The session of `key`, logging in when there is none or it is due for renewal, or when it is
         `rejected` (an endpoint answered 401 or 403 with it). A session due for renewal but not expired is
         returned at once and renewed in the background (a failed renewal keeps it, and the next probe tries
-        again). Otherwise waits at most `wait` seconds (TimeoutError); a shared login goes on for the others."""
+        again). Otherwise waits at most `wait` seconds (TimeoutError); a shared login goes on for the others.
+        `module` is the module whose session `key` is."""
+        self._modules[key] = module
         current = self._sessions.get(key)
         if current is not None and current is rejected:
             del self._sessions[key]
+            self._report()
             current = None
         now = time.monotonic()
         if current is not None and now < current.renew_at:
@@ -90,9 +96,14 @@ class LoginStore:
 
     def _settle(self, key: str, task: asyncio.Task[Session]) -> None:
         self._inflight.pop(key, None)
-        if task.cancelled() or task.exception() is not None:  # retrieved: every waiter may have given up
-            return
-        self._sessions.pop(key, None)
-        self._sessions[key] = task.result()
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+        if not task.cancelled() and task.exception() is None:  # retrieved: every waiter may have given up
+            self._sessions.pop(key, None)
+            self._sessions[key] = task.result()
+            while len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
+        for gone in self._modules.keys() - self._sessions.keys() - self._inflight.keys():
+            del self._modules[gone]  # bounded as the sessions are
+        self._report()
+
+    def _report(self) -> None:
+        self.changed(Counter(self._modules[key] for key in self._sessions))
