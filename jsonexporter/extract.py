@@ -1050,6 +1050,11 @@ def _scaled_all(values: list[float], scale: float) -> list[float]:
     suffix = f"e{exponent}"
     written = orjson.dumps(values)  # repr's digits, as `_float_texts` has them, but in one call
     if values and b"e" not in written and b"n" not in written:  # no exponent form, no inf or nan (null)
+        if -20 <= exponent <= 20:  # 1e-4 to 1e16 scaled: no overflow, nothing subnormal
+            # read back as the JSON parser reads every answer's numbers (float()'s rounding): a fifth of float()'s time
+            end = suffix.encode() + b"]"
+            scaled: list[float] = orjson.loads(written[:-1].replace(b",", end[:-1] + b",") + end)
+            return scaled
         return list(map(float, written[1:-1].decode().replace(",", suffix + ",").__add__(suffix).split(",")))
     return [_scaled(value, scale) if "e" in text or "n" in text else float(text + suffix)  # exponent form, inf, nan: as `_scaled`
             for value, text in zip(values, map(float.__repr__, values), strict=True)]
