@@ -29,7 +29,7 @@ from metrics_util import samples
 from prometheus_client.utils import floatToGoString
 
 from jsonexporter.exposition import Family, encode, encode_async, format_value, render_openmetrics, render_text
-from jsonexporter.extract import _MAX_PLANS, Extraction, ProbeContext, _fast_plan, _float_texts, extract, extract_async
+from jsonexporter.extract import _MAX_PLANS, Extraction, ProbeContext, _fast_plan, _float_texts, _scaled, _scaled_all, extract, extract_async
 from jsonexporter.probe import module_labels
 from jsonexporter.slices import EXTRACT, PARSE, RENDER, turn
 from jsonexporter.spec.model import Module
@@ -370,6 +370,14 @@ def test_values_are_written_as_prometheus_client_writes_them_but_integers_exactl
 def test_a_column_of_floats_is_written_as_each_one_alone(values: list[float]) -> None:
     """Written at once by orjson where that is each one's text: integral, NaN and infinite values, exponent forms among them."""
     assert _float_texts(values) == [format_value(v) for v in values]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats() | st.floats(-1e6, 1e6).map(lambda v: round(v, 3)) | st.integers(-(10**6), 10**6).map(float), min_size=1, max_size=8),
+       st.sampled_from([0.001, 0.1, 10.0, 1000.0, 1e-05, 1e-21, 1e21, 1e-300, 1e300]))
+def test_a_column_scaled_by_a_power_of_ten_is_each_value_scaled_alone(values: list[float], scale: float) -> None:
+    """At once (read back by the JSON parser) as `_scaled` makes each value: the decimal product, rounded once."""
+    assert [repr(v) for v in _scaled_all(values, scale)] == [repr(_scaled(v, scale)) for v in values]
 
 
 def test_a_column_of_booleans_is_written_with_their_values() -> None:

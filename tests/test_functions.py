@@ -339,6 +339,20 @@ def test_calls_by_columns_give_what_calls_one_by_one_give_answer_after_answer(so
             assert [("value", value) for value in at_once] == one_by_one
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["parse_bytes(a)", "to_number(a)"]),
+       st.lists(st.none() | st.integers(-(2**70), 2**70) | st.floats() | st.sampled_from([0, 1, -0.0, 1e10]), max_size=8))
+def test_sizes_and_numbers_of_a_column_of_numbers_are_the_numbers_with_their_types(source: str, values: list[Any]) -> None:
+    """By columns, a number (or null) is its own size and number, as one call gives it: an integer
+    stays an integer (written exactly), a float a float."""
+    expression = compile_expression(source)
+    assert expression.columns is not None
+    rows = [{"a": value} for value in values]
+    at_once = expression.columns(rows)
+    assert at_once is not None
+    assert [(type(v), repr(v)) for v in at_once] == [(type(v), repr(v)) for v in map(expression.search, rows)]
+
+
 def test_a_call_memo_keeps_at_most_its_entries_and_characters() -> None:
     memo = CallMemo()
     memo.keep({f"k{i}": f"v{i}" for i in range(MEMO_ENTRIES + 10)})

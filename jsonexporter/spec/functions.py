@@ -475,6 +475,10 @@ _CALLS = _our_calls()
 LIBRARY = Library()
 
 
+_NUMBERS_AS_THEY_ARE = frozenset({"parse_bytes", "to_number"})  # one argument: each gives a number (or null) as it is
+_NUMBER_OR_NULL = frozenset({int, float, type(None)})
+
+
 def call_by_columns(function_name: str, columns: list[list[Any]]) -> list[Any] | None:
     """`call_function` for each row of the argument columns at once, without its checks per call, when
     every value has a type the function takes; None otherwise, and when the function raises for a row:
@@ -486,8 +490,11 @@ def call_by_columns(function_name: str, columns: list[list[Any]]) -> list[Any] |
     if not least <= len(columns) <= len(kinds):
         return None
     for column, allowed in zip(columns, kinds, strict=False):
-        if not set(map(type, column)) <= allowed:
+        present = set(map(type, column))
+        if not present <= allowed:
             return None
+    if function_name in _NUMBERS_AS_THEY_ARE and present <= _NUMBER_OR_NULL:
+        return list(columns[0])  # a number is its own size and number, null gives null: no call per row
     try:
         return list(map(function, itertools.repeat(LIBRARY), *columns))
     except Exception:
