@@ -420,3 +420,26 @@ async def test_secrets_and_login_values_go_to_no_other_origin_whatever_their_par
     assert "endpoint path:" in text and "-> redirect_refused, status 302" in text
     assert "holds a secret value of the request" in text
     assert password not in text and sid not in text
+
+
+async def test_a_credential_header_of_any_name_echoed_by_a_redirect_goes_to_no_other_origin(aiohttp_client: Any, aiohttp_server: Any) -> None:
+    """`X-JFrog-Art-Api` says nothing secret by its name; its value is a credential all the same
+    (secrets.is_credential_header), so a redirect to another origin echoing it loses it from its query."""
+    key = "AKCp8jQ-ART-API-KEY-1234567890"
+    foreign, stolen = await recording_server(aiohttp_server, "127.0.0.2", {"/{tail:.*}": {"v": 1}})
+    home, _ = await recording_server(aiohttp_server, "127.0.0.1", {
+        "/api": lambda request: web.Response(status=302, headers={
+            "Location": f"http://127.0.0.2:{foreign.port}/landing?k={request.headers['X-JFrog-Art-Api']}&page=2"}),
+    })
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            targets: {{allow: ['127\\.0\\.0\\.[12]:\\d+']}}
+            endpoints:
+              api: {{url: 'http://127.0.0.1:{home.port}/api', headers: {{X-JFrog-Art-Api: '{key}'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+    """)
+    status, text = await probe(client, debug="true")
+    assert status == 200 and "x 1" in text
+    assert [path for _, path, _, _ in stolen.requests] == ["/landing?page=2"]
+    assert key not in text

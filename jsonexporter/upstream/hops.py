@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from yarl import URL
 
 from jsonexporter import __version__
-from jsonexporter.secrets import MIN_BARE_LENGTH, is_secret_name
+from jsonexporter.secrets import MIN_BARE_LENGTH, is_credential_header, is_secret_name
 from jsonexporter.spec.functions import Pattern
 
 USER_AGENT = f"jsonexporter/{__version__}"
@@ -82,8 +82,8 @@ def url_allowed(url: URL, patterns: Iterable[Pattern]) -> bool:
 
 
 def carried_secrets(hop: Hop) -> list[str]:
-    """What of `hop` is secret, by name: credential and secret-named headers, secret query parameters."""
-    found = [f"header {name}" for name in hop.headers if is_secret_name(name) or _holds(hop.headers[name], hop.secrets)]
+    """What of `hop` is secret: credential headers (secrets.is_credential_header: by name or value), secret query parameters."""
+    found = [f"header {name}" for name, value in hop.headers.items() if is_credential_header(name, value) or _holds(value, hop.secrets)]
     return found + [f"query parameter {name}" for name in dict.fromkeys(hop.url.query)
                     if is_secret_name(name) or _holds(hop.url.query[name], hop.secrets)]
 
@@ -101,7 +101,7 @@ def _secret_values(hop: Hop) -> set[str]:
     of a header such as `Authorization: Bearer …` without its scheme, as a redirect would quote them."""
     values = {v for k, v in hop.url.query.items() if (is_secret_name(k) or _holds(v, hop.secrets)) and v}
     for name, value in hop.headers.items():
-        if is_secret_name(name) and value:
+        if value and is_credential_header(name, value):
             values.add(value)
             if len(credentials := value.partition(" ")[2].strip()) >= MIN_BARE_LENGTH:
                 values.add(credentials)
