@@ -211,10 +211,17 @@ _PERCENT = re.compile(r"%[0-9A-F]{2}")
 
 
 def _yarl_forms(value: str) -> tuple[str, ...]:
-    """The value as yarl (aiohttp's URLs) writes it in a path and in a query, which is neither of
-    urllib's spellings: it leaves `!:@$=/` as they are in a path and encodes `+` and `=` in a query."""
+    """The value as yarl (aiohttp's URLs) writes it in a path and in a query, built from the value or
+    requoting what render wrote into a URL template, which is none of urllib's spellings: it leaves
+    `!:@$=/` as they are in a path, keeps `%2B`, and encodes `+` and `=` in a query."""
     try:
-        return URL.build(path="/" + value).raw_path[1:], URL.build(query={"k": value}).raw_query_string[2:]
+        quoted = quote(value, safe="/")  # as render._quote_path_value writes a value into a URL template, which yarl requotes
+        # render_request's steps: the template's URL, then update_query with `params` (which requotes it all)
+        written = URL(f"http://h/{quoted}?k={quoted}")
+        updated = written.update_query([("q", value)])
+        queries = [part[2:] for url in (written, updated) for part in url.raw_query_string.split("&")]
+        return (URL.build(path="/" + value).raw_path[1:], URL.build(query={"k": value}).raw_query_string[2:],
+                written.raw_path[1:], updated.raw_path[1:], *queries)
     except (ValueError, TypeError, UnicodeError):
         return ()
 
@@ -456,54 +463,70 @@ class Redactor:
         """Characters of the forms of the learned values kept (in use or not)."""
         return self._learned_chars
 
-    def _known_redacted(self, text: str, mark: str) -> str:
-        """Every known form in `text` replaced, the longest at a position first, left to right."""
-        ends: dict[int, int] = {}
-        try:
-            self._forms.find(text, ends)
-        except _TooCostly:
-            return f"{mark} {WITHHELD}"
-        if not ends:
-            return text
-        out: list[str] = []
-        done = 0
-        for start in sorted(ends):
-            if start >= done:
-                out += [text[done:start], _quoted(text[start:ends[start]], mark)]
-                done = ends[start]
-        out.append(text[done:])
-        return "".join(out)
-
-    def _values_redacted(self, text: str, mark: str) -> str:
-        self._release_gone()
-        if self._forms:
-            text = self._known_redacted(text, mark)
-            if CUT in text:
-                text = cut_short(text, mark, self._forms.heads, min(self._forms.longest, MAX_CUT_LOOKBACK))
-        return text
+    def _chain(self) -> list[Redactor]:
+        return [self] if self.parent is None else [self.parent, self]
 
     def __call__(self, text: str, mark: str = REDACTED) -> str:
         """`text` as it may leave the process; `mark` replaces each secret (HTML-escaped in a page)."""
-        if self.parent is not None:
-            text = self.parent._values_redacted(text, mark)
-        return redact_patterns(self._values_redacted(text, mark), mark)
+        chain = self._chain()
+        for redactor in chain:
+            redactor._release_gone()
+        sets = [r._forms for r in chain if r._forms]
+        if sets:
+            text = _known_redacted(text, mark, sets)
+            for forms in sets:
+                if CUT in text:
+                    text = cut_short(text, mark, forms.heads, min(forms.longest, MAX_CUT_LOOKBACK))
+        return redact_patterns(text, mark)
+
+
+def _known_redacted(text: str, mark: str, sets: list[_Forms]) -> str:
+    """Every known form of `sets` in `text` replaced, the longest at a position first, left to right;
+    overlapping ones (`passwordAAAA`, `AAAABBBB`) hidden together: neither shows in part."""
+    ends: dict[int, int] = {}
+    try:
+        for forms in sets:
+            forms.find(text, ends)
+    except _TooCostly:
+        return f"{mark} {WITHHELD}"
+    if not ends:
+        return text
+    out: list[str] = []
+    done = 0
+    for start in sorted(ends):
+        end = ends[start]
+        if start >= done:
+            out += [text[done:start], _quoted(text[start:end], mark)]
+            done = end
+        elif end > done:  # overlaps the one hidden last: hidden with it
+            done = end
+    out.append(text[done:])
+    return "".join(out)
 
 
 def cut_short(text: str, mark: str, heads: Mapping[str, list[str]], longest: int) -> str:
     """`text` without the beginning of a known secret that runs into a cut (CUT): a text shortened
     before it reached the edge shows no part of one. `heads`: the forms longer than MIN_BARE_LENGTH by
-    their first MIN_BARE_LENGTH characters; `longest`: how far back a beginning is looked for."""
+    their first MIN_BARE_LENGTH characters; `longest`: how far back a beginning is looked for, never
+    beyond the cut before (each character is looked at for one cut). A text that would make more than
+    its share of comparisons (MAX_CHECKS_BASE, MAX_CHECKS_PER_CHAR) is withheld whole."""
     out: list[str] = []
-    done = 0
+    done = previous = 0
+    left = MAX_CHECKS_BASE + MAX_CHECKS_PER_CHAR * len(text)
     at = text.find(CUT)
     while at >= 0:
-        for start in range(max(done, at - longest), at - MIN_BARE_LENGTH + 1):
+        for start in range(max(done, previous, at - longest), at - MIN_BARE_LENGTH + 1):
             forms = heads.get(text[start:start + MIN_BARE_LENGTH])
-            if forms and any(form.startswith(text[start:at]) for form in forms):
-                out += [text[done:start], mark]
-                done = at
-                break
-        at = text.find(CUT, at + 1)
+            if forms:
+                left -= len(forms) * (at - start)
+                if left < 0:
+                    return f"{mark} {WITHHELD}"
+                if any(form.startswith(text[start:at]) for form in forms):
+                    out += [text[done:start], mark]
+                    done = at
+                    break
+        previous = at + len(CUT)
+        at = text.find(CUT, previous)
     out.append(text[done:])
     return "".join(out)
 

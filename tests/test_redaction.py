@@ -279,7 +279,7 @@ async def test_secrets_are_hidden_as_aiohttp_writes_them_in_paths_and_queries(se
               ticket: {{file: {tmp_path}/ticket}}
             endpoints:
               e:
-                url: '{{target}}/x/{{pw}}'
+                url: '{{target}}/x/{{pw}}/{{ticket}}?s={{ticket}}'
                 params: {{q: '{{pw}}', t: '{{ticket}}'}}
             metrics: [{{name: x, help: x, value: a}}]
         """)

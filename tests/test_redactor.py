@@ -126,3 +126,24 @@ def test_a_text_repeating_what_the_values_repeat_is_withheld_whole_not_searched_
     shown = redactor(text)
     assert "abab" not in shown and WITHHELD in shown
     assert redactor("a line with ab" * 3 + "ab" * 250 + "x in it") == "a line with aba line with aba line with <redacted> in it"  # others still redacted
+
+
+def test_overlapping_values_are_hidden_together_neither_in_part() -> None:
+    assert Redactor({"passwordAAAA", "AAAABBBBCCCC"})("x passwordAAAABBBBCCCC y") == "x <redacted> y"
+
+
+def test_a_probes_value_holding_a_value_of_the_process_is_hidden_whole() -> None:
+    """The process's values and the probe's are looked for together: neither hides part of the other."""
+    process = Redactor({"s3cr3tSpec"})
+    probe = Redactor({"XYZ-s3cr3tSpec-tail", "mypass_s3cr3tSpec"}, parent=process)
+    assert probe("echo XYZ-s3cr3tSpec-tail and mypass_s3cr3tSpec, s3cr3tSpec") == "echo <redacted> and <redacted>, <redacted>"
+
+
+def test_a_text_of_many_cuts_is_looked_at_once_per_character() -> None:
+    """Each cut was looked back from as far as the longest value, whatever cut came before it: 100,000
+    cuts after a value's beginning took 27 s; now each character is looked at for one cut."""
+    secret = "s" + "x" * 2000
+    redactor = Redactor({secret})
+    text = ("sxxx" + CUT) * 25_000
+    assert redactor(text) == ("<redacted>" + CUT) * 25_000
+    assert redactor("a " + secret[:600] + CUT + " b") == "a <redacted>" + CUT + " b"
