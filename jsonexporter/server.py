@@ -186,10 +186,10 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
         pieces, headers = await encode_pieces(result.families, accept, accept_encoding)  # the probe's own metrics: a few lines
     result.families, result.extraction.families = [], {}  # written: the series go before the answer is sent
     _record(state, module.name, target, result, caller)
-    return await write_pieces(request, pieces, headers)
+    return await write_pieces(request, pieces, headers, within=timeout)  # as long again as the probe had
 
 
-async def write_pieces(request: web.Request, pieces: list[bytes], headers: dict[str, str]) -> web.StreamResponse:
+async def write_pieces(request: web.Request, pieces: list[bytes], headers: dict[str, str], within: float | None = None) -> web.StreamResponse:
     """An answer written piece by piece (a small one at once), each let go once written, with its Content-Length. A whole
     body would be in memory up to four times at once while sent (joined; joined again with the headers
     and copied twice by the Python 3.11 transport, for what the socket does not take at once), and
@@ -199,13 +199,21 @@ async def write_pieces(request: web.Request, pieces: list[bytes], headers: dict[
     if size <= WRITTEN_WHOLE_BYTES:
         pieces[:] = [b"".join(pieces)]
     try:
-        await response.prepare(request)
-        if request.method != "HEAD":
-            pieces.reverse()
-            while pieces:
-                await response.write(pieces.pop())
+        async with asyncio.timeout(within):  # a scraper that does not read must not hold the answer in memory
+            await response.prepare(request)
+            if request.method != "HEAD":
+                pieces.reverse()
+                while pieces:
+                    await response.write(pieces.pop())
     except ConnectionError:  # the scraper went away: there is nobody to answer
         pass
+    except TimeoutError:
+        left = sum(map(len, pieces))
+        pieces.clear()
+        if request.transport is not None:
+            request.transport.abort()  # close() would still send what the transport holds
+        log.warning("the scraper did not read its answer in time: connection closed",
+                    extra=kv(within=f"{within:.3f}s" if within is not None else None, unsent_bytes=left))
     return response
 
 

@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import logging
 import socket
+import threading
 import tracemalloc
 from typing import Any
 
@@ -315,3 +316,42 @@ async def test_a_scraper_that_leaves_while_its_answer_is_written_is_no_error(
     text = await _probe(client, f"target={up.url}/")
     assert text.endswith("probe_success 1\n")
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def _never_read(port: int, path: str, go: threading.Event) -> tuple[int, int]:
+    """A scraper that asks and reads nothing until `go`: then all it can get. Its answer's Content-Length
+    and how many bytes of the body came before the connection ended."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 12)
+        sock.settimeout(120)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Prometheus-Scrape-Timeout-Seconds: 2\r\n\r\n".encode())
+        assert go.wait(120)
+        received = b""
+        try:
+            while chunk := sock.recv(1 << 16):
+                received += chunk
+        except ConnectionResetError:
+            pass
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    return length, len(body)
+
+
+async def test_an_answer_its_scraper_does_not_read_is_dropped_after_the_probes_timeout(
+    upstream: UpstreamFactory, exporter: ExporterFactory, caplog: pytest.LogCaptureFixture,
+) -> None:
+    up = await upstream({"/": [{"id": f"{i:06d}", "v": i} for i in range(4_000)]})  # an answer of 18 MB
+    client = await exporter(BIG_ANSWER_SPEC)
+    caplog.set_level(logging.INFO)
+    go = threading.Event()
+    scraper = asyncio.ensure_future(asyncio.to_thread(_never_read, client.server.port, f"/probe?target={up.url}/", go))  # type: ignore[union-attr]
+    try:
+        async with asyncio.timeout(120):  # the write gives up about 2 s after the probe
+            while not any("did not read its answer in time" in r.getMessage() for r in caplog.records):
+                await asyncio.sleep(0.05)  # polling the log: bounded by the timeout above
+    finally:
+        go.set()
+    length, received = await scraper
+    assert received < length  # the connection ended before the answer: it was let go
+    assert (await _probe(client, f"target={up.url}/")).endswith("probe_success 1\n")  # the server goes on
