@@ -1846,11 +1846,12 @@ def test_a_wildcard_in_an_allowlists_host_is_a_warning_at_its_place(write_spec: 
     path = write_spec(r"""
         modules:
           default:
-            targets: {allow: ['https://.+\.example\.com', 'https://[a-z0-9-]+\.example\.com', 'https?://.*']}
+            targets: {allow: ['https://.+\.example\.com', 'https://[a-z0-9-]+\.example\.com', 'https?://.*', 'https://api\.example\.com.*']}
             metrics: [{name: x, help: x, value: v}]
         """)
     assert main(["check", str(path)]) == 0
     out = capsys.readouterr().out
-    assert f"{path}:3:32: modules.default.targets.allow[0]: warning: this . in the host matches '/', '?', '#' and '@' too" in out
+    assert f"{path}:3:32: modules.default.targets.allow[0]: warning: this wildcard in the host matches '/', '?', '#', '@' or '.' too" in out
+    assert f"{path}:3:128: modules.default.targets.allow[3]: warning: this wildcard in the host" in out  # api.example.com.evil.test
     assert "allow[1]" not in out and "allow[2]" not in out  # the host's characters, and every host on purpose
     assert main(["check", "--strict", str(path)]) == 1
