@@ -38,7 +38,8 @@ def is_secret_name(name: str) -> bool:
 # Request headers that carry no credential: content negotiation, caching, the client's name. Any
 # other header may: credential headers have no common name (X-JFrog-Art-Api, X-Api-Pass).
 HARMLESS_HEADERS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-language", "cache-control", "content-language",
-                              "content-type", "if-modified-since", "if-none-match", "pragma", "prefer", "user-agent", "x-requested-with"})
+                              "content-type", "host", "if-modified-since", "if-none-match", "origin", "pragma", "prefer", "user-agent",
+                              "x-requested-with"})
 # A header named like none of the secret words holds a credential when its value has a literal part this
 # long (API keys and tokens are longer): shorter values (`true`, `acme`, `v2`) would be hidden in every
 # trace wherever they appear, and are rarely credentials.

@@ -244,6 +244,7 @@ def test_credential_headers_of_any_name_to_the_target_need_an_allowlist() -> Non
     [message] = problems(f"{{X-JFrog-Art-Api: {JFROG_KEY}, Accept: application/vnd.github+json}}")
     assert message.startswith("endpoint e sends credentials (header X-JFrog-Art-Api) to the host of the target")
     assert problems('{Accept: application/json, X-GitHub-Api-Version: "2022-11-28", X-Tenant: acme, X-Region: "{module}"}') == []
+    assert problems("{Host: internal.example.com, Origin: 'https://grafana.example.com'}") == []  # virtual hosts, CORS
 
 
 async def test_an_invalid_idna_host_from_a_target_a_page_or_a_redirect_fails_only_its_probe_or_endpoint(
