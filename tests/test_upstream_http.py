@@ -640,3 +640,23 @@ def test_the_response_cache_is_bounded_in_entries_and_bytes() -> None:
         assert hit.result == "hit" and hit.answer is not None and hit.answer.document == {"size": 900}
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("text", ["x" * 999 + "😀", "é" * 500, "\\ud83d\\ude00" + "y" * 999, "plain ascii " * 80])
+def test_the_parsed_size_estimate_is_never_under_what_the_parse_takes(text: str) -> None:
+    """A character beyond U+FFFF makes CPython keep its string at 4 bytes per character: such bodies
+    took twice what they were counted for."""
+    import tracemalloc
+
+    import orjson
+
+    from jsonexporter.upstream.cache import parsed_size
+
+    body = ("[" + ",".join(f'"{text}"' for _ in range(1000)) + "]").encode()
+    tracemalloc.start()
+    try:
+        document = orjson.loads(body)
+        taken, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(document) == 1000 and parsed_size(body) >= taken
