@@ -13,7 +13,8 @@ from jsonexporter.secrets import CUT, MAX_CUT_LOOKBACK, MIN_BARE_LENGTH, REDACTE
 
 
 class _Reference:
-    """The Redactor as it was: every form of every value in one alternation, recompiled on each change."""
+    """The Redactor as it was: every form of every value in one alternation, recompiled on each change;
+    and as it is since: occurrences that overlap the one hidden last hidden with it."""
 
     def __init__(self, values: set[str]) -> None:
         forms = {f for v in values for f in _forms(v) if f}
@@ -32,7 +33,17 @@ class _Reference:
 
     def __call__(self, text: str, mark: str = REDACTED) -> str:
         if self.pattern is not None:
-            text = self.pattern.sub(lambda m: _quoted(m[0], mark), text)
+            out: list[str] = []
+            done = 0
+            for start in range(len(text)):
+                if (m := self.pattern.match(text, start)) is None:  # the longest form at `start`: they are tried longest first
+                    continue
+                if start >= done:
+                    out += [text[done:start], _quoted(m[0], mark)]
+                    done = m.end()
+                elif m.end() > done:
+                    done = m.end()
+            text = "".join([*out, text[done:]])
             if CUT in text:
                 text = cut_short(text, mark, self.heads, self.longest)  # the cut rule as the Redactor applies it, on the heads built the old way
         return redact_patterns(text, mark)
