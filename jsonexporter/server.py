@@ -218,22 +218,23 @@ async def write_pieces(request: web.Request, pieces: list[bytes], headers: dict[
 
 
 def _record(state: State, module: str, target: str, result: ProbeResult, caller: Redactor | None = None) -> None:
-    """Count, log and keep the probe; `caller` hides the probe's own secrets (render.probe_redactor)."""
+    """Count, log and keep the probe; `caller` hides the probe's own secrets (render.probe_redactor), and
+    the process's too (its parent)."""
+    redact = caller or state.redactor
     m = state.metrics
     m.probes.labels(module, "success" if result.success else "failure").inc()
     duration = result.duration
     m.probe_duration.labels(module).observe(duration)
-    errors = [f"endpoint {r.endpoint}: {r.outcome}: {r.error}" for r in result.endpoints if not r.ok] + result.extraction.messages
-    if caller is not None:
-        errors = [caller(e) for e in errors]
-    shown = state.redactor(target)
+    # redacted now, while their values are known: a learned value may be pushed out before the page is asked for
+    errors = [redact(f"endpoint {r.endpoint}: {r.outcome}: {r.error}") for r in result.endpoints if not r.ok]
+    errors += map(redact, result.extraction.messages)
+    shown = state.redactor(target)  # the pattern rules hide its userinfo whole; its password first would leave the user
     if result.failure is not None:
-        errors.insert(0, caller(result.failure) if caller is not None else result.failure)
+        errors.insert(0, redact(result.failure))
         m.limits_exceeded.labels(module, result.failed_due_to or "").inc()
         log.warning("probe failed", extra=kv(module=module, target=shown, limit=result.failed_due_to, err=errors[0]))
     extraction = result.extraction
-    # redacted now, while their values are known: a learned value may be pushed out before the page is asked for
-    state.recent.append(ProbeRecord(next(state.ids), time.time(), module, shown, result.success, duration, tuple(map(state.redactor, errors[:20])),
+    state.recent.append(ProbeRecord(next(state.ids), time.time(), module, shown, result.success, duration, tuple(errors[:20]),
                                     len(result.endpoints), sum(not r.ok for r in result.endpoints),
                                     sum(extraction.errors.values()), sum(extraction.duplicates.values())))
     while len(state.recent) > state.options.recent_probes:
@@ -244,10 +245,10 @@ def _record(state: State, module: str, target: str, result: ProbeResult, caller:
         if r.cache in (None, "miss", "stale"):  # a hit or a coalesced request sent nothing upstream
             m.upstream_requests.labels(module, r.endpoint, r.outcome).inc()
         if not r.ok:
-            err = caller(r.error) if caller is not None and r.error is not None else r.error
+            err = redact(r.error) if r.error is not None else None
             log.warning("endpoint failed", extra=kv(module=module, endpoint=r.endpoint, target=shown, outcome=r.outcome, err=err))
     for message in result.extraction.messages:
-        log.debug("extraction error", extra=kv(module=module, target=shown, err=caller(message) if caller is not None else message))
+        log.debug("extraction error", extra=kv(module=module, target=shown, err=redact(message)))
 
 
 def _debug_text(result: ProbeResult) -> str:
