@@ -136,11 +136,7 @@ def run_suite(suite: Suite, out: TextIO) -> bool:
         if not outcome.failures:
             continue
         failed += 1
-        caller = target_redactor(case.target, redact)  # as a live probe's texts (server._record): the target's credentials never show
-
-        def shown(text: str, caller: Redactor = caller or redact) -> str:
-            return caller(text)
-
+        shown = target_redactor(case.target, redact) or redact  # as a live probe's texts (server._record): the target's credentials never show
         print(shown(str(case.at.says(f"test {case.name!r} failed"))), file=out)
         for line in [*outcome.failures, *outcome.notes]:
             print(shown(f"  {line}"), file=out)
