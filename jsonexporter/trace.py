@@ -3,20 +3,62 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from jsonexporter.secrets import CUT
 
 MAX_SHOWN = 300  # characters of an intermediate result shown in a trace line
 MAX_LINES = 5_000
+MAX_DEPTH = 64  # levels of a value shown when json.dumps cannot write it (too deep for the stack): deeper ones are `[…]`, `{…}`
 
 
 def shorten(value: Any, limit: int = MAX_SHOWN) -> str:
     try:
         text = json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError, RecursionError):
+    except RecursionError:  # an answer nested about a thousand deep: repr would recurse as deep
+        text = _shallow(value)
+    except (TypeError, ValueError):
         text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}{CUT} (first {limit} of {len(text)} chars)"
+
+
+def _shallow(value: Any) -> str:
+    """`value` as JSON, without recursion: containers deeper than MAX_DEPTH written `[…]` or `{…}`."""
+    out: list[str] = []
+    open_: list[tuple[Iterator[Any], str]] = []  # the containers being written: their entries, their closing bracket
+    first = True  # the next entry is its container's first
+    item: Any = value
+    while True:
+        if type(item) in (list, dict) and item and len(open_) >= MAX_DEPTH:
+            out.append("[" + CUT + "]" if type(item) is list else "{" + CUT + "}")
+        elif type(item) is list and item:
+            out.append("[")
+            open_.append((iter(item), "]"))
+        elif type(item) is dict and item:
+            out.append("{")
+            open_.append((iter(item.items()), "}"))
+        else:
+            out.append(json.dumps(item, ensure_ascii=False, default=str))
+        first = bool(open_) and out[-1] in ("[", "{")
+        while open_:
+            entries, closing = open_[-1]
+            entry: Any = next(entries, _END)
+            if entry is not _END:
+                break
+            open_.pop()
+            out.append(closing)
+        else:
+            return "".join(out)
+        if not first:
+            out.append(", ")
+        if closing == "}":
+            key, entry = entry
+            out.append(json.dumps(str(key), ensure_ascii=False) + ": ")
+        item = entry
+
+
+_END: Any = object()
 
 
 class Trace:

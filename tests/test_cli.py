@@ -113,6 +113,15 @@ def test_probe_debug_writes_the_trace_to_stderr_and_keeps_stdout_an_exposition(t
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def test_probe_debug_of_an_answer_nested_too_deep_to_write_is_no_traceback(tmp_path: Path, spec_file: Path) -> None:
+    answer = tmp_path / "stats.json"
+    answer.write_text('{"queues": {}, "deep": ' + "[" * 990 + "]" * 990 + "}")
+    result = subprocess.run(jsonexporter("probe", "--config.file", str(spec_file), "--input", str(answer), "--debug"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and '"deep": [[[' in result.stderr
+
+
 def test_probe_command_rejects_unknown_module_and_bad_input(tmp_path: Path, spec_file: Path) -> None:
     result = subprocess.run(jsonexporter("probe", "--config.file", str(spec_file), "--module", "nope", "--input", "x.json"),
                             capture_output=True, text=True, timeout=60)

@@ -552,3 +552,25 @@ async def test_target_with_a_trailing_slash_gives_no_double_slash_in_the_url(ups
     assert status == 200 and value(parse(text), "x") == 1
     assert sorted(r.raw_path for r in up.requests) == ["/", "/api/stats"]  # a target used whole keeps its slash
     assert value(parse(text), "probe_success") == 1
+
+
+async def test_debug_trace_of_an_answer_nested_too_deep_to_write_shows_it_cut_at_a_depth(aiohttp_server: Any, exporter: ExporterFactory) -> None:
+    depth = 990  # parses; json.dumps and repr in a request handler's stack run out of it
+    body = '{"a": 1, "b": ' + "[" * depth + "]" * depth + "}"
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/deep", answer)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    client = await exporter("""
+        modules:
+          default:
+            endpoints: {deep: {url: '{target}/deep'}}
+            metrics: [{name: a, help: a, value: a}]
+        """)
+    status, text = await probe(client, f"target=http://127.0.0.1:{server.port}&debug=true")
+    assert status == 200, text
+    assert '  document: {"a": 1, "b": [[[' in text and "[…]" in text  # shown down to trace.MAX_DEPTH levels
+    assert "\na 1\n" in text
