@@ -27,9 +27,12 @@ from jsonexporter.slices import Steps, run, run_sliced
 from jsonexporter.spec.expressions import Expression, Search
 from jsonexporter.spec.functions import FunctionError
 from jsonexporter.spec.model import Level, Metric, Module, Output
-from jsonexporter.trace import Trace, shorten
+from jsonexporter.trace import Trace, cut, shorten
 
 MAX_MESSAGES = 20  # error messages kept per probe for the log and the trace
+# Characters of one error message kept, whatever it quotes (labels, values, states of an answer): with
+# MAX_MESSAGES, what the server keeps of them for its 50 recent probes stays within 1 MB
+MAX_MESSAGE = 1000
 _DEFAULT_HELP = "Extracted by jsonexporter."
 _STEP = 256  # elements between two steps of a rule on the general path (see slices.py)
 _CHUNK = 512  # elements per step of a rule on the fast path: about 1 ms for bench/'s items (1024: 2 ms)
@@ -74,7 +77,7 @@ class Extraction:
     def error(self, metric: str, message: str) -> None:
         self.errors[metric] = self.errors.get(metric, 0) + 1
         if len(self.messages) < MAX_MESSAGES:
-            self.messages.append(f"metric {metric}: {message}")
+            self.messages.append(cut(f"metric {metric}: {message}", MAX_MESSAGE))
 
 
 _MS_LIMIT = 2.0**63  # Prometheus stores a timestamp as int64 milliseconds

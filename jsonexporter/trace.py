@@ -20,6 +20,11 @@ def shorten(value: Any, limit: int = MAX_SHOWN) -> str:
         text = _shallow(value)
     except (TypeError, ValueError):
         text = repr(value)
+    return cut(text, limit)
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` within `limit` characters, and how long it was (the Redactor hides a secret it cut: secrets.cut_short)."""
     return text if len(text) <= limit else f"{text[:limit]}{CUT} (first {limit} of {len(text)} chars)"
 
 

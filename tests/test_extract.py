@@ -14,7 +14,7 @@ from metrics_util import samples
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 from jsonexporter.exposition import Family, render_openmetrics, render_text
-from jsonexporter.extract import ExtractionError, ProbeContext, extract, label_text, sample_value, to_number, to_timestamp
+from jsonexporter.extract import MAX_MESSAGE, MAX_MESSAGES, ExtractionError, ProbeContext, extract, label_text, sample_value, to_number, to_timestamp
 from jsonexporter.spec.expressions import compile_expression
 from jsonexporter.trace import Trace
 
@@ -204,6 +204,24 @@ def test_unknown_state_gives_all_zero_and_an_error() -> None:
         """, {"status": "purple"})
     assert [(labels["health"], value) for _, labels, value in samples(families["health"])] == [("green", 0.0), ("red", 0.0)]
     assert errors["health"] == 1
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_error_messages_are_bounded_whatever_they_quote(traced: bool) -> None:
+    module = make_spec("""
+        modules:
+          default:
+            metrics:
+              - {name: health, help: h, type: stateset, each: items, value: status, states: [green], labels: {a: a, b: b}}
+              - {name: v, help: v, each: items, value: v, labels: {a: a, b: b}}
+        """).modules["default"]
+    big = "x" * 100_000
+    items = [{"status": big + str(i), "a": "y" * 900, "b": "z" * 900} for i in range(30)]
+    result = extract(module, {"default": {"items": items}}, PROBE, trace=Trace() if traced else None)
+    assert result.errors == {"health": 30, "v": 30}  # every error counted, MAX_MESSAGES kept
+    assert len(result.messages) == MAX_MESSAGES
+    assert all(len(m) <= MAX_MESSAGE + 40 for m in result.messages)
+    assert result.messages[0].startswith("metric health: state 'xxx") and f"(first {MAX_MESSAGE} of " in result.messages[0]
 
 
 def test_labels_and_series_are_sorted_and_module_labels_added() -> None:
