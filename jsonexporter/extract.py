@@ -10,6 +10,7 @@ import functools
 import math
 import operator
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,8 +35,12 @@ MAX_MESSAGES = 20  # error messages kept per probe for the log and the trace
 # MAX_MESSAGES, what the server keeps of them for its 50 recent probes stays within 1 MB
 MAX_MESSAGE = 1000
 _DEFAULT_HELP = "Extracted by jsonexporter."
-_STEP = 256  # elements between two steps of a rule on the general path (see slices.py)
-_CHUNK = 512  # elements per step of a rule on the fast path: about 1 ms for bench/'s items (1024: 2 ms)
+_CHUNK = 512  # most elements per step of a rule on the fast path: about 1 ms for bench/'s items (1024: 2 ms)
+# A step of a rule on the fast path is cut by time, not by elements (an element's expressions may take
+# long): each chunk is sized from the time the last one took, aiming at _CHUNK_SECONDS; a rule's first
+# chunk ever has _FIRST_CHUNK elements, its later probes start at the size its last probe ended with
+_CHUNK_SECONDS = 0.001
+_FIRST_CHUNK = 32
 _SHOWN = 3  # elements of a rule whose values and labels a trace shows
 
 
@@ -170,6 +175,7 @@ def _elements(metric: Metric, doc: Any, base: dict[str, Any] | None, trace: Trac
     def walk(depth: int, element: Any, parent: dict[str, Any] | None) -> Iterator[tuple[Any, dict[str, Any] | None]]:
         level = metric.each[depth]
         collection = _search(level.path, element, parent)
+        yield _SEARCHED, None
         if trace is not None and depth not in traced:
             traced.add(depth)
             _trace_level(trace, metric, depth, collection)
@@ -195,6 +201,9 @@ def _elements(metric: Metric, doc: Any, base: dict[str, Any] | None, trace: Trac
                 yield from walk(depth + 1, item, ctx)
 
     yield from walk(0, doc, base)
+
+
+_SEARCHED = object()  # what `_elements` gives after it searched a level's path (a step: `$root` paths search the whole document)
 
 
 def _trace_level(trace: Trace, metric: Metric, depth: int, collection: Any) -> None:
@@ -288,10 +297,13 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
     traced = 0
     try:
         for element, ctx in _elements(metric, doc, base, trace):
+            # a step per element, not per so many: its expressions may take long (a `$root` one searches the whole
+            # document each time), and slices.py can cut only between steps (a yield costs ~1% of an element's work here)
+            yield
+            if element is _SEARCHED:
+                continue
             show = trace is not None and traced < _SHOWN
             traced += 1
-            if traced % _STEP == 0:
-                yield
             try:
                 pairs = [(name, label_text(_search(expr, element, ctx))) for name, expr in label_exprs]
             except Exception as exc:  # a label failing drops this element's series only
@@ -388,7 +400,7 @@ class _Memo:
     them, by chunk (None for a chunk that went element by element)."""
 
     elements: dict[tuple[str, tuple[tuple[str, bool], ...]], tuple[list[Any], Exception | None]] = field(default_factory=dict)
-    labels: dict[tuple[Any, ...], list[_Chunk | None]] = field(default_factory=dict)
+    labels: dict[tuple[Any, ...], dict[int, tuple[int, _Chunk | None]]] = field(default_factory=dict)  # by first element: (end, chunk)
     plans: dict[Any, Any] = field(default_factory=dict)  # the module's (Module.fast_plans): they outlive the extraction
 
 
@@ -560,16 +572,56 @@ def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, m
 
 def _chunks(metric: Metric, plan: _FastPlan, doc: Any, memo: _Memo) -> Iterator[tuple[list[Any] | None, _Chunk | None]]:
     """The rule's elements by chunks, with their label texts (None: the chunk goes element by
-    element); (None, None) between two chunks, where the rule yields its turn."""
+    element); (None, None) between two chunks, where the rule yields its turn. Where another rule
+    with the same labels made the texts, they are its (its chunk, or a part of it): the label
+    texts of the families' series stay one string per element, whatever the rules."""
     elements, _ = _iteration(metric, doc, memo)
-    chunks = memo.labels.setdefault((*_iteration_key(metric), plan.key), [])
-    for index, start in enumerate(range(0, len(elements), _CHUNK)):
-        if index:
+    chunks = memo.labels.setdefault((*_iteration_key(metric), plan.key), {})
+    size = _chunk_size(memo, metric)
+    start, clock = 0, time.perf_counter
+    made: tuple[int, int, _Chunk | None] = (0, 0, None)  # the chunk of texts the rule takes its part from
+    while start < len(elements):
+        if start:
             yield None, None
-        part = elements[start:start + _CHUNK]
-        if index == len(chunks):
-            chunks.append(_label_texts(plan, part))
-        yield part, chunks[index]
+        began = clock()
+        if start in chunks:
+            made = (start, *chunks[start])
+        first, last, whole = made
+        if first <= start < last:
+            end = min(start + size, last)
+            chunk = whole if (first, last) == (start, end) else _chunk_part(whole, start - first, end - first)
+        else:
+            end = min(start + size, len(elements))
+            chunk = _label_texts(plan, elements[start:end])
+            chunks[start] = end, chunk
+        yield elements[start:end], chunk
+        size = _next_chunk_size(size, end - start, clock() - began)
+        start = end
+    memo.plans[("chunk", id(metric))] = (metric, size)
+
+
+def _chunk_part(chunk: _Chunk | None, start: int, end: int) -> _Chunk | None:
+    if chunk is None:
+        return None
+    texts = chunk.texts[start:end]
+    distinct = set(texts)
+    return _Chunk(texts, distinct, len(distinct) == len(texts), [column[start:end] for column in chunk.columns])
+
+
+def _chunk_size(memo: _Memo, metric: Metric) -> int:
+    """The size of the rule's first chunk: where its last probe ended (see _CHUNK_SECONDS)."""
+    entry = memo.plans.get(("chunk", id(metric)))
+    return entry[1] if entry is not None and entry[0] is metric else _FIRST_CHUNK
+
+
+def _next_chunk_size(size: int, elements: int, seconds: float) -> int:
+    """The size of the next chunk, after `elements` took `seconds`: smaller after one that took
+    too long, up to four times as large after a full one that took less than half its time."""
+    if seconds > 2 * _CHUNK_SECONDS:
+        return max(1, int(elements * _CHUNK_SECONDS / seconds))
+    if elements == size and seconds < _CHUNK_SECONDS / 2:
+        return min(_CHUNK, 4 * size)
+    return size
 
 
 def _iteration_key(metric: Metric) -> tuple[str, tuple[tuple[str, bool], ...]]:

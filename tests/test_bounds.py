@@ -17,6 +17,7 @@ from conftest import ExporterFactory, UpstreamFactory, make_spec
 from metrics_util import names, parse, value
 
 from jsonexporter.exposition import Family, encode, encode_async, encode_pieces
+from jsonexporter.extract import ProbeContext, extract_async
 from jsonexporter.server import Options, make_app, write_pieces
 from jsonexporter.slices import EXTRACT, PARSE, RENDER, DeadlinePassed, Steps, run_sliced, turn
 from jsonexporter.spec import load_text
@@ -355,3 +356,41 @@ async def test_an_answer_its_scraper_does_not_read_is_dropped_after_the_probes_t
     length, received = await scraper
     assert received < length  # the connection ended before the answer: it was let go
     assert (await _probe(client, f"target={up.url}/")).endswith("probe_success 1\n")  # the server goes on
+
+
+async def _loop_turns_during(work: Any) -> tuple[Any, int]:
+    """What `work` gives, and how many turns the event loop gave the others meanwhile."""
+    task = asyncio.ensure_future(work)
+    turns = 0
+    while not task.done():
+        await asyncio.sleep(0)
+        turns += 1
+    return await task, turns
+
+
+# Each element's value searches the whole document (3,000 items): milliseconds per element, far more
+# than a slice (slices.SLICE_SECONDS), for fewer elements than a step used to count
+ROOT_SPEC = """
+modules:
+  default:
+    metrics:
+      - {name: bigger, help: b, each: few, value: '$root.length(many[?v > `100`])', labels: {id: id}}
+"""
+# Each element's value filters its own 1,000 numbers: about a millisecond per element, on the fast path
+OWN_SPEC = """
+modules:
+  default:
+    metrics:
+      - {name: positive, help: p, each: few, value: 'length(v[?@ > `0`])', labels: {id: id}}
+"""
+
+
+@pytest.mark.parametrize(("spec", "document"), [
+    (ROOT_SPEC, {"few": [{"id": str(i)} for i in range(60)], "many": [{"v": i % 200} for i in range(3_000)]}),
+    (OWN_SPEC, {"few": [{"id": str(i), "v": list(range(1_000))} for i in range(200)]}),
+], ids=["general path", "fast path"])
+async def test_a_rule_whose_elements_take_long_lets_the_event_loop_run_between_its_elements(spec: str, document: Any) -> None:
+    module = make_spec(spec).modules["default"]
+    result, turns = await _loop_turns_during(extract_async(module, {"default": document}, ProbeContext("default", "", {})))
+    assert len(result.families[module.metrics[0].name].keys) == len(document["few"])
+    assert turns > 20  # a step per element or a few: one of a few hundred elements took all of them at once
