@@ -7,6 +7,7 @@ extraction errors and duplicates counted per metric. A failing rule never drops 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import operator
 import re
@@ -48,6 +49,25 @@ class ExtractionError(Exception):
     pass
 
 
+class BodySizeLimitExceeded(Exception):
+    """The series would take more of the answer than the probe's limit: the probe fails rather than answer some."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the series would take more than {limit} bytes of the answer (body_size_limit)")
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """What bounds the text the answers put in a probe's series: label values from answers of at most
+    `label_value_length_limit` characters (a longer one is an error of its series, as Prometheus's scrape
+    option of that name), the series' text within `body_size_limit` characters (more fail the probe, as a
+    scrape over Prometheus's body_size_limit fails), each 0 for no limit."""
+
+    label_value_length_limit: int = 0
+    body_size_limit: int = 0
+
+
 class SeriesLimitExceeded(Exception):
     """The rules gave more series than the probe's limit: the probe fails rather than answer some."""
 
@@ -73,6 +93,9 @@ class Extraction:
     # sample_limit does): a histogram's or summary's beyond its first, and those a rule holds back for
     # its duplicates policy
     uncounted: int = 0
+    bounds: Bounds = field(default_factory=Bounds)
+    written: int = 0  # characters of the families' parts measured so far (body_size_limit), the first `measured` of each
+    measured: dict[str, int] = field(default_factory=dict)
 
     def series(self, metric: str) -> int:
         """How many series the metric has: duplicates and skipped ones are not counted."""
@@ -305,7 +328,7 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
             show = trace is not None and traced < _SHOWN
             traced += 1
             try:
-                pairs = [(name, label_text(_search(expr, element, ctx))) for name, expr in label_exprs]
+                pairs = _bounded_pairs([(name, label_text(_search(expr, element, ctx))) for name, expr in label_exprs], result.bounds)
             except Exception as exc:  # a label failing drops this element's series only
                 for output, *_ in families:
                     result.error(output.name, f"labels: {_reason(exc)}")
@@ -402,6 +425,7 @@ class _Memo:
     elements: dict[tuple[str, tuple[tuple[str, bool], ...]], tuple[list[Any], Exception | None]] = field(default_factory=dict)
     labels: dict[tuple[Any, ...], dict[int, tuple[int, _Chunk | None]]] = field(default_factory=dict)  # by first element: (end, chunk)
     plans: dict[Any, Any] = field(default_factory=dict)  # the module's (Module.fast_plans): they outlive the extraction
+    bounds: Bounds = field(default_factory=Bounds)
 
 
 _MAX_PLANS = 1024  # per module: module labels made of the target or parameters make a plan per target
@@ -592,12 +616,45 @@ def _chunks(metric: Metric, plan: _FastPlan, doc: Any, memo: _Memo) -> Iterator[
             chunk = whole if (first, last) == (start, end) else _chunk_part(whole, start - first, end - first)
         else:
             end = min(start + size, len(elements))
-            chunk = _label_texts(plan, elements[start:end])
+            chunk = _bounded_chunk(_label_texts(plan, elements[start:end]), memo.bounds)
             chunks[start] = end, chunk
         yield elements[start:end], chunk
         size = _next_chunk_size(size, end - start, clock() - began)
         start = end
     memo.plans[("chunk", id(metric))] = (metric, size)
+
+
+# Bounds of label values (Bounds): checked by columns on the fast path, where a chunk with a value too long
+# goes element by element, and there, as on the general path, per element.
+
+
+def _bounded_chunk(chunk: _Chunk | None, bounds: Bounds) -> _Chunk | None:
+    """The chunk, unless one of its label values is beyond the bounds (None: element by element, where
+    `_bounded_texts` says which): its escaped values measured (an escaped one is no shorter)."""
+    if chunk is None or not chunk.columns:
+        return chunk
+    limit = bounds.label_value_length_limit
+    if limit and max(max(map(len, column)) for column in chunk.columns) > limit:
+        return None
+    return chunk
+
+
+def _bounded_texts(names: tuple[str, ...], texts: list[str], bounds: Bounds) -> list[str]:
+    """The label values of one element within the bounds: one too long raises ExtractionError (its
+    series are skipped and counted)."""
+    limit = bounds.label_value_length_limit
+    if limit:
+        for name, text in zip(names, texts, strict=False):
+            if len(text) > limit:
+                raise ExtractionError(f"label {name} is {len(text)} characters long, beyond the label_value_length_limit of {limit}")
+    return texts
+
+
+def _bounded_pairs(pairs: list[tuple[str, str]], bounds: Bounds) -> list[tuple[str, str]]:
+    if not bounds.label_value_length_limit:
+        return pairs
+    names = tuple(name for name, _ in pairs)
+    return list(zip(names, _bounded_texts(names, [text for _, text in pairs], bounds), strict=True))
 
 
 def _chunk_part(chunk: _Chunk | None, start: int, end: int) -> _Chunk | None:
@@ -861,7 +918,7 @@ def _histograms_one_by_one(metric: Metric, plan: _FastPlan, name: str, sample_na
     """Histogram series element by element, as the general path makes them."""
     for element in elements:
         try:
-            texts = [label_text(search(element)) for search in plan.label_searches]
+            texts = _bounded_texts(plan.names, [label_text(search(element)) for search in plan.label_searches], result.bounds)
         except Exception as exc:  # a label failing drops this element's series only
             result.error(name, f"labels: {_reason(exc)}")
             continue
@@ -1007,7 +1064,7 @@ def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], element
     template, slots = plan.template, plan.slots
     for element in elements:
         try:
-            texts = [label_text(search(element)) for search in plan.label_searches]
+            texts = _bounded_texts(plan.names, [label_text(search(element)) for search in plan.label_searches], result.bounds)
         except Exception as exc:  # a label failing drops this element's series only
             for name, *_ in outputs:
                 result.error(name, f"labels: {_reason(exc)}")
@@ -1236,18 +1293,19 @@ def summary_quantiles(raw: Any, source: str) -> list[tuple[float, float]]:
 
 
 def extract(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels = (), trace: Trace | None = None,
-            series_limit: int = 0) -> Extraction:
+            series_limit: int = 0, bounds: Bounds = Bounds()) -> Extraction:
     """Apply every rule of `module` to the documents of the endpoints that answered; raise
-    SeriesLimitExceeded when they give more than `series_limit` series (0: no limit)."""
-    return run(_extract_steps(module, documents, probe, static, trace, series_limit))
+    SeriesLimitExceeded when they give more than `series_limit` series (0: no limit),
+    BodySizeLimitExceeded when their text passes `bounds.body_size_limit`."""
+    return run(_extract_steps(module, documents, probe, static, trace, series_limit, bounds))
 
 
 async def extract_async(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels = (), trace: Trace | None = None,
-                        deadline: float | None = None, series_limit: int = 0) -> Extraction:
+                        deadline: float | None = None, series_limit: int = 0, bounds: Bounds = Bounds()) -> Extraction:
     """`extract` on the event loop, in slices: a big document does not delay the other requests.
     Raises DeadlinePassed (slices.py) when `deadline` passes first, SeriesLimitExceeded when the
     rules give more than `series_limit` series (0: no limit)."""
-    return await run_sliced(_extract_steps(module, documents, probe, static, trace, series_limit), deadline=deadline)
+    return await run_sliced(_extract_steps(module, documents, probe, static, trace, series_limit, bounds), deadline=deadline)
 
 
 def _series(result: Extraction) -> int:
@@ -1255,9 +1313,9 @@ def _series(result: Extraction) -> int:
 
 
 def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels, trace: Trace | None,
-                   series_limit: int = 0) -> Steps[Extraction]:
-    result = Extraction()
-    memo = _Memo(plans=module.fast_plans)
+                   series_limit: int = 0, bounds: Bounds = Bounds()) -> Steps[Extraction]:
+    result = Extraction(bounds=bounds)
+    memo = _Memo(plans=module.fast_plans, bounds=bounds)
     for metric in module.metrics:
         for output in metric.outputs:
             result.errors.setdefault(output.name, 0)
@@ -1270,8 +1328,32 @@ def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeCon
         for _ in _apply(metric, documents[metric.endpoint], probe, static, result, trace, memo):
             if series_limit and _series(result) > series_limit:
                 raise SeriesLimitExceeded(series_limit)
+            _check_size(result)
             yield
     if series_limit and _series(result) > series_limit:
         raise SeriesLimitExceeded(series_limit)
+    _check_size(result)
     result.families = {k: f for k, f in result.families.items() if f.parts}
     return result
+
+
+def _check_size(result: Extraction) -> None:
+    """BodySizeLimitExceeded when the families' text passes the limit: what they added since the last
+    check is measured (a fast-path part holds a chunk's lines, a general-path one a series)."""
+    limit = result.bounds.body_size_limit
+    if not limit:
+        return
+    for name, family in result.families.items():
+        parts, done = family.parts, result.measured.get(name, 0)
+        if len(parts) > done:
+            result.written += sum(map(_part_size, itertools.islice(parts, done, None)))
+            result.measured[name] = len(parts)
+    if result.written > limit:
+        raise BodySizeLimitExceeded(limit)
+
+
+def _part_size(part: Any) -> int:
+    if type(part) is str:
+        return len(part)
+    sample_name, labels, _, _ = part  # a sample left to the writer (with a timestamp): about its line
+    return len(sample_name) + sum(len(name) + len(value) + 4 for name, value in labels) + 48

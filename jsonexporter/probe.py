@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jsonexporter.exposition import Family, Labels, labels_text, sample_line
-from jsonexporter.extract import Extraction, ProbeContext, SeriesLimitExceeded, extract, extract_async
+from jsonexporter.extract import BodySizeLimitExceeded, Bounds, Extraction, ProbeContext, SeriesLimitExceeded, extract, extract_async
 from jsonexporter.secrets import is_secret_name
 from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT, Module
@@ -31,6 +31,7 @@ LATE_GRACE = 0.25
 LIMITS = {
     "deadline": "Whether the probe failed because its deadline passed after the endpoints answered, before its series were extracted and written.",
     "series_limit": "Whether the probe failed because its rules gave more series than its series_limit.",
+    "body_size_limit": "Whether the probe failed because its series would take more of the answer than its body_size_limit.",
 }
 
 
@@ -84,6 +85,11 @@ def answer_context(module: Module, target: str, params: Mapping[str, str], value
     may be shown (redact_target): both become label values, and a target's userinfo is a credential."""
     shown = redact_target(target)
     return ProbeContext(module.name, shown, params), module_labels(module, {**values, "target": shown})
+
+
+def answer_bounds(module: Module) -> Bounds:
+    """The module's bounds of its series' text."""
+    return Bounds(module.label_value_length_limit, module.body_size_limit)
 
 
 def _gauge(name: str, help_text: str, samples: list[tuple[Labels, float]]) -> Family:
@@ -156,15 +162,18 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
     limit = series_limit if module.series_limit is None else module.series_limit
     failed_due_to = failure = None
     context, labels = answer_context(module, target, params, values)
+    bounds = answer_bounds(module)
     try:
         if documents:
-            extraction = await extract_async(module, documents, context, labels, trace, deadline, limit)
+            extraction = await extract_async(module, documents, context, labels, trace, deadline, limit, bounds)
         else:  # nothing to extract from: no turn to wait for, the endpoints' failures are the reason
             extraction = extract(module, documents, context, labels, trace)
     except DeadlinePassed:
         failed_due_to, failure = "deadline", f"the deadline of {timeout:.3f}s passed before the series were extracted"
     except SeriesLimitExceeded as exc:
         failed_due_to, failure = "series_limit", _series_limit_failure(module, exc)
+    except BodySizeLimitExceeded as exc:
+        failed_due_to, failure = "body_size_limit", _body_size_failure(module, exc)
     del documents
     for r in endpoints:
         r.document = None  # extracted: let it go before the answer is written (a cached one stays in the cache)
@@ -180,6 +189,10 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
 def _series_limit_failure(module: Module, exc: SeriesLimitExceeded) -> str:
     where = f"series_limit of module {module.name}" if module.series_limit is not None else "--probe.series-limit"
     return f"the rules gave more than {exc.limit} series ({where}); no series are answered"
+
+
+def _body_size_failure(module: Module, exc: BodySizeLimitExceeded) -> str:
+    return f"the series would take more than {exc.limit} bytes (body_size_limit of module {module.name}); no series are answered"
 
 
 def fail(result: ProbeResult, module: Module, limit: str, reason: str, duration: float) -> ProbeResult:
@@ -208,13 +221,14 @@ def run_offline(module: Module, documents: Mapping[str, Any], target: str, query
             trace.add(f"  document: {shorten(document)}")
     limit = 0 if endpoints is None else DEFAULT_SERIES_LIMIT if module.series_limit is None else module.series_limit
     try:
-        extraction = extract(module, documents, *answer_context(module, target, params, values), trace, limit)
-    except SeriesLimitExceeded as exc:
-        failure = _series_limit_failure(module, exc)
+        extraction = extract(module, documents, *answer_context(module, target, params, values), trace, limit, answer_bounds(module))
+    except (SeriesLimitExceeded, BodySizeLimitExceeded) as exc:
+        due_to = "series_limit" if isinstance(exc, SeriesLimitExceeded) else "body_size_limit"
+        failure = _series_limit_failure(module, exc) if isinstance(exc, SeriesLimitExceeded) else _body_size_failure(module, exc)
         if trace is not None:
             trace.add(f"probe failed: {failure}")
-        families = self_families(module, Extraction(), endpoints, False, None, "series_limit")
-        return ProbeResult(families, False, endpoints or [], Extraction(), trace, failed_due_to="series_limit", failure=failure)
+        families = self_families(module, Extraction(), endpoints, False, None, due_to)
+        return ProbeResult(families, False, endpoints or [], Extraction(), trace, failed_due_to=due_to, failure=failure)
     success = all(name in documents for name in module.endpoints)
     families = [*extraction.families.values(), *self_families(module, extraction, endpoints, success, None)]
     return ProbeResult(families, success, endpoints or [], extraction, trace)

@@ -394,3 +394,66 @@ async def test_a_rule_whose_elements_take_long_lets_the_event_loop_run_between_i
     result, turns = await _loop_turns_during(extract_async(module, {"default": document}, ProbeContext("default", "", {})))
     assert len(result.families[module.metrics[0].name].keys) == len(document["few"])
     assert turns > 20  # a step per element or a few: one of a few hundred elements took all of them at once
+
+
+LONG_LABEL_SPEC = """
+modules:
+  default:
+    label_value_length_limit: 10
+    metrics:
+      - {name: item_value, help: v, each: items, value: v, labels: {id: id}}
+      - {name: item_traced, help: v, each: items, value: v, labels: {id: id, m: $module}}
+      - {name: item_info, help: i, type: info, each: items, labels: {id: id}}
+"""
+
+
+@pytest.mark.parametrize("debug", ["false", "true"])
+async def test_a_label_value_beyond_the_length_limit_is_an_error_of_its_series_naming_the_label(
+        upstream: UpstreamFactory, exporter: ExporterFactory, debug: str) -> None:
+    items = [{"id": f"{i:06d}", "v": i} for i in range(600)] + [{"id": "x" * 11, "v": 1}]  # a chunk and more on the fast path
+    up = await upstream({"/": {"items": items}})
+    client = await exporter(LONG_LABEL_SPEC)
+    text = await _probe(client, f"target={up.url}/&debug={debug}")
+    if debug == "true":
+        assert "metric item_value: labels: label id is 11 characters long, beyond the label_value_length_limit of 10" in text
+        text = text[text.index("\nmetrics:\n") + 10:]
+    s = parse(text)
+    for metric in ("item_value", "item_traced", "item_info"):
+        assert value(s, "probe_extraction_errors", metric=metric) == 1
+        assert value(s, "probe_series", metric=metric) == 600
+    assert "x" * 11 not in text and value(s, "probe_success") == 1
+
+
+async def test_default_label_value_length_limit_keeps_a_document_wide_label_out_of_every_series(
+        upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/": {"build": "b" * 5_000, "items": [{"v": i} for i in range(100)]}})
+    client = await exporter("""
+        modules:
+          default:
+            metrics: [{name: item_value, help: v, each: items, value: v, labels: {build: $root.build, i: $index}}]
+        """)
+    s = parse(await _probe(client, f"target={up.url}/"))
+    assert value(s, "probe_extraction_errors", metric="item_value") == 100 and value(s, "probe_series", metric="item_value") == 0
+
+
+@pytest.mark.parametrize("labels", ["{id: id}", "{id: id, m: $module}"], ids=["fast path", "general path"])
+async def test_series_beyond_the_body_size_limit_fail_the_probe_with_none_of_them(
+        upstream: UpstreamFactory, exporter: ExporterFactory, labels: str) -> None:
+    up = await upstream({"/": {"items": [{"id": f"{i:06d}", "v": i} for i in range(2_000)]}})
+    spec = f"""
+        modules:
+          within: &m
+            body_size_limit: 1000000
+            metrics: [{{name: item_value, help: v, each: items, value: v, labels: {labels}}}]
+          beyond:
+            <<: *m
+            body_size_limit: 10000
+        """
+    client = await exporter(spec)
+    within = parse(await _probe(client, f"module=within&target={up.url}/"))
+    assert value(within, "probe_series", metric="item_value") == 2_000 and value(within, "probe_failed_due_to_body_size_limit") == 0
+    beyond = parse(await _probe(client, f"module=beyond&target={up.url}/"))
+    assert value(beyond, "probe_success") == 0 and value(beyond, "probe_failed_due_to_body_size_limit") == 1
+    assert "item_value" not in names(beyond)
+    page = await (await client.get("/probes/2")).text()
+    assert "the series would take more than 10000 bytes (body_size_limit of module beyond)" in page

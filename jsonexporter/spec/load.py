@@ -27,7 +27,9 @@ from jsonexporter.spec.expressions import (
 )
 from jsonexporter.spec.functions import Pattern, RegexError, compile_regex
 from jsonexporter.spec.model import (
+    DEFAULT_BODY_SIZE_LIMIT,
     DEFAULT_ENDPOINT,
+    DEFAULT_LABEL_VALUE_LENGTH_LIMIT,
     DEFAULT_MAX_PAGES,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
@@ -878,6 +880,8 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
         target_allow=tuple(allow),
         needs_target=uses_target,
         series_limit=raw.get("series_limit"),
+        label_value_length_limit=raw.get("label_value_length_limit", DEFAULT_LABEL_VALUE_LENGTH_LIMIT),
+        body_size_limit=raw.get("body_size_limit", DEFAULT_BODY_SIZE_LIMIT),
         projections=MappingProxyType(projections(module_metrics, endpoints)),
         secrets=MappingProxyType(secrets),
         login=login,

@@ -25,6 +25,13 @@ DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 # Series per probe of modules without `series_limit` (serve's --probe.series-limit): with the
 # default max_response_bytes, what keeps one probe within the memory of docs/deployment.md.
 DEFAULT_SERIES_LIMIT = 100_000
+# What bounds the text of a probe's series, for modules without `label_value_length_limit` and
+# `body_size_limit`: a label value from an answer (a `$root` label is in every series) and the series'
+# text. bench/'s biggest probe writes 18 MB (180,001 series); at these, one probe's series (their text, and
+# the label texts kept for duplicates) stay within about twice the limit whatever its answer or its caller's
+# target and parameters (docs/deployment.md).
+DEFAULT_LABEL_VALUE_LENGTH_LIMIT = 4096
+DEFAULT_BODY_SIZE_LIMIT = 32 * 1024 * 1024
 DEFAULT_ENDPOINT = "default"
 # serve's defaults for refresh_interval (upstream/refresh.py): requests of modules with a target on a
 # schedule at once (--refresh.max-requests), and the least time without a probe before one leaves
@@ -196,6 +203,8 @@ class Module:
     target_allow: tuple[Pattern, ...] = ()  # empty: any target; RE2 (functions.compile_regex)
     needs_target: bool = True  # some template or `$target` uses it
     series_limit: int | None = None  # most series a probe may give (0: no limit); None: the server's default
+    label_value_length_limit: int = DEFAULT_LABEL_VALUE_LENGTH_LIMIT  # characters of a label value from an answer (0: no limit)
+    body_size_limit: int = DEFAULT_BODY_SIZE_LIMIT  # characters of the text of a probe's series (0: no limit)
     # by endpoint: a decoder of only the fields its rules read (projection.py); none: parsed whole
     projections: Mapping[str, Projection] = field(default_factory=dict, compare=False, repr=False)
     # extract.py's plans of the rules, by rule and module labels: made at a rule's first probe, gone with the module at a reload
