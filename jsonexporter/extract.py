@@ -25,6 +25,7 @@ from jsonexporter.exposition import EXACT_LIMIT, Family, Labels, escape_label_va
 from jsonexporter.labeltext import label_text
 from jsonexporter.names import text_name
 from jsonexporter.numbers import parse_number
+from jsonexporter.secrets import Redactor
 from jsonexporter.slices import Steps, run, run_sliced
 from jsonexporter.spec.expressions import Expression, Search
 from jsonexporter.spec.functions import FunctionError
@@ -62,10 +63,12 @@ class Bounds:
     """What bounds the text the answers put in a probe's series: label values from answers of at most
     `label_value_length_limit` characters (a longer one is an error of its series, as Prometheus's scrape
     option of that name), the series' text within `body_size_limit` characters (more fail the probe, as a
-    scrape over Prometheus's body_size_limit fails), each 0 for no limit."""
+    scrape over Prometheus's body_size_limit fails), each 0 for no limit; `redactor`, when it knows
+    values, hides those an answer echoes in a label value (a token, a login ticket)."""
 
     label_value_length_limit: int = 0
     body_size_limit: int = 0
+    redactor: Redactor | None = None
 
 
 class SeriesLimitExceeded(Exception):
@@ -624,34 +627,38 @@ def _chunks(metric: Metric, plan: _FastPlan, doc: Any, memo: _Memo) -> Iterator[
     memo.plans[("chunk", id(metric))] = (metric, size)
 
 
-# Bounds of label values (Bounds): checked by columns on the fast path, where a chunk with a value too long
-# goes element by element, and there, as on the general path, per element.
+# Bounds of label values (Bounds): checked by columns on the fast path, where a chunk with a value too long or
+# a known secret in one goes element by element, and there, as on the general path, per element.
 
 
 def _bounded_chunk(chunk: _Chunk | None, bounds: Bounds) -> _Chunk | None:
     """The chunk, unless one of its label values is beyond the bounds (None: element by element, where
-    `_bounded_texts` says which): its escaped values measured (an escaped one is no shorter)."""
+    `_bounded_texts` says which): its escaped values measured (an escaped one is no shorter), joined once
+    for the secrets (the Redactor knows their escaped forms)."""
     if chunk is None or not chunk.columns:
         return chunk
     limit = bounds.label_value_length_limit
     if limit and max(max(map(len, column)) for column in chunk.columns) > limit:
+        return None
+    if bounds.redactor is not None and bounds.redactor.finds("\n".join(map("\n".join, chunk.columns))):
         return None
     return chunk
 
 
 def _bounded_texts(names: tuple[str, ...], texts: list[str], bounds: Bounds) -> list[str]:
     """The label values of one element within the bounds: one too long raises ExtractionError (its
-    series are skipped and counted)."""
+    series are skipped and counted); a known secret in one is hidden (its series may become a duplicate)."""
     limit = bounds.label_value_length_limit
     if limit:
         for name, text in zip(names, texts, strict=False):
             if len(text) > limit:
                 raise ExtractionError(f"label {name} is {len(text)} characters long, beyond the label_value_length_limit of {limit}")
-    return texts
+    redactor = bounds.redactor
+    return texts if redactor is None else [redactor.hide_known(text) for text in texts]
 
 
 def _bounded_pairs(pairs: list[tuple[str, str]], bounds: Bounds) -> list[tuple[str, str]]:
-    if not bounds.label_value_length_limit:
+    if not bounds.label_value_length_limit and bounds.redactor is None:
         return pairs
     names = tuple(name for name, _ in pairs)
     return list(zip(names, _bounded_texts(names, [text for _, text in pairs], bounds), strict=True))

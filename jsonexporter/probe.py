@@ -12,11 +12,11 @@ from typing import Any
 
 from jsonexporter.exposition import Family, Labels, labels_text, sample_line
 from jsonexporter.extract import BodySizeLimitExceeded, Bounds, Extraction, ProbeContext, SeriesLimitExceeded, extract, extract_async
-from jsonexporter.secrets import is_secret_name
+from jsonexporter.secrets import Redactor, is_secret_name
 from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT, Module
 from jsonexporter.trace import Trace, shorten
-from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, fetch_module, redact_target
+from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, fetch_module, probe_redactor, redact_target
 from jsonexporter.upstream import TargetNotAllowed as TargetNotAllowed  # raised here and by fetch_module
 
 MAX_TARGET_LENGTH = 4096
@@ -87,9 +87,11 @@ def answer_context(module: Module, target: str, params: Mapping[str, str], value
     return ProbeContext(module.name, shown, params), module_labels(module, {**values, "target": shown})
 
 
-def answer_bounds(module: Module) -> Bounds:
-    """The module's bounds of its series' text."""
-    return Bounds(module.label_value_length_limit, module.body_size_limit)
+def answer_bounds(module: Module, redactor: Redactor | None = None) -> Bounds:
+    """The module's bounds of its series' text; `redactor` (the probe's: render.probe_redactor) hides
+    in label values the secrets it knows, none when it knows none (bench/'s specs: nothing to look for)."""
+    hides = redactor if redactor is not None and redactor.knows_values() else None
+    return Bounds(module.label_value_length_limit, module.body_size_limit, hides)
 
 
 def _gauge(name: str, help_text: str, samples: list[tuple[Labels, float]]) -> Family:
@@ -162,7 +164,7 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
     limit = series_limit if module.series_limit is None else module.series_limit
     failed_due_to = failure = None
     context, labels = answer_context(module, target, params, values)
-    bounds = answer_bounds(module)
+    bounds = answer_bounds(module, probe_redactor(values, up.clients.redactor) or up.clients.redactor)  # after the fetch: its logins' tickets known
     try:
         if documents:
             extraction = await extract_async(module, documents, context, labels, trace, deadline, limit, bounds)

@@ -467,6 +467,29 @@ class Redactor:
     def _chain(self) -> list[Redactor]:
         return [self] if self.parent is None else [self.parent, self]
 
+    def knows_values(self) -> bool:
+        """Whether it (or its parent) knows values to hide: without, `finds` and `hide_known` need not be called."""
+        return any(r._forms for r in self._chain())
+
+    def finds(self, text: str) -> bool:
+        """Whether `text` holds a known value (or would take too long to look at: then hide_known says so)."""
+        ends: dict[int, int] = {}
+        try:
+            for redactor in self._chain():
+                redactor._forms.find(text, ends)
+        except _TooCostly:
+            return True
+        return bool(ends)
+
+    def hide_known(self, text: str, mark: str = REDACTED) -> str:
+        """`text` with its known values hidden, without the pattern rules: for a label value of an answer,
+        where a URL's userinfo or query may be what the metric is about."""
+        chain = self._chain()
+        for redactor in chain:
+            redactor._release_gone()
+        sets = [r._forms for r in chain if r._forms]
+        return _known_redacted(text, mark, sets) if sets else text
+
     def __call__(self, text: str, mark: str = REDACTED) -> str:
         """`text` as it may leave the process; `mark` replaces each secret (HTML-escaped in a page)."""
         chain = self._chain()

@@ -8,6 +8,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from aiohttp import web
 from conftest import ExporterFactory, UpstreamFactory, wait_for
 from metrics_util import names, parse, value
@@ -574,3 +575,31 @@ async def test_debug_trace_of_an_answer_nested_too_deep_to_write_shows_it_cut_at
     assert status == 200, text
     assert '  document: {"a": 1, "b": [[[' in text and "[…]" in text  # shown down to trace.MAX_DEPTH levels
     assert "\na 1\n" in text
+
+
+@pytest.mark.parametrize("labels", ["{a: auth}", "{a: auth, m: $module}"], ids=["fast path", "general path"])
+async def test_credentials_the_api_echoes_are_hidden_in_label_values(aiohttp_server: Any, exporter: ExporterFactory, labels: str) -> None:
+    async def echo(request: web.Request) -> web.Response:
+        said = request.headers["Authorization"]
+        items = [{"auth": said, "v": 1}, {"auth": "Bearer <redacted>", "v": 2}, *({"auth": f"user{i}", "v": i} for i in range(600))]
+        return web.json_response({"items": items})
+
+    app = web.Application()
+    app.router.add_get("/echo", echo)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    client = await exporter(f"""
+        modules:
+          default:
+            targets: {{allow: ['http://127\\.0\\.0\\.1:\\d+']}}
+            http_client_config: {{bearer_token: S3CRET-TOKEN-123}}
+            endpoints: {{e: {{url: '{{target}}/echo'}}}}
+            metrics: [{{name: item, help: i, each: items, value: v, labels: {labels}}}]
+        """)
+    for accept in ("text/plain", "application/openmetrics-text"):
+        status, text = await probe(client, f"target=http://127.0.0.1:{server.port}", Accept=accept)
+        assert status == 200 and "S3CRET" not in text
+        s = parse(text) if accept == "text/plain" else {}
+        if s:
+            assert [v for (name, lb), v in s.items() if name == "item" and dict(lb)["a"] == "Bearer <redacted>"] == [1]
+            assert value(s, "probe_duplicate_series", metric="item") == 1  # the one that had `<redacted>` already: as any duplicate
+            assert value(s, "probe_series", metric="item") == 601
