@@ -335,3 +335,20 @@ def test_the_reason_a_url_is_unusable_never_quotes_its_userinfo(password: str, h
         checked_url(f"http://user:{secret}@{host}:{port}/x")
     except UnusableURL as exc:
         assert "SECRET" not in str(exc)
+
+
+async def test_a_host_with_an_empty_or_too_long_label_is_refused_with_its_reason_not_taken_for_invalid_json(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    """yarl takes `a..b` and a label of 64 letters; the resolver cannot encode them, and aiohttp let its
+    UnicodeError through, reported as invalid_json: the URL check finds them first, with the reason."""
+    long_label = "a" * 64 + ".test"
+    async def moved(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": f"http://{long_label}/"})
+
+    up = await upstream({"/moved": moved})
+    client = await exporter_for(aiohttp_client, URL_MODULES)
+    status, text = await probe(client, target="http://a..b/")
+    assert status == 400 and "invalid target 'http://a..b/': its host 'a..b' is not a valid name (it has no DNS form: label empty or too long)" in text
+    status, text = await probe(client, target=f"{up.url}/moved", debug="true")
+    assert status == 200 and "-> redirect_refused" in text and f"its Location header is not a usable URL: its host '{long_label}' is not a valid name" in text

@@ -59,12 +59,15 @@ class UnusableURL(ValueError):
 
 def checked_url(text: str | URL, base: URL | None = None) -> URL:
     """`text` as a URL (joined to `base` when given); raise UnusableURL when it is none: yarl decodes an IDNA host
-    (`xn--…`) only when `.host` is first read, so an invalid one is found here, not where the URL is used."""
+    (`xn--…`) only when `.host` is first read, and the resolver encodes it only when connecting (where aiohttp
+    lets its UnicodeError through), so an invalid one is found here, not where the URL is used."""
     try:
         url = text if isinstance(text, URL) else URL(text)
         if base is not None:
             url = base.join(url)
-        url.host  # noqa: B018 (the decoding is the check)
+        url.host  # noqa: B018 (the decoding is one check)
+        if url.raw_host:  # the resolver's encoding another: a label empty or over 63 characters
+            url.raw_host.encode("idna")
     except Exception as exc:  # ValueError (UnicodeError among them), TypeError, and yarl's IndexError on `http://[:]@/`
         raise UnusableURL(_unusable_because(str(text), exc)) from None
     return url
@@ -91,7 +94,7 @@ def _unusable_because(text: str, exc: Exception) -> str:
         return f"its port {_quoted(port)} is not a number from 0 to 65535"
     if isinstance(exc, UnicodeError):
         detail = (message.rpartition("(UnicodeError: ")[2].rstrip(")") or message)[:_MAX_QUOTED]
-        what = "an IDNA `xn--` label that decodes to none" if "decoding" in message else "no IDNA form"
+        what = "an IDNA `xn--` label that decodes to none" if "decoding" in message else "it has no DNS form"
         return f"its host {_quoted(host)} is not a valid name ({what}: {detail})"
     if "NFKC" in message:
         return "its host or userinfo has a character that NFKC normalization turns into one of / ? # @ : %"
