@@ -2,7 +2,7 @@ r"""Whether a `targets.allow` pattern lets another host through where its author
 warning at a wildcard in a pattern's host.
 
 Decided by the pattern itself, not by reading its syntax for a port or a path: URLs it allows are made
-from it (its witnesses: the shortest, and one per choice of an alternative or of one more repetition),
+from it (its witnesses: the first choices, and one per other alternative or one more repetition),
 and the pattern is asked whether it also allows them with more host after theirs (`https://api\.example\.com(:443)?.*`
 allows `https://api.example.com.evil.test`: the optional port may be left out) or another host before
 theirs (`https://.+\.example\.com` allows `https://evil.test/.example.com`), spelled as the allowlist
@@ -106,7 +106,8 @@ def _host_span(url: str) -> tuple[int, int] | None:
 # -- the witnesses: strings the pattern matches, made from its structure
 
 def _witnesses(nodes: tuple[_Node, ...]) -> list[str]:
-    """The shortest string of the sequence first, then variants each making one other choice."""
+    """The sequence's witness of the first choices (the first alternative, the fewest repetitions) first,
+    then variants each making one other choice."""
     options = [_node_witnesses(node) for node in nodes]
     shortest = [found[0] for found in options]
     found = ["".join(shortest)]
