@@ -18,7 +18,7 @@ from metrics_util import parse, value
 from test_redirects import exporter_for, probe, recording_server, redirect
 
 from jsonexporter.spec import load_text
-from jsonexporter.upstream.hops import UnusableURL, checked_url
+from jsonexporter.urls import UnusableURL, checked_url
 
 TOKEN = "tok-FILE-" + "0123456789abcdefghijklmnopqrstu"  # 40 characters, read from a file at run time
 

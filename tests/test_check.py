@@ -1831,6 +1831,25 @@ def test_http_client_config_problems_are_located(write_spec: Any, capsys: pytest
         assert line in out, (line, out)
 
 
+def test_a_proxy_url_aiohttp_or_the_resolver_cannot_use_is_an_error_at_its_place(write_spec: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_spec("""
+        modules:
+          port:
+            http_client_config: {proxy_url: 'http://u:pw-SECRET@127.0.0.1:99999'}
+            metrics: [{name: x, help: x, value: v}]
+          label:
+            http_client_config: {proxy_url: 'http://a..b:3128'}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert (f"{path}:3:37: modules.port.http_client_config.proxy_url: proxy_url is not a usable URL: "
+            "its port '99999' is not a number from 0 to 65535") in out, out
+    assert (f"{path}:6:37: modules.label.http_client_config.proxy_url: proxy_url is not a usable URL: its host 'a..b' is not a valid name "
+            "(it has no DNS form: label empty or too long)") in out, out
+    assert "pw-SECRET" not in out
+
+
 def test_check_never_prints_inline_secrets(write_spec: Any, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_spec("""
         modules:

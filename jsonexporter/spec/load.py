@@ -61,6 +61,7 @@ from jsonexporter.spec.projection import projections
 from jsonexporter.spec.schema import check_schema, schema_text
 from jsonexporter.spec.sources import read_spec_files, spec_sha256
 from jsonexporter.spec.yamlload import Marks, load_yaml
+from jsonexporter.urls import UnusableURL, checked_url
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -258,6 +259,11 @@ def _proxy_url(c: _Checker, path: Path, raw: object) -> str | None:
         return None
     if not re.match(r"^https?://[^/?#]+", raw):
         c.add(path, "proxy_url must be an http:// or https:// URL")
+        return raw
+    try:
+        checked_url(raw)  # as aiohttp and the resolver will read it, at each request
+    except UnusableURL as exc:
+        c.add(path, f"proxy_url is not a usable URL: {exc}")
     return raw
 
 

@@ -446,14 +446,6 @@ def _from_cache(name: str, lookup: Lookup, waited: float) -> EndpointResult:
     return result
 
 
-def _proxy_shown(proxy: str) -> str:
-    """The proxy URL as yarl writes it (the Redactor hides its userinfo), as written when yarl refuses it (the request says why)."""
-    try:
-        return str(URL(proxy))
-    except ValueError:
-        return proxy
-
-
 def _trace_request(trace: Trace, request: UpstreamRequest, options: RequestOptions | None, result: EndpointResult) -> None:
     endpoint = request.endpoint
     headers = dict(request.headers)
@@ -463,7 +455,7 @@ def _trace_request(trace: Trace, request: UpstreamRequest, options: RequestOptio
     trace.add(f"endpoint {endpoint.name}: {request.method} {request.url}")
     trace.add(f"  request headers: {shown}")
     if options is not None and options.proxy:
-        trace.add(f"  via proxy {_proxy_shown(options.proxy)}")
+        trace.add(f"  via proxy {URL(options.proxy)}")
     if request.body is not None:
         trace.add(f"  request body: {len(request.body)} bytes")
     for line in [*result.redirects, *result.page_lines]:

@@ -20,8 +20,9 @@ from yarl import URL
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.model import Pagination
 from jsonexporter.upstream.cache import Answer, parsed_size
-from jsonexporter.upstream.hops import UnusableURL, checked_url, origin
+from jsonexporter.upstream.hops import origin
 from jsonexporter.upstream.render import UpstreamRequest
+from jsonexporter.urls import UnusableURL, checked_url
 
 if TYPE_CHECKING:
     from jsonexporter.upstream.fetch import EndpointResult

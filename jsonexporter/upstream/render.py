@@ -17,7 +17,8 @@ from jsonexporter.spec.functions import Pattern
 from jsonexporter.spec.model import Endpoint, JsonBody, Module
 from jsonexporter.spec.projection import Projection
 from jsonexporter.upstream.client import basic_credentials
-from jsonexporter.upstream.hops import BASE_HEADERS, UnusableURL, checked_url, url_allowed
+from jsonexporter.upstream.hops import BASE_HEADERS, url_allowed
+from jsonexporter.urls import UnusableURL, checked_url
 
 
 class InvalidRequest(Exception):
