@@ -186,7 +186,9 @@ class Clients:
 
     async def reveal(self, secret: Secret, what: str) -> str:
         value = await _reveal(self.files, secret, what)
-        self.redactor.hold(self, f"{what} {secret.file}", [value])  # as last read: a rotated file replaces it
+        # held under the secret itself: a rotated file replaces its last value, and two secrets (two
+        # inline ones, whose file is None alike) never release each other's
+        self.redactor.hold(self, (what, secret), [value])
         return value
 
     def context(self, config: TLSClientConfig) -> ssl.SSLContext:
