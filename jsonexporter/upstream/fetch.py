@@ -28,7 +28,7 @@ from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache, parsed_si
 from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, basic_credentials
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
 from jsonexporter.upstream.pagination import Page, fetch_pages
-from jsonexporter.upstream.refresh import Events, Job, Schedules
+from jsonexporter.upstream.refresh import Events, Job, Schedules, login_scope
 from jsonexporter.upstream.render import InvalidRequest, UpstreamRequest, probe_redactor, redact_target, render_request
 from jsonexporter.upstream.sessions import LoginStore
 
@@ -300,11 +300,13 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
 
 
 def schedule_key(request: UpstreamRequest, job: Job) -> Hashable:
-    """What makes a schedule the same one: its module, endpoint and interval, the rendered request and
-    what decides whether an answer is good (the client config compared whole: a changed secret is a new schedule)."""
+    """What makes a schedule the same one: its module, endpoint and interval, the rendered request, the
+    probe's values its login reads (refresh.login_scope: whose session renders it) and what decides
+    whether an answer is good (the client config compared whole: a changed secret is a new schedule)."""
     endpoint = request.endpoint
     return (job.module.name, endpoint.name, endpoint.refresh_interval, request.method, str(request.url), tuple(sorted(request.headers.items())),
-            request.body, endpoint.client, endpoint.valid_status_codes, endpoint.max_response_bytes, tuple(p.pattern for p in request.allow))
+            request.body, endpoint.client, endpoint.valid_status_codes, endpoint.max_response_bytes, tuple(p.pattern for p in request.allow),
+            login_scope(job))
 
 
 def render_job(job: Job) -> UpstreamRequest:

@@ -9,7 +9,10 @@ intervals without one (never sooner than `min_idle`); at most `max_requests` of 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +45,23 @@ class Job:
     def budget(self) -> float:
         """Seconds a background request may take: the endpoint's timeout, else its module's."""
         return self.endpoint.timeout if self.endpoint.timeout is not None else self.module.timeout
+
+
+# per process: what login_scope keeps of a probe's values is never those values in clear
+_SCOPE_KEY = os.urandom(32)
+
+
+def login_scope(job: Job) -> str:
+    """The probe's values that the module's login request reads (not its secrets'), as a keyed hash:
+    a login whose own request carries a per-user parameter (`?user=`) the endpoint's lacks gives each
+    user a session of their own, so the endpoint's answers differ by user though its request, rendered
+    with the login's values by their names (fetch.render_job), does not. Empty without a login."""
+    login = job.module.login
+    if login is None:
+        return ""
+    names = sorted(login.request.placeholders - set(job.module.secret_names))
+    read = "\0".join(f"{name}\0{job.values.get(name, '')}" for name in names)
+    return hmac.new(_SCOPE_KEY, read.encode(), hashlib.sha256).hexdigest()
 
 
 JobFetch = Callable[[Job], Coroutine[Any, Any, tuple[Answer | None, Any]]]
