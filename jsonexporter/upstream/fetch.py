@@ -21,7 +21,7 @@ from yarl import URL
 from jsonexporter.logs import kv
 from jsonexporter.secrets import CUT, REDACTED, is_secret_name
 from jsonexporter.slices import PARSE, turn
-from jsonexporter.spec.model import HEADER_VALUE_CONTROL
+from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, HEADER_VALUE_CONTROL
 from jsonexporter.spec.projection import FULL, Projection
 from jsonexporter.trace import Trace, shorten
 from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache, parsed_size
@@ -172,9 +172,9 @@ class Upstream:
     def __post_init__(self) -> None:
         self.logins.changed = self.events.sessions
 
-    def schedule(self, max_requests: int, min_idle: float) -> Schedules:
+    def schedule(self, max_requests: int, min_idle: float, max_bytes: int = DEFAULT_REFRESH_MAX_BYTES) -> Schedules:
         """Fetch endpoints with refresh_interval on schedules from now on."""
-        self.schedules = Schedules(lambda job: _background(self, job), max_requests, min_idle, self.events)
+        self.schedules = Schedules(lambda job: _background(self, job), max_requests, min_idle, self.events, max_bytes)
         return self.schedules
 
     async def close(self) -> None:
@@ -249,7 +249,7 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
                         return
                 async with turn(PARSE):  # see slices.py: waiting answers stay bytes, smaller than parsed
                     result.document = _parse_json(body, request.projection, quote_answer)
-                    if endpoint.cache_ttl is not None:
+                    if endpoint.cache_ttl is not None or endpoint.refresh_interval is not None:  # kept: counted by its parsed size
                         result.parsed_size = parsed_size(body)
                 return
         n = len(result.redirects) + 1
