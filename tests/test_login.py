@@ -607,6 +607,7 @@ async def test_a_revalidation_refused_logs_in_again_and_the_cache_gets_the_fresh
         await asyncio.sleep(0.01)
     assert status == 200 and generation(text) == 2 and pve.logins == 2  # the probes use the renewed session and its cached answer
     assert 401 not in answered[2:]
+    assert len(client.app[STATE].upstream.cache) == 1  # under the renewed request's key alone: the refused one's is gone
 
 
 async def test_logins_are_counted_by_module_and_result_and_their_sessions_by_module(

@@ -390,7 +390,11 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
                 if job.module.login is not None:
                     from jsonexporter.upstream.login import renewed_if_refused  # it sends its requests through this module
 
-                    fetched = await renewed_if_refused(up, job, request, fetched, until)
+                    retried = await renewed_if_refused(up, job, request, fetched, until)
+                    if retried is not fetched:  # sent again with the renewed login's values, and cached under that request's key
+                        up.cache.discard(_cache_key(request, options))  # the refused values' answer: no probe renders them any more
+                        _background_done(up, job, retried)
+                        return None, retried
                 return _background_done(up, job, fetched), fetched
 
             lookup = await up.cache.get(_cache_key(request, options), endpoint.cache_ttl, endpoint.stale_if_error, fetch, remaining,
