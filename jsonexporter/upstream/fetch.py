@@ -21,14 +21,14 @@ from yarl import URL
 from jsonexporter.logs import kv
 from jsonexporter.secrets import CUT, REDACTED, is_secret_name
 from jsonexporter.slices import PARSE, turn
-from jsonexporter.spec.model import HEADER_VALUE_CONTROL
+from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, HEADER_VALUE_CONTROL
 from jsonexporter.spec.projection import FULL, Projection
 from jsonexporter.trace import Trace, shorten
 from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache, parsed_size
 from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, basic_credentials
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
 from jsonexporter.upstream.pagination import Page, fetch_pages
-from jsonexporter.upstream.refresh import Events, Job, Schedules
+from jsonexporter.upstream.refresh import Events, Job, Schedules, login_scope
 from jsonexporter.upstream.render import InvalidRequest, UpstreamRequest, probe_redactor, redact_target, render_request
 from jsonexporter.upstream.sessions import LoginStore
 
@@ -181,9 +181,9 @@ class Upstream:
     def __post_init__(self) -> None:
         self.logins.changed = self.events.sessions
 
-    def schedule(self, max_requests: int, min_idle: float) -> Schedules:
+    def schedule(self, max_requests: int, min_idle: float, max_bytes: int = DEFAULT_REFRESH_MAX_BYTES) -> Schedules:
         """Fetch endpoints with refresh_interval on schedules from now on."""
-        self.schedules = Schedules(lambda job: _background(self, job), max_requests, min_idle, self.events)
+        self.schedules = Schedules(lambda job: _background(self, job), max_requests, min_idle, self.events, max_bytes)
         return self.schedules
 
     async def close(self) -> None:
@@ -258,7 +258,7 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
                         return
                 async with turn(PARSE):  # see slices.py: waiting answers stay bytes, smaller than parsed
                     result.document = _parse_json(body, request.projection, quote_answer)
-                    if endpoint.cache_ttl is not None:
+                    if endpoint.cache_ttl is not None or endpoint.refresh_interval is not None:  # kept: counted by its parsed size
                         result.parsed_size = parsed_size(body)
                 return
         n = len(result.redirects) + 1
@@ -311,11 +311,13 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
 
 
 def schedule_key(request: UpstreamRequest, job: Job) -> Hashable:
-    """What makes a schedule the same one: its module, endpoint and interval, the rendered request and
-    what decides whether an answer is good (the client config compared whole: a changed secret is a new schedule)."""
+    """What makes a schedule the same one: its module, endpoint and interval, the rendered request, the
+    probe's values its login reads (refresh.login_scope: whose session renders it) and what decides
+    whether an answer is good (the client config compared whole: a changed secret is a new schedule)."""
     endpoint = request.endpoint
     return (job.module.name, endpoint.name, endpoint.refresh_interval, request.method, str(request.url), tuple(sorted(request.headers.items())),
-            request.body, endpoint.client, endpoint.valid_status_codes, endpoint.max_response_bytes, tuple(p.pattern for p in request.allow))
+            request.body, endpoint.client, endpoint.valid_status_codes, endpoint.max_response_bytes, tuple(p.pattern for p in request.allow),
+            login_scope(job))
 
 
 def render_job(job: Job) -> UpstreamRequest:
@@ -401,7 +403,11 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
                 if job.module.login is not None:
                     from jsonexporter.upstream.login import renewed_if_refused  # it sends its requests through this module
 
-                    fetched = await renewed_if_refused(up, job, request, fetched, until)
+                    retried = await renewed_if_refused(up, job, request, fetched, until)
+                    if retried is not fetched:  # sent again with the renewed login's values, and cached under that request's key
+                        up.cache.discard(_cache_key(request, options))  # the refused values' answer: no probe renders them any more
+                        _background_done(up, job, retried)
+                        return None, retried
                 return _background_done(up, job, fetched), fetched
 
             lookup = await up.cache.get(_cache_key(request, options), endpoint.cache_ttl, endpoint.stale_if_error, fetch, remaining,
