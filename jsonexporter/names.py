@@ -40,7 +40,7 @@ PROBE_METRICS = frozenset({
     "probe_success", "probe_duration_seconds", "probe_series", "probe_extraction_errors", "probe_duplicate_series",
     "probe_endpoint_success", "probe_endpoint_http_status_code", "probe_endpoint_response_bytes",
     "probe_endpoint_duration_seconds", "probe_endpoint_cache_age_seconds", "probe_endpoint_stale",
-    "probe_failed_due_to_deadline", "probe_failed_due_to_series_limit",
+    "probe_failed_due_to_deadline", "probe_failed_due_to_series_limit", "probe_failed_due_to_body_size_limit",
     "probe_endpoint_pages",
 })
 
