@@ -637,11 +637,15 @@ def _bounded_chunk(chunk: _Chunk | None, bounds: Bounds) -> _Chunk | None:
     for the secrets (the Redactor knows their escaped forms)."""
     if chunk is None or not chunk.columns:
         return chunk
-    limit = bounds.label_value_length_limit
-    if limit and max(max(map(len, column)) for column in chunk.columns) > limit:
+    limit, redactor = bounds.label_value_length_limit, bounds.redactor
+    longest = [max(map(len, column)) for column in chunk.columns]
+    if limit and max(longest) > limit:
         return None
-    if bounds.redactor is not None and bounds.redactor.finds("\n".join(map("\n".join, chunk.columns))):
-        return None
+    if redactor is not None:  # columns whose values are all shorter than every known value cannot hold one
+        shortest = redactor.shortest()
+        columns = [column for column, n in zip(chunk.columns, longest, strict=True) if n >= shortest]
+        if columns and redactor.finds("\n".join(map("\n".join, columns))):
+            return None
     return chunk
 
 
@@ -654,7 +658,10 @@ def _bounded_texts(names: tuple[str, ...], texts: list[str], bounds: Bounds) -> 
             if len(text) > limit:
                 raise ExtractionError(f"label {name} is {len(text)} characters long, beyond the label_value_length_limit of {limit}")
     redactor = bounds.redactor
-    return texts if redactor is None else [redactor.hide_known(text) for text in texts]
+    if redactor is None:
+        return texts
+    shortest = redactor.shortest()
+    return [redactor.hide_known(text) if len(text) >= shortest else text for text in texts]
 
 
 def _bounded_pairs(pairs: list[tuple[str, str]], bounds: Bounds) -> list[tuple[str, str]]:

@@ -471,6 +471,10 @@ class Redactor:
         """Whether it (or its parent) knows values to hide: without, `finds` and `hide_known` need not be called."""
         return any(r._forms for r in self._chain())
 
+    def shortest(self) -> int:
+        """The length of the shortest form of a known value: a shorter text holds none (no form is shorter than its value)."""
+        return min((min(r._forms._lengths) for r in self._chain() if r._forms), default=0)
+
     def finds(self, text: str) -> bool:
         """Whether `text` holds a known value (or would take too long to look at: then hide_known says so)."""
         ends: dict[int, int] = {}
