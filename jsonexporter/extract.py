@@ -42,6 +42,7 @@ _CHUNK = 512  # most elements per step of a rule on the fast path: about 1 ms fo
 # long): each chunk is sized from the time the last one took, aiming at _CHUNK_SECONDS; a rule's first
 # chunk ever has _FIRST_CHUNK elements, its later probes start at the size its last probe ended with
 _CHUNK_SECONDS = 0.001
+_STEP_SECONDS = 0.0005  # of a rule on the general path: it yields after the element (or level searched) that passes it
 _FIRST_CHUNK = 32
 _SHOWN = 3  # elements of a rule whose values and labels a trace shows
 
@@ -321,11 +322,15 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
     # duplicates `last` and `sum`: the rule's series wait in `held` for its last element
     held: list[dict[str, _Held]] | None = None if metric.duplicates == "first" else [{} for _ in families]
     traced = 0
+    clock = time.perf_counter
+    due = clock() + _STEP_SECONDS
     try:
         for element, ctx in _elements(metric, doc, base, trace):
-            # a step per element, not per so many: its expressions may take long (a `$root` one searches the whole
-            # document each time), and slices.py can cut only between steps (a yield costs ~1% of an element's work here)
-            yield
+            # steps by time, not by so many elements: an element's expressions may take long (a `$root` one searches the
+            # whole document each time), and slices.py can cut only between steps; a step also checks the probe's limits
+            if clock() >= due:
+                yield
+                due = clock() + _STEP_SECONDS
             if element is _SEARCHED:
                 continue
             show = trace is not None and traced < _SHOWN
