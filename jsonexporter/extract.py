@@ -39,9 +39,9 @@ MAX_MESSAGE = 1000
 _DEFAULT_HELP = "Extracted by jsonexporter."
 _CHUNK = 512  # most elements per step of a rule on the fast path: about 1 ms for bench/'s items (1024: 2 ms)
 # A step of a rule on the fast path is cut by time, not by elements (an element's expressions may take
-# long): each chunk is sized from the time the last one took, aiming at _CHUNK_SECONDS; a rule's first
+# long): each chunk is sized from the CPU time the last one took, aiming at _CHUNK_SECONDS; a rule's first
 # chunk ever has _FIRST_CHUNK elements, its later probes start at the size its last probe ended with
-_CHUNK_SECONDS = 0.001
+_CHUNK_SECONDS = 0.002  # a slice (slices.SLICE_SECONDS): a step of a rule no longer than one
 _STEP_SECONDS = 0.0005  # of a rule on the general path: it yields after the element (or level searched) that passes it
 _FIRST_CHUNK = 32
 _SHOWN = 3  # elements of a rule whose values and labels a trace shows
@@ -610,7 +610,7 @@ def _chunks(metric: Metric, plan: _FastPlan, doc: Any, memo: _Memo) -> Iterator[
     elements, _ = _iteration(metric, doc, memo)
     chunks = memo.labels.setdefault((*_iteration_key(metric), plan.key), {})
     size = _chunk_size(memo, metric)
-    start, clock = 0, time.perf_counter
+    start, clock = 0, time.thread_time  # the work of the chunk, not the time others took the CPU meanwhile (a busy machine)
     made: tuple[int, int, _Chunk | None] = (0, 0, None)  # the chunk of texts the rule takes its part from
     while start < len(elements):
         if start:
@@ -691,13 +691,12 @@ def _chunk_size(memo: _Memo, metric: Metric) -> int:
 
 
 def _next_chunk_size(size: int, elements: int, seconds: float) -> int:
-    """The size of the next chunk, after `elements` took `seconds`: smaller after one that took
-    too long, up to four times as large after a full one that took less than half its time."""
+    """The size of the next chunk, after `elements` took `seconds`: what would take _CHUNK_SECONDS,
+    smaller only after a chunk that took more than twice that, larger by four times at most."""
+    fitted = int(elements * _CHUNK_SECONDS / seconds) if seconds > 0 else _CHUNK
     if seconds > 2 * _CHUNK_SECONDS:
-        return max(1, int(elements * _CHUNK_SECONDS / seconds))
-    if elements == size and seconds < _CHUNK_SECONDS / 2:
-        return min(_CHUNK, 4 * size)
-    return size
+        return max(1, fitted)
+    return max(size, min(_CHUNK, 4 * size, fitted))
 
 
 def _iteration_key(metric: Metric) -> tuple[str, tuple[tuple[str, bool], ...]]:
