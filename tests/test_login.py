@@ -250,6 +250,22 @@ async def test_an_unreadable_secret_is_a_config_error_of_the_endpoints_that_need
     assert value(metrics, "jsonexporter_upstream_requests_total", module="pve", endpoint="nodes", outcome="config_error") == 1
 
 
+async def test_a_login_request_aiohttp_cannot_make_fails_the_login_not_the_probe(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiohttp reading an HTTP_PROXY with a port out of range raises a ValueError: the login fails, saying so."""
+    for name in ("http_proxy", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:99999")
+    pve = Pve()
+    up = await start_pve(upstream, pve)
+    module = pve_module(tmp_path / "password").replace("secrets:", "http_client_config: {proxy_from_environment: true}\n            secrets:", 1)
+    client = await pve_exporter(aiohttp_client, tmp_path, module)
+    status, text = await probe(client, up.url, debug="true")
+    assert status == 200 and "login_failed" in text and "login: the request cannot be made: ValueError: Port out of range 0-65535" in text, text
+    assert pve.logins == 0
+
+
 async def test_cookie_and_header_values_of_a_login_answer_without_json(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:
     # qBittorrent: a form login answered `Ok.` with a session cookie; here also a token in a header
     async def login(request: web.Request) -> web.Response:

@@ -73,10 +73,19 @@ class EndpointResult:
 ORJSON_MAX_BYTES = 4 << 20
 
 
+def _cannot_be_made(exc: ValueError) -> str:
+    return f"the request cannot be made: {type(exc).__name__}: {exc}"
+
+
+class InvalidJSON(ValueError):
+    """An answer that is not JSON (_parse_json): its own class, so that the ValueErrors aiohttp lets through
+    for a request it cannot make (a proxy host the resolver cannot encode) are not taken for one."""
+
+
 def _parse_json(body: bytes, projection: Projection | None = None, quote_answer: bool = True) -> Any:
     """The answer parsed: with `projection`, only what the rules read, when that applies to it. An
     invalid one's error quotes its start when `quote_answer` (not a login's: its token would be there,
-    unknown to the Redactor yet)."""
+    unknown to the Redactor yet). Raises InvalidJSON."""
     if projection is not None:
         document = projection.decode(body)
         if document is not FULL:
@@ -89,12 +98,12 @@ def _parse_json(body: bytes, projection: Projection | None = None, quote_answer:
     try:
         return json.loads(body)
     except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
+        raise InvalidJSON("JSON nested too deeply") from None
     except UnicodeDecodeError as exc:
-        raise ValueError(f"body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+        raise InvalidJSON(f"body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except json.JSONDecodeError as exc:
         quoted = f"; body starts with {_quoted_start(body)}" if quote_answer else ""
-        raise ValueError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}{quoted}") from None
+        raise InvalidJSON(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}{quoted}") from None
 
 
 def _quoted_start(body: bytes, limit: int = 64) -> str:
@@ -288,8 +297,10 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
         result.outcome, result.error = "too_large", str(exc)
     except aiohttp.ClientError as exc:  # before ValueError: certificate errors are both
         result.outcome, result.error = "connection_error", f"{type(exc).__name__}: {exc}"
-    except ValueError as exc:
+    except InvalidJSON as exc:
         result.outcome, result.error = "invalid_json", str(exc)
+    except ValueError as exc:  # aiohttp refusing, before sending, a request it cannot make: a proxy URL, a TLS setting
+        result.outcome, result.error = "config_error", _cannot_be_made(exc)
     except OSError as exc:
         result.outcome, result.error = "connection_error", f"{type(exc).__name__}: {exc.strerror or exc}"
     result.duration = time.monotonic() - start
@@ -363,6 +374,8 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
             options = await up.clients.options(endpoint.client, request.url, up.session)
     except ClientConfigError as exc:
         result = EndpointResult(endpoint.name, "config_error", error=str(exc))
+    except ValueError as exc:  # aiohttp reading a proxy from the environment (HTTP_PROXY) that is no URL
+        result = EndpointResult(endpoint.name, "config_error", error=_cannot_be_made(exc))
     except TimeoutError:
         result = EndpointResult(endpoint.name, "timeout", error=f"no {awaited(endpoint.client)} within {budget:.3f}s")
     if options is not None:
