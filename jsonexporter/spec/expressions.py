@@ -47,6 +47,8 @@ class Expression:
     columns: Columns | None = None  # a call of our functions on fields and literals, by columns (`_direct_columns`)
     # a multi-select hash `{k: a, j: lower(b)}` of such: its keys and the columns of their values (a histogram's buckets)
     entries: tuple[tuple[str, Columns], ...] | None = None
+    # the one field a call of pure functions reads (`regex_replace(id, '^a', 'b')`: "id"): its value alone makes the result
+    single_input: str | None = None
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
@@ -398,6 +400,7 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
         names = frozenset({first})
     chain = None
     columns: Columns | None = None
+    single_field = None
     entries: tuple[tuple[str, Columns], ...] | None = None
     if text.strip() == "@":
         search: Search = _current_node
@@ -412,9 +415,10 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
             single = _single_input(parsed.parsed)
             if columns is not None and single is not None:
                 columns = _memoised(columns, single)
+                single_field = single[0] if len(single) == 1 else None
             if columns is not None and parsed.parsed["type"] == "multi_select_dict":
                 entries = tuple(_hash_entries(parsed.parsed).items())
-    return Expression(source, search, on_context, names, None if chain is None else tuple(chain), columns, entries)
+    return Expression(source, search, on_context, names, None if chain is None else tuple(chain), columns, entries, single_field)
 
 
 # -- templates --------------------------------------------------------------------------
