@@ -425,8 +425,8 @@ class _Fields:
         return _column(expr, plain, self.elements)
 
 
-_KNOWN_ELEMENTS = 1 << 16  # elements whose label texts a module keeps across probes, at most (`_KnownTexts`)
-_KNOWN_CHARACTERS = 1 << 22  # characters of those texts and of the label values they were made of, at most
+_KNOWN_ELEMENTS = 1 << 15  # elements whose label texts a module keeps across probes, at most (`_KnownTexts`)
+_KNOWN_CHARACTERS = 1 << 21  # characters of those texts and of the label values they were made of, at most
 
 
 @dataclass(slots=True)
