@@ -248,6 +248,39 @@ async def test_requests_go_through_the_proxy_unless_no_proxy_matches(aiohttp_cli
     assert forward_proxy.requests == [f"GET {up.url}/ HTTP/1.1"]
 
 
+async def test_a_request_aiohttp_cannot_make_is_a_config_error_not_invalid_json(aiohttp_client: Any, upstream: UpstreamFactory,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy whose host has an empty label passes the spec's check (an http:// URL) and makes aiohttp let a
+    UnicodeError (a ValueError) through from the resolver's encoding, before anything is sent; a proxy from the
+    environment with a port out of range makes aiohttp's reading of it raise one: no answer was invalid JSON."""
+    for name in ("http_proxy", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:99999")
+    up = await upstream({"/": {"v": 1}})
+    client = await exporter_for(aiohttp_client, """
+        modules:
+          spec:
+            http_client_config: {proxy_url: 'http://a..b:3128'}
+            metrics: [{name: x, help: x, value: v}]
+          environment:
+            http_client_config: {proxy_from_environment: true}
+            metrics: [{name: x, help: x, value: v}]
+          port:
+            http_client_config: {proxy_url: 'http://127.0.0.1:99999'}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    status, text = await probe(client, f"{up.url}/", module="port", debug="true")  # aiohttp's InvalidURL: a ClientError too
+    assert status == 200 and "via proxy http://127.0.0.1:99999" in text and "-> connection_error" in text, text
+    for module, error in (("spec", "UnicodeError: encoding with 'idna' codec failed (UnicodeError: label empty or too long)"),
+                          ("environment", "ValueError: Port out of range 0-65535")):
+        status, text = await probe(client, f"{up.url}/", module=module, debug="true")
+        assert status == 200 and "config_error" in text and f"the request cannot be made: {error}" in text, text
+        status, text = await probe(client, f"{up.url}/", module=module)
+        assert status == 200 and value(parse(text), "probe_success") == 0
+        metrics = parse(await (await client.get("/metrics")).text())
+        assert value(metrics, "jsonexporter_upstream_requests_total", module=module, endpoint="default", outcome="config_error") == 2
+
+
 async def test_redirects_are_followed_unless_disabled(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
     async def moved(request: web.Request) -> web.Response:
         raise web.HTTPFound("/new")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from yarl import URL
 
 from jsonexporter import __version__
-from jsonexporter.secrets import MIN_BARE_LENGTH, is_credential_header, is_secret_name
+from jsonexporter.secrets import MIN_BARE_LENGTH, REDACTED, is_credential_header, is_secret_name
 from jsonexporter.spec.functions import Pattern
 
 USER_AGENT = f"jsonexporter/{__version__}"
@@ -52,17 +52,65 @@ def origin(url: URL) -> Origin:
     return url.scheme, (url.host or "").lower(), url.port
 
 
-def checked_url(text: str | URL, base: URL | None = None) -> URL | None:
-    """`text` as a URL (joined to `base` when given), None when it is none: yarl decodes an IDNA host
-    (`xn--…`) only when `.host` is first read, so an invalid one is found here, not where the URL is used."""
+class UnusableURL(ValueError):
+    """A URL from outside (a target, a next page, a Link header, a Location) that cannot be requested.
+    Its message says why, quoting at most the host and the port: never the userinfo, a credential."""
+
+
+def checked_url(text: str | URL, base: URL | None = None) -> URL:
+    """`text` as a URL (joined to `base` when given); raise UnusableURL when it is none: yarl decodes an IDNA host
+    (`xn--…`) only when `.host` is first read, and the resolver encodes it only when connecting (where aiohttp
+    lets its UnicodeError through), so an invalid one is found here, not where the URL is used."""
     try:
         url = text if isinstance(text, URL) else URL(text)
         if base is not None:
             url = base.join(url)
-        url.host  # noqa: B018 (the decoding is the check)
-    except (ValueError, TypeError):  # UnicodeError is a ValueError
-        return None
+        url.host  # noqa: B018 (the decoding is one check)
+        if url.raw_host:  # the resolver's encoding another: a label empty or over 63 characters
+            url.raw_host.encode("idna")
+    except Exception as exc:  # ValueError (UnicodeError among them), TypeError, and yarl's IndexError on `http://[:]@/`
+        raise UnusableURL(_unusable_because(str(text), exc)) from None
     return url
+
+
+_MAX_QUOTED = 80  # of a host or port quoted in a reason: the text is from outside
+
+
+def _unusable_because(text: str, exc: Exception) -> str:
+    """What yarl found wrong with `text`, in words that quote only its host and port."""
+    head, slashes, authority = text.partition("//")
+    if not slashes or (head and not head.endswith(":")):  # no `scheme://` nor `//`: no authority
+        authority = ""
+    for end in "/?#":
+        authority = authority.partition(end)[0]
+    userinfo, _, hostport = authority.rpartition("@")
+    if hostport.startswith("["):
+        inside, bracket, after = hostport.partition("]")
+        host, port = inside + bracket, after[1:]
+    else:
+        host, _, port = hostport.partition(":")
+    message = str(exc).removeprefix("Invalid URL: ")
+    if "Port out of range" in message or "port can't be converted" in message:
+        return f"its port {_quoted(port)} is not a number from 0 to 65535"
+    if isinstance(exc, UnicodeError):
+        detail = (message.rpartition("(UnicodeError: ")[2].rstrip(")") or message)[:_MAX_QUOTED]
+        what = "an IDNA `xn--` label that decodes to none" if "decoding" in message else "it has no DNS form"
+        return f"its host {_quoted(host)} is not a valid name ({what}: {detail})"
+    if "NFKC" in message:
+        return "its host or userinfo has a character that NFKC normalization turns into one of / ? # @ : %"
+    if "IPv" in message:
+        return f"its host {_quoted(host)} is not a valid IP address in brackets"
+    if not isinstance(exc, ValueError | TypeError):
+        return f"yarl cannot read it ({type(exc).__name__})"
+    # yarl's other messages quote nothing of the URL; should one start to, its userinfo is still hidden
+    for secret in sorted({userinfo, *userinfo.split(":", 1)}, key=len, reverse=True):
+        if secret and (secret == userinfo or len(secret) >= MIN_BARE_LENGTH):
+            message = message.replace(secret, REDACTED)
+    return message
+
+
+def _quoted(part: str) -> str:
+    return repr(part if len(part) <= _MAX_QUOTED else part[:_MAX_QUOTED] + "…")
 
 
 def url_forms(url: URL) -> list[str]:
@@ -116,9 +164,10 @@ def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple
     origin of the `first` request (that one was allowed with the probe). A hop to another origin than
     `previous` carries nothing of the spec (headers, credentials, the TLS client certificate, body, secret query values), and
     is refused when it would have to re-send a body, or leave https for http while carrying secrets."""
-    url = checked_url(location, previous.url)
-    if url is None:
-        return Refusal(None, "its Location header is not a URL (or names a host that is not a valid name)")
+    try:
+        url = checked_url(location, previous.url)
+    except UnusableURL as exc:
+        return Refusal(None, f"its Location header is not a usable URL: {exc}")
     if url.scheme not in ("http", "https") or not url.host:
         return Refusal(url, "it is not an http:// or https:// URL with a host")
     url = url.with_user(None).with_fragment(None)  # a redirect never adds credentials
