@@ -419,6 +419,7 @@ class _Chunk:
     distinct: set[str]
     unique: bool  # no two elements of the chunk with the same labels
     columns: list[list[str]]  # the escaped label values, in the plan's `slots` order (a histogram's `le` goes between them)
+    longest: list[int] | None = None  # the length of each column's longest value, once measured (`_bounded_chunk`)
 
 
 @dataclass(slots=True)
@@ -677,10 +678,12 @@ def _bounded_chunk(chunk: _Chunk | None, bounds: Bounds) -> _Chunk | None:
     """The chunk, unless one of its label values is beyond the bounds (None: element by element, where
     `_bounded_texts` says which): its escaped values measured (an escaped one is no shorter), joined once
     for the secrets (the Redactor knows their escaped forms)."""
-    if chunk is None or not chunk.columns:
-        return chunk
     limit, redactor = bounds.label_value_length_limit, bounds.redactor
-    longest = [max(map(len, column)) for column in chunk.columns]
+    if chunk is None or not chunk.columns or (not limit and redactor is None):
+        return chunk
+    longest = chunk.longest
+    if longest is None:  # measured once: a chunk kept across probes (`_known_chunk`) is measured at its first
+        longest = chunk.longest = [max(map(len, column)) for column in chunk.columns]
     if limit and max(longest) > limit:
         return None
     if redactor is not None:  # columns whose values are all shorter than every known value cannot hold one
