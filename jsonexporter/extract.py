@@ -24,6 +24,7 @@ from jsonexporter.labeltext import label_text
 from jsonexporter.names import text_name
 from jsonexporter.numbers import parse_number
 from jsonexporter.slices import Steps, run, run_sliced
+from jsonexporter.spec import objects
 from jsonexporter.spec.expressions import Expression, Search
 from jsonexporter.spec.functions import FunctionError
 from jsonexporter.spec.model import Level, Metric, Module, Output
@@ -889,11 +890,11 @@ def _value_columns(metric: Metric, outputs: list[_Output], elements: list[Any]) 
 
 
 def _column(expr: Expression, plain: str | None, elements: list[Any]) -> list[Any]:
-    """What `search` gives for each element; dict lookups for a plain field (then TypeError when an
-    element is not an object: the caller goes element by element). map of dict.get: 15 µs per 512
-    elements against 19 for a comprehension of e.get."""
+    """What `search` gives for each element; lookups at C speed for a plain field, of dicts or of a
+    projection's objects (then TypeError or AttributeError when an element is not an object: the caller
+    goes element by element). map of dict.get: 15 µs per 512 elements against 19 for a comprehension of e.get."""
     if plain is not None:
-        return list(map(dict.get, elements, repeat(plain)))
+        return objects.column(plain, elements)
     at_once = None if expr.columns is None else expr.columns(elements)  # calls by columns (bench/README.md)
     return at_once if at_once is not None else list(map(expr.search, elements))
 

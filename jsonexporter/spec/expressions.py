@@ -18,7 +18,9 @@ import jmespath.lexer
 from jmespath.parser import ParsedResult
 
 from jsonexporter.secrets import redact_patterns
+from jsonexporter.spec import objects
 from jsonexporter.spec.functions import LIBRARY, OPTIONS, CallError, call_by_columns, check_call
+from jsonexporter.spec.objects import Fields
 
 Search = Callable[[Any], Any]
 Columns = Callable[[list[Any]], "list[Any] | None"]  # what an expression gives for each element of a list, at once; None: one by one
@@ -65,18 +67,19 @@ def _field_chain(ast: dict[str, Any]) -> list[str] | None:
 
 
 def _fast_search(fields: list[str]) -> Search:
-    """Direct dict access with JMESPath's semantics: a field of a non-object is null."""
+    """Direct dict access with JMESPath's semantics: a field of a non-object is null (an object: a dict,
+    or a projection's, spec/objects.py)."""
     if len(fields) == 1:
         (only,) = fields
 
         def search_one(data: Any) -> Any:
-            return data.get(only) if type(data) is dict else None
+            return data.get(only) if type(data) is dict or isinstance(data, Fields) else None
 
         return search_one
 
     def search_chain(data: Any) -> Any:
         for name in fields:
-            if type(data) is not dict:
+            if type(data) is not dict and not isinstance(data, Fields):
                 return None
             data = data.get(name)
         return data
@@ -94,8 +97,8 @@ def _field_columns(chain: list[str]) -> Callable[[list[Any]], list[Any]]:
 
     def column(rows: list[Any]) -> list[Any]:
         try:
-            return list(map(dict.get, rows, itertools.repeat(only)))
-        except TypeError:  # a row that is not an object (its field is null)
+            return objects.column(only, rows)
+        except (TypeError, AttributeError):  # a row that is not an object (its field is null)
             return list(map(search, rows))
 
     return column

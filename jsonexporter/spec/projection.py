@@ -24,6 +24,7 @@ import msgspec
 
 from jsonexporter.spec.expressions import Expression
 from jsonexporter.spec.model import Metric
+from jsonexporter.spec.objects import Fields, attribute
 
 # node types whose value comes from their first child's only: what is read is what that one reads
 _NAVIGATING = frozenset({"subexpression", "index_expression", "projection", "value_projection", "filter_projection", "flatten", "pipe"})
@@ -39,6 +40,11 @@ _COMBINING = frozenset({"function_expression", "or_expression", "and_expression"
 # module gives it beyond 4 MiB.
 _LEAF = Union[Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)], float, str, bool, None, list[Any], dict[str, Any]]  # noqa: UP007
 
+
+# An object of more fields than this is a TypedDict, not a Struct (spec/objects.py): a Struct holds a slot
+# for every field read, present or not, and the response cache counts an object in the answer as 200
+# bytes (cache.parsed_size): 16 slots and the header take 144, a dict of them more (tests/test_fastpaths.py).
+STRUCT_FIELDS = 16
 
 class _Whole(Exception):
     """An expression reads the current node as a whole (or in a way not followed here)."""
@@ -134,8 +140,13 @@ def _type(node: _Node, names: list[int]) -> Any:
         element = _type(node.elements, names)
         return Union[list[element], dict[str, element], None]  # type: ignore[valid-type]  # noqa: UP007 (built at run time)
     names[0] += 1
-    fields = {name: _type(child, names) for name, child in node.fields.items()}
-    return Union[TypedDict(f"Projection{names[0]}", fields, total=False), None]  # type: ignore[operator]  # noqa: UP007
+    name = f"Projection{names[0]}"
+    fields = {key: _type(child, names) for key, child in node.fields.items()}
+    if len(fields) > STRUCT_FIELDS:
+        return Union[TypedDict(name, fields, total=False), None]  # type: ignore[operator]  # noqa: UP007
+    struct = msgspec.defstruct(name, [(attribute(key), kind, None) for key, kind in fields.items()],
+                               bases=(Fields,), rename={attribute(key): key for key in fields}, gc=False)
+    return Union[struct, None]  # noqa: UP007
 
 
 @dataclass(frozen=True, slots=True)
