@@ -716,7 +716,7 @@ def _bucket_columns(metric: Metric, plan: _FastPlan, layouts: dict[tuple[Any, ..
     d = metric.distribution
     assert d is not None
     entries = d.points.entries
-    if entries is not None and set(map(type, elements)) == _DICT:  # `{"0.1": fast, "+Inf": all}`: its keys, whatever the values
+    if entries is not None and _all_objects(elements):  # `{"0.1": fast, "+Inf": all}`: its keys, whatever the values
         keys = tuple(key for key, _ in entries)
         layout = layouts[keys] if keys in layouts else layouts.setdefault(keys, _layout(keys, metric, plan, sample_name))
         if layout is None:
@@ -897,6 +897,12 @@ def _column(expr: Expression, plain: str | None, elements: list[Any]) -> list[An
         return objects.column(plain, elements)
     at_once = None if expr.columns is None else expr.columns(elements)  # calls by columns (bench/README.md)
     return at_once if at_once is not None else list(map(expr.search, elements))
+
+
+def _all_objects(elements: list[Any]) -> bool:
+    """Whether every element is an object: a dict, or a projection's object (spec/objects.py), all of one kind."""
+    kinds = set(map(type, elements))
+    return kinds == _DICT or (len(kinds) == 1 and issubclass(next(iter(kinds)), objects.Fields))
 
 
 _STR, _INT, _FLOAT, _BOOL, _NUMBERS, _DICT, _NONE = {str}, {int}, {float}, {bool}, {int, float}, {dict}, {type(None)}

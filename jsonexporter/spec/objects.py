@@ -46,6 +46,6 @@ class Fields(msgspec.Struct, gc=False):
 def column(name: str, rows: list[Any]) -> list[Any]:
     """`row.get(name)` of each row, at C speed, rows being dicts or a projection's objects (as the first
     row is); TypeError or AttributeError when one is neither (null, a number): the caller reads row by row."""
-    if rows and isinstance(rows[0], Fields):
+    if rows and type(rows[0]) is not dict and isinstance(rows[0], Fields):
         return list(map(getter(name), rows))
     return list(map(dict.get, rows, repeat(name)))
