@@ -47,6 +47,7 @@ _LEAF = Union[Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)], float, st
 # bytes (cache.parsed_size): 16 slots and the header take 144, a dict of them more (tests/test_fastpaths.py).
 STRUCT_FIELDS = 16
 
+
 class _Whole(Exception):
     """An expression reads the current node as a whole (or in a way not followed here)."""
 
