@@ -240,6 +240,14 @@ def test_fast_extraction_across_chunks_gives_what_the_general_path_gives(module_
             elements.append(element)
         many[field] = elements
     _assert_same(*_both_paths(spec.modules["default"], {**document, **many}))
+    # and parsed for the rules into objects (spec/objects.py), by chunks too
+    named = make_spec(json.dumps({"modules": {"default": _reading_named_fields(module_spec)}})).modules["default"]
+    objects_only = {**document, **many, "items": [e if isinstance(e, dict) else None for e in many["items"]]}
+    if not _beyond_64_bits_in_a_value(objects_only, 0, dict):
+        whole, projected = _projected(named, objects_only)
+        static = module_labels(named, VALUES)
+        _assert_same(extract(named, {"default": projected}, PROBE, static), extract(named, {"default": whole}, PROBE, static))
+        event("projected into objects" if _has_objects(projected) else "not projected")
 
 
 def test_bench_spec_takes_the_fast_path_with_the_same_output() -> None:
