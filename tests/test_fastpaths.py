@@ -210,6 +210,9 @@ def merging_modules(draw: Any) -> dict[str, Any]:
 def test_merged_series_by_columns_give_what_the_general_path_gives(module_spec: dict[str, Any], document: Any) -> None:
     spec = make_spec(json.dumps({"modules": {"default": module_spec}}))
     _assert_same(*_both_paths(spec.modules["default"], document))
+    objects_only = {**document, "items": [e if isinstance(e, dict) else None for e in document["items"]]}
+    if not _beyond_64_bits_in_a_value(objects_only, 0, dict):  # and parsed for the rules into objects
+        _assert_objects_read_as_dicts(module_spec, objects_only)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -240,14 +243,9 @@ def test_fast_extraction_across_chunks_gives_what_the_general_path_gives(module_
             elements.append(element)
         many[field] = elements
     _assert_same(*_both_paths(spec.modules["default"], {**document, **many}))
-    # and parsed for the rules into objects (spec/objects.py), by chunks too
-    named = make_spec(json.dumps({"modules": {"default": _reading_named_fields(module_spec)}})).modules["default"]
     objects_only = {**document, **many, "items": [e if isinstance(e, dict) else None for e in many["items"]]}
-    if not _beyond_64_bits_in_a_value(objects_only, 0, dict):
-        whole, projected = _projected(named, objects_only)
-        static = module_labels(named, VALUES)
-        _assert_same(extract(named, {"default": projected}, PROBE, static), extract(named, {"default": whole}, PROBE, static))
-        event("projected into objects" if _has_objects(projected) else "not projected")
+    if not _beyond_64_bits_in_a_value(objects_only, 0, dict):  # and parsed for the rules into objects, by chunks too
+        _assert_objects_read_as_dicts(module_spec, objects_only)
 
 
 def test_bench_spec_takes_the_fast_path_with_the_same_output() -> None:
@@ -567,16 +565,22 @@ objects_documents = documents.map(lambda d: {**d, "items": [e if isinstance(e, d
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(modules().map(_reading_named_fields), objects_documents)
+@given(modules(), objects_documents)
 def test_an_answer_parsed_into_objects_gives_what_the_whole_answer_gives(module_spec: dict[str, Any], document: Any) -> None:
     """The rules read a projection's objects (Structs, spec/objects.py) as they read the dicts of the whole
     answer, on the fast path and the general one (jmespath's interpreter): missing, null, nested, odd names."""
     assume(not _beyond_64_bits_in_a_value(document, 0, dict))
-    module = make_spec(json.dumps({"modules": {"default": module_spec}})).modules["default"]
+    _assert_objects_read_as_dicts(module_spec, document, (None, Trace()))
+
+
+def _assert_objects_read_as_dicts(module_spec: dict[str, Any], document: Any, traces: tuple[Trace | None, ...] = (None,)) -> None:
+    """The module's rules reduced to named-field reads (`_reading_named_fields`) give for the answer parsed
+    into a projection's objects what they give for the whole answer (each trace: the general path)."""
+    module = make_spec(json.dumps({"modules": {"default": _reading_named_fields(module_spec)}})).modules["default"]
     whole, projected = _projected(module, document)
     event("projected into objects" if _has_objects(projected) else "not projected")
     static = module_labels(module, VALUES)
-    for trace in (None, Trace()):
+    for trace in traces:
         _assert_same(extract(module, {"default": projected}, PROBE, static, trace=trace), extract(module, {"default": whole}, PROBE, static, trace=trace))
 
 def test_bench_spec_parses_only_the_fields_its_rules_read() -> None:
