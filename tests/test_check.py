@@ -1032,7 +1032,7 @@ INVALID = [
               api: {url: "http://{node}:8080/stats"}
             metrics:
               - {name: a, help: h, endpoint: api, value: x}
-        """, ("2:3", "modules.m", "endpoint api sends credentials (http_client_config) to a host taken from {node}: declare `targets")),
+        """, ("4:25", "modules.m.http_client_config", "endpoint api sends credentials (http_client_config) to a host taken from {node}: declare `targets")),
     invalid("credentials_to_a_subdomain_from_a_parameter", """
         modules:
           m:
@@ -1041,7 +1041,7 @@ INVALID = [
               api: {url: "http://{tenant}.api.example.internal/", headers: {Authorization: Bearer t}}
             metrics:
               - {name: a, help: h, endpoint: api, value: x}
-        """, ("2:3", "modules.m", "endpoint api sends credentials (header Authorization) to a host taken from {tenant}")),
+        """, ("5:84", "modules.m.endpoints.api.headers.Authorization", "endpoint api sends credentials (header Authorization) to a host taken from {tenant}")),
     invalid("json_body_placeholder_outside_a_string", """
         modules:
           m:
@@ -1752,8 +1752,8 @@ def test_credentials_sent_to_a_host_from_the_target_need_an_allowlist(write_spec
     assert main(["check", str(path)]) == 1
     out = capsys.readouterr().out.splitlines()
     errors = [line for line in out if "credentials" in line]
-    assert errors == [f"{path}:2:3: modules.github: endpoint repo sends credentials (header Authorization) to the host of the target: "
-                      "declare `targets: {allow: [...]}` so they can only be sent to the hosts you mean"]
+    assert errors == [f"{path}:4:62: modules.github.endpoints.repo.headers.Authorization: endpoint repo sends credentials (header Authorization) "
+                      "to the host of the target: declare `targets: {allow: [...]}` in the module so they can only be sent to the hosts you mean"]
 
 
 def test_allowlist_patterns_must_compile(write_spec: Any, capsys: pytest.CaptureFixture[str]) -> None:
