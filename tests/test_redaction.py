@@ -261,6 +261,51 @@ async def test_a_secret_named_probe_parameter_echoed_by_the_upstream_shows_nowhe
     assert client.app[STATE].redactor(key) == key  # hidden per probe, not learned by the one Redactor of the process
 
 
+async def _echoed_trace(aiohttp_client: Any, upstream: UpstreamFactory, module: str, **params: str) -> str:
+    """The debug trace of a probe of `module` against an upstream that answers the request headers it got."""
+    from jsonexporter.server import make_app
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"v": 1, "headers": dict(request.headers)})
+
+    up = await upstream({"/": echo})
+    client = await aiohttp_client(make_app(make_spec(textwrap.dedent(module).replace("URL", up.url))))
+    response = await client.get("/probe", params={"debug": "true", **params})
+    text = await response.text()
+    assert response.status == 200 and "probe_success 1" in text and "-> success" in text, text
+    return text
+
+
+async def test_a_parameter_default_sent_as_a_credential_shows_nowhere(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    default = "PARAMDEFAULTSECRET1"  # a parameter whose name says nothing: placed where a credential goes, its default is one
+    traced = await _echoed_trace(aiohttp_client, upstream, f"""
+        modules:
+          default:
+            parameters: {{k: {{default: {default}}}, art: {{default: AKCp-ARTIFACTORY-KEY1}}}}
+            endpoints:
+              a: {{url: 'URL/', headers: {{Authorization: 'Bearer {{k}}'}}}}
+              b: {{url: 'URL/', headers: {{X-JFrog-Art-Api: '{{art}}'}}}}
+            metrics: [{{name: x, help: x, value: v, endpoint: a}}]
+        """)
+    assert "Bearer <redacted>" in traced or "'Authorization': '<redacted>'" in traced
+    assert default not in traced and "AKCp-ARTIFACTORY-KEY1" not in traced, traced
+
+
+async def test_a_callers_value_sent_as_a_credential_shows_nowhere_in_its_own_trace(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    module = """
+        modules:
+          default:
+            parameters: {k: {}, art: {}}
+            endpoints:
+              a: {url: 'URL/', headers: {Authorization: 'Bearer {k}', X-Other: '{k}', X-JFrog-Art-Api: '{art}'}}
+            metrics: [{name: x, help: x, value: v}]
+        """
+    traced = await _echoed_trace(aiohttp_client, upstream, module, k="caller-TOKEN-value-1", art="caller-ART-value-1")
+    assert "caller-TOKEN-value-1" not in traced, traced  # placed in Authorization: hidden wherever it shows, the echo too
+    [headers] = [line for line in traced.splitlines() if "request headers:" in line]
+    assert "'X-JFrog-Art-Api': '<redacted>'" in headers and "caller-ART-value-1" not in headers  # a credential header, as redirects judge
+
+
 async def test_secrets_are_hidden_as_aiohttp_writes_them_in_paths_and_queries(serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory,
                                                                                tmp_path: Path) -> None:
     """yarl keeps `!:@$=/` in a path and encodes `+` and `=` in a query: neither urllib spelling."""

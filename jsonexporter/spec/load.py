@@ -886,6 +886,8 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
         projections=MappingProxyType(projections(module_metrics, endpoints)),
         secrets=MappingProxyType(secrets),
         login=login,
+        credential_parameters=frozenset(n for _, raw_request, _ in requests for credential in request_credentials(raw_request, defaults, credential_names)
+                                        for n in credential.placeholders if n in params),
     )
 
 
