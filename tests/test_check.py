@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 from schema_util import broken_documents
 
 from jsonexporter.cli import main
-from jsonexporter.spec import load_text
+from jsonexporter.spec import load_text, read_spec_text
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "jsonexporter.schema.json"
 SCHEMA: dict[str, Any] = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
@@ -1452,6 +1454,22 @@ def test_missing_file_exits_2(tmp_path: Path, check: Run) -> None:
     assert code == 2
     assert out == ""
     assert err == f"{missing}: cannot read: No such file or directory\n"
+
+
+def test_a_fifo_nobody_writes_is_unreadable_and_its_stuck_reads_share_one_thread(tmp_path: Path, check: Run) -> None:
+    fifo = tmp_path / "spec.yml"
+    os.mkfifo(fifo)
+    code, out, err = check(fifo)
+    assert (code, out) == (2, "")
+    assert err == f"{fifo}: cannot read: no answer within 2s (a FIFO or device nobody writes, or a hung mount?)\n"
+    for _ in range(3):  # as auto-reload would, every few seconds
+        with pytest.raises(OSError, match="no answer within"):
+            read_spec_text(str(fifo), timeout=0.05)
+    waiting = [t for t in threading.enumerate() if t.name == f"config-file {fifo}"]
+    assert len(waiting) == 1 and waiting[0].daemon
+    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a writer that writes nothing: the reader sees the end
+    waiting[0].join(30)
+    assert not waiting[0].is_alive()
 
 
 def test_a_directory_without_spec_files_exits_2_saying_so(tmp_path: Path, check: Run) -> None:
