@@ -20,7 +20,23 @@ from urllib.parse import quote, quote_plus
 
 from yarl import URL
 
-_SECRET_WORDS = ("auth", "token", "secret", "password", "passwd", "key", "cookie", "session", "credential", "signature")
+_SECRET_WORDS = ("auth", "token", "secret", "password", "passwd", "passphrase", "pwd", "jwt", "key", "cookie", "session", "sessid",
+                 "credential", "signature", "csrf", "xsrf")
+# secret as words of a name only (`db_pass`, `X-Api-Pass`, `userPass`, Azure's `sig`, `sas_token`), never inside
+# one: `passenger`, `bypass`, `compass`, `signal`, `design`, `kansas` name no secret
+_SECRET_NAME_WORDS = ("pass", "sig", "sas")
+# a word of a name is bounded by the name's start or end, a character that is no letter or digit, or a capital
+# after a small letter or digit (`userPass`, `passWord`); `start` and `end`: what stands for the name's ends
+_NAME_SEP = r"[^A-Za-z0-9=&#?;\s\"'<>/]"  # in a query parameter's name (_NAME_CHAR)
+
+
+def _name_word(start: str, end: str, sep: str = _NAME_SEP) -> str:
+    first = "".join(sorted({c for w in _SECRET_NAME_WORDS for c in (w[0], w[0].upper())}))  # a cheap test first: names are tried at each character
+    return (rf"(?=[{first}])(?:{start}|(?<={sep})|(?<=[a-z0-9])(?=[A-Z]))(?i:{'|'.join(_SECRET_NAME_WORDS)})"
+            rf"(?:{end}|(?={sep})|(?<=[a-z])(?=[A-Z]))")
+
+
+_SECRET_WORD_OF_NAME = re.compile(_name_word("^", "$", "[^A-Za-z0-9]"))
 REDACTED = "<redacted>"
 # A known secret shorter than this is looked for only where it is quoted ('abc', "abc"): bare, it
 # would match inside ordinary words and numbers everywhere.
@@ -33,7 +49,7 @@ MAX_CUT_LOOKBACK = 4096
 
 def is_secret_name(name: str) -> bool:
     lowered = name.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
+    return any(word in lowered for word in _SECRET_WORDS) or _SECRET_WORD_OF_NAME.search(name) is not None
 
 
 # Request headers that carry no credential: content negotiation, caching, the client's name. Any
@@ -70,7 +86,8 @@ _BARE_USERINFO = re.compile(
 # a query parameter whose name says secret (is_secret_name, spelled as a pattern: most parameters
 # are not secret, and a trace has thousands); `;` also separates, so that `&amp;api_key=` in HTML counts
 _NAME_CHAR = r"[^=&#?;\s\"'<>/]"
-_QUERY_VALUE = re.compile(rf"(?P<head>[?&;](?P<name>{_NAME_CHAR}*(?:{'|'.join(_SECRET_WORDS)}){_NAME_CHAR}*)=)(?P<value>[^&#\s\"'<>]+)", re.IGNORECASE)
+_SECRET_QUERY_NAME = rf"{_NAME_CHAR}*(?i:{'|'.join(_SECRET_WORDS)}){_NAME_CHAR}*|{_NAME_CHAR}*?{_name_word('(?<=[?&;])', '(?==)')}{_NAME_CHAR}*"
+_QUERY_VALUE = re.compile(rf"(?P<head>[?&;](?P<name>{_SECRET_QUERY_NAME})=)(?P<value>[^&#\s\"'<>]+)")
 
 
 # a URL cut (CUT) before the `@` that ends its userinfo: what is left of `user:password` is hidden;
