@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from schema_util import broken_documents
 
 from jsonexporter.cli import main
 from jsonexporter.spec import load_text, read_spec_text
+from jsonexporter.spec.problems import format_path
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "jsonexporter.schema.json"
 SCHEMA: dict[str, Any] = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
@@ -1470,6 +1472,26 @@ def test_a_fifo_nobody_writes_is_unreadable_and_its_stuck_reads_share_one_thread
     os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a writer that writes nothing: the reader sees the end
     waiting[0].join(30)
     assert not waiting[0].is_alive()
+
+
+def test_lone_surrogates_in_spec_literals_are_refused_where_they_are_written_and_a_pair_is_its_character() -> None:
+    text = textwrap.dedent("""\
+        modules:
+          m:
+            labels: {site: "x\\udc00"}
+            metrics:
+              - {name: a, help: "h\\ud800", value: v}
+              - {name: b, help: "\\ud83d\\ude00 ok", value: v, labels: {k: "`\\"\\udfff\\"`"}}
+        """)
+    spec, problems = load_text(text, "spec.yml")
+    assert spec is None
+    assert [(p.line, p.column, format_path(p.path), p.message.partition(" (")[0]) for p in problems] == [
+        (3, 20, "modules.m.labels.site", "a lone surrogate \\udc00"),
+        (5, 25, "modules.m.metrics[0].help", "a lone surrogate \\ud800"),
+        (6, 66, "modules.m.metrics[1].labels.k", "a lone surrogate \\udfff"),
+    ]
+    spec, problems = load_text("modules:\n  m:\n    metrics: [{name: b, help: \"\\ud83d\\ude00 ok\", value: v}]\n", "spec.yml")
+    assert spec is not None and problems == [] and spec.modules["m"].metrics[0].help == "\U0001f600 ok"
 
 
 def test_a_directory_without_spec_files_exits_2_saying_so(tmp_path: Path, check: Run) -> None:
