@@ -220,6 +220,24 @@ async def test_invalid_json_fails_the_endpoint(upstream: UpstreamFactory, export
     assert "probe_success 0" in text
 
 
+async def test_a_json_number_beyond_a_float_fails_only_its_series_as_its_string_would(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    body = '{"inf": 1e400, "text": "1e400", "digits": 1' + "0" * 5000 + ', "ok": 2.5}'
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="application/json")
+
+    up = await upstream({"/x": answer})
+    client = await exporter("modules: {default: {metrics: [" + ", ".join(f"{{name: {n}, help: x, value: {n}}}" for n in ("inf", "text", "digits", "ok"))
+                            + "]}}")
+    status, text = await probe(client, f"target={up.url}/x&debug=true")
+    assert status == 200
+    s = parse(text.partition("metrics:\n")[2])
+    assert value(s, "probe_success") == 1 and value(s, "ok") == 2.5
+    assert {n: value(s, "probe_extraction_errors", metric=n) for n in ("inf", "text", "digits")} == {"inf": 1, "text": 1, "digits": 1}
+    assert text.count('"1e400" is beyond the range of a 64-bit float') == 2  # the number as the string gives it
+    assert "(first 60 of 5003 chars) is beyond the range of a 64-bit float" in text
+    assert "set_int_max_str_digits" not in text and "+Inf" not in text
+
+
 async def test_connection_refused_fails_the_probe(exporter: ExporterFactory, unused_tcp_port: int) -> None:
     client = await exporter("modules: {default: {metrics: [{name: x, help: x, value: v}]}}")
     status, text = await probe(client, f"target=http://127.0.0.1:{unused_tcp_port}/")

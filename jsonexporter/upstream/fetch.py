@@ -19,6 +19,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from jsonexporter.logs import kv
+from jsonexporter.numbers import OUT_OF_RANGE_AS_TEXT
 from jsonexporter.secrets import CUT, REDACTED, is_credential_header
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.model import HEADER_VALUE_CONTROL
@@ -81,13 +82,20 @@ def _parse_json(body: bytes, projection: Projection | None = None, quote_answer:
         document = projection.decode(body)
         if document is not FULL:
             return document
+    hooks: dict[str, Any] = {}
     if len(body) <= ORJSON_MAX_BYTES:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
-            pass  # perhaps valid for the json module (NaN, Infinity, UTF-16/32, a BOM, lone surrogates): it decides, with its messages
+            # perhaps valid for the json module (NaN, Infinity, UTF-16/32, a BOM, lone surrogates, numbers beyond a float): it decides, with its messages
+            hooks = OUT_OF_RANGE_AS_TEXT
     try:
-        return json.loads(body)
+        try:
+            return json.loads(body, **hooks)
+        except ValueError as exc:
+            if isinstance(exc, json.JSONDecodeError) or hooks:
+                raise
+            return json.loads(body, **OUT_OF_RANGE_AS_TEXT)  # an integer of more digits than Python converts
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     except UnicodeDecodeError as exc:
