@@ -8,6 +8,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from aiohttp import web
 from conftest import ExporterFactory, UpstreamFactory, wait_for
 from metrics_util import names, parse, value
@@ -369,6 +370,31 @@ async def test_openmetrics_is_negotiated_and_gzip_applied(upstream: UpstreamFact
     assert families["node_cpu_ratio"].type == "gauge"
     plain = await client.get(f"/probe?target={up.url}")
     assert plain.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+
+
+@pytest.mark.parametrize(("accept", "accept_encoding", "openmetrics", "gzipped"), [
+    ("application/openmetrics-text;q=0", "gzip;q=0", False, False),
+    ("application/openmetrics-text;version=1.0.0;q=0", "identity, gzip;q=0", False, False),
+    ("text/plain;version=0.0.4;q=1, application/openmetrics-text;version=1.0.0;q=0.5", "gzip;q=0.5", False, True),
+    ("application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1", "gzip", True, True),  # Prometheus's
+    ("application/openmetrics-text", "", True, False),
+])
+async def test_the_exposition_format_and_gzip_are_negotiated_by_q_values(
+    upstream: UpstreamFactory, exporter: ExporterFactory, accept: str, accept_encoding: str, openmetrics: bool, gzipped: bool,
+) -> None:
+    up = await upstream({"/api/stats": NODES})
+    client = await exporter(NODE_SPEC)
+    response = await client.get(f"/probe?target={up.url}", headers={"Accept": accept, "Accept-Encoding": accept_encoding}, auto_decompress=False)
+    assert response.status == 200
+    body = await response.read()
+    assert ("Content-Encoding" in response.headers) is gzipped
+    text = (gzip.decompress(body) if gzipped else body).decode()
+    if openmetrics:
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0") and text.endswith("# EOF\n")
+        assert {f.name for f in parse_openmetrics(text)} >= {"node_cpu_ratio"}
+    else:
+        assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8" and "# EOF" not in text
+        assert value(parse(text), "node_cpu_ratio", id="n1", environment="beta") == 0.25
 
 
 async def test_debug_trace_shows_requests_and_results_without_secrets(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
