@@ -92,3 +92,10 @@ def test_what_check_refuses_to_send_to_the_callers_host_redaction_hides(case: Se
 def test_check_leaves_modules_that_send_no_credential_to_the_callers_host_alone(module: str) -> None:
     spec, problems = load_text(_spec(module), "spec.yml")
     assert problems == [] and spec is not None
+
+
+def test_an_endpoint_named_login_is_named_as_an_endpoint_and_the_login_as_the_login() -> None:
+    _, problems = load_text(_spec("login: {url: '{target}/session', method: POST, body: {password: LOGINPW12345}, values: {t: token}}\n"
+                                  "endpoints: {login: {url: '{target}/x', headers: {X-T: '{t}'}}}"), "spec.yml")
+    assert [p.message.partition(" to ")[0] for p in problems] == ["the login sends credentials (body key password)",
+                                                                   "endpoint login sends credentials ({t})"]

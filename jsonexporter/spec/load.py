@@ -859,7 +859,7 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
     _check_module_labels(c, path, sorted(module_labels), metrics)
     allow = _target_patterns(c, (*path, "targets", "allow"), (raw.get("targets") or {}).get("allow"))
     defaults = {n: p.default for n, p in params.items() if p.default is not None}
-    credential_names = request_names - names | secret_parameter_names(raw.get("parameters"))
+    credential_names = (request_names - names) | secret_parameter_names(raw.get("parameters"))
     requests = [((*path, "endpoints", n), c.clean((*path, "endpoints", n), raw_endpoints[n]) if n in raw_endpoints else {}, ep)
                 for n, ep in endpoints.items()] + ([((*path, "login"), raw_login or {}, login.request)] if login else [])
     if not allow and "targets" not in declared:
@@ -1019,7 +1019,7 @@ def _credentials_to_target_host(requests: Iterable[tuple[Path, dict[str, Any], E
         picked = sorted({name for i in ep.url.origin_parts if (name := ep.url.parts[i][1]) is not None})
         if not picked:
             continue
-        what = "the login" if path[-1] == "login" else f"endpoint {ep.name}"
+        what = f"endpoint {ep.name}" if path[-2] == "endpoints" else "the login"
         whose = "the host of the target" if picked == ["target"] else "a host taken from " + ", ".join(f"{{{n}}}" for n in picked)
         for credential in request_credentials(raw, defaults, credential_names):
             yield (*path, *credential.path), credential.offset, f"{what} sends credentials ({credential.what}) to {whose}"
