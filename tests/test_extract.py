@@ -247,3 +247,18 @@ def test_declared_states_are_compared_as_label_text() -> None:
         """, {"m": 1})
     assert [(labels["mode"], value) for _, labels, value in samples(families["mode"])] == [("1", 1.0), ("2", 0.0), ("true", 0.0)]
     assert errors["mode"] == 0
+
+
+def test_lone_surrogates_in_info_labels_are_written_as_their_escapes() -> None:
+    """Every text written of an answer's lone surrogates (an info label, an object label) is valid UTF-8; a
+    spec's own lone surrogate (a help text, a state) is refused by check (yamlload, test_check)."""
+    families, errors = _families(r"""
+        modules:
+          default:
+            metrics:
+              - {name: about_info, help: a, type: info, labels: {v: m, all: "@"}}
+        """, {"m": "\ud800", "\udfffk": 1})
+    text = render_openmetrics(list(families.values()))
+    text.encode("utf-8")
+    assert errors["about_info"] == 0
+    assert [labels for _, labels, _ in samples(families["about_info"])] == [{"v": "\\ud800", "all": '{"m":"\\ud800","\\udfffk":1}'}]
