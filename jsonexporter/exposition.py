@@ -194,23 +194,39 @@ def render_openmetrics(families: Iterable[Family]) -> str:
     return "".join(_chunks(families, openmetrics=True))
 
 
+def _ranges(header: str) -> Iterator[tuple[str, dict[str, str], float]]:
+    """The ranges of an Accept or Accept-Encoding header: (lowercased name, parameters, q-value in 0..1;
+    1 when absent or unreadable)."""
+    for part in header.split(","):
+        name, *rest = part.split(";")
+        params = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in rest)}
+        try:
+            q = min(max(float(params.get("q", "1")), 0.0), 1.0)
+        except ValueError:
+            q = 1.0
+        yield name.strip().lower(), params, q if q == q else 1.0  # NaN
+
+
 def wants_openmetrics(accept: str) -> bool:
-    """Accept negotiation as prometheus_client's `choose_encoder` does it."""
-    for part in accept.split(","):
-        media = part.split(";")[0].strip()
+    """OpenMetrics when the scraper accepts it (version 1 or later, q above 0) at least as much as the text
+    format (text/plain, text/*, */*), as prometheus_client's `choose_encoder` does but by q-values:
+    `application/openmetrics-text;q=0` refuses it."""
+    openmetrics = text = 0.0
+    for media, params, q in _ranges(accept):
         if media == "application/openmetrics-text":
-            params = {k.strip(): v.strip() for k, _, v in (p.partition("=") for p in part.split(";")[1:])}
             major = params.get("version", "1").split(".")[0]
             if not major.isdigit() or int(major) >= 1:
-                return True
-    return False
+                openmetrics = max(openmetrics, q)
+        elif media in ("text/plain", "text/*", "*/*"):
+            text = max(text, q)
+    return openmetrics > 0 and openmetrics >= text
 
 
 def _negotiate(accept: str, accept_encoding: str) -> tuple[bool, bool, dict[str, str]]:
     """OpenMetrics or not, gzip or not, and the headers that say so."""
     openmetrics = wants_openmetrics(accept)
     headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
-    compress = any(e.split(";")[0].strip().lower() == "gzip" for e in accept_encoding.split(","))
+    compress = any(name == "gzip" and q > 0 for name, _, q in _ranges(accept_encoding))
     if compress:
         headers["Content-Encoding"] = "gzip"
     return openmetrics, compress, headers

