@@ -120,10 +120,12 @@ class _TooLarge(Exception):
 
 
 def new_session(limit: int = 256, limit_per_host: int = 32) -> aiohttp.ClientSession:
-    """The shared keep-alive session; no cookie jar, so nothing carries over between probes."""
+    """The shared keep-alive session; no cookie jar, so nothing carries over between probes. No timeouts of
+    aiohttp's own: every request is bounded by its caller's (_request, the OAuth2 token's), and aiohttp's
+    default (5 minutes in all) would set and cancel two more timers per request."""
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit_per_host, ttl_dns_cache=60, keepalive_timeout=30)
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, raise_for_status=False,
-                                 trace_configs=[_pool_wait_trace()])
+                                 timeout=aiohttp.ClientTimeout(), trace_configs=[_pool_wait_trace()])
 
 
 @dataclass(slots=True)
