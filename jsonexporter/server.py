@@ -229,9 +229,9 @@ def _record(state: State, module: str, target: str, result: ProbeResult, caller:
     the process's too (its parent)."""
     redact = caller or state.redactor
     m = state.metrics
-    m.probes.labels(module, "success" if result.success else "failure").inc()
+    m.child(m.probes, module, "success" if result.success else "failure").inc()
     duration = result.duration
-    m.probe_duration.labels(module).observe(duration)
+    m.child(m.probe_duration, module).observe(duration)
     # redacted now, while their values are known: a learned value may be pushed out before the page is asked for
     errors = [redact(f"endpoint {r.endpoint}: {r.outcome}: {r.error}") for r in result.endpoints if not r.ok]
     errors += map(redact, result.extraction.messages)
@@ -248,9 +248,9 @@ def _record(state: State, module: str, target: str, result: ProbeResult, caller:
         state.recent.popleft()
     for r in result.endpoints:
         if r.cache is not None:
-            m.cache_requests.labels(module, r.endpoint, r.cache).inc()
+            m.child(m.cache_requests, module, r.endpoint, r.cache).inc()
         if r.cache in (None, "miss", "stale"):  # a hit or a coalesced request sent nothing upstream
-            m.upstream_requests.labels(module, r.endpoint, r.outcome).inc()
+            m.child(m.upstream_requests, module, r.endpoint, r.outcome).inc()
         if not r.ok:
             err = redact(r.error) if r.error is not None else None
             log.warning("endpoint failed", extra=kv(module=module, endpoint=r.endpoint, target=shown, outcome=r.outcome, err=err))

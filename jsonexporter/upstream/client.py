@@ -223,6 +223,16 @@ class Clients:
         elif config.oauth2 is not None:
             authorization = "Bearer " + await self.token_source(config.oauth2).get(session)
             source = "the oauth2 token endpoint's access_token"
+        return self._options(config, url, authorization, source)
+
+    def ready_options(self, config: HTTPClientConfig, url: URL) -> RequestOptions | None:
+        """`options` at once when `config` has nothing to read or fetch first (no basic_auth, authorization
+        or oauth2): no coroutine and no timeout around it for most requests. None: call `options`."""
+        if config.basic_auth is not None or config.authorization is not None or config.oauth2 is not None:
+            return None
+        return self._options(config, url, None, None)
+
+    def _options(self, config: HTTPClientConfig, url: URL, authorization: str | None, source: str | None) -> RequestOptions:
         context: ssl.SSLContext | bool = self.context(config.tls) if config.tls else True
         anonymous: ssl.SSLContext | bool = self.anonymous_context(config.tls) if config.tls else True
         proxy, proxy_headers = self.proxy(config, url)

@@ -210,15 +210,16 @@ def _first_hop(request: UpstreamRequest, options: RequestOptions) -> Hop:
     raise ClientConfigError, naming the header and never its value, when a header cannot be sent."""
     headers = dict(request.headers)
     url = request.url
+    userinfo = url.user is not None or url.password is not None
     if options.authorization is not None:
         headers["Authorization"] = options.authorization
-    elif url.user is not None or url.password is not None:  # sent as Basic auth, as aiohttp and Go do; the URL keeps none
+    elif userinfo:  # sent as Basic auth, as aiohttp and Go do; the URL keeps none
         headers["Authorization"] = "Basic " + basic_credentials(url.user or "", url.password or "")
     for name, value in [*headers.items(), *(options.proxy_headers or {}).items()]:
         if HEADER_VALUE_CONTROL.search(value):
             source = f" (from {options.authorization_source})" if name == "Authorization" and options.authorization_source else ""
             raise ClientConfigError(f"header {name}{source} contains a line break or another control character")
-    return Hop(request.method, url.with_user(None), headers, request.body, options.server_hostname, request.secrets)
+    return Hop(request.method, url.with_user(None) if userinfo else url, headers, request.body, options.server_hostname, request.secrets)
 
 
 async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOptions, hop: Hop, result: EndpointResult, pool: _PoolWait,
@@ -359,8 +360,10 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
         budget = min(budget, endpoint.timeout)
     options: RequestOptions | None = None
     try:
-        async with asyncio.timeout(max(budget, 0.0)):  # an OAuth2 token request counts against the deadline
-            options = await up.clients.options(endpoint.client, request.url, up.session)
+        options = up.clients.ready_options(endpoint.client, request.url)
+        if options is None:
+            async with asyncio.timeout(max(budget, 0.0)):  # an OAuth2 token request counts against the deadline
+                options = await up.clients.options(endpoint.client, request.url, up.session)
     except ClientConfigError as exc:
         result = EndpointResult(endpoint.name, "config_error", error=str(exc))
     except TimeoutError:
