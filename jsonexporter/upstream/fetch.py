@@ -10,11 +10,15 @@ import json
 import logging
 import time
 from collections.abc import Hashable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace as SignalTrace
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -123,9 +127,9 @@ def new_session(limit: int = 256, limit_per_host: int = 32) -> aiohttp.ClientSes
     """The shared keep-alive session; no cookie jar, so nothing carries over between probes. No timeouts of
     aiohttp's own: every request is bounded by its caller's (_request, the OAuth2 token's), and aiohttp's
     default (5 minutes in all) would set and cancel two more timers per request."""
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit_per_host, ttl_dns_cache=60, keepalive_timeout=30)
+    connector = _Connector(limit=limit, limit_per_host=limit_per_host, ttl_dns_cache=60, keepalive_timeout=30)
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, raise_for_status=False,
-                                 timeout=aiohttp.ClientTimeout(), trace_configs=[_pool_wait_trace()])
+                                 timeout=aiohttp.ClientTimeout())
 
 
 @dataclass(slots=True)
@@ -133,6 +137,27 @@ class _PoolWait:
     """Whether a request is waiting for a pooled connection (the connector's limits all taken)."""
 
     waiting: bool = False
+
+
+_POOL_WAIT: ContextVar[_PoolWait | None] = ContextVar("jsonexporter_pool_wait", default=None)  # the request being sent (_request)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, telling the request being sent (_POOL_WAIT) when it waits for a pooled connection, by
+    aiohttp's own signals sent to that request's connection alone: a TraceConfig of the session would have every
+    request send all of its signals (request start, headers, chunks, end: about 10 us a request) for these two."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pool_trace = _pool_wait_trace()
+        self._pool_trace.freeze()
+
+    async def connect(self, req: ClientRequest, traces: list[SignalTrace], timeout: aiohttp.ClientTimeout) -> Connection:
+        pool = _POOL_WAIT.get()
+        if pool is not None:
+            # the session is what aiohttp gives the receivers first: these do not use it
+            traces = [*traces, SignalTrace(None, self._pool_trace, self._pool_trace.trace_config_ctx(trace_request_ctx=pool))]  # type: ignore[arg-type]
+        return await super().connect(req, traces, timeout)
 
 
 def _pool_wait_trace() -> aiohttp.TraceConfig:
@@ -222,18 +247,18 @@ def _first_hop(request: UpstreamRequest, options: RequestOptions) -> Hop:
     return Hop(request.method, url.with_user(None) if userinfo else url, headers, request.body, options.server_hostname, request.secrets)
 
 
-async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOptions, hop: Hop, result: EndpointResult, pool: _PoolWait,
+async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOptions, hop: Hop, result: EndpointResult,
                     page: Page | None = None, quote_answer: bool = True) -> None:
     """Send `hop`, and the requests its redirects make (each through `next_hop`); read the last answer into `result`,
-    or for a `page` of a paginated endpoint, as that Page says; `pool` says whether a request is waiting for a pooled connection;
-    `quote_answer` whether result.error may quote the answer (_parse_json)."""
+    or for a `page` of a paginated endpoint, as that Page says; `quote_answer` whether result.error may quote the answer
+    (_parse_json). The caller's _POOL_WAIT says whether a request is waiting for a pooled connection."""
     endpoint = request.endpoint
     while True:
         proxy, proxy_headers = up.clients.proxy(endpoint.client, hop.url)
         async with up.session.request(
             hop.method, hop.url, headers=hop.headers, data=hop.body, ssl=options.ssl if hop.client_identity else options.anonymous_ssl,
             server_hostname=hop.server_hostname,
-            proxy=proxy, proxy_headers=proxy_headers, allow_redirects=False, trace_request_ctx=pool,
+            proxy=proxy, proxy_headers=proxy_headers, allow_redirects=False,
         ) as response:
             result.status, result.response_headers = response.status, response.headers
             location = response.headers.get("Location")
@@ -276,10 +301,11 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
     result = EndpointResult(request.endpoint.name, "success")
     start = time.monotonic()
     pool = _PoolWait()
+    waiting = _POOL_WAIT.set(pool)
     try:
         hop = _first_hop(request, options)
         async with asyncio.timeout(max(budget, 0.0)):
-            await _exchange(up, request, options, hop, result, pool, page, quote_answer)
+            await _exchange(up, request, options, hop, result, page, quote_answer)
     except ClientConfigError as exc:
         result.outcome, result.error = "config_error", str(exc)
     except TimeoutError:
@@ -295,6 +321,8 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
         result.outcome, result.error = "invalid_json", str(exc)
     except OSError as exc:
         result.outcome, result.error = "connection_error", f"{type(exc).__name__}: {exc.strerror or exc}"
+    finally:
+        _POOL_WAIT.reset(waiting)
     result.duration = time.monotonic() - start
     if not result.ok:
         result.document = None
