@@ -206,12 +206,11 @@ async def write_pieces(request: web.Request, pieces: list[bytes], headers: dict[
     if size <= WRITTEN_WHOLE_BYTES:
         pieces[:] = [b"".join(pieces)]
     try:
-        async with asyncio.timeout(within):  # a scraper that does not read must not hold the answer in memory
-            await response.prepare(request)
-            if request.method != "HEAD":
-                pieces.reverse()
-                while pieces:
-                    await response.write(pieces.pop())
+        if _fits(request.transport, size):  # nothing to wait for: no timer to set and cancel
+            await _write(request, response, pieces)
+        else:
+            async with asyncio.timeout(within):  # a scraper that does not read must not hold the answer in memory
+                await _write(request, response, pieces)
     except ConnectionError:  # the scraper went away: there is nobody to answer
         pass
     except TimeoutError:
@@ -222,6 +221,25 @@ async def write_pieces(request: web.Request, pieces: list[bytes], headers: dict[
         log.warning("the scraper did not read its answer in time: connection closed",
                     extra=kv(within=f"{within:.3f}s" if within is not None else None, unsent_bytes=left))
     return response
+
+
+_HEADERS_ROOM = 1 << 14  # bytes: the status line and headers of an answer, the web config's included, fit in it
+
+
+def _fits(transport: asyncio.BaseTransport | None, size: int) -> bool:
+    """Whether the transport takes an answer of `size` bytes without pausing its writer (the buffer stays below its
+    high-water mark): then writing it awaits nothing, and whether the scraper reads it or not, it cannot hold the handler."""
+    if not isinstance(transport, asyncio.WriteTransport):
+        return False
+    return transport.get_write_buffer_size() + size + _HEADERS_ROOM < transport.get_write_buffer_limits()[1]
+
+
+async def _write(request: web.Request, response: web.StreamResponse, pieces: list[bytes]) -> None:
+    await response.prepare(request)
+    if request.method != "HEAD":
+        pieces.reverse()
+        while pieces:
+            await response.write(pieces.pop())
 
 
 def _record(state: State, module: str, target: str, result: ProbeResult, caller: Redactor | None = None) -> None:
