@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from prometheus_client.utils import floatToGoString
 
 from jsonexporter.names import family_name, text_name
-from jsonexporter.slices import RENDER, sliced, turn
+from jsonexporter.slices import RENDER, collected, turn
 
 Labels = tuple[tuple[str, str], ...]
 Sample = tuple[str, Labels, float, float | None]  # sample name, sorted labels, value, timestamp (s)
@@ -226,7 +226,7 @@ async def encode_pieces(families: list[Family], accept: str, accept_encoding: st
     they are written, emptying them: the series and their written answer are not both whole in memory."""
     openmetrics, compress, headers = _negotiate(accept, accept_encoding)
     async with turn(RENDER, deadline):
-        pieces = [chunk.encode("utf-8", "replace") async for chunk in sliced(_chunks(families, openmetrics, let_go), deadline=deadline)]
+        pieces = await collected((chunk.encode("utf-8", "replace") for chunk in _chunks(families, openmetrics, let_go)), deadline=deadline)
     if compress:
         if sum(map(len, pieces)) > _COMPRESS_INLINE_BYTES:
             pieces = await asyncio.to_thread(_gzip_pieces, pieces)
