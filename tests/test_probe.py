@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
-from conftest import ExporterFactory, UpstreamFactory, wait_for
+from conftest import ExporterFactory, UpstreamFactory, make_spec, wait_for
 from metrics_util import names, parse, value
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
@@ -592,3 +592,25 @@ async def test_target_with_a_trailing_slash_gives_no_double_slash_in_the_url(ups
     assert status == 200 and value(parse(text), "x") == 1
     assert sorted(r.raw_path for r in up.requests) == ["/", "/api/stats"]  # a target used whole keeps its slash
     assert value(parse(text), "probe_success") == 1
+
+
+async def test_requests_are_kept_only_for_targets_without_credentials(upstream: UpstreamFactory) -> None:
+    # fetch_module keeps the rendered requests of a target for the next probes (upstream._rendered): never
+    # those of a target with userinfo or a query, where a credential may be
+    from jsonexporter.probe import run_probe
+    from jsonexporter.upstream import Upstream, new_session
+
+    up = await upstream({"/api": {"v": 1}})
+    spec = make_spec("modules: {default: {metrics: [{name: x, help: x, value: v}]}}")
+    module = spec.modules["default"]
+    plain, userinfo, query = f"{up.url}/api", up.url.replace("://", "://admin:s3cret-pw@") + "/api", f"{up.url}/api?token=s3cret-tk"
+    upstream_side = Upstream(new_session())
+    try:
+        for target in (plain, userinfo, query, plain):
+            result = await run_probe(upstream_side, module, target, {"target": target}, 5.0)
+            assert result.success, result.endpoints
+    finally:
+        await upstream_side.close()
+    kept = repr(module.fast_plans)
+    assert plain in kept  # kept: the second probe of it rendered nothing
+    assert "s3cret" not in kept and "admin" not in kept
