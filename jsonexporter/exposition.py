@@ -192,7 +192,14 @@ def wants_openmetrics(accept: str) -> bool:
 
 
 def _negotiate(accept: str, accept_encoding: str) -> tuple[bool, bool, dict[str, str]]:
-    """OpenMetrics or not, gzip or not, and the headers that say so."""
+    """OpenMetrics or not, gzip or not, and the headers that say so (the caller's own dict)."""
+    openmetrics, compress, headers = _negotiated(accept, accept_encoding)
+    return openmetrics, compress, dict(headers)
+
+
+# A scraper sends the same Accept and Accept-Encoding at every probe (Prometheus: a list of five media types)
+@functools.lru_cache(maxsize=64)
+def _negotiated(accept: str, accept_encoding: str) -> tuple[bool, bool, dict[str, str]]:
     openmetrics = wants_openmetrics(accept)
     headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
     compress = any(e.split(";")[0].strip().lower() == "gzip" for e in accept_encoding.split(","))

@@ -82,7 +82,7 @@ def answer_context(module: Module, target: str, params: Mapping[str, str], value
     """What the rules see of the probe (`$target`, `$params`) and the module's labels, with the target as it
     may be shown (redact_target): both become label values, and a target's userinfo is a credential."""
     shown = redact_target(target)
-    return ProbeContext(module.name, shown, params), module_labels(module, {**values, "target": shown})
+    return ProbeContext(module.name, shown, params), module_labels(module, {**values, "target": shown}) if module.labels else ()
 
 
 _HELP = {
@@ -224,13 +224,13 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
     del documents
     for r in endpoints:
         r.document = None  # extracted: let it go before the answer is written (a cached one stays in the cache)
-    result = ProbeResult([], all(r.usable for r in endpoints), endpoints, Extraction(), trace, deadline=deadline)
+    success = all(r.usable for r in endpoints)
     if failure is not None:
+        result = ProbeResult([], success, endpoints, Extraction(), trace, deadline=deadline)
         return fail(result, module, failed_due_to or "", failure, loop.time() - start)
-    result.extraction = extraction
-    result.duration = loop.time() - start
-    result.families = [*extraction.families.values(), *self_families(module, extraction, endpoints, result.success, result.duration)]
-    return result
+    duration = loop.time() - start
+    families = [*extraction.families.values(), *self_families(module, extraction, endpoints, success, duration)]
+    return ProbeResult(families, success, endpoints, extraction, trace, duration, deadline)
 
 
 def _series_limit_failure(module: Module, exc: SeriesLimitExceeded) -> str:

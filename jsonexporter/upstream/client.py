@@ -242,6 +242,8 @@ class Clients:
     @staticmethod
     def proxy(config: HTTPClientConfig, url: URL) -> tuple[str | None, dict[str, str] | None]:
         """The proxy for a request to `url` (no_proxy decides per URL, so per redirect hop too) and its CONNECT headers."""
+        if not config.proxy_url and not config.proxy_from_environment:
+            return None, None
         headers = {name: ", ".join(v.value or "" for v in values) for name, values in config.proxy_connect_header} or None
         if config.proxy_url:
             if url.host and _bypasses_proxy(url.host, config.no_proxy):
