@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from jsonexporter import __version__, logs
 from jsonexporter.logs import kv
 from jsonexporter.spec import Spec, SpecFileError, load_texts, read_spec_files
-from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, DEFAULT_SERIES_LIMIT
+from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, DEFAULT_SERIES_LIMIT
 from jsonexporter.spec.problems import Problem
 from jsonexporter.spec.sources import is_spec_set
 
@@ -135,12 +135,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.refresh_max_requests < 0:
         print("--refresh.max-requests must be 0 (no schedules for modules with a target) or more", file=sys.stderr)
         return EXIT_USAGE
+    if args.refresh_max_bytes < 1:
+        print("--refresh.max-bytes must be 1 or more", file=sys.stderr)
+        return EXIT_USAGE
     open_files = raise_open_files_limit()  # before the workers start: they inherit it
     max_connections = args.web_max_connections or client_connection_limit(open_files.soft, args.upstream_max_connections)
     options = Options(timeout_offset=args.timeout_offset, max_concurrent_probes=args.max_concurrent_probes, auto_reload_interval=auto_reload,
                       connection_limit=args.upstream_max_connections, connection_limit_per_host=args.upstream_max_connections_per_host,
                       max_client_connections=max_connections, series_limit=args.series_limit,
-                      refresh_max_requests=args.refresh_max_requests, refresh_min_idle=refresh_min_idle)
+                      refresh_max_requests=args.refresh_max_requests, refresh_min_idle=refresh_min_idle, refresh_max_bytes=args.refresh_max_bytes)
     loaded = _Loaded(spec, web_config)  # in the supervisor: the newest valid files, what a replaced worker starts with
 
     def run(worker: int = 0, directory: str | None = None) -> int:
@@ -315,6 +318,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--refresh.max-requests", dest="refresh_max_requests", type=int, default=DEFAULT_REFRESH_MAX_REQUESTS,
                        help="requests of modules with a target fetched on a schedule (refresh_interval) at once; beyond, "
                             f"a probe fetches the endpoint itself (default {DEFAULT_REFRESH_MAX_REQUESTS})")
+    serve.add_argument("--refresh.max-bytes", dest="refresh_max_bytes", type=int, default=DEFAULT_REFRESH_MAX_BYTES,
+                       help="parsed size of the answers the schedules (refresh_interval) keep, estimated as the cache's; beyond, "
+                            "the answers of the least recently probed requests go first (default "
+                            f"{DEFAULT_REFRESH_MAX_BYTES}: {DEFAULT_REFRESH_MAX_BYTES // 2**20} MiB)")
     serve.add_argument("--refresh.min-idle", dest="refresh_min_idle", default=f"{DEFAULT_REFRESH_MIN_IDLE / 60:.0f}m",
                        help="a scheduled request of a module with a target stops after 3 intervals without a probe, "
                             f"never sooner than this (default {DEFAULT_REFRESH_MIN_IDLE / 60:.0f}m)")

@@ -1,9 +1,10 @@
 """Series to Prometheus text format 0.0.4 and OpenMetrics 1.0.0.
 
 A direct writer, byte-identical to prometheus_client's `generate_latest` for the same metric
-families, with three deliberate differences: integral values are printed exactly (`1655371`,
-not `1.655371e+06`), OpenMetrics timestamps never in exponent form, and a CR in a label value or
-help text is written as a line break (`\n`), not raw. Label pairs must arrive sorted by name, as
+families, with four deliberate differences: integral values are printed exactly (`1655371`,
+not `1.655371e+06`), OpenMetrics timestamps never in exponent form, a CR in a label value or
+help text is written as a line break (`\n`), not raw, and a lone surrogate in them as its JSON
+escape (`\\ud800`: prometheus_client fails to encode it). Label pairs must arrive sorted by name, as
 prometheus_client sorts them.
 """
 
@@ -13,6 +14,7 @@ import asyncio
 import functools
 import gzip
 import math
+import re
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -73,12 +75,25 @@ def _line_breaks(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+# A lone surrogate (`"\ud800"` in JSON: the json module lets it through, YAML too) has no UTF-8 form
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogates_spelled(text: str) -> str:
+    """Each lone surrogate as its JSON escape, `\\ud800`: valid UTF-8 that keeps two texts the answer
+    told apart apart (U+FFFD or "?" would make `"\\ud800x"` and `"\\ud801x"` one series, which
+    Prometheus drops as a duplicate). A text holding that escape itself (a backslash in the answer) is
+    then the same series, which the duplicates policy handles as it handles any other."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") if not text.isascii() and _SURROGATE.search(text) else text
+
+
 def escape_label_value(value: str) -> str:
-    return _line_breaks(value.replace("\\", r"\\")).replace("\n", r"\n").replace('"', r"\"")
+    return _line_breaks(_surrogates_spelled(value).replace("\\", r"\\")).replace("\n", r"\n").replace('"', r"\"")
 
 
 def needs_escape(value: str) -> bool:
-    return "\\" in value or "\n" in value or '"' in value or "\r" in value
+    # isascii() reads a flag the string keeps: the surrogate search costs nothing on ASCII texts
+    return "\\" in value or "\n" in value or '"' in value or "\r" in value or (not value.isascii() and _SURROGATE.search(value) is not None)
 
 
 def escaped(value: str) -> str:
@@ -132,7 +147,7 @@ def _openmetrics_header(family: Family) -> str:
 def _text_header_of(family_name: str, family_type: str, help_text: str) -> str:
     name = text_name(family_name, family_type)
     mtype = "gauge" if family_type in ("info", "stateset") else family_type
-    help_text = _line_breaks(help_text.replace("\\", r"\\")).replace("\n", r"\n")
+    help_text = _line_breaks(_surrogates_spelled(help_text).replace("\\", r"\\")).replace("\n", r"\n")
     return f"# HELP {name} {help_text}\n# TYPE {name} {mtype}\n"
 
 
@@ -140,7 +155,7 @@ def _text_header_of(family_name: str, family_type: str, help_text: str) -> str:
 def _openmetrics_header_of(name: str, family_type: str, help_text: str) -> str:
     base = family_name(name, family_type)
     mtype = "unknown" if family_type == "untyped" else family_type
-    help_text = _line_breaks(help_text.replace("\\", r"\\")).replace("\n", r"\n").replace('"', r"\"")
+    help_text = _line_breaks(_surrogates_spelled(help_text).replace("\\", r"\\")).replace("\n", r"\n").replace('"', r"\"")
     return f"# HELP {base} {help_text}\n# TYPE {base} {mtype}\n"
 
 

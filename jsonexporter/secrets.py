@@ -13,7 +13,7 @@ import html
 import json
 import re
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -356,7 +356,7 @@ class Redactor:
         self._learned: dict[str, None] = {}  # learned values not in use, the least recently used first
         self._pinned: dict[str, int] = {}  # learned values in use -> how many holders use them
         self._learned_chars = 0  # of the forms of the learned values, in use or not
-        self._holders: dict[int, tuple[weakref.ref[object], dict[str, tuple[str, ...]]]] = {}
+        self._holders: dict[int, tuple[weakref.ref[object], dict[Hashable, tuple[str, ...]]]] = {}
         self._released: list[int] = []  # holders gone (weakref callbacks): released at the next call, never inside one
         self.know(known)
 
@@ -385,7 +385,7 @@ class Redactor:
         self._learned[value] = None
         self._forget_beyond_budget()
 
-    def hold(self, owner: object, what: str, values: Iterable[str]) -> None:
+    def hold(self, owner: object, what: Hashable, values: Iterable[str]) -> None:
         """`owner` uses `values` under the name `what` (a login session its values, a token source its
         token, a client configuration a file as last read): learned, and never forgotten while `owner`
         lives and holds them. Values it held under `what` before are released (a rotated file)."""

@@ -61,6 +61,9 @@ class SelfMetrics:
         self.refresh_unscheduled = Counter("jsonexporter_refresh_unscheduled",
                                            "Probes that fetched an endpoint with refresh_interval themselves: every scheduled place "
                                            "(--refresh.max-requests) was taken.", ["module", "endpoint"], registry=r)
+        self.refresh_evictions = Counter("jsonexporter_refresh_evictions",
+                                         "Answers of scheduled requests let go, the least recently probed first: the answers kept were over "
+                                         "--refresh.max-bytes. The next probe of such a request waits for its answer.", ["module", "endpoint"], registry=r)
         self.refresh_scheduled = Gauge("jsonexporter_refresh_scheduled_requests", "Requests fetched on a schedule (refresh_interval).",
                                        registry=r, multiprocess_mode="livesum")
         # per module, never per target: a session is kept per login request, whose target is the caller's choice

@@ -28,7 +28,7 @@ from jsonexporter.secrets import REDACTED, Redactor
 from jsonexporter.selfmetrics import SelfMetrics
 from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec import SpecError, SpecFileError, load_spec, read_spec_files
-from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, DEFAULT_SERIES_LIMIT, Spec
+from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, DEFAULT_SERIES_LIMIT, Spec
 from jsonexporter.spec.sources import spec_sha256
 from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, new_session, probe_redactor, reschedule
 from jsonexporter.upstream.client import Clients
@@ -57,6 +57,7 @@ class Options:
     after_reload: Callable[[], None] | None = None  # called after POST /-/reload (workers: the others reload too)
     refresh_max_requests: int = DEFAULT_REFRESH_MAX_REQUESTS  # scheduled requests of modules with a target (refresh_interval), at once
     refresh_min_idle: float = DEFAULT_REFRESH_MIN_IDLE  # seconds without a probe before such a request may leave its schedule
+    refresh_max_bytes: int = DEFAULT_REFRESH_MAX_BYTES  # of the answers the schedules keep, parsed (cache.parsed_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,7 +491,7 @@ def make_app(
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         state.upstream = Upstream(new_session(options.connection_limit, options.connection_limit_per_host), Clients(state.redactor),
                                   events=_BackgroundMetrics(state.metrics))
-        state.upstream.schedule(options.refresh_max_requests, options.refresh_min_idle)
+        state.upstream.schedule(options.refresh_max_requests, options.refresh_min_idle, options.refresh_max_bytes)
         reschedule(state.upstream, state.spec)  # modules without a target: their schedules start with the app
         yield
         await state.upstream.close()  # the background requests end with the app, before the session they use
@@ -535,6 +536,9 @@ class _BackgroundMetrics(Events):
 
     def scheduled(self, count: int) -> None:
         self.metrics.refresh_scheduled.set(count)
+
+    def evicted(self, job: Job) -> None:
+        self.metrics.refresh_evictions.labels(job.module.name, job.endpoint.name).inc()
 
     def logged_in(self, module: str, result: str) -> None:
         self.metrics.login_requests.labels(module, result).inc()

@@ -12,10 +12,13 @@ from typing import Any
 
 from aiohttp import web
 from conftest import UpstreamFactory
+from hypothesis import given
+from hypothesis import strategies as st
 from metrics_util import parse, value
 from test_redirects import exporter_for, probe, recording_server, redirect
 
 from jsonexporter.spec import load_text
+from jsonexporter.urls import UnusableURL, checked_url
 
 TOKEN = "tok-FILE-" + "0123456789abcdefghijklmnopqrstu"  # 40 characters, read from a file at run time
 
@@ -247,6 +250,21 @@ def test_credential_headers_of_any_name_to_the_target_need_an_allowlist() -> Non
     assert problems("{Host: internal.example.com, Origin: 'https://grafana.example.com'}") == []  # virtual hosts, CORS
 
 
+# the target as the URL, its next page in a field or in its Link header
+URL_MODULES = r"""
+    modules:
+      default:
+        endpoints: {main: {url: '{target}'}}
+        metrics: [{name: x, help: x, value: v}]
+      field:
+        endpoints: {main: {url: '{target}', pagination: {items: items, next: {field: next}}}}
+        metrics: [{name: x, help: x, each: items, value: v}]
+      link:
+        endpoints: {main: {url: '{target}/link', pagination: {items: '@', next: {link_header: next}}}}
+        metrics: [{name: x, help: x, each: '@', value: v}]
+    """
+
+
 async def test_an_invalid_idna_host_from_a_target_a_page_or_a_redirect_fails_only_its_probe_or_endpoint(
     aiohttp_client: Any, upstream: UpstreamFactory,
 ) -> None:
@@ -258,24 +276,79 @@ async def test_an_invalid_idna_host_from_a_target_a_page_or_a_redirect_fails_onl
         return web.Response(status=302, headers={"Location": bad})
 
     up = await upstream({"/field": {"items": [{"v": 1}], "next": bad}, "/link": link, "/moved": moved})
-    client = await exporter_for(aiohttp_client, r"""
-        modules:
-          default:
-            endpoints: {main: {url: '{target}'}}
-            metrics: [{name: x, help: x, value: v}]
-          field:
-            endpoints: {main: {url: '{target}/field', pagination: {items: items, next: {field: next}}}}
-            metrics: [{name: x, help: x, each: items, value: v}]
-          link:
-            endpoints: {main: {url: '{target}/link', pagination: {items: '@', next: {link_header: next}}}}
-            metrics: [{name: x, help: x, each: '@', value: v}]
-        """)
+    client = await exporter_for(aiohttp_client, URL_MODULES)
     status, text = await probe(client, target=bad)
-    assert status == 400 and "invalid URL" in text and "Traceback" not in text, text
-    for module, path, outcome in (("field", "", "invalid_page"), ("link", "", "invalid_page"), ("default", "/moved", "redirect_refused")):
+    assert status == 400 and "invalid target" in text and "is not a valid name" in text and "Traceback" not in text, text
+    for module, path, outcome in (("field", "/field", "invalid_page"), ("link", "", "invalid_page"), ("default", "/moved", "redirect_refused")):
         status, text = await probe(client, module=module, target=up.url + path, debug="true")
         assert status == 200 and f"-> {outcome}" in text and "not a valid name" in text and "Traceback" not in text, (module, text)
     metrics = parse(await (await client.get("/metrics")).text())
     assert value(metrics, "jsonexporter_probes_total", module="default", result="invalid") == 1
     assert value(metrics, "jsonexporter_probes_total", module="link", result="failure") == 1
     assert "redirect_refused" in await (await client.get("/probes/3")).text()  # recorded with its outcome (the 400 is not a probe)
+
+
+async def test_an_unusable_url_from_a_target_a_page_a_link_or_a_redirect_says_why_without_its_userinfo(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    bad = "http://user:pw-IN-URL@127.0.0.1:99999/"
+    folded = "http://user:pw-IN\uff0fURL@127.0.0.1/"  # a fullwidth solidus: `/` under NFKC, which yarl's message quotes with the userinfo
+    async def link(request: web.Request) -> web.Response:
+        return web.json_response([{"v": 1}], headers={"Link": f'<http://127.0.0.1/ok>; rel="prev", <{bad}>; rel="next"'})
+
+    async def indexerror(request: web.Request) -> web.Response:
+        return web.json_response([{"v": 1}], headers={"Link": '<http://user:pw-IN-URL@[:]@/>; rel="next"'})
+
+    async def moved(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": bad})
+
+    up = await upstream({"/field": {"items": [{"v": 1}], "next": bad}, "/folded": {"items": [{"v": 1}], "next": folded},
+                         "/link": link, "/moved": moved})
+    odd = await upstream({"/link": indexerror})
+    client = await exporter_for(aiohttp_client, URL_MODULES)
+    port = "its port '99999' is not a number from 0 to 65535"
+    status, text = await probe(client, target=bad)
+    assert status == 400 and f"invalid target 'http://<redacted>@127.0.0.1:99999/': {port}" in text and "pw-IN" not in text, text
+    status, text = await probe(client, target="http://user:pw-IN-URL@[:]@/")  # yarl's parser fails with an IndexError
+    assert status == 400 and "invalid target" in text and "pw-IN" not in text, text
+    status, text = await probe(client, target=folded)
+    assert status == 400 and "invalid target" in text and ": its host or userinfo has a character that NFKC normalization turns into" in text
+    assert "pw-IN" not in text
+    for module, target, said in (("field", f"{up.url}/field", f"the next URL next is not usable: {port}"),
+                                 ("field", f"{up.url}/folded", "the next URL next is not usable: its host or userinfo has a character that NFKC"),
+                                 ("link", up.url, f"its Link header holds an unusable URL: {port}"),
+                                 ("link", odd.url, "its Link header holds an unusable URL: yarl cannot read it (IndexError)"),
+                                 ("default", f"{up.url}/moved", f"its Location header is not a usable URL: {port}")):
+        status, text = await probe(client, module=module, target=target, debug="true")
+        assert status == 200 and said in text and "pw-IN" not in text and "Traceback" not in text, (module, target, text)
+
+
+_URL_PIECES = st.text(st.sampled_from("a1.-:[]%\\@\uff0f\uff1a\u2100xn-\x80"), max_size=12)
+
+
+@given(_URL_PIECES, _URL_PIECES, _URL_PIECES)
+def test_the_reason_a_url_is_unusable_never_quotes_its_userinfo(password: str, host: str, port: str) -> None:
+    """Whatever yarl finds wrong with a URL from outside (a port, an IDNA host, brackets, NFKC, a
+    backslash), the reason quotes the host or the port at most: never the password."""
+    secret = f"SECRET{password}"
+    try:
+        checked_url(f"http://user:{secret}@{host}:{port}/x")
+    except UnusableURL as exc:
+        assert "SECRET" not in str(exc)
+
+
+async def test_a_host_with_an_empty_or_too_long_label_is_refused_with_its_reason_not_taken_for_invalid_json(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    """yarl takes `a..b` and a label of 64 letters; the resolver cannot encode them, and aiohttp let its
+    UnicodeError through, reported as invalid_json: the URL check finds them first, with the reason."""
+    long_label = "a" * 64 + ".test"
+    async def moved(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": f"http://{long_label}/"})
+
+    up = await upstream({"/moved": moved})
+    client = await exporter_for(aiohttp_client, URL_MODULES)
+    status, text = await probe(client, target="http://a..b/")
+    assert status == 400 and "invalid target 'http://a..b/': its host 'a..b' is not a valid name (it has no DNS form: label empty or too long)" in text
+    status, text = await probe(client, target=f"{up.url}/moved", debug="true")
+    assert status == 200 and "-> redirect_refused" in text and f"its Location header is not a usable URL: its host '{long_label}' is not a valid name" in text

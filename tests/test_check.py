@@ -17,9 +17,13 @@ from conftest import SpecWriter
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from schema_util import broken_documents
+from yarl import URL
 
 from jsonexporter.cli import main
 from jsonexporter.spec import load_text
+from jsonexporter.spec.functions import compile_regex
+from jsonexporter.spec.hostpatterns import wildcard_in_host
+from jsonexporter.upstream.hops import url_allowed
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "jsonexporter.schema.json"
 SCHEMA: dict[str, Any] = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
@@ -1827,6 +1831,25 @@ def test_http_client_config_problems_are_located(write_spec: Any, capsys: pytest
         assert line in out, (line, out)
 
 
+def test_a_proxy_url_aiohttp_or_the_resolver_cannot_use_is_an_error_at_its_place(write_spec: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_spec("""
+        modules:
+          port:
+            http_client_config: {proxy_url: 'http://u:pw-SECRET@127.0.0.1:99999'}
+            metrics: [{name: x, help: x, value: v}]
+          label:
+            http_client_config: {proxy_url: 'http://a..b:3128'}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert (f"{path}:3:37: modules.port.http_client_config.proxy_url: proxy_url is not a usable URL: "
+            "its port '99999' is not a number from 0 to 65535") in out, out
+    assert (f"{path}:6:37: modules.label.http_client_config.proxy_url: proxy_url is not a usable URL: its host 'a..b' is not a valid name "
+            "(it has no DNS form: label empty or too long)") in out, out
+    assert "pw-SECRET" not in out
+
+
 def test_check_never_prints_inline_secrets(write_spec: Any, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_spec("""
         modules:
@@ -1846,12 +1869,51 @@ def test_a_wildcard_in_an_allowlists_host_is_a_warning_at_its_place(write_spec: 
     path = write_spec(r"""
         modules:
           default:
-            targets: {allow: ['https://.+\.example\.com', 'https://[a-z0-9-]+\.example\.com', 'https?://.*', 'https://api\.example\.com.*']}
+            targets: {allow: ['https://.+\.example\.com', 'https://[a-z0-9-]+\.example\.com', 'https?://.*', 'https://api\.example\.com.*',
+                              'https://api\.example\.com(:443)?.*']}
             metrics: [{name: x, help: x, value: v}]
         """)
     assert main(["check", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"{path}:3:32: modules.default.targets.allow[0]: warning: this wildcard in the host matches '/', '?', '#', '@' or '.' too" in out
     assert f"{path}:3:128: modules.default.targets.allow[3]: warning: this wildcard in the host" in out  # api.example.com.evil.test
+    assert f"{path}:4:56: modules.default.targets.allow[4]: warning: this wildcard in the host" in out  # the optional port left out
     assert "allow[1]" not in out and "allow[2]" not in out  # the host's characters, and every host on purpose
     assert main(["check", "--strict", str(path)]) == 1
+
+
+# (pattern, where the warning points or None, a URL to another host that the pattern lets through, or one it holds back)
+HOST_PATTERNS = [
+    (r"https://api\.example\.com(:443)?.*", 32, "https://api.example.com.evil.test"),  # the optional port left out
+    (r"https://api\.example\.com(?::443)?.*", 34, "https://api.example.com.evil.test"),
+    (r"https://api\.example\.com(:\d+)?.*", 32, "https://api.example.com.evil.test"),
+    (r"https://api\.example\.com(:443){0,1}.*", 36, "https://api.example.com.evil.test"),
+    (r"https://api\.example\.com(:443|)/?.*", 34, "https://api.example.com.evil.test/"),
+    (r"https://api\.example\.com/?.*", 27, "https://api.example.com.evil.test/"),  # an optional path slash
+    (r"https://api\.example\.com\.?.*", 28, "https://api.example.com.evil.test"),
+    (r"https://api\.example\.com[a-z.]*", 25, "https://api.example.com.evil.test"),
+    (r"https://a\.example\.com|https://api\.example\.com.*", 49, "https://api.example.com.evil.test"),  # the second alternative
+    (r"https://\S+\.example\.com", 8, "https://evil.test/x.example.com"),
+    (r"https://(.*\.)?example\.com", 9, "https://evil.test/x.example.com"),
+    (r"https://[^@]+\.example\.com", 8, "https://evil.test/x.example.com"),
+    (r"(?i)https://API\.example\.com.*", 29, "https://api.example.com.evil.test"),
+    (r"https://\Qapi.example.com\E.*", 27, "https://api.example.com.evil.test"),
+    (r"https://api\.example\.com(:[0-9]+)?/.*", None, "https://api.example.com.evil.test/"),  # the port or the path ends the host
+    (r"https://api\.example\.com(:443)?(/.*)?", None, "https://api.example.com.evil.test/x"),
+    (r"https://api\.example\.com:443.*", None, "https://api.example.com:443@evil.test/"),  # userinfo: the spellings have none
+    (r"https://[^/]+\.example\.com/.*", None, "https://evil.test?.example.com/"),  # the spelling has a / before the query
+    (r"https://([^@/]+@)?pve[0-9]+\.internal:8006", None, "https://evil.test?@pve1.internal:8006"),
+    (r"https://[a-z0-9.-]+\.example\.com(/.*)?", None, "https://evil.test/.example.com/"),
+    (r"https?://.*", None, None),  # every host, on purpose
+]
+
+
+@pytest.mark.parametrize(("pattern", "offset", "url"), HOST_PATTERNS)
+def test_an_allowlist_host_that_may_go_on_or_start_early_is_a_warning_at_its_wildcard(pattern: str, offset: int | None, url: str | None) -> None:
+    """The warning says what the probe's allowlist check does: each URL above, to another host, passes it
+    exactly when the pattern is warned about (the target as written and a spelling of its URL match)."""
+    assert wildcard_in_host(pattern) == offset
+    if url is not None:
+        compiled = compile_regex(pattern)
+        assert (compiled.fullmatch(url) and url_allowed(URL(url), [compiled])) == (offset is not None)
+        assert URL(url).host == "evil.test" or URL(url).host.endswith(".evil.test")

@@ -247,3 +247,20 @@ def test_declared_states_are_compared_as_label_text() -> None:
         """, {"m": 1})
     assert [(labels["mode"], value) for _, labels, value in samples(families["mode"])] == [("1", 1.0), ("2", 0.0), ("true", 0.0)]
     assert errors["mode"] == 0
+
+
+def test_lone_surrogates_in_states_info_labels_and_help_are_written_as_their_escapes() -> None:
+    """A state the spec declares with a JSON-style escape (YAML lets a lone surrogate through) matches
+    the answer's, and every text written (state, info label, object label, help) is valid UTF-8."""
+    families, errors = _families(r"""
+        modules:
+          default:
+            metrics:
+              - {name: mode, help: "m \ud800", type: stateset, value: m, states: ["\ud800", ok]}
+              - {name: about_info, help: a, type: info, labels: {v: m, all: "@"}}
+        """, {"m": "\ud800", "\udfffk": 1})
+    text = render_openmetrics(list(families.values()))
+    text.encode("utf-8")
+    assert errors["mode"] == 0 and "# HELP mode m \\\\ud800\n" in text
+    assert [(labels["mode"], value) for _, labels, value in samples(families["mode"])] == [("\\ud800", 1.0), ("ok", 0.0)]
+    assert [labels for _, labels, _ in samples(families["about_info"])] == [{"v": "\\ud800", "all": '{"m":"\\ud800","\\udfffk":1}'}]

@@ -250,6 +250,22 @@ async def test_an_unreadable_secret_is_a_config_error_of_the_endpoints_that_need
     assert value(metrics, "jsonexporter_upstream_requests_total", module="pve", endpoint="nodes", outcome="config_error") == 1
 
 
+async def test_a_login_request_aiohttp_cannot_make_fails_the_login_not_the_probe(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiohttp reading an HTTP_PROXY with a port out of range raises a ValueError: the login fails, saying so."""
+    for name in ("http_proxy", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:99999")
+    pve = Pve()
+    up = await start_pve(upstream, pve)
+    module = pve_module(tmp_path / "password").replace("secrets:", "http_client_config: {proxy_from_environment: true}\n            secrets:", 1)
+    client = await pve_exporter(aiohttp_client, tmp_path, module)
+    status, text = await probe(client, up.url, debug="true")
+    assert status == 200 and "login_failed" in text and "login: the request cannot be made: ValueError: Port out of range 0-65535" in text, text
+    assert pve.logins == 0
+
+
 async def test_cookie_and_header_values_of_a_login_answer_without_json(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:
     # qBittorrent: a form login answered `Ok.` with a session cookie; here also a token in a header
     async def login(request: web.Request) -> web.Response:
@@ -607,6 +623,7 @@ async def test_a_revalidation_refused_logs_in_again_and_the_cache_gets_the_fresh
         await asyncio.sleep(0.01)
     assert status == 200 and generation(text) == 2 and pve.logins == 2  # the probes use the renewed session and its cached answer
     assert 401 not in answered[2:]
+    assert len(client.app[STATE].upstream.cache) == 1  # under the renewed request's key alone: the refused one's is gone
 
 
 async def test_logins_are_counted_by_module_and_result_and_their_sessions_by_module(
@@ -777,3 +794,41 @@ async def test_a_secret_file_larger_than_the_bound_is_unreadable(tmp_path: Path)
     with pytest.raises(OSError, match=f"larger than {MAX_SECRET_BYTES} bytes"):
         await files.read(str(tmp_path / "big"))
     assert await files.read(str(tmp_path / "ok")) == "x" * (MAX_SECRET_BYTES - 1)
+
+
+async def test_users_whose_login_alone_carries_their_name_share_no_session_schedule_or_cached_answer(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    users = {"alice": 1, "bob": 2}
+
+    async def log_in(request: web.Request) -> web.Response:
+        return web.json_response({"token": f"TOKEN-{request.query['user']}-SECRET"})
+
+    async def data(request: web.Request) -> web.Response:  # whose data: the token's, not a parameter of this request
+        return web.json_response({"user": users[request.headers["X-Token"].split("-")[1]]})
+
+    up = await upstream({"/login": log_in, "/scheduled": data, "/cached": data, "/plain": data})
+    client = await aiohttp_client(make_app(make_spec(f"""
+        modules:
+          per_user:
+            {LOCAL}
+            parameters: {{user: {{pattern: '[a-z]+'}}}}
+            login:
+              url: '{{target}}/login?user={{user}}'
+              values: {{token: token}}
+            endpoints:
+              scheduled: {{url: '{{target}}/scheduled', headers: {{X-Token: '{{token}}'}}, refresh_interval: 1h}}
+              cached: {{url: '{{target}}/cached', headers: {{X-Token: '{{token}}'}}, cache_ttl: 1h}}
+              plain: {{url: '{{target}}/plain', headers: {{X-Token: '{{token}}'}}}}
+            metrics:
+              - {{name: scheduled_user, help: x, endpoint: scheduled, value: user}}
+              - {{name: cached_user, help: x, endpoint: cached, value: user}}
+              - {{name: plain_user, help: x, endpoint: plain, value: user}}
+    """)))
+    for _ in range(2):
+        for user, n in users.items():
+            response = await client.get("/probe", params={"target": up.url, "module": "per_user", "user": user})
+            metrics = parse(await response.text())
+            assert [value(metrics, f"{e}_user") for e in ("scheduled", "cached", "plain")] == [n, n, n], user
+    assert up.hits["/login"] == 2  # one session per user, reused
+    assert up.hits["/scheduled"] == 2 and up.hits["/cached"] == 2  # one schedule, one cached answer per user

@@ -19,6 +19,7 @@ import trustme
 from aiohttp import web
 from conftest import Held, UpstreamFactory, make_spec, wait_for
 from metrics_util import parse, value
+from prometheus_client.parser import text_string_to_metric_families
 
 from jsonexporter.server import STATE, Options, make_app
 from jsonexporter.webconfig import load_web_config
@@ -395,15 +396,23 @@ async def test_a_module_that_needs_no_target_accepts_probes_without_one(aiohttp_
     assert value(s, "x") == 5
 
 
-async def test_lone_surrogates_in_answers_do_not_break_the_answer(aiohttp_client: Any, tmp_path: Path, upstream: UpstreamFactory) -> None:
+async def test_lone_surrogates_in_answers_are_written_as_their_escapes_keeping_series_apart(aiohttp_client: Any, tmp_path: Path,
+                                                                                            upstream: UpstreamFactory) -> None:
+    """`"\\ud800x"` and `"\\ud801x"` (which the json module lets through) are two series in valid UTF-8, not
+    one written twice as "?x" (promtool accepts that, Prometheus drops one); the text of an escape
+    itself (`"\\\\ud800x"`) is the same series as the surrogate, a duplicate counted as any other."""
     async def odd(request: web.Request) -> web.Response:
-        return web.Response(body=b'{"items": [{"id": "\\ud800x", "v": 1}, {"id": "ok", "v": 2}]}', content_type="application/json")
+        return web.Response(body=b'{"items": [{"id": "\\ud800x", "v": 1}, {"id": "\\ud801x", "v": 2}, {"id": "\\\\ud800x", "v": 3},'
+                                 b' {"id": "ok", "v": 4}]}', content_type="application/json")
 
     up = await upstream({"/": odd})
     spec_path = tmp_path / "spec.yml"
     spec_path.write_text("modules:\n  default:\n    metrics: [{name: x, help: x, each: items, value: v, labels: {id: id}}]\n")
     client = await start(aiohttp_client, spec_path)
-    for debug in ("false", "true"):
+    for debug in ("true", "false"):
         response = await client.get("/probe", params={"target": f"{up.url}/", "debug": debug})
-        text = await response.text()
-        assert response.status == 200 and 'x{id="?x"} 1' in text and 'x{id="ok"} 2' in text
+        text = (await response.read()).decode("utf-8")  # strict: valid UTF-8
+        assert response.status == 200 and 'x{id="\\\\ud800x"} 1\n' in text and 'x{id="\\\\ud801x"} 2\n' in text and 'x{id="ok"} 4' in text
+    written = [s for f in text_string_to_metric_families(text) if f.name == "x" for s in f.samples]
+    assert [(s.labels["id"], s.value) for s in written] == [("\\ud800x", 1), ("\\ud801x", 2), ("ok", 4)]
+    assert value(parse(text), "probe_duplicate_series", metric="x") == 1

@@ -5,6 +5,7 @@ probes that never wait for the API, leaving, the bound on schedules, reload, sel
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -407,3 +408,39 @@ async def test_a_probe_waiting_for_a_first_answer_still_answers_when_a_reload_st
     response = await asyncio.wait_for(waiting, BOUND)
     assert response.status == 200 and value(parse(await response.text()), "probe_success") == 0
     held.release.set()
+
+
+def padded(n: int) -> dict[str, Any]:
+    return {"v": n, "pad": "x" * 4000}
+
+
+async def test_scheduled_answers_are_bounded_by_their_parsed_size_the_least_recently_probed_going_first(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    from jsonexporter.upstream.cache import parsed_size
+
+    size = parsed_size(json.dumps(padded(1)).encode())  # the body aiohttp's json_response sends
+    up = await upstream({f"/{n}": padded(n) for n in (1, 2, 3)})
+    client = await start(aiohttp_client, SCHEDULED.replace("refresh_interval: 1s", "refresh_interval: 1h"), refresh_max_bytes=2 * size + size // 2)
+    for n in (1, 2, 3):  # the third answer leaves room for two: the first one's goes
+        assert value(await probe(client, target=f"{up.url}/{n}"), "x") == n
+    assert value(await probe(client, target=f"{up.url}/2"), "x") == 2  # kept: no request
+    assert [up.hits[f"/{n}"] for n in (1, 2, 3)] == [1, 1, 1]
+    assert value(await probe(client, target=f"{up.url}/1"), "x") == 1  # let go: fetched again, and the third one's goes
+    assert value(await probe(client, target=f"{up.url}/2"), "x") == 2
+    assert [up.hits[f"/{n}"] for n in (1, 2, 3)] == [2, 1, 1]
+    assert value(await probe(client, target=f"{up.url}/3"), "x") == 3
+    assert [up.hits[f"/{n}"] for n in (1, 2, 3)] == [2, 1, 2]
+    assert client.app[STATE].upstream.schedules.bytes == 2 * size
+    metrics = parse(await (await client.get("/metrics")).text())
+    assert value(metrics, "jsonexporter_refresh_evictions_total", module="default", endpoint="main") == 3
+    assert value(metrics, "jsonexporter_cache_requests_total", module="default", endpoint="main", result="first") == 5
+
+
+async def test_a_scheduled_answer_larger_than_the_bound_answers_its_probe_and_is_not_kept(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    up = await upstream({"/": padded(1)})
+    client = await start(aiohttp_client, SCHEDULED.replace("refresh_interval: 1s", "refresh_interval: 1h"), refresh_max_bytes=1000)
+    for hits in (1, 2):
+        s = await probe(client, target=f"{up.url}/")
+        assert value(s, "x") == 1 and value(s, "probe_success") == 1 and up.hits["/"] == hits
+    assert client.app[STATE].upstream.schedules.bytes == 0

@@ -628,3 +628,37 @@ def test_the_example_of_the_readme_passes_on_its_spec(tmp_path: Path, capsys: py
     (tmp_path / "t.test.yml").write_text(tests)
     code, out, _ = run(capsys, tmp_path / "t.test.yml")
     assert code == 0, out
+
+
+async def test_a_secret_named_parameter_is_hidden_as_a_live_probe_hides_it(tmp_path: Path, upstream: UpstreamFactory, exporter: ExporterFactory,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    spec = """
+        modules:
+          keyed:
+            targets: {allow: ['http://(127\\.0\\.0\\.1|api\\.example):\\d+']}
+            parameters: {api_key: {pattern: '[A-Za-z0-9-]+'}}
+            endpoints: {data: {url: '{target}/data', headers: {X-Api-Key: '{api_key}'}}}
+            metrics: [{name: v, help: x, value: v}]
+        """
+
+    async def echo(request: web.Request) -> web.Response:  # an upstream quoting the key back, where no pattern rule sees it
+        return web.Response(text=f"denied {request.headers['X-Api-Key']} not json")
+
+    up = await upstream({"/data": echo})
+    client = await exporter(textwrap.dedent(spec))
+    live = await (await client.get("/probe", params={"module": "keyed", "target": up.url, "api_key": "Key-5544332211", "debug": "true"})).text()
+    assert "invalid_json" in live and "body starts with" in live and "Key-5544332211" not in live
+    file = write(tmp_path, """
+        spec: spec.yml
+        tests:
+          - name: the key echoed
+            module: keyed
+            target: 'http://api.example:80'
+            params: {api_key: Key-5544332211}
+            answers:
+              data: {body: 'denied Key-5544332211 not json'}
+            exp_samples: [{labels: probe_success, value: 1}]
+        """, spec=spec)
+    code, out, _ = run(capsys, file)
+    assert code == 1 and "invalid_json" in out and "body starts with" in out
+    assert "Key-5544332211" not in out, out

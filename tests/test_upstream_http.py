@@ -248,6 +248,31 @@ async def test_requests_go_through_the_proxy_unless_no_proxy_matches(aiohttp_cli
     assert forward_proxy.requests == [f"GET {up.url}/ HTTP/1.1"]
 
 
+async def test_a_request_aiohttp_cannot_make_is_a_config_error_not_invalid_json(aiohttp_client: Any, upstream: UpstreamFactory,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy from the environment (check cannot see it) whose host has an empty label makes aiohttp let a
+    UnicodeError (a ValueError) through from the resolver's encoding, before anything is sent; one with a
+    port out of range makes aiohttp's reading of it raise a ValueError: no answer was invalid JSON."""
+    for name in ("http_proxy", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    up = await upstream({"/": {"v": 1}})
+    client = await exporter_for(aiohttp_client, """
+        modules:
+          default:
+            http_client_config: {proxy_from_environment: true}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    for n, (proxy, error) in enumerate((("http://a..b:3128", "UnicodeError: encoding with 'idna' codec failed (UnicodeError: label empty or too long)"),
+                                        ("http://127.0.0.1:99999", "ValueError: Port out of range 0-65535")), 1):
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        status, text = await probe(client, f"{up.url}/", debug="true")
+        assert status == 200 and "config_error" in text and f"the request cannot be made: {error}" in text, text
+        status, text = await probe(client, f"{up.url}/")
+        assert status == 200 and value(parse(text), "probe_success") == 0
+        metrics = parse(await (await client.get("/metrics")).text())
+        assert value(metrics, "jsonexporter_upstream_requests_total", module="default", endpoint="default", outcome="config_error") == 2 * n
+
+
 async def test_redirects_are_followed_unless_disabled(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
     async def moved(request: web.Request) -> web.Response:
         raise web.HTTPFound("/new")

@@ -26,6 +26,7 @@ from jsonexporter.spec.expressions import (
     compile_template,
 )
 from jsonexporter.spec.functions import Pattern, RegexError, compile_regex
+from jsonexporter.spec.hostpatterns import wildcard_in_host
 from jsonexporter.spec.model import (
     DEFAULT_ENDPOINT,
     DEFAULT_MAX_PAGES,
@@ -60,6 +61,7 @@ from jsonexporter.spec.projection import projections
 from jsonexporter.spec.schema import check_schema, schema_text
 from jsonexporter.spec.sources import read_spec_files, spec_sha256
 from jsonexporter.spec.yamlload import Marks, load_yaml
+from jsonexporter.urls import UnusableURL, checked_url
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -257,6 +259,11 @@ def _proxy_url(c: _Checker, path: Path, raw: object) -> str | None:
         return None
     if not re.match(r"^https?://[^/?#]+", raw):
         c.add(path, "proxy_url must be an http:// or https:// URL")
+        return raw
+    try:
+        checked_url(raw)  # as aiohttp and the resolver will read it, at each request
+    except UnusableURL as exc:
+        c.add(path, f"proxy_url is not a usable URL: {exc}")
     return raw
 
 
@@ -959,46 +966,12 @@ def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[Pattern]:
     for i, source in enumerate(raw if isinstance(raw, list) else ()):
         if (pattern := c.regex((*path, i), source)) is not None:
             patterns.append(pattern)
-            if (at := _wildcard_in_host(pattern.pattern)) is not None:
+            if (at := wildcard_in_host(pattern.pattern)) is not None:
                 c.add((*path, i), "this wildcard in the host matches '/', '?', '#', '@' or '.' too: 'https://.+\\.example\\.com' lets "
                       "'https://evil.test?.example.com' through, 'https://api\\.example\\.com.*' 'https://api.example.com.evil.test'; "
-                      "write the host's characters (e.g. [a-z0-9-]+) and end the host with :port or /", "warning", offset=at)
+                      "write the host's characters (e.g. [a-z0-9-]+) and end the host with a :port or / that is not optional "
+                      "('(:443)?.*' lets the host go on)", "warning", offset=at)
     return patterns
-
-
-def _wildcard_in_host(source: str) -> int | None:
-    r"""Where an allowlist pattern's host part has a `.` (any character) or a negated class `[^…]` beside
-    more of the host: before it (`https://.+\.example\.com`) or after it (`https://api\.example\.com.*`
-    lets `https://api.example.com.evil.test` through); None when it has none (`https?://.*` allows every
-    host on purpose; after a `:port`, the rendered URL's spellings hold the host to what it was)."""
-    start = source.find("://")
-    if start < 0:
-        return None
-    wildcard = trailing = None  # a `.`; a negated class after the host's characters, which only the end may follow
-    literal = in_class = port = False
-    i = start + 3
-    while i < len(source):
-        char = source[i]
-        if in_class:
-            in_class = char != "]"
-        elif char == "/":
-            break
-        elif char == ":":
-            port = True
-            trailing = None
-        elif char == "." and not port:
-            wildcard = i if wildcard is None else wildcard
-        elif source.startswith("[^", i):  # `[^/?#@]+\.example\.com` and `([^@/]+@)?` hold the host
-            trailing = i if literal and not port else None
-            in_class = True
-        elif char == "\\" or char == "[" or char.isalnum() or char in "-@":
-            if wildcard is not None:
-                return wildcard
-            literal, trailing = True, None
-            in_class = char == "["
-            i += char == "\\"
-        i += 1
-    return wildcard if wildcard is not None and literal else trailing
 
 
 def _credentials_to_target_host(endpoints: Iterable[Endpoint], credentials: frozenset[str] = frozenset(),

@@ -31,6 +31,7 @@ DEFAULT_ENDPOINT = "default"
 # (--refresh.min-idle): a Prometheus scraping every minute keeps a 1s schedule alive.
 DEFAULT_REFRESH_MAX_REQUESTS = 32
 DEFAULT_REFRESH_MIN_IDLE = 300.0
+DEFAULT_REFRESH_MAX_BYTES = 256 * 1024 * 1024  # of the answers kept, parsed: as much as the cache keeps (cache.DEFAULT_MAX_BYTES)
 # what a header value cannot hold (RFC 9110 5.5): control characters but tab
 HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 

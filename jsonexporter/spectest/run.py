@@ -21,7 +21,7 @@ from jsonexporter.spec.problems import Problem
 from jsonexporter.spec.schema import suggestion
 from jsonexporter.spectest.load import Answer, Case, Loaded, SpecCache, Suite, load_suite
 from jsonexporter.spectest.series import Series
-from jsonexporter.upstream import EndpointResult, target_redactor
+from jsonexporter.upstream import EndpointResult, probe_redactor
 from jsonexporter.upstream.fetch import _parse_json
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -136,7 +136,8 @@ def run_suite(suite: Suite, out: TextIO) -> bool:
         if not outcome.failures:
             continue
         failed += 1
-        shown = target_redactor(case.target, redact) or redact  # as a live probe's texts (server._record): the target's credentials never show
+        # as a live probe's texts (server.probe): its target's credentials and secret-named parameters never show
+        shown = probe_redactor({**case.params, "target": case.target}, redact) or redact
         print(shown(str(case.at.says(f"test {case.name!r} failed"))), file=out)
         for line in [*outcome.failures, *outcome.notes]:
             print(shown(f"  {line}"), file=out)

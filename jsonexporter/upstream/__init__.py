@@ -17,10 +17,10 @@ from jsonexporter.trace import Trace
 from jsonexporter.upstream.fetch import EndpointResult, Upstream, fetch_all, new_session, render_job, schedule_key
 from jsonexporter.upstream.login import Prepared, fetch_logged_in, fetch_prepared, prepare
 from jsonexporter.upstream.refresh import Job
-from jsonexporter.upstream.render import InvalidRequest, TargetNotAllowed, UpstreamRequest, probe_redactor, redact_target, render_requests, target_redactor
+from jsonexporter.upstream.render import InvalidRequest, TargetNotAllowed, UpstreamRequest, probe_redactor, redact_target, render_requests
 
 __all__ = ["EndpointResult", "InvalidRequest", "Prepared", "TargetNotAllowed", "Upstream", "fetch_module", "fetch_prepared", "new_session", "prepare",
-           "probe_redactor", "redact_target", "reschedule", "target_redactor"]
+           "probe_redactor", "redact_target", "reschedule"]
 
 log = logging.getLogger("jsonexporter")
 

@@ -106,6 +106,12 @@ class ResponseCache:
             return Lookup(entry.answer, time.monotonic() - entry.stored, "stale", failure)
         return Lookup(None, 0.0, result, failure)
 
+    def discard(self, key: str) -> None:
+        """Let go of the answer of `key`: its request is one no probe makes any more."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry.answer.weight
+
     def _start(self, key: str, fetch: Fetch) -> asyncio.Task[tuple[Answer | None, Any]]:
         """The one fetch of `key` in flight: held here, so that no caller's end cancels it (close() does)."""
         task = asyncio.create_task(fetch())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import json
@@ -26,7 +27,7 @@ from yarl import URL
 
 from jsonexporter.secrets import Redactor
 from jsonexporter.spec.model import HTTPClientConfig, OAuth2, Secret, TLSClientConfig
-from jsonexporter.upstream.files import SecretFiles
+from jsonexporter.upstream.files import SecretFiles, read_bounded
 
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 TOKEN_TIMEOUT = 10.0
@@ -68,6 +69,7 @@ async def _reveal(files: SecretFiles, secret: Secret, what: str) -> str:
 
 
 def tls_context(config: TLSClientConfig) -> ssl.SSLContext:
+    """The context of `config`, its files read by OpenSSL: blocking I/O, run off the loop (Clients.context)."""
     try:
         context = ssl.create_default_context(cafile=config.ca_file, cadata=config.ca)
         if config.cert_file and config.key_file:
@@ -83,6 +85,12 @@ def tls_context(config: TLSClientConfig) -> ssl.SSLContext:
     if config.max_version:
         context.maximum_version = TLS_VERSIONS[config.max_version]
     return context
+
+
+def _tls_files(config: TLSClientConfig) -> list[tuple[str, str]]:
+    """The files of `config`, by their keys."""
+    files = (("ca_file", config.ca_file), ("cert_file", config.cert_file), ("key_file", config.key_file))
+    return [(what, path) for what, path in files if path is not None]
 
 
 def _bypasses_proxy(host: str, no_proxy: tuple[str, ...]) -> bool:
@@ -138,7 +146,7 @@ class TokenSource:
         if c.scopes:
             form["scope"] = " ".join(c.scopes)
         basic = basic_credentials(_form_quote(c.client_id), _form_quote(secret))
-        context: ssl.SSLContext | bool = self.clients.context(c.tls) if c.tls else True
+        context: ssl.SSLContext | bool = await self.clients.context(c.tls) if c.tls else True
         self.fetches += 1
         try:
             async with asyncio.timeout(TOKEN_TIMEOUT), session.post(
@@ -186,18 +194,37 @@ class Clients:
 
     async def reveal(self, secret: Secret, what: str) -> str:
         value = await _reveal(self.files, secret, what)
-        self.redactor.hold(self, f"{what} {secret.file}", [value])  # as last read: a rotated file replaces it
+        # held under the secret itself: a rotated file replaces its last value, and two secrets (two
+        # inline ones, whose file is None alike) never release each other's
+        self.redactor.hold(self, (what, secret), [value])
         return value
 
-    def context(self, config: TLSClientConfig) -> ssl.SSLContext:
+    async def context(self, config: TLSClientConfig) -> ssl.SSLContext:
+        """The TLS context of `config`, made at its first use and kept; its files are read off the loop
+        (files.py), within SECRET_READ_TIMEOUT: a FIFO or a hung mount fails the requests that need it,
+        as a file that cannot be read does (ClientConfigError naming the file, never its content)."""
         found = self._contexts.get(config)
         if found is None:
-            found = self._contexts[config] = tls_context(config)
+            found = self._contexts.setdefault(config, await self._tls_context(config))  # a concurrent caller's, when it came first
         return found
 
-    def anonymous_context(self, config: TLSClientConfig) -> ssl.SSLContext:
+    async def _tls_context(self, config: TLSClientConfig) -> ssl.SSLContext:
+        # OpenSSL reads a path whole and as long as it lasts: each file is first read within the bounds,
+        # so that a FIFO, a hung mount or a wrong path (a log file, /dev/zero) is named as such
+        for what, path in _tls_files(config):
+            try:
+                await self.files.run(("tls_file", path), f"tls-file {path}", functools.partial(read_bounded, path))
+            except OSError as exc:
+                raise ClientConfigError(f"tls_config: cannot read {what} {path!r}: {exc.strerror or type(exc).__name__}") from None
+        try:
+            return await self.files.run(("tls_config", config), "tls-context", functools.partial(tls_context, config))
+        except OSError as exc:  # the wait only: tls_context turns its own errors into ClientConfigError
+            files = ", ".join(f"{what} {path!r}" for what, path in _tls_files(config))
+            raise ClientConfigError(f"tls_config: cannot load {files}: {exc.strerror or type(exc).__name__}") from None
+
+    async def anonymous_context(self, config: TLSClientConfig) -> ssl.SSLContext:
         """The context of `config` without its client certificate (the same one when it has none), shared as `context`'s are."""
-        return self.context(dataclasses.replace(config, cert_file=None, key_file=None))
+        return await self.context(dataclasses.replace(config, cert_file=None, key_file=None))
 
     def token_source(self, config: OAuth2) -> TokenSource:
         found = self._tokens.get(config)
@@ -223,18 +250,19 @@ class Clients:
         elif config.oauth2 is not None:
             authorization = "Bearer " + await self.token_source(config.oauth2).get(session)
             source = "the oauth2 token endpoint's access_token"
-        return self._options(config, url, authorization, source)
+        context: ssl.SSLContext | bool = await self.context(config.tls) if config.tls else True
+        anonymous: ssl.SSLContext | bool = await self.anonymous_context(config.tls) if config.tls else True
+        return self._options(config, url, context, anonymous, authorization, source)
 
     def ready_options(self, config: HTTPClientConfig, url: URL) -> RequestOptions | None:
-        """`options` at once when `config` has nothing to read or fetch first (no basic_auth, authorization
-        or oauth2): no coroutine and no timeout around it for most requests. None: call `options`."""
-        if config.basic_auth is not None or config.authorization is not None or config.oauth2 is not None:
+        """`options` at once when `config` has nothing to read or fetch first (no basic_auth, authorization,
+        oauth2 or tls_config): no coroutine and no timeout around it for most requests. None: call `options`."""
+        if config.basic_auth is not None or config.authorization is not None or config.oauth2 is not None or config.tls is not None:
             return None
-        return self._options(config, url, None, None)
+        return self._options(config, url, True, True, None, None)
 
-    def _options(self, config: HTTPClientConfig, url: URL, authorization: str | None, source: str | None) -> RequestOptions:
-        context: ssl.SSLContext | bool = self.context(config.tls) if config.tls else True
-        anonymous: ssl.SSLContext | bool = self.anonymous_context(config.tls) if config.tls else True
+    def _options(self, config: HTTPClientConfig, url: URL, context: ssl.SSLContext | bool, anonymous: ssl.SSLContext | bool,
+                 authorization: str | None, source: str | None) -> RequestOptions:
         proxy, proxy_headers = self.proxy(config, url)
         return RequestOptions(context, config.tls.server_name if config.tls else None, proxy, proxy_headers, config.follow_redirects, authorization, source,
                               anonymous)

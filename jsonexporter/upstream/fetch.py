@@ -25,14 +25,14 @@ from yarl import URL
 from jsonexporter.logs import kv
 from jsonexporter.secrets import CUT, REDACTED, is_secret_name
 from jsonexporter.slices import PARSE, turn
-from jsonexporter.spec.model import HEADER_VALUE_CONTROL
+from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, HEADER_VALUE_CONTROL
 from jsonexporter.spec.projection import FULL, Projection
 from jsonexporter.trace import Trace, shorten
 from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache, parsed_size
 from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, basic_credentials
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
 from jsonexporter.upstream.pagination import Page, fetch_pages
-from jsonexporter.upstream.refresh import Events, Job, Schedules
+from jsonexporter.upstream.refresh import Events, Job, Schedules, login_scope
 from jsonexporter.upstream.render import InvalidRequest, UpstreamRequest, probe_redactor, redact_target, render_request
 from jsonexporter.upstream.sessions import LoginStore
 
@@ -77,10 +77,19 @@ class EndpointResult:
 ORJSON_MAX_BYTES = 4 << 20
 
 
+def _cannot_be_made(exc: ValueError) -> str:
+    return f"the request cannot be made: {type(exc).__name__}: {exc}"
+
+
+class InvalidJSON(ValueError):
+    """An answer that is not JSON (_parse_json): its own class, so that the ValueErrors aiohttp lets through
+    for a request it cannot make (a proxy host the resolver cannot encode) are not taken for one."""
+
+
 def _parse_json(body: bytes, projection: Projection | None = None, quote_answer: bool = True) -> Any:
     """The answer parsed: with `projection`, only what the rules read, when that applies to it. An
     invalid one's error quotes its start when `quote_answer` (not a login's: its token would be there,
-    unknown to the Redactor yet)."""
+    unknown to the Redactor yet). Raises InvalidJSON."""
     if projection is not None:
         document = projection.decode(body)
         if document is not FULL:
@@ -93,12 +102,12 @@ def _parse_json(body: bytes, projection: Projection | None = None, quote_answer:
     try:
         return json.loads(body)
     except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
+        raise InvalidJSON("JSON nested too deeply") from None
     except UnicodeDecodeError as exc:
-        raise ValueError(f"body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+        raise InvalidJSON(f"body is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except json.JSONDecodeError as exc:
         quoted = f"; body starts with {_quoted_start(body)}" if quote_answer else ""
-        raise ValueError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}{quoted}") from None
+        raise InvalidJSON(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}{quoted}") from None
 
 
 def _quoted_start(body: bytes, limit: int = 64) -> str:
@@ -199,9 +208,9 @@ class Upstream:
     def __post_init__(self) -> None:
         self.logins.changed = self.events.sessions
 
-    def schedule(self, max_requests: int, min_idle: float) -> Schedules:
+    def schedule(self, max_requests: int, min_idle: float, max_bytes: int = DEFAULT_REFRESH_MAX_BYTES) -> Schedules:
         """Fetch endpoints with refresh_interval on schedules from now on."""
-        self.schedules = Schedules(lambda job: _background(self, job), max_requests, min_idle, self.events)
+        self.schedules = Schedules(lambda job: _background(self, job), max_requests, min_idle, self.events, max_bytes)
         return self.schedules
 
     async def close(self) -> None:
@@ -277,7 +286,7 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
                         return
                 async with turn(PARSE):  # see slices.py: waiting answers stay bytes, smaller than parsed
                     result.document = _parse_json(body, request.projection, quote_answer)
-                    if endpoint.cache_ttl is not None:
+                    if endpoint.cache_ttl is not None or endpoint.refresh_interval is not None:  # kept: counted by its parsed size
                         result.parsed_size = parsed_size(body)
                 return
         n = len(result.redirects) + 1
@@ -317,8 +326,10 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
         result.outcome, result.error = "too_large", str(exc)
     except aiohttp.ClientError as exc:  # before ValueError: certificate errors are both
         result.outcome, result.error = "connection_error", f"{type(exc).__name__}: {exc}"
-    except ValueError as exc:
+    except InvalidJSON as exc:
         result.outcome, result.error = "invalid_json", str(exc)
+    except ValueError as exc:  # aiohttp refusing, before sending, a request it cannot make: a proxy URL, a TLS setting
+        result.outcome, result.error = "config_error", _cannot_be_made(exc)
     except OSError as exc:
         result.outcome, result.error = "connection_error", f"{type(exc).__name__}: {exc.strerror or exc}"
     finally:
@@ -331,11 +342,13 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
 
 
 def schedule_key(request: UpstreamRequest, job: Job) -> Hashable:
-    """What makes a schedule the same one: its module, endpoint and interval, the rendered request and
-    what decides whether an answer is good (the client config compared whole: a changed secret is a new schedule)."""
+    """What makes a schedule the same one: its module, endpoint and interval, the rendered request, the
+    probe's values its login reads (refresh.login_scope: whose session renders it) and what decides
+    whether an answer is good (the client config compared whole: a changed secret is a new schedule)."""
     endpoint = request.endpoint
     return (job.module.name, endpoint.name, endpoint.refresh_interval, request.method, str(request.url), tuple(sorted(request.headers.items())),
-            request.body, endpoint.client, endpoint.valid_status_codes, endpoint.max_response_bytes, tuple(p.pattern for p in request.allow))
+            request.body, endpoint.client, endpoint.valid_status_codes, endpoint.max_response_bytes, tuple(p.pattern for p in request.allow),
+            login_scope(job))
 
 
 def render_job(job: Job) -> UpstreamRequest:
@@ -394,6 +407,8 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
                 options = await up.clients.options(endpoint.client, request.url, up.session)
     except ClientConfigError as exc:
         result = EndpointResult(endpoint.name, "config_error", error=str(exc))
+    except ValueError as exc:  # aiohttp reading a proxy from the environment (HTTP_PROXY) that is no URL
+        result = EndpointResult(endpoint.name, "config_error", error=_cannot_be_made(exc))
     except TimeoutError:
         result = EndpointResult(endpoint.name, "timeout", error=f"no OAuth2 token within {budget:.3f}s")
     if options is not None:
@@ -421,7 +436,11 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
                 if job.module.login is not None:
                     from jsonexporter.upstream.login import renewed_if_refused  # it sends its requests through this module
 
-                    fetched = await renewed_if_refused(up, job, request, fetched, until)
+                    retried = await renewed_if_refused(up, job, request, fetched, until)
+                    if retried is not fetched:  # sent again with the renewed login's values, and cached under that request's key
+                        up.cache.discard(_cache_key(request, options))  # the refused values' answer: no probe renders them any more
+                        _background_done(up, job, retried)
+                        return None, retried
                 return _background_done(up, job, fetched), fetched
 
             lookup = await up.cache.get(_cache_key(request, options), endpoint.cache_ttl, endpoint.stale_if_error, fetch, remaining,

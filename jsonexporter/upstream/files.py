@@ -1,6 +1,6 @@
-"""Secret files read at each use (module `secrets`, `http_client_config` *_file credentials), off the
-event loop and bounded in size and time: a FIFO nobody writes or a hung NFS mount fails the requests
-that need it, never every probe.
+"""Files read when used (module `secrets`, `http_client_config` *_file credentials, tls_config's CA,
+certificate and key files), off the event loop and bounded in size and time: a FIFO nobody writes or a
+hung NFS mount fails the requests that need it, never every probe.
 
 Each read runs in a daemon thread of its own (a thread stuck in the kernel cannot be stopped, and a
 pool's thread would hold the process at exit); concurrent reads of one path share one thread, so a
@@ -13,58 +13,76 @@ import asyncio
 import contextlib
 import errno
 import threading
+from collections.abc import Callable, Hashable
+from typing import Any, TypeVar
 
 # a secret is a password, a token or a certificate key: far less; more is a wrong path (a log file, /dev/zero)
 MAX_SECRET_BYTES = 65536
 # a local or mounted file answers in milliseconds; a slower one is treated as unreadable
 SECRET_READ_TIMEOUT = 2.0
 
+T = TypeVar("T")
 
-def _read(path: str) -> str:
+
+def read_bounded(path: str) -> bytes:
+    """The file's bytes, at most MAX_SECRET_BYTES (OSError beyond); blocks: run it off the loop."""
     with open(path, "rb") as fh:
         data = fh.read(MAX_SECRET_BYTES + 1)
     if len(data) > MAX_SECRET_BYTES:
         raise OSError(errno.EFBIG, f"larger than {MAX_SECRET_BYTES} bytes")
-    return data.decode("utf-8").rstrip("\r\n")
+    return data
+
+
+def _read(path: str) -> str:
+    return read_bounded(path).decode("utf-8").rstrip("\r\n")
 
 
 class SecretFiles:
-    """The reads in flight, by path."""
+    """The reads in flight, by path (or by what `run` was given)."""
 
     def __init__(self) -> None:
-        self._reads: dict[str, asyncio.Future[str]] = {}
+        self._reads: dict[Hashable, asyncio.Future[Any]] = {}
 
     async def read(self, path: str, timeout: float = SECRET_READ_TIMEOUT) -> str:
         """The file's text without its final newline, read now. Raises OSError (its strerror says why,
         `no answer within …` for a read slower than `timeout` seconds) or UnicodeDecodeError."""
-        future = self._reads.get(path)
+        return await self.run(path, f"secret-file {path}", lambda: _read(path), timeout)
+
+    async def run(self, key: Hashable, name: str, work: Callable[[], T], timeout: float = SECRET_READ_TIMEOUT) -> T:
+        """`work()` (blocking file I/O) in a thread named `name`, shared by the concurrent callers of `key`;
+        raises what it raises, or OSError(ETIMEDOUT) when it takes longer than `timeout` seconds."""
+        future = self._reads.get(key)
         if future is None:
-            future = self._reads[path] = self._start(path)
+            future = self._reads[key] = self._start(key, name, work)
         try:
             async with asyncio.timeout(max(timeout, 0.0)):
-                return await asyncio.shield(future)
+                result: T = await asyncio.shield(future)
+                return result
         except TimeoutError:
             raise OSError(errno.ETIMEDOUT, f"no answer within {timeout:g}s") from None
 
-    def _start(self, path: str) -> asyncio.Future[str]:
+    def _start(self, key: Hashable, name: str, work: Callable[[], T]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[str] = loop.create_future()
+        future: asyncio.Future[T] = loop.create_future()
         future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved: every reader may have given up
 
-        def settle(value: str | None, error: BaseException | None) -> None:
-            if self._reads.get(path) is future:
-                del self._reads[path]
+        def settle(value: T | None, error: BaseException | None) -> None:
+            if self._reads.get(key) is future:
+                del self._reads[key]
             if not future.done():
-                future.set_exception(error) if error is not None else future.set_result(value or "")
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(value)  # type: ignore[arg-type]  # set only when work() returned it
 
         def run() -> None:
             value, error = None, None
             try:
-                value = _read(path)
-            except (OSError, UnicodeDecodeError) as exc:
+                value = work()
+            except Exception as exc:  # the caller's to judge; the thread only carries it over
                 error = exc
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(settle, value, error)
 
-        threading.Thread(target=run, name=f"secret-file {path}", daemon=True).start()
+        threading.Thread(target=run, name=name, daemon=True).start()
         return future

@@ -14,6 +14,7 @@ from yarl import URL
 from jsonexporter import __version__
 from jsonexporter.secrets import MIN_BARE_LENGTH, is_credential_header, is_secret_name
 from jsonexporter.spec.functions import Pattern
+from jsonexporter.urls import UnusableURL, checked_url
 
 USER_AGENT = f"jsonexporter/{__version__}"
 # what the exporter sends of its own; a hop to another origin carries nothing else
@@ -50,19 +51,6 @@ Origin = tuple[str, str, int | None]
 
 def origin(url: URL) -> Origin:
     return url.scheme, (url.host or "").lower(), url.port
-
-
-def checked_url(text: str | URL, base: URL | None = None) -> URL | None:
-    """`text` as a URL (joined to `base` when given), None when it is none: yarl decodes an IDNA host
-    (`xn--…`) only when `.host` is first read, so an invalid one is found here, not where the URL is used."""
-    try:
-        url = text if isinstance(text, URL) else URL(text)
-        if base is not None:
-            url = base.join(url)
-        url.host  # noqa: B018 (the decoding is the check)
-    except (ValueError, TypeError):  # UnicodeError is a ValueError
-        return None
-    return url
 
 
 def url_forms(url: URL) -> list[str]:
@@ -116,9 +104,10 @@ def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple
     origin of the `first` request (that one was allowed with the probe). A hop to another origin than
     `previous` carries nothing of the spec (headers, credentials, the TLS client certificate, body, secret query values), and
     is refused when it would have to re-send a body, or leave https for http while carrying secrets."""
-    url = checked_url(location, previous.url)
-    if url is None:
-        return Refusal(None, "its Location header is not a URL (or names a host that is not a valid name)")
+    try:
+        url = checked_url(location, previous.url)
+    except UnusableURL as exc:
+        return Refusal(None, f"its Location header is not a usable URL: {exc}")
     if url.scheme not in ("http", "https") or not url.host:
         return Refusal(url, "it is not an http:// or https:// URL with a host")
     url = url.with_user(None).with_fragment(None)  # a redirect never adds credentials

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,8 +20,9 @@ from yarl import URL
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.model import Pagination
 from jsonexporter.upstream.cache import Answer, parsed_size
-from jsonexporter.upstream.hops import checked_url, origin
+from jsonexporter.upstream.hops import origin
 from jsonexporter.upstream.render import UpstreamRequest
+from jsonexporter.urls import UnusableURL, checked_url
 
 if TYPE_CHECKING:
     from jsonexporter.upstream.fetch import EndpointResult
@@ -52,8 +54,20 @@ class Page:
                 rel, target = link.get("rel"), link.get("url")
                 if isinstance(rel, str) and isinstance(target, URL):
                     self.links.append((rel, target))
-        except (ValueError, TypeError) as exc:
-            self.link_error = f"its Link header holds an unusable URL ({type(exc).__name__})"
+        except Exception as exc:  # ValueError, TypeError, and yarl's IndexError on `<http://u:pw@[:]@/>`
+            self.link_error = f"its Link header holds an unusable URL: {_link_problem(response, exc)}"
+
+
+def _link_problem(response: aiohttp.ClientResponse, exc: Exception) -> str:
+    """Why aiohttp could not read the Link header: the reason of the first of its URLs that checked_url
+    refuses, each taken as aiohttp takes them (`<url>` in the header's comma-separated entries)."""
+    for entry in re.split(r",(?=\s*<)", ", ".join(response.headers.getall("Link", []))):
+        if (match := re.match(r"\s*<(.*)>", entry)) is not None:
+            try:
+                checked_url(match[1], response.url)
+            except UnusableURL as problem:
+                return str(problem)
+    return type(exc).__name__
 
 
 class _PageError(Exception):
@@ -96,8 +110,11 @@ def _next_url(request: UpstreamRequest, pagination: Pagination, number: int, pag
             raise _PageError(page.link_error)
         wanted = pagination.rel.lower()
         found = next((url for rel, url in page.links if wanted in rel.lower().split()), None)
-        if found is not None and checked_url(found) is None:
-            raise _PageError(f"its Link header's {pagination.rel!r} URL names a host that is not a valid name")
+        if found is not None:
+            try:
+                checked_url(found)
+            except UnusableURL as exc:
+                raise _PageError(f"its Link header's {pagination.rel!r} URL is not usable: {exc}") from None
         return found, None
     elements = len(_elements(document, pagination))
     if pagination.style == "page_param":
@@ -117,9 +134,10 @@ def _next_url(request: UpstreamRequest, pagination: Pagination, number: int, pag
         return request.url.update_query({pagination.param: str(value)}), elements
     if not isinstance(value, str):
         raise _PageError(f"the next URL {pagination.next.source} is {_kind(value)}, not a string")
-    following = checked_url(value, page.url or request.url)
-    if following is None:
-        raise _PageError(f"the next URL {pagination.next.source} is not a URL (or names a host that is not a valid name)")
+    try:
+        following = checked_url(value, page.url or request.url)
+    except UnusableURL as exc:
+        raise _PageError(f"the next URL {pagination.next.source} is not usable: {exc}") from None
     return following, elements
 
 

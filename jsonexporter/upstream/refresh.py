@@ -4,19 +4,25 @@ a probe uses the latest answer and never waits for the API, but for a request's 
 A schedule is one request: its endpoint and the probe's values, rendered afresh at each refresh by
 the caller's fetch (the path every probe's request takes). Modules without a target get theirs at load
 (`pin`); a request of a module with a target joins at its first probe and leaves after IDLE_INTERVALS
-intervals without one (never sooner than `min_idle`); at most `max_requests` of those run at once."""
+intervals without one (never sooner than `min_idle`); at most `max_requests` of those run at once. The
+answers kept are bounded by their parsed size (Answer.weight, as the cache's): beyond `max_bytes`, the
+answers of the schedules probed least recently go first, and their next probe waits for a request as a
+first one does."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
 import time
 from collections.abc import Callable, Coroutine, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from jsonexporter.logs import kv
-from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, Endpoint, Module
+from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, Endpoint, Module
 from jsonexporter.upstream.cache import Answer, Lookup
 
 if TYPE_CHECKING:
@@ -44,6 +50,23 @@ class Job:
         return self.endpoint.timeout if self.endpoint.timeout is not None else self.module.timeout
 
 
+# per process: what login_scope keeps of a probe's values is never those values in clear
+_SCOPE_KEY = os.urandom(32)
+
+
+def login_scope(job: Job) -> str:
+    """The probe's values that the module's login request reads (not its secrets'), as a keyed hash:
+    a login whose own request carries a per-user parameter (`?user=`) the endpoint's lacks gives each
+    user a session of their own, so the endpoint's answers differ by user though its request, rendered
+    with the login's values by their names (fetch.render_job), does not. Empty without a login."""
+    login = job.module.login
+    if login is None:
+        return ""
+    names = sorted(login.request.placeholders - set(job.module.secret_names))
+    read = "\0".join(f"{name}\0{job.values.get(name, '')}" for name in names)
+    return hmac.new(_SCOPE_KEY, read.encode(), hashlib.sha256).hexdigest()
+
+
 JobFetch = Callable[[Job], Coroutine[Any, Any, tuple[Answer | None, Any]]]
 
 
@@ -58,6 +81,9 @@ class Events:
 
     def scheduled(self, count: int) -> None:
         """The number of scheduled requests changed."""
+
+    def evicted(self, job: Job) -> None:
+        """A schedule's answer was let go: the answers kept were over --refresh.max-bytes."""
 
     def logged_in(self, module: str, result: str) -> None:
         """A login request of `module` ended: success, its request's outcome, or invalid_answer (no usable values)."""
@@ -76,17 +102,19 @@ class Schedule:
     failure: Any = None  # what the latest refresh gave when it failed; None after a success
     last_probe: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None
-    attempt: asyncio.Task[None] | None = None  # the request in flight
+    attempt: asyncio.Task[Answer | None] | None = None  # the request in flight, giving its good answer
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Schedules:
     def __init__(self, fetch: JobFetch, max_requests: int = DEFAULT_REFRESH_MAX_REQUESTS, min_idle: float = DEFAULT_REFRESH_MIN_IDLE,
-                 events: Events | None = None) -> None:
+                 events: Events | None = None, max_bytes: int = DEFAULT_REFRESH_MAX_BYTES) -> None:
         self.fetch = fetch
         self.max_requests = max_requests
         self.min_idle = min_idle
         self.events = events or Events()
+        self.max_bytes = max_bytes
+        self.bytes = 0  # the weight of the answers the schedules keep
         self._schedules: dict[Hashable, Schedule] = {}
 
     def __len__(self) -> int:
@@ -112,7 +140,7 @@ class Schedules:
         if s.answer is None:
             result = "first"
             try:
-                await asyncio.wait_for(asyncio.shield(self._attempt(s)), max(wait, 0.0))
+                fetched = await asyncio.wait_for(asyncio.shield(self._attempt(s)), max(wait, 0.0))
             except TimeoutError:
                 return Lookup(None, 0.0, result, None)
             except asyncio.CancelledError:
@@ -120,6 +148,8 @@ class Schedules:
                 if task is not None and task.cancelling():
                     raise
                 return Lookup(None, 0.0, result, None)  # a reload stopped the schedule meanwhile: this probe did not end
+            if s.answer is None and fetched is not None:  # good, but not kept: alone larger than max_bytes
+                return Lookup(fetched, 0.0, result)
         if s.answer is None:
             return Lookup(None, 0.0, result, s.failure)
         age = time.monotonic() - s.stored
@@ -173,6 +203,8 @@ class Schedules:
     def _forget(self, s: Schedule) -> None:
         if self._schedules.get(s.key) is s:
             del self._schedules[s.key]
+            if s.answer is not None:
+                self.bytes -= s.answer.weight
             self.events.scheduled(len(self._schedules))
         s.ended.set()
 
@@ -188,13 +220,13 @@ class Schedules:
         finally:
             self._forget(s)
 
-    def _attempt(self, s: Schedule) -> asyncio.Task[None]:
+    def _attempt(self, s: Schedule) -> asyncio.Task[Answer | None]:
         """The request in flight, or a new one: a probe waiting for a first answer and the schedule share it."""
         if s.attempt is None or s.attempt.done():
             s.attempt = asyncio.create_task(self._refresh(s))
         return s.attempt
 
-    async def _refresh(self, s: Schedule) -> None:
+    async def _refresh(self, s: Schedule) -> Answer | None:
         job = s.job
         try:
             answer, failure = await self.fetch(job)
@@ -202,6 +234,25 @@ class Schedules:
             log.error("scheduled request failed unexpectedly", extra=kv(module=job.module.name, endpoint=job.endpoint.name, err=f"{type(exc).__name__}: {exc}"))
             answer, failure = None, None
         if answer is not None:
-            s.answer, s.stored, s.failure = answer, time.monotonic(), None
+            self._keep(s, answer)
+            s.stored, s.failure = time.monotonic(), None
         else:
             s.failure = failure
+        return answer
+
+    def _keep(self, s: Schedule, answer: Answer) -> None:
+        """`answer` as the latest of `s`, counted by its parsed size; beyond max_bytes, the answers of the
+        schedules probed least recently go, `s`'s own too when it is that one (a stopped schedule counts none)."""
+        counted = self._schedules.get(s.key) is s
+        if counted and s.answer is not None:
+            self.bytes -= s.answer.weight
+        s.answer = answer
+        if not counted:
+            return
+        self.bytes += answer.weight
+        while self.bytes > self.max_bytes:
+            oldest = min((k for k in self._schedules.values() if k.answer is not None), key=lambda k: k.last_probe)
+            assert oldest.answer is not None
+            self.bytes -= oldest.answer.weight
+            oldest.answer = None
+            self.events.evicted(oldest.job)

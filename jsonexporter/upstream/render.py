@@ -17,7 +17,8 @@ from jsonexporter.spec.functions import Pattern
 from jsonexporter.spec.model import Endpoint, JsonBody, Module
 from jsonexporter.spec.projection import Projection
 from jsonexporter.upstream.client import basic_credentials
-from jsonexporter.upstream.hops import BASE_HEADERS, checked_url, url_allowed
+from jsonexporter.upstream.hops import BASE_HEADERS, url_allowed
+from jsonexporter.urls import UnusableURL, checked_url
 
 
 class InvalidRequest(Exception):
@@ -61,7 +62,7 @@ def target_redactor(target: str, parent: Redactor | None = None) -> Redactor | N
         return None
     try:
         url = URL(target if "://" in target else f"http://{target}")
-    except (ValueError, TypeError):
+    except Exception:  # ValueError, TypeError, and yarl's IndexError on `http://u:pw@[:]@/`
         return None
     if url.user is None and url.password is None:
         return None
@@ -135,7 +136,11 @@ def _quote_target(url: Template, i: int, value: str) -> str:
     matched), an origin (`{target}/api`, `https://{target}:8443/`: `[scheme://][user:pw@]host[:port]`,
     nothing that starts a path, a query or a fragment), else one value of the path or query, encoded whole."""
     if len(url.parts) == 1:
-        path = urllib.parse.urlsplit(value).path
+        try:
+            checked_url(value)  # first: its reason quotes no userinfo, where urlsplit's NFKC message quotes it
+            path = urllib.parse.urlsplit(value).path
+        except ValueError as exc:  # UnusableURL among them
+            raise _TargetRefused(str(exc) if isinstance(exc, UnusableURL) else "it is not a URL") from None
         if any(_dot_segment(s) for s in path.replace("\\", "/").split("/")):
             raise _TargetRefused("its path has a . or .. segment (the request would go elsewhere than the URL written)")
         return value
@@ -189,9 +194,10 @@ def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[P
     """Fill in the endpoint's templates; raise InvalidRequest when the URL is not http(s), TargetNotAllowed
     when its host comes from the target or a parameter and the URL is outside `allow` (the module's
     targets.allow, matched against the URL's spellings as a redirect's: hops.url_forms)."""
-    url = checked_url(_render_url(endpoint, values))
-    if url is None:
-        raise InvalidRequest(f"endpoint {endpoint.name}: invalid URL: not a URL, or its host is not a valid name (an IDNA `xn--` label that decodes to none)")
+    try:
+        url = checked_url(_render_url(endpoint, values))
+    except UnusableURL as exc:
+        raise InvalidRequest(f"endpoint {endpoint.name}: invalid URL: {exc}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise InvalidRequest(f"endpoint {endpoint.name}: the URL must be http:// or https:// with a host, got {str(url)!r}")
     if allow and endpoint.url.origin_parts and not url_allowed(url, allow):
