@@ -29,7 +29,20 @@ from metrics_util import samples
 from prometheus_client.utils import floatToGoString
 
 from jsonexporter.exposition import Family, encode, encode_async, format_value, render_openmetrics, render_text
-from jsonexporter.extract import _MAX_PLANS, Extraction, ProbeContext, _fast_plan, _float_texts, _scaled, _scaled_all, extract, extract_async
+from jsonexporter.extract import (
+    _KNOWN_CHARACTERS,
+    _KNOWN_ELEMENTS,
+    _MAX_PLANS,
+    Extraction,
+    ProbeContext,
+    _fast_plan,
+    _float_texts,
+    _KnownTexts,
+    _scaled,
+    _scaled_all,
+    extract,
+    extract_async,
+)
 from jsonexporter.probe import module_labels
 from jsonexporter.slices import EXTRACT, PARSE, RENDER, turn
 from jsonexporter.spec.model import Module
@@ -217,12 +230,9 @@ def test_fast_extraction_after_other_answers_gives_what_the_general_path_gives(m
     _assert_same(*_both_paths(module, document, document))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(modules(), documents, st.integers(900, 2600), st.integers(1, 50))
-def test_fast_extraction_across_chunks_gives_what_the_general_path_gives(module_spec: dict[str, Any], document: Any, count: int, period: int) -> None:
-    """Thousands of elements: several chunks, some clean (columns at once), some not (a failing
-    or missing value, a duplicate), with duplicates across chunks."""
-    spec = make_spec(json.dumps({"modules": {"default": module_spec}}))
+def _many(document: Any, count: int, period: int, renamed: int = 0) -> Any:
+    """`document` with `count` elements in its lists, mostly of distinct ids (repeated every `period`);
+    with `renamed`, every renamed-th element from the 600th on gets other labels."""
     many = {}
     for field, default in (("items", {"id": "x", "v": 1}), ("hists", {"id": "x", "b": {"+Inf": 1}, "s": 1, "c": 1})):
         base = document[field] or [default]
@@ -231,9 +241,34 @@ def test_fast_extraction_across_chunks_gives_what_the_general_path_gives(module_
             element = base[i % len(base)]
             if type(element) is dict and i % period:  # a new id: mostly distinct labels, repeated every `period`
                 element = {**element, "id": f"{element.get('id')}-{i // period}"}
+            if type(element) is dict and renamed and i >= 600 and i % renamed == 0:
+                element = {**element, "id": f"renamed-{i % 3}", "a": f"A{i % 2}"}
             elements.append(element)
         many[field] = elements
-    _assert_same(*_both_paths(spec.modules["default"], {**document, **many}))
+    return {**document, **many}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(modules(), documents, st.integers(900, 2600), st.integers(1, 50))
+def test_fast_extraction_across_chunks_gives_what_the_general_path_gives(module_spec: dict[str, Any], document: Any, count: int, period: int) -> None:
+    """Thousands of elements: several chunks, some clean (columns at once), some not (a failing
+    or missing value, a duplicate), with duplicates across chunks."""
+    spec = make_spec(json.dumps({"modules": {"default": module_spec}}))
+    _assert_same(*_both_paths(spec.modules["default"], _many(document, count, period)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(modules(), documents, st.integers(900, 2600), st.integers(1, 50), st.integers(1, 700), st.booleans())
+def test_fast_extraction_across_chunks_after_an_answer_gives_what_the_general_path_gives(
+        module_spec: dict[str, Any], document: Any, count: int, period: int, renamed: int, longer: bool) -> None:
+    """The label texts of the chunks of an answer are kept for the next one: the same answer again,
+    one with some labels changed (in some chunks, not in others), or with more elements, gives what
+    the general path gives it."""
+    spec = make_spec(json.dumps({"modules": {"default": module_spec}}))
+    module = spec.modules["default"]
+    before = _many(document, count, period)
+    _assert_same(*_both_paths(module, before, before))
+    _assert_same(*_both_paths(module, _many(document, count + 700 * longer, period, renamed), before))
 
 
 def test_bench_spec_takes_the_fast_path_with_the_same_output() -> None:
@@ -271,6 +306,20 @@ def test_the_plans_kept_for_module_labels_made_of_targets_are_bounded() -> None:
         extract(module, {"default": {"items": [{"id": "x", "v": 1}]}}, PROBE, module_labels(module, {"target": f"http://t{i}", "module": "default"}))
         assert len(module.fast_plans) <= _MAX_PLANS
     assert module.fast_plans
+
+
+@pytest.mark.parametrize(("elements", "length"), [(_KNOWN_ELEMENTS // 3, 1), (600, _KNOWN_CHARACTERS // 3000)])
+def test_the_label_texts_kept_across_probes_are_bounded(elements: int, length: int) -> None:
+    """Answers of four targets (each its own texts, by its module label), each beyond a third of the
+    elements or characters a module keeps: each is still extracted right, one's texts replacing the others'."""
+    module = _labelled_by_target()
+    for target in ("http://one", "http://two", "http://three", "http://four", "http://one"):
+        items = [{"id": f"{target}-{i}".ljust(length, "x"), "v": i} for i in range(elements)]
+        result = extract(module, {"default": {"items": items}}, PROBE, module_labels(module, {"target": target, "module": "default"}))
+        assert [labels["id"] for _, labels, _ in samples(result.families["a"])] == [item["id"] for item in items]
+        known = module.fast_plans[_KnownTexts]
+        assert known.elements <= _KNOWN_ELEMENTS and known.characters <= _KNOWN_CHARACTERS
+        assert known.chunks
 
 
 def test_rules_sharing_labels_give_an_element_the_same_label_text() -> None:

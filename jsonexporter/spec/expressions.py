@@ -47,6 +47,11 @@ class Expression:
     columns: Columns | None = None  # a call of our functions on fields and literals, by columns (`_direct_columns`)
     # a multi-select hash `{k: a, j: lower(b)}` of such: its keys and the columns of their values (a histogram's buckets)
     entries: tuple[tuple[str, Columns], ...] | None = None
+    # the one field a call of pure functions reads (`regex_replace(id, '^a', 'b')`: "id"): its value alone makes the result,
+    # and `by_input` gives the results for a column of its values (`columns` without reading the field)
+    single_input: str | None = None
+    by_input: Columns | None = None
+    entry_fields: tuple[str | None, ...] | None = None  # of `entries`: the field name of each that is one plain field
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
@@ -148,9 +153,11 @@ def _hash_search(ast: dict[str, Any]) -> Search | None:
     return search_hash
 
 
-def _direct_columns(ast: dict[str, Any]) -> Columns | None:
+def _direct_columns(ast: dict[str, Any], given: list[str] | None = None) -> Columns | None:
     """For an expression `_direct_search` takes: its value for each element of a list, each call made
-    once per argument column (`call_by_columns`); None for other expressions."""
+    once per argument column (`call_by_columns`); None for other expressions. With `given`, the input
+    of an expression `_single_input` accepts: its value for each value of a column of that input's
+    values (the field's column given instead of read)."""
     kind = ast["type"]
     if kind == "literal":
         constant = ast["value"]
@@ -159,12 +166,12 @@ def _direct_columns(ast: dict[str, Any]) -> Columns | None:
         return lambda rows: rows
     chain = _field_chain(ast)
     if chain is not None:
-        return _field_columns(chain)
+        return (lambda inputs: inputs) if chain == given else _field_columns(chain)
     if kind == "multi_select_dict":
         return _hash_columns(ast)
     if kind != "function_expression":
         return None
-    found = [_direct_columns(child) for child in ast["children"]]
+    found = [_direct_columns(child, given) for child in ast["children"]]
     arguments = [a for a in found if a is not None]
     if len(arguments) != len(found):
         return None
@@ -231,45 +238,47 @@ def _single_input(ast: dict[str, Any]) -> list[str] | None:
     return inputs[0] if inputs and all(found == inputs[0] for found in inputs) else None
 
 
-def _memoised(columns: Columns, chain: list[str]) -> Columns:
-    """`columns` for an expression `_single_input` accepts, each distinct input computed once and
-    its result kept in a `CallMemo` for the next chunks and probes."""
+def _memoised(of_inputs: Columns, chain: list[str]) -> tuple[Columns, Columns]:
+    """The columns of an expression `_single_input` accepts, from the rows and from its input's values
+    (`of_inputs`'s), each distinct input computed once and its result kept in a `CallMemo` for the
+    next chunks and probes."""
     memo = CallMemo()
     field = _field_columns(chain)
 
-    def memoised(rows: list[Any]) -> list[Any] | None:
-        keys = field(rows)
+    def by_input(keys: list[Any]) -> list[Any] | None:
         try:  # every input known (the common case from the second probe on): one lookup each at C speed
             return list(map(memo.results.__getitem__, keys))
         except (KeyError, TypeError):  # the memo's keys are texts and null, which no other JSON value equals
             pass
         if not set(map(type, keys)) <= _MEMO_KEYS:
-            return columns(rows)
+            return of_inputs(keys)
         known = list(map(memo.results.get, keys, itertools.repeat(_MISSING)))
         if _MISSING not in known:
             return known
-        first_rows: dict[str | None, Any] = {}
-        for key, result, row in zip(keys, known, rows, strict=True):
-            if result is _MISSING and key not in first_rows:
-                first_rows[key] = row
-        results = columns(list(first_rows.values()))
+        missing = list(dict.fromkeys(key for key, result in zip(keys, known, strict=True) if result is _MISSING))
+        results = of_inputs(missing)
         if results is None:  # a row fails: the caller goes row by row, and says which
             return None
-        fresh = dict(zip(first_rows, results, strict=True))
+        fresh = dict(zip(missing, results, strict=True))
         memo.keep(fresh)
         return [fresh[key] if result is _MISSING else result for key, result in zip(keys, known, strict=True)]
 
-    return memoised
+    def memoised(rows: list[Any]) -> list[Any] | None:
+        return by_input(field(rows))
+
+    return memoised, by_input
 
 
-def _hash_entries(ast: dict[str, Any]) -> dict[str, Columns]:
-    """The keys of a multi-select hash `_hash_columns` takes, each with the columns of its value; a key
-    given twice has its last value in its first place, as in the object jmespath makes."""
+def _hash_entries(ast: dict[str, Any]) -> dict[str, tuple[Columns, str | None]]:
+    """The keys of a multi-select hash `_hash_columns` takes, each with the columns of its value and
+    its field name when it is one plain field; a key given twice has its last value in its first place,
+    as in the object jmespath makes."""
     entries = {}
     for pair in ast["children"]:
         found = _direct_columns(pair["children"][0])
         assert found is not None
-        entries[pair["value"]] = found
+        chain = _field_chain(pair["children"][0])
+        entries[pair["value"]] = (found, chain[0] if chain is not None and len(chain) == 1 else None)
     return entries
 
 
@@ -398,7 +407,10 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
         names = frozenset({first})
     chain = None
     columns: Columns | None = None
+    single_field = None
+    by_input: Columns | None = None
     entries: tuple[tuple[str, Columns], ...] | None = None
+    entry_fields: tuple[str | None, ...] | None = None
     if text.strip() == "@":
         search: Search = _current_node
     else:
@@ -410,11 +422,16 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
             search = direct or functools.partial(parsed.search, options=OPTIONS)
             columns = _direct_columns(parsed.parsed) if direct is not None else None
             single = _single_input(parsed.parsed)
-            if columns is not None and single is not None:
-                columns = _memoised(columns, single)
+            of_inputs = None if columns is None or single is None else _direct_columns(parsed.parsed, single)
+            if of_inputs is not None and single is not None:
+                columns, by_input = _memoised(of_inputs, single)
+                single_field = single[0] if len(single) == 1 else None
             if columns is not None and parsed.parsed["type"] == "multi_select_dict":
-                entries = tuple(_hash_entries(parsed.parsed).items())
-    return Expression(source, search, on_context, names, None if chain is None else tuple(chain), columns, entries)
+                found = _hash_entries(parsed.parsed)
+                entries = tuple((key, entry) for key, (entry, _) in found.items())
+                entry_fields = tuple(name for _, name in found.values())
+    return Expression(source, search, on_context, names, None if chain is None else tuple(chain), columns, entries, single_field,
+                      by_input if single_field is not None else None, entry_fields)
 
 
 # -- templates --------------------------------------------------------------------------
