@@ -119,14 +119,15 @@ class _SelfPlan:
 def _self_plan(module: Module, extraction: Extraction, endpoints: list[EndpointResult] | None) -> _SelfPlan:
     """The plan of this probe's shape, kept with the module's plans (Module.fast_plans, bounded)."""
     shape = tuple((r.endpoint, r.cache is not None) for r in endpoints) if endpoints is not None else None
-    key = ("probe self-metrics", shape, tuple(extraction.errors), tuple(extraction.duplicates))
-    plans = module.fast_plans
-    plan: _SelfPlan | None = plans.get(key)
+    key = (shape, tuple(extraction.errors), tuple(extraction.duplicates))
+    plans: dict[Any, _SelfPlan] | None = module.fast_plans.get(_SelfPlan)  # keyed by the class, as extract's _KnownTexts
+    if plans is None:
+        plans = module.fast_plans[_SelfPlan] = {}
+    plan = plans.get(key)
     if plan is None:
         plan = _new_self_plan(module, extraction, endpoints)
-        if sum(1 for k in plans if k[0] == "probe self-metrics") >= _MAX_SELF_PLANS:
-            for k in [k for k in plans if k[0] == "probe self-metrics"]:
-                del plans[k]
+        if len(plans) >= _MAX_SELF_PLANS:
+            plans.clear()
         plans[key] = plan
     return plan
 
