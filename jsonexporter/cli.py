@@ -215,8 +215,8 @@ def _inputs(specs: list[str], endpoints: Sequence[str]) -> dict[str, Any]:
 def cmd_probe(args: argparse.Namespace) -> int:
     from jsonexporter.exposition import render_openmetrics, render_text
     from jsonexporter.probe import ProbeResult, run_offline, run_probe
-    from jsonexporter.secrets import Redactor, is_secret_name
-    from jsonexporter.upstream import InvalidRequest, Upstream, new_session
+    from jsonexporter.secrets import Redactor
+    from jsonexporter.upstream import InvalidRequest, Upstream, new_session, probe_redactor
     from jsonexporter.upstream.client import Clients
 
     logs.setup(args.log_level, args.log_format)
@@ -227,10 +227,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if module is None:
         print(f"unknown module {args.module!r}; known modules: {', '.join(sorted(spec.modules))}", file=sys.stderr)
         return EXIT_USAGE
-    redact = Redactor(spec.secrets)  # what this command prints, but the metrics, passes it
-    logs.redact_with(redact)
+    process = Redactor(spec.secrets)  # learns what is read at run time (Clients)
     query = dict(p.partition("=")[::2] for p in args.param)
-    redact.know(value for name, value in query.items() if is_secret_name(name))  # one probe: its own secrets join the command's
+    # what this command prints, but the metrics, passes it: as a live probe's texts (server.probe), its
+    # target's credentials and secret-named parameters hidden too
+    redact = probe_redactor({**query, "target": args.target}, process) or process
+    logs.redact_with(redact)
     try:
         if args.input:
             result = run_offline(module, _inputs(args.input, list(module.endpoints)), args.target or "offline", query, args.debug)
@@ -241,7 +243,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
             async def online() -> ProbeResult:
                 async with new_session() as session:
-                    return await run_probe(Upstream(session, Clients(redact)), module, args.target, query, module.timeout, args.debug)
+                    return await run_probe(Upstream(session, Clients(process)), module, args.target, query, module.timeout, args.debug)
 
             result = asyncio.run(online())
     except (ValueError, InvalidRequest) as exc:

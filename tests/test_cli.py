@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from typing import IO
 
 import aiohttp
 import pytest
+from aiohttp import web
 from conftest import Held, UpstreamFactory, wait_for
 from metrics_util import parse, value
 from prometheus_util import free_port, jsonexporter, wait_healthy
@@ -222,3 +224,17 @@ async def test_shutdown_is_logged_once_with_its_reason_and_a_second_signal_waits
     stops = [(e["reason"], e["in_flight"], e["timeout"]) for e in logged if e["msg"] == "shutting down"]
     assert stops == [("SIGTERM", 1, 15.0)]
     assert [e["signal"] for e in logged if e["msg"] == "already stopping"] == ["SIGINT"]
+
+
+async def test_probe_command_hides_the_targets_credentials_as_a_live_probe_does(upstream: UpstreamFactory, spec_file: Path) -> None:
+    async def echo(request: web.Request) -> web.Response:  # an upstream quoting the credentials back, where no pattern rule sees them
+        return web.Response(text=f"denied {request.headers.get('Authorization')} for TargetPw-4321 not json")
+
+    up = await upstream({"/stats": echo})
+    target = up.url.replace("http://", "http://bob:TargetPw-4321@")
+    proc = await asyncio.create_subprocess_exec(*jsonexporter("probe", "--config.file", str(spec_file), "--target", target, "--debug"),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    basic = base64.b64encode(b"bob:TargetPw-4321").decode()
+    assert proc.returncode == 1 and "invalid_json" in stderr.decode() and "body starts with" in stderr.decode()
+    assert "TargetPw" not in stderr.decode() + stdout.decode() and basic[:8] not in stderr.decode(), stderr.decode()

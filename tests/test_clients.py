@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import ssl
-import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,13 @@ async def test_two_inline_secrets_revealed_by_one_clients_stay_held_both() -> No
 LOCAL = r"targets: {allow: ['https?://(127\.0\.0\.1|localhost):\d+(/.*)?']}"
 
 
-async def exporter_for(aiohttp_client: Any, *modules: str) -> Any:
-    return await aiohttp_client(make_app(make_spec("modules:\n" + "\n".join(textwrap.indent(textwrap.dedent(m), "  ") for m in modules))))
+async def exporter_for(aiohttp_client: Any, **modules: str) -> Any:
+    """The exporter with a module per keyword: its name, and its keys (a line each) besides the allowlist, the endpoint `data` and the metric `v`."""
+    text = "modules:\n" + "".join(
+        f"  {name}:\n    {LOCAL}\n" + "".join(f"    {line}\n" for line in keys.splitlines())
+        + "    endpoints: {data: {url: '{target}/data'}}\n    metrics: [{name: v, help: x, endpoint: data, value: v}]\n"
+        for name, keys in modules.items())
+    return await aiohttp_client(make_app(make_spec(text)))
 
 
 async def probe(client: Any, target: str, **params: str) -> tuple[int, str]:
@@ -53,19 +58,7 @@ async def test_a_tls_file_nobody_writes_fails_its_probe_within_the_timeout_and_o
     fifo = tmp_path / "ca.pem"
     os.mkfifo(fifo)  # opening it for reading waits for a writer, as a read from a hung NFS mount waits for the server
     up = await upstream({"/data": {"v": 1}})
-    client = await exporter_for(aiohttp_client, f"""
-      piped:
-        {LOCAL}
-        timeout: 20s
-        http_client_config: {{tls_config: {{ca_file: {fifo}}}}}
-        endpoints: {{data: {{url: '{{target}}/data'}}}}
-        metrics: [{{name: v, help: x, endpoint: data, value: v}}]
-    """, f"""
-      plain:
-        {LOCAL}
-        endpoints: {{data: {{url: '{{target}}/data'}}}}
-        metrics: [{{name: v, help: x, endpoint: data, value: v}}]
-    """)
+    client = await exporter_for(aiohttp_client, piped=f"timeout: 20s\nhttp_client_config: {{tls_config: {{ca_file: {fifo}}}}}", plain="")
 
     def release() -> None:  # a writer comes and goes: the reads blocked on the FIFO end
         with contextlib.suppress(OSError):  # no reader left
@@ -104,13 +97,8 @@ async def test_a_tls_file_larger_than_the_bound_fails_its_probe_naming_the_file_
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     up = await upstream({"/data": {"v": 1}})
-    client = await exporter_for(aiohttp_client, f"""
-      big:
-        {LOCAL}
-        http_client_config: {{tls_config: {{ca_file: {tmp_path / 'ca.pem'}, cert_file: {tmp_path / 'ca.pem'}, key_file: {big}}}}}
-        endpoints: {{data: {{url: '{{target}}/data'}}}}
-        metrics: [{{name: v, help: x, endpoint: data, value: v}}]
-    """)
+    tls = f"{{ca_file: {tmp_path / 'ca.pem'}, cert_file: {tmp_path / 'ca.pem'}, key_file: {big}}}"
+    client = await exporter_for(aiohttp_client, big=f"http_client_config: {{tls_config: {tls}}}")
     status, text = await probe(client, up.url, module="big", debug="true")
     assert status == 200 and value(parse(text.partition("metrics:\n")[2]), "probe_success") == 0
     assert f"error: tls_config: cannot read key_file '{big}': larger than {MAX_SECRET_BYTES} bytes" in text
@@ -132,14 +120,21 @@ async def test_a_tls_context_is_made_once_and_kept_while_its_files_change(
     server = await aiohttp_server(app, ssl=server_context)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    client = await exporter_for(aiohttp_client, f"""
-      tls:
-        {LOCAL}
-        http_client_config: {{tls_config: {{ca_file: {ca_file}}}}}
-        endpoints: {{data: {{url: '{{target}}/data'}}}}
-        metrics: [{{name: v, help: x, endpoint: data, value: v}}]
-    """)
+    client = await exporter_for(aiohttp_client, tls=f"http_client_config: {{tls_config: {{ca_file: {ca_file}}}}}")
     target = f"https://127.0.0.1:{server.port}"
     assert value(parse((await probe(client, target, module="tls"))[1]), "v") == 1
     ca_file.unlink()  # read once per loaded spec: the context made at the first probe serves the next ones
     assert value(parse((await probe(client, target, module="tls"))[1]), "v") == 1
+
+
+async def test_a_probe_whose_deadline_comes_while_a_tls_file_is_read_says_so(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:
+    fifo = tmp_path / "client.pem"
+    os.mkfifo(fifo)
+    up = await upstream({"/data": {"v": 1}})
+    client = await exporter_for(aiohttp_client, piped=f"timeout: 1s\nhttp_client_config: {{tls_config: {{cert_file: {fifo}, key_file: {fifo}}}}}")
+    try:
+        _, text = await asyncio.wait_for(probe(client, up.url, module="piped", debug="true"), 30)
+        assert re.search(r"-> timeout, .*\n  error: no tls_config files within \d\.\d{3}s", text), text
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))

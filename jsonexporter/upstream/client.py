@@ -93,6 +93,14 @@ def _tls_files(config: TLSClientConfig) -> list[tuple[str, str]]:
     return [(what, path) for what, path in files if path is not None]
 
 
+def awaited(config: HTTPClientConfig) -> str:
+    """What Clients.options may wait for with `config`, for the error of a deadline reached meanwhile."""
+    secrets = [*(config.basic_auth or ()), *([config.authorization[1]] if config.authorization is not None else [])]
+    waits = [what for what, present in (("OAuth2 token", config.oauth2 is not None), ("tls_config files", config.tls is not None),
+                                        ("credentials file", any(s.file is not None for s in secrets))) if present]
+    return " or ".join(waits) or "client configuration"
+
+
 def _bypasses_proxy(host: str, no_proxy: tuple[str, ...]) -> bool:
     host = host.lower().strip("[]")
     for entry in no_proxy:

@@ -29,7 +29,7 @@ from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, HEADER_VALUE_CONT
 from jsonexporter.spec.projection import FULL, Projection
 from jsonexporter.trace import Trace, shorten
 from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache, parsed_size
-from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, basic_credentials
+from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, awaited, basic_credentials
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
 from jsonexporter.upstream.pagination import Page, fetch_pages
 from jsonexporter.upstream.refresh import Events, Job, Schedules, login_scope
@@ -410,7 +410,7 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
     except ValueError as exc:  # aiohttp reading a proxy from the environment (HTTP_PROXY) that is no URL
         result = EndpointResult(endpoint.name, "config_error", error=_cannot_be_made(exc))
     except TimeoutError:
-        result = EndpointResult(endpoint.name, "timeout", error=f"no OAuth2 token within {budget:.3f}s")
+        result = EndpointResult(endpoint.name, "timeout", error=f"no {awaited(endpoint.client)} within {budget:.3f}s")
     if options is not None:
         remaining = budget - (loop.time() - start)
         lookup: Lookup | None = None

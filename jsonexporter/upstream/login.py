@@ -22,7 +22,7 @@ from multidict import CIMultiDictProxy
 
 from jsonexporter.spec.model import Endpoint, Login, LoginValue, Module
 from jsonexporter.trace import Trace
-from jsonexporter.upstream.client import ClientConfigError, RequestOptions, renewal_delay
+from jsonexporter.upstream.client import ClientConfigError, RequestOptions, awaited, renewal_delay
 from jsonexporter.upstream.fetch import EndpointResult, Upstream, _cache_key, _cannot_be_made, _request, fetch_all
 from jsonexporter.upstream.files import SECRET_READ_TIMEOUT
 from jsonexporter.upstream.refresh import Job
@@ -112,7 +112,7 @@ async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadl
     except ValueError as exc:  # aiohttp reading a proxy from the environment (HTTP_PROXY) that is no URL
         return _failed(trace, "login_failed", f"login: {_cannot_be_made(exc)}", filled, unreadable)
     except TimeoutError:
-        return _failed(trace, "login_failed", f"login: no OAuth2 token within {budget:.3f}s", filled, unreadable)
+        return _failed(trace, "login_failed", f"login: no {awaited(login.request.client)} within {budget:.3f}s", filled, unreadable)
     remaining = budget - (loop.time() - start)
     try:
         got = await up.logins.get(_session_key(module, login, request, options),

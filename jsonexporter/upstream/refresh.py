@@ -250,8 +250,10 @@ class Schedules:
         if not counted:
             return
         self.bytes += answer.weight
-        while self.bytes > self.max_bytes:
-            oldest = min((k for k in self._schedules.values() if k.answer is not None), key=lambda k: k.last_probe)
+        kept = sorted((k for k in self._schedules.values() if k.answer is not None), key=lambda k: k.last_probe)
+        for oldest in kept:
+            if self.bytes <= self.max_bytes:
+                break
             assert oldest.answer is not None
             self.bytes -= oldest.answer.weight
             oldest.answer = None
