@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from prometheus_client.utils import floatToGoString
 
 from jsonexporter.names import family_name, text_name
-from jsonexporter.slices import RENDER, sliced, turn
+from jsonexporter.slices import RENDER, collected, turn
 
 Labels = tuple[tuple[str, str], ...]
 Sample = tuple[str, Labels, float, float | None]  # sample name, sorted labels, value, timestamp (s)
@@ -223,7 +223,14 @@ def wants_openmetrics(accept: str) -> bool:
 
 
 def _negotiate(accept: str, accept_encoding: str) -> tuple[bool, bool, dict[str, str]]:
-    """OpenMetrics or not, gzip or not, and the headers that say so."""
+    """OpenMetrics or not, gzip or not, and the headers that say so (the caller's own dict)."""
+    openmetrics, compress, headers = _negotiated(accept, accept_encoding)
+    return openmetrics, compress, dict(headers)
+
+
+# A scraper sends the same Accept and Accept-Encoding at every probe (Prometheus: a list of five media types)
+@functools.lru_cache(maxsize=64)
+def _negotiated(accept: str, accept_encoding: str) -> tuple[bool, bool, dict[str, str]]:
     openmetrics = wants_openmetrics(accept)
     headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
     compress = any(name == "gzip" and q > 0 for name, _, q in _ranges(accept_encoding))
@@ -257,7 +264,7 @@ async def encode_pieces(families: list[Family], accept: str, accept_encoding: st
     they are written, emptying them: the series and their written answer are not both whole in memory."""
     openmetrics, compress, headers = _negotiate(accept, accept_encoding)
     async with turn(RENDER, deadline):
-        pieces = [chunk.encode("utf-8", "replace") async for chunk in sliced(_chunks(families, openmetrics, let_go), deadline=deadline)]
+        pieces = await collected((chunk.encode("utf-8", "replace") for chunk in _chunks(families, openmetrics, let_go)), deadline=deadline)
     if compress:
         if sum(map(len, pieces)) > _COMPRESS_INLINE_BYTES:
             pieces = await asyncio.to_thread(_gzip_pieces, pieces)

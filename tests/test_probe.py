@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp import web
-from conftest import ExporterFactory, UpstreamFactory, wait_for
+from conftest import ExporterFactory, UpstreamFactory, make_spec, wait_for
 from metrics_util import names, parse, value
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
@@ -255,6 +255,46 @@ async def test_duplicate_series_keep_the_first_and_are_counted(upstream: Upstrea
     assert status == 200
     assert value(s, "item_value", id="a") == 1 and value(s, "item_value", id="b") == 3
     assert value(s, "probe_duplicate_series", metric="item_value") == 1
+
+
+async def test_probe_metrics_follow_each_probe_of_a_module(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    # the probe's own metrics are written from a plan per shape of probe (probe._SelfPlan): duplicates in one
+    # probe and not in the next, an endpoint failing then answering, the series limit reached: each answer says its own
+    answers = [{"items": [{"id": "a", "v": 1}, {"id": "a", "v": 2}]}, None, {"items": [{"id": "a", "v": 1}]},
+               {"items": [{"id": "b", "v": 1}, {"id": "c", "v": 2}, {"id": "d", "v": 3}]}, {"items": []}]
+    served = iter(answers)
+
+    async def answer(request: web.Request) -> web.Response:
+        document = next(served)
+        return web.json_response({"error": "down"}, status=503) if document is None else web.json_response(document)
+
+    up = await upstream({"/items": answer, "/other": {"n": 7}})
+    client = await exporter("""
+        modules:
+          default:
+            series_limit: 3
+            endpoints:
+              items: {url: '{target}/items'}
+              other: {url: '{target}/other'}
+            metrics:
+              - {name: item_value, help: x, endpoint: items, each: items, value: v, labels: {id: id}}
+              - {name: other_n, help: y, endpoint: other, value: n}
+        """)
+    # probe_success, the items endpoint's success, item_value's series and duplicates (None: not written), the series limit reached
+    expected = [(1, 1, 1, 1, 0), (0, 0, 0, 0, 0), (1, 1, 1, 0, 0), (0, 1, None, None, 1), (1, 1, 0, 0, 0)]
+    for success, items_ok, series, duplicates, limited in expected:
+        status, text = await probe(client, f"target={up.url}")
+        s = parse(text)
+        assert status == 200
+        assert value(s, "probe_success") == success
+        assert value(s, "probe_endpoint_success", endpoint="items") == items_ok
+        assert value(s, "probe_endpoint_http_status_code", endpoint="items") == (200 if items_ok else 503)
+        assert value(s, "probe_endpoint_success", endpoint="other") == 1
+        written = {(name, dict(labels).get("metric")): v for (name, labels), v in s.items() if name.startswith("probe_") and "metric" in dict(labels)}
+        assert written.get(("probe_series", "item_value")) == series
+        assert written.get(("probe_duplicate_series", "item_value")) == duplicates
+        assert written.get(("probe_series", "other_n")) == (None if limited else 1)
+        assert value(s, "probe_failed_due_to_deadline") == 0 and value(s, "probe_failed_due_to_series_limit") == limited
 
 
 async def test_nested_payload_with_parent_keys_gives_last_reading(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
@@ -596,3 +636,25 @@ async def test_target_with_a_trailing_slash_gives_no_double_slash_in_the_url(ups
     assert status == 200 and value(parse(text), "x") == 1
     assert sorted(r.raw_path for r in up.requests) == ["/", "/api/stats"]  # a target used whole keeps its slash
     assert value(parse(text), "probe_success") == 1
+
+
+async def test_requests_are_kept_only_for_targets_without_credentials(upstream: UpstreamFactory) -> None:
+    # fetch_module keeps the rendered requests of a target for the next probes (upstream._rendered): never
+    # those of a target with userinfo or a query, where a credential may be
+    from jsonexporter.probe import run_probe
+    from jsonexporter.upstream import Upstream, new_session
+
+    up = await upstream({"/api": {"v": 1}})
+    spec = make_spec("modules: {default: {metrics: [{name: x, help: x, value: v}]}}")
+    module = spec.modules["default"]
+    plain, userinfo, query = f"{up.url}/api", up.url.replace("://", "://admin:s3cret-pw@") + "/api", f"{up.url}/api?token=s3cret-tk"
+    upstream_side = Upstream(new_session())
+    try:
+        for target in (plain, userinfo, query, plain):
+            result = await run_probe(upstream_side, module, target, {"target": target}, 5.0)
+            assert result.success, result.endpoints
+    finally:
+        await upstream_side.close()
+    kept = repr(module.fast_plans)
+    assert plain in kept  # kept: the second probe of it rendered nothing
+    assert "s3cret" not in kept and "admin" not in kept

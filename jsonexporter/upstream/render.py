@@ -58,6 +58,8 @@ def target_redactor(target: str, parent: Redactor | None = None) -> Redactor | N
     password and the Basic credentials _first_hop makes of it, which an upstream may quote back. Kept
     per probe, never learned: callers could otherwise push the spec's secrets out of the Redactor.
     `parent`: the process's Redactor, whose values it looks for first (see Redactor)."""
+    if "@" not in target:  # no userinfo without one: most targets, and no URL to parse at each probe
+        return None
     try:
         url = URL(target if "://" in target else f"http://{target}")
     except Exception:  # ValueError, TypeError, and yarl's IndexError on `http://u:pw@[:]@/`
