@@ -231,7 +231,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     query = dict(p.partition("=")[::2] for p in args.param)
     # what this command prints, but the metrics, passes it: as a live probe's texts (server.probe), its
     # target's credentials and secret-named parameters hidden too
-    redact = probe_redactor({**query, "target": args.target}, process) or process
+    redact = probe_redactor({**query, "target": args.target}, process, module) or process
     logs.redact_with(redact)
     try:
         if args.input:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from prometheus_client.utils import floatToGoString
 
 from jsonexporter.names import family_name, text_name
-from jsonexporter.slices import RENDER, sliced, turn
+from jsonexporter.slices import RENDER, collected, turn
 
 Labels = tuple[tuple[str, str], ...]
 Sample = tuple[str, Labels, float, float | None]  # sample name, sorted labels, value, timestamp (s)
@@ -194,23 +194,46 @@ def render_openmetrics(families: Iterable[Family]) -> str:
     return "".join(_chunks(families, openmetrics=True))
 
 
+def _ranges(header: str) -> Iterator[tuple[str, dict[str, str], float]]:
+    """The ranges of an Accept or Accept-Encoding header: (lowercased name, parameters, q-value in 0..1;
+    1 when absent or unreadable)."""
+    for part in header.split(","):
+        name, *rest = part.split(";")
+        params = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in rest)}
+        try:
+            q = min(max(float(params.get("q", "1")), 0.0), 1.0)
+        except ValueError:
+            q = 1.0
+        yield name.strip().lower(), params, q if q == q else 1.0  # NaN
+
+
 def wants_openmetrics(accept: str) -> bool:
-    """Accept negotiation as prometheus_client's `choose_encoder` does it."""
-    for part in accept.split(","):
-        media = part.split(";")[0].strip()
+    """OpenMetrics when the scraper accepts it (version 1 or later, q above 0) at least as much as the text
+    format (text/plain, text/*, */*), as prometheus_client's `choose_encoder` does but by q-values:
+    `application/openmetrics-text;q=0` refuses it."""
+    openmetrics = text = 0.0
+    for media, params, q in _ranges(accept):
         if media == "application/openmetrics-text":
-            params = {k.strip(): v.strip() for k, _, v in (p.partition("=") for p in part.split(";")[1:])}
             major = params.get("version", "1").split(".")[0]
             if not major.isdigit() or int(major) >= 1:
-                return True
-    return False
+                openmetrics = max(openmetrics, q)
+        elif media in ("text/plain", "text/*", "*/*"):
+            text = max(text, q)
+    return openmetrics > 0 and openmetrics >= text
 
 
 def _negotiate(accept: str, accept_encoding: str) -> tuple[bool, bool, dict[str, str]]:
-    """OpenMetrics or not, gzip or not, and the headers that say so."""
+    """OpenMetrics or not, gzip or not, and the headers that say so (the caller's own dict)."""
+    openmetrics, compress, headers = _negotiated(accept, accept_encoding)
+    return openmetrics, compress, dict(headers)
+
+
+# A scraper sends the same Accept and Accept-Encoding at every probe (Prometheus: a list of five media types)
+@functools.lru_cache(maxsize=64)
+def _negotiated(accept: str, accept_encoding: str) -> tuple[bool, bool, dict[str, str]]:
     openmetrics = wants_openmetrics(accept)
     headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE}
-    compress = any(e.split(";")[0].strip().lower() == "gzip" for e in accept_encoding.split(","))
+    compress = any(name == "gzip" and q > 0 for name, _, q in _ranges(accept_encoding))
     if compress:
         headers["Content-Encoding"] = "gzip"
     return openmetrics, compress, headers
@@ -241,7 +264,7 @@ async def encode_pieces(families: list[Family], accept: str, accept_encoding: st
     they are written, emptying them: the series and their written answer are not both whole in memory."""
     openmetrics, compress, headers = _negotiate(accept, accept_encoding)
     async with turn(RENDER, deadline):
-        pieces = [chunk.encode("utf-8", "replace") async for chunk in sliced(_chunks(families, openmetrics, let_go), deadline=deadline)]
+        pieces = await collected((chunk.encode("utf-8", "replace") for chunk in _chunks(families, openmetrics, let_go)), deadline=deadline)
     if compress:
         if sum(map(len, pieces)) > _COMPRESS_INLINE_BYTES:
             pieces = await asyncio.to_thread(_gzip_pieces, pieces)

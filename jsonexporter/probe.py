@@ -4,13 +4,12 @@ applied, and the probe's own metrics (probe_success and friends) added to the an
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsonexporter.exposition import Family, Labels, labels_text, sample_line
+from jsonexporter.exposition import Family, Labels, Part, format_value, labels_text, sample_line
 from jsonexporter.extract import BodySizeLimitExceeded, Bounds, Extraction, ProbeContext, SeriesLimitExceeded, extract, extract_async
 from jsonexporter.secrets import Redactor, is_secret_name
 from jsonexporter.slices import DeadlinePassed
@@ -84,7 +83,7 @@ def answer_context(module: Module, target: str, params: Mapping[str, str], value
     """What the rules see of the probe (`$target`, `$params`) and the module's labels, with the target as it
     may be shown (redact_target): both become label values, and a target's userinfo is a credential."""
     shown = redact_target(target)
-    return ProbeContext(module.name, shown, params), module_labels(module, {**values, "target": shown})
+    return ProbeContext(module.name, shown, params), module_labels(module, {**values, "target": shown}) if module.labels else ()
 
 
 def answer_bounds(module: Module, redactor: Redactor | None = None) -> Bounds:
@@ -94,56 +93,114 @@ def answer_bounds(module: Module, redactor: Redactor | None = None) -> Bounds:
     return Bounds(module.label_value_length_limit, module.body_size_limit, hides)
 
 
-def _gauge(name: str, help_text: str, samples: list[tuple[Labels, float]]) -> Family:
-    # lines at once, as extraction writes its own: the 29 of a probe of bench/spec.yml, made and written, in about 0.6 of the time
-    return Family(name, "gauge", help_text, [sample_line(name, _labels_text(labels), value) for labels, value in samples])
+_HELP = {
+    "probe_endpoint_success": "Whether the endpoint answered with valid JSON and an accepted status.",
+    "probe_endpoint_http_status_code": "HTTP status code of the endpoint's answer (0 without one).",
+    "probe_endpoint_response_bytes": "Size of the endpoint's answer body in bytes (decompressed).",
+    "probe_endpoint_duration_seconds": "Duration of the endpoint's request in seconds.",
+    "probe_endpoint_cache_age_seconds": "Age of the answer used, for endpoints with cache_ttl or refresh_interval (0: fetched for this probe).",
+    "probe_endpoint_stale": "1 when the upstream failed and an older answer was used (stale_if_error).",
+    "probe_endpoint_pages": "Pages requested for the endpoint's answer (pagination), a failed one included; from the cache, the pages of the answer used.",
+    "probe_series": "Series of the metric written in this probe (0: its rules found nothing, or its endpoint failed).",
+    "probe_extraction_errors": "Series of the metric skipped in this probe because a value or label could not be extracted.",
+    "probe_duplicate_series": "Series of the metric dropped in this probe because an earlier one had the same labels.",
+    "probe_duration_seconds": "How long the probe took to complete in seconds.",
+    "probe_success": "Whether every endpoint of the probe gave an answer (a stale one counts).",
+} | {f"probe_failed_due_to_{limit}": help_text for limit, help_text in LIMITS.items()}
+_ENDPOINT_FAMILIES = ("probe_endpoint_success", "probe_endpoint_http_status_code", "probe_endpoint_response_bytes", "probe_endpoint_duration_seconds")
+_MAX_SELF_PLANS = 64  # per module: the shapes of its probes (which endpoints have a cache, which metrics had duplicates)
 
 
-@functools.lru_cache(maxsize=4096)
-def _labels_text(labels: Labels) -> str:
-    """The label text of a probe's own sample: an endpoint's or metric's name of the spec, the same at every probe."""
-    return labels_text(labels)
+@dataclass(frozen=True, slots=True)
+class _SelfPlan:
+    """What the probe's own metrics of one shape of probe (its endpoints, which have a cache, its metrics,
+    which had duplicates) write before each value: `name{label="..."} `, made at the first such probe."""
+
+    endpoints: dict[str, tuple[str, ...]]  # endpoint family -> a prefix per endpoint, in the endpoints' order
+    cached: tuple[int, ...]  # the endpoints with a cache (r.cache), by index
+    paged: tuple[int, ...]  # the endpoints with pagination, by index
+    metrics: tuple[str, ...]  # extraction.errors' metrics, sorted
+    duplicated: tuple[str, ...]  # extraction.duplicates' metrics, sorted
+    prefixes: dict[tuple[str, str], str]  # (family, metric) -> prefix; (family, "") for those without labels
+
+
+def _self_plan(module: Module, extraction: Extraction, endpoints: list[EndpointResult] | None) -> _SelfPlan:
+    """The plan of this probe's shape, kept with the module's plans (Module.fast_plans, bounded)."""
+    shape = tuple((r.endpoint, r.cache is not None) for r in endpoints) if endpoints is not None else None
+    key = (shape, tuple(extraction.errors), tuple(extraction.duplicates))
+    plans: dict[Any, _SelfPlan] | None = module.fast_plans.get(_SelfPlan)  # keyed by the class, as extract's _KnownTexts
+    if plans is None:
+        plans = module.fast_plans[_SelfPlan] = {}
+    plan = plans.get(key)
+    if plan is None:
+        plan = _new_self_plan(module, extraction, endpoints)
+        if len(plans) >= _MAX_SELF_PLANS:
+            plans.clear()
+        plans[key] = plan
+    return plan
+
+
+def _new_self_plan(module: Module, extraction: Extraction, endpoints: list[EndpointResult] | None) -> _SelfPlan:
+    names = [r.endpoint for r in endpoints or ()]
+
+    def prefix(family: str, labels: Labels) -> str:
+        return sample_line(family, labels_text(labels), 0.0)[:-2]  # the line without its value "0\n"
+
+    metrics, duplicated = tuple(sorted(extraction.errors)), tuple(sorted(extraction.duplicates))
+    prefixes = {(f, m): prefix(f, (("metric", m),)) for f in ("probe_series", "probe_extraction_errors") for m in metrics}
+    prefixes |= {("probe_duplicate_series", m): prefix("probe_duplicate_series", (("metric", m),)) for m in duplicated}
+    prefixes |= {(f, ""): prefix(f, ()) for f in ("probe_duration_seconds", "probe_success", *(f"probe_failed_due_to_{limit}" for limit in LIMITS))}
+    families = (*_ENDPOINT_FAMILIES, "probe_endpoint_cache_age_seconds", "probe_endpoint_stale", "probe_endpoint_pages")
+    return _SelfPlan(
+        {f: tuple(prefix(f, (("endpoint", name),)) for name in names) for f in families},
+        tuple(i for i, r in enumerate(endpoints or ()) if r.cache is not None),
+        tuple(i for i, name in enumerate(names) if (e := module.endpoints.get(name)) is not None and e.pagination is not None),
+        metrics, duplicated, prefixes,
+    )
+
+
+def _family(name: str, lines: list[Part]) -> Family:
+    return Family(name, "gauge", _HELP[name], lines)
 
 
 def self_families(module: Module, extraction: Extraction, endpoints: list[EndpointResult] | None, success: bool, duration: float | None,
                   failed_due_to: str | None = None) -> list[Family]:
     """The probe's own metrics, named in blackbox_exporter's style; probe_failed_due_to_* with
-    the endpoints' (online probes only)."""
+    the endpoints' (online probes only). Written from the plan of the probe's shape (_SelfPlan)."""
+    plan = _self_plan(module, extraction, endpoints)
+    value = format_value
+    p = plan.prefixes
     families = []
     if endpoints is not None:
-        ep = [(r, (("endpoint", r.endpoint),)) for r in endpoints]
+        e = plan.endpoints
         families += [
-            _gauge("probe_endpoint_success", "Whether the endpoint answered with valid JSON and an accepted status.", [(lb, float(r.ok)) for r, lb in ep]),
-            _gauge("probe_endpoint_http_status_code", "HTTP status code of the endpoint's answer (0 without one).", [(lb, float(r.status)) for r, lb in ep]),
-            _gauge("probe_endpoint_response_bytes", "Size of the endpoint's answer body in bytes (decompressed).", [(lb, float(r.bytes)) for r, lb in ep]),
-            _gauge("probe_endpoint_duration_seconds", "Duration of the endpoint's request in seconds.", [(lb, r.duration) for r, lb in ep]),
+            _family("probe_endpoint_success", [f"{x}{1 if r.ok else 0}\n" for x, r in zip(e["probe_endpoint_success"], endpoints, strict=True)]),
+            _family("probe_endpoint_http_status_code", [f"{x}{r.status}\n" for x, r in zip(e["probe_endpoint_http_status_code"], endpoints, strict=True)]),
+            _family("probe_endpoint_response_bytes", [f"{x}{r.bytes}\n" for x, r in zip(e["probe_endpoint_response_bytes"], endpoints, strict=True)]),
+            _family("probe_endpoint_duration_seconds",
+                    [f"{x}{value(r.duration)}\n" for x, r in zip(e["probe_endpoint_duration_seconds"], endpoints, strict=True)]),
         ]
-        cached = [(r, lb) for r, lb in ep if r.cache is not None]
-        if cached:
+        if plan.cached:
+            ages, stale = e["probe_endpoint_cache_age_seconds"], e["probe_endpoint_stale"]
             families += [
-                _gauge("probe_endpoint_cache_age_seconds",
-                       "Age of the answer used, for endpoints with cache_ttl or refresh_interval (0: fetched for this probe).",
-                       [(lb, r.cache_age or 0.0) for r, lb in cached]),
-                _gauge("probe_endpoint_stale", "1 when the upstream failed and an older answer was used (stale_if_error).",
-                       [(lb, float(r.stale)) for r, lb in cached]),
+                _family("probe_endpoint_cache_age_seconds", [f"{ages[i]}{value(endpoints[i].cache_age or 0.0)}\n" for i in plan.cached]),
+                _family("probe_endpoint_stale", [f"{stale[i]}{1 if endpoints[i].stale else 0}\n" for i in plan.cached]),
             ]
-        paged = [(r, lb) for r, lb in ep if (e := module.endpoints.get(r.endpoint)) is not None and e.pagination is not None]
-        if paged:
-            families.append(_gauge("probe_endpoint_pages", "Pages requested for the endpoint's answer (pagination), a failed one included; "
-                                   "from the cache, the pages of the answer used.", [(lb, float(r.pages or 0)) for r, lb in paged]))
+        if plan.paged:
+            pages = e["probe_endpoint_pages"]
+            families.append(_family("probe_endpoint_pages", [f"{pages[i]}{endpoints[i].pages or 0}\n" for i in plan.paged]))
+    errors, duplicates = extraction.errors, extraction.duplicates
     families += [
-        _gauge("probe_series", "Series of the metric written in this probe (0: its rules found nothing, or its endpoint failed).",
-               [((("metric", name),), float(extraction.series(name))) for name in sorted(extraction.errors)]),
-        _gauge("probe_extraction_errors", "Series of the metric skipped in this probe because a value or label could not be extracted.",
-               [((("metric", name),), float(n)) for name, n in sorted(extraction.errors.items())]),
-        _gauge("probe_duplicate_series", "Series of the metric dropped in this probe because an earlier one had the same labels.",
-               [((("metric", name),), float(n)) for name, n in sorted(extraction.duplicates.items())]),
+        _family("probe_series", [f"{p['probe_series', m]}{extraction.series(m)}\n" for m in plan.metrics]),
+        _family("probe_extraction_errors", [f"{p['probe_extraction_errors', m]}{errors[m]}\n" for m in plan.metrics]),
+        _family("probe_duplicate_series", [f"{p['probe_duplicate_series', m]}{duplicates[m]}\n" for m in plan.duplicated]),
     ]
     if endpoints is not None:
-        families += [_gauge(f"probe_failed_due_to_{limit}", help_text, [((), float(failed_due_to == limit))]) for limit, help_text in LIMITS.items()]
+        families += [_family(f"probe_failed_due_to_{limit}", [f"{p[f'probe_failed_due_to_{limit}', '']}{1 if failed_due_to == limit else 0}\n"])
+                     for limit in LIMITS]
     if duration is not None:
-        families.append(_gauge("probe_duration_seconds", "How long the probe took to complete in seconds.", [((), duration)]))
-    families.append(_gauge("probe_success", "Whether every endpoint of the probe gave an answer (a stale one counts).", [((), float(success))]))
+        families.append(_family("probe_duration_seconds", [f"{p['probe_duration_seconds', '']}{value(duration)}\n"]))
+    families.append(_family("probe_success", [f"{p['probe_success', '']}{1 if success else 0}\n"]))
     return families
 
 
@@ -179,13 +236,13 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
     del documents
     for r in endpoints:
         r.document = None  # extracted: let it go before the answer is written (a cached one stays in the cache)
-    result = ProbeResult([], all(r.usable for r in endpoints), endpoints, Extraction(), trace, deadline=deadline)
+    success = all(r.usable for r in endpoints)
     if failure is not None:
+        result = ProbeResult([], success, endpoints, Extraction(), trace, deadline=deadline)
         return fail(result, module, failed_due_to or "", failure, loop.time() - start)
-    result.extraction = extraction
-    result.duration = loop.time() - start
-    result.families = [*extraction.families.values(), *self_families(module, extraction, endpoints, result.success, result.duration)]
-    return result
+    duration = loop.time() - start
+    families = [*extraction.families.values(), *self_families(module, extraction, endpoints, success, duration)]
+    return ProbeResult(families, success, endpoints, extraction, trace, duration, deadline)
 
 
 def _series_limit_failure(module: Module, exc: SeriesLimitExceeded) -> str:

@@ -14,12 +14,29 @@ import json
 import re
 import weakref
 from collections.abc import Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 from yarl import URL
 
-_SECRET_WORDS = ("auth", "token", "secret", "password", "passwd", "key", "cookie", "session", "credential", "signature")
+_SECRET_WORDS = ("auth", "token", "secret", "password", "passwd", "passphrase", "pwd", "jwt", "key", "cookie", "session", "sessid",
+                 "credential", "signature", "csrf", "xsrf")
+# secret as words of a name only (`db_pass`, `X-Api-Pass`, `userPass`, Azure's `sig`, `sas_token`), never inside
+# one: `passenger`, `bypass`, `compass`, `signal`, `design`, `kansas` name no secret
+_SECRET_NAME_WORDS = ("pass", "sig", "sas")
+# a word of a name is bounded by the name's start or end, a character that is no letter or digit, or a capital
+# after a small letter or digit (`userPass`, `passWord`); `start` and `end`: what stands for the name's ends
+_NAME_SEP = r"[^A-Za-z0-9=&#?;\s\"'<>/]"  # in a query parameter's name (_NAME_CHAR)
+
+
+def _name_word(start: str, end: str, sep: str = _NAME_SEP) -> str:
+    first = "".join(sorted({c for w in _SECRET_NAME_WORDS for c in (w[0], w[0].upper())}))  # a cheap test first: names are tried at each character
+    return (rf"(?=[{first}])(?:{start}|(?<={sep})|(?<=[a-z0-9])(?=[A-Z]))(?i:{'|'.join(_SECRET_NAME_WORDS)})"
+            rf"(?:{end}|(?={sep})|(?<=[a-z])(?=[A-Z]))")
+
+
+_SECRET_WORD_OF_NAME = re.compile(_name_word("^", "$", "[^A-Za-z0-9]"))
 REDACTED = "<redacted>"
 # A known secret shorter than this is looked for only where it is quoted ('abc', "abc"): bare, it
 # would match inside ordinary words and numbers everywhere.
@@ -32,7 +49,7 @@ MAX_CUT_LOOKBACK = 4096
 
 def is_secret_name(name: str) -> bool:
     lowered = name.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
+    return any(word in lowered for word in _SECRET_WORDS) or _SECRET_WORD_OF_NAME.search(name) is not None
 
 
 # Request headers that carry no credential: content negotiation, caching, the client's name. Any
@@ -69,7 +86,8 @@ _BARE_USERINFO = re.compile(
 # a query parameter whose name says secret (is_secret_name, spelled as a pattern: most parameters
 # are not secret, and a trace has thousands); `;` also separates, so that `&amp;api_key=` in HTML counts
 _NAME_CHAR = r"[^=&#?;\s\"'<>/]"
-_QUERY_VALUE = re.compile(rf"(?P<head>[?&;](?P<name>{_NAME_CHAR}*(?:{'|'.join(_SECRET_WORDS)}){_NAME_CHAR}*)=)(?P<value>[^&#\s\"'<>]+)", re.IGNORECASE)
+_SECRET_QUERY_NAME = rf"{_NAME_CHAR}*(?i:{'|'.join(_SECRET_WORDS)}){_NAME_CHAR}*|{_NAME_CHAR}*?{_name_word('(?<=[?&;])', '(?==)')}{_NAME_CHAR}*"
+_QUERY_VALUE = re.compile(rf"(?P<head>[?&;](?P<name>{_SECRET_QUERY_NAME})=)(?P<value>[^&#\s\"'<>]+)")
 
 
 # a URL cut (CUT) before the `@` that ends its userinfo: what is left of `user:password` is hidden;
@@ -113,7 +131,7 @@ def redact_patterns(text: str, mark: str = REDACTED) -> str:
 
 _TEMPLATE_TOKEN = re.compile(r"(\{\{|\}\}|\{\w*\})")  # an escaped brace or a placeholder
 _SCHEME_WORD = re.compile(r"^\s*[A-Za-z][A-Za-z0-9_-]*\s+")  # `Bearer ` in front of a credential
-_PAIR = re.compile(r"""["']?([\w.-]+)["']?\s*[:=]\s*(?:"([^"]*)"|'([^']*)'|([^\s&,;}"']+))""")
+_PAIR = re.compile(r"""["']?([\w.-]+)["']?\s*[:=]\s*(?:"([^"]*)"|'([^']*)'|((?:\{\w*\}|[^\s&,;{}"'])+))""")
 
 
 def secret_fragments(value: str) -> set[str]:
@@ -151,19 +169,130 @@ def _values_of(value: object) -> Iterator[str]:
         yield text
 
 
-def _in_urls(text: str) -> Iterator[str]:
-    """Passwords and secret query values written into a URL."""
+def _placeholders(text: str) -> frozenset[str]:
+    return frozenset(t[1:-1] for i, t in enumerate(_TEMPLATE_TOKEN.split(text)) if i % 2 and t not in ("{{", "}}"))
+
+
+def _filled(text: str, defaults: Mapping[str, str]) -> str:
+    """The template `text` with the placeholders that have a default written as it (still a template)."""
+    parts = _TEMPLATE_TOKEN.split(text)
+    for i in range(1, len(parts), 2):
+        if (value := defaults.get(parts[i][1:-1])) is not None and parts[i] not in ("{{", "}}"):
+            parts[i] = value.replace("{", "{{").replace("}", "}}")
+    return "".join(parts)
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A place where a request of a spec sends a credential (request_credentials)."""
+
+    path: tuple[str | int, ...]  # in the request's mapping: ("headers", "X-Api-Key"), ("url",), ("body", "password")
+    what: str  # as a message names it: "header X-Api-Key", "the URL's userinfo", "body key password", "{password}"
+    offset: int | None  # where it starts in the string at `path`, when it is part of one (a URL's userinfo)
+    values: tuple[str, ...]  # what the spec writes there: the text as written, the defaults of its parameters
+    placeholders: frozenset[str]  # whose values it sends
+
+
+def _strings(request: Mapping[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str | None, object]]:
+    """The values a request sends, by path: (path, the name it is sent under (a header's, a query
+    parameter's, a body key's; None for the URL and a string body), the value)."""
+    if isinstance(url := request.get("url"), str):
+        yield ("url",), None, url
+    for where in ("headers", "params"):
+        if isinstance(mapping := request.get(where), dict):
+            for name, value in mapping.items():
+                yield (where, name), str(name), value
+    body = request.get("body")
+    if isinstance(body, str):
+        yield ("body",), None, body
+    stack: list[tuple[tuple[str | int, ...], object]] = [(("body",), body)] if isinstance(body, (dict, list)) else []
+    while stack:
+        path, node = stack.pop()
+        items: Iterable[tuple[str | int, object]] = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            here: tuple[str | int, ...] = (*path, key)
+            if isinstance(value, dict):
+                stack.append((here, value))
+                continue
+            if isinstance(value, list):  # a list's scalars are the value of its key; its mappings are looked into
+                stack.extend(((*here, i), v) for i, v in enumerate(value) if isinstance(v, (dict, list)))
+            yield here, key if isinstance(key, str) else None, value
+
+
+def request_credentials(request: Mapping[str, Any], defaults: Mapping[str, str], credential_names: Iterable[str] = ()) -> Iterator[Credential]:
+    """Where the request `request` (an endpoint's mapping, or the login's, as written in the YAML) sends
+    a credential: a header that is_credential_header says carries one (its parameters' `defaults` filled
+    in), a query parameter or body key whose name says secret, the userinfo or a secret-named query
+    parameter of a URL written in any of its values, and any value holding a placeholder of
+    `credential_names` (secrets, login values, secret-named parameters with a default). The one
+    definition behind what redaction learns of a spec (spec_secrets) and what `check` refuses to send
+    to a host the caller picks; `http_client_config` credentials are the HTTP client's (its keys)."""
+    names = frozenset(credential_names)
+    for path, name, raw in _strings(request):
+        texts = list(_values_of(raw))
+        if not texts:
+            continue
+        kind = path[0]
+        if kind == "headers" and name is not None:
+            found = any(is_credential_header(name, _filled(t, defaults)) for t in texts)
+            what = f"header {name}"
+        else:
+            found = name is not None and is_secret_name(name)
+            what = f"query parameter {name}" if kind == "params" else f"body key {name}"
+        placeholders = frozenset().union(*map(_placeholders, texts))
+        if found:
+            yield Credential(path, what, None, (*texts, *_defaults_of(placeholders, defaults)), placeholders)
+            continue
+        for text in texts:
+            yield from _in_text(path, text, defaults, string_body=path == ("body",))
+        if held := sorted(placeholders & names):
+            yield Credential(path, ", ".join(f"{{{n}}}" for n in held), None, _defaults_of(placeholders & names, defaults), placeholders & names)
+
+
+def _defaults_of(names: Iterable[str], defaults: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(defaults[n] for n in sorted(names) if n in defaults)
+
+
+def _in_text(path: tuple[str | int, ...], text: str, defaults: Mapping[str, str], string_body: bool) -> Iterator[Credential]:
+    """Credentials inside one value: a URL's userinfo and secret-named query parameters, and in a string
+    body (JSON or form-encoded text) the values of secret-named keys."""
+    found: list[tuple[int, str, str]] = []
     for match in _URL_USERINFO.finditer(text):
-        yield match["userinfo"].partition(":")[2] or match["userinfo"]
-    for match in _QUERY_VALUE.finditer(text):
-        yield match["value"]
+        found.append((match.start("userinfo"), "the URL's userinfo", match["userinfo"].partition(":")[2] or match["userinfo"]))
+    if not string_body:
+        for match in _QUERY_VALUE.finditer(text):
+            found.append((match.start("name"), f"query parameter {match['name']}", match["value"]))
+    if string_body:  # its `a=b&password=c` are its keys, not a URL's query
+        for match in _PAIR.finditer(text):
+            if is_secret_name(match[1]):
+                found.append((match.start(1), f"body key {match[1]}", next(v for v in match.groups()[1:] if v is not None)))
+    for offset, what, value in sorted(found):
+        placeholders = _placeholders(value)
+        yield Credential(path, what, offset, (value, *_defaults_of(placeholders, defaults)), placeholders)
 
 
-def _in_body(text: str) -> Iterator[str]:
-    """Values of secret-named keys in a string body (JSON or form-encoded text)."""
-    for match in _PAIR.finditer(text):
-        if is_secret_name(match[1]):
-            yield next(v for v in match.groups()[1:] if v is not None)
+def _parameter_defaults(parameters: object) -> dict[str, str]:
+    found = {}
+    for name, decl in parameters.items() if isinstance(parameters, dict) else ():
+        if isinstance(decl, dict) and (default := _scalar(decl.get("default"))) is not None:
+            found[str(name)] = default
+    return found
+
+
+def secret_parameter_names(parameters: object) -> frozenset[str]:
+    """The parameters whose default is a credential wherever it goes: those named like one (a
+    caller's value in them is the caller's, see render.probe_redactor)."""
+    return frozenset(n for n in _parameter_defaults(parameters) if is_secret_name(n))
+
+
+def module_requests(module: Mapping[str, Any]) -> Iterator[tuple[tuple[str, ...], Mapping[str, Any]]]:
+    """The requests of a module as written: each endpoint's mapping and the login's request keys, by path."""
+    endpoints = module.get("endpoints")
+    for name, endpoint in endpoints.items() if isinstance(endpoints, dict) else ():
+        if isinstance(endpoint, dict):
+            yield ("endpoints", str(name)), endpoint
+    if isinstance(login := module.get("login"), dict):  # its `values` name where tokens are, they hold none
+        yield ("login",), {k: v for k, v in login.items() if k not in ("values", "expires_in")}
 
 
 _HEADER_MAPPINGS = ("headers", "proxy_connect_header")
@@ -184,26 +313,31 @@ def _walk(node: object, key: str | None, found: set[str]) -> None:
     if key is not None and is_secret_name(key) and not key.endswith(("_file", "_url")):
         found.update(values)
     for text in values:
-        found.update(_in_urls(text))
-        if key == "body":
-            found.update(_in_body(text))
+        for match in _URL_USERINFO.finditer(text):
+            found.add(match["userinfo"].partition(":")[2] or match["userinfo"])
+        found.update(match["value"] for match in _QUERY_VALUE.finditer(text))
 
 
 def spec_secrets(data: Any) -> frozenset[str]:
-    """The secret values written in a spec's YAML data: credentials in `http_client_config`, values of
-    credential headers (is_credential_header), of secret-named query parameters, body keys and parameter
-    defaults, passwords in URLs."""
+    """The secret values written in a spec's YAML data: what its requests send where a credential goes
+    (request_credentials: credential headers, secret-named query parameters and body keys, URL
+    userinfo, with the defaults of the parameters placed there), the defaults of secret-named
+    parameters, and in the rest of a module (`http_client_config`…) the values of secret-named keys
+    and passwords in URLs."""
     found: set[str] = set()
     modules = data.get("modules") if isinstance(data, dict) else None
     for module in modules.values() if isinstance(modules, dict) else ():
-        for key, value in module.items() if isinstance(module, dict) else ():
-            if key == "parameters" and isinstance(value, dict):  # a secret-named parameter's default is a secret
-                for name, decl in value.items():
-                    if is_secret_name(str(name)) and isinstance(decl, dict):
-                        found.update(_values_of(decl.get("default")))
-            elif key == "login" and isinstance(value, dict):  # its `values` name where tokens are, they hold none
-                _walk({k: v for k, v in value.items() if k not in ("values", "expires_in")}, str(key), found)
-            elif key not in ("metrics", "labels"):  # their keys name labels, not secrets
+        if not isinstance(module, dict):
+            continue
+        defaults = _parameter_defaults(module.get("parameters"))
+        secret_named = secret_parameter_names(module.get("parameters"))
+        found.update(defaults[n] for n in secret_named)
+        for _, request in module_requests(module):
+            for credential in request_credentials(request, defaults):
+                found.update(credential.values)
+            _walk(request.get("http_client_config"), "http_client_config", found)
+        for key, value in module.items():
+            if key not in ("metrics", "labels", "parameters", "endpoints", "login"):  # metrics' and labels' keys name labels, not secrets
                 _walk(value, str(key), found)
     return frozenset(s for value in found for s in secret_fragments(value))
 

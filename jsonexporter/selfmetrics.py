@@ -11,8 +11,10 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -21,6 +23,7 @@ from prometheus_client.registry import Collector
 from jsonexporter import __version__
 from jsonexporter.workers import read_ended_cpu, read_pids
 
+_M = TypeVar("_M", bound=MetricWrapperBase)
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -32,6 +35,7 @@ class SelfMetrics:
         if workers_directory is not None:
             values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]  # for the metrics made below, in this worker process
         r = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
         self.probes = Counter(
             "jsonexporter_probes", "Probes answered, by module and result (success, failure, invalid, forbidden, rejected).", ["module", "result"], registry=r
         )
@@ -91,6 +95,16 @@ class SelfMetrics:
             self.exposition = CollectorRegistry()
             MultiProcessCollector(self.exposition, path=workers_directory)  # type: ignore[no-untyped-call]
             self.exposition.register(_Processes(workers_directory))
+
+    def child(self, metric: _M, *labels: str) -> _M:
+        """`metric.labels(*labels)`, kept: labels() takes a lock and makes its key anew at each call, and a
+        probe counts four or more. The labels are names of the spec and fixed words (results, outcomes),
+        never a target's: as many as prometheus_client keeps itself."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found  # type: ignore[return-value]
 
     def spec_loaded(self, sha256: str, modules_by_file: Mapping[str, int]) -> None:
         self.config_hash.set(int(sha256[:12], 16))

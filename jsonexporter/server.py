@@ -160,7 +160,7 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
         state.metrics.probes.labels(module.name, "rejected").inc()
         return _plain(503, f"too many concurrent probes (limit {state.options.max_concurrent_probes}); try again")
     assert state.upstream is not None
-    caller = probe_redactor(query, state.redactor)  # this probe's own secrets: its target's credentials, its secret-named parameters
+    caller = probe_redactor(query, state.redactor, module)  # this probe's own secrets: its target's credentials, its secret parameters
     state.in_flight += 1
     state.metrics.in_flight.inc()
     try:
@@ -190,22 +190,28 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
     return await write_pieces(request, pieces, headers, within=timeout)  # as long again as the probe had
 
 
+class _Answer(web.StreamResponse):
+    """A streamed answer whose headers go out with its first piece: one write (one system call, one
+    wake-up of the scraper) for a small answer instead of two, as web.Response does."""
+
+    _send_headers_immediately = False
+
+
 async def write_pieces(request: web.Request, pieces: list[bytes], headers: dict[str, str], within: float | None = None) -> web.StreamResponse:
     """An answer written piece by piece (a small one at once), each let go once written, with its Content-Length. A whole
     body would be in memory up to four times at once while sent (joined; joined again with the headers
     and copied twice by the Python 3.11 transport, for what the socket does not take at once), and
     until the scraper has read it."""
-    response = web.StreamResponse(headers=headers)
+    response = _Answer(headers=headers)
     response.content_length = size = sum(map(len, pieces))
     if size <= WRITTEN_WHOLE_BYTES:
         pieces[:] = [b"".join(pieces)]
     try:
-        async with asyncio.timeout(within):  # a scraper that does not read must not hold the answer in memory
-            await response.prepare(request)
-            if request.method != "HEAD":
-                pieces.reverse()
-                while pieces:
-                    await response.write(pieces.pop())
+        if _fits(request.transport, size):  # nothing to wait for: no timer to set and cancel
+            await _write(request, response, pieces)
+        else:
+            async with asyncio.timeout(within):  # a scraper that does not read must not hold the answer in memory
+                await _write(request, response, pieces)
     except ConnectionError:  # the scraper went away: there is nobody to answer
         pass
     except TimeoutError:
@@ -218,14 +224,33 @@ async def write_pieces(request: web.Request, pieces: list[bytes], headers: dict[
     return response
 
 
+_HEADERS_ROOM = 1 << 14  # bytes: the status line and headers of an answer, the web config's included, fit in it
+
+
+def _fits(transport: asyncio.BaseTransport | None, size: int) -> bool:
+    """Whether the transport takes an answer of `size` bytes without pausing its writer (the buffer stays below its
+    high-water mark): then writing it awaits nothing, and whether the scraper reads it or not, it cannot hold the handler."""
+    if not isinstance(transport, asyncio.WriteTransport):
+        return False
+    return transport.get_write_buffer_size() + size + _HEADERS_ROOM < transport.get_write_buffer_limits()[1]
+
+
+async def _write(request: web.Request, response: web.StreamResponse, pieces: list[bytes]) -> None:
+    await response.prepare(request)
+    if request.method != "HEAD":
+        pieces.reverse()
+        while pieces:
+            await response.write(pieces.pop())
+
+
 def _record(state: State, module: str, target: str, result: ProbeResult, caller: Redactor | None = None) -> None:
     """Count, log and keep the probe; `caller` hides the probe's own secrets (render.probe_redactor), and
     the process's too (its parent)."""
     redact = caller or state.redactor
     m = state.metrics
-    m.probes.labels(module, "success" if result.success else "failure").inc()
+    m.child(m.probes, module, "success" if result.success else "failure").inc()
     duration = result.duration
-    m.probe_duration.labels(module).observe(duration)
+    m.child(m.probe_duration, module).observe(duration)
     # redacted now, while their values are known: a learned value may be pushed out before the page is asked for
     errors = [redact(f"endpoint {r.endpoint}: {r.outcome}: {r.error}") for r in result.endpoints if not r.ok]
     errors += map(redact, result.extraction.messages)
@@ -242,9 +267,9 @@ def _record(state: State, module: str, target: str, result: ProbeResult, caller:
         state.recent.popleft()
     for r in result.endpoints:
         if r.cache is not None:
-            m.cache_requests.labels(module, r.endpoint, r.cache).inc()
+            m.child(m.cache_requests, module, r.endpoint, r.cache).inc()
         if r.cache in (None, "miss", "stale"):  # a hit or a coalesced request sent nothing upstream
-            m.upstream_requests.labels(module, r.endpoint, r.outcome).inc()
+            m.child(m.upstream_requests, module, r.endpoint, r.outcome).inc()
         if not r.ok:
             err = redact(r.error) if r.error is not None else None
             log.warning("endpoint failed", extra=kv(module=module, endpoint=r.endpoint, target=shown, outcome=r.outcome, err=err))

@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
+
 from jsonexporter.secrets import CUT
 
 MAX_SHOWN = 300  # characters of an intermediate result shown in a trace line
@@ -13,9 +15,15 @@ MAX_LINES = 5_000
 MAX_DEPTH = 64  # levels of a value shown when json.dumps cannot write it (too deep for the stack): deeper ones are `[…]`, `{…}`
 
 
+def _shown(value: Any) -> Any:
+    """What json.dumps cannot write: an object of an answer parsed for its rules as its fields' JSON
+    (spec/objects.py; a scheduled answer is parsed so for a traced probe too), anything else as text."""
+    return msgspec.to_builtins(value) if isinstance(value, msgspec.Struct) else str(value)
+
+
 def shorten(value: Any, limit: int = MAX_SHOWN) -> str:
     try:
-        text = json.dumps(value, ensure_ascii=False, default=str)
+        text = json.dumps(value, ensure_ascii=False, default=_shown)
     except RecursionError:  # an answer nested about a thousand deep: repr would recurse as deep
         text = _shallow(value)
     except (TypeError, ValueError):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
@@ -20,9 +23,10 @@ from schema_util import broken_documents
 from yarl import URL
 
 from jsonexporter.cli import main
-from jsonexporter.spec import load_text
+from jsonexporter.spec import load_text, read_spec_text
 from jsonexporter.spec.functions import compile_regex
 from jsonexporter.spec.hostpatterns import wildcard_in_host
+from jsonexporter.spec.problems import format_path
 from jsonexporter.upstream.hops import url_allowed
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "schemas" / "jsonexporter.schema.json"
@@ -1036,7 +1040,7 @@ INVALID = [
               api: {url: "http://{node}:8080/stats"}
             metrics:
               - {name: a, help: h, endpoint: api, value: x}
-        """, ("2:3", "modules.m", "endpoint api sends credentials (http_client_config) to a host taken from {node}: declare `targets")),
+        """, ("4:25", "modules.m.http_client_config", "endpoint api sends credentials (http_client_config) to a host taken from {node}: declare `targets")),
     invalid("credentials_to_a_subdomain_from_a_parameter", """
         modules:
           m:
@@ -1045,7 +1049,7 @@ INVALID = [
               api: {url: "http://{tenant}.api.example.internal/", headers: {Authorization: Bearer t}}
             metrics:
               - {name: a, help: h, endpoint: api, value: x}
-        """, ("2:3", "modules.m", "endpoint api sends credentials (header Authorization) to a host taken from {tenant}")),
+        """, ("5:84", "modules.m.endpoints.api.headers.Authorization", "endpoint api sends credentials (header Authorization) to a host taken from {tenant}")),
     invalid("json_body_placeholder_outside_a_string", """
         modules:
           m:
@@ -1458,6 +1462,42 @@ def test_missing_file_exits_2(tmp_path: Path, check: Run) -> None:
     assert err == f"{missing}: cannot read: No such file or directory\n"
 
 
+def test_a_fifo_nobody_writes_is_unreadable_and_its_stuck_reads_share_one_thread(tmp_path: Path, check: Run) -> None:
+    fifo = tmp_path / "spec.yml"
+    os.mkfifo(fifo)
+    code, out, err = check(fifo)
+    assert (code, out) == (2, "")
+    assert err == f"{fifo}: cannot read: no answer within 2s (a FIFO or device nobody writes, or a hung mount?)\n"
+    for _ in range(3):  # as auto-reload would, every few seconds
+        with pytest.raises(OSError, match="no answer within"):
+            read_spec_text(str(fifo), timeout=0.05)
+    waiting = [t for t in threading.enumerate() if t.name == f"config-file {fifo}"]
+    assert len(waiting) == 1 and waiting[0].daemon
+    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a writer that writes nothing: the reader sees the end
+    waiting[0].join(30)
+    assert not waiting[0].is_alive()
+
+
+def test_lone_surrogates_in_spec_literals_are_refused_where_they_are_written_and_a_pair_is_its_character() -> None:
+    text = textwrap.dedent("""\
+        modules:
+          m:
+            labels: {site: "x\\udc00"}
+            metrics:
+              - {name: a, help: "h\\ud800", value: v}
+              - {name: b, help: "\\ud83d\\ude00 ok", value: v, labels: {k: "`\\"\\udfff\\"`"}}
+        """)
+    spec, problems = load_text(text, "spec.yml")
+    assert spec is None
+    assert [(p.line, p.column, format_path(p.path), p.message.partition(" (")[0]) for p in problems] == [
+        (3, 20, "modules.m.labels.site", "a lone surrogate \\udc00"),
+        (5, 25, "modules.m.metrics[0].help", "a lone surrogate \\ud800"),
+        (6, 66, "modules.m.metrics[1].labels.k", "a lone surrogate \\udfff"),
+    ]
+    spec, problems = load_text("modules:\n  m:\n    metrics: [{name: b, help: \"\\ud83d\\ude00 ok\", value: v}]\n", "spec.yml")
+    assert spec is not None and problems == [] and spec.modules["m"].metrics[0].help == "\U0001f600 ok"
+
+
 def test_a_directory_without_spec_files_exits_2_saying_so(tmp_path: Path, check: Run) -> None:
     (tmp_path / "notes.txt").write_text("modules: {}\n")
     (tmp_path / "sub").mkdir()
@@ -1756,8 +1796,8 @@ def test_credentials_sent_to_a_host_from_the_target_need_an_allowlist(write_spec
     assert main(["check", str(path)]) == 1
     out = capsys.readouterr().out.splitlines()
     errors = [line for line in out if "credentials" in line]
-    assert errors == [f"{path}:2:3: modules.github: endpoint repo sends credentials (header Authorization) to the host of the target: "
-                      "declare `targets: {allow: [...]}` so they can only be sent to the hosts you mean"]
+    assert errors == [f"{path}:4:62: modules.github.endpoints.repo.headers.Authorization: endpoint repo sends credentials (header Authorization) "
+                      "to the host of the target: declare `targets: {allow: [...]}` in the module so they can only be sent to the hosts you mean"]
 
 
 def test_allowlist_patterns_must_compile(write_spec: Any, capsys: pytest.CaptureFixture[str]) -> None:

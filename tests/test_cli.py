@@ -68,6 +68,37 @@ async def test_serve_answers_probes_and_stops_cleanly_on_sigterm(upstream: Upstr
     assert '"msg": "starting jsonexporter"' in stderr and "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("fifo", ["spec", "web_config"])
+async def test_a_config_file_that_never_answers_fails_the_reload_and_never_holds_the_shutdown(
+    upstream: UpstreamFactory, tmp_path: Path, fifo: str,
+) -> None:
+    up = await upstream({"/stats": {"queues": {"orders": {"waiting": 12}}}})
+    spec, web = tmp_path / "spec.yml", tmp_path / "web.yml"
+    spec.write_text(SPEC)
+    web.write_text("")
+    port = free_port()
+    proc = subprocess.Popen(jsonexporter("--config.file", str(spec), "--web.config.file", str(web), "--web.listen-address", f"127.0.0.1:{port}"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        await wait_healthy(base, proc)
+        path = spec if fifo == "spec" else web
+        path.unlink()
+        os.mkfifo(path)  # opened for reading, it waits for a writer that never comes
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            async with session.post(f"{base}/-/reload") as response:
+                assert response.status == 500
+                assert f"{path}: cannot read: no answer within 2s" in await response.text()
+            async with session.get(f"{base}/probe", params={"target": up.url}) as response:  # the previous spec is still served
+                assert response.status == 200 and value(parse(await response.text()), "jobs_waiting", queue="orders") == 12
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0  # the thread still waiting for the FIFO does not hold the process
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
 def test_serve_refuses_an_invalid_spec_with_located_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yml"
     bad.write_text("modules:\n  default:\n    metrics:\n      - {name: x, value: 'a['}\n")

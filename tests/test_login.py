@@ -376,10 +376,11 @@ def test_check_locates_bad_login_specs_and_never_shows_their_secrets(write_spec:
         "modules.pve.login.values.here": "15:15",
         "modules.pve.login.expires_in": "16:31",
         "modules.pve.endpoints.nodes.headers.Cookie": "20:42",
-        "modules.open": "22:3",
+        "modules.open.login.body.password": "24:53",
+        "modules.open.endpoints.a.headers['X-A']": "26:45",
     }, out
     assert "unknown placeholder {tiket}: known are" in out and "{ticket}" in out
-    assert "the login sends credentials ({password}) to the host of the target" in out
+    assert "the login sends credentials (body key password) to the host of the target" in out
     assert "endpoint a sends credentials ({t}) to the host of the target" in out
     assert "key-SECRET-9" not in out
 

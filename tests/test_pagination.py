@@ -17,7 +17,8 @@ from conftest import UpstreamFactory, make_spec
 from metrics_util import parse, value
 
 from jsonexporter.cli import main
-from jsonexporter.server import make_app
+from jsonexporter.server import STATE, make_app
+from jsonexporter.upstream.cache import parsed_size
 
 LOCAL = r"targets: {allow: ['http://127\.0\.0\.1:\d+']}"
 REPOS = [{"name": f"repo{i}", "stars": i * 10} for i in range(1, 8)]  # 7 repositories, 3 a page: pages of 3, 3 and 1
@@ -325,6 +326,28 @@ async def test_the_cache_keeps_the_combined_document(aiohttp_client: Any, upstre
     s = parse(second)
     assert value(s, "probe_endpoint_pages", endpoint="repos") == last_page()
     assert value(s, "probe_endpoint_cache_age_seconds", endpoint="repos") > 0
+
+
+@pytest.mark.parametrize("style", ["link_header", "cursor"])  # pages kept as bytes only; pages parsed to find the next one too
+async def test_a_cached_sequence_of_pages_weighs_what_its_pages_take_parsed(aiohttp_client: Any, upstream: UpstreamFactory, style: str) -> None:
+    sent: list[bytes] = []
+
+    async def pages(request: web.Request) -> web.Response:
+        n = int(request.query.get("page", "1"))
+        following = {"next": n + 1} if n < 3 else {}
+        body = json.dumps({"items": [{"name": f"r{n}-{i}", "stars": i} for i in range(200)], "meta": following}).encode()
+        sent.append(body)
+        link = {"Link": f'</api/pages?page={n + 1}>; rel="next"'} if n < 3 else {}
+        return web.Response(body=body, content_type="application/json", headers=link)
+
+    up = await upstream({"/api/pages": pages})
+    following = "{link_header: next}" if style == "link_header" else "{cursor: meta.next, param: page}"
+    client = await exporter_for(aiohttp_client, spec_for("/api/pages", "items", following, each="items").replace(
+        "pagination:", "cache_ttl: 1h\n                pagination:"))
+    assert value(parse(await probe(client, up.url)), "probe_endpoint_pages", endpoint="repos") == 3
+    cache = client.server.app[STATE].upstream.cache
+    assert len(sent) == 3 and len(cache) == 1
+    assert cache.bytes == sum(map(parsed_size, sent)) > 3 * 2 * len(sent[0])  # not 0: the bodies are weighed before they are let go
 
 
 @pytest.mark.parametrize("background", ["stale_while_revalidate", "refresh_interval"])

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp import web
-from conftest import ExporterFactory, UpstreamFactory, wait_for
+from conftest import ExporterFactory, UpstreamFactory, make_spec, wait_for
 from metrics_util import names, parse, value
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
@@ -221,6 +221,24 @@ async def test_invalid_json_fails_the_endpoint(upstream: UpstreamFactory, export
     assert "probe_success 0" in text
 
 
+async def test_a_json_number_beyond_a_float_fails_only_its_series_as_its_string_would(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    body = '{"inf": 1e400, "text": "1e400", "digits": 1' + "0" * 5000 + ', "ok": 2.5}'
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="application/json")
+
+    up = await upstream({"/x": answer})
+    client = await exporter("modules: {default: {metrics: [" + ", ".join(f"{{name: {n}, help: x, value: {n}}}" for n in ("inf", "text", "digits", "ok"))
+                            + "]}}")
+    status, text = await probe(client, f"target={up.url}/x&debug=true")
+    assert status == 200
+    s = parse(text.partition("metrics:\n")[2])
+    assert value(s, "probe_success") == 1 and value(s, "ok") == 2.5
+    assert {n: value(s, "probe_extraction_errors", metric=n) for n in ("inf", "text", "digits")} == {"inf": 1, "text": 1, "digits": 1}
+    assert text.count('"1e400" is beyond the range of a 64-bit float') == 2  # the number as the string gives it
+    assert "(first 60 of 5003 chars) is beyond the range of a 64-bit float" in text
+    assert "set_int_max_str_digits" not in text and "+Inf" not in text
+
+
 async def test_connection_refused_fails_the_probe(exporter: ExporterFactory, unused_tcp_port: int) -> None:
     client = await exporter("modules: {default: {metrics: [{name: x, help: x, value: v}]}}")
     status, text = await probe(client, f"target=http://127.0.0.1:{unused_tcp_port}/")
@@ -237,6 +255,46 @@ async def test_duplicate_series_keep_the_first_and_are_counted(upstream: Upstrea
     assert status == 200
     assert value(s, "item_value", id="a") == 1 and value(s, "item_value", id="b") == 3
     assert value(s, "probe_duplicate_series", metric="item_value") == 1
+
+
+async def test_probe_metrics_follow_each_probe_of_a_module(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    # the probe's own metrics are written from a plan per shape of probe (probe._SelfPlan): duplicates in one
+    # probe and not in the next, an endpoint failing then answering, the series limit reached: each answer says its own
+    answers = [{"items": [{"id": "a", "v": 1}, {"id": "a", "v": 2}]}, None, {"items": [{"id": "a", "v": 1}]},
+               {"items": [{"id": "b", "v": 1}, {"id": "c", "v": 2}, {"id": "d", "v": 3}]}, {"items": []}]
+    served = iter(answers)
+
+    async def answer(request: web.Request) -> web.Response:
+        document = next(served)
+        return web.json_response({"error": "down"}, status=503) if document is None else web.json_response(document)
+
+    up = await upstream({"/items": answer, "/other": {"n": 7}})
+    client = await exporter("""
+        modules:
+          default:
+            series_limit: 3
+            endpoints:
+              items: {url: '{target}/items'}
+              other: {url: '{target}/other'}
+            metrics:
+              - {name: item_value, help: x, endpoint: items, each: items, value: v, labels: {id: id}}
+              - {name: other_n, help: y, endpoint: other, value: n}
+        """)
+    # probe_success, the items endpoint's success, item_value's series and duplicates (None: not written), the series limit reached
+    expected = [(1, 1, 1, 1, 0), (0, 0, 0, 0, 0), (1, 1, 1, 0, 0), (0, 1, None, None, 1), (1, 1, 0, 0, 0)]
+    for success, items_ok, series, duplicates, limited in expected:
+        status, text = await probe(client, f"target={up.url}")
+        s = parse(text)
+        assert status == 200
+        assert value(s, "probe_success") == success
+        assert value(s, "probe_endpoint_success", endpoint="items") == items_ok
+        assert value(s, "probe_endpoint_http_status_code", endpoint="items") == (200 if items_ok else 503)
+        assert value(s, "probe_endpoint_success", endpoint="other") == 1
+        written = {(name, dict(labels).get("metric")): v for (name, labels), v in s.items() if name.startswith("probe_") and "metric" in dict(labels)}
+        assert written.get(("probe_series", "item_value")) == series
+        assert written.get(("probe_duplicate_series", "item_value")) == duplicates
+        assert written.get(("probe_series", "other_n")) == (None if limited else 1)
+        assert value(s, "probe_failed_due_to_deadline") == 0 and value(s, "probe_failed_due_to_series_limit") == limited
 
 
 async def test_nested_payload_with_parent_keys_gives_last_reading(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
@@ -352,6 +410,31 @@ async def test_openmetrics_is_negotiated_and_gzip_applied(upstream: UpstreamFact
     assert families["node_cpu_ratio"].type == "gauge"
     plain = await client.get(f"/probe?target={up.url}")
     assert plain.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+
+
+@pytest.mark.parametrize(("accept", "accept_encoding", "openmetrics", "gzipped"), [
+    ("application/openmetrics-text;q=0", "gzip;q=0", False, False),
+    ("application/openmetrics-text;version=1.0.0;q=0", "identity, gzip;q=0", False, False),
+    ("text/plain;version=0.0.4;q=1, application/openmetrics-text;version=1.0.0;q=0.5", "gzip;q=0.5", False, True),
+    ("application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1", "gzip", True, True),  # Prometheus's
+    ("application/openmetrics-text", "", True, False),
+])
+async def test_the_exposition_format_and_gzip_are_negotiated_by_q_values(
+    upstream: UpstreamFactory, exporter: ExporterFactory, accept: str, accept_encoding: str, openmetrics: bool, gzipped: bool,
+) -> None:
+    up = await upstream({"/api/stats": NODES})
+    client = await exporter(NODE_SPEC)
+    response = await client.get(f"/probe?target={up.url}", headers={"Accept": accept, "Accept-Encoding": accept_encoding}, auto_decompress=False)
+    assert response.status == 200
+    body = await response.read()
+    assert ("Content-Encoding" in response.headers) is gzipped
+    text = (gzip.decompress(body) if gzipped else body).decode()
+    if openmetrics:
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0") and text.endswith("# EOF\n")
+        assert {f.name for f in parse_openmetrics(text)} >= {"node_cpu_ratio"}
+    else:
+        assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8" and "# EOF" not in text
+        assert value(parse(text), "node_cpu_ratio", id="n1", environment="beta") == 0.25
 
 
 async def test_debug_trace_shows_requests_and_results_without_secrets(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
@@ -603,3 +686,25 @@ async def test_credentials_the_api_echoes_are_hidden_in_label_values(aiohttp_ser
             assert [v for (name, lb), v in s.items() if name == "item" and dict(lb)["a"] == "Bearer <redacted>"] == [1]
             assert value(s, "probe_duplicate_series", metric="item") == 1  # the one that had `<redacted>` already: as any duplicate
             assert value(s, "probe_series", metric="item") == 601
+
+
+async def test_requests_are_kept_only_for_targets_without_credentials(upstream: UpstreamFactory) -> None:
+    # fetch_module keeps the rendered requests of a target for the next probes (upstream._rendered): never
+    # those of a target with userinfo or a query, where a credential may be
+    from jsonexporter.probe import run_probe
+    from jsonexporter.upstream import Upstream, new_session
+
+    up = await upstream({"/api": {"v": 1}})
+    spec = make_spec("modules: {default: {metrics: [{name: x, help: x, value: v}]}}")
+    module = spec.modules["default"]
+    plain, userinfo, query = f"{up.url}/api", up.url.replace("://", "://admin:s3cret-pw@") + "/api", f"{up.url}/api?token=s3cret-tk"
+    upstream_side = Upstream(new_session())
+    try:
+        for target in (plain, userinfo, query, plain):
+            result = await run_probe(upstream_side, module, target, {"target": target}, 5.0)
+            assert result.success, result.endpoints
+    finally:
+        await upstream_side.close()
+    kept = repr(module.fast_plans)
+    assert plain in kept  # kept: the second probe of it rendered nothing
+    assert "s3cret" not in kept and "admin" not in kept

@@ -18,6 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from conftest import UpstreamFactory, make_spec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_util import free_port, jsonexporter, wait_healthy
 
 
@@ -259,6 +261,75 @@ async def test_a_secret_named_probe_parameter_echoed_by_the_upstream_shows_nowhe
     for shown in (traced, page, logged):
         assert key not in shown and "param-SECRET" not in shown, shown
     assert client.app[STATE].redactor(key) == key  # hidden per probe, not learned by the one Redactor of the process
+
+
+SECRET_NAMES = ["pwd", "db_pwd", "pass", "X-Api-Pass", "userPass", "DB_PASS", "user.pass", "jwt", "id_jwt", "sig", "sigV4", "sas", "sas_token",
+                "X-Amz-Signature", "X-Amz-Security-Token", "passphrase", "PHPSESSID", "x-csrf-token", "_xsrf", "api_key", "PRIVATE-TOKEN"]
+PLAIN_NAMES = ["passenger", "PASSENGER_COUNT", "bypass", "bypass_cache", "compass", "passive", "passthrough", "signal", "Signal", "design",
+               "assign", "sigma", "kansas", "massage", "userPassenger", "page", "per_page", "region"]
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES + PLAIN_NAMES)
+def test_secret_words_name_secrets_as_words_and_leave_words_that_hold_them_alone(name: str) -> None:
+    from jsonexporter.secrets import is_secret_name, redact_patterns
+
+    secret = name in SECRET_NAMES
+    assert is_secret_name(name) is secret
+    shown = redact_patterns(f"https://h/x?a=1&{name}=VALUE1234&b=2")
+    assert shown == (f"https://h/x?a=1&{name}=<redacted>&b=2" if secret else f"https://h/x?a=1&{name}=VALUE1234&b=2")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet="pasigPASIGenrx1_-.%+", min_size=1, max_size=12))
+def test_the_query_pattern_hides_the_values_of_the_names_is_secret_name_calls_secret(name: str) -> None:
+    from jsonexporter.secrets import is_secret_name, redact_patterns
+
+    assert ("VALUE" not in redact_patterns(f"?{name}=VALUE")) is is_secret_name(name)
+
+
+async def _echoed_trace(aiohttp_client: Any, upstream: UpstreamFactory, module: str, **params: str) -> str:
+    """The debug trace of a probe of `module` against an upstream that answers the request headers it got."""
+    from jsonexporter.server import make_app
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"v": 1, "headers": dict(request.headers)})
+
+    up = await upstream({"/": echo})
+    client = await aiohttp_client(make_app(make_spec(textwrap.dedent(module).replace("URL", up.url))))
+    response = await client.get("/probe", params={"debug": "true", **params})
+    text = await response.text()
+    assert response.status == 200 and "probe_success 1" in text and "-> success" in text, text
+    return text
+
+
+async def test_a_parameter_default_sent_as_a_credential_shows_nowhere(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    default = "PARAMDEFAULTSECRET1"  # a parameter whose name says nothing: placed where a credential goes, its default is one
+    traced = await _echoed_trace(aiohttp_client, upstream, f"""
+        modules:
+          default:
+            parameters: {{k: {{default: {default}}}, art: {{default: AKCp-ARTIFACTORY-KEY1}}}}
+            endpoints:
+              a: {{url: 'URL/', headers: {{Authorization: 'Bearer {{k}}'}}}}
+              b: {{url: 'URL/', headers: {{X-JFrog-Art-Api: '{{art}}'}}}}
+            metrics: [{{name: x, help: x, value: v, endpoint: a}}]
+        """)
+    assert "Bearer <redacted>" in traced or "'Authorization': '<redacted>'" in traced
+    assert default not in traced and "AKCp-ARTIFACTORY-KEY1" not in traced, traced
+
+
+async def test_a_callers_value_sent_as_a_credential_shows_nowhere_in_its_own_trace(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    module = """
+        modules:
+          default:
+            parameters: {k: {}, art: {}}
+            endpoints:
+              a: {url: 'URL/', headers: {Authorization: 'Bearer {k}', X-Other: '{k}', X-JFrog-Art-Api: '{art}'}}
+            metrics: [{name: x, help: x, value: v}]
+        """
+    traced = await _echoed_trace(aiohttp_client, upstream, module, k="caller-TOKEN-value-1", art="caller-ART-value-1")
+    assert "caller-TOKEN-value-1" not in traced, traced  # placed in Authorization: hidden wherever it shows, the echo too
+    [headers] = [line for line in traced.splitlines() if "request headers:" in line]
+    assert "'X-JFrog-Art-Api': '<redacted>'" in headers and "caller-ART-value-1" not in headers  # a credential header, as redirects judge
 
 
 async def test_secrets_are_hidden_as_aiohttp_writes_them_in_paths_and_queries(serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory,

@@ -444,3 +444,22 @@ async def test_a_scheduled_answer_larger_than_the_bound_answers_its_probe_and_is
         s = await probe(client, target=f"{up.url}/")
         assert value(s, "x") == 1 and value(s, "probe_success") == 1 and up.hits["/"] == hits
     assert client.app[STATE].upstream.schedules.bytes == 0
+
+
+async def test_a_traced_probe_shows_a_scheduled_answer_parsed_for_the_rules_as_json(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    """The schedule's answer was parsed for the rules (spec/projection.py) by the probe that started it:
+    the trace shows its objects as the JSON of the fields read, not as Python objects."""
+    up = await upstream({"/": counting(lambda n: {"items": [{"id": "a", "v": 1, "other": 2}]})})
+    client = await start(aiohttp_client, """
+        modules:
+          default:
+            endpoints: {main: {url: '{target}', refresh_interval: 1h}}
+            metrics: [{name: x, help: x, each: items, labels: {id: id}, value: v}]
+        """)
+    assert value(await probe(client, target=f"{up.url}/"), "x", id="a") == 1
+    response = await client.get("/probe", params={"target": f"{up.url}/", "debug": "true"})
+    text = await response.text()
+    assert "cache scheduled" in text and up.hits == {"/": 1}
+    (document,) = [line for line in text.splitlines() if line.startswith("  document")]
+    assert json.loads(document.partition(": ")[2]) == {"items": [{"id": "a", "v": 1}]}  # the fields read
+    assert "Projection" not in text and "j_id" not in text

@@ -18,6 +18,7 @@ import jmespath.lexer
 from jmespath.parser import ParsedResult
 
 from jsonexporter.secrets import redact_patterns
+from jsonexporter.spec import objects
 from jsonexporter.spec.functions import LIBRARY, OPTIONS, CallError, call_by_columns, check_call
 
 Search = Callable[[Any], Any]
@@ -70,20 +71,23 @@ def _field_chain(ast: dict[str, Any]) -> list[str] | None:
 
 
 def _fast_search(fields: list[str]) -> Search:
-    """Direct dict access with JMESPath's semantics: a field of a non-object is null."""
+    """Direct dict access with JMESPath's semantics: a field of a non-object is null (an object: a dict,
+    or a projection's, spec/objects.py)."""
+    # a projection's object holds the field at its attribute, which no other JSON value has: null there
     if len(fields) == 1:
         (only,) = fields
+        held = objects.attribute(only)
 
         def search_one(data: Any) -> Any:
-            return data.get(only) if type(data) is dict else None
+            return data.get(only) if type(data) is dict else getattr(data, held, None)
 
         return search_one
 
+    chain = [(name, objects.attribute(name)) for name in fields]
+
     def search_chain(data: Any) -> Any:
-        for name in fields:
-            if type(data) is not dict:
-                return None
-            data = data.get(name)
+        for name, held in chain:
+            data = data.get(name) if type(data) is dict else getattr(data, held, None)
         return data
 
     return search_chain
@@ -99,8 +103,8 @@ def _field_columns(chain: list[str]) -> Callable[[list[Any]], list[Any]]:
 
     def column(rows: list[Any]) -> list[Any]:
         try:
-            return list(map(dict.get, rows, itertools.repeat(only)))
-        except TypeError:  # a row that is not an object (its field is null)
+            return objects.column(only, rows)
+        except (TypeError, AttributeError):  # a row that is not an object (its field is null)
             return list(map(search, rows))
 
     return column

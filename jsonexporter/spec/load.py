@@ -16,7 +16,7 @@ from typing import Any, Literal, cast
 
 from jsonexporter.labeltext import label_text
 from jsonexporter.names import PROBE_METRICS, exposition_names, family_name, text_name
-from jsonexporter.secrets import Redactor, is_credential_header, is_secret_name, spec_secrets
+from jsonexporter.secrets import Redactor, is_secret_name, request_credentials, secret_parameter_names, spec_secrets
 from jsonexporter.spec.expressions import (
     CONTEXT_NAMES,
     Expression,
@@ -867,9 +867,14 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
     _check_families(c, name, metrics, module_labels)
     _check_module_labels(c, path, sorted(module_labels), metrics)
     allow = _target_patterns(c, (*path, "targets", "allow"), (raw.get("targets") or {}).get("allow"))
+    defaults = {n: p.default for n, p in params.items() if p.default is not None}
+    credential_names = (request_names - names) | secret_parameter_names(raw.get("parameters"))
+    requests = [((*path, "endpoints", n), c.clean((*path, "endpoints", n), raw_endpoints[n]) if n in raw_endpoints else {}, ep)
+                for n, ep in endpoints.items()] + ([((*path, "login"), raw_login or {}, login.request)] if login else [])
     if not allow and "targets" not in declared:
-        for problem in _credentials_to_target_host(endpoints.values(), request_names - names, login):
-            c.add(path, f"{problem}: declare `targets: {{allow: [...]}}` so they can only be sent to the hosts you mean", at_key=True)
+        for where, offset, problem in _credentials_to_target_host(requests, defaults, credential_names, module_client):
+            c.add(where, f"{problem}: declare `targets: {{allow: [...]}}` in the module so they can only be sent to the hosts you mean",
+                  offset=offset)
     if (login is not None or "login" not in raw) and len(endpoints) == len(raw_endpoints):  # a broken request's placeholders are unknown
         _unused_login_names(c, path, [*endpoints.values(), *([login.request] if login else [])], secrets, request_names - login_names)
     if c.broken(path):
@@ -892,6 +897,8 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
         projections=MappingProxyType(projections(module_metrics, endpoints)),
         secrets=MappingProxyType(secrets),
         login=login,
+        credential_parameters=frozenset(n for _, raw_request, _ in requests for credential in request_credentials(raw_request, defaults, credential_names)
+                                        for n in credential.placeholders if n in params),
     )
 
 
@@ -978,24 +985,26 @@ def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[Pattern]:
     return patterns
 
 
-def _credentials_to_target_host(endpoints: Iterable[Endpoint], credentials: frozenset[str] = frozenset(),
-                                login: Login | None = None) -> Iterator[str]:
-    """Endpoints that would send credentials to a host the probe's caller picks, through the target or
-    any other placeholder in the URL's scheme, host or port (SSRF with secrets); the placeholders of
-    `credentials` (secrets, login values) and the `login` request count too."""
-    whom = [(f"endpoint {ep.name}", ep) for ep in endpoints] + ([("the login", login.request)] if login else [])
-    for what, ep in whom:
+def _credentials_to_target_host(requests: Iterable[tuple[Path, dict[str, Any], Endpoint]], defaults: dict[str, str],
+                                credential_names: frozenset[str], module_client: tuple[Path, dict[str, Any]] | None,
+                                ) -> Iterator[tuple[Path, int | None, str]]:
+    """Where a request (at its path, as written, compiled) would send credentials to a host the probe's
+    caller picks, through the target or any other placeholder in the URL's scheme, host or port (SSRF
+    with secrets): each place secrets.request_credentials finds in it, the one definition redaction
+    learns from too, and its http_client_config; (path, offset in the string there, what)."""
+    for path, raw, ep in requests:
         picked = sorted({name for i in ep.url.origin_parts if (name := ep.url.parts[i][1]) is not None})
         if not picked:
             continue
+        what = f"endpoint {ep.name}" if path[-2] == "endpoints" else "the login"
         whose = "the host of the target" if picked == ["target"] else "a host taken from " + ", ".join(f"{{{n}}}" for n in picked)
-        carried = [f"header {h}" for h, t in ep.headers if is_credential_header(h, t.source)]
+        for credential in request_credentials(raw, defaults, credential_names):
+            yield (*path, *credential.path), credential.offset, f"{what} sends credentials ({credential.what}) to {whose}"
         if ep.client.sends_credentials:
-            carried.append("http_client_config")
-        carried += [f"query parameter {q}" for q, _ in ep.params if is_secret_name(q)]
-        carried += [f"{{{n}}}" for n in sorted(ep.placeholders & credentials)]
-        if carried:
-            yield f"{what} sends credentials ({', '.join(carried)}) to {whose}"
+            own = raw.get("http_client_config")
+            where = (*path, "http_client_config") if isinstance(own, dict) and set(own) & {*_AUTH_KEYS, "tls_config"} else \
+                module_client[0] if module_client is not None else path
+            yield where, None, f"{what} sends credentials (http_client_config) to {whose}"
 
 
 def _templates(endpoints: Iterable[Endpoint], labels: list[tuple[str, Template]]) -> Iterator[Template]:

@@ -213,6 +213,8 @@ class Module:
     # login sessions (issue 14): placeholders read when used, and the request made before the endpoints
     secrets: Mapping[str, ModuleSecret] = field(default_factory=dict)
     login: Login | None = None
+    # the parameters its requests send where a credential goes (secrets.request_credentials): a caller's value in one is hidden in that probe's texts
+    credential_parameters: frozenset[str] = frozenset()
 
     @property
     def secret_names(self) -> tuple[str, ...]:

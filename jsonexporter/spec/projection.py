@@ -2,10 +2,11 @@
 
 A rule made of plain field paths (and calls of them: `lower(a.b)`, `divide(x, `1000`)`) reads a few
 fields of each element; the others need not become Python objects at all. From the rules of an
-endpoint this builds TypedDict types (only the fields read, each kept whole) and a msgspec decoder
-for them: the answer parses into the same plain dicts and lists, without the fields no rule reads.
-For bench/'s 2.1 MB answer that is 4.6 ms against orjson's 9.4 (and 0.9 ms against 3.0 to free it),
-and 4.8 MB of objects against 9.7 (bench/README.md).
+endpoint this builds types (only the fields read, each kept whole) and a msgspec decoder for them: an
+object read by name parses into a Struct of those fields (spec/objects.py, which says how every reader
+reads it as a dict; a TypedDict's dict beyond STRUCT_FIELDS), the rest into the same lists, dicts and
+values as the whole parse. For bench/'s 2.1 MB answer that is 3.9 ms against orjson's 6.9 (TypedDicts:
+5.7), 1.1 ms against 3.2 to free it, and 3.6 MB of objects against 9.7 (bench/parse.py, bench/README.md).
 
 Where the rules read more than named fields of the elements (`@`, `$`, a filter on the collection,
 `keys(@)`), there is no projection: the whole answer is parsed as before. An answer the types do not
@@ -24,6 +25,7 @@ import msgspec
 
 from jsonexporter.spec.expressions import Expression
 from jsonexporter.spec.model import Metric
+from jsonexporter.spec.objects import Fields, attribute
 
 # node types whose value comes from their first child's only: what is read is what that one reads
 _NAVIGATING = frozenset({"subexpression", "index_expression", "projection", "value_projection", "filter_projection", "flatten", "pipe"})
@@ -38,6 +40,12 @@ _COMBINING = frozenset({"function_expression", "or_expression", "and_expression"
 # label text of such a list (`[18446744073709551616]`, not `[1.8446744073709552e+19]`), as the json
 # module gives it beyond 4 MiB.
 _LEAF = Union[Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)], float, str, bool, None, list[Any], dict[str, Any]]  # noqa: UP007
+
+
+# An object of more fields than this is a TypedDict, not a Struct (spec/objects.py): a Struct holds a slot
+# for every field read, present or not, and the response cache counts an object in the answer as 200
+# bytes (cache.parsed_size): 16 slots and the header take 144, a dict of them more (tests/test_fastpaths.py).
+STRUCT_FIELDS = 16
 
 
 class _Whole(Exception):
@@ -134,8 +142,13 @@ def _type(node: _Node, names: list[int]) -> Any:
         element = _type(node.elements, names)
         return Union[list[element], dict[str, element], None]  # type: ignore[valid-type]  # noqa: UP007 (built at run time)
     names[0] += 1
-    fields = {name: _type(child, names) for name, child in node.fields.items()}
-    return Union[TypedDict(f"Projection{names[0]}", fields, total=False), None]  # type: ignore[operator]  # noqa: UP007
+    name = f"Projection{names[0]}"
+    fields = {key: _type(child, names) for key, child in node.fields.items()}
+    if len(fields) > STRUCT_FIELDS:
+        return Union[TypedDict(name, fields, total=False), None]  # type: ignore[operator]  # noqa: UP007
+    struct = msgspec.defstruct(name, [(attribute(key), kind, None) for key, kind in fields.items()],
+                               bases=(Fields,), rename={attribute(key): key for key in fields}, gc=False)
+    return Union[struct, None]  # noqa: UP007
 
 
 @dataclass(frozen=True, slots=True)

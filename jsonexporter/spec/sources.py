@@ -7,13 +7,19 @@ the files it matches; both sorted by name. The files are read together and bound
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import os
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 MAX_SPEC_BYTES = 8 * 1024 * 1024  # of one file, and of all the files of a source together
 MAX_SPEC_FILES = 1000
+# a spec file answers in milliseconds; a slower one (a FIFO nobody writes, a hung mount) is unreadable:
+# a reload fails, keeping the spec it has, rather than never answering and holding the process at exit
+SPEC_READ_TIMEOUT = 2.0
 _SUFFIXES = (".yml", ".yaml")
 
 
@@ -22,13 +28,55 @@ class SpecFileError(Exception):
     matching nothing. Its text is the whole message, starting with the file or source."""
 
 
-def read_spec_text(file: str) -> str:
-    """Read a spec file, refusing absurd sizes; OSError and UnicodeDecodeError propagate."""
-    with open(file, "rb") as fh:
-        raw = fh.read(MAX_SPEC_BYTES + 1)
+def read_spec_text(file: str, timeout: float = SPEC_READ_TIMEOUT) -> str:
+    """Read a spec file (or the web config), refusing absurd sizes and reads slower than `timeout`
+    seconds; OSError (`no answer within …`, `larger than …`) and UnicodeDecodeError propagate."""
+    raw = _bounded_read(file, MAX_SPEC_BYTES + 1, timeout)
     if len(raw) > MAX_SPEC_BYTES:
         raise OSError(f"{file}: larger than {MAX_SPEC_BYTES} bytes")
     return raw.decode("utf-8")
+
+
+@dataclass
+class _Read:
+    done: threading.Event = field(default_factory=threading.Event)
+    data: bytes = b""
+    error: OSError | None = None
+
+
+# The reads of configuration files in flight, by path. Process-wide as the threads are: a read stuck in
+# the kernel (a FIFO nobody writes, a hung mount) cannot be stopped, and a reload every few seconds
+# would otherwise leave one more stuck thread each time; the next reads of that path wait for it.
+_reads: dict[str, _Read] = {}
+_reads_lock = threading.Lock()
+
+
+def _bounded_read(file: str, limit: int, timeout: float) -> bytes:
+    """At most `limit` bytes of `file`, read in a daemon thread of its own (one per path at a time): a
+    read that never ends holds neither the caller beyond `timeout` nor the process at exit."""
+    with _reads_lock:
+        read = _reads.get(file)
+        if read is None:
+            read = _reads[file] = _Read()
+            threading.Thread(target=_read_into, args=(file, limit, read), name=f"config-file {file}", daemon=True).start()
+    if not read.done.wait(timeout):
+        raise OSError(errno.ETIMEDOUT, f"no answer within {timeout:g}s (a FIFO or device nobody writes, or a hung mount?)", file)
+    if (error := read.error) is not None:  # a copy: other callers may raise the same one
+        raise type(error)(error.errno, error.strerror, error.filename) if error.errno is not None else type(error)(*error.args)
+    return read.data
+
+
+def _read_into(file: str, limit: int, read: _Read) -> None:
+    try:
+        with open(file, "rb") as fh:
+            read.data = fh.read(limit)
+    except OSError as exc:
+        read.error = exc
+    finally:
+        with _reads_lock:
+            if _reads.get(file) is read:
+                del _reads[file]
+        read.done.set()
 
 
 def is_spec_set(source: str) -> bool:

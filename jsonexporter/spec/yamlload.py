@@ -8,6 +8,7 @@ problem at its place, and the node is read as if it had no tag, so that the rest
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,9 @@ class Marks:
         return found or self.of_value(path)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class _Builder:
     def __init__(self, file: str, text: str) -> None:
         self.file = file
@@ -141,6 +145,8 @@ class _Builder:
             return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         assert isinstance(node, ScalarNode)
         value = self._scalar(node, path)
+        if isinstance(value, str) and not value.isascii() and _SURROGATE.search(value):
+            value = self._without_surrogates(node, path, value)
         if isinstance(value, str):
             start, end = node.start_mark, node.end_mark
             raw = self.text[start.index : end.index]
@@ -148,6 +154,16 @@ class _Builder:
         if isinstance(value, (bytes, bytearray)) or not isinstance(value, (str, int, float, bool, type(None))):
             # dates, binary and other YAML-only types have no JSON equivalent: keep their text
             return node.value
+        return value
+
+    def _without_surrogates(self, node: ScalarNode, path: Path, value: str) -> str:
+        """A pair of surrogates written as two escapes (`\\ud83d\\ude00`, as JSON spells it) is the one character
+        it spells; a lone one is no character, cannot be written as UTF-8 (in an answer, a request, a log
+        line) and is a problem."""
+        value = value.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
+        if (lone := _SURROGATE.search(value)) is not None:
+            self.problem(node, path, f"a lone surrogate \\u{ord(lone[0]):04x} (half of a pair, or an escape of none): it is no character "
+                                     "and cannot be written as UTF-8; write the character itself, or both escapes of its pair")
         return value
 
     def _known_tag(self, node: Node, path: Path) -> bool:

@@ -137,7 +137,7 @@ def run_suite(suite: Suite, out: TextIO) -> bool:
             continue
         failed += 1
         # as a live probe's texts (server.probe): its target's credentials and secret-named parameters never show
-        shown = probe_redactor({**case.params, "target": case.target}, redact) or redact
+        shown = probe_redactor({**case.params, "target": case.target}, redact, case.module) or redact
         print(shown(str(case.at.says(f"test {case.name!r} failed"))), file=out)
         for line in [*outcome.failures, *outcome.notes]:
             print(shown(f"  {line}"), file=out)

@@ -260,6 +260,17 @@ class Clients:
             source = "the oauth2 token endpoint's access_token"
         context: ssl.SSLContext | bool = await self.context(config.tls) if config.tls else True
         anonymous: ssl.SSLContext | bool = await self.anonymous_context(config.tls) if config.tls else True
+        return self._options(config, url, context, anonymous, authorization, source)
+
+    def ready_options(self, config: HTTPClientConfig, url: URL) -> RequestOptions | None:
+        """`options` at once when `config` has nothing to read or fetch first (no basic_auth, authorization,
+        oauth2 or tls_config): no coroutine and no timeout around it for most requests. None: call `options`."""
+        if config.basic_auth is not None or config.authorization is not None or config.oauth2 is not None or config.tls is not None:
+            return None
+        return self._options(config, url, True, True, None, None)
+
+    def _options(self, config: HTTPClientConfig, url: URL, context: ssl.SSLContext | bool, anonymous: ssl.SSLContext | bool,
+                 authorization: str | None, source: str | None) -> RequestOptions:
         proxy, proxy_headers = self.proxy(config, url)
         return RequestOptions(context, config.tls.server_name if config.tls else None, proxy, proxy_headers, config.follow_redirects, authorization, source,
                               anonymous)
@@ -267,6 +278,8 @@ class Clients:
     @staticmethod
     def proxy(config: HTTPClientConfig, url: URL) -> tuple[str | None, dict[str, str] | None]:
         """The proxy for a request to `url` (no_proxy decides per URL, so per redirect hop too) and its CONNECT headers."""
+        if not config.proxy_url and not config.proxy_from_environment:
+            return None, None
         headers = {name: ", ".join(v.value or "" for v in values) for name, values in config.proxy_connect_header} or None
         if config.proxy_url:
             if url.host and _bypasses_proxy(url.host, config.no_proxy):

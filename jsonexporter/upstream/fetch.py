@@ -10,16 +10,21 @@ import json
 import logging
 import time
 from collections.abc import Hashable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace as SignalTrace
 from multidict import CIMultiDictProxy
 from yarl import URL
 
 from jsonexporter.logs import kv
-from jsonexporter.secrets import CUT, REDACTED, is_secret_name
+from jsonexporter.numbers import OUT_OF_RANGE_AS_TEXT
+from jsonexporter.secrets import CUT, REDACTED, is_credential_header
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, HEADER_VALUE_CONTROL
 from jsonexporter.spec.projection import FULL, Projection
@@ -90,13 +95,20 @@ def _parse_json(body: bytes, projection: Projection | None = None, quote_answer:
         document = projection.decode(body)
         if document is not FULL:
             return document
+    hooks: dict[str, Any] = {}
     if len(body) <= ORJSON_MAX_BYTES:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
-            pass  # perhaps valid for the json module (NaN, Infinity, UTF-16/32, a BOM, lone surrogates): it decides, with its messages
+            # perhaps valid for the json module (NaN, Infinity, UTF-16/32, a BOM, lone surrogates, numbers beyond a float): it decides, with its messages
+            hooks = OUT_OF_RANGE_AS_TEXT
     try:
-        return json.loads(body)
+        try:
+            return json.loads(body, **hooks)
+        except ValueError as exc:
+            if isinstance(exc, json.JSONDecodeError) or hooks:
+                raise
+            return json.loads(body, **OUT_OF_RANGE_AS_TEXT)  # an integer of more digits than Python converts
     except RecursionError:
         raise InvalidJSON("JSON nested too deeply") from None
     except UnicodeDecodeError as exc:
@@ -129,10 +141,12 @@ class _TooLarge(Exception):
 
 
 def new_session(limit: int = 256, limit_per_host: int = 32) -> aiohttp.ClientSession:
-    """The shared keep-alive session; no cookie jar, so nothing carries over between probes."""
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit_per_host, ttl_dns_cache=60, keepalive_timeout=30)
+    """The shared keep-alive session; no cookie jar, so nothing carries over between probes. No timeouts of
+    aiohttp's own: every request is bounded by its caller's (_request, the OAuth2 token's), and aiohttp's
+    default (5 minutes in all) would set and cancel two more timers per request."""
+    connector = _Connector(limit=limit, limit_per_host=limit_per_host, ttl_dns_cache=60, keepalive_timeout=30)
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, raise_for_status=False,
-                                 trace_configs=[_pool_wait_trace()])
+                                 timeout=aiohttp.ClientTimeout())
 
 
 @dataclass(slots=True)
@@ -140,6 +154,27 @@ class _PoolWait:
     """Whether a request is waiting for a pooled connection (the connector's limits all taken)."""
 
     waiting: bool = False
+
+
+_POOL_WAIT: ContextVar[_PoolWait | None] = ContextVar("jsonexporter_pool_wait", default=None)  # the request being sent (_request)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector, telling the request being sent (_POOL_WAIT) when it waits for a pooled connection, by
+    aiohttp's own signals sent to that request's connection alone: a TraceConfig of the session would have every
+    request send all of its signals (request start, headers, chunks, end: about 10 us a request) for these two."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pool_trace = _pool_wait_trace()
+        self._pool_trace.freeze()
+
+    async def connect(self, req: ClientRequest, traces: list[SignalTrace], timeout: aiohttp.ClientTimeout) -> Connection:
+        pool = _POOL_WAIT.get()
+        if pool is not None:
+            # the session is what aiohttp gives the receivers first: these do not use it
+            traces = [*traces, SignalTrace(None, self._pool_trace, self._pool_trace.trace_config_ctx(trace_request_ctx=pool))]  # type: ignore[arg-type]
+        return await super().connect(req, traces, timeout)
 
 
 def _pool_wait_trace() -> aiohttp.TraceConfig:
@@ -217,29 +252,30 @@ def _first_hop(request: UpstreamRequest, options: RequestOptions) -> Hop:
     raise ClientConfigError, naming the header and never its value, when a header cannot be sent."""
     headers = dict(request.headers)
     url = request.url
+    userinfo = url.user is not None or url.password is not None
     if options.authorization is not None:
         headers["Authorization"] = options.authorization
-    elif url.user is not None or url.password is not None:  # sent as Basic auth, as aiohttp and Go do; the URL keeps none
+    elif userinfo:  # sent as Basic auth, as aiohttp and Go do; the URL keeps none
         headers["Authorization"] = "Basic " + basic_credentials(url.user or "", url.password or "")
     for name, value in [*headers.items(), *(options.proxy_headers or {}).items()]:
         if HEADER_VALUE_CONTROL.search(value):
             source = f" (from {options.authorization_source})" if name == "Authorization" and options.authorization_source else ""
             raise ClientConfigError(f"header {name}{source} contains a line break or another control character")
-    return Hop(request.method, url.with_user(None), headers, request.body, options.server_hostname, request.secrets)
+    return Hop(request.method, url.with_user(None) if userinfo else url, headers, request.body, options.server_hostname, request.secrets)
 
 
-async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOptions, hop: Hop, result: EndpointResult, pool: _PoolWait,
+async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOptions, hop: Hop, result: EndpointResult,
                     page: Page | None = None, quote_answer: bool = True) -> None:
     """Send `hop`, and the requests its redirects make (each through `next_hop`); read the last answer into `result`,
-    or for a `page` of a paginated endpoint, as that Page says; `pool` says whether a request is waiting for a pooled connection;
-    `quote_answer` whether result.error may quote the answer (_parse_json)."""
+    or for a `page` of a paginated endpoint, as that Page says; `quote_answer` whether result.error may quote the answer
+    (_parse_json). The caller's _POOL_WAIT says whether a request is waiting for a pooled connection."""
     endpoint = request.endpoint
     while True:
         proxy, proxy_headers = up.clients.proxy(endpoint.client, hop.url)
         async with up.session.request(
             hop.method, hop.url, headers=hop.headers, data=hop.body, ssl=options.ssl if hop.client_identity else options.anonymous_ssl,
             server_hostname=hop.server_hostname,
-            proxy=proxy, proxy_headers=proxy_headers, allow_redirects=False, trace_request_ctx=pool,
+            proxy=proxy, proxy_headers=proxy_headers, allow_redirects=False,
         ) as response:
             result.status, result.response_headers = response.status, response.headers
             location = response.headers.get("Location")
@@ -282,10 +318,11 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
     result = EndpointResult(request.endpoint.name, "success")
     start = time.monotonic()
     pool = _PoolWait()
+    waiting = _POOL_WAIT.set(pool)
     try:
         hop = _first_hop(request, options)
         async with asyncio.timeout(max(budget, 0.0)):
-            await _exchange(up, request, options, hop, result, pool, page, quote_answer)
+            await _exchange(up, request, options, hop, result, page, quote_answer)
     except ClientConfigError as exc:
         result.outcome, result.error = "config_error", str(exc)
     except TimeoutError:
@@ -303,6 +340,8 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
         result.outcome, result.error = "config_error", _cannot_be_made(exc)
     except OSError as exc:
         result.outcome, result.error = "connection_error", f"{type(exc).__name__}: {exc.strerror or exc}"
+    finally:
+        _POOL_WAIT.reset(waiting)
     result.duration = time.monotonic() - start
     if not result.ok:
         result.document = None
@@ -348,7 +387,7 @@ async def _background(up: Upstream, job: Job) -> tuple[Answer | None, EndpointRe
 def _background_done(up: Upstream, job: Job, result: EndpointResult) -> Answer | None:
     up.events.fetched(job, result)
     if not result.ok:
-        caller = probe_redactor(job.values, up.clients.redactor)
+        caller = probe_redactor(job.values, up.clients.redactor, job.module)
         err = caller(result.error) if caller is not None and result.error is not None else result.error
         log.warning("background request failed, keeping the previous answer", extra=kv(
             module=job.module.name, endpoint=job.endpoint.name, target=redact_target(job.values.get("target", "")), outcome=result.outcome, err=err))
@@ -370,8 +409,10 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
         budget = min(budget, endpoint.timeout)
     options: RequestOptions | None = None
     try:
-        async with asyncio.timeout(max(budget, 0.0)):  # an OAuth2 token request counts against the deadline
-            options = await up.clients.options(endpoint.client, request.url, up.session)
+        options = up.clients.ready_options(endpoint.client, request.url)
+        if options is None:
+            async with asyncio.timeout(max(budget, 0.0)):  # an OAuth2 token request counts against the deadline
+                options = await up.clients.options(endpoint.client, request.url, up.session)
     except ClientConfigError as exc:
         result = EndpointResult(endpoint.name, "config_error", error=str(exc))
     except ValueError as exc:  # aiohttp reading a proxy from the environment (HTTP_PROXY) that is no URL
@@ -457,7 +498,7 @@ def _trace_request(trace: Trace, request: UpstreamRequest, options: RequestOptio
     headers = dict(request.headers)
     if options is not None and options.authorization is not None:
         headers["Authorization"] = options.authorization
-    shown = {k: (REDACTED if is_secret_name(k) else v) for k, v in headers.items()}
+    shown = {k: (REDACTED if is_credential_header(k, v) else v) for k, v in headers.items()}  # as hops.carried_secrets decides
     trace.add(f"endpoint {endpoint.name}: {request.method} {request.url}")
     trace.add(f"  request headers: {shown}")
     if options is not None and options.proxy:

@@ -238,6 +238,9 @@ async def fetch_pages(send: Send, parse: Parse, request: UpstreamRequest, budget
                            "the answer would be incomplete", total, lines)
         requested.add(str(following))
         url = following
+    # weighed for the cache before _combined lets each body go as it parses it
+    kept = endpoint.cache_ttl is not None or endpoint.refresh_interval is not None  # counted by its parsed size, as fetch._request's
+    size = sum(map(parsed_size, bodies)) if kept else None
     try:
         async with asyncio.timeout(max(budget - (loop.time() - start), 0.0)), turn(PARSE):
             document, counts = _combined(bodies, pagination, parse)
@@ -250,6 +253,5 @@ async def fetch_pages(send: Send, parse: Parse, request: UpstreamRequest, budget
         for i, count in zip(at, counts, strict=True):
             lines[i] += f", {count} elements"
     result.document, result.bytes, result.pages, result.page_lines, result.redirects = document, total, number, lines, []
-    if endpoint.cache_ttl is not None:
-        result.parsed_size = sum(map(parsed_size, bodies))
+    result.parsed_size = size
     return Answer(document, result.status, total, number, result.parsed_size), result

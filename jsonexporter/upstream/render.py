@@ -58,6 +58,8 @@ def target_redactor(target: str, parent: Redactor | None = None) -> Redactor | N
     password and the Basic credentials _first_hop makes of it, which an upstream may quote back. Kept
     per probe, never learned: callers could otherwise push the spec's secrets out of the Redactor.
     `parent`: the process's Redactor, whose values it looks for first (see Redactor)."""
+    if "@" not in target:  # no userinfo without one: most targets, and no URL to parse at each probe
+        return None
     try:
         url = URL(target if "://" in target else f"http://{target}")
     except Exception:  # ValueError, TypeError, and yarl's IndexError on `http://u:pw@[:]@/`
@@ -68,12 +70,14 @@ def target_redactor(target: str, parent: Redactor | None = None) -> Redactor | N
     return Redactor({basic, url.password if url.password is not None else url.user or ""}, parent=parent)
 
 
-def probe_redactor(values: Mapping[str, str], parent: Redactor | None = None) -> Redactor | None:
+def probe_redactor(values: Mapping[str, str], parent: Redactor | None = None, module: Module | None = None) -> Redactor | None:
     """What hides a probe's own secrets in the texts of that probe (its trace, errors, record and log
     lines): the target's credentials (target_redactor) and the values of its secret-named parameters
-    (`api_key=…` on /probe), which an upstream may echo where no pattern rule sees them. Kept per
-    probe, never learned: the one Redactor of the process does not grow with its callers."""
-    secret = [value for name, value in values.items() if name not in ("target", "module") and is_secret_name(name) and value]
+    (`api_key=…` on /probe) and of the parameters `module` sends as credentials (`Authorization: Bearer {k}`),
+    which an upstream may echo where no pattern rule sees them. Kept per probe, never learned: the one
+    Redactor of the process does not grow with its callers."""
+    placed = module.credential_parameters if module is not None else frozenset()
+    secret = [value for name, value in values.items() if name not in ("target", "module") and (is_secret_name(name) or name in placed) and value]
     caller = target_redactor(values.get("target", ""), parent)
     if not secret:
         return caller
