@@ -671,6 +671,17 @@ def test_fields_read_by_calls_and_multi_selects_are_kept() -> None:
     _assert_same(extract(module, {"default": projected}, PROBE), extract(module, {"default": whole}, PROBE))
 
 
+@pytest.mark.parametrize("value", ["(a | b).c", "(a || x).c", "a[0].c", "a.b | c", "(a.b).c", "a.b.c", "length(a.b).c"])
+def test_a_field_read_of_what_is_not_a_field_of_the_current_node_reads_that_whole(value: str) -> None:
+    # `(a | b).c` reads c of a.b, not of a: only a chain of fields names the path it reads
+    document = {"a": {"b": {"c": 5}, "c": 1}, "items": [{"v": 1}]}
+    rules = [{"name": "x", "help": "h", "value": f"not_null({value}, `-1`)"}, {"name": "it", "help": "h", "each": "items", "value": "v"}]
+    module = make_spec(json.dumps({"modules": {"default": {"metrics": rules}}})).modules["default"]
+    document["a"] = {"b": {"c": 5}, "c": 1} if value != "a[0].c" else [{"c": 7}]
+    whole, projected = _projected(module, document)
+    _assert_same(extract(module, {"default": projected}, PROBE), extract(module, {"default": whole}, PROBE))
+
+
 def test_an_endpoint_no_rule_reads_is_parsed_whole() -> None:
     module = make_spec(json.dumps({"modules": {"default": {
         "endpoints": {"read": {"url": "{target}"}, "unread": {"url": "{target}/other"}},

@@ -708,3 +708,29 @@ async def test_requests_are_kept_only_for_targets_without_credentials(upstream: 
     kept = repr(module.fast_plans)
     assert plain in kept  # kept: the second probe of it rendered nothing
     assert "s3cret" not in kept and "admin" not in kept
+
+
+@pytest.mark.parametrize("secret", ["pw5Xy", 'S3CRET"TOK\tEN-123', "S3CRET\\TOK\rEN-123", "S3CRET-TOKEN-plain"])
+@pytest.mark.parametrize("labels", ["{a: auth}", "{a: auth, m: $module}"], ids=["fast", "general"])
+async def test_a_secret_with_quotes_tabs_or_carriage_returns_echoed_into_a_label_is_hidden_as_the_label_writes_it(
+        aiohttp_server: Any, exporter: ExporterFactory, labels: str, secret: str) -> None:
+    # the exposition escapes `\`, `"` and line breaks but writes a tab as it is: neither repr's nor JSON's form
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"items": [{"auth": secret, "v": 1}, *({"auth": f"user{i}", "v": i} for i in range(5))]})
+
+    app = web.Application()
+    app.router.add_get("/echo", echo)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    client = await exporter(f"""
+        modules:
+          default:
+            targets: {{allow: ['http://127\\.0\\.0\\.1:\\d+']}}
+            http_client_config: {{basic_auth: {{username: u, password: {json.dumps(secret)}}}}}
+            endpoints: {{e: {{url: '{{target}}/echo'}}}}
+            metrics: [{{name: item, help: i, each: items, value: v, labels: {labels}}}]
+        """)
+    response = await client.get("/probe", params={"target": f"http://127.0.0.1:{server.port}"})
+    text = await response.text()
+    assert response.status == 200
+    assert "TOK" not in text and "pw5Xy" not in text, text
+    assert 'item{a="<redacted>"' in text, text

@@ -60,16 +60,27 @@ def _reads(ast: dict[str, Any]) -> list[list[str]]:
     if kind in ("literal", "expref"):  # an expref is applied to the elements of an argument, read whole
         return []
     if kind == "subexpression":
-        left = _reads(ast["children"][0])
-        right = ast["children"][1]
-        if len(left) == 1 and right["type"] == "field":  # a field chain: `a.b` needs only b of a
-            return [[*left[0], right["value"]]]
-        return left
+        chain = _chain(ast)
+        if chain is not None:  # a field chain: `a.b` needs only b of a
+            return [chain]
+        # what follows reads the left side's value, which is not a field of the current node (`(a | b).c`
+        # reads c of a.b, `a[0].c` c of an element): the left side is read whole
+        return _reads(ast["children"][0])
     if kind in _NAVIGATING:
         return _reads(ast["children"][0])
     if kind in _COMBINING:
         return [path for child in ast["children"] if isinstance(child, dict) for path in _reads(child)]
     raise _Whole
+
+
+def _chain(ast: dict[str, Any]) -> list[str] | None:
+    """The path of a chain of fields (`a`, `a.b.c`); None for any other expression."""
+    if ast["type"] == "field":
+        return [ast["value"]]
+    if ast["type"] == "subexpression" and ast["children"][1]["type"] == "field":
+        left = _chain(ast["children"][0])
+        return None if left is None else [*left, ast["children"][1]["value"]]
+    return None
 
 
 def _paths(expr: Expression) -> list[list[str]]:
