@@ -20,6 +20,8 @@ from urllib.parse import quote, quote_plus
 
 from yarl import URL
 
+from jsonexporter.exposition import escape_label_value
+
 _SECRET_WORDS = ("auth", "token", "secret", "password", "passwd", "passphrase", "pwd", "jwt", "key", "cookie", "session", "sessid",
                  "credential", "signature", "csrf", "xsrf")
 # secret as words of a name only (`db_pass`, `X-Api-Pass`, `userPass`, Azure's `sig`, `sas_token`), never inside
@@ -361,20 +363,12 @@ def _yarl_forms(value: str) -> tuple[str, ...]:
         return ()
 
 
-def _label_escaped(value: str) -> str:
-    """A value as the exposition writes it in a label value (exposition.escape_label_value: `\\`, `\"`,
-    a line break or carriage return as `\n`, a tab as it is): unlike repr's and JSON's when the value
-    holds a tab or a carriage return beside a quote or a backslash."""
-    from jsonexporter.exposition import escape_label_value  # exposition imports nothing of this module; late for clarity of layers
-
-    return escape_label_value(value)
-
-
 def _forms(value: str) -> Iterator[str]:
-    """How a value shows in text: as is, quoted by repr or JSON, percent-encoded, HTML-escaped."""
+    """How a value shows in text: as is, quoted by repr or JSON, as a label value (a tab stays raw there, unlike
+    repr's and JSON's), percent-encoded, HTML-escaped."""
     # repr of its UTF-8 bytes too: an answer that is not JSON is quoted as bytes (fetch._quoted_start)
     shown = list(dict.fromkeys([value, repr(value)[1:-1], json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
-                                repr(value.encode())[2:-1], _label_escaped(value)]))
+                                repr(value.encode())[2:-1], escape_label_value(value)]))
     if len(value) >= MIN_BARE_LENGTH:
         shown += dict.fromkeys(f for form in (quote(value, safe=""), quote_plus(value), quote(value, safe="/"), *_yarl_forms(value))
                                for f in (form, _PERCENT.sub(lambda m: m[0].lower(), form)))

@@ -58,12 +58,12 @@ class Expression:
         return f"Expression({self.source!r})"
 
 
-def _field_chain(ast: dict[str, Any]) -> list[str] | None:
+def field_chain(ast: dict[str, Any]) -> list[str] | None:
     """The field names of `a.b.c` when that is all the expression is, else None."""
     if ast["type"] == "field":
         return [ast["value"]]
     if ast["type"] == "subexpression" and len(ast["children"]) == 2:
-        left = _field_chain(ast["children"][0])
+        left = field_chain(ast["children"][0])
         right = ast["children"][1]
         if left is not None and right["type"] == "field":
             return [*left, right["value"]]
@@ -124,7 +124,7 @@ def _direct_search(ast: dict[str, Any]) -> Search | None:
         return lambda data: constant
     if kind == "current":
         return _current_node
-    chain = _field_chain(ast)
+    chain = field_chain(ast)
     if chain is not None:
         return _fast_search(chain)
     if kind == "multi_select_dict":
@@ -168,7 +168,7 @@ def _direct_columns(ast: dict[str, Any], given: list[str] | None = None) -> Colu
         return lambda rows: [constant] * len(rows)
     if kind == "current":
         return lambda rows: rows
-    chain = _field_chain(ast)
+    chain = field_chain(ast)
     if chain is not None:
         return (lambda inputs: inputs) if chain == given else _field_columns(chain)
     if kind == "multi_select_dict":
@@ -234,7 +234,7 @@ def _single_input(ast: dict[str, Any]) -> list[str] | None:
     for child in ast["children"]:
         if child["type"] == "literal":
             continue
-        chain = _field_chain(child)
+        chain = field_chain(child)
         found = chain if chain is not None else _single_input(child)
         if found is None:
             return None
@@ -281,7 +281,7 @@ def _hash_entries(ast: dict[str, Any]) -> dict[str, tuple[Columns, str | None]]:
     for pair in ast["children"]:
         found = _direct_columns(pair["children"][0])
         assert found is not None
-        chain = _field_chain(pair["children"][0])
+        chain = field_chain(pair["children"][0])
         entries[pair["value"]] = (found, chain[0] if chain is not None and len(chain) == 1 else None)
     return entries
 
@@ -418,7 +418,7 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
     if text.strip() == "@":
         search: Search = _current_node
     else:
-        chain = _field_chain(parsed.parsed)
+        chain = field_chain(parsed.parsed)
         if chain is not None:
             search = _fast_search(chain)
         else:

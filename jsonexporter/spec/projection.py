@@ -23,7 +23,7 @@ from typing import Annotated, Any, TypedDict, Union
 import jmespath
 import msgspec
 
-from jsonexporter.spec.expressions import Expression
+from jsonexporter.spec.expressions import Expression, field_chain
 from jsonexporter.spec.model import Metric
 from jsonexporter.spec.objects import Fields, attribute
 
@@ -60,7 +60,7 @@ def _reads(ast: dict[str, Any]) -> list[list[str]]:
     if kind in ("literal", "expref"):  # an expref is applied to the elements of an argument, read whole
         return []
     if kind == "subexpression":
-        chain = _chain(ast)
+        chain = field_chain(ast)
         if chain is not None:  # a field chain: `a.b` needs only b of a
             return [chain]
         # what follows reads the left side's value, which is not a field of the current node (`(a | b).c`
@@ -71,16 +71,6 @@ def _reads(ast: dict[str, Any]) -> list[list[str]]:
     if kind in _COMBINING:
         return [path for child in ast["children"] if isinstance(child, dict) for path in _reads(child)]
     raise _Whole
-
-
-def _chain(ast: dict[str, Any]) -> list[str] | None:
-    """The path of a chain of fields (`a`, `a.b.c`); None for any other expression."""
-    if ast["type"] == "field":
-        return [ast["value"]]
-    if ast["type"] == "subexpression" and ast["children"][1]["type"] == "field":
-        left = _chain(ast["children"][0])
-        return None if left is None else [*left, ast["children"][1]["value"]]
-    return None
 
 
 def _paths(expr: Expression) -> list[list[str]]:
