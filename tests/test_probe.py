@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -660,12 +661,12 @@ async def test_debug_trace_of_an_answer_nested_too_deep_to_write_shows_it_cut_at
     assert "\na 1\n" in text
 
 
-@pytest.mark.parametrize("labels", ["{a: auth}", "{a: auth, m: $module}"], ids=["fast path", "general path"])
-async def test_credentials_the_api_echoes_are_hidden_in_label_values(aiohttp_server: Any, exporter: ExporterFactory, labels: str) -> None:
+async def _exporter_echoing_into_labels(aiohttp_server: Any, exporter: ExporterFactory, items: Callable[[web.Request], list[dict[str, Any]]],
+                                        client_config: str, labels: str) -> tuple[Any, str]:
+    """An exporter whose module sends `client_config`'s credentials to an upstream answering `{"items": items(request)}`,
+    each item's `v` a sample with `labels`; and the probe's target query."""
     async def echo(request: web.Request) -> web.Response:
-        said = request.headers["Authorization"]
-        items = [{"auth": said, "v": 1}, {"auth": "Bearer <redacted>", "v": 2}, *({"auth": f"user{i}", "v": i} for i in range(600))]
-        return web.json_response({"items": items})
+        return web.json_response({"items": items(request)})
 
     app = web.Application()
     app.router.add_get("/echo", echo)
@@ -674,12 +675,22 @@ async def test_credentials_the_api_echoes_are_hidden_in_label_values(aiohttp_ser
         modules:
           default:
             targets: {{allow: ['http://127\\.0\\.0\\.1:\\d+']}}
-            http_client_config: {{bearer_token: S3CRET-TOKEN-123}}
+            http_client_config: {client_config}
             endpoints: {{e: {{url: '{{target}}/echo'}}}}
             metrics: [{{name: item, help: i, each: items, value: v, labels: {labels}}}]
         """)
+    return client, f"target=http://127.0.0.1:{server.port}"
+
+
+@pytest.mark.parametrize("labels", ["{a: auth}", "{a: auth, m: $module}"], ids=["fast path", "general path"])
+async def test_credentials_the_api_echoes_are_hidden_in_label_values(aiohttp_server: Any, exporter: ExporterFactory, labels: str) -> None:
+    def items(request: web.Request) -> list[dict[str, Any]]:
+        said = request.headers["Authorization"]
+        return [{"auth": said, "v": 1}, {"auth": "Bearer <redacted>", "v": 2}, *({"auth": f"user{i}", "v": i} for i in range(600))]
+
+    client, target = await _exporter_echoing_into_labels(aiohttp_server, exporter, items, "{bearer_token: S3CRET-TOKEN-123}", labels)
     for accept in ("text/plain", "application/openmetrics-text"):
-        status, text = await probe(client, f"target=http://127.0.0.1:{server.port}", Accept=accept)
+        status, text = await probe(client, target, Accept=accept)
         assert status == 200 and "S3CRET" not in text
         s = parse(text) if accept == "text/plain" else {}
         if s:
@@ -715,22 +726,10 @@ async def test_requests_are_kept_only_for_targets_without_credentials(upstream: 
 async def test_a_secret_with_quotes_tabs_or_carriage_returns_echoed_into_a_label_is_hidden_as_the_label_writes_it(
         aiohttp_server: Any, exporter: ExporterFactory, labels: str, secret: str) -> None:
     # the exposition escapes `\`, `"` and line breaks but writes a tab as it is: neither repr's nor JSON's form
-    async def echo(request: web.Request) -> web.Response:
-        return web.json_response({"items": [{"auth": secret, "v": 1}, *({"auth": f"user{i}", "v": i} for i in range(5))]})
-
-    app = web.Application()
-    app.router.add_get("/echo", echo)
-    server = await aiohttp_server(app, host="127.0.0.1")
-    client = await exporter(f"""
-        modules:
-          default:
-            targets: {{allow: ['http://127\\.0\\.0\\.1:\\d+']}}
-            http_client_config: {{basic_auth: {{username: u, password: {json.dumps(secret)}}}}}
-            endpoints: {{e: {{url: '{{target}}/echo'}}}}
-            metrics: [{{name: item, help: i, each: items, value: v, labels: {labels}}}]
-        """)
-    response = await client.get("/probe", params={"target": f"http://127.0.0.1:{server.port}"})
-    text = await response.text()
-    assert response.status == 200
+    client, target = await _exporter_echoing_into_labels(
+        aiohttp_server, exporter, lambda request: [{"auth": secret, "v": 1}, *({"auth": f"user{i}", "v": i} for i in range(5))],
+        f"{{basic_auth: {{username: u, password: {json.dumps(secret)}}}}}", labels)
+    status, text = await probe(client, target)
+    assert status == 200
     assert "TOK" not in text and "pw5Xy" not in text, text
     assert 'item{a="<redacted>"' in text, text
