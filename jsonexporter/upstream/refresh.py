@@ -43,6 +43,7 @@ class Job:
     module: Module
     endpoint: Endpoint
     values: Mapping[str, str] = field(repr=False)  # a parameter may be a credential
+    whole: bool = False  # the answer parsed whole (a traced probe's), not projected for the rules (spec/projection.py)
 
     @property
     def budget(self) -> float:
