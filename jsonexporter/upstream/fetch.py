@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -22,6 +21,7 @@ from aiohttp.tracing import Trace as SignalTrace
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from jsonexporter.keyed import keyed_hash
 from jsonexporter.logs import kv
 from jsonexporter.numbers import OUT_OF_RANGE_AS_TEXT
 from jsonexporter.secrets import CUT, REDACTED, is_credential_header
@@ -239,7 +239,7 @@ def _cache_key(request: UpstreamRequest, options: RequestOptions) -> str:
              codes, str(endpoint.max_response_bytes), str(options.allow_redirects), *(p.pattern for p in request.allow), parsed_as(request)]
     if endpoint.pagination is not None:  # a combined document is another answer than its first page
         parts.append(repr(endpoint.pagination))
-    digest = hashlib.sha256("\0".join(parts).encode())
+    digest = keyed_hash("\0".join(parts).encode())  # the headers' and the body's credentials: keyed.py
     digest.update(request.body or b"")
     for name, value in sorted(request.headers.items()):
         digest.update(f"\0{name}\0{value}".encode())

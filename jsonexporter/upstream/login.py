@@ -10,7 +10,6 @@ deadline. Every value read or received is taught to the Redactor before anything
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import http.cookies
 import math
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 from multidict import CIMultiDictProxy
 
+from jsonexporter.keyed import keyed_digest
 from jsonexporter.spec.model import Endpoint, Login, LoginValue, Module
 from jsonexporter.trace import Trace
 from jsonexporter.upstream.client import ClientConfigError, RequestOptions, awaited, renewal_delay
@@ -138,7 +138,7 @@ def _session_key(module: Module, login: Login, request: UpstreamRequest, options
     """One session per module and login request as sent (target, parameters and secrets in it) and what
     its answer is read for: a rotated password or a reloaded login spec logs in anew."""
     parts = [module.name, _cache_key(request, options), repr(login.values), repr(login.expires_in)]
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+    return keyed_digest("\0".join(parts))
 
 
 async def _log_in(up: Upstream, module: str, login: Login, request: UpstreamRequest, options: RequestOptions, budget: float,
