@@ -33,7 +33,7 @@ from jsonexporter.spec.sources import spec_sha256
 from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, new_session, probe_redactor, reschedule
 from jsonexporter.upstream.client import Clients
 from jsonexporter.upstream.refresh import Events, Job
-from jsonexporter.webconfig import BasicAuth, WebConfig, headers_hook, load_web_config, ssl_context
+from jsonexporter.webconfig import BasicAuth, TLSFileError, WebConfig, headers_hook, load_cert_chain, load_web_config, ssl_context
 
 log = logging.getLogger("jsonexporter")
 
@@ -324,9 +324,9 @@ async def reload_spec(state: State) -> tuple[bool, str]:
             try:
                 if web_config.tls is not None and state.tls is not None and web_config is not state.web:
                     # new connections get the new certificate; the client CA and versions stay as started
-                    await asyncio.to_thread(state.tls.load_cert_chain, web_config.tls.cert_file, web_config.tls.key_file)
-            except (OSError, ssl.SSLError) as exc:  # the files changed since they were checked
-                reason = f"{web_config.file}: cannot load the certificate files: {getattr(exc, 'strerror', None) or exc}"
+                    await asyncio.to_thread(load_cert_chain, state.tls, web_config.tls)
+            except TLSFileError as exc:  # the files changed since they were checked
+                reason = f"{web_config.file}: tls_server_config.{exc.key}: cannot load the certificate files: {exc.reason}"
             else:
                 changed = spec.sha256 != state.spec.sha256
                 state.redactor.know(spec.secrets)
