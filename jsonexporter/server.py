@@ -21,6 +21,7 @@ from prometheus_client import exposition as prom_exposition
 
 from jsonexporter import __version__
 from jsonexporter.exposition import encode_pieces, render_text
+from jsonexporter.extract import MAX_MESSAGE
 from jsonexporter.listen import ClientConnections
 from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, TargetNotAllowed, fail, run_probe
@@ -30,6 +31,7 @@ from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec import SpecError, SpecFileError, load_spec, read_spec_files
 from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, DEFAULT_SERIES_LIMIT, Spec
 from jsonexporter.spec.sources import spec_sha256
+from jsonexporter.trace import cut
 from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, new_session, probe_redactor, reschedule
 from jsonexporter.upstream.client import Clients
 from jsonexporter.upstream.refresh import Events, Job
@@ -245,8 +247,13 @@ async def _write(request: web.Request, response: web.StreamResponse, pieces: lis
 
 def _record(state: State, module: str, target: str, result: ProbeResult, caller: Redactor | None = None) -> None:
     """Count, log and keep the probe; `caller` hides the probe's own secrets (render.probe_redactor), and
-    the process's too (its parent)."""
-    redact = caller or state.redactor
+    the process's too (its parent). Every text kept or logged is cut to MAX_MESSAGE characters, as extraction
+    messages are, then redacted (the Redactor hides a secret the cut splits)."""
+    redacting = caller or state.redactor
+
+    def redact(text: str) -> str:
+        return redacting(cut(text, MAX_MESSAGE))
+
     m = state.metrics
     m.child(m.probes, module, "success" if result.success else "failure").inc()
     duration = result.duration
