@@ -1800,6 +1800,37 @@ def test_credentials_sent_to_a_host_from_the_target_need_an_allowlist(write_spec
                       "to the host of the target: declare `targets: {allow: [...]}` in the module so they can only be sent to the hosts you mean"]
 
 
+def test_the_credentials_error_names_only_the_placeholders_that_pick_the_host(write_spec: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """A placeholder in a URL's userinfo picks no host (the host follows the URL's last @): the error names the
+    target, or the parameters in the scheme, host or port, and a fixed host with a caller's userinfo is no error."""
+    path = write_spec("""
+        modules:
+          target:
+            parameters: {user: {}, pw: {}}
+            endpoints:
+              api: {url: 'http://{user}:{pw}@{target}/stats'}
+            metrics: [{name: x, help: x, value: v}]
+          node:
+            parameters: {user: {}, pw: {}, node: {}}
+            endpoints:
+              api: {url: 'http://{user}:{pw}@{node}:8080/stats'}
+            metrics: [{name: x, help: x, value: v}]
+          fixed_host:
+            parameters: {user: {}, pw: {}}
+            endpoints:
+              api: {url: 'https://{user}:{pw}@api.example.com/stats', headers: {Authorization: 'Bearer x'}}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    assert main(["check", str(path)]) == 1
+    errors = [line for line in capsys.readouterr().out.splitlines() if "credentials" in line]
+    assert errors == [
+        f"{path}:5:26: modules.target.endpoints.api.url: endpoint api sends credentials (the URL's userinfo) to the host of the target: "
+        "declare `targets: {allow: [...]}` in the module so they can only be sent to the hosts you mean",
+        f"{path}:10:26: modules.node.endpoints.api.url: endpoint api sends credentials (the URL's userinfo) to a host taken from {{node}}: "
+        "declare `targets: {allow: [...]}` in the module so they can only be sent to the hosts you mean",
+    ]
+
+
 def test_allowlist_patterns_must_compile(write_spec: Any, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_spec("""
         modules:

@@ -449,9 +449,13 @@ class Template:
     # the parts whose placeholder falls in the scheme or authority (userinfo, host, port) of the URL
     # this template makes: a value there picks where the request goes; found once, not per request
     origin_parts: frozenset[int] = dataclasses.field(init=False, repr=False, compare=False)
+    # those of them that pick the host: not the userinfo's (a URL's host follows its last @, and the
+    # renderer lets no value there add a / ? or #)
+    host_parts: frozenset[int] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "origin_parts", _url_origin_parts(self.parts))
+        object.__setattr__(self, "host_parts", _url_origin_parts(self.parts, userinfo=False))
 
     def __repr__(self) -> str:
         return f"Template({redact_patterns(self.source)!r})"
@@ -470,7 +474,8 @@ class Template:
                 out.append(quote(i, value) if quote is not None else value)
         return "".join(out)
 
-def _url_origin_parts(parts: tuple[tuple[str, str | None], ...]) -> frozenset[int]:
+def _url_origin_parts(parts: tuple[tuple[str, str | None], ...], userinfo: bool = True) -> frozenset[int]:
+    """The parts whose placeholder is in the scheme or authority; without `userinfo`, not those before the authority's last literal @."""
     skeleton, positions = "", []
     for i, (literal, name) in enumerate(parts):
         skeleton += literal
@@ -478,9 +483,11 @@ def _url_origin_parts(parts: tuple[tuple[str, str | None], ...]) -> frozenset[in
             positions.append((i, len(skeleton)))
             skeleton += "\0"
     scheme = re.match(r"[^/?#]*?://", skeleton)
-    rest = skeleton[scheme.end() if scheme else 0:]
-    end = len(skeleton) - len(rest) + (m.start() if (m := re.search(r"[/?#]", rest)) else len(rest))
-    return frozenset(i for i, position in positions if position < end)
+    authority = scheme.end() if scheme else 0
+    rest = skeleton[authority:]
+    end = authority + (m.start() if (m := re.search(r"[/?#]", rest)) else len(rest))
+    at = -1 if userinfo else skeleton.rfind("@", authority, end)
+    return frozenset(i for i, position in positions if position < end and not authority <= position < at)
 
 
 def _brace_problem(source: str) -> tuple[int, str] | None:

@@ -990,10 +990,10 @@ def _credentials_to_target_host(requests: Iterable[tuple[Path, dict[str, Any], E
                                 ) -> Iterator[tuple[Path, int | None, str]]:
     """Where a request (at its path, as written, compiled) would send credentials to a host the probe's
     caller picks, through the target or any other placeholder in the URL's scheme, host or port (SSRF
-    with secrets): each place secrets.request_credentials finds in it, the one definition redaction
-    learns from too, and its http_client_config; (path, offset in the string there, what)."""
+    with secrets; one in its userinfo picks no host): each place secrets.request_credentials finds in it,
+    the one definition redaction learns from too, and its http_client_config; (path, offset in the string there, what)."""
     for path, raw, ep in requests:
-        picked = sorted({name for i in ep.url.origin_parts if (name := ep.url.parts[i][1]) is not None})
+        picked = sorted({name for i in ep.url.host_parts if (name := ep.url.parts[i][1]) is not None})
         if not picked:
             continue
         what = f"endpoint {ep.name}" if path[-2] == "endpoints" else "the login"
