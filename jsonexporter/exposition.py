@@ -222,8 +222,9 @@ def wants_openmetrics(accept: str) -> bool:
     return openmetrics > 0 and openmetrics >= text
 
 
-def _negotiate(accept: str, accept_encoding: str) -> tuple[bool, bool, dict[str, str]]:
-    """OpenMetrics or not, gzip or not, and the headers that say so (the caller's own dict)."""
+def negotiate(accept: str, accept_encoding: str) -> tuple[bool, bool, dict[str, str]]:
+    """OpenMetrics or not, gzip or not, and the headers that say so (the caller's own dict): for a probe's
+    answer and for the exporter's own metrics (server.handle_metrics) alike."""
     openmetrics, compress, headers = _negotiated(accept, accept_encoding)
     return openmetrics, compress, dict(headers)
 
@@ -241,7 +242,7 @@ def _negotiated(accept: str, accept_encoding: str) -> tuple[bool, bool, dict[str
 
 def encode(families: list[Family], accept: str, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
     """Body and headers for a scrape with these Accept and Accept-Encoding headers."""
-    openmetrics, compress, headers = _negotiate(accept, accept_encoding)
+    openmetrics, compress, headers = negotiate(accept, accept_encoding)
     body = b"".join(chunk.encode("utf-8", "replace") for chunk in _chunks(families, openmetrics))
     if compress:
         body = gzip.compress(body, compresslevel=1)
@@ -262,7 +263,7 @@ async def encode_pieces(families: list[Family], accept: str, accept_encoding: st
     runs beside the event loop). DeadlinePassed (slices.py) when `deadline` passes before the body is written.
     With `let_go` (the caller has no more use for the families), the families' series are let go as
     they are written, emptying them: the series and their written answer are not both whole in memory."""
-    openmetrics, compress, headers = _negotiate(accept, accept_encoding)
+    openmetrics, compress, headers = negotiate(accept, accept_encoding)
     async with turn(RENDER, deadline):
         pieces = await collected((chunk.encode("utf-8", "replace") for chunk in _chunks(families, openmetrics, let_go)), deadline=deadline)
     if compress:

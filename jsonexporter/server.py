@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import html
 import itertools
 import logging
@@ -18,9 +19,10 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import exposition as prom_exposition
+from prometheus_client.openmetrics import exposition as prom_openmetrics
 
 from jsonexporter import __version__
-from jsonexporter.exposition import encode_pieces, render_text
+from jsonexporter.exposition import encode_pieces, negotiate, render_text
 from jsonexporter.extract import MAX_MESSAGE
 from jsonexporter.listen import ClientConnections
 from jsonexporter.logs import kv
@@ -294,9 +296,12 @@ def _debug_text(result: ProbeResult) -> str:
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
+    """The exporter's own metrics, by prometheus_client, in the format and encoding negotiated as for /probe
+    (its choose_encoder reads no q-values: `application/openmetrics-text;q=0` got OpenMetrics)."""
     registry = request.app[STATE].metrics.exposition
-    encoder, content_type = prom_exposition.choose_encoder(request.headers.get("Accept", ""))
-    return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
+    openmetrics, compress, headers = negotiate(request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", ""))
+    body = (prom_openmetrics.generate_latest if openmetrics else prom_exposition.generate_latest)(registry)
+    return web.Response(body=gzip.compress(body, compresslevel=1) if compress else body, headers=headers)
 
 
 def load_anew(load: Callable[[str], _T], file: str) -> tuple[_T | None, str]:
