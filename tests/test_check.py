@@ -25,7 +25,7 @@ from yarl import URL
 from jsonexporter.cli import main
 from jsonexporter.spec import load_text, read_spec_text
 from jsonexporter.spec.functions import compile_regex
-from jsonexporter.spec.hostpatterns import wildcard_in_host
+from jsonexporter.spec.hostpatterns import every_host, wildcard_in_host
 from jsonexporter.spec.problems import format_path
 from jsonexporter.upstream.hops import url_allowed
 
@@ -1949,7 +1949,8 @@ def test_a_wildcard_in_an_allowlists_host_is_a_warning_at_its_place(write_spec: 
     assert f"{path}:3:32: modules.default.targets.allow[0]: warning: this wildcard in the host matches '/', '?', '#', '@' or '.' too" in out
     assert f"{path}:3:128: modules.default.targets.allow[3]: warning: this wildcard in the host" in out  # api.example.com.evil.test
     assert f"{path}:4:56: modules.default.targets.allow[4]: warning: this wildcard in the host" in out  # the optional port left out
-    assert "allow[1]" not in out and "allow[2]" not in out  # the host's characters, and every host on purpose
+    assert f"{path}:3:97: modules.default.targets.allow[2]: warning: this pattern lets every host through ('https://evil.test/' too)" in out
+    assert "allow[1]" not in out  # the host's characters
     assert main(["check", "--strict", str(path)]) == 1
 
 
@@ -1975,7 +1976,29 @@ HOST_PATTERNS = [
     (r"https://[^/]+\.example\.com/.*", None, "https://evil.test?.example.com/"),  # the spelling has a / before the query
     (r"https://([^@/]+@)?pve[0-9]+\.internal:8006", None, "https://evil.test?@pve1.internal:8006"),
     (r"https://[a-z0-9.-]+\.example\.com(/.*)?", None, "https://evil.test/.example.com/"),
-    (r"https?://.*", None, None),  # every host, on purpose
+    (r".*\.example\.com", 0, "https://evil.test/x.example.com"),  # no scheme: a whole URL with the host in its path
+    (r".*\.example\.com/.*", 0, "https://evil.test/.example.com/"),
+]
+
+# (pattern, where the warning points or None, a target written without a scheme, the URL that `https://{target}/v1` makes of it)
+SCHEMELESS_HOST_PATTERNS = [
+    (r"api\.example\.com.*", 17, "api.example.com.evil.test", "https://api.example.com.evil.test/v1"),
+    (r"https://a\.example\.com|api\.example\.com.*", 41, "api.example.com.evil.test", "https://api.example.com.evil.test/v1"),
+    (r"pve[0-9]+\.internal.*", 19, "pve1.internal.evil.test:8006", "https://pve1.internal.evil.test:8006/v1"),
+    (r"api\.example\.com", None, "api.example.com.evil.test", "https://api.example.com.evil.test/v1"),
+    (r"pve[0-9]+\.internal(:8006)?", None, "pve1.internal.evil.test:8006", "https://pve1.internal.evil.test:8006/v1"),
+    (r"https://api\.example\.com|api\.example\.com:8443", None, "api.example.com.evil.test:8443", "https://api.example.com.evil.test:8443/v1"),
+]
+
+# (pattern, where its host starts, a URL to another host that it lets through): every host, each its own warning
+EVERY_HOST_PATTERNS = [
+    (r"https?://.*", 9, "https://evil.test/"),
+    (r"https://.*", 8, "https://evil.test/"),
+    (r".*", 0, "https://evil.test/"),
+    (r"https://.*(:[0-9]+)?/.*", 8, "https://evil.test:8443/"),
+    (r"https://.*:443.*", 8, "https://evil.test:443/"),
+    (r"https://.*(:443)?(/.*)?", 8, "https://evil.test/x"),
+    (r"[a-z.]+:8006", 0, "https://evil.test:8006/"),
 ]
 
 
@@ -1983,8 +2006,27 @@ HOST_PATTERNS = [
 def test_an_allowlist_host_that_may_go_on_or_start_early_is_a_warning_at_its_wildcard(pattern: str, offset: int | None, url: str | None) -> None:
     """The warning says what the probe's allowlist check does: each URL above, to another host, passes it
     exactly when the pattern is warned about (the target as written and a spelling of its URL match)."""
-    assert wildcard_in_host(pattern) == offset
+    assert wildcard_in_host(pattern) == offset and every_host(pattern) is None
     if url is not None:
         compiled = compile_regex(pattern)
         assert (compiled.fullmatch(url) and url_allowed(URL(url), [compiled])) == (offset is not None)
         assert URL(url).host == "evil.test" or URL(url).host.endswith(".evil.test")
+
+
+@pytest.mark.parametrize(("pattern", "offset", "target", "url"), SCHEMELESS_HOST_PATTERNS)
+def test_an_allowlist_alternative_without_a_scheme_is_asked_as_the_spellings_host_port_and_host(
+    pattern: str, offset: int | None, target: str, url: str,
+) -> None:
+    """Such an alternative matches the spellings `host:port` and `host` of a URL (hops.url_forms): its host is
+    asked with more host after it, as a scheme's is."""
+    assert wildcard_in_host(pattern) == offset and every_host(pattern) is None
+    compiled = compile_regex(pattern)
+    assert (compiled.fullmatch(target) is not None and url_allowed(URL(url), [compiled])) == (offset is not None)
+    assert URL(url).host.endswith(".evil.test")
+
+
+@pytest.mark.parametrize(("pattern", "offset", "url"), EVERY_HOST_PATTERNS)
+def test_an_allowlist_pattern_that_lets_every_host_through_is_a_warning_of_its_own(pattern: str, offset: int, url: str) -> None:
+    compiled = compile_regex(pattern)
+    assert every_host(pattern) == offset and wildcard_in_host(pattern) is None
+    assert url_allowed(URL(url), [compiled]) and URL(url).host == "evil.test"

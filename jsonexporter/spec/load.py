@@ -26,7 +26,7 @@ from jsonexporter.spec.expressions import (
     compile_template,
 )
 from jsonexporter.spec.functions import Pattern, RegexError, compile_regex
-from jsonexporter.spec.hostpatterns import wildcard_in_host
+from jsonexporter.spec.hostpatterns import every_host, wildcard_in_host
 from jsonexporter.spec.model import (
     DEFAULT_BODY_SIZE_LIMIT,
     DEFAULT_ENDPOINT,
@@ -982,6 +982,10 @@ def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[Pattern]:
                       "'https://evil.test?.example.com' through, 'https://api\\.example\\.com.*' 'https://api.example.com.evil.test'; "
                       "write the host's characters (e.g. [a-z0-9-]+) and end the host with a :port or / that is not optional "
                       "('(:443)?.*' lets the host go on)", "warning", offset=at)
+            elif (at := every_host(pattern.pattern)) is not None:
+                c.add((*path, i), "this pattern lets every host through ('https://evil.test/' too): the allowlist holds none back, so whatever "
+                      "the module sends goes wherever the caller points; write the hosts you mean (e.g. 'https://[a-z0-9-]+\\.example\\.com')",
+                      "warning", offset=at)
     return patterns
 
 
