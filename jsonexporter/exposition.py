@@ -77,6 +77,15 @@ def _line_breaks(text: str) -> str:
 
 # A lone surrogate (`"\ud800"` in JSON: the json module lets it through, YAML too) has no UTF-8 form
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# The encoding error handler that writes it as its JSON escape: in UTF-8 a surrogate is the one character
+# without a form, and "backslashreplace" spells it `\ud800`
+SURROGATES_ESCAPED = "backslashreplace"
+
+
+def utf8(text: str) -> bytes:
+    """`text` in UTF-8, each lone surrogate as its JSON escape (`\ud800`), as the exposition writes label values:
+    for what people read of an answer (traces, pages; the CLI's output has the same error handler)."""
+    return text.encode("utf-8", SURROGATES_ESCAPED)
 
 
 def _surrogates_spelled(text: str) -> str:
@@ -84,7 +93,7 @@ def _surrogates_spelled(text: str) -> str:
     told apart apart (U+FFFD or "?" would make `"\\ud800x"` and `"\\ud801x"` one series, which
     Prometheus drops as a duplicate). A text holding that escape itself (a backslash in the answer) is
     then the same series, which the duplicates policy handles as it handles any other."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8") if not text.isascii() and _SURROGATE.search(text) else text
+    return utf8(text).decode("utf-8") if not text.isascii() and _SURROGATE.search(text) else text
 
 
 def escape_label_value(value: str) -> str:

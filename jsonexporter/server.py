@@ -22,7 +22,7 @@ from prometheus_client import exposition as prom_exposition
 from prometheus_client.openmetrics import exposition as prom_openmetrics
 
 from jsonexporter import __version__
-from jsonexporter.exposition import encode_pieces, negotiate, render_text
+from jsonexporter.exposition import encode_pieces, negotiate, render_text, utf8
 from jsonexporter.extract import MAX_MESSAGE
 from jsonexporter.listen import ClientConnections
 from jsonexporter.logs import kv
@@ -126,8 +126,8 @@ async def redact_for_people(request: web.Request, handler: Handler) -> web.Strea
 
 
 def _plain(status: int, text: str) -> web.Response:
-    # "replace": a lone surrogate that the json module let through from an answer becomes "?"
-    return _ForPeople(status=status, body=(text + "\n").encode("utf-8", "replace"), content_type="text/plain", charset="utf-8")
+    # utf8: a lone surrogate that the json module let through from an answer shows as its JSON escape
+    return _ForPeople(status=status, body=utf8(text + "\n"), content_type="text/plain", charset="utf-8")
 
 
 def _shown(value: str, limit: int = 100) -> str:
@@ -389,7 +389,7 @@ def _page(title: str, body: str) -> web.Response:
 {body}
 </body></html>
 """
-    return _ForPeople(text=page, content_type="text/html")
+    return _ForPeople(body=utf8(page), content_type="text/html", charset="utf-8")  # an error of a recent probe may quote a lone surrogate
 
 
 def _worker_note(options: Options) -> str:

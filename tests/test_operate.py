@@ -428,6 +428,25 @@ async def test_a_module_that_needs_no_target_accepts_probes_without_one(aiohttp_
     assert value(s, "x") == 5
 
 
+async def test_a_lone_surrogate_of_an_answer_shows_as_its_json_escape_in_the_trace_and_the_recent_probes_page(
+    aiohttp_client: Any, tmp_path: Path, upstream: UpstreamFactory,
+) -> None:
+    async def odd(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"v": "\\ud800x"}', content_type="application/json")
+
+    up = await upstream({"/": odd})
+    spec_path = tmp_path / "spec.yml"
+    spec_path.write_text("modules:\n  default:\n    metrics: [{name: x, help: x, value: v}]\n")
+    client = await start(aiohttp_client, spec_path)
+    response = await client.get("/probe", params={"target": f"{up.url}/", "debug": "true"})
+    trace = (await response.read()).decode("utf-8")  # strict: valid UTF-8
+    (document,) = [line for line in trace.splitlines() if line.startswith("  document")]
+    assert document == '  document: {"v": "\\ud800x"}' and "?x" not in trace
+    response = await client.get("/probes/1")
+    page = (await response.read()).decode("utf-8")
+    assert response.status == 200 and "&quot;\\ud800x&quot; is not a number" in page, page
+
+
 async def test_lone_surrogates_in_answers_are_written_as_their_escapes_keeping_series_apart(aiohttp_client: Any, tmp_path: Path,
                                                                                             upstream: UpstreamFactory) -> None:
     """`"\\ud800x"` and `"\\ud801x"` (which the json module lets through) are two series in valid UTF-8, not
