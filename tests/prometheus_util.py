@@ -31,9 +31,20 @@ TCP_LISTEN = 0x0A  # the state column of /proc/net/tcp
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A loopback port that nothing listens on and that the kernel hands to no one else for a minute:
+    left in TIME_WAIT by a connection whose side on that port closed first, it is skipped when another
+    process binds port 0 or connects (source ports come from the same range), while a server binds it
+    at once with SO_REUSEADDR (asyncio's and Go's default). A port only bound and closed was free for
+    anyone at once: on a busy machine another process's connection took it before the exporter bound it
+    ("address already in use")."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port: int = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            accepted, _ = listener.accept()
+            accepted.close()  # first: the TIME_WAIT is on this side, the port's
         return port
 
 
