@@ -579,6 +579,10 @@ def reload_on_sighup(app: web.Application) -> None:
     app.on_startup.append(install)
 
 
+def _graceful_exit() -> None:
+    raise web.GracefulExit()
+
+
 def stop_once_on_signals(app: web.Application, shutdown_timeout: float) -> None:
     """SIGTERM and SIGINT stop the server gracefully; for `web.run_app(handle_signals=False)`. Unlike
     aiohttp's own handlers, a second signal while stopping is ignored, so that it cannot cut the
@@ -593,7 +597,8 @@ def stop_once_on_signals(app: web.Application, shutdown_timeout: float) -> None:
             log.info("already stopping", extra=kv(signal=name))
             return
         reason.append(name)
-        raise web.GracefulExit()
+        app[STATE].connections.stop_accepting()
+        asyncio.get_running_loop().call_soon(_graceful_exit)  # after the connections accepted already are set up
 
     async def install(app: web.Application) -> None:
         loop = asyncio.get_running_loop()
