@@ -609,5 +609,13 @@ def stop_once_on_signals(app: web.Application, shutdown_timeout: float) -> None:
         state = app[STATE]
         log.info("shutting down", extra=kv(reason=reason[0] if reason else "exit", in_flight=state.in_flight, timeout=shutdown_timeout))
 
+    async def unhook(app: web.Application) -> None:
+        # The loop closes its self-pipe, then removes its signal handlers: a signal in between was
+        # written to the closed pipe and Python printed a BrokenPipeError with a traceback (a worker
+        # that cannot listen, signalled by its supervisor as it ends). The last step of a stop, after
+        # which a signal is dropped, as a second one is while stopping.
+        signal.set_wakeup_fd(-1)
+
     app.on_startup.append(install)
     app.on_shutdown.append(announce)
+    app.on_cleanup.append(unhook)

@@ -205,3 +205,28 @@ def test_a_connection_that_comes_as_a_stop_signal_is_handled_is_closed_not_left_
         gc.enable()
         client.close()
         asyncio.set_event_loop(None)
+
+
+def test_no_signal_reaches_the_loop_once_the_stop_has_cleaned_up() -> None:
+    """The loop closes its self-pipe before it removes its signal handlers; a signal that reached the
+    pipe in between printed a BrokenPipeError traceback (a worker that cannot listen, whose supervisor
+    stops the others as it ends). After the exporter's cleanup, the last step before the loop closes,
+    no signal is written to the pipe any more."""
+    app = make_app(make_spec(SPEC))
+    stop_once_on_signals(app, 5.0)
+    wakeup: list[int] = []
+
+    async def stop(app: web.Application) -> None:
+        asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGTERM)
+
+    async def last(app: web.Application) -> None:  # after the exporter's cleanup
+        wakeup.append(signal.set_wakeup_fd(-1))  # the file signals were written to until now
+
+    app.on_startup.append(stop)
+    app.on_cleanup.append(last)
+    try:
+        web.run_app(app, host="127.0.0.1", port=free_port(), print=None, handle_signals=False, shutdown_timeout=5.0, access_log=None,
+                    loop=app[STATE].connections.new_event_loop())
+    finally:
+        asyncio.set_event_loop(None)
+    assert wakeup == [-1]
