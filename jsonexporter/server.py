@@ -303,6 +303,8 @@ def load_anew(load: Callable[[str], _T], file: str) -> tuple[_T | None, str]:
         return None, str(exc)
     except (OSError, UnicodeDecodeError) as exc:
         return None, f"{file}: cannot read: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+    except Exception as exc:  # whatever else loading raises: a file that did not load, never a reload that stops reloading
+        return None, f"{file}: cannot be loaded: {type(exc).__name__}: {exc}"
 
 
 async def _web_config_anew(state: State) -> tuple[WebConfig | None, str]:
@@ -554,14 +556,14 @@ async def _auto_reload(state: State) -> None:
     seen: str | None = state.spec.sha256  # each new content is tried once, a broken one is not retried
     while True:
         await asyncio.sleep(state.options.auto_reload_interval)  # the polling period itself, not a synchronisation
-        try:
-            texts = await asyncio.to_thread(read_spec_files, state.spec_file)
-            current: str | None = spec_sha256(state.spec_file, texts)
-        except SpecFileError:
-            current = None
+        current, _ = await asyncio.to_thread(load_anew, _spec_files_sha256, state.spec_file)  # None: unreadable now
         if current != seen and current != state.spec.sha256:
             await reload_spec(state)
         seen = current
+
+
+def _spec_files_sha256(source: str) -> str:
+    return spec_sha256(source, read_spec_files(source))
 
 
 def reload_on_sighup(app: web.Application) -> None:
