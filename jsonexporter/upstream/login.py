@@ -114,9 +114,10 @@ async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadl
     except TimeoutError:
         return _failed(trace, "login_failed", f"login: no {awaited(login.request.client)} within {budget:.3f}s", filled, unreadable)
     remaining = budget - (loop.time() - start)
+    shared = _login_budget(module)  # the one login every waiting probe shares: its own budget, never this probe's `remaining`
     try:
         got = await up.logins.get(_session_key(module, login, request, options),
-                                  lambda waited: _log_in(up, module.name, login, request, options, remaining, trace if waited else None), remaining,
+                                  lambda waited: _log_in(up, module.name, login, request, options, shared, trace if waited else None), remaining,
                                   rejected, module.name)
     except LoginFailed as exc:
         return _failed(trace, "login_failed", str(exc), filled, unreadable)
@@ -126,6 +127,14 @@ async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadl
     if trace is not None and got.how != "made":
         _trace_session(trace, got)
     return Prepared({**filled, **got.session.values}, got.session, unreadable=unreadable)
+
+
+def _login_budget(module: Module) -> float:
+    """Seconds the login request of `module` may take: its timeout, else the module's. A login is shared by
+    the probes that need it at once and renewed in the background, so it is bounded by its own budget, never
+    by the time left to the probe that happens to start it (each waits for it within its own deadline)."""
+    assert module.login is not None
+    return module.login.request.timeout if module.login.request.timeout is not None else module.timeout
 
 
 def _failed(trace: Trace | None, outcome: str, error: str, values: dict[str, str], unreadable: dict[str, str]) -> Prepared:
