@@ -24,6 +24,7 @@ from jsonexporter.spec.expressions import (
     Template,
     compile_expression,
     compile_template,
+    quoted,
 )
 from jsonexporter.spec.functions import Pattern, RegexError, compile_regex
 from jsonexporter.spec.hostpatterns import wildcard_in_host
@@ -155,7 +156,7 @@ class _Checker:
         try:
             expression = compile_expression(source, levels)
         except ExpressionError as exc:
-            self.add(path, f"{exc.message} in {source!r}", offset=exc.position)
+            self.add(path, f"{exc.message} in {quoted(source)}", offset=exc.position)
             return None
         if expression.on_context and expression.fields is not None and expression.fields[0] == "params" and len(expression.fields) > 1 \
                 and is_secret_name(expression.fields[1]):
@@ -181,7 +182,7 @@ class _Checker:
         try:
             return compile_template(source, names)
         except ExpressionError as exc:
-            self.add(path, f"{exc.message} in {source!r}", offset=exc.position)
+            self.add(path, f"{exc.message} in {quoted(source)}", offset=exc.position)
             return None
 
 
