@@ -768,6 +768,27 @@ async def test_the_values_of_a_live_login_session_stay_hidden_however_many_other
     assert redact("other-session-value-0000") == "other-session-value-0000"  # not in use: forgotten
 
 
+async def test_a_login_whose_values_the_redactor_has_no_room_to_hold_fails_and_sends_none_of_them(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    """The values of live sessions are never forgotten, and bounded (secrets.HELD_BUDGET): a session beyond
+    the bound is not used, its probe fails with login_failed, the sessions in use go on; with room again, it is."""
+    pve = Pve()
+    up = await start_pve(upstream, pve)
+    client = await pve_exporter(aiohttp_client, tmp_path, pve_module(tmp_path / "password"),
+                                pve_module(tmp_path / "password", name="other"))
+    assert generation((await probe(client, up.url))[1]) == 1
+    redact = client.app[STATE].redactor
+    redact.held_budget = redact.held_chars  # room for no more
+    _, text = await probe(client, up.url, module="other", debug="true")
+    assert pve.logins == 2 and up.hits["/nodes"] == 1  # logged in, and its ticket sent nowhere
+    assert "login_failed" in text and "its values are not used" in text and "HELD_BUDGET" in text
+    assert "TICKET0002SECRET" not in text and value(parse(text.partition("metrics:\n")[2]), "probe_success") == 0
+    assert generation((await probe(client, up.url))[1]) == 1  # the session in use goes on
+    redact.held_budget = 10 * redact.held_chars
+    assert generation((await probe(client, up.url, module="other"))[1]) == 2 and pve.logins == 2  # its session, now held
+
+
 async def test_a_secret_file_nobody_writes_fails_its_probe_within_the_timeout_and_other_probes_answer(
     aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
 ) -> None:

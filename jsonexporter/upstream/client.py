@@ -127,25 +127,29 @@ def renewal_delay(lifetime: float) -> float:
 
 class TokenSource:
     """OAuth 2.0 client credentials: one token cached until shortly before it expires; however many
-    probes need a new one at once, one request fetches it."""
+    probes need a new one at once, one request fetches it, within its own TOKEN_TIMEOUT: a probe that
+    gives up (its deadline passed, its scraper went away) leaves it going for the others."""
 
     def __init__(self, config: OAuth2, clients: Clients) -> None:
         self.config = config
         self.clients = clients
         self.token: str | None = None
         self.refresh_at = 0.0
-        self.lock = asyncio.Lock()
+        self.fetching: asyncio.Task[str] | None = None
         self.fetches = 0
 
     async def get(self, session: aiohttp.ClientSession) -> str:
         if self.token is not None and time.monotonic() < self.refresh_at:
             return self.token
-        async with self.lock:
-            if self.token is not None and time.monotonic() < self.refresh_at:
-                return self.token  # refreshed by the probe we waited for
-            self.token, lifetime = await self._fetch(session)
-            self.refresh_at = time.monotonic() + (renewal_delay(lifetime) if lifetime else float("inf"))
-            return self.token
+        if self.fetching is None or self.fetching.done():
+            self.fetching = asyncio.create_task(self._refresh(session))
+            self.fetching.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: every waiter may have given up
+        return await asyncio.shield(self.fetching)
+
+    async def _refresh(self, session: aiohttp.ClientSession) -> str:
+        self.token, lifetime = await self._fetch(session)
+        self.refresh_at = time.monotonic() + (renewal_delay(lifetime) if lifetime else float("inf"))
+        return self.token
 
     async def _fetch(self, session: aiohttp.ClientSession) -> tuple[str, float]:
         c = self.config

@@ -403,7 +403,8 @@ def _background_done(up: Upstream, job: Job, result: EndpointResult) -> Answer |
 async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, trace: Trace | None = None, job: Job | None = None) -> EndpointResult:
     """One endpoint, bounded by its timeout and the probe's deadline (a loop.time()), through the
     cache when the endpoint has `cache_ttl`, from its schedule when it has `refresh_interval` and `job`
-    (the probe's, for the background requests) is given."""
+    (the probe's: what its background requests are made of, and what bounds a request it shares with
+    other probes, Job.budget) is given."""
     if trace is not None:  # the trace shows the whole answer: its cache entry and its schedule are their own
         request = dataclasses.replace(request, projection=None) if request.projection is not None else request
         job = dataclasses.replace(job, whole=True) if job is not None else None
@@ -438,8 +439,10 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
         else:
             sent: list[EndpointResult] = []  # the request this probe made itself (a miss), for its redirects in the trace
 
+            shared = job.budget if job is not None else remaining  # see Job.budget: never the starter's `remaining`
+
             async def fetch(options: RequestOptions = options) -> tuple[Answer | None, EndpointResult]:
-                answer, fetched = await _answer(up, request, options, remaining)
+                answer, fetched = await _answer(up, request, options, shared)
                 sent.append(fetched)
                 return answer, fetched
 

@@ -20,6 +20,7 @@ from typing import Any
 from multidict import CIMultiDictProxy
 
 from jsonexporter.keyed import keyed_digest
+from jsonexporter.secrets import HoldRefused
 from jsonexporter.spec.model import Endpoint, Login, LoginValue, Module
 from jsonexporter.trace import Trace
 from jsonexporter.upstream.client import ClientConfigError, RequestOptions, awaited, renewal_delay
@@ -33,7 +34,7 @@ from jsonexporter.upstream.sessions import LoginFailed, Obtained, Session
 # endpoint retried once
 RENEW_STATUSES = frozenset({401, 403})
 # a login value goes into headers: at most the largest cookie browsers keep (RFC 6265: 4096 bytes);
-# each is held by the Redactor while its session lives, whatever its budget (secrets.LEARNED_BUDGET)
+# each is held by the Redactor while its session lives, whatever its LEARNED_BUDGET, within its HELD_BUDGET (secrets.py)
 MAX_VALUE_CHARS = 4096
 
 
@@ -114,18 +115,32 @@ async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadl
     except TimeoutError:
         return _failed(trace, "login_failed", f"login: no {awaited(login.request.client)} within {budget:.3f}s", filled, unreadable)
     remaining = budget - (loop.time() - start)
+    shared = _login_budget(module)  # the one login every waiting probe shares: its own budget, never this probe's `remaining`
     try:
         got = await up.logins.get(_session_key(module, login, request, options),
-                                  lambda waited: _log_in(up, module.name, login, request, options, remaining, trace if waited else None), remaining,
+                                  lambda waited: _log_in(up, module.name, login, request, options, shared, trace if waited else None), remaining,
                                   rejected, module.name)
     except LoginFailed as exc:
         return _failed(trace, "login_failed", str(exc), filled, unreadable)
     except TimeoutError:
         return _failed(trace, "login_failed", f"login: no answer within {remaining:.3f}s", filled, unreadable)
-    up.clients.redactor.hold(got.session, "login", got.session.values.values())  # kept while the session lives
+    try:  # kept while the session lives, within HELD_BUDGET: values the Redactor does not hold are never sent, nor shown
+        up.clients.redactor.hold(got.session, "login", got.session.values.values(), bounded=True)
+    except HoldRefused as exc:
+        return _failed(trace, "login_failed", f"login: its values are not used: {exc} (secrets.HELD_BUDGET: the values of the "
+                       "live login sessions; sessions that expire, are refused or are dropped as the least recently used make room)",
+                       filled, unreadable)
     if trace is not None and got.how != "made":
         _trace_session(trace, got)
     return Prepared({**filled, **got.session.values}, got.session, unreadable=unreadable)
+
+
+def _login_budget(module: Module) -> float:
+    """Seconds the login request of `module` may take: its timeout, else the module's. A login is shared by
+    the probes that need it at once and renewed in the background, so it is bounded by its own budget, never
+    by the time left to the probe that happens to start it (each waits for it within its own deadline)."""
+    assert module.login is not None
+    return module.login.request.timeout if module.login.request.timeout is not None else module.timeout
 
 
 def _failed(trace: Trace | None, outcome: str, error: str, values: dict[str, str], unreadable: dict[str, str]) -> Prepared:

@@ -45,7 +45,10 @@ class Job:
 
     @property
     def budget(self) -> float:
-        """Seconds a background request may take: the endpoint's timeout, else its module's."""
+        """Seconds a background request, or one shared by the probes that wait for it (the cache's one fetch
+        of a key), may take: the endpoint's timeout, else its module's. Never the time left to the probe
+        that happens to start it: one with a short scrape timeout would fail every probe coalesced onto it;
+        each of them waits within its own deadline."""
         return self.endpoint.timeout if self.endpoint.timeout is not None else self.module.timeout
 
 
