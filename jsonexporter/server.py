@@ -581,6 +581,10 @@ def reload_on_sighup(app: web.Application) -> None:
     app.on_startup.append(install)
 
 
+def _graceful_exit() -> None:
+    raise web.GracefulExit()
+
+
 def stop_once_on_signals(app: web.Application, shutdown_timeout: float) -> None:
     """SIGTERM and SIGINT stop the server gracefully; for `web.run_app(handle_signals=False)`. Unlike
     aiohttp's own handlers, a second signal while stopping is ignored, so that it cannot cut the
@@ -595,7 +599,8 @@ def stop_once_on_signals(app: web.Application, shutdown_timeout: float) -> None:
             log.info("already stopping", extra=kv(signal=name))
             return
         reason.append(name)
-        raise web.GracefulExit()
+        app[STATE].connections.stop_accepting()
+        asyncio.get_running_loop().call_soon(_graceful_exit)  # after the connections accepted already are set up
 
     async def install(app: web.Application) -> None:
         loop = asyncio.get_running_loop()
@@ -606,5 +611,13 @@ def stop_once_on_signals(app: web.Application, shutdown_timeout: float) -> None:
         state = app[STATE]
         log.info("shutting down", extra=kv(reason=reason[0] if reason else "exit", in_flight=state.in_flight, timeout=shutdown_timeout))
 
+    async def unhook(app: web.Application) -> None:
+        # The loop closes its self-pipe, then removes its signal handlers: a signal in between was
+        # written to the closed pipe and Python printed a BrokenPipeError with a traceback (a worker
+        # that cannot listen, signalled by its supervisor as it ends). The last step of a stop, after
+        # which a signal is dropped, as a second one is while stopping.
+        signal.set_wakeup_fd(-1)
+
     app.on_startup.append(install)
     app.on_shutdown.append(announce)
+    app.on_cleanup.append(unhook)

@@ -7,7 +7,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hashlib
 import logging
 import re
 import ssl
@@ -22,6 +21,7 @@ import jsonschema
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from jsonexporter.keyed import keyed_hash
 from jsonexporter.logs import kv
 from jsonexporter.spec.load import redacted
 from jsonexporter.spec.problems import Problem, SpecError
@@ -224,7 +224,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class BasicAuth:
     """Checks `Authorization: Basic` against bcrypt hashes. bcrypt is slow on purpose (tens of ms):
     checks run in threads of their own, at most CHECK_SLOTS at once, and successes are remembered
-    (keyed by a hash of the user, password and stored hash, so a changed config forgets them)."""
+    (keyed by a keyed hash of the user, password and stored hash, so a changed config forgets them)."""
 
     MAX_CACHED = 1024
     _DUMMY = b"$2b$10$" + b"." * 53  # checked for unknown users, so their answer takes as long
@@ -247,7 +247,7 @@ class BasicAuth:
         if not sep:
             return False
         stored = users.get(user)
-        key = hashlib.sha256(b"\0".join([user.encode(), password.encode(), stored or b""])).digest()
+        key = keyed_hash(b"\0".join([user.encode(), password.encode(), stored or b""])).digest()
         if stored is not None and key in self.cache:
             self.cache.move_to_end(key)
             return True

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -674,6 +675,28 @@ async def test_a_targetless_schedule_reads_its_secret_at_each_request(aiohttp_cl
     assert keys[third - 1] == "key-SECRET-2"
     response = await client.get("/probe", params={"module": "energy"})
     assert value(parse(await response.text()), "v") == 1
+
+
+async def test_a_traced_probe_of_a_scheduled_endpoint_with_secrets_shows_the_whole_answer(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    """A module with secrets renders its schedules' requests through the login path (fetch_logged_in): a
+    traced probe's schedule parses the whole answer there too, the probes' one the fields the rules read."""
+    up = await upstream({"/keyed": {"v": 1, "other": 2}})
+    (tmp_path / "key").write_text("key-SECRET-1")
+    client = await pve_exporter(aiohttp_client, tmp_path, f"""
+      energy:
+        secrets: {{key: {{file: {tmp_path}/key}}}}
+        endpoints: {{main: {{url: '{up.url}/keyed', headers: {{X-Api-Key: '{{key}}'}}, refresh_interval: 1h}}}}
+        metrics: [{{name: v, help: x, value: v}}]
+    """)
+    assert value(parse(await (await client.get("/probe", params={"module": "energy"})).text()), "v") == 1  # its schedule's first answer
+    response = await client.get("/probe", params={"module": "energy", "debug": "true"})
+    text = await response.text()
+    (document,) = [line for line in text.splitlines() if line.startswith("  document")]
+    assert json.loads(document.partition(": ")[2]) == {"v": 1, "other": 2} and "key-SECRET-1" not in text
+    whole = sorted("other" in str(s.answer.document) for s in client.app[STATE].upstream.schedules if s.answer is not None)
+    assert whole == [False, True]  # the probes' schedule keeps the fields the rules read
 
 
 async def test_a_login_answer_that_is_not_json_is_not_quoted_where_its_token_would_be(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:

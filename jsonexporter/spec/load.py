@@ -990,15 +990,18 @@ def _credentials_to_target_host(requests: Iterable[tuple[Path, dict[str, Any], E
                                 credential_names: frozenset[str], module_client: tuple[Path, dict[str, Any]] | None,
                                 ) -> Iterator[tuple[Path, int | None, str]]:
     """Where a request (at its path, as written, compiled) would send credentials to a host the probe's
-    caller picks, through the target or any other placeholder in the URL's scheme, host or port (SSRF
-    with secrets): each place secrets.request_credentials finds in it, the one definition redaction
-    learns from too, and its http_client_config; (path, offset in the string there, what)."""
+    caller picks, through the target or any other placeholder in the URL's scheme, host or port or in a
+    Host header (Endpoint.host_placeholders; SSRF with secrets): each place secrets.request_credentials
+    finds in it, the one definition redaction learns from too, and its http_client_config; (path, offset
+    in the string there, what)."""
     for path, raw, ep in requests:
-        picked = sorted({name for i in ep.url.origin_parts if (name := ep.url.parts[i][1]) is not None})
+        picked = sorted(ep.host_placeholders)
         if not picked:
             continue
         what = f"endpoint {ep.name}" if path[-2] == "endpoints" else "the login"
         whose = "the host of the target" if picked == ["target"] else "a host taken from " + ", ".join(f"{{{n}}}" for n in picked)
+        if routing := [name for name, _ in ep.routing_headers]:
+            whose += f" (through its {', '.join(routing)} header: a reverse proxy or an ingress routes by it)"
         for credential in request_credentials(raw, defaults, credential_names):
             yield (*path, *credential.path), credential.offset, f"{what} sends credentials ({credential.what}) to {whose}"
         if ep.client.sends_credentials:

@@ -11,7 +11,6 @@ import asyncio
 import base64
 import dataclasses
 import functools
-import hashlib
 import ipaddress
 import json
 import ssl
@@ -25,6 +24,7 @@ import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
+from jsonexporter.keyed import keyed_digest
 from jsonexporter.secrets import Redactor
 from jsonexporter.spec.model import HTTPClientConfig, OAuth2, Secret, TLSClientConfig
 from jsonexporter.upstream.files import SecretFiles, read_bounded
@@ -53,8 +53,8 @@ class RequestOptions:
     anonymous_ssl: SSLContext | bool = True  # (the field `ssl` hides the module here)
 
     def identity(self) -> str:
-        """Who the request is made as, for cache keys: a hash, never the credentials."""
-        return hashlib.sha256((self.authorization or "").encode()).hexdigest()[:32]
+        """Who the request is made as, for cache keys: a keyed hash, never the credentials."""
+        return keyed_digest(self.authorization or "")[:32]
 
 
 async def _reveal(files: SecretFiles, secret: Secret, what: str) -> str:

@@ -10,7 +10,6 @@ deadline. Every value read or received is taught to the Redactor before anything
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import http.cookies
 import math
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 from multidict import CIMultiDictProxy
 
+from jsonexporter.keyed import keyed_digest
 from jsonexporter.spec.model import Endpoint, Login, LoginValue, Module
 from jsonexporter.trace import Trace
 from jsonexporter.upstream.client import ClientConfigError, RequestOptions, awaited, renewal_delay
@@ -138,7 +138,7 @@ def _session_key(module: Module, login: Login, request: UpstreamRequest, options
     """One session per module and login request as sent (target, parameters and secrets in it) and what
     its answer is read for: a rotated password or a reloaded login spec logs in anew."""
     parts = [module.name, _cache_key(request, options), repr(login.values), repr(login.expires_in)]
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+    return keyed_digest("\0".join(parts))
 
 
 async def _log_in(up: Upstream, module: str, login: Login, request: UpstreamRequest, options: RequestOptions, budget: float,
@@ -236,16 +236,17 @@ def _trace_session(trace: Trace, got: Obtained) -> None:
 
 
 async def fetch_prepared(up: Upstream, module: Module, endpoints: Sequence[Endpoint], prepared: Prepared, deadline: float,
-                         trace: Trace | None = None, probe_values: Mapping[str, str] | None = None) -> list[EndpointResult]:
+                         trace: Trace | None = None, probe_values: Mapping[str, str] | None = None, whole: bool = False) -> list[EndpointResult]:
     """`endpoints` rendered with the prepared values and fetched, in their order; those that cannot be
     requested (the login failed, a secret they need is unreadable) get their failure without a request.
-    With `probe_values` (a probe's, not a background request's), endpoints with refresh_interval join their schedules."""
+    With `probe_values` (a probe's, not a background request's), endpoints with refresh_interval join their schedules.
+    `whole`: answers parsed whole, not for the rules (a traced probe's schedule: refresh.Job.whole)."""
     requests, failed, jobs = [], {}, []
     for endpoint in endpoints:
         failure = prepared.failed(endpoint)
         if failure is None:
-            requests.append(render_request(endpoint, prepared.values, module.target_allow, module.projections.get(endpoint.name),
-                                           secret_values(module, prepared.values)))
+            projection = None if whole else module.projections.get(endpoint.name)
+            requests.append(render_request(endpoint, prepared.values, module.target_allow, projection, secret_values(module, prepared.values)))
             if probe_values is not None:
                 jobs.append(Job(module, endpoint, probe_values))  # the values without the secrets': added again at each request
             continue
@@ -271,14 +272,14 @@ async def renewed_if_refused(up: Upstream, job: Job, sent: UpstreamRequest, resu
 
 
 async def fetch_logged_in(up: Upstream, module: Module, values: Mapping[str, str], deadline: float, trace: Trace | None = None,
-                          endpoints: Sequence[Endpoint] | None = None) -> list[EndpointResult]:
+                          endpoints: Sequence[Endpoint] | None = None, whole: bool = False) -> list[EndpointResult]:
     """Every endpoint of `module` after its login, for a probe; or `endpoints`, for a background request
-    (refresh.py). An endpoint answering 401 or 403 makes the login be renewed (once for all the probes
-    that saw it refused) and is retried once, within the deadline."""
+    (refresh.py; `whole` as for fetch_prepared). An endpoint answering 401 or 403 makes the login be renewed
+    (once for all the probes that saw it refused) and is retried once, within the deadline."""
     prepared = await prepare(up, module, values, deadline, trace)
     probe_values = values if endpoints is None else None
     endpoints = list(module.endpoints.values()) if endpoints is None else list(endpoints)
-    results = await fetch_prepared(up, module, endpoints, prepared, deadline, trace, probe_values)
+    results = await fetch_prepared(up, module, endpoints, prepared, deadline, trace, probe_values, whole)
     refused = [endpoint for endpoint, r in zip(endpoints, results, strict=True) if r.status in RENEW_STATUSES]
     if prepared.session is None or not refused:
         return results
@@ -286,5 +287,5 @@ async def fetch_logged_in(up: Upstream, module: Module, values: Mapping[str, str
         status = results[endpoints.index(refused[0])].status
         trace.add(f"login: its values refused by {', '.join(e.name for e in refused)} (HTTP {status}): made again, and those endpoints retried once")
     renewed = await prepare(up, module, values, deadline, trace, rejected=prepared.session)
-    retried = {r.endpoint: r for r in await fetch_prepared(up, module, refused, renewed, deadline, trace, probe_values)}
+    retried = {r.endpoint: r for r in await fetch_prepared(up, module, refused, renewed, deadline, trace, probe_values, whole)}
     return [retried.get(r.endpoint, r) for r in results]
