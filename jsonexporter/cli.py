@@ -257,6 +257,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     for r in result.endpoints:
         if not r.ok:
             print(redact(f"endpoint {r.endpoint}: {r.outcome}: {r.error}"), file=sys.stderr)
+    if result.failure is not None and result.trace is None:  # a trace says it at its end
+        print(redact(f"probe failed: {result.failure}"), file=sys.stderr)
     render = render_openmetrics if args.format == "openmetrics" else render_text
     sys.stdout.write(render(result.families))
     return EXIT_OK if result.success else EXIT_INVALID

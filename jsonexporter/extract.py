@@ -1433,11 +1433,12 @@ def summary_quantiles(raw: Any, source: str) -> list[tuple[float, float]]:
 
 
 def extract(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels = (), trace: Trace | None = None,
-            series_limit: int = 0, bounds: Bounds = Bounds()) -> Extraction:
+            series_limit: int = 0, bounds: Bounds = Bounds(), deadline: float | None = None) -> Extraction:
     """Apply every rule of `module` to the documents of the endpoints that answered; raise
     SeriesLimitExceeded when they give more than `series_limit` series (0: no limit),
-    BodySizeLimitExceeded when their text passes `bounds.body_size_limit`."""
-    return run(_extract_steps(module, documents, probe, static, trace, series_limit, bounds))
+    BodySizeLimitExceeded when their text passes `bounds.body_size_limit`, DeadlinePassed when
+    `deadline` (a time.monotonic()) passes first."""
+    return run(_extract_steps(module, documents, probe, static, trace, series_limit, bounds), deadline)
 
 
 async def extract_async(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels = (), trace: Trace | None = None,
