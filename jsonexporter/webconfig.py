@@ -29,7 +29,7 @@ from jsonexporter.spec.schema import schema_problems
 from jsonexporter.spec.sources import read_bounded_bytes, read_spec_text
 from jsonexporter.spec.yamlload import load_yaml
 from jsonexporter.upstream.client import TLS_VERSIONS
-from jsonexporter.upstream.files import MAX_SECRET_BYTES, SECRET_READ_TIMEOUT
+from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SECRET_READ_TIMEOUT
 
 log = logging.getLogger("jsonexporter")
 
@@ -233,7 +233,7 @@ def _read_within_bounds(key: str, path: str) -> None:
     # spec's tls_config files (upstream/files.py), so that a FIFO nobody writes, a hung mount or a wrong path
     # (a log file, /dev/zero) fails the start or the reload, naming the key, and never holds it
     try:
-        read_bounded_bytes(path, MAX_SECRET_BYTES, SECRET_READ_TIMEOUT)
+        read_bounded_bytes(path, MAX_TLS_FILE_BYTES, SECRET_READ_TIMEOUT)
     except OSError as exc:
         raise TLSFileError(key, _reason(exc)) from None
 
