@@ -19,7 +19,6 @@ from typing import Any
 
 import jsonschema
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from jsonexporter.keyed import keyed_hash
 from jsonexporter.logs import kv
@@ -242,9 +241,6 @@ def _reason(exc: OSError | ssl.SSLError) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 class BasicAuth:
     """Checks `Authorization: Basic` against bcrypt hashes. bcrypt is slow on purpose (tens of ms):
     checks run in threads of their own, at most CHECK_SLOTS at once, and successes are remembered
@@ -320,19 +316,16 @@ class BasicAuth:
             return None
         return await answer
 
-    def middleware(self) -> Middleware:
-        @web.middleware
-        async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if self.holder().users:
-                ok = await self.check(request.headers.get("Authorization"))
-                if ok is None:
-                    return web.Response(status=503, text=f"Too many password checks in progress ({self.slots} at once); try again\n",
-                                        headers={"Retry-After": "1"})
-                if not ok:
-                    return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="jsonexporter"'})
-            return await handler(request)
-
-        return basic_auth
+    async def refusal(self, header: str | None) -> web.Response | None:
+        """The answer to a request with this Authorization header when the web config has users: None when
+        it may pass, 401 without a known user and its password, 503 when every check slot is busy."""
+        ok = await self.check(header)
+        if ok is None:
+            return web.Response(status=503, text=f"Too many password checks in progress ({self.slots} at once); try again\n",
+                                headers={"Retry-After": "1"})
+        if not ok:
+            return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="jsonexporter"'})
+        return None
 
 
 def headers_hook(holder: Callable[[], WebConfig]) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
