@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from jsonexporter import __version__, logs
+from jsonexporter.exposition import SURROGATES_ESCAPED
 from jsonexporter.logs import kv
 from jsonexporter.spec import Spec, SpecFileError, load_texts, read_spec_files
 from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, DEFAULT_SERIES_LIMIT
@@ -256,6 +257,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
     for r in result.endpoints:
         if not r.ok:
             print(redact(f"endpoint {r.endpoint}: {r.outcome}: {r.error}"), file=sys.stderr)
+    if result.failure is not None and result.trace is None:  # a trace says it at its end
+        print(redact(f"probe failed: {result.failure}"), file=sys.stderr)
     render = render_openmetrics if args.format == "openmetrics" else render_text
     sys.stdout.write(render(result.families))
     return EXIT_OK if result.success else EXIT_INVALID
@@ -367,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "serve")  # `jsonexporter --config.file x` like any Prometheus exporter
     args = _parser().parse_args(args_list)
     if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="replace")  # a lone surrogate from an answer prints as "?", not a traceback
+        sys.stdout.reconfigure(errors=SURROGATES_ESCAPED)  # a lone surrogate from an answer prints as its JSON escape, as on stderr
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

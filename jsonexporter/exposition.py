@@ -77,6 +77,15 @@ def _line_breaks(text: str) -> str:
 
 # A lone surrogate (`"\ud800"` in JSON: the json module lets it through, YAML too) has no UTF-8 form
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# The encoding error handler that writes it as its JSON escape: in UTF-8 a surrogate is the one character
+# without a form, and "backslashreplace" spells it `\ud800`
+SURROGATES_ESCAPED = "backslashreplace"
+
+
+def utf8(text: str) -> bytes:
+    """`text` in UTF-8, each lone surrogate as its JSON escape (`\ud800`), as the exposition writes label values:
+    for what people read of an answer (traces, pages; the CLI's output has the same error handler)."""
+    return text.encode("utf-8", SURROGATES_ESCAPED)
 
 
 def _surrogates_spelled(text: str) -> str:
@@ -84,7 +93,7 @@ def _surrogates_spelled(text: str) -> str:
     told apart apart (U+FFFD or "?" would make `"\\ud800x"` and `"\\ud801x"` one series, which
     Prometheus drops as a duplicate). A text holding that escape itself (a backslash in the answer) is
     then the same series, which the duplicates policy handles as it handles any other."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8") if not text.isascii() and _SURROGATE.search(text) else text
+    return utf8(text).decode("utf-8") if not text.isascii() and _SURROGATE.search(text) else text
 
 
 def escape_label_value(value: str) -> str:
@@ -222,8 +231,9 @@ def wants_openmetrics(accept: str) -> bool:
     return openmetrics > 0 and openmetrics >= text
 
 
-def _negotiate(accept: str, accept_encoding: str) -> tuple[bool, bool, dict[str, str]]:
-    """OpenMetrics or not, gzip or not, and the headers that say so (the caller's own dict)."""
+def negotiate(accept: str, accept_encoding: str) -> tuple[bool, bool, dict[str, str]]:
+    """OpenMetrics or not, gzip or not, and the headers that say so (the caller's own dict): for a probe's
+    answer and for the exporter's own metrics (server.handle_metrics) alike."""
     openmetrics, compress, headers = _negotiated(accept, accept_encoding)
     return openmetrics, compress, dict(headers)
 
@@ -241,7 +251,7 @@ def _negotiated(accept: str, accept_encoding: str) -> tuple[bool, bool, dict[str
 
 def encode(families: list[Family], accept: str, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
     """Body and headers for a scrape with these Accept and Accept-Encoding headers."""
-    openmetrics, compress, headers = _negotiate(accept, accept_encoding)
+    openmetrics, compress, headers = negotiate(accept, accept_encoding)
     body = b"".join(chunk.encode("utf-8", "replace") for chunk in _chunks(families, openmetrics))
     if compress:
         body = gzip.compress(body, compresslevel=1)
@@ -262,7 +272,7 @@ async def encode_pieces(families: list[Family], accept: str, accept_encoding: st
     runs beside the event loop). DeadlinePassed (slices.py) when `deadline` passes before the body is written.
     With `let_go` (the caller has no more use for the families), the families' series are let go as
     they are written, emptying them: the series and their written answer are not both whole in memory."""
-    openmetrics, compress, headers = _negotiate(accept, accept_encoding)
+    openmetrics, compress, headers = negotiate(accept, accept_encoding)
     async with turn(RENDER, deadline):
         pieces = await collected((chunk.encode("utf-8", "replace") for chunk in _chunks(families, openmetrics, let_go)), deadline=deadline)
     if compress:

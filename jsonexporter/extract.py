@@ -1094,7 +1094,10 @@ def _histogram_texts(metric: Metric, plan: _FastPlan, layouts: dict[tuple[Any, .
             sums = list(map(float, total))
             if not all(map((0.0).__le__, sums)):
                 return None
-            values.append(_float_texts(_scaled_all(sums, metric.scale)))
+            scaled = _scaled_all(sums, metric.scale)
+            if not all(map(math.isfinite, scaled)):
+                return None  # the element loop says which (`_check_finite`)
+            values.append(_float_texts(scaled))
     except Exception:  # an element that is not an object, an expression failing
         return None
     return values, layout.pieces
@@ -1362,7 +1365,19 @@ def _distribution_series(metric: Metric, sample_name: str, element: Any, ctx: di
         samples.append((f"{sample_name}_count", labels, count))
     if total is not None:
         samples.append((f"{sample_name}_sum", labels, total))
+    _check_finite(samples, sample_name)
     return labels_text(labels), samples
+
+
+def _check_finite(samples: _Samples, sample_name: str) -> None:
+    """Every count and the sum of a distribution finite: counts added up (`cumulative: false`) or a sum
+    scaled beyond the largest float (1.8e308) are +Inf, which counts no observations (OpenMetrics parsers
+    reject it as a count) and sums none. Raises ExtractionError."""
+    for name, labels, value in samples:
+        if name != sample_name and not math.isfinite(value):  # a summary's quantiles are values, not counts or sums
+            what = f"bucket le={dict(labels)['le']}" if name.endswith("_bucket") else name.rpartition("_")[2]
+            raise ExtractionError(f"{what} is {format_value(value)}: counts and sums must be finite "
+                                  "(the answer's add up, or scale, beyond the largest float)")
 
 
 def _scaled(value: float, scale: float) -> float:
@@ -1514,11 +1529,12 @@ def summary_quantiles(raw: Any, source: str) -> list[tuple[float, float]]:
 
 
 def extract(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels = (), trace: Trace | None = None,
-            series_limit: int = 0, bounds: Bounds = Bounds()) -> Extraction:
+            series_limit: int = 0, bounds: Bounds = Bounds(), deadline: float | None = None) -> Extraction:
     """Apply every rule of `module` to the documents of the endpoints that answered; raise
     SeriesLimitExceeded when they give more than `series_limit` series (0: no limit),
-    BodySizeLimitExceeded when their text passes `bounds.body_size_limit`."""
-    return run(_extract_steps(module, documents, probe, static, trace, series_limit, bounds))
+    BodySizeLimitExceeded when their text passes `bounds.body_size_limit`, DeadlinePassed when
+    `deadline` (a time.monotonic()) passes first."""
+    return run(_extract_steps(module, documents, probe, static, trace, series_limit, bounds), deadline)
 
 
 async def extract_async(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels = (), trace: Trace | None = None,

@@ -81,6 +81,7 @@ class ClientConnections:
         self.pending: dict[web.RequestHandler, float] = {}  # made, perhaps not listed by the server yet: when
         self.closed = 0  # since the last warning
         self.warned = -WARN_INTERVAL
+        self.listening: list[asyncio.Server] = []  # the loop's servers (_BoundedLoop), for stop_accepting
 
     def middleware(self) -> Middleware:
         """Marks the connections with a request in progress; the outermost middleware."""
@@ -116,6 +117,20 @@ class ClientConnections:
             return handler
 
         return connection
+
+    def stop_accepting(self) -> None:
+        """Take no more connections from the listening sockets: the first step of a graceful stop.
+        An accept that the loop had queued behind the stop signal's handler ran after it, and the
+        connection's set-up (a task of its own) after the server had closed: it failed unseen
+        (asyncio.Server._attach) and left the accepted socket open in a reference cycle, its request
+        unread, its client waiting until the process exited (the probes in flight done, up to the
+        shutdown timeout). With the readers removed, that accept does not run (the kernel resets its
+        connection as the listening socket closes), and those accepted before are set up ahead of the
+        stop, which the caller schedules after this."""
+        loop = asyncio.get_running_loop()
+        for server in self.listening:
+            for sock in server.sockets:
+                loop.remove_reader(sock.fileno())
 
     def _make_room(self, server: web.Server) -> None:
         # the oldest first; those closed already stay listed until the loop has told them, and those
@@ -155,4 +170,6 @@ class _BoundedLoop(asyncio.SelectorEventLoop):
         self.connections = connections
 
     async def create_server(self, protocol_factory: Callable[[], asyncio.BaseProtocol], *args: Any, **kwargs: Any) -> asyncio.Server:
-        return await super().create_server(self.connections.protocol_factory(protocol_factory), *args, **kwargs)
+        server = await super().create_server(self.connections.protocol_factory(protocol_factory), *args, **kwargs)
+        self.connections.listening.append(server)
+        return server

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -216,7 +217,7 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
     if trace is not None:
         trace.add(f"module {module.name}, target {redact_target(target)}, deadline {timeout:.3f}s")
     endpoints = await fetch_module(up, module, values, deadline, trace)
-    deadline = max(deadline, loop.time() + LATE_GRACE)
+    deadline = extraction_deadline(deadline, loop.time())
     documents = {r.endpoint: r.document for r in endpoints if r.usable}
     limit = series_limit if module.series_limit is None else module.series_limit
     failed_due_to = failure = None
@@ -228,7 +229,7 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
         else:  # nothing to extract from: no turn to wait for, the endpoints' failures are the reason
             extraction = extract(module, documents, context, labels, trace)
     except DeadlinePassed:
-        failed_due_to, failure = "deadline", f"the deadline of {timeout:.3f}s passed before the series were extracted"
+        failed_due_to, failure = "deadline", _deadline_failure(timeout)
     except SeriesLimitExceeded as exc:
         failed_due_to, failure = "series_limit", _series_limit_failure(module, exc)
     except BodySizeLimitExceeded as exc:
@@ -243,6 +244,16 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
     duration = loop.time() - start
     families = [*extraction.families.values(), *self_families(module, extraction, endpoints, success, duration)]
     return ProbeResult(families, success, endpoints, extraction, trace, duration, deadline)
+
+
+def extraction_deadline(deadline: float, now: float) -> float:
+    """By when the series must be extracted: the probe's deadline, or a little later when the
+    endpoints took all of it (a small answer is still written, saying why)."""
+    return max(deadline, now + LATE_GRACE)
+
+
+def _deadline_failure(timeout: float) -> str:
+    return f"the deadline of {timeout:.3f}s passed before the series were extracted"
 
 
 def _series_limit_failure(module: Module, exc: SeriesLimitExceeded) -> str:
@@ -271,19 +282,25 @@ def run_offline(module: Module, documents: Mapping[str, Any], target: str, query
     outcome of each endpoint as `jsonexporter test` makes it from its answers (failures too), adds the
     probe_endpoint_* and probe_failed_due_to_* metrics of a live probe, and its series limit (the module's
     series_limit, else the default of --probe.series-limit)."""
+    start = time.monotonic()  # the clock of the event loop's deadlines (run_probe)
     values, params = resolve_values(module, target, query, offline=True)
     trace = Trace() if debug else None
     if trace is not None:
-        trace.add(f"module {module.name}, target {redact_target(target)}, saved answers (no requests)")
+        trace.add(f"module {module.name}, target {redact_target(target)}, saved answers (no requests), deadline {module.timeout:.3f}s")
         for name, document in documents.items():
             trace.add(f"endpoint {name}: saved answer")
             trace.add(f"  document: {shorten(document)}")
     limit = 0 if endpoints is None else DEFAULT_SERIES_LIMIT if module.series_limit is None else module.series_limit
+    deadline = extraction_deadline(start + module.timeout, time.monotonic())  # the module's timeout, as a live probe has it
     try:
-        extraction = extract(module, documents, *answer_context(module, target, params, values), trace, limit, answer_bounds(module))
-    except (SeriesLimitExceeded, BodySizeLimitExceeded) as exc:
-        due_to = "series_limit" if isinstance(exc, SeriesLimitExceeded) else "body_size_limit"
-        failure = _series_limit_failure(module, exc) if isinstance(exc, SeriesLimitExceeded) else _body_size_failure(module, exc)
+        extraction = extract(module, documents, *answer_context(module, target, params, values), trace, limit, answer_bounds(module), deadline)
+    except (DeadlinePassed, SeriesLimitExceeded, BodySizeLimitExceeded) as exc:
+        if isinstance(exc, DeadlinePassed):
+            due_to, failure = "deadline", _deadline_failure(module.timeout)
+        elif isinstance(exc, SeriesLimitExceeded):
+            due_to, failure = "series_limit", _series_limit_failure(module, exc)
+        else:
+            due_to, failure = "body_size_limit", _body_size_failure(module, exc)
         if trace is not None:
             trace.add(f"probe failed: {failure}")
         families = self_families(module, Extraction(), endpoints, False, None, due_to)

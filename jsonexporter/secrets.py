@@ -390,6 +390,13 @@ MAX_GRAM = 32
 # the least recently used first. The values in use (Redactor.hold: live login sessions, current OAuth2
 # tokens, secret files as last read) are kept even beyond it.
 LEARNED_BUDGET = 16 * 1024 * 1024
+# Characters of the forms of the values in use beyond which a bounded hold (Redactor.hold's `bounded`: the
+# values of login sessions, which grow with the targets probed) is refused rather than taken: the values in
+# use are never forgotten, so what a caller can make the process hold is bounded here. About 2 bytes of
+# memory each (the index of their grams): 16 Mi characters are some 32 MiB, room for the 256 sessions of
+# sessions.MAX_SESSIONS with values of 1,000 characters each. The values of the spec's secrets and tokens
+# (bounded by the spec) count, and are never refused.
+HELD_BUDGET = 16 * 1024 * 1024
 # Candidates a text may make the lookups check, beyond which it is withheld whole (WITHHELD): a text
 # repeating what values repeat (`abab…` against many values `abab…x`) makes every lookup a hit, and
 # the check of each would take minutes. Ordinary texts make a few checks per known value they hold.
@@ -400,6 +407,15 @@ WITHHELD = "(text withheld: it would take too long to look for the known secrets
 
 class _TooCostly(Exception):
     pass
+
+
+class HoldRefused(Exception):
+    """Holding the values would take those in use beyond the hold's limit: they are not held, and must not be
+    used (nothing would hide them); the message says how many characters, never a value."""
+
+
+def _distinct_forms(value: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(f for f in _forms(value) if f))
 
 
 def _gram_size(length: int) -> int:
@@ -513,8 +529,10 @@ class _Forms:
 class Redactor:
     """The one redaction function: known secret values first, then the pattern rules."""
 
-    def __init__(self, known: Iterable[str] = (), budget: int = LEARNED_BUDGET, parent: Redactor | None = None) -> None:
+    def __init__(self, known: Iterable[str] = (), budget: int = LEARNED_BUDGET, parent: Redactor | None = None,
+                 held_budget: int = HELD_BUDGET) -> None:
         self.budget = budget
+        self.held_budget = held_budget
         # a probe's own Redactor: the process's values are looked for first, then its own, then the
         # pattern rules once; two Redactors one after the other would not do: the first one's pattern
         # rules hide part of a value (`user:pw@` in a ticket) and the second one no longer finds the rest
@@ -525,6 +543,7 @@ class Redactor:
         self._learned: dict[str, None] = {}  # learned values not in use, the least recently used first
         self._pinned: dict[str, int] = {}  # learned values in use -> how many holders use them
         self._learned_chars = 0  # of the forms of the learned values, in use or not
+        self._held_chars = 0  # of the forms of the learned values in use
         self._holders: dict[int, tuple[weakref.ref[object], dict[Hashable, tuple[str, ...]]]] = {}
         self._released: list[int] = []  # holders gone (weakref callbacks): released at the next call, never inside one
         self.know(known)
@@ -535,7 +554,8 @@ class Redactor:
             self._known.add(value)
             if value in self._learned or value in self._pinned:  # learned first: now known, never forgotten
                 self._learned.pop(value, None)
-                self._pinned.pop(value, None)
+                if self._pinned.pop(value, None) is not None:
+                    self._held_chars -= sum(map(len, self._present[value]))
                 self._learned_chars -= sum(map(len, self._present[value]))
             else:
                 self._look_for(value)
@@ -554,22 +574,40 @@ class Redactor:
         self._learned[value] = None
         self._forget_beyond_budget()
 
-    def hold(self, owner: object, what: Hashable, values: Iterable[str]) -> None:
+    def hold(self, owner: object, what: Hashable, values: Iterable[str], bounded: bool = False) -> None:
         """`owner` uses `values` under the name `what` (a login session its values, a token source its
         token, a client configuration a file as last read): learned, and never forgotten while `owner`
-        lives and holds them. Values it held under `what` before are released (a rotated file)."""
+        lives and holds them. Values it held under `what` before are released (a rotated file). `bounded`
+        (a login session's values): raise HoldRefused, holding nothing new, when the values in use would
+        then take more than `held_budget` characters of forms (HELD_BUDGET)."""
         self._release_gone()
         key = id(owner)
         held = self._holders.get(key)
+        new = tuple(dict.fromkeys(v.strip() for v in values if v.strip()))
+        old = held[1].get(what, ()) if held is not None else ()
+        if bounded:
+            self._check_room(new, old)
         if held is None:
             held = self._holders[key] = (weakref.ref(owner, functools.partial(self._gone, key)), {})
-        new = tuple(dict.fromkeys(v.strip() for v in values if v.strip()))
-        old = held[1].get(what, ())
         held[1][what] = new
         for value in new:
             self._pin(value)
         for value in old:
             self._unpin(value)
+
+    def _check_room(self, new: tuple[str, ...], old: tuple[str, ...]) -> None:
+        """Raise HoldRefused when holding `new` in place of `old` would take the values in use beyond `held_budget`."""
+        taken = [v for v in new if v not in self._pinned and v not in self._known and v not in REDACTED]
+        adding = sum(len(f) for v in taken for f in (self._present.get(v) or _distinct_forms(v)))
+        freed = sum(sum(map(len, self._present[v])) for v in set(old) - set(new) if self._pinned.get(v) == 1)
+        if adding and self._held_chars - freed + adding > self.held_budget:
+            raise HoldRefused(f"its values take {adding} characters as they are looked for, and the values in use "
+                              f"{self._held_chars - freed}: more than the {self.held_budget} that may be held")
+
+    @property
+    def held_chars(self) -> int:
+        """Characters of the forms of the learned values in use (hold)."""
+        return self._held_chars
 
     def release(self, owner: object) -> None:
         """`owner` no longer uses its values: they may be forgotten, the least recently used first."""
@@ -602,6 +640,7 @@ class Redactor:
         else:
             self._learned_chars += sum(map(len, self._look_for(value)))
         self._pinned[value] = 1
+        self._held_chars += sum(map(len, self._present[value]))
 
     def _unpin(self, value: str) -> None:
         if (count := self._pinned.get(value)) is None:
@@ -610,11 +649,12 @@ class Redactor:
             self._pinned[value] = count - 1
             return
         del self._pinned[value]
+        self._held_chars -= sum(map(len, self._present[value]))
         self._learned[value] = None  # no longer in use: the most recently used of those that may go
         self._forget_beyond_budget()
 
     def _look_for(self, value: str) -> tuple[str, ...]:
-        forms = tuple(dict.fromkeys(f for f in _forms(value) if f))
+        forms = _distinct_forms(value)
         self._present[value] = forms
         self._forms.add(forms)
         return forms

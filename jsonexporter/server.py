@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import html
 import itertools
 import logging
@@ -18,9 +19,11 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import exposition as prom_exposition
+from prometheus_client.openmetrics import exposition as prom_openmetrics
 
 from jsonexporter import __version__
-from jsonexporter.exposition import encode_pieces, render_text
+from jsonexporter.exposition import encode_pieces, negotiate, render_text, utf8
+from jsonexporter.extract import MAX_MESSAGE
 from jsonexporter.listen import ClientConnections
 from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, TargetNotAllowed, fail, run_probe
@@ -30,10 +33,11 @@ from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec import SpecError, SpecFileError, load_spec, read_spec_files
 from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, DEFAULT_SERIES_LIMIT, Spec
 from jsonexporter.spec.sources import spec_sha256
+from jsonexporter.trace import cut
 from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, new_session, probe_redactor, reschedule
 from jsonexporter.upstream.client import Clients
 from jsonexporter.upstream.refresh import Events, Job
-from jsonexporter.webconfig import BasicAuth, WebConfig, headers_hook, load_web_config, ssl_context
+from jsonexporter.webconfig import BasicAuth, TLSFileError, WebConfig, headers_hook, load_cert_chain, load_web_config, ssl_context
 
 log = logging.getLogger("jsonexporter")
 
@@ -122,8 +126,8 @@ async def redact_for_people(request: web.Request, handler: Handler) -> web.Strea
 
 
 def _plain(status: int, text: str) -> web.Response:
-    # "replace": a lone surrogate that the json module let through from an answer becomes "?"
-    return _ForPeople(status=status, body=(text + "\n").encode("utf-8", "replace"), content_type="text/plain", charset="utf-8")
+    # utf8: a lone surrogate that the json module let through from an answer shows as its JSON escape
+    return _ForPeople(status=status, body=utf8(text + "\n"), content_type="text/plain", charset="utf-8")
 
 
 def _shown(value: str, limit: int = 100) -> str:
@@ -245,8 +249,13 @@ async def _write(request: web.Request, response: web.StreamResponse, pieces: lis
 
 def _record(state: State, module: str, target: str, result: ProbeResult, caller: Redactor | None = None) -> None:
     """Count, log and keep the probe; `caller` hides the probe's own secrets (render.probe_redactor), and
-    the process's too (its parent)."""
-    redact = caller or state.redactor
+    the process's too (its parent). Every text kept or logged is cut to MAX_MESSAGE characters, as extraction
+    messages are, then redacted (the Redactor hides a secret the cut splits)."""
+    redacting = caller or state.redactor
+
+    def redact(text: str) -> str:
+        return redacting(cut(text, MAX_MESSAGE))
+
     m = state.metrics
     m.child(m.probes, module, "success" if result.success else "failure").inc()
     duration = result.duration
@@ -287,9 +296,12 @@ def _debug_text(result: ProbeResult) -> str:
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
+    """The exporter's own metrics, by prometheus_client, in the format and encoding negotiated as for /probe
+    (its choose_encoder reads no q-values: `application/openmetrics-text;q=0` got OpenMetrics)."""
     registry = request.app[STATE].metrics.exposition
-    encoder, content_type = prom_exposition.choose_encoder(request.headers.get("Accept", ""))
-    return web.Response(body=encoder(registry), headers={"Content-Type": content_type})
+    openmetrics, compress, headers = negotiate(request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", ""))
+    body = (prom_openmetrics.generate_latest if openmetrics else prom_exposition.generate_latest)(registry)
+    return web.Response(body=gzip.compress(body, compresslevel=1) if compress else body, headers=headers)
 
 
 def load_anew(load: Callable[[str], _T], file: str) -> tuple[_T | None, str]:
@@ -303,6 +315,8 @@ def load_anew(load: Callable[[str], _T], file: str) -> tuple[_T | None, str]:
         return None, str(exc)
     except (OSError, UnicodeDecodeError) as exc:
         return None, f"{file}: cannot read: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+    except Exception as exc:  # whatever else loading raises: a file that did not load, never a reload that stops reloading
+        return None, f"{file}: cannot be loaded: {type(exc).__name__}: {exc}"
 
 
 async def _web_config_anew(state: State) -> tuple[WebConfig | None, str]:
@@ -324,9 +338,9 @@ async def reload_spec(state: State) -> tuple[bool, str]:
             try:
                 if web_config.tls is not None and state.tls is not None and web_config is not state.web:
                     # new connections get the new certificate; the client CA and versions stay as started
-                    await asyncio.to_thread(state.tls.load_cert_chain, web_config.tls.cert_file, web_config.tls.key_file)
-            except (OSError, ssl.SSLError) as exc:  # the files changed since they were checked
-                reason = f"{web_config.file}: cannot load the certificate files: {getattr(exc, 'strerror', None) or exc}"
+                    await asyncio.to_thread(load_cert_chain, state.tls, web_config.tls)
+            except TLSFileError as exc:  # the files changed since they were checked
+                reason = f"{web_config.file}: tls_server_config.{exc.key}: cannot load the certificate files: {exc.reason}"
             else:
                 changed = spec.sha256 != state.spec.sha256
                 state.redactor.know(spec.secrets)
@@ -377,7 +391,7 @@ def _page(title: str, body: str) -> web.Response:
 {body}
 </body></html>
 """
-    return _ForPeople(text=page, content_type="text/html")
+    return _ForPeople(body=utf8(page), content_type="text/html", charset="utf-8")  # an error of a recent probe may quote a lone surrogate
 
 
 def _worker_note(options: Options) -> str:
@@ -554,14 +568,14 @@ async def _auto_reload(state: State) -> None:
     seen: str | None = state.spec.sha256  # each new content is tried once, a broken one is not retried
     while True:
         await asyncio.sleep(state.options.auto_reload_interval)  # the polling period itself, not a synchronisation
-        try:
-            texts = await asyncio.to_thread(read_spec_files, state.spec_file)
-            current: str | None = spec_sha256(state.spec_file, texts)
-        except SpecFileError:
-            current = None
+        current, _ = await asyncio.to_thread(load_anew, _spec_files_sha256, state.spec_file)  # None: unreadable now
         if current != seen and current != state.spec.sha256:
             await reload_spec(state)
         seen = current
+
+
+def _spec_files_sha256(source: str) -> str:
+    return spec_sha256(source, read_spec_files(source))
 
 
 def reload_on_sighup(app: web.Application) -> None:
@@ -579,6 +593,10 @@ def reload_on_sighup(app: web.Application) -> None:
     app.on_startup.append(install)
 
 
+def _graceful_exit() -> None:
+    raise web.GracefulExit()
+
+
 def stop_once_on_signals(app: web.Application, shutdown_timeout: float) -> None:
     """SIGTERM and SIGINT stop the server gracefully; for `web.run_app(handle_signals=False)`. Unlike
     aiohttp's own handlers, a second signal while stopping is ignored, so that it cannot cut the
@@ -593,7 +611,8 @@ def stop_once_on_signals(app: web.Application, shutdown_timeout: float) -> None:
             log.info("already stopping", extra=kv(signal=name))
             return
         reason.append(name)
-        raise web.GracefulExit()
+        app[STATE].connections.stop_accepting()
+        asyncio.get_running_loop().call_soon(_graceful_exit)  # after the connections accepted already are set up
 
     async def install(app: web.Application) -> None:
         loop = asyncio.get_running_loop()
@@ -604,5 +623,13 @@ def stop_once_on_signals(app: web.Application, shutdown_timeout: float) -> None:
         state = app[STATE]
         log.info("shutting down", extra=kv(reason=reason[0] if reason else "exit", in_flight=state.in_flight, timeout=shutdown_timeout))
 
+    async def unhook(app: web.Application) -> None:
+        # The loop closes its self-pipe, then removes its signal handlers: a signal in between was
+        # written to the closed pipe and Python printed a BrokenPipeError with a traceback (a worker
+        # that cannot listen, signalled by its supervisor as it ends). The last step of a stop, after
+        # which a signal is dropped, as a second one is while stopping.
+        signal.set_wakeup_fd(-1)
+
     app.on_startup.append(install)
     app.on_shutdown.append(announce)
+    app.on_cleanup.append(unhook)

@@ -144,10 +144,22 @@ def _check(deadline: float | None) -> None:
         raise DeadlinePassed
 
 
-def run(steps: Steps[T]) -> T:
+def run(steps: Steps[T], deadline: float | None = None) -> T:
+    """All the steps at once, off any event loop (`probe --input`, `jsonexporter test`); DeadlinePassed
+    when `deadline`, a time.monotonic() (the clock of asyncio's loop.time()), passes between two slices
+    as in `run_sliced`."""
     try:
+        if deadline is None:
+            while True:
+                next(steps)
+        clock = time.perf_counter
+        until = clock() + SLICE_SECONDS
         while True:
             next(steps)
+            if clock() >= until:
+                if time.monotonic() >= deadline:
+                    raise DeadlinePassed
+                until = clock() + SLICE_SECONDS
     except StopIteration as done:
         result: T = done.value
         return result

@@ -7,7 +7,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hashlib
 import logging
 import re
 import ssl
@@ -22,13 +21,15 @@ import jsonschema
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from jsonexporter.keyed import keyed_hash
 from jsonexporter.logs import kv
 from jsonexporter.spec.load import redacted
 from jsonexporter.spec.problems import Problem, SpecError
 from jsonexporter.spec.schema import schema_problems
-from jsonexporter.spec.sources import read_spec_text
+from jsonexporter.spec.sources import read_bounded_bytes, read_spec_text
 from jsonexporter.spec.yamlload import load_yaml
 from jsonexporter.upstream.client import TLS_VERSIONS
+from jsonexporter.upstream.files import MAX_SECRET_BYTES, SECRET_READ_TIMEOUT
 
 log = logging.getLogger("jsonexporter")
 
@@ -202,20 +203,43 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     context.minimum_version = TLS_VERSIONS[tls.min_version]
     if tls.max_version:
         context.maximum_version = TLS_VERSIONS[tls.max_version]
-    key = "cert_file"
-    try:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-        key = "client_ca_file"
-        if tls.client_ca_file:
+    load_cert_chain(context, tls)
+    if tls.client_ca_file:
+        _read_within_bounds("client_ca_file", tls.client_ca_file)
+        try:
             context.load_verify_locations(tls.client_ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise TLSFileError(key, reason) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSFileError("client_ca_file", _reason(exc)) from None
     if tls.client_auth_type == "RequireAndVerifyClientCert":
         context.verify_mode = ssl.CERT_REQUIRED
     elif tls.client_auth_type == "VerifyClientCertIfGiven":
         context.verify_mode = ssl.CERT_OPTIONAL
     return context
+
+
+def load_cert_chain(context: ssl.SSLContext, tls: TLSConfig) -> None:
+    """The certificate and key of `tls` into `context` (at load, and at a reload for new connections); raises
+    TLSFileError naming the key whose file cannot be used."""
+    _read_within_bounds("cert_file", tls.cert_file)
+    _read_within_bounds("key_file", tls.key_file)
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSFileError("cert_file", _reason(exc)) from None
+
+
+def _read_within_bounds(key: str, path: str) -> None:
+    # OpenSSL reads a path whole and as long as it lasts: each file is first read within the bounds of the
+    # spec's tls_config files (upstream/files.py), so that a FIFO nobody writes, a hung mount or a wrong path
+    # (a log file, /dev/zero) fails the start or the reload, naming the key, and never holds it
+    try:
+        read_bounded_bytes(path, MAX_SECRET_BYTES, SECRET_READ_TIMEOUT)
+    except OSError as exc:
+        raise TLSFileError(key, _reason(exc)) from None
+
+
+def _reason(exc: OSError | ssl.SSLError) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -224,7 +248,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class BasicAuth:
     """Checks `Authorization: Basic` against bcrypt hashes. bcrypt is slow on purpose (tens of ms):
     checks run in threads of their own, at most CHECK_SLOTS at once, and successes are remembered
-    (keyed by a hash of the user, password and stored hash, so a changed config forgets them)."""
+    (keyed by a keyed hash of the user, password and stored hash, so a changed config forgets them)."""
 
     MAX_CACHED = 1024
     _DUMMY = b"$2b$10$" + b"." * 53  # checked for unknown users, so their answer takes as long
@@ -247,7 +271,7 @@ class BasicAuth:
         if not sep:
             return False
         stored = users.get(user)
-        key = hashlib.sha256(b"\0".join([user.encode(), password.encode(), stored or b""])).digest()
+        key = keyed_hash(b"\0".join([user.encode(), password.encode(), stored or b""])).digest()
         if stored is not None and key in self.cache:
             self.cache.move_to_end(key)
             return True

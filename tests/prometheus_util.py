@@ -1,10 +1,13 @@
 """Real processes for end-to-end tests: Prometheus servers and `jsonexporter serve`, on free loopback
-ports, their output in files, every one stopped at teardown; and bounded polling of Prometheus's API."""
+ports, their output in files, every one stopped at teardown; bounded polling (of Prometheus's API, of
+any condition), and the kernel's view of who listens on a port."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import inspect
 import os
 import re
 import shutil
@@ -22,14 +25,75 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 60.0  # seconds any end-to-end condition gets before the test fails
+REQUEST = aiohttp.ClientTimeout(total=30)  # any one request of a poll: one that hangs fails as it, not after aiohttp's 5 minutes
 T = TypeVar("T")
+TCP_LISTEN = 0x0A  # the state column of /proc/net/tcp
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A loopback port that nothing listens on and that the kernel hands to no one else for a minute:
+    left in TIME_WAIT by a connection whose side on that port closed first, it is skipped when another
+    process binds port 0 or connects (source ports come from the same range), while a server binds it
+    at once with SO_REUSEADDR (asyncio's and Go's default). A port only bound and closed was free for
+    anyone at once: on a busy machine another process's connection took it before the exporter bound it
+    ("address already in use")."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port: int = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            accepted, _ = listener.accept()
+            accepted.close()  # first: the TIME_WAIT is on this side, the port's
         return port
+
+
+async def poll(condition: str, check: Callable[[], object], seconds: float = DEADLINE) -> None:
+    """Call `check` (awaiting what it returns when that is awaitable) until it holds, `seconds` in all: a
+    check that hangs is cut at the deadline too, not only one that answers false."""
+    bound = asyncio.timeout(seconds)
+    try:
+        async with bound:
+            while True:
+                result = check()
+                if inspect.isawaitable(result):
+                    result = await result
+                if result:
+                    return
+                await asyncio.sleep(0.05)  # polling interval of a bounded loop, not a synchronisation
+    except TimeoutError:
+        if bound.expired():
+            raise AssertionError(f"{condition}: not within {seconds:.0f} s") from None
+        raise
+
+
+def tcp_sockets() -> list[tuple[int, int, int, str]]:
+    """The network namespace's TCP sockets, IPv4 and IPv6: local port, remote port, state, inode."""
+    rows = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for fields in (line.split() for line in list(f)[1:]):
+                rows.append((int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16), int(fields[3], 16), fields[9]))
+    return rows
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets the process has open (none once it has ended)."""
+    inodes = set()
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target.removeprefix("socket:[").removesuffix("]"))
+    return inodes
+
+
+def listening(pids: set[int], port: int) -> set[int]:
+    """Those of `pids` with a socket listening on `port`: the kernel's answer, where a connection made
+    to find out may be queued at a socket that is closing, or refused by one and taken by another."""
+    listeners = {inode for local, _, state, inode in tcp_sockets() if local == port and state == TCP_LISTEN}
+    return {pid for pid in pids if socket_inodes(pid) & listeners}
 
 
 def jsonexporter(*args: str) -> list[str]:
@@ -37,19 +101,18 @@ def jsonexporter(*args: str) -> list[str]:
 
 
 async def wait_healthy(base: str, proc: subprocess.Popen[str]) -> None:
-    """Poll /-/healthy until the process answers: bounded to 20 s, stops early if it died."""
-    deadline = time.monotonic() + 20
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
-            try:
-                async with session.get(f"{base}/-/healthy") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)  # polling interval of a bounded readiness loop, not a synchronisation
-    raise AssertionError("exporter did not become healthy within 20 s")
+    """Poll /-/healthy until the process answers (bounded: DEADLINE in all, each request too); stops
+    early if it died."""
+
+    async def healthy() -> bool:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
+        try:
+            async with aiohttp.ClientSession(timeout=REQUEST) as session, session.get(f"{base}/-/healthy") as response:
+                return response.status == 200
+        except (aiohttp.ClientConnectionError, TimeoutError):
+            return False
+
+    await poll("the exporter healthy", healthy)
 
 
 def prometheus_binary() -> str:

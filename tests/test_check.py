@@ -25,7 +25,7 @@ from yarl import URL
 from jsonexporter.cli import main
 from jsonexporter.spec import load_text, read_spec_text
 from jsonexporter.spec.functions import compile_regex
-from jsonexporter.spec.hostpatterns import wildcard_in_host
+from jsonexporter.spec.hostpatterns import every_host, wildcard_in_host
 from jsonexporter.spec.problems import format_path
 from jsonexporter.upstream.hops import url_allowed
 
@@ -1535,7 +1535,7 @@ NASTY: list[tuple[str, bytes, int, str]] = [
     ("billion_laughs", _laughs().encode(), 1, "document too large or too deep"),
     ("nested_flow_lists_200", b"[" * 200 + b"]" * 200 + b"\n", 1, "document too large or too deep"),
     ("nested_block_lists_200", b"".join(b"  " * i + b"-\n" for i in range(200)), 1, "document too large or too deep"),
-    ("nested_flow_mappings_5000", b"{a: " * 5000 + b"}" * 5000 + b"\n", 1, "1:1: <root>: document too deep"),
+    ("nested_flow_mappings_5000", b"{a: " * 5000 + b"}" * 5000 + b"\n", 1, "1:258: <root>: document too large or too deep"),  # where level 65 starts
     ("key_is_a_list", b"? [a]\n: b\nmodules: {m: {metrics: [{name: a, help: h, value: x}]}}\n", 1, "1:3: <root>: mapping keys must be plain scalars"),
     ("unknown_tag", b"modules: !!python/name:os.system x\n", 1, "1:10: modules: unknown tag !!python/name:os.system: nothing is made from tags"),
     ("explicit_tag_the_value_does_not_fit", b"modules: {m: {timeout: !!int abc, metrics: [{name: a, help: h, value: x}]}}\n", 1,
@@ -1800,6 +1800,37 @@ def test_credentials_sent_to_a_host_from_the_target_need_an_allowlist(write_spec
                       "to the host of the target: declare `targets: {allow: [...]}` in the module so they can only be sent to the hosts you mean"]
 
 
+def test_the_credentials_error_names_only_the_placeholders_that_pick_the_host(write_spec: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """A placeholder in a URL's userinfo picks no host (the host follows the URL's last @): the error names the
+    target, or the parameters in the scheme, host or port, and a fixed host with a caller's userinfo is no error."""
+    path = write_spec("""
+        modules:
+          target:
+            parameters: {user: {}, pw: {}}
+            endpoints:
+              api: {url: 'http://{user}:{pw}@{target}/stats'}
+            metrics: [{name: x, help: x, value: v}]
+          node:
+            parameters: {user: {}, pw: {}, node: {}}
+            endpoints:
+              api: {url: 'http://{user}:{pw}@{node}:8080/stats'}
+            metrics: [{name: x, help: x, value: v}]
+          fixed_host:
+            parameters: {user: {}, pw: {}}
+            endpoints:
+              api: {url: 'https://{user}:{pw}@api.example.com/stats', headers: {Authorization: 'Bearer x'}}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    assert main(["check", str(path)]) == 1
+    errors = [line for line in capsys.readouterr().out.splitlines() if "credentials" in line]
+    assert errors == [
+        f"{path}:5:26: modules.target.endpoints.api.url: endpoint api sends credentials (the URL's userinfo) to the host of the target: "
+        "declare `targets: {allow: [...]}` in the module so they can only be sent to the hosts you mean",
+        f"{path}:10:26: modules.node.endpoints.api.url: endpoint api sends credentials (the URL's userinfo) to a host taken from {{node}}: "
+        "declare `targets: {allow: [...]}` in the module so they can only be sent to the hosts you mean",
+    ]
+
+
 def test_allowlist_patterns_must_compile(write_spec: Any, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_spec("""
         modules:
@@ -1918,7 +1949,8 @@ def test_a_wildcard_in_an_allowlists_host_is_a_warning_at_its_place(write_spec: 
     assert f"{path}:3:32: modules.default.targets.allow[0]: warning: this wildcard in the host matches '/', '?', '#', '@' or '.' too" in out
     assert f"{path}:3:128: modules.default.targets.allow[3]: warning: this wildcard in the host" in out  # api.example.com.evil.test
     assert f"{path}:4:56: modules.default.targets.allow[4]: warning: this wildcard in the host" in out  # the optional port left out
-    assert "allow[1]" not in out and "allow[2]" not in out  # the host's characters, and every host on purpose
+    assert f"{path}:3:97: modules.default.targets.allow[2]: warning: this pattern lets every host through ('https://evil.test/' too)" in out
+    assert "allow[1]" not in out  # the host's characters
     assert main(["check", "--strict", str(path)]) == 1
 
 
@@ -1944,7 +1976,29 @@ HOST_PATTERNS = [
     (r"https://[^/]+\.example\.com/.*", None, "https://evil.test?.example.com/"),  # the spelling has a / before the query
     (r"https://([^@/]+@)?pve[0-9]+\.internal:8006", None, "https://evil.test?@pve1.internal:8006"),
     (r"https://[a-z0-9.-]+\.example\.com(/.*)?", None, "https://evil.test/.example.com/"),
-    (r"https?://.*", None, None),  # every host, on purpose
+    (r".*\.example\.com", 0, "https://evil.test/x.example.com"),  # no scheme: a whole URL with the host in its path
+    (r".*\.example\.com/.*", 0, "https://evil.test/.example.com/"),
+]
+
+# (pattern, where the warning points or None, a target written without a scheme, the URL that `https://{target}/v1` makes of it)
+SCHEMELESS_HOST_PATTERNS = [
+    (r"api\.example\.com.*", 17, "api.example.com.evil.test", "https://api.example.com.evil.test/v1"),
+    (r"https://a\.example\.com|api\.example\.com.*", 41, "api.example.com.evil.test", "https://api.example.com.evil.test/v1"),
+    (r"pve[0-9]+\.internal.*", 19, "pve1.internal.evil.test:8006", "https://pve1.internal.evil.test:8006/v1"),
+    (r"api\.example\.com", None, "api.example.com.evil.test", "https://api.example.com.evil.test/v1"),
+    (r"pve[0-9]+\.internal(:8006)?", None, "pve1.internal.evil.test:8006", "https://pve1.internal.evil.test:8006/v1"),
+    (r"https://api\.example\.com|api\.example\.com:8443", None, "api.example.com.evil.test:8443", "https://api.example.com.evil.test:8443/v1"),
+]
+
+# (pattern, where its host starts, a URL to another host that it lets through): every host, each its own warning
+EVERY_HOST_PATTERNS = [
+    (r"https?://.*", 9, "https://evil.test/"),
+    (r"https://.*", 8, "https://evil.test/"),
+    (r".*", 0, "https://evil.test/"),
+    (r"https://.*(:[0-9]+)?/.*", 8, "https://evil.test:8443/"),
+    (r"https://.*:443.*", 8, "https://evil.test:443/"),
+    (r"https://.*(:443)?(/.*)?", 8, "https://evil.test/x"),
+    (r"[a-z.]+:8006", 0, "https://evil.test:8006/"),
 ]
 
 
@@ -1952,8 +2006,27 @@ HOST_PATTERNS = [
 def test_an_allowlist_host_that_may_go_on_or_start_early_is_a_warning_at_its_wildcard(pattern: str, offset: int | None, url: str | None) -> None:
     """The warning says what the probe's allowlist check does: each URL above, to another host, passes it
     exactly when the pattern is warned about (the target as written and a spelling of its URL match)."""
-    assert wildcard_in_host(pattern) == offset
+    assert wildcard_in_host(pattern) == offset and every_host(pattern) is None
     if url is not None:
         compiled = compile_regex(pattern)
         assert (compiled.fullmatch(url) and url_allowed(URL(url), [compiled])) == (offset is not None)
         assert URL(url).host == "evil.test" or URL(url).host.endswith(".evil.test")
+
+
+@pytest.mark.parametrize(("pattern", "offset", "target", "url"), SCHEMELESS_HOST_PATTERNS)
+def test_an_allowlist_alternative_without_a_scheme_is_asked_as_the_spellings_host_port_and_host(
+    pattern: str, offset: int | None, target: str, url: str,
+) -> None:
+    """Such an alternative matches the spellings `host:port` and `host` of a URL (hops.url_forms): its host is
+    asked with more host after it, as a scheme's is."""
+    assert wildcard_in_host(pattern) == offset and every_host(pattern) is None
+    compiled = compile_regex(pattern)
+    assert (compiled.fullmatch(target) is not None and url_allowed(URL(url), [compiled])) == (offset is not None)
+    assert URL(url).host.endswith(".evil.test")
+
+
+@pytest.mark.parametrize(("pattern", "offset", "url"), EVERY_HOST_PATTERNS)
+def test_an_allowlist_pattern_that_lets_every_host_through_is_a_warning_of_its_own(pattern: str, offset: int, url: str) -> None:
+    compiled = compile_regex(pattern)
+    assert every_host(pattern) == offset and wildcard_in_host(pattern) is None
+    assert url_allowed(URL(url), [compiled]) and URL(url).host == "evil.test"

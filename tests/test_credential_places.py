@@ -99,3 +99,21 @@ def test_an_endpoint_named_login_is_named_as_an_endpoint_and_the_login_as_the_lo
                                   "endpoints: {login: {url: '{target}/x', headers: {X-T: '{t}'}}}"), "spec.yml")
     assert [p.message.partition(" to ")[0] for p in problems] == ["the login sends credentials (body key password)",
                                                                    "endpoint login sends credentials ({t})"]
+
+
+@pytest.mark.parametrize("module", [
+    "http_client_config: {bearer_token: HOSTHDRBEARER1}\nendpoints: {e: {url: 'http://ingress.internal/x', headers: {Host: '{target}'}}}",
+    "parameters: {tenant: {}}\nendpoints: {e: {url: 'http://ingress.internal/x', headers: {host: '{tenant}.apps.internal', X-Api-Key: HOSTHDRKEY12}}}",
+    "login: {url: 'http://ingress.internal/session', headers: {Host: '{target}'}, method: POST, body: {password: HOSTHDRLOGIN1}, values: {t: token}}\n"
+    "endpoints: {e: {url: 'http://ingress.internal/x', headers: {X-T: '{t}'}}}",
+], ids=["target_with_client_credentials", "parameter_with_a_credential_header", "login"])
+def test_check_counts_a_host_header_the_caller_picks_as_a_host_the_caller_picks(module: str) -> None:
+    """Behind an ingress or a reverse proxy at the URL's fixed address, the Host header picks the backend
+    that gets the request and its credentials: a placeholder there is one in the URL's host."""
+    spec, problems = load_text(_spec(module), "spec.yml")
+    assert spec is None and problems
+    for problem in problems:
+        assert problem.severity == "error" and "sends credentials" in problem.message and " host header" in problem.message.lower(), problem
+        assert "declare `targets: {allow: [...]}` in the module" in problem.message
+    spec, problems = load_text(_spec(module, allow=True), "spec.yml")
+    assert spec is not None and problems == [], problems

@@ -102,6 +102,30 @@ def test_buckets_that_cannot_make_a_histogram_are_an_error_of_that_series_only(b
     assert result.messages[0].startswith(f"metric http_request_duration_seconds: {message}"), result.messages
 
 
+@pytest.mark.parametrize(("rule", "latency", "message"), [
+    ("        cumulative: false\n", {"buckets": {"1": 1e308, "2": 1e308, "+Inf": 0}, "sum": 1}, "bucket le=2.0 is +Inf: counts and sums must be finite"),
+    ("        scale: 10\n", {"buckets": {"1": 1, "+Inf": 2}, "sum": 1e308}, "sum is +Inf: counts and sums must be finite"),
+], ids=["buckets_added_up", "sum_scaled"])
+@pytest.mark.parametrize("traced", [False, True])
+def test_counts_or_a_sum_beyond_the_largest_float_are_an_error_of_that_series_only(rule: str, latency: dict[str, Any], message: str,
+                                                                                    traced: bool) -> None:
+    ok = {"buckets": dict.fromkeys(latency["buckets"], 1), "sum": 1}  # the same bucket keys: the rule goes by columns when untraced
+    spec = HISTOGRAM.replace("        count: latency.count\n", "").replace("$key", "name") + rule  # no `$`: the fast path takes it
+    result = _extract(spec, {"routes": [{"name": "/", "latency": latency}, {"name": "/ok", "latency": ok}]}, traced)
+    assert list(_buckets(result)) == ["/ok"]
+    assert result.errors == {"http_request_duration_seconds": 1}
+    assert result.messages[0].startswith(f"metric http_request_duration_seconds: {message}"), result.messages
+    assert len(list(parse_openmetrics(render_openmetrics(result.families.values())))) == 1
+
+
+def test_a_summary_sum_scaled_beyond_the_largest_float_is_an_error_of_that_series() -> None:
+    result = _extract(SUMMARY + "        sum: sum\n        scale: 10\n", {"methods": {"bad": {"percentiles": {"p50": 1}, "count": 3, "sum": 1e308},
+                                                                                "get": {"percentiles": {"p50": 1}, "count": 3, "sum": 1}}})
+    assert list(_quantiles(result)) == ["get"]
+    assert result.messages == ["metric rpc_duration_seconds: sum is +Inf: counts and sums must be finite (the answer's add up, or scale, "
+                               "beyond the largest float) (labels {'method': 'bad'})"]
+
+
 SUMMARY = """
 modules:
   default:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -676,6 +677,28 @@ async def test_a_targetless_schedule_reads_its_secret_at_each_request(aiohttp_cl
     assert value(parse(await response.text()), "v") == 1
 
 
+async def test_a_traced_probe_of_a_scheduled_endpoint_with_secrets_shows_the_whole_answer(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    """A module with secrets renders its schedules' requests through the login path (fetch_logged_in): a
+    traced probe's schedule parses the whole answer there too, the probes' one the fields the rules read."""
+    up = await upstream({"/keyed": {"v": 1, "other": 2}})
+    (tmp_path / "key").write_text("key-SECRET-1")
+    client = await pve_exporter(aiohttp_client, tmp_path, f"""
+      energy:
+        secrets: {{key: {{file: {tmp_path}/key}}}}
+        endpoints: {{main: {{url: '{up.url}/keyed', headers: {{X-Api-Key: '{{key}}'}}, refresh_interval: 1h}}}}
+        metrics: [{{name: v, help: x, value: v}}]
+    """)
+    assert value(parse(await (await client.get("/probe", params={"module": "energy"})).text()), "v") == 1  # its schedule's first answer
+    response = await client.get("/probe", params={"module": "energy", "debug": "true"})
+    text = await response.text()
+    (document,) = [line for line in text.splitlines() if line.startswith("  document")]
+    assert json.loads(document.partition(": ")[2]) == {"v": 1, "other": 2} and "key-SECRET-1" not in text
+    whole = sorted("other" in str(s.answer.document) for s in client.app[STATE].upstream.schedules if s.answer is not None)
+    assert whole == [False, True]  # the probes' schedule keeps the fields the rules read
+
+
 async def test_a_login_answer_that_is_not_json_is_not_quoted_where_its_token_would_be(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:
     token = "SIDVALUE-abcdef123456"
 
@@ -743,6 +766,27 @@ async def test_the_values_of_a_live_login_session_stay_hidden_however_many_other
         redact.learn(f"other-session-value-{i:04d}")
     assert redact("ticket PVE:monitor:TICKET0001SECRET, csrf CSRF0001SECRET") == f"ticket {REDACTED}, csrf {REDACTED}"
     assert redact("other-session-value-0000") == "other-session-value-0000"  # not in use: forgotten
+
+
+async def test_a_login_whose_values_the_redactor_has_no_room_to_hold_fails_and_sends_none_of_them(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    """The values of live sessions are never forgotten, and bounded (secrets.HELD_BUDGET): a session beyond
+    the bound is not used, its probe fails with login_failed, the sessions in use go on; with room again, it is."""
+    pve = Pve()
+    up = await start_pve(upstream, pve)
+    client = await pve_exporter(aiohttp_client, tmp_path, pve_module(tmp_path / "password"),
+                                pve_module(tmp_path / "password", name="other"))
+    assert generation((await probe(client, up.url))[1]) == 1
+    redact = client.app[STATE].redactor
+    redact.held_budget = redact.held_chars  # room for no more
+    _, text = await probe(client, up.url, module="other", debug="true")
+    assert pve.logins == 2 and up.hits["/nodes"] == 1  # logged in, and its ticket sent nowhere
+    assert "login_failed" in text and "its values are not used" in text and "HELD_BUDGET" in text
+    assert "TICKET0002SECRET" not in text and value(parse(text.partition("metrics:\n")[2]), "probe_success") == 0
+    assert generation((await probe(client, up.url))[1]) == 1  # the session in use goes on
+    redact.held_budget = 10 * redact.held_chars
+    assert generation((await probe(client, up.url, module="other"))[1]) == 2 and pve.logins == 2  # its session, now held
 
 
 async def test_a_secret_file_nobody_writes_fails_its_probe_within_the_timeout_and_other_probes_answer(

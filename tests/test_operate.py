@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import json
 import ssl
 import textwrap
@@ -21,6 +22,7 @@ from conftest import Held, UpstreamFactory, make_spec, wait_for
 from metrics_util import parse, value
 from prometheus_client.parser import text_string_to_metric_families
 
+from jsonexporter.extract import MAX_MESSAGE
 from jsonexporter.server import STATE, Options, make_app
 from jsonexporter.webconfig import load_web_config
 
@@ -202,6 +204,36 @@ async def test_recent_probes_show_their_problem_counts_and_failures_stand_out(ai
     ]
     details = await (await client.get("/probes/2")).text()
     assert "degraded" in details and "4 extraction error(s)" in details and "1 duplicate series" in details
+
+
+async def test_a_long_endpoint_error_is_recorded_cut_as_extraction_messages_are_and_a_secret_the_cut_splits_stays_hidden(
+    aiohttp_client: Any, upstream: UpstreamFactory, caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = "tok-SECRET-0123456789abcdef"
+    recorded = "endpoint main: invalid_status: HTTP status 503 "  # how _record writes an endpoint's error
+    head = 12  # characters of the secret before the cut
+
+    async def long_reason(request: web.Request) -> web.Response:  # an upstream whose reason phrase echoes the token
+        return web.Response(status=503, reason="r" * (MAX_MESSAGE - len(recorded) - head) + secret + "r" * 6000)
+
+    up = await upstream({"/": long_reason})
+    client = await aiohttp_client(make_app(make_spec(f"""
+        modules:
+          default:
+            http_client_config: {{bearer_token: {secret}}}
+            endpoints: {{main: {{url: '{up.url}/'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)))
+    caplog.set_level("WARNING", logger="jsonexporter")
+    assert value(parse(await (await client.get("/probe")).text()), "probe_success") == 0
+    (error,) = client.app[STATE].recent[-1].errors
+    whole = MAX_MESSAGE - head + len(secret) + 6000
+    assert error.startswith(recorded + "r" * 100) and error.endswith(f"(first {MAX_MESSAGE} of {whole} chars)") and len(error) < MAX_MESSAGE + 100
+    (logged,) = [str(r.__dict__) for r in caplog.records if r.getMessage() == "endpoint failed"]
+    assert len(logged) < 3 * MAX_MESSAGE
+    page = html.unescape(await (await client.get("/probes/1")).text())
+    for shown in (page, logged):
+        assert secret[:5] not in shown
 
 
 # -- hostile upstreams ------------------------------------------------------------------
@@ -394,6 +426,25 @@ async def test_a_module_that_needs_no_target_accepts_probes_without_one(aiohttp_
     client = await start(aiohttp_client, spec_path)
     s = parse(await (await client.get("/probe")).text())
     assert value(s, "x") == 5
+
+
+async def test_a_lone_surrogate_of_an_answer_shows_as_its_json_escape_in_the_trace_and_the_recent_probes_page(
+    aiohttp_client: Any, tmp_path: Path, upstream: UpstreamFactory,
+) -> None:
+    async def odd(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"v": "\\ud800x"}', content_type="application/json")
+
+    up = await upstream({"/": odd})
+    spec_path = tmp_path / "spec.yml"
+    spec_path.write_text("modules:\n  default:\n    metrics: [{name: x, help: x, value: v}]\n")
+    client = await start(aiohttp_client, spec_path)
+    response = await client.get("/probe", params={"target": f"{up.url}/", "debug": "true"})
+    trace = (await response.read()).decode("utf-8")  # strict: valid UTF-8
+    (document,) = [line for line in trace.splitlines() if line.startswith("  document")]
+    assert document == '  document: {"v": "\\ud800x"}' and "?x" not in trace
+    response = await client.get("/probes/1")
+    page = (await response.read()).decode("utf-8")
+    assert response.status == 200 and "&quot;\\ud800x&quot; is not a number" in page, page
 
 
 async def test_lone_surrogates_in_answers_are_written_as_their_escapes_keeping_series_apart(aiohttp_client: Any, tmp_path: Path,

@@ -413,29 +413,38 @@ async def test_openmetrics_is_negotiated_and_gzip_applied(upstream: UpstreamFact
     assert plain.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
 
 
-@pytest.mark.parametrize(("accept", "accept_encoding", "openmetrics", "gzipped"), [
+NEGOTIATIONS = [  # (Accept, Accept-Encoding, OpenMetrics?, gzip?)
     ("application/openmetrics-text;q=0", "gzip;q=0", False, False),
     ("application/openmetrics-text;version=1.0.0;q=0", "identity, gzip;q=0", False, False),
     ("text/plain;version=0.0.4;q=1, application/openmetrics-text;version=1.0.0;q=0.5", "gzip;q=0.5", False, True),
     ("application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1", "gzip", True, True),  # Prometheus's
     ("application/openmetrics-text", "", True, False),
+]
+
+
+@pytest.mark.parametrize(("accept", "accept_encoding", "openmetrics", "gzipped"), NEGOTIATIONS)
+@pytest.mark.parametrize(("path", "series"), [
+    ("/probe?target={url}", ("node_cpu_ratio", {"id": "n1", "environment": "beta"}, 0.25)),
+    ("/metrics", ("jsonexporter_config_last_reload_successful", {}, 1)),  # the exporter's own, by prometheus_client: negotiated alike
 ])
 async def test_the_exposition_format_and_gzip_are_negotiated_by_q_values(
     upstream: UpstreamFactory, exporter: ExporterFactory, accept: str, accept_encoding: str, openmetrics: bool, gzipped: bool,
+    path: str, series: tuple[str, dict[str, str], float],
 ) -> None:
     up = await upstream({"/api/stats": NODES})
     client = await exporter(NODE_SPEC)
-    response = await client.get(f"/probe?target={up.url}", headers={"Accept": accept, "Accept-Encoding": accept_encoding}, auto_decompress=False)
+    response = await client.get(path.format(url=up.url), headers={"Accept": accept, "Accept-Encoding": accept_encoding}, auto_decompress=False)
     assert response.status == 200
     body = await response.read()
     assert ("Content-Encoding" in response.headers) is gzipped
     text = (gzip.decompress(body) if gzipped else body).decode()
+    name, labels, expected = series
     if openmetrics:
         assert response.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0") and text.endswith("# EOF\n")
-        assert {f.name for f in parse_openmetrics(text)} >= {"node_cpu_ratio"}
+        assert name in {f.name for f in parse_openmetrics(text)}
     else:
         assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8" and "# EOF" not in text
-        assert value(parse(text), "node_cpu_ratio", id="n1", environment="beta") == 0.25
+        assert value(parse(text), name, **labels) == expected
 
 
 async def test_debug_trace_shows_requests_and_results_without_secrets(upstream: UpstreamFactory, exporter: ExporterFactory) -> None:

@@ -5,11 +5,24 @@ from __future__ import annotations
 
 import gc
 import re
+from secrets import token_urlsafe
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jsonexporter.secrets import CUT, MAX_CUT_LOOKBACK, MIN_BARE_LENGTH, REDACTED, WITHHELD, Redactor, _forms, _quoted, cut_short, redact_patterns
+from jsonexporter.secrets import (
+    CUT,
+    MAX_CUT_LOOKBACK,
+    MIN_BARE_LENGTH,
+    REDACTED,
+    WITHHELD,
+    HoldRefused,
+    Redactor,
+    _forms,
+    _quoted,
+    cut_short,
+    redact_patterns,
+)
 
 
 class _Reference:
@@ -117,6 +130,35 @@ def test_values_in_use_are_kept_beyond_the_budget_and_forgotten_oldest_first_onc
     assert redact("session-0-value-0-" + "x" * 80) != REDACTED and redact("session-1-value-0-" + "x" * 80) != REDACTED
     assert redact("session-2-value-0-" + "x" * 80) == REDACTED
     assert redact("one-more-" + "z" * 80) == REDACTED
+
+
+def test_bounded_holds_stop_at_the_held_budget_and_hold_nothing_of_what_they_refuse() -> None:
+    """The values of login sessions grow with the targets probed: a bounded hold beyond `held_budget` is
+    refused whole, and the values in use are never forgotten to make room."""
+    redact = Redactor(held_budget=50_000)
+    redact.hold(_Owner(), "secret", [token_urlsafe(60_000)])  # a spec's secret: counted, never refused
+    assert redact.held_chars > 50_000
+    redact = Redactor(held_budget=1_000_000)
+    sessions: list[tuple[_Owner, list[str]]] = []
+    refused = 0
+    for _ in range(64):  # 64 sessions x 8 values of 4,096 characters (session tokens share no grams)
+        values = [token_urlsafe(3072) for _ in range(8)]
+        session = _Owner()
+        try:
+            redact.hold(session, "login", values, bounded=True)
+        except HoldRefused as exc:
+            refused += 1
+            assert not any(v[:20] in str(exc) for v in values)
+            assert all(redact(v) == v for v in values)  # nothing of it held: it must not be used
+            continue
+        sessions.append((session, values))
+    assert sessions and refused
+    assert redact.held_chars <= 1_000_000 and redact.learned_chars <= 1_000_000
+    assert all(redact(v) == REDACTED for _, values in sessions for v in values)  # in use: all still hidden
+    redact.hold(sessions[0][0], "login", sessions[0][1], bounded=True)  # what it holds already takes no more room
+    del sessions[0]
+    gc.collect()
+    redact.hold(_Owner(), "login", [token_urlsafe(3072)], bounded=True)  # a session gone makes room
 
 
 def test_a_holder_that_reads_a_rotated_file_releases_the_old_value() -> None:

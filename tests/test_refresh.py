@@ -240,7 +240,7 @@ async def test_a_scheduled_request_keeps_to_the_redirect_rules_of_a_probe(aiohtt
             targets: {allow: ['http://127\.0\.0\.1:\d+/']}
             http_client_config: {bearer_token: tok-SECRET}
             endpoints: {main: {url: '{target}', refresh_interval: 1s}}
-            metrics: [{name: x, help: x, value: v}]
+            metrics: [{name: x, help: x, value: '@.v'}]  # read whole: the traced probe's schedule is the probes'
         """)
     target = f"http://127.0.0.1:{home.port}/"
     assert value(await probe(client, target=target), "x") == 1
@@ -446,9 +446,12 @@ async def test_a_scheduled_answer_larger_than_the_bound_answers_its_probe_and_is
     assert client.app[STATE].upstream.schedules.bytes == 0
 
 
-async def test_a_traced_probe_shows_a_scheduled_answer_parsed_for_the_rules_as_json(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
-    """The schedule's answer was parsed for the rules (spec/projection.py) by the probe that started it:
-    the trace shows its objects as the JSON of the fields read, not as Python objects."""
+async def test_a_traced_probe_of_a_scheduled_endpoint_shows_the_whole_answer_from_a_schedule_of_its_own(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    """The probes' schedule keeps the answer parsed for the rules (spec/projection.py); a traced probe shows the
+    whole answer, so it is served by a schedule of the whole document (schedule_key says what the document is),
+    and the probes' schedule goes on with its own."""
     up = await upstream({"/": counting(lambda n: {"items": [{"id": "a", "v": 1, "other": 2}]})})
     client = await start(aiohttp_client, """
         modules:
@@ -457,9 +460,32 @@ async def test_a_traced_probe_shows_a_scheduled_answer_parsed_for_the_rules_as_j
             metrics: [{name: x, help: x, each: items, labels: {id: id}, value: v}]
         """)
     assert value(await probe(client, target=f"{up.url}/"), "x", id="a") == 1
-    response = await client.get("/probe", params={"target": f"{up.url}/", "debug": "true"})
-    text = await response.text()
-    assert "cache scheduled" in text and up.hits == {"/": 1}
-    (document,) = [line for line in text.splitlines() if line.startswith("  document")]
-    assert json.loads(document.partition(": ")[2]) == {"items": [{"id": "a", "v": 1}]}  # the fields read
-    assert "Projection" not in text and "j_id" not in text
+    for hits in (2, 2):  # the second traced probe: from the whole document's schedule
+        response = await client.get("/probe", params={"target": f"{up.url}/", "debug": "true"})
+        text = await response.text()
+        assert up.hits == {"/": hits} and "probe_success 1" in text
+        (document,) = [line for line in text.splitlines() if line.startswith("  document")]
+        assert json.loads(document.partition(": ")[2]) == {"items": [{"id": "a", "v": 1, "other": 2}]}
+    assert "cache scheduled" in text
+    assert value(await probe(client, target=f"{up.url}/"), "x", id="a") == 1 and up.hits == {"/": 2}
+    assert len(client.app[STATE].upstream.schedules) == 2
+
+
+async def test_reload_with_rules_reading_other_fields_starts_the_schedule_afresh(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    """The same request, but its answer parsed for other rules: the kept document would lack what the new rules read."""
+    up = await upstream({"/": {"v": 1, "w": 2}})
+    spec = """
+        modules:
+          default:
+            endpoints: {{main: {{url: '{{target}}', refresh_interval: 1h}}}}
+            metrics: [{{name: x, help: x, value: {field}}}]
+        """
+    path = tmp_path / "spec.yml"
+    path.write_text(textwrap.dedent(spec.format(field="v")))
+    client = await start(aiohttp_client, path.read_text(), spec_file=str(path))
+    assert value(await probe(client, target=f"{up.url}/"), "x") == 1
+    path.write_text(textwrap.dedent(spec.format(field="w")))
+    assert (await client.post("/-/reload")).status == 200
+    assert value(await probe(client, target=f"{up.url}/"), "x") == 2 and up.hits["/"] == 2

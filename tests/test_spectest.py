@@ -270,6 +270,23 @@ def test_answers_fail_the_endpoint_as_live_answers_do(tmp_path: Path, capsys: py
     assert "missing series queue_healthy" in out and "probe_success expected" not in out
 
 
+def test_a_lone_surrogate_of_an_answer_prints_as_its_json_escape(tmp_path: Path) -> None:
+    file = write(tmp_path, """
+        spec: spec.yml
+        tests:
+          - name: health answer
+            answers:
+              stats: {file: stats.json}
+              health: {body: '{"healthy": "\\ud800x"}'}
+            exp_samples:
+              - labels: 'queue_healthy{instance="offline"}'
+                value: 0
+        """)
+    done = subprocess.run([sys.executable, "-m", "jsonexporter", "test", str(file)], capture_output=True, timeout=120, check=False)
+    out = done.stdout.decode("utf-8")  # strict: valid UTF-8
+    assert done.returncode == 1 and 'note: metric queue_healthy: "\\ud800x" is not a number' in out and "?x" not in out, out
+
+
 def test_params_and_target_reach_the_series(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     file = write(tmp_path, """
         spec: spec.yml

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trustme
 from aiohttp import web
-from conftest import ForwardProxy, UpstreamFactory, make_spec, wait_for
+from conftest import ForwardProxy, Held, UpstreamFactory, make_spec, wait_for
 from metrics_util import parse, value
 
 from jsonexporter import logs
@@ -356,6 +356,48 @@ async def test_cache_hits_within_the_ttl_and_concurrent_probes_share_one_request
     assert value(metrics, "jsonexporter_cache_requests_total", module="default", endpoint="main", result="coalesced") == 7
     assert value(metrics, "jsonexporter_cache_requests_total", module="default", endpoint="main", result="hit") == 1
     assert value(metrics, "jsonexporter_upstream_requests_total", module="default", endpoint="main", outcome="success") == 1
+
+
+@pytest.mark.parametrize("shared", ["cached_endpoint", "login", "oauth2_token"])
+async def test_a_short_scrape_timeout_that_starts_a_shared_request_fails_only_its_own_probe(
+    aiohttp_client: Any, upstream: UpstreamFactory, shared: str,
+) -> None:
+    """The one request that coalesced probes share (a cached endpoint's fetch, a login, an OAuth2 token) runs within its own
+    budget: a caller with a short scrape timeout that starts it fails alone, the probes that joined it get
+    the answer it brings. The held request is released only once the short probe has given up."""
+    held = Held({"v": 7, "token": "tok-shared-1", "access_token": "tok-shared-2"})
+    up = await upstream({"/held": held, "/data": {"v": 7}})
+    module = {"cached_endpoint": "endpoints: {main: {url: '{target}/held', cache_ttl: 1h}}",
+              "login": "login: {url: '{target}/held', method: POST, values: {t: token}}\n"
+                       "            endpoints: {main: {url: '{target}/data', headers: {X-Session: '{t}'}}}",
+              "oauth2_token": f"http_client_config: {{oauth2: {{client_id: c, client_secret: s, token_url: '{up.url}/held'}}}}\n"
+                              "            endpoints: {main: {url: '{target}/data'}}"}[shared]
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            {LOCAL}
+            timeout: 60s
+            {module}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    state = client.app[STATE]
+
+    async def scrape(timeout: str) -> str:
+        response = await client.get("/probe", params={"target": up.url}, headers={"X-Prometheus-Scrape-Timeout-Seconds": timeout})
+        return await response.text()
+
+    short = asyncio.create_task(scrape("2.5"))  # 2s of budget, the offset of 0.5s kept
+    await wait_for(held.arrived, 30)
+    normal = asyncio.create_task(scrape("60"))
+    for _ in range(3000):  # bounded: until the normal probe waits on the request the short one started
+        if state.in_flight == 2 or short.done():  # done first: the normal probe joins the request still held all the same
+            break
+        await asyncio.sleep(0.01)
+    assert value(parse(await asyncio.wait_for(short, 30)), "probe_success") == 0
+    held.release.set()
+    s = parse(await asyncio.wait_for(normal, 30))
+    assert value(s, "probe_success") == 1 and value(s, "x") == 7
+    assert held.held == 1  # one request, shared
 
 
 async def test_different_credentials_never_share_a_cached_answer(aiohttp_client: Any, upstream: UpstreamFactory) -> None:

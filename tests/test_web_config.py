@@ -24,6 +24,7 @@ from prometheus_util import free_port, jsonexporter
 from test_cli import SPEC  # the one-module spec of the single-process tests
 
 from jsonexporter.spec import SpecError
+from jsonexporter.upstream.files import MAX_SECRET_BYTES
 from jsonexporter.webconfig import CHECK_SLOTS, MAX_BCRYPT_COST, load_web_config
 
 BOUND = 30.0  # seconds any wait below gets before the test fails
@@ -208,6 +209,51 @@ async def test_a_failed_web_config_reload_is_reported_as_a_failure(tmp_path: Pat
     status, text = await get("/-/reload", "POST")
     assert status == 200 and text.startswith("reloaded"), text
     await _until("every worker reloaded", lambda: reload_state(1))
+
+
+# -- the TLS files are read within bounds --------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_tls_file_that_never_answers_fails_the_reload_within_the_bound_and_the_old_certificate_serves(
+    tmp_path: Path, serve: Serve, tls_files: dict[str, Any], workers: str,
+) -> None:
+    p = tls_files["paths"]
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"tls_server_config:\n  cert_file: {p['cert']}\n  key_file: {p['key']}\n")
+    proc, base = serve(web_file, "--web.workers", workers, scheme="https")
+    get, healthy = _requests(proc, base, ssl.create_default_context(cafile=str(p["ca"])))
+    await _until("serving https", healthy)
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)  # nobody writes it: a read of it never ends
+    web_file.write_text(f"tls_server_config:\n  cert_file: {p['cert']}\n  key_file: {fifo}\n")
+    async with asyncio.timeout(BOUND):
+        status, text = await get("/-/reload", "POST")
+    assert status == 500 and f"{web_file}:3:13: tls_server_config.key_file: cannot load the certificate files: no answer within 2s" in text, text
+    assert (await get("/-/healthy"))[0] == 200  # still serving with the previous certificate
+
+
+def test_a_tls_file_larger_than_the_bound_is_refused_at_load_naming_its_key(tmp_path: Path, tls_files: dict[str, Any]) -> None:
+    p = tls_files["paths"]
+    big = tmp_path / "ca-bundle.pem"
+    big.write_bytes(p["ca"].read_bytes() * (MAX_SECRET_BYTES // len(p["ca"].read_bytes()) + 1))
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"tls_server_config:\n  cert_file: {p['cert']}\n  key_file: {p['key']}\n"
+                        f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {big}\n")
+    with pytest.raises(SpecError) as caught:
+        load_web_config(str(web_file))
+    [problem] = [str(p) for p in caught.value.problems]
+    assert problem == f"{web_file}:5:19: tls_server_config.client_ca_file: cannot load the certificate files: larger than {MAX_SECRET_BYTES} bytes"
+
+
+def test_a_tls_file_that_never_answers_fails_the_start_within_the_bound(tmp_path: Path, serve: Serve, tls_files: dict[str, Any]) -> None:
+    fifo = tmp_path / "cert.fifo"
+    os.mkfifo(fifo)
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"tls_server_config:\n  cert_file: {fifo}\n  key_file: {tls_files['paths']['key']}\n")
+    proc, _ = serve(web_file)
+    _, err = proc.communicate(timeout=BOUND)
+    assert proc.returncode != 0 and f"{web_file}:2:14: tls_server_config.cert_file: cannot load the certificate files: no answer within 2s" in err, err
 
 
 # -- no secret in what a web config's problems print --------------------------------------------

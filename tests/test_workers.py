@@ -5,21 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import re
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 from conftest import Held, UpstreamFactory, wait_for
 from metrics_util import Series, parse, value
-from prometheus_util import free_port, jsonexporter, wait_healthy
+from prometheus_util import free_port, jsonexporter, listening, poll, socket_inodes, tcp_sockets, wait_healthy
 from test_cli import SPEC  # the one-module spec of the single-process tests
 from test_promtool import needs_promtool, promtool_check
 
@@ -69,9 +68,9 @@ def served_patiently(tmp_path: Path) -> Iterator[Served]:
         yield served
 
 
-async def _fresh(base: str, path: str, params: dict[str, str] | None = None, method: str = "GET") -> tuple[int, str]:
-    """One request on a new connection, which the kernel gives to either worker."""
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session, \
+async def _fresh(base: str, path: str, params: dict[str, str] | None = None, method: str = "GET", seconds: float = DEADLINE) -> tuple[int, str]:
+    """One request on a new connection, which the kernel gives to either worker; bounded to `seconds`."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True), timeout=aiohttp.ClientTimeout(total=seconds)) as session, \
             session.request(method, f"{base}{path}", params=params) as response:
         return response.status, await response.text()
 
@@ -87,16 +86,8 @@ def _workers(proc: subprocess.Popen[str]) -> set[int]:
         return {int(pid) for pid in f.read().split()}
 
 
-async def _poll(condition: str, check: object) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        result = check() if callable(check) else check
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, f"{condition}: not within {DEADLINE:.0f} s"
-        await asyncio.sleep(0.05)  # polling interval of a bounded loop, not a synchronisation
+async def _poll(condition: str, check: Callable[[], object]) -> None:
+    await poll(condition, check, DEADLINE)
 
 
 def _spec_hashes(pages: dict[int, str]) -> set[str]:
@@ -196,27 +187,8 @@ async def test_a_reload_reaches_every_worker_and_a_killed_worker_is_replaced_kee
 
 def _holding(workers: set[int], port: int) -> set[int]:
     """The workers with a connection open to `port` (the held upstream's): a probe in flight there."""
-    with open("/proc/net/tcp") as f:  # the namespace's sockets; the fds below say whose they are
-        to_port = {fields[9] for fields in (line.split() for line in list(f)[1:]) if int(fields[2].split(":")[1], 16) == port}
-    holding = set()
-    for pid in workers:
-        with contextlib.suppress(FileNotFoundError):
-            fds = os.listdir(f"/proc/{pid}/fd")
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}").removeprefix("socket:[").removesuffix("]") in to_port for fd in fds):
-                holding.add(pid)
-    return holding
-
-
-async def _refused(base: str) -> bool:
-    """A new connection refused: no worker listens any more. A connection reset is not that: it may be
-    one queued at a worker that just closed its socket while the other still listens."""
-    try:
-        await _fresh(base, "/-/healthy")
-    except aiohttp.ClientConnectorError as exc:
-        return exc.errno == errno.ECONNREFUSED
-    except aiohttp.ClientConnectionError:
-        return False
-    return False
+    to_port = {inode for _, remote, _, inode in tcp_sockets() if remote == port}
+    return {pid for pid in workers if socket_inodes(pid) & to_port}
 
 
 async def _log_until(proc: subprocess.Popen[str], wanted: set[str]) -> str:
@@ -250,17 +222,18 @@ async def test_a_stop_signal_to_the_whole_group_lets_in_flight_probes_finish(ups
     await wait_healthy(base, proc)
     await _pages_of_both_workers(base)
     workers = _workers(proc)
-    probes = [asyncio.create_task(_fresh(base, "/probe", {"target": up.url})) for _ in range(4)]
+    probes = [asyncio.create_task(_fresh(base, "/probe", {"target": up.url}, seconds=PATIENT)) for _ in range(4)]
     await wait_for(held.arrived, DEADLINE)
     for _ in range(60):  # each worker with a probe in flight: 2**-63 that all 64 go to one
         if _holding(workers, up.server.port) == workers:
             break
-        probes.append(asyncio.create_task(_fresh(base, "/probe", {"target": up.url})))
+        probes.append(asyncio.create_task(_fresh(base, "/probe", {"target": up.url}, seconds=PATIENT)))
         await _poll("the probe held", lambda: held.held == len(probes))
     assert _holding(workers, up.server.port) == workers, f"{len(probes)} probes, all at one worker"
     for pid in workers:
         os.kill(pid, stop)
-    await _poll("new connections refused by both workers: they are stopping", lambda: _refused(base))
+    port = int(base.rsplit(":", 1)[1])
+    await _poll("both workers stopped listening: they are stopping", lambda: not listening(workers, port))
     proc.send_signal(stop)  # passed on as SIGTERM to workers that have taken their first signal
     stderr = await _log_until(proc, {f'"msg": "already stopping", "worker": {n}, "signal": "SIGTERM"' for n in (1, 2)})
     assert not any(probe.done() for probe in probes)

@@ -17,7 +17,7 @@ import jmespath.exceptions
 import jmespath.lexer
 from jmespath.parser import ParsedResult
 
-from jsonexporter.secrets import redact_patterns
+from jsonexporter.secrets import CUT, redact_patterns
 from jsonexporter.spec import objects
 from jsonexporter.spec.functions import LIBRARY, OPTIONS, CallError, call_by_columns, check_call
 
@@ -419,7 +419,78 @@ def _leftmost_field(ast: dict[str, Any]) -> str | None:
     return str(node["value"])
 
 
+# jmespath parses and evaluates by recursion, about four Python frames per level of the expression's tree (and
+# json.loads its literals): a bound far below the interpreter's limit, checked before either runs. No expression a
+# rule needs comes near it (a filter with a few conditions is 10 levels).
+MAX_EXPRESSION_DEPTH = 64
+MAX_EXPRESSION_LENGTH = 16_384  # characters
+_OPENING = frozenset({"lparen", "lbracket", "lbrace", "filter"})
+_CLOSING = frozenset({"rparen", "rbracket", "rbrace"})
+_CHAINING = frozenset({"dot", "pipe", "or", "and", "not", "expref", "star", "flatten", "lt", "lte", "gt", "gte", "eq", "ne"})
+
+
+def quoted(source: str, limit: int = 200) -> str:
+    """`source` quoted for a message, its first `limit` characters when longer (an expression too long to parse)."""
+    return repr(source) if len(source) <= limit else f"{source[:limit]!r}{CUT} ({len(source)} characters)"
+
+
+def _literal_depth(value: Any) -> int:
+    """How deep a literal's value nests (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def check_nesting(text: str) -> None:
+    """Refuse, at its place, an expression longer or deeper than the parser can take on any stack.
+
+    The depth counted is an upper bound of its tree's: each bracket opens a level, and within one each operator
+    (`.`, `|`, `||`, `!`, a comparison, a projection) adds one, as a chain of them nests in the tree; a comma
+    starts the next sibling at the level's own depth again."""
+    if len(text) > MAX_EXPRESSION_LENGTH:
+        raise ExpressionError(f"invalid JMESPath: expression too long ({len(text)} characters, at most {MAX_EXPRESSION_LENGTH})",
+                              MAX_EXPRESSION_LENGTH)
+    levels = [0]  # per open bracket, and the whole expression: the depth of the tree within it so far
+    depth = 0  # sum(levels)
+    end = 0
+    tokens = jmespath.lexer.Lexer().tokenize(text)
+    while True:
+        try:
+            token = next(tokens)
+        except StopIteration:
+            return
+        except RecursionError:  # json.loads of a literal nested deeper than the stack
+            raise ExpressionError(f"invalid JMESPath: literal nested too deeply (at most {MAX_EXPRESSION_DEPTH} levels)",
+                                  max(text.find("`", end), 0)) from None
+        except jmespath.exceptions.JMESPathError:
+            return  # the parser says what is wrong, and where
+        kind, end = token["type"], token["end"]
+        extra = 0
+        if kind in _OPENING:
+            levels[-1] += 1
+            levels.append(1)
+            depth += 2
+        elif kind in _CLOSING and len(levels) > 1:
+            depth -= levels.pop()
+        elif kind == "comma":
+            depth -= levels[-1] - 1
+            levels[-1] = 1
+        elif kind in _CHAINING:
+            levels[-1] += 1
+            depth += 1
+        elif kind == "literal":
+            extra = _literal_depth(token["value"])
+        if depth + extra > MAX_EXPRESSION_DEPTH:
+            raise ExpressionError(f"invalid JMESPath: expression nested too deeply (over {MAX_EXPRESSION_DEPTH} levels of brackets, "
+                                  "operators and literals): split it between rules, or simplify it", token["start"])
+
+
 def _parse(source: str) -> ParsedResult:
+    check_nesting(source)
     try:
         parsed = jmespath.compile(source)
     except jmespath.exceptions.LexerError as exc:
@@ -502,9 +573,13 @@ class Template:
     # the parts whose placeholder falls in the scheme or authority (userinfo, host, port) of the URL
     # this template makes: a value there picks where the request goes; found once, not per request
     origin_parts: frozenset[int] = dataclasses.field(init=False, repr=False, compare=False)
+    # those of them that pick the host: not the userinfo's (a URL's host follows its last @, and the
+    # renderer lets no value there add a / ? or #)
+    host_parts: frozenset[int] = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "origin_parts", _url_origin_parts(self.parts))
+        object.__setattr__(self, "host_parts", _url_origin_parts(self.parts, userinfo=False))
 
     def __repr__(self) -> str:
         return f"Template({redact_patterns(self.source)!r})"
@@ -523,7 +598,8 @@ class Template:
                 out.append(quote(i, value) if quote is not None else value)
         return "".join(out)
 
-def _url_origin_parts(parts: tuple[tuple[str, str | None], ...]) -> frozenset[int]:
+def _url_origin_parts(parts: tuple[tuple[str, str | None], ...], userinfo: bool = True) -> frozenset[int]:
+    """The parts whose placeholder is in the scheme or authority; without `userinfo`, not those before the authority's last literal @."""
     skeleton, positions = "", []
     for i, (literal, name) in enumerate(parts):
         skeleton += literal
@@ -531,9 +607,11 @@ def _url_origin_parts(parts: tuple[tuple[str, str | None], ...]) -> frozenset[in
             positions.append((i, len(skeleton)))
             skeleton += "\0"
     scheme = re.match(r"[^/?#]*?://", skeleton)
-    rest = skeleton[scheme.end() if scheme else 0:]
-    end = len(skeleton) - len(rest) + (m.start() if (m := re.search(r"[/?#]", rest)) else len(rest))
-    return frozenset(i for i, position in positions if position < end)
+    authority = scheme.end() if scheme else 0
+    rest = skeleton[authority:]
+    end = authority + (m.start() if (m := re.search(r"[/?#]", rest)) else len(rest))
+    at = -1 if userinfo else skeleton.rfind("@", authority, end)
+    return frozenset(i for i, position in positions if position < end and not authority <= position < at)
 
 
 def _brace_problem(source: str) -> tuple[int, str] | None:

@@ -1,13 +1,15 @@
 r"""Whether a `targets.allow` pattern lets another host through where its author wrote one: `check`'s
-warning at a wildcard in a pattern's host.
+warning at a wildcard in a pattern's host, and its warning at a pattern that lets every host through.
 
 Decided by the pattern itself, not by reading its syntax for a port or a path: URLs it allows are made
 from it (its witnesses: the first choices, and one per other alternative or one more repetition),
 and the pattern is asked whether it also allows them with more host after theirs (`https://api\.example\.com(:443)?.*`
 allows `https://api.example.com.evil.test`: the optional port may be left out) or another host before
 theirs (`https://.+\.example\.com` allows `https://evil.test/.example.com`), spelled as the allowlist
-check spells the URLs it matches (hops.url_forms: a `/` before the query, no userinfo, no fragment).
-A pattern that allows a foreign host outright (`https?://.*`) allows every host on purpose.
+check spells the URLs it matches (hops.url_forms: a `/` before the query, no userinfo, no fragment; and
+`host:port`, `host`, so that a witness without a scheme, `api\.example\.com.*`'s or `.*\.example\.com`'s, is
+asked with more host after it and a whole URL of another host before it). A pattern that allows a foreign
+host outright (`https?://.*`, `https://.*(:443)?(/.*)?`, `.*/api/.*`) lets every host through: its warning is its own.
 """
 
 from __future__ import annotations
@@ -56,44 +58,66 @@ _Node = _Atom | _Repeat | _Branches
 def wildcard_in_host(source: str) -> int | None:
     """Where in `source` the wildcard is that lets another host before or after the pattern's own (the
     first whose replacement by a host's character closes the gap; the host's start when none alone does);
-    None when the pattern holds its hosts, or is not read."""
-    if not _lets_host_through(source):
+    None when the pattern holds its hosts, lets every host through (every_host), or is not read."""
+    if _lets_through(source) != _ANOTHER:
         return None
     try:
         atoms = [atom for atom in _atoms(_parse(source)) if _is_wildcard(atom)]
     except (_Unsupported, ValueError, RecursionError):  # RegexError is a ValueError
         return None
     for atom in atoms[:_MAX_TRIED]:
-        if not _lets_host_through(source[:atom.start] + _NEUTRAL + source[atom.end:]):
+        if _lets_through(source[:atom.start] + _NEUTRAL + source[atom.end:]) != _ANOTHER:
             return atom.start
+    return _host_start(source)
+
+
+def every_host(source: str) -> int | None:
+    """Where the host of `source` starts when the pattern lets every host through (a witness's host replaced
+    by another one still matches: `https?://.*`, `https://.*:443.*`, `[a-z.]+:8006`); None otherwise."""
+    return _host_start(source) if _lets_through(source) == _EVERY else None
+
+
+def _host_start(source: str) -> int:
     start = source.find("://")
     return start + 3 if start >= 0 else 0
 
 
-def _lets_host_through(source: str) -> bool:
+_ANOTHER, _EVERY = "another host", "every host"
+
+
+def _lets_through(source: str) -> str | None:
+    """_ANOTHER, _EVERY, or None: what the first witness that lets a foreign host through says."""
     try:
         pattern = _compiled(source)
         witnesses = _witnesses(_parse(source))
     except (_Unsupported, ValueError, RecursionError):  # RegexError is a ValueError
-        return False
+        return None
     for witness in itertools.islice(dict.fromkeys(witnesses), _MAX_WITNESSES):
         span = _host_span(witness)
-        if span is None or not pattern.fullmatch(witness):
+        schemeless = "://" not in witness
+        if (span is None and not schemeless) or not pattern.fullmatch(witness):
             continue
-        start, end = span
-        if pattern.fullmatch(witness[:start] + _FOREIGN + witness[end:]):
-            continue  # every host, on purpose
-        if pattern.fullmatch(f"{witness[:end]}.{_FOREIGN}{witness[end:]}") or pattern.fullmatch(f"{witness[:start]}{_FOREIGN}/{witness[start:]}"):
-            return True
-    return False
+        if span is not None:
+            start, end = span
+            if pattern.fullmatch(witness[:start] + _FOREIGN + witness[end:]):
+                return _EVERY
+            if pattern.fullmatch(f"{witness[:end]}.{_FOREIGN}{witness[end:]}"):
+                return _ANOTHER
+        # another host before: a foreign URL whose path holds the witness's host; a witness without a scheme
+        # holds no host a URL could be put before, only a whole URL's spelling can have one before it
+        before = f"https://{_FOREIGN}/{witness}" if schemeless else f"{witness[:start]}{_FOREIGN}/{witness[start:]}"
+        if pattern.fullmatch(before):
+            return _ANOTHER
+    return None
 
 
 def _host_span(url: str) -> tuple[int, int] | None:
-    """Where the host of `url` is, as a URL parser reads it: after `scheme://` and any userinfo, before the port, path, query, fragment."""
+    """Where the host of `url` is, as a URL parser reads it: after `scheme://` and any userinfo, before the port, path,
+    query, fragment; without a scheme, as the spellings `host:port` and `host` (hops.url_forms) have it, from the start."""
     scheme = url.find("://")
-    if scheme < 0:
-        return None
-    start = scheme + 3
+    start = scheme + 3 if scheme >= 0 else 0
+    if scheme < 0 and any(c in url for c in "/?#@"):
+        return None  # no spelling of a URL without a scheme has these: not a host
     end = next((i for i in range(start, len(url)) if url[i] in "/?#"), len(url))
     start = max(start, url.rfind("@", start, end) + 1)
     if url.startswith("[", start):

@@ -24,9 +24,10 @@ from jsonexporter.spec.expressions import (
     Template,
     compile_expression,
     compile_template,
+    quoted,
 )
 from jsonexporter.spec.functions import Pattern, RegexError, compile_regex
-from jsonexporter.spec.hostpatterns import wildcard_in_host
+from jsonexporter.spec.hostpatterns import every_host, wildcard_in_host
 from jsonexporter.spec.model import (
     DEFAULT_BODY_SIZE_LIMIT,
     DEFAULT_ENDPOINT,
@@ -155,7 +156,7 @@ class _Checker:
         try:
             expression = compile_expression(source, levels)
         except ExpressionError as exc:
-            self.add(path, f"{exc.message} in {source!r}", offset=exc.position)
+            self.add(path, f"{exc.message} in {quoted(source)}", offset=exc.position)
             return None
         if expression.on_context and expression.fields is not None and expression.fields[0] == "params" and len(expression.fields) > 1 \
                 and is_secret_name(expression.fields[1]):
@@ -181,7 +182,7 @@ class _Checker:
         try:
             return compile_template(source, names)
         except ExpressionError as exc:
-            self.add(path, f"{exc.message} in {source!r}", offset=exc.position)
+            self.add(path, f"{exc.message} in {quoted(source)}", offset=exc.position)
             return None
 
 
@@ -982,6 +983,10 @@ def _target_patterns(c: _Checker, path: Path, raw: Any) -> list[Pattern]:
                       "'https://evil.test?.example.com' through, 'https://api\\.example\\.com.*' 'https://api.example.com.evil.test'; "
                       "write the host's characters (e.g. [a-z0-9-]+) and end the host with a :port or / that is not optional "
                       "('(:443)?.*' lets the host go on)", "warning", offset=at)
+            elif (at := every_host(pattern.pattern)) is not None:
+                c.add((*path, i), "this pattern lets every host through ('https://evil.test/' too): the allowlist holds none back, so whatever "
+                      "the module sends goes wherever the caller points; write the hosts you mean (e.g. 'https://[a-z0-9-]+\\.example\\.com')",
+                      "warning", offset=at)
     return patterns
 
 
@@ -989,15 +994,18 @@ def _credentials_to_target_host(requests: Iterable[tuple[Path, dict[str, Any], E
                                 credential_names: frozenset[str], module_client: tuple[Path, dict[str, Any]] | None,
                                 ) -> Iterator[tuple[Path, int | None, str]]:
     """Where a request (at its path, as written, compiled) would send credentials to a host the probe's
-    caller picks, through the target or any other placeholder in the URL's scheme, host or port (SSRF
-    with secrets): each place secrets.request_credentials finds in it, the one definition redaction
-    learns from too, and its http_client_config; (path, offset in the string there, what)."""
+    caller picks, through the target or any other placeholder in the URL's scheme, host or port or in a
+    Host header (Endpoint.host_placeholders; one in the userinfo picks no host; SSRF with secrets): each place secrets.request_credentials
+    finds in it, the one definition redaction learns from too, and its http_client_config; (path, offset
+    in the string there, what)."""
     for path, raw, ep in requests:
-        picked = sorted({name for i in ep.url.origin_parts if (name := ep.url.parts[i][1]) is not None})
+        picked = sorted(ep.host_placeholders)
         if not picked:
             continue
         what = f"endpoint {ep.name}" if path[-2] == "endpoints" else "the login"
         whose = "the host of the target" if picked == ["target"] else "a host taken from " + ", ".join(f"{{{n}}}" for n in picked)
+        if routing := [name for name, _ in ep.routing_headers]:
+            whose += f" (through its {', '.join(routing)} header: a reverse proxy or an ingress routes by it)"
         for credential in request_credentials(raw, defaults, credential_names):
             yield (*path, *credential.path), credential.offset, f"{what} sends credentials ({credential.what}) to {whose}"
         if ep.client.sends_credentials:

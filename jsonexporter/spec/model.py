@@ -41,6 +41,9 @@ DEFAULT_REFRESH_MIN_IDLE = 300.0
 DEFAULT_REFRESH_MAX_BYTES = 256 * 1024 * 1024  # of the answers kept, parsed: as much as the cache keeps (cache.DEFAULT_MAX_BYTES)
 # what a header value cannot hold (RFC 9110 5.5): control characters but tab
 HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# headers that name the host a request is for: a reverse proxy or an ingress at the URL's address routes
+# the request, and what it carries, to the backend they name (lower case)
+ROUTING_HEADERS = frozenset({"host"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,19 @@ class Endpoint:
     @property
     def placeholders(self) -> frozenset[str]:
         return frozenset(name for t in self.templates() for name in t.placeholders)
+
+    @property
+    def routing_headers(self) -> tuple[tuple[str, Template], ...]:
+        """Its headers with a placeholder that pick the host the request is for (ROUTING_HEADERS: `Host: '{target}'`)."""
+        return tuple((name, t) for name, t in self.headers if name.lower() in ROUTING_HEADERS and t.placeholders)
+
+    @property
+    def host_placeholders(self) -> frozenset[str]:
+        """The placeholders that pick where the request goes: in the URL's scheme, host or port (not its userinfo:
+        Template.host_parts), and in a routing header. The one definition behind `check`'s rule (credentials to such
+        a request need targets.allow: spec/load.py) and the allowlist check of each probe (upstream/render.py)."""
+        in_url = (self.url.parts[i][1] for i in self.url.host_parts)
+        return frozenset(name for name in (*in_url, *(n for _, t in self.routing_headers for n in t.placeholders)) if name is not None)
 
     def status_ok(self, status: int) -> bool:
         if self.valid_status_codes is None:

@@ -37,6 +37,15 @@ def read_spec_text(file: str, timeout: float = SPEC_READ_TIMEOUT) -> str:
     return raw.decode("utf-8")
 
 
+def read_bounded_bytes(file: str, limit: int, timeout: float = SPEC_READ_TIMEOUT) -> bytes:
+    """The bytes of `file`, at most `limit` of them, read within `timeout` seconds (as a spec file is); OSError
+    beyond either (its strerror `larger than …`, `no answer within …`)."""
+    raw = _bounded_read(file, limit + 1, timeout)
+    if len(raw) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", file)
+    return raw
+
+
 @dataclass
 class _Read:
     done: threading.Event = field(default_factory=threading.Event)

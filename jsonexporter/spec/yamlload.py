@@ -21,6 +21,7 @@ from jsonexporter.spec.yamlsyntax import syntax_error
 
 MAX_NODES = 200_000  # aliases can multiply a small file; a spec never needs this many nodes
 MAX_DEPTH = 64
+_TOO_LARGE = f"document too large or too deep (over {MAX_NODES} nodes or {MAX_DEPTH} levels)"
 _SPACE = " \t\r\n\x85\u2028\u2029"
 _ESCAPE_DIGITS = {"x": 2, "u": 4, "U": 8}
 _YAML_TAG = "tag:yaml.org,2002:"
@@ -265,11 +266,36 @@ class _TooLarge(Exception):
         self.path = path
 
 
+class _TooDeep(Exception):
+    def __init__(self, mark: yaml.Mark) -> None:
+        self.mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's composer recurses once or twice per level of nesting: a document deeper than MAX_DEPTH
+    is refused where its first too deep node starts, before the stack runs out."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH + 1:  # the root is depth 0 in _Builder.build
+                raise _TooDeep(self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def load_yaml(text: str, file: str) -> tuple[Any, Marks, list[Problem]]:
     """Parse `text`; return the data, the marks and the problems (syntax errors included)."""
     builder = _Builder(file, text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_BoundedLoader)
+    except _TooDeep as exc:
+        return None, builder.marks, [Problem(file, exc.mark.line + 1, exc.mark.column + 1, (), _TOO_LARGE)]
     except yaml.MarkedYAMLError as exc:
         line, col, message = syntax_error(exc, text)
         return None, builder.marks, [Problem(file, line, col, (), f"invalid YAML: {message}")]
@@ -285,7 +311,7 @@ def load_yaml(text: str, file: str) -> tuple[Any, Marks, list[Problem]]:
     try:
         data = builder.build(node, ())
     except _TooLarge as exc:
-        builder.problem(exc.node, exc.path, f"document too large or too deep (over {MAX_NODES} nodes or {MAX_DEPTH} levels)")
+        builder.problem(exc.node, exc.path, _TOO_LARGE)
         return None, builder.marks, builder.problems
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark

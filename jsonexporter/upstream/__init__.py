@@ -91,7 +91,7 @@ def reschedule(up: Upstream, spec: Spec) -> None:
         endpoint = module.endpoints.get(s.job.endpoint.name) if module is not None else None
         if s.pinned or module is None or endpoint is None or endpoint.refresh_interval is None:
             continue
-        job = Job(module, endpoint, s.job.values)
+        job = Job(module, endpoint, s.job.values, s.job.whole)
         if not _still_allowed(module, s.job.values):
             continue
         try:

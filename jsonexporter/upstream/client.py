@@ -11,7 +11,6 @@ import asyncio
 import base64
 import dataclasses
 import functools
-import hashlib
 import ipaddress
 import json
 import ssl
@@ -25,6 +24,7 @@ import aiohttp
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
+from jsonexporter.keyed import keyed_digest
 from jsonexporter.secrets import Redactor
 from jsonexporter.spec.model import HTTPClientConfig, OAuth2, Secret, TLSClientConfig
 from jsonexporter.upstream.files import SecretFiles, read_bounded
@@ -53,8 +53,8 @@ class RequestOptions:
     anonymous_ssl: SSLContext | bool = True  # (the field `ssl` hides the module here)
 
     def identity(self) -> str:
-        """Who the request is made as, for cache keys: a hash, never the credentials."""
-        return hashlib.sha256((self.authorization or "").encode()).hexdigest()[:32]
+        """Who the request is made as, for cache keys: a keyed hash, never the credentials."""
+        return keyed_digest(self.authorization or "")[:32]
 
 
 async def _reveal(files: SecretFiles, secret: Secret, what: str) -> str:
@@ -127,25 +127,29 @@ def renewal_delay(lifetime: float) -> float:
 
 class TokenSource:
     """OAuth 2.0 client credentials: one token cached until shortly before it expires; however many
-    probes need a new one at once, one request fetches it."""
+    probes need a new one at once, one request fetches it, within its own TOKEN_TIMEOUT: a probe that
+    gives up (its deadline passed, its scraper went away) leaves it going for the others."""
 
     def __init__(self, config: OAuth2, clients: Clients) -> None:
         self.config = config
         self.clients = clients
         self.token: str | None = None
         self.refresh_at = 0.0
-        self.lock = asyncio.Lock()
+        self.fetching: asyncio.Task[str] | None = None
         self.fetches = 0
 
     async def get(self, session: aiohttp.ClientSession) -> str:
         if self.token is not None and time.monotonic() < self.refresh_at:
             return self.token
-        async with self.lock:
-            if self.token is not None and time.monotonic() < self.refresh_at:
-                return self.token  # refreshed by the probe we waited for
-            self.token, lifetime = await self._fetch(session)
-            self.refresh_at = time.monotonic() + (renewal_delay(lifetime) if lifetime else float("inf"))
-            return self.token
+        if self.fetching is None or self.fetching.done():
+            self.fetching = asyncio.create_task(self._refresh(session))
+            self.fetching.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: every waiter may have given up
+        return await asyncio.shield(self.fetching)
+
+    async def _refresh(self, session: aiohttp.ClientSession) -> str:
+        self.token, lifetime = await self._fetch(session)
+        self.refresh_at = time.monotonic() + (renewal_delay(lifetime) if lifetime else float("inf"))
+        return self.token
 
     async def _fetch(self, session: aiohttp.ClientSession) -> tuple[str, float]:
         c = self.config

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -22,6 +21,7 @@ from aiohttp.tracing import Trace as SignalTrace
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from jsonexporter.keyed import keyed_hash
 from jsonexporter.logs import kv
 from jsonexporter.numbers import OUT_OF_RANGE_AS_TEXT
 from jsonexporter.secrets import CUT, REDACTED, is_credential_header
@@ -236,11 +236,10 @@ def _cache_key(request: UpstreamRequest, options: RequestOptions) -> str:
     endpoint = request.endpoint
     codes = "2xx" if endpoint.valid_status_codes is None else ",".join(map(str, sorted(endpoint.valid_status_codes)))
     parts = [request.method, str(request.url), options.identity(), str(options.proxy), str(id(options.ssl)), str(options.server_hostname),
-             codes, str(endpoint.max_response_bytes), str(options.allow_redirects), *(p.pattern for p in request.allow),
-             request.projection.key if request.projection is not None else "whole"]  # an answer parsed for other rules may lack fields
+             codes, str(endpoint.max_response_bytes), str(options.allow_redirects), *(p.pattern for p in request.allow), parsed_as(request)]
     if endpoint.pagination is not None:  # a combined document is another answer than its first page
         parts.append(repr(endpoint.pagination))
-    digest = hashlib.sha256("\0".join(parts).encode())
+    digest = keyed_hash("\0".join(parts).encode())  # the headers' and the body's credentials: keyed.py
     digest.update(request.body or b"")
     for name, value in sorted(request.headers.items()):
         digest.update(f"\0{name}\0{value}".encode())
@@ -349,14 +348,20 @@ async def _request(up: Upstream, request: UpstreamRequest, options: RequestOptio
     return Answer(result.document, result.status, result.bytes, size=result.parsed_size), result
 
 
+def parsed_as(request: UpstreamRequest) -> str:
+    """What the answer's document is: parsed whole, or projected for which rules (spec/projection.py). Part of
+    every key an answer is kept under: a document parsed for other rules lacks fields, a trace shows the whole."""
+    return request.projection.key if request.projection is not None else "whole"
+
+
 def schedule_key(request: UpstreamRequest, job: Job) -> Hashable:
-    """What makes a schedule the same one: its module, endpoint and interval, the rendered request, the
-    probe's values its login reads (refresh.login_scope: whose session renders it) and what decides
-    whether an answer is good (the client config compared whole: a changed secret is a new schedule)."""
+    """What makes a schedule the same one: its module, endpoint and interval, the rendered request and what its
+    document is (parsed_as), the probe's values its login reads (refresh.login_scope: whose session renders it) and
+    what decides whether an answer is good (the client config compared whole: a changed secret is a new schedule)."""
     endpoint = request.endpoint
     return (job.module.name, endpoint.name, endpoint.refresh_interval, request.method, str(request.url), tuple(sorted(request.headers.items())),
-            request.body, endpoint.client, endpoint.valid_status_codes, endpoint.max_response_bytes, tuple(p.pattern for p in request.allow),
-            login_scope(job))
+            request.body, parsed_as(request), endpoint.client, endpoint.valid_status_codes, endpoint.max_response_bytes,
+            tuple(p.pattern for p in request.allow), login_scope(job))
 
 
 def render_job(job: Job) -> UpstreamRequest:
@@ -365,7 +370,7 @@ def render_job(job: Job) -> UpstreamRequest:
     the schedule of a request outlives a rotated secret and a renewed login, and never keeps their values."""
     module = job.module
     values = {**job.values, **{name: name for name in module.secret_names}}
-    return render_request(job.endpoint, values, module.target_allow, module.projections.get(job.endpoint.name))
+    return render_request(job.endpoint, values, module.target_allow, None if job.whole else module.projections.get(job.endpoint.name))
 
 
 async def _background(up: Upstream, job: Job) -> tuple[Answer | None, EndpointResult]:
@@ -376,7 +381,7 @@ async def _background(up: Upstream, job: Job) -> tuple[Answer | None, EndpointRe
         if job.module.secrets or job.module.login is not None:
             from jsonexporter.upstream.login import fetch_logged_in  # it sends its requests through this module
 
-            (result,) = await fetch_logged_in(up, job.module, job.values, deadline, endpoints=[job.endpoint])
+            (result,) = await fetch_logged_in(up, job.module, job.values, deadline, endpoints=[job.endpoint], whole=job.whole)
         else:
             result = await fetch_one(up, render_job(job), deadline)
     except InvalidRequest as exc:  # a reload changed what the values may be
@@ -398,9 +403,11 @@ def _background_done(up: Upstream, job: Job, result: EndpointResult) -> Answer |
 async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, trace: Trace | None = None, job: Job | None = None) -> EndpointResult:
     """One endpoint, bounded by its timeout and the probe's deadline (a loop.time()), through the
     cache when the endpoint has `cache_ttl`, from its schedule when it has `refresh_interval` and `job`
-    (the probe's, for the background requests) is given."""
-    if trace is not None and request.projection is not None:
-        request = dataclasses.replace(request, projection=None)  # the trace shows the whole answer (its cache entry is its own)
+    (the probe's: what its background requests are made of, and what bounds a request it shares with
+    other probes, Job.budget) is given."""
+    if trace is not None:  # the trace shows the whole answer: its cache entry and its schedule are their own
+        request = dataclasses.replace(request, projection=None) if request.projection is not None else request
+        job = dataclasses.replace(job, whole=True) if job is not None else None
     endpoint = request.endpoint
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -432,8 +439,10 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
         else:
             sent: list[EndpointResult] = []  # the request this probe made itself (a miss), for its redirects in the trace
 
+            shared = job.budget if job is not None else remaining  # see Job.budget: never the starter's `remaining`
+
             async def fetch(options: RequestOptions = options) -> tuple[Answer | None, EndpointResult]:
-                answer, fetched = await _answer(up, request, options, remaining)
+                answer, fetched = await _answer(up, request, options, shared)
                 sent.append(fetched)
                 return answer, fetched
 

@@ -10,7 +10,6 @@ deadline. Every value read or received is taught to the Redactor before anything
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import http.cookies
 import math
 import time
@@ -20,6 +19,8 @@ from typing import Any
 
 from multidict import CIMultiDictProxy
 
+from jsonexporter.keyed import keyed_digest
+from jsonexporter.secrets import HoldRefused
 from jsonexporter.spec.model import Endpoint, Login, LoginValue, Module
 from jsonexporter.trace import Trace
 from jsonexporter.upstream.client import ClientConfigError, RequestOptions, awaited, renewal_delay
@@ -33,7 +34,7 @@ from jsonexporter.upstream.sessions import LoginFailed, Obtained, Session
 # endpoint retried once
 RENEW_STATUSES = frozenset({401, 403})
 # a login value goes into headers: at most the largest cookie browsers keep (RFC 6265: 4096 bytes);
-# each is held by the Redactor while its session lives, whatever its budget (secrets.LEARNED_BUDGET)
+# each is held by the Redactor while its session lives, whatever its LEARNED_BUDGET, within its HELD_BUDGET (secrets.py)
 MAX_VALUE_CHARS = 4096
 
 
@@ -114,18 +115,32 @@ async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadl
     except TimeoutError:
         return _failed(trace, "login_failed", f"login: no {awaited(login.request.client)} within {budget:.3f}s", filled, unreadable)
     remaining = budget - (loop.time() - start)
+    shared = _login_budget(module)  # the one login every waiting probe shares: its own budget, never this probe's `remaining`
     try:
         got = await up.logins.get(_session_key(module, login, request, options),
-                                  lambda waited: _log_in(up, module.name, login, request, options, remaining, trace if waited else None), remaining,
+                                  lambda waited: _log_in(up, module.name, login, request, options, shared, trace if waited else None), remaining,
                                   rejected, module.name)
     except LoginFailed as exc:
         return _failed(trace, "login_failed", str(exc), filled, unreadable)
     except TimeoutError:
         return _failed(trace, "login_failed", f"login: no answer within {remaining:.3f}s", filled, unreadable)
-    up.clients.redactor.hold(got.session, "login", got.session.values.values())  # kept while the session lives
+    try:  # kept while the session lives, within HELD_BUDGET: values the Redactor does not hold are never sent, nor shown
+        up.clients.redactor.hold(got.session, "login", got.session.values.values(), bounded=True)
+    except HoldRefused as exc:
+        return _failed(trace, "login_failed", f"login: its values are not used: {exc} (secrets.HELD_BUDGET: the values of the "
+                       "live login sessions; sessions that expire, are refused or are dropped as the least recently used make room)",
+                       filled, unreadable)
     if trace is not None and got.how != "made":
         _trace_session(trace, got)
     return Prepared({**filled, **got.session.values}, got.session, unreadable=unreadable)
+
+
+def _login_budget(module: Module) -> float:
+    """Seconds the login request of `module` may take: its timeout, else the module's. A login is shared by
+    the probes that need it at once and renewed in the background, so it is bounded by its own budget, never
+    by the time left to the probe that happens to start it (each waits for it within its own deadline)."""
+    assert module.login is not None
+    return module.login.request.timeout if module.login.request.timeout is not None else module.timeout
 
 
 def _failed(trace: Trace | None, outcome: str, error: str, values: dict[str, str], unreadable: dict[str, str]) -> Prepared:
@@ -138,7 +153,7 @@ def _session_key(module: Module, login: Login, request: UpstreamRequest, options
     """One session per module and login request as sent (target, parameters and secrets in it) and what
     its answer is read for: a rotated password or a reloaded login spec logs in anew."""
     parts = [module.name, _cache_key(request, options), repr(login.values), repr(login.expires_in)]
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+    return keyed_digest("\0".join(parts))
 
 
 async def _log_in(up: Upstream, module: str, login: Login, request: UpstreamRequest, options: RequestOptions, budget: float,
@@ -236,16 +251,17 @@ def _trace_session(trace: Trace, got: Obtained) -> None:
 
 
 async def fetch_prepared(up: Upstream, module: Module, endpoints: Sequence[Endpoint], prepared: Prepared, deadline: float,
-                         trace: Trace | None = None, probe_values: Mapping[str, str] | None = None) -> list[EndpointResult]:
+                         trace: Trace | None = None, probe_values: Mapping[str, str] | None = None, whole: bool = False) -> list[EndpointResult]:
     """`endpoints` rendered with the prepared values and fetched, in their order; those that cannot be
     requested (the login failed, a secret they need is unreadable) get their failure without a request.
-    With `probe_values` (a probe's, not a background request's), endpoints with refresh_interval join their schedules."""
+    With `probe_values` (a probe's, not a background request's), endpoints with refresh_interval join their schedules.
+    `whole`: answers parsed whole, not for the rules (a traced probe's schedule: refresh.Job.whole)."""
     requests, failed, jobs = [], {}, []
     for endpoint in endpoints:
         failure = prepared.failed(endpoint)
         if failure is None:
-            requests.append(render_request(endpoint, prepared.values, module.target_allow, module.projections.get(endpoint.name),
-                                           secret_values(module, prepared.values)))
+            projection = None if whole else module.projections.get(endpoint.name)
+            requests.append(render_request(endpoint, prepared.values, module.target_allow, projection, secret_values(module, prepared.values)))
             if probe_values is not None:
                 jobs.append(Job(module, endpoint, probe_values))  # the values without the secrets': added again at each request
             continue
@@ -271,14 +287,14 @@ async def renewed_if_refused(up: Upstream, job: Job, sent: UpstreamRequest, resu
 
 
 async def fetch_logged_in(up: Upstream, module: Module, values: Mapping[str, str], deadline: float, trace: Trace | None = None,
-                          endpoints: Sequence[Endpoint] | None = None) -> list[EndpointResult]:
+                          endpoints: Sequence[Endpoint] | None = None, whole: bool = False) -> list[EndpointResult]:
     """Every endpoint of `module` after its login, for a probe; or `endpoints`, for a background request
-    (refresh.py). An endpoint answering 401 or 403 makes the login be renewed (once for all the probes
-    that saw it refused) and is retried once, within the deadline."""
+    (refresh.py; `whole` as for fetch_prepared). An endpoint answering 401 or 403 makes the login be renewed
+    (once for all the probes that saw it refused) and is retried once, within the deadline."""
     prepared = await prepare(up, module, values, deadline, trace)
     probe_values = values if endpoints is None else None
     endpoints = list(module.endpoints.values()) if endpoints is None else list(endpoints)
-    results = await fetch_prepared(up, module, endpoints, prepared, deadline, trace, probe_values)
+    results = await fetch_prepared(up, module, endpoints, prepared, deadline, trace, probe_values, whole)
     refused = [endpoint for endpoint, r in zip(endpoints, results, strict=True) if r.status in RENEW_STATUSES]
     if prepared.session is None or not refused:
         return results
@@ -286,5 +302,5 @@ async def fetch_logged_in(up: Upstream, module: Module, values: Mapping[str, str
         status = results[endpoints.index(refused[0])].status
         trace.add(f"login: its values refused by {', '.join(e.name for e in refused)} (HTTP {status}): made again, and those endpoints retried once")
     renewed = await prepare(up, module, values, deadline, trace, rejected=prepared.session)
-    retried = {r.endpoint: r for r in await fetch_prepared(up, module, refused, renewed, deadline, trace, probe_values)}
+    retried = {r.endpoint: r for r in await fetch_prepared(up, module, refused, renewed, deadline, trace, probe_values, whole)}
     return [retried.get(r.endpoint, r) for r in results]

@@ -12,15 +12,13 @@ first one does."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
-import os
 import time
 from collections.abc import Callable, Coroutine, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from jsonexporter.keyed import keyed_digest
 from jsonexporter.logs import kv
 from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, Endpoint, Module
 from jsonexporter.upstream.cache import Answer, Lookup
@@ -43,19 +41,19 @@ class Job:
     module: Module
     endpoint: Endpoint
     values: Mapping[str, str] = field(repr=False)  # a parameter may be a credential
+    whole: bool = False  # the answer parsed whole (a traced probe's), not projected for the rules (spec/projection.py)
 
     @property
     def budget(self) -> float:
-        """Seconds a background request may take: the endpoint's timeout, else its module's."""
+        """Seconds a background request, or one shared by the probes that wait for it (the cache's one fetch
+        of a key), may take: the endpoint's timeout, else its module's. Never the time left to the probe
+        that happens to start it: one with a short scrape timeout would fail every probe coalesced onto it;
+        each of them waits within its own deadline."""
         return self.endpoint.timeout if self.endpoint.timeout is not None else self.module.timeout
 
 
-# per process: what login_scope keeps of a probe's values is never those values in clear
-_SCOPE_KEY = os.urandom(32)
-
-
 def login_scope(job: Job) -> str:
-    """The probe's values that the module's login request reads (not its secrets'), as a keyed hash:
+    """The probe's values that the module's login request reads (not its secrets'), as a keyed hash (keyed.py):
     a login whose own request carries a per-user parameter (`?user=`) the endpoint's lacks gives each
     user a session of their own, so the endpoint's answers differ by user though its request, rendered
     with the login's values by their names (fetch.render_job), does not. Empty without a login."""
@@ -64,7 +62,7 @@ def login_scope(job: Job) -> str:
         return ""
     names = sorted(login.request.placeholders - set(job.module.secret_names))
     read = "\0".join(f"{name}\0{job.values.get(name, '')}" for name in names)
-    return hmac.new(_SCOPE_KEY, read.encode(), hashlib.sha256).hexdigest()
+    return keyed_digest(read)
 
 
 JobFetch = Callable[[Job], Coroutine[Any, Any, tuple[Answer | None, Any]]]

@@ -191,6 +191,22 @@ def _body_quote(escape: str | None) -> Callable[[int, str], str] | None:
     return None
 
 
+def _check_routed_host(endpoint: Endpoint, name: str, value: str, url: URL, allow: tuple[Pattern, ...]) -> None:
+    """A routing header's value (`Host: '{target}'`: Endpoint.routing_headers) picks the host the request is
+    for, as the URL's host does: it must be a `host[:port]`, and with `allow` the URL it names (the request's
+    with that host) must match it, as the URL of a target does."""
+    try:
+        if not value or _NOT_IN_HOST.search(value):
+            raise ValueError
+        named = checked_url(f"{url.scheme}://{value}{url.raw_path_qs}")
+    except ValueError:  # UnusableURL among them
+        raise InvalidRequest(f"endpoint {endpoint.name}: its {name} header {redact_target(value)[:100]!r}, taken from the target or a "
+                             "parameter, is not a host[:port]") from None
+    if allow and not url_allowed(named, allow):
+        raise TargetNotAllowed(f"endpoint {endpoint.name}: the host {redact_target(value)[:100]!r} of its {name} header, taken from the target or a parameter, "
+                               "is not allowed by targets.allow")
+
+
 def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[Pattern, ...] = (),
                    projection: Projection | None = None, secrets: frozenset[str] = frozenset()) -> UpstreamRequest:
     """Fill in the endpoint's templates; raise InvalidRequest when the URL is not http(s), TargetNotAllowed
@@ -210,6 +226,8 @@ def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[P
     headers = dict(BASE_HEADERS)
     for name, template in endpoint.headers:  # their values are checked with the Authorization's in _first_hop
         headers[name] = template.render(values)
+    for name, _ in endpoint.routing_headers:
+        _check_routed_host(endpoint, name, headers[name], url, allow)
     body: bytes | None = None
     if isinstance(endpoint.body, Template):
         body = endpoint.body.render(values, _body_quote(endpoint.body_escape)).encode()

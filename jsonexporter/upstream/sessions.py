@@ -13,7 +13,8 @@ from typing import Any
 
 # One session per (module, target, secrets): an exporter probing a fleet of appliances keeps one per
 # appliance. Each holds at most 8 values (the schema's bound), which the Redactor holds while the
-# session lives (login.prepare): never forgotten while in use, whatever its budget.
+# session lives (login.prepare): never forgotten while in use, whatever its learned budget; a session whose
+# values would take those in use beyond secrets.HELD_BUDGET is not used (its probes fail with login_failed).
 MAX_SESSIONS = 256
 
 

@@ -1,0 +1,73 @@
+"""The keys the exporter keeps of what may be a credential (a cached request with its token or a login's
+values, a login session's request, a schedule's login scope, a web user's password) are keyed per process:
+the same request gives another key in another process, so no key can be tried against guessed values."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+KEYS = r'''
+import asyncio, base64, json
+from jsonexporter.spec import load_text
+from jsonexporter.upstream.client import RequestOptions
+from jsonexporter.upstream.fetch import _cache_key
+from jsonexporter.upstream.login import _session_key
+from jsonexporter.upstream.refresh import Job, login_scope
+from jsonexporter.upstream.render import render_request
+from jsonexporter.webconfig import BasicAuth, WebConfig
+
+spec, problems = load_text("""
+modules:
+  pve:
+    secrets: {password: {env: JSONEXPORTER_TEST_PASSWORD}}
+    login:
+      url: 'http://127.0.0.1:9/access/ticket?user={user}'
+      method: POST
+      body: {password: '{password}'}
+      values: {ticket: data.ticket}
+    parameters: {user: {}}
+    endpoints:
+      nodes: {url: 'http://127.0.0.1:9/nodes', headers: {Cookie: 'ticket={ticket}'}}
+    metrics: [{name: x, help: x, value: v}]
+""", "spec.yml")
+assert spec is not None, problems
+module = spec.modules["pve"]
+values = {"target": "", "module": "pve", "user": "alice", "password": "pw-SECRET", "ticket": "ticket-SECRET"}
+options = RequestOptions(ssl=True, server_hostname=None, proxy=None, proxy_headers=None, allow_redirects=True, authorization="Bearer tok-SECRET")
+endpoint = render_request(module.endpoints["nodes"], values)
+login = render_request(module.login.request, values)
+auth = BasicAuth(lambda: WebConfig(users={"alice": b"$2b$04$HsGvx6cabLWs3f72N6DZcO1z.kW7MoqHToLOnniN1bfRMH/vTFB8W"}))
+assert asyncio.run(auth.check("Basic " + base64.b64encode(b"alice:web-SECRET").decode()))
+print(json.dumps({
+    "cached request": _cache_key(endpoint, options),
+    "identity": options.identity(),
+    "login session": _session_key(module, module.login, login, options),
+    "login scope": login_scope(Job(module, module.endpoints["nodes"], values)),
+    "web user": [key.hex() for key in auth.cache],
+}))
+'''
+
+
+def keys_of_one_process(setarch: str) -> dict[str, object]:
+    # the same addresses in every process (a cache key has the TLS context's id): only a per-process key tells them apart
+    environment = {**os.environ, "PYTHONHASHSEED": "0", "JSONEXPORTER_TEST_PASSWORD": "pw-SECRET"}
+    done = subprocess.run([setarch, "-R", sys.executable, "-c", KEYS], capture_output=True, text=True, timeout=120, check=False, env=environment)
+    assert done.returncode == 0, done.stderr
+    keys: dict[str, object] = json.loads(done.stdout)
+    return keys
+
+
+def test_keys_of_what_may_be_a_credential_differ_from_one_process_to_the_next() -> None:
+    setarch = shutil.which("setarch")
+    if setarch is None or subprocess.run([setarch, "-R", "true"], capture_output=True, timeout=60, check=False).returncode != 0:
+        pytest.skip("needs setarch -R (util-linux) to run processes without address randomization")
+    first, second = keys_of_one_process(setarch), keys_of_one_process(setarch)
+    assert first.keys() == second.keys()
+    same = [name for name in first if first[name] == second[name]]
+    assert same == []
