@@ -6,6 +6,7 @@ extraction errors and duplicates counted per metric. A failing rule never drops 
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import math
@@ -26,7 +27,7 @@ from jsonexporter.labeltext import label_text
 from jsonexporter.names import text_name
 from jsonexporter.numbers import parse_number
 from jsonexporter.secrets import Redactor
-from jsonexporter.slices import Steps, run, run_sliced
+from jsonexporter.slices import SLICE_SECONDS, Steps, run, run_sliced
 from jsonexporter.spec import objects
 from jsonexporter.spec.expressions import Expression, Search
 from jsonexporter.spec.functions import FunctionError
@@ -38,7 +39,13 @@ MAX_MESSAGES = 20  # error messages kept per probe for the log and the trace
 # MAX_MESSAGES, what the server keeps of them for its 50 recent probes stays within 1 MB
 MAX_MESSAGE = 1000
 _DEFAULT_HELP = "Extracted by jsonexporter."
-_CHUNK = 512  # elements per step of a rule on the fast path: about 1 ms for bench/'s items (1024: 2 ms)
+_CHUNK = 512  # most elements per step of a rule on the fast path: about 0.5 ms for bench/'s items
+# A chunk of the fast path is cut by time too (`_chunks`): each is sized from the time the last one took,
+# aiming at a slice (slices.SLICE_SECONDS). A rule whose expressions the interpreter walks the element's lists
+# for (`Expression.iterates`: an element may take milliseconds) starts each probe at _FIRST_CHUNK elements; the
+# others at _CHUNK (fields and calls by columns: at most about linear in the chunk's data, at C or the library's pace)
+_CHUNK_SECONDS = SLICE_SECONDS
+_FIRST_CHUNK = 4
 _STEP_SECONDS = 0.0005  # of a rule on the general path: it yields after the element (or level searched) that passes it
 _SHOWN = 3  # elements of a rule whose values and labels a trace shows
 
@@ -187,7 +194,34 @@ def _search(expr: Expression, element: Any, ctx: dict[str, Any] | None) -> Any:
     return expr.search(ctx if expr.on_context else element)
 
 
-def _elements(metric: Metric, doc: Any, base: dict[str, Any] | None, trace: Trace | None) -> Iterator[tuple[Any, dict[str, Any] | None]]:
+_Search = Callable[[Expression, Any, "dict[str, Any] | None"], Any]
+
+
+def _searching_once_per_probe() -> _Search:
+    """`_search`, where a `$` expression that reads only what every element shares (`Expression.per_probe`:
+    `$root.…`, a whole document searched for each element) is evaluated once for all of a rule's elements:
+    what it gave, or its failure raised again for each element."""
+    fixed: dict[int, tuple[Any, Exception | None]] = {}
+
+    def search(expr: Expression, element: Any, ctx: dict[str, Any] | None) -> Any:
+        if ctx is None or not expr.per_probe:
+            return expr.search(ctx if expr.on_context else element)
+        found = fixed.get(id(expr))
+        if found is None:
+            try:
+                found = (expr.search(ctx), None)
+            except Exception as exc:
+                found = (None, exc)
+            fixed[id(expr)] = found
+        if found[1] is not None:
+            raise found[1].with_traceback(None)
+        return found[0]
+
+    return search
+
+
+def _elements(metric: Metric, doc: Any, base: dict[str, Any] | None, trace: Trace | None,
+              search: _Search = _search) -> Iterator[tuple[Any, dict[str, Any] | None]]:
     """Every element of the (nested) iteration, with its context when the rule uses `$`."""
     if not metric.each:
         yield doc, base
@@ -197,7 +231,7 @@ def _elements(metric: Metric, doc: Any, base: dict[str, Any] | None, trace: Trac
 
     def walk(depth: int, element: Any, parent: dict[str, Any] | None) -> Iterator[tuple[Any, dict[str, Any] | None]]:
         level = metric.each[depth]
-        collection = _search(level.path, element, parent)
+        collection = search(level.path, element, parent)
         yield _SEARCHED, None
         if trace is not None and depth not in traced:
             traced.add(depth)
@@ -320,8 +354,9 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
     traced = 0
     clock = time.perf_counter
     due = clock() + _STEP_SECONDS
+    search = _searching_once_per_probe() if base is not None else _search
     try:
-        for element, ctx in _elements(metric, doc, base, trace):
+        for element, ctx in _elements(metric, doc, base, trace, search):
             # steps by time, not by so many elements: an element's expressions may take long (a `$root` one searches the
             # whole document each time), and slices.py can cut only between steps; a step also checks the probe's limits
             if clock() >= due:
@@ -332,7 +367,7 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
             show = trace is not None and traced < _SHOWN
             traced += 1
             try:
-                pairs = _bounded_pairs([(name, label_text(_search(expr, element, ctx))) for name, expr in label_exprs], result.bounds)
+                pairs = _bounded_pairs([(name, label_text(search(expr, element, ctx))) for name, expr in label_exprs], result.bounds)
             except Exception as exc:  # a label failing drops this element's series only
                 for output, *_ in families:
                     result.error(output.name, f"labels: {_reason(exc)}")
@@ -341,7 +376,7 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
             ts = None
             if metric.timestamp is not None:
                 try:
-                    ts = to_timestamp(_search(metric.timestamp, element, ctx), metric.timestamp_scale)
+                    ts = to_timestamp(search(metric.timestamp, element, ctx), metric.timestamp_scale)
                 except Exception as exc:  # the message says "timestamp …"; the labels say which series
                     for output, *_ in families:
                         result.error(output.name, f"{_reason(exc)} (labels {dict(pairs)})")
@@ -350,7 +385,7 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
                 samples: list[tuple[Labels, float]]
                 try:
                     if metric.distribution is not None:
-                        series = _distribution_series(metric, sample_name, element, ctx, pairs)
+                        series = _distribution_series(metric, sample_name, element, ctx, pairs, search)
                         if show and trace is not None:
                             trace.add(f"    {output.name}: {len(series[1])} sample(s); labels {dict(pairs)}")
                         _put(result, output.name, family, series, ts, metric, None if held is None else held[index])
@@ -361,7 +396,7 @@ def _apply_general(metric: Metric, doc: Any, probe: ProbeContext, static: Labels
                         samples = [(tuple(sorted(pairs)), 1.0)]
                     else:
                         assert output.value is not None
-                        raw = _search(output.value, element, ctx)
+                        raw = search(output.value, element, ctx)
                         if show and trace is not None:
                             trace.add(f"    {output.name}: value {output.value.source!r} -> {shorten(raw)}; labels {dict(pairs)}")
                         samples = _states(metric, pairs, raw) if is_stateset else [(tuple(sorted(pairs)), sample_value(raw, metric, output.value))]
@@ -412,6 +447,7 @@ class _FastPlan:
     slots: tuple[int, ...]  # the rule's labels (indexes into `names`) in the order of their names
     key: tuple[tuple[str, str], ...]  # rules of an iteration with the same key give an element the same text
     between: tuple[str, ...]  # the template's text before, between and after the rule's labels' values (`_joined_texts`)
+    first_chunk: int  # elements of the rule's first chunk in a probe (_FIRST_CHUNK)
 
 
 @dataclass(slots=True)
@@ -426,15 +462,17 @@ class _Chunk:
 @dataclass(slots=True)
 class _Memo:
     """What the rules of one extraction share, when they iterate the same elements of the same
-    endpoint's document: the elements, and the label texts that rules with the same labels give
-    them, by chunk (None for a chunk that went element by element)."""
+    endpoint's document: the elements, where their chunks end (`_chunks`), and the label texts that
+    rules with the same labels give them, by chunk: its first element, its end and its texts (None
+    for a chunk that went element by element)."""
 
     elements: dict[tuple[str, tuple[tuple[str, bool], ...]], tuple[list[Any], Exception | None]] = field(default_factory=dict)
-    labels: dict[tuple[Any, ...], list[_Chunk | None]] = field(default_factory=dict)
+    ends: dict[tuple[str, tuple[tuple[str, bool], ...]], list[int]] = field(default_factory=dict)
+    labels: dict[tuple[Any, ...], dict[int, tuple[int, _Chunk | None]]] = field(default_factory=dict)
     plans: dict[Any, Any] = field(default_factory=dict)  # the module's (Module.fast_plans): they outlive the extraction
     bounds: Bounds = field(default_factory=Bounds)
     known: _KnownTexts = field(default_factory=lambda: _KnownTexts())  # the module's too (in its fast_plans)
-    fields: dict[tuple[Any, ...], _Fields] = field(default_factory=dict)  # by iteration and chunk
+    fields: dict[tuple[Any, ...], _Fields] = field(default_factory=dict)  # by iteration and chunk (its first element and end)
     shared: dict[Any, frozenset[str]] = field(default_factory=dict)  # the module's (`_shared_fields`)
 
 
@@ -528,7 +566,14 @@ def _fast_plan(metric: Metric, static: Labels) -> _FastPlan | None:
         slots=tuple(sorted(range(len(rule_names)), key=rule_names.__getitem__)),
         key=tuple((name, expr.source) for name, expr in metric.labels),
         between=tuple(between),
+        first_chunk=_FIRST_CHUNK if any(e.iterates for e in _element_expressions(metric)) else _CHUNK,
     )
+
+
+def _element_expressions(metric: Metric) -> Iterator[Expression]:
+    """The expressions of a rule evaluated for each element (not its levels' paths)."""
+    levels = {id(level.path) for level in metric.each}
+    return (expr for expr in metric.expressions() if id(expr) not in levels)
 
 
 def _template(names: tuple[str, ...], rule_labels: int, static_texts: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -655,20 +700,70 @@ def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, m
 
 def _chunks(metric: Metric, plan: _FastPlan, doc: Any, memo: _Memo) -> Iterator[tuple[list[Any] | None, _Chunk | None, _Fields | None]]:
     """The rule's elements by chunks, with their label texts (None: the chunk goes element by
-    element) and their fields' columns; (None, None, None) between two chunks, where the rule yields its turn."""
+    element) and their fields' columns; (None, None, None) between two chunks, where the rule yields its turn.
+    Chunks are cut by the time the rule's last one took (`_next_chunk_size`); the first rule of an
+    iteration to reach an element cuts where its chunk ends, the others end theirs there too (or before,
+    when theirs take longer), so that rules share the fields and label texts of the same chunks."""
     elements, _ = _iteration(metric, doc, memo)
     iteration = _iteration_key(metric)
     key = (*iteration, plan.key)
-    chunks = memo.labels.setdefault(key, [])
-    for index, start in enumerate(range(0, len(elements), _CHUNK)):
-        if index:
+    made = memo.labels.setdefault(key, {})
+    ends = memo.ends.setdefault(iteration, [])
+    # a chunk's time by the wall clock (67 ns a reading), then, after one that took too long, by the thread's CPU
+    # clock (its work, not the time the machine's other work took meanwhile), a system call of 0.6-4 µs
+    clock, precise = time.perf_counter, False
+    size, start, count = plan.first_chunk, 0, len(elements)
+    covering: tuple[int, int, _Chunk | None] = (0, 0, None)  # label texts made for a chunk that holds this one
+    while start < count:
+        if start:
             yield None, None, None
-        fields = memo.fields.get((*iteration, index))
+        began = clock()
+        at = bisect.bisect_right(ends, start)
+        if at < len(ends):
+            end = min(start + size, ends[at])
+        else:
+            end = min(start + size, count)
+            ends.append(end)
+        fields = memo.fields.get((*iteration, start, end))
         if fields is None:
-            fields = memo.fields[(*iteration, index)] = _Fields(elements[start:start + _CHUNK], memo.shared.get(iteration, frozenset()))
-        if index == len(chunks):
-            chunks.append(_bounded_chunk(_known_chunk(plan, fields, memo.known, (*key, plan.between, index)), memo.bounds))
-        yield fields.elements, chunks[index], fields
+            fields = memo.fields[(*iteration, start, end)] = _Fields(elements[start:end], memo.shared.get(iteration, frozenset()))
+        entry = made.get(start)
+        if entry is not None and entry[0] >= end:
+            covering = (start, *entry)
+        first, last, whole = covering
+        if first <= start and end <= last:
+            chunk = whole if (first, last) == (start, end) else _chunk_part(whole, start - first, end - first)
+        else:
+            chunk = _bounded_chunk(_known_chunk(plan, fields, memo.known, (*key, plan.between, start)), memo.bounds)
+            made[start] = end, chunk
+        yield fields.elements, chunk, fields
+        seconds = clock() - began
+        if seconds > 2 * _CHUNK_SECONDS and not precise:
+            clock, precise = time.thread_time, True  # the next chunk tells whether this one's elements take long
+        else:
+            size = _next_chunk_size(size, end - start, seconds)
+        start = end
+
+
+def _chunk_part(chunk: _Chunk | None, start: int, end: int) -> _Chunk | None:
+    """The label texts of some of a chunk's elements, for a rule whose chunks end before those of the rule that made them."""
+    if chunk is None:
+        return None
+    texts = chunk.texts[start:end]
+    distinct = set(texts)
+    return _Chunk(texts, distinct, len(distinct) == len(texts), [column[start:end] for column in chunk.columns])
+
+
+def _next_chunk_size(size: int, elements: int, seconds: float) -> int:
+    """The size of a rule's next chunk after `elements` took `seconds`: a power of two (the same cuts
+    probe after probe, where the label texts kept across probes are found), smaller after one that took
+    more than twice _CHUNK_SECONDS, larger (four times at most) after one that took less than half of it."""
+    fitted = elements * _CHUNK_SECONDS / seconds if seconds > 0 else _CHUNK
+    if seconds > 2 * _CHUNK_SECONDS:
+        return 1 << max(0, int(fitted).bit_length() - 1)
+    if fitted >= 2 * size:
+        return min(_CHUNK, 4 * size, 1 << (int(fitted).bit_length() - 1))
+    return size
 
 
 # Bounds of label values (Bounds): checked by columns on the fast path, where a chunk with a value too long or
@@ -1245,15 +1340,16 @@ class _UnknownState(ExtractionError):
 # (buckets cumulative, sorted by bound, ending with +Inf, the count equal to it; quantiles between 0 and 1)
 
 
-def _distribution_series(metric: Metric, sample_name: str, element: Any, ctx: dict[str, Any] | None, pairs: list[tuple[str, str]]) -> _Series:
+def _distribution_series(metric: Metric, sample_name: str, element: Any, ctx: dict[str, Any] | None, pairs: list[tuple[str, str]],
+                         search: _Search = _search) -> _Series:
     """All the samples of one histogram or summary series. Raises ExtractionError."""
     d = metric.distribution
     assert d is not None
     labels = tuple(sorted(pairs))
-    raw_count = None if d.count is None else _search(d.count, element, ctx)
+    raw_count = None if d.count is None else search(d.count, element, ctx)
     # a histogram without its count has it in the +Inf bucket; a summary says it or has none
     count = None if d.count is None or (raw_count is None and metric.type == "histogram") else _observed(raw_count, "count", d.count)
-    raw = _search(d.points, element, ctx)
+    raw = search(d.points, element, ctx)
     samples: _Samples = []
     scale = metric.scale  # of the observations (bounds, quantile values, sum), never of counts
     if metric.type == "histogram":  # the buckets first: what a missing distribution is reported as
@@ -1262,7 +1358,7 @@ def _distribution_series(metric: Metric, sample_name: str, element: Any, ctx: di
         count = buckets[-1][1]
     else:
         samples.extend((sample_name, _with(labels, "quantile", q), _scaled(v, scale)) for q, v in summary_quantiles(raw, d.points.source))
-    total = None if d.sum is None else _scaled(_observed(_search(d.sum, element, ctx), "sum", d.sum), scale)
+    total = None if d.sum is None else _scaled(_observed(search(d.sum, element, ctx), "sum", d.sum), scale)
     if total is not None and metric.type == "histogram" and buckets[0][0] < 0:
         raise ExtractionError(f"bucket le={format_bound(buckets[0][0])} is negative: OpenMetrics allows no _sum then")
     if count is not None:

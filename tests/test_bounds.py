@@ -16,7 +16,7 @@ from aiohttp import web
 from conftest import ExporterFactory, UpstreamFactory, make_spec
 from metrics_util import names, parse, value
 
-from jsonexporter.exposition import Family, encode, encode_async, encode_pieces
+from jsonexporter.exposition import Family, encode, encode_async, encode_pieces, render_text
 from jsonexporter.extract import ProbeContext, extract_async
 from jsonexporter.server import Options, make_app, write_pieces
 from jsonexporter.slices import EXTRACT, PARSE, RENDER, DeadlinePassed, Steps, run_sliced, turn
@@ -368,24 +368,58 @@ async def _loop_turns_during(work: Any) -> tuple[Any, int]:
     return await task, turns
 
 
-# Each element's value searches the whole document (3,000 items): milliseconds per element, far more
-# than a slice (slices.SLICE_SECONDS), for fewer elements than a step used to count
-ROOT_SPEC = """
+# Each element's value filters its own numbers: milliseconds per element, far more than a slice
+# (slices.SLICE_SECONDS), for fewer elements than a chunk of the fast path holds (extract._CHUNK)
+OWN_VALUES = "length(v[?to_number(to_string(@)) > `0`])"
+ITEM_SPEC = f"""
 modules:
   default:
     metrics:
-      - {name: bigger, help: b, each: few, value: '$root.length(many[?v > `100`])', labels: {id: id}}
+      - {{name: positive, help: p, each: few, value: '$item.{OWN_VALUES}', labels: {{id: id}}}}
 """
+OWN_SPEC = f"""
+modules:
+  default:
+    metrics:
+      - {{name: positive, help: p, each: few, value: '{OWN_VALUES}', labels: {{id: id}}}}
+"""
+# a quick rule first: the chunk it cuts (all 200 elements) is not the slow rule's step
+AFTER_QUICK_SPEC = f"""
+modules:
+  default:
+    metrics:
+      - {{name: quick, help: q, each: few, value: n, labels: {{id: id}}}}
+      - {{name: positive, help: p, each: few, value: '{OWN_VALUES}', labels: {{id: id}}}}
+"""
+FEW = {"few": [{"id": str(i), "n": i, "v": [i % 10 for i in range(200)]} for i in range(200)]}
 
 
-@pytest.mark.parametrize(("spec", "document"), [
-    (ROOT_SPEC, {"few": [{"id": str(i)} for i in range(60)], "many": [{"v": i % 200} for i in range(3_000)]}),
-], ids=["general path"])
-async def test_a_rule_whose_elements_take_long_lets_the_event_loop_run_between_its_elements(spec: str, document: Any) -> None:
+@pytest.mark.parametrize("spec", [ITEM_SPEC, OWN_SPEC, AFTER_QUICK_SPEC], ids=["general path", "fast path", "fast path after a quick rule"])
+async def test_a_rule_whose_elements_take_long_lets_the_event_loop_run_between_its_elements(spec: str) -> None:
     module = make_spec(spec).modules["default"]
-    result, turns = await _loop_turns_during(extract_async(module, {"default": document}, ProbeContext("default", "", {})))
-    assert len(result.families[module.metrics[0].name].keys) == len(document["few"])
+    result, turns = await _loop_turns_during(extract_async(module, {"default": FEW}, ProbeContext("default", "", {})))
+    assert [value(parse(render_text([f])), "positive", id="7") for f in result.families.values() if f.name == "positive"] == [180]
+    assert len(result.families["positive"].keys) == len(FEW["few"])
     assert turns > 20  # a step per element or a few: one of a few hundred elements took all of them at once
+
+
+async def test_a_probe_whose_one_chunk_of_elements_takes_seconds_ends_by_its_deadline_and_lets_health_checks_through(
+        upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    # 512 elements (one chunk of the fast path, counted in elements) of 2,000 numbers each: tens of
+    # milliseconds per element, many seconds for all, far beyond the deadline (the scrape timeout's 2.5 s
+    # less the 0.5 s offset)
+    up = await upstream({"/": {"few": [{"id": str(i), "v": [i % 10 for i in range(2_000)]} for i in range(512)]}})
+    client = await exporter(OWN_SPEC.replace("default:\n", "default:\n    timeout: 60s\n", 1))
+    probe = asyncio.ensure_future(client.get(f"/probe?target={up.url}/", headers={"X-Prometheus-Scrape-Timeout-Seconds": "2.5"}))
+    health_checks = 0
+    while not probe.done():
+        # a step of the extraction takes a few elements' time at most: the health check waits for one, not for all
+        health = await asyncio.wait_for(client.get("/-/healthy"), 5)
+        assert health.status == 200
+        health_checks += 1
+    s = parse(await (await probe).text())  # the exporter gave up at its deadline, and did not first extract what nobody reads
+    assert value(s, "probe_failed_due_to_deadline") == 1 and "positive" not in names(s)
+    assert health_checks > 0
 
 
 LONG_LABEL_SPEC = """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -14,7 +15,18 @@ from metrics_util import samples
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
 from jsonexporter.exposition import Family, render_openmetrics, render_text
-from jsonexporter.extract import MAX_MESSAGE, MAX_MESSAGES, ExtractionError, ProbeContext, extract, label_text, sample_value, to_number, to_timestamp
+from jsonexporter.extract import (
+    MAX_MESSAGE,
+    MAX_MESSAGES,
+    ExtractionError,
+    ProbeContext,
+    extract,
+    extract_async,
+    label_text,
+    sample_value,
+    to_number,
+    to_timestamp,
+)
 from jsonexporter.spec.expressions import compile_expression
 from jsonexporter.trace import Trace
 
@@ -280,3 +292,49 @@ def test_lone_surrogates_in_info_labels_are_written_as_their_escapes() -> None:
     text.encode("utf-8")
     assert errors["about_info"] == 0
     assert [labels for _, labels, _ in samples(families["about_info"])] == [{"v": "\\ud800", "all": '{"m":"\\ud800","\\udfffk":1}'}]
+
+
+ROOT_EXPRESSIONS = ["v", "a.b", "length(items)", "items[0].id", "lower(v)", "to_number(v)", "items[?v].v", "max(items[*].v)"]
+root_documents = st.fixed_dictionaries({"v": json_values, "a": json_values,
+                                        "items": st.lists(st.dictionaries(st.sampled_from(["id", "v"]), json_values), max_size=4)})
+
+
+@settings(max_examples=300, deadline=None)
+@given(root_documents, st.sampled_from(ROOT_EXPRESSIONS), st.sampled_from(ROOT_EXPRESSIONS), st.sampled_from(["items", ["items", "@"]]))
+def test_an_expression_of_the_whole_document_gives_each_element_what_it_gives_read_for_that_element(
+        document: Any, label: str, value: str, each: Any) -> None:
+    """`$root.…` is searched once per rule (nothing of the element in it): what it gives, or how it fails, is what
+    `$parent.root.…` (the same, read through the element's context) gives each element."""
+    def extraction(context: str) -> tuple[str, dict[str, int], list[str]]:
+        spec = make_spec(f"""
+            modules:
+              default:
+                metrics:
+                  - {{name: m, help: h, each: {each!r}, labels: {{l: '{context}.{label}', i: $index}}, value: '{context}.{value}'}}
+            """)
+        result = extract(spec.modules["default"], {"default": document}, PROBE)
+        return render_text(list(result.families.values())), result.errors, [m.replace(context, "$") for m in result.messages]
+
+    deep = "$parent.parent.root" if isinstance(each, list) else "$parent.root"
+    assert extraction("$root") == extraction(deep)
+
+
+async def test_a_value_of_the_whole_document_is_searched_once_per_rule_not_per_element() -> None:
+    # milliseconds a search of the whole document, for each of 10,000 elements: minutes if searched per element
+    document = {"few": [{"id": i} for i in range(10_000)], "many": [{"v": i % 200} for i in range(10_000)]}
+    module = make_spec("""
+        modules:
+          default:
+            metrics: [{name: bigger, help: b, each: few, value: '$root.length(many[?v > `100`])', labels: {id: id, i: $index}}]
+        """).modules["default"]
+    result = await extract_async(module, {"default": document}, PROBE, deadline=asyncio.get_running_loop().time() + 60)
+    assert samples(result.families["bigger"])[:1] == [("bigger", {"id": "0", "i": "0"}, 4_950.0)]
+    assert len(result.families["bigger"].keys) == 10_000
+
+
+@pytest.mark.parametrize(("source", "once"), [
+    ("$root.a", True), ("$root.length(items[?v])", True), ("$target", True), ("$module", True), ("$params.region", True),
+    ("$item.a", False), ("$index", False), ("$key", False), ("$parent.root.a", False), ("$node.item", False), ("a", False),
+])
+def test_only_expressions_of_what_every_element_shares_are_searched_once_per_rule(source: str, once: bool) -> None:
+    assert compile_expression(source, frozenset({"node"})).per_probe is once

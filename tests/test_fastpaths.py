@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from metrics_util import parse, samples, value
 from prometheus_client.utils import floatToGoString
 
+from jsonexporter import extract as extract_module
 from jsonexporter.exposition import Family, encode, encode_async, format_value, render_openmetrics, render_text
 from jsonexporter.extract import (
     _KNOWN_CHARACTERS,
@@ -289,6 +290,33 @@ def test_fast_extraction_across_chunks_after_an_answer_gives_what_the_general_pa
     before, after = ({**answer, "items": [e if isinstance(e, dict) else None for e in answer["items"]]} for answer in (before, after))
     if not any(_beyond_64_bits_in_a_value(answer, 0, dict) for answer in (before, after)):  # and parsed for the rules into objects
         _assert_objects_read_as_dicts(module_spec, after, before=before)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(modules(), documents, st.integers(900, 2600), st.integers(1, 50), st.integers(1, 700), st.sampled_from([0.0, 1e-6, 2e-5, 1e-4]),
+       st.dictionaries(st.sampled_from(["id", "zz", "b"]), st.sampled_from([e for e in LABEL_EXPRESSIONS if "(" not in e]), max_size=2))
+def test_fast_extraction_in_chunks_cut_by_time_gives_what_the_general_path_gives(
+        module_spec: dict[str, Any], document: Any, count: int, period: int, renamed: int, seconds: float, labels: dict[str, str]) -> None:
+    """Chunks sized by the time the last one took (each rule its own, ending where the first rule of the
+    iteration cut or before): with a budget of none (one element a chunk) or of microseconds (chunks
+    of every size, not the same from one probe to the next), the same output, and after another answer
+    (the label texts kept across probes by their chunk's first element). Among the rules, two with the same
+    labels: the second, whose value the interpreter walks a list for, starts each probe with a few elements
+    (_FIRST_CHUNK), in the chunks the first cut, and takes its label texts from the first's."""
+    pair = [{"name": "leader", "help": "h", "each": "items", "labels": labels, "value": "`1`"},
+            {"name": "follower", "help": "h", "each": "items", "labels": labels, "value": "length(tags[*] || `[]`)"}]
+    spec = make_spec(json.dumps({"modules": {"default": {**module_spec, "metrics": [*module_spec["metrics"], *pair]}}}))
+    module = spec.modules["default"]
+    before, after = (_objects_only(_many(document, count, period, changed)) for changed in (0, renamed))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(extract_module, "_CHUNK_SECONDS", seconds)
+        _assert_same(*_both_paths(module, before))
+        _assert_same(*_both_paths(module, after, before))
+
+
+def _objects_only(document: Any) -> Any:
+    """The document with every element of `items` an object: the label texts of each chunk by columns."""
+    return {**document, "items": [e if isinstance(e, dict) else {"id": "x"} for e in document["items"]]}
 
 
 def test_bench_spec_takes_the_fast_path_with_the_same_output() -> None:

@@ -200,3 +200,27 @@ def test_a_text_of_many_cuts_is_looked_at_once_per_character() -> None:
     text = ("sxxx" + CUT) * 25_000
     assert redactor(text) == ("<redacted>" + CUT) * 25_000
     assert redactor("a " + secret[:600] + CUT + " b") == "a <redacted>" + CUT + " b"
+
+
+_long_values = st.lists(st.text(_LETTERS, min_size=MIN_BARE_LENGTH, max_size=9), min_size=1, max_size=12, unique=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_long_values, st.data(), st.integers(0, 11), st.booleans())
+def test_whether_a_text_holds_a_known_value_is_what_the_alternation_of_every_form_finds(
+        values: list[str], data: st.DataObject, split: int, look_between: bool) -> None:
+    """`finds` (whether a chunk of label values goes element by element): a few forms are each looked for
+    whole (only those holding no other), many (a dozen values: beyond _FEW_FORMS) by the lookups of
+    `_Forms.find`; the forms looked for follow what is learned (after a first look) and forgotten."""
+    pieces = data.draw(st.lists(st.sampled_from([f for v in values for f in _forms(v)]) | st.text(_LETTERS + "x", max_size=6), max_size=6))
+    text = "".join(pieces)
+    redact = Redactor(budget=10**6)
+    for i, value in enumerate(values):
+        if i == split and look_between:
+            redact.finds(text)  # what it looks for, found once
+        redact.learn(value)
+    reference = _Reference({v.strip() for v in values if _Reference.kept(v)})
+    assert redact.finds(text) == (reference.pattern is not None and reference.pattern.search(text) is not None)
+    redact.budget = 0  # all forgotten but the last learned
+    redact.learn("zzzz")
+    assert redact.finds(text) == ("zzzz" in text)

@@ -26,6 +26,7 @@ Columns = Callable[[list[Any]], "list[Any] | None"]  # what an expression gives 
 
 # names a `$` expression can start with; level names given with `as` are added per metric
 CONTEXT_NAMES = frozenset({"key", "index", "item", "parent", "root", "target", "module", "params"})
+PROBE_NAMES = frozenset({"root", "target", "module", "params"})  # those that are the same for every element of a probe
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -53,6 +54,15 @@ class Expression:
     single_input: str | None = None
     by_input: Columns | None = None
     entry_fields: tuple[str | None, ...] | None = None  # of `entries`: the field name of each that is one plain field
+    # the interpreter walks lists of the element for it (a projection, filter, flatten, slice or call it evaluates):
+    # work per element that grows with the element at the interpreter's pace, milliseconds for a big one (extract._chunks)
+    iterates: bool = False
+
+    @property
+    def per_probe(self) -> bool:
+        """A `$` expression that reads only what a probe's elements share (`$root`, `$target`, `$module`,
+        `$params`): the same for every element of a rule."""
+        return self.on_context and self.context_names <= PROBE_NAMES
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
@@ -359,6 +369,46 @@ def _check_calls(parsed: ParsedResult, text: str) -> None:
             raise ExpressionError(f"invalid JMESPath: {exc.message}", at) from None
 
 
+# Nodes of which the interpreter evaluates the first child on the current node and the others on what it gave
+_LEFT_ON_NODE = frozenset({"subexpression", "index_expression", "projection", "value_projection", "filter_projection", "pipe"})
+# Nodes of which it evaluates every child on the current node
+_ALL_ON_NODE = frozenset({"or_expression", "and_expression", "not_expression", "comparator", "multi_select_list", "multi_select_dict",
+                          "key_val_pair", "function_expression", "flatten"})
+_READ_NOTHING = frozenset({"literal", "index", "slice", "expref"})  # an `&expr` is evaluated on what its function iterates
+
+
+def context_reads(ast: dict[str, Any]) -> frozenset[str] | None:
+    """The fields an expression reads of the node it is evaluated on (of a `$` expression: the context
+    names it reads, wherever they are in it); None when it reads that node whole (`@`)."""
+    kind = ast["type"]
+    if kind == "field":
+        return frozenset({ast["value"]})
+    if kind in _READ_NOTHING:
+        return frozenset()
+    children = [child for child in ast.get("children", ()) if isinstance(child, dict)]
+    if kind in _LEFT_ON_NODE:
+        children = children[:1]
+    elif kind not in _ALL_ON_NODE:
+        return None
+    found: set[str] = set()
+    for child in children:
+        names = context_reads(child)
+        if names is None:
+            return None
+        found |= names
+    return frozenset(found)
+
+
+_ITERATING = frozenset({"projection", "value_projection", "filter_projection", "flatten", "slice", "function_expression"})
+
+
+def _iterates(ast: dict[str, Any]) -> bool:
+    """Whether the interpreter may walk lists of the data for the expression (`Expression.iterates`)."""
+    if ast["type"] in _ITERATING:
+        return True
+    return any(_iterates(child) for child in ast.get("children", ()) if isinstance(child, dict))
+
+
 def _leftmost_field(ast: dict[str, Any]) -> str | None:
     node = ast
     while node["type"] != "field":
@@ -479,13 +529,15 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
         if first is None or first not in allowed:
             known = ", ".join("$" + n for n in sorted(allowed))
             raise ExpressionError(f"unknown context name {('$' + first) if first else source!r}: use one of {known}", 0)
-        names = frozenset({first})
+        reads = context_reads(parsed.parsed)  # {first}, with any other name the expression reads of the context
+        names = allowed if reads is None else reads
     chain = None
     columns: Columns | None = None
     single_field = None
     by_input: Columns | None = None
     entries: tuple[tuple[str, Columns], ...] | None = None
     entry_fields: tuple[str | None, ...] | None = None
+    iterates = False
     if text.strip() == "@":
         search: Search = _current_node
     else:
@@ -495,6 +547,7 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
         else:
             direct = _direct_search(parsed.parsed) if parsed.parsed["type"] in ("function_expression", "multi_select_dict") else None
             search = direct or functools.partial(parsed.search, options=OPTIONS)
+            iterates = direct is None and _iterates(parsed.parsed)
             columns = _direct_columns(parsed.parsed) if direct is not None else None
             single = _single_input(parsed.parsed)
             of_inputs = None if columns is None or single is None else _direct_columns(parsed.parsed, single)
@@ -506,7 +559,7 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
                 entries = tuple((key, entry) for key, (entry, _) in found.items())
                 entry_fields = tuple(name for _, name in found.values())
     return Expression(source, search, on_context, names, None if chain is None else tuple(chain), columns, entries, single_field,
-                      by_input if single_field is not None else None, entry_fields)
+                      by_input if single_field is not None else None, entry_fields, iterates)
 
 
 # -- templates --------------------------------------------------------------------------
