@@ -16,7 +16,7 @@ import gzip
 import math
 import re
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.utils import floatToGoString
@@ -48,6 +48,44 @@ class Family:
     help: str
     parts: list[Part] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)  # the label texts of its series (`labels_text`), for duplicates
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """The text of families whose lines' values are left out, in both formats: the pieces between the values."""
+
+    text: tuple[str, ...]
+    openmetrics: tuple[str, ...]
+
+
+def template(families: Iterable[tuple[str, str, str, Iterable[str]]]) -> Template:
+    """The template of families (name, type, help, what each of its lines writes before its value: `name{labels} `)."""
+    listed = [(name, family_type, help_text, tuple(prefixes)) for name, family_type, help_text, prefixes in families]
+
+    def pieces(header: Callable[[str, str, str], str]) -> tuple[str, ...]:
+        out, literal = [], ""
+        for name, family_type, help_text, prefixes in listed:
+            literal += header(name, family_type, help_text)
+            for prefix in prefixes:
+                out += [literal + prefix, ""]  # "": a value's place
+                literal = "\n"
+        return (*out, literal)
+
+    return Template(pieces(_text_header_of), pieces(_openmetrics_header_of))
+
+
+@dataclass(slots=True)
+class Written(Family):
+    """Families written beforehand (the probe's own metrics, probe.py): the template's pieces with `values`
+    between them, for the text of many families in one join. Its name, type and help are the last family's."""
+
+    template: Template = field(default_factory=lambda: Template(("",), ("",)))
+    values: list[str] = field(default_factory=list)
+
+    def text(self, openmetrics: bool) -> str:
+        row = list(self.template.openmetrics if openmetrics else self.template.text)
+        row[1::2] = self.values  # raises when they are not as many as the places
+        return "".join(row)
 
 
 def format_value(value: float) -> str:
@@ -176,6 +214,11 @@ def _chunks(families: Iterable[Family], openmetrics: bool, let_go: bool = False)
     size = 0
     header = _openmetrics_header if openmetrics else _text_header
     for family in families:
+        if isinstance(family, Written):
+            text = family.text(openmetrics)
+            append(text)
+            size += len(text)
+            continue
         append(header(family))
         parts = family.parts
         if let_go:

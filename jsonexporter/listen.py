@@ -8,12 +8,11 @@ import asyncio
 import logging
 import resource
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from jsonexporter.logs import kv
 
@@ -27,9 +26,6 @@ PENDING_FOR = 60.0  # seconds: asyncio's TLS handshake timeout, after which a co
 WARN_INTERVAL = 60.0  # seconds between warnings about closed connections
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle client connection stays open (aiohttp's default, stated)
 _NR_OPEN = "/proc/sys/fs/nr_open"  # Linux: the most a hard limit of "unlimited" lets a process open
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 @dataclass(frozen=True, slots=True)
 class OpenFiles:
@@ -76,26 +72,12 @@ class ClientConnections:
 
     def __init__(self, limit: int = 0) -> None:
         self.limit = limit
-        self.busy: set[web.RequestHandler] = set()  # connections with a request in progress
+        self.busy: set[web.RequestHandler] = set()  # connections with a request in progress (marked by the app's middleware)
         self.opened = 0  # an upper bound of the connections open: closes are counted when counted again
         self.pending: dict[web.RequestHandler, float] = {}  # made, perhaps not listed by the server yet: when
         self.closed = 0  # since the last warning
         self.warned = -WARN_INTERVAL
         self.listening: list[asyncio.Server] = []  # the loop's servers (_BoundedLoop), for stop_accepting
-
-    def middleware(self) -> Middleware:
-        """Marks the connections with a request in progress; the outermost middleware."""
-
-        @web.middleware
-        async def in_progress(request: web.Request, handler: Handler) -> web.StreamResponse:
-            protocol = request.protocol
-            self.busy.add(protocol)
-            try:
-                return await handler(request)
-            finally:
-                self.busy.discard(protocol)
-
-        return in_progress
 
     def new_event_loop(self) -> asyncio.AbstractEventLoop:
         """An event loop whose servers keep to the limit, for `web.run_app(loop=...)`."""

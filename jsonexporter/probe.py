@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jsonexporter.exposition import Family, Labels, Part, format_value, labels_text, sample_line
+from jsonexporter.exposition import Family, Labels, Template, Written, format_value, labels_text, sample_line, template
 from jsonexporter.extract import BodySizeLimitExceeded, Bounds, Extraction, ProbeContext, SeriesLimitExceeded, extract, extract_async
 from jsonexporter.secrets import Redactor, is_secret_name
 from jsonexporter.slices import DeadlinePassed
@@ -114,95 +114,107 @@ _MAX_SELF_PLANS = 64  # per module: the shapes of its probes (which endpoints ha
 
 @dataclass(frozen=True, slots=True)
 class _SelfPlan:
-    """What the probe's own metrics of one shape of probe (its endpoints, which have a cache, its metrics,
-    which had duplicates) write before each value: `name{label="..."} `, made at the first such probe."""
+    """The probe's own metrics of one shape of probe (its endpoints, which have a cache, its metrics, which
+    had duplicates, whether it has a duration): each family with what its lines write before their value,
+    `name{label="..."} `, and all of them in both formats with the values left out; made at the first such probe."""
 
-    endpoints: dict[str, tuple[str, ...]]  # endpoint family -> a prefix per endpoint, in the endpoints' order
+    families: tuple[tuple[str, tuple[str, ...]], ...]  # (family, the prefix of each of its lines), in the order written
     cached: tuple[int, ...]  # the endpoints with a cache (r.cache), by index
     paged: tuple[int, ...]  # the endpoints with pagination, by index
     metrics: tuple[str, ...]  # extraction.errors' metrics, sorted
     duplicated: tuple[str, ...]  # extraction.duplicates' metrics, sorted
-    prefixes: dict[tuple[str, str], str]  # (family, metric) -> prefix; (family, "") for those without labels
+    template: Template  # the families' text, a value between each two pieces (Written)
 
 
-def _self_plan(module: Module, extraction: Extraction, endpoints: list[EndpointResult] | None) -> _SelfPlan:
+def _self_plan(module: Module, extraction: Extraction, endpoints: list[EndpointResult] | None, timed: bool) -> _SelfPlan:
     """The plan of this probe's shape, kept with the module's plans (Module.fast_plans, bounded)."""
     shape = tuple((r.endpoint, r.cache is not None) for r in endpoints) if endpoints is not None else None
-    key = (shape, tuple(extraction.errors), tuple(extraction.duplicates))
+    key = (shape, tuple(extraction.errors), tuple(extraction.duplicates), timed)
     plans: dict[Any, _SelfPlan] | None = module.fast_plans.get(_SelfPlan)  # keyed by the class, as extract's _KnownTexts
     if plans is None:
         plans = module.fast_plans[_SelfPlan] = {}
     plan = plans.get(key)
     if plan is None:
-        plan = _new_self_plan(module, extraction, endpoints)
+        plan = _new_self_plan(module, extraction, endpoints, timed)
         if len(plans) >= _MAX_SELF_PLANS:
             plans.clear()
         plans[key] = plan
     return plan
 
 
-def _new_self_plan(module: Module, extraction: Extraction, endpoints: list[EndpointResult] | None) -> _SelfPlan:
+def _new_self_plan(module: Module, extraction: Extraction, endpoints: list[EndpointResult] | None, timed: bool) -> _SelfPlan:
     names = [r.endpoint for r in endpoints or ()]
 
     def prefix(family: str, labels: Labels) -> str:
         return sample_line(family, labels_text(labels), 0.0)[:-2]  # the line without its value "0\n"
 
+    def by_endpoint(family: str, indexes: Iterable[int]) -> tuple[str, tuple[str, ...]]:
+        return family, tuple(prefix(family, (("endpoint", names[i]),)) for i in indexes)
+
+    def by_metric(family: str, metrics: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+        return family, tuple(prefix(family, (("metric", m),)) for m in metrics)
+
     metrics, duplicated = tuple(sorted(extraction.errors)), tuple(sorted(extraction.duplicates))
-    prefixes = {(f, m): prefix(f, (("metric", m),)) for f in ("probe_series", "probe_extraction_errors") for m in metrics}
-    prefixes |= {("probe_duplicate_series", m): prefix("probe_duplicate_series", (("metric", m),)) for m in duplicated}
-    prefixes |= {(f, ""): prefix(f, ()) for f in ("probe_duration_seconds", "probe_success", *(f"probe_failed_due_to_{limit}" for limit in LIMITS))}
-    families = (*_ENDPOINT_FAMILIES, "probe_endpoint_cache_age_seconds", "probe_endpoint_stale", "probe_endpoint_pages")
-    return _SelfPlan(
-        {f: tuple(prefix(f, (("endpoint", name),)) for name in names) for f in families},
-        tuple(i for i, r in enumerate(endpoints or ()) if r.cache is not None),
-        tuple(i for i, name in enumerate(names) if (e := module.endpoints.get(name)) is not None and e.pagination is not None),
-        metrics, duplicated, prefixes,
-    )
+    cached = tuple(i for i, r in enumerate(endpoints or ()) if r.cache is not None)
+    paged = tuple(i for i, name in enumerate(names) if (e := module.endpoints.get(name)) is not None and e.pagination is not None)
+    families: list[tuple[str, tuple[str, ...]]] = []
+    if endpoints is not None:
+        families += [by_endpoint(f, range(len(names))) for f in _ENDPOINT_FAMILIES]
+        if cached:
+            families += [by_endpoint("probe_endpoint_cache_age_seconds", cached), by_endpoint("probe_endpoint_stale", cached)]
+        if paged:
+            families.append(by_endpoint("probe_endpoint_pages", paged))
+    families += [by_metric("probe_series", metrics), by_metric("probe_extraction_errors", metrics), by_metric("probe_duplicate_series", duplicated)]
+    if endpoints is not None:
+        families += [(f"probe_failed_due_to_{limit}", (prefix(f"probe_failed_due_to_{limit}", ()),)) for limit in LIMITS]
+    if timed:
+        families.append(("probe_duration_seconds", (prefix("probe_duration_seconds", ()),)))
+    families.append(("probe_success", (prefix("probe_success", ()),)))
+    return _SelfPlan(tuple(families), cached, paged, metrics, duplicated, template([(f, "gauge", _HELP[f], prefixes) for f, prefixes in families]))
 
 
-def _family(name: str, lines: list[Part]) -> Family:
-    return Family(name, "gauge", _HELP[name], lines)
+def _self_values(plan: _SelfPlan, extraction: Extraction, endpoints: list[EndpointResult] | None, success: bool, duration: float | None,
+                 failed_due_to: str | None) -> list[str]:
+    """The values of the plan's lines, in its order."""
+    value = format_value
+    values: list[str] = []
+    if endpoints is not None:
+        values += ["1" if r.ok else "0" for r in endpoints]
+        values += [str(r.status) for r in endpoints]
+        values += [str(r.bytes) for r in endpoints]
+        values += [value(r.duration) for r in endpoints]
+        if plan.cached:
+            values += [value(endpoints[i].cache_age or 0.0) for i in plan.cached]
+            values += ["1" if endpoints[i].stale else "0" for i in plan.cached]
+        if plan.paged:
+            values += [str(endpoints[i].pages or 0) for i in plan.paged]
+    values += [str(extraction.series(m)) for m in plan.metrics]
+    errors, duplicates = extraction.errors, extraction.duplicates
+    values += [str(errors[m]) for m in plan.metrics]
+    values += [str(duplicates[m]) for m in plan.duplicated]
+    if endpoints is not None:
+        values += ["1" if failed_due_to == limit else "0" for limit in LIMITS]
+    if duration is not None:
+        values.append(value(duration))
+    values.append("1" if success else "0")
+    return values
 
 
 def self_families(module: Module, extraction: Extraction, endpoints: list[EndpointResult] | None, success: bool, duration: float | None,
                   failed_due_to: str | None = None) -> list[Family]:
     """The probe's own metrics, named in blackbox_exporter's style; probe_failed_due_to_* with
     the endpoints' (online probes only). Written from the plan of the probe's shape (_SelfPlan)."""
-    plan = _self_plan(module, extraction, endpoints)
-    value = format_value
-    p = plan.prefixes
-    families = []
-    if endpoints is not None:
-        e = plan.endpoints
-        families += [
-            _family("probe_endpoint_success", [f"{x}{1 if r.ok else 0}\n" for x, r in zip(e["probe_endpoint_success"], endpoints, strict=True)]),
-            _family("probe_endpoint_http_status_code", [f"{x}{r.status}\n" for x, r in zip(e["probe_endpoint_http_status_code"], endpoints, strict=True)]),
-            _family("probe_endpoint_response_bytes", [f"{x}{r.bytes}\n" for x, r in zip(e["probe_endpoint_response_bytes"], endpoints, strict=True)]),
-            _family("probe_endpoint_duration_seconds",
-                    [f"{x}{value(r.duration)}\n" for x, r in zip(e["probe_endpoint_duration_seconds"], endpoints, strict=True)]),
-        ]
-        if plan.cached:
-            ages, stale = e["probe_endpoint_cache_age_seconds"], e["probe_endpoint_stale"]
-            families += [
-                _family("probe_endpoint_cache_age_seconds", [f"{ages[i]}{value(endpoints[i].cache_age or 0.0)}\n" for i in plan.cached]),
-                _family("probe_endpoint_stale", [f"{stale[i]}{1 if endpoints[i].stale else 0}\n" for i in plan.cached]),
-            ]
-        if plan.paged:
-            pages = e["probe_endpoint_pages"]
-            families.append(_family("probe_endpoint_pages", [f"{pages[i]}{endpoints[i].pages or 0}\n" for i in plan.paged]))
-    errors, duplicates = extraction.errors, extraction.duplicates
-    families += [
-        _family("probe_series", [f"{p['probe_series', m]}{extraction.series(m)}\n" for m in plan.metrics]),
-        _family("probe_extraction_errors", [f"{p['probe_extraction_errors', m]}{errors[m]}\n" for m in plan.metrics]),
-        _family("probe_duplicate_series", [f"{p['probe_duplicate_series', m]}{duplicates[m]}\n" for m in plan.duplicated]),
-    ]
-    if endpoints is not None:
-        families += [_family(f"probe_failed_due_to_{limit}", [f"{p[f'probe_failed_due_to_{limit}', '']}{1 if failed_due_to == limit else 0}\n"])
-                     for limit in LIMITS]
-    if duration is not None:
-        families.append(_family("probe_duration_seconds", [f"{p['probe_duration_seconds', '']}{value(duration)}\n"]))
-    families.append(_family("probe_success", [f"{p['probe_success', '']}{1 if success else 0}\n"]))
-    return families
+    plan = _self_plan(module, extraction, endpoints, duration is not None)
+    values = iter(_self_values(plan, extraction, endpoints, success, duration, failed_due_to))
+    return [Family(name, "gauge", _HELP[name], [f"{prefix}{next(values)}\n" for prefix in prefixes]) for name, prefixes in plan.families]
+
+
+def self_written(module: Module, extraction: Extraction, endpoints: list[EndpointResult], success: bool, duration: float) -> Written:
+    """`self_families` as one family written beforehand (exposition.Written): the same text in both formats, for
+    about a fifth of the work at each probe (no family, header or line made apart: 15 us -> 3)."""
+    plan = _self_plan(module, extraction, endpoints, True)
+    return Written("probe_success", "gauge", _HELP["probe_success"], template=plan.template,
+                   values=_self_values(plan, extraction, endpoints, success, duration, None))
 
 
 async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[str, str], timeout: float, debug: bool = False,
@@ -242,7 +254,7 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
         result = ProbeResult([], success, endpoints, Extraction(), trace, deadline=deadline)
         return fail(result, module, failed_due_to or "", failure, loop.time() - start)
     duration = loop.time() - start
-    families = [*extraction.families.values(), *self_families(module, extraction, endpoints, success, duration)]
+    families = [*extraction.families.values(), self_written(module, extraction, endpoints, success, duration)]
     return ProbeResult(families, success, endpoints, extraction, trace, duration, deadline)
 
 

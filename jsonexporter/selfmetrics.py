@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
@@ -34,6 +34,7 @@ class SelfMetrics:
     def __init__(self, workers_directory: str | None = None) -> None:
         if workers_directory is not None:
             values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]  # for the metrics made below, in this worker process
+        self.workers = workers_directory is not None
         r = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
         self.probes = Counter(
@@ -105,6 +106,14 @@ class SelfMetrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found  # type: ignore[return-value]
+
+    def in_flight_from(self, count: Callable[[], int]) -> bool:
+        """jsonexporter_probes_in_flight read from `count` when /metrics is asked, instead of a gauge counted up and down
+        (under its lock) at every probe: whether it does. Not with workers: each worker's value is in its file."""
+        if self.workers:
+            return False
+        self.in_flight.set_function(count)
+        return True
 
     def spec_loaded(self, sha256: str, modules_by_file: Mapping[str, int]) -> None:
         self.config_hash.set(int(sha256[:12], 16))

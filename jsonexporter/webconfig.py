@@ -19,7 +19,6 @@ from typing import Any
 
 import jsonschema
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from jsonexporter.keyed import keyed_hash
 from jsonexporter.logs import kv
@@ -29,7 +28,7 @@ from jsonexporter.spec.schema import schema_problems
 from jsonexporter.spec.sources import read_bounded_bytes, read_spec_text
 from jsonexporter.spec.yamlload import load_yaml
 from jsonexporter.upstream.client import TLS_VERSIONS
-from jsonexporter.upstream.files import MAX_SECRET_BYTES, SECRET_READ_TIMEOUT
+from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SECRET_READ_TIMEOUT
 
 log = logging.getLogger("jsonexporter")
 
@@ -233,16 +232,13 @@ def _read_within_bounds(key: str, path: str) -> None:
     # spec's tls_config files (upstream/files.py), so that a FIFO nobody writes, a hung mount or a wrong path
     # (a log file, /dev/zero) fails the start or the reload, naming the key, and never holds it
     try:
-        read_bounded_bytes(path, MAX_SECRET_BYTES, SECRET_READ_TIMEOUT)
+        read_bounded_bytes(path, MAX_TLS_FILE_BYTES, SECRET_READ_TIMEOUT)
     except OSError as exc:
         raise TLSFileError(key, _reason(exc)) from None
 
 
 def _reason(exc: OSError | ssl.SSLError) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class BasicAuth:
@@ -320,19 +316,16 @@ class BasicAuth:
             return None
         return await answer
 
-    def middleware(self) -> Middleware:
-        @web.middleware
-        async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if self.holder().users:
-                ok = await self.check(request.headers.get("Authorization"))
-                if ok is None:
-                    return web.Response(status=503, text=f"Too many password checks in progress ({self.slots} at once); try again\n",
-                                        headers={"Retry-After": "1"})
-                if not ok:
-                    return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="jsonexporter"'})
-            return await handler(request)
-
-        return basic_auth
+    async def refusal(self, header: str | None) -> web.Response | None:
+        """The answer to a request with this Authorization header when the web config has users: None when
+        it may pass, 401 without a known user and its password, 503 when every check slot is busy."""
+        ok = await self.check(header)
+        if ok is None:
+            return web.Response(status=503, text=f"Too many password checks in progress ({self.slots} at once); try again\n",
+                                headers={"Retry-After": "1"})
+        if not ok:
+            return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="jsonexporter"'})
+        return None
 
 
 def headers_hook(holder: Callable[[], WebConfig]) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:

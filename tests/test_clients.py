@@ -21,7 +21,7 @@ from jsonexporter.secrets import REDACTED, Redactor
 from jsonexporter.server import make_app
 from jsonexporter.spec.model import Secret
 from jsonexporter.upstream.client import Clients
-from jsonexporter.upstream.files import MAX_SECRET_BYTES
+from jsonexporter.upstream.files import MAX_SECRET_BYTES, MAX_TLS_FILE_BYTES
 
 
 async def test_two_inline_secrets_revealed_by_one_clients_stay_held_both() -> None:
@@ -93,7 +93,7 @@ async def test_a_tls_file_larger_than_the_bound_fails_its_probe_naming_the_file_
     aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
 ) -> None:
     big = tmp_path / "client.key"
-    big.write_bytes(b"KEYCONTENT" * (MAX_SECRET_BYTES // 10 + 1))
+    big.write_bytes(b"KEYCONTENT" * (MAX_TLS_FILE_BYTES // 10 + 1))
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     up = await upstream({"/data": {"v": 1}})
@@ -101,7 +101,7 @@ async def test_a_tls_file_larger_than_the_bound_fails_its_probe_naming_the_file_
     client = await exporter_for(aiohttp_client, big=f"http_client_config: {{tls_config: {tls}}}")
     status, text = await probe(client, up.url, module="big", debug="true")
     assert status == 200 and value(parse(text.partition("metrics:\n")[2]), "probe_success") == 0
-    assert f"error: tls_config: cannot read key_file '{big}': larger than {MAX_SECRET_BYTES} bytes" in text
+    assert f"error: tls_config: cannot read key_file '{big}': larger than {MAX_TLS_FILE_BYTES} bytes" in text
     assert "KEYCONTENT" not in text and up.hits.get("/data") is None
 
 
@@ -125,6 +125,28 @@ async def test_a_tls_context_is_made_once_and_kept_while_its_files_change(
     assert value(parse((await probe(client, target, module="tls"))[1]), "v") == 1
     ca_file.unlink()  # read once per loaded spec: the context made at the first probe serves the next ones
     assert value(parse((await probe(client, target, module="tls"))[1]), "v") == 1
+
+
+async def test_a_ca_bundle_larger_than_a_secret_is_a_usable_ca_file(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path) -> None:
+    """A system CA bundle (Debian's is 220 KB) is a CA file, not a wrong path: the TLS files' bound is
+    not the secret files' 64 KiB."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    app = web.Application()
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response({"v": 1})
+
+    app.router.add_get("/data", handle)
+    server = await aiohttp_server(app, ssl=server_context)
+    others = b"".join(trustme.CA().cert_pem.bytes() for _ in range(3))
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_bytes(others * (300_000 // len(others) + 1) + ca.cert_pem.bytes())  # the one that signs the server's last
+    assert bundle.stat().st_size > MAX_SECRET_BYTES
+    client = await exporter_for(aiohttp_client, tls=f"http_client_config: {{tls_config: {{ca_file: {bundle}}}}}")
+    status, text = await probe(client, f"https://127.0.0.1:{server.port}", module="tls")
+    assert status == 200 and value(parse(text), "v") == 1, text
 
 
 async def test_a_probe_whose_deadline_comes_while_a_tls_file_is_read_says_so(aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path) -> None:

@@ -277,6 +277,23 @@ async def test_upstream_hanging_after_headers_times_out(aiohttp_client: Any, spe
     assert value(metrics, "jsonexporter_upstream_requests_total", module="default", endpoint="default", outcome="timeout") == 1
 
 
+async def test_the_in_flight_gauge_counts_the_probes_being_answered(aiohttp_client: Any, spec_path: Path, upstream: UpstreamFactory) -> None:
+    held = Held({"v": 1}, count=2, hold=60.0)
+    up = await upstream({"/": held})
+    client = await start(aiohttp_client, spec_path)
+    probes = [asyncio.create_task(client.get(f"/probe?target={up.url}/")) for _ in range(2)]
+    try:
+        await wait_for(held.arrived, 30)
+        during = parse(await (await client.get("/metrics")).text())
+    finally:
+        held.release.set()
+    for response in await asyncio.gather(*probes):
+        assert response.status == 200
+    after = parse(await (await client.get("/metrics")).text())
+    assert value(during, "jsonexporter_probes_in_flight") == 2
+    assert value(after, "jsonexporter_probes_in_flight") == 0
+
+
 # -- web config: TLS, basic auth, headers --------------------------------------------------
 
 
@@ -303,6 +320,21 @@ async def test_basic_auth_users_guard_every_path(aiohttp_client: Any, spec_path:
         ok = await client.get("/metrics", headers=_basic("alice", "wonderland"))
         assert ok.status == 200 and ok.headers["X-Frame-Options"] == "DENY"
     assert (await client.get("/metrics", headers=_basic("bob", "wonderland"))).status == 401
+
+
+async def test_users_that_a_reload_adds_guard_every_path_from_then_on(aiohttp_client: Any, spec_path: Path, tmp_path: Path) -> None:
+    web_file = tmp_path / "web.yml"
+    web_file.write_text("http_server_config:\n  headers:\n    X-Frame-Options: DENY\n")
+    spec = make_spec(spec_path.read_text(), str(spec_path))
+    client = await aiohttp_client(make_app(spec, spec_file=str(spec_path), web_config=load_web_config(str(web_file))))
+    assert (await client.get("/-/healthy")).status == 200
+    web_file.write_text(f"basic_auth_users:\n  alice: {_hash('wonderland')}\n")
+    assert (await client.post("/-/reload")).status == 200
+    for path in ("/", "/metrics", "/probe?target=http://127.0.0.1:1", "/-/healthy", "/no-such-page"):
+        response = await client.get(path)
+        assert response.status == 401 and response.headers["WWW-Authenticate"].startswith("Basic"), path
+    assert (await client.get("/-/healthy", headers=_basic("alice", "wonderland"))).status == 200
+    assert (await client.get("/no-such-page", headers=_basic("alice", "wonderland"))).status == 404
 
 
 def test_web_config_errors_are_located(tmp_path: Path) -> None:

@@ -15,6 +15,11 @@ from conftest import ExporterFactory, UpstreamFactory, make_spec, wait_for
 from metrics_util import names, parse, value
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 
+from jsonexporter.exposition import render_openmetrics, render_text
+from jsonexporter.extract import Extraction
+from jsonexporter.probe import self_families, self_written
+from jsonexporter.upstream import EndpointResult
+
 NODES = {
     "nodes": [
         {"id": "n1", "cpu": 0.25, "ready": True, "mem": 1655371, "state": "UP"},
@@ -742,3 +747,37 @@ async def test_a_secret_with_quotes_tabs_or_carriage_returns_echoed_into_a_label
     assert status == 200
     assert "TOK" not in text and "pw5Xy" not in text, text
     assert 'item{a="<redacted>"' in text, text
+
+
+_SHAPES_SPEC = """
+modules:
+  m:
+    endpoints:
+      plain: {url: "http://127.0.0.1:1/a"}
+      cached: {url: "http://127.0.0.1:1/b", cache_ttl: 10s, stale_if_error: 1m}
+      paged: {url: "http://127.0.0.1:1/c", pagination: {items: '@', next: {link_header: next}}}
+    metrics:
+      - {name: a, help: h, value: v, endpoint: plain}
+      - {name: b, help: h, value: v, endpoint: cached}
+"""
+
+
+@pytest.mark.parametrize("shape", ["plain", "cached and stale", "paged", "failed", "duplicates and errors", "no metrics"])
+def test_the_probe_metrics_written_beforehand_are_those_of_the_families_in_both_formats(shape: str) -> None:
+    module = make_spec(_SHAPES_SPEC).modules["m"]
+    endpoints = [EndpointResult("plain", "success", 200, 1234, 0.25)]
+    extraction = Extraction(errors={"a": 0, "b": 0}, duplicates={})
+    if shape == "cached and stale":
+        endpoints.append(EndpointResult("cached", "invalid_status", 503, 99, 1e-7, cache="stale", cache_age=12.5, stale=True))
+    elif shape == "paged":
+        endpoints.append(EndpointResult("paged", "success", 200, 10, 3.0, pages=3))
+    elif shape == "failed":
+        endpoints = [EndpointResult("plain", "timeout", 0, 0, 30.0), EndpointResult("cached", "connection_error", cache="miss")]
+    elif shape == "duplicates and errors":
+        extraction = Extraction(errors={"a": 2, "b": 1}, duplicates={"b": 4, "a": 1})
+    elif shape == "no metrics":
+        extraction = Extraction()
+    success = shape not in ("failed", "cached and stale")
+    for render in (render_text, render_openmetrics):
+        families = self_families(module, extraction, endpoints, success, 1655371.000123)
+        assert render([self_written(module, extraction, endpoints, success, 1655371.000123)]) == render(families)

@@ -24,7 +24,7 @@ from prometheus_util import free_port, jsonexporter
 from test_cli import SPEC  # the one-module spec of the single-process tests
 
 from jsonexporter.spec import SpecError
-from jsonexporter.upstream.files import MAX_SECRET_BYTES
+from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES
 from jsonexporter.webconfig import CHECK_SLOTS, MAX_BCRYPT_COST, load_web_config
 
 BOUND = 30.0  # seconds any wait below gets before the test fails
@@ -236,14 +236,14 @@ async def test_a_tls_file_that_never_answers_fails_the_reload_within_the_bound_a
 def test_a_tls_file_larger_than_the_bound_is_refused_at_load_naming_its_key(tmp_path: Path, tls_files: dict[str, Any]) -> None:
     p = tls_files["paths"]
     big = tmp_path / "ca-bundle.pem"
-    big.write_bytes(p["ca"].read_bytes() * (MAX_SECRET_BYTES // len(p["ca"].read_bytes()) + 1))
+    big.write_bytes(p["ca"].read_bytes() * (MAX_TLS_FILE_BYTES // len(p["ca"].read_bytes()) + 1))
     web_file = tmp_path / "web.yml"
     web_file.write_text(f"tls_server_config:\n  cert_file: {p['cert']}\n  key_file: {p['key']}\n"
                         f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {big}\n")
     with pytest.raises(SpecError) as caught:
         load_web_config(str(web_file))
     [problem] = [str(p) for p in caught.value.problems]
-    assert problem == f"{web_file}:5:19: tls_server_config.client_ca_file: cannot load the certificate files: larger than {MAX_SECRET_BYTES} bytes"
+    assert problem == f"{web_file}:5:19: tls_server_config.client_ca_file: cannot load the certificate files: larger than {MAX_TLS_FILE_BYTES} bytes"
 
 
 def test_a_tls_file_that_never_answers_fails_the_start_within_the_bound(tmp_path: Path, serve: Serve, tls_files: dict[str, Any]) -> None:

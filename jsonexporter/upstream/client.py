@@ -27,7 +27,7 @@ from yarl import URL
 from jsonexporter.keyed import keyed_digest
 from jsonexporter.secrets import Redactor
 from jsonexporter.spec.model import HTTPClientConfig, OAuth2, Secret, TLSClientConfig
-from jsonexporter.upstream.files import SecretFiles, read_bounded
+from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SecretFiles, read_bounded
 
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 TOKEN_TIMEOUT = 10.0
@@ -225,7 +225,7 @@ class Clients:
         # so that a FIFO, a hung mount or a wrong path (a log file, /dev/zero) is named as such
         for what, path in _tls_files(config):
             try:
-                await self.files.run(("tls_file", path), f"tls-file {path}", functools.partial(read_bounded, path))
+                await self.files.run(("tls_file", path), f"tls-file {path}", functools.partial(read_bounded, path, MAX_TLS_FILE_BYTES))
             except OSError as exc:
                 raise ClientConfigError(f"tls_config: cannot read {what} {path!r}: {exc.strerror or type(exc).__name__}") from None
         try:

@@ -18,18 +18,21 @@ from typing import Any, TypeVar
 
 # a secret is a password, a token or a certificate key: far less; more is a wrong path (a log file, /dev/zero)
 MAX_SECRET_BYTES = 65536
+# a TLS file may be a CA bundle: Debian's whole one is 220 KB, corporate ones with intermediates a few
+# times that; 4 MiB still refuses a log file or /dev/zero
+MAX_TLS_FILE_BYTES = 4 * 1024 * 1024
 # a local or mounted file answers in milliseconds; a slower one is treated as unreadable
 SECRET_READ_TIMEOUT = 2.0
 
 T = TypeVar("T")
 
 
-def read_bounded(path: str) -> bytes:
-    """The file's bytes, at most MAX_SECRET_BYTES (OSError beyond); blocks: run it off the loop."""
+def read_bounded(path: str, limit: int = MAX_SECRET_BYTES) -> bytes:
+    """The file's bytes, at most `limit` (OSError beyond); blocks: run it off the loop."""
     with open(path, "rb") as fh:
-        data = fh.read(MAX_SECRET_BYTES + 1)
-    if len(data) > MAX_SECRET_BYTES:
-        raise OSError(errno.EFBIG, f"larger than {MAX_SECRET_BYTES} bytes")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes")
     return data
 
 
