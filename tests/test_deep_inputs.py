@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SpecWriter, make_spec
+from aiohttp import web
+from conftest import SpecWriter, UpstreamFactory, make_spec
 from metrics_util import parse, value
+from test_upstream_http import LOCAL, exporter_for, probe
 
 from jsonexporter.cli import main
 from jsonexporter.server import STATE, Options, load_anew, make_app
@@ -144,3 +146,23 @@ def test_a_good_spec_loads_anew_with_no_reason(tmp_path: Path) -> None:
     spec_path.write_text(textwrap.dedent(GOOD))
     loaded, reason = load_anew(load_spec, str(spec_path))
     assert loaded is not None and reason == ""
+
+
+async def test_an_oauth2_token_answer_nested_deeper_than_the_stack_fails_its_probe_saying_why(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    async def token(request: web.Request) -> web.Response:
+        return web.Response(body=b"[" * 100_000 + b"]" * 100_000, content_type="application/json")
+
+    up = await upstream({"/token": token, "/api": {"v": 1}})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            {LOCAL}
+            http_client_config:
+              oauth2: {{client_id: e, client_secret: shhh, token_url: '{up.url}/token'}}
+            endpoints: {{api: {{url: '{{target}}/api'}}}}
+            metrics: [{{name: g, help: x, endpoint: api, value: v}}]
+        """)
+    status, text = await probe(client, up.url, debug="true")
+    assert status == 200, text
+    assert "oauth2: the token endpoint's answer has no access_token" in text
+    assert "probe_success 0" in text

@@ -176,7 +176,7 @@ class TokenSource:
             answer: Any = json.loads(body)
             token = answer["access_token"]
             lifetime = float(answer.get("expires_in") or 0)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested deeper than the stack
             raise ClientConfigError("oauth2: the token endpoint's answer has no access_token") from None
         if not isinstance(token, str) or not token:
             raise ClientConfigError("oauth2: the token endpoint's answer has no access_token")
