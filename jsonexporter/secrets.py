@@ -446,7 +446,8 @@ class _Forms:
         self._grams: dict[int, dict[str, list[tuple[str, int]]]] = {}  # K -> K-gram -> (form, offset)
         self.heads: dict[str, list[str]] = {}  # forms longer than MIN_BARE_LENGTH by their first MIN_BARE_LENGTH characters, for cuts
         self._lengths: dict[int, int] = {}  # form length -> how many forms
-        self._few: tuple[str, ...] | None = None  # what `holds_one` looks for, once found (`_fewest`)
+        self._changes = 0  # adds and removes made: what `_few` was found for
+        self._few: tuple[int, tuple[str, ...]] | None = None  # what `holds_one` looks for (`_fewest`), after which change
 
     def __bool__(self) -> bool:
         return bool(self._count)
@@ -456,7 +457,6 @@ class _Forms:
         return max(self._lengths, default=0)
 
     def add(self, forms: Iterable[str]) -> None:
-        self._few = None
         for form in forms:
             if (count := self._count.get(form, 0)) == 0:
                 k = _gram_size(len(form))
@@ -467,9 +467,9 @@ class _Forms:
                     self.heads.setdefault(form[:MIN_BARE_LENGTH], []).append(form)
                 self._lengths[len(form)] = self._lengths.get(len(form), 0) + 1
             self._count[form] = count + 1
+        self._changes += 1  # after the change: forms found while it was made are found again at the next call
 
     def remove(self, forms: Iterable[str]) -> None:
-        self._few = None
         for form in forms:
             count = self._count.pop(form)
             if count > 1:
@@ -492,15 +492,17 @@ class _Forms:
                     del self.heads[form[:MIN_BARE_LENGTH]]
             if (n := self._lengths.pop(len(form))) > 1:
                 self._lengths[len(form)] = n - 1
+        self._changes += 1
 
     def holds_one(self, text: str) -> bool:
         """Whether `text` holds one of the forms (`find` finds one). Up to _FEW_FORMS forms, each is looked
         for at C speed (str's search: 15 forms in 14,000 characters of label values, 2 ms by `find`'s lookups),
         and only those that hold no other form (a text with `"pw"` has `pw`); more, by `find`, whose lookups do
         not grow with their number. Raises _TooCostly as `find` does."""
-        few = self._few
-        if few is None:
-            few = self._few = _fewest(list(self._count))  # list(): at once, while a value may be learned on another thread
+        changes, found = self._changes, self._few
+        if found is None or found[0] != changes:  # read before the forms: a value learned meanwhile on another thread changes it again
+            found = self._few = (changes, _fewest(list(self._count)))
+        few = found[1]
         if few or not self._count:
             return any(form in text for form in few)
         ends: dict[int, int] = {}

@@ -71,3 +71,24 @@ def test_keys_of_what_may_be_a_credential_differ_from_one_process_to_the_next() 
     assert first.keys() == second.keys()
     same = [name for name in first if first[name] == second[name]]
     assert same == []
+
+
+def test_a_forked_worker_draws_a_key_of_its_own() -> None:
+    """--web.workers forks the workers from the supervisor, which drew its key at import: each worker
+    redraws, so a key seen in one worker's memory means nothing in another's."""
+    from jsonexporter.keyed import keyed_digest
+
+    parent = keyed_digest("token")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its digest to the parent, then out without running the parent's cleanup
+        try:
+            os.write(write, keyed_digest("token").encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    assert len(child) == len(parent) == 64 and child != parent
+    assert keyed_digest("token") == parent  # the parent's own key stays
