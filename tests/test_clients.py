@@ -105,10 +105,8 @@ async def test_a_tls_file_larger_than_the_bound_fails_its_probe_naming_the_file_
     assert "KEYCONTENT" not in text and up.hits.get("/data") is None
 
 
-async def test_a_tls_context_is_made_once_and_kept_while_its_files_change(
-    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path,
-) -> None:
-    ca = trustme.CA()
+async def _tls_upstream(aiohttp_server: Any, ca: trustme.CA) -> Any:
+    """A real HTTPS upstream on 127.0.0.1 answering /data with {"v": 1}, its certificate signed by `ca`."""
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
     app = web.Application()
@@ -117,7 +115,14 @@ async def test_a_tls_context_is_made_once_and_kept_while_its_files_change(
         return web.json_response({"v": 1})
 
     app.router.add_get("/data", handle)
-    server = await aiohttp_server(app, ssl=server_context)
+    return await aiohttp_server(app, ssl=server_context)
+
+
+async def test_a_tls_context_is_made_once_and_kept_while_its_files_change(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path,
+) -> None:
+    ca = trustme.CA()
+    server = await _tls_upstream(aiohttp_server, ca)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     client = await exporter_for(aiohttp_client, tls=f"http_client_config: {{tls_config: {{ca_file: {ca_file}}}}}")
@@ -131,15 +136,7 @@ async def test_a_ca_bundle_larger_than_a_secret_is_a_usable_ca_file(aiohttp_clie
     """A system CA bundle (Debian's is 220 KB) is a CA file, not a wrong path: the TLS files' bound is
     not the secret files' 64 KiB."""
     ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    app = web.Application()
-
-    async def handle(request: web.Request) -> web.Response:
-        return web.json_response({"v": 1})
-
-    app.router.add_get("/data", handle)
-    server = await aiohttp_server(app, ssl=server_context)
+    server = await _tls_upstream(aiohttp_server, ca)
     others = b"".join(trustme.CA().cert_pem.bytes() for _ in range(3))
     bundle = tmp_path / "ca-bundle.pem"
     bundle.write_bytes(others * (300_000 // len(others) + 1) + ca.cert_pem.bytes())  # the one that signs the server's last
