@@ -142,13 +142,14 @@ INVALID = [
               id: {pattern: "\d+"}
             metrics:
               - {name: a, help: h, value: x}
-        """, ("4:22", "<root>", r"invalid YAML: unknown escape \d in a double-quoted string: write \\d, or use single quotes")),
+        """, ("4:22", "<root>", r"invalid YAML: unknown escape in a double-quoted string (a backslash before a character that YAML "
+                           r"gives no meaning): write \\ for a backslash, or use single quotes")),
     invalid("yaml_backtick_starts_a_plain_value", """
         modules:
           m:
             metrics:
               - {name: a, help: h, value: `1`}
-        """, ("4:35", "<root>", "invalid YAML: a value cannot start with `: put the whole value in quotes")),
+        """, ("4:35", "<root>", "invalid YAML: a value cannot start with this character (YAML reserves `@` and `` ` ``")),
     invalid("yaml_duplicate_key", """
         modules:
           m:
@@ -162,7 +163,7 @@ INVALID = [
         modules:
           m:
             metrics: *rules
-        """, ("3:14", "<root>", "invalid YAML: found undefined alias 'rules'")),
+        """, ("3:14", "<root>", "invalid YAML: an alias (`*name`) of no anchor (`&name`) written above it")),
     invalid("empty_file", "", ("1:1", "<root>", "the spec is empty")),
     invalid("only_a_comment", "# nothing yet\n", ("1:1", "<root>", "the spec is empty")),
     invalid("top_level_list", """
@@ -1537,9 +1538,10 @@ NASTY: list[tuple[str, bytes, int, str]] = [
     ("nested_block_lists_200", b"".join(b"  " * i + b"-\n" for i in range(200)), 1, "document too large or too deep"),
     ("nested_flow_mappings_5000", b"{a: " * 5000 + b"}" * 5000 + b"\n", 1, "1:258: <root>: document too large or too deep"),  # where level 65 starts
     ("key_is_a_list", b"? [a]\n: b\nmodules: {m: {metrics: [{name: a, help: h, value: x}]}}\n", 1, "1:3: <root>: mapping keys must be plain scalars"),
-    ("unknown_tag", b"modules: !!python/name:os.system x\n", 1, "1:10: modules: unknown tag !!python/name:os.system: nothing is made from tags"),
+    ("unknown_tag", b"modules: !!python/name:os.system x\n", 1, "1:10: modules: unknown tag (not shown: it may be a value "
+     "that starts with `!`, written without quotes): nothing is made from tags"),
     ("explicit_tag_the_value_does_not_fit", b"modules: {m: {timeout: !!int abc, metrics: [{name: a, help: h, value: x}]}}\n", 1,
-     "1:24: modules.m.timeout: 'abc' is not a valid !!int"),
+     "1:24: modules.m.timeout: the value (not shown) is not a valid !!int"),
 ]
 
 

@@ -147,6 +147,46 @@ async def test_secret_values_with_braces_never_show_in_check_reload_or_log(serve
             assert secret not in shown, (secret, shown)
 
 
+# A credential written without quotes that starts with `!`, `*` or `&` is a tag, an alias or an anchor to
+# YAML: it is never a value, so the Redactor cannot learn it; the YAML layer's problems never quote the
+# source (yamlsyntax.without_source). Each: the credential's place, as written, and what must not show.
+_TOKENS_AT_SECRET_PLACES = [
+    ("tag", "http_client_config:\n  basic_auth:\n    username: u\n    password: !S3cr3t-TAG-1", "S3cr3t-TAG-1"),
+    ("tag in a flow mapping", "http_client_config: {basic_auth: {username: u, password: !S3cr3t-TAG-2}}", "S3cr3t-TAG-2"),
+    ("alias", "endpoints:\n  api:\n    url: 'http://127.0.0.1:9/'\n    headers:\n      Authorization: *S3cr3t-ALIAS-3", "S3cr3t-ALIAS-3"),
+    ("duplicate anchor", "secrets:\n  a: &S3cr3t-ANCHOR-4 x\n  b: &S3cr3t-ANCHOR-4 y", "S3cr3t-ANCHOR-4"),
+    ("tag handle", "http_client_config:\n  oauth2:\n    client_id: c\n    client_secret: !HANDLE-5x!rest\n    token_url: 'http://127.0.0.1:9/'",
+     "HANDLE-5x"),
+    ("anchor of a bad character", "http_client_config:\n  bearer_token: &tok§en", "§"),
+    ("escape in a quoted scalar", 'http_client_config:\n  bearer_token: "S3cr\\x§§t"', "§"),
+    ("explicit tag the value does not fit", "http_client_config:\n  bearer_token: !!int S3cr3t-INT-6", "S3cr3t-INT-6"),
+]
+
+
+async def test_a_credential_that_yaml_reads_as_a_tag_alias_or_anchor_shows_nowhere(serve: Callable[[str], Awaitable[Served]]) -> None:
+    exporter = await serve("""
+        modules:
+          default:
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    shown: list[tuple[str, str]] = []
+    for kind, place, secret in _TOKENS_AT_SECRET_PLACES:
+        line = 4 + max(i for i, text in enumerate(place.splitlines()) if secret in text)  # the (last) credential's, under `targets`
+        indented = textwrap.indent(place, "    ")
+        exporter.spec.write_text(f"modules:\n  default:\n    targets: {{allow: ['http://127.0.0.1:9']}}\n{indented}\n"
+                                 "    metrics: [{name: x, help: x, value: v}]\n")
+        check = subprocess.run(jsonexporter("check", str(exporter.spec)), capture_output=True, text=True, timeout=60)
+        status, reload_body = await exporter.post("/-/reload")
+        assert check.returncode == 1 and status == 500, (kind, check.stdout, reload_body)
+        assert f"{exporter.spec}:{line}:" in check.stdout and f"{exporter.spec}:{line}:" in reload_body, (kind, check.stdout, reload_body)
+        shown += [(kind, check.stdout + check.stderr), (kind, reload_body)]
+    log = exporter.stop()
+    assert log.count("reload failed") >= len(_TOKENS_AT_SECRET_PLACES)
+    for kind, text in [*shown, ("log", log)]:
+        for _, _, secret in _TOKENS_AT_SECRET_PLACES:
+            assert secret not in text, (kind, secret, text)
+
+
 async def test_the_userinfo_of_a_host_port_target_is_redacted_everywhere(serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory) -> None:
     async def refuse(request: web.Request) -> web.Response:
         return web.json_response({"error": "who are you"}, status=401)

@@ -17,7 +17,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from jsonexporter.spec.problems import Path, Problem
-from jsonexporter.spec.yamlsyntax import syntax_error
+from jsonexporter.spec.yamlsyntax import syntax_error, without_source
 
 MAX_NODES = 200_000  # aliases can multiply a small file; a spec never needs this many nodes
 MAX_DEPTH = 64
@@ -171,9 +171,10 @@ class _Builder:
         """False, with a problem at the tag, when the loader does not know the node's tag."""
         known = node.tag in _SCALAR_TAGS if isinstance(node, ScalarNode) else node.tag == _COLLECTION_TAGS.get(type(node))
         if not known:
-            shown = "!!" + node.tag.removeprefix(_YAML_TAG) if node.tag.startswith(_YAML_TAG) else node.tag
-            self.problem(node, path, f"unknown tag {shown}: nothing is made from tags; remove it "
-                                     "(the value is checked as if it were not there, and the file is refused)")
+            # the tag is not named: a password written without quotes that starts with `!` is all tag (yamlsyntax)
+            self.problem(node, path, "unknown tag (not shown: it may be a value that starts with `!`, written without quotes): "
+                                     "nothing is made from tags; remove it, or put the value in quotes "
+                                     "(the value is checked as if the tag were not there, and the file is refused)")
         return known
 
     def _scalar(self, node: ScalarNode, path: Path) -> Any:
@@ -190,7 +191,7 @@ class _Builder:
             return self._constructor.construct_object(node)
         except (yaml.constructor.ConstructorError, ValueError, LookupError, AttributeError, TypeError):
             # an explicit tag the text does not fit (`!!int abc`): PyYAML's constructors raise anything
-            self.problem(node, path, f"{node.value!r} is not a valid !!{node.tag.removeprefix(_YAML_TAG)}")
+            self.problem(node, path, f"the value (not shown) is not a valid !!{node.tag.removeprefix(_YAML_TAG)}")
             return node.value
 
     def _mapping(self, node: MappingNode, path: Path, depth: int) -> dict[str, Any]:
@@ -303,7 +304,7 @@ def load_yaml(text: str, file: str) -> tuple[Any, Marks, list[Problem]]:
         line, col = _line_col(text, exc.position)
         return None, builder.marks, [Problem(file, line, col, (), f"invalid YAML: unacceptable character #x{exc.character:04x}")]
     except yaml.YAMLError as exc:
-        return None, builder.marks, [Problem(file, 1, 1, (), "invalid YAML: " + " ".join(str(exc).split()))]
+        return None, builder.marks, [Problem(file, 1, 1, (), "invalid YAML: " + without_source(" ".join(str(exc).split())))]
     except RecursionError:
         return None, builder.marks, [Problem(file, 1, 1, (), f"document too deep (over {MAX_DEPTH} levels)")]
     if node is None:
@@ -316,5 +317,5 @@ def load_yaml(text: str, file: str) -> tuple[Any, Marks, list[Problem]]:
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return None, builder.marks, [Problem(file, line, col, (), f"invalid YAML: {exc.problem}")]
+        return None, builder.marks, [Problem(file, line, col, (), f"invalid YAML: {without_source(exc.problem or '')}")]
     return data, builder.marks, builder.problems
