@@ -187,27 +187,44 @@ async def test_a_credential_that_yaml_reads_as_a_tag_alias_or_anchor_shows_nowhe
             assert secret not in text, (kind, secret, text)
 
 
-async def test_the_userinfo_of_a_host_port_target_is_redacted_everywhere(serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory) -> None:
+async def _refused_probe(serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory, path: str, url: str,
+                         target_of: Callable[[str], str]) -> tuple[Any, list[str]]:
+    """One probe of `target_of(the upstream's URL)` by a module whose endpoint is `url`, refused (401) by the
+    upstream at `path`: the upstream, and what its trace, the landing page, /probes/1 and the log show."""
     async def refuse(request: web.Request) -> web.Response:
         return web.json_response({"error": "who are you"}, status=401)
 
-    up = await upstream({"/api": refuse})
-    exporter = await serve("""
+    up = await upstream({path: refuse})
+    exporter = await serve(f"""
         modules:
           default:
-            endpoints: {api: {url: 'http://{target}/api'}}
-            metrics: [{name: x, help: x, value: v}]
+            endpoints: {{api: {{url: '{url}'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
         """)
-    target = up.url.replace("http://", "someone:pw-HOSTPORT@")  # user:pw@127.0.0.1:port
-    _, trace = await exporter.get("/probe", target=target, debug="true")
+    _, trace = await exporter.get("/probe", target=target_of(up.url), debug="true")
     _, page = await exporter.get("/")
     _, record = await exporter.get("/probes/1")
     log = exporter.stop()
-    assert up.hits["/api"] == 1 and up.requests[0].headers["Authorization"].startswith("Basic ")  # the target's userinfo was used
-    for shown in (trace, html.unescape(page), html.unescape(record), log):
-        assert "pw-HOSTPORT" not in shown and "someone" not in shown
-        assert f"<redacted>@127.0.0.1:{up.server.port}" in shown
-    assert "invalid_status" in log
+    assert up.hits[path] == 1 and "invalid_status" in log
+    return up, [trace, html.unescape(page), html.unescape(record), log]
+
+
+async def test_the_userinfo_of_a_host_port_target_is_redacted_everywhere(serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory) -> None:
+    up, shown = await _refused_probe(serve, upstream, "/api", "http://{target}/api",
+                                     lambda url: url.replace("http://", "someone:pw-HOSTPORT@"))  # user:pw@127.0.0.1:port
+    assert up.requests[0].headers["Authorization"].startswith("Basic ")  # the target's userinfo was used
+    for text in shown:
+        assert "pw-HOSTPORT" not in text and "someone" not in text
+        assert f"<redacted>@127.0.0.1:{up.server.port}" in text
+
+
+async def test_a_secret_named_pair_in_a_targets_fragment_is_redacted_everywhere(serve: Callable[[str], Awaitable[Served]],
+                                                                               upstream: UpstreamFactory) -> None:
+    _, shown = await _refused_probe(serve, upstream, "/cb", "{target}",
+                                    lambda url: f"{url}/cb#access_token=FRAG-TOKEN-1&state=s1")  # as OAuth2's implicit flow writes it
+    for text in shown:
+        assert "FRAG-TOKEN-1" not in text, text
+        assert "/cb#access_token=<redacted>&state=s1" in text, text
 
 
 async def test_the_probe_command_prints_no_secret(upstream: UpstreamFactory, tmp_path: Path) -> None:
@@ -240,6 +257,12 @@ async def test_the_probe_command_prints_no_secret(upstream: UpstreamFactory, tmp
     ("tok3n@127.0.0.1:8080/api", "<redacted>@127.0.0.1:8080/api"),
     ("url='http://h/?a=1&Session_ID=abc'", "url='http://h/?a=1&Session_ID=<redacted>'"),
     ('<a href="/probe?m=1&amp;api_key=zz&amp;t=x">', '<a href="/probe?m=1&amp;api_key=<redacted>&amp;t=x">'),
+    # a fragment's pairs as the query's (OAuth2's implicit flow answers `#access_token=…`)
+    ("http://h/cb#access_token=abc&state=s1", "http://h/cb#access_token=<redacted>&state=s1"),
+    ("http://h/#state=s1&id_token=abc", "http://h/#state=s1&id_token=<redacted>"),
+    ("http://h/#/dashboard?tab=2", "http://h/#/dashboard?tab=2"),
+    ("http://h/?a=1#section-2", "http://h/?a=1#section-2"),
+    ("# HELP x_token_total a help text", "# HELP x_token_total a help text"),
     # what only looks alike stays: e-mail addresses, scp-style remotes, label pairs, plain words
     ("mail ops@example.com at 12:30", "mail ops@example.com at 12:30"),
     ("git@github.com:org/repo", "git@github.com:org/repo"),
