@@ -253,6 +253,14 @@ def _line_col(text: str, index: int) -> tuple[int, int]:
     return line, index - (text.rfind("\n", 0, index) + 1) + 1
 
 
+def _unacceptable(character: int | bytes) -> str:
+    """What kind of character YAML does not accept, not which: it may be one of a credential pasted as it is."""
+    code = character if isinstance(character, int) else -1
+    kind = ("a surrogate" if 0xD800 <= code <= 0xDFFF else "a noncharacter" if code in (0xFFFE, 0xFFFF)
+            else "a control character other than tab, line feed and carriage return" if code >= 0 else "not UTF-8")
+    return f"unacceptable character ({kind}): write it as an escape in a double-quoted string (\\x.., \\u....)"
+
+
 def _key_text(key: object) -> str:
     if isinstance(key, bool):
         return "true" if key else "false"
@@ -302,7 +310,7 @@ def load_yaml(text: str, file: str) -> tuple[Any, Marks, list[Problem]]:
         return None, builder.marks, [Problem(file, line, col, (), f"invalid YAML: {message}")]
     except yaml.reader.ReaderError as exc:
         line, col = _line_col(text, exc.position)
-        return None, builder.marks, [Problem(file, line, col, (), f"invalid YAML: unacceptable character #x{exc.character:04x}")]
+        return None, builder.marks, [Problem(file, line, col, (), f"invalid YAML: {_unacceptable(exc.character)}")]
     except yaml.YAMLError as exc:
         return None, builder.marks, [Problem(file, 1, 1, (), "invalid YAML: " + without_source(" ".join(str(exc).split())))]
     except RecursionError:
