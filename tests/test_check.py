@@ -1491,9 +1491,9 @@ def test_lone_surrogates_in_spec_literals_are_refused_where_they_are_written_and
     spec, problems = load_text(text, "spec.yml")
     assert spec is None
     assert [(p.line, p.column, format_path(p.path), p.message.partition(" (")[0]) for p in problems] == [
-        (3, 20, "modules.m.labels.site", "a lone surrogate \\udc00"),
-        (5, 25, "modules.m.metrics[0].help", "a lone surrogate \\ud800"),
-        (6, 66, "modules.m.metrics[1].labels.k", "a lone surrogate \\udfff"),
+        (3, 22, "modules.m.labels.site", "a lone surrogate escape"),  # at the escape's backslash, not naming it
+        (5, 27, "modules.m.metrics[0].help", "a lone surrogate escape"),
+        (6, 70, "modules.m.metrics[1].labels.k", "a lone surrogate escape"),
     ]
     spec, problems = load_text("modules:\n  m:\n    metrics: [{name: b, help: \"\\ud83d\\ude00 ok\", value: v}]\n", "spec.yml")
     assert spec is not None and problems == [] and spec.modules["m"].metrics[0].help == "\U0001f600 ok"

@@ -126,12 +126,14 @@ class _Builder:
         self._constructor = SafeConstructor()
         self._resolver = yaml.resolver.Resolver()
 
-    def problem(self, node: Node, path: Path, message: str) -> None:
+    def problem(self, node: Node, path: Path, message: str, at: tuple[int, int] | None = None) -> None:
+        """A problem at the node, or at `at` (line, column) inside it."""
         mark = node.start_mark
         if (mark.index, message) in self._reported:
             return  # a node of an anchor, read again for each alias or merge of it: one problem where it is written
         self._reported.add((mark.index, message))
-        self.problems.append(Problem(self.file, mark.line + 1, mark.column + 1, path, message))
+        line, column = at or (mark.line + 1, mark.column + 1)
+        self.problems.append(Problem(self.file, line, column, path, message))
 
     def build(self, node: Node, path: Path, depth: int = 0) -> Any:
         self.nodes += 1
@@ -162,9 +164,14 @@ class _Builder:
         it spells; a lone one is no character, cannot be written as UTF-8 (in an answer, a request, a log
         line) and is a problem."""
         value = value.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
-        if (lone := _SURROGATE.search(value)) is not None:
-            self.problem(node, path, f"a lone surrogate \\u{ord(lone[0]):04x} (half of a pair, or an escape of none): it is no character "
-                                     "and cannot be written as UTF-8; write the character itself, or both escapes of its pair")
+        if _SURROGATE.search(value) is not None:
+            # at its escape, not naming it: the YAML layer quotes no source text (yamlsyntax)
+            start = node.start_mark
+            raw = self.text[start.index : node.end_mark.index]
+            index = _lone_escape(raw)
+            at = None if index is None else _line_col(raw, index, (start.line + 1, start.column + 1))
+            self.problem(node, path, "a lone surrogate escape (half of a pair, or an escape of none): it is no character "
+                                     "and cannot be written as UTF-8; write the character itself, or both escapes of its pair", at)
         return value
 
     def _known_tag(self, node: Node, path: Path) -> bool:
@@ -248,9 +255,35 @@ class _Builder:
         return mappings
 
 
-def _line_col(text: str, index: int) -> tuple[int, int]:
-    line = text.count("\n", 0, index) + 1
-    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+def _line_col(text: str, index: int, start: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+    """The (line, column) of `text[index]`, `text` starting at `start`."""
+    newlines = text.count("\n", 0, index)
+    if newlines == 0:
+        return start[0], start[1] + index
+    return start[0] + newlines, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|.)", re.DOTALL)
+
+
+def _lone_escape(raw: str) -> int | None:
+    """Where in a double-quoted scalar's source (`raw`) its first escape of a lone surrogate starts:
+    a low half, or a high half that the next escape, right after it, does not complete."""
+    high: int | None = None  # where a high half's escape starts, while its low half may follow
+    end = -1
+    for match in _ESCAPE.finditer(raw):
+        digits = match[1] or match[2]
+        code = int(digits, 16) if digits else -1
+        if high is not None:
+            if 0xDC00 <= code <= 0xDFFF and match.start() == end:
+                high, end = None, match.end()
+                continue
+            return high
+        if 0xDC00 <= code <= 0xDFFF:
+            return match.start()
+        high = match.start() if 0xD800 <= code <= 0xDBFF else None
+        end = match.end()
+    return high
 
 
 def _unacceptable(character: int | bytes) -> str:
