@@ -1594,6 +1594,31 @@ def test_broken_yaml_gives_located_problems_never_a_traceback(edits: list[tuple[
         assert not PARSER_WORDS.search(p.message), f"{p} for:\n{text}"
 
 
+# credential places of a spec, each with `{}` where the credential is written as it is, without quotes (a module
+# secret's value is a {file}/{env} mapping: there a pasted password is the mistake, and two of them share an anchor)
+CREDENTIAL_PLACES = [
+    "    http_client_config:\n      basic_auth:\n        username: u\n        password: {}\n",
+    "    http_client_config: {{basic_auth: {{username: u, password: {}}}}}\n",
+    "    http_client_config:\n      oauth2:\n        client_id: c\n        client_secret: {}\n        token_url: 'http://127.0.0.1:9/'\n",
+    "    endpoints:\n      api:\n        url: 'http://127.0.0.1:9/'\n        headers:\n          Authorization: {}\n",
+    "    secrets:\n      a: {}\n      b: {}\n",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(CREDENTIAL_PLACES), st.sampled_from(["!", "!!", "*", "&", "!<", "&a ", "*a", "!a!", "@", "%"]),
+       st.text("abcXYZ019-_", min_size=6, max_size=12), st.sampled_from(["", " x", "!", "§", "<", "!x", ":", "}", "]", "%zz", "'"]))
+def test_a_credential_that_yaml_reads_as_a_token_is_never_quoted_in_a_problem(place: str, start: str, name: str, end: str) -> None:
+    """A password written without quotes that starts with an indicator is a tag, an alias or an anchor to YAML,
+    never a value the Redactor learns: no problem of the file shows it, whichever token PyYAML stops at."""
+    secret = f"Zq{name}"
+    text = "modules:\n  m:\n    targets: {allow: ['http://127.0.0.1:9']}\n" + place.format(*[f"{start}{secret}{end}"] * 2) + \
+        "    metrics: [{name: x, help: x, value: v}]\n"
+    _, problems = load_text(text, "f.yml")
+    for p in problems:
+        assert secret not in str(p), f"{p} for:\n{text}"
+
+
 # -- the schema ---------------------------------------------------------------------------------------
 
 DRAFT7_KEYWORDS = frozenset({
