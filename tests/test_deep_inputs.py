@@ -138,7 +138,8 @@ def _raising(exc: BaseException) -> Callable[[str], object]:
 def test_a_load_that_raises_anything_is_a_file_that_did_not_load_with_its_reason(exc: Exception) -> None:
     loaded, reason = load_anew(_raising(exc), "spec.yml")
     assert loaded is None
-    assert reason == f"spec.yml: cannot be loaded: {type(exc).__name__}: {exc}"
+    assert reason.startswith(f"spec.yml: cannot be loaded: {type(exc).__name__} at jsonexporter/server.py:")
+    assert not str(exc) or str(exc) not in reason  # its text can quote a value of the file: tests/test_unexpected_failures.py
 
 
 def test_a_good_spec_loads_anew_with_no_reason(tmp_path: Path) -> None:

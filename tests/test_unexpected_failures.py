@@ -4,11 +4,17 @@ exception's text, which can quote a value of the file (a secret)."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_util import free_port, jsonexporter
+
+from jsonexporter.server import Options, load_anew, make_app
+from jsonexporter.spec import load_spec
 
 # Real inputs the loaders do not anticipate (left as they are, so that these tests have a real trigger):
 # a duration of 400 digits overflows the float of its seconds (spec/load.py parse_duration), an index of
@@ -84,3 +90,36 @@ def test_migrate_of_a_configuration_that_fails_unexpectedly_says_so_in_one_line(
     _one_clear_line(result, config)
     assert "ValueError at jsonexporter/jsonpath.py:" in result.stderr
     assert result.stdout == ""
+
+
+def _raising(exc: BaseException) -> Callable[[str], object]:
+    def load(file: str) -> object:
+        raise exc
+    return load
+
+
+def test_a_failed_reload_never_quotes_the_exception_that_could_hold_a_secret() -> None:
+    # load_anew takes any loader: one whose exception quotes a value of the file, as int() and float() do
+    loaded, reason = load_anew(_raising(ValueError("invalid literal for int() with base 10: 'hunter2-s3cret'")), "spec.yml")
+    assert loaded is None
+    assert reason.startswith("spec.yml: cannot be loaded: ValueError at jsonexporter/server.py:")
+    assert "hunter2" not in reason
+
+
+async def test_a_reload_that_fails_unexpectedly_answers_and_logs_one_line_without_the_exceptions_text(
+        aiohttp_client: Any, overflowing: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good = OVERFLOWING_SPEC.replace("9" * 400, "10")
+    overflowing_text = overflowing.read_text()
+    overflowing.write_text(good)
+    client = await aiohttp_client(make_app(load_spec(str(overflowing)), Options(), spec_file=str(overflowing)))
+    overflowing.write_text(overflowing_text)
+    with caplog.at_level(logging.ERROR, logger="jsonexporter"):
+        response = await client.post("/-/reload")
+        text = await response.text()
+    assert response.status == 500 and "previous spec is still served" in text
+    expected = f"{overflowing}: cannot be loaded: OverflowError at jsonexporter/spec/load.py:"
+    assert expected in text
+    logged = [r for r in caplog.records if r.getMessage().startswith("reload failed")]
+    assert logged and all(expected in str(r.fields["err"]) for r in logged)
+    for said in (text, *(str(r.fields["err"]) for r in logged)):
+        assert "int too large to convert to float" not in said  # the exception's own text, never quoted
