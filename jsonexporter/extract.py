@@ -32,12 +32,9 @@ from jsonexporter.spec import objects
 from jsonexporter.spec.expressions import Expression, Search
 from jsonexporter.spec.functions import FunctionError
 from jsonexporter.spec.model import Level, Metric, Module, Output
-from jsonexporter.trace import Trace, cut, shorten
+from jsonexporter.trace import MAX_MESSAGE, Trace, cut, shorten
 
-MAX_MESSAGES = 20  # error messages kept per probe for the log and the trace
-# Characters of one error message kept, whatever it quotes (labels, values, states of an answer): with
-# MAX_MESSAGES, what the server keeps of them for its 50 recent probes stays within 1 MB
-MAX_MESSAGE = 1000
+MAX_MESSAGES = 20  # error messages kept per probe for the log and the trace (of MAX_MESSAGE characters each)
 _DEFAULT_HELP = "Extracted by jsonexporter."
 _CHUNK = 512  # most elements per step of a rule on the fast path: about 0.5 ms for bench/'s items
 # A chunk of the fast path is cut by time too (`_chunks`): each is sized from the time the last one took,

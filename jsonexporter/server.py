@@ -23,7 +23,6 @@ from prometheus_client.openmetrics import exposition as prom_openmetrics
 
 from jsonexporter import __version__
 from jsonexporter.exposition import encode_pieces, negotiate, render_text, utf8
-from jsonexporter.extract import MAX_MESSAGE
 from jsonexporter.listen import ClientConnections
 from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, TargetNotAllowed, fail, run_probe
@@ -34,7 +33,7 @@ from jsonexporter.spec import SpecError, SpecFileError, load_spec, read_spec_fil
 from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, DEFAULT_SERIES_LIMIT, Spec
 from jsonexporter.spec.problems import unexpected_failure
 from jsonexporter.spec.sources import spec_sha256
-from jsonexporter.trace import cut
+from jsonexporter.trace import MAX_MESSAGE, cut
 from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, new_session, probe_redactor, reschedule
 from jsonexporter.upstream.client import Clients
 from jsonexporter.upstream.refresh import Events, Job

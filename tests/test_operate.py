@@ -236,6 +236,32 @@ async def test_a_long_endpoint_error_is_recorded_cut_as_extraction_messages_are_
         assert secret[:5] not in shown
 
 
+
+async def test_a_long_endpoint_error_is_traced_cut_as_records_are_and_a_secret_the_cut_splits_stays_hidden(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    secret = "tok-SECRET-0123456789abcdef"
+    traced = "HTTP status 503 "  # how the trace's error line starts for this answer
+    head = 12  # characters of the secret before the cut
+
+    async def long_reason(request: web.Request) -> web.Response:  # an upstream whose reason phrase echoes the token
+        return web.Response(status=503, reason="r" * (MAX_MESSAGE - len(traced) - head) + secret + "r" * 6000)
+
+    up = await upstream({"/": long_reason})
+    client = await aiohttp_client(make_app(make_spec(f"""
+        modules:
+          default:
+            http_client_config: {{bearer_token: {secret}}}
+            endpoints: {{main: {{url: '{up.url}/'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)))
+    trace = await (await client.get("/probe", params={"debug": "true"})).text()
+    [error] = [line for line in trace.splitlines() if line.startswith("  error: ")]
+    whole = MAX_MESSAGE - head + len(secret) + 6000
+    assert error.startswith(f"  error: {traced}" + "r" * 100) and error.endswith(f"(first {MAX_MESSAGE} of {whole} chars)"), error[-200:]
+    assert len(error) < MAX_MESSAGE + 100
+    assert secret[:5] not in trace
+
 # -- hostile upstreams ------------------------------------------------------------------
 
 
