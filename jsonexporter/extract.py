@@ -12,6 +12,7 @@ import itertools
 import math
 import operator
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -1314,6 +1315,10 @@ def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], element
 
 
 def _reason(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        # an answer nested about as deep as the parser takes (orjson's 1,024 levels): json.dumps (a label, to_string)
+        # and JMESPath recurse once a level, and Python's stack ends first
+        return f"a value nested too deeply to be written as text (a call per level, past Python's recursion limit of {sys.getrecursionlimit()})"
     return str(exc) if isinstance(exc, ExtractionError | FunctionError) else f"{type(exc).__name__}: {exc}"
 
 
