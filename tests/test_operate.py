@@ -21,6 +21,7 @@ from aiohttp import web
 from conftest import Held, UpstreamFactory, make_spec, wait_for
 from metrics_util import parse, value
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_util import SESSION
 
 from jsonexporter.extract import MAX_MESSAGE
 from jsonexporter.server import STATE, Options, make_app
@@ -412,7 +413,7 @@ async def test_tls_server_config_serves_https_only(spec_path: Path, tmp_path: Pa
     runner, base = await _serve_tls(spec_path, web_file)
     try:
         trusting = ssl.create_default_context(cafile=str(p["ca"]))
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(timeout=SESSION) as session:
             async with session.get(f"{base}/-/healthy", ssl=trusting) as response:
                 assert response.status == 200
             with pytest.raises(aiohttp.ClientError):
@@ -437,7 +438,7 @@ async def test_client_certificates_are_required_when_configured(spec_path: Path,
         anonymous = ssl.create_default_context(cafile=str(p["ca"]))
         with_cert = ssl.create_default_context(cafile=str(p["ca"]))
         with_cert.load_cert_chain(str(p["client"]))
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(timeout=SESSION) as session:
             async with session.get(f"{base}/-/healthy", ssl=with_cert) as response:
                 assert response.status == 200
             with pytest.raises(aiohttp.ClientError):
