@@ -27,7 +27,8 @@ from yarl import URL
 from jsonexporter.keyed import keyed_digest
 from jsonexporter.secrets import Redactor
 from jsonexporter.spec.model import HTTPClientConfig, OAuth2, Secret, TLSClientConfig
-from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SecretFiles, read_bounded
+from jsonexporter.spec.sources import read_bounded
+from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SecretFiles
 
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 TOKEN_TIMEOUT = 10.0

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
+from jsonexporter.spec.sources import read_bounded
+
 # a secret is a password, a token or a certificate key: far less; more is a wrong path (a log file, /dev/zero)
 MAX_SECRET_BYTES = 65536
 # a TLS file may be a CA bundle: Debian's whole one is 220 KB, corporate ones with intermediates a few
@@ -27,17 +29,8 @@ SECRET_READ_TIMEOUT = 2.0
 T = TypeVar("T")
 
 
-def read_bounded(path: str, limit: int = MAX_SECRET_BYTES) -> bytes:
-    """The file's bytes, at most `limit` (OSError beyond); blocks: run it off the loop."""
-    with open(path, "rb") as fh:
-        data = fh.read(limit + 1)
-    if len(data) > limit:
-        raise OSError(errno.EFBIG, f"larger than {limit} bytes")
-    return data
-
-
 def _read(path: str) -> str:
-    return read_bounded(path).decode("utf-8").rstrip("\r\n")
+    return read_bounded(path, MAX_SECRET_BYTES).decode("utf-8").rstrip("\r\n")
 
 
 class SecretFiles:
