@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, TypeVar
 
 from jsonexporter.spec.sources import read_bounded
@@ -27,6 +28,24 @@ MAX_TLS_FILE_BYTES = 4 * 1024 * 1024
 SECRET_READ_TIMEOUT = 2.0
 
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def as_read(data: bytes, path: str) -> Iterator[str]:
+    """A path to exactly `data`, the bytes read of `path`, for what takes only paths (OpenSSL's load_cert_chain
+    and load_verify_locations): an anonymous file in memory (Linux's memfd), never on disk, closed on leaving.
+    OpenSSL reading `path` again would read whatever is there by then, past the bounds (a larger file swapped in,
+    a FIFO that answers once). Where memfd is missing (not Linux, no /proc), `path` itself, as before."""
+    if not hasattr(os, "memfd_create") or not os.path.isdir("/proc/self/fd"):
+        yield path
+        return
+    fd = os.memfd_create("tls-file", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as fh:
+            fh.write(data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def _read(path: str) -> str:
