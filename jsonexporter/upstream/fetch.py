@@ -128,12 +128,16 @@ async def _read_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
     declared = response.content_length
     if declared is not None and declared > limit:
         raise _TooLarge(f"response of {declared} bytes is larger than max_response_bytes {limit}")
-    chunks = bytearray()
+    # the chunks joined once (one chunk: itself), not grown in a bytearray and copied out of it: each byte copied once
+    # at most instead of two or three times (bench/'s 56 KB answer: about 110 kIr of copies a probe, callgrind)
+    chunks: list[bytes] = []
+    size = 0
     async for chunk in response.content.iter_any():
-        chunks += chunk
-        if len(chunks) > limit:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
             raise _TooLarge(f"response is larger than max_response_bytes {limit}")
-    return bytes(chunks)
+    return b"".join(chunks)
 
 
 class _TooLarge(Exception):
