@@ -1189,14 +1189,16 @@ def _joined_texts(between: tuple[str, ...], columns: list[list[str]]) -> list[st
 
 def _lines(sample_name: str, texts: list[str], numbers: list[str]) -> str:
     """`f"{sample_name}{text} {number}\\n"` for each element, joined: one join of the pieces laid out by
-    slice assignments (200 lines: 6 µs against 14 for a comprehension of f-strings)."""
+    slice assignments (200 lines: 6 µs against 14 for a comprehension of f-strings). The first name is a
+    piece too: `sample_name + "".join(…)` would copy all the lines a second time."""
     n = len(texts)
-    pieces: list[str] = [" "] * (4 * n)
-    pieces[0::4] = texts
-    pieces[2::4] = numbers
-    pieces[3::4] = ["\n" + sample_name] * n
+    pieces: list[str] = [" "] * (4 * n + 1)
+    pieces[0::4] = ["\n" + sample_name] * (n + 1)
+    pieces[0] = sample_name
+    pieces[1::4] = texts
+    pieces[3::4] = numbers
     pieces[-1] = "\n"
-    return sample_name + "".join(pieces)
+    return "".join(pieces)
 
 
 def _value_columns(metric: Metric, outputs: list[_Output], fields: _Fields) -> list[list[str]] | None:
