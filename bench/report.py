@@ -80,16 +80,54 @@ def load_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
     return lines
 
 
-def workers_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
+def _cpu_us(run: Run, who: str = "app") -> float:
+    """CPU time per probe of the app (its processes summed), nginx or wrk over the run, in µs."""
+    return float(run.get("cpu_ns", {}).get(who, 0)) / 1e3 / max(int(run["probe"]["requests"]), 1)
+
+
+def _others(run: Run) -> float:
+    """What nginx and wrk cost per probe against the app: on a machine of few CPUs they share the cores."""
+    app = _cpu_us(run)
+    return (_cpu_us(run, "nginx") + _cpu_us(run, "wrk")) / app if app else float("nan")
+
+
+def cpu_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
+    """CPU time per probe of each process (/proc/PID/schedstat; wrk by bash's `time`): what a busy machine
+    moves least, as the time the processes waited for a core is not in it."""
     lines = [
-        "| payload | series | conns | probes/s | p50 ms | p99 ms | peak RSS MB (all processes) | /-/healthy p99 ms | vs one process |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| payload | conns | exporter CPU µs per probe | floor CPU µs per probe | floor / exporter (CPU) "
+        "| nginx + wrk CPU µs per probe (exporter's run) | nginx + wrk vs exporter |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    for items in (200, 7500):
+        for conns in (1, 8):
+            ours, floor = runs.get(("jsonexporter", items, conns)), runs.get(("floor", items, conns))
+            if ours is None or floor is None or "cpu_ns" not in ours or "cpu_ns" not in floor:
+                continue
+            mine, base = _cpu_us(ours), _cpu_us(floor)
+            lines.append(
+                f"| {_size(ours['bytes'])} ({items} items) | {conns} | {mine:,.0f} | {base:,.0f} | {base / mine:.2f} | "
+                f"{_cpu_us(ours, 'nginx') + _cpu_us(ours, 'wrk'):,.0f} | {_others(ours):.2f} |"
+            )
+    return lines
+
+
+def workers_table(runs: dict[tuple[str, int, int], Run], workers: int) -> list[str]:
+    lines = [
+        "| payload | series | conns | probes/s | p50 ms | p99 ms | peak RSS MB (all processes) | /-/healthy p99 ms | vs one process "
+        "| CPU µs per probe, all processes (one process) | at most, on these CPUs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    cpus = os.cpu_count() or 1
     for items in (200, 7500):
         ours, one = runs.get(("workers", items, 8)), runs.get(("jsonexporter", items, 8))
         if ours is None or one is None:
             continue
-        lines.append(f"{_load_cells(ours, items, 8)} {_rate(ours) / _rate(one):.2f} |")
+        # One process keeps one core busy; N of them, nginx and wrk share all the cores: with the CPU per probe
+        # of the one-process run, N processes reach at most cpus / (1 + (nginx + wrk) / exporter) times its rate.
+        bound = min(workers, cpus / (1 + _others(one))) if "cpu_ns" in one else float("nan")
+        lines.append(f"{_load_cells(ours, items, 8)} {_rate(ours) / _rate(one):.2f} | "
+                     f"{_cpu_us(ours):,.0f} ({_cpu_us(one):,.0f}) | {bound:.2f} |")
     return lines
 
 
@@ -158,9 +196,13 @@ def main(path: str, duration: str, load: str, package: str, workers: str = "1") 
           f"load average before the run {load}.\n")
     print("Load (wrk on loopback, closed loop: each connection sends its next probe when the last one answered):\n")
     print("\n".join(load_table(runs)))
+    if any("cpu_ns" in run for run in runs.values()):
+        print("\nCPU time per probe of each process in the same runs (/proc/PID/schedstat, wrk by bash's `time`; what a busy "
+              "machine moves least):\n")
+        print("\n".join(cpu_table(runs)))
     if any(key[0] == "workers" for key in runs):
         print(f"\nWith `--web.workers {workers}` (the same probes, answered by {workers} worker processes on one port):\n")
-        print("\n".join(workers_table(runs)))
+        print("\n".join(workers_table(runs, int(workers))))
     if ("features", 7500, 8) in runs:
         print("\nRule features (bench/features.yml: the function library in labels and values, a histogram per item, "
               "`duplicates: sum` per region) against bench/spec.yml in the same run:\n")
