@@ -1276,15 +1276,15 @@ def _written_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[st
     written with digits and a sign alone, a float always with a point or an exponent, NaN and infinities as
     null, a text quoted; None for any other column, and for ones that need more than a look at the text (a
     scale, a negative count, values too large or small to be written as they are): `_number_texts` goes on."""
-    if not raws:
+    if not raws or metric.scale != 1.0:  # scaled values are floats made one by one: orjson's text of the answer's tells nothing
         return None
     try:
         written = orjson.dumps(raws)
     except orjson.JSONEncodeError:  # an integer beyond 64 bits, a value that is no JSON
         return None
     if written.translate(None, _NUMBER_BYTES) == b"[]":  # numbers, none in exponent form, none NaN or infinite
-        if metric.scale != 1.0 or (metric.type == "counter" and b"-" in written):
-            return None  # scaled, or a negative count (an error of its series): element by element
+        if metric.type == "counter" and b"-" in written:
+            return None  # a negative count (an error of its series): element by element
         points = written.count(b".")
         if points == 0:  # integers (bools are written as words): exact below EXACT_LIMIT, as str() writes them
             if max(raws) >= _EXACT or (b"-" in written and min(raws) <= -_EXACT):
