@@ -628,14 +628,17 @@ def test_answers_below_and_above_the_orjson_limit_give_the_json_module_documents
         assert _parse_json(padded) == json.loads(body)
 
 
-def _beyond_64_bits_in_a_value(node: Any, depth: int, parent: type) -> bool:
-    """An integer beyond orjson's 64 bits in a list, or deeper than an element's field: in a value a rule
-    reads whole, which the projection keeps exact and orjson makes a float (spec/projection.py)."""
+def _beyond_64_bits_in_a_value(node: Any, depth: int, parent: type, iterated: bool = True) -> bool:
+    """An integer beyond orjson's 64 bits anywhere but in a field of the root or of an element of the lists and
+    map the rules iterate (`items`, `hists`, `byname`): in a value a rule reads whole, which the projection keeps
+    exact and orjson makes a float (spec/projection.py)."""
     if isinstance(node, dict):
-        return any(_beyond_64_bits_in_a_value(v, depth + 1, dict) for v in node.values())
+        if depth == 0:
+            return any(_beyond_64_bits_in_a_value(v, 1, dict, k in ("items", "hists", "byname")) for k, v in node.items())
+        return any(_beyond_64_bits_in_a_value(v, depth + 1, dict, iterated) for v in node.values())
     if isinstance(node, list):
-        return any(_beyond_64_bits_in_a_value(v, depth + 1, list) for v in node)
-    return type(node) is int and not -(2**63) <= node < 2**64 and (parent is list or depth > 3)
+        return any(_beyond_64_bits_in_a_value(v, depth + 1, list, iterated) for v in node)
+    return type(node) is int and not -(2**63) <= node < 2**64 and (parent is list or depth == 2 or depth > 3 or not iterated)
 
 
 def _has_objects(node: Any) -> bool:
