@@ -232,6 +232,42 @@ def test_merged_series_by_columns_give_what_the_general_path_gives(module_spec: 
         _assert_objects_read_as_dicts(module_spec, objects_only)
 
 
+# Columns of one kind, as orjson's text of them tells the kinds (extract._written_texts): values at the edges of
+# what it writes as format_value does (integral fractions, below 1e-4 where orjson's form is positional and repr's
+# not, "0.0000" inside a larger one, 1e6 and beyond; integers about EXACT_LIMIT, beyond int64 and beyond 64 bits),
+# sometimes one of another kind among them
+_COLUMN_KINDS = [
+    st.sampled_from([0.5, 12.25, 10.00001, 0.00005, 0.0001, 0.5e-4, -0.5, 2.0, -0.0, 999999.5, 1000000.5, -1234567.5, 0.1 + 0.2, 1e-7, 2.5e16]),
+    st.sampled_from([0, 7, -3, 10**15 - 1, 10**15, -(10**15 - 1), -(10**15), 2**63, 2**64, 12345678901]),
+    st.booleans(),
+]
+_ODD_ONES = st.sampled_from([1, -(10**17), 1.5, True, None, "2", float("nan"), float("inf"), [1], {"a": 1}])
+
+
+@st.composite
+def number_columns(draw: Any) -> tuple[dict[str, Any], Any]:
+    """A rule reading numbers by columns, and a document of elements whose values are of one kind, or nearly."""
+    kind = draw(st.sampled_from(_COLUMN_KINDS))
+    values = draw(st.lists(kind, min_size=1, max_size=8))
+    if draw(st.integers(0, 3)) == 0:
+        values.insert(draw(st.integers(0, len(values))), draw(_ODD_ONES))
+    rule: dict[str, Any] = {"name": "n", "help": "h", "type": draw(st.sampled_from(["gauge", "counter", "untyped"])), "each": "items",
+                            "labels": {"id": "id"}, "values": {"v": "v", "w": "w"}}
+    for key, choices in (("scale", [0.001, 3]), ("value_map", [{"true": 5, "false": -1}]), ("default", [-1])):
+        if draw(st.integers(0, 3)) == 0:
+            rule[key] = draw(st.sampled_from(choices))
+    document = {"items": [{"id": f"i{i}", "v": v, "w": values[-1 - i]} for i, v in enumerate(values)]}
+    return {"metrics": [rule]}, document
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(number_columns())
+def test_number_columns_told_by_their_text_give_what_the_general_path_gives(case: tuple[dict[str, Any], Any]) -> None:
+    module_spec, document = case
+    spec = make_spec(json.dumps({"modules": {"default": module_spec}}))
+    _assert_same(*_both_paths(spec.modules["default"], document))
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(modules(), documents, documents)
 def test_fast_extraction_after_other_answers_gives_what_the_general_path_gives(module_spec: dict[str, Any], before: Any, document: Any) -> None:
@@ -592,14 +628,17 @@ def test_answers_below_and_above_the_orjson_limit_give_the_json_module_documents
         assert _parse_json(padded) == json.loads(body)
 
 
-def _beyond_64_bits_in_a_value(node: Any, depth: int, parent: type) -> bool:
-    """An integer beyond orjson's 64 bits in a list, or deeper than an element's field: in a value a rule
-    reads whole, which the projection keeps exact and orjson makes a float (spec/projection.py)."""
+def _beyond_64_bits_in_a_value(node: Any, depth: int, parent: type, iterated: bool = True) -> bool:
+    """An integer beyond orjson's 64 bits anywhere but in a field of the root or of an element of the lists and
+    map the rules iterate (`items`, `hists`, `byname`): in a value a rule reads whole, which the projection keeps
+    exact and orjson makes a float (spec/projection.py)."""
     if isinstance(node, dict):
-        return any(_beyond_64_bits_in_a_value(v, depth + 1, dict) for v in node.values())
+        if depth == 0:
+            return any(_beyond_64_bits_in_a_value(v, 1, dict, k in ("items", "hists", "byname")) for k, v in node.items())
+        return any(_beyond_64_bits_in_a_value(v, depth + 1, dict, iterated) for v in node.values())
     if isinstance(node, list):
-        return any(_beyond_64_bits_in_a_value(v, depth + 1, list) for v in node)
-    return type(node) is int and not -(2**63) <= node < 2**64 and (parent is list or depth > 3)
+        return any(_beyond_64_bits_in_a_value(v, depth + 1, list, iterated) for v in node)
+    return type(node) is int and not -(2**63) <= node < 2**64 and (parent is list or depth == 2 or depth > 3 or not iterated)
 
 
 def _has_objects(node: Any) -> bool:
