@@ -235,8 +235,14 @@ class _Translator:
         headers: dict[str, str] = {}
         for name, spec in raw.items():
             hp = (*path, name)
-            given = [v for key in ("values", "secrets") for v in ((spec or {}).get(key) or [] if isinstance(spec, dict) else [])]
-            if not isinstance(spec, dict) or spec.get("files") or len(given) != 1 or not isinstance(given[0], str):
+            lists = {key: spec[key] for key in ("values", "secrets", "files") if spec.get(key) is not None} if isinstance(spec, dict) else {}
+            wrong = next((key for key, value in lists.items() if not isinstance(value, list)), None)
+            if wrong is not None:
+                self.error((*hp, wrong), f"not translated: `{wrong}` must be a list of strings, not {type(lists[wrong]).__name__}; "
+                                         "the header is left out")
+                continue
+            given = [v for key in ("values", "secrets") for v in lists.get(key, [])]
+            if not isinstance(spec, dict) or lists.get("files") or len(given) != 1 or not isinstance(given[0], str):
                 self.error(hp, "not translated: only a header with one value (`values` or `secrets`) has a translation, not files or "
                                "several values; left out", at_key=True)
                 continue

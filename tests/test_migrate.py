@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import re
 import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +147,66 @@ def test_any_configuration_migrates_without_a_traceback_to_a_spec_check_accepts(
         return
     spec, errors = load_text(render(migration, "je.yml"), "spec.yml")
     assert (spec is not None) == bool(migration.modules), errors
+
+
+# every key json_exporter reads (modules, requests, http_client_config, metrics of both types), with values of the right type
+_RICH: dict[str, Any] = {"modules": {
+    "default": {
+        "headers": {"X-A": "a"},
+        "body": {"content": '{"q": "{{ .q | first }}"}', "templatize": True},
+        "valid_status_codes": [200, 203],
+        "http_client_config": {
+            "basic_auth": {"username": "monitor", "password": "pw"},
+            "tls_config": {"insecure_skip_verify": False, "server_name": "api.example"},
+            "proxy_url": "http://127.0.0.1:3128",
+            "follow_redirects": False,
+            "http_headers": {"X-Token": {"values": ["t"]}, "X-Secret": {"secrets": ["s"]}, "X-File": {"files": ["/etc/x"]}},
+        },
+        "metrics": [
+            {"name": "up", "path": "{.up}", "help": "Up.", "valuetype": "gauge", "labels": {"env": "{.env}", "fixed": "prod"},
+             "epochtimestamp": "{.ts}", "allow_missing_key": True},
+            {"name": "items", "type": "object", "path": "{.items[*]}", "valuetype": "counter", "labels": {"id": "{.id}"},
+             "values": {"count": "{.count}", "state": "{.state}"}, "valueconverter": {"{.state}": {"ACTIVE": 1, "inactive": 0}}},
+        ],
+    },
+    "other": {
+        "http_client_config": {"bearer_token": "tok", "oauth2": {"client_id": "c", "client_secret": "s", "token_url": "http://127.0.0.1/t",
+                                                                 "scopes": ["a"]}},
+        "metrics": [{"name": "n", "path": "{.n}", "engine": "jsonpath", "epochTimestamp": "{.ts}"}],
+    },
+}}
+_OTHER_TYPES: list[Any] = [5, [1, "x"], {"k": 1}, None, "str"]
+
+
+def _places(node: Any, at: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """The path of every value in `node`, itself included."""
+    yield at
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        yield from _places(child, (*at, key))
+
+
+def _replaced(node: Any, at: tuple[Any, ...], value: Any) -> Any:
+    if not at:
+        return value
+    copied = dict(node) if isinstance(node, dict) else list(node)
+    copied[at[0]] = _replaced(node[at[0]], at[1:], value)
+    return copied
+
+
+def test_any_value_of_a_configuration_replaced_by_another_type_is_a_located_problem_or_a_translation() -> None:
+    """Every place of a configuration with every key json_exporter reads gets values of other types (two of
+    the five per place, chosen with a fixed seed: every run tries the same; all five take too long for the suite)."""
+    choose = random.Random(8)
+    for at, wrong in ((at, wrong) for at in _places(_RICH) for wrong in choose.sample(_OTHER_TYPES, 2)):
+        text = yaml.safe_dump(_replaced(_RICH, at, wrong), sort_keys=False)
+        migration, problems = migrate_text(text, "je.yml")  # no exception
+        assert all(p.file == "je.yml" and p.line >= 1 and p.column >= 1 for p in problems), (at, wrong)
+        if migration is None:
+            assert problems, (at, wrong)
+            continue
+        spec, errors = load_text(render(migration, "je.yml"), "spec.yml")
+        assert (spec is not None) == bool(migration.modules), (at, wrong, errors)
 
 
 def _migrated(config: str) -> tuple[str, list[str]]:
@@ -305,6 +367,27 @@ def test_http_headers_of_the_client_config_become_request_headers() -> None:
     endpoint = loaded.modules["default"].endpoints["default"]
     assert {k: t.render({}) for k, t in endpoint.headers} == {"X-A": "a", "X-B": "b", "X-C": "{c}"}
     assert endpoint.client.follow_redirects is False
+
+
+@pytest.mark.parametrize(("header", "key", "column", "kind"), [
+    ("{values: 5}", "values", 27, "int"), ("{secrets: {a: 1}}", "secrets", 28, "dict"), ("{files: /etc/x}", "files", 26, "str"),
+])
+def test_http_headers_values_secrets_or_files_not_a_list_are_a_located_problem(header: str, key: str, column: int, kind: str) -> None:
+    spec, problems = _migrated(f"""
+        modules:
+          default:
+            http_client_config:
+              http_headers:
+                X-Token: {header}
+                X-B: {{values: [b]}}
+            metrics:
+            - {{name: up, path: '{{.up}}'}}
+    """)
+    assert problems == [f"je.yml:6:{column}: modules.default.http_client_config.http_headers['X-Token'].{key}: not translated: `{key}` must be "
+                        f"a list of strings, not {kind}; the header is left out"]
+    loaded, _ = load_text(spec, "spec.yml")
+    assert loaded is not None
+    assert [k for k, _ in loaded.modules["default"].endpoints["default"].headers] == ["X-B"]
 
 
 def test_credentials_sent_to_the_target_get_an_allowlist_of_any_target_with_a_warning() -> None:
