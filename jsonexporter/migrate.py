@@ -154,7 +154,7 @@ class _Translator:
         codes = raw.get("valid_status_codes")
         if isinstance(codes, list) and codes:
             endpoint["valid_status_codes"] = codes
-            origin[("endpoints", "default", "valid_status_codes")] = (*path, "valid_status_codes")
+            origin.update(_origins(("endpoints", "default", "valid_status_codes"), (*path, "valid_status_codes"), codes))
         elif codes not in (None, []):
             self.error((*path, "valid_status_codes"), "not translated: valid_status_codes must be a list of status codes; left out")
         client = raw.get("http_client_config")
@@ -169,7 +169,7 @@ class _Translator:
             kept = self.client_config((*path, "http_client_config"), client, _client_schema())
             if kept:
                 module.data["http_client_config"] = kept
-                origin[("http_client_config",)] = (*path, "http_client_config")
+                origin.update(_origins(("http_client_config",), (*path, "http_client_config"), kept))
         else:
             self.change("redirects are followed, each hop checked against `targets.allow` (json_exporter follows none without an "
                         "`http_client_config`; add `http_client_config: {follow_redirects: false}` to keep that)", path)
@@ -423,6 +423,16 @@ class _Translator:
             if table:
                 found[str(key)] = table
         return found
+
+
+def _origins(at: Path, source: Path, value: Any) -> dict[Path, Path]:
+    """The source path of `at` and of every key and item within `value`, copied there as written: what `check`
+    refuses deep inside it (a proxy_url of http_client_config, a status code of a list) is reported where it is written."""
+    found: dict[Path, Path] = {at: source}
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        found.update(_origins((*at, key), (*source, key), child))
+    return found
 
 
 def _yaml11_true(raw: Any) -> bool:

@@ -422,6 +422,34 @@ def test_what_check_refuses_is_reported_at_the_json_exporter_metric_and_left_out
     assert [m.name for m in loaded.modules["default"].metrics] == ["dup", "other"]
 
 
+def test_what_check_refuses_inside_a_key_copied_as_written_is_reported_where_it_is_written() -> None:
+    spec, problems = _migrated("""
+        modules:
+          default:
+            valid_status_codes: [200, 99]
+            http_client_config:
+              basic_auth: {username: monitor, password: pw}
+              tls_config: {insecure_skip_verify: false, min_version: TLS19}
+              proxy_url: "http://[::1"
+            metrics:
+            - {name: up, path: '{.up}'}
+    """)
+    refused = [p for p in problems if "warning" not in p]
+    assert refused == [
+        "je.yml:4:31: modules.default.valid_status_codes[1]: not translated: the spec refuses the translation: 99 is less than the minimum "
+        "of 100; left out",
+        "je.yml:7:62: modules.default.http_client_config.tls_config.min_version: not translated: the spec refuses the translation: \"TLS19\" "
+        "is not one of TLS10, TLS11, TLS12, TLS13 (did you mean 'TLS13'?); left out",
+        "je.yml:8:18: modules.default.http_client_config.proxy_url: not translated: the spec refuses the translation: proxy_url is not a "
+        "usable URL: its host '[::1' is not a valid IP address in brackets; left out",
+    ]
+    loaded, errors = load_text(spec, "spec.yml")
+    assert loaded is not None, errors
+    endpoint = loaded.modules["default"].endpoints["default"]
+    assert endpoint.valid_status_codes is None  # the list refused is left out, and only what was refused
+    assert endpoint.client.basic_auth is not None and endpoint.client.tls is None and endpoint.client.proxy_url is None
+
+
 def test_a_module_none_of_whose_metrics_translate_is_left_out_and_the_others_are_kept() -> None:
     spec, problems = _migrated("""
         modules:
