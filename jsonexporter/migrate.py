@@ -454,7 +454,10 @@ def _go_number(raw: Any) -> float | None:
     if isinstance(raw, bool):
         return 1.0 if raw else 0.0
     if isinstance(raw, (int, float)):
-        return float(raw)
+        try:
+            return float(raw)
+        except OverflowError:  # an integer beyond a float64: Go's ParseFloat refuses it too
+            return None
     text = _scalar_text(raw)
     if text in GO_TRUE:
         return 1.0
@@ -507,7 +510,7 @@ _ALWAYS = (
 def migrate_text(text: str, file: str) -> tuple[Migration | None, list[Problem]]:
     """Translate a json_exporter configuration; None (with the problems) when it is not one."""
     data, marks, problems = load_yaml(text, file)
-    if data is None or problems:
+    if problems:  # a document that is `null` has none: it is refused below, as any other without `modules`
         return None, problems
     t = _Translator(file, marks)
     if isinstance(data, dict) and "modules" not in data and "metrics" in data:
