@@ -544,7 +544,7 @@ def migrate_text(text: str, file: str) -> tuple[Migration | None, list[Problem]]
     if modules:
         _checked(migration, t, file)
     else:
-        t.error((), "nothing could be translated: the spec written has no modules, which `check` refuses")
+        t.error((), _NOTHING_TRANSLATED)
     # json_exporter's configuration has the shape of a spec where credentials are: its problems quote none
     migration.problems = redacted(sorted(set(migration.problems), key=lambda p: (p.line, p.column, p.message)), spec_secrets(data))
     migration.changes = [_change_line(text_, where) for text_, where in t.changes.items()]
@@ -556,6 +556,7 @@ def _change_line(text: str, where: list[str]) -> str:
 
 
 _CREDENTIALS = "declare `targets: {allow: [...]}`"
+_NOTHING_TRANSLATED = "nothing could be translated: the spec written has no modules, which `check` refuses"
 
 
 def _checked(migration: Migration, t: _Translator, file: str) -> None:
@@ -563,6 +564,9 @@ def _checked(migration: Migration, t: _Translator, file: str) -> None:
     leave that out, until the spec passes. Credentials sent to the target's host get an allowlist
     that admits any target, as json_exporter did, with a warning."""
     for _ in range(50):  # each round leaves out at least one rule, key or module
+        if not migration.modules:  # all left out: said as when none translated, not as check's "modules: must not be empty"
+            t.error((), _NOTHING_TRANSLATED)
+            return
         _, problems = load_text(render(migration), f"{file} (translated)")
         errors = [p for p in problems if p.severity == "error"]
         if not errors:

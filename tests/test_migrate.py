@@ -468,6 +468,16 @@ def test_what_check_refuses_inside_a_key_copied_as_written_is_reported_where_it_
     assert endpoint.client.basic_auth is not None and endpoint.client.tls is None and endpoint.client.proxy_url is None
 
 
+def test_a_configuration_whose_every_rule_check_refuses_says_nothing_could_be_translated() -> None:
+    migration, problems = migrate_text("modules:\n  default:\n    metrics: [{name: a, path: '{.a}', labels: {bad-name: '{.a}'}}]\n", "je.yml")
+    assert migration is not None and migration.modules == []
+    assert [str(p) for p in problems] == [
+        "je.yml:1:1: <root>: nothing could be translated: the spec written has no modules, which `check` refuses",
+        "je.yml:3:58: modules.default.metrics[0].labels['bad-name']: not translated: the spec refuses the translation: invalid label name "
+        "'bad-name': must match ^[A-Za-z_][A-Za-z0-9_]*$; left out",
+    ]
+
+
 def test_a_module_none_of_whose_metrics_translate_is_left_out_and_the_others_are_kept() -> None:
     spec, problems = _migrated("""
         modules:
