@@ -20,7 +20,7 @@ import bcrypt
 import pytest
 import trustme
 from metrics_util import parse, value
-from prometheus_util import free_port, jsonexporter
+from prometheus_util import SESSION, free_port, jsonexporter
 from test_cli import SPEC  # the one-module spec of the single-process tests
 
 from jsonexporter.spec import SpecError
@@ -97,7 +97,7 @@ async def test_password_checks_keep_their_slot_until_their_thread_ends_and_never
     web_file = tmp_path / "web.yml"
     web_file.write_text(f"basic_auth_users:\n  alice: {_hash('alice', 4)}\n  bob: {_hash('bob', 4)}\n  slow: {slow_hash}\n")
     proc, base = serve(web_file)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=SESSION) as session:
 
         async def status(path: str, user: str, password: str, method: str = "GET") -> int:
             async with session.request(method, f"{base}{path}", headers=_basic(user, password)) as response:
@@ -160,7 +160,7 @@ def _requests(proc: subprocess.Popen[str], base: str, trusting: ssl.SSLContext |
 
     async def get(path: str, method: str = "GET") -> tuple[int, str]:
         # a connection of its own each time: with workers, either may answer
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, ssl=trusting or True)) as session, \
+        async with aiohttp.ClientSession(timeout=SESSION, connector=aiohttp.TCPConnector(force_close=True, ssl=trusting or True)) as session, \
                 session.request(method, f"{base}{path}", headers=headers) as response:
             return response.status, await response.text()
 
@@ -293,3 +293,14 @@ def test_a_users_password_is_not_shown_where_another_key_quotes_it(tmp_path: Pat
         load_web_config(str(web_file))
     assert f"{web_file}:6:16: tls_server_config.min_version: " in str(caught.value)
     assert PASSWORD not in str(caught.value)
+
+
+@pytest.mark.parametrize("written", ["!S3cr3t-WEB-1", "*S3cr3t-WEB-1", "&S3cr3t-WEB-1§"])
+def test_a_users_password_that_yaml_reads_as_a_tag_alias_or_anchor_is_not_shown(tmp_path: Path, written: str) -> None:
+    """The web config is read by the spec's YAML loader: its problems never quote the source's tokens."""
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"basic_auth_users:\n  bob: {written}\n")
+    with pytest.raises(SpecError) as caught:
+        load_web_config(str(web_file))
+    assert f"{web_file}:2:" in str(caught.value)
+    assert "S3cr3t-WEB-1" not in str(caught.value) and "§" not in str(caught.value), str(caught.value)
