@@ -68,6 +68,17 @@ def test_an_expression_too_long_to_parse_is_a_located_problem(write_spec: SpecWr
     assert f"{path}:6:" in out and "modules.m.metrics[0].value: invalid JMESPath: expression too long (" in out
 
 
+@pytest.mark.parametrize("source", ["a[{n}]", "a[0:{n}]", "a[::{n}]"], ids=["index", "slice", "step"])
+def test_a_number_beyond_the_interpreters_integer_conversion_is_a_located_problem(
+        source: str, write_spec: SpecWriter, capsys: pytest.CaptureFixture[str]) -> None:
+    digits = "9" * (sys.get_int_max_str_digits() + 1)
+    path = write_spec(f"modules:\n  m:\n    metrics:\n      - name: x\n        help: h\n        value: '{source.format(n=digits)}'\n")
+    code, out = _check(path, capsys)
+    assert code == 1, out
+    assert "Traceback" not in out and "cannot be loaded" not in out
+    assert f"{path}:6:" in out and "modules.m.metrics[0].value: invalid JMESPath:" in out
+
+
 def _deepest_accepted(nesting: Callable[[int], str]) -> str:
     for n in range(1, 1000):
         try:
