@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import functools
 import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from jsonexporter import __version__, logs
@@ -22,6 +23,7 @@ from jsonexporter.spec.problems import Problem, unexpected_failure
 from jsonexporter.spec.sources import is_spec_set
 
 if TYPE_CHECKING:
+    from jsonexporter.spec.model import Endpoint
     from jsonexporter.webconfig import WebConfig
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -214,7 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return Supervisor(args.web_workers, run, reload, args.shutdown_timeout).run()
 
 
-def _inputs(specs: list[str], endpoints: Sequence[str]) -> dict[str, Any]:
+def _inputs(specs: list[str], endpoints: Mapping[str, Endpoint]) -> dict[str, Any]:
     from jsonexporter.upstream.fetch import InvalidJSON, _parse_json
 
     documents: dict[str, Any] = {}
@@ -223,18 +225,30 @@ def _inputs(specs: list[str], endpoints: Sequence[str]) -> dict[str, Any]:
         if not sep:
             if len(endpoints) != 1:
                 raise ValueError(f"--input {item}: the module has several endpoints ({', '.join(endpoints)}): write ENDPOINT=FILE")
-            name, path = endpoints[0], item
+            name, path = next(iter(endpoints)), item
         if name not in endpoints:
             raise ValueError(f"--input {item}: unknown endpoint {name!r} (the module has {', '.join(endpoints)})")
+        body = _read_input(path, endpoints[name])
         try:
-            with open(path, "rb") as fh:
-                body = fh.read()
             documents[name] = _loading(path, functools.partial(_parse_json, body), expected=(InvalidJSON,))
-        except OSError as exc:
-            raise ValueError(f"--input {path}: cannot read: {exc.strerror}") from None
         except ValueError as exc:
             raise ValueError(f"--input {path}: {exc}") from None
     return documents
+
+
+def _read_input(path: str, endpoint: Endpoint) -> bytes:
+    """The saved answer in `path`, read as a spec file is (within 2 s: a FIFO nobody writes is unreadable) and
+    within the endpoint's max_response_bytes, as a live answer is; ValueError saying why not."""
+    from jsonexporter.spec.sources import read_bounded_bytes
+
+    limit = endpoint.max_response_bytes
+    try:
+        return read_bounded_bytes(path, limit)
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise ValueError(f"--input {path}: larger than max_response_bytes {limit} of endpoint {endpoint.name}: "
+                             "a live probe refuses such an answer (too_large)") from None
+        raise ValueError(f"--input {path}: cannot read: {exc.strerror or exc}") from None
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -260,7 +274,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     logs.redact_with(redact)
     try:
         if args.input:
-            result = run_offline(module, _inputs(args.input, list(module.endpoints)), args.target or "offline", query, args.debug)
+            result = run_offline(module, _inputs(args.input, module.endpoints), args.target or "offline", query, args.debug)
         else:
             if not args.target:
                 print("--target is required without --input", file=sys.stderr)

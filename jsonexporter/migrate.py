@@ -154,7 +154,7 @@ class _Translator:
         codes = raw.get("valid_status_codes")
         if isinstance(codes, list) and codes:
             endpoint["valid_status_codes"] = codes
-            origin[("endpoints", "default", "valid_status_codes")] = (*path, "valid_status_codes")
+            origin.update(_origins(("endpoints", "default", "valid_status_codes"), (*path, "valid_status_codes"), codes))
         elif codes not in (None, []):
             self.error((*path, "valid_status_codes"), "not translated: valid_status_codes must be a list of status codes; left out")
         client = raw.get("http_client_config")
@@ -169,7 +169,7 @@ class _Translator:
             kept = self.client_config((*path, "http_client_config"), client, _client_schema())
             if kept:
                 module.data["http_client_config"] = kept
-                origin[("http_client_config",)] = (*path, "http_client_config")
+                origin.update(_origins(("http_client_config",), (*path, "http_client_config"), kept))
         else:
             self.change("redirects are followed, each hop checked against `targets.allow` (json_exporter follows none without an "
                         "`http_client_config`; add `http_client_config: {follow_redirects: false}` to keep that)", path)
@@ -235,8 +235,14 @@ class _Translator:
         headers: dict[str, str] = {}
         for name, spec in raw.items():
             hp = (*path, name)
-            given = [v for key in ("values", "secrets") for v in ((spec or {}).get(key) or [] if isinstance(spec, dict) else [])]
-            if not isinstance(spec, dict) or spec.get("files") or len(given) != 1 or not isinstance(given[0], str):
+            lists = {key: spec[key] for key in ("values", "secrets", "files") if spec.get(key) is not None} if isinstance(spec, dict) else {}
+            wrong = next((key for key, value in lists.items() if not isinstance(value, list)), None)
+            if wrong is not None:
+                self.error((*hp, wrong), f"not translated: `{wrong}` must be a list of strings, not {type(lists[wrong]).__name__}; "
+                                         "the header is left out")
+                continue
+            given = [v for key in ("values", "secrets") for v in lists.get(key, [])]
+            if not isinstance(spec, dict) or lists.get("files") or len(given) != 1 or not isinstance(given[0], str):
                 self.error(hp, "not translated: only a header with one value (`values` or `secrets`) has a translation, not files or "
                                "several values; left out", at_key=True)
                 continue
@@ -419,6 +425,16 @@ class _Translator:
         return found
 
 
+def _origins(at: Path, source: Path, value: Any) -> dict[Path, Path]:
+    """The source path of `at` and of every key and item within `value`, copied there as written: what `check`
+    refuses deep inside it (a proxy_url of http_client_config, a status code of a list) is reported where it is written."""
+    found: dict[Path, Path] = {at: source}
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        found.update(_origins((*at, key), (*source, key), child))
+    return found
+
+
 def _yaml11_true(raw: Any) -> bool:
     """True as json_exporter's YAML 1.1 reads a boolean: `yes` and `on` too, which are strings in a spec."""
     return raw is True or (isinstance(raw, str) and raw.lower() in ("yes", "y", "on", "true"))
@@ -438,7 +454,10 @@ def _go_number(raw: Any) -> float | None:
     if isinstance(raw, bool):
         return 1.0 if raw else 0.0
     if isinstance(raw, (int, float)):
-        return float(raw)
+        try:
+            return float(raw)
+        except OverflowError:  # an integer beyond a float64: Go's ParseFloat refuses it too
+            return None
     text = _scalar_text(raw)
     if text in GO_TRUE:
         return 1.0
@@ -491,7 +510,7 @@ _ALWAYS = (
 def migrate_text(text: str, file: str) -> tuple[Migration | None, list[Problem]]:
     """Translate a json_exporter configuration; None (with the problems) when it is not one."""
     data, marks, problems = load_yaml(text, file)
-    if data is None or problems:
+    if problems:  # a document that is `null` has none: it is refused below, as any other without `modules`
         return None, problems
     t = _Translator(file, marks)
     if isinstance(data, dict) and "modules" not in data and "metrics" in data:
@@ -525,7 +544,7 @@ def migrate_text(text: str, file: str) -> tuple[Migration | None, list[Problem]]
     if modules:
         _checked(migration, t, file)
     else:
-        t.error((), "nothing could be translated: the spec written has no modules, which `check` refuses")
+        t.error((), _NOTHING_TRANSLATED)
     # json_exporter's configuration has the shape of a spec where credentials are: its problems quote none
     migration.problems = redacted(sorted(set(migration.problems), key=lambda p: (p.line, p.column, p.message)), spec_secrets(data))
     migration.changes = [_change_line(text_, where) for text_, where in t.changes.items()]
@@ -537,6 +556,7 @@ def _change_line(text: str, where: list[str]) -> str:
 
 
 _CREDENTIALS = "declare `targets: {allow: [...]}`"
+_NOTHING_TRANSLATED = "nothing could be translated: the spec written has no modules, which `check` refuses"
 
 
 def _checked(migration: Migration, t: _Translator, file: str) -> None:
@@ -544,6 +564,9 @@ def _checked(migration: Migration, t: _Translator, file: str) -> None:
     leave that out, until the spec passes. Credentials sent to the target's host get an allowlist
     that admits any target, as json_exporter did, with a warning."""
     for _ in range(50):  # each round leaves out at least one rule, key or module
+        if not migration.modules:  # all left out: said as when none translated, not as check's "modules: must not be empty"
+            t.error((), _NOTHING_TRANSLATED)
+            return
         _, problems = load_text(render(migration), f"{file} (translated)")
         errors = [p for p in problems if p.severity == "error"]
         if not errors:

@@ -164,6 +164,34 @@ def test_probe_command_rejects_unknown_module_and_bad_input(tmp_path: Path, spec
     assert result.returncode == 2 and str(garbage) in result.stderr and "Traceback" not in result.stderr
 
 
+def test_probe_input_nobody_writes_is_unreadable_within_2s(tmp_path: Path, spec_file: Path) -> None:
+    fifo = tmp_path / "stats.json"
+    os.mkfifo(fifo)  # opening it for reading waits for a writer, as a read from a hung NFS mount waits for the server
+    result = subprocess.run(jsonexporter("probe", "--config.file", str(spec_file), "--input", str(fifo)), capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"--input {fifo}: cannot read: no answer within 2s (a FIFO or device nobody writes, or a hung mount?)\n"
+
+
+@pytest.mark.parametrize(("limit", "spec"), [(64, SPEC.replace("'{target}/stats'}", "'{target}/stats', max_response_bytes: 64}")),
+                                             (4 * 1024 * 1024, SPEC)], ids=["max_response_bytes", "default"])
+def test_probe_input_is_bounded_by_the_endpoints_max_response_bytes_as_a_live_answer(tmp_path: Path, limit: int, spec: str) -> None:
+    spec_file = tmp_path / "spec.yml"
+    spec_file.write_text(spec)
+    answer = tmp_path / "stats.json"
+    body = '{"queues": {"orders": {"waiting": 3}}, "pad": "'
+    answer.write_text(body + "x" * (limit - len(body) - 2) + '"}')
+    assert answer.stat().st_size == limit
+    result = subprocess.run(jsonexporter("probe", "--config.file", str(spec_file), "--input", str(answer)), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert value(parse(result.stdout), "jobs_waiting", queue="orders") == 3  # at the bound: read whole
+    with answer.open("a") as fh:
+        fh.write(" ")  # one byte more than the endpoint takes
+    result = subprocess.run(jsonexporter("probe", "--config.file", str(spec_file), "--input", str(answer)), capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (f"--input {answer}: larger than max_response_bytes {limit} of endpoint stats: "
+                             "a live probe refuses such an answer (too_large)\n")
+
+
 def test_schema_command_prints_the_schema() -> None:
     result = subprocess.run(jsonexporter("schema"), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0

@@ -11,6 +11,8 @@ import logging
 import math
 import os
 import re
+import subprocess
+import sys
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -839,6 +841,28 @@ async def test_a_secret_file_larger_than_the_bound_is_unreadable(tmp_path: Path)
     with pytest.raises(OSError, match=f"larger than {MAX_SECRET_BYTES} bytes"):
         await files.read(str(tmp_path / "big"))
     assert await files.read(str(tmp_path / "ok")) == "x" * (MAX_SECRET_BYTES - 1)
+
+
+def test_a_secret_read_from_its_declaration_is_bounded_as_files_read_at_run_time_are(tmp_path: Path) -> None:
+    """Secret.read / ModuleSecret.read: a FIFO nobody writes is unreadable within 2 s, a file above the bound too."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "big").write_bytes(b"x" * 65537)
+    (tmp_path / "ok").write_bytes(b"token\n")
+    script = textwrap.dedent("""
+        import sys
+        from jsonexporter.spec.model import ModuleSecret, Secret
+        for file in sys.argv[1:]:
+            try:
+                print(repr(ModuleSecret("key", file=file).read()), repr(Secret(file=file).read()))
+            except OSError as exc:
+                print(exc.strerror)
+        """)
+    # a process of its own: a read that never ends fails the test at the timeout, and no thread of it stays here
+    result = subprocess.run([sys.executable, "-c", script, *(str(tmp_path / n) for n in ("fifo", "big", "ok"))],
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == ["no answer within 2s (a FIFO or device nobody writes, or a hung mount?)",
+                                          "larger than 65536 bytes", "'token' 'token'"]
 
 
 async def test_users_whose_login_alone_carries_their_name_share_no_session_schedule_or_cached_answer(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,66 @@ def test_any_configuration_migrates_without_a_traceback_to_a_spec_check_accepts(
     assert (spec is not None) == bool(migration.modules), errors
 
 
+# every key json_exporter reads (modules, requests, http_client_config, metrics of both types), with values of the right type
+_RICH: dict[str, Any] = {"modules": {
+    "default": {
+        "headers": {"X-A": "a"},
+        "body": {"content": '{"q": "{{ .q | first }}"}', "templatize": True},
+        "valid_status_codes": [200, 203],
+        "http_client_config": {
+            "basic_auth": {"username": "monitor", "password": "pw"},
+            "tls_config": {"insecure_skip_verify": False, "server_name": "api.example"},
+            "proxy_url": "http://127.0.0.1:3128",
+            "follow_redirects": False,
+            "http_headers": {"X-Token": {"values": ["t"]}, "X-Secret": {"secrets": ["s"]}, "X-File": {"files": ["/etc/x"]}},
+        },
+        "metrics": [
+            {"name": "up", "path": "{.up}", "help": "Up.", "valuetype": "gauge", "labels": {"env": "{.env}", "fixed": "prod"},
+             "epochtimestamp": "{.ts}", "allow_missing_key": True},
+            {"name": "items", "type": "object", "path": "{.items[*]}", "valuetype": "counter", "labels": {"id": "{.id}"},
+             "values": {"count": "{.count}", "state": "{.state}"}, "valueconverter": {"{.state}": {"ACTIVE": 1, "inactive": 0}}},
+        ],
+    },
+    "other": {
+        "http_client_config": {"bearer_token": "tok", "oauth2": {"client_id": "c", "client_secret": "s", "token_url": "http://127.0.0.1/t",
+                                                                 "scopes": ["a"]}},
+        "metrics": [{"name": "n", "path": "{.n}", "engine": "jsonpath", "epochTimestamp": "{.ts}"}],
+    },
+}}
+_OTHER_TYPES: list[Any] = [5, [1, "x"], {"k": 1}, None, "str", 10**400]  # the last beyond a float
+
+
+def _places(node: Any, at: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """The path of every value in `node`, itself included."""
+    yield at
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        yield from _places(child, (*at, key))
+
+
+def _replaced(node: Any, at: tuple[Any, ...], value: Any) -> Any:
+    if not at:
+        return value
+    copied = dict(node) if isinstance(node, dict) else list(node)
+    copied[at[0]] = _replaced(node[at[0]], at[1:], value)
+    return copied
+
+
+@pytest.mark.parametrize("wrong", _OTHER_TYPES, ids=["int", "list", "mapping", "null", "string", "huge_int"])
+def test_any_value_of_a_configuration_replaced_by_another_type_is_a_located_problem_or_a_translation(wrong: Any) -> None:
+    """Every place of a configuration with every key json_exporter reads (72, the root included) gets a value
+    of another type, one place at a time: all of them, so every run tries the same (~2.5 s of CPU each type)."""
+    for at in _places(_RICH):
+        text = yaml.safe_dump(_replaced(_RICH, at, wrong), sort_keys=False)
+        migration, problems = migrate_text(text, "je.yml")  # no exception
+        assert all(p.file == "je.yml" and p.line >= 1 and p.column >= 1 for p in problems), at
+        if migration is None:
+            assert problems, at
+            continue
+        spec, errors = load_text(render(migration, "je.yml"), "spec.yml")
+        assert (spec is not None) == bool(migration.modules), (at, errors)
+
+
 def _migrated(config: str) -> tuple[str, list[str]]:
     """The spec text and the problems (as printed) of a json_exporter configuration."""
     migration, problems = migrate_text(textwrap.dedent(config), "je.yml")
@@ -221,6 +282,25 @@ def test_valueconverter_maps_strings_in_any_case_for_its_own_value_only() -> Non
     assert value(s, "svc_health", service="b") == 0.5
     assert ("svc_health", frozenset({("service", "a")})) not in s  # "active" is no number for a value without the converter
     assert value(s, "probe_extraction_errors", metric="svc_health") == 1
+
+
+def test_a_converter_number_beyond_a_float_is_a_located_problem_and_the_others_are_kept() -> None:
+    huge = "9" * 400
+    spec, problems = _migrated(f"""
+        modules:
+          default:
+            metrics:
+            - name: svc
+              type: object
+              path: '{{.services[*]}}'
+              values: {{state: '{{.state}}'}}
+              valueconverter:
+                '{{.state}}': {{active: 1, down: {huge}}}
+    """)
+    assert problems == [f"je.yml:10:39: modules.default.metrics[0].valueconverter['{{.state}}'].down: not translated: {huge} is not a number: "
+                        "json_exporter dropped such samples"]
+    s = _probe(spec, {"services": [{"state": "ACTIVE"}]})
+    assert value(s, "svc_state") == 1
 
 
 def test_epochtimestamp_gives_millisecond_timestamps_and_its_camel_case_spelling_is_left_out_as_json_exporter_ignores_it() -> None:
@@ -307,6 +387,27 @@ def test_http_headers_of_the_client_config_become_request_headers() -> None:
     assert endpoint.client.follow_redirects is False
 
 
+@pytest.mark.parametrize(("header", "key", "column", "kind"), [
+    ("{values: 5}", "values", 27, "int"), ("{secrets: {a: 1}}", "secrets", 28, "dict"), ("{files: /etc/x}", "files", 26, "str"),
+])
+def test_http_headers_values_secrets_or_files_not_a_list_are_a_located_problem(header: str, key: str, column: int, kind: str) -> None:
+    spec, problems = _migrated(f"""
+        modules:
+          default:
+            http_client_config:
+              http_headers:
+                X-Token: {header}
+                X-B: {{values: [b]}}
+            metrics:
+            - {{name: up, path: '{{.up}}'}}
+    """)
+    assert problems == [f"je.yml:6:{column}: modules.default.http_client_config.http_headers['X-Token'].{key}: not translated: `{key}` must be "
+                        f"a list of strings, not {kind}; the header is left out"]
+    loaded, _ = load_text(spec, "spec.yml")
+    assert loaded is not None
+    assert [k for k, _ in loaded.modules["default"].endpoints["default"].headers] == ["X-B"]
+
+
 def test_credentials_sent_to_the_target_get_an_allowlist_of_any_target_with_a_warning() -> None:
     spec, problems = _migrated("""
         modules:
@@ -337,6 +438,44 @@ def test_what_check_refuses_is_reported_at_the_json_exporter_metric_and_left_out
     loaded, errors = load_text(spec, "spec.yml")
     assert loaded is not None, errors
     assert [m.name for m in loaded.modules["default"].metrics] == ["dup", "other"]
+
+
+def test_what_check_refuses_inside_a_key_copied_as_written_is_reported_where_it_is_written() -> None:
+    spec, problems = _migrated("""
+        modules:
+          default:
+            valid_status_codes: [200, 99]
+            http_client_config:
+              basic_auth: {username: monitor, password: pw}
+              tls_config: {insecure_skip_verify: false, min_version: TLS19}
+              proxy_url: "http://[::1"
+            metrics:
+            - {name: up, path: '{.up}'}
+    """)
+    refused = [p for p in problems if "warning" not in p]
+    assert refused == [
+        "je.yml:4:31: modules.default.valid_status_codes[1]: not translated: the spec refuses the translation: 99 is less than the minimum "
+        "of 100; left out",
+        "je.yml:7:62: modules.default.http_client_config.tls_config.min_version: not translated: the spec refuses the translation: \"TLS19\" "
+        "is not one of TLS10, TLS11, TLS12, TLS13 (did you mean 'TLS13'?); left out",
+        "je.yml:8:18: modules.default.http_client_config.proxy_url: not translated: the spec refuses the translation: proxy_url is not a "
+        "usable URL: its host '[::1' is not a valid IP address in brackets; left out",
+    ]
+    loaded, errors = load_text(spec, "spec.yml")
+    assert loaded is not None, errors
+    endpoint = loaded.modules["default"].endpoints["default"]
+    assert endpoint.valid_status_codes is None  # the list refused is left out, and only what was refused
+    assert endpoint.client.basic_auth is not None and endpoint.client.tls is None and endpoint.client.proxy_url is None
+
+
+def test_a_configuration_whose_every_rule_check_refuses_says_nothing_could_be_translated() -> None:
+    migration, problems = migrate_text("modules:\n  default:\n    metrics: [{name: a, path: '{.a}', labels: {bad-name: '{.a}'}}]\n", "je.yml")
+    assert migration is not None and migration.modules == []
+    assert [str(p) for p in problems] == [
+        "je.yml:1:1: <root>: nothing could be translated: the spec written has no modules, which `check` refuses",
+        "je.yml:3:58: modules.default.metrics[0].labels['bad-name']: not translated: the spec refuses the translation: invalid label name "
+        "'bad-name': must match ^[A-Za-z_][A-Za-z0-9_]*$; left out",
+    ]
 
 
 def test_a_module_none_of_whose_metrics_translate_is_left_out_and_the_others_are_kept() -> None:
@@ -422,6 +561,7 @@ def test_migrate_exits_0_when_everything_translated_and_writes_the_spec_to_stdou
     (None, "cannot read"),
     ("modules: [\n", "invalid YAML"),
     ("metrics_path: /probe\n", "not a json_exporter configuration"),
+    ("null\n", "je.yml:1:1: <root>: not a json_exporter configuration: it has no `modules` mapping"),
     ("modules:\n  default:\n    endpoints: {e: {url: '{target}'}}\n    metrics: []\n",
      "je.yml:3:5: modules.default.endpoints: not a json_exporter configuration: this is already a jsonexporter spec"),
 ])

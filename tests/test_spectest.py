@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -246,8 +247,14 @@ async def test_a_test_sends_nothing_to_its_target(tmp_path: Path, upstream: Upst
     ("{error: connection_error}", "endpoint health: connection_error: no connection (the test's answer: nothing was sent)"),
     ("{body: 'not json'}", "endpoint health: invalid_json: invalid JSON: Expecting value at line 1 column 1"),
     ("{json: {healthy: 0, padding: '" + "x" * 64 + "'}}", "endpoint health: too_large: response is larger than max_response_bytes 64"),
+    ("{file: health-65.json}", "endpoint health: too_large: response is larger than max_response_bytes 64"),
+    ("{file: health-5M.json}", "endpoint health: too_large: response is larger than max_response_bytes 64"),
+    ("{file: health-64.json}", None),  # at the bound: read and parsed
 ])
 def test_answers_fail_the_endpoint_as_live_answers_do(tmp_path: Path, capsys: pytest.CaptureFixture[str], answer: str, note: str | None) -> None:
+    for size in (64, 65, 5 * 1024 * 1024):
+        body = '{"healthy": 0, "padding": "' + "x" * (size - 30) + '"}'
+        (tmp_path / f"health-{size if size < 1024 else '5M'}.json").write_text(body.ljust(size))
     file = write(tmp_path, f"""
         spec: spec.yml
         tests:
@@ -421,6 +428,17 @@ def test_an_unreadable_spec_or_answer_is_located_and_exits_2(tmp_path: Path, cap
     code, out, _ = run(capsys, file)
     assert code == 2
     assert out == f"{file}:1:7: spec: cannot use the spec: {tmp_path / 'absent.yml'}: cannot read: No such file or directory\n"
+
+
+def test_an_answer_file_nobody_writes_is_located_as_unreadable_within_2s(tmp_path: Path) -> None:
+    file = write(tmp_path, PASSING.replace("stats.json", "fifo"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it for reading waits for a writer, as a read from a hung NFS mount waits for the server
+    # a process of its own: a read that never ends fails the test at the timeout, and no thread of it stays here
+    result = subprocess.run([sys.executable, "-m", "jsonexporter", "test", str(file)], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (2, "")
+    assert result.stdout == (f"{file}:6:21: tests[0].answers.stats.file: cannot read {fifo}: "
+                             "no answer within 2s (a FIFO or device nobody writes, or a hung mount?)\n")
 
 
 def test_a_spec_given_as_a_directory_is_its_files_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ spec they test, and compiled into frozen cases whose every part knows where it w
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import math
@@ -20,6 +21,7 @@ from jsonexporter.spec import Spec, SpecFileError, load_texts, read_spec_files
 from jsonexporter.spec.model import Module
 from jsonexporter.spec.problems import Path, Problem
 from jsonexporter.spec.schema import check_schema, suggestion
+from jsonexporter.spec.sources import read_bounded_bytes
 from jsonexporter.spec.yamlload import Marks, load_yaml
 from jsonexporter.spectest.series import Series, SeriesSyntaxError, parse_series
 from jsonexporter.upstream import InvalidRequest
@@ -62,6 +64,7 @@ class Answer:
     status: int = 200
     body: bytes = b""
     error: str | None = None  # one of ERRORS
+    too_large: bool = False  # a file larger than the endpoint's max_response_bytes, left unread as a live probe leaves it
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,9 +196,15 @@ def _spec(c: _Checker, raw: object, specs: SpecCache) -> Spec | None:
     return spec
 
 
-def _read_answer(path: str, limit: int) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(limit + 1)  # one byte more than the endpoint takes: enough to refuse it as too large
+def _read_answer(status: int, path: str, limit: int) -> Answer:
+    """The answer in the file at `path`, read as a spec file is (bounded in time: a FIFO nobody writes is
+    unreadable, OSError) and never beyond the `limit` the endpoint takes."""
+    try:
+        return Answer(status, read_bounded_bytes(path, limit))
+    except OSError as exc:
+        if exc.errno != errno.EFBIG:
+            raise
+        return Answer(status, too_large=True)
 
 
 def _case(c: _Checker, path: Path, raw: dict[str, Any], spec: Spec) -> Case | None:
@@ -282,7 +291,7 @@ def _answer(c: _Checker, path: Path, raw: dict[str, Any], limit: int) -> Answer 
     if isinstance(file, str) and file:
         where = relative_to(c.file, file)
         try:
-            return Answer(status, _read_answer(where, limit))
+            return _read_answer(status, where, limit)
         except OSError as exc:
             c.add((*path, "file"), f"cannot read {where}: {exc.strerror or exc}")
             c.loaded.unreadable = True

@@ -39,7 +39,7 @@ def endpoint_result(name: str, answer: Answer, status_ok: bool, limit: int) -> E
     if not status_ok:
         phrase = http.HTTPStatus(answer.status).phrase if answer.status in http.HTTPStatus._value2member_map_ else ""
         return EndpointResult(name, "invalid_status", answer.status, error=f"HTTP status {answer.status} {phrase}".rstrip())
-    if len(answer.body) > limit:
+    if answer.too_large or len(answer.body) > limit:
         return EndpointResult(name, "too_large", answer.status, error=f"response is larger than max_response_bytes {limit}")
     try:
         document = _parse_json(answer.body)
