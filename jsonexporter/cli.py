@@ -312,7 +312,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--web.shutdown-timeout", dest="shutdown_timeout", type=float, default=15.0,
                        help="seconds in-flight probes get to finish on SIGTERM (default 15)")
     serve.add_argument("--web.max-connections", dest="web_max_connections", type=int, default=0,
-                       help="client connections open at once; beyond, the oldest idle ones are closed "
+                       help="client connections open at once, whatever their state; beyond, the oldest idle ones (or still in their "
+                            "TLS handshake) are closed, or the new one refused "
                             "(default 0: what the open files limit leaves, less --upstream.max-connections and 128)")
     serve.add_argument("--upstream.max-connections", dest="upstream_max_connections", type=int, default=256,
                        help="connections to upstreams open at once, in all (default 256)")
