@@ -93,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from jsonexporter.selfmetrics import SelfMetrics
     from jsonexporter.server import STATE, Options, load_anew, make_app, reload_on_sighup, stop_once_on_signals
     from jsonexporter.spec import SpecError, load_spec, parse_duration
-    from jsonexporter.webconfig import WebConfig, load_web_config
+    from jsonexporter.webconfig import WebConfig, load_web_config, tls_reload_problem
     from jsonexporter.workers import WORKER_CANNOT_START, Supervisor, supervisor_notifier
 
     logs.setup(args.log_level, args.log_format)
@@ -170,7 +170,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def reload() -> None:  # quietly: the workers log what is wrong
         spec, _ = load_anew(load_spec, args.config_file)
         web, _ = load_anew(load_web_config, args.web_config_file) if args.web_config_file else (loaded.web, "")
-        if spec is not None and web is not None:  # both or neither, as in the workers (server.reload_spec)
+        if spec is not None and web is not None and not tls_reload_problem(loaded.web, web):  # both or neither, as in the workers (server.reload_spec)
             loaded.spec, loaded.web = spec, web
 
     log.info("starting jsonexporter", extra=kv(version=__version__, config=args.config_file, address=args.web_listen_address, workers=args.web_workers,

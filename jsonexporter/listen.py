@@ -94,12 +94,15 @@ class ClientConnections:
         self.accept_failures = 0  # since the last warning about them
         self.accept_warned = -WARN_INTERVAL
         self.listening: list[asyncio.Server] = []  # the loop's servers (_BoundedLoop), for stop_accepting
+        self.servers: list[web.Server] = []  # aiohttp's, which list the connections, for close_idle
 
     def new_event_loop(self) -> asyncio.AbstractEventLoop:
         """An event loop whose servers keep to the limit, for `web.run_app(loop=...)`."""
         return _BoundedLoop(self)
 
     def protocol_factory(self, server: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.BaseProtocol]:
+        if isinstance(server, web.Server):
+            self.servers.append(server)
         if self.limit <= 0 or not isinstance(server, web.Server):
             return server
         http = server
@@ -129,6 +132,13 @@ class ClientConnections:
         for server in self.listening:
             for sock in server.sockets:
                 loop.remove_reader(sock.fileno())
+
+    def close_idle(self, closes: Callable[[web.RequestHandler], bool]) -> None:
+        """Close the connections without a request in progress for which `closes` is true."""
+        for server in self.servers:
+            for handler in server.connections:
+                if handler.transport is not None and handler not in self.busy and closes(handler):
+                    handler.force_close()
 
     def accepted(self, protocol: asyncio.BaseProtocol, transport: asyncio.Transport) -> None:
         """The transport made for `protocol` (a handler of ours, or a protocol of another's): with TLS, that of its handshake."""

@@ -216,9 +216,39 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     return context
 
 
+class ServingContext(ssl.SSLContext):
+    """The context a TLS server listens with: each new connection's TLS is that of `current`, which a reload
+    replaces with a context made afresh (certificate, key, client CA, client auth type, versions). A live
+    SSLContext can take a new certificate and verify mode, but never forget a CA it was given: a new one
+    for new connections is the one way to apply every key."""
+
+    current: ssl.SSLContext
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        return self.current.wrap_bio(incoming, outgoing, server_side, server_hostname, session)  # asyncio's one use of a context
+
+
+def serving_context(tls: TLSConfig) -> ServingContext:
+    context = ServingContext(ssl.PROTOCOL_TLS_SERVER)
+    context.current = ssl_context(tls)
+    return context
+
+
+def tls_reload_problem(running: WebConfig, new: WebConfig) -> str:
+    """Why a reload from `running` to `new` cannot be applied without a restart ("" when it can): TLS on or
+    off, the listening socket's business."""
+    if (running.tls is None) == (new.tls is None):
+        return ""
+    if new.tls is not None:
+        return (f"{new.file}: tls_server_config: added, but a reload cannot turn TLS on for a server started without it: "
+                f"restart the exporter to serve HTTPS")
+    return (f"{new.file}: tls_server_config: removed, but a reload cannot turn TLS off for a server started with it: "
+            f"restart the exporter to serve plain HTTP")
+
+
 def load_cert_chain(context: ssl.SSLContext, tls: TLSConfig) -> None:
-    """The certificate and key of `tls` into `context` (at load, and at a reload for new connections); raises
-    TLSFileError naming the key whose file cannot be used."""
+    """The certificate and key of `tls` into `context`; raises TLSFileError naming the key whose file cannot be used."""
     _read_within_bounds("cert_file", tls.cert_file)
     _read_within_bounds("key_file", tls.key_file)
     try:

@@ -182,7 +182,7 @@ def tls_files(tmp_path: Path) -> dict[str, Any]:
     ca.cert_pem.write_to_path(str(paths["ca"]))
     server.cert_chain_pems[0].write_to_path(str(paths["cert"]))
     server.private_key_pem.write_to_path(str(paths["key"]))
-    return {"paths": paths, "key": server.private_key_pem.bytes(), "other_key": other.private_key_pem.bytes()}
+    return {"paths": paths, "key": server.private_key_pem.bytes(), "other_key": other.private_key_pem.bytes(), "ca": ca}
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -209,6 +209,63 @@ async def test_a_failed_web_config_reload_is_reported_as_a_failure(tmp_path: Pat
     status, text = await get("/-/reload", "POST")
     assert status == 200 and text.startswith("reloaded"), text
     await _until("every worker reloaded", lambda: reload_state(1))
+
+
+# -- a reload applies tls_server_config, or fails ------------------------------------------------
+
+
+async def test_a_reload_that_requires_client_certificates_applies_to_new_connections_and_closes_idle_ones(
+    tmp_path: Path, serve: Serve, tls_files: dict[str, Any],
+) -> None:
+    """The reload only loaded a new certificate into the running context: client auth, client CA and
+    versions stayed as started, while the reload answered 200 and the metric said 1."""
+    p = tls_files["paths"]
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"tls_server_config:\n  cert_file: {p['cert']}\n  key_file: {p['key']}\n")
+    proc, base = serve(web_file, scheme="https")
+    anonymous = ssl.create_default_context(cafile=str(p["ca"]))
+    get, healthy = _requests(proc, base, anonymous)
+    await _until("serving https", healthy)
+    port = int(base.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=anonymous, server_hostname="127.0.0.1")
+    try:
+        writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # kept alive: idle at the reload
+        assert (await asyncio.wait_for(reader.readuntil(b"Healthy.\n"), BOUND)).startswith(b"HTTP/1.1 200")
+
+        web_file.write_text(f"tls_server_config:\n  cert_file: {p['cert']}\n  key_file: {p['key']}\n"
+                            f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {p['ca']}\n")
+        status, text = await get("/-/reload", "POST")
+        assert status == 200 and text.startswith("reloaded"), text
+        assert await asyncio.wait_for(reader.read(), BOUND) == b""  # the connection made without a certificate, closed
+    finally:
+        writer.close()
+    with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
+        await get("/-/healthy")  # a new connection without a client certificate
+    with_certificate = ssl.create_default_context(cafile=str(p["ca"]))
+    tls_files["ca"].issue_cert("prometheus@example.com").configure_cert(with_certificate)
+    get_with, _ = _requests(proc, base, with_certificate)
+    assert (await get_with("/-/healthy"))[0] == 200
+    assert value(parse((await get_with("/metrics"))[1]), "jsonexporter_config_last_reload_successful") == 1
+
+
+@pytest.mark.parametrize("turn", ["on", "off"])
+async def test_a_reload_that_turns_tls_on_or_off_fails_saying_a_restart_is_needed(
+    tmp_path: Path, serve: Serve, tls_files: dict[str, Any], turn: str,
+) -> None:
+    p = tls_files["paths"]
+    tls = f"tls_server_config:\n  cert_file: {p['cert']}\n  key_file: {p['key']}\n"
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(tls if turn == "off" else "")
+    proc, base = serve(web_file, scheme="https" if turn == "off" else "http")
+    get, healthy = _requests(proc, base, ssl.create_default_context(cafile=str(p["ca"])))
+    await _until("serving", healthy)
+    web_file.write_text(tls if turn == "on" else "")
+    status, text = await get("/-/reload", "POST")
+    assert status == 500, text
+    assert f"{web_file}: tls_server_config: {'added' if turn == 'on' else 'removed'}, but a reload cannot turn TLS {turn}" in text, text
+    assert "restart the exporter" in text
+    assert value(parse((await get("/metrics"))[1]), "jsonexporter_config_last_reload_successful") == 0
+    assert (await get("/-/healthy"))[0] == 200  # served as before
 
 
 # -- the TLS files are read within bounds --------------------------------------------------------
