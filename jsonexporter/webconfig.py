@@ -11,7 +11,7 @@ import logging
 import re
 import ssl
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -277,11 +277,11 @@ class BasicAuth:
     (keyed by a keyed hash of the user, password and stored hash, so a changed config forgets them)."""
 
     MAX_CACHED = 1024
-    _DUMMY = b"$2b$10$" + b"." * 53  # checked for unknown users, so their answer takes as long
 
     def __init__(self, holder: Callable[[], WebConfig], slots: int = CHECK_SLOTS) -> None:
         self.holder = holder
         self.cache: OrderedDict[bytes, None] = OrderedDict()
+        self.dummy: tuple[Mapping[str, bytes] | None, bytes] = (None, b"")  # the users it was made for, and the hash
         self.slots = slots
         self.free = slots  # changed in the event loop's thread only
 
@@ -298,10 +298,10 @@ class BasicAuth:
             return False
         stored = users.get(user)
         key = keyed_hash(b"\0".join([user.encode(), password.encode(), stored or b""])).digest()
-        if stored is not None and key in self.cache:
+        if stored is not None and key in self.cache:  # only successes are remembered: a wrong password always costs a check
             self.cache.move_to_end(key)
             return True
-        ok = await self._bcrypt(password.encode(), stored or self._DUMMY)
+        ok = await self._bcrypt(password.encode(), self.hash_to_check(users, user))
         if ok is None:
             return None
         ok = ok and stored is not None
@@ -310,6 +310,16 @@ class BasicAuth:
             while len(self.cache) > self.MAX_CACHED:
                 self.cache.popitem(last=False)
         return ok
+
+    def hash_to_check(self, users: Mapping[str, bytes], user: str) -> bytes:
+        """The hash a password for `user` is checked against: the user's, or for an unknown user one of the
+        bcrypt cost of most users' hashes, so that the time of a 401 does not tell which user names exist."""
+        stored = users.get(user)
+        if stored is not None:
+            return stored
+        if self.dummy[0] is not users:  # made once for each loaded web config
+            self.dummy = (users, unknown_user_hash(users))
+        return self.dummy[1]
 
     async def _bcrypt(self, password: bytes, stored: bytes) -> bool | None:
         """One check in a thread of its own, or None at once when none of the slots is free. The
@@ -356,6 +366,16 @@ class BasicAuth:
         if not ok:
             return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="jsonexporter"'})
         return None
+
+
+def unknown_user_hash(users: Mapping[str, bytes]) -> bytes:
+    """A well-formed bcrypt hash that no password matches, at the cost most of `users`' hashes have (of
+    equal counts, the highest): checking it takes as long as checking those users' passwords. The most
+    common cost rather than the highest: with one cost for all, as `htpasswd -nBC 10` makes them, every
+    user is hidden; with mixed costs no single cost hides all of them, and this one hides the most."""
+    costs = Counter(int(match.group(1)) for stored in users.values() if (match := _BCRYPT_COST.match(stored.decode())))
+    cost = max(costs, key=lambda c: (costs[c], c)) if costs else 10
+    return b"$2b$%02d$" % cost + b"." * 53  # checkpw works the hash's cost whatever its salt and digest
 
 
 def headers_hook(holder: Callable[[], WebConfig]) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
