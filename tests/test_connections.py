@@ -17,6 +17,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -186,25 +187,43 @@ async def test_under_tls_connections_that_never_start_their_handshake_are_bounde
     assert any(line["msg"] == "too many client connections, closed the oldest idle ones" for line in lines)
 
 
-async def test_a_connection_beyond_the_limit_is_refused_when_every_connection_has_a_request_in_progress(upstream: UpstreamFactory, serve: Serve) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_a_connection_beyond_the_limit_is_refused_when_every_connection_has_a_request_in_progress(
+    upstream: UpstreamFactory, serve: Serve, tls_web_config: tuple[Path, ssl.SSLContext], tls: bool,
+) -> None:
     held = Held({"queues": {"orders": {"waiting": 3}}}, count=4)
     up = await upstream({"/stats": held})
-    proc, base = serve("--web.max-connections", "4")
-    await wait_healthy(base, proc)
-    host, port = base.removeprefix("http://").split(":")
+    web_file, client = tls_web_config
+    proc, base = serve("--web.max-connections", "4", *(["--web.config.file", str(web_file)] if tls else []))
+    port = int(base.rsplit(":", 1)[1])
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        tls_args: dict[str, Any] = {"ssl": client, "server_hostname": "127.0.0.1"} if tls else {}
+        return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, **tls_args), BOUND)
+
+    async def answered() -> bool:
+        try:
+            connection = await connect()
+        except OSError:  # with TLS: closed before the handshake
+            return False
+        try:
+            return await _healthy_on(connection)
+        finally:
+            _close([connection])
+
+    await poll("serving", answered, BOUND)
     probes = []
     for _ in range(4):
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), BOUND)
+        reader, writer = await connect()
         writer.write(f"GET /probe?target={up.url} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
         probes.append((reader, writer))
     try:
         await wait_for(held.arrived, BOUND)  # as many connections with a request in progress as the limit
-        refused = await asyncio.wait_for(asyncio.open_connection(host, int(port)), BOUND)
-        assert not await _healthy_on(refused)  # none to close for it: closed at once
+        assert not await answered()  # none to close for it: closed at once
         held.release.set()
         for reader, _ in probes:  # the probes in progress were not cut
             assert (await asyncio.wait_for(reader.read(), BOUND)).startswith(b"HTTP/1.1 200")
-        assert await _healthy_on(await asyncio.wait_for(asyncio.open_connection(host, int(port)), BOUND))
+        assert await answered()
     finally:
         _close(probes)
     assert any(line["msg"] == "too many client connections, closed the oldest idle ones" and "refused" in line for line in _log_lines(proc))
