@@ -157,7 +157,7 @@ def _edge(state: State, auth: BasicAuth) -> Middleware:
 
 def _tls_outdated(tls: ServingContext, transport: asyncio.BaseTransport | None) -> bool:
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-    return ssl_object is not None and ssl_object.context is not tls.current
+    return ssl_object is not None and tls.outdated(ssl_object)
 
 
 def _plain(status: int, text: str) -> web.Response:
@@ -381,9 +381,9 @@ async def reload_spec(state: State) -> tuple[bool, str]:
             if not reason:
                 changed = spec.sha256 != state.spec.sha256 or web_config != state.web
                 if context is not None and (tls := state.tls) is not None:
-                    tls.current = context
-                    # the idle connections made with the previous settings (e.g. without a client certificate
-                    # now required) are closed; those with a request in progress once it is answered (_edge)
+                    tls.replace(context, settings_changed=web_config.tls != state.web.tls)
+                    # the idle connections made with previous settings (e.g. without a client certificate now
+                    # required) are closed; those with a request in progress once it is answered (_edge)
                     state.connections.close_idle(lambda handler: _tls_outdated(tls, handler.transport))
                 state.redactor.know(spec.secrets)
                 if state.upstream is not None:

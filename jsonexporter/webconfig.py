@@ -11,6 +11,7 @@ import logging
 import re
 import ssl
 import threading
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -223,6 +224,18 @@ class ServingContext(ssl.SSLContext):
     for new connections is the one way to apply every key."""
 
     current: ssl.SSLContext
+    admitted: weakref.WeakSet[ssl.SSLContext]  # contexts of the current settings, whose connections may stay open
+
+    def replace(self, context: ssl.SSLContext, settings_changed: bool) -> None:
+        """`context` for new connections; with other settings (not only files read again, as for a renewed
+        certificate), the connections made before are outdated."""
+        if settings_changed:
+            self.admitted = weakref.WeakSet()
+        self.admitted.add(context)
+        self.current = context
+
+    def outdated(self, connection: ssl.SSLObject) -> bool:
+        return connection.context not in self.admitted
 
     def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
                  server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
@@ -231,7 +244,8 @@ class ServingContext(ssl.SSLContext):
 
 def serving_context(tls: TLSConfig) -> ServingContext:
     context = ServingContext(ssl.PROTOCOL_TLS_SERVER)
-    context.current = ssl_context(tls)
+    context.admitted = weakref.WeakSet()
+    context.replace(ssl_context(tls), True)
     return context
 
 

@@ -262,6 +262,30 @@ async def test_a_reload_that_requires_client_certificates_applies_to_new_connect
     assert value(parse((await get_with("/metrics"))[1]), "jsonexporter_config_last_reload_successful") == 1
 
 
+async def test_a_reload_with_the_same_tls_settings_keeps_the_connections_open(tmp_path: Path, serve: Serve, tls_files: dict[str, Any]) -> None:
+    """A renewed certificate at the same paths serves new connections; those open stay (a reload is no reason to reconnect)."""
+    p = tls_files["paths"]
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"tls_server_config:\n  cert_file: {p['cert']}\n  key_file: {p['key']}\n")
+    proc, base = serve(web_file, scheme="https")
+    trusting = ssl.create_default_context(cafile=str(p["ca"]))
+    get, healthy = _requests(proc, base, trusting)
+    await _until("serving https", healthy)
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(base.rsplit(":", 1)[1]), ssl=trusting, server_hostname="127.0.0.1")
+    try:
+        for step in ("before", "after"):
+            writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert (await asyncio.wait_for(reader.readuntil(b"Healthy.\n"), BOUND)).startswith(b"HTTP/1.1 200"), step
+            if step == "before":
+                renewed = tls_files["ca"].issue_cert("127.0.0.1")
+                renewed.cert_chain_pems[0].write_to_path(str(p["cert"]))
+                renewed.private_key_pem.write_to_path(str(p["key"]))
+                status, text = await get("/-/reload", "POST")
+                assert status == 200, text
+    finally:
+        writer.close()
+
+
 @pytest.mark.parametrize("turn", ["on", "off"])
 async def test_a_reload_that_turns_tls_on_or_off_fails_saying_a_restart_is_needed(
     tmp_path: Path, serve: Serve, tls_files: dict[str, Any], turn: str,
