@@ -227,12 +227,12 @@ async def test_a_failed_web_config_reload_is_reported_as_a_failure(tmp_path: Pat
 
 # -- a reload applies tls_server_config, or fails ------------------------------------------------
 
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
-async def test_a_reload_that_requires_client_certificates_applies_to_new_connections_and_closes_idle_ones(
-    tmp_path: Path, serve: Serve, tls_files: dict[str, Any],
-) -> None:
-    """The reload only loaded a new certificate into the running context: client auth, client CA and
-    versions stayed as started, while the reload answered 200 and the metric said 1."""
+
+async def _tls_server_kept_alive(tmp_path: Path, serve: Serve, tls_files: dict[str, Any]) -> tuple[Path, subprocess.Popen[str], str, Get, Connection]:
+    """The exporter serving TLS (no client certificate asked): its web config, process, base URL, `get` for
+    it, and a connection that has been answered once and is kept alive (idle)."""
     p = tls_files["paths"]
     web_file = tmp_path / "web.yml"
     web_file.write_text(f"tls_server_config:\n  cert_file: {p['cert']}\n  key_file: {p['key']}\n")
@@ -240,12 +240,25 @@ async def test_a_reload_that_requires_client_certificates_applies_to_new_connect
     anonymous = ssl.create_default_context(cafile=str(p["ca"]))
     get, healthy = _requests(proc, base, anonymous)
     await _until("serving https", healthy)
-    port = int(base.rsplit(":", 1)[1])
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=anonymous, server_hostname="127.0.0.1")
-    try:
-        writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # kept alive: idle at the reload
-        assert (await asyncio.wait_for(reader.readuntil(b"Healthy.\n"), BOUND)).startswith(b"HTTP/1.1 200")
+    connection = await asyncio.open_connection("127.0.0.1", int(base.rsplit(":", 1)[1]), ssl=anonymous, server_hostname="127.0.0.1")
+    assert await _healthy_kept_alive(connection)
+    return web_file, proc, base, get, connection
 
+
+async def _healthy_kept_alive(connection: Connection) -> bool:
+    reader, writer = connection
+    writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    return (await asyncio.wait_for(reader.readuntil(b"Healthy.\n"), BOUND)).startswith(b"HTTP/1.1 200")
+
+
+async def test_a_reload_that_requires_client_certificates_applies_to_new_connections_and_closes_idle_ones(
+    tmp_path: Path, serve: Serve, tls_files: dict[str, Any],
+) -> None:
+    """The reload only loaded a new certificate into the running context: client auth, client CA and
+    versions stayed as started, while the reload answered 200 and the metric said 1."""
+    p = tls_files["paths"]
+    web_file, proc, base, get, (reader, writer) = await _tls_server_kept_alive(tmp_path, serve, tls_files)  # idle at the reload
+    try:
         web_file.write_text(f"tls_server_config:\n  cert_file: {p['cert']}\n  key_file: {p['key']}\n"
                             f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {p['ca']}\n")
         status, text = await get("/-/reload", "POST")
@@ -265,25 +278,16 @@ async def test_a_reload_that_requires_client_certificates_applies_to_new_connect
 async def test_a_reload_with_the_same_tls_settings_keeps_the_connections_open(tmp_path: Path, serve: Serve, tls_files: dict[str, Any]) -> None:
     """A renewed certificate at the same paths serves new connections; those open stay (a reload is no reason to reconnect)."""
     p = tls_files["paths"]
-    web_file = tmp_path / "web.yml"
-    web_file.write_text(f"tls_server_config:\n  cert_file: {p['cert']}\n  key_file: {p['key']}\n")
-    proc, base = serve(web_file, scheme="https")
-    trusting = ssl.create_default_context(cafile=str(p["ca"]))
-    get, healthy = _requests(proc, base, trusting)
-    await _until("serving https", healthy)
-    reader, writer = await asyncio.open_connection("127.0.0.1", int(base.rsplit(":", 1)[1]), ssl=trusting, server_hostname="127.0.0.1")
+    _, _, _, get, connection = await _tls_server_kept_alive(tmp_path, serve, tls_files)
     try:
-        for step in ("before", "after"):
-            writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            assert (await asyncio.wait_for(reader.readuntil(b"Healthy.\n"), BOUND)).startswith(b"HTTP/1.1 200"), step
-            if step == "before":
-                renewed = tls_files["ca"].issue_cert("127.0.0.1")
-                renewed.cert_chain_pems[0].write_to_path(str(p["cert"]))
-                renewed.private_key_pem.write_to_path(str(p["key"]))
-                status, text = await get("/-/reload", "POST")
-                assert status == 200, text
+        renewed = tls_files["ca"].issue_cert("127.0.0.1")
+        renewed.cert_chain_pems[0].write_to_path(str(p["cert"]))
+        renewed.private_key_pem.write_to_path(str(p["key"]))
+        status, text = await get("/-/reload", "POST")
+        assert status == 200, text
+        assert await _healthy_kept_alive(connection)
     finally:
-        writer.close()
+        connection[1].close()
 
 
 @pytest.mark.parametrize("turn", ["on", "off"])
