@@ -86,10 +86,12 @@ _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>
 _BARE_USERINFO = re.compile(
     r"(?<![\w.%+:/<&;-])(?:[^\s/?#@'\"<>=:,;()\[\]{}]+:[^\s/?#@'\"<>]*|[^\s/?#@'\"<>=:,;()\[\]{}]+(?=@[\w.-]+:\d))@(?=[\w\[])")
 # a query parameter whose name says secret (is_secret_name, spelled as a pattern: most parameters
-# are not secret, and a trace has thousands); `;` also separates, so that `&amp;api_key=` in HTML counts
+# are not secret, and a trace has thousands); `;` also separates, so that `&amp;api_key=` in HTML counts.
+# A fragment's pairs too (`#access_token=…&token_type=bearer`, OAuth2's implicit flow): `#` starts a pair
+# as `?` does. A fragment is never sent, but it is shown wherever its URL is.
 _NAME_CHAR = r"[^=&#?;\s\"'<>/]"
-_SECRET_QUERY_NAME = rf"{_NAME_CHAR}*(?i:{'|'.join(_SECRET_WORDS)}){_NAME_CHAR}*|{_NAME_CHAR}*?{_name_word('(?<=[?&;])', '(?==)')}{_NAME_CHAR}*"
-_QUERY_VALUE = re.compile(rf"(?P<head>[?&;](?P<name>{_SECRET_QUERY_NAME})=)(?P<value>[^&#\s\"'<>]+)")
+_SECRET_QUERY_NAME = rf"{_NAME_CHAR}*(?i:{'|'.join(_SECRET_WORDS)}){_NAME_CHAR}*|{_NAME_CHAR}*?{_name_word('(?<=[?&;#])', '(?==)')}{_NAME_CHAR}*"
+_QUERY_VALUE = re.compile(rf"(?P<head>[?&;#](?P<name>{_SECRET_QUERY_NAME})=)(?P<value>[^&#\s\"'<>]+)")
 
 
 # a URL cut (CUT) before the `@` that ends its userinfo: what is left of `user:password` is hidden;
@@ -263,7 +265,8 @@ def _in_text(path: tuple[str | int, ...], text: str, defaults: Mapping[str, str]
         found.append((match.start("userinfo"), "the URL's userinfo", match["userinfo"].partition(":")[2] or match["userinfo"]))
     if not string_body:
         for match in _QUERY_VALUE.finditer(text):
-            found.append((match.start("name"), f"query parameter {match['name']}", match["value"]))
+            if match["head"][0] != "#":  # a fragment's pair is never sent
+                found.append((match.start("name"), f"query parameter {match['name']}", match["value"]))
     if string_body:  # its `a=b&password=c` are its keys, not a URL's query
         for match in _PAIR.finditer(text):
             if is_secret_name(match[1]):

@@ -142,13 +142,14 @@ INVALID = [
               id: {pattern: "\d+"}
             metrics:
               - {name: a, help: h, value: x}
-        """, ("4:22", "<root>", r"invalid YAML: unknown escape \d in a double-quoted string: write \\d, or use single quotes")),
+        """, ("4:22", "<root>", r"invalid YAML: unknown escape in a double-quoted string (a backslash before a character that YAML "
+                           r"gives no meaning): write \\ for a backslash, or use single quotes")),
     invalid("yaml_backtick_starts_a_plain_value", """
         modules:
           m:
             metrics:
               - {name: a, help: h, value: `1`}
-        """, ("4:35", "<root>", "invalid YAML: a value cannot start with `: put the whole value in quotes")),
+        """, ("4:35", "<root>", "invalid YAML: a value cannot start with this character (YAML reserves `@` and `` ` ``")),
     invalid("yaml_duplicate_key", """
         modules:
           m:
@@ -162,7 +163,7 @@ INVALID = [
         modules:
           m:
             metrics: *rules
-        """, ("3:14", "<root>", "invalid YAML: found undefined alias 'rules'")),
+        """, ("3:14", "<root>", "invalid YAML: an alias (`*name`) of no anchor (`&name`) written above it")),
     invalid("empty_file", "", ("1:1", "<root>", "the spec is empty")),
     invalid("only_a_comment", "# nothing yet\n", ("1:1", "<root>", "the spec is empty")),
     invalid("top_level_list", """
@@ -1490,9 +1491,9 @@ def test_lone_surrogates_in_spec_literals_are_refused_where_they_are_written_and
     spec, problems = load_text(text, "spec.yml")
     assert spec is None
     assert [(p.line, p.column, format_path(p.path), p.message.partition(" (")[0]) for p in problems] == [
-        (3, 20, "modules.m.labels.site", "a lone surrogate \\udc00"),
-        (5, 25, "modules.m.metrics[0].help", "a lone surrogate \\ud800"),
-        (6, 66, "modules.m.metrics[1].labels.k", "a lone surrogate \\udfff"),
+        (3, 22, "modules.m.labels.site", "a lone surrogate escape"),  # at the escape's backslash, not naming it
+        (5, 27, "modules.m.metrics[0].help", "a lone surrogate escape"),
+        (6, 70, "modules.m.metrics[1].labels.k", "a lone surrogate escape"),
     ]
     spec, problems = load_text("modules:\n  m:\n    metrics: [{name: b, help: \"\\ud83d\\ude00 ok\", value: v}]\n", "spec.yml")
     assert spec is not None and problems == [] and spec.modules["m"].metrics[0].help == "\U0001f600 ok"
@@ -1529,7 +1530,7 @@ def _laughs() -> str:
 
 NASTY: list[tuple[str, bytes, int, str]] = [
     ("binary_garbage", bytes(range(256)) * 4, 2, "cannot read: 'utf-8' codec can't decode"),
-    ("control_characters", b"modules:\n  m: {metrics: [{name: a\x01b}]}\n", 1, "2:25: <root>: invalid YAML: unacceptable character #x0001"),
+    ("control_characters", b"modules:\n  m: {metrics: [{name: a\x01b}]}\n", 1, "2:25: <root>: invalid YAML: unacceptable character (a control character other"),
     ("top_level_list", b"- modules\n- metrics\n", 1, "1:1: <root>: expected a mapping, got list"),
     ("top_level_scalar", b"just text\n", 1, "1:1: <root>: expected a mapping, got \"just text\""),
     ("billion_laughs", _laughs().encode(), 1, "document too large or too deep"),
@@ -1537,9 +1538,10 @@ NASTY: list[tuple[str, bytes, int, str]] = [
     ("nested_block_lists_200", b"".join(b"  " * i + b"-\n" for i in range(200)), 1, "document too large or too deep"),
     ("nested_flow_mappings_5000", b"{a: " * 5000 + b"}" * 5000 + b"\n", 1, "1:258: <root>: document too large or too deep"),  # where level 65 starts
     ("key_is_a_list", b"? [a]\n: b\nmodules: {m: {metrics: [{name: a, help: h, value: x}]}}\n", 1, "1:3: <root>: mapping keys must be plain scalars"),
-    ("unknown_tag", b"modules: !!python/name:os.system x\n", 1, "1:10: modules: unknown tag !!python/name:os.system: nothing is made from tags"),
+    ("unknown_tag", b"modules: !!python/name:os.system x\n", 1, "1:10: modules: unknown tag (not shown: it may be a value "
+     "that starts with `!`, written without quotes): nothing is made from tags"),
     ("explicit_tag_the_value_does_not_fit", b"modules: {m: {timeout: !!int abc, metrics: [{name: a, help: h, value: x}]}}\n", 1,
-     "1:24: modules.m.timeout: 'abc' is not a valid !!int"),
+     "1:24: modules.m.timeout: the value (not shown) is not a valid !!int"),
 ]
 
 
@@ -1590,6 +1592,31 @@ def test_broken_yaml_gives_located_problems_never_a_traceback(edits: list[tuple[
         assert 1 <= p.line <= text.count("\n") + 1 and p.column >= 1, p
         assert re.fullmatch(r"f\.yml:\d+:\d+: \S.*", str(p)) and "\n" not in str(p), p
         assert not PARSER_WORDS.search(p.message), f"{p} for:\n{text}"
+
+
+# credential places of a spec, each with `{}` where the credential is written as it is, without quotes (a module
+# secret's value is a {file}/{env} mapping: there a pasted password is the mistake, and two of them share an anchor)
+CREDENTIAL_PLACES = [
+    "    http_client_config:\n      basic_auth:\n        username: u\n        password: {}\n",
+    "    http_client_config: {{basic_auth: {{username: u, password: {}}}}}\n",
+    "    http_client_config:\n      oauth2:\n        client_id: c\n        client_secret: {}\n        token_url: 'http://127.0.0.1:9/'\n",
+    "    endpoints:\n      api:\n        url: 'http://127.0.0.1:9/'\n        headers:\n          Authorization: {}\n",
+    "    secrets:\n      a: {}\n      b: {}\n",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(CREDENTIAL_PLACES), st.sampled_from(["!", "!!", "*", "&", "!<", "&a ", "*a", "!a!", "@", "%"]),
+       st.text("abcXYZ019-_", min_size=6, max_size=12), st.sampled_from(["", " x", "!", "§", "<", "!x", ":", "}", "]", "%zz", "'"]))
+def test_a_credential_that_yaml_reads_as_a_token_is_never_quoted_in_a_problem(place: str, start: str, name: str, end: str) -> None:
+    """A password written without quotes that starts with an indicator is a tag, an alias or an anchor to YAML,
+    never a value the Redactor learns: no problem of the file shows it, whichever token PyYAML stops at."""
+    secret = f"Zq{name}"
+    text = "modules:\n  m:\n    targets: {allow: ['http://127.0.0.1:9']}\n" + place.format(*[f"{start}{secret}{end}"] * 2) + \
+        "    metrics: [{name: x, help: x, value: v}]\n"
+    _, problems = load_text(text, "f.yml")
+    for p in problems:
+        assert secret not in str(p), f"{p} for:\n{text}"
 
 
 # -- the schema ---------------------------------------------------------------------------------------

@@ -88,7 +88,8 @@ def test_what_check_refuses_to_send_to_the_callers_host_redaction_hides(case: Se
     "endpoints: {e: {url: '{target}/x', method: POST, body: {username: monitor, query: 'up == 1'}}}",
     "endpoints: {e: {url: '{target}/x', method: POST, headers: {Content-Type: application/x-www-form-urlencoded}, body: 'user=u&page=2'}}",
     "parameters: {k: {}}\nendpoints: {e: {url: '{target}/x/{k}', headers: {Accept: application/json, X-Region: '{k}'}}}",
-], ids=["query", "parameter_default_in_path_and_short_header", "json_body", "form_body", "caller_value_in_an_unnamed_header"])
+    "endpoints: {e: {url: '{target}/x#access_token=FRAGMENT1'}}",  # a fragment is never sent (its pairs are only redacted)
+], ids=["query", "parameter_default_in_path_and_short_header", "json_body", "form_body", "caller_value_in_an_unnamed_header", "fragment"])
 def test_check_leaves_modules_that_send_no_credential_to_the_callers_host_alone(module: str) -> None:
     spec, problems = load_text(_spec(module), "spec.yml")
     assert problems == [] and spec is not None

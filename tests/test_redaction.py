@@ -147,27 +147,84 @@ async def test_secret_values_with_braces_never_show_in_check_reload_or_log(serve
             assert secret not in shown, (secret, shown)
 
 
-async def test_the_userinfo_of_a_host_port_target_is_redacted_everywhere(serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory) -> None:
-    async def refuse(request: web.Request) -> web.Response:
-        return web.json_response({"error": "who are you"}, status=401)
+# A credential written without quotes that starts with `!`, `*` or `&` is a tag, an alias or an anchor to
+# YAML: it is never a value, so the Redactor cannot learn it; the YAML layer's problems never quote the
+# source (yamlsyntax.without_source). Each: the credential's place, as written, and what must not show.
+_TOKENS_AT_SECRET_PLACES = [
+    ("tag", "http_client_config:\n  basic_auth:\n    username: u\n    password: !S3cr3t-TAG-1", "S3cr3t-TAG-1"),
+    ("tag in a flow mapping", "http_client_config: {basic_auth: {username: u, password: !S3cr3t-TAG-2}}", "S3cr3t-TAG-2"),
+    ("alias", "endpoints:\n  api:\n    url: 'http://127.0.0.1:9/'\n    headers:\n      Authorization: *S3cr3t-ALIAS-3", "S3cr3t-ALIAS-3"),
+    ("duplicate anchor", "secrets:\n  a: &S3cr3t-ANCHOR-4 x\n  b: &S3cr3t-ANCHOR-4 y", "S3cr3t-ANCHOR-4"),
+    ("tag handle", "http_client_config:\n  oauth2:\n    client_id: c\n    client_secret: !HANDLE-5x!rest\n    token_url: 'http://127.0.0.1:9/'",
+     "HANDLE-5x"),
+    ("anchor of a bad character", "http_client_config:\n  bearer_token: &tok§en", "§"),
+    ("escape in a quoted scalar", 'http_client_config:\n  bearer_token: "S3cr\\x§§t"', "§"),
+    ("explicit tag the value does not fit", "http_client_config:\n  bearer_token: !!int S3cr3t-INT-6", "S3cr3t-INT-6"),
+]
 
-    up = await upstream({"/api": refuse})
+
+async def test_a_credential_that_yaml_reads_as_a_tag_alias_or_anchor_shows_nowhere(serve: Callable[[str], Awaitable[Served]]) -> None:
     exporter = await serve("""
         modules:
           default:
-            endpoints: {api: {url: 'http://{target}/api'}}
             metrics: [{name: x, help: x, value: v}]
         """)
-    target = up.url.replace("http://", "someone:pw-HOSTPORT@")  # user:pw@127.0.0.1:port
-    _, trace = await exporter.get("/probe", target=target, debug="true")
+    shown: list[tuple[str, str]] = []
+    for kind, place, secret in _TOKENS_AT_SECRET_PLACES:
+        line = 4 + max(i for i, text in enumerate(place.splitlines()) if secret in text)  # the (last) credential's, under `targets`
+        indented = textwrap.indent(place, "    ")
+        exporter.spec.write_text(f"modules:\n  default:\n    targets: {{allow: ['http://127.0.0.1:9']}}\n{indented}\n"
+                                 "    metrics: [{name: x, help: x, value: v}]\n")
+        check = subprocess.run(jsonexporter("check", str(exporter.spec)), capture_output=True, text=True, timeout=60)
+        status, reload_body = await exporter.post("/-/reload")
+        assert check.returncode == 1 and status == 500, (kind, check.stdout, reload_body)
+        assert f"{exporter.spec}:{line}:" in check.stdout and f"{exporter.spec}:{line}:" in reload_body, (kind, check.stdout, reload_body)
+        shown += [(kind, check.stdout + check.stderr), (kind, reload_body)]
+    log = exporter.stop()
+    assert log.count("reload failed") >= len(_TOKENS_AT_SECRET_PLACES)
+    for kind, text in [*shown, ("log", log)]:
+        for _, _, secret in _TOKENS_AT_SECRET_PLACES:
+            assert secret not in text, (kind, secret, text)
+
+
+async def _refused_probe(serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory, path: str, url: str,
+                         target_of: Callable[[str], str]) -> tuple[Any, list[str]]:
+    """One probe of `target_of(the upstream's URL)` by a module whose endpoint is `url`, refused (401) by the
+    upstream at `path`: the upstream, and what its trace, the landing page, /probes/1 and the log show."""
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"error": "who are you"}, status=401)
+
+    up = await upstream({path: refuse})
+    exporter = await serve(f"""
+        modules:
+          default:
+            endpoints: {{api: {{url: '{url}'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    _, trace = await exporter.get("/probe", target=target_of(up.url), debug="true")
     _, page = await exporter.get("/")
     _, record = await exporter.get("/probes/1")
     log = exporter.stop()
-    assert up.hits["/api"] == 1 and up.requests[0].headers["Authorization"].startswith("Basic ")  # the target's userinfo was used
-    for shown in (trace, html.unescape(page), html.unescape(record), log):
-        assert "pw-HOSTPORT" not in shown and "someone" not in shown
-        assert f"<redacted>@127.0.0.1:{up.server.port}" in shown
-    assert "invalid_status" in log
+    assert up.hits[path] == 1 and "invalid_status" in log
+    return up, [trace, html.unescape(page), html.unescape(record), log]
+
+
+async def test_the_userinfo_of_a_host_port_target_is_redacted_everywhere(serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory) -> None:
+    up, shown = await _refused_probe(serve, upstream, "/api", "http://{target}/api",
+                                     lambda url: url.replace("http://", "someone:pw-HOSTPORT@"))  # user:pw@127.0.0.1:port
+    assert up.requests[0].headers["Authorization"].startswith("Basic ")  # the target's userinfo was used
+    for text in shown:
+        assert "pw-HOSTPORT" not in text and "someone" not in text
+        assert f"<redacted>@127.0.0.1:{up.server.port}" in text
+
+
+async def test_a_secret_named_pair_in_a_targets_fragment_is_redacted_everywhere(serve: Callable[[str], Awaitable[Served]],
+                                                                               upstream: UpstreamFactory) -> None:
+    _, shown = await _refused_probe(serve, upstream, "/cb", "{target}",
+                                    lambda url: f"{url}/cb#access_token=FRAG-TOKEN-1&state=s1")  # as OAuth2's implicit flow writes it
+    for text in shown:
+        assert "FRAG-TOKEN-1" not in text, text
+        assert "/cb#access_token=<redacted>&state=s1" in text, text
 
 
 async def test_the_probe_command_prints_no_secret(upstream: UpstreamFactory, tmp_path: Path) -> None:
@@ -200,6 +257,12 @@ async def test_the_probe_command_prints_no_secret(upstream: UpstreamFactory, tmp
     ("tok3n@127.0.0.1:8080/api", "<redacted>@127.0.0.1:8080/api"),
     ("url='http://h/?a=1&Session_ID=abc'", "url='http://h/?a=1&Session_ID=<redacted>'"),
     ('<a href="/probe?m=1&amp;api_key=zz&amp;t=x">', '<a href="/probe?m=1&amp;api_key=<redacted>&amp;t=x">'),
+    # a fragment's pairs as the query's (OAuth2's implicit flow answers `#access_token=…`)
+    ("http://h/cb#access_token=abc&state=s1", "http://h/cb#access_token=<redacted>&state=s1"),
+    ("http://h/#state=s1&id_token=abc", "http://h/#state=s1&id_token=<redacted>"),
+    ("http://h/#/dashboard?tab=2", "http://h/#/dashboard?tab=2"),
+    ("http://h/?a=1#section-2", "http://h/?a=1#section-2"),
+    ("# HELP x_token_total a help text", "# HELP x_token_total a help text"),
     # what only looks alike stays: e-mail addresses, scp-style remotes, label pairs, plain words
     ("mail ops@example.com at 12:30", "mail ops@example.com at 12:30"),
     ("git@github.com:org/repo", "git@github.com:org/repo"),

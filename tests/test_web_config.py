@@ -392,3 +392,14 @@ def test_a_users_password_is_not_shown_where_another_key_quotes_it(tmp_path: Pat
         load_web_config(str(web_file))
     assert f"{web_file}:6:16: tls_server_config.min_version: " in str(caught.value)
     assert PASSWORD not in str(caught.value)
+
+
+@pytest.mark.parametrize("written", ["!S3cr3t-WEB-1", "*S3cr3t-WEB-1", "&S3cr3t-WEB-1§"])
+def test_a_users_password_that_yaml_reads_as_a_tag_alias_or_anchor_is_not_shown(tmp_path: Path, written: str) -> None:
+    """The web config is read by the spec's YAML loader: its problems never quote the source's tokens."""
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"basic_auth_users:\n  bob: {written}\n")
+    with pytest.raises(SpecError) as caught:
+        load_web_config(str(web_file))
+    assert f"{web_file}:2:" in str(caught.value)
+    assert "S3cr3t-WEB-1" not in str(caught.value) and "§" not in str(caught.value), str(caught.value)

@@ -190,10 +190,8 @@ def test_each_unknown_tag_is_reported_at_its_place_and_the_rest_is_still_checked
         [f"{spec}:9:35", "modules.m.metrics[1].value"],  # the tag
         [f"{spec}:9:46", "modules.m.metrics[1].value"],  # its value, checked as if the tag were not there
     ], lines
-    assert "unknown tag !!python/object/apply:os.system: nothing is made from tags" in lines[0]
-    assert "unknown tag !unsafe" in lines[1] and "unknown tag !Ref" in lines[2]
+    assert all("unknown tag (not shown" in lines[i] and "nothing is made from tags" in lines[i] for i in (0, 1, 2, 4)), lines
     assert "invalid JMESPath" in lines[3] and "invalid JMESPath" in lines[5]
-    assert "unknown tag !unsafe" in lines[4]
     assert not marker.exists()
 
 
@@ -206,7 +204,7 @@ def test_a_value_under_an_unknown_tag_is_read_as_if_untagged_but_the_spec_is_ref
         """)
     code, lines = check(capsys, spec)
     assert code == 1
-    assert len(lines) == 1 and lines[0].startswith(f"{spec}:3:14: modules.m.timeout: unknown tag !seconds"), lines  # 5 is a valid timeout
+    assert len(lines) == 1 and lines[0].startswith(f"{spec}:3:14: modules.m.timeout: unknown tag (not shown"), lines  # 5 is a valid timeout
 
 
 def test_a_problem_in_an_anchor_used_several_times_is_reported_once_where_it_is_written(

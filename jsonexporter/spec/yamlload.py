@@ -17,7 +17,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from jsonexporter.spec.problems import Path, Problem
-from jsonexporter.spec.yamlsyntax import syntax_error
+from jsonexporter.spec.yamlsyntax import syntax_error, without_source
 
 MAX_NODES = 200_000  # aliases can multiply a small file; a spec never needs this many nodes
 MAX_DEPTH = 64
@@ -126,12 +126,14 @@ class _Builder:
         self._constructor = SafeConstructor()
         self._resolver = yaml.resolver.Resolver()
 
-    def problem(self, node: Node, path: Path, message: str) -> None:
+    def problem(self, node: Node, path: Path, message: str, at: tuple[int, int] | None = None) -> None:
+        """A problem at the node, or at `at` (line, column) inside it."""
         mark = node.start_mark
         if (mark.index, message) in self._reported:
             return  # a node of an anchor, read again for each alias or merge of it: one problem where it is written
         self._reported.add((mark.index, message))
-        self.problems.append(Problem(self.file, mark.line + 1, mark.column + 1, path, message))
+        line, column = at or (mark.line + 1, mark.column + 1)
+        self.problems.append(Problem(self.file, line, column, path, message))
 
     def build(self, node: Node, path: Path, depth: int = 0) -> Any:
         self.nodes += 1
@@ -162,18 +164,24 @@ class _Builder:
         it spells; a lone one is no character, cannot be written as UTF-8 (in an answer, a request, a log
         line) and is a problem."""
         value = value.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
-        if (lone := _SURROGATE.search(value)) is not None:
-            self.problem(node, path, f"a lone surrogate \\u{ord(lone[0]):04x} (half of a pair, or an escape of none): it is no character "
-                                     "and cannot be written as UTF-8; write the character itself, or both escapes of its pair")
+        if _SURROGATE.search(value) is not None:
+            # at its escape, not naming it: the YAML layer quotes no source text (yamlsyntax)
+            start = node.start_mark
+            raw = self.text[start.index : node.end_mark.index]
+            index = _lone_escape(raw)
+            at = None if index is None else _line_col(raw, index, (start.line + 1, start.column + 1))
+            self.problem(node, path, "a lone surrogate escape (half of a pair, or an escape of none): it is no character "
+                                     "and cannot be written as UTF-8; write the character itself, or both escapes of its pair", at)
         return value
 
     def _known_tag(self, node: Node, path: Path) -> bool:
         """False, with a problem at the tag, when the loader does not know the node's tag."""
         known = node.tag in _SCALAR_TAGS if isinstance(node, ScalarNode) else node.tag == _COLLECTION_TAGS.get(type(node))
         if not known:
-            shown = "!!" + node.tag.removeprefix(_YAML_TAG) if node.tag.startswith(_YAML_TAG) else node.tag
-            self.problem(node, path, f"unknown tag {shown}: nothing is made from tags; remove it "
-                                     "(the value is checked as if it were not there, and the file is refused)")
+            # the tag is not named: a password written without quotes that starts with `!` is all tag (yamlsyntax)
+            self.problem(node, path, "unknown tag (not shown: it may be a value that starts with `!`, written without quotes): "
+                                     "nothing is made from tags; remove it, or put the value in quotes "
+                                     "(the value is checked as if the tag were not there, and the file is refused)")
         return known
 
     def _scalar(self, node: ScalarNode, path: Path) -> Any:
@@ -190,7 +198,7 @@ class _Builder:
             return self._constructor.construct_object(node)
         except (yaml.constructor.ConstructorError, ValueError, LookupError, AttributeError, TypeError):
             # an explicit tag the text does not fit (`!!int abc`): PyYAML's constructors raise anything
-            self.problem(node, path, f"{node.value!r} is not a valid !!{node.tag.removeprefix(_YAML_TAG)}")
+            self.problem(node, path, f"the value (not shown) is not a valid !!{node.tag.removeprefix(_YAML_TAG)}")
             return node.value
 
     def _mapping(self, node: MappingNode, path: Path, depth: int) -> dict[str, Any]:
@@ -247,9 +255,43 @@ class _Builder:
         return mappings
 
 
-def _line_col(text: str, index: int) -> tuple[int, int]:
-    line = text.count("\n", 0, index) + 1
-    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+def _line_col(text: str, index: int, start: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+    """The (line, column) of `text[index]`, `text` starting at `start`."""
+    newlines = text.count("\n", 0, index)
+    if newlines == 0:
+        return start[0], start[1] + index
+    return start[0] + newlines, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+_ESCAPE = re.compile(r"\\(?:u([0-9a-fA-F]{4})|U([0-9a-fA-F]{8})|.)", re.DOTALL)
+
+
+def _lone_escape(raw: str) -> int | None:
+    """Where in a double-quoted scalar's source (`raw`) its first escape of a lone surrogate starts:
+    a low half, or a high half that the next escape, right after it, does not complete."""
+    high: int | None = None  # where a high half's escape starts, while its low half may follow
+    end = -1
+    for match in _ESCAPE.finditer(raw):
+        digits = match[1] or match[2]
+        code = int(digits, 16) if digits else -1
+        if high is not None:
+            if 0xDC00 <= code <= 0xDFFF and match.start() == end:
+                high, end = None, match.end()
+                continue
+            return high
+        if 0xDC00 <= code <= 0xDFFF:
+            return match.start()
+        high = match.start() if 0xD800 <= code <= 0xDBFF else None
+        end = match.end()
+    return high
+
+
+def _unacceptable(character: int | bytes) -> str:
+    """What kind of character YAML does not accept, not which: it may be one of a credential pasted as it is."""
+    code = character if isinstance(character, int) else -1
+    kind = ("a surrogate" if 0xD800 <= code <= 0xDFFF else "a noncharacter" if code in (0xFFFE, 0xFFFF)
+            else "a control character other than tab, line feed and carriage return" if code >= 0 else "not UTF-8")
+    return f"unacceptable character ({kind}): write it as an escape in a double-quoted string (\\x.., \\u....)"
 
 
 def _key_text(key: object) -> str:
@@ -301,9 +343,9 @@ def load_yaml(text: str, file: str) -> tuple[Any, Marks, list[Problem]]:
         return None, builder.marks, [Problem(file, line, col, (), f"invalid YAML: {message}")]
     except yaml.reader.ReaderError as exc:
         line, col = _line_col(text, exc.position)
-        return None, builder.marks, [Problem(file, line, col, (), f"invalid YAML: unacceptable character #x{exc.character:04x}")]
+        return None, builder.marks, [Problem(file, line, col, (), f"invalid YAML: {_unacceptable(exc.character)}")]
     except yaml.YAMLError as exc:
-        return None, builder.marks, [Problem(file, 1, 1, (), "invalid YAML: " + " ".join(str(exc).split()))]
+        return None, builder.marks, [Problem(file, 1, 1, (), "invalid YAML: " + without_source(" ".join(str(exc).split())))]
     except RecursionError:
         return None, builder.marks, [Problem(file, 1, 1, (), f"document too deep (over {MAX_DEPTH} levels)")]
     if node is None:
@@ -316,5 +358,5 @@ def load_yaml(text: str, file: str) -> tuple[Any, Marks, list[Problem]]:
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return None, builder.marks, [Problem(file, line, col, (), f"invalid YAML: {exc.problem}")]
+        return None, builder.marks, [Problem(file, line, col, (), f"invalid YAML: {without_source(exc.problem or '')}")]
     return data, builder.marks, builder.problems

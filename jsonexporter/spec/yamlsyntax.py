@@ -4,6 +4,12 @@ PyYAML reports what its parser expected ("mapping values are not allowed here", 
 end>, but found '?'"), at the place where it gave up; the mistake is often elsewhere: the opening
 quote of a string that is never closed, the line above that lacks its `:`. The marks and the text
 around them are enough to tell the usual mistakes apart.
+
+No message made here shows text of the source: PyYAML quotes what it found (an alias's or anchor's
+name, a tag handle, the character it stopped at), and at a credential's place that text is the
+credential. A password written without quotes that starts with `*`, `&` or `!` is an alias, an anchor or
+a tag to YAML, never a value the Redactor can learn, so the message says which kind of token is at its
+line:col instead (`without_source`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,20 @@ import yaml
 _KEY_LINE = re.compile(r"^(\s*(?:-\s+)*)([^\s#:-][^:#]*?|\"[^\"]*\"|'[^']*'):(\s|$)")
 _FOUND = re.compile(r"found character '(.*)' that cannot start any token")
 _UNCLOSED = re.compile(r"expected ',' or '([\]}])', but got '(.*)'")
+# what PyYAML quotes: a repr of the source's text, or of one of its own token ids
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+# the ids of PyYAML's tokens, its own words ('<scalar>'; a parser's ',' or ':'), never the source's text
+_TOKEN_ID = re.compile(r"<[a-z ]+>|[\[\]{}?:,-]")
+_NOT_SHOWN = "(not shown)"
+# the token PyYAML was scanning when it stopped (its context), and what to write instead
+_SCANNED = {
+    "an alias": "`*` starts an alias, whose name is letters, digits, `-` and `_`: a value that starts with `*` is written in quotes",
+    "an anchor": "`&` starts an anchor, whose name is letters, digits, `-` and `_`: a value that starts with `&` is written in quotes",
+    "a tag": "a tag written wrongly (`!` starts a tag): nothing is made from tags; a value that starts with `!` is written in quotes",
+    "a directive": "a directive (`%` at the start of a line): a spec has none; a value that starts with `%` is written in quotes",
+    "a block scalar": "after `|` or `>` come only `-` or `+` and an indentation digit, then a comment or the end of the line: "
+                      "the text goes on the lines under it, or the whole value in quotes",
+}
 
 
 def syntax_error(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
@@ -30,21 +50,34 @@ def syntax_error(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
         return line, lead.index("\t") + 1, "a tab in the indentation: YAML indents with spaces only"
     found = _FOUND.search(problem)
     if found:
-        char = found.group(1)
-        if char == "\\t":
+        if found.group(1) == "\\t":
             return line, col, "a tab here: YAML separates with spaces only"
-        return line, col, f"a value cannot start with {char}: put the whole value in quotes"
+        return line, col, ("a value cannot start with this character (YAML reserves `@` and `` ` ``, and `%` starts a directive): "
+                           "put the whole value in quotes")
     if "scanning a quoted scalar" in context and exc.context_mark is not None and "end of stream" in problem:
         start = exc.context_mark
         quote = text[start.index : start.index + 1] or '"'
         inner = "\\\"" if quote == '"' else "''"
         return start.line + 1, start.column + 1, f"unclosed quote: this {quote} has no closing {quote} (a {quote} inside the string is written {inner})"
     if "unknown escape character" in problem:
-        escape = re.search(r"'(.*)'", problem)
-        shown = escape.group(1) if escape else "?"
         # at the backslash, not at the letter after it
-        message = f"unknown escape \\{shown} in a double-quoted string: write \\\\{shown}, or use single quotes, where a backslash is just a backslash"
+        message = ("unknown escape in a double-quoted string (a backslash before a character that YAML gives no meaning): "
+                   "write \\\\ for a backslash, or use single quotes, where a backslash is just a backslash")
         return line, max(col - 1, 1), message
+    if "double-quoted scalar" in context and "hexadecimal numbers" in problem:
+        return line, col, "an escape with too few hexadecimal digits in a double-quoted string (\\x takes 2, \\u 4, \\U 8)"
+    if problem.startswith("found undefined alias"):
+        return line, col, ("an alias (`*name`) of no anchor (`&name`) written above it: "
+                           "a value that starts with `*` is written in quotes")
+    if context.startswith("found duplicate anchor") and exc.context_mark is not None:
+        first = exc.context_mark
+        return line, col, (f"an anchor (`&name`) of the name of the anchor at line {first.line + 1}:{first.column + 1}: "
+                           "each anchor has its own name; a value that starts with `&` is written in quotes")
+    scanned = re.match(r"while (?:scanning|parsing) (an? [a-z ]+)$", context)
+    if scanned and scanned.group(1) in _SCANNED:
+        return line, col, _SCANNED[scanned.group(1)]
+    if "undefined tag handle" in problem:
+        return line, col, _SCANNED["a tag"]
     unclosed = _UNCLOSED.search(problem)
     if unclosed and exc.context_mark is not None:
         bracket, got = unclosed.group(1), unclosed.group(2)
@@ -64,12 +97,19 @@ def syntax_error(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str]:
         return line, col, "a second document (`---`): a spec is one YAML document"
     if problem == "sequence entries are not allowed here":
         return line, col, "a list entry ('- ') after a key that has a value: a list goes on the lines under a `key:` that has no value"
-    found_token = re.search(r"but (?:found|got) '(.*)'$", problem)
+    # a parser's problem names the token it found by its id; a scanner's quotes the source's character
+    found_token = re.search(r"but (?:found|got) '(.*)'$", problem) if isinstance(exc, yaml.parser.ParserError) else None
     if found_token and found_token.group(1) == "<scalar>":
         return line, col, "unexpected text after a value: put the whole value in quotes"
-    if found_token:
+    if found_token and _TOKEN_ID.fullmatch(found_token.group(1)):
         return line, col, f"unexpected {_token(found_token.group(1))} here"
-    return line, col, _tokens(" ".join(filter(None, [context, problem]))) or "invalid YAML"
+    return line, col, _tokens(without_source(" ".join(filter(None, [context, problem])))) or "invalid YAML"
+
+
+def without_source(message: str) -> str:
+    """A message of PyYAML with each text it quotes from the source replaced by _NOT_SHOWN; the ids of
+    its tokens ('<block end>') are its own words and stay."""
+    return _QUOTED.sub(lambda m: m[0] if re.fullmatch(r"<[a-z ]+>", m[0][1:-1]) else _NOT_SHOWN, message)
 
 
 _TOKENS = {"<scalar>": "text", "<block mapping start>": "a key", "<block sequence start>": "a list entry", "?": "a key",
