@@ -5,19 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import gc
 import logging
 import signal
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from jsonexporter import __version__, logs
 from jsonexporter.exposition import SURROGATES_ESCAPED
 from jsonexporter.logs import kv
 from jsonexporter.spec import Spec, SpecFileError, load_texts, read_spec_files
 from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, DEFAULT_SERIES_LIMIT
-from jsonexporter.spec.problems import Problem
+from jsonexporter.spec.problems import Problem, unexpected_failure
 from jsonexporter.spec.sources import is_spec_set
 
 if TYPE_CHECKING:
@@ -25,6 +26,24 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("jsonexporter")
+_T = TypeVar("_T")
+
+
+class _Unexpected(Exception):
+    """An input that raised what loading it does not expect: said already, on stderr."""
+
+
+def _loading(file: str, load: Callable[[], _T], expected: tuple[type[Exception], ...] = ()) -> _T:
+    """What load() gives, or the `expected` exceptions it raises; for any other (a fault of ours, whatever the
+    input), the one line naming `file` on stderr instead of a traceback, and _Unexpected: each command's input
+    goes through here (check, serve's first load, probe and its --input, test, migrate), main exits 1 for it."""
+    try:
+        return load()
+    except expected:
+        raise
+    except Exception as exc:
+        print(unexpected_failure(file, exc), file=sys.stderr)
+        raise _Unexpected from None
 
 
 def _load(source: str) -> tuple[Spec | None, list[Problem], bool]:
@@ -34,14 +53,18 @@ def _load(source: str) -> tuple[Spec | None, list[Problem], bool]:
     except SpecFileError as exc:
         print(exc, file=sys.stderr)
         return None, [], False
-    spec, problems = load_texts(texts, source)
+    spec, problems = _loading(source, lambda: load_texts(texts, source))
     return spec, problems, True
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     code = EXIT_OK
     for file in args.files:
-        spec, problems, readable = _load(file)
+        try:
+            spec, problems, readable = _load(file)
+        except _Unexpected:
+            code = max(code, EXIT_INVALID)
+            continue
         if not readable:
             code = EXIT_USAGE
             continue
@@ -192,7 +215,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _inputs(specs: list[str], endpoints: Sequence[str]) -> dict[str, Any]:
-    from jsonexporter.upstream.fetch import _parse_json
+    from jsonexporter.upstream.fetch import InvalidJSON, _parse_json
 
     documents: dict[str, Any] = {}
     for item in specs:
@@ -205,7 +228,8 @@ def _inputs(specs: list[str], endpoints: Sequence[str]) -> dict[str, Any]:
             raise ValueError(f"--input {item}: unknown endpoint {name!r} (the module has {', '.join(endpoints)})")
         try:
             with open(path, "rb") as fh:
-                documents[name] = _parse_json(fh.read())
+                body = fh.read()
+            documents[name] = _loading(path, functools.partial(_parse_json, body), expected=(InvalidJSON,))
         except OSError as exc:
             raise ValueError(f"--input {path}: cannot read: {exc.strerror}") from None
         except ValueError as exc:
@@ -266,14 +290,21 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_test(args: argparse.Namespace) -> int:
     from jsonexporter.spectest import run_files
+    from jsonexporter.spectest.load import SpecCache
 
-    return run_files(args.files, sys.stdout, sys.stderr)
+    code, specs = EXIT_OK, SpecCache()
+    for file in args.files:
+        try:  # file by file: one whose run fails unexpectedly is named, the others still run
+            code = max(code, _loading(file, functools.partial(run_files, [file], sys.stdout, sys.stderr, specs)))
+        except _Unexpected:
+            code = max(code, EXIT_INVALID)
+    return code
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from jsonexporter.migrate import run
 
-    return run(args.file, args.output)
+    return _loading(args.file, lambda: run(args.file, args.output))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -376,4 +407,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt:
         return 130
+    except _Unexpected:
+        return EXIT_INVALID
     return code

@@ -12,6 +12,7 @@ import itertools
 import math
 import operator
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -32,12 +33,9 @@ from jsonexporter.spec import objects
 from jsonexporter.spec.expressions import Expression, Search
 from jsonexporter.spec.functions import FunctionError
 from jsonexporter.spec.model import Level, Metric, Module, Output
-from jsonexporter.trace import Trace, cut, shorten
+from jsonexporter.trace import MAX_MESSAGE, Trace, cut, shorten
 
-MAX_MESSAGES = 20  # error messages kept per probe for the log and the trace
-# Characters of one error message kept, whatever it quotes (labels, values, states of an answer): with
-# MAX_MESSAGES, what the server keeps of them for its 50 recent probes stays within 1 MB
-MAX_MESSAGE = 1000
+MAX_MESSAGES = 20  # error messages kept per probe for the log and the trace (of MAX_MESSAGE characters each)
 _DEFAULT_HELP = "Extracted by jsonexporter."
 _CHUNK = 512  # most elements per step of a rule on the fast path: about 0.5 ms for bench/'s items
 # A chunk of the fast path is cut by time too (`_chunks`): each is sized from the time the last one took,
@@ -1317,6 +1315,10 @@ def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], element
 
 
 def _reason(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        # an answer nested about as deep as the parser takes (orjson's 1,024 levels): json.dumps (a label, to_string)
+        # and JMESPath recurse once a level, and Python's stack ends first
+        return f"a value nested too deeply to be written as text (a call per level, past Python's recursion limit of {sys.getrecursionlimit()})"
     return str(exc) if isinstance(exc, ExtractionError | FunctionError) else f"{type(exc).__name__}: {exc}"
 
 

@@ -58,7 +58,9 @@ def is_secret_name(name: str) -> bool:
 # other header may: credential headers have no common name (X-JFrog-Art-Api, X-Api-Pass).
 HARMLESS_HEADERS = frozenset({"accept", "accept-charset", "accept-encoding", "accept-language", "cache-control", "content-language",
                               "content-type", "host", "if-modified-since", "if-none-match", "origin", "pragma", "prefer", "user-agent",
-                              "x-requested-with"})
+                              "x-requested-with",
+                              # the other hosts a proxy routes by (spec/model.py ROUTING_HEADERS), and the scheme it was asked with
+                              "forwarded", "x-forwarded-host", "x-original-host", "x-forwarded-proto"})
 # A header named like none of the secret words holds a credential when its value has a literal part this
 # long (API keys and tokens are longer): shorter values (`true`, `acme`, `v2`) would be hidden in every
 # trace wherever they appear, and are rarely credentials.

@@ -22,7 +22,6 @@ from prometheus_client.openmetrics import exposition as prom_openmetrics
 
 from jsonexporter import __version__
 from jsonexporter.exposition import encode_pieces, negotiate, render_text, utf8
-from jsonexporter.extract import MAX_MESSAGE
 from jsonexporter.listen import ClientConnections
 from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, TargetNotAllowed, fail, run_probe
@@ -31,8 +30,9 @@ from jsonexporter.selfmetrics import SelfMetrics
 from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec import SpecError, SpecFileError, load_spec, read_spec_files
 from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, DEFAULT_SERIES_LIMIT, Spec
+from jsonexporter.spec.problems import unexpected_failure
 from jsonexporter.spec.sources import spec_sha256
-from jsonexporter.trace import cut
+from jsonexporter.trace import MAX_MESSAGE, cut
 from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, new_session, probe_redactor, reschedule
 from jsonexporter.upstream.client import Clients
 from jsonexporter.upstream.refresh import Events, Job
@@ -352,7 +352,7 @@ def load_anew(load: Callable[[str], _T], file: str) -> tuple[_T | None, str]:
     except (OSError, UnicodeDecodeError) as exc:
         return None, f"{file}: cannot read: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
     except Exception as exc:  # whatever else loading raises: a file that did not load, never a reload that stops reloading
-        return None, f"{file}: cannot be loaded: {type(exc).__name__}: {exc}"
+        return None, unexpected_failure(file, exc)
 
 
 async def _web_config_anew(state: State) -> tuple[WebConfig | None, str]:

@@ -11,6 +11,10 @@ import msgspec
 from jsonexporter.secrets import CUT
 
 MAX_SHOWN = 300  # characters of an intermediate result shown in a trace line
+# Characters of one error message kept, whatever it quotes (labels, values, states of an answer, an upstream's
+# reason phrase): the extraction's, the probe records' (server._record) and the trace's error lines; with
+# extract.MAX_MESSAGES, what the server keeps of them for its 50 recent probes stays within 1 MB
+MAX_MESSAGE = 1000
 MAX_LINES = 5_000
 MAX_DEPTH = 64  # levels of a value shown when json.dumps cannot write it (too deep for the stack): deeper ones are `[…]`, `{…}`
 

@@ -29,7 +29,7 @@ from jsonexporter.spec.schema import schema_problems
 from jsonexporter.spec.sources import read_bounded_bytes, read_spec_text
 from jsonexporter.spec.yamlload import load_yaml
 from jsonexporter.upstream.client import TLS_VERSIONS
-from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SECRET_READ_TIMEOUT
+from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SECRET_READ_TIMEOUT, as_read
 
 log = logging.getLogger("jsonexporter")
 
@@ -205,9 +205,10 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
         context.maximum_version = TLS_VERSIONS[tls.max_version]
     load_cert_chain(context, tls)
     if tls.client_ca_file:
-        _read_within_bounds("client_ca_file", tls.client_ca_file)
+        ca = _read_within_bounds("client_ca_file", tls.client_ca_file)
         try:
-            context.load_verify_locations(tls.client_ca_file)
+            with as_read(ca, tls.client_ca_file) as ca_file:
+                context.load_verify_locations(ca_file)
         except (OSError, ssl.SSLError) as exc:
             raise TLSFileError("client_ca_file", _reason(exc)) from None
     if tls.client_auth_type == "RequireAndVerifyClientCert":
@@ -263,20 +264,21 @@ def tls_reload_problem(running: WebConfig, new: WebConfig) -> str:
 
 def load_cert_chain(context: ssl.SSLContext, tls: TLSConfig) -> None:
     """The certificate and key of `tls` into `context`; raises TLSFileError naming the key whose file cannot be used."""
-    _read_within_bounds("cert_file", tls.cert_file)
-    _read_within_bounds("key_file", tls.key_file)
+    cert = _read_within_bounds("cert_file", tls.cert_file)
+    key = _read_within_bounds("key_file", tls.key_file)
     try:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
+        with as_read(cert, tls.cert_file) as cert_file, as_read(key, tls.key_file) as key_file:
+            context.load_cert_chain(cert_file, key_file)
     except (OSError, ssl.SSLError) as exc:
         raise TLSFileError("cert_file", _reason(exc)) from None
 
 
-def _read_within_bounds(key: str, path: str) -> None:
-    # OpenSSL reads a path whole and as long as it lasts: each file is first read within the bounds of the
-    # spec's tls_config files (upstream/files.py), so that a FIFO nobody writes, a hung mount or a wrong path
-    # (a log file, /dev/zero) fails the start or the reload, naming the key, and never holds it
+def _read_within_bounds(key: str, path: str) -> bytes:
+    # OpenSSL reads a path whole and as long as it lasts: each file is read within the bounds of the spec's
+    # tls_config files (upstream/files.py), so that a FIFO nobody writes, a hung mount or a wrong path (a log
+    # file, /dev/zero) fails the start or the reload, naming the key, and never holds it; OpenSSL gets the bytes
     try:
-        read_bounded_bytes(path, MAX_TLS_FILE_BYTES, SECRET_READ_TIMEOUT)
+        return read_bounded_bytes(path, MAX_TLS_FILE_BYTES, SECRET_READ_TIMEOUT)
     except OSError as exc:
         raise TLSFileError(key, _reason(exc)) from None
 

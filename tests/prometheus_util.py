@@ -26,6 +26,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 60.0  # seconds any end-to-end condition gets before the test fails
 REQUEST = aiohttp.ClientTimeout(total=30)  # any one request of a poll: one that hangs fails as it, not after aiohttp's 5 minutes
+# a test's own session: each request ends within this, however long the test holds it (a probe left in flight
+# through a poll of DEADLINE, then a stop): one that hangs fails the test in 2 minutes, not aiohttp's 5
+SESSION = aiohttp.ClientTimeout(total=2 * DEADLINE)
 T = TypeVar("T")
 TCP_LISTEN = 0x0A  # the state column of /proc/net/tcp
 

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from conftest import Held, UpstreamFactory, wait_for
 from metrics_util import parse, value
-from prometheus_util import REQUEST, free_port, jsonexporter, listening, poll, wait_healthy
+from prometheus_util import REQUEST, SESSION, free_port, jsonexporter, listening, poll, wait_healthy
 
 SPEC = """
 modules:
@@ -57,7 +57,7 @@ async def test_serve_answers_probes_and_stops_cleanly_on_sigterm(upstream: Upstr
     up = await upstream({"/stats": {"queues": {"orders": {"waiting": 12}}}})
     proc, base = served
     await wait_healthy(base, proc)
-    async with aiohttp.ClientSession() as session, session.get(f"{base}/probe", params={"target": up.url}) as response:
+    async with aiohttp.ClientSession(timeout=SESSION) as session, session.get(f"{base}/probe", params={"target": up.url}) as response:
         assert response.status == 200
         s = parse(await response.text())
     assert value(s, "jobs_waiting", queue="orders") == 12
@@ -209,7 +209,7 @@ async def test_sigterm_lets_in_flight_probes_finish(upstream: UpstreamFactory, s
     up = await upstream({"/stats": held})
     proc, base = served
     await wait_healthy(base, proc)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=SESSION) as session:
         probe = asyncio.create_task(session.get(f"{base}/probe", params={"target": up.url}))
         await wait_for(held.arrived)
         proc.send_signal(signal.SIGTERM)
@@ -241,7 +241,7 @@ async def test_shutdown_is_logged_once_with_its_reason_and_a_second_signal_waits
     proc, base = served
     assert proc.stderr is not None
     await wait_healthy(base, proc)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=SESSION) as session:
         probe = asyncio.create_task(session.get(f"{base}/probe", params={"target": up.url}))
         await wait_for(held.arrived)
         proc.send_signal(signal.SIGTERM)

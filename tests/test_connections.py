@@ -25,7 +25,7 @@ import trustme
 from aiohttp import web
 from conftest import Held, UpstreamFactory, make_spec, wait_for
 from metrics_util import parse, value
-from prometheus_util import free_port, jsonexporter, listening, poll, wait_healthy
+from prometheus_util import SESSION, free_port, jsonexporter, listening, poll, wait_healthy
 from test_cli import SPEC  # the one-module spec of the single-process tests
 
 from jsonexporter.listen import ClientConnections
@@ -290,7 +290,7 @@ async def test_a_probe_that_gets_no_pooled_connection_is_a_pool_timeout_not_an_u
     up = await upstream({"/stats": held})
     proc, base = serve("--upstream.max-connections-per-host", "2")
     await wait_healthy(base, proc)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=SESSION) as session:
 
         async def probe(headers: dict[str, str] | None = None) -> str:
             async with session.get(f"{base}/probe", params={"target": up.url, "debug": "true"}, headers=headers) as response:

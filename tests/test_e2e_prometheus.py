@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import yaml
 from conftest import UpstreamFactory
-from prometheus_util import ROOT, Processes, PrometheusAPI, eventually, free_port, prometheus_binary, readme_relabel_configs, with_exporter_address
+from prometheus_util import ROOT, SESSION, Processes, PrometheusAPI, eventually, free_port, prometheus_binary, readme_relabel_configs, with_exporter_address
 
 SHOP = {
     "version": "1.4.2",
@@ -87,7 +87,7 @@ async def test_prometheus_scrapes_local_app_its_own_api_and_a_dead_target_throug
     }
     processes.prometheus("prometheus", config, prometheus_port)
 
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=SESSION) as session:
         api = PrometheusAPI(session, prometheus)
         expected_success = {shop: 1.0, dead: 0.0, prometheus: 1.0}
         await eventually(lambda: api.query("probe_success"), lambda r: by_instance(r) == expected_success,

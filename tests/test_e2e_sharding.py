@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from prometheus_util import ROOT, Processes, PrometheusAPI, eventually, hashmod, prometheus_binary
+from prometheus_util import ROOT, SESSION, Processes, PrometheusAPI, eventually, hashmod, prometheus_binary
 
 SHARDED = ROOT / "examples" / "kubernetes" / "scrape-config-sharded.yml"
 TARGETS_PER_SHARD = 4
@@ -90,7 +90,7 @@ async def test_hashmod_shards_scrape_every_target_exactly_once_each_through_its_
     exporters = [processes.exporter(f"jsonexporter-{shard}", spec) for shard in range(shards)]
     servers = [processes.prometheus(f"prometheus-{shard}", shard_config(example, shard, everything, exporters[shard])) for shard in range(shards)]
 
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=SESSION) as session:
         apis = [PrometheusAPI(session, server) for server in servers]
         scraped: list[dict[str, float]] = []
         for shard, api in enumerate(apis):

@@ -21,6 +21,7 @@ from aiohttp import web
 from conftest import Held, UpstreamFactory, make_spec, wait_for
 from metrics_util import parse, value
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_util import SESSION
 
 from jsonexporter.extract import MAX_MESSAGE
 from jsonexporter.server import STATE, Options, make_app
@@ -236,6 +237,32 @@ async def test_a_long_endpoint_error_is_recorded_cut_as_extraction_messages_are_
         assert secret[:5] not in shown
 
 
+
+async def test_a_long_endpoint_error_is_traced_cut_as_records_are_and_a_secret_the_cut_splits_stays_hidden(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    secret = "tok-SECRET-0123456789abcdef"
+    traced = "HTTP status 503 "  # how the trace's error line starts for this answer
+    head = 12  # characters of the secret before the cut
+
+    async def long_reason(request: web.Request) -> web.Response:  # an upstream whose reason phrase echoes the token
+        return web.Response(status=503, reason="r" * (MAX_MESSAGE - len(traced) - head) + secret + "r" * 6000)
+
+    up = await upstream({"/": long_reason})
+    client = await aiohttp_client(make_app(make_spec(f"""
+        modules:
+          default:
+            http_client_config: {{bearer_token: {secret}}}
+            endpoints: {{main: {{url: '{up.url}/'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)))
+    trace = await (await client.get("/probe", params={"debug": "true"})).text()
+    [error] = [line for line in trace.splitlines() if line.startswith("  error: ")]
+    whole = MAX_MESSAGE - head + len(secret) + 6000
+    assert error.startswith(f"  error: {traced}" + "r" * 100) and error.endswith(f"(first {MAX_MESSAGE} of {whole} chars)"), error[-200:]
+    assert len(error) < MAX_MESSAGE + 100
+    assert secret[:5] not in trace
+
 # -- hostile upstreams ------------------------------------------------------------------
 
 
@@ -386,7 +413,7 @@ async def test_tls_server_config_serves_https_only(spec_path: Path, tmp_path: Pa
     runner, base = await _serve_tls(spec_path, web_file)
     try:
         trusting = ssl.create_default_context(cafile=str(p["ca"]))
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(timeout=SESSION) as session:
             async with session.get(f"{base}/-/healthy", ssl=trusting) as response:
                 assert response.status == 200
             with pytest.raises(aiohttp.ClientError):
@@ -411,7 +438,7 @@ async def test_client_certificates_are_required_when_configured(spec_path: Path,
         anonymous = ssl.create_default_context(cafile=str(p["ca"]))
         with_cert = ssl.create_default_context(cafile=str(p["ca"]))
         with_cert.load_cert_chain(str(p["client"]))
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(timeout=SESSION) as session:
             async with session.get(f"{base}/-/healthy", ssl=with_cert) as response:
                 assert response.status == 200
             with pytest.raises(aiohttp.ClientError):

@@ -20,7 +20,7 @@ from aiohttp import web
 from conftest import UpstreamFactory, make_spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_util import free_port, jsonexporter, wait_healthy
+from prometheus_util import SESSION, free_port, jsonexporter, wait_healthy
 
 
 @dataclass
@@ -33,11 +33,11 @@ class Served:
     log: Path
 
     async def get(self, path: str, **params: str) -> tuple[int, str]:
-        async with aiohttp.ClientSession() as session, session.get(self.base + path, params=params) as response:
+        async with aiohttp.ClientSession(timeout=SESSION) as session, session.get(self.base + path, params=params) as response:
             return response.status, await response.text()
 
     async def post(self, path: str) -> tuple[int, str]:
-        async with aiohttp.ClientSession() as session, session.post(self.base + path) as response:
+        async with aiohttp.ClientSession(timeout=SESSION) as session, session.post(self.base + path) as response:
             return response.status, await response.text()
 
     def stop(self) -> str:

@@ -285,31 +285,6 @@ async def test_a_host_taken_from_a_parameter_must_be_allowed_and_a_host(aiohttp_
     assert status == 200 and value(parse(text), "x") == 6
 
 
-async def test_a_host_header_from_the_caller_must_be_allowed_and_a_host(aiohttp_client: Any, aiohttp_server: Any) -> None:
-    """127.0.0.1 plays an ingress that routes by the Host header: the vhost the caller names is the backend
-    that gets the token, so it is held to targets.allow as a host in the URL is."""
-    ingress, seen = await recording_server(aiohttp_server, "127.0.0.1", {"/stats": {"v": 6}})
-    client = await exporter_for(aiohttp_client, rf"""
-        modules:
-          tokened:
-            targets: {{allow: ['api\.apps\.internal']}}
-            parameters: {{vhost: {{}}}}
-            http_client_config: {{bearer_token: {SECRETS[1]}}}
-            endpoints: {{main: {{url: 'http://127.0.0.1:{ingress.port}/stats', headers: {{Host: '{{vhost}}'}}}}}}
-            metrics: [{{name: x, help: x, endpoint: main, value: v}}]
-        """)
-    status, text = await probe(client, module="tokened", vhost="api.apps.internal")
-    assert status == 200 and value(parse(text), "x") == 6
-    [(_, _, headers, _)] = seen.requests
-    assert headers["Host"] == "api.apps.internal" and headers["Authorization"] == f"Bearer {SECRETS[1]}"
-    status, text = await probe(client, module="tokened", vhost="attacker.internal")
-    assert status == 403 and "of its Host header, taken from the target or a parameter, is not allowed by targets.allow" in text
-    for vhost in ("api.apps.internal/", "x@api.apps.internal", "api.apps.internal?", "api.apps.internal x", ""):
-        status, text = await probe(client, module="tokened", vhost=vhost)
-        assert status == 400 and "its Host header" in text and "is not a host[:port]" in text, vhost
-    assert len(seen.requests) == 1
-
-
 # -- string bodies ------------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ import bcrypt
 import pytest
 import trustme
 from metrics_util import parse, value
-from prometheus_util import free_port, jsonexporter
+from prometheus_util import SESSION, free_port, jsonexporter
 from test_cli import SPEC  # the one-module spec of the single-process tests
 
 from jsonexporter.spec import SpecError
@@ -111,7 +111,7 @@ async def test_password_checks_keep_their_slot_until_their_thread_ends_and_never
     web_file = tmp_path / "web.yml"
     web_file.write_text(f"basic_auth_users:\n  alice: {_hash('alice', 4)}\n  bob: {_hash('bob', 4)}\n  slow: {slow_hash}\n")
     proc, base = serve(web_file)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(timeout=SESSION) as session:
 
         async def status(path: str, user: str, password: str, method: str = "GET") -> int:
             async with session.request(method, f"{base}{path}", headers=_basic(user, password)) as response:
@@ -174,7 +174,7 @@ def _requests(proc: subprocess.Popen[str], base: str, trusting: ssl.SSLContext |
 
     async def get(path: str, method: str = "GET") -> tuple[int, str]:
         # a connection of its own each time: with workers, either may answer
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, ssl=trusting or True)) as session, \
+        async with aiohttp.ClientSession(timeout=SESSION, connector=aiohttp.TCPConnector(force_close=True, ssl=trusting or True)) as session, \
                 session.request(method, f"{base}{path}", headers=headers) as response:
             return response.status, await response.text()
 

@@ -8,6 +8,7 @@ import functools
 import itertools
 import re
 import string
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -468,6 +469,8 @@ def check_nesting(text: str) -> None:
                                   max(text.find("`", end), 0)) from None
         except jmespath.exceptions.JMESPathError:
             return  # the parser says what is wrong, and where
+        except ValueError:  # the lexer's int() of a number beyond the interpreter's integer conversion (4,300 digits)
+            raise ExpressionError(f"invalid JMESPath: a number of more than {sys.get_int_max_str_digits():,} digits", end) from None
         kind, end = token["type"], token["end"]
         extra = 0
         if kind in _OPENING:

@@ -995,9 +995,9 @@ def _credentials_to_target_host(requests: Iterable[tuple[Path, dict[str, Any], E
                                 ) -> Iterator[tuple[Path, int | None, str]]:
     """Where a request (at its path, as written, compiled) would send credentials to a host the probe's
     caller picks, through the target or any other placeholder in the URL's scheme, host or port or in a
-    Host header (Endpoint.host_placeholders; one in the userinfo picks no host; SSRF with secrets): each place secrets.request_credentials
-    finds in it, the one definition redaction learns from too, and its http_client_config; (path, offset
-    in the string there, what)."""
+    routing header, Host, X-Forwarded-Host... (Endpoint.host_placeholders; one in the userinfo picks no host;
+    SSRF with secrets): each place secrets.request_credentials finds in it, the one definition redaction
+    learns from too, and its http_client_config; (path, offset in the string there, what)."""
     for path, raw, ep in requests:
         picked = sorted(ep.host_placeholders)
         if not picked:

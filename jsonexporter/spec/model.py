@@ -42,8 +42,11 @@ DEFAULT_REFRESH_MAX_BYTES = 256 * 1024 * 1024  # of the answers kept, parsed: as
 # what a header value cannot hold (RFC 9110 5.5): control characters but tab
 HEADER_VALUE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # headers that name the host a request is for: a reverse proxy or an ingress at the URL's address routes
-# the request, and what it carries, to the backend they name (lower case)
-ROUTING_HEADERS = frozenset({"host"})
+# the request, and what it carries, to the backend they name (lower case). Host; X-Forwarded-Host and
+# Forwarded's host= (RFC 7239), which proxies trusting the hop before them take for it; X-Original-Host, the
+# original Host that gateways (Azure Application Gateway, IIS ARR) pass on and that backends route by.
+# X-Forwarded-Proto names a scheme, no host: no proxy sends the request elsewhere for it.
+ROUTING_HEADERS = frozenset({"host", "x-forwarded-host", "x-original-host", "forwarded"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +122,8 @@ class Endpoint:
 
     @property
     def routing_headers(self) -> tuple[tuple[str, Template], ...]:
-        """Its headers with a placeholder that pick the host the request is for (ROUTING_HEADERS: `Host: '{target}'`)."""
+        """Its headers with a placeholder that pick the host the request is for (ROUTING_HEADERS: `Host: '{target}'`).
+        A placeholder anywhere in Forwarded counts, `for={x}` too: its value can add `;host=...`."""
         return tuple((name, t) for name, t in self.headers if name.lower() in ROUTING_HEADERS and t.placeholders)
 
     @property

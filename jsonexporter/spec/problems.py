@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import traceback
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,3 +52,17 @@ class SpecError(Exception):
         self.problems = problems
         errors = [p for p in problems if p.severity == "error"]
         super().__init__("\n".join(str(p) for p in errors) or "invalid spec")
+
+
+def unexpected_failure(file: str, exc: BaseException) -> str:
+    """The one line for an exception that loading `file` does not expect (a fault of the exporter's own): the
+    exception's kind and the line of ours it came from, never its text, which can quote a value of the file
+    (a secret the redaction has not learned, since the file did not load). The commands (cli.py) and a
+    reload (server.load_anew) say it so."""
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    where = ""
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        path = os.path.abspath(frame.f_code.co_filename)
+        if path.startswith(ours + os.sep):
+            where = f" at {os.path.relpath(path, os.path.dirname(ours))}:{line}"
+    return f"{file}: cannot be loaded: {type(exc).__name__}{where} (a fault of jsonexporter's own: please report it)"

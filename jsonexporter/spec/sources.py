@@ -31,19 +31,24 @@ class SpecFileError(Exception):
 def read_spec_text(file: str, timeout: float = SPEC_READ_TIMEOUT) -> str:
     """Read a spec file (or the web config), refusing absurd sizes and reads slower than `timeout`
     seconds; OSError (`no answer within …`, `larger than …`) and UnicodeDecodeError propagate."""
-    raw = _bounded_read(file, MAX_SPEC_BYTES + 1, timeout)
-    if len(raw) > MAX_SPEC_BYTES:
-        raise OSError(f"{file}: larger than {MAX_SPEC_BYTES} bytes")
-    return raw.decode("utf-8")
+    return read_bounded_bytes(file, MAX_SPEC_BYTES, timeout).decode("utf-8")
+
+
+def read_bounded(file: str, limit: int) -> bytes:
+    """The bytes of `file`, at most `limit` of them; OSError beyond (its strerror `larger than …`). Blocks: the
+    one read of every file the exporter reads (specs, the web config, secret and TLS files), each in a thread
+    of its own, here (read_bounded_bytes) or the upstream side's (upstream/files.py)."""
+    with open(file, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", file)
+    return data
 
 
 def read_bounded_bytes(file: str, limit: int, timeout: float = SPEC_READ_TIMEOUT) -> bytes:
-    """The bytes of `file`, at most `limit` of them, read within `timeout` seconds (as a spec file is); OSError
-    beyond either (its strerror `larger than …`, `no answer within …`)."""
-    raw = _bounded_read(file, limit + 1, timeout)
-    if len(raw) > limit:
-        raise OSError(errno.EFBIG, f"larger than {limit} bytes", file)
-    return raw
+    """read_bounded within `timeout` seconds (as a spec file is); OSError beyond either (its strerror
+    `larger than …`, `no answer within …`)."""
+    return _bounded_read(file, limit, timeout)
 
 
 @dataclass
@@ -61,8 +66,8 @@ _reads_lock = threading.Lock()
 
 
 def _bounded_read(file: str, limit: int, timeout: float) -> bytes:
-    """At most `limit` bytes of `file`, read in a daemon thread of its own (one per path at a time): a
-    read that never ends holds neither the caller beyond `timeout` nor the process at exit."""
+    """read_bounded(file, limit) in a daemon thread of its own (one per path at a time): a read that never
+    ends holds neither the caller beyond `timeout` nor the process at exit."""
     with _reads_lock:
         read = _reads.get(file)
         if read is None:
@@ -77,8 +82,7 @@ def _bounded_read(file: str, limit: int, timeout: float) -> bytes:
 
 def _read_into(file: str, limit: int, read: _Read) -> None:
     try:
-        with open(file, "rb") as fh:
-            read.data = fh.read(limit)
+        read.data = read_bounded(file, limit)
     except OSError as exc:
         read.error = exc
     finally:

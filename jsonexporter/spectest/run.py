@@ -146,11 +146,11 @@ def run_suite(suite: Suite, out: TextIO) -> bool:
     return failed == 0
 
 
-def run_files(files: Sequence[str], out: TextIO, err: TextIO) -> int:
+def run_files(files: Sequence[str], out: TextIO, err: TextIO, specs: SpecCache | None = None) -> int:
     """`jsonexporter test`: exit 0 when every test passed, 1 when one failed or a test file (or its spec)
-    is invalid, 2 when a file cannot be read."""
+    is invalid, 2 when a file cannot be read. `specs`: the specs loaded already, shared between calls."""
     code = EXIT_OK
-    specs: SpecCache = {}
+    specs = {} if specs is None else specs
     for file in files:
         try:
             text = read_spec_text(file)

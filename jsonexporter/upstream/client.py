@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import functools
 import ipaddress
 import json
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from ssl import SSLContext
 from typing import Any
@@ -27,7 +29,8 @@ from yarl import URL
 from jsonexporter.keyed import keyed_digest
 from jsonexporter.secrets import Redactor
 from jsonexporter.spec.model import HTTPClientConfig, OAuth2, Secret, TLSClientConfig
-from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SecretFiles, read_bounded
+from jsonexporter.spec.sources import read_bounded
+from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SecretFiles, as_read
 
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 TOKEN_TIMEOUT = 10.0
@@ -68,12 +71,18 @@ async def _reveal(files: SecretFiles, secret: Secret, what: str) -> str:
         raise ClientConfigError(f"cannot read {what} {secret.file!r}: {reason}") from None
 
 
-def tls_context(config: TLSClientConfig) -> ssl.SSLContext:
-    """The context of `config`, its files read by OpenSSL: blocking I/O, run off the loop (Clients.context)."""
+def tls_context(config: TLSClientConfig, read: Mapping[str, bytes] | None = None) -> ssl.SSLContext:
+    """The context of `config`, its files given to OpenSSL as `read` holds them (by path: what was read within
+    the bounds, files.as_read), else read by OpenSSL: blocking I/O, run off the loop (Clients.context)."""
+    read = read or {}
     try:
-        context = ssl.create_default_context(cafile=config.ca_file, cadata=config.ca)
-        if config.cert_file and config.key_file:
-            context.load_cert_chain(config.cert_file, config.key_file)
+        with contextlib.ExitStack() as held:
+            def given(path: str) -> str:
+                return held.enter_context(as_read(read[path], path)) if path in read else path
+
+            context = ssl.create_default_context(cafile=given(config.ca_file) if config.ca_file else None, cadata=config.ca)
+            if config.cert_file and config.key_file:
+                context.load_cert_chain(given(config.cert_file), given(config.key_file))
     except (OSError, ssl.SSLError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ClientConfigError(f"tls_config: cannot load certificates: {reason}") from None
@@ -222,14 +231,15 @@ class Clients:
 
     async def _tls_context(self, config: TLSClientConfig) -> ssl.SSLContext:
         # OpenSSL reads a path whole and as long as it lasts: each file is first read within the bounds,
-        # so that a FIFO, a hung mount or a wrong path (a log file, /dev/zero) is named as such
+        # so that a FIFO, a hung mount or a wrong path (a log file, /dev/zero) is named as such, and OpenSSL gets those bytes
+        read: dict[str, bytes] = {}
         for what, path in _tls_files(config):
             try:
-                await self.files.run(("tls_file", path), f"tls-file {path}", functools.partial(read_bounded, path, MAX_TLS_FILE_BYTES))
+                read[path] = await self.files.run(("tls_file", path), f"tls-file {path}", functools.partial(read_bounded, path, MAX_TLS_FILE_BYTES))
             except OSError as exc:
                 raise ClientConfigError(f"tls_config: cannot read {what} {path!r}: {exc.strerror or type(exc).__name__}") from None
-        try:
-            return await self.files.run(("tls_config", config), "tls-context", functools.partial(tls_context, config))
+        try:  # what was read, not the paths again (files.as_read)
+            return await self.files.run(("tls_config", config), "tls-context", functools.partial(tls_context, config, read))
         except OSError as exc:  # the wait only: tls_context turns its own errors into ClientConfigError
             files = ", ".join(f"{what} {path!r}" for what, path in _tls_files(config))
             raise ClientConfigError(f"tls_config: cannot load {files}: {exc.strerror or type(exc).__name__}") from None

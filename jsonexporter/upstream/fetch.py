@@ -28,7 +28,7 @@ from jsonexporter.secrets import CUT, REDACTED, is_credential_header
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, HEADER_VALUE_CONTROL
 from jsonexporter.spec.projection import FULL, Projection
-from jsonexporter.trace import Trace, shorten
+from jsonexporter.trace import MAX_MESSAGE, Trace, cut, shorten
 from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache, parsed_size
 from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, awaited, basic_credentials
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
@@ -521,8 +521,8 @@ def _trace_request(trace: Trace, request: UpstreamRequest, options: RequestOptio
     cached = f", cache {result.cache} (age {result.cache_age or 0.0:.1f}s)" if result.cache else ""
     followed = f", redirects followed: {len(result.redirects)}" if result.redirects else ""
     trace.add(f"  -> {result.outcome}, status {result.status}, {result.bytes} bytes, {result.duration:.3f}s{followed}{cached}")
-    if result.error:
-        trace.add(f"  error: {result.error}")
+    if result.error:  # an upstream's text (a reason phrase, up to aiohttp's 8 KB lines): cut as records are, redacted as the trace leaves
+        trace.add(f"  error: {cut(result.error, MAX_MESSAGE)}")
     if result.document is not None:
         parsed = " (the fields the rules read)" if request.projection is not None else ""  # spec/projection.py
         trace.add(f"  document{' (stale)' if result.stale else ''}{parsed}: {shorten(result.document)}")

@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, TypeVar
+
+from jsonexporter.spec.sources import read_bounded
 
 # a secret is a password, a token or a certificate key: far less; more is a wrong path (a log file, /dev/zero)
 MAX_SECRET_BYTES = 65536
@@ -27,17 +30,26 @@ SECRET_READ_TIMEOUT = 2.0
 T = TypeVar("T")
 
 
-def read_bounded(path: str, limit: int = MAX_SECRET_BYTES) -> bytes:
-    """The file's bytes, at most `limit` (OSError beyond); blocks: run it off the loop."""
-    with open(path, "rb") as fh:
-        data = fh.read(limit + 1)
-    if len(data) > limit:
-        raise OSError(errno.EFBIG, f"larger than {limit} bytes")
-    return data
+@contextlib.contextmanager
+def as_read(data: bytes, path: str) -> Iterator[str]:
+    """A path to exactly `data`, the bytes read of `path`, for what takes only paths (OpenSSL's load_cert_chain
+    and load_verify_locations): an anonymous file in memory (Linux's memfd), never on disk, closed on leaving.
+    OpenSSL reading `path` again would read whatever is there by then, past the bounds (a larger file swapped in,
+    a FIFO that answers once). Where memfd is missing (not Linux, no /proc), `path` itself, as before."""
+    if not hasattr(os, "memfd_create") or not os.path.isdir("/proc/self/fd"):
+        yield path
+        return
+    fd = os.memfd_create("tls-file", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as fh:
+            fh.write(data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def _read(path: str) -> str:
-    return read_bounded(path).decode("utf-8").rstrip("\r\n")
+    return read_bounded(path, MAX_SECRET_BYTES).decode("utf-8").rstrip("\r\n")
 
 
 class SecretFiles:

@@ -191,20 +191,48 @@ def _body_quote(escape: str | None) -> Callable[[int, str], str] | None:
     return None
 
 
+# what a routing header's host cannot hold beyond a URL's host: the lists and parameters proxies split on
+_NOT_IN_ROUTED_HOST = re.compile(r"[/?#@\\\s,;\"]")
+# RFC 7239: Forwarded = 1#forwarded-element, an element `pair *( ";" pair )`, a pair `token "=" ( token / quoted-string )`
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_FORWARDED_PAIR = re.compile(r"[ \t]*(?:(" + _TOKEN + r")=(" + _TOKEN + r'|"(?:[^"\\]|\\.)*"))?[ \t]*([;,]|$)')
+
+
+def forwarded_hosts(value: str) -> list[str]:
+    """The `host=` values of a Forwarded header (RFC 7239), unquoted, in order; ValueError when it is not one:
+    a value the proxy would read otherwise than this could hide a host from the check."""
+    hosts: list[str] = []
+    at = 0
+    while at < len(value):
+        pair = _FORWARDED_PAIR.match(value, at)
+        if pair is None or pair.end() == at:
+            raise ValueError
+        name, quoted = pair[1], pair[2]
+        if name is not None and name.lower() == "host":
+            hosts.append(re.sub(r"\\(.)", r"\1", quoted[1:-1]) if quoted.startswith('"') else quoted)
+        at = pair.end()
+    return hosts
+
+
 def _check_routed_host(endpoint: Endpoint, name: str, value: str, url: URL, allow: tuple[Pattern, ...]) -> None:
     """A routing header's value (`Host: '{target}'`: Endpoint.routing_headers) picks the host the request is
-    for, as the URL's host does: it must be a `host[:port]`, and with `allow` the URL it names (the request's
-    with that host) must match it, as the URL of a target does."""
+    for, as the URL's host does: it must be a `host[:port]` (in Forwarded, each of its `host=`), and with
+    `allow` the URL it names (the request's with that host) must match it, as the URL of a target does."""
     try:
-        if not value or _NOT_IN_HOST.search(value):
-            raise ValueError
-        named = checked_url(f"{url.scheme}://{value}{url.raw_path_qs}")
+        hosts = forwarded_hosts(value) if name.lower() == "forwarded" else [value]
+        named = []
+        for host in hosts:
+            if not host or _NOT_IN_ROUTED_HOST.search(host):
+                raise ValueError
+            named.append((host, checked_url(f"{url.scheme}://{host}{url.raw_path_qs}")))
     except ValueError:  # UnusableURL among them
+        what = "not a Forwarded value whose hosts are each a host[:port]" if name.lower() == "forwarded" else "not a host[:port]"
         raise InvalidRequest(f"endpoint {endpoint.name}: its {name} header {redact_target(value)[:100]!r}, taken from the target or a "
-                             "parameter, is not a host[:port]") from None
-    if allow and not url_allowed(named, allow):
-        raise TargetNotAllowed(f"endpoint {endpoint.name}: the host {redact_target(value)[:100]!r} of its {name} header, taken from the target or a parameter, "
-                               "is not allowed by targets.allow")
+                             f"parameter, is {what}") from None
+    for host, host_url in named:
+        if allow and not url_allowed(host_url, allow):
+            raise TargetNotAllowed(f"endpoint {endpoint.name}: the host {redact_target(host)[:100]!r} of its {name} header, taken from the target or a "
+                                   "parameter, is not allowed by targets.allow")
 
 
 def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[Pattern, ...] = (),
