@@ -18,6 +18,7 @@ Place = Literal["value", "label", "each"]
 _NAME = re.compile(r"[^\s.\[\]{}()'\",=!<>&|?*@$]+")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INDEX = re.compile(r"\s*(-?\d+)?\s*(?::\s*(-?\d+)?\s*(?::\s*(-?\d+)?\s*)?)?\]")
+_MAX_INDEX_DIGITS = 18  # an int64's: no array is longer, and int() of thousands of digits raises
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 _OPERATORS = ("==", "!=", "<=", ">=", "<", ">")
 # what Go's strconv.ParseBool accepts, which json_exporter tries when a value is not a number
@@ -253,6 +254,8 @@ class _Parser:
         if not index or (index.group(1) is None and ":" not in index.group()):
             raise self.fail("unions (`[a,b]`) and this subscript have no JMESPath equivalent here", start)
         self.i = index.end()
+        if any(g is not None and len(g.lstrip("-")) > _MAX_INDEX_DIGITS for g in index.groups()):
+            raise self.fail(f"an index of more than {_MAX_INDEX_DIGITS} digits", start)
         if ":" not in index.group():
             return f"{out}[{int(index.group(1))}]", projecting
         bounds = ":".join(g or "" for g in index.groups()).rstrip(":")

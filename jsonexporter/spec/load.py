@@ -92,12 +92,19 @@ def parse_duration(value: str | float | int) -> float:
     match = _DURATION.fullmatch(value)
     if not match or not value:
         raise ValueError(f"invalid duration {value!r}")
-    h, m, s, ms = (int(g) if g else 0 for g in match.groups())
-    return h * 3600 + m * 60 + s + ms / 1000
+    try:
+        h, m, s, ms = (int(g) if g else 0 for g in match.groups())  # ValueError beyond 4,300 digits
+        return float(h * 3600 + m * 60 + s) + ms / 1000  # OverflowError beyond a float
+    except (ValueError, OverflowError):
+        raise ValueError(f"duration {value[:40]!r}{'…' if len(value) > 40 else ''} is too large") from None
 
 
 def _duration(c: _Checker, path: Path, raw: str | float) -> float | None:
-    seconds = _number(c, path, raw) if isinstance(raw, (int, float)) else parse_duration(raw)
+    try:
+        seconds = _number(c, path, raw) if isinstance(raw, (int, float)) else parse_duration(raw)
+    except ValueError as exc:
+        c.add(path, str(exc))
+        return None
     if seconds is None:
         return None
     if not math.isfinite(seconds):

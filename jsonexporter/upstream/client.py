@@ -35,6 +35,7 @@ from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SecretFiles, as_read
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 TOKEN_TIMEOUT = 10.0
 MAX_TOKEN_BYTES = 1024 * 1024
+_MAX_READY = 4096  # client configs whose ready_options are kept (those of the spec's endpoints: Clients is per spec)
 
 
 class ClientConfigError(Exception):
@@ -210,6 +211,7 @@ class Clients:
     def __init__(self, redactor: Redactor | None = None) -> None:
         self._contexts: dict[TLSClientConfig, ssl.SSLContext] = {}
         self._tokens: dict[OAuth2, TokenSource] = {}
+        self._ready: dict[int, tuple[HTTPClientConfig, RequestOptions]] = {}  # ready_options, by the config's id
         self.redactor = redactor if redactor is not None else Redactor()
         self.files = SecretFiles()
 
@@ -281,7 +283,16 @@ class Clients:
         oauth2 or tls_config): no coroutine and no timeout around it for most requests. None: call `options`."""
         if config.basic_auth is not None or config.authorization is not None or config.oauth2 is not None or config.tls is not None:
             return None
-        return self._options(config, url, True, True, None, None)
+        if config.proxy_url or config.proxy_from_environment:  # no_proxy and the environment decide per URL
+            return self._options(config, url, True, True, None, None)
+        kept = self._ready.get(id(config))  # the same for every URL: made once per config (16 kIr a request -> 2)
+        if kept is not None and kept[0] is config:
+            return kept[1]
+        options = self._options(config, url, True, True, None, None)
+        if len(self._ready) >= _MAX_READY:
+            self._ready.clear()
+        self._ready[id(config)] = (config, options)  # the config kept with its options: its id stays its own
+        return options
 
     def _options(self, config: HTTPClientConfig, url: URL, context: ssl.SSLContext | bool, anonymous: ssl.SSLContext | bool,
                  authorization: str | None, source: str | None) -> RequestOptions:

@@ -17,7 +17,7 @@ from jsonexporter.spec.functions import Pattern
 from jsonexporter.spec.model import Endpoint, JsonBody, Module
 from jsonexporter.spec.projection import Projection
 from jsonexporter.upstream.client import basic_credentials
-from jsonexporter.upstream.hops import BASE_HEADERS, url_allowed
+from jsonexporter.upstream.hops import BASE_HEADERS, Hop, url_allowed
 from jsonexporter.urls import UnusableURL, checked_url
 
 
@@ -40,6 +40,9 @@ class UpstreamRequest:
     projection: Projection | None = None  # what the module's rules read of the answer (spec/projection.py)
     # the values of `secrets` and a login's in it, whatever their placeholders' names: hops.next_hop holds them back from other origins
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    # its first hop when http_client_config adds nothing to it (fetch._first_hop), made at its first request: a memo set once in
+    # this frozen request (object.__setattr__), so that a request kept across probes (upstream._rendered) makes it once (23 kIr -> 1)
+    first_hop: Hop | None = field(default=None, init=False, compare=False, repr=False)
 
 
 # Traces and messages write URLs as they are: they leave the process through the one Redactor (the
