@@ -118,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from jsonexporter.selfmetrics import SelfMetrics
     from jsonexporter.server import STATE, Options, load_anew, make_app, reload_on_sighup, stop_once_on_signals
     from jsonexporter.spec import SpecError, load_spec, parse_duration
-    from jsonexporter.webconfig import WebConfig, load_web_config
+    from jsonexporter.webconfig import WebConfig, load_web_config, tls_reload_problem
     from jsonexporter.workers import WORKER_CANNOT_START, Supervisor, supervisor_notifier
 
     logs.setup(args.log_level, args.log_format)
@@ -195,7 +195,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def reload() -> None:  # quietly: the workers log what is wrong
         spec, _ = load_anew(load_spec, args.config_file)
         web, _ = load_anew(load_web_config, args.web_config_file) if args.web_config_file else (loaded.web, "")
-        if spec is not None and web is not None:  # both or neither, as in the workers (server.reload_spec)
+        if spec is not None and web is not None and not tls_reload_problem(loaded.web, web):  # both or neither, as in the workers (server.reload_spec)
             loaded.spec, loaded.web = spec, web
 
     log.info("starting jsonexporter", extra=kv(version=__version__, config=args.config_file, address=args.web_listen_address, workers=args.web_workers,
@@ -357,7 +357,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--web.shutdown-timeout", dest="shutdown_timeout", type=float, default=15.0,
                        help="seconds in-flight probes get to finish on SIGTERM (default 15)")
     serve.add_argument("--web.max-connections", dest="web_max_connections", type=int, default=0,
-                       help="client connections open at once; beyond, the oldest idle ones are closed "
+                       help="client connections open at once, whatever their state; beyond, the oldest idle ones (or still in their "
+                            "TLS handshake) are closed, or the new one refused "
                             "(default 0: what the open files limit leaves, less --upstream.max-connections and 128)")
     serve.add_argument("--upstream.max-connections", dest="upstream_max_connections", type=int, default=256,
                        help="connections to upstreams open at once, in all (default 256)")

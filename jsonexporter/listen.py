@@ -1,10 +1,12 @@
 """The exporter's own side of its connections: the open-files limit raised at start, as every Go
-program does, and client connections bounded, the oldest idle ones closed first, so that a crowd of
-idle clients cannot take the file descriptors that /-/healthy and probes need."""
+program does, and client connections bounded whatever their state (in their TLS handshake, idle, or
+with a request in progress), the oldest idle ones closed first and the rest refused, so that a crowd
+of idle or silent clients cannot take the file descriptors that /-/healthy and probes need."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import resource
 import time
@@ -22,8 +24,14 @@ log = logging.getLogger("jsonexporter")
 # the files read at a reload, the log, DNS; upstream connections are counted apart
 RESERVED_FILES = 128
 MIN_CLIENT_CONNECTIONS = 16
-PENDING_FOR = 60.0  # seconds: asyncio's TLS handshake timeout, after which a connection is listed or gone
-WARN_INTERVAL = 60.0  # seconds between warnings about closed connections
+# seconds a client gets to finish its TLS handshake (asyncio's default is 60 s): a scrape that has not
+# finished its handshake by then has failed anyway (Prometheus's default scrape timeout is 10 s)
+HANDSHAKE_TIMEOUT = 10.0
+PENDING_FOR = HANDSHAKE_TIMEOUT  # a connection whose transport the loop did not show, not listed after this, is gone
+WARN_INTERVAL = 60.0  # seconds between warnings about closed or refused connections, and about failed accepts
+# what accept() fails with when the process or the system is out of descriptors or memory (asyncio
+# logs each, a hundred times per readable event of the listening socket)
+_ACCEPT_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle client connection stays open (aiohttp's default, stated)
 _NR_OPEN = "/proc/sys/fs/nr_open"  # Linux: the most a hard limit of "unlimited" lets a process open
 
@@ -66,34 +74,45 @@ def client_connection_limit(open_files: int, upstream_connections: int) -> int:
 
 
 class ClientConnections:
-    """At most `limit` client connections open (0: no bound). A new connection beyond closes the
-    oldest that are idle (no request in progress), a tenth of the limit more than needed, so that
-    the count is taken once in that many new connections, not at each."""
+    """At most `limit` client connections open (0: no bound), whatever their state. A new connection
+    beyond closes the oldest that are idle (listed by the server, no request in progress), then the
+    oldest still in their TLS handshake, a tenth of the limit more than needed, so that the count is
+    taken once in that many new connections, not at each; when none of those is left (every connection
+    has a request in progress), the new connection is refused: closed at once."""
 
-    def __init__(self, limit: int = 0) -> None:
+    def __init__(self, limit: int = 0, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         self.limit = limit
+        self.handshake_timeout = handshake_timeout
         self.busy: set[web.RequestHandler] = set()  # connections with a request in progress (marked by the app's middleware)
         self.opened = 0  # an upper bound of the connections open: closes are counted when counted again
-        self.pending: dict[web.RequestHandler, float] = {}  # made, perhaps not listed by the server yet: when
+        # made, perhaps not listed by the server yet: when, and its transport (_BoundedLoop), by which it
+        # can be closed before the server lists it (with TLS, after its handshake) and told from one closed since
+        self.pending: dict[web.RequestHandler, tuple[float, asyncio.Transport | None]] = {}
         self.closed = 0  # since the last warning
+        self.refused = 0  # since the last warning
         self.warned = -WARN_INTERVAL
+        self.accept_failures = 0  # since the last warning about them
+        self.accept_warned = -WARN_INTERVAL
         self.listening: list[asyncio.Server] = []  # the loop's servers (_BoundedLoop), for stop_accepting
+        self.servers: list[web.Server] = []  # aiohttp's, which list the connections, for close_idle
 
     def new_event_loop(self) -> asyncio.AbstractEventLoop:
         """An event loop whose servers keep to the limit, for `web.run_app(loop=...)`."""
         return _BoundedLoop(self)
 
     def protocol_factory(self, server: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.BaseProtocol]:
+        if isinstance(server, web.Server):
+            self.servers.append(server)
         if self.limit <= 0 or not isinstance(server, web.Server):
             return server
         http = server
 
         def connection() -> asyncio.BaseProtocol:
             self.opened += 1
-            if self.opened > self.limit:
-                self._make_room(http)
+            if self.opened > self.limit and not self._make_room(http):
+                return _Refused()
             handler = http()
-            self.pending[handler] = time.monotonic()
+            self.pending[handler] = (time.monotonic(), None)
             if len(self.pending) > min(self.limit, 4096):  # many new ones, over the limit or not: forget those listed by now
                 self._still_pending(set(http.connections))
             return handler
@@ -114,36 +133,87 @@ class ClientConnections:
             for sock in server.sockets:
                 loop.remove_reader(sock.fileno())
 
-    def _make_room(self, server: web.Server) -> None:
-        # the oldest first; those closed already stay listed until the loop has told them, and those
-        # accepted in the same turn of the loop are not listed yet
+    def close_idle(self, closes: Callable[[web.RequestHandler], bool]) -> None:
+        """Close the connections without a request in progress for which `closes` is true."""
+        for server in self.servers:
+            for handler in server.connections:
+                if handler.transport is not None and handler not in self.busy and closes(handler):
+                    handler.force_close()
+
+    def accepted(self, protocol: asyncio.BaseProtocol, transport: asyncio.Transport) -> None:
+        """The transport made for `protocol` (a handler of ours, or a protocol of another's): with TLS, that of its handshake."""
+        if isinstance(protocol, web.RequestHandler) and protocol in self.pending:
+            self.pending[protocol] = (self.pending[protocol][0], transport)
+
+    def accept_failed(self, context: dict[str, Any]) -> bool:
+        """Whether `context` (of the loop's exception handler) is an accept() that failed for lack of
+        descriptors or memory; those are counted and logged once a WARN_INTERVAL, not each time."""
+        exc = context.get("exception")
+        if "socket" not in context or not isinstance(exc, OSError) or exc.errno not in _ACCEPT_OUT_OF_RESOURCES:
+            return False
+        self.accept_failures += 1
+        now = time.monotonic()
+        if now >= self.accept_warned + WARN_INTERVAL:
+            log.warning("cannot accept client connections, retrying each second", extra=kv(
+                err=exc.strerror or str(exc), failures=self.accept_failures, limit=self.limit,
+                hint="raise the open files limit, or lower --web.max-connections below what it leaves"))
+            self.accept_warned, self.accept_failures = now, 0
+        return True
+
+    def _make_room(self, server: web.Server) -> bool:
+        """Close connections for a new one, the oldest first; False when none could be closed: the new one is refused."""
+        # those closed already stay listed until the loop has told them, and those accepted in the same
+        # turn of the loop are not listed yet
         listed = server.connections
         live = [handler for handler in listed if handler.transport is not None]
-        pending = self._still_pending(set(listed))
-        excess = len(live) + pending + 1 - self.limit
+        self._still_pending(set(listed))
+        count = len(live) + len(self.pending)
+        excess = count + 1 - self.limit
         closed = 0
         if excess > 0:
-            excess += self.limit // 10
+            wanted = excess + self.limit // 10
             for handler in live:
-                if closed >= excess:
+                if closed >= wanted:
                     break
                 if handler not in self.busy:
                     handler.force_close()
                     closed += 1
-            self.closed += closed
-            now = time.monotonic()
-            if now >= self.warned + WARN_INTERVAL:
-                log.warning("too many client connections, closed the oldest idle ones", extra=kv(limit=self.limit, closed=self.closed))
-                self.warned, self.closed = now, 0
-        self.opened = len(live) - closed + pending + 1
+            for handler, (_, transport) in list(self.pending.items()):
+                if closed >= wanted:
+                    break
+                if transport is not None:  # in its TLS handshake (or accepted in this turn): it has sent no request yet
+                    # in the loop's next turn: one accepted in this turn is not set up yet (asyncio does in
+                    # callbacks it queued: the handshake's start, the socket's reader), which would undo an abort before
+                    asyncio.get_running_loop().call_soon(transport.abort)
+                    del self.pending[handler]
+                    closed += 1
+        room = closed >= excess
+        self.closed += closed
+        self.refused += not room
+        now = time.monotonic()
+        if (closed or not room) and now >= self.warned + WARN_INTERVAL:
+            log.warning("too many client connections, closed the oldest idle ones", extra=kv(limit=self.limit, closed=self.closed, refused=self.refused))
+            self.warned, self.closed, self.refused = now, 0, 0
+        self.opened = count - closed + room
+        return room
 
     def _still_pending(self, listed: set[web.RequestHandler]) -> int:
         """How many connections are accepted but not listed by the server yet (it lists them once
-        the loop has told them, after the TLS handshake with TLS), and forget the others."""
+        the loop has told them, after the TLS handshake with TLS), and forget the others: listed, or
+        closed (listed and closed since, or a handshake that failed, timed out or was closed here)."""
         since = time.monotonic() - PENDING_FOR
-        self.pending = {handler: made for handler, made in self.pending.items()
-                        if made > since and handler not in listed and handler.transport is None}
+        self.pending = {handler: (made, transport) for handler, (made, transport) in self.pending.items()
+                        if handler not in listed and handler.transport is None
+                        and (not transport.is_closing() if transport is not None else made > since)}
         return len(self.pending)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection beyond the limit when none could be closed: closed as soon as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.abort()
 
 
 class _BoundedLoop(asyncio.SelectorEventLoop):
@@ -152,6 +222,27 @@ class _BoundedLoop(asyncio.SelectorEventLoop):
         self.connections = connections
 
     async def create_server(self, protocol_factory: Callable[[], asyncio.BaseProtocol], *args: Any, **kwargs: Any) -> asyncio.Server:
+        if kwargs.get("ssl") is not None and kwargs.get("ssl_handshake_timeout") is None:
+            kwargs["ssl_handshake_timeout"] = self.connections.handshake_timeout
         server = await super().create_server(self.connections.protocol_factory(protocol_factory), *args, **kwargs)
         self.connections.listening.append(server)
         return server
+
+    # asyncio's (private, 3.11 to 3.13) hooks between an accepted socket and its protocol, the one place
+    # that holds both the handler and the transport that can close the connection before the loop has
+    # told the handler (with TLS, after the handshake) and aiohttp lists it
+    def _make_socket_transport(self, sock: Any, protocol: asyncio.BaseProtocol, waiter: Any = None, **kwargs: Any) -> Any:
+        transport = super()._make_socket_transport(sock, protocol, waiter, **kwargs)  # type: ignore[misc]
+        self.connections.accepted(protocol, transport)
+        return transport
+
+    def _make_ssl_transport(self, rawsock: Any, protocol: asyncio.BaseProtocol, sslcontext: Any, waiter: Any = None, **kwargs: Any) -> Any:
+        if isinstance(protocol, _Refused):  # no handshake for it: closed at once
+            return self._make_socket_transport(rawsock, protocol, waiter, extra=kwargs.get("extra"), server=kwargs.get("server"))
+        transport = super()._make_ssl_transport(rawsock, protocol, sslcontext, waiter, **kwargs)  # type: ignore[misc]
+        self.connections.accepted(protocol, transport)
+        return transport
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        if not self.connections.accept_failed(context):
+            super().call_exception_handler(context)

@@ -8,7 +8,6 @@ import html
 import itertools
 import logging
 import signal
-import ssl
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -37,7 +36,17 @@ from jsonexporter.trace import MAX_MESSAGE, cut
 from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, new_session, probe_redactor, reschedule
 from jsonexporter.upstream.client import Clients
 from jsonexporter.upstream.refresh import Events, Job
-from jsonexporter.webconfig import BasicAuth, TLSFileError, WebConfig, headers_hook, load_cert_chain, load_web_config, ssl_context
+from jsonexporter.webconfig import (
+    BasicAuth,
+    ServingContext,
+    TLSFileError,
+    WebConfig,
+    headers_hook,
+    load_web_config,
+    serving_context,
+    ssl_context,
+    tls_reload_problem,
+)
 
 log = logging.getLogger("jsonexporter")
 
@@ -98,7 +107,7 @@ class State:
     metrics: SelfMetrics
     spec_file: str | None = None
     web: WebConfig = field(default_factory=WebConfig)
-    tls: ssl.SSLContext | None = None
+    tls: ServingContext | None = None
     upstream: Upstream | None = None
     connections: ClientConnections = field(default_factory=ClientConnections)
     in_flight: int = 0
@@ -134,6 +143,8 @@ def _edge(state: State, auth: BasicAuth) -> Middleware:
                 if refused is not None:
                     return refused
             response = await handler(request)
+            if state.tls is not None and _tls_outdated(state.tls, request.transport):
+                response.force_close()  # made before a reload changed the TLS settings: its client connects again with them
             if isinstance(response, _ForPeople) and isinstance(response.body, bytes):
                 mark = html.escape(REDACTED) if response.content_type == "text/html" else REDACTED
                 response.body = state.redactor(response.body.decode("utf-8"), mark).encode("utf-8")
@@ -142,6 +153,11 @@ def _edge(state: State, auth: BasicAuth) -> Middleware:
             busy.discard(protocol)
 
     return edge
+
+
+def _tls_outdated(tls: ServingContext, transport: asyncio.BaseTransport | None) -> bool:
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    return ssl_object is not None and tls.outdated(ssl_object)
 
 
 def _plain(status: int, text: str) -> web.Response:
@@ -355,14 +371,20 @@ async def reload_spec(state: State) -> tuple[bool, str]:
         (web_config, web_reason), (spec, spec_reason) = await asyncio.gather(_web_config_anew(state), asyncio.to_thread(load_anew, load_spec, state.spec_file))
         reason = "\n".join(r for r in (spec_reason, web_reason) if r)
         if spec is not None and web_config is not None:
-            try:
-                if web_config.tls is not None and state.tls is not None and web_config is not state.web:
-                    # new connections get the new certificate; the client CA and versions stay as started
-                    await asyncio.to_thread(load_cert_chain, state.tls, web_config.tls)
-            except TLSFileError as exc:  # the files changed since they were checked
-                reason = f"{web_config.file}: tls_server_config.{exc.key}: cannot load the certificate files: {exc.reason}"
-            else:
-                changed = spec.sha256 != state.spec.sha256
+            reason = tls_reload_problem(state.web, web_config)  # what a restart must do is never reported as reloaded
+            context = None
+            if not reason and web_config.tls is not None and web_config is not state.web:
+                try:  # every key of tls_server_config, for new connections
+                    context = await asyncio.to_thread(ssl_context, web_config.tls)
+                except TLSFileError as exc:  # the files changed since they were checked
+                    reason = f"{web_config.file}: tls_server_config.{exc.key}: cannot load the certificate files: {exc.reason}"
+            if not reason:
+                changed = spec.sha256 != state.spec.sha256 or web_config != state.web
+                if context is not None and (tls := state.tls) is not None:
+                    tls.replace(context, settings_changed=web_config.tls != state.web.tls)
+                    # the idle connections made with previous settings (e.g. without a client certificate now
+                    # required) are closed; those with a request in progress once it is answered (_edge)
+                    state.connections.close_idle(lambda handler: _tls_outdated(tls, handler.transport))
                 state.redactor.know(spec.secrets)
                 if state.upstream is not None:
                     state.upstream.clients = Clients(state.redactor)  # CA files, certificates and tokens read afresh
@@ -515,7 +537,7 @@ def make_app(
     state = State(spec, options, metrics or SelfMetrics(), spec_file=spec_file, web=web_config or WebConfig(), redactor=Redactor(spec.secrets))
     state.metrics.spec_loaded(spec.sha256, _modules_by_file(spec))
     if state.web.tls is not None:
-        state.tls = ssl_context(state.web.tls)
+        state.tls = serving_context(state.web.tls)
     state.connections = ClientConnections(options.max_client_connections)
     state.recent = deque(maxlen=max(options.recent_probes, 0))  # the oldest let go as a probe is kept
     state.in_flight_gauge = not state.metrics.in_flight_from(lambda: state.in_flight)

@@ -11,7 +11,8 @@ import logging
 import re
 import ssl
 import threading
-from collections import OrderedDict
+import weakref
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -217,9 +218,52 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
     return context
 
 
+class ServingContext(ssl.SSLContext):
+    """The context a TLS server listens with: each new connection's TLS is that of `current`, which a reload
+    replaces with a context made afresh (certificate, key, client CA, client auth type, versions). A live
+    SSLContext can take a new certificate and verify mode, but never forget a CA it was given: a new one
+    for new connections is the one way to apply every key."""
+
+    current: ssl.SSLContext
+    admitted: weakref.WeakSet[ssl.SSLContext]  # contexts of the current settings, whose connections may stay open
+
+    def replace(self, context: ssl.SSLContext, settings_changed: bool) -> None:
+        """`context` for new connections; with other settings (not only files read again, as for a renewed
+        certificate), the connections made before are outdated."""
+        if settings_changed:
+            self.admitted = weakref.WeakSet()
+        self.admitted.add(context)
+        self.current = context
+
+    def outdated(self, connection: ssl.SSLObject) -> bool:
+        return connection.context not in self.admitted
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        return self.current.wrap_bio(incoming, outgoing, server_side, server_hostname, session)  # asyncio's one use of a context
+
+
+def serving_context(tls: TLSConfig) -> ServingContext:
+    context = ServingContext(ssl.PROTOCOL_TLS_SERVER)
+    context.admitted = weakref.WeakSet()
+    context.replace(ssl_context(tls), True)
+    return context
+
+
+def tls_reload_problem(running: WebConfig, new: WebConfig) -> str:
+    """Why a reload from `running` to `new` cannot be applied without a restart ("" when it can): TLS on or
+    off, the listening socket's business."""
+    if (running.tls is None) == (new.tls is None):
+        return ""
+    if new.tls is not None:
+        return (f"{new.file}: tls_server_config: added, but a reload cannot turn TLS on for a server started without it: "
+                f"restart the exporter to serve HTTPS")
+    return (f"{new.file}: tls_server_config: removed, but a reload cannot turn TLS off for a server started with it: "
+            f"restart the exporter to serve plain HTTP")
+
+
 def load_cert_chain(context: ssl.SSLContext, tls: TLSConfig) -> None:
-    """The certificate and key of `tls` into `context` (at load, and at a reload for new connections); raises
-    TLSFileError naming the key whose file cannot be used."""
+    """The certificate and key of `tls` into `context`; raises TLSFileError naming the key whose file cannot be used."""
     cert = _read_within_bounds("cert_file", tls.cert_file)
     key = _read_within_bounds("key_file", tls.key_file)
     try:
@@ -249,11 +293,11 @@ class BasicAuth:
     (keyed by a keyed hash of the user, password and stored hash, so a changed config forgets them)."""
 
     MAX_CACHED = 1024
-    _DUMMY = b"$2b$10$" + b"." * 53  # checked for unknown users, so their answer takes as long
 
     def __init__(self, holder: Callable[[], WebConfig], slots: int = CHECK_SLOTS) -> None:
         self.holder = holder
         self.cache: OrderedDict[bytes, None] = OrderedDict()
+        self.dummy: tuple[Mapping[str, bytes] | None, bytes] = (None, b"")  # the users it was made for, and the hash
         self.slots = slots
         self.free = slots  # changed in the event loop's thread only
 
@@ -270,10 +314,10 @@ class BasicAuth:
             return False
         stored = users.get(user)
         key = keyed_hash(b"\0".join([user.encode(), password.encode(), stored or b""])).digest()
-        if stored is not None and key in self.cache:
+        if stored is not None and key in self.cache:  # only successes are remembered: a wrong password always costs a check
             self.cache.move_to_end(key)
             return True
-        ok = await self._bcrypt(password.encode(), stored or self._DUMMY)
+        ok = await self._bcrypt(password.encode(), self.hash_to_check(users, user))
         if ok is None:
             return None
         ok = ok and stored is not None
@@ -282,6 +326,16 @@ class BasicAuth:
             while len(self.cache) > self.MAX_CACHED:
                 self.cache.popitem(last=False)
         return ok
+
+    def hash_to_check(self, users: Mapping[str, bytes], user: str) -> bytes:
+        """The hash a password for `user` is checked against: the user's, or for an unknown user one of the
+        bcrypt cost of most users' hashes, so that the time of a 401 does not tell which user names exist."""
+        stored = users.get(user)
+        if stored is not None:
+            return stored
+        if self.dummy[0] is not users:  # made once for each loaded web config
+            self.dummy = (users, unknown_user_hash(users))
+        return self.dummy[1]
 
     async def _bcrypt(self, password: bytes, stored: bytes) -> bool | None:
         """One check in a thread of its own, or None at once when none of the slots is free. The
@@ -328,6 +382,16 @@ class BasicAuth:
         if not ok:
             return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="jsonexporter"'})
         return None
+
+
+def unknown_user_hash(users: Mapping[str, bytes]) -> bytes:
+    """A well-formed bcrypt hash that no password matches, at the cost most of `users`' hashes have (of
+    equal counts, the highest): checking it takes as long as checking those users' passwords. The most
+    common cost rather than the highest: with one cost for all, as `htpasswd -nBC 10` makes them, every
+    user is hidden; with mixed costs no single cost hides all of them, and this one hides the most."""
+    costs = Counter(int(match.group(1)) for stored in users.values() if (match := _BCRYPT_COST.match(stored.decode())))
+    cost = max(costs, key=lambda c: (costs[c], c)) if costs else 10
+    return b"$2b$%02d$" % cost + b"." * 53  # checkpw works the hash's cost whatever its salt and digest
 
 
 def headers_hook(holder: Callable[[], WebConfig]) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:

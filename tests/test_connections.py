@@ -1,5 +1,5 @@
 """Connections, as real `jsonexporter serve` processes on 127.0.0.1: to the exporter (the open-files
-limit raised at start, idle clients bounded) and to upstreams (the per-host pool limit a flag, a
+limit raised at start, idle clients and TLS handshakes bounded) and to upstreams (the per-host pool limit a flag, a
 probe that waited for a pooled connection told from an upstream that did not answer); and, in process,
 what a stop does with a connection that comes as it starts."""
 
@@ -12,18 +12,23 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 from aiohttp import web
 from conftest import Held, UpstreamFactory, make_spec, wait_for
 from metrics_util import parse, value
 from prometheus_util import SESSION, free_port, jsonexporter, listening, poll, wait_healthy
 from test_cli import SPEC  # the one-module spec of the single-process tests
 
+from jsonexporter.listen import ClientConnections
 from jsonexporter.server import STATE, make_app, stop_once_on_signals
 
 BOUND = 20.0  # seconds any wait below gets before the test fails
@@ -125,6 +130,156 @@ async def test_beyond_the_connection_limit_the_oldest_idle_clients_are_closed_an
     finally:
         _close(idle)
     assert any(line["msg"] == "too many client connections, closed the oldest idle ones" for line in _log_lines(proc))
+
+
+@pytest.fixture
+def tls_web_config(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
+    """A web config serving TLS (a trustme certificate for 127.0.0.1), and a client context trusting it."""
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(f"tls_server_config:\n  cert_file: {tmp_path / 'server.pem'}\n  key_file: {tmp_path / 'server.pem'}\n")
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return web_file, client
+
+
+async def _healthy_over_tls(port: int, client: ssl.SSLContext) -> bool:
+    """Whether /-/healthy answers 200 on a new TLS connection (the handshake included), within BOUND."""
+    try:
+        async with asyncio.timeout(BOUND):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client, server_hostname="127.0.0.1")
+            try:
+                writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                return (await reader.read()).startswith(b"HTTP/1.1 200")
+            finally:
+                writer.close()
+    except (OSError, TimeoutError):
+        return False
+
+
+async def test_under_tls_connections_that_never_start_their_handshake_are_bounded_and_health_checks_answer(
+    serve: Serve, tls_web_config: tuple[Path, ssl.SSLContext],
+) -> None:
+    """Silent TCP connections (no ClientHello) to a TLS server were in their handshake for 60 s,
+    counted but never closed to make room: 450 of them took every descriptor of a 400 limit and
+    /-/healthy failed. They are closed, the oldest first, as new connections come beyond the limit."""
+    web_file, client = tls_web_config
+    limit = 50
+    proc, base = serve("--web.config.file", str(web_file), "--web.max-connections", str(limit), nofile=(400, 400))
+    port = int(base.rsplit(":", 1)[1])
+    await poll("serving https", lambda: proc.poll() is not None or listening({proc.pid}, port), BOUND)
+    assert await _healthy_over_tls(port, client)
+    silent: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        while len(silent) < 450:
+            silent += [await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), BOUND) for _ in range(50)]
+            # answered on a connection after them: every one before is accepted (the kernel queues them in order)
+            assert await _healthy_over_tls(port, client), f"/-/healthy not answered after {len(silent)} silent connections"
+        descriptors = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        assert descriptors <= limit + 32, f"{descriptors} descriptors open with --web.max-connections {limit}"
+        for reader, _ in silent[:300]:  # the oldest, closed by the exporter: the read ends at once
+            assert await asyncio.wait_for(reader.read(), BOUND) == b""
+    finally:
+        _close(silent)
+    lines = _log_lines(proc)
+    assert not [line for line in lines if "Too many open files" in str(line)]
+    assert any(line["msg"] == "too many client connections, closed the oldest idle ones" for line in lines)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_a_connection_beyond_the_limit_is_refused_when_every_connection_has_a_request_in_progress(
+    upstream: UpstreamFactory, serve: Serve, tls_web_config: tuple[Path, ssl.SSLContext], tls: bool,
+) -> None:
+    held = Held({"queues": {"orders": {"waiting": 3}}}, count=4)
+    up = await upstream({"/stats": held})
+    web_file, client = tls_web_config
+    proc, base = serve("--web.max-connections", "4", *(["--web.config.file", str(web_file)] if tls else []))
+    port = int(base.rsplit(":", 1)[1])
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        tls_args: dict[str, Any] = {"ssl": client, "server_hostname": "127.0.0.1"} if tls else {}
+        return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, **tls_args), BOUND)
+
+    async def answered() -> bool:
+        try:
+            connection = await connect()
+        except OSError:  # with TLS: closed before the handshake
+            return False
+        try:
+            return await _healthy_on(connection)
+        finally:
+            _close([connection])
+
+    await poll("serving", answered, BOUND)
+    probes = []
+    for _ in range(4):
+        reader, writer = await connect()
+        writer.write(f"GET /probe?target={up.url} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        probes.append((reader, writer))
+    try:
+        await wait_for(held.arrived, BOUND)  # as many connections with a request in progress as the limit
+        assert not await answered()  # none to close for it: closed at once
+        held.release.set()
+        for reader, _ in probes:  # the probes in progress were not cut
+            assert (await asyncio.wait_for(reader.read(), BOUND)).startswith(b"HTTP/1.1 200")
+        assert await answered()
+    finally:
+        _close(probes)
+    assert any(line["msg"] == "too many client connections, closed the oldest idle ones" and "refused" in line for line in _log_lines(proc))
+
+
+async def test_accepts_that_fail_for_lack_of_descriptors_are_logged_once_not_each_time(serve: Serve) -> None:
+    """A --web.max-connections above what the open files limit allows: asyncio logged an error for each
+    accept() that failed with EMFILE, a hundred per readable event of the listening socket, thousands a second."""
+    proc, base = serve("--web.max-connections", "1000", nofile=(200, 200))
+    await wait_healthy(base, proc)
+    lines: list[str] = []
+    assert proc.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
+    reader.start()
+    host, port = base.removeprefix("http://").split(":")
+    idle = [await asyncio.wait_for(asyncio.open_connection(host, int(port)), BOUND) for _ in range(250)]  # 200 descriptors, the rest queued
+    try:
+        await poll("an accept that failed", lambda: any("out of system resource" in line or "cannot accept" in line for line in lines), BOUND)
+    finally:
+        _close(idle)
+        proc.terminate()
+        proc.wait(BOUND)
+        reader.join(BOUND)
+    assert not [line for line in lines if "out of system resource" in line]
+    [warning] = [json.loads(line) for line in lines if "cannot accept" in line]
+    assert warning["msg"] == "cannot accept client connections, retrying each second" and warning["err"] == "Too many open files", warning
+
+
+def test_a_tls_handshake_that_does_not_end_within_its_time_is_closed(tls_web_config: tuple[Path, ssl.SSLContext], tmp_path: Path) -> None:
+    """asyncio gives a handshake 60 s unless told otherwise; the exporter's loop tells every TLS server it makes
+    (here 0.5 s instead of HANDSHAKE_TIMEOUT's 10)."""
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(tmp_path / "server.pem")
+    connections = ClientConnections(50, handshake_timeout=0.5)
+    loop = connections.new_event_loop()
+
+    async def silent_connection_is_closed() -> bytes:
+        app = web.Application()
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_side)
+        await site.start()
+        try:
+            [(_, port)] = runner.addresses
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                return await asyncio.wait_for(reader.read(), BOUND)
+            finally:
+                writer.close()
+        finally:
+            await runner.cleanup()
+
+    try:
+        assert loop.run_until_complete(silent_connection_is_closed()) == b""
+    finally:
+        loop.close()
 
 
 # -- to upstreams -----------------------------------------------------------------------------
