@@ -70,7 +70,9 @@ async def test_a_forwarded_host_from_the_caller_must_be_allowed_before_any_reque
         [(_, _, headers, _)] = seen.requests
         assert headers["Authorization"] == f"Bearer {SECRETS[1]}" and "api.apps.internal" in headers[header]
     foreign_host = f"127.0.0.2:{foreign.port}"
-    tries = [foreign_host, f'x;host="{foreign_host}"', "x, host=127.0.0.2"] if header == "Forwarded" else [foreign_host]
+    # in Forwarded, also a host hidden in a quoted value, which a proxy reading `host=` by pattern would find
+    quoted = [f'"x;host={foreign_host}"', f'"x,host={foreign_host}"', f'"x" ;host="{foreign_host}"']
+    tries = [foreign_host, f'x;host="{foreign_host}"', "x, host=127.0.0.2", *quoted] if header == "Forwarded" else [foreign_host]
     for vhost in tries:
         status, text = await probe(client, module="tokened", vhost=vhost)
         assert status in (400, 403) and f"its {header} header" in text, (vhost, text)

@@ -211,8 +211,11 @@ def forwarded_hosts(value: str) -> list[str]:
         if pair is None or pair.end() == at:
             raise ValueError
         name, quoted = pair[1], pair[2]
+        text = re.sub(r"\\(.)", r"\1", quoted[1:-1]) if quoted.startswith('"') else quoted
+        if quoted.startswith('"') and any(c in text for c in ';,="'):
+            raise ValueError  # `for="x;host=evil"`: a proxy reading pairs by pattern finds a host in it
         if name is not None and name.lower() == "host":
-            hosts.append(re.sub(r"\\(.)", r"\1", quoted[1:-1]) if quoted.startswith('"') else quoted)
+            hosts.append(text)
         at = pair.end()
     return hosts
 
