@@ -7,6 +7,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import logging
 import re
 import ssl
@@ -197,15 +198,23 @@ class TLSFileError(Exception):
         self.reason = reason
 
 
-def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
+class FilesContext(ssl.SSLContext):
+    """A server context and a digest of the file bytes it was made of: a reload of the same web config whose
+    files were replaced (a renewed certificate at the same paths) says it changed something."""
+
+    files_digest: bytes = b""
+
+
+def ssl_context(tls: TLSConfig) -> FilesContext:
     """The server's TLS context; raises TLSFileError naming the key whose file cannot be used."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = FilesContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = TLS_VERSIONS[tls.min_version]
     if tls.max_version:
         context.maximum_version = TLS_VERSIONS[tls.max_version]
-    load_cert_chain(context, tls)
+    digest = hashlib.sha256(load_cert_chain(context, tls))
     if tls.client_ca_file:
         ca = _read_within_bounds("client_ca_file", tls.client_ca_file)
+        digest.update(b"\0" + ca)
         try:
             with as_read(ca, tls.client_ca_file) as ca_file:
                 context.load_verify_locations(ca_file)
@@ -215,6 +224,7 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
         context.verify_mode = ssl.CERT_REQUIRED
     elif tls.client_auth_type == "VerifyClientCertIfGiven":
         context.verify_mode = ssl.CERT_OPTIONAL
+    context.files_digest = digest.digest()
     return context
 
 
@@ -262,8 +272,9 @@ def tls_reload_problem(running: WebConfig, new: WebConfig) -> str:
             f"restart the exporter to serve plain HTTP")
 
 
-def load_cert_chain(context: ssl.SSLContext, tls: TLSConfig) -> None:
-    """The certificate and key of `tls` into `context`; raises TLSFileError naming the key whose file cannot be used."""
+def load_cert_chain(context: ssl.SSLContext, tls: TLSConfig) -> bytes:
+    """The certificate and key of `tls` into `context`, and the bytes they were read as (certificate, NUL, key);
+    raises TLSFileError naming the key whose file cannot be used."""
     cert = _read_within_bounds("cert_file", tls.cert_file)
     key = _read_within_bounds("key_file", tls.key_file)
     try:
@@ -271,6 +282,7 @@ def load_cert_chain(context: ssl.SSLContext, tls: TLSConfig) -> None:
             context.load_cert_chain(cert_file, key_file)
     except (OSError, ssl.SSLError) as exc:
         raise TLSFileError("cert_file", _reason(exc)) from None
+    return cert + b"\0" + key
 
 
 def _read_within_bounds(key: str, path: str) -> bytes:
