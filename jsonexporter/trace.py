@@ -16,6 +16,7 @@ MAX_SHOWN = 300  # characters of an intermediate result shown in a trace line
 # extract.MAX_MESSAGES, what the server keeps of them for its 50 recent probes stays within 1 MB
 MAX_MESSAGE = 1000
 MAX_LINES = 5_000
+MAX_LINE = MAX_MESSAGE + 200  # characters of any line: a prefix and a text cut to MAX_MESSAGE fit, a URL of 8 KB is cut
 MAX_DEPTH = 64  # levels of a value shown when json.dumps cannot write it (too deep for the stack): deeper ones are `[…]`, `{…}`
 
 
@@ -88,7 +89,7 @@ class Trace:
 
     def add(self, line: str) -> None:
         if len(self.lines) < MAX_LINES:
-            self.lines.append(line)
+            self.lines.append(cut(line, MAX_LINE))
         else:
             self.dropped += 1
 

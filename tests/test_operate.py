@@ -25,6 +25,7 @@ from prometheus_util import SESSION
 
 from jsonexporter.extract import MAX_MESSAGE
 from jsonexporter.server import STATE, Options, make_app
+from jsonexporter.trace import MAX_LINE
 from jsonexporter.webconfig import load_web_config
 
 SPEC_A = """
@@ -526,3 +527,19 @@ async def test_lone_surrogates_in_answers_are_written_as_their_escapes_keeping_s
     written = [s for f in text_string_to_metric_families(text) if f.name == "x" for s in f.samples]
     assert [(s.labels["id"], s.value) for s in written] == [("\\ud800x", 1), ("\\ud801x", 2), ("ok", 4)]
     assert value(parse(text), "probe_duplicate_series", metric="x") == 1
+
+
+async def test_every_trace_line_is_cut_to_its_bound_a_long_url_too(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    up = await upstream({"/": {"v": 1}})
+    long_query = "q=" + "a" * 6000
+    client = await aiohttp_client(make_app(make_spec(f"""
+        modules:
+          default:
+            endpoints: {{main: {{url: '{up.url}/?{long_query}'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)))
+    trace = await (await client.get("/probe", params={"debug": "true"})).text()
+    [requested] = [line for line in trace.splitlines() if line.startswith("endpoint main: GET ")]
+    assert requested.startswith(f"endpoint main: GET {up.url}/?q=aaaa") and f" (first {MAX_LINE} of " in requested, requested[-100:]
+    assert all(len(line) < MAX_LINE + 100 for line in trace.splitlines())
+
