@@ -208,61 +208,53 @@ async def test_recent_probes_show_their_problem_counts_and_failures_stand_out(ai
     assert "degraded" in details and "4 extraction error(s)" in details and "1 duplicate series" in details
 
 
-async def test_a_long_endpoint_error_is_recorded_cut_as_extraction_messages_are_and_a_secret_the_cut_splits_stays_hidden(
-    aiohttp_client: Any, upstream: UpstreamFactory, caplog: pytest.LogCaptureFixture,
-) -> None:
-    secret = "tok-SECRET-0123456789abcdef"
-    recorded = "endpoint main: invalid_status: HTTP status 503 "  # how _record writes an endpoint's error
-    head = 12  # characters of the secret before the cut
+SECRET = "tok-SECRET-0123456789abcdef"
+HEAD = 12  # characters of the secret before the cut
 
-    async def long_reason(request: web.Request) -> web.Response:  # an upstream whose reason phrase echoes the token
-        return web.Response(status=503, reason="r" * (MAX_MESSAGE - len(recorded) - head) + secret + "r" * 6000)
+
+async def _echoing_the_token_cut(aiohttp_client: Any, upstream: UpstreamFactory, before: str) -> tuple[Any, int]:
+    """An exporter whose endpoint answers 503 with a reason phrase that echoes its bearer token, so that a text
+    starting with `before` and then the reason is cut at MAX_MESSAGE within the token; and that text's length."""
+    async def long_reason(request: web.Request) -> web.Response:
+        return web.Response(status=503, reason="r" * (MAX_MESSAGE - len(before) - HEAD) + SECRET + "r" * 6000)
 
     up = await upstream({"/": long_reason})
     client = await aiohttp_client(make_app(make_spec(f"""
         modules:
           default:
-            http_client_config: {{bearer_token: {secret}}}
+            http_client_config: {{bearer_token: {SECRET}}}
             endpoints: {{main: {{url: '{up.url}/'}}}}
             metrics: [{{name: x, help: x, value: v}}]
         """)))
+    return client, MAX_MESSAGE - HEAD + len(SECRET) + 6000
+
+
+async def test_a_long_endpoint_error_is_recorded_cut_as_extraction_messages_are_and_a_secret_the_cut_splits_stays_hidden(
+    aiohttp_client: Any, upstream: UpstreamFactory, caplog: pytest.LogCaptureFixture,
+) -> None:
+    recorded = "endpoint main: invalid_status: HTTP status 503 "  # how _record writes an endpoint's error
+    client, whole = await _echoing_the_token_cut(aiohttp_client, upstream, recorded)
     caplog.set_level("WARNING", logger="jsonexporter")
     assert value(parse(await (await client.get("/probe")).text()), "probe_success") == 0
     (error,) = client.app[STATE].recent[-1].errors
-    whole = MAX_MESSAGE - head + len(secret) + 6000
     assert error.startswith(recorded + "r" * 100) and error.endswith(f"(first {MAX_MESSAGE} of {whole} chars)") and len(error) < MAX_MESSAGE + 100
     (logged,) = [str(r.__dict__) for r in caplog.records if r.getMessage() == "endpoint failed"]
     assert len(logged) < 3 * MAX_MESSAGE
     page = html.unescape(await (await client.get("/probes/1")).text())
     for shown in (page, logged):
-        assert secret[:5] not in shown
-
+        assert SECRET[:5] not in shown
 
 
 async def test_a_long_endpoint_error_is_traced_cut_as_records_are_and_a_secret_the_cut_splits_stays_hidden(
     aiohttp_client: Any, upstream: UpstreamFactory,
 ) -> None:
-    secret = "tok-SECRET-0123456789abcdef"
     traced = "HTTP status 503 "  # how the trace's error line starts for this answer
-    head = 12  # characters of the secret before the cut
-
-    async def long_reason(request: web.Request) -> web.Response:  # an upstream whose reason phrase echoes the token
-        return web.Response(status=503, reason="r" * (MAX_MESSAGE - len(traced) - head) + secret + "r" * 6000)
-
-    up = await upstream({"/": long_reason})
-    client = await aiohttp_client(make_app(make_spec(f"""
-        modules:
-          default:
-            http_client_config: {{bearer_token: {secret}}}
-            endpoints: {{main: {{url: '{up.url}/'}}}}
-            metrics: [{{name: x, help: x, value: v}}]
-        """)))
+    client, whole = await _echoing_the_token_cut(aiohttp_client, upstream, traced)
     trace = await (await client.get("/probe", params={"debug": "true"})).text()
     [error] = [line for line in trace.splitlines() if line.startswith("  error: ")]
-    whole = MAX_MESSAGE - head + len(secret) + 6000
     assert error.startswith(f"  error: {traced}" + "r" * 100) and error.endswith(f"(first {MAX_MESSAGE} of {whole} chars)"), error[-200:]
     assert len(error) < MAX_MESSAGE + 100
-    assert secret[:5] not in trace
+    assert SECRET[:5] not in trace
 
 # -- hostile upstreams ------------------------------------------------------------------
 
