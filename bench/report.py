@@ -10,6 +10,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 Run = dict[str, Any]
@@ -68,16 +69,21 @@ def load_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
         "| floor probes/s | floor p50 ms | floor RSS MB | probes/s vs floor |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    for items, conns, ours, floor in _beside_the_floor(runs):
+        lines.append(
+            f"{_load_cells(ours, items, conns)} {_rate(floor):,.1f}{_errors(floor)} | {_ms(floor['probe']['p50_us'])} | "
+            f"{floor['rss_kb'] / 1024:.0f} | {_rate(ours) / _rate(floor):.2f} |"
+        )
+    return lines
+
+
+def _beside_the_floor(runs: dict[tuple[str, int, int], Run]) -> Iterator[tuple[int, int, Run, Run]]:
+    """(items, connections, the exporter's run, the floor's) of each load row both were run for."""
     for items in (200, 7500):
         for conns in (1, 8):
             ours, floor = runs.get(("jsonexporter", items, conns)), runs.get(("floor", items, conns))
-            if ours is None or floor is None:
-                continue
-            lines.append(
-                f"{_load_cells(ours, items, conns)} {_rate(floor):,.1f}{_errors(floor)} | {_ms(floor['probe']['p50_us'])} | "
-                f"{floor['rss_kb'] / 1024:.0f} | {_rate(ours) / _rate(floor):.2f} |"
-            )
-    return lines
+            if ours is not None and floor is not None:
+                yield items, conns, ours, floor
 
 
 def _cpu_us(run: Run, who: str = "app") -> float:
@@ -99,16 +105,14 @@ def cpu_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
         "| nginx + wrk CPU µs per probe (exporter's run) | nginx + wrk vs exporter |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for items in (200, 7500):
-        for conns in (1, 8):
-            ours, floor = runs.get(("jsonexporter", items, conns)), runs.get(("floor", items, conns))
-            if ours is None or floor is None or "cpu_ns" not in ours or "cpu_ns" not in floor:
-                continue
-            mine, base = _cpu_us(ours), _cpu_us(floor)
-            lines.append(
-                f"| {_size(ours['bytes'])} ({items} items) | {conns} | {mine:,.0f} | {base:,.0f} | {base / mine:.2f} | "
-                f"{_cpu_us(ours, 'nginx') + _cpu_us(ours, 'wrk'):,.0f} | {_others(ours):.2f} |"
-            )
+    for items, conns, ours, floor in _beside_the_floor(runs):
+        if "cpu_ns" not in ours or "cpu_ns" not in floor:
+            continue
+        mine, base = _cpu_us(ours), _cpu_us(floor)
+        lines.append(
+            f"| {_size(ours['bytes'])} ({items} items) | {conns} | {mine:,.0f} | {base:,.0f} | {base / mine:.2f} | "
+            f"{_cpu_us(ours, 'nginx') + _cpu_us(ours, 'wrk'):,.0f} | {_others(ours):.2f} |"
+        )
     return lines
 
 
