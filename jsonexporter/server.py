@@ -8,7 +8,6 @@ import html
 import itertools
 import logging
 import signal
-import ssl
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -39,7 +38,6 @@ from jsonexporter.upstream.client import Clients
 from jsonexporter.upstream.refresh import Events, Job
 from jsonexporter.webconfig import (
     BasicAuth,
-    FilesContext,
     ServingContext,
     TLSFileError,
     WebConfig,
@@ -364,10 +362,6 @@ async def _web_config_anew(state: State) -> tuple[WebConfig | None, str]:
     return await asyncio.to_thread(load_anew, load_web_config, state.web.file)
 
 
-def _files_digest(context: ssl.SSLContext) -> bytes:
-    return context.files_digest if isinstance(context, FilesContext) else b""
-
-
 async def reload_spec(state: State) -> tuple[bool, str]:
     """Load the spec and the web config again; replace them only when both are completely valid,
     so that a reload changes everything or nothing, and `..._last_reload_successful` says which."""
@@ -386,7 +380,7 @@ async def reload_spec(state: State) -> tuple[bool, str]:
                     reason = f"{web_config.file}: tls_server_config.{exc.key}: cannot load the certificate files: {exc.reason}"
             if not reason:
                 changed = (spec.sha256 != state.spec.sha256 or web_config != state.web
-                           or (context is not None and state.tls is not None and context.files_digest != _files_digest(state.tls.current)))
+                           or (context is not None and state.tls is not None and context.files_digest != state.tls.current.files_digest))
                 if context is not None and (tls := state.tls) is not None:
                     tls.replace(context, settings_changed=web_config.tls != state.web.tls)
                     # the idle connections made with previous settings (e.g. without a client certificate now

@@ -234,10 +234,10 @@ class ServingContext(ssl.SSLContext):
     SSLContext can take a new certificate and verify mode, but never forget a CA it was given: a new one
     for new connections is the one way to apply every key."""
 
-    current: ssl.SSLContext
+    current: FilesContext
     admitted: weakref.WeakSet[ssl.SSLContext]  # contexts of the current settings, whose connections may stay open
 
-    def replace(self, context: ssl.SSLContext, settings_changed: bool) -> None:
+    def replace(self, context: FilesContext, settings_changed: bool) -> None:
         """`context` for new connections; with other settings (not only files read again, as for a renewed
         certificate), the connections made before are outdated."""
         if settings_changed:
