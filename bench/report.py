@@ -164,6 +164,23 @@ def features_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
     return lines
 
 
+def gzip_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
+    """The answers compressed (`Accept-Encoding: gzip`, what Prometheus asks for unless its scrape config says
+    `enable_compression: false`) against the same probes answered uncompressed, in the same run."""
+    lines = [
+        "| payload | series | conns | probes/s | p50 ms | p99 ms | peak RSS MB | /-/healthy p99 ms | bytes sent (uncompressed) "
+        "| exporter CPU µs per probe (uncompressed) | probes/s vs uncompressed |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (app, items, conns), run in sorted(runs.items()):
+        plain = runs.get(("jsonexporter", items, conns))
+        if app != "gzip" or plain is None:
+            continue
+        lines.append(f"{_load_cells(run, items, conns)} {run.get('wire_bytes', 0):,} ({plain.get('wire_bytes', 0):,}) | "
+                     f"{_cpu_us(run):,.0f} ({_cpu_us(plain):,.0f}) | {_rate(run) / _rate(plain):.2f} |")
+    return lines
+
+
 def targets_table(runs: dict[tuple[str, int, int], Run], targets: list[Run]) -> list[str]:
     """The many-targets row: probes/s against one target's (the same run), the RSS over the run, and
     the upstream connections nginx accepted (the first pass over the targets opens one each; keep-alive
@@ -201,7 +218,7 @@ def main(path: str, duration: str, load: str, package: str, workers: str = "1") 
     print("Load (wrk on loopback, closed loop: each connection sends its next probe when the last one answered):\n")
     print("\n".join(load_table(runs)))
     if any("cpu_ns" in run for run in runs.values()):
-        print("\nCPU time per probe of each process in the same runs (/proc/PID/schedstat, wrk by bash's `time`; what a busy "
+        print("\nCPU time per probe of each process in the same runs (/proc/PID/task/*/schedstat, wrk by bash's `time`; what a busy "
               "machine moves least):\n")
         print("\n".join(cpu_table(runs)))
     if any(key[0] == "workers" for key in runs):
@@ -211,6 +228,10 @@ def main(path: str, duration: str, load: str, package: str, workers: str = "1") 
         print("\nRule features (bench/features.yml: the function library in labels and values, a histogram per item, "
               "`duplicates: sum` per region) against bench/spec.yml in the same run:\n")
         print("\n".join(features_table(runs)))
+    if any(key[0] == "gzip" for key in runs):
+        print("\nCompressed answers (`Accept-Encoding: gzip`, as Prometheus asks unless its scrape config says "
+              "`enable_compression: false`), against the uncompressed runs above:\n")
+        print("\n".join(gzip_table(runs)))
     if targets:
         print(f"\nMany targets: {targets[0]['targets']:,} origins (ports of one nginx, each the 56 KB answer) probed in turn "
               "for twice as long as the other runs, against one target in the same run:\n")
