@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
 import html
 import itertools
 import logging
@@ -21,7 +20,7 @@ from prometheus_client import exposition as prom_exposition
 from prometheus_client.openmetrics import exposition as prom_openmetrics
 
 from jsonexporter import __version__
-from jsonexporter.exposition import encode_pieces, negotiate, render_text, utf8
+from jsonexporter.exposition import encode_pieces, gzip_pieces, negotiate, render_text, utf8
 from jsonexporter.listen import ClientConnections
 from jsonexporter.logs import kv
 from jsonexporter.probe import ProbeResult, TargetNotAllowed, fail, run_probe
@@ -337,7 +336,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
     registry = request.app[STATE].metrics.exposition
     openmetrics, compress, headers = negotiate(request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", ""))
     body = (prom_openmetrics.generate_latest if openmetrics else prom_exposition.generate_latest)(registry)
-    return web.Response(body=gzip.compress(body, compresslevel=1) if compress else body, headers=headers)
+    return web.Response(body=b"".join(gzip_pieces([body])) if compress else body, headers=headers)
 
 
 def load_anew(load: Callable[[str], _T], file: str) -> tuple[_T | None, str]:

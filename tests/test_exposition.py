@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import gzip
 import math
+import zlib
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from isal import isal_zlib
 from prometheus_client import exposition as text_format
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as om_format
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from jsonexporter.exposition import Family, base_name, encode, format_value, render_openmetrics, render_text
+from jsonexporter import exposition
+from jsonexporter.exposition import Family, base_name, encode, format_value, gzip_pieces, render_openmetrics, render_text
 
 
 class _Registry:
@@ -118,6 +122,21 @@ def test_gzip_only_when_accepted() -> None:
     assert headers["Content-Encoding"] == "gzip" and body[:2] == b"\x1f\x8b"
     body, headers = encode(fams, "text/plain", "identity")
     assert "Content-Encoding" not in headers and body.startswith(b"# HELP x h\n")
+
+
+@pytest.mark.parametrize("compressobj", [zlib.compressobj, isal_zlib.compressobj], ids=["zlib", "isal"])
+def test_a_gzip_answer_in_pieces_decompresses_to_the_text_with_either_compressor(compressobj: Any) -> None:
+    text = render_text([Family("x", "gauge", "h", [("x", (("i", str(i)),), i * 0.5, None) for i in range(5000)])]).encode()
+    pieces = [text[i:i + 7000] for i in range(0, len(text), 7000)]
+    compressed = gzip_pieces(pieces, compressobj)
+    assert all(compressed) and gzip.decompress(b"".join(compressed)) == text
+    assert len(b"".join(compressed)) < len(text) / 2  # compressed, not stored
+
+
+def test_answers_are_compressed_by_isal_when_it_is_installed() -> None:
+    assert exposition._compressobj is isal_zlib.compressobj  # a dependency: the fallback to zlib is for platforms without it
+    body, _ = encode([Family("x", "gauge", "h", [("x", (), 1.0, None)])], "text/plain", "gzip")
+    assert gzip.decompress(body) == b"# HELP x h\n# TYPE x gauge\nx 1\n"
 
 
 def test_openmetrics_requested_by_prometheus_default_accept_header() -> None:
