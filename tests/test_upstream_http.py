@@ -9,6 +9,8 @@ import logging
 import re
 import ssl
 import textwrap
+import tracemalloc
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from metrics_util import parse, value
 from jsonexporter import logs
 from jsonexporter.secrets import Redactor
 from jsonexporter.server import STATE, make_app
+from jsonexporter.upstream import fetch
 
 LOCAL = r"targets: {allow: ['https?://(127\.0\.0\.1|localhost):\d+(/.*)?']}"
 
@@ -317,6 +320,34 @@ async def test_templated_json_body_and_gzip_answer(aiohttp_client: Any, upstream
     _, text = await probe(client, up.url, index="logs-app")
     assert value(parse(text), "search_hits") == 42
     assert received == [("POST", "application/json", {"query": {"term": {"index": "logs-app"}}, "size": 0, "tags": ["default", "literal"]})]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_a_compressed_answer_is_bounded_by_its_decompressed_size_not_inflated_whole(
+        aiohttp_client: Any, upstream: UpstreamFactory, coding: str) -> None:
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31 if coding == "gzip" else 15)
+    zeros = b"0" * (1 << 20)
+    bomb = b"".join(compressor.compress(zeros) for _ in range(256)) + compressor.flush()  # 256 MiB of zeros in 255 KB
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=bomb, headers={"Content-Encoding": coding, "Content-Type": "application/json"})
+
+    up = await upstream({"/bomb": answer})
+    client = await exporter_for(aiohttp_client, """
+        modules:
+          default:
+            endpoints: {default: {url: '{target}/bomb', max_response_bytes: 1048576}}
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    tracemalloc.start()
+    try:
+        _, text = await probe(client, up.url, debug="true")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "-> too_large" in text and "error: response is larger than max_response_bytes 1048576" in text and "probe_success 0" in text
+    assert fetch.inflate_with_isal()  # aiohttp decompressed with ISA-L here (a dependency)
+    assert peak < 32 << 20  # the answer was not inflated beyond the bound: 256 MiB whole
 
 
 # -- cache and coalescing --------------------------------------------------------------------------

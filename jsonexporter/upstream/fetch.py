@@ -144,10 +144,24 @@ class _TooLarge(Exception):
     pass
 
 
+def inflate_with_isal() -> bool:
+    """Whether aiohttp decompresses gzip and deflate answers with ISA-L (the isal package, aiohttp 3.12 and later):
+    bench/'s 56 KB answer in 36 µs against zlib's 98, the 2.1 MB one in 2.5 ms against 5.2. The bound on the
+    decompressed size is the same (`_read_body` counts what comes out)."""
+    try:
+        from aiohttp.compression_utils import set_zlib_backend
+        from isal import isal_zlib
+    except ImportError:  # an older aiohttp, or no isal for this platform: zlib's
+        return False
+    set_zlib_backend(isal_zlib)
+    return True
+
+
 def new_session(limit: int = 256, limit_per_host: int = 32) -> aiohttp.ClientSession:
     """The shared keep-alive session; no cookie jar, so nothing carries over between probes. No timeouts of
     aiohttp's own: every request is bounded by its caller's (_request, the OAuth2 token's), and aiohttp's
     default (5 minutes in all) would set and cancel two more timers per request."""
+    inflate_with_isal()
     connector = _Connector(limit=limit, limit_per_host=limit_per_host, ttl_dns_cache=60, keepalive_timeout=30)
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False, raise_for_status=False,
                                  timeout=aiohttp.ClientTimeout())
