@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 
 MAX_SPEC_BYTES = 8 * 1024 * 1024  # of one file, and of all the files of a source together
 MAX_SPEC_FILES = 1000
+# of a secret file (a module's `secrets`, http_client_config's *_file, one read at a module's declaration): a password,
+# a token or a certificate key is far less; more is a wrong path (a log file, /dev/zero)
+MAX_SECRET_BYTES = 65536
 # a spec file answers in milliseconds; a slower one (a FIFO nobody writes, a hung mount) is unreadable:
 # a reload fails, keeping the spec it has, rather than never answering and holding the process at exit
 SPEC_READ_TIMEOUT = 2.0
