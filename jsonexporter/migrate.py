@@ -516,7 +516,7 @@ _ALWAYS = (
 
 def migrate_text(text: str, file: str) -> tuple[Migration | None, list[Problem]]:
     """Translate a json_exporter configuration; None (with the problems) when it is not one."""
-    data, marks, problems = load_yaml(text, file, spec_keys() | _MODULE_KEYS | _METRIC_KEYS)
+    data, marks, problems = load_yaml(text, file, spec_keys() | _MODULE_KEYS | _METRIC_KEYS, "the json_exporter configuration")
     if problems:  # a document that is `null` has none: it is refused below, as any other without `modules`
         return None, problems
     t = _Translator(file, marks)

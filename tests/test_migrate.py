@@ -563,6 +563,8 @@ def test_migrate_exits_0_when_everything_translated_and_writes_the_spec_to_stdou
     ("modules: [\n", "invalid YAML"),
     ("metrics_path: /probe\n", "not a json_exporter configuration"),
     ("null\n", "je.yml:1:1: <root>: not a json_exporter configuration: it has no `modules` mapping"),
+    ("", "je.yml:1:1: <root>: the json_exporter configuration is empty\n"),  # in migrate's terms, not the spec's
+    ("# nothing yet\n", "je.yml:1:1: <root>: the json_exporter configuration is empty\n"),
     ("modules:\n  default:\n    endpoints: {e: {url: '{target}'}}\n    metrics: []\n",
      "je.yml:3:5: modules.default.endpoints: not a json_exporter configuration: this is already a jsonexporter spec"),
 ])

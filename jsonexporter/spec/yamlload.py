@@ -369,9 +369,10 @@ class _BoundedLoader(yaml.SafeLoader):
             self.depth -= 1
 
 
-def load_yaml(text: str, file: str, known_keys: Collection[str] = ()) -> tuple[Any, Marks, list[Problem]]:
+def load_yaml(text: str, file: str, known_keys: Collection[str] = (), document: str = "the spec") -> tuple[Any, Marks, list[Problem]]:
     """Parse `text`; return the data, the marks and the problems (syntax errors included). `known_keys`: the
-    keys of the reader's schema, shown even when written without a value (a word of ours is no credential)."""
+    keys of the reader's schema, shown even when written without a value (a word of ours is no credential);
+    `document`: what the reader reads, as a problem names it (`the spec is empty`)."""
     builder = _Builder(file, text, known_keys)
     try:
         node = yaml.compose(text, Loader=_BoundedLoader)
@@ -388,7 +389,7 @@ def load_yaml(text: str, file: str, known_keys: Collection[str] = ()) -> tuple[A
     except RecursionError:
         return None, builder.marks, [Problem(file, 1, 1, (), f"document too deep (over {MAX_DEPTH} levels)")]
     if node is None:
-        return None, builder.marks, [Problem(file, 1, 1, (), "the spec is empty")]
+        return None, builder.marks, [Problem(file, 1, 1, (), f"{document} is empty")]
     try:
         data = builder.build(node, ())
     except _TooLarge as exc:

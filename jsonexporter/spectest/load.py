@@ -151,7 +151,7 @@ def _choices(word: str, names: list[str], kind: str) -> str:
 def load_suite(text: str, file: str, specs: SpecCache | None = None) -> Loaded:
     """Compile a test file; `suite` is None when any error was found, and `problems` holds them all."""
     loaded = Loaded(None)
-    data, marks, problems = load_yaml(text, file, schema_keys(_validator().schema))
+    data, marks, problems = load_yaml(text, file, schema_keys(_validator().schema), "the test file")
     loaded.problems += problems
     if data is None:
         return loaded
