@@ -255,6 +255,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from jsonexporter.exposition import render_openmetrics, render_text
     from jsonexporter.probe import ProbeResult, run_offline, run_probe
     from jsonexporter.secrets import Redactor
+    from jsonexporter.trace import MAX_MESSAGE, cut
     from jsonexporter.upstream import InvalidRequest, Upstream, new_session, probe_redactor
     from jsonexporter.upstream.client import Clients
 
@@ -270,8 +271,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
     query = dict(p.partition("=")[::2] for p in args.param)
     # what this command prints, but the metrics, passes it: as a live probe's texts (server.probe), its
     # target's credentials and secret-named parameters hidden too
-    redact = probe_redactor({**query, "target": args.target}, process, module) or process
-    logs.redact_with(redact)
+    redacting = probe_redactor({**query, "target": args.target}, process, module) or process
+    logs.redact_with(redacting)
+
+    def redact(text: str) -> str:  # cut as a probe record's texts are (server._record), then redacted
+        return redacting(cut(text, MAX_MESSAGE))
     try:
         if args.input:
             result = run_offline(module, _inputs(args.input, module.endpoints), args.target or "offline", query, args.debug)
@@ -289,9 +293,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
         print(redact(str(exc)), file=sys.stderr)
         return EXIT_USAGE
     if result.trace is not None:  # on stderr: stdout stays an exposition that promtool and parsers read
-        sys.stderr.write(redact(result.trace.text()))
+        sys.stderr.write(redacting(result.trace.text()))  # each line cut already (Trace.add)
         for message in result.extraction.messages:
-            print(redact(f"error: {message}"), file=sys.stderr)
+            print(redacting(f"error: {message}"), file=sys.stderr)  # cut already (extract: MAX_MESSAGE)
     for r in result.endpoints:
         if not r.ok:
             print(redact(f"endpoint {r.endpoint}: {r.outcome}: {r.error}"), file=sys.stderr)

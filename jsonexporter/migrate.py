@@ -23,7 +23,7 @@ from jsonexporter.secrets import spec_secrets
 from jsonexporter.spec import load_text, read_spec_text
 from jsonexporter.spec.load import redacted
 from jsonexporter.spec.problems import Path, Problem, Severity, format_path
-from jsonexporter.spec.schema import schema_text
+from jsonexporter.spec.schema import key_named, schema_text, spec_keys
 from jsonexporter.spec.yamlload import Marks, load_yaml
 
 EXIT_OK, EXIT_UNTRANSLATED, EXIT_USAGE = 0, 1, 2
@@ -108,6 +108,13 @@ class _Translator:
             line, col = self.marks.of_key(path) if at_key else self.marks.of_value(path)
         self.problems.append(Problem(self.file, line, col, path, message, severity))
 
+    def key_problem(self, path: Path, message: str, severity: Severity = "warning", at_credentials: bool = False) -> None:
+        """A problem about the key at `path`, at the key, `message` naming it where it says `{key}`: quoted, or not
+        shown when it is written without a value or in a place of credentials (`at_credentials`; schema.key_named)."""
+        shown, named = key_named(path, self.marks, at_credentials)
+        line, col = self.marks.of_key(path)
+        self.problems.append(Problem(self.file, line, col, shown, message.replace("{key}", named, 1), severity))
+
     def change(self, text: str, where: Path | None = None) -> None:
         places = self.changes.setdefault(text, [])
         if where is not None:
@@ -138,7 +145,7 @@ class _Translator:
             return None
         module = _Module(name, {}, path)
         for key in sorted(set(raw) - _MODULE_KEYS):
-            self.warning((*path, key), f"json_exporter ignores the key {key!r} (it reads {', '.join(sorted(_MODULE_KEYS))}): left out", at_key=True)
+            self.key_problem((*path, key), f"json_exporter ignores the key {{key}} (it reads {', '.join(sorted(_MODULE_KEYS))}): left out")
         endpoint: dict[str, Any] = {}
         origin: dict[Path, Path] = {}
         if isinstance(raw.get("headers"), dict):
@@ -188,7 +195,7 @@ class _Translator:
             self.error(bp, "not translated: body must be a mapping with `content` (and `templatize`); left out")
             return
         for key in sorted(set(body) - {"content", "templatize"}):
-            self.warning((*bp, key), f"json_exporter ignores the key {key!r} of a body: left out", at_key=True)
+            self.key_problem((*bp, key), "json_exporter ignores the key {key} of a body: left out", at_credentials=True)
         content = _scalar_text(body.get("content")) or ""
         if not content:
             return  # json_exporter sends a GET without a body
@@ -255,8 +262,8 @@ class _Translator:
         kept: dict[str, Any] = {}
         for key, value in raw.items():
             if key not in properties:
-                self.error((*path, key), f"not translated: the http_client_config key {key!r} has no equivalent here "
-                                         f"(known: {', '.join(sorted(properties))}); left out", at_key=True)
+                self.key_problem((*path, key), f"not translated: the http_client_config key {{key}} has no equivalent here "
+                                               f"(known: {', '.join(sorted(properties))}); left out", "error", at_credentials=True)
                 continue
             sub = _resolve(properties[key])
             if isinstance(value, dict) and "properties" in sub:
@@ -275,8 +282,8 @@ class _Translator:
             if key == "epochTimestamp":
                 self.epoch_camel_case(path, raw)
             else:
-                self.warning((*path, key), f"json_exporter ignores the key {key!r} (keys are lower case: "
-                                           f"{', '.join(sorted(_METRIC_KEYS))}): left out", at_key=True)
+                self.key_problem((*path, key), f"json_exporter ignores the key {{key}} (keys are lower case: "
+                                               f"{', '.join(sorted(_METRIC_KEYS))}): left out")
         name = _scalar_text(raw.get("name"))
         if not name:
             self.error(path, "not translated: a metric without a name; left out")
@@ -408,7 +415,7 @@ class _Translator:
         for key, mapping in raw.items():
             cp = (*path, "valueconverter", key)
             if key not in used:
-                self.warning(cp, f"no value of this metric has the path {key!r}, so json_exporter never used this converter: left out", at_key=True)
+                self.key_problem(cp, "no value of this metric has the path {key}, so json_exporter never used this converter: left out")
                 continue
             if not isinstance(mapping, dict):
                 self.error(cp, "not translated: a converter maps strings to numbers; left out")
@@ -509,7 +516,7 @@ _ALWAYS = (
 
 def migrate_text(text: str, file: str) -> tuple[Migration | None, list[Problem]]:
     """Translate a json_exporter configuration; None (with the problems) when it is not one."""
-    data, marks, problems = load_yaml(text, file)
+    data, marks, problems = load_yaml(text, file, spec_keys() | _MODULE_KEYS | _METRIC_KEYS, "the json_exporter configuration")
     if problems:  # a document that is `null` has none: it is refused below, as any other without `modules`
         return None, problems
     t = _Translator(file, marks)
@@ -530,7 +537,7 @@ def migrate_text(text: str, file: str) -> tuple[Migration | None, list[Problem]]
                                   "(its modules have `endpoints`); check it with `jsonexporter check`")]
     if isinstance(data, dict):
         for key in sorted(set(data) - {"modules"}) if paths.get("default") != () else ():
-            t.warning((key,), f"json_exporter ignores the key {key!r}: left out", at_key=True)
+            t.key_problem((key,), "json_exporter ignores the key {key}: left out")
     modules = []
     for name, raw in raw_modules.items():
         module = t.module(str(name), raw, paths[name])
@@ -546,7 +553,7 @@ def migrate_text(text: str, file: str) -> tuple[Migration | None, list[Problem]]
     else:
         t.error((), _NOTHING_TRANSLATED)
     # json_exporter's configuration has the shape of a spec where credentials are: its problems quote none
-    migration.problems = redacted(sorted(set(migration.problems), key=lambda p: (p.line, p.column, p.message)), spec_secrets(data))
+    migration.problems = redacted(sorted(set(marks.concealed(migration.problems, file)), key=lambda p: (p.line, p.column, p.message)), spec_secrets(data))
     migration.changes = [_change_line(text_, where) for text_, where in t.changes.items()]
     return migration, migration.problems
 

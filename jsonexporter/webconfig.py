@@ -26,7 +26,7 @@ from jsonexporter.keyed import keyed_hash
 from jsonexporter.logs import kv
 from jsonexporter.spec.load import redacted
 from jsonexporter.spec.problems import Problem, SpecError
-from jsonexporter.spec.schema import schema_problems
+from jsonexporter.spec.schema import schema_keys, schema_problems
 from jsonexporter.spec.sources import read_bounded_bytes, read_spec_text
 from jsonexporter.spec.yamlload import load_yaml
 from jsonexporter.upstream.client import TLS_VERSIONS
@@ -46,6 +46,9 @@ MAX_BCRYPT_COST = 14
 MAX_BCRYPT_CHECK_SECONDS = 0.94  # at MAX_BCRYPT_COST, as measured above
 CHECK_SLOTS = 4  # password checks running at once; beyond, HTTP 503 at once
 _BCRYPT_COST = re.compile(r"^\$2[abxy]?\$(\d\d)\$")
+
+# where a web config's keys may be a credential pasted by mistake (schema.key_named): its users' and its TLS key's
+_CREDENTIAL_PLACES = frozenset({"basic_auth_users", "tls_server_config"})
 
 _SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -106,13 +109,14 @@ def load_web_config(file: str) -> WebConfig:
     """Load and check a web config; raise SpecError with located problems, OSError when unreadable.
     No problem shows a user's hash (or a password written instead of one), wherever it is printed."""
     text = read_spec_text(file)
-    data, marks, problems = load_yaml(text, file) if text.strip() else ({}, None, [])
+    data, marks, problems = load_yaml(text, file, schema_keys(_SCHEMA)) if text.strip() else ({}, None, [])
     if data is None:
         raise SpecError(problems)
     try:
         return _web_config(file, data, marks, problems)
     except SpecError as exc:
-        raise SpecError(redacted(exc.problems, _credentials(data))) from None
+        shown = exc.problems if marks is None else marks.concealed(exc.problems, file)
+        raise SpecError(redacted(shown, _credentials(data))) from None
 
 
 def _credentials(data: Any) -> frozenset[str]:
@@ -122,7 +126,7 @@ def _credentials(data: Any) -> frozenset[str]:
 
 def _web_config(file: str, data: Any, marks: Any, problems: list[Problem]) -> WebConfig:
     if marks is not None:
-        problems += schema_problems(data, file, marks, jsonschema.Draft202012Validator(_SCHEMA))
+        problems += schema_problems(data, file, marks, jsonschema.Draft202012Validator(_SCHEMA), _CREDENTIAL_PLACES)
     if not any(p.severity == "error" for p in problems):
         problems += _tls_problems(data, file, marks)
     if any(p.severity == "error" for p in problems):

@@ -12,11 +12,25 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_util import SESSION
 
 from jsonexporter.server import make_app
 from jsonexporter.spec import Spec, load_text
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BoundedClient(TestClient[Any, Any]):
+    """The client `aiohttp_client` makes: each request ends within prometheus_util.SESSION, as the tests' own
+    sessions do; one that hangs fails the test in 2 minutes, not aiohttp's 5."""
+
+    def __init__(self, server: Any, **kwargs: Any) -> None:
+        super().__init__(server, **{"timeout": SESSION, **kwargs})
+
+
+@pytest.fixture
+def aiohttp_client_cls() -> type[TestClient[Any, Any]]:
+    return BoundedClient
 
 
 def make_spec(text: str, file: str = "spec.yml") -> Spec:

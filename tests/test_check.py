@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -1477,6 +1478,49 @@ def test_a_fifo_nobody_writes_is_unreadable_and_its_stuck_reads_share_one_thread
     os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a writer that writes nothing: the reader sees the end
     waiting[0].join(30)
     assert not waiting[0].is_alive()
+
+
+@pytest.mark.parametrize(("first", "second"), [(100, 10), (10, 100)])
+def test_a_read_in_flight_is_shared_only_by_callers_asking_the_same_limit(tmp_path: Path, first: int, second: int) -> None:
+    from jsonexporter.spec.sources import read_bounded_bytes
+
+    fifo = tmp_path / "secret"
+    os.mkfifo(fifo)
+    got: dict[int, bytes | OSError] = {}
+
+    def read(limit: int) -> None:
+        try:
+            got[limit] = read_bounded_bytes(str(fifo), limit, timeout=60)
+        except OSError as exc:
+            got[limit] = exc
+
+    callers = [threading.Thread(target=read, args=(first,))]
+    callers[0].start()
+    pause = threading.Event()  # never set: a bounded wait between polls
+    for _ in range(600):  # until the first caller's read waits for a writer
+        if any(t.name == f"config-file {fifo}" for t in threading.enumerate()):
+            break
+        pause.wait(0.05)
+    callers.append(threading.Thread(target=read, args=(second,)))
+    callers[1].start()
+    for _ in range(100):  # the second caller's own read; none when it shares the first's, which waits for the writer
+        if len([t for t in threading.enumerate() if t.name == f"config-file {fifo}"]) == 2:
+            break
+        pause.wait(0.05)
+    readers = [t for t in threading.enumerate() if t.name == f"config-file {fifo}"]
+    with open(fifo, "wb") as writer:
+        writer.write(b"x" * 50)  # within the larger limit, beyond the smaller
+    for _ in range(1200):  # a reader that opened the FIFO after that writer closed it: the end of a writer of nothing
+        if not any(caller.is_alive() for caller in callers):
+            break
+        with contextlib.suppress(OSError):  # ENXIO: no reader has it open yet
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pause.wait(0.05)
+    assert not any(t.is_alive() for t in callers + readers)
+    small, large = got[10], got[100]
+    # each caller within its own limit: the small one never has more than it asked for, the large one is never refused
+    assert (isinstance(small, OSError) and small.strerror == "larger than 10 bytes") or (isinstance(small, bytes) and len(small) <= 10), small
+    assert isinstance(large, bytes), large
 
 
 def test_lone_surrogates_in_spec_literals_are_refused_where_they_are_written_and_a_pair_is_its_character() -> None:

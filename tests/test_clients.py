@@ -20,8 +20,9 @@ from metrics_util import parse, value
 from jsonexporter.secrets import REDACTED, Redactor
 from jsonexporter.server import make_app
 from jsonexporter.spec.model import Secret
+from jsonexporter.spec.sources import MAX_SECRET_BYTES
 from jsonexporter.upstream.client import Clients
-from jsonexporter.upstream.files import MAX_SECRET_BYTES, MAX_TLS_FILE_BYTES
+from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES
 
 
 async def test_two_inline_secrets_revealed_by_one_clients_stay_held_both() -> None:

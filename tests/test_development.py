@@ -9,6 +9,7 @@ import shutil
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +79,11 @@ def test_every_package_is_installed() -> None:
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "jsonexporter").rglob("__init__.py")}
     assert listed == found
+
+
+async def test_the_in_process_client_of_every_test_gives_up_within_the_suites_session_timeout(aiohttp_client: Any) -> None:
+    from aiohttp import web
+    from prometheus_util import SESSION
+
+    client = await aiohttp_client(web.Application())
+    assert client.session.timeout.total == SESSION.total < 300  # aiohttp's default: 5 minutes for a hung request

@@ -833,7 +833,8 @@ async def test_a_secret_file_nobody_writes_fails_its_probe_within_the_timeout_an
 
 
 async def test_a_secret_file_larger_than_the_bound_is_unreadable(tmp_path: Path) -> None:
-    from jsonexporter.upstream.files import MAX_SECRET_BYTES, SecretFiles
+    from jsonexporter.spec.sources import MAX_SECRET_BYTES
+    from jsonexporter.upstream.files import SecretFiles
 
     (tmp_path / "big").write_bytes(b"x" * (MAX_SECRET_BYTES + 1))
     (tmp_path / "ok").write_bytes(b"x" * (MAX_SECRET_BYTES - 1) + b"\n")
@@ -844,9 +845,12 @@ async def test_a_secret_file_larger_than_the_bound_is_unreadable(tmp_path: Path)
 
 
 def test_a_secret_read_from_its_declaration_is_bounded_as_files_read_at_run_time_are(tmp_path: Path) -> None:
-    """Secret.read / ModuleSecret.read: a FIFO nobody writes is unreadable within 2 s, a file above the bound too."""
+    """Secret.read / ModuleSecret.read: a FIFO nobody writes is unreadable within 2 s, a file above the bound too
+    (the one bound of secret files, as SecretFiles.read's)."""
+    from jsonexporter.spec.sources import MAX_SECRET_BYTES
+
     os.mkfifo(tmp_path / "fifo")
-    (tmp_path / "big").write_bytes(b"x" * 65537)
+    (tmp_path / "big").write_bytes(b"x" * (MAX_SECRET_BYTES + 1))
     (tmp_path / "ok").write_bytes(b"token\n")
     script = textwrap.dedent("""
         import sys
@@ -862,7 +866,7 @@ def test_a_secret_read_from_its_declaration_is_bounded_as_files_read_at_run_time
                             capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.splitlines() == ["no answer within 2s (a FIFO or device nobody writes, or a hung mount?)",
-                                          "larger than 65536 bytes", "'token' 'token'"]
+                                          f"larger than {MAX_SECRET_BYTES} bytes", "'token' 'token'"]
 
 
 async def test_users_whose_login_alone_carries_their_name_share_no_session_schedule_or_cached_answer(

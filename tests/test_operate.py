@@ -21,7 +21,7 @@ from aiohttp import web
 from conftest import Held, UpstreamFactory, make_spec, wait_for
 from metrics_util import parse, value
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_util import SESSION
+from prometheus_util import SESSION, jsonexporter
 
 from jsonexporter.extract import MAX_MESSAGE
 from jsonexporter.server import STATE, Options, make_app
@@ -255,6 +255,32 @@ async def test_a_long_endpoint_error_is_traced_cut_as_records_are_and_a_secret_t
     assert error.startswith(f"  error: {traced}" + "r" * 100) and error.endswith(f"(first {MAX_MESSAGE} of {whole} chars)"), error[-200:]
     assert len(error) < MAX_MESSAGE + 100
     assert SECRET[:5] not in trace
+
+async def test_a_long_endpoint_error_is_printed_by_the_probe_command_cut_as_records_are_and_a_secret_the_cut_splits_stays_hidden(
+    upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    printed = "endpoint main: invalid_status: HTTP status 503 "  # how the probe command writes an endpoint's error
+
+    async def long_reason(request: web.Request) -> web.Response:
+        return web.Response(status=503, reason="r" * (MAX_MESSAGE - len(printed) - HEAD) + SECRET + "r" * 6000)
+
+    up = await upstream({"/": long_reason})
+    spec = tmp_path / "spec.yml"
+    spec.write_text(textwrap.dedent(f"""
+        modules:
+          default:
+            http_client_config: {{bearer_token: {SECRET}}}
+            endpoints: {{main: {{url: '{up.url}/'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """))
+    proc = await asyncio.create_subprocess_exec(*jsonexporter("probe", "--config.file", str(spec), "--target", "x"),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    [error] = [line for line in err.decode().splitlines() if line.startswith("endpoint main: ")]
+    whole = MAX_MESSAGE - HEAD + len(SECRET) + 6000
+    assert proc.returncode == 1 and error.startswith(printed + "r" * 100), err.decode()[-300:]
+    assert error.endswith(f"(first {MAX_MESSAGE} of {whole} chars)") and len(error) < MAX_MESSAGE + 100, error[-200:]
+    assert SECRET[:5] not in err.decode()
 
 # -- hostile upstreams ------------------------------------------------------------------
 

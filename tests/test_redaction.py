@@ -187,6 +187,30 @@ async def test_a_credential_that_yaml_reads_as_a_tag_alias_or_anchor_shows_nowhe
             assert secret not in text, (kind, secret, text)
 
 
+async def test_a_credential_pasted_in_braces_shows_nowhere_and_is_located(serve: Callable[[str], Awaitable[Served]]) -> None:
+    # `{S3cret}` is a key without a value to YAML: quoted as an unknown key, or in a path, it was shown whole
+    exporter = await serve("""
+        modules:
+          default:
+            metrics: [{name: x, help: x, value: v}]
+        """)
+    exporter.spec.write_text("modules:\n  default:\n    secrets: {a: {S3cret-BRACE-1}}\n"
+                             "    http_client_config: {basic_auth: {username: u, password: x, S3cret-KEY-2: y}}\n"
+                             "    endpoints: {e: {url: 'http://127.0.0.1:9/', headers: {Authorization: Bearer abc, S3cret-COMMA-3}}}\n"
+                             "    metrics: [{name: x, help: x, value: v}]\n")
+    check = subprocess.run(jsonexporter("check", str(exporter.spec)), capture_output=True, text=True, timeout=60)
+    status, reload_body = await exporter.post("/-/reload")
+    log = exporter.stop()
+    assert check.returncode == 1 and status == 500 and "reload failed" in log
+    for shown in (check.stdout, reload_body):
+        assert f"{exporter.spec}:3:19: modules.default.secrets.a: unknown key (not shown: a key written without a value" in shown, shown
+        assert f"{exporter.spec}:4:65: modules.default.http_client_config.basic_auth: unknown key (not shown: a key where credentials" in shown
+        assert f"{exporter.spec}:5:86: modules.default.endpoints.e.headers: expected a string, got null" in shown
+    for shown in (check.stdout + check.stderr, reload_body, log):
+        for secret in ("S3cret-BRACE-1", "S3cret-KEY-2", "S3cret-COMMA-3"):
+            assert secret not in shown, (secret, shown)
+
+
 async def _refused_probe(serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory, path: str, url: str,
                          target_of: Callable[[str], str]) -> tuple[Any, list[str]]:
     """One probe of `target_of(the upstream's URL)` by a module whose endpoint is `url`, refused (401) by the

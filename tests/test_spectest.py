@@ -474,6 +474,12 @@ def test_invalid_yaml_is_located(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert re.fullmatch(rf"{re.escape(str(file))}:\d+:\d+: <root>: invalid YAML: .+\n", out), out
 
 
+def test_an_empty_test_file_says_so_in_its_own_terms(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    file = write(tmp_path, "# tests to come\n")
+    code, out, _ = run(capsys, file)
+    assert (code, out) == (1, f"{file}:1:1: <root>: the test file is empty\n")
+
+
 def test_the_worst_exit_code_of_several_files_wins(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     passing = write(tmp_path, PASSING, name="a.test.yml")
     failing = write(tmp_path, PASSING.replace("value: 42", "value: 1"), name="b.test.yml")

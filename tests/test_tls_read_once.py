@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trustme
 from metrics_util import parse, value
 from test_clients import _tls_upstream, exporter_for, probe
@@ -30,11 +31,15 @@ def _fed_once(path: Path, content: bytes) -> threading.Thread:
     return thread
 
 
-async def test_an_upstreams_tls_files_are_given_to_openssl_as_read(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("with_certificate", [False, True], ids=["ca_alone", "ca_and_client_certificate"])
+async def test_an_upstreams_tls_files_are_given_to_openssl_as_read(aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path,
+                                                                   with_certificate: bool) -> None:
     ca = trustme.CA()
     server = await _tls_upstream(aiohttp_server, ca)
-    # the CA alone: with a client certificate the context without it (for other origins) reads the CA file too
     files = {"ca_file": ca.cert_pem.bytes()}
+    if with_certificate:  # the context without it (for other origins) is made of the same bytes: the CA read once
+        cert = ca.issue_cert("monitor@example.com")
+        files |= {"cert_file": cert.cert_chain_pems[0].bytes(), "key_file": cert.private_key_pem.bytes()}
     writers = [_fed_once(tmp_path / key, content) for key, content in files.items()]
     tls = ", ".join(f"{key}: {tmp_path / key}" for key in files)
     client = await exporter_for(aiohttp_client, tls=f"http_client_config: {{tls_config: {{{tls}}}}}")

@@ -61,7 +61,7 @@ from jsonexporter.spec.model import (
 )
 from jsonexporter.spec.problems import Path, Problem, Severity, SpecError, format_path
 from jsonexporter.spec.projection import projections
-from jsonexporter.spec.schema import check_schema, schema_text
+from jsonexporter.spec.schema import check_schema, schema_text, spec_keys
 from jsonexporter.spec.sources import read_spec_files, spec_sha256
 from jsonexporter.spec.yamlload import Marks, load_yaml
 from jsonexporter.urls import UnusableURL, checked_url
@@ -320,7 +320,8 @@ def _client_config(c: _Checker, blocks: list[tuple[Path, dict[str, Any]]]) -> HT
     tls = _tls_client(c, merged["tls_config"][0], merged["tls_config"][1]) if "tls_config" in merged else None
     proxy = _proxy_url(c, merged["proxy_url"][0], merged["proxy_url"][1]) if "proxy_url" in merged else None
     no_proxy = tuple(h.strip() for h in str(merged.get("no_proxy", ((), ""))[1]).split(",") if h.strip())
-    connect = tuple((k, tuple(Secret(value=v) for v in vs)) for k, vs in sorted((merged.get("proxy_connect_header", ((), {}))[1] or {}).items()))
+    hp, headers = merged.get("proxy_connect_header", ((), {}))
+    connect = tuple((k, tuple(Secret(value=v) for v in vs)) for k, vs in sorted((headers or {}).items()) if not c.broken((*hp, k)))
     return HTTPClientConfig(basic, authorization, oauth2, tls, proxy, no_proxy, bool(merged.get("proxy_from_environment", ((), False))[1]),
                             connect, bool(merged.get("follow_redirects", ((), True))[1]))
 
@@ -1046,7 +1047,7 @@ class _File:
 
 
 def _load_file(file: str, text: str) -> _File:
-    data, marks, problems = load_yaml(text, file)
+    data, marks, problems = load_yaml(text, file, spec_keys())
     if data is None:
         return _File(file, {}, {}, problems, frozenset())
     report = check_schema(data, file, marks)
@@ -1064,7 +1065,7 @@ def _load_file(file: str, text: str) -> _File:
                     modules[name] = module
     if isinstance(data, dict):
         defined |= {(key,): marks.of_key((key,)) for key in data if key in _top_level_settings()}
-    return _File(file, modules, defined, [*problems, *c.problems], spec_secrets(data))
+    return _File(file, modules, defined, marks.concealed([*problems, *c.problems], file), spec_secrets(data))
 
 
 @functools.cache

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from jsonexporter.spec.expressions import Expression, Template
 from jsonexporter.spec.functions import Pattern
-from jsonexporter.spec.sources import read_bounded_bytes
+from jsonexporter.spec.sources import MAX_SECRET_BYTES, read_bounded_bytes
 
 if TYPE_CHECKING:
     from jsonexporter.spec.projection import Projection
@@ -34,8 +34,6 @@ DEFAULT_SERIES_LIMIT = 100_000
 DEFAULT_LABEL_VALUE_LENGTH_LIMIT = 4096
 DEFAULT_BODY_SIZE_LIMIT = 32 * 1024 * 1024
 DEFAULT_ENDPOINT = "default"
-# a secret is a password or a token: far less; more is a wrong path (a log file, /dev/zero), as upstream.files has it
-MAX_SECRET_FILE_BYTES = 65536
 # serve's defaults for refresh_interval (upstream/refresh.py): requests of modules with a target on a
 # schedule at once (--refresh.max-requests), and the least time without a probe before one leaves
 # (--refresh.min-idle): a Prometheus scraping every minute keeps a 1s schedule alive.
@@ -275,7 +273,7 @@ class Secret:
         if self.file is None:
             return self.value or ""
         # as a spec file is read: a FIFO nobody writes or a hung mount is unreadable (OSError), never a hang
-        return read_bounded_bytes(self.file, MAX_SECRET_FILE_BYTES).decode("utf-8").rstrip("\r\n")
+        return read_bounded_bytes(self.file, MAX_SECRET_BYTES).decode("utf-8").rstrip("\r\n")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,12 +15,28 @@ import jsonschema
 
 from jsonexporter.secrets import is_secret_name
 from jsonexporter.spec.problems import Path, Problem
-from jsonexporter.spec.yamlload import Marks
+from jsonexporter.spec.yamlload import BARE_KEY, Marks
 
 
 @functools.cache
 def schema_text() -> str:
     return resources.files("jsonexporter.spec").joinpath("jsonexporter.schema.json").read_text(encoding="utf-8")
+
+
+def schema_keys(schema: Any) -> frozenset[str]:
+    """Every key a JSON schema names (under `properties`, in `required`): the words of its language."""
+    if isinstance(schema, list):
+        return frozenset().union(*map(schema_keys, schema))
+    if not isinstance(schema, dict):
+        return frozenset()
+    named = set(schema.get("properties") or ()) | {k for k in schema.get("required") or () if isinstance(k, str)}
+    return frozenset(named).union(*map(schema_keys, schema.values()))
+
+
+@functools.cache
+def spec_keys() -> frozenset[str]:
+    """The keys of the spec's language (yamlload.load_yaml's `known_keys`)."""
+    return schema_keys(json.loads(schema_text()))
 
 
 @functools.cache
@@ -52,8 +68,29 @@ class SchemaReport:
     meant: frozenset[Path]  # the keys written with a typo (`valeu` -> path of `value`): checks that need them should not blame their absence too
 
 
-def _unknown_keys(error: jsonschema.ValidationError, file: str, marks: Marks) -> Iterator[tuple[Problem, Path | None]]:
-    """Each unknown key's problem, with the path of the key it probably meant."""
+# The mappings, as the schema names them, whose keys may be a credential pasted by mistake: `basic_auth:
+# {username: u, password: x, hunter2: y}`, a token split at a comma in `headers: {Authorization: abc, def}`.
+CREDENTIAL_PLACES = frozenset({"secrets", "headers", "params", "body", "login", "http_client_config"})
+_CREDENTIAL_PLACE = "not shown: a key where credentials are written may be one"
+
+
+def key_named(key_path: Path, marks: Marks, at_credentials: bool) -> tuple[Path, str]:
+    """How a problem names the key at `key_path`: by its path and its text quoted; or, when it is written
+    without a value (yamlload.BARE_KEY) or in or below a place of credentials (`at_credentials`), by the
+    path of its mapping and why it is not shown, the problem located at its line:col."""
+    why = BARE_KEY if key_path in marks.bare_keys else _CREDENTIAL_PLACE if at_credentials else None
+    return (key_path, repr(key_path[-1])) if why is None else (key_path[:-1], f"({why})")
+
+
+def _at_credentials(error: jsonschema.ValidationError, places: frozenset[str]) -> bool:
+    """Whether the error's instance is in or below one of `places`, keys of the schema on the way to it
+    (never a name the user chose: those are under `additionalProperties`)."""
+    schema_path = list(error.absolute_schema_path)
+    return any(part == "properties" and schema_path[i + 1] in places for i, part in enumerate(schema_path[:-1]))
+
+
+def _unknown_keys(error: jsonschema.ValidationError, file: str, marks: Marks, places: frozenset[str]) -> Iterator[tuple[Problem, Path | None]]:
+    """Each unknown key's problem (its key named by `key_named`), with the path of the key it probably meant."""
     instance = cast(dict[str, Any], error.instance)
     schema = cast(dict[str, Any], error.schema)
     allowed = _allowed_keys(schema)
@@ -66,7 +103,8 @@ def _unknown_keys(error: jsonschema.ValidationError, file: str, marks: Marks) ->
         matching = "".join(f", or a key matching {p.pattern}" for p in patterns)
         hint = f" (did you mean {close!r}?)" if close else f" (allowed: {', '.join(allowed)}{matching})"
         line, col = marks.of_key(path)
-        yield Problem(file, line, col, path, f"unknown key {key!r}{hint}"), None if close is None else (*error.absolute_path, close)
+        shown, named = key_named(path, marks, _at_credentials(error, places))
+        yield Problem(file, line, col, shown, f"unknown key {named}{hint}"), None if close is None else (*error.absolute_path, close)
 
 
 # places whose values are credentials whatever their keys say: the web config's users (each a bcrypt
@@ -113,19 +151,28 @@ def _message(error: jsonschema.ValidationError) -> str:
         return "must not be empty"
     if v == "exclusiveMinimum":
         return f"must be greater than {error.validator_value}"
-    return error.message
+    if v == "minimum" or v == "maximum":
+        return f"{shown} is {'less' if v == 'minimum' else 'greater'} than the {v} of {error.validator_value}"
+    if v == "maxProperties":
+        return f"has too many keys (at most {error.validator_value})"
+    if v == "uniqueItems":
+        return "the list has non-unique elements"
+    # jsonschema's own message quotes the value, whatever it holds: only the rule is named
+    return f"does not satisfy the schema's {v!r}"
 
 
 _KEY_KINDS = {"modules": "module name", "labels": "label name", "parameters": "parameter name", "endpoints": "endpoint name", "values": "value suffix"}
 
 
-def schema_problems(data: Any, file: str, marks: Marks, validator: jsonschema.Draft202012Validator | None = None) -> list[Problem]:
-    """Every violation of the spec's schema (or `validator`'s) by `data`, each at the position of its node."""
-    return check_schema(data, file, marks, validator).problems
+def schema_problems(data: Any, file: str, marks: Marks, validator: jsonschema.Draft202012Validator | None = None,
+                    credential_places: frozenset[str] = CREDENTIAL_PLACES) -> list[Problem]:
+    """Every violation of the spec's schema (or `validator`'s) by `data`, each at the position of its node;
+    no key in or below `credential_places` is quoted (key_named)."""
+    return check_schema(data, file, marks, validator, credential_places=credential_places).problems
 
 
 def check_schema(data: Any, file: str, marks: Marks, validator: jsonschema.Draft202012Validator | None = None,
-                 typo_hides_missing: bool = True) -> SchemaReport:
+                 typo_hides_missing: bool = True, credential_places: frozenset[str] = CREDENTIAL_PLACES) -> SchemaReport:
     """`schema_problems`, and the keys the typos among them meant. One typo gives one problem: a
     required key written with a typo (`nmae`) is not also reported missing, unless `typo_hides_missing`
     is false (test files, whose reader runs them: both problems, each at its place)."""
@@ -134,7 +181,7 @@ def check_schema(data: Any, file: str, marks: Marks, validator: jsonschema.Draft
     errors = list((validator or _validator()).iter_errors(data))
     for error in errors:
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
-            for problem, key in _unknown_keys(error, file, marks):
+            for problem, key in _unknown_keys(error, file, marks, credential_places):
                 problems.append(problem)
                 if key is not None:
                     meant.add(key)
@@ -149,7 +196,8 @@ def check_schema(data: Any, file: str, marks: Marks, validator: jsonschema.Draft
             kind = _KEY_KINDS.get(str(path[-1]) if path else "", "name")
             key_path: Path = (*path, error.instance)
             line, col = marks.of_key(key_path)
-            problems.append(Problem(file, line, col, key_path, f"invalid {kind} {error.instance!r}: must match {error.validator_value}"))
+            shown, named = key_named(key_path, marks, _at_credentials(error, credential_places))
+            problems.append(Problem(file, line, col, shown, f"invalid {kind} {named}: must match {error.validator_value}"))
             continue
         line, col = marks.of_value(path)
         problems.append(Problem(file, line, col, path, _message(error)))

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 
 MAX_SPEC_BYTES = 8 * 1024 * 1024  # of one file, and of all the files of a source together
 MAX_SPEC_FILES = 1000
+# of a secret file (a module's `secrets`, http_client_config's *_file, one read at a module's declaration): a password,
+# a token or a certificate key is far less; more is a wrong path (a log file, /dev/zero)
+MAX_SECRET_BYTES = 65536
 # a spec file answers in milliseconds; a slower one (a FIFO nobody writes, a hung mount) is unreadable:
 # a reload fails, keeping the spec it has, rather than never answering and holding the process at exit
 SPEC_READ_TIMEOUT = 2.0
@@ -58,20 +61,22 @@ class _Read:
     error: OSError | None = None
 
 
-# The reads of configuration files in flight, by path. Process-wide as the threads are: a read stuck in
-# the kernel (a FIFO nobody writes, a hung mount) cannot be stopped, and a reload every few seconds
-# would otherwise leave one more stuck thread each time; the next reads of that path wait for it.
-_reads: dict[str, _Read] = {}
+# The reads of configuration files in flight, by path and limit. Process-wide as the threads are: a read stuck
+# in the kernel (a FIFO nobody writes, a hung mount) cannot be stopped, and a reload every few seconds would
+# otherwise leave one more stuck thread each time; the next reads of that path wait for it. Only those with
+# the same limit: a read made with a larger one would give a caller more than it asked for, a smaller one
+# refuse a file within its limit. The limits are the exporter's few constants (and `probe --input`'s).
+_reads: dict[tuple[str, int], _Read] = {}
 _reads_lock = threading.Lock()
 
 
 def _bounded_read(file: str, limit: int, timeout: float) -> bytes:
-    """read_bounded(file, limit) in a daemon thread of its own (one per path at a time): a read that never
-    ends holds neither the caller beyond `timeout` nor the process at exit."""
+    """read_bounded(file, limit) in a daemon thread of its own (one per path and limit at a time): a read that
+    never ends holds neither the caller beyond `timeout` nor the process at exit."""
     with _reads_lock:
-        read = _reads.get(file)
+        read = _reads.get((file, limit))
         if read is None:
-            read = _reads[file] = _Read()
+            read = _reads[file, limit] = _Read()
             threading.Thread(target=_read_into, args=(file, limit, read), name=f"config-file {file}", daemon=True).start()
     if not read.done.wait(timeout):
         raise OSError(errno.ETIMEDOUT, f"no answer within {timeout:g}s (a FIFO or device nobody writes, or a hung mount?)", file)
@@ -87,8 +92,8 @@ def _read_into(file: str, limit: int, read: _Read) -> None:
         read.error = exc
     finally:
         with _reads_lock:
-            if _reads.get(file) is read:
-                del _reads[file]
+            if _reads.get((file, limit)) is read:
+                del _reads[file, limit]
         read.done.set()
 
 

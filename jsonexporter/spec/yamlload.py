@@ -8,7 +8,9 @@ problem at its place, and the node is read as if it had no tag, so that the rest
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +18,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from jsonexporter.secrets import Redactor
 from jsonexporter.spec.problems import Path, Problem
 from jsonexporter.spec.yamlsyntax import syntax_error, without_source
 
@@ -93,6 +96,9 @@ class Marks:
     values: dict[Path, tuple[int, int]] = field(default_factory=dict)
     keys: dict[Path, tuple[int, int]] = field(default_factory=dict)
     scalars: dict[Path, _Scalar] = field(default_factory=dict)
+    # the keys written without a value (`{S3cret}`, `? S3cret`), YAML's reading of a value pasted in braces, a
+    # credential as likely as a name: no problem quotes one (`concealed`); but the keys the reader knows
+    bare_keys: set[Path] = field(default_factory=set)
 
     def of_value(self, path: Path) -> tuple[int, int]:
         """The position of the value at `path`, or of its nearest ancestor that has one."""
@@ -105,6 +111,18 @@ class Marks:
     def of_key(self, path: Path) -> tuple[int, int]:
         return self.keys.get(path) or self.of_value(path)
 
+    def concealed(self, problems: list[Problem], file: str) -> list[Problem]:
+        """The problems, those of `file` (whose marks these are) as they may be shown: a key written without a
+        value is a value, hidden from their messages as the Redactor hides a secret, and their paths stop
+        before it; such a key is only located (a problem keeps its line:col)."""
+        if not self.bare_keys:
+            return problems
+        redact = Redactor(str(path[-1]) for path in self.bare_keys)
+        return [dataclasses.replace(p, path=self._shown_path(p.path), message=redact(p.message)) if p.file == file else p for p in problems]
+
+    def _shown_path(self, path: Path) -> Path:
+        return next((path[:end - 1] for end in range(1, len(path) + 1) if path[:end] in self.bare_keys), path)
+
     def inside(self, path: Path, offset: int) -> tuple[int, int]:
         """The position of the character at `offset` in the string value at `path`."""
         scalar = self.scalars.get(path)
@@ -112,13 +130,17 @@ class Marks:
         return found or self.of_value(path)
 
 
+# why a key written without a value is not quoted
+BARE_KEY = "not shown: a key written without a value may be a value in braces (`{S3cret}` is a key to YAML)"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_COMMENT = re.compile(r"#[^\n\r\x85\u2028\u2029]*")
 
 
 class _Builder:
-    def __init__(self, file: str, text: str) -> None:
+    def __init__(self, file: str, text: str, known_keys: Collection[str] = ()) -> None:
         self.file = file
         self.text = text
+        self.known_keys = known_keys
         self.marks = Marks()
         self.problems: list[Problem] = []
         self._reported: set[tuple[int, str]] = set()
@@ -205,9 +227,22 @@ class _Builder:
         result: dict[str, Any] = {}
         for key, key_node, value_node in self._pairs(node, path, depth):
             child = (*path, key)
-            self.marks.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            at = self.marks.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             result[key] = self.build(value_node, child, depth + 1)
+            if self._bare(key_node, value_node):
+                self.marks.values[child] = at  # its value's problems at the key: the value is not written
+                if key not in self.known_keys:
+                    self.marks.bare_keys.add(child)
         return result
+
+    def _bare(self, key_node: Node, value_node: Node) -> bool:
+        """Whether the key is written without a value: no `:` between it and the empty value YAML gives it
+        (comments aside)."""
+        if not (isinstance(value_node, ScalarNode) and value_node.value == "" and value_node.style is None
+                and value_node.start_mark.index == value_node.end_mark.index):
+            return False
+        between = self.text[key_node.end_mark.index : value_node.start_mark.index]
+        return ":" not in _COMMENT.sub("", between)
 
     def _pairs(self, node: MappingNode, path: Path, depth: int) -> list[tuple[str, Node, Node]]:
         """The keys of a mapping with their nodes, its merge keys (`<<`) expanded as PyYAML's
@@ -235,7 +270,10 @@ class _Builder:
             if first is not None:
                 line, col = first.start_mark.line + 1, first.start_mark.column + 1
                 hint = ": merge several mappings with one `<<: [*a, *b]`" if key == "<<" else ""
-                self.problem(key_node, (*path, key), f"duplicate key {key!r} (first written at {line}:{col}){hint}")
+                if key not in self.known_keys and self._bare(key_node, value_node):
+                    self.problem(key_node, path, f"duplicate key ({BARE_KEY}) (first written at {line}:{col})")
+                else:
+                    self.problem(key_node, (*path, key), f"duplicate key {key!r} (first written at {line}:{col}){hint}")
                 continue
             written[key] = (key_node, value_node)
         merged: dict[str, tuple[Node, Node]] = {}
@@ -331,9 +369,11 @@ class _BoundedLoader(yaml.SafeLoader):
             self.depth -= 1
 
 
-def load_yaml(text: str, file: str) -> tuple[Any, Marks, list[Problem]]:
-    """Parse `text`; return the data, the marks and the problems (syntax errors included)."""
-    builder = _Builder(file, text)
+def load_yaml(text: str, file: str, known_keys: Collection[str] = (), document: str = "the spec") -> tuple[Any, Marks, list[Problem]]:
+    """Parse `text`; return the data, the marks and the problems (syntax errors included). `known_keys`: the
+    keys of the reader's schema, shown even when written without a value (a word of ours is no credential);
+    `document`: what the reader reads, as a problem names it (`the spec is empty`)."""
+    builder = _Builder(file, text, known_keys)
     try:
         node = yaml.compose(text, Loader=_BoundedLoader)
     except _TooDeep as exc:
@@ -349,7 +389,7 @@ def load_yaml(text: str, file: str) -> tuple[Any, Marks, list[Problem]]:
     except RecursionError:
         return None, builder.marks, [Problem(file, 1, 1, (), f"document too deep (over {MAX_DEPTH} levels)")]
     if node is None:
-        return None, builder.marks, [Problem(file, 1, 1, (), "the spec is empty")]
+        return None, builder.marks, [Problem(file, 1, 1, (), f"{document} is empty")]
     try:
         data = builder.build(node, ())
     except _TooLarge as exc:

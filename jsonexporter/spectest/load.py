@@ -20,7 +20,7 @@ from jsonexporter.probe import resolve_values
 from jsonexporter.spec import Spec, SpecFileError, load_texts, read_spec_files
 from jsonexporter.spec.model import Module
 from jsonexporter.spec.problems import Path, Problem
-from jsonexporter.spec.schema import check_schema, suggestion
+from jsonexporter.spec.schema import check_schema, schema_keys, suggestion
 from jsonexporter.spec.sources import read_bounded_bytes
 from jsonexporter.spec.yamlload import Marks, load_yaml
 from jsonexporter.spectest.series import Series, SeriesSyntaxError, parse_series
@@ -151,7 +151,7 @@ def _choices(word: str, names: list[str], kind: str) -> str:
 def load_suite(text: str, file: str, specs: SpecCache | None = None) -> Loaded:
     """Compile a test file; `suite` is None when any error was found, and `problems` holds them all."""
     loaded = Loaded(None)
-    data, marks, problems = load_yaml(text, file)
+    data, marks, problems = load_yaml(text, file, schema_keys(_validator().schema), "the test file")
     loaded.problems += problems
     if data is None:
         return loaded
@@ -167,7 +167,7 @@ def load_suite(text: str, file: str, specs: SpecCache | None = None) -> Loaded:
                 case = _case(c, ("tests", i), raw, spec)
                 if case is not None:
                     cases.append(case)
-    loaded.problems = sorted(set(loaded.problems), key=lambda p: (p.file != file, p.file, p.line, p.column, p.message))
+    loaded.problems = sorted(set(marks.concealed(loaded.problems, file)), key=lambda p: (p.file != file, p.file, p.line, p.column, p.message))
     if spec is not None and not any(p.severity == "error" for p in loaded.problems):
         loaded.suite = Suite(file, spec, tuple(cases))
     return loaded

@@ -97,6 +97,16 @@ def tls_context(config: TLSClientConfig, read: Mapping[str, bytes] | None = None
     return context
 
 
+def _anonymous(config: TLSClientConfig) -> TLSClientConfig:
+    """`config` without its client certificate."""
+    return dataclasses.replace(config, cert_file=None, key_file=None) if config.cert_file or config.key_file else config
+
+
+def _tls_contexts(config: TLSClientConfig, anonymous: TLSClientConfig, read: Mapping[str, bytes]) -> tuple[ssl.SSLContext, ssl.SSLContext | None]:
+    """The context of `config` and, when it has a client certificate, that of `anonymous`, both of the bytes `read`."""
+    return tls_context(config, read), tls_context(anonymous, read) if anonymous != config else None
+
+
 def _tls_files(config: TLSClientConfig) -> list[tuple[str, str]]:
     """The files of `config`, by their keys."""
     files = (("ca_file", config.ca_file), ("cert_file", config.cert_file), ("key_file", config.key_file))
@@ -233,7 +243,10 @@ class Clients:
 
     async def _tls_context(self, config: TLSClientConfig) -> ssl.SSLContext:
         # OpenSSL reads a path whole and as long as it lasts: each file is first read within the bounds,
-        # so that a FIFO, a hung mount or a wrong path (a log file, /dev/zero) is named as such, and OpenSSL gets those bytes
+        # so that a FIFO, a hung mount or a wrong path (a log file, /dev/zero) is named as such, and OpenSSL gets those bytes.
+        # With a client certificate, the context without it (anonymous_context) is made of the same bytes: the CA file
+        # read once (a FIFO answers once)
+        anonymous = _anonymous(config)
         read: dict[str, bytes] = {}
         for what, path in _tls_files(config):
             try:
@@ -241,14 +254,17 @@ class Clients:
             except OSError as exc:
                 raise ClientConfigError(f"tls_config: cannot read {what} {path!r}: {exc.strerror or type(exc).__name__}") from None
         try:  # what was read, not the paths again (files.as_read)
-            return await self.files.run(("tls_config", config), "tls-context", functools.partial(tls_context, config, read))
+            made = await self.files.run(("tls_config", config), "tls-context", functools.partial(_tls_contexts, config, anonymous, read))
         except OSError as exc:  # the wait only: tls_context turns its own errors into ClientConfigError
             files = ", ".join(f"{what} {path!r}" for what, path in _tls_files(config))
             raise ClientConfigError(f"tls_config: cannot load {files}: {exc.strerror or type(exc).__name__}") from None
+        if made[1] is not None:
+            self._contexts.setdefault(anonymous, made[1])
+        return made[0]
 
     async def anonymous_context(self, config: TLSClientConfig) -> ssl.SSLContext:
         """The context of `config` without its client certificate (the same one when it has none), shared as `context`'s are."""
-        return await self.context(dataclasses.replace(config, cert_file=None, key_file=None))
+        return await self.context(_anonymous(config))
 
     def token_source(self, config: OAuth2) -> TokenSource:
         found = self._tokens.get(config)

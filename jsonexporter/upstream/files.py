@@ -17,10 +17,8 @@ import threading
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, TypeVar
 
-from jsonexporter.spec.sources import read_bounded
+from jsonexporter.spec.sources import MAX_SECRET_BYTES, read_bounded
 
-# a secret is a password, a token or a certificate key: far less; more is a wrong path (a log file, /dev/zero)
-MAX_SECRET_BYTES = 65536
 # a TLS file may be a CA bundle: Debian's whole one is 220 KB, corporate ones with intermediates a few
 # times that; 4 MiB still refuses a log file or /dev/zero
 MAX_TLS_FILE_BYTES = 4 * 1024 * 1024
