@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import re
 import ssl
@@ -159,6 +160,72 @@ async def test_oauth2_token_is_fetched_once_for_concurrent_probes_and_refreshed_
             break
         await asyncio.sleep(0.01)
     assert len(issued) == 3 and value(parse(text), "token_generation") == 3
+
+
+@pytest.mark.parametrize(("expires_in", "usable"), [
+    ("1" + "0" * 400, False),  # beyond a float
+    ("1e400", False), ("NaN", False), ("-Infinity", False), ("-5", False), ("true", False), ('"soon"', False), ("{}", False),
+    ('"3599"', True),  # as some token endpoints write it
+    ("0", True), ("null", True),  # no expiry said
+])
+async def test_an_oauth2_token_without_a_usable_expires_in_fails_its_endpoint_as_a_config_error(
+    aiohttp_client: Any, upstream: UpstreamFactory, expires_in: str, usable: bool,
+) -> None:
+    async def token(request: web.Request) -> web.Response:
+        return web.Response(text=f'{{"access_token": "tok-QQQQ", "expires_in": {expires_in}}}', content_type="application/json")
+
+    up = await upstream({"/token": token, "/api": needs_auth("Bearer tok-QQQQ")})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            {LOCAL}
+            http_client_config: {{oauth2: {{client_id: c, client_secret: cs-CCCC, token_url: '{up.url}/token'}}}}
+            endpoints: {{api: {{url: '{{target}}/api'}}}}
+            metrics: [{{name: x, help: x, endpoint: api, value: v}}]
+        """)
+    status, text = await probe(client, up.url, debug="true")
+    assert status == 200
+    if usable:
+        assert "probe_success 1" in text
+    else:
+        assert "-> config_error" in text and "oauth2: the token endpoint's answer has no usable expires_in" in text
+        assert "probe_success 0" in text and up.hits.get("/api", 0) == 0
+
+
+async def test_an_unexpected_failure_of_one_endpoint_fails_that_endpoint_without_quoting_it(
+    aiohttp_client: Any, upstream: UpstreamFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a fault of ours stands for any: the token answer's JSON reader (stdlib's, read by client.py only: answers are
+    # parsed by orjson) raising what nothing expects, its text quoting a value
+    def faulty(*args: Any, **kwargs: Any) -> Any:
+        raise LookupError("quoting sec-RRRR")
+
+    monkeypatch.setattr(json, "loads", faulty)
+    up = await upstream({"/token": {"access_token": "tok-QQQQ"}, "/api": {"v": 1}})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          two:
+            {LOCAL}
+            endpoints:
+              plain: {{url: '{{target}}/api'}}
+              authed: {{url: '{{target}}/api', http_client_config: {{oauth2: {{client_id: c, client_secret: s, token_url: '{up.url}/token'}}}}}}
+            metrics: [{{name: x, help: x, endpoint: plain, value: v}}]
+          one:
+            {LOCAL}
+            http_client_config: {{oauth2: {{client_id: c, client_secret: s, token_url: '{up.url}/token'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    caplog.set_level(logging.DEBUG)
+    status, text = await probe(client, up.url, module="two")
+    s = parse(text)
+    assert status == 200 and value(s, "probe_success") == 0 and value(s, "x") == 1
+    assert value(s, "probe_endpoint_success", endpoint="plain") == 1 and value(s, "probe_endpoint_success", endpoint="authed") == 0
+    for module in ("two", "one"):
+        status, text = await probe(client, up.url, module=module, debug="true")
+        assert status == 200 and "probe_success 0" in text
+        assert re.search(r"-> internal_error: LookupError at jsonexporter/upstream/client\.py:\d+ \(a fault of jsonexporter's own", text), text
+    shown = text + "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records)
+    assert "LookupError at jsonexporter/upstream/client.py" in shown and "sec-RRRR" not in shown
 
 
 # -- TLS -------------------------------------------------------------------------------------

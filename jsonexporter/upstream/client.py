@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import ipaddress
 import json
+import math
 import ssl
 import time
 from collections.abc import Mapping
@@ -129,6 +130,19 @@ def _bypasses_proxy(host: str, no_proxy: tuple[str, ...]) -> bool:
     return False
 
 
+def seconds_of(value: object) -> float | None:
+    """A lifetime read from an upstream's answer (an OAuth2 token's expires_in, a login's): a JSON number or
+    a numeric string ("3599", as some token endpoints write it), finite and greater than 0; None for anything
+    else (a bool, an integer beyond a float, NaN, infinity, 0 or less, other text)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        seconds = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
 def renewal_delay(lifetime: float) -> float:
     """When to renew credentials that last `lifetime` seconds: a tenth of it before expiry, at most a
     minute, so that a probe in flight never sends expired ones."""
@@ -185,13 +199,18 @@ class TokenSource:
         try:
             answer: Any = json.loads(body)
             token = answer["access_token"]
-            lifetime = float(answer.get("expires_in") or 0)
+            expires_in = answer.get("expires_in")
         except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested deeper than the stack
             raise ClientConfigError("oauth2: the token endpoint's answer has no access_token") from None
         if not isinstance(token, str) or not token:
             raise ClientConfigError("oauth2: the token endpoint's answer has no access_token")
+        # absent or 0: a token without an expiry (RFC 6749 5.1 makes expires_in optional; Go's oauth2 reads 0 so)
+        no_expiry = expires_in is None or (type(expires_in) in (int, float) and expires_in == 0)
+        lifetime = 0.0 if no_expiry else seconds_of(expires_in)
+        if lifetime is None:
+            raise ClientConfigError("oauth2: the token endpoint's answer has no usable expires_in")
         self.clients.redactor.hold(self, "access_token", [token])  # the previous one released
-        return token, max(lifetime, 0.0)
+        return token, lifetime
 
 
 def basic_credentials(user: str, password: str) -> str:
