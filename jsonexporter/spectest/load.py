@@ -7,7 +7,6 @@ import dataclasses
 import errno
 import functools
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
