@@ -23,7 +23,7 @@ from metrics_util import parse, value
 
 from jsonexporter import logs
 from jsonexporter.secrets import Redactor
-from jsonexporter.server import STATE, make_app
+from jsonexporter.server import STATE, Options, make_app
 from jsonexporter.upstream import fetch
 
 LOCAL = r"targets: {allow: ['https?://(127\.0\.0\.1|localhost):\d+(/.*)?']}"
@@ -228,6 +228,44 @@ async def test_an_unexpected_failure_of_one_endpoint_fails_that_endpoint_without
     assert "LookupError at jsonexporter/upstream/client.py" in shown and "sec-RRRR" not in shown
 
 
+async def test_a_reload_keeps_the_token_of_an_unchanged_oauth2_configuration_and_a_changed_one_gets_a_new_one(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    forms: list[str] = []
+
+    async def token(request: web.Request) -> web.Response:
+        forms.append(str((await request.post()).get("audience")))
+        return web.json_response({"access_token": f"tok-{len(forms)}", "expires_in": 3600})
+
+    async def api(request: web.Request) -> web.Response:
+        return web.json_response({"v": int(request.headers.get("Authorization", "Bearer tok-0").rpartition("-")[2])})
+
+    up = await upstream({"/token": token, "/api": api})
+    spec = f"""
+        modules:
+          default:
+            {LOCAL}
+            http_client_config: {{oauth2: {{client_id: c, client_secret: s, token_url: '{up.url}/token', endpoint_params: {{audience: A}}}}}}
+            endpoints: {{api: {{url: '{{target}}/api'}}}}
+            metrics: [{{name: token, help: the token's number, endpoint: api, value: v}}]
+        """
+    client = await reloadable(aiohttp_client, tmp_path / "spec.yml", spec)
+    answers = await asyncio.gather(*(client.post("/-/reload") for _ in range(20)))  # before any token: nothing to keep yet
+    assert [r.status for r in answers] == [200] * 20
+    for _ in range(3):
+        _, text = await probe(client, up.url)
+        assert value(parse(text), "token") == 1
+        assert await reload(client) == "reloaded (unchanged)"
+    (tmp_path / "spec.yml").write_text(textwrap.dedent(spec.rstrip(" ") + "          other: {metrics: [{name: y, help: y, value: v}]}\n"))
+    assert await reload(client) == "reloaded"  # the spec changed, not this configuration
+    _, text = await probe(client, up.url)
+    assert value(parse(text), "token") == 1 and forms == ["A"]
+    (tmp_path / "spec.yml").write_text(textwrap.dedent(spec.replace("audience: A", "audience: B")))
+    assert await reload(client) == "reloaded"
+    _, text = await probe(client, up.url)
+    assert value(parse(text), "token") == 2 and forms == ["A", "B"]
+
+
 # -- TLS -------------------------------------------------------------------------------------
 
 
@@ -283,6 +321,52 @@ async def test_tls_with_a_private_ca_server_name_and_client_certificate(aiohttp_
     for module in ("no_client_cert", "system_trust"):
         _, text = await probe(client, target, module=module, debug="true")
         assert "probe_success 0" in text and "connection_error" in text, module
+
+
+async def reloadable(aiohttp_client: Any, path: Path, text: str) -> Any:
+    path.write_text(textwrap.dedent(text))
+    return await aiohttp_client(make_app(make_spec(path.read_text(), str(path)), Options(), spec_file=str(path)))
+
+
+async def reload(client: Any) -> str:
+    response = await client.post("/-/reload")
+    assert response.status == 200, await response.text()
+    return str(await response.text()).strip()
+
+
+async def test_a_reload_reads_the_ca_file_again_and_keeps_the_pooled_connections_while_its_bytes_are_the_same(
+    aiohttp_client: Any, aiohttp_server: Any, pki: dict[str, Any], tmp_path: Path,
+) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    pki["server"].configure_cert(context)
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response({"port": request.transport.get_extra_info("peername")[1] if request.transport else 0})
+
+    app = web.Application()
+    app.router.add_get("/", handle)
+    server = await aiohttp_server(app, ssl=context)
+    ca = pki["files"]["ca"]
+    client = await reloadable(aiohttp_client, tmp_path / "spec.yml", f"""
+        modules:
+          default:
+            {LOCAL}
+            http_client_config: {{tls_config: {{ca_file: {ca}}}}}
+            metrics: [{{name: port, help: the exporter's side of the connection, value: port}}]
+        """)
+    target = f"https://127.0.0.1:{server.port}/"
+
+    async def port() -> float:
+        _, text = await probe(client, target)
+        return value(parse(text), "port")
+
+    first = await port()
+    assert await port() == first  # pooled
+    assert await reload(client) == "reloaded (unchanged)"
+    assert await port() == first  # the same CA bytes: the same TLS context, its pool
+    ca.write_bytes(ca.read_bytes() + b"\n")  # the same CA, other bytes: a context made again from them
+    assert await reload(client) == "reloaded (unchanged)"
+    assert await port() != first
 
 
 async def test_insecure_skip_verify_accepts_an_unknown_ca(aiohttp_client: Any, aiohttp_server: Any, pki: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
 """Upstream client configurations at run time: TLS contexts, Authorization headers (files read
 when used), OAuth 2.0 tokens (cached, refreshed before expiry, one refresh at a time) and proxies.
 
-One `Clients` per loaded spec: a reload makes a new one, so CA files, certificates and secrets are
-read again. Equal configurations share one TLS context, so aiohttp pools their connections together.
+One `Clients` per loaded spec: a reload makes its successor (Clients.succeeded_by), so CA files, certificates
+and secrets are read again; a TLS context whose files are unchanged, and an OAuth2 token of an unchanged
+configuration, go on. Equal configurations share one TLS context, so aiohttp pools their connections together.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import base64
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import ipaddress
 import json
 import math
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from ssl import SSLContext
 from typing import Any
@@ -29,7 +31,7 @@ from yarl import URL
 
 from jsonexporter.keyed import keyed_digest
 from jsonexporter.secrets import Redactor
-from jsonexporter.spec.model import HTTPClientConfig, OAuth2, Secret, TLSClientConfig
+from jsonexporter.spec.model import HTTPClientConfig, OAuth2, Secret, Spec, TLSClientConfig
 from jsonexporter.spec.sources import read_bounded
 from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SecretFiles, as_read
 
@@ -213,6 +215,13 @@ class TokenSource:
         return token, lifetime
 
 
+def _client_configs(spec: Spec) -> Iterator[HTTPClientConfig]:
+    for module in spec.modules.values():
+        yield from (endpoint.client for endpoint in module.endpoints.values())
+        if module.login is not None:
+            yield module.login.request.client
+
+
 def basic_credentials(user: str, password: str) -> str:
     """The credentials of an `Authorization: Basic` header (RFC 7617)."""
     return base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -229,6 +238,10 @@ class Clients:
 
     def __init__(self, redactor: Redactor | None = None) -> None:
         self._contexts: dict[TLSClientConfig, ssl.SSLContext] = {}
+        # each context by what it was made of, its config and its files' bytes; those of the spec before a reload
+        # (succeeded_by), to be made again only when the files' bytes changed
+        self._made: dict[tuple[TLSClientConfig, str], ssl.SSLContext] = {}
+        self._made_before: dict[tuple[TLSClientConfig, str], ssl.SSLContext] = {}
         self._tokens: dict[OAuth2, TokenSource] = {}
         self._ready: dict[int, tuple[HTTPClientConfig, RequestOptions]] = {}  # ready_options, by the config's id
         self.redactor = redactor if redactor is not None else Redactor()
@@ -259,11 +272,37 @@ class Clients:
                 read[path] = await self.files.run(("tls_file", path), f"tls-file {path}", functools.partial(read_bounded, path, MAX_TLS_FILE_BYTES))
             except OSError as exc:
                 raise ClientConfigError(f"tls_config: cannot read {what} {path!r}: {exc.strerror or type(exc).__name__}") from None
+        made = (config, hashlib.sha256(repr(sorted(read.items())).encode()).hexdigest())
+        if (before := self._made_before.get(made)) is not None:  # the same files as before the reload: its pooled connections go on
+            self._made[made] = before
+            return before
         try:  # what was read, not the paths again (files.as_read)
-            return await self.files.run(("tls_config", config), "tls-context", functools.partial(tls_context, config, read))
+            context = await self.files.run(("tls_config", config), "tls-context", functools.partial(tls_context, config, read))
         except OSError as exc:  # the wait only: tls_context turns its own errors into ClientConfigError
             files = ", ".join(f"{what} {path!r}" for what, path in _tls_files(config))
             raise ClientConfigError(f"tls_config: cannot load {files}: {exc.strerror or type(exc).__name__}") from None
+        self._made[made] = context
+        return context
+
+    def succeeded_by(self, spec: Spec) -> Clients:
+        """The Clients of a reloaded `spec`. Files are read afresh: a TLS
+        context is made again at its first use, but is this one's (and aiohttp's pool of its connections goes on)
+        when its config and its files' bytes are the same; the OAuth2 token of a configuration still in the spec
+        goes on until it is due (no token request for a reload that leaves the configuration as it was)."""
+        after = Clients(self.redactor)
+        kept = set(_client_configs(spec))
+        tokens = {c.oauth2 for c in kept if c.oauth2 is not None}
+        tls = {t for c in kept for t in (c.tls, c.oauth2.tls if c.oauth2 is not None else None) if t is not None}
+        tls |= {dataclasses.replace(t, cert_file=None, key_file=None) for t in tls}  # anonymous_context's
+        for config, source in self._tokens.items():
+            if config in tokens:
+                source.clients = after  # its next token request reads the secret file and the CA files afresh
+                after._tokens[config] = source
+        # one context a config: the one made here, else (not used since the last reload) the one this had before
+        used = {config for config, _ in self._made}
+        unused = {made: context for made, context in self._made_before.items() if made[0] not in used}
+        after._made_before = {made: context for made, context in (unused | self._made).items() if made[0] in tls}
+        return after
 
     async def anonymous_context(self, config: TLSClientConfig) -> ssl.SSLContext:
         """The context of `config` without its client certificate (the same one when it has none), shared as `context`'s are."""
