@@ -125,7 +125,7 @@ def _literal_value(text: str) -> str:
         number = float(stripped)
     except ValueError:
         hint = "; a JSONPath needs braces since json_exporter 0.3 (`{.field}`)" if text[:1] in ("$", "@") else ""
-        raise Untranslatable(f"the value {text!r} has no braces, so json_exporter reads the text itself, which is not a number: "
+        raise Untranslatable("the value has no braces, so json_exporter reads the text itself, which is not a number: "
                              f"it never gave a sample{hint}") from None
     if number != number or number in (float("inf"), float("-inf")):
         return f"to_number('{stripped.lower()}')"
@@ -308,7 +308,7 @@ class _Parser:
         if stripped.startswith("$"):
             raise Untranslatable("a filter on the document root (`$` inside a filter) has no JMESPath equivalent", at)
         if not stripped.startswith("@"):
-            raise Untranslatable(f"unexpected {stripped!r} in a filter: expected @.field, a quoted string or a number", at)
+            raise Untranslatable("unexpected text in a filter (a string without quotes?): expected @.field, a quoted string or a number", at)
         inner = _Parser(self.source, at, at + len(stripped)).expression()
         if inner.projecting:
             raise Untranslatable("a wildcard or filter inside a filter has no translation here", at)

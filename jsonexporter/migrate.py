@@ -37,6 +37,8 @@ _PARAMETER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _GO_PARAMETER = re.compile(r"\{\{(-?)\s*(?:\.(\w+)\s*\|\s*first|first\s+\.(\w+)|index\s+\.(\w+)\s+0)\s*(-?)\}\}")
 _GO_ACTION = re.compile(r"\{\{.*?\}\}", re.DOTALL)
 _RESERVED_PARAMETERS = ("target", "module")  # placeholders of their own in templates
+_GO_LITERAL = re.compile(r'"(?:\\.|[^"\\])*"|`[^`]*`|\'(?:\\.|[^\'\\])*\'')
+_GO_WORD = re.compile(r"[.$]?[A-Za-z_][\w.]*")
 
 
 @dataclass
@@ -86,6 +88,19 @@ class Migration:
         return found
 
 
+def _go_action_kind(action: str) -> str:
+    """A Go template action said by its commands' first words (`{{ .pw | default … }}`), never its literals
+    or arguments: a string in it may be a password (`default "…"`), and nothing redacts it."""
+    body = _GO_LITERAL.sub(" … ", action[2:-2].strip("-").strip())
+    body = re.split(r"[\"'`]", body, maxsplit=1)[0]  # an unterminated literal: nothing of it
+    commands = []
+    for command in body.split("|"):
+        words = command.split()
+        first = words[0] if words and _GO_WORD.fullmatch(words[0]) else "…"
+        commands.append(f"{first} …" if len(words) > 1 else first)
+    return "`{{ " + " | ".join(commands) + " }}`"
+
+
 @dataclass
 class _Translator:
     """Translates the parts of one configuration, collecting each problem at its position and each change in meaning."""
@@ -130,7 +145,8 @@ class _Translator:
         try:
             translation = translate(text, place)
         except Untranslatable as exc:
-            self.error(path, f"not translated: {exc.message} (in {text!r}); {left_out}", offset=exc.offset if isinstance(source, str) else None)
+            # the path is located, not quoted: a filter's literal (`[?(@.key=="…")]`) may be a value of the answer's
+            self.error(path, f"not translated: {exc.message}; {left_out}", offset=exc.offset if isinstance(source, str) else None)
             return None
         if translation.picks_first:
             self.change("where the path matches several elements, json_exporter gave no sample (a value) or their texts joined "
@@ -219,7 +235,7 @@ class _Translator:
             match = _GO_PARAMETER.fullmatch(action.group())
             if match is None:
                 out.append(_template_text(literal + action.group()))
-                self.error(path, f"not translated: the Go template action {action.group()!r}: only a query parameter's value "
+                self.error(path, f"not translated: the Go template action {_go_action_kind(action.group())}: only a query parameter's value "
                                  "(`{{ .name | first }}`) has a translation; it is sent as written", offset=action.start())
                 last = action.end()
                 continue
@@ -365,7 +381,7 @@ class _Translator:
             if expression is None:
                 continue
             if expression.startswith("'$") or expression.startswith("'@"):
-                self.warning(lp, f"{source!r} has no braces, so json_exporter (since 0.3) gives the text itself as the label: kept; "
+                self.warning(lp, "the label's text has no braces, so json_exporter (since 0.3) gives the text itself as the label: kept; "
                                  "a JSONPath needs braces (`{.field}`)")
             labels[str(label)] = expression
             origin[("labels", str(label))] = lp
@@ -424,7 +440,7 @@ class _Translator:
             for text, number in mapping.items():
                 converted = _go_number(number)
                 if converted is None:
-                    self.error((*cp, text), f"not translated: {number!r} is not a number: json_exporter dropped such samples")
+                    self.error((*cp, text), "not translated: not a number: json_exporter dropped such samples")
                     continue
                 table[str(text).lower()] = int(converted) if converted.is_integer() else converted
             if table:

@@ -9,9 +9,9 @@ import logging
 import signal
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
@@ -96,6 +96,43 @@ class ProbeRecord(NamedTuple):
         return "degraded" if self.extraction_errors or self.duplicates or self.endpoint_failures else "success"
 
 
+Reloaded = tuple[bool, str]
+
+
+@dataclass
+class Reloads:
+    """Reloads one at a time, coalesced: a reload asked while one runs waits for the next one, which starts when
+    that one ends and answers every request asked meanwhile (each sees the files as they were after it asked:
+    the one running may have read them before), so that a burst of requests costs two reloads and holds its
+    connections that long, not one reload each in turn."""
+
+    running: asyncio.Task[Reloaded] | None = None
+    next: asyncio.Task[Reloaded] | None = None
+    notified: asyncio.Task[Reloaded] | None = None  # the last reload the other workers were told of (handle_reload)
+
+    def asked(self, reload: Callable[[], Coroutine[Any, Any, Reloaded]]) -> asyncio.Task[Reloaded]:
+        """The reload that answers a request made now: the next one while one runs, else one started now."""
+        if self.next is not None:  # it has not started: it reads the files after this request
+            return self.next
+        if self.running is None or self.running.done():
+            self.running = _retrieved(asyncio.create_task(reload()))
+            return self.running
+        running = self.running
+
+        async def after() -> Reloaded:
+            await asyncio.wait([running])  # however it ended
+            self.running, self.next = self.next, None
+            return await reload()
+
+        self.next = _retrieved(asyncio.create_task(after()))
+        return self.next
+
+
+def _retrieved(task: asyncio.Task[Reloaded]) -> asyncio.Task[Reloaded]:
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # every request that waited for it may have gone
+    return task
+
+
 @dataclass
 class State:
     """What the app serves. `spec` is replaced whole by a reload, never changed in place: a probe
@@ -111,7 +148,7 @@ class State:
     connections: ClientConnections = field(default_factory=ClientConnections)
     in_flight: int = 0
     in_flight_gauge: bool = True  # whether the gauge is counted at each probe too (with workers); else it reads `in_flight`
-    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    reloads: Reloads = field(default_factory=lambda: Reloads())
     recent: deque[ProbeRecord] = field(default_factory=deque)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     redactor: Redactor = field(default_factory=Redactor)  # knows every spec served since start, and what was read at run time
@@ -361,39 +398,47 @@ async def _web_config_anew(state: State) -> tuple[WebConfig | None, str]:
     return await asyncio.to_thread(load_anew, load_web_config, state.web.file)
 
 
-async def reload_spec(state: State) -> tuple[bool, str]:
-    """Load the spec and the web config again; replace them only when both are completely valid,
-    so that a reload changes everything or nothing, and `..._last_reload_successful` says which."""
+async def reload_spec(state: State) -> Reloaded:
+    """Load the spec and the web config again (coalesced with the reloads asked meanwhile: Reloads); replace
+    them only when both are completely valid, so that a reload changes everything or nothing, and
+    `..._last_reload_successful` says which. SIGHUP, auto-reload and POST /-/reload all come here."""
+    return await asyncio.shield(_shared_reload(state))  # a request that goes away leaves it to the others
+
+
+def _shared_reload(state: State) -> asyncio.Task[Reloaded]:
+    return state.reloads.asked(lambda: _reload(state))
+
+
+async def _reload(state: State) -> Reloaded:
     if state.spec_file is None:
         return False, "no spec file to reload"
-    async with state.reload_lock:
-        (web_config, web_reason), (spec, spec_reason) = await asyncio.gather(_web_config_anew(state), asyncio.to_thread(load_anew, load_spec, state.spec_file))
-        reason = "\n".join(r for r in (spec_reason, web_reason) if r)
-        if spec is not None and web_config is not None:
-            reason = tls_reload_problem(state.web, web_config)  # what a restart must do is never reported as reloaded
-            context = None
-            if not reason and web_config.tls is not None and web_config is not state.web:
-                try:  # every key of tls_server_config, for new connections
-                    context = await asyncio.to_thread(ssl_context, web_config.tls)
-                except TLSFileError as exc:  # the files changed since they were checked
-                    reason = f"{web_config.file}: tls_server_config.{exc.key}: cannot load the certificate files: {exc.reason}"
-            if not reason:
-                changed = (spec.sha256 != state.spec.sha256 or web_config != state.web
-                           or (context is not None and state.tls is not None and context.files_digest != state.tls.current.files_digest))
-                if context is not None and (tls := state.tls) is not None:
-                    tls.replace(context, settings_changed=web_config.tls != state.web.tls)
-                    # the idle connections made with previous settings (e.g. without a client certificate now
-                    # required) are closed; those with a request in progress once it is answered (_edge)
-                    state.connections.close_idle(lambda handler: _tls_outdated(tls, handler.transport))
-                state.redactor.know(spec.secrets)
-                if state.upstream is not None:
-                    state.upstream.clients = Clients(state.redactor)  # CA files, certificates and tokens read afresh
-                state.spec, state.web = spec, web_config
-                if state.upstream is not None:
-                    reschedule(state.upstream, spec)
-                state.metrics.spec_loaded(spec.sha256, _modules_by_file(spec))
-                log.info("spec reloaded", extra=kv(config=state.spec_file, changed=changed, modules=len(spec.modules)))
-                return True, "reloaded" if changed else "reloaded (unchanged)"
+    (web_config, web_reason), (spec, spec_reason) = await asyncio.gather(_web_config_anew(state), asyncio.to_thread(load_anew, load_spec, state.spec_file))
+    reason = "\n".join(r for r in (spec_reason, web_reason) if r)
+    if spec is not None and web_config is not None:
+        reason = tls_reload_problem(state.web, web_config)  # what a restart must do is never reported as reloaded
+        context = None
+        if not reason and web_config.tls is not None and web_config is not state.web:
+            try:  # every key of tls_server_config, for new connections
+                context = await asyncio.to_thread(ssl_context, web_config.tls)
+            except TLSFileError as exc:  # the files changed since they were checked
+                reason = f"{web_config.file}: tls_server_config.{exc.key}: cannot load the certificate files: {exc.reason}"
+        if not reason:
+            changed = (spec.sha256 != state.spec.sha256 or web_config != state.web
+                       or (context is not None and state.tls is not None and context.files_digest != state.tls.current.files_digest))
+            if context is not None and (tls := state.tls) is not None:
+                tls.replace(context, settings_changed=web_config.tls != state.web.tls)
+                # the idle connections made with previous settings (e.g. without a client certificate now
+                # required) are closed; those with a request in progress once it is answered (_edge)
+                state.connections.close_idle(lambda handler: _tls_outdated(tls, handler.transport))
+            state.redactor.know(spec.secrets)
+            if state.upstream is not None:  # files read afresh; the tokens of unchanged OAuth2 configurations kept
+                state.upstream.clients = state.upstream.clients.succeeded_by(spec)
+            state.spec, state.web = spec, web_config
+            if state.upstream is not None:
+                reschedule(state.upstream, spec)
+            state.metrics.spec_loaded(spec.sha256, _modules_by_file(spec))
+            log.info("spec reloaded", extra=kv(config=state.spec_file, changed=changed, modules=len(spec.modules)))
+            return True, "reloaded" if changed else "reloaded (unchanged)"
     state.metrics.config_success.set(0)
     for line in reason.splitlines():
         log.error("reload failed, keeping the previous spec and web config", extra=kv(err=line))
@@ -406,9 +451,11 @@ def _modules_by_file(spec: Spec) -> dict[str, int]:
 
 async def handle_reload(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    ok, message = await reload_spec(state)
-    if state.options.after_reload is not None:  # the other workers try too, whatever came of it here
-        state.options.after_reload()
+    reload = _shared_reload(state)
+    ok, message = await asyncio.shield(reload)
+    if state.options.after_reload is not None and state.reloads.notified is not reload:  # once for the requests it answered
+        state.reloads.notified = reload
+        state.options.after_reload()  # the other workers try too, whatever came of it here
     if ok:
         return _plain(200, message)
     return _plain(500, f"reload failed, nothing changed: the previous spec is still served, with the previous web config:\n{message}")

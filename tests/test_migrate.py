@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import textwrap
@@ -297,7 +298,7 @@ def test_a_converter_number_beyond_a_float_is_a_located_problem_and_the_others_a
               valueconverter:
                 '{{.state}}': {{active: 1, down: {huge}}}
     """)
-    assert problems == [f"je.yml:10:39: modules.default.metrics[0].valueconverter['{{.state}}'].down: not translated: {huge} is not a number: "
+    assert problems == ["je.yml:10:39: modules.default.metrics[0].valueconverter['{.state}'].down: not translated: not a number: "
                         "json_exporter dropped such samples"]
     s = _probe(spec, {"services": [{"state": "ACTIVE"}]})
     assert value(s, "svc_state") == 1
@@ -495,8 +496,8 @@ def test_a_module_none_of_whose_metrics_translate_is_left_out_and_the_others_are
         "je.yml:3:3: modules.cel: not translated: none of the module's metrics could be translated; the module is left out",
         "je.yml:5:26: modules.cel.metrics[0].engine: not translated: only JSONPath is translated, not engine 'cel'; the metric is left out",
         "je.yml:6:3: modules.legacy: not translated: none of the module's metrics could be translated; the module is left out",
-        "je.yml:8:25: modules.legacy.metrics[0].path: not translated: the value '$.up' has no braces, so json_exporter reads the text itself, "
-        "which is not a number: it never gave a sample; a JSONPath needs braces since json_exporter 0.3 (`{.field}`) (in '$.up'); "
+        "je.yml:8:25: modules.legacy.metrics[0].path: not translated: the value has no braces, so json_exporter reads the text itself, "
+        "which is not a number: it never gave a sample; a JSONPath needs braces since json_exporter 0.3 (`{.field}`); "
         "the metric is left out",
     ]
     loaded, _ = load_text(spec, "spec.yml")
@@ -593,6 +594,30 @@ def test_the_example_of_docs_migrating_md_is_what_migrate_writes() -> None:
     assert spec[spec.index("modules:"):] == written[written.index("modules:"):]
 
 
+@pytest.mark.parametrize(("metric", "body", "said"), [
+    ("{name: up, path: '{.up}'}", '{"pw": "{{ .pw | default "SECRET" }}"}', "the Go template action `{{ .pw | default … }}`"),
+    ("{name: up, path: '{.up}'}", "{{- printf `SECRET` | html -}}", "the Go template action `{{ printf … | html }}`"),
+    ("{name: up, path: '{.up}'}", '{{ call .f "SECRET|x" 12 }}', "the Go template action `{{ call … }}`"),
+    ("{name: up, path: '{.up}'}", '{{ default "SECRET }}', "the Go template action `{{ default }}`"),  # unterminated
+    ("{name: up, path: '{.items[?(@.key==SECRET)].v}'}", None, "unexpected text in a filter (a string without quotes?)"),
+    ("{name: up, path: 'SECRET'}", None, "the value has no braces"),
+    ("{name: up, path: '{.up}', labels: {env: $.SECRET}}", None, "the label's text has no braces"),
+    ("{name: up, type: object, path: '{.s[*]}', values: {state: '{.state}'}, valueconverter: {'{.state}': {down: SECRET}}}", None,
+     "not translated: not a number"),
+])
+def test_migrate_names_what_it_cannot_translate_without_quoting_its_literals(tmp_path: Path, metric: str, body: str | None, said: str) -> None:
+    # a value nothing marks as a credential (a Go template's default, a filter's literal): no redaction would hide it
+    config, out = tmp_path / "je.yml", tmp_path / "spec.yml"
+    secret = "Sup3rS3cretPw"
+    templated = f"\n    body: {{content: {json.dumps(body)}, templatize: true}}" if body is not None else ""
+    config.write_text(f"modules:\n  default:\n    metrics: [{metric.replace('SECRET', secret)}]{templated.replace('SECRET', secret)}\n")
+    result = _run(str(config), "-o", str(out))
+    assert said in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and secret not in result.stderr
+    if out.exists():
+        assert secret not in out.read_text().partition("\nmodules:")[0]
+
+
 def test_what_migrate_reports_never_quotes_a_credential_of_the_configuration(tmp_path: Path) -> None:
     config, out = tmp_path / "je.yml", tmp_path / "spec.yml"
     config.write_text(textwrap.dedent("""\
@@ -603,6 +628,6 @@ def test_what_migrate_reports_never_quotes_a_credential_of_the_configuration(tmp
             metrics: [{name: up, path: '{.up}', help: x}]
     """))
     result = _run(str(config), "-o", str(out))
-    assert result.returncode == 1 and "the Go template action '{{ print \"<redacted>\" }}'" in result.stderr
+    assert result.returncode == 1 and "the Go template action `{{ print … }}`" in result.stderr
     assert "hunter2PASSWORD" not in result.stderr
     assert "hunter2PASSWORD" not in out.read_text().partition("\nmodules:")[0]  # nor the header's list; the spec itself sends it

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import html
 import json
+import logging
 import ssl
 import textwrap
 from html.parser import HTMLParser
@@ -24,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_util import SESSION, jsonexporter
 
 from jsonexporter.extract import MAX_MESSAGE
-from jsonexporter.server import STATE, Options, make_app
+from jsonexporter.server import STATE, Options, Reloads, make_app
 from jsonexporter.trace import MAX_LINE
 from jsonexporter.webconfig import load_web_config
 
@@ -108,6 +109,47 @@ async def test_reload_under_load_loses_no_probe(aiohttp_client: Any, spec_path: 
         assert value(s, "version_a") == 1 and value(s, "probe_success") == 1  # finished on the spec it started with
     s = parse(await (await client.get(f"/probe?target={up.url}/")).text())
     assert value(s, "version_b") == 1
+
+
+async def test_reloads_asked_while_one_runs_share_the_next_one_which_starts_after_them() -> None:
+    started: list[int] = []
+    began, done = [asyncio.Event() for _ in range(4)], [asyncio.Event() for _ in range(4)]
+
+    async def reload() -> tuple[bool, str]:
+        n = len(started)
+        started.append(n)
+        began[n].set()
+        await wait_for(done[n], 20)
+        return True, f"reload {n}"
+
+    reloads = Reloads()
+    first = reloads.asked(reload)
+    await wait_for(began[0], 20)
+    during = {reloads.asked(reload) for _ in range(50)}  # a burst while the first reads the files
+    assert len(during) == 1 and first not in during
+    (second,) = during
+    done[0].set()
+    assert await first == (True, "reload 0")
+    await wait_for(began[1], 20)  # the next one starts after the first, once for the whole burst
+    assert started == [0, 1]
+    third = reloads.asked(reload)  # asked after the second started: it may have read the files before, so a third
+    assert third is not second and reloads.asked(reload) is third
+    done[1].set()
+    done[2].set()
+    assert await second == (True, "reload 1") and await third == (True, "reload 2") and started == [0, 1, 2]
+    done[3].set()
+    assert await reloads.asked(reload) == (True, "reload 3")  # none running: one starts at once
+
+
+async def test_a_burst_of_reloads_is_answered_by_at_most_two_reloads_per_reload_running(
+    aiohttp_client: Any, spec_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = await start(aiohttp_client, spec_path)
+    caplog.set_level(logging.INFO)
+    answers = await asyncio.gather(*(client.post("/-/reload") for _ in range(30)))
+    assert [r.status for r in answers] == [200] * 30
+    reloaded = [r for r in caplog.records if r.getMessage() == "spec reloaded"]
+    assert 1 <= len(reloaded) < 30  # each request is answered by the reload running or the next one, shared
 
 
 async def test_auto_reload_picks_up_a_changed_file(aiohttp_client: Any, spec_path: Path) -> None:

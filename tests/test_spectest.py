@@ -328,6 +328,26 @@ def test_nan_and_infinities_are_values(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 0, out
 
 
+def test_an_integer_value_is_exact_to_the_largest_float_and_beyond_it_a_located_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    big = 2**1023  # finite as a float (the largest ones are up to 1.8e308)
+    tests = f"""
+        spec: spec.yml
+        tests:
+          - name: big numbers
+            answers:
+              stats: {{body: '{{"queues": {{"a": {{"depth": {big}}}}}}}'}}
+              health: {{json: {{healthy: 1}}}}
+            exp_samples:
+              - {{labels: 'queue_depth{{instance="offline", queue="a"}}', value: {big}}}
+        """
+    code, out, _ = run(capsys, write(tmp_path, tests))
+    assert code == 0, out
+    file = write(tmp_path, tests.replace(f"value: {big}", "value: -1" + "0" * 400))
+    code, out, err = run(capsys, file)
+    assert code == 1 and "Traceback" not in out + err and "fault" not in out + err
+    assert f"{file}:8:71: tests[0].exp_samples[0].value: an integer beyond a float64 (1.8e308): write +Inf or -Inf" in out + err
+
+
 INVALID = """
 spec: spec.yml
 tests:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import re
 import ssl
@@ -22,7 +23,7 @@ from metrics_util import parse, value
 
 from jsonexporter import logs
 from jsonexporter.secrets import Redactor
-from jsonexporter.server import STATE, make_app
+from jsonexporter.server import STATE, Options, make_app
 from jsonexporter.upstream import fetch
 
 LOCAL = r"targets: {allow: ['https?://(127\.0\.0\.1|localhost):\d+(/.*)?']}"
@@ -161,6 +162,110 @@ async def test_oauth2_token_is_fetched_once_for_concurrent_probes_and_refreshed_
     assert len(issued) == 3 and value(parse(text), "token_generation") == 3
 
 
+@pytest.mark.parametrize(("expires_in", "usable"), [
+    ("1" + "0" * 400, False),  # beyond a float
+    ("1e400", False), ("NaN", False), ("-Infinity", False), ("-5", False), ("true", False), ('"soon"', False), ("{}", False),
+    ('"3599"', True),  # as some token endpoints write it
+    ("0", True), ("null", True),  # no expiry said
+])
+async def test_an_oauth2_token_without_a_usable_expires_in_fails_its_endpoint_as_a_config_error(
+    aiohttp_client: Any, upstream: UpstreamFactory, expires_in: str, usable: bool,
+) -> None:
+    async def token(request: web.Request) -> web.Response:
+        return web.Response(text=f'{{"access_token": "tok-QQQQ", "expires_in": {expires_in}}}', content_type="application/json")
+
+    up = await upstream({"/token": token, "/api": needs_auth("Bearer tok-QQQQ")})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            {LOCAL}
+            http_client_config: {{oauth2: {{client_id: c, client_secret: cs-CCCC, token_url: '{up.url}/token'}}}}
+            endpoints: {{api: {{url: '{{target}}/api'}}}}
+            metrics: [{{name: x, help: x, endpoint: api, value: v}}]
+        """)
+    status, text = await probe(client, up.url, debug="true")
+    assert status == 200
+    if usable:
+        assert "probe_success 1" in text
+    else:
+        assert "-> config_error" in text and "oauth2: the token endpoint's answer has no usable expires_in" in text
+        assert "probe_success 0" in text and up.hits.get("/api", 0) == 0
+
+
+async def test_an_unexpected_failure_of_one_endpoint_fails_that_endpoint_without_quoting_it(
+    aiohttp_client: Any, upstream: UpstreamFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a fault of ours stands for any: the token answer's JSON reader (stdlib's, read by client.py only: answers are
+    # parsed by orjson) raising what nothing expects, its text quoting a value
+    def faulty(*args: Any, **kwargs: Any) -> Any:
+        raise LookupError("quoting sec-RRRR")
+
+    monkeypatch.setattr(json, "loads", faulty)
+    up = await upstream({"/token": {"access_token": "tok-QQQQ"}, "/api": {"v": 1}})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          two:
+            {LOCAL}
+            endpoints:
+              plain: {{url: '{{target}}/api'}}
+              authed: {{url: '{{target}}/api', http_client_config: {{oauth2: {{client_id: c, client_secret: s, token_url: '{up.url}/token'}}}}}}
+            metrics: [{{name: x, help: x, endpoint: plain, value: v}}]
+          one:
+            {LOCAL}
+            http_client_config: {{oauth2: {{client_id: c, client_secret: s, token_url: '{up.url}/token'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    caplog.set_level(logging.DEBUG)
+    status, text = await probe(client, up.url, module="two")
+    s = parse(text)
+    assert status == 200 and value(s, "probe_success") == 0 and value(s, "x") == 1
+    assert value(s, "probe_endpoint_success", endpoint="plain") == 1 and value(s, "probe_endpoint_success", endpoint="authed") == 0
+    for module in ("two", "one"):
+        status, text = await probe(client, up.url, module=module, debug="true")
+        assert status == 200 and "probe_success 0" in text
+        assert re.search(r"-> internal_error: LookupError at jsonexporter/upstream/client\.py:\d+ \(a fault of jsonexporter's own", text), text
+    shown = text + "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records)
+    assert "LookupError at jsonexporter/upstream/client.py" in shown and "sec-RRRR" not in shown
+
+
+async def test_a_reload_keeps_the_token_of_an_unchanged_oauth2_configuration_and_a_changed_one_gets_a_new_one(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    forms: list[str] = []
+
+    async def token(request: web.Request) -> web.Response:
+        forms.append(str((await request.post()).get("audience")))
+        return web.json_response({"access_token": f"tok-{len(forms)}", "expires_in": 3600})
+
+    async def api(request: web.Request) -> web.Response:
+        return web.json_response({"v": int(request.headers.get("Authorization", "Bearer tok-0").rpartition("-")[2])})
+
+    up = await upstream({"/token": token, "/api": api})
+    spec = f"""
+        modules:
+          default:
+            {LOCAL}
+            http_client_config: {{oauth2: {{client_id: c, client_secret: s, token_url: '{up.url}/token', endpoint_params: {{audience: A}}}}}}
+            endpoints: {{api: {{url: '{{target}}/api'}}}}
+            metrics: [{{name: token, help: the token's number, endpoint: api, value: v}}]
+        """
+    client = await reloadable(aiohttp_client, tmp_path / "spec.yml", spec)
+    answers = await asyncio.gather(*(client.post("/-/reload") for _ in range(20)))  # before any token: nothing to keep yet
+    assert [r.status for r in answers] == [200] * 20
+    for _ in range(3):
+        _, text = await probe(client, up.url)
+        assert value(parse(text), "token") == 1
+        assert await reload(client) == "reloaded (unchanged)"
+    (tmp_path / "spec.yml").write_text(textwrap.dedent(spec.rstrip(" ") + "          other: {metrics: [{name: y, help: y, value: v}]}\n"))
+    assert await reload(client) == "reloaded"  # the spec changed, not this configuration
+    _, text = await probe(client, up.url)
+    assert value(parse(text), "token") == 1 and forms == ["A"]
+    (tmp_path / "spec.yml").write_text(textwrap.dedent(spec.replace("audience: A", "audience: B")))
+    assert await reload(client) == "reloaded"
+    _, text = await probe(client, up.url)
+    assert value(parse(text), "token") == 2 and forms == ["A", "B"]
+
+
 # -- TLS -------------------------------------------------------------------------------------
 
 
@@ -216,6 +321,52 @@ async def test_tls_with_a_private_ca_server_name_and_client_certificate(aiohttp_
     for module in ("no_client_cert", "system_trust"):
         _, text = await probe(client, target, module=module, debug="true")
         assert "probe_success 0" in text and "connection_error" in text, module
+
+
+async def reloadable(aiohttp_client: Any, path: Path, text: str) -> Any:
+    path.write_text(textwrap.dedent(text))
+    return await aiohttp_client(make_app(make_spec(path.read_text(), str(path)), Options(), spec_file=str(path)))
+
+
+async def reload(client: Any) -> str:
+    response = await client.post("/-/reload")
+    assert response.status == 200, await response.text()
+    return str(await response.text()).strip()
+
+
+async def test_a_reload_reads_the_ca_file_again_and_keeps_the_pooled_connections_while_its_bytes_are_the_same(
+    aiohttp_client: Any, aiohttp_server: Any, pki: dict[str, Any], tmp_path: Path,
+) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    pki["server"].configure_cert(context)
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response({"port": request.transport.get_extra_info("peername")[1] if request.transport else 0})
+
+    app = web.Application()
+    app.router.add_get("/", handle)
+    server = await aiohttp_server(app, ssl=context)
+    ca = pki["files"]["ca"]
+    client = await reloadable(aiohttp_client, tmp_path / "spec.yml", f"""
+        modules:
+          default:
+            {LOCAL}
+            http_client_config: {{tls_config: {{ca_file: {ca}}}}}
+            metrics: [{{name: port, help: the exporter's side of the connection, value: port}}]
+        """)
+    target = f"https://127.0.0.1:{server.port}/"
+
+    async def port() -> float:
+        _, text = await probe(client, target)
+        return value(parse(text), "port")
+
+    first = await port()
+    assert await port() == first  # pooled
+    assert await reload(client) == "reloaded (unchanged)"
+    assert await port() == first  # the same CA bytes: the same TLS context, its pool
+    ca.write_bytes(ca.read_bytes() + b"\n")  # the same CA, other bytes: a context made again from them
+    assert await reload(client) == "reloaded (unchanged)"
+    assert await port() != first
 
 
 async def test_insecure_skip_verify_accepts_an_unknown_ca(aiohttp_client: Any, aiohttp_server: Any, pki: dict[str, Any]) -> None:

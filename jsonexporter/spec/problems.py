@@ -55,14 +55,19 @@ class SpecError(Exception):
 
 
 def unexpected_failure(file: str, exc: BaseException) -> str:
-    """The one line for an exception that loading `file` does not expect (a fault of the exporter's own): the
-    exception's kind and the line of ours it came from, never its text, which can quote a value of the file
-    (a secret the redaction has not learned, since the file did not load). The commands (cli.py) and a
-    reload (server.load_anew) say it so."""
+    """The one line for an exception that loading `file` does not expect (a fault of the exporter's own): see
+    `fault`. The commands (cli.py) and a reload (server.load_anew) say it so."""
+    return f"{file}: cannot be loaded: {fault(exc)}"
+
+
+def fault(exc: BaseException) -> str:
+    """An exception that we do not expect (a fault of the exporter's own), said by its kind and the last line of
+    ours it came through, never its text, which can quote a value (a secret the redaction has not learned, a
+    value of the file or of an upstream's answer): for a load (unexpected_failure) and an endpoint's fetch."""
     ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     where = ""
     for frame, line in traceback.walk_tb(exc.__traceback__):
         path = os.path.abspath(frame.f_code.co_filename)
         if path.startswith(ours + os.sep):
             where = f" at {os.path.relpath(path, os.path.dirname(ours))}:{line}"
-    return f"{file}: cannot be loaded: {type(exc).__name__}{where} (a fault of jsonexporter's own: please report it)"
+    return f"{type(exc).__name__}{where} (a fault of jsonexporter's own: please report it)"

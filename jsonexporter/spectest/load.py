@@ -7,7 +7,6 @@ import dataclasses
 import errno
 import functools
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -321,7 +320,7 @@ def _samples(c: _Checker, path: Path, raw: object) -> tuple[Expected, ...] | Non
             ok = False
             continue
         seen[series] = i
-        value = _value(item.get("value"))
+        value = _value(c, (*path, i, "value"), item.get("value"))
         if value is None:
             ok = False
             continue
@@ -329,12 +328,17 @@ def _samples(c: _Checker, path: Path, raw: object) -> tuple[Expected, ...] | Non
     return tuple(expected) if ok else None
 
 
-def _value(raw: object) -> float | None:
-    """A number, or a string the schema accepted (NaN, +Inf, 1e+06)."""
+def _value(c: _Checker, path: Path, raw: object) -> float | None:
+    """A number, or a string the schema accepted (NaN, +Inf, 1e+06); an integer beyond a float is a problem at `path`
+    (no float64 is it; an infinite value is written as one)."""
     if isinstance(raw, bool):
         return None
     if isinstance(raw, (int, float)):
-        return float(raw) if not isinstance(raw, int) or abs(raw) < 2**1023 else math.copysign(math.inf, raw)
+        try:
+            return float(raw)
+        except OverflowError:
+            c.add(path, "an integer beyond a float64 (1.8e308): write +Inf or -Inf for an infinite value")
+            return None
     if isinstance(raw, str):
         try:
             return float(raw)

@@ -1,8 +1,9 @@
 """Upstream client configurations at run time: TLS contexts, Authorization headers (files read
 when used), OAuth 2.0 tokens (cached, refreshed before expiry, one refresh at a time) and proxies.
 
-One `Clients` per loaded spec: a reload makes a new one, so CA files, certificates and secrets are
-read again. Equal configurations share one TLS context, so aiohttp pools their connections together.
+One `Clients` per loaded spec: a reload makes its successor (Clients.succeeded_by), so CA files, certificates
+and secrets are read again; a TLS context whose files are unchanged, and an OAuth2 token of an unchanged
+configuration, go on. Equal configurations share one TLS context, so aiohttp pools their connections together.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import base64
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import ipaddress
 import json
+import math
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from ssl import SSLContext
 from typing import Any
@@ -28,7 +31,7 @@ from yarl import URL
 
 from jsonexporter.keyed import keyed_digest
 from jsonexporter.secrets import Redactor
-from jsonexporter.spec.model import HTTPClientConfig, OAuth2, Secret, TLSClientConfig
+from jsonexporter.spec.model import HTTPClientConfig, OAuth2, Secret, Spec, TLSClientConfig
 from jsonexporter.spec.sources import read_bounded
 from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SecretFiles, as_read
 
@@ -107,6 +110,11 @@ def _tls_contexts(config: TLSClientConfig, anonymous: TLSClientConfig, read: Map
     return tls_context(config, read), tls_context(anonymous, read) if anonymous != config else None
 
 
+def _digest(read: Mapping[str, bytes]) -> str:
+    """What a context is made of, its files' bytes by path, as one digest: a context made of the same bytes is the same."""
+    return hashlib.sha256(repr(sorted(read.items())).encode()).hexdigest()
+
+
 def _tls_files(config: TLSClientConfig) -> list[tuple[str, str]]:
     """The files of `config`, by their keys."""
     files = (("ca_file", config.ca_file), ("cert_file", config.cert_file), ("key_file", config.key_file))
@@ -137,6 +145,19 @@ def _bypasses_proxy(host: str, no_proxy: tuple[str, ...]) -> bool:
         if host == domain or host.endswith("." + domain):
             return True
     return False
+
+
+def seconds_of(value: object) -> float | None:
+    """A lifetime read from an upstream's answer (an OAuth2 token's expires_in, a login's): a JSON number or
+    a numeric string ("3599", as some token endpoints write it), finite and greater than 0; None for anything
+    else (a bool, an integer beyond a float, NaN, infinity, 0 or less, other text)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        seconds = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 def renewal_delay(lifetime: float) -> float:
@@ -195,13 +216,25 @@ class TokenSource:
         try:
             answer: Any = json.loads(body)
             token = answer["access_token"]
-            lifetime = float(answer.get("expires_in") or 0)
+            expires_in = answer.get("expires_in")
         except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: JSON nested deeper than the stack
             raise ClientConfigError("oauth2: the token endpoint's answer has no access_token") from None
         if not isinstance(token, str) or not token:
             raise ClientConfigError("oauth2: the token endpoint's answer has no access_token")
+        # absent or 0: a token without an expiry (RFC 6749 5.1 makes expires_in optional; Go's oauth2 reads 0 so)
+        no_expiry = expires_in is None or (type(expires_in) in (int, float) and expires_in == 0)
+        lifetime = 0.0 if no_expiry else seconds_of(expires_in)
+        if lifetime is None:
+            raise ClientConfigError("oauth2: the token endpoint's answer has no usable expires_in")
         self.clients.redactor.hold(self, "access_token", [token])  # the previous one released
-        return token, max(lifetime, 0.0)
+        return token, lifetime
+
+
+def _client_configs(spec: Spec) -> Iterator[HTTPClientConfig]:
+    for module in spec.modules.values():
+        yield from (endpoint.client for endpoint in module.endpoints.values())
+        if module.login is not None:
+            yield module.login.request.client
 
 
 def basic_credentials(user: str, password: str) -> str:
@@ -220,6 +253,10 @@ class Clients:
 
     def __init__(self, redactor: Redactor | None = None) -> None:
         self._contexts: dict[TLSClientConfig, ssl.SSLContext] = {}
+        # each context by what it was made of, its config and its files' bytes; those of the spec before a reload
+        # (succeeded_by), to be made again only when the files' bytes changed
+        self._made: dict[tuple[TLSClientConfig, str], ssl.SSLContext] = {}
+        self._made_before: dict[tuple[TLSClientConfig, str], ssl.SSLContext] = {}
         self._tokens: dict[OAuth2, TokenSource] = {}
         self._ready: dict[int, tuple[HTTPClientConfig, RequestOptions]] = {}  # ready_options, by the config's id
         self.redactor = redactor if redactor is not None else Redactor()
@@ -253,14 +290,48 @@ class Clients:
                 read[path] = await self.files.run(("tls_file", path), f"tls-file {path}", functools.partial(read_bounded, path, MAX_TLS_FILE_BYTES))
             except OSError as exc:
                 raise ClientConfigError(f"tls_config: cannot read {what} {path!r}: {exc.strerror or type(exc).__name__}") from None
+        made = (config, _digest(read))
+        anonymous_made = (anonymous, _digest({path: read[path] for _, path in _tls_files(anonymous)}))
+        before = self._made_before.get(made)
+        before_anonymous = self._made_before.get(anonymous_made) if anonymous != config else None
+        if before is not None and (anonymous == config or before_anonymous is not None):
+            # the same files as before the reload: its pooled connections go on
+            return self._keep(made, before, (anonymous_made, before_anonymous) if before_anonymous is not None else None)
         try:  # what was read, not the paths again (files.as_read)
-            made = await self.files.run(("tls_config", config), "tls-context", functools.partial(_tls_contexts, config, anonymous, read))
+            fresh = await self.files.run(("tls_config", config), "tls-context", functools.partial(_tls_contexts, config, anonymous, read))
         except OSError as exc:  # the wait only: tls_context turns its own errors into ClientConfigError
             files = ", ".join(f"{what} {path!r}" for what, path in _tls_files(config))
             raise ClientConfigError(f"tls_config: cannot load {files}: {exc.strerror or type(exc).__name__}") from None
-        if made[1] is not None:
-            self._contexts.setdefault(anonymous, made[1])
-        return made[0]
+        return self._keep(made, fresh[0], (anonymous_made, fresh[1]))
+
+    def _keep(self, made: tuple[TLSClientConfig, str], context: ssl.SSLContext,
+              anonymous: tuple[tuple[TLSClientConfig, str], ssl.SSLContext | None] | None) -> ssl.SSLContext:
+        """`context`, and the one without the client certificate made of the same bytes, kept by what they were made of."""
+        self._made[made] = context
+        if anonymous is not None and anonymous[1] is not None:
+            self._made[anonymous[0]] = anonymous[1]
+            self._contexts.setdefault(anonymous[0][0], anonymous[1])
+        return context
+
+    def succeeded_by(self, spec: Spec) -> Clients:
+        """The Clients of a reloaded `spec`. Files are read afresh: a TLS
+        context is made again at its first use, but is this one's (and aiohttp's pool of its connections goes on)
+        when its config and its files' bytes are the same; the OAuth2 token of a configuration still in the spec
+        goes on until it is due (no token request for a reload that leaves the configuration as it was)."""
+        after = Clients(self.redactor)
+        kept = set(_client_configs(spec))
+        tokens = {c.oauth2 for c in kept if c.oauth2 is not None}
+        tls = {t for c in kept for t in (c.tls, c.oauth2.tls if c.oauth2 is not None else None) if t is not None}
+        tls |= {dataclasses.replace(t, cert_file=None, key_file=None) for t in tls}  # anonymous_context's
+        for config, source in self._tokens.items():
+            if config in tokens:
+                source.clients = after  # its next token request reads the secret file and the CA files afresh
+                after._tokens[config] = source
+        # one context a config: the one made here, else (not used since the last reload) the one this had before
+        used = {config for config, _ in self._made}
+        unused = {made: context for made, context in self._made_before.items() if made[0] not in used}
+        after._made_before = {made: context for made, context in (unused | self._made).items() if made[0] in tls}
+        return after
 
     async def anonymous_context(self, config: TLSClientConfig) -> ssl.SSLContext:
         """The context of `config` without its client certificate (the same one when it has none), shared as `context`'s are."""

@@ -27,6 +27,7 @@ from jsonexporter.numbers import OUT_OF_RANGE_AS_TEXT
 from jsonexporter.secrets import CUT, REDACTED, is_credential_header
 from jsonexporter.slices import PARSE, turn
 from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, HEADER_VALUE_CONTROL
+from jsonexporter.spec.problems import fault
 from jsonexporter.spec.projection import FULL, Projection
 from jsonexporter.trace import MAX_MESSAGE, Trace, cut, shorten
 from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache, parsed_size
@@ -43,7 +44,8 @@ log = logging.getLogger("jsonexporter")
 @dataclass(slots=True)
 class EndpointResult:
     endpoint: str
-    # success, timeout, pool_timeout, connection_error, invalid_status, too_large, invalid_json, config_error, redirect_refused, cancelled;
+    # success, timeout, pool_timeout, connection_error, invalid_status, too_large, invalid_json, config_error, redirect_refused, cancelled,
+    # internal_error (a fault of ours: fetch_all);
     # with pagination also invalid_page, too_many_pages, pagination_refused
     outcome: str
     status: int = 0
@@ -575,12 +577,29 @@ async def fetch_all(up: Upstream, requests: list[UpstreamRequest], deadline: flo
     request: what its background requests are made of."""
     each = jobs if jobs is not None else [None] * len(requests)
     if len(requests) == 1:
-        return [await fetch_one(up, requests[0], deadline, trace, each[0])]
+        try:
+            return [await fetch_one(up, requests[0], deadline, trace, each[0])]
+        except Exception as exc:
+            return [_internal_error(requests[0], exc, trace)]
     traces = [Trace() if trace is not None else None for _ in requests]
-    results = await asyncio.gather(*(fetch_one(up, r, deadline, t, j) for r, t, j in zip(requests, traces, each, strict=True)))
+    results = await asyncio.gather(*(fetch_one(up, r, deadline, t, j) for r, t, j in zip(requests, traces, each, strict=True)),
+                                   return_exceptions=True)
     if trace is not None:
         for t in traces:
             assert t is not None
             for line in t.lines:
                 trace.add(line)
-    return list(results)
+    return [r if isinstance(r, EndpointResult) else _internal_error(q, r, trace) for q, r in zip(requests, results, strict=True)]
+
+
+def _internal_error(request: UpstreamRequest, exc: BaseException, trace: Trace | None) -> EndpointResult:
+    """The failure of an endpoint whose fetch raised what fetch_one does not expect (a fault of ours): that
+    endpoint fails, said by the exception's kind and our line (problems.fault), the others and the probe go on."""
+    if not isinstance(exc, Exception):  # cancelled (the probe's scraper went away) or exiting: not a failure of the endpoint
+        raise exc
+    log.error("fetching an endpoint failed unexpectedly", extra=kv(endpoint=request.endpoint.name, err=fault(exc)))
+    result = EndpointResult(request.endpoint.name, "internal_error", error=fault(exc))
+    if trace is not None:
+        trace.add(f"endpoint {request.endpoint.name}: {request.method} {request.url}")
+        trace.add(f"  -> internal_error: {result.error}")
+    return result

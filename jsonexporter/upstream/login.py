@@ -23,7 +23,7 @@ from jsonexporter.keyed import keyed_digest
 from jsonexporter.secrets import HoldRefused
 from jsonexporter.spec.model import Endpoint, Login, LoginValue, Module
 from jsonexporter.trace import Trace
-from jsonexporter.upstream.client import ClientConfigError, RequestOptions, awaited, renewal_delay
+from jsonexporter.upstream.client import ClientConfigError, RequestOptions, awaited, renewal_delay, seconds_of
 from jsonexporter.upstream.fetch import EndpointResult, Upstream, _cache_key, _cannot_be_made, _request, fetch_all
 from jsonexporter.upstream.files import SECRET_READ_TIMEOUT
 from jsonexporter.upstream.refresh import Job
@@ -232,11 +232,10 @@ def _lifetime(login: Login, document: Any) -> float:
         return login.expires_in
     expression = login.expires_in
     try:
-        found = expression.search(document)
-        seconds = float(found) if not isinstance(found, bool) and isinstance(found, (int, float, str)) else math.nan
-    except Exception:  # not a number (a string such as "soon"), or a function failing
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
+        seconds = seconds_of(expression.search(document))
+    except Exception:  # a function failing
+        seconds = None
+    if seconds is None:
         raise LoginFailed(f"login: expires_in {expression.source!r} gives no number of seconds greater than 0 on the login's answer")
     return seconds
 

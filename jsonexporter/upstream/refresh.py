@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from jsonexporter.keyed import keyed_digest
 from jsonexporter.logs import kv
 from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, Endpoint, Module
+from jsonexporter.spec.problems import fault
 from jsonexporter.upstream.cache import Answer, Lookup
 
 if TYPE_CHECKING:
@@ -229,7 +230,7 @@ class Schedules:
         try:
             answer, failure = await self.fetch(job)
         except Exception as exc:  # a schedule outlives whatever one request does
-            log.error("scheduled request failed unexpectedly", extra=kv(module=job.module.name, endpoint=job.endpoint.name, err=f"{type(exc).__name__}: {exc}"))
+            log.error("scheduled request failed unexpectedly", extra=kv(module=job.module.name, endpoint=job.endpoint.name, err=fault(exc)))
             answer, failure = None, None
         if answer is not None:
             self._keep(s, answer)
