@@ -17,6 +17,9 @@ and only one probe's document and series are alive at a time, whatever the numbe
 A computation may have a deadline (a `loop.time()`): it raises DeadlinePassed when the deadline
 passes while it waits for its turn or between two slices (one that ends within its first slice is
 never cut), so that a probe whose time is up answers at once instead of computing what nobody reads.
+Within a step, work that may be long (one JMESPath evaluation: spec/evaluation.py) reads the deadline of
+the computation running, `current_deadline()`, and raises DeadlinePassed itself: a BaseException, as
+asyncio's CancelledError, so that no `except Exception` of the work (a series' error) takes it for its own.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import itertools
 import time
 import weakref
 from collections.abc import Generator, Iterable
+from contextvars import ContextVar
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -40,8 +44,14 @@ SLICE_SECONDS = 0.002
 RENDER, EXTRACT, PARSE = 0, 1, 2  # priorities of the turns: lower first, so that a probe goes on to the end
 
 
-class DeadlinePassed(Exception):
+class DeadlinePassed(BaseException):
     """The deadline of a computation passed before it ended."""
+
+
+# The deadline (a time.monotonic(), asyncio's loop.time()) of the computation `run` or `run_sliced` runs in this
+# context (a task, or the thread off any loop); None outside one. A context variable: a task's, not the loop's
+_deadline: ContextVar[float | None] = ContextVar("deadline", default=None)
+current_deadline = _deadline.get
 
 
 class _Turns:
@@ -148,6 +158,7 @@ def run(steps: Steps[T], deadline: float | None = None) -> T:
     """All the steps at once, off any event loop (`probe --input`, `jsonexporter test`); DeadlinePassed
     when `deadline`, a time.monotonic() (the clock of asyncio's loop.time()), passes between two slices
     as in `run_sliced`."""
+    token = _deadline.set(deadline)
     try:
         if deadline is None:
             while True:
@@ -163,6 +174,8 @@ def run(steps: Steps[T], deadline: float | None = None) -> T:
     except StopIteration as done:
         result: T = done.value
         return result
+    finally:
+        _deadline.reset(token)
 
 
 async def run_sliced(steps: Steps[T], priority: int = EXTRACT, slice_seconds: float = SLICE_SECONDS, deadline: float | None = None) -> T:
@@ -171,6 +184,7 @@ async def run_sliced(steps: Steps[T], priority: int = EXTRACT, slice_seconds: fl
     clock = time.perf_counter
     async with turn(priority, deadline):
         until = clock() + slice_seconds
+        token = _deadline.set(deadline)
         try:
             while True:
                 next(steps)
@@ -182,6 +196,8 @@ async def run_sliced(steps: Steps[T], priority: int = EXTRACT, slice_seconds: fl
         except StopIteration as done:
             result: T = done.value
             return result
+        finally:
+            _deadline.reset(token)
 
 
 async def collected(items: Iterable[T], slice_seconds: float = SLICE_SECONDS, deadline: float | None = None) -> list[T]:

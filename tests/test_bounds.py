@@ -424,6 +424,35 @@ async def test_a_probe_whose_one_chunk_of_elements_takes_seconds_ends_by_its_dea
     assert health_checks > 0
 
 
+# One rule, no `each`: one evaluation of one expression, 400 filters of 20,000 elements each (8 million visits of
+# jmespath's interpreter, seconds even on a fast machine) that build nothing: only the deadline can stop it
+ONE_EVALUATION_SPEC = """
+modules:
+  default:
+    timeout: 60s
+    metrics:
+      - {name: filtered, help: f, value: "length([FILTERS])"}
+""".replace("FILTERS", ", ".join(["items[?v > `5`]"] * 400))
+
+
+async def test_a_probe_whose_one_evaluation_takes_seconds_ends_by_its_deadline_and_lets_health_checks_through(
+        upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/": {"items": [{"v": 1}] * 20_000}})
+    client = await exporter(ONE_EVALUATION_SPEC)
+    probe = asyncio.ensure_future(client.get(f"/probe?target={up.url}/", headers={"X-Prometheus-Scrape-Timeout-Seconds": "1.0"}))
+    health_checks = 0
+    while not probe.done():
+        health = await asyncio.wait_for(client.get("/-/healthy"), 60)  # the evaluation holds the loop until the deadline, no longer
+        assert health.status == 200
+        health_checks += 1
+    s = parse(await (await probe).text())
+    assert value(s, "probe_failed_due_to_deadline") == 1 and value(s, "probe_success") == 0
+    assert "filtered" not in names(s)
+    assert health_checks > 0
+    trace = await _probe(client, f"target={up.url}/&debug=true", **{"X-Prometheus-Scrape-Timeout-Seconds": "1.0"})
+    assert "probe failed: the deadline of 0.500s passed before the series were extracted" in trace
+
+
 LONG_LABEL_SPEC = """
 modules:
   default:

@@ -18,7 +18,7 @@ from metrics_util import samples
 
 from jsonexporter.extract import Extraction, ProbeContext, extract
 from jsonexporter.spec.expressions import MEMO_CHARACTERS, MEMO_ENTRIES, CallMemo, compile_expression
-from jsonexporter.spec.functions import OPTIONS, FunctionError
+from jsonexporter.spec.functions import MAX_BUILT_CHARACTERS, MAX_BUILT_ENTRIES, OPTIONS, FunctionError
 from jsonexporter.trace import Trace
 
 PROBE = ProbeContext("default", "http://t", {})
@@ -379,3 +379,43 @@ def test_to_number_reads_strings_as_prometheus_reads_numbers(text: str, expected
 def test_durations_and_sizes_take_only_ascii_digits(source: str, text: str) -> None:
     with pytest.raises(FunctionError, match="not a"):
         compile_expression(source).search({"v": text})
+
+
+# -- what one evaluation may build (spec/evaluation.py, MAX_BUILT_ENTRIES and MAX_BUILT_CHARACTERS)
+
+BUILDING = """
+modules:
+  default:
+    metrics:
+      - {name: built, help: b, each: items, labels: {id: id}, value: "VALUE"}
+"""
+_PARTS = MAX_BUILT_ENTRIES + 1  # characters of a text that `split(s, '')` would make too many parts of
+BUILT_TOO_MUCH = [  # the value of a rule, the element's fields, where the message says it was stopped
+    ("length(split(s, ''))", {"s": "x" * _PARTS}, "function split: cannot use \"xxx"),
+    ("length([sort(split(s, '')), sort(split(s, ''))])", {"s": "ab" * (_PARTS // 3)}, "at sort()"),  # the repro's: each alone would do
+    ("length([names, names, names, names, names][])", {"names": ["n"] * (_PARTS // 4)}, "at a flatten []"),
+    ("length(join(s, split(s, ',')))", {"s": "a," * 3000}, "function join: cannot use"),  # 18 million characters, never made
+    ("length([to_string(names), to_string(names)][0])", {"names": ["nnnn"] * (MAX_BUILT_CHARACTERS // 10)}, "at to_string()"),
+    # more calls than are direct: the bounded interpreter counts the text each makes
+    ("length(values({a: lower(s), b: lower(s), c: lower(s), d: lower(s), e: lower(s)}))", {"s": "X" * (MAX_BUILT_CHARACTERS // 4)},
+     "characters of text"),
+]
+
+
+@pytest.mark.parametrize(("source", "fields", "where"), BUILT_TOO_MUCH, ids=[case[2] for case in BUILT_TOO_MUCH])
+def test_an_evaluation_building_more_than_its_bound_fails_its_series_saying_where(source: str, fields: dict[str, Any], where: str) -> None:
+    spec = BUILDING.replace("VALUE", source.replace('"', '\\"'))
+    document = {"items": [{"id": "big", **fields}, {"id": "small", "s": "a,b", "names": ["n"]}]}
+    for result in _both_paths(spec, document):
+        assert [labels["id"] for _, labels, _ in samples(result.families["built"])] == ["small"]  # the other series are there
+        assert result.errors["built"] == 1
+        (message,) = result.messages
+        assert message.startswith("metric built: ") and message.endswith("(labels {'id': 'big'})")
+        assert where in message
+        assert "1,048,576" in message or f"{MAX_BUILT_CHARACTERS:,}" in message  # the bound, as docs/spec.md gives it
+
+
+def test_a_list_of_the_answer_sorted_filtered_and_projected_is_within_the_bound() -> None:
+    items = [{"n": i, "s": "up" if i % 2 else "down"} for i in range(150_000)]
+    expression = compile_expression("[length(items[?s=='up']), max_by(items, &n).n, sort_by(items, &n)[-1].n, length(items[*].n)]")
+    assert expression.search({"items": items}) == [75_000, 149_999, 149_999, 150_000]

@@ -4,7 +4,6 @@ expressions, and the string templates of URLs, headers, params, bodies and modul
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import re
 import string
@@ -20,7 +19,8 @@ from jmespath.parser import ParsedResult
 
 from jsonexporter.secrets import CUT, redact_patterns
 from jsonexporter.spec import objects
-from jsonexporter.spec.functions import LIBRARY, OPTIONS, CallError, call_by_columns, check_call
+from jsonexporter.spec.evaluation import bounded_search
+from jsonexporter.spec.functions import LIBRARY, CallError, call_by_columns, check_call
 
 Search = Callable[[Any], Any]
 Columns = Callable[[list[Any]], "list[Any] | None"]  # what an expression gives for each element of a list, at once; None: one by one
@@ -197,6 +197,19 @@ def _direct_columns(ast: dict[str, Any], given: list[str] | None = None) -> Colu
         return None if any(v is None for v in values) else call_by_columns(name, [v for v in values if v is not None])
 
     return columns
+
+
+# Calls that take about the same time and memory whatever their arguments (a time, duration or size is at most
+# MAX_INPUT characters; to_number scans its text once); the others walk or build as much as they are given
+_CHEAP_FUNCTIONS = frozenset({"parse_time", "parse_duration", "parse_bytes", "to_number", "add", "subtract", "multiply", "divide",
+                              "abs", "ceil", "floor", "length", "type", "not_null"})
+# Direct calls (`_direct_search`) are neither timed nor counted as spec/evaluation.py's are: an expression of more
+# calls that walk or build what they are given (`{a: lower(s), b: lower(s), …}` with hundreds of keys) is evaluated there
+MAX_DIRECT_COSTLY = 4
+
+
+def _costly_calls(ast: dict[str, Any]) -> int:
+    return sum(1 for node in _calls(ast) if node["value"] not in _CHEAP_FUNCTIONS)
 
 
 # Calls whose result depends on their arguments only, and is a string, number, boolean or null (not `split`'s list)
@@ -548,8 +561,9 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
         if chain is not None:
             search = _fast_search(chain)
         else:
-            direct = _direct_search(parsed.parsed) if parsed.parsed["type"] in ("function_expression", "multi_select_dict") else None
-            search = direct or functools.partial(parsed.search, options=OPTIONS)
+            direct = (_direct_search(parsed.parsed) if parsed.parsed["type"] in ("function_expression", "multi_select_dict")
+                      and _costly_calls(parsed.parsed) <= MAX_DIRECT_COSTLY else None)
+            search = direct or bounded_search(parsed.parsed, text)
             iterates = direct is None and _iterates(parsed.parsed)
             columns = _direct_columns(parsed.parsed) if direct is not None else None
             single = _single_input(parsed.parsed)

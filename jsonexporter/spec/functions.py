@@ -40,6 +40,12 @@ MAX_INPUT = 256  # characters of a time, duration or size string: longer is not 
 # How much longer than its string the result of replace() or regex_replace() may be: answers are hostile,
 # and `replace(s, '', new)` or a pattern matching everywhere would multiply a long string's size.
 MAX_GROWTH = 65536
+# What one evaluation of an expression may build, in all (spec/evaluation.py counts it; a function alone is held to it
+# here too, for the direct calls of expressions.py): list and object entries, 8 bytes each and what they hold (a
+# million: a list of the answer's items sorted, filtered or projected), and characters of text (twice the default
+# max_response_bytes). `split(s, '')` of a 3 MB text would make 3 million entries, `join` of it with itself 9e12 characters.
+MAX_BUILT_ENTRIES = 1 << 20
+MAX_BUILT_CHARACTERS = 1 << 23
 _FLOAT_MAX = sys.float_info.max
 _SHOWN = 60  # characters of a value shown in an error message
 REGEX_FUNCTIONS = frozenset({"regex_match", "regex_extract", "regex_replace"})
@@ -51,6 +57,14 @@ class FunctionError(Exception):
 
     def __init__(self, function: str, value: Any, reason: str) -> None:
         super().__init__(f"function {function}: cannot use {shorten(value, _SHOWN)}: {reason}")
+
+
+class BuildLimitExceeded(FunctionError):
+    """An evaluation that would build more than MAX_BUILT_ENTRIES or MAX_BUILT_CHARACTERS: an error of its series."""
+
+    def __init__(self, source: str, what: str, where: str) -> None:
+        Exception.__init__(self, f"expression {shorten(source, _SHOWN)} would build {what} in one evaluation (at {where}; "
+                                 "bounds of docs/spec.md#functions): iterate with `each` instead, or simplify it")
 
 
 class CallError(Exception):
@@ -309,7 +323,7 @@ class Library(jmespath.functions.Functions):  # type: ignore[misc]
         ours = _CALLS.get(function_name)
         try:
             if ours is None:  # a built-in function: jmespath checks its arguments
-                return super().call_function(function_name, resolved_args)
+                return _bounded_result(function_name, resolved_args, super().call_function)
             function, kinds, least = ours
             if not least <= len(resolved_args) <= len(kinds):  # load checked it: only for other callers
                 raise jmespath.exceptions.ArityError(least, len(resolved_args), function_name)
@@ -343,6 +357,9 @@ class Library(jmespath.functions.Functions):  # type: ignore[misc]
         limit = -1 if count is None else _count(count)
         if limit == 0:
             return [s]
+        parts = _parts(s, sep, limit)
+        if parts > MAX_BUILT_ENTRIES:
+            raise _Unusable(s, f"it would make {parts:,} parts, more than the {MAX_BUILT_ENTRIES:,} entries an evaluation may build")
         if sep == "":
             chars = list(s)
             return chars if limit < 0 or limit >= len(chars) else [*chars[:limit], s[limit:]]
@@ -441,6 +458,72 @@ class Library(jmespath.functions.Functions):  # type: ignore[misc]
         return _arithmetic(a, a / b)
 
 
+def _join_size(args: list[Any]) -> tuple[int, int] | None:
+    separator, texts = [*args, None, None][:2]
+    if type(separator) is not str or type(texts) is not list or not all(type(text) is str for text in texts):
+        return None  # jmespath's type check says what is wrong
+    return 0, sum(map(len, texts)) + len(separator) * max(len(texts) - 1, 0)
+
+
+def _length_of(index: int, characters: bool = False) -> Callable[[list[Any]], tuple[int, int] | None]:
+    """The size of a result as long as argument `index` (a list's entries, a text's characters)."""
+    def size(args: list[Any]) -> tuple[int, int] | None:
+        arg: Any = args[index] if index < len(args) else None
+        if type(arg) is str:
+            return (0, len(arg)) if characters else None
+        return (len(arg), 0) if type(arg) in (list, dict) else None
+    return size
+
+
+def _parts(s: str, sep: str, limit: int) -> int:
+    """How many parts `split` makes (`limit` -1: no limit)."""
+    every = len(s) if sep == "" else s.count(sep) + 1
+    return every if limit < 0 else min(every, limit + 1)
+
+
+def _split_size(args: list[Any]) -> tuple[int, int] | None:
+    s, sep = [*args, None, None][:2]
+    if type(s) is not str or type(sep) is not str:
+        return None
+    limit = args[2] if len(args) > 2 and type(args[2]) in (int, float) and args[2] >= 0 else -1
+    return _parts(s, sep, int(limit)), len(s)
+
+
+def _merge_size(args: list[Any]) -> tuple[int, int] | None:
+    return sum(len(arg) for arg in args if type(arg) is dict), 0
+
+
+# The functions whose result's size their arguments tell before it is built: (entries, characters) at most
+_BUILT_BEFORE: dict[str, Callable[[list[Any]], tuple[int, int] | None]] = {
+    "split": _split_size, "join": _join_size, "merge": _merge_size, "to_array": lambda args: (1, 0),
+    "sort": _length_of(0), "sort_by": _length_of(0), "keys": _length_of(0), "values": _length_of(0), "map": _length_of(1),
+    "reverse": _length_of(0, characters=True),
+}
+# Those whose text result is measured once built: at most a few times their input (upper('ß') is 'SS'), and MAX_GROWTH
+text_results = frozenset({"lower", "upper", "trim", "replace", "regex_replace", "regex_extract", "to_string"})
+
+
+def built_before(name: str, args: list[Any]) -> tuple[int, int] | None:
+    """What calling `name` on `args` would build, (entries, characters), when the arguments tell it; None otherwise."""
+    size = _BUILT_BEFORE.get(name)
+    return None if size is None else size(args)
+
+
+def _bounded_result(name: str, args: list[Any], call: Callable[[str, list[Any]], Any]) -> Any:
+    """A built-in function's call, refused when its result alone would pass a bound of one evaluation:
+    `join` before it builds, `to_string` (its text cannot be told before) after."""
+    if name == "join":
+        call_size = _join_size(args)
+        if call_size is not None and call_size[1] > MAX_BUILT_CHARACTERS:
+            raise _Unusable(args[0], f"the result would have {call_size[1]:,} characters, more than the {MAX_BUILT_CHARACTERS:,} "
+                                     "an evaluation may build")
+    result = call(name, args)
+    if name == "to_string" and type(result) is str and len(result) > MAX_BUILT_CHARACTERS:
+        raise _Unusable(args[0], f"its text would have {len(result):,} characters, more than the {MAX_BUILT_CHARACTERS:,} "
+                                 "an evaluation may build")
+    return result
+
+
 def _count(count: int | float) -> int:
     if count < 0 or not float(count).is_integer():
         raise _Unusable(count, "the count must be a whole number, 0 or more")
@@ -495,6 +578,8 @@ def call_by_columns(function_name: str, columns: list[list[Any]]) -> list[Any] |
             return None
     if function_name in _NUMBERS_AS_THEY_ARE and present <= _NUMBER_OR_NULL:
         return list(columns[0])  # a number is its own size and number, null gives null: no call per row
+    if function_name == "split" and sum(len(s) + 1 for s in columns[0] if s is not None) > MAX_BUILT_ENTRIES:
+        return None  # the parts of a whole column might pass what one evaluation may build: row by row, each held to it
     try:
         return list(map(function, itertools.repeat(LIBRARY), *columns))
     except Exception:
