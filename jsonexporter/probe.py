@@ -136,7 +136,10 @@ class _SelfPlan:
 
 def _self_plan(module: Module, extraction: Extraction, endpoints: list[EndpointResult] | None, timed: bool) -> _SelfPlan:
     """The plan of this probe's shape, kept with the module's plans (Module.fast_plans, bounded)."""
-    shape = tuple((r.endpoint, r.cache is not None) for r in endpoints) if endpoints is not None else None
+    if endpoints is not None and len(endpoints) == 1:  # most modules: without a generator
+        shape: tuple[tuple[str, bool], ...] | None = ((endpoints[0].endpoint, endpoints[0].cache is not None),)
+    else:
+        shape = tuple((r.endpoint, r.cache is not None) for r in endpoints) if endpoints is not None else None
     key = (shape, tuple(extraction.errors), tuple(extraction.duplicates), timed)
     plans: dict[Any, _SelfPlan] | None = module.fast_plans.get(_SelfPlan)  # keyed by the class, as extract's _KnownTexts
     if plans is None:
@@ -187,10 +190,14 @@ def _self_values(plan: _SelfPlan, extraction: Extraction, endpoints: list[Endpoi
     value = format_value
     values: list[str] = []
     if endpoints is not None:
-        values += ["1" if r.ok else "0" for r in endpoints]
-        values += [str(r.status) for r in endpoints]
-        values += [str(r.bytes) for r in endpoints]
-        values += [value(r.duration) for r in endpoints]
+        if len(endpoints) == 1:  # most modules: four values, without four comprehensions (3.7 us -> 2.4 of bench/'s probe)
+            r = endpoints[0]
+            values = ["1" if r.ok else "0", str(r.status), str(r.bytes), value(r.duration)]
+        else:
+            values += ["1" if r.ok else "0" for r in endpoints]
+            values += [str(r.status) for r in endpoints]
+            values += [str(r.bytes) for r in endpoints]
+            values += [value(r.duration) for r in endpoints]
         if plan.cached:
             values += [value(endpoints[i].cache_age or 0.0) for i in plan.cached]
             values += ["1" if endpoints[i].stale else "0" for i in plan.cached]
@@ -198,13 +205,16 @@ def _self_values(plan: _SelfPlan, extraction: Extraction, endpoints: list[Endpoi
             values += [str(endpoints[i].pages or 0) for i in plan.paged]
     values += _metric_values(plan, extraction)
     if endpoints is not None:
-        values += ["1" if failed_due_to == limit else "0" for limit in LIMITS]
+        values += _FAILED_DUE_TO.get(failed_due_to, _NOT_FAILED)
     if duration is not None:
         values.append(value(duration))
     values.append("1" if success else "0")
     return values
 
 
+# probe_failed_due_to_*'s values, by the limit the probe failed for
+_FAILED_DUE_TO: dict[str | None, list[str]] = {due_to: ["1" if due_to == limit else "0" for limit in LIMITS] for due_to in LIMITS}
+_NOT_FAILED = ["0"] * len(LIMITS)
 _KEYS = operator.attrgetter("keys")
 _MAX_COUNTED = 16  # per plan
 
