@@ -259,6 +259,20 @@ async def test_an_answer_is_in_memory_about_once_while_it_is_written(upstream: U
     assert peak < 1.5 * size
 
 
+async def test_a_compressed_answer_is_compressed_as_it_is_written_never_whole_beside_its_text() -> None:
+    families = [Family("x", "gauge", "h", [f'x{{id="{i}",name="n{i}"}} {i}\n' for i in range(100_000)])]
+    text = render_text(families).encode()
+    tracemalloc.start()
+    try:
+        pieces, headers = await encode_pieces(families, "", "gzip", let_go=True)  # the families let go as written
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert headers["Content-Encoding"] == "gzip" and gzip.decompress(b"".join(pieces)) == text
+    # a piece of text at a time (exposition._PIECE) and the compressed answer: 1.6 MB for 3.4 of text (4.5 compressed at the end)
+    assert peak < 0.75 * len(text)
+
+
 async def _raw_answer(port: int, method: str, path: str, accept_encoding: str = "") -> bytes:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept-Encoding: {accept_encoding}\r\nConnection: close\r\n\r\n".encode())
