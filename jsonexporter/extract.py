@@ -446,6 +446,12 @@ class _FastPlan:
     key: tuple[tuple[str, str], ...]  # rules of an iteration with the same key give an element the same text
     between: tuple[str, ...]  # the template's text before, between and after the rule's labels' values (`_joined_texts`)
     first_chunk: int  # elements of the rule's first chunk in a probe (_FIRST_CHUNK)
+    # what the rule's probes all ask the same: the keys of its iteration (`_iteration_key`) and of its label texts
+    # (by probe in _Memo.labels, across probes in _KnownTexts), and its outputs as `_Output` has them but their family
+    iteration: tuple[str, tuple[tuple[str, bool], ...]]
+    labels_key: tuple[Any, ...]
+    known_key: tuple[Any, ...]
+    outputs: tuple[_PlannedOutput, ...]
 
 
 @dataclass(slots=True)
@@ -553,6 +559,10 @@ def _fast_plan(metric: Metric, static: Labels) -> _FastPlan | None:
     static_texts = tuple(value for _, value in static)
     pieces, between = _template(names, len(rule_names), static_texts)
     exprs = [expr for _, expr in metric.labels]
+    key = tuple((name, expr.source) for name, expr in metric.labels)
+    iteration = _iteration_key(metric)
+    outputs = tuple((output.name, output.value, None if output.value is None else _plain_field(output.value), _sample_name(metric, output.name),
+                     output.help or metric.help or _DEFAULT_HELP) for output in metric.outputs)
     return _FastPlan(
         names=names,
         static_texts=static_texts,
@@ -562,9 +572,13 @@ def _fast_plan(metric: Metric, static: Labels) -> _FastPlan | None:
         label_inputs=tuple(e.fields[0] if e.fields is not None and len(e.fields) == 1 else e.single_input for e in exprs),
         template="{" + ",".join(pieces) + "}" if pieces else "",
         slots=tuple(sorted(range(len(rule_names)), key=rule_names.__getitem__)),
-        key=tuple((name, expr.source) for name, expr in metric.labels),
+        key=key,
         between=tuple(between),
         first_chunk=_FIRST_CHUNK if any(e.iterates for e in _element_expressions(metric)) else _CHUNK,
+        iteration=iteration,
+        labels_key=(*iteration, key),
+        known_key=(*iteration, key, tuple(between)),
+        outputs=outputs,
     )
 
 
@@ -642,16 +656,13 @@ def _nothing_to_iterate(level: Level) -> None:
 
 
 _Output = tuple[str, Expression | None, str | None, str, Family]  # name, value, its plain field, sample name, family
+_PlannedOutput = tuple[str, Expression | None, str | None, str, str]  # name, value, its plain field, sample name, help
 _NO_EXPRESSION = Expression("", lambda data: None, on_context=False)  # for `_column` of a plain field, which needs none
 
 
 def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, memo: _Memo) -> Steps[None]:
     """What `_apply_general` does for the rules `_fast_plan` accepts, with the same output."""
-    outputs: list[_Output] = []
-    for output in metric.outputs:
-        value = output.value
-        plain = value.fields[0] if value is not None and value.fields is not None and len(value.fields) == 1 else None
-        outputs.append((output.name, value, plain, _sample_name(metric, output.name), _family(result, metric, output)))
+    outputs = _outputs(plan, metric.type, result.families)
     # duplicates `last` and `sum`: the rule's series wait for its last element, by label text (as `_put`):
     # `last` keeps the text of the value, `sum` the value
     held: list[dict[str, Any]] | None = None if metric.duplicates == "first" else [{} for _ in outputs]
@@ -688,12 +699,23 @@ def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, m
             for text, number in zip(texts, numbers, strict=True):
                 if _new_series(result, name, family, text):
                     family.parts.append(f"{sample_name}{text} {number}\n")
-    _iteration_failed(metric, outputs, result, memo)
+    _iteration_failed(plan, outputs, result, memo)
     for (name, _, _, sample_name, family), kept in zip(outputs, held, strict=True) if held is not None else ():
         result.uncounted -= len(kept)
         for key, value in kept.items():
             if _new_series(result, name, family, key):
                 family.parts.append(f"{sample_name}{key} {value if type(value) is str else format_value(value)}\n")
+
+
+def _outputs(plan: _FastPlan, mtype: str, families: dict[str, Family]) -> list[_Output]:
+    """The plan's outputs with their families (`_family`)."""
+    outputs = []
+    for name, value, plain, sample_name, help_text in plan.outputs:
+        family = families.get(name)
+        if family is None:
+            family = families[name] = Family(name, mtype, help_text)
+        outputs.append((name, value, plain, sample_name, family))
+    return outputs
 
 
 def _chunks(metric: Metric, plan: _FastPlan, doc: Any, memo: _Memo) -> Iterator[tuple[list[Any] | None, _Chunk | None, _Fields | None]]:
@@ -702,10 +724,9 @@ def _chunks(metric: Metric, plan: _FastPlan, doc: Any, memo: _Memo) -> Iterator[
     Chunks are cut by the time the rule's last one took (`_next_chunk_size`); the first rule of an
     iteration to reach an element cuts where its chunk ends, the others end theirs there too (or before,
     when theirs take longer), so that rules share the fields and label texts of the same chunks."""
-    elements, _ = _iteration(metric, doc, memo)
-    iteration = _iteration_key(metric)
-    key = (*iteration, plan.key)
-    made = memo.labels.setdefault(key, {})
+    iteration = plan.iteration
+    elements, _ = _iteration(metric, iteration, doc, memo)
+    made = memo.labels.setdefault(plan.labels_key, {})
     ends = memo.ends.setdefault(iteration, [])
     # a chunk's time by the wall clock (67 ns a reading), then, after one that took too long, by the thread's CPU
     # clock (its work, not the time the machine's other work took meanwhile), a system call of 0.6-4 µs
@@ -732,7 +753,7 @@ def _chunks(metric: Metric, plan: _FastPlan, doc: Any, memo: _Memo) -> Iterator[
         if first <= start and end <= last:
             chunk = whole if (first, last) == (start, end) else _chunk_part(whole, start - first, end - first)
         else:
-            chunk = _bounded_chunk(_known_chunk(plan, fields, memo.known, (*key, plan.between, start)), memo.bounds)
+            chunk = _bounded_chunk(_known_chunk(plan, fields, memo.known, start), memo.bounds)
             made[start] = end, chunk
         yield fields.elements, chunk, fields
         seconds = clock() - began
@@ -810,7 +831,7 @@ def _bounded_pairs(pairs: list[tuple[str, str]], bounds: Bounds) -> list[tuple[s
     return list(zip(names, _bounded_texts(names, [text for _, text in pairs], bounds), strict=True))
 
 
-def _known_chunk(plan: _FastPlan, fields: _Fields, known: _KnownTexts, key: tuple[Any, ...]) -> _Chunk | None:
+def _known_chunk(plan: _FastPlan, fields: _Fields, known: _KnownTexts, start: int) -> _Chunk | None:
     """`_label_texts`, or the chunk the same label values gave at an earlier probe: the values of
     fields and what pure calls read, compared to those kept at C speed (bench/features.yml's 4 labels
     by calls, 512 elements of a fresh answer: 145 µs instead of 320, mostly the dict lookups). Only values that are all texts are kept: a text equals
@@ -822,12 +843,12 @@ def _known_chunk(plan: _FastPlan, fields: _Fields, known: _KnownTexts, key: tupl
         inputs = [fields.field(name) for name in map(plan.label_inputs.__getitem__, plan.slots) if name is not None]
     except Exception:  # an element that is not an object
         return _label_texts(plan, elements)
-    entry = known.chunks.get(key[:-1], {}).get(key[-1])
+    entry = known.chunks.get(plan.known_key, {}).get(start)
     if entry is not None and entry[0] == inputs:
         return entry[1]
     chunk = _label_texts(plan, elements, inputs)
     if chunk is not None:
-        _keep(known, key, inputs, chunk)
+        _keep(known, (*plan.known_key, start), inputs, chunk)
     return chunk
 
 
@@ -886,14 +907,13 @@ def _iteration_key(metric: Metric) -> tuple[str, tuple[tuple[str, bool], ...]]:
     return metric.endpoint, tuple((level.path.source, level.optional) for level in metric.each)
 
 
-def _iteration(metric: Metric, doc: Any, memo: _Memo) -> tuple[list[Any], Exception | None]:
-    iteration = _iteration_key(metric)
+def _iteration(metric: Metric, iteration: tuple[str, tuple[tuple[str, bool], ...]], doc: Any, memo: _Memo) -> tuple[list[Any], Exception | None]:
     return memo.elements.get(iteration) or memo.elements.setdefault(iteration, _plain_elements(metric.each, doc))
 
 
-def _iteration_failed(metric: Metric, outputs: list[_Output], result: Extraction, memo: _Memo) -> None:
+def _iteration_failed(plan: _FastPlan, outputs: list[_Output], result: Extraction, memo: _Memo) -> None:
     """The iteration itself failed: the rule gives no more series, and says why."""
-    failure = memo.elements[_iteration_key(metric)][1]
+    failure = memo.elements[plan.iteration][1]
     if failure is not None:
         for name, *_ in outputs:
             result.error(name, _reason(failure))
@@ -989,9 +1009,8 @@ def _series_function(k: int, m: int) -> Callable[..., str]:
 
 def _apply_fast_histogram(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, memo: _Memo) -> Steps[None]:
     """What `_apply_general` does for a histogram `_fast_plan` accepts (`duplicates: first`), with the same output."""
-    (output,) = metric.outputs
-    name, sample_name, family = output.name, _sample_name(metric, output.name), _family(result, metric, output)
-    outputs: list[_Output] = [(name, None, None, sample_name, family)]
+    outputs = _outputs(plan, metric.type, result.families)
+    ((name, _, _, sample_name, family),) = outputs
     layouts: dict[tuple[Any, ...], _Layout | None] = {}
     for part, chunk, fields in _chunks(metric, plan, doc, memo):
         if part is None or fields is None:
@@ -1014,7 +1033,7 @@ def _apply_fast_histogram(metric: Metric, plan: _FastPlan, doc: Any, result: Ext
             if _new_series(result, name, family, key):
                 result.uncounted += samples - 1
                 family.parts.append(series)
-    _iteration_failed(metric, outputs, result, memo)
+    _iteration_failed(plan, outputs, result, memo)
 
 
 def _plain_field(expr: Expression) -> str | None:
@@ -1600,7 +1619,10 @@ def _series(result: Extraction) -> int:
 
 def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels, trace: Trace | None,
                    series_limit: int = 0, bounds: Bounds = Bounds()) -> Steps[Extraction]:
-    result = Extraction(bounds=bounds)
+    names = module.fast_plans.get(_output_names)  # keyed by the function, as `_KnownTexts`
+    if names is None:
+        names = module.fast_plans[_output_names] = _output_names(module.metrics)
+    result = Extraction(errors=names.copy(), duplicates=names.copy(), bounds=bounds)  # every output counted, 0 unless it errs
     known = module.fast_plans.get(_KnownTexts)  # keyed by the class: no rule's plan has that key
     if known is None:
         known = module.fast_plans[_KnownTexts] = _KnownTexts()
@@ -1609,9 +1631,6 @@ def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeCon
         shared = module.fast_plans[_shared_fields] = _shared_fields(module.metrics)
     memo = _Memo(plans=module.fast_plans, known=known, shared=shared, bounds=bounds)
     for metric in module.metrics:
-        for output in metric.outputs:
-            result.errors.setdefault(output.name, 0)
-            result.duplicates.setdefault(output.name, 0)
         if metric.endpoint not in documents:
             continue  # its endpoint failed; that is reported per endpoint, not per metric
         if trace is not None:
@@ -1627,6 +1646,11 @@ def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeCon
     _check_size(result)
     result.families = {k: f for k, f in result.families.items() if f.parts}
     return result
+
+
+def _output_names(metrics: Iterable[Metric]) -> dict[str, int]:
+    """Every output's name, in the rules' order, with 0: the errors and duplicates of an extraction before it begins."""
+    return dict.fromkeys((output.name for metric in metrics for output in metric.outputs), 0)
 
 
 def _check_size(result: Extraction) -> None:
