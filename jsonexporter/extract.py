@@ -482,20 +482,31 @@ class _Memo:
 
 @dataclass(slots=True)
 class _Fields:
-    """The columns of the fields of a chunk of an iteration's elements, those that several rules read
-    (`shared`) read once for all of them: a column of a fresh answer's objects costs about 29 µs per
-    512 elements. The others are not kept: memory let go at once is memory used again while in the CPU's
-    cache (keeping all of bench/spec.yml's columns, none read twice, made its extraction 7 % slower)."""
+    """The columns of the fields of a chunk of an iteration's elements. A projection's objects (spec/objects.py)
+    give all their fields' columns at once, at the first asked (the rules read them all: the projection holds
+    only what they read), kept for all the rules. Of dicts, the fields that several rules read (`shared`) are
+    read once for all of them: a column of a fresh answer's dicts costs about 29 µs per 512 elements; the others
+    are not kept: memory let go at once is memory used again while in the CPU's cache (keeping all of bench/spec.yml's
+    columns, none read twice, made its extraction 7 % slower then)."""
 
     elements: list[Any]
     shared: frozenset[str]
     columns: dict[str, list[Any]] = field(default_factory=dict)
+    tried: bool = False  # whether the columns of all the fields at once were tried (`objects.columns`)
 
     def field(self, name: str) -> list[Any]:
         """The column of one plain field; TypeError or AttributeError when an element is not an object (`_column`)."""
         column = self.columns.get(name)
         if column is None:
-            column = _column(_NO_EXPRESSION, name, self.elements)
+            if not self.tried:
+                self.tried = True
+                found = objects.columns(self.elements)
+                if found is not None:
+                    self.columns = found
+                    column = found.get(name)
+                    if column is not None:
+                        return column
+            column = objects.column(name, self.elements)
             if name in self.shared:
                 self.columns[name] = column
         return column

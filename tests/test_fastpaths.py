@@ -48,6 +48,7 @@ from jsonexporter.extract import (
 )
 from jsonexporter.probe import module_labels
 from jsonexporter.slices import EXTRACT, PARSE, RENDER, turn
+from jsonexporter.spec import objects
 from jsonexporter.spec.model import Module
 from jsonexporter.spec.objects import Fields, attribute
 from jsonexporter.spec.projection import FULL, STRUCT_FIELDS
@@ -802,6 +803,26 @@ def test_fields_of_any_name_are_read_from_objects_as_from_the_whole_answer() -> 
     series = parse(render_text(list(fast.families.values())))
     assert value(series, "m_o", c="c1", d="X", e="e", n="5", l="x") == 1 and value(series, "m_p", c="c1", d="X", e="e", n="5", l="x") == 4
     assert sorted(v for (name, _), v in series.items() if name == "m_o") == [-1, 1, 7] and value(series, "k", c="a") == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(items | st.none(), max_size=6))
+def test_the_columns_of_all_of_an_objects_fields_at_once_are_those_of_each_field(elements: list[Any]) -> None:
+    """`objects.columns` (every field of a chunk's objects at once, as the fast path reads them) gives each
+    field's column as `objects.column` reads it; nothing when an element is not an object (null)."""
+    assume(not _beyond_64_bits_in_a_value({"items": elements}, 0, dict))
+    names = ["id", "a", "v", "w", "tags", "sub", *ODD_NAMES]
+    rule = {"name": "m", "help": "h", "each": "items", "values": {f"f{i}": f'"{name}"' for i, name in enumerate(names)}}
+    module = make_spec(json.dumps({"modules": {"default": {"metrics": [rule]}}})).modules["default"]
+    whole, projected = _projected(module, {"items": elements})
+    rows = projected.get("items")
+    found = objects.columns(rows)
+    event("objects" if found is not None else "dicts or null among them")
+    if not rows or not isinstance(rows[0], Fields) or None in rows:  # (an answer the projection does not fit is parsed into dicts)
+        assert found is None
+        return
+    assert found == {name: objects.column(name, rows) for name in names}
+    assert found == {name: [element.get(name) for element in whole["items"]] for name in names}  # as the whole answer's dicts
 
 
 @settings(max_examples=300, deadline=None)
