@@ -461,6 +461,12 @@ class _Chunk:
     unique: bool  # no two elements of the chunk with the same labels
     columns: list[list[str]]  # the escaped label values, in the plan's `slots` order (a histogram's `le` goes between them)
     longest: list[int] | None = None  # the length of each column's longest value, once measured (`_bounded_chunk`)
+    # kept across probes (`_KnownTexts`): the token of the texts that keep it, the characters of its texts, and the
+    # pieces of each sample name's lines (`_kept_lines`) with the characters they hold, counted there
+    kept: object = None
+    size: int = 0
+    lines: dict[str, list[str]] | None = None
+    characters: int = 0
 
 
 @dataclass(slots=True)
@@ -536,6 +542,7 @@ class _KnownTexts:
     chunks: dict[tuple[Any, ...], dict[int, tuple[list[list[Any]], _Chunk]]] = field(default_factory=dict)
     elements: int = 0
     characters: int = 0
+    token: object = field(default_factory=object)  # what the chunks kept hold (`_Chunk.kept`), a new one when it starts again
 
 
 _MAX_PLANS = 1024  # per module: module labels made of the target or parameters make a plan per target
@@ -705,7 +712,7 @@ def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, m
         for (name, _, _, sample_name, family), numbers in zip(outputs, columns, strict=True):
             if chunk.unique and family.keys.isdisjoint(distinct):
                 family.keys |= distinct
-                family.parts.append(_lines(sample_name, texts, numbers))
+                family.parts.append(_kept_lines(memo.known, chunk, sample_name, numbers) or _lines(sample_name, texts, numbers))
                 continue
             for text, number in zip(texts, numbers, strict=True):
                 if _new_series(result, name, family, text):
@@ -865,19 +872,22 @@ def _known_chunk(plan: _FastPlan, fields: _Fields, known: _KnownTexts, start: in
 
 def _keep(known: _KnownTexts, key: tuple[Any, ...], inputs: list[list[Any]], chunk: _Chunk) -> None:
     try:
-        characters = sum(len("".join(column)) for column in inputs) + sum(map(len, chunk.texts))  # TypeError unless all texts
+        size = sum(map(len, chunk.texts))
+        characters = sum(len("".join(column)) for column in inputs) + size  # TypeError unless all texts
     except TypeError:
         return
     by_index = known.chunks.setdefault(key[:-1], {})
     before = by_index.pop(key[-1], None)
     if before is not None:
         known.elements -= len(before[1].texts)
-        known.characters -= sum(len("".join(column)) for column in before[0]) + sum(map(len, before[1].texts))
+        known.characters -= sum(len("".join(column)) for column in before[0]) + sum(map(len, before[1].texts)) + before[1].characters
     if known.elements + len(chunk.texts) > _KNOWN_ELEMENTS or known.characters + characters > _KNOWN_CHARACTERS:
         known.chunks.clear()
         known.elements = known.characters = 0
+        known.token = object()  # the chunks kept before add no lines to what is counted now
         by_index = known.chunks.setdefault(key[:-1], {})
     by_index[key[-1]] = (inputs, chunk)
+    chunk.kept, chunk.size = known.token, size
     known.elements += len(chunk.texts)
     known.characters += characters
 
@@ -1226,6 +1236,32 @@ def _lines(sample_name: str, texts: list[str], numbers: list[str]) -> str:
     pieces[1::4] = texts
     pieces[3::4] = numbers
     pieces[-1] = "\n"
+    return "".join(pieces)
+
+
+def _kept_lines(known: _KnownTexts, chunk: _Chunk, sample_name: str, numbers: list[str]) -> str | None:
+    """What `_lines` gives, for a chunk kept across probes: the pieces of its lines but the numbers
+    (`name{labels} `, with the line break before it) are kept with it, by sample name, so that its lines
+    are one slice assignment of the numbers and one join of 2n+1 pieces (200 lines: 2.7 µs against 7.5).
+    None when the chunk is not kept, or its lines would take the texts kept beyond _KNOWN_CHARACTERS."""
+    pieces = None if chunk.lines is None else chunk.lines.get(sample_name)
+    if pieces is None:
+        characters = chunk.size + len(chunk.texts) * (len(sample_name) + 2)  # each text, with the name before it and a space and a line break
+        if chunk.kept is not known.token or not chunk.texts or known.characters + characters > _KNOWN_CHARACTERS:
+            return None
+        prefixes = [f"\n{sample_name}{text} " for text in chunk.texts]
+        known.characters += characters
+        chunk.characters += characters
+        prefixes[0] = prefixes[0][1:]
+        prefixes.append("\n")
+        pieces = [""] * len(prefixes) * 2
+        pieces[0::2] = prefixes
+        pieces.pop()
+        if chunk.lines is None:
+            chunk.lines = {}
+        chunk.lines[sample_name] = pieces
+    pieces = pieces.copy()
+    pieces[1::2] = numbers
     return "".join(pieces)
 
 

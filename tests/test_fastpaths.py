@@ -405,6 +405,11 @@ def test_the_label_texts_kept_across_probes_are_bounded(elements: int, length: i
         known = module.fast_plans[_KnownTexts]
         assert known.elements <= _KNOWN_ELEMENTS and known.characters <= _KNOWN_CHARACTERS
         assert known.chunks
+        kept = [entry for by_start in known.chunks.values() for entry in by_start.values()]
+        assert known.elements == sum(len(chunk.texts) for _, chunk in kept)
+        assert known.characters == sum(len("".join(column)) for inputs, _ in kept for column in inputs) + sum(  # the lines' pieces too
+            sum(map(len, chunk.texts)) + len("".join(piece for pieces in (chunk.lines or {}).values() for piece in pieces)) for _, chunk in kept)
+        assert any(chunk.lines for _, chunk in kept)
 
 
 def test_rules_sharing_labels_give_an_element_the_same_label_text() -> None:
