@@ -446,6 +446,12 @@ class _FastPlan:
     key: tuple[tuple[str, str], ...]  # rules of an iteration with the same key give an element the same text
     between: tuple[str, ...]  # the template's text before, between and after the rule's labels' values (`_joined_texts`)
     first_chunk: int  # elements of the rule's first chunk in a probe (_FIRST_CHUNK)
+    # what the rule's probes all ask the same: the keys of its iteration (`_iteration_key`) and of its label texts
+    # (by probe in _Memo.labels, across probes in _KnownTexts), and its outputs as `_Output` has them but their family
+    iteration: tuple[str, tuple[tuple[str, bool], ...]]
+    labels_key: tuple[Any, ...]
+    known_key: tuple[Any, ...]
+    outputs: tuple[_PlannedOutput, ...]
 
 
 @dataclass(slots=True)
@@ -455,6 +461,12 @@ class _Chunk:
     unique: bool  # no two elements of the chunk with the same labels
     columns: list[list[str]]  # the escaped label values, in the plan's `slots` order (a histogram's `le` goes between them)
     longest: list[int] | None = None  # the length of each column's longest value, once measured (`_bounded_chunk`)
+    # kept across probes (`_KnownTexts`): the token of the texts that keep it, the characters of its texts, and the
+    # pieces of each sample name's lines (`_kept_lines`) with the characters they hold, counted there
+    kept: object = None
+    size: int = 0
+    lines: dict[str, list[str]] | None = None
+    characters: int = 0
 
 
 @dataclass(slots=True)
@@ -476,20 +488,31 @@ class _Memo:
 
 @dataclass(slots=True)
 class _Fields:
-    """The columns of the fields of a chunk of an iteration's elements, those that several rules read
-    (`shared`) read once for all of them: a column of a fresh answer's objects costs about 29 µs per
-    512 elements. The others are not kept: memory let go at once is memory used again while in the CPU's
-    cache (keeping all of bench/spec.yml's columns, none read twice, made its extraction 7 % slower)."""
+    """The columns of the fields of a chunk of an iteration's elements. A projection's objects (spec/objects.py)
+    give all their fields' columns at once, at the first asked (the rules read them all: the projection holds
+    only what they read), kept for all the rules. Of dicts, the fields that several rules read (`shared`) are
+    read once for all of them: a column of a fresh answer's dicts costs about 29 µs per 512 elements; the others
+    are not kept: memory let go at once is memory used again while in the CPU's cache (keeping all of bench/spec.yml's
+    columns, none read twice, made its extraction 7 % slower then)."""
 
     elements: list[Any]
     shared: frozenset[str]
     columns: dict[str, list[Any]] = field(default_factory=dict)
+    tried: bool = False  # whether the columns of all the fields at once were tried (`objects.columns`)
 
     def field(self, name: str) -> list[Any]:
         """The column of one plain field; TypeError or AttributeError when an element is not an object (`_column`)."""
         column = self.columns.get(name)
         if column is None:
-            column = _column(_NO_EXPRESSION, name, self.elements)
+            if not self.tried:
+                self.tried = True
+                found = objects.columns(self.elements)
+                if found is not None:
+                    self.columns = found
+                    column = found.get(name)
+                    if column is not None:
+                        return column
+            column = objects.column(name, self.elements)
             if name in self.shared:
                 self.columns[name] = column
         return column
@@ -519,6 +542,7 @@ class _KnownTexts:
     chunks: dict[tuple[Any, ...], dict[int, tuple[list[list[Any]], _Chunk]]] = field(default_factory=dict)
     elements: int = 0
     characters: int = 0
+    token: object = field(default_factory=object)  # what the chunks kept hold (`_Chunk.kept`), a new one when it starts again
 
 
 _MAX_PLANS = 1024  # per module: module labels made of the target or parameters make a plan per target
@@ -553,6 +577,10 @@ def _fast_plan(metric: Metric, static: Labels) -> _FastPlan | None:
     static_texts = tuple(value for _, value in static)
     pieces, between = _template(names, len(rule_names), static_texts)
     exprs = [expr for _, expr in metric.labels]
+    key = tuple((name, expr.source) for name, expr in metric.labels)
+    iteration = _iteration_key(metric)
+    outputs = tuple((output.name, output.value, None if output.value is None else _plain_field(output.value), _sample_name(metric, output.name),
+                     output.help or metric.help or _DEFAULT_HELP) for output in metric.outputs)
     return _FastPlan(
         names=names,
         static_texts=static_texts,
@@ -562,9 +590,13 @@ def _fast_plan(metric: Metric, static: Labels) -> _FastPlan | None:
         label_inputs=tuple(e.fields[0] if e.fields is not None and len(e.fields) == 1 else e.single_input for e in exprs),
         template="{" + ",".join(pieces) + "}" if pieces else "",
         slots=tuple(sorted(range(len(rule_names)), key=rule_names.__getitem__)),
-        key=tuple((name, expr.source) for name, expr in metric.labels),
+        key=key,
         between=tuple(between),
         first_chunk=_FIRST_CHUNK if any(e.iterates for e in _element_expressions(metric)) else _CHUNK,
+        iteration=iteration,
+        labels_key=(*iteration, key),
+        known_key=(*iteration, key, tuple(between)),
+        outputs=outputs,
     )
 
 
@@ -642,16 +674,13 @@ def _nothing_to_iterate(level: Level) -> None:
 
 
 _Output = tuple[str, Expression | None, str | None, str, Family]  # name, value, its plain field, sample name, family
+_PlannedOutput = tuple[str, Expression | None, str | None, str, str]  # name, value, its plain field, sample name, help
 _NO_EXPRESSION = Expression("", lambda data: None, on_context=False)  # for `_column` of a plain field, which needs none
 
 
 def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, memo: _Memo) -> Steps[None]:
     """What `_apply_general` does for the rules `_fast_plan` accepts, with the same output."""
-    outputs: list[_Output] = []
-    for output in metric.outputs:
-        value = output.value
-        plain = value.fields[0] if value is not None and value.fields is not None and len(value.fields) == 1 else None
-        outputs.append((output.name, value, plain, _sample_name(metric, output.name), _family(result, metric, output)))
+    outputs = _outputs(plan, metric.type, result.families)
     # duplicates `last` and `sum`: the rule's series wait for its last element, by label text (as `_put`):
     # `last` keeps the text of the value, `sum` the value
     held: list[dict[str, Any]] | None = None if metric.duplicates == "first" else [{} for _ in outputs]
@@ -683,17 +712,28 @@ def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, m
         for (name, _, _, sample_name, family), numbers in zip(outputs, columns, strict=True):
             if chunk.unique and family.keys.isdisjoint(distinct):
                 family.keys |= distinct
-                family.parts.append(_lines(sample_name, texts, numbers))
+                family.parts.append(_kept_lines(memo.known, chunk, sample_name, numbers) or _lines(sample_name, texts, numbers))
                 continue
             for text, number in zip(texts, numbers, strict=True):
                 if _new_series(result, name, family, text):
                     family.parts.append(f"{sample_name}{text} {number}\n")
-    _iteration_failed(metric, outputs, result, memo)
+    _iteration_failed(plan, outputs, result, memo)
     for (name, _, _, sample_name, family), kept in zip(outputs, held, strict=True) if held is not None else ():
         result.uncounted -= len(kept)
         for key, value in kept.items():
             if _new_series(result, name, family, key):
                 family.parts.append(f"{sample_name}{key} {value if type(value) is str else format_value(value)}\n")
+
+
+def _outputs(plan: _FastPlan, mtype: str, families: dict[str, Family]) -> list[_Output]:
+    """The plan's outputs with their families (`_family`)."""
+    outputs = []
+    for name, value, plain, sample_name, help_text in plan.outputs:
+        family = families.get(name)
+        if family is None:
+            family = families[name] = Family(name, mtype, help_text)
+        outputs.append((name, value, plain, sample_name, family))
+    return outputs
 
 
 def _chunks(metric: Metric, plan: _FastPlan, doc: Any, memo: _Memo) -> Iterator[tuple[list[Any] | None, _Chunk | None, _Fields | None]]:
@@ -702,10 +742,9 @@ def _chunks(metric: Metric, plan: _FastPlan, doc: Any, memo: _Memo) -> Iterator[
     Chunks are cut by the time the rule's last one took (`_next_chunk_size`); the first rule of an
     iteration to reach an element cuts where its chunk ends, the others end theirs there too (or before,
     when theirs take longer), so that rules share the fields and label texts of the same chunks."""
-    elements, _ = _iteration(metric, doc, memo)
-    iteration = _iteration_key(metric)
-    key = (*iteration, plan.key)
-    made = memo.labels.setdefault(key, {})
+    iteration = plan.iteration
+    elements, _ = _iteration(metric, iteration, doc, memo)
+    made = memo.labels.setdefault(plan.labels_key, {})
     ends = memo.ends.setdefault(iteration, [])
     # a chunk's time by the wall clock (67 ns a reading), then, after one that took too long, by the thread's CPU
     # clock (its work, not the time the machine's other work took meanwhile), a system call of 0.6-4 µs
@@ -732,7 +771,7 @@ def _chunks(metric: Metric, plan: _FastPlan, doc: Any, memo: _Memo) -> Iterator[
         if first <= start and end <= last:
             chunk = whole if (first, last) == (start, end) else _chunk_part(whole, start - first, end - first)
         else:
-            chunk = _bounded_chunk(_known_chunk(plan, fields, memo.known, (*key, plan.between, start)), memo.bounds)
+            chunk = _bounded_chunk(_known_chunk(plan, fields, memo.known, start), memo.bounds)
             made[start] = end, chunk
         yield fields.elements, chunk, fields
         seconds = clock() - began
@@ -810,7 +849,7 @@ def _bounded_pairs(pairs: list[tuple[str, str]], bounds: Bounds) -> list[tuple[s
     return list(zip(names, _bounded_texts(names, [text for _, text in pairs], bounds), strict=True))
 
 
-def _known_chunk(plan: _FastPlan, fields: _Fields, known: _KnownTexts, key: tuple[Any, ...]) -> _Chunk | None:
+def _known_chunk(plan: _FastPlan, fields: _Fields, known: _KnownTexts, start: int) -> _Chunk | None:
     """`_label_texts`, or the chunk the same label values gave at an earlier probe: the values of
     fields and what pure calls read, compared to those kept at C speed (bench/features.yml's 4 labels
     by calls, 512 elements of a fresh answer: 145 µs instead of 320, mostly the dict lookups). Only values that are all texts are kept: a text equals
@@ -822,30 +861,33 @@ def _known_chunk(plan: _FastPlan, fields: _Fields, known: _KnownTexts, key: tupl
         inputs = [fields.field(name) for name in map(plan.label_inputs.__getitem__, plan.slots) if name is not None]
     except Exception:  # an element that is not an object
         return _label_texts(plan, elements)
-    entry = known.chunks.get(key[:-1], {}).get(key[-1])
+    entry = known.chunks.get(plan.known_key, {}).get(start)
     if entry is not None and entry[0] == inputs:
         return entry[1]
     chunk = _label_texts(plan, elements, inputs)
     if chunk is not None:
-        _keep(known, key, inputs, chunk)
+        _keep(known, (*plan.known_key, start), inputs, chunk)
     return chunk
 
 
 def _keep(known: _KnownTexts, key: tuple[Any, ...], inputs: list[list[Any]], chunk: _Chunk) -> None:
     try:
-        characters = sum(len("".join(column)) for column in inputs) + sum(map(len, chunk.texts))  # TypeError unless all texts
+        size = sum(map(len, chunk.texts))
+        characters = sum(len("".join(column)) for column in inputs) + size  # TypeError unless all texts
     except TypeError:
         return
     by_index = known.chunks.setdefault(key[:-1], {})
     before = by_index.pop(key[-1], None)
     if before is not None:
         known.elements -= len(before[1].texts)
-        known.characters -= sum(len("".join(column)) for column in before[0]) + sum(map(len, before[1].texts))
+        known.characters -= sum(len("".join(column)) for column in before[0]) + sum(map(len, before[1].texts)) + before[1].characters
     if known.elements + len(chunk.texts) > _KNOWN_ELEMENTS or known.characters + characters > _KNOWN_CHARACTERS:
         known.chunks.clear()
         known.elements = known.characters = 0
+        known.token = object()  # the chunks kept before add no lines to what is counted now
         by_index = known.chunks.setdefault(key[:-1], {})
     by_index[key[-1]] = (inputs, chunk)
+    chunk.kept, chunk.size = known.token, size
     known.elements += len(chunk.texts)
     known.characters += characters
 
@@ -886,14 +928,13 @@ def _iteration_key(metric: Metric) -> tuple[str, tuple[tuple[str, bool], ...]]:
     return metric.endpoint, tuple((level.path.source, level.optional) for level in metric.each)
 
 
-def _iteration(metric: Metric, doc: Any, memo: _Memo) -> tuple[list[Any], Exception | None]:
-    iteration = _iteration_key(metric)
+def _iteration(metric: Metric, iteration: tuple[str, tuple[tuple[str, bool], ...]], doc: Any, memo: _Memo) -> tuple[list[Any], Exception | None]:
     return memo.elements.get(iteration) or memo.elements.setdefault(iteration, _plain_elements(metric.each, doc))
 
 
-def _iteration_failed(metric: Metric, outputs: list[_Output], result: Extraction, memo: _Memo) -> None:
+def _iteration_failed(plan: _FastPlan, outputs: list[_Output], result: Extraction, memo: _Memo) -> None:
     """The iteration itself failed: the rule gives no more series, and says why."""
-    failure = memo.elements[_iteration_key(metric)][1]
+    failure = memo.elements[plan.iteration][1]
     if failure is not None:
         for name, *_ in outputs:
             result.error(name, _reason(failure))
@@ -989,9 +1030,8 @@ def _series_function(k: int, m: int) -> Callable[..., str]:
 
 def _apply_fast_histogram(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, memo: _Memo) -> Steps[None]:
     """What `_apply_general` does for a histogram `_fast_plan` accepts (`duplicates: first`), with the same output."""
-    (output,) = metric.outputs
-    name, sample_name, family = output.name, _sample_name(metric, output.name), _family(result, metric, output)
-    outputs: list[_Output] = [(name, None, None, sample_name, family)]
+    outputs = _outputs(plan, metric.type, result.families)
+    ((name, _, _, sample_name, family),) = outputs
     layouts: dict[tuple[Any, ...], _Layout | None] = {}
     for part, chunk, fields in _chunks(metric, plan, doc, memo):
         if part is None or fields is None:
@@ -1014,7 +1054,7 @@ def _apply_fast_histogram(metric: Metric, plan: _FastPlan, doc: Any, result: Ext
             if _new_series(result, name, family, key):
                 result.uncounted += samples - 1
                 family.parts.append(series)
-    _iteration_failed(metric, outputs, result, memo)
+    _iteration_failed(plan, outputs, result, memo)
 
 
 def _plain_field(expr: Expression) -> str | None:
@@ -1196,6 +1236,32 @@ def _lines(sample_name: str, texts: list[str], numbers: list[str]) -> str:
     pieces[1::4] = texts
     pieces[3::4] = numbers
     pieces[-1] = "\n"
+    return "".join(pieces)
+
+
+def _kept_lines(known: _KnownTexts, chunk: _Chunk, sample_name: str, numbers: list[str]) -> str | None:
+    """What `_lines` gives, for a chunk kept across probes: the pieces of its lines but the numbers
+    (`name{labels} `, with the line break before it) are kept with it, by sample name, so that its lines
+    are one slice assignment of the numbers and one join of 2n+1 pieces (200 lines: 2.7 µs against 7.5).
+    None when the chunk is not kept, or its lines would take the texts kept beyond _KNOWN_CHARACTERS."""
+    pieces = None if chunk.lines is None else chunk.lines.get(sample_name)
+    if pieces is None:
+        characters = chunk.size + len(chunk.texts) * (len(sample_name) + 2)  # each text, with the name before it and a space and a line break
+        if chunk.kept is not known.token or not chunk.texts or known.characters + characters > _KNOWN_CHARACTERS:
+            return None
+        prefixes = [f"\n{sample_name}{text} " for text in chunk.texts]
+        known.characters += characters
+        chunk.characters += characters
+        prefixes[0] = prefixes[0][1:]
+        prefixes.append("\n")
+        pieces = [""] * len(prefixes) * 2
+        pieces[0::2] = prefixes
+        pieces.pop()
+        if chunk.lines is None:
+            chunk.lines = {}
+        chunk.lines[sample_name] = pieces
+    pieces = pieces.copy()
+    pieces[1::2] = numbers
     return "".join(pieces)
 
 
@@ -1600,7 +1666,10 @@ def _series(result: Extraction) -> int:
 
 def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeContext, static: Labels, trace: Trace | None,
                    series_limit: int = 0, bounds: Bounds = Bounds()) -> Steps[Extraction]:
-    result = Extraction(bounds=bounds)
+    names = module.fast_plans.get(_output_names)  # keyed by the function, as `_KnownTexts`
+    if names is None:
+        names = module.fast_plans[_output_names] = _output_names(module.metrics)
+    result = Extraction(errors=names.copy(), duplicates=names.copy(), bounds=bounds)  # every output counted, 0 unless it errs
     known = module.fast_plans.get(_KnownTexts)  # keyed by the class: no rule's plan has that key
     if known is None:
         known = module.fast_plans[_KnownTexts] = _KnownTexts()
@@ -1609,9 +1678,6 @@ def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeCon
         shared = module.fast_plans[_shared_fields] = _shared_fields(module.metrics)
     memo = _Memo(plans=module.fast_plans, known=known, shared=shared, bounds=bounds)
     for metric in module.metrics:
-        for output in metric.outputs:
-            result.errors.setdefault(output.name, 0)
-            result.duplicates.setdefault(output.name, 0)
         if metric.endpoint not in documents:
             continue  # its endpoint failed; that is reported per endpoint, not per metric
         if trace is not None:
@@ -1627,6 +1693,11 @@ def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeCon
     _check_size(result)
     result.families = {k: f for k, f in result.families.items() if f.parts}
     return result
+
+
+def _output_names(metrics: Iterable[Metric]) -> dict[str, int]:
+    """Every output's name, in the rules' order, with 0: the errors and duplicates of an extraction before it begins."""
+    return dict.fromkeys((output.name for metric in metrics for output in metric.outputs), 0)
 
 
 def _check_size(result: Extraction) -> None:

@@ -48,6 +48,7 @@ from jsonexporter.extract import (
 )
 from jsonexporter.probe import module_labels
 from jsonexporter.slices import EXTRACT, PARSE, RENDER, turn
+from jsonexporter.spec import objects
 from jsonexporter.spec.model import Module
 from jsonexporter.spec.objects import Fields, attribute
 from jsonexporter.spec.projection import FULL, STRUCT_FIELDS
@@ -404,6 +405,11 @@ def test_the_label_texts_kept_across_probes_are_bounded(elements: int, length: i
         known = module.fast_plans[_KnownTexts]
         assert known.elements <= _KNOWN_ELEMENTS and known.characters <= _KNOWN_CHARACTERS
         assert known.chunks
+        kept = [entry for by_start in known.chunks.values() for entry in by_start.values()]
+        assert known.elements == sum(len(chunk.texts) for _, chunk in kept)
+        assert known.characters == sum(len("".join(column)) for inputs, _ in kept for column in inputs) + sum(  # the lines' pieces too
+            sum(map(len, chunk.texts)) + len("".join(piece for pieces in (chunk.lines or {}).values() for piece in pieces)) for _, chunk in kept)
+        assert any(chunk.lines for _, chunk in kept)
 
 
 def test_rules_sharing_labels_give_an_element_the_same_label_text() -> None:
@@ -802,6 +808,26 @@ def test_fields_of_any_name_are_read_from_objects_as_from_the_whole_answer() -> 
     series = parse(render_text(list(fast.families.values())))
     assert value(series, "m_o", c="c1", d="X", e="e", n="5", l="x") == 1 and value(series, "m_p", c="c1", d="X", e="e", n="5", l="x") == 4
     assert sorted(v for (name, _), v in series.items() if name == "m_o") == [-1, 1, 7] and value(series, "k", c="a") == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(items | st.none(), max_size=6))
+def test_the_columns_of_all_of_an_objects_fields_at_once_are_those_of_each_field(elements: list[Any]) -> None:
+    """`objects.columns` (every field of a chunk's objects at once, as the fast path reads them) gives each
+    field's column as `objects.column` reads it; nothing when an element is not an object (null)."""
+    assume(not _beyond_64_bits_in_a_value({"items": elements}, 0, dict))
+    names = ["id", "a", "v", "w", "tags", "sub", *ODD_NAMES]
+    rule = {"name": "m", "help": "h", "each": "items", "values": {f"f{i}": f'"{name}"' for i, name in enumerate(names)}}
+    module = make_spec(json.dumps({"modules": {"default": {"metrics": [rule]}}})).modules["default"]
+    whole, projected = _projected(module, {"items": elements})
+    rows = projected.get("items")
+    found = objects.columns(rows)
+    event("objects" if found is not None else "dicts or null among them")
+    if not rows or not isinstance(rows[0], Fields) or None in rows:  # (an answer the projection does not fit is parsed into dicts)
+        assert found is None
+        return
+    assert found == {name: objects.column(name, rows) for name in names}
+    assert found == {name: [element.get(name) for element in whole["items"]] for name in names}  # as the whole answer's dicts
 
 
 @settings(max_examples=300, deadline=None)

@@ -3,7 +3,7 @@
 A projection decodes each object whose named fields the rules read into a msgspec Struct holding just
 those fields: smaller and faster to build and free than a dict of them. Every reader of a field reads
 such an object as it reads a dict: `get(name)` (jmespath's interpreter asks no more of an object),
-the fast searches (spec/expressions.py) and the columns (`column`). A field the answer lacks reads as
+the fast searches (spec/expressions.py) and the columns (`column`, `columns`). A field the answer lacks reads as
 null, as a null one does: no reader of a named field tells them apart, and the objects meet no other
 reader (a rule that reads more of an object, `@` or `keys(@)`, has its answer parsed whole).
 """
@@ -17,6 +17,7 @@ from itertools import repeat
 from typing import Any
 
 import msgspec
+from msgspec.structs import astuple
 
 
 def attribute(name: str) -> str:
@@ -41,6 +42,20 @@ class Fields(msgspec.Struct, gc=False):
     def get(self, name: str, default: Any = None) -> Any:
         """The field as `dict.get` gives it: null when the answer lacks it (or has it null)."""
         return getattr(self, attribute(name), default)
+
+
+def columns(rows: list[Any]) -> dict[str, list[Any]] | None:
+    """Every field of rows that are all a projection's objects, as a column by the field's name: each object's
+    fields as a tuple (msgspec's astuple, in C), then turned into columns (200 objects of 10 fields: 24 µs, against
+    54 for a `column` of each); None when the rows are dicts, or one of them is not an object (null, a number).
+    A projection's objects of one list are all of one type (its node's, spec/projection.py)."""
+    if not rows or type(rows[0]) is dict or not isinstance(rows[0], Fields):
+        return None
+    try:
+        by_row = list(map(astuple, rows))
+    except TypeError:  # an element that is not an object
+        return None
+    return dict(zip(type(rows[0]).__struct_encode_fields__, map(list, zip(*by_row, strict=True)), strict=True))
 
 
 def column(name: str, rows: list[Any]) -> list[Any]:
