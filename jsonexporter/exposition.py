@@ -55,6 +55,8 @@ class Family:
     help: str
     parts: list[Part] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)  # the label texts of its series (`labels_text`), for duplicates
+    # `keys` is a chunk's own set of label texts (extract._take_keys), kept across probes: copied before it is added to
+    shared_keys: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +231,7 @@ def _chunks(families: Iterable[Family], openmetrics: bool, let_go: bool = False)
         append(header(family))
         parts = family.parts
         if let_go:
-            family.parts, family.keys = [], set()
+            family.parts, family.keys, family.shared_keys = [], set(), False
         for index, part in enumerate(parts):
             if let_go:
                 parts[index] = ""

@@ -90,3 +90,19 @@ async def test_probe_answers_counts_per_state_and_reports_no_duplicates(upstream
     assert value(series, "items", state="open") == 3 and value(series, "items", state="done") == 1
     assert value(series, "probe_duplicate_series", metric="items") == 0
 
+
+
+@pytest.mark.parametrize("policy", ["first", "last"])  # the second rule's series by its own chunk, or one by one (`last`)
+def test_a_family_given_a_chunks_kept_label_texts_never_changes_them_for_the_next_probe(policy: str) -> None:
+    """The first chunk's set of label texts becomes its family's keys as it is (kept across probes with the chunk):
+    a series another rule adds to that family must go to a copy, or the next probe would take it for a duplicate."""
+    module = make_spec(f"""modules:
+  default:
+    metrics:
+      - {{name: v, help: h, each: items, labels: {{id: id}}, value: v}}
+      - {{name: v, help: h, labels: {{id: extra}}, value: total, duplicates: {policy}}}
+""").modules["default"]
+    document = {"total": 9, "extra": "z", "items": [{"id": "a", "v": 1}, {"id": "b", "v": 2}]}
+    for _ in range(3):  # the same label values each time: the kept chunk, its texts and their set, at every probe after the first
+        result = extract(module, {"default": document}, PROBE)
+        assert _series(result) == ['v{id="a"} 1', 'v{id="b"} 2', 'v{id="z"} 9'] and not any(result.duplicates.values())
