@@ -544,6 +544,9 @@ class _Fields:
 
 _KNOWN_ELEMENTS = 1 << 15  # elements whose label texts a module keeps across probes, at most (`_KnownTexts`)
 _KNOWN_CHARACTERS = 1 << 21  # characters of those texts and of the label values they were made of, at most
+# characters of the kept chunks' lines but their numbers (`_kept_lines`), at most: a budget of their own, so that lines
+# never push out the label texts (bench/features.yml's 60,007 lines would fill the texts' and empty it at every probe)
+_KNOWN_LINE_CHARACTERS = 1 << 21
 
 
 @dataclass(slots=True)
@@ -556,6 +559,7 @@ class _KnownTexts:
     chunks: dict[tuple[Any, ...], dict[int, tuple[list[list[Any]], _Chunk]]] = field(default_factory=dict)
     elements: int = 0
     characters: int = 0
+    line_characters: int = 0  # of the chunks' kept lines (`_kept_lines`), within _KNOWN_LINE_CHARACTERS
     token: object = field(default_factory=object)  # what the chunks kept hold (`_Chunk.kept`), a new one when it starts again
 
 
@@ -894,10 +898,11 @@ def _keep(known: _KnownTexts, key: tuple[Any, ...], inputs: list[list[Any]], chu
     before = by_index.pop(key[-1], None)
     if before is not None:
         known.elements -= len(before[1].texts)
-        known.characters -= sum(len("".join(column)) for column in before[0]) + sum(map(len, before[1].texts)) + before[1].characters
+        known.characters -= sum(len("".join(column)) for column in before[0]) + sum(map(len, before[1].texts))
+        known.line_characters -= before[1].characters
     if known.elements + len(chunk.texts) > _KNOWN_ELEMENTS or known.characters + characters > _KNOWN_CHARACTERS:
         known.chunks.clear()
-        known.elements = known.characters = 0
+        known.elements = known.characters = known.line_characters = 0
         known.token = object()  # the chunks kept before add no lines to what is counted now
         by_index = known.chunks.setdefault(key[:-1], {})
     by_index[key[-1]] = (inputs, chunk)
@@ -1257,14 +1262,14 @@ def _kept_lines(known: _KnownTexts, chunk: _Chunk, sample_name: str, numbers: li
     """What `_lines` gives, for a chunk kept across probes: the pieces of its lines but the numbers
     (`name{labels} `, with the line break before it) are kept with it, by sample name, so that its lines
     are one slice assignment of the numbers and one join of 2n+1 pieces (200 lines: 2.7 µs against 7.5).
-    None when the chunk is not kept, or its lines would take the texts kept beyond _KNOWN_CHARACTERS."""
+    None when the chunk is not kept, or its lines would take the lines kept beyond _KNOWN_LINE_CHARACTERS."""
     pieces = None if chunk.lines is None else chunk.lines.get(sample_name)
     if pieces is None:
         characters = chunk.size + len(chunk.texts) * (len(sample_name) + 2)  # each text, with the name before it and a space and a line break
-        if chunk.kept is not known.token or not chunk.texts or known.characters + characters > _KNOWN_CHARACTERS:
+        if chunk.kept is not known.token or not chunk.texts or known.line_characters + characters > _KNOWN_LINE_CHARACTERS:
             return None
         prefixes = [f"\n{sample_name}{text} " for text in chunk.texts]
-        known.characters += characters
+        known.line_characters += characters
         chunk.characters += characters
         prefixes[0] = prefixes[0][1:]
         prefixes.append("\n")

@@ -35,6 +35,7 @@ from jsonexporter.exposition import Family, encode, encode_async, format_value, 
 from jsonexporter.extract import (
     _KNOWN_CHARACTERS,
     _KNOWN_ELEMENTS,
+    _KNOWN_LINE_CHARACTERS,
     _MAX_PLANS,
     Extraction,
     ProbeContext,
@@ -403,13 +404,33 @@ def test_the_label_texts_kept_across_probes_are_bounded(elements: int, length: i
         result = extract(module, {"default": {"items": items}}, PROBE, module_labels(module, {"target": target, "module": "default"}))
         assert [labels["id"] for _, labels, _ in samples(result.families["a"])] == [item["id"] for item in items]
         known = module.fast_plans[_KnownTexts]
-        assert known.elements <= _KNOWN_ELEMENTS and known.characters <= _KNOWN_CHARACTERS
+        assert known.elements <= _KNOWN_ELEMENTS and known.characters <= _KNOWN_CHARACTERS and known.line_characters <= _KNOWN_LINE_CHARACTERS
         assert known.chunks
         kept = [entry for by_start in known.chunks.values() for entry in by_start.values()]
         assert known.elements == sum(len(chunk.texts) for _, chunk in kept)
-        assert known.characters == sum(len("".join(column)) for inputs, _ in kept for column in inputs) + sum(  # the lines' pieces too
-            sum(map(len, chunk.texts)) + len("".join(piece for pieces in (chunk.lines or {}).values() for piece in pieces)) for _, chunk in kept)
+        assert known.characters == sum(len("".join(column)) for inputs, _ in kept for column in inputs) + sum(sum(map(len, chunk.texts)) for _, chunk in kept)
+        assert known.line_characters == sum(len("".join(piece for pieces in (chunk.lines or {}).values() for piece in pieces)) for _, chunk in kept)
         assert any(chunk.lines for _, chunk in kept)
+
+
+def test_the_lines_kept_across_probes_never_push_out_the_label_texts() -> None:
+    """Lines kept with their chunks (beyond their own budget) and two sets of labels: the second probe of the same answer
+    finds every chunk's label texts kept (bench/features.yml's lines emptied them at every probe: 60 % slower)."""
+    name = "a_metric_with_a_long_name_" + "x" * 40
+    module = make_spec(f"""
+        modules:
+          default:
+            metrics:
+              - {{name: {name}, help: h, each: items, labels: {{id: id}}, values: {{one: v, two: v, three: v}}}}
+              - {{name: b, help: h, each: items, labels: {{id: id, r: r}}, value: v}}
+        """).modules["default"]
+    document = {"items": [{"id": f"item-{i}", "r": "eu", "v": i} for i in range(15_000)]}
+    extract(module, {"default": document}, PROBE)
+    known = module.fast_plans[_KnownTexts]
+    before = {id(chunk) for by_start in known.chunks.values() for _, chunk in by_start.values()}
+    assert known.line_characters > _KNOWN_LINE_CHARACTERS / 2  # lines kept, as many as their budget allows
+    extract(module, {"default": document}, PROBE)
+    assert {id(chunk) for by_start in known.chunks.values() for _, chunk in by_start.values()} == before and len(before) > 2
 
 
 def test_rules_sharing_labels_give_an_element_the_same_label_text() -> None:
