@@ -437,18 +437,15 @@ async def test_tls_and_basic_auth_hold_in_every_worker(tmp_path: Path) -> None:
     auth = {"Authorization": "Basic " + base64.b64encode(b"prometheus:scrape").decode()}
     with _serving(tmp_path, SPEC, "--web.config.file", str(web_file), scheme="https") as (proc, base):
 
-        seen: set[int] = set()
-
-        async def both_serving() -> bool:  # a worker still starting gets no connection while the other serves
+        async def healthy() -> bool:
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
             try:
                 async with _kept(base, 1, client) as [connection]:
-                    seen.add(await connection.worker(auth))
+                    return (await connection.ask("/-/healthy", auth))[0] == 200
             except (OSError, TimeoutError):
                 return False
-            return seen == {1, 2}
 
-        await _poll("both workers serving https", both_serving)
+        await _poll("serving https", healthy)
         await _quiet(proc, base)
         async with _kept(base, 4, client) as kept:
             workers = [await connection.worker(auth) for connection in kept]
