@@ -10,7 +10,6 @@ import functools
 import gc
 import logging
 import signal
-import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -115,7 +114,7 @@ class _Loaded:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from jsonexporter.listen import KEEPALIVE_TIMEOUT, MIN_CLIENT_CONNECTIONS, client_connection_limit, listening_sockets, raise_open_files_limit
+    from jsonexporter.listen import KEEPALIVE_TIMEOUT, client_connection_limit, raise_open_files_limit
     from jsonexporter.selfmetrics import SelfMetrics
     from jsonexporter.server import STATE, Options, load_anew, make_app, reload_on_sighup, stop_once_on_signals
     from jsonexporter.spec import SpecError, load_spec, parse_duration
@@ -148,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("--web.workers must be 1 or more, and more than 1 needs a fixed port in --web.listen-address", file=sys.stderr)
         return EXIT_USAGE
     if args.web_workers > 1 and not hasattr(signal, "sigwaitinfo"):
-        print("--web.workers above 1 needs Linux (sigwaitinfo, connections handed over Unix sockets)", file=sys.stderr)
+        print("--web.workers above 1 needs Linux (SO_REUSEPORT spreading connections, sigwaitinfo)", file=sys.stderr)
         return EXIT_USAGE
     if args.series_limit < 0:
         print("--probe.series-limit must be 0 (no limit) or more", file=sys.stderr)
@@ -166,20 +165,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("--refresh.max-bytes must be 1 or more", file=sys.stderr)
         return EXIT_USAGE
     open_files = raise_open_files_limit()  # before the workers start: they inherit it
-    # with workers, the supervisor holds every client connection too (workers.Balancer): the limit's share of each
-    max_connections = args.web_max_connections or max(client_connection_limit(open_files.soft, args.upstream_max_connections) // args.web_workers,
-                                                       MIN_CLIENT_CONNECTIONS)
+    max_connections = args.web_max_connections or client_connection_limit(open_files.soft, args.upstream_max_connections)
     options = Options(timeout_offset=args.timeout_offset, max_concurrent_probes=args.max_concurrent_probes, auto_reload_interval=auto_reload,
                       connection_limit=args.upstream_max_connections, connection_limit_per_host=args.upstream_max_connections_per_host,
                       max_client_connections=max_connections, series_limit=args.series_limit,
                       refresh_max_requests=args.refresh_max_requests, refresh_min_idle=refresh_min_idle, refresh_max_bytes=args.refresh_max_bytes)
     loaded = _Loaded(spec, web_config)  # in the supervisor: the newest valid files, what a replaced worker starts with
 
-    def cannot_listen(exc: OSError) -> None:
-        log.error("cannot listen", extra=kv(address=args.web_listen_address, err=exc.strerror or str(exc)))
-
-    def run(worker: int = 0, directory: str | None = None, channel: socket.socket | None = None) -> int:
-        """The exporter, in this process (worker 0) or in a worker process, served the connections its supervisor accepts."""
+    def run(worker: int = 0, directory: str | None = None) -> int:
+        """The exporter, in this process (worker 0) or in a worker process."""
         opts, metrics = options, None
         if worker:
             logs.static_fields(worker=worker)
@@ -189,13 +183,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logs.redact_with(app[STATE].redactor)
         reload_on_sighup(app)
         stop_once_on_signals(app, args.shutdown_timeout)
-        app[STATE].connections.handoff = channel
         try:
-            web.run_app(app, host=None if channel else host, port=None if channel else port, sock=channel, print=None, handler_cancellation=True,
-                        access_log=None, handle_signals=False, shutdown_timeout=args.shutdown_timeout, ssl_context=app[STATE].tls,
+            web.run_app(app, host=host, port=port, print=None, handler_cancellation=True, access_log=None, reuse_port=worker > 0,
+                        handle_signals=False, shutdown_timeout=args.shutdown_timeout, ssl_context=app[STATE].tls,
                         keepalive_timeout=KEEPALIVE_TIMEOUT, loop=app[STATE].connections.new_event_loop())
         except OSError as exc:
-            cannot_listen(exc)
+            log.error("cannot listen", extra=kv(address=args.web_listen_address, err=exc.strerror or str(exc)))
             return WORKER_CANNOT_START if worker else EXIT_INVALID
         return EXIT_OK
 
@@ -220,12 +213,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     gc.set_threshold(50_000, 10, 100)
     if args.web_workers == 1:
         return run()
-    try:
-        listeners = listening_sockets(host, port)  # the supervisor's, which hands each connection to a worker
-    except OSError as exc:
-        cannot_listen(exc)
-        return EXIT_INVALID
-    return Supervisor(args.web_workers, run, reload, args.shutdown_timeout, listeners).run()
+    return Supervisor(args.web_workers, run, reload, args.shutdown_timeout).run()
 
 
 def _inputs(specs: list[str], endpoints: Mapping[str, Endpoint]) -> dict[str, Any]:
@@ -375,8 +363,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--web.max-connections", dest="web_max_connections", type=int, default=0,
                        help="client connections open at once, whatever their state; beyond, the oldest idle ones (or still in their "
                             "TLS handshake) are closed, or the new one refused "
-                            "(default 0: what the open files limit leaves, less --upstream.max-connections and 128; with --web.workers, "
-                            "per worker, its share of that: the supervisor holds them all too)")
+                            "(default 0: what the open files limit leaves, less --upstream.max-connections and 128)")
     serve.add_argument("--upstream.max-connections", dest="upstream_max_connections", type=int, default=256,
                        help="connections to upstreams open at once, in all (default 256)")
     serve.add_argument("--upstream.max-connections-per-host", dest="upstream_max_connections_per_host", type=int, default=32,

@@ -1,20 +1,14 @@
 """The exporter's own side of its connections: the open-files limit raised at start, as every Go
 program does, and client connections bounded whatever their state (in their TLS handshake, idle, or
 with a request in progress), the oldest idle ones closed first and the rest refused, so that a crowd
-of idle or silent clients cannot take the file descriptors that /-/healthy and probes need. With
---web.workers, the supervisor's listening sockets (listening_sockets) and a worker's side of the
-connections it is handed (HandoffServer)."""
+of idle or silent clients cannot take the file descriptors that /-/healthy and probes need."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
-import os
 import resource
-import socket
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,8 +93,7 @@ class ClientConnections:
         self.warned = -WARN_INTERVAL
         self.accept_failures = 0  # since the last warning about them
         self.accept_warned = -WARN_INTERVAL
-        self.listening: list[asyncio.Server | HandoffServer] = []  # the loop's servers (_BoundedLoop), for stop_accepting
-        self.handoff: socket.socket | None = None  # a worker's channel from its supervisor: `web.run_app(sock=...)` serves what comes on it
+        self.listening: list[asyncio.Server] = []  # the loop's servers (_BoundedLoop), for stop_accepting
         self.servers: list[web.Server] = []  # aiohttp's, which list the connections, for close_idle
 
     def new_event_loop(self) -> asyncio.AbstractEventLoop:
@@ -137,9 +130,6 @@ class ClientConnections:
         stop, which the caller schedules after this."""
         loop = asyncio.get_running_loop()
         for server in self.listening:
-            if isinstance(server, HandoffServer):
-                server.stop_accepting()
-                continue
             for sock in server.sockets:
                 loop.remove_reader(sock.fileno())
 
@@ -234,14 +224,9 @@ class _BoundedLoop(asyncio.SelectorEventLoop):
     async def create_server(self, protocol_factory: Callable[[], asyncio.BaseProtocol], *args: Any, **kwargs: Any) -> asyncio.Server:
         if kwargs.get("ssl") is not None and kwargs.get("ssl_handshake_timeout") is None:
             kwargs["ssl_handshake_timeout"] = self.connections.handshake_timeout
-        server: asyncio.Server | HandoffServer
-        if self.connections.handoff is not None and kwargs.get("sock") is self.connections.handoff:
-            server = HandoffServer(self, self.connections.protocol_factory(protocol_factory), kwargs["sock"], kwargs.get("ssl"),
-                                   kwargs.get("ssl_handshake_timeout"))
-        else:
-            server = await super().create_server(self.connections.protocol_factory(protocol_factory), *args, **kwargs)
+        server = await super().create_server(self.connections.protocol_factory(protocol_factory), *args, **kwargs)
         self.connections.listening.append(server)
-        return server  # type: ignore[return-value]  # a HandoffServer has what aiohttp's site uses of a server: close()
+        return server
 
     # asyncio's (private, 3.11 to 3.13) hooks between an accepted socket and its protocol, the one place
     # that holds both the handler and the transport that can close the connection before the loop has
@@ -261,92 +246,3 @@ class _BoundedLoop(asyncio.SelectorEventLoop):
     def call_exception_handler(self, context: dict[str, Any]) -> None:
         if not self.connections.accept_failed(context):
             super().call_exception_handler(context)
-
-
-def listening_sockets(host: str | None, port: int, backlog: int = 128) -> list[socket.socket]:
-    """Sockets listening on `host` (None: every address) and `port`, bound as `web.run_app` binds
-    (asyncio's create_server: SO_REUSEADDR, IPv6 ones IPv6-only, a socket per address), so that an
-    address taken fails with the same OSError; for the supervisor of workers, which accepts for them."""
-
-    async def bind() -> list[socket.socket]:
-        server = await asyncio.get_running_loop().create_server(asyncio.Protocol, host, port, backlog=backlog, start_serving=False)
-        bound = [socket.socket(fileno=os.dup(sock.fileno())) for sock in server.sockets]
-        server.close()
-        return bound
-
-    sockets = asyncio.run(bind())
-    for sock in sockets:
-        sock.listen(backlog)
-    return sockets
-
-
-class _Handed(socket.socket):
-    """A connection accepted by the supervisor, which keeps it open too (to see it end, workers.Balancer): shut
-    down as it is closed here, so that it ends here (a close alone would leave it open through the supervisor's)."""
-
-    __slots__ = ()
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):  # closed already, or never connected
-            self.shutdown(socket.SHUT_RDWR)
-        super().close()
-
-
-class HandoffServer:
-    """A worker's side of the connections its supervisor accepts: their descriptors come over
-    `channel` (SCM_RIGHTS), and each is served as one accepted here would be (connect_accepted_socket,
-    with TLS and its handshake timeout, through _BoundedLoop's transports and so the connection bound).
-    What asyncio.Server is to aiohttp's site: close()."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, protocol_factory: Callable[[], asyncio.BaseProtocol], channel: socket.socket,
-                 tls: ssl.SSLContext | None, handshake_timeout: float | None) -> None:
-        self.loop = loop
-        self.protocol_factory = protocol_factory
-        self.channel = channel
-        self.tls = tls
-        self.handshake_timeout = handshake_timeout if tls is not None else None
-        self.setting_up: set[asyncio.Task[None]] = set()
-        self.serving = True
-        channel.setblocking(False)
-        loop.add_reader(channel.fileno(), self._receive)
-        with contextlib.suppress(OSError):  # ready: the supervisor hands connections to a worker still starting only when none is
-            channel.send(b"r", socket.MSG_DONTWAIT)
-
-    def _receive(self) -> None:
-        for _ in range(64):  # then the loop's other callbacks get their turn
-            try:
-                data, fds, _, _ = socket.recv_fds(self.channel, 1, 8)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data, fds = b"", []
-            if not data:  # the supervisor is gone
-                self.stop_accepting()
-                return
-            for fd in fds:
-                task = self.loop.create_task(self._serve(_Handed(fileno=fd)))
-                self.setting_up.add(task)
-                task.add_done_callback(self.setting_up.discard)
-
-    async def _serve(self, sock: _Handed) -> None:
-        # a TLS handshake that failed or timed out: its transport closes it, unseen, as asyncio's server does
-        with contextlib.suppress(Exception):
-            await self.loop.connect_accepted_socket(self.protocol_factory, sock, ssl=self.tls, ssl_handshake_timeout=self.handshake_timeout)
-
-    def stop_accepting(self) -> None:
-        """No more connections: the supervisor's next send fails (EPIPE), and it hands them to the other workers."""
-        if not self.serving:
-            return
-        self.serving = False
-        self.loop.remove_reader(self.channel.fileno())
-        with contextlib.suppress(OSError):
-            self.channel.shutdown(socket.SHUT_RD)
-
-    def close(self) -> None:
-        self.stop_accepting()
-
-    def is_serving(self) -> bool:
-        return self.serving
-
-    async def wait_closed(self) -> None:
-        return None

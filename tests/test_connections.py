@@ -282,64 +282,6 @@ def test_a_tls_handshake_that_does_not_end_within_its_time_is_closed(tls_web_con
         loop.close()
 
 
-def test_a_handed_connection_gets_tls_its_handshake_bound_and_ends_though_the_supervisor_holds_it(
-    tls_web_config: tuple[Path, ssl.SSLContext], tmp_path: Path,
-) -> None:
-    """A worker's connections, accepted by its supervisor, sent over a Unix socket and held open there too
-    (workers.Balancer): served with TLS, a silent one closed after the handshake timeout, each one's end
-    seen by its client (shut down, not only closed: the supervisor's descriptor would keep it open)."""
-    _, client = tls_web_config
-    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_side.load_cert_chain(tmp_path / "server.pem")
-    connections = ClientConnections(50, handshake_timeout=0.5)
-    loop = connections.new_event_loop()
-    supervisor, worker = socket.socketpair()
-    connections.handoff = worker
-    held: list[socket.socket] = []  # as the supervisor holds them
-
-    async def hand(listener: socket.socket, port: int, tls: ssl.SSLContext | None) -> Any:
-        opened = asyncio.create_task(asyncio.open_connection("127.0.0.1", port, ssl=tls, server_hostname="127.0.0.1" if tls else None))
-        conn, _ = await asyncio.wait_for(loop.sock_accept(listener), BOUND)
-        held.append(conn)
-        socket.send_fds(supervisor, [b"\0"], [conn.fileno()])
-        return await asyncio.wait_for(opened, BOUND)
-
-    async def handled(request: web.Request) -> web.Response:
-        return web.Response(text="handed")
-
-    async def served_then_silent_closed() -> tuple[bytes, bytes]:
-        app = web.Application()
-        app.router.add_get("/", handled)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.SockSite(runner, worker, ssl_context=server_side).start()
-        with socket.socket() as listener:
-            listener.bind(("127.0.0.1", 0))
-            listener.listen()
-            listener.setblocking(False)
-            port = listener.getsockname()[1]
-            try:
-                reader, writer = await hand(listener, port, client)
-                writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                answered = await asyncio.wait_for(reader.read(), BOUND)  # to its end: closed by the server
-                writer.close()
-                reader, writer = await hand(listener, port, None)  # TCP, never a ClientHello
-                silent = await asyncio.wait_for(reader.read(), BOUND)
-                writer.close()
-                return answered, silent
-            finally:
-                await runner.cleanup()
-
-    try:
-        answered, silent = loop.run_until_complete(served_then_silent_closed())
-        assert answered.startswith(b"HTTP/1.1 200") and answered.endswith(b"handed"), answered
-        assert silent == b""
-    finally:
-        loop.close()
-        for sock in [supervisor, worker, *held]:
-            sock.close()
-
-
 # -- to upstreams -----------------------------------------------------------------------------
 
 

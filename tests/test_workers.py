@@ -1,31 +1,24 @@
-"""`serve --web.workers 2` as a real process tree: the supervisor's port, its connections handed to the
-worker with the fewest open (even with few keep-alive ones), /metrics the same totals whichever worker
-answers, reloads reaching every worker, a killed worker replaced, a clean stop, TLS, basic auth and the
-connection bound in every worker."""
+"""`serve --web.workers 2` as a real process tree: the port shared, /metrics the same totals
+whichever worker answers, reloads reaching every worker, a killed worker replaced, a clean stop."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import collections
 import contextlib
 import os
 import re
 import signal
 import socket
-import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
-import bcrypt
 import pytest
-import trustme
 from conftest import Held, UpstreamFactory, wait_for
 from metrics_util import Series, parse, value
-from prometheus_util import TCP_LISTEN, free_port, jsonexporter, poll, socket_inodes, tcp_sockets, wait_healthy
+from prometheus_util import free_port, jsonexporter, listening, poll, socket_inodes, tcp_sockets, wait_healthy
 from test_cli import SPEC  # the one-module spec of the single-process tests
 from test_promtool import needs_promtool, promtool_check
 
@@ -43,13 +36,13 @@ def _start(spec_file: Path, *flags: str) -> subprocess.Popen[str]:
 
 
 @contextlib.contextmanager
-def _serving(tmp_path: Path, spec: str, *flags: str, scheme: str = "http") -> Iterator[Served]:
+def _serving(tmp_path: Path, spec: str, *flags: str) -> Iterator[Served]:
     spec_file = tmp_path / "spec.yml"
     spec_file.write_text(spec)
     port = free_port()
     proc = _start(spec_file, "--web.listen-address", f"127.0.0.1:{port}", "--web.workers", "2", *flags)
     try:
-        yield proc, f"{scheme}://127.0.0.1:{port}"
+        yield proc, f"http://127.0.0.1:{port}"
     finally:
         with contextlib.suppress(ProcessLookupError):  # the whole group, also workers whose supervisor is gone
             os.killpg(proc.pid, signal.SIGKILL)
@@ -239,9 +232,10 @@ async def test_a_stop_signal_to_the_whole_group_lets_in_flight_probes_finish(ups
     assert _holding(workers, up.server.port) == workers, f"{len(probes)} probes, all at one worker"
     for pid in workers:
         os.kill(pid, stop)
-    stderr = await _log_until(proc, {f'"msg": "shutting down", "worker": {n}' for n in (1, 2)})  # each has taken its signal
+    port = int(base.rsplit(":", 1)[1])
+    await _poll("both workers stopped listening: they are stopping", lambda: not listening(workers, port))
     proc.send_signal(stop)  # passed on as SIGTERM to workers that have taken their first signal
-    stderr += await _log_until(proc, {f'"msg": "already stopping", "worker": {n}, "signal": "SIGTERM"' for n in (1, 2)})
+    stderr = await _log_until(proc, {f'"msg": "already stopping", "worker": {n}, "signal": "SIGTERM"' for n in (1, 2)})
     assert not any(probe.done() for probe in probes)
     held.release.set()
     for status, text in await asyncio.gather(*probes):
@@ -259,28 +253,22 @@ def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
         assert result.returncode == 2 and "--web.workers must be 1 or more" in result.stderr, result.stderr
 
 
-def test_workers_whose_address_is_taken_exit_1_saying_so_as_one_process_does(tmp_path: Path) -> None:
-    """The supervisor binds the address: it exits before starting any worker, with the single process's message."""
+def test_workers_that_cannot_listen_stop_the_supervisor(tmp_path: Path) -> None:
     spec_file = tmp_path / "spec.yml"
     spec_file.write_text(SPEC)
-    said = {}
-    with socket.socket() as taken:  # listening: nothing else can bind the address
+    with socket.socket() as taken:  # listening without SO_REUSEPORT: the workers cannot join it
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        for workers in ("1", "2"):
-            proc = _start(spec_file, "--web.listen-address", f"127.0.0.1:{port}", "--web.workers", workers)
-            try:
-                code = proc.wait(30)
-            finally:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-            stderr = proc.stderr.read() if proc.stderr else ""
-            assert code == 1, f"exit code {code}:\n{stderr}"  # the whole log: a rare failure under load says what happened
-            assert "Traceback" not in stderr and '"workers started"' not in stderr, stderr
-            [line] = [line for line in stderr.splitlines() if '"msg": "cannot listen"' in line]
-            said[workers] = re.sub(r'"time": "[^"]*", ', "", line)
-    assert said["2"] == said["1"] and "address already in use" in said["1"], said
+        proc = _start(spec_file, "--web.listen-address", f"127.0.0.1:{port}", "--web.workers", "2")
+        try:
+            code = proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert code == 1, f"exit code {code}:\n{stderr}"  # the whole log: a rare failure under load says what happened
+    assert '"msg": "cannot listen"' in stderr and '"reason": "a worker cannot start"' in stderr and "Traceback" not in stderr, stderr
 
 
 def _alive(pid: int) -> bool:
@@ -298,180 +286,3 @@ async def test_no_worker_outlives_a_killed_supervisor(served: Served) -> None:
     assert len(workers) == 2
     proc.kill()  # SIGKILL: the supervisor cannot pass anything on
     await _poll("the workers ended", lambda: not any(_alive(pid) for pid in workers))
-
-
-# -- connections handed to the worker with the fewest open ------------------------------------------
-
-
-def _port(base: str) -> int:
-    return int(base.rsplit(":", 1)[1])
-
-
-def _clients_held(workers: set[int], port: int) -> int:
-    """The client connections to `port` that the workers hold open (one a worker closed leaves its descriptors at once)."""
-    served = {inode for local, _, state, inode in tcp_sockets() if local == port and state != TCP_LISTEN}
-    return sum(len(socket_inodes(pid) & served) for pid in workers)
-
-
-async def _quiet(proc: subprocess.Popen[str], base: str) -> set[int]:
-    """The workers, once they hold no client connection: each close told to the supervisor (a worker
-    tells it before the connection's descriptor goes), so that it counts none open for either."""
-    workers = _workers(proc)
-    await _poll("the workers' client connections closed", lambda: _clients_held(workers, _port(base)) == 0)
-    return workers
-
-
-class _Kept:
-    """A keep-alive connection to the exporter, asked again and again: the worker it was handed answers each time."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, base: str, tls: ssl.SSLContext | None = None) -> _Kept:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", _port(base), ssl=tls,
-                                                                        server_hostname="127.0.0.1" if tls else None), DEADLINE)
-        return cls(reader, writer)
-
-    async def ask(self, path: str = "/", headers: dict[str, str] | None = None, seconds: float = DEADLINE) -> tuple[int, str]:
-        lines = "".join(f"{name}: {text}\r\n" for name, text in (headers or {}).items())
-        self.writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{lines}\r\n".encode())
-        async with asyncio.timeout(seconds):
-            head = await self.reader.readuntil(b"\r\n\r\n")
-            length = re.search(rb"(?i)content-length: (\d+)", head)
-            assert length, head
-            body = await self.reader.readexactly(int(length.group(1)))
-        return int(head.split()[1]), body.decode()
-
-    async def worker(self, headers: dict[str, str] | None = None) -> int:
-        status, page = await self.ask("/", headers)
-        match = re.search(r"Worker (\d) of 2", page)
-        assert status == 200 and match, page[:300]
-        return int(match.group(1))
-
-    async def closed(self) -> bool:
-        """Whether the exporter closes it (within DEADLINE), unasked."""
-        return await asyncio.wait_for(self.reader.read(), DEADLINE) == b""
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-@contextlib.asynccontextmanager
-async def _kept(base: str, count: int, tls: ssl.SSLContext | None = None) -> AsyncIterator[list[_Kept]]:
-    kept: list[_Kept] = []
-    try:
-        for _ in range(count):  # one after the other: the supervisor accepts them in this order
-            kept.append(await _Kept.open(base, tls))
-        yield kept
-    finally:
-        for connection in kept:
-            connection.close()
-
-
-async def test_keep_alive_connections_are_spread_evenly_over_the_workers(served: Served) -> None:
-    """bench/'s 8 connections, or a Prometheus's few: the kernel's SO_REUSEPORT hash split them 5/3 or 6/2."""
-    proc, base = served
-    await wait_healthy(base, proc)
-    await _pages_of_both_workers(base)
-    await _quiet(proc, base)
-    async with _kept(base, 8) as kept:
-        workers = [await connection.worker() for connection in kept]
-        assert collections.Counter(workers) == {1: 4, 2: 4}, workers
-        assert [await connection.worker() for connection in kept] == workers  # kept alive: each with its worker
-
-
-async def test_a_new_connection_goes_to_the_worker_with_the_fewest_open(served: Served) -> None:
-    proc, base = served
-    await wait_healthy(base, proc)
-    await _pages_of_both_workers(base)
-    pids = await _quiet(proc, base)
-    async with _kept(base, 4) as kept:
-        workers = [await connection.worker() for connection in kept]
-        assert collections.Counter(workers) == {1: 2, 2: 2}, workers
-        for connection, worker in zip(kept, workers, strict=True):
-            if worker == workers[0]:
-                connection.close()
-        await _poll("that worker's connections closed", lambda: _clients_held(pids, _port(base)) == 2)
-        async with _kept(base, 2) as more:
-            assert [await connection.worker() for connection in more] == [workers[0]] * 2
-
-
-async def test_connections_closed_and_made_again_at_once_are_spread_evenly_again(served: Served) -> None:
-    """A benchmark run after another, a scraper that reconnects: the supervisor sees the old ones end as the
-    kernel does (not when a worker's loop gets to it), before it hands the new ones."""
-    proc, base = served
-    await wait_healthy(base, proc)
-    await _pages_of_both_workers(base)
-    await _quiet(proc, base)
-    for _ in range(3):
-        async with _kept(base, 8) as kept:
-            workers = [await connection.worker() for connection in kept]
-            assert collections.Counter(workers) == {1: 4, 2: 4}, workers
-
-
-async def test_the_connection_bound_holds_in_each_worker(tmp_path: Path) -> None:
-    """--web.max-connections bounds each worker's connections: beyond, its oldest idle one is closed."""
-    with _serving(tmp_path, SPEC, "--web.max-connections", "2") as (proc, base):
-        await wait_healthy(base, proc)
-        await _pages_of_both_workers(base)
-        await _quiet(proc, base)
-        async with _kept(base, 4) as kept:
-            workers = [await connection.worker() for connection in kept]
-            assert collections.Counter(workers) == {1: 2, 2: 2}, workers
-            async with _kept(base, 1) as [fifth]:  # once the four are idle, each answered
-                assert await fifth.worker() == workers[0]  # ties taken in turn: where the first went
-                assert await kept[0].closed()  # that worker's oldest idle connection, for the fifth
-                assert [await connection.worker() for connection in kept[1:]] == workers[1:]
-
-
-async def test_tls_and_basic_auth_hold_in_every_worker(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
-    web_file = tmp_path / "web.yml"
-    password_hash = bcrypt.hashpw(b"scrape", bcrypt.gensalt(4)).decode()
-    web_file.write_text(f"tls_server_config:\n  cert_file: {tmp_path / 'server.pem'}\n  key_file: {tmp_path / 'server.pem'}\n"
-                        f"basic_auth_users:\n  prometheus: {password_hash}\n")
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    auth = {"Authorization": "Basic " + base64.b64encode(b"prometheus:scrape").decode()}
-    with _serving(tmp_path, SPEC, "--web.config.file", str(web_file), scheme="https") as (proc, base):
-
-        async def healthy() -> bool:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
-            try:
-                async with _kept(base, 1, client) as [connection]:
-                    return (await connection.ask("/-/healthy", auth))[0] == 200
-            except (OSError, TimeoutError):
-                return False
-
-        await _poll("serving https", healthy)
-        await _quiet(proc, base)
-        async with _kept(base, 4, client) as kept:
-            workers = [await connection.worker(auth) for connection in kept]
-            assert collections.Counter(workers) == {1: 2, 2: 2}, workers
-            for connection in kept:
-                assert (await connection.ask("/-/healthy"))[0] == 401
-
-
-async def test_a_stopping_worker_takes_no_new_connections_and_finishes_its_probe(upstream: UpstreamFactory, served_patiently: Served) -> None:
-    held = Held({"queues": {"orders": {"waiting": 5}}}, count=1, hold=PATIENT)
-    up = await upstream({"/stats": held})
-    proc, base = served_patiently
-    await wait_healthy(base, proc)
-    await _pages_of_both_workers(base)
-    pids = await _quiet(proc, base)
-    async with _kept(base, 2) as [probing, other]:
-        stopping, going_on = await probing.worker(), await other.worker()
-        probe = asyncio.create_task(probing.ask(f"/probe?target={up.url}", seconds=PATIENT))
-        await wait_for(held.arrived, DEADLINE)
-        [pid] = _holding(pids, up.server.port)
-        os.kill(pid, signal.SIGTERM)
-        await _log_until(proc, {f'"msg": "shutting down", "worker": {stopping}'})
-        for _ in range(6):  # to the other worker, as long as this one stops
-            status, page = await _fresh(base, "/")
-            assert status == 200 and f"Worker {going_on} of 2" in page, page[:300]
-        assert not probe.done()
-        held.release.set()
-        status, text = await probe
-        assert status == 200 and value(parse(text), "jobs_waiting", queue="orders") == 5
