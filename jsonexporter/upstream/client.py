@@ -296,21 +296,22 @@ class Clients:
         before_anonymous = self._made_before.get(anonymous_made) if anonymous != config else None
         if before is not None and (anonymous == config or before_anonymous is not None):
             # the same files as before the reload: its pooled connections go on
-            return self._keep(made, before, (anonymous_made, before_anonymous) if before_anonymous is not None else None)
+            return self._keep(made, before, anonymous_made, before_anonymous)
         try:  # what was read, not the paths again (files.as_read)
             fresh = await self.files.run(("tls_config", config), "tls-context", functools.partial(_tls_contexts, config, anonymous, read))
         except OSError as exc:  # the wait only: tls_context turns its own errors into ClientConfigError
             files = ", ".join(f"{what} {path!r}" for what, path in _tls_files(config))
             raise ClientConfigError(f"tls_config: cannot load {files}: {exc.strerror or type(exc).__name__}") from None
-        return self._keep(made, fresh[0], (anonymous_made, fresh[1]))
+        return self._keep(made, fresh[0], anonymous_made, fresh[1])
 
     def _keep(self, made: tuple[TLSClientConfig, str], context: ssl.SSLContext,
-              anonymous: tuple[tuple[TLSClientConfig, str], ssl.SSLContext | None] | None) -> ssl.SSLContext:
-        """`context`, and the one without the client certificate made of the same bytes, kept by what they were made of."""
+              anonymous_made: tuple[TLSClientConfig, str], anonymous: ssl.SSLContext | None) -> ssl.SSLContext:
+        """`context`, and the one without the client certificate made of the same bytes (None: it has none), kept by
+        what they were made of."""
         self._made[made] = context
-        if anonymous is not None and anonymous[1] is not None:
-            self._made[anonymous[0]] = anonymous[1]
-            self._contexts.setdefault(anonymous[0][0], anonymous[1])
+        if anonymous is not None:
+            self._made[anonymous_made] = anonymous
+            self._contexts.setdefault(anonymous_made[0], anonymous)
         return context
 
     def succeeded_by(self, spec: Spec) -> Clients:
@@ -322,7 +323,7 @@ class Clients:
         kept = set(_client_configs(spec))
         tokens = {c.oauth2 for c in kept if c.oauth2 is not None}
         tls = {t for c in kept for t in (c.tls, c.oauth2.tls if c.oauth2 is not None else None) if t is not None}
-        tls |= {dataclasses.replace(t, cert_file=None, key_file=None) for t in tls}  # anonymous_context's
+        tls |= {_anonymous(t) for t in tls}  # anonymous_context's
         for config, source in self._tokens.items():
             if config in tokens:
                 source.clients = after  # its next token request reads the secret file and the CA files afresh
