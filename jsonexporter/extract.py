@@ -277,9 +277,14 @@ def _sample_name(metric: Metric, output_name: str) -> str:
 
 
 def _family(result: Extraction, metric: Metric, output: Output) -> Family:
-    family = result.families.get(output.name)
+    return _family_named(result.families, output.name, metric.type, output.help or metric.help or _DEFAULT_HELP)
+
+
+def _family_named(families: dict[str, Family], name: str, mtype: str, help_text: str) -> Family:
+    """The family of this name in the extraction, made at its first series."""
+    family = families.get(name)
     if family is None:
-        family = result.families[output.name] = Family(output.name, metric.type, output.help or metric.help or _DEFAULT_HELP)
+        family = families[name] = Family(name, mtype, help_text)
     return family
 
 
@@ -476,7 +481,7 @@ class _Chunk:
     columns: list[list[str]]  # the escaped label values, in the plan's `slots` order (a histogram's `le` goes between them)
     longest: list[int] | None = None  # the length of each column's longest value, once measured (`_bounded_chunk`)
     # kept across probes (`_KnownTexts`): the token of the texts that keep it, the characters of its texts, and the
-    # pieces of each sample name's lines (`_kept_lines`) with the characters they hold, counted there
+    # pieces of each sample name's lines (`_kept_lines`) with the characters they hold, counted in its line_characters
     kept: object = None
     size: int = 0
     lines: dict[str, list[str]] | None = None
@@ -745,13 +750,8 @@ def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, m
 
 def _outputs(plan: _FastPlan, mtype: str, families: dict[str, Family]) -> list[_Output]:
     """The plan's outputs with their families (`_family`)."""
-    outputs = []
-    for name, value, plain, sample_name, help_text in plan.outputs:
-        family = families.get(name)
-        if family is None:
-            family = families[name] = Family(name, mtype, help_text)
-        outputs.append((name, value, plain, sample_name, family))
-    return outputs
+    return [(name, value, plain, sample_name, _family_named(families, name, mtype, help_text))
+            for name, value, plain, sample_name, help_text in plan.outputs]
 
 
 def _chunks(metric: Metric, plan: _FastPlan, doc: Any, memo: _Memo) -> Iterator[tuple[list[Any] | None, _Chunk | None, _Fields | None]]:
