@@ -498,7 +498,9 @@ class _Memo:
     elements: dict[tuple[str, tuple[tuple[str, bool], ...]], tuple[list[Any], Exception | None]] = field(default_factory=dict)
     ends: dict[tuple[str, tuple[tuple[str, bool], ...]], list[int]] = field(default_factory=dict)
     labels: dict[tuple[Any, ...], dict[int, tuple[int, _Chunk | None]]] = field(default_factory=dict)
-    plans: dict[Any, Any] = field(default_factory=dict)  # the module's (Module.fast_plans): they outlive the extraction
+    # the module's rules' plans (`_cached_plan`), kept in Module.fast_plans under _FastPlan: they outlive the extraction, and
+    # are bounded apart from what else a module keeps there (_KnownTexts, Bounds, _SelfPlan...), which their eviction leaves
+    plans: dict[Any, Any] = field(default_factory=dict)
     bounds: Bounds = field(default_factory=Bounds)
     known: _KnownTexts = field(default_factory=lambda: _KnownTexts())  # the module's too (in its fast_plans)
     fields: dict[tuple[Any, ...], _Fields] = field(default_factory=dict)  # by iteration and chunk (its first element and end)
@@ -568,7 +570,7 @@ class _KnownTexts:
     token: object = field(default_factory=object)  # what the chunks kept hold (`_Chunk.kept`), a new one when it starts again
 
 
-_MAX_PLANS = 1024  # per module: module labels made of the target or parameters make a plan per target
+_MAX_PLANS = 1024  # per module (its own dict): module labels made of the target or parameters make a plan per target
 
 
 def _cached_plan(memo: _Memo, metric: Metric, static: Labels) -> _FastPlan | None:
@@ -1695,7 +1697,10 @@ def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeCon
     shared = module.fast_plans.get(_shared_fields)  # keyed by the function, as `_KnownTexts`
     if shared is None:
         shared = module.fast_plans[_shared_fields] = _shared_fields(module.metrics)
-    memo = _Memo(plans=module.fast_plans, known=known, shared=shared, bounds=bounds)
+    plans = module.fast_plans.get(_FastPlan)  # keyed by the class, as `_KnownTexts`: emptied when full (`_cached_plan`), alone
+    if plans is None:
+        plans = module.fast_plans[_FastPlan] = {}
+    memo = _Memo(plans=plans, known=known, shared=shared, bounds=bounds)
     for metric in module.metrics:
         if metric.endpoint not in documents:
             continue  # its endpoint failed; that is reported per endpoint, not per metric
