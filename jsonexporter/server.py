@@ -323,7 +323,8 @@ async def _write(request: web.Request, response: web.StreamResponse, pieces: lis
 def _record(state: State, module: str, target: str, result: ProbeResult, caller: Redactor | None = None) -> None:
     """Count, log and keep the probe; `caller` hides the probe's own secrets (render.probe_redactor), and
     the process's too (its parent). Every text kept or logged is cut to MAX_MESSAGE characters, as extraction
-    messages are, then redacted (the Redactor hides a secret the cut splits)."""
+    messages are where they are made (a text cut already stays as it is: trace.cut), then redacted (the Redactor
+    hides a secret the cut splits)."""
     redacting = caller or state.redactor
 
     def redact(text: str) -> str:
