@@ -31,7 +31,7 @@ from jsonexporter.secrets import Redactor
 from jsonexporter.slices import SLICE_SECONDS, Steps, run, run_sliced
 from jsonexporter.spec import objects
 from jsonexporter.spec.expressions import Expression, Search
-from jsonexporter.spec.functions import FunctionError
+from jsonexporter.spec.functions import FunctionError, bounded_column
 from jsonexporter.spec.model import Level, Metric, Module, Output
 from jsonexporter.trace import MAX_MESSAGE, Trace, cut, shorten
 
@@ -1310,8 +1310,12 @@ def _column(expr: Expression, plain: str | None, elements: list[Any]) -> list[An
     goes element by element). map of dict.get: 15 µs per 512 elements against 19 for a comprehension of e.get."""
     if plain is not None:
         return objects.column(plain, elements)
-    at_once = None if expr.columns is None else expr.columns(elements)  # calls by columns (bench/README.md)
-    return at_once if at_once is not None else list(map(expr.search, elements))
+    if expr.columns is None:
+        return list(map(expr.search, elements))
+    at_once = expr.columns(elements)  # calls by columns (bench/README.md)
+    # else the direct calls row by row, counted as a column of them (spec/functions.bounded_column): past the bound, the caller
+    # goes element by element
+    return at_once if at_once is not None else bounded_column(expr.search, [elements], f"expression {expr.source!r}")
 
 
 def _all_objects(elements: list[Any]) -> bool:

@@ -89,7 +89,7 @@ def _at_credentials(error: jsonschema.ValidationError, places: frozenset[str]) -
     return any(part == "properties" and schema_path[i + 1] in places for i, part in enumerate(schema_path[:-1]))
 
 
-def _in_credential_place(schema: dict[str, Any], path: Path, places: frozenset[str]) -> bool:
+def _in_credential_place(schema: Any, path: Path, places: frozenset[str]) -> bool:
     """Whether the key at `path` of the data is in or below one of `places`, keys of the schema on the way to it
     (as `_at_credentials` says of an error): the schema followed along the path, by its properties, items,
     pattern and additional properties, its `#/definitions/…` references resolved."""
@@ -112,7 +112,7 @@ def _in_credential_place(schema: dict[str, Any], path: Path, places: frozenset[s
     return False
 
 
-def _resolved(schema: dict[str, Any], node: Any) -> Any:
+def _resolved(schema: Any, node: Any) -> Any:
     """The schema a `{"$ref": "#/definitions/name"}` refers to (followed until it is no reference), or `node` itself."""
     for _ in range(16):  # a reference to a reference, at most so many: the schemas here have none
         ref = node.get("$ref") if isinstance(node, dict) else None
@@ -128,7 +128,7 @@ def _resolved(schema: dict[str, Any], node: Any) -> Any:
 _BARE_CREDENTIAL = "where credentials are written, it is refused rather than sent as a key; write `KEY: null` for a null"
 
 
-def _bare_credential_keys(schema: dict[str, Any], file: str, marks: Marks, places: frozenset[str], errors: set[Path]) -> Iterator[Problem]:
+def _bare_credential_keys(schema: Any, file: str, marks: Marks, places: frozenset[str], errors: set[Path]) -> Iterator[Problem]:
     """A problem at each key written without a value (yamlload.Marks.bare_keys) in or below a place of credentials, unless
     the schema refused it already (a header's or parameter's value must be a string): a JSON `body` mapping takes any value."""
     for key_path in sorted(marks.bare_keys, key=marks.of_key):
