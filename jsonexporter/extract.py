@@ -33,6 +33,7 @@ from jsonexporter.spec import objects
 from jsonexporter.spec.expressions import Expression, Search
 from jsonexporter.spec.functions import FunctionError, bounded_column
 from jsonexporter.spec.model import Level, Metric, Module, Output
+from jsonexporter.spec.problems import fault
 from jsonexporter.trace import MAX_MESSAGE, Trace, cut, shorten
 
 MAX_MESSAGES = 20  # error messages kept per probe for the log and the trace (of MAX_MESSAGE characters each)
@@ -101,6 +102,9 @@ class Extraction:
     bounds: Bounds = field(default_factory=Bounds)
     written: int = 0  # characters of the families' parts measured so far (body_size_limit), the first `measured` of each
     measured: dict[str, int] = field(default_factory=dict)
+    # the metrics whose rule failed for a fault of ours (`_rule_failed`), each with what it was (problems.fault): they
+    # give no series in this probe; the server logs each once
+    faults: dict[str, str] = field(default_factory=dict)
 
     def series(self, metric: str) -> int:
         """How many series the metric has: duplicates and skipped ones are not counted."""
@@ -1710,17 +1714,37 @@ def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeCon
             continue  # its endpoint failed; that is reported per endpoint, not per metric
         if trace is not None:
             trace.add(f"metric {metric.name} (endpoint {metric.endpoint}):")
-        # counted at every step, so that the series kept before failing stay about a step's worth
-        for _ in _apply(metric, documents[metric.endpoint], probe, static, result, trace, memo):
-            if series_limit and _series(result) > series_limit:
-                raise SeriesLimitExceeded(series_limit)
-            _check_size(result)
-            yield
+        uncounted = result.uncounted
+        try:
+            # counted at every step, so that the series kept before failing stay about a step's worth
+            for _ in _apply(metric, documents[metric.endpoint], probe, static, result, trace, memo):
+                if series_limit and _series(result) > series_limit:
+                    raise SeriesLimitExceeded(series_limit)
+                _check_size(result)
+                yield
+        except (SeriesLimitExceeded, BodySizeLimitExceeded):
+            raise
+        except Exception as exc:  # a fault of ours in this rule (never DeadlinePassed or a cancellation: BaseExceptions)
+            _rule_failed(metric, exc, result, trace)
+            result.uncounted = uncounted  # what it held back goes with it
     if series_limit and _series(result) > series_limit:
         raise SeriesLimitExceeded(series_limit)
     _check_size(result)
-    result.families = {k: f for k, f in result.families.items() if f.parts}
+    failed = result.faults
+    result.families = {k: f for k, f in result.families.items() if f.parts and k not in failed}
     return result
+
+
+def _rule_failed(metric: Metric, exc: Exception, result: Extraction, trace: Trace | None) -> None:
+    """A rule that raised what extraction does not expect (a fault of ours): each of its metrics fails alone, with
+    no series in this probe (those of other rules into it too: never a part of one), an extraction error said
+    by the exception's kind and our line (problems.fault), never its text, which can quote an answer's value."""
+    said = f"internal_error: {fault(exc)}"
+    for output in metric.outputs:
+        result.faults.setdefault(output.name, said)
+        result.error(output.name, said)
+    if trace is not None:
+        trace.add(f"  rule {metric.name}: {said}")
 
 
 def _output_names(metrics: Iterable[Metric]) -> dict[str, int]:
