@@ -149,3 +149,11 @@ def test_a_key_written_without_a_value_in_a_body_is_refused_there_and_a_null_wri
     loaded, problems = load_text(spec % "flag: null", "spec.yml")
     assert loaded is not None and problems == []
 
+
+def test_a_header_written_without_a_value_is_said_to_have_none_never_named() -> None:
+    """`headers: {Accept application/json}` (a `:` forgotten): one problem, the value missing; the key's text was
+    quoted as '<redacted>' in "invalid header name" too (test_check's broken YAML found it)."""
+    _, problems = load_text("modules:\n  m:\n    endpoints: {e: {url: 'http://127.0.0.1:9/', headers: {Accept application/json}}}\n"
+                            "    metrics: [{name: x, help: x, value: v}]\n", "spec.yml")
+    assert [str(p) for p in problems] == ["spec.yml:3:59: modules.m.endpoints.e.headers: expected a string, got null"]
+

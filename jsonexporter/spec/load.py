@@ -331,7 +331,7 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
     url = c.template((*path, "url"), raw.get("url", "{target}"), names)
     headers: list[tuple[str, Template]] = []
     for key, value in _items(raw.get("headers")):
-        if not _HEADER_NAME.match(key):
+        if not _HEADER_NAME.match(key) and (*path, "headers", key) not in c.marks.bare_keys:  # no value: the schema says so, not quoting it
             c.add((*path, "headers", key), f"invalid header name {key!r}", at_key=True)
         t = c.template((*path, "headers", key), value, names)
         if t is not None:
