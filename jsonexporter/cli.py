@@ -255,6 +255,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from jsonexporter.exposition import render_openmetrics, render_text
     from jsonexporter.probe import ProbeResult, run_offline, run_probe
     from jsonexporter.secrets import Redactor
+    from jsonexporter.spec.problems import fault
     from jsonexporter.trace import MAX_MESSAGE, cut
     from jsonexporter.upstream import InvalidRequest, Upstream, new_session, probe_redactor
     from jsonexporter.upstream.client import Clients
@@ -292,6 +293,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
     except (ValueError, InvalidRequest) as exc:
         print(redact(str(exc)), file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:  # a fault of ours before the probe's query was resolved (run_probe and run_offline say the others)
+        print(redact(f"probe failed: internal_error: {fault(exc)}"), file=sys.stderr)
+        return EXIT_INVALID
+    render = render_openmetrics if args.format == "openmetrics" else render_text
+    unwritten: dict[str, Exception] = {}
+    text = render(result.families, unwritten)  # before the messages: a family left out is said with them
+    for name, raised in unwritten.items():
+        result.extraction.faults.setdefault(name, f"internal_error: {fault(raised)} (writing the answer)")
     if result.trace is not None:  # on stderr: stdout stays an exposition that promtool and parsers read
         sys.stderr.write(redacting(result.trace.text()))  # each line cut already (Trace.add)
         for message in result.extraction.messages:
@@ -299,11 +308,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
     for r in result.endpoints:
         if not r.ok:
             print(redact(f"endpoint {r.endpoint}: {r.outcome}: {r.error}"), file=sys.stderr)
+    for metric, said in result.extraction.faults.items():  # said whether traced or not: a fault of ours is never quiet
+        print(redact(f"metric {metric}: {said}"), file=sys.stderr)
+    if result.fault is not None:
+        print(redact(f"probe failed: {result.fault}"), file=sys.stderr)
     if result.failure is not None and result.trace is None:  # a trace says it at its end
         print(redact(f"probe failed: {result.failure}"), file=sys.stderr)
-    render = render_openmetrics if args.format == "openmetrics" else render_text
-    sys.stdout.write(render(result.families))
-    return EXIT_OK if result.success else EXIT_INVALID
+    sys.stdout.write(text)
+    return EXIT_OK if result.success and not result.extraction.faults else EXIT_INVALID
 
 
 def cmd_test(args: argparse.Namespace) -> int:

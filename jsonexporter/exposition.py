@@ -215,9 +215,12 @@ def _openmetrics_header_of(name: str, family_type: str, help_text: str) -> str:
     return f"# HELP {base} {help_text}\n# TYPE {base} {mtype}\n"
 
 
-def _chunks(families: Iterable[Family], openmetrics: bool, let_go: bool = False) -> Iterator[str]:
+def _chunks(families: Iterable[Family], openmetrics: bool, let_go: bool = False, faults: dict[str, Exception] | None = None) -> Iterator[str]:
     """The exposition in pieces of about `_PIECE` characters: steps for `encode_async`. With `let_go`,
-    each family's parts and keys are let go as they are written (see encode_pieces)."""
+    each family's parts and keys are let go as they are written (see encode_pieces). With `faults`, a family
+    whose writing raises what nothing expects (a fault of ours) is left out, its exception kept there by its name
+    (for the caller to say: problems.fault), unless a piece of it was given already (a family of more than a piece):
+    that raises."""
     out: list[str] = []
     append = out.append
     size = 0
@@ -228,31 +231,41 @@ def _chunks(families: Iterable[Family], openmetrics: bool, let_go: bool = False)
             append(text)
             size += len(text)
             continue
-        append(header(family))
-        parts = family.parts
-        if let_go:
-            family.parts, family.keys, family.shared_keys = [], set(), False
-        for index, part in enumerate(parts):
+        begun, begun_size, given = len(out), size, False
+        try:
+            append(header(family))
+            parts = family.parts
             if let_go:
-                parts[index] = ""
-            text = part if isinstance(part, str) else _sample_text(part, openmetrics)
-            append(text)
-            size += len(text)
-            if size >= _PIECE:
-                yield "".join(out)
-                out.clear()
-                size = 0
+                family.parts, family.keys, family.shared_keys = [], set(), False
+            for index, part in enumerate(parts):
+                if let_go:
+                    parts[index] = ""
+                text = part if isinstance(part, str) else _sample_text(part, openmetrics)
+                append(text)
+                size += len(text)
+                if size >= _PIECE:
+                    given = True
+                    yield "".join(out)
+                    out.clear()
+                    size = 0
+        except Exception as exc:  # never a GeneratorExit (a BaseException): the caller let go of the pieces
+            if faults is None or given:
+                raise
+            del out[begun:]
+            size = begun_size
+            faults[family.name] = exc
     if openmetrics:
         append("# EOF\n")
     yield "".join(out)
 
 
-def render_text(families: Iterable[Family]) -> str:
-    return "".join(_chunks(families, openmetrics=False))
+def render_text(families: Iterable[Family], faults: dict[str, Exception] | None = None) -> str:
+    """The families in the text format; `faults` as for `_chunks`."""
+    return "".join(_chunks(families, False, faults=faults))
 
 
-def render_openmetrics(families: Iterable[Family]) -> str:
-    return "".join(_chunks(families, openmetrics=True))
+def render_openmetrics(families: Iterable[Family], faults: dict[str, Exception] | None = None) -> str:
+    return "".join(_chunks(families, True, faults=faults))
 
 
 def _ranges(header: str) -> Iterator[tuple[str, dict[str, str], float]]:
@@ -317,16 +330,17 @@ async def encode_async(families: list[Family], accept: str, accept_encoding: str
 
 
 async def encode_pieces(families: list[Family], accept: str, accept_encoding: str, deadline: float | None = None,
-                        let_go: bool = False) -> tuple[list[bytes], dict[str, str]]:
+                        let_go: bool = False, faults: dict[str, Exception] | None = None) -> tuple[list[bytes], dict[str, str]]:
     """`encode`'s body in pieces of about `_PIECE` characters, never joined (a server writes them one
     after the other: server.write_pieces), rendered on the event loop in slices and in turn (see
     slices.py); compressed, each piece is compressed as it is written (ISA-L: 256 Ki characters in about
     0.25 ms, zlib 1 ms), so that the answer's text is never whole in memory beside its compressed form.
     DeadlinePassed (slices.py) when `deadline` passes before the body is written.
     With `let_go` (the caller has no more use for the families), the families' series are let go as
-    they are written, emptying them: the series and their written answer are not both whole in memory."""
+    they are written, emptying them: the series and their written answer are not both whole in memory.
+    With `faults`, a family that cannot be written for a fault of ours is left out and said there (`_chunks`)."""
     openmetrics, compress, headers = negotiate(accept, accept_encoding)
-    encoded = (chunk.encode("utf-8", "replace") for chunk in _chunks(families, openmetrics, let_go))
+    encoded = (chunk.encode("utf-8", "replace") for chunk in _chunks(families, openmetrics, let_go, faults))
     async with turn(RENDER, deadline):
         if not compress:
             return await collected(encoded, deadline=deadline), headers

@@ -31,8 +31,9 @@ from jsonexporter.secrets import Redactor
 from jsonexporter.slices import SLICE_SECONDS, Steps, run, run_sliced
 from jsonexporter.spec import objects
 from jsonexporter.spec.expressions import Expression, Search
-from jsonexporter.spec.functions import FunctionError
+from jsonexporter.spec.functions import FunctionError, bounded_column
 from jsonexporter.spec.model import Level, Metric, Module, Output
+from jsonexporter.spec.problems import fault
 from jsonexporter.trace import MAX_MESSAGE, Trace, cut, shorten
 
 MAX_MESSAGES = 20  # error messages kept per probe for the log and the trace (of MAX_MESSAGE characters each)
@@ -101,6 +102,9 @@ class Extraction:
     bounds: Bounds = field(default_factory=Bounds)
     written: int = 0  # characters of the families' parts measured so far (body_size_limit), the first `measured` of each
     measured: dict[str, int] = field(default_factory=dict)
+    # the metrics whose rule failed for a fault of ours (`_rule_failed`), each with what it was (problems.fault): they
+    # give no series in this probe; the server logs each once
+    faults: dict[str, str] = field(default_factory=dict)
 
     def series(self, metric: str) -> int:
         """How many series the metric has: duplicates and skipped ones are not counted."""
@@ -498,7 +502,9 @@ class _Memo:
     elements: dict[tuple[str, tuple[tuple[str, bool], ...]], tuple[list[Any], Exception | None]] = field(default_factory=dict)
     ends: dict[tuple[str, tuple[tuple[str, bool], ...]], list[int]] = field(default_factory=dict)
     labels: dict[tuple[Any, ...], dict[int, tuple[int, _Chunk | None]]] = field(default_factory=dict)
-    plans: dict[Any, Any] = field(default_factory=dict)  # the module's (Module.fast_plans): they outlive the extraction
+    # the module's rules' plans (`_cached_plan`), kept in Module.fast_plans under _FastPlan: they outlive the extraction, and
+    # are bounded apart from what else a module keeps there (_KnownTexts, Bounds, _SelfPlan...), which their eviction leaves
+    plans: dict[Any, Any] = field(default_factory=dict)
     bounds: Bounds = field(default_factory=Bounds)
     known: _KnownTexts = field(default_factory=lambda: _KnownTexts())  # the module's too (in its fast_plans)
     fields: dict[tuple[Any, ...], _Fields] = field(default_factory=dict)  # by iteration and chunk (its first element and end)
@@ -568,7 +574,7 @@ class _KnownTexts:
     token: object = field(default_factory=object)  # what the chunks kept hold (`_Chunk.kept`), a new one when it starts again
 
 
-_MAX_PLANS = 1024  # per module: module labels made of the target or parameters make a plan per target
+_MAX_PLANS = 1024  # per module (its own dict): module labels made of the target or parameters make a plan per target
 
 
 def _cached_plan(memo: _Memo, metric: Metric, static: Labels) -> _FastPlan | None:
@@ -1308,8 +1314,12 @@ def _column(expr: Expression, plain: str | None, elements: list[Any]) -> list[An
     goes element by element). map of dict.get: 15 µs per 512 elements against 19 for a comprehension of e.get."""
     if plain is not None:
         return objects.column(plain, elements)
-    at_once = None if expr.columns is None else expr.columns(elements)  # calls by columns (bench/README.md)
-    return at_once if at_once is not None else list(map(expr.search, elements))
+    if expr.columns is None:
+        return list(map(expr.search, elements))
+    at_once = expr.columns(elements)  # calls by columns (bench/README.md)
+    # else the direct calls row by row, counted as a column of them (spec/functions.bounded_column): past the bound, the caller
+    # goes element by element
+    return at_once if at_once is not None else bounded_column(expr.search, [elements], f"expression {expr.source!r}")
 
 
 def _all_objects(elements: list[Any]) -> bool:
@@ -1695,23 +1705,46 @@ def _extract_steps(module: Module, documents: Mapping[str, Any], probe: ProbeCon
     shared = module.fast_plans.get(_shared_fields)  # keyed by the function, as `_KnownTexts`
     if shared is None:
         shared = module.fast_plans[_shared_fields] = _shared_fields(module.metrics)
-    memo = _Memo(plans=module.fast_plans, known=known, shared=shared, bounds=bounds)
+    plans = module.fast_plans.get(_FastPlan)  # keyed by the class, as `_KnownTexts`: emptied when full (`_cached_plan`), alone
+    if plans is None:
+        plans = module.fast_plans[_FastPlan] = {}
+    memo = _Memo(plans=plans, known=known, shared=shared, bounds=bounds)
     for metric in module.metrics:
         if metric.endpoint not in documents:
             continue  # its endpoint failed; that is reported per endpoint, not per metric
         if trace is not None:
             trace.add(f"metric {metric.name} (endpoint {metric.endpoint}):")
-        # counted at every step, so that the series kept before failing stay about a step's worth
-        for _ in _apply(metric, documents[metric.endpoint], probe, static, result, trace, memo):
-            if series_limit and _series(result) > series_limit:
-                raise SeriesLimitExceeded(series_limit)
-            _check_size(result)
-            yield
+        uncounted = result.uncounted
+        try:
+            # counted at every step, so that the series kept before failing stay about a step's worth
+            for _ in _apply(metric, documents[metric.endpoint], probe, static, result, trace, memo):
+                if series_limit and _series(result) > series_limit:
+                    raise SeriesLimitExceeded(series_limit)
+                _check_size(result)
+                yield
+        except (SeriesLimitExceeded, BodySizeLimitExceeded):
+            raise
+        except Exception as exc:  # a fault of ours in this rule (never DeadlinePassed or a cancellation: BaseExceptions)
+            _rule_failed(metric, exc, result, trace)
+            result.uncounted = uncounted  # what it held back goes with it
     if series_limit and _series(result) > series_limit:
         raise SeriesLimitExceeded(series_limit)
     _check_size(result)
-    result.families = {k: f for k, f in result.families.items() if f.parts}
+    failed = result.faults
+    result.families = {k: f for k, f in result.families.items() if f.parts and k not in failed}
     return result
+
+
+def _rule_failed(metric: Metric, exc: Exception, result: Extraction, trace: Trace | None) -> None:
+    """A rule that raised what extraction does not expect (a fault of ours): each of its metrics fails alone, with
+    no series in this probe (those of other rules into it too: never a part of one), an extraction error said
+    by the exception's kind and our line (problems.fault), never its text, which can quote an answer's value."""
+    said = f"internal_error: {fault(exc)}"
+    for output in metric.outputs:
+        result.faults.setdefault(output.name, said)
+        result.error(output.name, said)
+    if trace is not None:
+        trace.add(f"  rule {metric.name}: {said}")
 
 
 def _output_names(metrics: Iterable[Metric]) -> dict[str, int]:

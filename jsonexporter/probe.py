@@ -16,6 +16,7 @@ from jsonexporter.extract import BodySizeLimitExceeded, Bounds, Extraction, Prob
 from jsonexporter.secrets import Redactor, is_secret_name
 from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec.model import DEFAULT_SERIES_LIMIT, Module
+from jsonexporter.spec.problems import fault
 from jsonexporter.trace import Trace, shorten
 from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, fetch_module, probe_redactor, redact_target
 from jsonexporter.upstream import TargetNotAllowed as TargetNotAllowed  # raised here and by fetch_module
@@ -47,6 +48,7 @@ class ProbeResult:
     deadline: float = float("inf")  # loop.time() by which the answer must be written
     failed_due_to: str | None = None  # a key of LIMITS: then no extracted series are answered
     failure: str | None = None  # why, for the log, the trace and the recent probes
+    fault: str | None = None  # what failed unexpectedly (a fault of ours: failed_unexpectedly), said by problems.fault
 
 
 def resolve_values(module: Module, target: str, query: Mapping[str, str], offline: bool = False) -> tuple[dict[str, str], dict[str, str]]:
@@ -257,15 +259,30 @@ def self_written(module: Module, extraction: Extraction, endpoints: list[Endpoin
 async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[str, str], timeout: float, debug: bool = False,
                     series_limit: int = DEFAULT_SERIES_LIMIT) -> ProbeResult:
     """Fetch and extract, all within `timeout`; raise InvalidRequest before any network I/O when
-    the probe's query is unusable. `series_limit` applies when the module has none (0: no limit)."""
+    the probe's query is unusable. `series_limit` applies when the module has none (0: no limit). What else
+    it raises unexpectedly (a fault of ours) fails the probe, not the request (failed_unexpectedly)."""
     loop = asyncio.get_running_loop()
     start = loop.time()
-    deadline = start + timeout
     values, params = resolve_values(module, target, query)
     trace = Trace() if debug else None
     if trace is not None:
         trace.add(f"module {module.name}, target {redact_target(target)}, deadline {timeout:.3f}s")
+    fetched: list[EndpointResult] = []
+    try:
+        return await _probe(up, module, target, values, params, timeout, trace, series_limit, start, fetched)
+    except (InvalidRequest, TargetNotAllowed):
+        raise
+    except Exception as exc:  # never DeadlinePassed or a cancellation (the scraper went away): BaseExceptions
+        return failed_unexpectedly(module, fetched, trace, exc, loop.time() - start, timed=True)
+
+
+async def _probe(up: Upstream, module: Module, target: str, values: dict[str, str], params: dict[str, str], timeout: float, trace: Trace | None,
+                 series_limit: int, start: float, fetched: list[EndpointResult]) -> ProbeResult:
+    """`run_probe` once the query is resolved; `fetched` gets the endpoints' results as soon as they are known."""
+    loop = asyncio.get_running_loop()
+    deadline = start + timeout
     endpoints = await fetch_module(up, module, values, deadline, trace)
+    fetched += endpoints
     deadline = extraction_deadline(deadline, loop.time())
     documents = {r.endpoint: r.document for r in endpoints if r.usable}
     limit = series_limit if module.series_limit is None else module.series_limit
@@ -293,6 +310,24 @@ async def run_probe(up: Upstream, module: Module, target: str, query: Mapping[st
     duration = loop.time() - start
     families = [*extraction.families.values(), self_written(module, extraction, endpoints, success, duration)]
     return ProbeResult(families, success, endpoints, extraction, trace, duration, deadline)
+
+
+def failed_unexpectedly(module: Module, endpoints: list[EndpointResult], trace: Trace | None, exc: Exception, duration: float,
+                        timed: bool) -> ProbeResult:
+    """The probe's answer when what follows its query raised what nothing expects (a fault of ours): its own
+    metrics, probe_success 0, none of its series, the fault said by the exception's kind and our line
+    (problems.fault), never its text, as an endpoint's internal_error; the probe_success line alone when even
+    its own metrics cannot be made. `timed`: with probe_duration_seconds (a live probe's)."""
+    said = f"internal_error: {fault(exc)}"
+    if trace is not None:
+        trace.add(f"probe failed: {said}")
+    for r in endpoints:
+        r.document = None
+    try:
+        families = self_families(module, Extraction(), endpoints or None, False, duration if timed else None)
+    except Exception:
+        families = [Family("probe_success", "gauge", _HELP["probe_success"], ["probe_success 0\n"])]
+    return ProbeResult(families, False, endpoints, Extraction(), trace, duration, fault=said)
 
 
 def extraction_deadline(deadline: float, now: float) -> float:
@@ -334,6 +369,14 @@ def run_offline(module: Module, documents: Mapping[str, Any], target: str, query
     start = time.monotonic()  # the clock of the event loop's deadlines (run_probe)
     values, params = resolve_values(module, target, query, offline=True)
     trace = Trace() if debug else None
+    try:
+        return _offline(module, documents, target, values, params, trace, endpoints, start)
+    except Exception as exc:  # a fault of ours, as run_probe says it
+        return failed_unexpectedly(module, endpoints or [], trace, exc, time.monotonic() - start, timed=False)
+
+
+def _offline(module: Module, documents: Mapping[str, Any], target: str, values: dict[str, str], params: dict[str, str], trace: Trace | None,
+             endpoints: list[EndpointResult] | None, start: float) -> ProbeResult:
     if trace is not None:
         trace.add(f"module {module.name}, target {redact_target(target)}, saved answers (no requests), deadline {module.timeout:.3f}s")
         for name, document in documents.items():

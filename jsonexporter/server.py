@@ -23,15 +23,15 @@ from jsonexporter import __version__
 from jsonexporter.exposition import encode_pieces, gzip_pieces, negotiate, render_text, utf8
 from jsonexporter.listen import ClientConnections
 from jsonexporter.logs import kv
-from jsonexporter.probe import ProbeResult, TargetNotAllowed, fail, run_probe
+from jsonexporter.probe import ProbeResult, TargetNotAllowed, fail, failed_unexpectedly, run_probe
 from jsonexporter.secrets import REDACTED, Redactor
 from jsonexporter.selfmetrics import SelfMetrics
 from jsonexporter.slices import DeadlinePassed
 from jsonexporter.spec import SpecError, SpecFileError, load_spec, read_spec_files
 from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, DEFAULT_REFRESH_MAX_REQUESTS, DEFAULT_REFRESH_MIN_IDLE, DEFAULT_SERIES_LIMIT, Spec
-from jsonexporter.spec.problems import unexpected_failure
+from jsonexporter.spec.problems import fault, unexpected_failure
 from jsonexporter.spec.sources import spec_sha256
-from jsonexporter.trace import MAX_MESSAGE, cut
+from jsonexporter.trace import MAX_MESSAGE, Trace, cut
 from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, new_session, probe_redactor, reschedule
 from jsonexporter.upstream.client import Clients
 from jsonexporter.upstream.refresh import Events, Job
@@ -239,6 +239,7 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
     state.in_flight += 1
     if state.in_flight_gauge:
         state.metrics.in_flight.inc()
+    began = asyncio.get_running_loop().time()
     try:
         result = await run_probe(state.upstream, module, target, query, timeout, debug, state.options.series_limit)
     except TargetNotAllowed as exc:
@@ -247,21 +248,30 @@ async def handle_probe(request: web.Request) -> web.StreamResponse:
     except InvalidRequest as exc:
         state.metrics.probes.labels(module.name, "invalid").inc()
         return _plain(400, caller(str(exc)) if caller is not None else str(exc))
+    except Exception as exc:  # run_probe's own fault before its query was resolved: the probe fails, not the request
+        result = failed_unexpectedly(module, [], Trace() if debug else None, exc, asyncio.get_running_loop().time() - began, timed=True)
     finally:
         state.in_flight -= 1
         if state.in_flight_gauge:
             state.metrics.in_flight.dec()
     if debug:
-        _record(state, module.name, target, result, caller)
         text = _debug_text(result)
+        _record(state, module.name, target, result, caller)
         return _plain(200, caller(text) if caller is not None else text)
     accept, accept_encoding = request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
+    unwritten: dict[str, Exception] = {}  # the families that could not be written, for a fault of ours: left out
     try:
-        pieces, headers = await encode_pieces(result.families, accept, accept_encoding, result.deadline, let_go=True)
+        pieces, headers = await encode_pieces(result.families, accept, accept_encoding, result.deadline, let_go=True, faults=unwritten)
     except DeadlinePassed:
         elapsed = asyncio.get_running_loop().time() - (result.deadline - timeout)
         result = fail(result, module, "deadline", f"the deadline of {timeout:.3f}s passed while the answer was written", elapsed)
         pieces, headers = await encode_pieces(result.families, accept, accept_encoding)  # the probe's own metrics: a few lines
+    except Exception as exc:  # a fault of ours in a family of more than a piece, or in the probe's own metrics
+        elapsed = asyncio.get_running_loop().time() - began
+        result = failed_unexpectedly(module, result.endpoints, result.trace, exc, elapsed, timed=True)
+        pieces, headers = await encode_pieces(result.families, accept, accept_encoding)
+    for name, raised in unwritten.items():  # said as an extraction's fault is: the metric's, logged once by _record
+        result.extraction.faults.setdefault(name, f"internal_error: {fault(raised)} (writing the answer)")
     result.families, result.extraction.families = [], {}  # written: the series go before the answer is sent
     _record(state, module.name, target, result, caller)
     return await write_pieces(request, pieces, headers, within=timeout)  # as long again as the probe had
@@ -323,7 +333,8 @@ async def _write(request: web.Request, response: web.StreamResponse, pieces: lis
 def _record(state: State, module: str, target: str, result: ProbeResult, caller: Redactor | None = None) -> None:
     """Count, log and keep the probe; `caller` hides the probe's own secrets (render.probe_redactor), and
     the process's too (its parent). Every text kept or logged is cut to MAX_MESSAGE characters, as extraction
-    messages are, then redacted (the Redactor hides a secret the cut splits)."""
+    messages are where they are made (a text cut already stays as it is: trace.cut), then redacted (the Redactor
+    hides a secret the cut splits)."""
     redacting = caller or state.redactor
 
     def redact(text: str) -> str:
@@ -340,6 +351,13 @@ def _record(state: State, module: str, target: str, result: ProbeResult, caller:
     if extraction.messages:
         errors += map(redact, extraction.messages)
     shown = state.redactor(target)  # the pattern rules hide its userinfo whole; its password first would leave the user
+    faults = [(metric, redact(f"metric {metric}: {said}")) for metric, said in extraction.faults.items()]
+    errors[len(failed):len(failed)] = [said for _, said in faults if said not in errors]  # an extraction's own message may say it already
+    for metric, said in faults:  # once each, as an endpoint's internal_error is (upstream/fetch.py)
+        log.error("extracting a metric failed unexpectedly", extra=kv(module=module, metric=metric, target=shown, err=said))
+    if result.fault is not None:
+        errors.insert(0, redact(f"probe failed: {result.fault}"))
+        log.error("probe failed unexpectedly", extra=kv(module=module, target=shown, err=errors[0]))
     if result.failure is not None:
         errors.insert(0, redact(result.failure))
         m.limits_exceeded.labels(module, result.failed_due_to or "").inc()
@@ -363,7 +381,12 @@ def _debug_text(result: ProbeResult) -> str:
     lines = [result.trace.text()]
     if result.extraction.messages:
         lines.append("errors:\n" + "\n".join(f"  {m}" for m in result.extraction.messages) + "\n")
-    lines.append("metrics:\n" + render_text(result.families))
+    unwritten: dict[str, Exception] = {}
+    metrics = render_text(result.families, unwritten)
+    for name, raised in unwritten.items():  # as handle_probe says it
+        said = result.extraction.faults.setdefault(name, f"internal_error: {fault(raised)} (writing the answer)")
+        lines.append(f"metric {name} not written: {said}\n")
+    lines.append("metrics:\n" + metrics)
     return "\n".join(lines)
 
 

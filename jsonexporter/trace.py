@@ -37,8 +37,19 @@ def shorten(value: Any, limit: int = MAX_SHOWN) -> str:
 
 
 def cut(text: str, limit: int) -> str:
-    """`text` within `limit` characters, and how long it was (the Redactor hides a secret it cut: secrets.cut_short)."""
-    return text if len(text) <= limit else f"{text[:limit]}{CUT} (first {limit} of {len(text)} chars)"
+    """`text` within `limit` characters, and how long it was (the Redactor hides a secret it cut: secrets.cut_short).
+    A text cut so already is as it is: a message cut where it is made (Extraction.error) and again where it leaves
+    (server._record) says once how long it was; what passes so is at most `limit` characters and the note."""
+    if len(text) <= limit or _cut_at(text, limit):
+        return text
+    return f"{text[:limit]}{CUT} (first {limit} of {len(text)} chars)"
+
+
+def _cut_at(text: str, limit: int) -> bool:
+    """Whether `text` is what `cut(…, limit)` makes of a longer text: `limit` characters, then its note."""
+    note = text[limit:]
+    head = f"{CUT} (first {limit} of "
+    return note.startswith(head) and note.endswith(" chars)") and note[len(head):-len(" chars)")].isdigit()
 
 
 def _shallow(value: Any) -> str:

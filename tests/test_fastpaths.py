@@ -40,14 +40,16 @@ from jsonexporter.extract import (
     Extraction,
     ProbeContext,
     _fast_plan,
+    _FastPlan,
     _float_texts,
     _KnownTexts,
     _scaled,
     _scaled_all,
+    _shared_fields,
     extract,
     extract_async,
 )
-from jsonexporter.probe import module_labels
+from jsonexporter.probe import _SelfPlan, module_labels, self_families
 from jsonexporter.slices import EXTRACT, PARSE, RENDER, turn
 from jsonexporter.spec import objects
 from jsonexporter.spec.model import Module
@@ -390,8 +392,23 @@ def test_the_plans_kept_for_module_labels_made_of_targets_are_bounded() -> None:
     module = _labelled_by_target()
     for i in range(_MAX_PLANS + 10):
         extract(module, {"default": {"items": [{"id": "x", "v": 1}]}}, PROBE, module_labels(module, {"target": f"http://t{i}", "module": "default"}))
-        assert len(module.fast_plans) <= _MAX_PLANS
-    assert module.fast_plans
+        assert 0 < len(module.fast_plans[_FastPlan]) <= _MAX_PLANS
+    assert len(module.fast_plans) < 10  # the rules' plans in one entry, beside what else the module keeps
+
+
+def test_what_a_module_keeps_across_probes_survives_when_its_rules_plans_are_evicted() -> None:
+    """The plans of module labels made of targets fill up and are evicted: the label texts kept across probes, the
+    fields the rules share and the probe's own metrics' plans stay (they were emptied with the plans)."""
+    module = _labelled_by_target()
+    document = {"default": {"items": [{"id": "x", "v": 1}]}}
+    extract(module, document, PROBE)
+    self_families(module, Extraction(), [], True, None)
+    kept = {key: module.fast_plans[key] for key in (_KnownTexts, _shared_fields, _SelfPlan)}
+    for i in range(_MAX_PLANS + 10):
+        result = extract(module, document, PROBE, module_labels(module, {"target": f"http://t{i}", "module": "default"}))
+        assert samples(result.families["a"]) == [("a", {"id": "x", "instance": f"http://t{i}"}, 1.0)]
+    assert all(module.fast_plans[key] is state for key, state in kept.items())
+    assert module.fast_plans[_KnownTexts].chunks
 
 
 @pytest.mark.parametrize(("elements", "length"), [(_KNOWN_ELEMENTS // 3, 1), (600, _KNOWN_CHARACTERS // 3000)])

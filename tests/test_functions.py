@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -396,6 +397,8 @@ BUILT_TOO_MUCH = [  # the value of a rule, the element's fields, where the messa
     ("length([names, names, names, names, names][])", {"names": ["n"] * (_PARTS // 4)}, "at a flatten []"),
     ("length(join(s, split(s, ',')))", {"s": "a," * 3000}, "function join: cannot use"),  # 18 million characters, never made
     ("length([to_string(names), to_string(names)][0])", {"names": ["nnnn"] * (MAX_BUILT_CHARACTERS // 10)}, "at to_string()"),
+    # a direct call (no interpreter): its text result held to the bound by the call itself
+    ("length(replace(s, 'a', 'bb', `65536`))", {"s": "a" * (MAX_BUILT_CHARACTERS - 100)}, "function replace: cannot use"),
     # more calls than are direct: the bounded interpreter counts the text each makes
     ("length(values({a: lower(s), b: lower(s), c: lower(s), d: lower(s), e: lower(s)}))", {"s": "X" * (MAX_BUILT_CHARACTERS // 4)},
      "characters of text"),
@@ -413,6 +416,22 @@ def test_an_evaluation_building_more_than_its_bound_fails_its_series_saying_wher
         assert message.startswith("metric built: ") and message.endswith("(labels {'id': 'big'})")
         assert where in message
         assert "1,048,576" in message or f"{MAX_BUILT_CHARACTERS:,}" in message  # the bound, as docs/spec.md gives it
+
+
+def test_a_call_by_columns_builds_no_more_text_than_one_evaluation_may_and_its_series_are_still_answered() -> None:
+    """`replace` may grow each row by MAX_GROWTH: 512 rows at once were 32 Mi characters, none counted. The column is
+    counted as one evaluation is; past the bound its rows go one by one, each an evaluation of its own."""
+    grown = "x" * 2047  # 32 matches of '' in a 31-character text: 65,504 characters more, within MAX_GROWTH
+    module = make_spec(BUILDING.replace("VALUE", f"length(replace(s, '', '{grown}'))")).modules["default"]
+    document = {"items": [{"id": str(i), "s": "a" * 31} for i in range(512)]}
+    tracemalloc.start()
+    try:
+        result = extract(module, {"default": document}, PROBE)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [value for _, _, value in samples(result.families["built"])] == [31 + 32 * 2047] * 512 and result.errors["built"] == 0
+    assert peak < 2 * MAX_BUILT_CHARACTERS + (1 << 22), peak  # one bound and a slice beyond it, not the column's 32 Mi
 
 
 def test_a_list_of_the_answer_sorted_filtered_and_projected_is_within_the_bound() -> None:

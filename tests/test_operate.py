@@ -8,6 +8,7 @@ import base64
 import html
 import json
 import logging
+import re
 import ssl
 import textwrap
 from html.parser import HTMLParser
@@ -26,7 +27,7 @@ from prometheus_util import SESSION, jsonexporter
 
 from jsonexporter.extract import MAX_MESSAGE
 from jsonexporter.server import STATE, Options, Reloads, make_app
-from jsonexporter.trace import MAX_LINE
+from jsonexporter.trace import MAX_LINE, cut
 from jsonexporter.webconfig import load_web_config
 
 SPEC_A = """
@@ -323,6 +324,34 @@ async def test_a_long_endpoint_error_is_printed_by_the_probe_command_cut_as_reco
     assert proc.returncode == 1 and error.startswith(printed + "r" * 100), err.decode()[-300:]
     assert error.endswith(f"(first {MAX_MESSAGE} of {whole} chars)") and len(error) < MAX_MESSAGE + 100, error[-200:]
     assert SECRET[:5] not in err.decode()
+
+
+async def test_a_long_extraction_message_is_recorded_and_logged_cut_once(
+    aiohttp_client: Any, upstream: UpstreamFactory, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # the message (its labels quoted) is cut where it is made and passes _record's cut: one note, saying its whole length
+    up = await upstream({"/": {"items": [{"id": "L" * 3000, "v": "not a number"}]}})
+    client = await aiohttp_client(make_app(make_spec(f"""
+        modules:
+          default:
+            endpoints: {{main: {{url: '{up.url}/'}}}}
+            metrics: [{{name: x, help: x, each: items, labels: {{id: id}}, value: v}}]
+        """)))
+    caplog.set_level("DEBUG", logger="jsonexporter")
+    assert value(parse(await (await client.get("/probe")).text()), "probe_extraction_errors", metric="x") == 1
+    (error,) = client.app[STATE].recent[-1].errors
+    (logged,) = [r.fields["err"] for r in caplog.records if r.getMessage() == "extraction error"]
+    for shown in (error, logged):
+        assert shown.startswith("metric x: ") and shown.count("chars)") == 1, shown[-200:]
+        assert re.search(rf"\(first {MAX_MESSAGE} of 30\d\d chars\)$", shown), shown[-200:]
+
+
+def test_a_text_cut_already_is_cut_no_further() -> None:
+    for text in ("x" * 999, "x" * 1000, "x" * 1001, "y" * 5000 + "… (first 1000 of 7 chars)"):
+        once = cut(text, 1000)
+        assert cut(once, 1000) == once and len(once) <= 1000 + 40
+    assert cut("x" * 1000 + "… (first 1000 of 5000 chars)", 999).endswith("(first 999 of 1028 chars)")  # cut at another limit: cut again
+
 
 # -- hostile upstreams ------------------------------------------------------------------
 

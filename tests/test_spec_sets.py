@@ -80,6 +80,21 @@ def test_a_module_defined_in_two_files_is_an_error_at_both_places(conf_d: Path, 
     ]
 
 
+@pytest.mark.parametrize("second", ["modules: {Hunter2Secret, b: {metrics: [{name: b, help: h, value: v}]}}\n",
+                                    "modules:\n  Hunter2Secret:\n    metrics: [{name: b, help: h, value: v}]\n"], ids=["bare_in_both", "bare_in_one"])
+def test_a_module_name_written_without_a_value_is_never_quoted_by_the_problems_of_two_files(
+        conf_d: Path, capsys: pytest.CaptureFixture[str], second: str) -> None:
+    """A key written without a value may be a value pasted in braces: "defined twice" conceals it as each file's own
+    problems do, at both places, also where the other file writes it as a name."""
+    (conf_d / "a.yml").write_text("modules: {a: {metrics: [{name: a, help: h, value: v}]}, Hunter2Secret}\n")
+    (conf_d / "b.yml").write_text(second)
+    code, out, _ = run_check(capsys, conf_d)
+    twice = [line for line in out.splitlines() if "is defined twice" in line]
+    assert code == 1 and len(twice) == 2 and {line.split(":")[0] for line in twice} == {str(conf_d / "a.yml"), str(conf_d / "b.yml")}, out
+    assert all(": modules: module '<redacted>' is defined twice: also in " in line for line in twice), out
+    assert "Hunter2" not in out
+
+
 def test_every_file_of_a_set_is_checked_and_reported_at_once(conf_d: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (conf_d / "a.yml").write_text(module("a").replace("value: v", "value: 'v['"))
     (conf_d / "c.yaml").write_text(module("c").replace("help: v", "hlep: v"))

@@ -6,18 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import make_spec
+from metrics_util import Series, parse, value
 
 from jsonexporter.cli import EXIT_INVALID
+from jsonexporter.exposition import Family, Part, encode_pieces, render_text
+from jsonexporter.extract import ProbeContext, extract_async
+from jsonexporter.probe import ProbeResult, run_offline
 from jsonexporter.server import STATE, Options, load_anew, make_app, reload_spec
 from jsonexporter.spec import load_spec
+from jsonexporter.spec.problems import fault
+from jsonexporter.trace import Trace
 
 # Every input we know of that the loaders refused unexpectedly is now a located problem (a duration or an index
 # of thousands of digits were the last): the fault of our own these tests need is made by a small stack instead.
@@ -185,3 +194,132 @@ def test_a_json_exporter_index_of_thousands_of_digits_is_a_located_construct_not
     result = _run("migrate", str(config), succeeds=-1)
     assert "Traceback" not in result.stderr and "cannot be loaded" not in result.stderr
     assert f"{config}:6:17: modules.default.metrics[0].path: not translated: an index of more than 18 digits" in result.stderr
+
+
+# -- a fault of ours at probe time: extraction, writing, the probe's orchestration ----------------------------------
+# No answer parsed from JSON makes our code raise what it does not expect (the inputs we knew of are errors of their
+# series now). The faults these tests need come from real objects given through the public API where an answer's
+# values or documents go (run_offline, as `probe --input` calls it; the writer's families): an object whose
+# comparison raises, documents whose lookup raises, a sample whose label value is no text. Each raises, as a fault of
+# ours would, an exception whose text quotes a value.
+
+QUOTED = "quoting sec-RRRR"
+TWO_RULES = """
+modules:
+  default:
+    endpoints: {one: {url: 'http://127.0.0.1:9/'}, two: {url: 'http://127.0.0.1:9/'}}
+    metrics:
+      - {name: a, help: h, endpoint: one, each: items, labels: {id: id}, value: v}
+      - {name: b, help: h, endpoint: one, each: items, value: v}
+      - {name: c, help: h, endpoint: two, value: v}
+"""
+FAULT = r"internal_error: LookupError at jsonexporter/extract\.py:\d+ \(a fault of jsonexporter's own: please report it\)"
+
+
+class _Unequal:
+    """A value whose comparison raises: the fast path compares a chunk's label values with those kept across probes."""
+
+    def __eq__(self, other: object) -> bool:
+        raise LookupError(QUOTED)
+
+    __hash__ = object.__hash__
+
+
+class _FaultyDocuments(dict[str, Any]):
+    """Endpoint documents of which one cannot be looked up."""
+
+    def __getitem__(self, endpoint: str) -> Any:
+        if endpoint == "two":
+            raise LookupError(QUOTED)
+        return super().__getitem__(endpoint)
+
+
+def _offline(documents: Mapping[str, Any], debug: bool = False) -> tuple[ProbeResult, Series]:
+    module = make_spec(TWO_RULES).modules["default"]
+    result = run_offline(module, {"one": {"items": [{"id": "x", "v": 1}]}, "two": {"v": 3}}, "offline", {})  # keeps the chunk's label texts
+    assert result.extraction.faults == {}
+    result = run_offline(module, documents, "offline", {}, debug)
+    return result, parse(render_text(result.families))
+
+
+def test_a_fault_of_ours_in_one_rule_fails_that_metric_only_and_the_others_and_the_probes_own_metrics_are_answered() -> None:
+    result, s = _offline({"one": {"items": [{"id": _Unequal(), "v": 1}]}, "two": {"v": 3}})
+    assert value(s, "b") == 1 and value(s, "c") == 3 and value(s, "probe_success") == 1
+    assert ("a", frozenset({("id", "x")})) not in s and not any(name == "a" for name, _ in s)
+    assert value(s, "probe_extraction_errors", metric="a") == 1 and value(s, "probe_series", metric="a") == 0
+    assert value(s, "probe_extraction_errors", metric="b") == 0 and value(s, "probe_series", metric="b") == 1
+    assert re.fullmatch(FAULT, result.extraction.faults["a"]) and list(result.extraction.faults) == ["a"]
+    (message,) = result.extraction.messages
+    assert re.fullmatch("metric a: " + FAULT, message) and QUOTED not in message
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["fast_path", "general_path"])
+def test_a_fault_of_ours_reading_one_endpoints_document_fails_its_metrics_only_on_both_paths(debug: bool) -> None:
+    result, s = _offline(_FaultyDocuments({"one": {"items": [{"id": "x", "v": 1}]}, "two": {"v": 3}}), debug)
+    assert value(s, "a", id="x") == 1 and value(s, "b") == 1 and "c" not in {name for name, _ in s}
+    assert value(s, "probe_extraction_errors", metric="c") == 1 and value(s, "probe_series", metric="c") == 0
+    assert list(result.extraction.faults) == ["c"] and re.fullmatch(FAULT, result.extraction.faults["c"])
+    if debug:
+        assert result.trace is not None and re.search("  rule c: " + FAULT, result.trace.text())
+        assert QUOTED not in result.trace.text()
+
+
+class _UnaskableDocuments(dict[str, Any]):
+    """Endpoint documents that cannot say which endpoints they have."""
+
+    def __contains__(self, endpoint: object) -> bool:
+        raise LookupError(QUOTED)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_fault_of_ours_outside_the_rules_fails_the_probe_with_its_own_metrics_never_the_command(debug: bool) -> None:
+    module = make_spec(TWO_RULES).modules["default"]
+    result = run_offline(module, _UnaskableDocuments({"one": {"items": []}}), "offline", {}, debug)
+    assert parse(render_text(result.families)) == {("probe_success", frozenset()): 0.0}  # offline: no endpoint metrics
+    assert not result.success and result.fault is not None
+    assert re.fullmatch(r"internal_error: LookupError at jsonexporter/\w+\.py:\d+ \(a fault of jsonexporter's own: please report it\)", result.fault)
+    if debug:
+        assert result.trace is not None and f"probe failed: {result.fault}" in result.trace.text() and QUOTED not in result.trace.text()
+
+
+async def test_a_family_that_cannot_be_written_is_left_out_and_the_others_are_written() -> None:
+    good = Family("good", "gauge", "h", ["good 1\n"])
+    bad = Family("bad", "gauge", "h", [("bad", (("id", 7),), 1.0, 5.0)])  # type: ignore[list-item]  # a label value that is no text
+    after = Family("after", "gauge", "h", ["after 2\n"])
+    faults: dict[str, Exception] = {}
+    pieces, _ = await encode_pieces([good, bad, after], "", "", faults=faults)
+    text = b"".join(pieces).decode()
+    assert parse(text) == {("good", frozenset()): 1.0, ("after", frozenset()): 2.0} and "bad" not in text
+    assert list(faults) == ["bad"]
+    assert re.fullmatch(r"\w+ at jsonexporter/exposition\.py:\d+ \(a fault of jsonexporter's own: please report it\)", fault(faults["bad"]))
+    with pytest.raises(TypeError):  # without `faults` (render_text for the tests' own parsing): raised, never a part left out quietly
+        render_text([bad])
+
+
+async def test_a_family_of_more_than_a_piece_that_cannot_be_written_fails_the_answer_not_a_part_of_it() -> None:
+    lines: list[Part] = [f"big{{i=\"{i}\"}} 1\n" for i in range(40_000)]  # more than a piece (256 Ki characters) before it
+    big = Family("big", "gauge", "h", [*lines, ("big", (("id", 7),), 1.0, 5.0)])  # type: ignore[list-item]
+    faults: dict[str, Exception] = {}
+    with pytest.raises(TypeError):
+        await encode_pieces([big], "", "", faults=faults)
+    assert faults == {}
+
+
+async def test_a_cancelled_probe_is_cancelled_during_extraction_never_turned_into_a_fault() -> None:
+    module = make_spec("""
+        modules:
+          default:
+            metrics:
+              - {name: x, help: h, each: ['$root.items', '$root.items', '$root.items'], value: '`1`', labels: {a: '@'}}
+        """).modules["default"]
+    trace = Trace()
+    task = asyncio.create_task(extract_async(module, {"default": {"items": list(range(400))}}, ProbeContext("default", "t", {}), (), trace))
+    for _ in range(10_000):  # turns of the event loop until the rule runs (its trace's first line)
+        if any(line.startswith("  each[") for line in trace.lines):
+            break
+        await asyncio.sleep(0)
+    assert any(line.startswith("  each[") for line in trace.lines)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert "internal_error" not in trace.text()

@@ -42,6 +42,11 @@ SPEC_PLACES = [
     "http_client_config: {<S>}",
     "http_client_config: {proxy_connect_header: {<S>}}",
     "http_client_config: {tls_config: {<S>}}",
+    f"endpoints: {{e: {{{_URL}, method: POST, body: {{<S>}}}}}}",
+    f"endpoints: {{e: {{{_URL}, method: POST, body: {{user: u, <S>}}}}}}",
+    f"endpoints: {{e: {{{_URL}, method: POST, body: {{auth: {{kind: basic, <S>}}}}}}}}",
+    f"endpoints: {{e: {{{_URL}, method: POST, body: {{keys: [1, {{<S>}}]}}}}}}",
+    f"login: {{{_URL}, method: POST, body: {{username: u, <S>}}, values: {{t: {{header: X}}}}}}",
     f"login: {{{_URL}, headers: {{<S>}}, values: {{t: {{header: X}}}}}}",
     f"login: {{{_URL}, values: {{<S>}}}}",
     f"login: {{{_URL}, method: POST, body: {{username: u}}, values: {{t: {{header: X}}}}, <S>: y}}",
@@ -132,3 +137,23 @@ def test_a_key_written_with_its_value_is_quoted_and_one_written_without_is_hidde
 def test_a_key_of_the_schema_written_without_a_value_is_still_named() -> None:
     _, problems = load_text("modules:\n  m:\n    secrets: {a: {file}}\n    metrics: [{name: x, help: x, value: v}]\n", "spec.yml")
     assert [str(p) for p in problems] == ["spec.yml:3:19: modules.m.secrets.a.file: expected a string, got null"]
+
+
+def test_a_key_written_without_a_value_in_a_body_is_refused_there_and_a_null_written_so_is_sent() -> None:
+    """A JSON body takes any value: a key written without `:` loaded, and was sent, a value the Redactor never learned."""
+    spec = "modules:\n  m:\n    endpoints: {e: {url: 'http://127.0.0.1:9/', method: POST, body: {user: u, %s}}}\n    metrics: [{name: x, help: x, value: v}]\n"
+    _, problems = load_text(spec % "Qs3cret-Value9", "spec.yml")
+    assert [str(p) for p in problems] == [
+        "spec.yml:3:79: modules.m.endpoints.e.body: a key has no value (not shown: a key written without a value may be a value in braces "
+        "(`{S3cret}` is a key to YAML)): where credentials are written, it is refused rather than sent as a key; write `KEY: null` for a null"]
+    loaded, problems = load_text(spec % "flag: null", "spec.yml")
+    assert loaded is not None and problems == []
+
+
+def test_a_header_written_without_a_value_is_said_to_have_none_never_named() -> None:
+    """`headers: {Accept application/json}` (a `:` forgotten): one problem, the value missing; the key's text was
+    quoted as '<redacted>' in "invalid header name" too (test_check's broken YAML found it)."""
+    _, problems = load_text("modules:\n  m:\n    endpoints: {e: {url: 'http://127.0.0.1:9/', headers: {Accept application/json}}}\n"
+                            "    metrics: [{name: x, help: x, value: v}]\n", "spec.yml")
+    assert [str(p) for p in problems] == ["spec.yml:3:59: modules.m.endpoints.e.headers: expected a string, got null"]
+

@@ -67,6 +67,14 @@ class BuildLimitExceeded(FunctionError):
                                  "bounds of docs/spec.md#functions): iterate with `each` instead, or simplify it")
 
 
+class ColumnLimitExceeded(Exception):
+    """The results of a call by columns (a chunk's elements at once) would have more characters of text than one
+    evaluation may build: the caller takes the elements one by one instead, each an evaluation of its own, held to it."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} by columns would build more than {MAX_BUILT_CHARACTERS:,} characters of text")
+
+
 class CallError(Exception):
     """A call that cannot work, found at load; `argument` is the index of the culprit (None: the call)."""
 
@@ -331,7 +339,11 @@ class Library(jmespath.functions.Functions):  # type: ignore[misc]
                 if type(value) not in allowed:
                     expected = Library.FUNCTION_TABLE[function_name]["signature"][i]["types"]
                     raise _Unusable(value, f"expected {_type_names(expected)}, got {_json_type(value)}")
-            return function(self, *resolved_args)
+            result = function(self, *resolved_args)
+            if type(result) is str and len(result) > MAX_BUILT_CHARACTERS and function_name in text_results:  # a direct call: no evaluation counts it
+                raise _Unusable(resolved_args[0], f"the result would have {len(result):,} characters, more than the {MAX_BUILT_CHARACTERS:,} "
+                                                  "an evaluation may build")
+            return result
         except jmespath.exceptions.JMESPathTypeError as exc:
             raise FunctionError(function_name, exc.current_value, f"expected {_type_names(exc.expected_types)}, got {_json_type(exc.current_value)}") from None
         except _Unusable as exc:
@@ -581,9 +593,35 @@ def call_by_columns(function_name: str, columns: list[list[Any]]) -> list[Any] |
     if function_name == "split" and sum(len(s) + 1 for s in columns[0] if s is not None) > MAX_BUILT_ENTRIES:
         return None  # the parts of a whole column might pass what one evaluation may build: row by row, each held to it
     try:
+        if function_name in text_results:  # `replace` may grow each row by MAX_GROWTH: a column of them is counted
+            return bounded_column(functools.partial(function, LIBRARY), columns, f"{function_name}()")
         return list(map(function, itertools.repeat(LIBRARY), *columns))
+    except ColumnLimitExceeded:
+        raise
     except Exception:
         return None
+
+
+COLUMN_SLICE = 64  # rows of a column built between two counts of its text (`bounded_column`)
+
+
+def bounded_column(call: Callable[..., Any], columns: list[list[Any]], what: str) -> list[Any]:
+    """`list(map(call, *columns))`, a slice of COLUMN_SLICE rows at a time, the characters of its text results counted
+    as one evaluation counts them: ColumnLimitExceeded past MAX_BUILT_CHARACTERS, with a slice at most built beyond
+    (512 rows of `replace` growing each by MAX_GROWTH were 32 Mi characters at once, none counted)."""
+    rows = len(columns[0]) if columns else 0
+    left = MAX_BUILT_CHARACTERS
+    results: list[Any] = []
+    for start in range(0, rows, COLUMN_SLICE):
+        part = list(map(call, *(column[start:start + COLUMN_SLICE] for column in columns))) if rows > COLUMN_SLICE else list(map(call, *columns))
+        try:
+            left -= sum(map(len, part))  # texts, the common case, at C speed
+        except TypeError:
+            left -= sum(len(result) for result in part if type(result) is str)
+        if left < 0:
+            raise ColumnLimitExceeded(what)
+        results += part
+    return results
 OPTIONS = jmespath.Options(custom_functions=LIBRARY)  # one for every search: the library is stateless
 FUNCTION_NAMES = frozenset(Library.FUNCTION_TABLE)
 

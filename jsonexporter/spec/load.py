@@ -331,7 +331,7 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
     url = c.template((*path, "url"), raw.get("url", "{target}"), names)
     headers: list[tuple[str, Template]] = []
     for key, value in _items(raw.get("headers")):
-        if not _HEADER_NAME.match(key):
+        if not _HEADER_NAME.match(key) and (*path, "headers", key) not in c.marks.bare_keys:  # no value: the schema says so, not quoting it
             c.add((*path, "headers", key), f"invalid header name {key!r}", at_key=True)
         t = c.template((*path, "headers", key), value, names)
         if t is not None:
@@ -1044,6 +1044,7 @@ class _File:
     defined: dict[Path, tuple[int, int]]
     problems: list[Problem]
     secrets: frozenset[str]
+    bare_keys: frozenset[Path] = frozenset()  # its keys written without a value (Marks.bare_keys): a problem of another file quoting one conceals it too
 
 
 def _load_file(file: str, text: str) -> _File:
@@ -1065,7 +1066,7 @@ def _load_file(file: str, text: str) -> _File:
                     modules[name] = module
     if isinstance(data, dict):
         defined |= {(key,): marks.of_key((key,)) for key in data if key in _top_level_settings()}
-    return _File(file, modules, defined, marks.concealed([*problems, *c.problems], file), spec_secrets(data))
+    return _File(file, modules, defined, marks.concealed([*problems, *c.problems], file), spec_secrets(data), frozenset(marks.bare_keys))
 
 
 @functools.cache
@@ -1077,16 +1078,20 @@ def _top_level_settings() -> frozenset[str]:
 def _defined_twice(files: list[_File]) -> Iterator[Problem]:
     """A module name defined in two files of one spec, or a top-level setting set in two: a problem
     at each place, naming the other."""
-    first: dict[Path, tuple[str, tuple[int, int]]] = {}
+    first: dict[Path, tuple[_File, tuple[int, int]]] = {}
     for f in files:
         for path, at in f.defined.items():
             if path not in first:
-                first[path] = (f.file, at)
+                first[path] = (f, at)
                 continue
-            where, (line, col) = first[path]
+            other, (line, col) = first[path]
+            where = other.file
             what = f"module {path[1]!r} is defined twice" if len(path) == 2 else f"{path[0]!r} is set in two files"
-            yield Problem(f.file, at[0], at[1], path, f"{what}: also in {where}:{line}:{col}")
-            yield Problem(where, line, col, path, f"{what}: also in {f.file}:{at[0]}:{at[1]}")
+            # both problems quote the name: concealed as each file's own problems are (Marks.concealed) when either
+            # file writes it without a value, which may be a value pasted in braces
+            both = Marks(bare_keys={*f.bare_keys, *other.bare_keys})
+            yield from both.concealed([Problem(f.file, at[0], at[1], path, f"{what}: also in {where}:{line}:{col}")], f.file)
+            yield from both.concealed([Problem(where, line, col, path, f"{what}: also in {f.file}:{at[0]}:{at[1]}")], where)
 
 
 def load_texts(texts: Sequence[tuple[str, str]], source: str) -> tuple[Spec | None, list[Problem]]:

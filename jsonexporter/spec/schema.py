@@ -89,6 +89,54 @@ def _at_credentials(error: jsonschema.ValidationError, places: frozenset[str]) -
     return any(part == "properties" and schema_path[i + 1] in places for i, part in enumerate(schema_path[:-1]))
 
 
+def _in_credential_place(schema: Any, path: Path, places: frozenset[str]) -> bool:
+    """Whether the key at `path` of the data is in or below one of `places`, keys of the schema on the way to it
+    (as `_at_credentials` says of an error): the schema followed along the path, by its properties, items,
+    pattern and additional properties, its `#/definitions/…` references resolved."""
+    node: Any = schema
+    for part in path[:-1]:
+        node = _resolved(schema, node)
+        if not isinstance(node, dict):
+            return False
+        if isinstance(part, int):
+            node = node.get("items")
+            continue
+        properties = node.get("properties") or {}
+        if part in properties:
+            if part in places:
+                return True
+            node = properties[part]
+            continue
+        patterns = [sub for pattern, sub in (node.get("patternProperties") or {}).items() if re.search(pattern, part)]
+        node = patterns[0] if patterns else node.get("additionalProperties")
+    return False
+
+
+def _resolved(schema: Any, node: Any) -> Any:
+    """The schema a `{"$ref": "#/definitions/name"}` refers to (followed until it is no reference), or `node` itself."""
+    for _ in range(16):  # a reference to a reference, at most so many: the schemas here have none
+        ref = node.get("$ref") if isinstance(node, dict) else None
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            return node
+        node = schema
+        for step in ref[2:].split("/"):
+            node = node.get(step) if isinstance(node, dict) else None
+    return node
+
+
+# why a key written without a value is refused where credentials are written
+_BARE_CREDENTIAL = "where credentials are written, it is refused rather than sent as a key; write `KEY: null` for a null"
+
+
+def _bare_credential_keys(schema: Any, file: str, marks: Marks, places: frozenset[str], errors: set[Path]) -> Iterator[Problem]:
+    """A problem at each key written without a value (yamlload.Marks.bare_keys) in or below a place of credentials, unless
+    the schema refused it already (a header's or parameter's value must be a string): a JSON `body` mapping takes any value."""
+    for key_path in sorted(marks.bare_keys, key=marks.of_key):
+        if key_path not in errors and _in_credential_place(schema, key_path, places):
+            line, col = marks.of_key(key_path)
+            yield Problem(file, line, col, key_path[:-1], f"a key has no value ({BARE_KEY}): {_BARE_CREDENTIAL}")
+
+
 def _unknown_keys(error: jsonschema.ValidationError, file: str, marks: Marks, places: frozenset[str]) -> Iterator[tuple[Problem, Path | None]]:
     """Each unknown key's problem (its key named by `key_named`), with the path of the key it probably meant."""
     instance = cast(dict[str, Any], error.instance)
@@ -201,4 +249,9 @@ def check_schema(data: Any, file: str, marks: Marks, validator: jsonschema.Draft
             continue
         line, col = marks.of_value(path)
         problems.append(Problem(file, line, col, path, _message(error)))
+    # what the schema refused already: a value (a header's must be a string), an unknown key
+    refused = {tuple(error.absolute_path) for error in errors}
+    refused |= {(*error.absolute_path, key) for error in errors if error.validator == "additionalProperties" and isinstance(error.instance, dict)
+                for key in error.instance}
+    problems += _bare_credential_keys((validator or _validator()).schema, file, marks, credential_places, refused)
     return SchemaReport(sorted(set(problems), key=lambda p: (p.line, p.column, p.message)), frozenset(meant))
