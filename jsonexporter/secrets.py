@@ -423,6 +423,12 @@ def _distinct_forms(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(f for f in _forms(value) if f))
 
 
+def forms_of(values: Iterable[str]) -> tuple[str, ...]:
+    """Every form the Redactor looks for of `values` (how they show in text, _forms), without those holding another:
+    a text holds one of the forms when it holds one of these."""
+    return _fewest(list(dict.fromkeys(f for v in values if v for f in _forms(v) if f)), limit=None)
+
+
 def _gram_size(length: int) -> int:
     return min(MAX_GRAM, 1 << (((length + 1) // 2).bit_length() - 1))
 
@@ -430,10 +436,10 @@ def _gram_size(length: int) -> int:
 _FEW_FORMS = 64  # forms looked for one by one (`_Forms.holds_one`), at most
 
 
-def _fewest(forms: list[str]) -> tuple[str, ...]:
+def _fewest(forms: list[str], limit: int | None = _FEW_FORMS) -> tuple[str, ...]:
     """The forms that hold no other one, shortest first (any text holding a form holds one of them); none
-    when there are more than _FEW_FORMS forms."""
-    if len(forms) > _FEW_FORMS:
+    when there are more than `limit` forms."""
+    if limit is not None and len(forms) > limit:
         return ()
     fewest: list[str] = []
     for form in sorted(forms, key=len):

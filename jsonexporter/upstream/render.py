@@ -38,7 +38,8 @@ class UpstreamRequest:
     body: bytes | None
     allow: tuple[Pattern, ...] = ()  # the module's targets.allow, for redirects
     projection: Projection | None = None  # what the module's rules read of the answer (spec/projection.py)
-    # the values of `secrets` and a login's in it, whatever their placeholders' names: hops.next_hop holds them back from other origins
+    # the values of `secrets`, a login's and the probe's credentials in it (probe_secrets), whatever their placeholders' names:
+    # hops.next_hop holds them back from other origins
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
     # its first hop when http_client_config adds nothing to it (fetch._first_hop), made at its first request: a memo set once in
     # this frozen request (object.__setattr__), so that a request kept across probes (upstream._rendered) makes it once (23 kIr -> 1)
@@ -73,14 +74,21 @@ def target_redactor(target: str, parent: Redactor | None = None) -> Redactor | N
     return Redactor({basic, url.password if url.password is not None else url.user or ""}, parent=parent)
 
 
+def probe_secrets(values: Mapping[str, str], module: Module | None = None) -> list[str]:
+    """The values of a probe's secret-named parameters (`api_key=…` on /probe) and of the parameters `module` sends
+    as credentials (`Authorization: Bearer {k}`): what its texts hide (probe_redactor) and its requests carry to no
+    other origin (UpstreamRequest.secrets, hops.next_hop)."""
+    placed = module.credential_parameters if module is not None else frozenset()
+    return [value for name, value in values.items() if name not in ("target", "module") and (is_secret_name(name) or name in placed) and value]
+
+
 def probe_redactor(values: Mapping[str, str], parent: Redactor | None = None, module: Module | None = None) -> Redactor | None:
     """What hides a probe's own secrets in the texts of that probe (its trace, errors, record and log
     lines): the target's credentials (target_redactor) and the values of its secret-named parameters
     (`api_key=…` on /probe) and of the parameters `module` sends as credentials (`Authorization: Bearer {k}`),
     which an upstream may echo where no pattern rule sees them. Kept per probe, never learned: the one
     Redactor of the process does not grow with its callers."""
-    placed = module.credential_parameters if module is not None else frozenset()
-    secret = [value for name, value in values.items() if name not in ("target", "module") and (is_secret_name(name) or name in placed) and value]
+    secret = probe_secrets(values, module)
     caller = target_redactor(values.get("target", ""), parent)
     if not secret:
         return caller
@@ -274,4 +282,5 @@ def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[P
 
 
 def render_requests(module: Module, values: Mapping[str, str]) -> list[UpstreamRequest]:
-    return [render_request(endpoint, values, module.target_allow, module.projections.get(name)) for name, endpoint in module.endpoints.items()]
+    secrets = frozenset(probe_secrets(values, module))
+    return [render_request(endpoint, values, module.target_allow, module.projections.get(name), secrets) for name, endpoint in module.endpoints.items()]
