@@ -4,6 +4,7 @@ bodies, log lines and commands show of the secrets a spec, a target or a client 
 from __future__ import annotations
 
 import asyncio
+import base64
 import html
 import logging
 import signal
@@ -448,4 +449,35 @@ async def test_secrets_are_hidden_as_aiohttp_writes_them_in_paths_and_queries(se
     for shown in (trace, html.unescape(record), log):
         assert "invalid_status" in shown
         for part in ("Pass", "word", "Zm9v", "YmF6", "6750AB12"):
+            assert part not in shown, (part, shown)
+
+
+async def test_a_secret_echoed_percent_encoded_twice_in_other_cases_base64_or_with_escaped_slashes_shows_nowhere(
+        serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory, tmp_path: Path) -> None:
+    """An answer that is no JSON is quoted by the error of its endpoint (trace, /probes/ID, log): it echoes the secret
+    in the forms other software writes it: quoted twice by a URL quoting a URL (`%252B`), with capital hex digits in
+    JSON's `\\u00E4` and `\\xC3`, base64-encoded, JSON-escaped with `\\/` (PHP)."""
+    secret = "Ünv/Secret+Key=99"
+    forms = ["%25C3%259Cnv/Secret%252BKey%253D99", "%25c3%259cnv%252fSecret%252bKey%253d99", "\\u00DCnv\\/Secret+Key=99",
+             "\\xC3\\x9Cnv/Secret+Key=99", base64.b64encode(secret.encode()).decode(), base64.urlsafe_b64encode(secret.encode()).decode()]
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=" ".join(forms))
+
+    up = await upstream({"/": echo})
+    (tmp_path / "k").write_text(secret)
+    exporter = await serve(fr"""
+        modules:
+          default:
+            targets: {{allow: ['http://127\.0\.0\.1:\d+']}}
+            secrets: {{k: {{file: {tmp_path}/k}}}}
+            endpoints: {{e: {{url: '{{target}}/', headers: {{X-Api-Key: '{{k}}'}}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    _, trace = await exporter.get("/probe", target=up.url, debug="true")
+    _, record = await exporter.get("/probes/1")
+    log = exporter.stop()
+    for shown in (trace, html.unescape(record), log):
+        assert "invalid_json" in shown and "<redacted>" in shown
+        for part in ("Secret", *(f[:12] for f in forms[4:])):
             assert part not in shown, (part, shown)
