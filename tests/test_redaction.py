@@ -481,3 +481,41 @@ async def test_a_secret_echoed_percent_encoded_twice_in_other_cases_base64_or_wi
         assert "invalid_json" in shown and "<redacted>" in shown
         for part in ("Secret", *(f[:12] for f in forms[4:])):
             assert part not in shown, (part, shown)
+
+
+# what ends a word for the pattern rules (`\s`), inside a passphrase
+PASSPHRASE_SPACES = [" ", "\u00a0", "\u0085", "\u2028", "\u3000"]  # C0 controls (\t, \x1f) make an invalid target
+
+
+async def test_a_targets_password_with_spaces_is_hidden_whole_in_the_log_pages_trace_and_series(
+        serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory) -> None:
+    """A passphrase `correct horse battery staple` in a target's userinfo, its words split by any space Unicode knows:
+    the log line, /probes/ID, the recent probes of /, the trace and the series (a module label `{target}`, `$target`)
+    show none of it (render.redact_target, the one way a target is shown: its password hidden whole first)."""
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"error": "who are you"}, status=401)
+
+    up = await upstream({"/ok": {"items": [{"v": 1}]}, "/bad": refuse})
+    exporter = await serve(fr"""
+        modules:
+          default:
+            targets: {{allow: ['http://([^@/]+@)?127\.0\.0\.1:\d+/ok']}}
+            labels: {{source: '{{target}}'}}
+            endpoints: {{ok: {{url: '{{target}}'}}, bad: {{url: '{up.url}/bad'}}}}
+            metrics: [{{name: m, help: h, endpoint: ok, each: items, value: v, labels: {{t: '$target'}}}}]
+        """)
+    shown = []
+    for n, space in enumerate(PASSPHRASE_SPACES, 1):
+        target = up.url.replace("http://", f"http://monitor:correct{space}horse{space}battery{space}staple@") + "/ok"
+        _, metrics = await exporter.get("/probe", target=target)
+        assert f'm{{source="http://<redacted>@127.0.0.1:{up.server.port}/ok",t="http://<redacted>@127.0.0.1:{up.server.port}/ok"}} 1' in metrics
+        _, trace = await exporter.get("/probe", target=target, debug="true")
+        _, record = await exporter.get(f"/probes/{2 * n}")
+        shown += [metrics, trace, html.unescape(record)]
+    _, page = await exporter.get("/")
+    log = exporter.stop()
+    assert "invalid_status" in log and up.requests[0].headers["Authorization"].startswith("Basic ")
+    for text in [*shown, html.unescape(page), log]:
+        for word in ("monitor", "correct", "horse", "battery", "staple"):
+            assert word not in text, (word, text)
+
