@@ -519,3 +519,27 @@ async def test_a_targets_password_with_spaces_is_hidden_whole_in_the_log_pages_t
         for word in ("monitor", "correct", "horse", "battery", "staple"):
             assert word not in text, (word, text)
 
+
+async def test_a_parameter_sent_as_a_credential_echoed_in_a_label_is_hidden_and_left_out_of_params(
+        aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    """`tok` says nothing secret by its name, but the module sends it as `X-Api-Key: '{tok}'` (Module.credential_parameters):
+    an answer echoing it gives `<redacted>` in the series (probe.answer_redactor, as the trace hides it), and `$params`
+    does not hold it (`$params.to_string(@)` shows the other parameters)."""
+    from jsonexporter.server import make_app
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"items": [{"k": request.headers["X-Api-Key"], "v": 1}]})
+
+    up = await upstream({"/x": echo})
+    client = await aiohttp_client(make_app(make_spec(textwrap.dedent(f"""
+        modules:
+          default:
+            parameters: {{tok: {{}}, region: {{default: eu}}}}
+            endpoints: {{e: {{url: '{up.url}/x', headers: {{X-Api-Key: '{{tok}}', X-Region: '{{region}}'}}}}}}
+            metrics: [{{name: m, help: h, each: items, value: v, labels: {{k: k, q: '$params.to_string(@)'}}}}]
+        """))))
+    text = await (await client.get("/probe", params={"tok": "ProbeTokValue123"})).text()
+    assert up.requests[0].headers["X-Api-Key"] == "ProbeTokValue123"
+    assert 'm{k="<redacted>",q="{\\"region\\":\\"eu\\"}"} 1' in text, text
+    traced = await (await client.get("/probe", params={"tok": "ProbeTokValue123", "debug": "true"})).text()
+    assert "ProbeTokValue123" not in text + traced
