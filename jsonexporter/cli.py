@@ -279,7 +279,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         return redacting(cut(text, MAX_MESSAGE))
     try:
         if args.input:
-            result = run_offline(module, _inputs(args.input, module.endpoints), args.target or "offline", query, args.debug)
+            result = run_offline(module, _inputs(args.input, module.endpoints), args.target or "offline", query, args.debug, redactor=process)
         else:
             if not args.target:
                 print("--target is required without --input", file=sys.stderr)

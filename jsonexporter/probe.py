@@ -62,8 +62,11 @@ def resolve_values(module: Module, target: str, query: Mapping[str, str], offlin
     # only the hosts its parameters make (render_request), and a target it would ignore
     if not offline and (target or module.needs_target) and not module.target_allowed(target):
         raise TargetNotAllowed(f"target not allowed by module {module.name!r}: it matches none of its targets.allow patterns")
-    # `$params` goes into the answer (labels, samples): a value named as a secret stays in the requests
-    params = {k: v for k, v in query.items() if k not in RESERVED_PARAMS and len(v) <= MAX_PARAM_LENGTH and not is_secret_name(k)}
+    # `$params` goes into the answer (labels, samples): a value named as a secret, or sent where a credential goes
+    # (Module.credential_parameters: `Authorization: 'Bearer {tok}'`), stays in the requests
+    placed = module.credential_parameters
+    params = {k: v for k, v in query.items()
+              if k not in RESERVED_PARAMS and len(v) <= MAX_PARAM_LENGTH and not is_secret_name(k) and k not in placed}
     values = {"target": target, "module": module.name}
     for name, decl in module.parameters.items():
         value = query.get(name, decl.default)
@@ -74,7 +77,7 @@ def resolve_values(module: Module, target: str, query: Mapping[str, str], offlin
         if len(value) > MAX_PARAM_LENGTH or _CONTROL.search(value):
             raise InvalidRequest(f"parameter {name!r} is too long or contains control characters")
         values[name] = value
-        if not is_secret_name(name):
+        if not is_secret_name(name) and name not in placed:
             params[name] = value
     return values, params
 
@@ -88,6 +91,13 @@ def answer_context(module: Module, target: str, params: Mapping[str, str], value
     may be shown (redact_target): both become label values, and a target's userinfo is a credential."""
     shown = redact_target(target)
     return ProbeContext(module.name, shown, params), module_labels(module, {**values, "target": shown}) if module.labels else ()
+
+
+def answer_redactor(module: Module, values: Mapping[str, str], process: Redactor | None) -> Redactor | None:
+    """What hides secrets in the label values of a probe's answer, live or offline (`probe --input`, `jsonexporter test`):
+    the probe's own (render.probe_redactor: its target's credentials, its secret-named parameters and those `module`
+    sends as credentials) with the process's (`process`: the spec's, and what was read at run time)."""
+    return probe_redactor(values, process, module) or process
 
 
 def answer_bounds(module: Module, redactor: Redactor | None = None) -> Bounds:
@@ -288,7 +298,7 @@ async def _probe(up: Upstream, module: Module, target: str, values: dict[str, st
     limit = series_limit if module.series_limit is None else module.series_limit
     failed_due_to = failure = None
     context, labels = answer_context(module, target, params, values)
-    bounds = answer_bounds(module, probe_redactor(values, up.clients.redactor) or up.clients.redactor)  # after the fetch: its logins' tickets known
+    bounds = answer_bounds(module, answer_redactor(module, values, up.clients.redactor))  # after the fetch: its logins' tickets known
     try:
         if documents:
             extraction = await extract_async(module, documents, context, labels, trace, deadline, limit, bounds)
@@ -361,22 +371,23 @@ def fail(result: ProbeResult, module: Module, limit: str, reason: str, duration:
 
 
 def run_offline(module: Module, documents: Mapping[str, Any], target: str, query: Mapping[str, str], debug: bool = False,
-                endpoints: list[EndpointResult] | None = None) -> ProbeResult:
+                endpoints: list[EndpointResult] | None = None, redactor: Redactor | None = None) -> ProbeResult:
     """Evaluate saved answers (endpoint name -> parsed JSON) without any network I/O. `endpoints`, the
     outcome of each endpoint as `jsonexporter test` makes it from its answers (failures too), adds the
     probe_endpoint_* and probe_failed_due_to_* metrics of a live probe, and its series limit (the module's
-    series_limit, else the default of --probe.series-limit)."""
+    series_limit, else the default of --probe.series-limit). `redactor`: the process's (the spec's secrets),
+    with which label values hide secrets as a live probe's do (answer_redactor)."""
     start = time.monotonic()  # the clock of the event loop's deadlines (run_probe)
     values, params = resolve_values(module, target, query, offline=True)
     trace = Trace() if debug else None
     try:
-        return _offline(module, documents, target, values, params, trace, endpoints, start)
+        return _offline(module, documents, target, values, params, trace, endpoints, start, redactor)
     except Exception as exc:  # a fault of ours, as run_probe says it
         return failed_unexpectedly(module, endpoints or [], trace, exc, time.monotonic() - start, timed=False)
 
 
 def _offline(module: Module, documents: Mapping[str, Any], target: str, values: dict[str, str], params: dict[str, str], trace: Trace | None,
-             endpoints: list[EndpointResult] | None, start: float) -> ProbeResult:
+             endpoints: list[EndpointResult] | None, start: float, redactor: Redactor | None) -> ProbeResult:
     if trace is not None:
         trace.add(f"module {module.name}, target {redact_target(target)}, saved answers (no requests), deadline {module.timeout:.3f}s")
         for name, document in documents.items():
@@ -385,7 +396,8 @@ def _offline(module: Module, documents: Mapping[str, Any], target: str, values: 
     limit = 0 if endpoints is None else DEFAULT_SERIES_LIMIT if module.series_limit is None else module.series_limit
     deadline = extraction_deadline(start + module.timeout, time.monotonic())  # the module's timeout, as a live probe has it
     try:
-        extraction = extract(module, documents, *answer_context(module, target, params, values), trace, limit, answer_bounds(module), deadline)
+        bounds = answer_bounds(module, answer_redactor(module, values, redactor))
+        extraction = extract(module, documents, *answer_context(module, target, params, values), trace, limit, bounds, deadline)
     except (DeadlinePassed, SeriesLimitExceeded, BodySizeLimitExceeded) as exc:
         if isinstance(exc, DeadlinePassed):
             due_to, failure = "deadline", _deadline_failure(module.timeout)

@@ -8,6 +8,7 @@ what looks like a credential in a URL, so that no call site has to remember to f
 
 from __future__ import annotations
 
+import base64
 import functools
 import html
 import json
@@ -349,9 +350,6 @@ def spec_secrets(data: Any) -> frozenset[str]:
     return frozenset(s for value in found for s in secret_fragments(value))
 
 
-_PERCENT = re.compile(r"%[0-9A-F]{2}")
-
-
 def _yarl_forms(value: str) -> tuple[str, ...]:
     """The value as yarl (aiohttp's URLs) writes it in a path and in a query, built from the value or
     requoting what render wrote into a URL template, which is none of urllib's spellings: it leaves
@@ -368,15 +366,39 @@ def _yarl_forms(value: str) -> tuple[str, ...]:
         return ()
 
 
+# the hex digits of an escape (`%2B`, `%252B` encoded twice, `\\xc3`, `\\u00e9`), written in either case by encoders
+_HEX_ESCAPE = re.compile(r"(%(?:25)*|\\x)([0-9A-Fa-f]{2})|(\\u)([0-9A-Fa-f]{4})")
+
+
+def _in_both_cases(forms: Iterable[str]) -> Iterator[str]:
+    """Each form, and with escapes also with their hex digits in capitals and in small letters (`%2B`, `%2b`)."""
+    for form in forms:
+        yield form
+        if "%" in form or "\\" in form:
+            yield _HEX_ESCAPE.sub(lambda m: (m[1] or m[3]) + (m[2] or m[4]).upper(), form)
+            yield _HEX_ESCAPE.sub(lambda m: (m[1] or m[3]) + (m[2] or m[4]).lower(), form)
+
+
+def _base64_forms(value: str) -> Iterator[str]:
+    """The value base64-encoded, standard and URL-safe, unpadded (an upstream echoing a token it was sent encoded)."""
+    data = value.encode()
+    for encoded in (base64.b64encode(data), base64.urlsafe_b64encode(data)):
+        yield encoded.decode().rstrip("=")
+
+
 def _forms(value: str) -> Iterator[str]:
-    """How a value shows in text: as is, quoted by repr or JSON, as a label value (a tab stays raw there, unlike
-    repr's and JSON's), percent-encoded, HTML-escaped."""
+    """How a value shows in text: as is, quoted by repr or JSON (also with `\\/`, as PHP writes it), as a label value (a
+    tab stays raw there, unlike repr's and JSON's), percent-encoded once or twice (a URL quoting a URL: `?return_to=`),
+    base64-encoded, HTML-escaped; the hex digits of its escapes in either case. A bounded number of forms: percent-
+    encoded more often is what hops.next_hop still finds (it decodes until nothing changes), but pages show it."""
     # repr of its UTF-8 bytes too: an answer that is not JSON is quoted as bytes (fetch._quoted_start)
-    shown = list(dict.fromkeys([value, repr(value)[1:-1], json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
-                                repr(value.encode())[2:-1], escape_label_value(value)]))
+    in_json = [json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]]
+    shown = list(dict.fromkeys(_in_both_cases([value, repr(value)[1:-1], *in_json, *(f.replace("/", "\\/") for f in in_json if "/" in f),
+                                               repr(value.encode())[2:-1], escape_label_value(value)])))
     if len(value) >= MIN_BARE_LENGTH:
-        shown += dict.fromkeys(f for form in (quote(value, safe=""), quote_plus(value), quote(value, safe="/"), *_yarl_forms(value))
-                               for f in (form, _PERCENT.sub(lambda m: m[0].lower(), form)))
+        percent = list(dict.fromkeys((quote(value, safe=""), quote_plus(value), quote(value, safe="/"), *_yarl_forms(value))))
+        twice = [f for form in percent if "%" in form for f in (form.replace("%", "%25"), quote(form, safe=""))]
+        shown += dict.fromkeys(_in_both_cases([*percent, *twice, *_base64_forms(value)]))
         yield from shown
         yield from (html.escape(s) for s in shown)
     quoted = [repr(value), json.dumps(value), f"'{value}'", f'"{value}"']
@@ -423,6 +445,12 @@ def _distinct_forms(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(f for f in _forms(value) if f))
 
 
+def forms_of(values: Iterable[str]) -> tuple[str, ...]:
+    """Every form the Redactor looks for of `values` (how they show in text, _forms), without those holding another:
+    a text holds one of the forms when it holds one of these."""
+    return _fewest(list(dict.fromkeys(f for v in values if v for f in _forms(v) if f)), limit=None)
+
+
 def _gram_size(length: int) -> int:
     return min(MAX_GRAM, 1 << (((length + 1) // 2).bit_length() - 1))
 
@@ -430,10 +458,10 @@ def _gram_size(length: int) -> int:
 _FEW_FORMS = 64  # forms looked for one by one (`_Forms.holds_one`), at most
 
 
-def _fewest(forms: list[str]) -> tuple[str, ...]:
+def _fewest(forms: list[str], limit: int | None = _FEW_FORMS) -> tuple[str, ...]:
     """The forms that hold no other one, shortest first (any text holding a form holds one of them); none
-    when there are more than _FEW_FORMS forms."""
-    if len(forms) > _FEW_FORMS:
+    when there are more than `limit` forms."""
+    if limit is not None and len(forms) > limit:
         return ()
     fewest: list[str] = []
     for form in sorted(forms, key=len):

@@ -32,7 +32,7 @@ from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, DEFAULT_REFRESH_M
 from jsonexporter.spec.problems import fault, unexpected_failure
 from jsonexporter.spec.sources import spec_sha256
 from jsonexporter.trace import MAX_MESSAGE, Trace, cut
-from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, new_session, probe_redactor, reschedule
+from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, new_session, probe_redactor, redact_target, reschedule
 from jsonexporter.upstream.client import Clients
 from jsonexporter.upstream.refresh import Events, Job
 from jsonexporter.webconfig import (
@@ -350,7 +350,7 @@ def _record(state: State, module: str, target: str, result: ProbeResult, caller:
     errors = [redact(f"endpoint {r.endpoint}: {r.outcome}: {r.error}") for r in failed]
     if extraction.messages:
         errors += map(redact, extraction.messages)
-    shown = state.redactor(target)  # the pattern rules hide its userinfo whole; its password first would leave the user
+    shown = redact_target(target, state.redactor)
     faults = [(metric, redact(f"metric {metric}: {said}")) for metric, said in extraction.faults.items()]
     errors[len(failed):len(failed)] = [said for _, said in faults if said not in errors]  # an extraction's own message may say it already
     for metric, said in faults:  # once each, as an endpoint's internal_error is (upstream/fetch.py)

@@ -118,3 +118,21 @@ def test_check_counts_a_host_header_the_caller_picks_as_a_host_the_caller_picks(
         assert "declare `targets: {allow: [...]}` in the module" in problem.message
     spec, problems = load_text(_spec(module, allow=True), "spec.yml")
     assert spec is not None and problems == [], problems
+
+
+def test_check_refuses_a_parameter_sent_as_a_credential_in_a_module_label_or_read_by_params() -> None:
+    """A caller's credential (`tok`, sent as `Authorization: 'Bearer {tok}'`) would be a label value of every series:
+    a module label taking it and `$params.tok` are errors located where they are written, as for a secret-named one."""
+    text = textwrap.dedent("""\
+        modules:
+          m:
+            parameters: {tok: {}, region: {default: eu}}
+            labels: {who: '{tok}', r: '{region}'}
+            endpoints: {e: {url: 'http://api.example/x', headers: {Authorization: 'Bearer {tok}', X-Region: '{region}'}}}
+            metrics: [{name: m, help: h, value: v, labels: {p: '$params.tok', q: '$params.region'}}]
+        """)
+    spec, problems = load_text(text, "spec.yml")
+    assert spec is None
+    found = {(format_path(p.path), p.line) for p in problems if p.severity == "error"}
+    assert found == {("modules.m.labels.who", 4), ("modules.m.metrics[0].labels.p", 6)}, problems
+    assert all("a parameter the module sends as a credential" in p.message for p in problems if p.severity == "error")

@@ -4,6 +4,7 @@ bodies, log lines and commands show of the secrets a spec, a target or a client 
 from __future__ import annotations
 
 import asyncio
+import base64
 import html
 import logging
 import signal
@@ -449,3 +450,96 @@ async def test_secrets_are_hidden_as_aiohttp_writes_them_in_paths_and_queries(se
         assert "invalid_status" in shown
         for part in ("Pass", "word", "Zm9v", "YmF6", "6750AB12"):
             assert part not in shown, (part, shown)
+
+
+async def test_a_secret_echoed_percent_encoded_twice_in_other_cases_base64_or_with_escaped_slashes_shows_nowhere(
+        serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory, tmp_path: Path) -> None:
+    """An answer that is no JSON is quoted by the error of its endpoint (trace, /probes/ID, log): it echoes the secret
+    in the forms other software writes it: quoted twice by a URL quoting a URL (`%252B`), with capital hex digits in
+    JSON's `\\u00E4` and `\\xC3`, base64-encoded, JSON-escaped with `\\/` (PHP)."""
+    secret = "Ünv/Secret+Key=99"
+    forms = ["%25C3%259Cnv/Secret%252BKey%253D99", "%25c3%259cnv%252fSecret%252bKey%253d99", "\\u00DCnv\\/Secret+Key=99",
+             "\\xC3\\x9Cnv/Secret+Key=99", base64.b64encode(secret.encode()).decode(), base64.urlsafe_b64encode(secret.encode()).decode()]
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=" ".join(forms))
+
+    up = await upstream({"/": echo})
+    (tmp_path / "k").write_text(secret)
+    exporter = await serve(fr"""
+        modules:
+          default:
+            targets: {{allow: ['http://127\.0\.0\.1:\d+']}}
+            secrets: {{k: {{file: {tmp_path}/k}}}}
+            endpoints: {{e: {{url: '{{target}}/', headers: {{X-Api-Key: '{{k}}'}}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+    _, trace = await exporter.get("/probe", target=up.url, debug="true")
+    _, record = await exporter.get("/probes/1")
+    log = exporter.stop()
+    for shown in (trace, html.unescape(record), log):
+        assert "invalid_json" in shown and "<redacted>" in shown
+        for part in ("Secret", *(f[:12] for f in forms[4:])):
+            assert part not in shown, (part, shown)
+
+
+# what ends a word for the pattern rules (`\s`), inside a passphrase
+PASSPHRASE_SPACES = [" ", "\u00a0", "\u0085", "\u2028", "\u3000"]  # C0 controls (\t, \x1f) make an invalid target
+
+
+async def test_a_targets_password_with_spaces_is_hidden_whole_in_the_log_pages_trace_and_series(
+        serve: Callable[[str], Awaitable[Served]], upstream: UpstreamFactory) -> None:
+    """A passphrase `correct horse battery staple` in a target's userinfo, its words split by any space Unicode knows:
+    the log line, /probes/ID, the recent probes of /, the trace and the series (a module label `{target}`, `$target`)
+    show none of it (render.redact_target, the one way a target is shown: its password hidden whole first)."""
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"error": "who are you"}, status=401)
+
+    up = await upstream({"/ok": {"items": [{"v": 1}]}, "/bad": refuse})
+    exporter = await serve(fr"""
+        modules:
+          default:
+            targets: {{allow: ['http://([^@/]+@)?127\.0\.0\.1:\d+/ok']}}
+            labels: {{source: '{{target}}'}}
+            endpoints: {{ok: {{url: '{{target}}'}}, bad: {{url: '{up.url}/bad'}}}}
+            metrics: [{{name: m, help: h, endpoint: ok, each: items, value: v, labels: {{t: '$target'}}}}]
+        """)
+    shown = []
+    for n, space in enumerate(PASSPHRASE_SPACES, 1):
+        target = up.url.replace("http://", f"http://monitor:correct{space}horse{space}battery{space}staple@") + "/ok"
+        _, metrics = await exporter.get("/probe", target=target)
+        assert f'm{{source="http://<redacted>@127.0.0.1:{up.server.port}/ok",t="http://<redacted>@127.0.0.1:{up.server.port}/ok"}} 1' in metrics
+        _, trace = await exporter.get("/probe", target=target, debug="true")
+        _, record = await exporter.get(f"/probes/{2 * n}")
+        shown += [metrics, trace, html.unescape(record)]
+    _, page = await exporter.get("/")
+    log = exporter.stop()
+    assert "invalid_status" in log and up.requests[0].headers["Authorization"].startswith("Basic ")
+    for text in [*shown, html.unescape(page), log]:
+        for word in ("monitor", "correct", "horse", "battery", "staple"):
+            assert word not in text, (word, text)
+
+
+async def test_a_parameter_sent_as_a_credential_echoed_in_a_label_is_hidden_and_left_out_of_params(
+        aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    """`tok` says nothing secret by its name, but the module sends it as `X-Api-Key: '{tok}'` (Module.credential_parameters):
+    an answer echoing it gives `<redacted>` in the series (probe.answer_redactor, as the trace hides it), and `$params`
+    does not hold it (`$params.to_string(@)` shows the other parameters)."""
+    from jsonexporter.server import make_app
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"items": [{"k": request.headers["X-Api-Key"], "v": 1}]})
+
+    up = await upstream({"/x": echo})
+    client = await aiohttp_client(make_app(make_spec(textwrap.dedent(f"""
+        modules:
+          default:
+            parameters: {{tok: {{}}, region: {{default: eu}}}}
+            endpoints: {{e: {{url: '{up.url}/x', headers: {{X-Api-Key: '{{tok}}', X-Region: '{{region}}'}}}}}}
+            metrics: [{{name: m, help: h, each: items, value: v, labels: {{k: k, q: '$params.to_string(@)'}}}}]
+        """))))
+    text = await (await client.get("/probe", params={"tok": "ProbeTokValue123"})).text()
+    assert up.requests[0].headers["X-Api-Key"] == "ProbeTokValue123"
+    assert 'm{k="<redacted>",q="{\\"region\\":\\"eu\\"}"} 1' in text, text
+    traced = await (await client.get("/probe", params={"tok": "ProbeTokValue123", "debug": "true"})).text()
+    assert "ProbeTokValue123" not in text + traced

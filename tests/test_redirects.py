@@ -3,8 +3,10 @@ may carry is decided hop by hop. 127.0.0.1 plays the API, 127.0.0.2 the foreign 
 
 from __future__ import annotations
 
+import base64
 import ssl
 import textwrap
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +98,7 @@ async def test_a_redirect_to_a_host_outside_the_allowlist_is_refused_before_any_
     assert status == 200
     assert stolen.requests == []  # nothing reached the foreign host: not the secrets, not even a request
     assert "-> redirect_refused, status 302" in text and "probe_success 0" in text
-    assert f"redirect 1 (302 to http://127.0.0.2:{foreign.port}/steal?api_key=" in text  # the URL shown redacted
+    assert f"redirect 1 (302 to http://127.0.0.2:{foreign.port}) refused" in text  # its path and query, which hold a secret, not shown
     assert "targets.allow does not allow" in text
     assert "answer-FOREIGN" not in text and "Traceback" not in text
     for secret in SECRETS:
@@ -443,3 +445,90 @@ async def test_a_credential_header_of_any_name_echoed_by_a_redirect_goes_to_no_o
     assert status == 200 and "x 1" in text
     assert [path for _, path, _, _ in stolen.requests] == ["/landing?page=2"]
     assert key not in text
+
+
+def _sso(foreign_port: int, times: int = 1) -> Any:
+    """An SSO-style redirect to the foreign host that quotes the request's URL `times` times over (`?return_to=`)."""
+    def answer(request: web.Request) -> web.Response:
+        quoted = str(request.url)
+        for _ in range(times):
+            quoted = urllib.parse.quote(quoted, safe="")
+        return web.Response(status=302, headers={"Location": f"http://127.0.0.2:{foreign_port}/sso?return_to={quoted}"})
+
+    return answer
+
+
+def _echo(foreign_port: int, header: str) -> Any:
+    """A redirect to the foreign host with the value of the request's `header` (its credentials, without a scheme) in the path."""
+    def answer(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": f"http://127.0.0.2:{foreign_port}/sso/{request.headers.get(header, '').split()[-1]}"})
+
+    return answer
+
+
+async def test_a_redirect_quoting_any_credential_of_the_request_is_refused_however_often_it_is_percent_encoded(
+        aiohttp_client: Any, aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials the API writes into the Location of a redirect to another origin: a literal `api_key` of the query
+    quoted in `?return_to=`, a literal `X-Api-Key` and a probe parameter sent as `Bearer {tok}` echoed in the path, a
+    `secrets:` value with `+ = /` quoted twice and three times, a target's password. Each hop is refused (the foreign
+    host gets nothing), and the message quotes the foreign origin alone."""
+    special = "Env/Secret+Key=99"
+    monkeypatch.setenv("RS10_KEY", special)
+    foreign, stolen = await recording_server(aiohttp_server, "127.0.0.2", {"/{tail:.*}": {"v": 666}})
+    home, _ = await recording_server(aiohttp_server, "127.0.0.1", {
+        "/once": _sso(foreign.port), "/twice": _sso(foreign.port, 2), "/thrice": _sso(foreign.port, 3),
+        "/key": _echo(foreign.port, "X-Api-Key"), "/auth": _echo(foreign.port, "Authorization"),
+        "/pw": lambda request: web.Response(status=302, headers={"Location": f"http://127.0.0.2:{foreign.port}/sso/"
+                                                                 + base64.b64decode(request.headers["Authorization"].split()[1]).decode()}),
+    })
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          query_key:
+            endpoints: {{e: {{url: 'http://127.0.0.1:{home.port}/once', params: {{api_key: LiteralApiKey12345}}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          header_key:
+            endpoints: {{e: {{url: 'http://127.0.0.1:{home.port}/key', headers: {{X-Api-Key: LiteralHeaderKey678}}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          param_token:
+            parameters: {{tok: {{}}}}
+            endpoints: {{e: {{url: 'http://127.0.0.1:{home.port}/auth', headers: {{Authorization: 'Bearer {{tok}}'}}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          secret_twice:
+            secrets: {{k: {{env: RS10_KEY}}}}
+            endpoints: {{e: {{url: 'http://127.0.0.1:{home.port}/twice', params: {{q: '{{k}}'}}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          secret_thrice:
+            secrets: {{k: {{env: RS10_KEY}}}}
+            endpoints: {{e: {{url: 'http://127.0.0.1:{home.port}/thrice', params: {{q: '{{k}}'}}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+          target_password:
+            endpoints: {{e: {{url: '{{target}}/pw'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+    """)
+    probes = {"query_key": {}, "header_key": {}, "param_token": {"tok": "ProbeParamTok4242"}, "secret_twice": {}, "secret_thrice": {},
+              "target_password": {"target": f"http://monitor:Target-Pass-5150@127.0.0.1:{home.port}"}}
+    for module, params in probes.items():
+        status, text = await probe(client, module=module, debug="true", **params)
+        assert status == 200 and "probe_success 0" in text, module
+        assert f"redirect 1 (302 to http://127.0.0.2:{foreign.port}) refused: its URL holds a secret value of the request" in text, module
+        for secret in ("LiteralApiKey12345", "LiteralHeaderKey678", "ProbeParamTok4242", "Secret", "Target-Pass-5150"):
+            assert secret not in text, (module, secret)
+    assert stolen.requests == []
+
+
+async def test_a_redirect_to_another_origin_without_the_request_s_credentials_in_its_url_is_followed(
+        aiohttp_client: Any, aiohttp_server: Any) -> None:
+    """The check looks for the request's credentials, not for anything encoded: an SSO redirect quoting a URL without them,
+    from a request that sends credentials, is followed (without them)."""
+    foreign, seen = await recording_server(aiohttp_server, "127.0.0.2", {"/{tail:.*}": {"v": 7}})
+    home, _ = await recording_server(aiohttp_server, "127.0.0.1", {"/twice": _sso(foreign.port, 2)})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            endpoints: {{e: {{url: 'http://127.0.0.1:{home.port}/twice?page=2', headers: {{X-Api-Key: LiteralHeaderKey678}}}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+    """)
+    status, text = await probe(client)
+    assert status == 200 and value(parse(text), "x") == 7
+    [(_, path, headers, _)] = seen.requests
+    assert path.startswith("/sso?return_to=http") and "LiteralHeaderKey678" not in repr(headers)

@@ -23,6 +23,7 @@ from conftest import ExporterFactory, UpstreamFactory
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_util import jsonexporter
 from schema_util import broken_documents
 
 from jsonexporter.cli import main
@@ -723,3 +724,39 @@ async def test_a_secret_named_parameter_is_hidden_as_a_live_probe_hides_it(tmp_p
     code, out, _ = run(capsys, file)
     assert code == 1 and "invalid_json" in out and "body starts with" in out
     assert "Key-5544332211" not in out, out
+
+
+ECHO_SPEC = """
+    modules:
+      default:
+        targets: {allow: ['http://(127\\.0\\.0\\.1|api\\.example):\\d+']}
+        endpoints: {e: {url: '{target}/x', headers: {X-Api-Key: Sup3rS3cretHeaderVal}}}
+        metrics: [{name: m, help: h, each: items, value: v, labels: {k: k}}]
+    """
+
+
+async def test_a_spec_secret_echoed_in_a_label_is_hidden_offline_as_a_live_probe_hides_it(
+        tmp_path: Path, upstream: UpstreamFactory, exporter: ExporterFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    """`probe --input` and `jsonexporter test` build the answer's Redactor as a live probe does (probe.answer_redactor):
+    the spec's literal X-Api-Key echoed by the answer is `<redacted>` in all three."""
+    answer = {"items": [{"k": "Sup3rS3cretHeaderVal", "v": 1}]}
+    up = await upstream({"/x": answer})
+    client = await exporter(textwrap.dedent(ECHO_SPEC))
+    live = await (await client.get("/probe", params={"target": up.url})).text()
+    assert 'm{k="<redacted>"} 1' in live
+    (tmp_path / "spec.yml").write_text(textwrap.dedent(ECHO_SPEC))
+    (tmp_path / "in.json").write_text(json.dumps(answer))
+    offline = subprocess.run(jsonexporter("probe", "--config.file", str(tmp_path / "spec.yml"), "--input", f"e={tmp_path / 'in.json'}"),
+                             capture_output=True, text=True, timeout=60)
+    assert offline.returncode == 0 and 'm{k="<redacted>"} 1' in offline.stdout and "Sup3r" not in offline.stdout + offline.stderr
+    file = write(tmp_path, """
+        spec: spec.yml
+        tests:
+          - name: the key echoed
+            target: 'http://api.example:80'
+            answers: {e: {file: in.json}}
+            exp_samples: [{labels: 'm{k="<redacted>"}', value: 1}]
+        """, spec=ECHO_SPEC)
+    (tmp_path / "in.json").write_text(json.dumps(answer))
+    code, out, _ = run(capsys, file)
+    assert code == 0 and "1 test(s) passed" in out, out

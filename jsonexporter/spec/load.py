@@ -589,6 +589,24 @@ def _secret_parameters_in_labels(c: _Checker, path: Path, labels: list[tuple[str
                                   "Prometheus and shown to whoever can query it; secret parameters go into requests only")
 
 
+def _credential_parameters_in_answer(c: _Checker, path: Path, labels: list[tuple[str, Template]], metrics: list[tuple[Path, Metric]],
+                                     placed: frozenset[str]) -> None:
+    """A parameter the module sends where a credential goes (`Authorization: 'Bearer {tok}'`) is a credential of the
+    caller's, whatever its name: a module label may not take it, and `$params` never holds it (as a secret-named one)."""
+    for label, template in labels:
+        for name in sorted(n for n in template.placeholders & placed if not is_secret_name(n)):
+            c.add((*path, "labels", label), f"label {label!r} takes {{{name}}}, a parameter the module sends as a credential: label values "
+                                            "are stored by Prometheus and shown to whoever can query it; credentials go into requests only")
+    for where, metric in metrics:
+        at_label = {id(e): (*where, "labels", name) for name, e in metric.labels}
+        for expression in metric.expressions():
+            fields = expression.fields
+            if expression.on_context and fields is not None and len(fields) > 1 and fields[0] == "params" and fields[1] in placed \
+                    and not is_secret_name(fields[1]):
+                c.add(at_label.get(id(expression), where), f"{expression.source!r} reads a parameter the module sends as a credential: $params "
+                      "never holds one (its value would become a label or sample of the answer, stored by Prometheus); credentials go into requests only")
+
+
 def _check_module_labels(c: _Checker, path: Path, labels: Iterable[str], metrics: list[tuple[Path, Metric]]) -> None:
     """The reserved names of `_reserved_label` among the module's `labels`, for each of its rules, at the module's label."""
     for label in labels:
@@ -880,6 +898,9 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
     credential_names = (request_names - names) | secret_parameter_names(raw.get("parameters"))
     requests = [((*path, "endpoints", n), c.clean((*path, "endpoints", n), raw_endpoints[n]) if n in raw_endpoints else {}, ep)
                 for n, ep in endpoints.items()] + ([((*path, "login"), raw_login or {}, login.request)] if login else [])
+    placed = frozenset(n for _, raw_request, _ in requests for credential in request_credentials(raw_request, defaults, credential_names)
+                       for n in credential.placeholders if n in params)
+    _credential_parameters_in_answer(c, path, labels, metrics, placed)
     if not allow and "targets" not in declared:
         for where, offset, problem in _credentials_to_target_host(requests, defaults, credential_names, module_client):
             c.add(where, f"{problem}: declare `targets: {{allow: [...]}}` in the module so they can only be sent to the hosts you mean",
@@ -906,8 +927,7 @@ def _module(c: _Checker, name: str, raw: dict[str, Any]) -> Module | None:
         projections=MappingProxyType(projections(module_metrics, endpoints)),
         secrets=MappingProxyType(secrets),
         login=login,
-        credential_parameters=frozenset(n for _, raw_request, _ in requests for credential in request_credentials(raw_request, defaults, credential_names)
-                                        for n in credential.placeholders if n in params),
+        credential_parameters=placed,
     )
 
 

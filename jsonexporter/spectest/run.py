@@ -74,15 +74,16 @@ def _samples(families: list[Family]) -> list[Sample]:
     return samples
 
 
-def probe_case(case: Case) -> tuple[list[Sample], set[str], list[EndpointResult], list[str]]:
+def probe_case(case: Case, redactor: Redactor | None = None) -> tuple[list[Sample], set[str], list[EndpointResult], list[str]]:
     """The case's probe, offline: its samples, the names of the spec's own families among them, the
-    endpoints' outcomes, and why the probe failed (a series limit) or extraction skipped series."""
+    endpoints' outcomes, and why the probe failed (a series limit) or extraction skipped series. `redactor`
+    (the spec's secrets) hides secrets in label values as a live probe does."""
     results = []
     for name, endpoint in case.module.endpoints.items():
         answer = case.answers[name]
         results.append(endpoint_result(name, answer, endpoint.status_ok(answer.status), endpoint.max_response_bytes))
     documents = {r.endpoint: r.document for r in results if r.usable}
-    result = run_offline(case.module, documents, case.target, case.params, endpoints=results)
+    result = run_offline(case.module, documents, case.target, case.params, endpoints=results, redactor=redactor)
     own = {family.name for family in result.extraction.families.values()}
     return _samples(result.families), own, results, [*([result.failure] if result.failure else []), *result.extraction.messages]
 
@@ -101,8 +102,8 @@ def _closest(want: Series, got: list[Sample]) -> str:
     return f"; no series named {want.name} (did you mean {close}?)" if close else f"; no series named {want.name}"
 
 
-def compare(case: Case) -> Outcome:
-    samples, own, results, messages = probe_case(case)
+def compare(case: Case, redactor: Redactor | None = None) -> Outcome:
+    samples, own, results, messages = probe_case(case, redactor)
     outcome = Outcome(samples)
     by_series = {s.series: s for s in samples}
     for exp in case.expected:
@@ -132,7 +133,7 @@ def run_suite(suite: Suite, out: TextIO) -> bool:
     redact = Redactor(suite.spec.secrets)  # what is printed comes from the answers, but the spec's secrets never show
     failed = 0
     for case in suite.cases:
-        outcome = compare(case)
+        outcome = compare(case, redact)
         if not outcome.failures:
             continue
         failed += 1

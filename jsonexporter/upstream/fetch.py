@@ -35,7 +35,7 @@ from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOpti
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
 from jsonexporter.upstream.pagination import Page, fetch_pages
 from jsonexporter.upstream.refresh import Events, Job, Schedules, login_scope
-from jsonexporter.upstream.render import InvalidRequest, UpstreamRequest, probe_redactor, redact_target, render_request
+from jsonexporter.upstream.render import InvalidRequest, UpstreamRequest, probe_redactor, probe_secrets, redact_target, render_request
 from jsonexporter.upstream.sessions import LoginStore
 
 log = logging.getLogger("jsonexporter")
@@ -412,7 +412,8 @@ def render_job(job: Job) -> UpstreamRequest:
     the schedule of a request outlives a rotated secret and a renewed login, and never keeps their values."""
     module = job.module
     values = {**job.values, **{name: name for name in module.secret_names}}
-    return render_request(job.endpoint, values, module.target_allow, None if job.whole else module.projections.get(job.endpoint.name))
+    return render_request(job.endpoint, values, module.target_allow, None if job.whole else module.projections.get(job.endpoint.name),
+                          frozenset(probe_secrets(job.values, module)))
 
 
 async def _background(up: Upstream, job: Job) -> tuple[Answer | None, EndpointResult]:

@@ -5,6 +5,8 @@ and asks them at every hop."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from yarl import URL
 
 from jsonexporter import __version__
-from jsonexporter.secrets import MIN_BARE_LENGTH, is_credential_header, is_secret_name
+from jsonexporter.secrets import MIN_BARE_LENGTH, forms_of, is_credential_header, is_secret_name
 from jsonexporter.spec.functions import Pattern
 from jsonexporter.urls import UnusableURL, checked_url
 
@@ -22,6 +24,9 @@ BASE_HEADERS: Mapping[str, str] = {"User-Agent": USER_AGENT, "Accept": "applicat
 MAX_REDIRECTS = 10  # Go's net/http and aiohttp stop at 10 too
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _BODY_HEADERS = frozenset({"content-type", "content-length", "content-encoding"})
+# Percent-decodings of a redirect's URL looked at for the request's credentials: a URL quoting a URL quoting one
+# (`?return_to=`) needs two; one that still changes after this many is refused, as what cannot be checked
+MAX_DECODINGS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,52 @@ def _secret_values(hop: Hop) -> set[str]:
     return values
 
 
+def _credentials(hop: Hop) -> set[str]:
+    """Every credential value `hop` sends (what its probe's Redactor hides of it): _secret_values, the values of
+    `secrets`, a login's and the probe's parameters it was rendered with (Hop.secrets), and of Basic credentials
+    (a target's userinfo, basic_auth) the password and `user:password` they encode."""
+    values = _secret_values(hop) | hop.secrets
+    for name, value in hop.headers.items():
+        scheme, _, encoded = value.strip().partition(" ")
+        if name.lower() == "authorization" and scheme.lower() == "basic":
+            try:
+                pair = base64.b64decode(encoded.strip(), validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                continue
+            values.update(v for v in (pair, pair.partition(":")[2]) if len(v) >= MIN_BARE_LENGTH)
+    return values
+
+
+def _decodings(text: str) -> list[str] | None:
+    """`text` and what percent-decoding it again and again makes of it, until nothing changes; None when it
+    still changes after MAX_DECODINGS (each decoding shortens it: a bounded URL is decoded in bounded time)."""
+    found = [text]
+    for _ in range(MAX_DECODINGS):
+        decoded = urllib.parse.unquote(found[-1])
+        if decoded == found[-1]:
+            return found
+        found.append(decoded)
+    return None
+
+
+def _holds_credential(url: URL, credentials: set[str]) -> bool:
+    """Whether `url` holds one of `credentials`, in any form the Redactor looks for (secrets._forms: quoted,
+    percent-encoded, base64…), as written or percent-decoded until nothing changes."""
+    decodings = _decodings(str(url))
+    if decodings is None:
+        return True
+    forms = forms_of(credentials)
+    return any(form in text for text in decodings for form in forms)
+
+
+def _refused(url: URL, previous: Hop, reason: str) -> Refusal:
+    """Why the hop to `url` is refused, quoting only its origin when it holds a credential of `previous`: in a
+    form the Redactor of the message may not know (percent-encoded three times)."""
+    if _holds_credential(url, _credentials(previous)):
+        return Refusal(url.origin(), f"{reason}; its path and query, which hold a secret value of the request, are not shown")
+    return Refusal(url, reason)
+
+
 def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple[Pattern, ...]) -> Hop | Refusal:
     """The request a `status` redirect to `location` makes of `previous`, or why it is refused.
 
@@ -112,7 +163,7 @@ def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple
         return Refusal(url, "it is not an http:// or https:// URL with a host")
     url = url.with_user(None).with_fragment(None)  # a redirect never adds credentials
     if allow and origin(url) != origin(first) and not url_allowed(url, allow):
-        return Refusal(url, "it leaves the origin of the request for a host that targets.allow does not allow")
+        return _refused(url, previous, "it leaves the origin of the request for a host that targets.allow does not allow")
     method, body, headers = previous.method, previous.body, dict(previous.headers)
     if status in (301, 302, 303):
         method = method if method in ("GET", "HEAD") else "GET"
@@ -122,14 +173,15 @@ def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple
     if origin(url) != origin(previous.url):
         secrets = carried_secrets(previous)
         if previous.url.scheme == "https" and url.scheme == "http" and secrets:
-            return Refusal(url, f"it leaves https for http, and the request carries secrets ({', '.join(secrets)})")
+            return _refused(url, previous, f"it leaves https for http, and the request carries secrets ({', '.join(secrets)})")
         if body is not None:
-            return Refusal(url, f"a {status} would send the request body to another origin")
-        hidden = _secret_values(previous)
+            return _refused(url, previous, f"a {status} would send the request body to another origin")
+        hidden = _credentials(previous)
         if any(v in hidden for v in url.query.values()):
             url = url.with_query([(k, v) for k, v in url.query.items() if v not in hidden])
-        if _holds(str(url), previous.secrets):  # percent-decoded too: its path as well as its query
-            return Refusal(url, "its URL holds a secret value of the request (of `secrets` or the login), which another origin must not get")
+        if _holds_credential(url, hidden):  # its path as well as its query
+            return Refusal(url.origin(), "its URL holds a secret value of the request (a credential it sends), which another origin "
+                                         "must not get; its path and query are not shown")
         headers = dict(BASE_HEADERS)
         if url.host != previous.url.host:
             server_hostname = None

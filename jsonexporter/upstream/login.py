@@ -27,7 +27,7 @@ from jsonexporter.upstream.client import ClientConfigError, RequestOptions, awai
 from jsonexporter.upstream.fetch import EndpointResult, Upstream, _cache_key, _cannot_be_made, _request, fetch_all
 from jsonexporter.upstream.files import SECRET_READ_TIMEOUT
 from jsonexporter.upstream.refresh import Job
-from jsonexporter.upstream.render import UpstreamRequest, render_request
+from jsonexporter.upstream.render import UpstreamRequest, probe_secrets, render_request
 from jsonexporter.upstream.sessions import LoginFailed, Obtained, Session
 
 # statuses that say the login's values are no longer accepted: the login is made again and the
@@ -81,9 +81,9 @@ async def read_secrets(up: Upstream, module: Module, values: Mapping[str, str], 
 
 
 def secret_values(module: Module, values: Mapping[str, str]) -> frozenset[str]:
-    """The values of `module`'s secrets and login values among `values`: what its requests must not carry
-    to another origin (hops.next_hop), whatever the names of the placeholders that put them there."""
-    return frozenset(values[name] for name in module.secret_names if values.get(name))
+    """The values of `module`'s secrets and login values among `values`, and the probe's credentials (probe_secrets):
+    what its requests must not carry to another origin (hops.next_hop), whatever the names of the placeholders that put them there."""
+    return frozenset(values[name] for name in module.secret_names if values.get(name)).union(probe_secrets(values, module))
 
 
 async def prepare(up: Upstream, module: Module, values: Mapping[str, str], deadline: float, trace: Trace | None = None,

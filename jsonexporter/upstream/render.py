@@ -38,7 +38,8 @@ class UpstreamRequest:
     body: bytes | None
     allow: tuple[Pattern, ...] = ()  # the module's targets.allow, for redirects
     projection: Projection | None = None  # what the module's rules read of the answer (spec/projection.py)
-    # the values of `secrets` and a login's in it, whatever their placeholders' names: hops.next_hop holds them back from other origins
+    # the values of `secrets`, a login's and the probe's credentials in it (probe_secrets), whatever their placeholders' names:
+    # hops.next_hop holds them back from other origins
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
     # its first hop when http_client_config adds nothing to it (fetch._first_hop), made at its first request: a memo set once in
     # this frozen request (object.__setattr__), so that a request kept across probes (upstream._rendered) makes it once (23 kIr -> 1)
@@ -51,26 +52,49 @@ class UpstreamRequest:
 # value (`user:pw@` in a login ticket) and leave the rest for the Redactor to miss.
 
 
-def redact_target(target: str) -> str:
-    """A target as it may be shown, with or without a scheme (`user:pw@host:8080` too)."""
-    return redact_patterns(target)
+def redact_target(target: str, parent: Redactor | None = None) -> str:
+    """A target as it may be shown, with or without a scheme (`user:pw@host:8080` too): its credentials hidden whole
+    by target_redactor, whatever they hold (a passphrase's spaces, which end a userinfo for the pattern rules), then
+    the pattern rules (and the values of `parent`, the process's Redactor, when given). The one way every place
+    shows a target: the log, the recent probes, the trace, `$target` and a module label's `{target}`."""
+    redactor = target_redactor(target, parent) or parent
+    return redactor(target) if redactor is not None else redact_patterns(target)
+
+
+def _userinfo(target: str) -> str | None:
+    """The userinfo of a target, as written: what comes before the last `@` of its authority (after `scheme://`,
+    if any, up to the first `/`, `?` or `#`, as yarl reads it); None without one."""
+    authority = target.partition("://")[2] if "://" in target else target
+    for end in "/?#":
+        authority = authority.partition(end)[0]
+    userinfo, at, _ = authority.rpartition("@")
+    return userinfo if at and userinfo else None
 
 
 def target_redactor(target: str, parent: Redactor | None = None) -> Redactor | None:
     """What hides the credentials a target carries (`user:pw@host:8080`) in the texts of its probe: the
-    password and the Basic credentials _first_hop makes of it, which an upstream may quote back. Kept
-    per probe, never learned: callers could otherwise push the spec's secrets out of the Redactor.
-    `parent`: the process's Redactor, whose values it looks for first (see Redactor)."""
-    if "@" not in target:  # no userinfo without one: most targets, and no URL to parse at each probe
+    userinfo and its password (as written and percent-decoded, whatever characters they hold) and the Basic credentials
+    _first_hop makes of it, which an upstream may quote back. Read from the text, not parsed as a URL: a
+    target yarl refuses still shows. Kept per probe, never learned: callers could otherwise push the spec's
+    secrets out of the Redactor. `parent`: the process's Redactor, whose values it looks for first (see Redactor)."""
+    if "@" not in target:  # no userinfo without one: most targets
         return None
-    try:
-        url = URL(target if "://" in target else f"http://{target}")
-    except Exception:  # ValueError, TypeError, and yarl's IndexError on `http://u:pw@[:]@/`
+    userinfo = _userinfo(target)
+    if userinfo is None:
         return None
-    if url.user is None and url.password is None:
-        return None
-    basic = basic_credentials(url.user or "", url.password or "")
-    return Redactor({basic, url.password if url.password is not None else url.user or ""}, parent=parent)
+    user, colon, password = userinfo.partition(":")
+    secret = password if colon else user  # `token@host`: the user is the credential
+    basic = basic_credentials(urllib.parse.unquote(user), urllib.parse.unquote(password))
+    # the whole userinfo too: where it shows whole (the target itself) it is hidden whole, the user with it
+    return Redactor({basic, *(v for text in (userinfo, secret) for v in (text, urllib.parse.unquote(text)))}, parent=parent)
+
+
+def probe_secrets(values: Mapping[str, str], module: Module | None = None) -> list[str]:
+    """The values of a probe's secret-named parameters (`api_key=…` on /probe) and of the parameters `module` sends
+    as credentials (`Authorization: Bearer {k}`): what its texts hide (probe_redactor) and its requests carry to no
+    other origin (UpstreamRequest.secrets, hops.next_hop)."""
+    placed = module.credential_parameters if module is not None else frozenset()
+    return [value for name, value in values.items() if name not in ("target", "module") and (is_secret_name(name) or name in placed) and value]
 
 
 def probe_redactor(values: Mapping[str, str], parent: Redactor | None = None, module: Module | None = None) -> Redactor | None:
@@ -79,8 +103,7 @@ def probe_redactor(values: Mapping[str, str], parent: Redactor | None = None, mo
     (`api_key=…` on /probe) and of the parameters `module` sends as credentials (`Authorization: Bearer {k}`),
     which an upstream may echo where no pattern rule sees them. Kept per probe, never learned: the one
     Redactor of the process does not grow with its callers."""
-    placed = module.credential_parameters if module is not None else frozenset()
-    secret = [value for name, value in values.items() if name not in ("target", "module") and (is_secret_name(name) or name in placed) and value]
+    secret = probe_secrets(values, module)
     caller = target_redactor(values.get("target", ""), parent)
     if not secret:
         return caller
@@ -274,4 +297,5 @@ def render_request(endpoint: Endpoint, values: Mapping[str, str], allow: tuple[P
 
 
 def render_requests(module: Module, values: Mapping[str, str]) -> list[UpstreamRequest]:
-    return [render_request(endpoint, values, module.target_allow, module.projections.get(name)) for name, endpoint in module.endpoints.items()]
+    secrets = frozenset(probe_secrets(values, module))
+    return [render_request(endpoint, values, module.target_allow, module.projections.get(name), secrets) for name, endpoint in module.endpoints.items()]
