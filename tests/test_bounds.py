@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import random
 import socket
+import string
 import threading
+import time
 import tracemalloc
 from typing import Any
 
@@ -17,7 +20,7 @@ from conftest import ExporterFactory, UpstreamFactory, make_spec
 from metrics_util import names, parse, value
 
 from jsonexporter.exposition import Family, encode, encode_async, encode_pieces, render_text
-from jsonexporter.extract import ProbeContext, extract_async
+from jsonexporter.extract import ProbeContext, extract, extract_async
 from jsonexporter.server import Options, make_app, write_pieces
 from jsonexporter.slices import EXTRACT, PARSE, RENDER, DeadlinePassed, Steps, run_sliced, turn
 from jsonexporter.spec import load_text
@@ -187,6 +190,28 @@ async def test_writing_an_answer_gives_up_when_its_deadline_passes_waiting_for_i
             await asyncio.wait_for(encode_async([family], "", "", deadline=loop.time() + 0.05), 10)
     body, _ = await asyncio.wait_for(encode_async([family], "", "", deadline=loop.time() + 60), 10)
     assert body.endswith(b"x 1\n")
+
+
+# One rule without `each`, one direct call (neither timed nor counted within: spec/expressions.py): the extraction is one
+# step, a sort of a million texts, tens of milliseconds at least, far past a deadline a millisecond away
+ONE_STEP_SPEC = """
+modules:
+  default:
+    metrics:
+      - {name: letters, help: l, value: "length(sort(split(text, '')))"}
+"""
+ONE_STEP_DOCUMENT = {"text": "".join(random.Random(1).choices(string.ascii_letters, k=1_000_000))}
+
+
+async def test_an_extraction_whose_last_step_ends_past_its_deadline_fails_as_when_it_passes_between_two() -> None:
+    module = make_spec(ONE_STEP_SPEC).modules["default"]
+    documents, context, loop = {"default": ONE_STEP_DOCUMENT}, ProbeContext("default", "", {}), asyncio.get_running_loop()
+    with pytest.raises(DeadlinePassed):  # a live probe's (run_probe gives the extraction LATE_GRACE at least, then this)
+        await asyncio.wait_for(extract_async(module, documents, context, deadline=loop.time() + 0.001), 120)
+    with pytest.raises(DeadlinePassed):  # `probe --input` and `jsonexporter test` (slices.run)
+        extract(module, documents, context, deadline=time.monotonic() + 0.001)
+    in_time = await asyncio.wait_for(extract_async(module, documents, context, deadline=loop.time() + 600), 120)
+    assert value(parse(render_text(list(in_time.families.values()))), "letters") == 1_000_000
 
 
 @pytest.mark.parametrize("bad", ["-1", "'many'", "1.5"])
