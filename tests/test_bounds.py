@@ -192,6 +192,45 @@ async def test_writing_an_answer_gives_up_when_its_deadline_passes_waiting_for_i
     assert body.endswith(b"x 1\n")
 
 
+# One element whose string is 3.9 MB of 'a' and '1' (repro 18): RE2 out of its DFA states for both patterns, 13 s of
+# one step for these rules before their calls were bounded, the probe answered late as if in time, /-/healthy waited
+LONG_STRING_SPEC = r"""
+modules:
+  default:
+    metrics:
+      - {name: norm, help: h, each: items, value: "length(regex_replace(k, '[a-z]+\\d{2,30}[a-z]', 'x'))", labels: {i: i}}
+      - {name: err, help: h, each: items, value: "regex_match(k, '(?i)a.{0,40}timeout')", labels: {i: i}}
+      - {name: short, help: h, each: items, value: "regex_match(s, '(?i)a.{0,40}timeout')", labels: {i: i}}
+"""
+
+
+async def test_regex_calls_on_a_long_answer_string_are_errors_of_their_series_and_the_probe_answers_in_time(
+        upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/": {"items": [{"i": 0, "k": "".join(random.Random(1).choices("a1", k=3_900_000)), "s": "a timeout"}]}})
+    client = await exporter(LONG_STRING_SPEC)
+    probe = asyncio.ensure_future(client.get(f"/probe?target={up.url}/", headers={"X-Prometheus-Scrape-Timeout-Seconds": "2.5"}))
+    while not probe.done():
+        health = await asyncio.wait_for(client.get("/-/healthy"), 60)
+        assert health.status == 200
+    s = parse(await (await probe).text())
+    assert value(s, "probe_success") == 1 and value(s, "probe_failed_due_to_deadline") == 0
+    assert value(s, "probe_extraction_errors", metric="norm") == 1 and value(s, "probe_extraction_errors", metric="err") == 1
+    assert value(s, "short", i="0") == 1  # the element's other series are there
+    trace = await _probe(client, f"target={up.url}/&debug=true")
+    assert "function regex_match: cannot use" in trace and "more than the 11,275 this pattern may read in one call" in trace
+
+
+async def test_a_rule_whose_regex_calls_take_long_lets_the_event_loop_run_between_its_elements() -> None:
+    # 24 strings of 11,000 'a' and '1', within what '(?i)a.{0,40}timeout' may read in one call: tens of milliseconds
+    # each; a chunk of the fast path took 512 elements at once, all of these in one step
+    module = make_spec(LONG_STRING_SPEC).modules["default"]
+    rng = random.Random(1)
+    document = {"items": [{"i": i, "k": "".join(rng.choices("a1", k=11_000)), "s": "a"} for i in range(24)]}
+    result, turns = await _loop_turns_during(extract_async(module, {"default": document}, ProbeContext("default", "", {})))
+    assert len(result.families["err"].keys) == 24 and result.errors["err"] == 0
+    assert turns > 10  # a step per element or a few
+
+
 # One rule without `each`, one direct call (neither timed nor counted within: spec/expressions.py): the extraction is one
 # step, a sort of a million texts, tens of milliseconds at least, far past a deadline a millisecond away
 ONE_STEP_SPEC = """
