@@ -20,7 +20,7 @@ from jmespath.parser import ParsedResult
 from jsonexporter.secrets import CUT, redact_patterns
 from jsonexporter.spec import objects
 from jsonexporter.spec.evaluation import bounded_search
-from jsonexporter.spec.functions import LIBRARY, REGEX_FUNCTIONS, CallError, call_by_columns, check_call
+from jsonexporter.spec.functions import LIBRARY, CallError, call_by_columns, check_call
 
 Search = Callable[[Any], Any]
 Columns = Callable[[list[Any]], "list[Any] | None"]  # what an expression gives for each element of a list, at once; None: one by one
@@ -55,9 +55,8 @@ class Expression:
     single_input: str | None = None
     by_input: Columns | None = None
     entry_fields: tuple[str | None, ...] | None = None  # of `entries`: the field name of each that is one plain field
-    # the interpreter walks lists of the element for it (a projection, filter, flatten, slice or call it evaluates), or
-    # a direct call matches a regex (RE2's time: the string's bytes times the pattern's size, up to 0.1 s, functions.py):
-    # work per element that grows with the element, milliseconds for a big one (extract._chunks cuts its chunks by time)
+    # the interpreter walks lists of the element for it (a projection, filter, flatten, slice or call it evaluates):
+    # work per element that grows with the element at the interpreter's pace, milliseconds for a big one (extract._chunks)
     iterates: bool = False
 
     @property
@@ -565,7 +564,7 @@ def compile_expression(source: str, level_names: frozenset[str] = frozenset()) -
             direct = (_direct_search(parsed.parsed) if parsed.parsed["type"] in ("function_expression", "multi_select_dict")
                       and _costly_calls(parsed.parsed) <= MAX_DIRECT_COSTLY else None)
             search = direct or bounded_search(parsed.parsed, text)
-            iterates = _iterates(parsed.parsed) if direct is None else any(call["value"] in REGEX_FUNCTIONS for call in _calls(parsed.parsed))
+            iterates = direct is None and _iterates(parsed.parsed)
             columns = _direct_columns(parsed.parsed) if direct is not None else None
             single = _single_input(parsed.parsed)
             of_inputs = None if columns is None or single is None else _direct_columns(parsed.parsed, single)

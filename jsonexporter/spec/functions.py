@@ -34,6 +34,7 @@ import re2
 from jmespath.functions import signature
 
 from jsonexporter.numbers import INTEGER, parse_number
+from jsonexporter.slices import DeadlinePassed, current_deadline
 from jsonexporter.spec.schema import suggestion
 from jsonexporter.trace import shorten
 
@@ -51,6 +52,10 @@ MAX_PATTERN_SIZE = 4096  # instructions: a pattern may read 1 KiB at least (`\pL
 # regex_replace's time over its matches: each is a call of RE2, bounded as above, but a pattern may read far past
 # each of its matches (`a.*z|a`: 40 KB of `a` took 6 s, O(n²)), or a long string have very many (4 to 12 µs each)
 MAX_REGEX_SECONDS = 0.1
+# A call of more work than this (1.6 ms at worst) reads the clock after it: past the deadline of the computation
+# running, DeadlinePassed, as the interpreter raises it (spec/evaluation.py). A chunk of a rule's elements is called by
+# columns, neither timed nor counted: 512 calls at their bound would hold the event loop for a minute.
+_TIMED_WORK = 1 << 16
 # What one evaluation of an expression may build, in all (spec/evaluation.py counts it; a function alone is held to it
 # here too, for the direct calls of expressions.py): list and object entries, 8 bytes each and what they hold (a
 # million: a list of the answer's items sorted, filtered or projected), and characters of text (twice the default
@@ -127,7 +132,11 @@ class Pattern:
 
     def search(self, text: str) -> Any:
         """The first match of a function's call; _Unusable for a text longer than it may read."""
-        return self.program.search(self._readable(text))
+        data = self._readable(text)
+        match = self.program.search(data)
+        if len(data) * self.size >= _TIMED_WORK:
+            _in_time()
+        return match
 
     def fullmatch(self, text: str) -> bool:
         return self.program.fullmatch(text.encode("utf-8", "surrogatepass")) is not None
@@ -154,10 +163,18 @@ class Pattern:
             if clock() > until:
                 raise _Unusable(text, f"its matches took more than {MAX_REGEX_SECONDS} s (a pattern that reads far past each "
                                       "match, such as 'a.*z|a', on a long string; bounds of docs/spec.md#functions)")
+        if len(data) * self.size >= _TIMED_WORK:
+            _in_time()
         if not pieces:
             return text
         pieces.append(data[done:])
         return b"".join(pieces).decode("utf-8", "surrogatepass")
+
+
+def _in_time() -> None:
+    deadline = current_deadline()
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlinePassed
 
 
 def _expander(template: bytes) -> Callable[[Any], bytes]:
