@@ -15,8 +15,9 @@ once, so that the probe letting go can ask for its next turn first (it parsed: n
 and only one probe's document and series are alive at a time, whatever the number of probes.
 
 A computation may have a deadline (a `loop.time()`): it raises DeadlinePassed when the deadline
-passes while it waits for its turn or between two slices (one that ends within its first slice is
-never cut), so that a probe whose time is up answers at once instead of computing what nobody reads.
+passes while it waits for its turn, between two slices, or before its last step ends (a computation of one
+step that took longer than its deadline, say one rule of one element, is late as any other), so that a probe
+whose time is up answers at once instead of computing what nobody reads, and never answers late as if in time.
 Within a step, work that may be long (one JMESPath evaluation: spec/evaluation.py) reads the deadline of
 the computation running, `current_deadline()`, and raises DeadlinePassed itself: a BaseException, as
 asyncio's CancelledError, so that no `except Exception` of the work (a series' error) takes it for its own.
@@ -156,8 +157,8 @@ def _check(deadline: float | None) -> None:
 
 def run(steps: Steps[T], deadline: float | None = None) -> T:
     """All the steps at once, off any event loop (`probe --input`, `jsonexporter test`); DeadlinePassed
-    when `deadline`, a time.monotonic() (the clock of asyncio's loop.time()), passes between two slices
-    as in `run_sliced`."""
+    when `deadline`, a time.monotonic() (the clock of asyncio's loop.time()), passes before the end, as
+    in `run_sliced`."""
     token = _deadline.set(deadline)
     try:
         if deadline is None:
@@ -172,6 +173,8 @@ def run(steps: Steps[T], deadline: float | None = None) -> T:
                     raise DeadlinePassed
                 until = clock() + SLICE_SECONDS
     except StopIteration as done:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlinePassed from None  # the last step ended past it: as if it had passed between two
         result: T = done.value
         return result
     finally:
@@ -194,6 +197,7 @@ async def run_sliced(steps: Steps[T], priority: int = EXTRACT, slice_seconds: fl
                     _check(deadline)
                     until = clock() + slice_seconds
         except StopIteration as done:
+            _check(deadline)  # the last step ended past it: as if it had passed between two (run's too)
             result: T = done.value
             return result
         finally:

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import random
 import socket
+import string
 import threading
+import time
 import tracemalloc
 from typing import Any
 
@@ -17,10 +20,11 @@ from conftest import ExporterFactory, UpstreamFactory, make_spec
 from metrics_util import names, parse, value
 
 from jsonexporter.exposition import Family, encode, encode_async, encode_pieces, render_text
-from jsonexporter.extract import ProbeContext, extract_async
+from jsonexporter.extract import ProbeContext, extract, extract_async
 from jsonexporter.server import Options, make_app, write_pieces
-from jsonexporter.slices import EXTRACT, PARSE, RENDER, DeadlinePassed, Steps, run_sliced, turn
+from jsonexporter.slices import EXTRACT, PARSE, RENDER, DeadlinePassed, Steps, run, run_sliced, turn
 from jsonexporter.spec import load_text
+from jsonexporter.spec.expressions import compile_expression
 
 # 10,000 elements, each searching the 5,000 of another list (through $parent: per element, never once per
 # rule): a 60 KB answer, fetched and parsed in milliseconds even on a slow machine, whose extraction would
@@ -187,6 +191,76 @@ async def test_writing_an_answer_gives_up_when_its_deadline_passes_waiting_for_i
             await asyncio.wait_for(encode_async([family], "", "", deadline=loop.time() + 0.05), 10)
     body, _ = await asyncio.wait_for(encode_async([family], "", "", deadline=loop.time() + 60), 10)
     assert body.endswith(b"x 1\n")
+
+
+# One element whose string is 3.9 MB of 'a' and '1' (repro 18): RE2 out of its DFA states for both patterns, 13 s of
+# one step for these rules before their calls were bounded, the probe answered late as if in time, /-/healthy waited
+LONG_STRING_SPEC = r"""
+modules:
+  default:
+    metrics:
+      - {name: norm, help: h, each: items, value: "length(regex_replace(k, '[a-z]+\\d{2,30}[a-z]', 'x'))", labels: {i: i}}
+      - {name: err, help: h, each: items, value: "regex_match(k, '(?i)a.{0,40}timeout')", labels: {i: i}}
+      - {name: short, help: h, each: items, value: "regex_match(s, '(?i)a.{0,40}timeout')", labels: {i: i}}
+"""
+
+
+async def test_regex_calls_on_a_long_answer_string_are_errors_of_their_series_and_the_probe_answers_in_time(
+        upstream: UpstreamFactory, exporter: ExporterFactory) -> None:
+    up = await upstream({"/": {"items": [{"i": 0, "k": "".join(random.Random(1).choices("a1", k=3_900_000)), "s": "a timeout"}]}})
+    client = await exporter(LONG_STRING_SPEC)
+    probe = asyncio.ensure_future(client.get(f"/probe?target={up.url}/", headers={"X-Prometheus-Scrape-Timeout-Seconds": "2.5"}))
+    while not probe.done():
+        health = await asyncio.wait_for(client.get("/-/healthy"), 60)
+        assert health.status == 200
+    s = parse(await (await probe).text())
+    assert value(s, "probe_success") == 1 and value(s, "probe_failed_due_to_deadline") == 0
+    assert value(s, "probe_extraction_errors", metric="norm") == 1 and value(s, "probe_extraction_errors", metric="err") == 1
+    assert value(s, "short", i="0") == 1  # the element's other series are there
+    trace = await _probe(client, f"target={up.url}/&debug=true")
+    assert "function regex_match: cannot use" in trace and "more than the 11,275 this pattern may read in one call" in trace
+
+
+def test_a_long_regex_call_reads_the_deadline_after_it_as_the_interpreter_does() -> None:
+    # a chunk of a rule's elements is called by columns, neither timed nor counted: 512 calls at their bound (0.1 s
+    # each at worst) would hold the event loop for a minute, past the deadline
+    made: list[int] = []
+    expression = compile_expression("regex_match(v, '(?i)a.{0,40}timeout')")
+    document = {"v": "".join(random.Random(1).choices("a1", k=11_000))}
+
+    def steps() -> Steps[None]:
+        for element in range(3):
+            expression.search(document)
+            made.append(element)
+        return
+        yield
+
+    with pytest.raises(DeadlinePassed):
+        run(steps(), deadline=time.monotonic())
+    assert made == []  # the first call raised: the others were never made
+    assert expression.search({"v": "a timeout"}) is True  # a short string reads no clock
+
+
+# One rule without `each`, one direct call (neither timed nor counted within: spec/expressions.py): the extraction is one
+# step, a sort of a million texts, tens of milliseconds at least, far past a deadline a millisecond away
+ONE_STEP_SPEC = """
+modules:
+  default:
+    metrics:
+      - {name: letters, help: l, value: "length(sort(split(text, '')))"}
+"""
+ONE_STEP_DOCUMENT = {"text": "".join(random.Random(1).choices(string.ascii_letters, k=1_000_000))}
+
+
+async def test_an_extraction_whose_last_step_ends_past_its_deadline_fails_as_when_it_passes_between_two() -> None:
+    module = make_spec(ONE_STEP_SPEC).modules["default"]
+    documents, context, loop = {"default": ONE_STEP_DOCUMENT}, ProbeContext("default", "", {}), asyncio.get_running_loop()
+    with pytest.raises(DeadlinePassed):  # a live probe's (run_probe gives the extraction LATE_GRACE at least, then this)
+        await asyncio.wait_for(extract_async(module, documents, context, deadline=loop.time() + 0.001), 120)
+    with pytest.raises(DeadlinePassed):  # `probe --input` and `jsonexporter test` (slices.run)
+        extract(module, documents, context, deadline=time.monotonic() + 0.001)
+    in_time = await asyncio.wait_for(extract_async(module, documents, context, deadline=loop.time() + 600), 120)
+    assert value(parse(render_text(list(in_time.families.values()))), "letters") == 1_000_000
 
 
 @pytest.mark.parametrize("bad", ["-1", "'many'", "1.5"])

@@ -646,6 +646,14 @@ INVALID = [
                 help: h
                 value: regex_match(name, '(a)\1')
         """, ("6:34", "modules.m.metrics[0].value", r"invalid regex '(a)\\1': invalid escape sequence: \1 (RE2 has no backreferences or lookaround)")),
+    invalid("regex_too_large_for_a_function", """
+        modules:
+          m:
+            metrics:
+              - name: a
+                help: h
+                value: regex_match(name, 'a.{0,500}b')
+        """, ("6:34", "modules.m.metrics[0].value", "regex_match() pattern is too large: its RE2 program has 4,506 instructions, more than 4,096")),
     invalid("regex_extract_group_the_pattern_does_not_have", r"""
         modules:
           m:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tracemalloc
@@ -19,7 +20,7 @@ from metrics_util import samples
 
 from jsonexporter.extract import Extraction, ProbeContext, extract
 from jsonexporter.spec.expressions import MEMO_CHARACTERS, MEMO_ENTRIES, CallMemo, compile_expression
-from jsonexporter.spec.functions import MAX_BUILT_CHARACTERS, MAX_BUILT_ENTRIES, OPTIONS, FunctionError
+from jsonexporter.spec.functions import MAX_BUILT_CHARACTERS, MAX_BUILT_ENTRIES, MAX_REGEX_SECONDS, MAX_REGEX_WORK, OPTIONS, FunctionError, compile_regex
 from jsonexporter.trace import Trace
 
 PROBE = ProbeContext("default", "http://t", {})
@@ -138,7 +139,8 @@ BAD: list[tuple[str, Any, str]] = [  # expression, the document's `v`, the messa
     # a hostile answer cannot make a result many times its size
     ("replace(v, '', 'xx')", "a" * 40_000, "the result would be more than 65536 characters longer than the string"),
     ("replace(v, 'a', 'aaaaaaaaaaa')", "a" * 7_000, "the result would be more than 65536 characters longer than the string"),
-    ("regex_replace(v, '', 'xx')", "a" * 40_000, "the result would be more than 65536 bytes longer than the string"),
+    # (4,096 matches of 16 bytes each: well within the time its matches may take, MAX_REGEX_SECONDS, 30,000 of 2 were not)
+    ("regex_replace(v, '', 'xxxxxxxxxxxxxxxx')", "a" * 5_000, "the result would be more than 65536 bytes longer than the string"),
     ("regex_replace(v, '(a+)', '\\1\\1\\1')", "a" * 40_000, "the result would be more than 65536 bytes longer than the string"),
     ("parse_time(v)", "yesterday", "function parse_time: cannot use \"yesterday\": not an RFC 3339 / ISO 8601 time"),
     ("parse_time(v)", "2026-13-01T00:00:00Z", "not an RFC 3339 / ISO 8601 time"),
@@ -290,6 +292,47 @@ def test_catastrophic_pattern_on_a_long_hostile_answer_finishes(write_spec: Spec
     assert probe.returncode == 0, probe.stderr
     assert "hostile_match 0\n" in probe.stdout
     assert "hostile_length 50001\n" in probe.stdout
+
+
+# -- what one regex call may cost ------------------------------------------------------------
+
+# RE2 out of its DFA states (a counted repetition on 'a' and '1'), 10 ns per byte and instruction here: a pattern's string
+# is bounded by MAX_REGEX_WORK over the size of its program (372 instructions: 11,275 bytes), in bytes of UTF-8
+WINDOW = "(?i)a.{0,40}timeout"
+REGEX_CALLS = [f"regex_match(v, '{WINDOW}')", f"regex_extract(v, '{WINDOW}', `0`)", f"length(regex_replace(v, '{WINDOW}', 'x'))",
+               f"v[?regex_match(@, '{WINDOW}')]"]  # the last by jmespath's interpreter
+
+
+@pytest.mark.parametrize("character", ["a", "é", "😀"])
+@pytest.mark.parametrize("source", REGEX_CALLS)
+def test_a_regex_function_reads_as_much_as_its_pattern_may_and_a_longer_string_is_an_error_of_its_series(source: str, character: str) -> None:
+    most = MAX_REGEX_WORK // compile_regex(WINDOW).size
+    fits = character * (most // len(character.encode()))
+    expression = compile_expression(source)
+    as_list = source.startswith("v[")
+    expression.search({"v": [fits] if as_list else fits})
+    longer = fits + character
+    with pytest.raises(FunctionError) as caught:
+        expression.search({"v": [longer] if as_list else longer})
+    assert f"{len(longer.encode()):,} bytes (UTF-8), more than the {most:,} this pattern may read in one call (its RE2 program has 372" in str(caught.value)
+
+
+def test_regex_replace_whose_matches_take_too_long_is_an_error_of_that_series() -> None:
+    # each match of 'a.*z|a' reads on to the end of the string for a z: O(n²), minutes for 200,000 a's (within what
+    # its 16 instructions may read in one call)
+    with pytest.raises(FunctionError) as caught:
+        compile_expression("regex_replace(v, 'a.*z|a', 'b')").search({"v": "a" * 200_000})
+    assert "function regex_replace: cannot use \"aaaa" in str(caught.value)
+    assert f"its matches took more than {MAX_REGEX_SECONDS} s" in str(caught.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["", "x*", "b*", "é", "[^a]", "\\d+", "(a|é)+", "😀|"]), st.sampled_from(["-", "", "[\\g<0>]"]),
+       st.text(alphabet="aé😀b1x", max_size=12))
+def test_regex_replace_replaces_as_pythons_re_between_characters_never_within_one(pattern: str, replacement: str, text: str) -> None:
+    """An empty match is replaced between two characters: RE2 goes on a byte after it, once within a character (its
+    UTF-8 cut apart: 'bad replacement: utf-8 codec can't decode')."""
+    assert compile_expression(f"regex_replace(v, '{pattern}', '{replacement}')").search({"v": text}) == re.sub(pattern, replacement, text)
 
 
 # -- direct calls (expressions.py `_direct_search`) against jmespath's interpreter ---------------

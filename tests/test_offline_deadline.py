@@ -4,6 +4,7 @@ probe does: a rule that would run for hours fails the probe at its deadline, say
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import textwrap
@@ -72,3 +73,27 @@ def test_a_spec_test_fails_its_probe_at_the_modules_timeout_as_a_live_probe(tmp_
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"{file}: 1 of 2 test(s) passed" in done.stdout, done.stdout
     assert "tests[1]: note: the deadline of 1.000s passed before the series were extracted" in done.stdout
+
+
+# Four strings of a million 'a' and 'b' (repro 18): RE2 out of its DFA states on both patterns, 10 s of extraction with a
+# 1 s timeout before a regex call was bounded, the probe answered as if in time
+REGEX_SPEC = r"""
+modules:
+  default:
+    timeout: 1s
+    metrics:
+      - {name: m, help: h, each: items, value: "regex_match(k, '[ab]*a[ab]{24}c')", labels: {i: i}}
+      - {name: n, help: h, each: items, value: "length(regex_replace(k, '([ab]*a[ab]{24})+', 'x'))", labels: {i: i}}
+"""
+
+
+def test_probe_input_answers_regex_calls_on_long_strings_as_errors_of_their_series(tmp_path: Path) -> None:
+    spec, answer = tmp_path / "spec.yml", tmp_path / "answer.json"
+    spec.write_text(textwrap.dedent(REGEX_SPEC))
+    rng = random.Random(1)
+    answer.write_text(json.dumps({"items": [{"i": i, "k": "".join(rng.choices("ab", k=1_000_000))} for i in range(4)]}))
+    done = _run("probe", "--config.file", spec, "--input", answer)
+    assert done.returncode == 0, done.stderr
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(done.stdout) for s in f.samples}
+    assert samples[("probe_success", ())] == 1  # in time: a deadline passed would fail it
+    assert samples[("probe_extraction_errors", (("metric", "m"),))] == 4 and samples[("probe_extraction_errors", (("metric", "n"),))] == 4

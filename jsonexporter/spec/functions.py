@@ -20,6 +20,7 @@ import itertools
 import math
 import re
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ import re2
 from jmespath.functions import signature
 
 from jsonexporter.numbers import INTEGER, parse_number
+from jsonexporter.slices import DeadlinePassed, current_deadline
 from jsonexporter.spec.schema import suggestion
 from jsonexporter.trace import shorten
 
@@ -40,6 +42,20 @@ MAX_INPUT = 256  # characters of a time, duration or size string: longer is not 
 # How much longer than its string the result of replace() or regex_replace() may be: answers are hostile,
 # and `replace(s, '', new)` or a pattern matching everywhere would multiply a long string's size.
 MAX_GROWTH = 65536
+# What one call of a regex function may cost, as the bytes of its string times the instructions of its pattern's RE2
+# program: RE2's linear time is that product. Most patterns run on RE2's DFA, at about a GB/s whatever their size, but a
+# counted repetition (`\d{2,30}`, `.{0,40}`) may exhaust its states, and RE2 goes on at up to 25 ns a byte and instruction
+# (bench/regex.py): 4 Mi of them take 0.1 s at worst, the event loop held meanwhile (a 3.9 MB string took 13 s). A pattern
+# of 20 instructions reads 200 KiB, `(?i)a.{0,40}timeout` (372) 11 KiB; one larger than MAX_PATTERN_SIZE is refused at load.
+MAX_REGEX_WORK = 1 << 22
+MAX_PATTERN_SIZE = 4096  # instructions: a pattern may read 1 KiB at least (`\pL` alone is 1,206)
+# regex_replace's time over its matches: each is a call of RE2, bounded as above, but a pattern may read far past
+# each of its matches (`a.*z|a`: 40 KB of `a` took 6 s, O(n²)), or a long string have very many (4 to 12 µs each)
+MAX_REGEX_SECONDS = 0.1
+# A call of more work than this (1.6 ms at worst) reads the clock after it: past the deadline of the computation
+# running, DeadlinePassed, as the interpreter raises it (spec/evaluation.py). A chunk of a rule's elements is called by
+# columns, neither timed nor counted: 512 calls at their bound would hold the event loop for a minute.
+_TIMED_WORK = 1 << 16
 # What one evaluation of an expression may build, in all (spec/evaluation.py counts it; a function alone is held to it
 # here too, for the direct calls of expressions.py): list and object entries, 8 bytes each and what they hold (a
 # million: a list of the answer's items sorted, filtered or projected), and characters of text (twice the default
@@ -106,32 +122,74 @@ class Pattern:
     program: Any
     groups: int
     groupindex: Mapping[str, int]
+    size: int  # instructions of its RE2 programs, the forward or the reverse one, whichever is larger
 
     @property
     def pattern(self) -> str:
         """The source, under `re.Pattern`'s name: messages and cache keys quote it."""
         return self.source
 
+    def _readable(self, text: str) -> bytes:
+        """The text in UTF-8, unless it is longer than a function's call may read: _Unusable then."""
+        most = MAX_REGEX_WORK // self.size
+        data = text.encode("utf-8", "surrogatepass")
+        if len(data) > most:
+            raise _Unusable(text, f"{len(data):,} bytes (UTF-8), more than the {most:,} this pattern may read in one call (its RE2 "
+                                  f"program has {self.size:,} instructions, a call at most {MAX_REGEX_WORK:,} bytes times instructions)")
+        return data
+
     def search(self, text: str) -> Any:
-        return self.program.search(text.encode("utf-8", "surrogatepass"))
+        """The first match of a function's call; _Unusable for a text longer than it may read."""
+        data = self._readable(text)
+        match = self.program.search(data)
+        if len(data) * self.size >= _TIMED_WORK:
+            _in_time()
+        return match
 
     def fullmatch(self, text: str) -> bool:
         return self.program.fullmatch(text.encode("utf-8", "surrogatepass")) is not None
 
     def sub(self, replacement: str, text: str) -> str:
-        """Every match replaced; raises _Unusable when the result would grow by more than MAX_GROWTH bytes."""
-        data, template = text.encode("utf-8", "surrogatepass"), replacement.encode("utf-8", "surrogatepass")
-        # at most one match per position, and each group's text at most once in all: when even that
-        # cannot grow the result past the bound, it is not counted (the common case of short strings)
-        if (len(data) + 1) * len(template) + replacement.count("\\") * len(data) > MAX_GROWTH:
-            growth = 0
-            for match in self.program.finditer(data):  # one match at a time: no memory beyond the count
-                start, end = match.span()
-                growth += len(match.expand(template)) - (end - start)
-                if growth > MAX_GROWTH:
-                    raise _Unusable(text, f"the result would be more than {MAX_GROWTH} bytes longer than the string")
-        replaced: bytes = self.program.sub(template, data)
-        return replaced.decode("utf-8", "surrogatepass")
+        """Every match replaced, in one pass over the matches; _Unusable for a text longer than a call may read, when
+        the result would grow by more than MAX_GROWTH bytes, or when the matches took more than MAX_REGEX_SECONDS."""
+        data, template = self._readable(text), replacement.encode("utf-8", "surrogatepass")
+        expand = _expander(template)
+        clock = time.perf_counter
+        until = clock() + MAX_REGEX_SECONDS
+        pieces: list[bytes] = []
+        done = growth = 0
+        for match in self.program.finditer(data):
+            start, end = match.span()
+            if start == end and start < len(data) and 0x80 <= data[start] < 0xC0:
+                continue  # an empty match within a character (the wrapper goes on a byte after one): its bytes stay together
+            piece = expand(match)
+            growth += len(piece) - (end - start)
+            if growth > MAX_GROWTH:
+                raise _Unusable(text, f"the result would be more than {MAX_GROWTH} bytes longer than the string")
+            pieces += (data[done:start], piece)
+            done = end
+            if clock() > until:
+                raise _Unusable(text, f"its matches took more than {MAX_REGEX_SECONDS} s (a pattern that reads far past each "
+                                      "match, such as 'a.*z|a', on a long string; bounds of docs/spec.md#functions)")
+        if len(data) * self.size >= _TIMED_WORK:
+            _in_time()
+        if not pieces:
+            return text
+        pieces.append(data[done:])
+        return b"".join(pieces).decode("utf-8", "surrogatepass")
+
+
+def _in_time() -> None:
+    deadline = current_deadline()
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlinePassed
+
+
+def _expander(template: bytes) -> Callable[[Any], bytes]:
+    """What a match is replaced by: the template itself when it has no backslash (no group, no escape), else its expansion."""
+    if b"\\" not in template:
+        return lambda match: template
+    return lambda match: match.expand(template)
 
 
 class RegexError(ValueError):
@@ -156,7 +214,7 @@ def compile_regex(source: str) -> Pattern:
         offset = source.find(culprit) if culprit else -1
         raise RegexError(f"invalid regex {source!r}: {reason}{hint}", offset if offset >= 0 else None) from None
     names = {name.decode("utf-8", "surrogatepass"): index for name, index in program.groupindex.items()}
-    return Pattern(source, program, program.groups, names)
+    return Pattern(source, program, program.groups, names, max(program.programsize, program.reverseprogramsize, 1))
 
 
 def compiled_pattern(source: str) -> Pattern:
@@ -657,6 +715,9 @@ def _check_regex_call(name: str, args: Sequence[dict[str, Any]]) -> None:
     if pattern_node.get("type") != "literal":
         raise CallError(f"{name}() pattern must be a literal string, such as 'v(\\d+)'", 1)
     program = compiled_pattern(pattern_node["value"])
+    if program.size > MAX_PATTERN_SIZE:
+        raise CallError(f"{name}() pattern is too large: its RE2 program has {program.size:,} instructions, more than {MAX_PATTERN_SIZE:,} "
+                        "(a counted repetition such as .{{0,1000}} repeats what it counts; bounds of docs/spec.md#functions)", 1)
     if len(args) == 3 and args[2].get("type") == "literal":
         if name == "regex_extract":
             try:

@@ -19,14 +19,19 @@ PARSED_PER_BYTE = 38
 
 
 def parsed_size(body: bytes) -> int:
-    """An estimate of what `body` takes in memory parsed, from its structure (each object, array, element
-    and key its own Python object). Measured with tracemalloc against orjson and json parses of 1-2 MB
-    bodies: 1.3 to 2.4 times the parsed size for objects, arrays, numbers and strings, 3.5 for `[{},…]`,
-    6.5 for one-digit numbers; never under it. Over, not under: the cache's bound is one of memory. A string
-    holding a character beyond U+FFFF (a 4-byte UTF-8 sequence, or a `\\ud…` surrogate escape) takes 4 bytes
-    per character in CPython, so such a body counts 5 bytes per byte of it."""
+    """An estimate of what `body` takes in memory parsed, from its structure (each object, array, element,
+    key and string its own Python object), never under it: the cache's bound is one of memory. Measured with
+    tracemalloc against orjson and json parses of 1-2 MB bodies: 1.3 to 2.4 times the parsed size for objects,
+    arrays, numbers and strings, 3.5 for `[{},…]`, 6.5 for one-digit numbers; tests/test_refresh.py holds it
+    never under for random documents of every kind of string. A string costs CPython 40 bytes and a byte per
+    character when it is ASCII, 56 and 1, 2 or 4 bytes per character otherwise (Latin-1, the BMP, beyond it): a
+    body counts 24 bytes a string (a pair of quotes), 64 with a byte beyond ASCII or a `\\u` escape, and one
+    that may hold a character beyond U+FFFF (a 4-byte UTF-8 sequence, or a `\\ud…` surrogate escape) 5 bytes
+    per byte of it instead of 2 (an array of `"é"` took 1.41 times the estimate of two bytes a byte alone)."""
     wide = any(lead in body for lead in (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4", b"\\ud", b"\\uD"))
-    return (5 if wide else 2) * len(body) + 200 * body.count(b"{") + 80 * body.count(b"[") + 48 * body.count(b",") + 96 * body.count(b":")
+    per_string = 24 if body.isascii() and b"\\u" not in body else 64
+    return ((5 if wide else 2) * len(body) + 200 * body.count(b"{") + 80 * body.count(b"[") + 48 * body.count(b",") + 96 * body.count(b":")
+            + per_string * (body.count(b'"') // 2) + 64)
 
 
 @dataclass(frozen=True, slots=True)
