@@ -322,40 +322,48 @@ async def _write(request: web.Request, response: web.StreamResponse, pieces: lis
 
 def _record(state: State, module: str, target: str, result: ProbeResult, caller: Redactor | None = None) -> None:
     """Count, log and keep the probe; `caller` hides the probe's own secrets (render.probe_redactor), and
-    the process's too (its parent). Every text kept or logged is cut to MAX_MESSAGE characters, as extraction
-    messages are, then redacted (the Redactor hides a secret the cut splits)."""
-    redacting = caller or state.redactor
-
-    def redact(text: str) -> str:
-        return redacting(cut(text, MAX_MESSAGE))
-
+    the process's too (its parent)."""
     m = state.metrics
     m.child(m.probes, module, "success" if result.success else "failure").inc()
     duration = result.duration
     m.child(m.probe_duration, module).observe(duration)
     endpoints, extraction = result.endpoints, result.extraction
     failed = [r for r in endpoints if not r.ok]
-    # redacted now, while their values are known: a learned value may be pushed out before the page is asked for
-    errors = [redact(f"endpoint {r.endpoint}: {r.outcome}: {r.error}") for r in failed]
-    if extraction.messages:
-        errors += map(redact, extraction.messages)
     shown = state.redactor(target)  # the pattern rules hide its userinfo whole; its password first would leave the user
-    if result.failure is not None:
-        errors.insert(0, redact(result.failure))
-        m.limits_exceeded.labels(module, result.failed_due_to or "").inc()
-        log.warning("probe failed", extra=kv(module=module, target=shown, limit=result.failed_due_to, err=errors[0]))
-    state.recent.append(ProbeRecord(next(state.ids), time.time(), module, shown, result.success, duration, tuple(errors[:20]),
+    errors: tuple[str, ...] = ()
+    if failed or extraction.messages or result.failure is not None:  # most probes have nothing to tell
+        errors = _told(state, module, shown, result, failed, caller or state.redactor)
+    state.recent.append(ProbeRecord(next(state.ids), time.time(), module, shown, result.success, duration, errors,
                                     len(endpoints), len(failed), sum(extraction.errors.values()), sum(extraction.duplicates.values())))
     for r in endpoints:
         if r.cache is not None:
             m.child(m.cache_requests, module, r.endpoint, r.cache).inc()
         if r.cache in (None, "miss", "stale"):  # a hit or a coalesced request sent nothing upstream
             m.child(m.upstream_requests, module, r.endpoint, r.outcome).inc()
+
+
+def _told(state: State, module: str, shown: str, result: ProbeResult, failed: list[EndpointResult], redacting: Redactor) -> tuple[str, ...]:
+    """What went wrong in a probe, logged, and the first 20 of it for its record. Every text kept or logged is cut to
+    MAX_MESSAGE characters, as extraction messages are, then redacted (the Redactor hides a secret the cut splits)."""
+
+    def redact(text: str) -> str:
+        return redacting(cut(text, MAX_MESSAGE))
+
+    messages = result.extraction.messages
+    # redacted now, while their values are known: a learned value may be pushed out before the page is asked for
+    errors = [redact(f"endpoint {r.endpoint}: {r.outcome}: {r.error}") for r in failed]
+    if messages:
+        errors += map(redact, messages)
+    if result.failure is not None:
+        errors.insert(0, redact(result.failure))
+        state.metrics.limits_exceeded.labels(module, result.failed_due_to or "").inc()
+        log.warning("probe failed", extra=kv(module=module, target=shown, limit=result.failed_due_to, err=errors[0]))
     for r in failed:
         err = redact(r.error) if r.error is not None else None
         log.warning("endpoint failed", extra=kv(module=module, endpoint=r.endpoint, target=shown, outcome=r.outcome, err=err))
-    for message in extraction.messages:
+    for message in messages:
         log.debug("extraction error", extra=kv(module=module, target=shown, err=redact(message)))
+    return tuple(errors[:20])
 
 
 def _debug_text(result: ProbeResult) -> str:
