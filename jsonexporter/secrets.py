@@ -737,6 +737,8 @@ class Redactor:
 
     def __call__(self, text: str, mark: str = REDACTED) -> str:
         """`text` as it may leave the process; `mark` replaces each secret (HTML-escaped in a page)."""
+        if self.parent is None and not self._forms._count and not self._released:  # no value known: the pattern rules (a record's target, 7 -> 3 kIr)
+            return redact_patterns(text, mark)
         chain = self._chain()
         for redactor in chain:
             redactor._release_gone()

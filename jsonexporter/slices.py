@@ -117,16 +117,34 @@ class _Turn:
 
 
 _turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turns] = weakref.WeakKeyDictionary()
+# the last loop asked for and its turns: a server has one loop, and WeakKeyDictionary.get is Python code that makes a
+# weak reference at each call (3 turns a probe)
+_last: tuple[weakref.ref[asyncio.AbstractEventLoop], _Turns] | None = None
+
+
+def _loop_turns() -> _Turns:
+    global _last
+    loop = asyncio.get_running_loop()
+    last = _last
+    if last is not None and last[0]() is loop:
+        return last[1]
+    turns = _turns.get(loop)
+    if turns is None:
+        turns = _turns[loop] = _Turns()
+    _last = (weakref.ref(loop), turns)
+    return turns
 
 
 def turn(priority: int, deadline: float | None = None) -> _Turn:
     """The turn of this event loop's computations (`async with turn(RENDER): ...`); DeadlinePassed
     when `deadline` (a loop.time()) passes before it comes."""
-    loop = asyncio.get_running_loop()
-    turns = _turns.get(loop)
-    if turns is None:
-        turns = _turns[loop] = _Turns()
-    return turns.turn(priority, deadline)
+    return _loop_turns().turn(priority, deadline)
+
+
+def turn_free() -> bool:
+    """Whether this event loop's turn is free now: then a computation that awaits nothing may run without taking
+    it, as nothing else can run before it ends (no turn, no `async with`: two coroutines fewer)."""
+    return not _loop_turns()._busy
 
 
 def _pause() -> asyncio.Future[None]:
@@ -185,7 +203,12 @@ async def run_sliced(steps: Steps[T], priority: int = EXTRACT, slice_seconds: fl
     """`run` in a turn, pausing every `slice_seconds`; DeadlinePassed when `deadline` (a
     loop.time()) passes before the end."""
     clock = time.perf_counter
-    async with turn(priority, deadline):
+    turns = _loop_turns()  # the turn taken as _Turn does, without its two coroutines (a probe's extraction takes one)
+    if turns._busy:
+        await turns._wait(priority, deadline)  # raising, it has not taken the turn: nothing to let go
+    else:
+        turns._busy = True
+    try:
         until = clock() + slice_seconds
         token = _deadline.set(deadline)
         try:
@@ -202,6 +225,8 @@ async def run_sliced(steps: Steps[T], priority: int = EXTRACT, slice_seconds: fl
             return result
         finally:
             _deadline.reset(token)
+    finally:
+        turns._release()
 
 
 async def collected(items: Iterable[T], slice_seconds: float = SLICE_SECONDS, deadline: float | None = None) -> list[T]:

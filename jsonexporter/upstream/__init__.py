@@ -31,7 +31,14 @@ async def fetch_module(up: Upstream, module: Module, values: Mapping[str, str], 
     if module.login is not None or module.secrets:
         return await fetch_logged_in(up, module, values, deadline, trace)
     requests = _rendered(module, values)
-    return await fetch_all(up, requests, deadline, trace, [Job(module, r.endpoint, values) for r in requests])
+    return await fetch_all(up, requests, deadline, trace, [_job(module, r, values) for r in requests])
+
+
+def _job(module: Module, request: UpstreamRequest, values: Mapping[str, str]) -> Job | None:
+    """What the endpoint's background requests are made of, for an endpoint that has them (a schedule, a cache's
+    shared fetch and revalidation: fetch_one reads it for no other); None for the others, most of them."""
+    endpoint = request.endpoint
+    return Job(module, endpoint, values) if endpoint.cache_ttl is not None or endpoint.refresh_interval is not None else None
 
 
 _RENDERED = ("rendered requests",)  # its key in Module.fast_plans

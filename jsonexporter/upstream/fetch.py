@@ -8,7 +8,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +25,7 @@ from jsonexporter.keyed import keyed_hash
 from jsonexporter.logs import kv
 from jsonexporter.numbers import OUT_OF_RANGE_AS_TEXT
 from jsonexporter.secrets import CUT, REDACTED, is_credential_header
-from jsonexporter.slices import PARSE, turn
+from jsonexporter.slices import PARSE, turn, turn_free
 from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, HEADER_VALUE_CONTROL
 from jsonexporter.spec.problems import fault
 from jsonexporter.spec.projection import FULL, Projection
@@ -296,6 +296,13 @@ def _new_first_hop(request: UpstreamRequest, options: RequestOptions) -> Hop:
     return Hop(request.method, url.with_user(None) if userinfo else url, headers, request.body, options.server_hostname, request.secrets)
 
 
+def _parsed(result: EndpointResult, body: bytes, request: UpstreamRequest, quote_answer: bool) -> None:
+    endpoint = request.endpoint
+    result.document = _parse_json(body, request.projection, quote_answer)
+    if endpoint.cache_ttl is not None or endpoint.refresh_interval is not None:  # kept: counted by its parsed size
+        result.parsed_size = parsed_size(body)
+
+
 async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOptions, hop: Hop, result: EndpointResult,
                     page: Page | None = None, quote_answer: bool = True) -> None:
     """Send `hop`, and the requests its redirects make (each through `next_hop`); read the last answer into `result`,
@@ -324,10 +331,11 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
                     page.body = body
                     if not page.parse:
                         return
+                if turn_free():  # the parse awaits nothing: nobody else computes before it ends
+                    _parsed(result, body, request, quote_answer)
+                    return
                 async with turn(PARSE):  # see slices.py: waiting answers stay bytes, smaller than parsed
-                    result.document = _parse_json(body, request.projection, quote_answer)
-                    if endpoint.cache_ttl is not None or endpoint.refresh_interval is not None:  # kept: counted by its parsed size
-                        result.parsed_size = parsed_size(body)
+                    _parsed(result, body, request, quote_answer)
                 return
         n = len(result.redirects) + 1
         if n > MAX_REDIRECTS:
@@ -572,7 +580,7 @@ def _trace_request(trace: Trace, request: UpstreamRequest, options: RequestOptio
 
 
 async def fetch_all(up: Upstream, requests: list[UpstreamRequest], deadline: float, trace: Trace | None = None,
-                    jobs: list[Job] | None = None) -> list[EndpointResult]:
+                    jobs: Sequence[Job | None] | None = None) -> list[EndpointResult]:
     """Every request at once; cancelling the caller (a scraper that went away) cancels them all
     (a cached endpoint's shared request goes on for the other probes waiting for it). `jobs`, one per
     request: what its background requests are made of."""

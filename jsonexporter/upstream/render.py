@@ -97,12 +97,17 @@ def probe_secrets(values: Mapping[str, str], module: Module | None = None) -> li
     return [value for name, value in values.items() if name not in ("target", "module") and (is_secret_name(name) or name in placed) and value]
 
 
+_PROBE_NAMES = frozenset({"target", "module"})
+
+
 def probe_redactor(values: Mapping[str, str], parent: Redactor | None = None, module: Module | None = None) -> Redactor | None:
     """What hides a probe's own secrets in the texts of that probe (its trace, errors, record and log
     lines): the target's credentials (target_redactor) and the values of its secret-named parameters
     (`api_key=…` on /probe) and of the parameters `module` sends as credentials (`Authorization: Bearer {k}`),
     which an upstream may echo where no pattern rule sees them. Kept per probe, never learned: the one
     Redactor of the process does not grow with its callers."""
+    if values.keys() <= _PROBE_NAMES:  # no parameter: only the target may hold a credential (most probes)
+        return target_redactor(values.get("target", ""), parent)
     secret = probe_secrets(values, module)
     caller = target_redactor(values.get("target", ""), parent)
     if not secret:
