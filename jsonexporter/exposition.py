@@ -25,10 +25,7 @@ from jsonexporter.slices import RENDER, collected, turn
 
 Labels = tuple[tuple[str, str], ...]
 Sample = tuple[str, Labels, float, float | None]  # sample name, sorted labels, value, timestamp (s)
-# Sample lines in UTF-8 in pieces (extract's kept lines and their numbers) and their bytes, all pieces together: joined
-# only with the rest of the answer's piece (`_chunks`), their bytes are copied once there, not once into the lines and again
-Lines = tuple[list[bytes], int]
-Part = str | bytes | Lines | Sample  # sample lines already written (as text, in UTF-8, or in pieces), or a sample to write
+Part = str | bytes | Sample  # sample lines already written (as text, or in UTF-8: extract's kept lines), or a sample to write
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -245,7 +242,7 @@ def _chunks(families: Iterable[Family], openmetrics: bool, let_go: bool = False,
             size += len(text)
             continue
         parts = family.parts
-        if parts and not isinstance(parts[0], str) and (isinstance(parts[0], bytes) or len(parts[0]) == 2):
+        if parts and type(parts[0]) is bytes:
             if texts:
                 append("".join(texts).encode("utf-8", errors))
                 texts.clear()
@@ -257,25 +254,17 @@ def _chunks(families: Iterable[Family], openmetrics: bool, let_go: bool = False,
         for index, part in enumerate(parts):
             if let_go:
                 parts[index] = ""
-            if isinstance(part, str):
-                write(part)
-                size += len(part)
-            elif isinstance(part, bytes):
+            if type(part) is bytes:
                 if texts:
                     append("".join(texts).encode("utf-8", errors))
                     texts.clear()
                 append(part)
-                size += len(part)
-            elif len(part) == 2:  # Lines
-                if texts:
-                    append("".join(texts).encode("utf-8", errors))
-                    texts.clear()
-                out += part[0]
-                size += part[1]
+            elif type(part) is str:
+                write(part)
             else:
-                text = _sample_text(part, openmetrics)
-                write(text)
-                size += len(text)
+                part = _sample_text(part, openmetrics)  # type: ignore[arg-type]
+                write(part)
+            size += len(part)
             if size >= _PIECE:
                 if texts:
                     append("".join(texts).encode("utf-8", errors))

@@ -411,7 +411,7 @@ def test_the_label_texts_kept_across_probes_are_bounded(elements: int, length: i
         kept = [entry for by_start in known.chunks.values() for entry in by_start.values()]
         assert known.elements == sum(len(chunk.texts) for _, chunk in kept)
         assert known.characters == sum(len("".join(column)) for inputs, _ in kept for column in inputs) + sum(sum(map(len, chunk.texts)) for _, chunk in kept)
-        assert known.line_bytes == sum(len(b"".join(piece for pieces, _ in (chunk.lines or {}).values() for piece in pieces)) for _, chunk in kept)
+        assert known.line_bytes == sum(len(b"".join(piece for pieces in (chunk.lines or {}).values() for piece in pieces)) for _, chunk in kept)
         assert any(chunk.lines for _, chunk in kept)
 
 
