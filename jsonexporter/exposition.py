@@ -25,7 +25,7 @@ from jsonexporter.slices import RENDER, collected, turn
 
 Labels = tuple[tuple[str, str], ...]
 Sample = tuple[str, Labels, float, float | None]  # sample name, sorted labels, value, timestamp (s)
-Part = str | Sample  # sample lines already written, or a sample to write
+Part = str | bytes | Sample  # sample lines already written (as text, or in UTF-8: extract's kept lines), or a sample to write
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -215,57 +215,97 @@ def _openmetrics_header_of(name: str, family_type: str, help_text: str) -> str:
     return f"# HELP {base} {help_text}\n# TYPE {base} {mtype}\n"
 
 
-def _chunks(families: Iterable[Family], openmetrics: bool, let_go: bool = False, faults: dict[str, Exception] | None = None) -> Iterator[str]:
-    """The exposition in pieces of about `_PIECE` characters: steps for `encode_async`. With `let_go`,
-    each family's parts and keys are let go as they are written (see encode_pieces). With `faults`, a family
-    whose writing raises what nothing expects (a fault of ours) is left out, its exception kept there by its name
-    (for the caller to say: problems.fault), unless a piece of it was given already (a family of more than a piece):
-    that raises."""
-    out: list[str] = []
-    append = out.append
+@functools.lru_cache(maxsize=4096)
+def _text_header_bytes(family_name: str, family_type: str, help_text: str) -> bytes:
+    return _text_header_of(family_name, family_type, help_text).encode("utf-8", "replace")
+
+
+@functools.lru_cache(maxsize=4096)
+def _openmetrics_header_bytes(name: str, family_type: str, help_text: str) -> bytes:
+    return _openmetrics_header_of(name, family_type, help_text).encode("utf-8", "replace")
+
+
+def _chunks(families: Iterable[Family], openmetrics: bool, let_go: bool = False, errors: str = "replace",
+            faults: dict[str, Exception] | None = None) -> Iterator[bytes]:
+    """The exposition in UTF-8 pieces of about `_PIECE` characters: steps for `encode_pieces`. Parts written
+    as UTF-8 (extract's kept lines) go in as they are; the others, texts, are joined and encoded run by run
+    (`errors`: their encoding's error handler), so that an answer of texts alone is encoded once, as a whole
+    piece. With `let_go`, each family's parts and keys are let go as they are written (see encode_pieces).
+    With `faults`, a family whose writing raises what nothing expects (a fault of ours) is left out, its
+    exception kept there by its name (for the caller to say: problems.fault), unless a piece of it was given
+    already (a family of more than a piece): that raises."""
+    out: list[bytes] = []
+    texts: list[str] = []  # the run of texts since the last part in UTF-8
+    append, write = out.append, texts.append
     size = 0
-    header = _openmetrics_header if openmetrics else _text_header
+    header, header_bytes = (_openmetrics_header, _openmetrics_header_bytes) if openmetrics else (_text_header, _text_header_bytes)
     for family in families:
         if isinstance(family, Written):
             text = family.text(openmetrics)
-            append(text)
+            write(text)
             size += len(text)
             continue
-        begun, begun_size, given = len(out), size, False
+        begun_out, begun_texts, begun_size, given = len(out), len(texts), size, False
         try:
-            append(header(family))
             parts = family.parts
+            if parts and type(parts[0]) is bytes:
+                if texts:
+                    append("".join(texts).encode("utf-8", errors))
+                    texts.clear()
+                    begun_out, begun_texts = len(out), 0
+                append(header_bytes(family.name, family.type, family.help))
+            else:
+                write(header(family))
             if let_go:
                 family.parts, family.keys, family.shared_keys = [], set(), False
             for index, part in enumerate(parts):
                 if let_go:
                     parts[index] = ""
-                text = part if isinstance(part, str) else _sample_text(part, openmetrics)
-                append(text)
-                size += len(text)
+                if type(part) is bytes:
+                    if texts:
+                        if len(out) == begun_out and begun_texts:  # the texts before this family stay apart from its own
+                            append("".join(texts[:begun_texts]).encode("utf-8", errors))
+                            del texts[:begun_texts]
+                            begun_out, begun_texts = len(out), 0
+                        append("".join(texts).encode("utf-8", errors))
+                        texts.clear()
+                    append(part)
+                elif type(part) is str:
+                    write(part)
+                else:
+                    part = _sample_text(part, openmetrics)  # type: ignore[arg-type]
+                    write(part)
+                size += len(part)
                 if size >= _PIECE:
+                    if texts:
+                        append("".join(texts).encode("utf-8", errors))
+                        texts.clear()
                     given = True
-                    yield "".join(out)
+                    yield b"".join(out)
                     out.clear()
                     size = 0
         except Exception as exc:  # never a GeneratorExit (a BaseException): the caller let go of the pieces
             if faults is None or given:
                 raise
-            del out[begun:]
+            del out[begun_out:]
+            del texts[begun_texts:]
             size = begun_size
             faults[family.name] = exc
     if openmetrics:
-        append("# EOF\n")
-    yield "".join(out)
+        write("# EOF\n")
+    if texts:
+        append("".join(texts).encode("utf-8", errors))
+    yield b"".join(out)  # one piece: itself, not a copy
 
 
 def render_text(families: Iterable[Family], faults: dict[str, Exception] | None = None) -> str:
     """The families in the text format; `faults` as for `_chunks`."""
-    return "".join(_chunks(families, False, faults=faults))
+    # a lone surrogate in a text stays one (the CLI's output and the debug page write it as its escape; tests find it)
+    return b"".join(_chunks(families, False, errors="surrogatepass", faults=faults)).decode("utf-8", "surrogatepass")
 
 
 def render_openmetrics(families: Iterable[Family], faults: dict[str, Exception] | None = None) -> str:
-    return "".join(_chunks(families, True, faults=faults))
+    return b"".join(_chunks(families, True, errors="surrogatepass", faults=faults)).decode("utf-8", "surrogatepass")
 
 
 def _ranges(header: str) -> Iterator[tuple[str, dict[str, str], float]]:
@@ -317,7 +357,7 @@ def _negotiated(accept: str, accept_encoding: str) -> tuple[bool, bool, dict[str
 def encode(families: list[Family], accept: str, accept_encoding: str) -> tuple[bytes, dict[str, str]]:
     """Body and headers for a scrape with these Accept and Accept-Encoding headers."""
     openmetrics, compress, headers = negotiate(accept, accept_encoding)
-    body = b"".join(chunk.encode("utf-8", "replace") for chunk in _chunks(families, openmetrics))
+    body = b"".join(_chunks(families, openmetrics))
     if compress:
         body = b"".join(gzip_pieces([body]))
     return body, headers
@@ -340,7 +380,7 @@ async def encode_pieces(families: list[Family], accept: str, accept_encoding: st
     they are written, emptying them: the series and their written answer are not both whole in memory.
     With `faults`, a family that cannot be written for a fault of ours is left out and said there (`_chunks`)."""
     openmetrics, compress, headers = negotiate(accept, accept_encoding)
-    encoded = (chunk.encode("utf-8", "replace") for chunk in _chunks(families, openmetrics, let_go, faults))
+    encoded = _chunks(families, openmetrics, let_go, faults=faults)
     async with turn(RENDER, deadline):
         if not compress:
             return await collected(encoded, deadline=deadline), headers

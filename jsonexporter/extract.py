@@ -65,7 +65,7 @@ class BodySizeLimitExceeded(Exception):
 class Bounds:
     """What bounds the text the answers put in a probe's series: label values from answers of at most
     `label_value_length_limit` characters (a longer one is an error of its series, as Prometheus's scrape
-    option of that name), the series' text within `body_size_limit` characters (more fail the probe, as a
+    option of that name), the series' text within `body_size_limit` bytes of UTF-8 (more fail the probe, as a
     scrape over Prometheus's body_size_limit fails), each 0 for no limit; `redactor`, when it knows
     values, hides those an answer echoes in a label value (a token, a login ticket)."""
 
@@ -100,7 +100,7 @@ class Extraction:
     # its duplicates policy
     uncounted: int = 0
     bounds: Bounds = field(default_factory=Bounds)
-    written: int = 0  # characters of the families' parts measured so far (body_size_limit), the first `measured` of each
+    written: int = 0  # bytes of the families' parts measured so far (body_size_limit: `_part_size`), the first `measured` of each
     measured: dict[str, int] = field(default_factory=dict)
     # the metrics whose rule failed for a fault of ours (`_rule_failed`), each with what it was (problems.fault): they
     # give no series in this probe; the server logs each once
@@ -485,11 +485,11 @@ class _Chunk:
     columns: list[list[str]]  # the escaped label values, in the plan's `slots` order (a histogram's `le` goes between them)
     longest: list[int] | None = None  # the length of each column's longest value, once measured (`_bounded_chunk`)
     # kept across probes (`_KnownTexts`): the token of the texts that keep it, the characters of its texts, and the
-    # pieces of each sample name's lines (`_kept_lines`) with the characters they hold, counted in its line_characters
+    # pieces of each sample name's lines (`_kept_lines`, in UTF-8) with the bytes they hold, counted in its line_bytes
     kept: object = None
     size: int = 0
-    lines: dict[str, list[str]] | None = None
-    characters: int = 0
+    lines: dict[str, list[bytes]] | None = None
+    line_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -555,9 +555,9 @@ class _Fields:
 
 _KNOWN_ELEMENTS = 1 << 15  # elements whose label texts a module keeps across probes, at most (`_KnownTexts`)
 _KNOWN_CHARACTERS = 1 << 21  # characters of those texts and of the label values they were made of, at most
-# characters of the kept chunks' lines but their numbers (`_kept_lines`), at most: a budget of their own, so that lines
+# bytes of the kept chunks' lines but their numbers (`_kept_lines`: in UTF-8), at most: a budget of their own, so that lines
 # never push out the label texts (bench/features.yml's 60,007 lines would fill the texts' and empty it at every probe)
-_KNOWN_LINE_CHARACTERS = 1 << 21
+_KNOWN_LINE_BYTES = 1 << 21
 
 
 @dataclass(slots=True)
@@ -570,7 +570,7 @@ class _KnownTexts:
     chunks: dict[tuple[Any, ...], dict[int, tuple[list[list[Any]], _Chunk]]] = field(default_factory=dict)
     elements: int = 0
     characters: int = 0
-    line_characters: int = 0  # of the chunks' kept lines (`_kept_lines`), within _KNOWN_LINE_CHARACTERS
+    line_bytes: int = 0  # bytes of the chunks' kept lines (`_kept_lines`), within _KNOWN_LINE_BYTES
     token: object = field(default_factory=object)  # what the chunks kept hold (`_Chunk.kept`), a new one when it starts again
 
 
@@ -704,6 +704,9 @@ def _nothing_to_iterate(level: Level) -> None:
 
 _Output = tuple[str, Expression | None, str | None, str, Family]  # name, value, its plain field, sample name, family
 _PlannedOutput = tuple[str, Expression | None, str | None, str, str]  # name, value, its plain field, sample name, help
+# a column's number texts: one per element, or orjson's bytes of them, with a comma between two (`_written_texts`), not
+# split and decoded unless a line is written as text (`_texts`): the kept lines take the bytes as they are (`_kept_lines`)
+_Numbers = list[str] | bytes
 _NO_EXPRESSION = Expression("", lambda data: None, on_context=False)  # for `_column` of a plain field, which needs none
 
 
@@ -734,16 +737,16 @@ def _apply_fast(metric: Metric, plan: _FastPlan, doc: Any, result: Extraction, m
             continue
         if held is not None:
             for kept, numbers in zip(held, columns, strict=True):
-                kept.update(zip(chunk.texts, numbers, strict=True))  # `last`: a later element replaces an earlier one in its place
+                kept.update(zip(chunk.texts, _texts(numbers), strict=True))  # `last`: a later element replaces an earlier one in its place
             result.uncounted += sum(map(len, held)) - before
             continue
         texts, distinct = chunk.texts, chunk.distinct
         for (name, _, _, sample_name, family), numbers in zip(outputs, columns, strict=True):
             if chunk.unique and family.keys.isdisjoint(distinct):
                 _take_keys(family, distinct)
-                family.parts.append(_kept_lines(memo.known, chunk, sample_name, numbers) or _lines(sample_name, texts, numbers))
+                family.parts.append(_kept_lines(memo.known, chunk, sample_name, numbers) or _lines(sample_name, texts, _texts(numbers)))
                 continue
-            for text, number in zip(texts, numbers, strict=True):
+            for text, number in zip(texts, _texts(numbers), strict=True):
                 if _new_series(result, name, family, text):
                     family.parts.append(f"{sample_name}{text} {number}\n")
     _iteration_failed(plan, outputs, result, memo)
@@ -905,10 +908,10 @@ def _keep(known: _KnownTexts, key: tuple[Any, ...], inputs: list[list[Any]], chu
     if before is not None:
         known.elements -= len(before[1].texts)
         known.characters -= sum(len("".join(column)) for column in before[0]) + sum(map(len, before[1].texts))
-        known.line_characters -= before[1].characters
+        known.line_bytes -= before[1].line_bytes
     if known.elements + len(chunk.texts) > _KNOWN_ELEMENTS or known.characters + characters > _KNOWN_CHARACTERS:
         known.chunks.clear()
-        known.elements = known.characters = known.line_characters = 0
+        known.elements = known.characters = known.line_bytes = 0
         known.token = object()  # the chunks kept before add no lines to what is counted now
         by_index = known.chunks.setdefault(key[:-1], {})
     by_index[key[-1]] = (inputs, chunk)
@@ -1264,37 +1267,50 @@ def _lines(sample_name: str, texts: list[str], numbers: list[str]) -> str:
     return "".join(pieces)
 
 
-def _kept_lines(known: _KnownTexts, chunk: _Chunk, sample_name: str, numbers: list[str]) -> str | None:
-    """What `_lines` gives, for a chunk kept across probes: the pieces of its lines but the numbers
-    (`name{labels} `, with the line break before it) are kept with it, by sample name, so that its lines
-    are one slice assignment of the numbers and one join of 2n+1 pieces (200 lines: 2.7 µs against 7.5).
-    None when the chunk is not kept, or its lines would take the lines kept beyond _KNOWN_LINE_CHARACTERS."""
+def _kept_lines(known: _KnownTexts, chunk: _Chunk, sample_name: str, numbers: _Numbers) -> bytes | None:
+    """What `_lines` gives, in UTF-8, for a chunk kept across probes: the pieces of its lines but the numbers
+    (`name{labels} `, with the line break before it) are kept with it in UTF-8, by sample name, so that its lines
+    are one slice assignment of the numbers' bytes and one join of 2n+1 pieces (200 lines: 2.7 µs against 7.5), never
+    encoded again (exposition._chunks writes them as they are). None when the chunk is not kept, or its lines
+    would take the lines kept beyond _KNOWN_LINE_BYTES."""
     pieces = None if chunk.lines is None else chunk.lines.get(sample_name)
     if pieces is None:
         characters = chunk.size + len(chunk.texts) * (len(sample_name) + 2)  # each text, with the name before it and a space and a line break
-        if chunk.kept is not known.token or not chunk.texts or known.line_characters + characters > _KNOWN_LINE_CHARACTERS:
+        if chunk.kept is not known.token or not chunk.texts or known.line_bytes + characters > _KNOWN_LINE_BYTES:
             return None
-        prefixes = [f"\n{sample_name}{text} " for text in chunk.texts]
-        known.line_characters += characters
-        chunk.characters += characters
+        try:
+            prefixes = [f"\n{sample_name}{text} ".encode() for text in chunk.texts]
+        except UnicodeEncodeError:  # a lone surrogate (escaped label values have none): the text's way, whose encoding replaces it
+            return None
+        size = sum(map(len, prefixes))  # bytes: more than its characters when a text is not ASCII
+        if known.line_bytes + size > _KNOWN_LINE_BYTES:
+            return None
+        known.line_bytes += size
+        chunk.line_bytes += size
         prefixes[0] = prefixes[0][1:]
-        prefixes.append("\n")
-        pieces = [""] * len(prefixes) * 2
+        prefixes.append(b"\n")
+        pieces = [b""] * len(prefixes) * 2
         pieces[0::2] = prefixes
         pieces.pop()
         if chunk.lines is None:
             chunk.lines = {}
         chunk.lines[sample_name] = pieces
     pieces = pieces.copy()
-    pieces[1::2] = numbers
-    return "".join(pieces)
+    # number texts have no comma (format_value writes digits, a point, an exponent, NaN, +Inf, -Inf)
+    pieces[1::2] = numbers.split(b",") if isinstance(numbers, bytes) else ",".join(numbers).encode().split(b",")
+    return b"".join(pieces)
 
 
-def _value_columns(metric: Metric, outputs: list[_Output], fields: _Fields) -> list[list[str]] | None:
+def _texts(numbers: _Numbers) -> list[str]:
+    """A column's number texts as texts, one per element."""
+    return numbers.decode().split(",") if isinstance(numbers, bytes) else numbers
+
+
+def _value_columns(metric: Metric, outputs: list[_Output], fields: _Fields) -> list[_Numbers] | None:
     """For each output, the number text of each element; None when one needs the element loop."""
     if metric.type == "info":
-        return [["1"] * len(fields.elements)] * len(outputs)
-    columns = []
+        return [b",".join([b"1"] * len(fields.elements))] * len(outputs)
+    columns: list[_Numbers] = []
     for _, expr, plain, *_ in outputs:
         assert expr is not None
         try:
@@ -1331,7 +1347,7 @@ def _all_objects(elements: list[Any]) -> bool:
 _STR, _INT, _FLOAT, _BOOL, _NUMBERS, _DICT, _NONE = {str}, {int}, {float}, {bool}, {int, float}, {dict}, {type(None)}
 
 
-def _number_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[str] | None:
+def _number_texts(raws: list[Any], metric: Metric, expr: Expression) -> _Numbers | None:
     """The sample values of answers as text; None when one of them is not a number."""
     written = _written_texts(raws, metric, expr)
     if written is not None:
@@ -1345,13 +1361,12 @@ def _number_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[str
             if metric.type == "counter" and not (low >= 0 if low is not None else all(raw * scale >= 0 for raw in raws)):
                 return None  # a negative or NaN count is an error of its series: element by element
             if low is not None and scale == 1.0 and low > -EXACT_LIMIT and max(raws) < EXACT_LIMIT:
-                return _json_texts(raws)
-            if scale == 1.0:
-                return _float_texts(raws if kinds == _FLOAT else list(map(float, raws)))
-            return _float_texts([float(raw * scale) for raw in raws])
+                return orjson.dumps(raws)[1:-1]  # str() of each
+            floats = (raws if kinds == _FLOAT else list(map(float, raws))) if scale == 1.0 else [float(raw * scale) for raw in raws]
+            return _float_bytes(floats) or list(map(format_value, floats))
         if kinds == _BOOL:  # orjson's `true,false,…` with the texts put in (number texts have neither word): a third of a comprehension's time
-            true_text, false_text = (format_value(sample_value(raw, metric, expr)) for raw in (True, False))
-            return orjson.dumps(raws)[1:-1].decode().replace("false", false_text).replace("true", true_text).split(",")
+            true_text, false_text = (format_value(sample_value(raw, metric, expr)).encode() for raw in (True, False))
+            return orjson.dumps(raws)[1:-1].replace(b"false", false_text).replace(b"true", true_text)
         return [format_value(sample_value(raw, metric, expr)) for raw in raws]
     except Exception:  # not a number, null without a default, too large for a float
         return None
@@ -1362,7 +1377,7 @@ _BOOL_BYTES = b"truefals,"  # of a list of booleans: no other JSON value is writ
 _EXACT = 10**15  # EXACT_LIMIT as an integer: compared with integers at C speed, without making each a float
 
 
-def _written_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[str] | None:
+def _written_texts(raws: list[Any], metric: Metric, expr: Expression) -> bytes | None:
     """What `_number_texts` gives, for the columns orjson's text of them says are all integers, all fractions or
     all booleans: the kinds told by the bytes written (what `_json_texts` and `_float_texts` write anyway) instead
     of a set of the values' types and a scan for the least (200 values: about 3 us against 20). An integer is
@@ -1391,28 +1406,35 @@ def _written_texts(raws: list[Any], metric: Metric, expr: Expression) -> list[st
         elif (points != len(raws) or written.find(b".0,") >= 0 or written.endswith(b".0]") or written.find(b"0.0000") >= 0
               or max(raws) >= 1e6):
             return None
-        return written[1:-1].decode().split(",")
+        return written[1:-1]
     if written.translate(None, _BOOL_BYTES) == b"[]":  # booleans: orjson's `true,false,…` with the texts put in
         try:
-            true_text, false_text = (format_value(sample_value(raw, metric, expr)) for raw in (True, False))
+            true_text, false_text = (format_value(sample_value(raw, metric, expr)).encode() for raw in (True, False))
         except Exception:  # a negative count: an error of its series
             return None
-        return written[1:-1].decode().replace("false", false_text).replace("true", true_text).split(",")
+        return written[1:-1].replace(b"false", false_text).replace(b"true", true_text)
     return None
 
 
 def _float_texts(values: list[float]) -> list[str]:
-    """`format_value` of each value: repr when that is each one's form (none integral, all finite and
+    """`format_value` of each value (`_float_bytes`, or one by one)."""
+    written = _float_bytes(values)
+    return written.decode().split(",") if written is not None else list(map(format_value, values))
+
+
+def _float_bytes(values: list[float]) -> bytes | None:
+    """`format_value` of each value, a comma between two, when that is repr (none integral, all finite and
     below 1e6), written by orjson at once where its shortest digits are repr's, positional from 1e-4 to
     1e16; what orjson writes tells the integral (`2.0`) and the NaN or infinite (`null`) ones apart
-    (200 values in about 0.6 of the time that checking them on the numbers took, and a fifth of repr one by one's)."""
+    (200 values in about 0.6 of the time that checking them on the numbers took, and a fifth of repr one by one's).
+    None otherwise."""
     if values:
         low = min(values)
         if max(values) < 1e6 and (low >= 1e-4 or (low > -1e16 and min(map(abs, values)) >= 1e-4)):  # NaN may hide from both: null below
             written = orjson.dumps(values)
             if b"e" not in written and b"n" not in written and b".0," not in written and not written.endswith(b".0]"):
-                return written[1:-1].decode().split(",")
-    return list(map(format_value, values))
+                return written[1:-1]
+    return None
 
 
 def _json_texts(numbers: list[int]) -> list[str]:
@@ -1770,7 +1792,11 @@ def _check_size(result: Extraction) -> None:
 
 
 def _part_size(part: Any) -> int:
-    if type(part) is str:
+    """About the bytes of a part in the answer: the same whether its lines are kept in UTF-8 (`_kept_lines`) or written as
+    text (isascii() reads a flag the text keeps: only a text that is not ASCII is measured in UTF-8)."""
+    if type(part) is bytes or (type(part) is str and part.isascii()):
         return len(part)
+    if type(part) is str:
+        return len(part.encode("utf-8", "replace"))
     sample_name, labels, _, _ = part  # a sample left to the writer (with a timestamp): about its line
     return len(sample_name) + sum(len(name) + len(value) + 4 for name, value in labels) + 48

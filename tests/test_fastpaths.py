@@ -35,8 +35,10 @@ from jsonexporter.exposition import Family, encode, encode_async, format_value, 
 from jsonexporter.extract import (
     _KNOWN_CHARACTERS,
     _KNOWN_ELEMENTS,
-    _KNOWN_LINE_CHARACTERS,
+    _KNOWN_LINE_BYTES,
     _MAX_PLANS,
+    BodySizeLimitExceeded,
+    Bounds,
     Extraction,
     ProbeContext,
     _fast_plan,
@@ -421,13 +423,31 @@ def test_the_label_texts_kept_across_probes_are_bounded(elements: int, length: i
         result = extract(module, {"default": {"items": items}}, PROBE, module_labels(module, {"target": target, "module": "default"}))
         assert [labels["id"] for _, labels, _ in samples(result.families["a"])] == [item["id"] for item in items]
         known = module.fast_plans[_KnownTexts]
-        assert known.elements <= _KNOWN_ELEMENTS and known.characters <= _KNOWN_CHARACTERS and known.line_characters <= _KNOWN_LINE_CHARACTERS
+        assert known.elements <= _KNOWN_ELEMENTS and known.characters <= _KNOWN_CHARACTERS and known.line_bytes <= _KNOWN_LINE_BYTES
         assert known.chunks
         kept = [entry for by_start in known.chunks.values() for entry in by_start.values()]
         assert known.elements == sum(len(chunk.texts) for _, chunk in kept)
         assert known.characters == sum(len("".join(column)) for inputs, _ in kept for column in inputs) + sum(sum(map(len, chunk.texts)) for _, chunk in kept)
-        assert known.line_characters == sum(len("".join(piece for pieces in (chunk.lines or {}).values() for piece in pieces)) for _, chunk in kept)
+        assert known.line_bytes == sum(len(b"".join(piece for pieces in (chunk.lines or {}).values() for piece in pieces)) for _, chunk in kept)
         assert any(chunk.lines for _, chunk in kept)
+
+
+@pytest.mark.parametrize("label", ["id", "join('-', [id, id])", None], ids=["lines kept in UTF-8", "lines written as text", "general path"])
+def test_the_body_size_limit_counts_the_bytes_of_series_that_are_not_ascii_at_every_probe(label: str | None) -> None:
+    """Label values of two-byte characters: a limit between the characters and the bytes of the series fails the
+    probe, the first one as the next ones, whether the lines are kept in UTF-8 across probes or written as text."""
+    module = make_spec(json.dumps({"modules": {"default": {"metrics": [
+        {"name": "x", "help": "h", "each": "items", "value": "v", "labels": {"id": label or "id"}}]}}})).modules["default"]
+    document = {"items": [{"id": f"é{i}" * 10, "v": i} for i in range(300)]}
+    trace = Trace() if label is None else None  # a trace takes the general path
+    lines = [line + "\n" for line in render_text(list(extract(module, {"default": document}, PROBE, trace=trace).families.values())).splitlines()
+             if not line.startswith("#")]
+    characters, size = sum(map(len, lines)), len("".join(lines).encode())
+    assert size >= characters + 3000  # a byte more for each é
+    for _ in range(3):
+        with pytest.raises(BodySizeLimitExceeded):
+            extract(module, {"default": document}, PROBE, trace=trace, bounds=Bounds(body_size_limit=(characters + size) // 2))
+        extract(module, {"default": document}, PROBE, trace=trace, bounds=Bounds(body_size_limit=size))
 
 
 def test_the_lines_kept_across_probes_never_push_out_the_label_texts() -> None:
@@ -445,7 +465,7 @@ def test_the_lines_kept_across_probes_never_push_out_the_label_texts() -> None:
     extract(module, {"default": document}, PROBE)
     known = module.fast_plans[_KnownTexts]
     before = {id(chunk) for by_start in known.chunks.values() for _, chunk in by_start.values()}
-    assert known.line_characters > _KNOWN_LINE_CHARACTERS / 2  # lines kept, as many as their budget allows
+    assert known.line_bytes > _KNOWN_LINE_BYTES / 2  # lines kept, as many as their budget allows
     extract(module, {"default": document}, PROBE)
     assert {id(chunk) for by_start in known.chunks.values() for _, chunk in by_start.values()} == before and len(before) > 2
 
