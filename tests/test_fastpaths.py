@@ -464,10 +464,20 @@ def test_the_lines_kept_across_probes_never_push_out_the_label_texts() -> None:
     document = {"items": [{"id": f"item-{i}", "r": "eu", "v": i} for i in range(15_000)]}
     extract(module, {"default": document}, PROBE)
     known = module.fast_plans[_KnownTexts]
-    before = {id(chunk) for by_start in known.chunks.values() for _, chunk in by_start.values()}
+
+    def kept() -> dict[tuple[Any, int], tuple[list[list[Any]], int]]:
+        return {(key, start): (inputs, id(chunk)) for key, by_start in known.chunks.items() for start, (inputs, chunk) in by_start.items()}
+
+    before = kept()
     assert known.line_bytes > _KNOWN_LINE_BYTES / 2  # lines kept, as many as their budget allows
     extract(module, {"default": document}, PROBE)
-    assert {id(chunk) for by_start in known.chunks.values() for _, chunk in by_start.values()} == before and len(before) > 2
+    after = kept()
+    # chunks are cut by time: on a busy machine the second probe may cut other chunks than the first, which are made
+    # anew; every chunk of the same elements (the same label values at the same start: the first of each rule at least)
+    # is the one kept by the first probe
+    same = [place for place in before if place in after and after[place][0] == before[place][0]]
+    assert len(before) > 2 and len(same) >= 2
+    assert [after[place][1] for place in same] == [before[place][1] for place in same]
 
 
 def test_rules_sharing_labels_give_an_element_the_same_label_text() -> None:
