@@ -1111,6 +1111,15 @@ INVALID = [
                 type: stateset
                 value: phase
         """, ("4:9", "modules.m.metrics[0]", "stateset metric 'phase' needs `states`")),
+    invalid("stateset_whose_name_cannot_be_a_label_name", """
+        modules:
+          m:
+            metrics:
+              - {name: 'app:phase', help: h, type: stateset, value: phase, states: [up]}
+              - {name: __phase, help: h, type: stateset, value: phase, states: [up]}
+        """, ("4:16", "modules.m.metrics[0].name", "stateset metric 'app:phase': its name is also its state label's, and a label name cannot contain ':'"),
+             ("5:16", "modules.m.metrics[1].name",
+              "stateset metric '__phase': its name is also its state label's, and label names starting with __ are reserved")),
     invalid("states_on_a_gauge", """
         modules:
           m:
@@ -1403,7 +1412,8 @@ WARNINGS = [
      "counter 'requests' should end with _total"),
     ("missing_help", "{name: jobs, value: n}", "4:16", "modules.m.metrics[0].name", "metric 'jobs' has no help"),
     ("unit_milliseconds", "{name: latency_ms, help: h, value: n}", "4:16", "modules.m.metrics[0].name",
-     "metric name 'latency_ms': use the base unit: seconds (_seconds), converted with `scale: 0.001`"),
+     "metric name 'latency_ms': `promtool check metrics` fails on it (metric names should not contain abbreviated units): "
+     "_ms: use the base unit: _seconds, converted with `scale: 0.001`"),
     ("label_job", "{name: jobs, help: h, value: n, labels: {job: name}}", "4:50", "modules.m.metrics[0].labels.job",
      "label 'job' is set by Prometheus on every scraped series: it renames this one exported_job, unless the scrape config sets honor_labels: true"),
     ("label_instance", "{name: jobs, help: h, value: n, labels: {instance: host}}", "4:50", "modules.m.metrics[0].labels.instance",
@@ -1939,12 +1949,25 @@ def test_yaml_1_1_words_stay_strings(write_spec: Any, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize(("metric", "warning"), [
-    ("{name: queue_size_total, help: h, value: v}", "the suffixes _total, _count, _sum and _bucket are for counters"),
-    ("{name: requests_gauge, help: h, value: v}", "should not contain its type"),
-    ("{name: 'node:cpu_ratio', help: h, value: v}", "metric name 'node:cpu_ratio' should not contain ':': colons are for the names of recording rules"),
+    ("{name: queue_size_total, help: h, value: v}", "metric name 'queue_size_total': `promtool check metrics` fails on it "
+     "(non-counter metrics should not have \"_total\" suffix): make it a counter, or drop the suffix"),
+    ("{name: requests_gauge, help: h, value: v}", "(metric name should not include type 'gauge'): drop the type from the name"),
+    ("{name: 'node:cpu_ratio', help: h, value: v}", "metric name 'node:cpu_ratio': `promtool check metrics` fails on it "
+     "(metric names should not contain ':'): colons are for the names of recording rules"),
+    ("{name: fooBar, help: h, value: v}", "(metric names should be written in 'snake_case' not 'camelCase'): write it in snake_case"),
+    ("{name: cache_kilobytes, help: h, value: v}", "metric name 'cache_kilobytes': `promtool check metrics` fails on it "
+     "(use base unit \"bytes\" instead of \"kilobytes\"): use the base unit: _bytes, converted with `scale: 1000`"),
+    ("{name: uptime_minutes, help: h, value: v}", "(use base unit \"seconds\" instead of \"minutes\"): use the base unit: _seconds, "
+     "converted with `scale: 60`"),
+    ("{name: wait_sec, type: counter, help: h, value: v}", "metric name 'wait_sec_total': `promtool check metrics` fails on it "
+     "(metric names should not contain abbreviated units): _sec: use the base unit: _seconds"),
+    ("{name: x, help: h, value: v, labels: {httpCode: c}}", "label 'httpCode': `promtool check metrics` fails on it "
+     "(label names should be written in 'snake_case' not 'camelCase'): write it in snake_case"),
+    ("{name: appState, help: h, type: stateset, value: v, states: [a]}", "the state label 'appState' of the stateset: "
+     "`promtool check metrics` fails on it (label names should be written in 'snake_case' not 'camelCase')"),
     ("{name: x, help: h, value: v, labels: {quantile: q}}", "label 'quantile' is for histograms and summaries"),
     ("{name: x, help: h, value: v}\n    labels: {le: \"'1'\"}", "module label 'le' is for histograms and summaries; Prometheus tools "
-     "treat it specially, for x (modules.default.metrics[0])"),
+     "treat it specially: `promtool check metrics` fails on it (non-histogram metrics should not have \"le\" label), for x (modules.default.metrics[0])"),
 ])
 def test_promtool_lints_are_warnings(write_spec: Any, capsys: pytest.CaptureFixture[str], metric: str, warning: str) -> None:
     path = write_spec(f"modules:\n  default:\n    metrics:\n      - {metric}\n")

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any, Literal, cast
 
 from jsonexporter.labeltext import label_text
-from jsonexporter.names import PROBE_METRICS, exposition_names, family_name, text_name
+from jsonexporter.names import PROBE_METRICS, exposition_names, family_name, label_lint, lint, text_name
 from jsonexporter.secrets import Redactor, is_secret_name, request_credentials, secret_parameter_names, spec_secrets
 from jsonexporter.spec.expressions import (
     CONTEXT_NAMES,
@@ -540,18 +540,29 @@ def _lint_label(c: _Checker, path: Path, label: str) -> None:
     if label in _TARGET_LABELS:
         c.add(path, f"label {label!r} is set by Prometheus on every scraped series: it renames this one exported_{label}, "
                     "unless the scrape config sets honor_labels: true", "warning", at_key=True)
+    # promtool's lints of a label that hold for every type (le and quantile are _reserved_label's)
+    for reason, hint in label_lint(label, "untyped"):
+        c.add(path, f"label {label!r}: {_PROMTOOL_FAILS} ({reason}): {hint}", "warning", at_key=True)
+
+
+# what a warning of promtool's lints says: whoever runs it on an answer takes the answer for rejected
+_PROMTOOL_FAILS = "`promtool check metrics` fails on it"
 
 
 def _lint_name(c: _Checker, path: Path, name: str, mtype: str, at_key: bool = False) -> None:
-    # the lints of `promtool check metrics`, so that a spec passing `check --strict` makes output promtool accepts
+    """The lints of `promtool check metrics` on the family's name as the text format writes it (`names.lint`), so that
+    a spec passing `check --strict` makes answers promtool accepts; and a few of our own on the name as written."""
     if mtype == "counter" and not name.endswith("_total"):
         c.add(path, f"counter {name!r} should end with _total", "warning", at_key=at_key)
-    if mtype != "counter" and re.search(r"_(total|count|sum|bucket)$", name):
-        c.add(path, f"{mtype} {name!r}: the suffixes _total, _count, _sum and _bucket are for counters, summaries and histograms", "warning", at_key=at_key)
-    if re.search(r"(^|_)(gauge|counter|histogram|summary)(_|$)", name):
-        c.add(path, f"metric name {name!r} should not contain its type", "warning", at_key=at_key)
-    if ":" in name:
-        c.add(path, f"metric name {name!r} should not contain ':': colons are for the names of recording rules", "warning", at_key=at_key)
+    written = text_name(name, mtype)
+    problems = lint(written, "gauge" if mtype in ("info", "stateset") else mtype)
+    for reason, hint in problems:
+        c.add(path, f"metric name {written!r}: {_PROMTOOL_FAILS} ({reason}): {hint}", "warning", at_key=at_key)
+    if mtype == "stateset":  # its state label is named as the metric
+        for reason, hint in label_lint(name, "gauge"):
+            c.add(path, f"the state label {name!r} of the stateset: {_PROMTOOL_FAILS} ({reason}): {hint}", "warning", at_key=at_key)
+    if any("unit" in reason for reason, _ in problems):
+        return
     for pattern, hint in _UNIT_HINTS:
         if pattern.search(name):
             c.add(path, f"metric name {name!r}: {hint}", "warning", at_key=at_key)
@@ -576,7 +587,8 @@ def _reserved_label(label: str, mtype: str | None, name: str) -> tuple[str, Seve
     if (mtype, label) in (("histogram", "le"), ("summary", "quantile")):
         return f"label {label!r} is the {mtype}'s own label of its {'buckets' if label == 'le' else 'quantiles'}", "error"
     if label in ("le", "quantile"):
-        return f"label {label!r} is for histograms and summaries; Prometheus tools treat it specially", "warning"
+        fails = "".join(f": {_PROMTOOL_FAILS} ({reason})" for reason, _ in label_lint(label, mtype)[:1])
+        return f"label {label!r} is for histograms and summaries; Prometheus tools treat it specially{fails}", "warning"
     return None
 
 
@@ -698,6 +710,11 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
             _lint_label(c, lp, label)
         labels.append((label, c.expression(lp, source, level_names) or _UNUSABLE))
     states = tuple(label_text(s) for s in raw.get("states", ()))
+    if type_known and mtype == "stateset" and ":" in name:
+        # the text format and Prometheus refuse the whole answer on a label name with a colon
+        c.add((*path, "name"), f"stateset metric {name!r}: its name is also its state label's, and a label name cannot contain ':'")
+    elif type_known and mtype == "stateset" and name.startswith("__"):
+        c.add((*path, "name"), f"stateset metric {name!r}: its name is also its state label's, and label names starting with __ are reserved")
     if type_known and mtype == "stateset" and "states" not in declared:
         c.add(path, f"stateset metric {name!r} needs `states`: every possible state")
     if states and type_known and mtype != "stateset":
