@@ -532,3 +532,31 @@ async def test_a_redirect_to_another_origin_without_the_request_s_credentials_in
     assert status == 200 and value(parse(text), "x") == 7
     [(_, path, headers, _)] = seen.requests
     assert path.startswith("/sso?return_to=http") and "LiteralHeaderKey678" not in repr(headers)
+
+
+async def test_a_redirect_holding_a_credential_in_another_case_is_refused_as_one_holding_it_as_sent(
+        aiohttp_client: Any, aiohttp_server: Any) -> None:
+    """A URL's host is lowercased as it is parsed: `http://Xk9Token….localhost/` is requested, and asked of the DNS, as
+    `xk9token….localhost`, which held the key that a case-sensitive look missed (the hop was followed, its connection
+    error quoting the lowercased key); a path may be case-folded by a server as well. Both are refused, nothing sent."""
+    key = "Xk9TokenValue77abc"
+    foreign, stolen = await recording_server(aiohttp_server, "127.0.0.2", {"/{tail:.*}": {"v": 1}})
+    home, _ = await recording_server(aiohttp_server, "127.0.0.1", {
+        "/host": lambda request: web.Response(status=302, headers={
+            "Location": f"http://{request.headers['X-Api-Key']}.localhost:{foreign.port}/landing"}),
+        "/path": lambda request: web.Response(status=302, headers={
+            "Location": f"http://127.0.0.2:{foreign.port}/sso/{request.headers['X-Api-Key'].upper()}"}),
+    })
+    for path in ("host", "path"):
+        client = await exporter_for(aiohttp_client, f"""
+            modules:
+              default:
+                endpoints:
+                  api: {{url: 'http://127.0.0.1:{home.port}/{path}', headers: {{X-Api-Key: '{key}'}}}}
+                metrics: [{{name: x, help: x, value: v}}]
+        """)
+        status, text = await probe(client, debug="true")
+        assert status == 200, text
+        assert "redirect_refused" in text, text
+        assert key.lower() not in text.lower()
+    assert stolen.requests == []
