@@ -207,11 +207,25 @@ def targets_table(runs: dict[tuple[str, int, int], Run], targets: list[Run]) -> 
     return lines
 
 
+def instructions_table(counts: list[Run]) -> list[str]:
+    """Instructions per probe of one target and of many in turn, and their ratio: the many-targets goal without the
+    noise of probes/s (the many-targets wrk run is the longest, and whatever else runs lands on it)."""
+    lines = ["| targets | probes counted | failed | instructions per probe (millions) | one target's / this |",
+             "| ---: | ---: | ---: | ---: | ---: |"]
+    per_probe = {run["targets"]: run["instructions"] / max(run["result"]["probes"], 1) for run in counts}
+    for run in counts:
+        ratio = per_probe[1] / per_probe[run["targets"]] if per_probe.get(1) and per_probe[run["targets"]] else float("nan")
+        lines.append(f"| {run['targets']:,} | {run['result']['probes']:,} | {run['result']['failed']} | "
+                     f"{per_probe[run['targets']] / 1e6:.2f} | {ratio:.2f} |")
+    return lines
+
+
 def main(path: str, duration: str, load: str, package: str, workers: str = "1") -> None:
     with open(path) as results:
         every = list(map(json.loads, results))
     runs = {(r["app"], r["items"], r["connections"]): r for r in every if "targets" not in r}
-    targets = [r for r in every if "targets" in r]
+    targets = [r for r in every if "targets" in r and "instructions" not in r]
+    instructions = [r for r in every if "instructions" in r]
     print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({_cpu_model()}), Python {platform.python_version()}, "
           f"wrk {duration} s per run, one exporter process ({package}) unless said, floor parsing with {_floor_parser()}; "
           f"load average before the run {load}.\n")
@@ -236,6 +250,10 @@ def main(path: str, duration: str, load: str, package: str, workers: str = "1") 
         print(f"\nMany targets: {targets[0]['targets']:,} origins (ports of one nginx, each the 56 KB answer) probed in turn "
               "for twice as long as the other runs, against one target in the same run:\n")
         print("\n".join(targets_table(runs, targets)))
+    if instructions:
+        print("\nInstructions per probe (valgrind's callgrind, the exporter alone; the 56 KB answer, 8 connections, counted "
+              "after a first pass over the targets): what other work on the machine does not move, unlike probes/s:\n")
+        print("\n".join(instructions_table(instructions)))
     if any(key[1] not in (200, 7500) for key in runs):
         print("\nCost against payload size (1 connection; p50 latency of one probe):\n")
         print("\n".join(linearity_table(runs)))

@@ -9,6 +9,7 @@ import random
 import re
 import shutil
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,33 @@ def test_check_warns_of_exactly_the_lints_promtool_fails_the_answer_on(tmp_path:
         if said[tag] != found[tag]:
             differ[f"{tag}: {rule}"] = (said[tag], found[tag])
     assert differ == {}
+
+
+@needs_promtool
+def test_a_help_of_spaces_only_is_none_check_warns_and_the_answer_passes_promtool(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`# HELP x  ` is read as an empty help, which promtool rejects ("no help text", exit 3): a help of spaces and tabs
+    is no help, `check` warns of it as of a missing one, and the default help is written in its place."""
+    spec = tmp_path / "spec.yml"
+    spec.write_text(textwrap.dedent("""\
+        modules:
+          default:
+            metrics:
+              - {name: spaces, help: "  ", value: v}
+              - {name: tabs, help: " \\t\\t ", value: v}
+              - {name: entries, values: {one: {value: v, help: " "}, two: {value: v, help: "\\t"}}}
+              - {name: own, help: Own help, values: {a: {value: v, help: "   "}}}
+        """))
+    answer = tmp_path / "answer.json"
+    answer.write_text('{"v": 1}')
+
+    assert main(["check", "--strict", str(spec)]) == 1
+    said = capsys.readouterr()
+    warned = {m[1] for m in re.finditer(r"metric '(\w+)' has no help", said.out + said.err)}
+    assert warned == {"spaces", "tabs", "entries"}, said
+
+    assert main(["probe", "--config.file", str(spec), "--input", str(answer)]) == 0
+    text = capsys.readouterr().out
+    assert "# HELP spaces Extracted by jsonexporter.\n" in text and "# HELP own_a Own help\n" in text, text
+    result = promtool_check(text)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -574,6 +574,12 @@ def _lint_name(c: _Checker, path: Path, name: str, mtype: str, at_key: bool = Fa
 _HELP_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
+def _given_help(text: object) -> str | None:
+    """A help as the spec gives it, None when it gives none: one of spaces and tabs only is none (`# HELP x  ` is read as
+    an empty help, which promtool rejects: "no help text"), and the default help is written instead."""
+    return text if isinstance(text, str) and text.strip(" \t") else None
+
+
 def _help_text(c: _Checker, path: Path, text: object) -> None:
     if isinstance(text, str) and (control := _HELP_CONTROL.search(text)):
         c.add(path, f"help contains the control character {control.group()!r}: only tab and line breaks (\\n) are written", offset=control.start())
@@ -649,8 +655,11 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     _help_text(c, (*path, "help"), raw.get("help"))
     for suffix, entry in _items(entries):
         _help_text(c, (*path, "values", suffix, "help"), entry.get("help") if isinstance(entry, dict) else None)
-    if "help" not in declared and not (entries and all(isinstance(v, dict) and "help" in v for v in entries.values())):
-        c.add((*path, "name"), f"metric {name!r} has no help", "warning")
+    blank = "help" in raw and _given_help(raw["help"]) is None  # spaces and tabs, or what the schema rejected
+    if ("help" not in declared or blank) and not (
+            entries and all(isinstance(v, dict) and _given_help(v.get("help")) is not None for v in entries.values())):
+        c.add((*path, "help" if blank else "name"), f"metric {name!r} has no help" + (
+            " (one of spaces and tabs only is none: the default help is written)" if blank else ""), "warning")
     endpoint = raw.get("endpoint")
     if endpoint is None:
         if len(module_endpoints) > 1 and "endpoint" not in declared:
@@ -691,7 +700,7 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
             if isinstance(entry, dict):
                 entry_path, own_help, entry = (*entry_path, "value"), entry.get("help"), entry.get("value")
             e = c.expression(entry_path, entry, level_names)
-            outputs.append(Output(f"{name}_{suffix}", e or _UNUSABLE, own_help if isinstance(own_help, str) else None))
+            outputs.append(Output(f"{name}_{suffix}", e or _UNUSABLE, _given_help(own_help)))
             if e is not None and type_known:
                 _lint_name(c, (*path, "values", suffix), f"{name}_{suffix}", mtype, at_key=True)
     if not has_values and type_known:
@@ -744,7 +753,7 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     # checked against the others (the module is not used when any of its rules is broken)
     return Metric(
         name=name,
-        help=raw.get("help", ""),
+        help=_given_help(raw.get("help")) or "",
         type=mtype,
         endpoint=endpoint,
         each=levels,
