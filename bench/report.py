@@ -181,14 +181,23 @@ def gzip_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
     return lines
 
 
+def _targets_cpu(run: Run, one: Run | None) -> str:
+    """The exporter's CPU per probe of the many-targets run and of the one-target run, and their ratio: the goal's
+    probes/s as a busy machine moves it least (what the exporter spends, not what it gets of the CPUs)."""
+    if "cpu_ns" not in run or one is None or "cpu_ns" not in one:
+        return "- | -"
+    many_us, one_us = _cpu_us(run), _cpu_us(one)
+    return f"{many_us:,.0f} ({one_us:,.0f}) | {one_us / many_us:.2f}"
+
+
 def targets_table(runs: dict[tuple[str, int, int], Run], targets: list[Run]) -> list[str]:
     """The many-targets row: probes/s against one target's (the same run), the RSS over the run, and
     the upstream connections nginx accepted (the first pass over the targets opens one each; keep-alive
     reuses them after it, churn opens more) and the sockets the pool holds at the end."""
     lines = [
         "| targets | conns | probes | probes/s | p50 ms | p99 ms | vs one target | RSS MB after 1st pass, at end (peak) "
-        "| connections opened | reused after the 1st pass | sockets open at end |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+        "| connections opened | reused after the 1st pass | sockets open at end | CPU µs per probe (one target's) | one target's / this |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     one = runs.get(("jsonexporter", 200, 8))
     for run in targets:
@@ -202,7 +211,8 @@ def targets_table(runs: dict[tuple[str, int, int], Run], targets: list[Run]) -> 
         lines.append(
             f"| {n:,} | {run['connections']} | {probes:,} | {rate:,.1f}{_errors(run)} | {_ms(run['probe']['p50_us'])} | "
             f"{_ms(run['probe']['p99_us'])} | {rate / _rate(one) if one else float('nan'):.2f} | "
-            f"{first / 1024:.0f}, {samples[-1] / 1024:.0f} ({run['rss_kb'] / 1024:.0f}) | {opened:,} | {reused} | {run['sockets']:,} |"
+            f"{first / 1024:.0f}, {samples[-1] / 1024:.0f} ({run['rss_kb'] / 1024:.0f}) | {opened:,} | {reused} | {run['sockets']:,} | "
+            f"{_targets_cpu(run, one)} |"
         )
     return lines
 
