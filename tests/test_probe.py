@@ -757,6 +757,13 @@ def test_the_requests_of_a_bounded_number_of_targets_are_kept_the_first_kept_goi
     upstream._rendered(module, {"target": long_target, "module": "default"})
     assert long_target not in kept and len(kept) == upstream._MAX_RENDERED
 
+    four = make_spec("modules: {default: {endpoints: {a: {}, b: {}, c: {}, d: {}}, metrics: [{name: x, help: x, value: v, endpoint: a}]}}")
+    module = four.modules["default"]
+    for target in targets:
+        upstream._rendered(module, {"target": target, "module": "default"})
+    kept = module.fast_plans[upstream._RENDERED]
+    assert len(kept) == upstream._MAX_RENDERED // 4 and sum(map(len, kept.values())) == upstream._MAX_RENDERED  # requests, not targets
+
 
 @pytest.mark.parametrize("secret", ["pw5Xy", 'S3CRET"TOK\tEN-123', "S3CRET\\TOK\rEN-123", "S3CRET-TOKEN-plain"])
 @pytest.mark.parametrize("labels", ["{a: auth}", "{a: auth, m: $module}"], ids=["fast", "general"])

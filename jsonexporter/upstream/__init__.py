@@ -42,10 +42,10 @@ def _job(module: Module, request: UpstreamRequest, values: Mapping[str, str]) ->
 
 
 _RENDERED = ("rendered requests",)  # its key in Module.fast_plans
-# Targets per module whose requests are kept, the first kept going first: a Prometheus job probing 1,000 targets in
-# turn found none of them at 256 (each probe rendered its requests again, 6 % of its instructions at 56 KB). About
-# 2.5 KB each with one endpoint (the request and its first hop), some 10 MB a module when full; a target longer
-# than _MAX_KEPT_TARGET characters is rendered for its probe alone.
+# Requests kept per module (its endpoints' for each target kept, the first target kept going first): a Prometheus job
+# probing 1,000 targets in turn found none of them when 256 targets were kept (each probe rendered its requests again,
+# 6 % of its instructions at 56 KB). About 2.5 KB each (the request and its first hop), some 10 MB a module when full;
+# a target longer than _MAX_KEPT_TARGET characters is rendered for its probe alone.
 _MAX_RENDERED = 4096
 _MAX_KEPT_TARGET = 512
 
@@ -63,7 +63,7 @@ def _rendered(module: Module, values: Mapping[str, str]) -> list[UpstreamRequest
     requests = kept.get(target)
     if requests is None:
         requests = render_requests(module, values)  # an unusable target raises: nothing kept
-        if len(kept) >= _MAX_RENDERED:
+        if len(kept) >= max(1, _MAX_RENDERED // max(len(requests), 1)):  # requests, not targets: 4,096 of one endpoint
             del kept[next(iter(kept))]
         kept[target] = requests
     return requests
