@@ -220,8 +220,8 @@ def targets_table(runs: dict[tuple[str, int, int], Run], targets: list[Run]) -> 
 def instructions_table(counts: list[Run]) -> list[str]:
     """Instructions per probe and their ratios (the goals of issue 16 without the noise of probes/s): 1,000 targets in
     turn against one target, bench/features.yml against bench/spec.yml at 2.1 MB."""
-    lines = ["| spec | items | targets | probes counted | failed | instructions per probe (millions) | as probes/s against |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| spec | items | targets | conns | probes counted | failed | instructions per probe (millions) | as probes/s against |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     per_probe = {(run.get("spec", "spec"), run["items"], run["targets"]): run["instructions"] / max(run["result"]["probes"], 1)
                  for run in counts}
     for run in counts:
@@ -230,7 +230,7 @@ def instructions_table(counts: list[Run]) -> list[str]:
         base = per_probe.get(base_key)
         against = (f"{base / per_probe[key]:.2f} of spec.yml's, one target" if base and per_probe[key] and key != base_key else "-")
         lines.append(f"| {key[0]}.yml | {run['items']:,} items | "
-                     f"{run['targets']:,} | {run['result']['probes']:,} | {run['result']['failed']} | "
+                     f"{run['targets']:,} | {run['connections']} | {run['result']['probes']:,} | {run['result']['failed']} | "
                      f"{per_probe[key] / 1e6:.2f} | {against} |")
     return lines
 
@@ -244,8 +244,9 @@ def main(path: str, duration: str, load: str, package: str, workers: str = "1") 
     print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({_cpu_model()}), Python {platform.python_version()}, "
           f"wrk {duration} s per run, one exporter process ({package}) unless said, floor parsing with {_floor_parser()}; "
           f"load average before the run {load}.\n")
-    print("Load (wrk on loopback, closed loop: each connection sends its next probe when the last one answered):\n")
-    print("\n".join(load_table(runs)))
+    if runs:
+        print("Load (wrk on loopback, closed loop: each connection sends its next probe when the last one answered):\n")
+        print("\n".join(load_table(runs)))
     if any("cpu_ns" in run for run in runs.values()):
         print("\nCPU time per probe of each process in the same runs (/proc/PID/task/*/schedstat, wrk by bash's `time`; what a busy "
               "machine moves least):\n")
@@ -266,8 +267,8 @@ def main(path: str, duration: str, load: str, package: str, workers: str = "1") 
               "for twice as long as the other runs, against one target in the same run:\n")
         print("\n".join(targets_table(runs, targets)))
     if instructions:
-        print("\nInstructions per probe (valgrind's callgrind, the exporter alone, 8 connections, counted after a first pass "
-              "over the targets): what other work on the machine does not move, unlike probes/s:\n")
+        print("\nInstructions per probe (valgrind's callgrind, the exporter alone, counted after a first pass over the targets; "
+              "a failed probe makes its row worthless): what other work on the machine does not move, unlike probes/s:\n")
         print("\n".join(instructions_table(instructions)))
     if any(key[1] not in (200, 7500) for key in runs):
         print("\nCost against payload size (1 connection; p50 latency of one probe):\n")
