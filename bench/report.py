@@ -181,14 +181,23 @@ def gzip_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
     return lines
 
 
+def _targets_cpu(run: Run, one: Run | None) -> str:
+    """The exporter's CPU per probe of the many-targets run and of the one-target run, and their ratio: the goal's
+    probes/s as a busy machine moves it least (what the exporter spends, not what it gets of the CPUs)."""
+    if "cpu_ns" not in run or one is None or "cpu_ns" not in one:
+        return "- | -"
+    many_us, one_us = _cpu_us(run), _cpu_us(one)
+    return f"{many_us:,.0f} ({one_us:,.0f}) | {one_us / many_us:.2f}"
+
+
 def targets_table(runs: dict[tuple[str, int, int], Run], targets: list[Run]) -> list[str]:
     """The many-targets row: probes/s against one target's (the same run), the RSS over the run, and
     the upstream connections nginx accepted (the first pass over the targets opens one each; keep-alive
     reuses them after it, churn opens more) and the sockets the pool holds at the end."""
     lines = [
         "| targets | conns | probes | probes/s | p50 ms | p99 ms | vs one target | RSS MB after 1st pass, at end (peak) "
-        "| connections opened | reused after the 1st pass | sockets open at end |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+        "| connections opened | reused after the 1st pass | sockets open at end | CPU µs per probe (one target's) | one target's / this |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     one = runs.get(("jsonexporter", 200, 8))
     for run in targets:
@@ -202,8 +211,27 @@ def targets_table(runs: dict[tuple[str, int, int], Run], targets: list[Run]) -> 
         lines.append(
             f"| {n:,} | {run['connections']} | {probes:,} | {rate:,.1f}{_errors(run)} | {_ms(run['probe']['p50_us'])} | "
             f"{_ms(run['probe']['p99_us'])} | {rate / _rate(one) if one else float('nan'):.2f} | "
-            f"{first / 1024:.0f}, {samples[-1] / 1024:.0f} ({run['rss_kb'] / 1024:.0f}) | {opened:,} | {reused} | {run['sockets']:,} |"
+            f"{first / 1024:.0f}, {samples[-1] / 1024:.0f} ({run['rss_kb'] / 1024:.0f}) | {opened:,} | {reused} | {run['sockets']:,} | "
+            f"{_targets_cpu(run, one)} |"
         )
+    return lines
+
+
+def instructions_table(counts: list[Run]) -> list[str]:
+    """Instructions per probe and their ratios (the goals of issue 16 without the noise of probes/s): 1,000 targets in
+    turn against one target, bench/features.yml against bench/spec.yml at 2.1 MB."""
+    lines = ["| spec | items | targets | probes counted | failed | instructions per probe (millions) | as probes/s against |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    per_probe = {(run.get("spec", "spec"), run["items"], run["targets"]): run["instructions"] / max(run["result"]["probes"], 1)
+                 for run in counts}
+    for run in counts:
+        key = (run.get("spec", "spec"), run["items"], run["targets"])
+        base_key = ("spec", run["items"], 1)
+        base = per_probe.get(base_key)
+        against = (f"{base / per_probe[key]:.2f} of spec.yml's, one target" if base and per_probe[key] and key != base_key else "-")
+        lines.append(f"| {key[0]}.yml | {run['items']:,} items | "
+                     f"{run['targets']:,} | {run['result']['probes']:,} | {run['result']['failed']} | "
+                     f"{per_probe[key] / 1e6:.2f} | {against} |")
     return lines
 
 
@@ -211,7 +239,8 @@ def main(path: str, duration: str, load: str, package: str, workers: str = "1") 
     with open(path) as results:
         every = list(map(json.loads, results))
     runs = {(r["app"], r["items"], r["connections"]): r for r in every if "targets" not in r}
-    targets = [r for r in every if "targets" in r]
+    targets = [r for r in every if "targets" in r and "instructions" not in r]
+    instructions = [r for r in every if "instructions" in r]
     print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({_cpu_model()}), Python {platform.python_version()}, "
           f"wrk {duration} s per run, one exporter process ({package}) unless said, floor parsing with {_floor_parser()}; "
           f"load average before the run {load}.\n")
@@ -236,6 +265,10 @@ def main(path: str, duration: str, load: str, package: str, workers: str = "1") 
         print(f"\nMany targets: {targets[0]['targets']:,} origins (ports of one nginx, each the 56 KB answer) probed in turn "
               "for twice as long as the other runs, against one target in the same run:\n")
         print("\n".join(targets_table(runs, targets)))
+    if instructions:
+        print("\nInstructions per probe (valgrind's callgrind, the exporter alone, 8 connections, counted after a first pass "
+              "over the targets): what other work on the machine does not move, unlike probes/s:\n")
+        print("\n".join(instructions_table(instructions)))
     if any(key[1] not in (200, 7500) for key in runs):
         print("\nCost against payload size (1 connection; p50 latency of one probe):\n")
         print("\n".join(linearity_table(runs)))

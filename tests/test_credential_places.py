@@ -78,8 +78,9 @@ def test_check_refuses_every_place_that_sends_the_specs_credentials_to_the_calle
 def test_what_check_refuses_to_send_to_the_callers_host_redaction_hides(case: Sent) -> None:
     spec, problems = load_text(_spec(case.module, allow=True), "spec.yml")
     assert spec is not None, problems
-    shown = Redactor(spec.secrets)(f"the upstream echoed {case.secret} and {case.secret.lower()}")
-    assert case.secret not in shown and case.secret.lower() in shown
+    other = case.secret[::-1]  # not a secret: the Redactor hides the spec's secrets, not whatever looks like one
+    shown = Redactor(spec.secrets)(f"the upstream echoed {case.secret}, {case.secret.lower()} and {other}")
+    assert case.secret.lower() not in shown.lower() and other in shown
 
 
 @pytest.mark.parametrize("module", [

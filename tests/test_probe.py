@@ -735,6 +735,36 @@ async def test_requests_are_kept_only_for_targets_without_credentials(upstream: 
     assert "s3cret" not in kept and "admin" not in kept
 
 
+def test_the_requests_of_a_bounded_number_of_targets_are_kept_the_first_kept_going_first() -> None:
+    """A job probing more targets in turn than were kept found none of them (the kept ones were all dropped when
+    full); now the first kept goes first, so that a rotation over up to _MAX_RENDERED targets renders each once,
+    and the kept requests stay bounded. A long target is rendered for its probe alone."""
+    from jsonexporter import upstream
+
+    module = make_spec("modules: {default: {metrics: [{name: x, help: x, value: v}]}}").modules["default"]
+    targets = [f"http://127.0.0.1:{19000 + i}/api" for i in range(upstream._MAX_RENDERED + 10)]
+    for _ in range(2):
+        for target in targets[:1000]:
+            upstream._rendered(module, {"target": target, "module": "default"})
+    kept = module.fast_plans[upstream._RENDERED]
+    first = kept[targets[0]]
+    upstream._rendered(module, {"target": targets[0], "module": "default"})
+    assert kept[targets[0]] is first  # the second pass over 1,000 targets rendered none of them again
+    for target in targets:
+        upstream._rendered(module, {"target": target, "module": "default"})
+    assert len(kept) == upstream._MAX_RENDERED and targets[-1] in kept and targets[0] not in kept
+    long_target = "http://127.0.0.1:19000/" + "a" * upstream._MAX_KEPT_TARGET
+    upstream._rendered(module, {"target": long_target, "module": "default"})
+    assert long_target not in kept and len(kept) == upstream._MAX_RENDERED
+
+    four = make_spec("modules: {default: {endpoints: {a: {}, b: {}, c: {}, d: {}}, metrics: [{name: x, help: x, value: v, endpoint: a}]}}")
+    module = four.modules["default"]
+    for target in targets:
+        upstream._rendered(module, {"target": target, "module": "default"})
+    kept = module.fast_plans[upstream._RENDERED]
+    assert len(kept) == upstream._MAX_RENDERED // 4 and sum(map(len, kept.values())) == upstream._MAX_RENDERED  # requests, not targets
+
+
 @pytest.mark.parametrize("secret", ["pw5Xy", 'S3CRET"TOK\tEN-123', "S3CRET\\TOK\rEN-123", "S3CRET-TOKEN-plain"])
 @pytest.mark.parametrize("labels", ["{a: auth}", "{a: auth, m: $module}"], ids=["fast", "general"])
 async def test_a_secret_with_quotes_tabs_or_carriage_returns_echoed_into_a_label_is_hidden_as_the_label_writes_it(

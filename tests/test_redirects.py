@@ -16,8 +16,11 @@ import trustme
 from aiohttp import web
 from conftest import ForwardProxy, UpstreamFactory, make_spec
 from metrics_util import parse, value
+from yarl import URL
 
+from jsonexporter.secrets import Redactor
 from jsonexporter.server import make_app
+from jsonexporter.upstream.hops import Hop, Refusal, next_hop
 
 SECRETS = ("hdr-SECRET-1", "tok-SECRET-2", "pw-SECRET-3", "q-SECRET-4")
 
@@ -532,3 +535,46 @@ async def test_a_redirect_to_another_origin_without_the_request_s_credentials_in
     assert status == 200 and value(parse(text), "x") == 7
     [(_, path, headers, _)] = seen.requests
     assert path.startswith("/sso?return_to=http") and "LiteralHeaderKey678" not in repr(headers)
+
+
+async def test_a_redirect_holding_a_credential_in_another_case_is_refused_as_one_holding_it_as_sent(
+        aiohttp_client: Any, aiohttp_server: Any) -> None:
+    """A server may fold a path's case: `/sso/XK9TOKEN…` holds the key as well as `/sso/Xk9Token…` (a case-sensitive
+    look missed it and the hop was followed). Refused, nothing sent, nothing of the key shown in any case."""
+    key = "Xk9TokenValue77abc"
+    foreign, stolen = await recording_server(aiohttp_server, "127.0.0.2", {"/{tail:.*}": {"v": 1}})
+    home, _ = await recording_server(aiohttp_server, "127.0.0.1", {"/path": lambda request: web.Response(status=302, headers={
+        "Location": f"http://127.0.0.2:{foreign.port}/sso/{request.headers['X-Api-Key'].upper()}"})})
+    client = await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            endpoints:
+              api: {{url: 'http://127.0.0.1:{home.port}/path', headers: {{X-Api-Key: '{key}'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+    """)
+    status, text = await probe(client, debug="true")
+    assert status == 200, text
+    assert "redirect_refused" in text, text
+    assert key.lower() not in text.lower()
+    assert stolen.requests == []
+
+
+def test_a_redirect_to_a_host_named_after_a_credential_is_refused_without_showing_its_url() -> None:
+    """A URL's host is lowercased as it is parsed: `http://Xk9Token….localhost/` is requested, and asked of the DNS,
+    as `xk9token….localhost`. It was followed (the key went to the DNS, and its connection error quoted the
+    lowercased key); now refused, and its origin is not quoted either: it holds the key. Decided by next_hop alone
+    (followed, the hop would ask the DNS for that name: no test may)."""
+    key = "Xk9TokenValue77abc"
+    hop = Hop("GET", URL("http://127.0.0.1:8080/host"), {"X-Api-Key": key}, None)
+    decision = next_hop(hop, 302, f"http://{key}.localhost:8081/landing", hop.url, ())
+    assert isinstance(decision, Refusal) and decision.hidden and decision.url is None
+    assert key.lower() not in decision.reason.lower()
+    assert isinstance(next_hop(hop, 302, "http://127.0.0.2:8081/landing", hop.url, ()), Hop)  # a hop without it is followed
+
+
+def test_a_credential_lowercased_in_a_message_is_hidden() -> None:
+    """What an error says of a host named after a secret (a DNS or connection error), and a text in capitals."""
+    key = "Xk9TokenValue77abc"
+    redact = Redactor([key])
+    for text in (f"Cannot connect to host {key.lower()}.localhost:8081", f"denied: {key.upper()}"):
+        assert key.lower() not in redact(text).lower(), redact(text)

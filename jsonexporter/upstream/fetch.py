@@ -343,7 +343,8 @@ async def _exchange(up: Upstream, request: UpstreamRequest, options: RequestOpti
             return
         decision = next_hop(hop, response.status, location, request.url, request.allow)
         if isinstance(decision, Refusal):
-            where = str(decision.url) if decision.url is not None else "an unusable Location"
+            where = (str(decision.url) if decision.url is not None else "a URL not shown" if decision.hidden
+                     else "an unusable Location")
             result.outcome, result.error = "redirect_refused", f"redirect {n} ({response.status} to {where}) refused: {decision.reason}"
             return
         crossed = " (another origin: only User-Agent and Accept go with it)" if origin(decision.url) != origin(hop.url) else ""

@@ -49,6 +49,7 @@ class Refusal:
 
     url: URL | None
     reason: str
+    hidden: bool = False  # its URL is not shown at all: even its origin holds a credential of the request
 
 
 Origin = tuple[str, str, int | None]
@@ -135,16 +136,27 @@ def _holds_credential(url: URL, credentials: set[str]) -> bool:
     decodings = _decodings(str(url))
     if decodings is None:
         return True
-    forms = forms_of(credentials)
-    return any(form in text for text in decodings for form in forms)
+    # in any case: a URL's host is lowercased as it is parsed (`http://Xk9Token.evil/` is requested, and looked up in
+    # the DNS, as `xk9token.evil`), and a server may fold its path's case
+    forms = {form.lower() for form in forms_of(credentials)}
+    return any(form in text.lower() for text in decodings for form in forms)
 
 
 def _refused(url: URL, previous: Hop, reason: str) -> Refusal:
     """Why the hop to `url` is refused, quoting only its origin when it holds a credential of `previous`: in a
     form the Redactor of the message may not know (percent-encoded three times)."""
-    if _holds_credential(url, _credentials(previous)):
-        return Refusal(url.origin(), f"{reason}; its path and query, which hold a secret value of the request, are not shown")
+    credentials = _credentials(previous)
+    if _holds_credential(url, credentials):
+        return _without_secrets(url, credentials, f"{reason}; its path and query, which hold a secret value of the request, are not shown")
     return Refusal(url, reason)
+
+
+def _without_secrets(url: URL, credentials: set[str], reason: str) -> Refusal:
+    """A refusal of a URL holding one of `credentials`: quoting its origin alone, or nothing of it when the origin
+    holds one too (`http://<key>.evil/`: a host named after the key)."""
+    if _holds_credential(url.origin(), credentials):
+        return Refusal(None, reason.replace("its path and query", "its URL"), hidden=True)
+    return Refusal(url.origin(), reason)
 
 
 def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple[Pattern, ...]) -> Hop | Refusal:
@@ -179,9 +191,9 @@ def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple
         hidden = _credentials(previous)
         if any(v in hidden for v in url.query.values()):
             url = url.with_query([(k, v) for k, v in url.query.items() if v not in hidden])
-        if _holds_credential(url, hidden):  # its path as well as its query
-            return Refusal(url.origin(), "its URL holds a secret value of the request (a credential it sends), which another origin "
-                                         "must not get; its path and query are not shown")
+        if _holds_credential(url, hidden):  # its host and path as well as its query
+            return _without_secrets(url, hidden, "its URL holds a secret value of the request (a credential it sends), which another "
+                                                 "origin must not get; its path and query are not shown")
         headers = dict(BASE_HEADERS)
         if url.host != previous.url.host:
             server_hostname = None
