@@ -55,7 +55,7 @@ print(json.dumps({
 
 
 def keys_of_one_process(setarch: str) -> dict[str, object]:
-    # the same addresses in every process (a cache key has the TLS context's id): only a per-process key tells them apart
+    # the same addresses and serials in every process (a cache key has its TLS context's serial): only a per-process key tells them apart
     environment = {**os.environ, "PYTHONHASHSEED": "0", "JSONEXPORTER_TEST_PASSWORD": "pw-SECRET"}
     done = subprocess.run([setarch, "-R", sys.executable, "-c", KEYS], capture_output=True, text=True, timeout=120, check=False, env=environment)
     assert done.returncode == 0, done.stderr
@@ -92,3 +92,37 @@ def test_a_forked_worker_draws_a_key_of_its_own() -> None:
     os.waitpid(pid, 0)
     assert len(child) == len(parent) == 64 and child != parent
     assert keyed_digest("token") == parent  # the parent's own key stays
+
+
+def test_a_cached_answer_of_a_freed_tls_context_is_not_the_answer_of_the_next_one_at_its_address() -> None:
+    """CPython gives a freed object's address to the next one of its size: keyed by id(), the cache took a new TLS
+    context (a reload's changed tls_config: another CA, a client certificate) for the old one, and served the answers
+    fetched with it. Each context has a serial of its own."""
+    import ssl
+
+    from jsonexporter.spec import load_text
+    from jsonexporter.upstream.client import RequestOptions
+    from jsonexporter.upstream.fetch import _cache_key
+    from jsonexporter.upstream.render import render_request
+
+    spec, problems = load_text("modules: {m: {endpoints: {e: {url: 'https://127.0.0.1:9/x'}}, metrics: [{name: x, help: x, value: v}]}}", "spec.yml")
+    assert spec is not None, problems
+    request = render_request(spec.modules["m"].endpoints["e"], {"target": "", "module": "m"})
+
+    def key(context: ssl.SSLContext) -> str:
+        return _cache_key(request, RequestOptions(ssl=context, server_hostname=None, proxy=None, proxy_headers=None,
+                                                  allow_redirects=True, authorization=None))
+
+    old = ssl.create_default_context()
+    old_key, address = key(old), id(old)
+    assert key(old) == old_key  # the same context: the same answers
+    del old
+    others = []
+    for _ in range(1000):
+        new = ssl.create_default_context()
+        if id(new) == address:
+            break
+        others.append(new)
+    else:
+        pytest.skip("no new TLS context was made at the freed one's address")
+    assert key(new) != old_key

@@ -5,6 +5,7 @@ probes that never wait for the API, leaving, the bound on schedules, reload, sel
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 from conftest import Held, UpstreamFactory, make_spec, wait_for
@@ -444,6 +446,55 @@ async def test_a_scheduled_answer_larger_than_the_bound_answers_its_probe_and_is
         s = await probe(client, target=f"{up.url}/")
         assert value(s, "x") == 1 and value(s, "probe_success") == 1 and up.hits["/"] == hits
     assert client.app[STATE].upstream.schedules.bytes == 0
+
+
+def items(n: int) -> bytes:
+    """An answer of 200 elements, as bytes: the upstream holds no parsed form of it."""
+    return json.dumps({"items": [{"v": k, "id": f"answer-{n}-{k}"} for k in range(200)]}).encode()
+
+
+def sending(body: bytes) -> Callable[[web.Request], Any]:
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    return handle
+
+
+ITEMS = """
+    modules:
+      default:
+        endpoints: {main: {url: '{target}', refresh_interval: 1h}}
+        metrics: [{name: x, help: x, each: 'items[*]', value: v, labels: {id: id}}]
+    """
+
+
+def answers_in_memory() -> set[int]:
+    """The answers of `items` that something in the process still holds (reachable by the collector), whatever form
+    their parse took: dicts, or the structs of a projection (spec/projection.py)."""
+    gc.collect()
+    found = set()
+    for o in gc.get_objects():
+        if isinstance(o, list) and o and isinstance(o[0], (dict, msgspec.Struct)):
+            first = o[0] if isinstance(o[0], dict) else msgspec.to_builtins(o[0])
+            if isinstance(first, dict) and isinstance(first.get("id"), str) and first["id"].startswith("answer-"):
+                found.add(int(first["id"].split("-")[1]))
+    return found
+
+
+async def test_a_scheduled_answer_let_go_by_max_bytes_is_no_longer_held_in_memory(aiohttp_client: Any, upstream: UpstreamFactory) -> None:
+    from jsonexporter.upstream.cache import parsed_size
+
+    size = parsed_size(items(1))
+    up = await upstream({f"/{n}": sending(items(n)) for n in (1, 2, 3)})
+    client = await start(aiohttp_client, ITEMS, refresh_max_bytes=size + size // 2)  # room for one answer
+    for n in (1, 2, 3):
+        s = await probe(client, target=f"{up.url}/{n}")
+        assert value(s, "x", id=f"answer-{n}-7") == 7
+    assert client.app[STATE].upstream.schedules.bytes == size
+    assert answers_in_memory() == {3}  # the first two were let go: their memory too, not their count alone
+    client.app[STATE].upstream.schedules.max_bytes = size // 2  # none fits: the probe's answer is used, and not kept (the third's goes)
+    assert value(await probe(client, target=f"{up.url}/1"), "x", id="answer-1-7") == 7
+    assert client.app[STATE].upstream.schedules.bytes == 0 and answers_in_memory() == set()
 
 
 async def test_a_traced_probe_of_a_scheduled_endpoint_shows_the_whole_answer_from_a_schedule_of_its_own(

@@ -15,10 +15,12 @@ import dataclasses
 import functools
 import hashlib
 import ipaddress
+import itertools
 import json
 import math
 import ssl
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from ssl import SSLContext
@@ -62,6 +64,22 @@ class RequestOptions:
     def identity(self) -> str:
         """Who the request is made as, for cache keys: a keyed hash, never the credentials."""
         return keyed_digest(self.authorization or "")[:32]
+
+
+_TLS_SERIALS: weakref.WeakKeyDictionary[SSLContext, int] = weakref.WeakKeyDictionary()
+_NEXT_TLS_SERIAL = itertools.count(1)
+
+
+def tls_key(context: SSLContext | bool) -> str:
+    """Which TLS context a request is made with, for cache keys: a serial of its own, never given to another context.
+    Not its id(): CPython gives a freed context's address to the next one made (a reload changing tls_config, then
+    one of the old config's cached answers, fetched without the new CA or client certificate, served as the new one's)."""
+    if isinstance(context, bool):
+        return str(context)
+    serial = _TLS_SERIALS.get(context)
+    if serial is None:
+        serial = _TLS_SERIALS[context] = next(_NEXT_TLS_SERIAL)
+    return f"tls#{serial}"
 
 
 async def _reveal(files: SecretFiles, secret: Secret, what: str) -> str:

@@ -31,7 +31,7 @@ from jsonexporter.spec.problems import fault
 from jsonexporter.spec.projection import FULL, Projection
 from jsonexporter.trace import MAX_MESSAGE, Trace, cut, shorten
 from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache, parsed_size
-from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, awaited, basic_credentials
+from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, awaited, basic_credentials, tls_key
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
 from jsonexporter.upstream.pagination import Page, fetch_pages
 from jsonexporter.upstream.refresh import Events, Job, Schedules, login_scope
@@ -257,7 +257,7 @@ def _cache_key(request: UpstreamRequest, options: RequestOptions) -> str:
     only when their own validation (status codes, size limit, redirect policy, allowlist) would accept it."""
     endpoint = request.endpoint
     codes = "2xx" if endpoint.valid_status_codes is None else ",".join(map(str, sorted(endpoint.valid_status_codes)))
-    parts = [request.method, str(request.url), options.identity(), str(options.proxy), str(id(options.ssl)), str(options.server_hostname),
+    parts = [request.method, str(request.url), options.identity(), str(options.proxy), tls_key(options.ssl), str(options.server_hostname),
              codes, str(endpoint.max_response_bytes), str(options.allow_redirects), *(p.pattern for p in request.allow), parsed_as(request)]
     if endpoint.pagination is not None:  # a combined document is another answer than its first page
         parts.append(repr(endpoint.pagination))

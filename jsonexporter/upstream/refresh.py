@@ -221,9 +221,14 @@ class Schedules:
 
     def _attempt(self, s: Schedule) -> asyncio.Task[Answer | None]:
         """The request in flight, or a new one: a probe waiting for a first answer and the schedule share it."""
-        if s.attempt is None or s.attempt.done():
-            s.attempt = asyncio.create_task(self._refresh(s))
-        return s.attempt
+        attempt = s.attempt
+        if attempt is None or attempt.done():
+            s.attempt = attempt = asyncio.create_task(self._refresh(s))
+            # a finished task holds its result: the answer, which _keep may let go (max_bytes) or never keep
+            # (alone beyond it). Those that awaited it have it; the schedule forgets the task, so that the
+            # answer's memory goes when its count does, not at the next refresh (an interval later)
+            attempt.add_done_callback(lambda t: setattr(s, "attempt", None) if s.attempt is t else None)
+        return attempt
 
     async def _refresh(self, s: Schedule) -> Answer | None:
         job = s.job
