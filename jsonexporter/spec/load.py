@@ -574,10 +574,15 @@ def _lint_name(c: _Checker, path: Path, name: str, mtype: str, at_key: bool = Fa
 _HELP_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
+def _blank_help(text: object) -> bool:
+    """Whether `text` is a help of spaces and tabs only: none (`# HELP x  ` is read as an empty help, which promtool
+    rejects: "no help text"), so the default help is written instead."""
+    return isinstance(text, str) and not text.strip(" \t")
+
+
 def _given_help(text: object) -> str | None:
-    """A help as the spec gives it, None when it gives none: one of spaces and tabs only is none (`# HELP x  ` is read as
-    an empty help, which promtool rejects: "no help text"), and the default help is written instead."""
-    return text if isinstance(text, str) and text.strip(" \t") else None
+    """A help as the spec gives it, None when it gives none (not a string, or _blank_help)."""
+    return text if isinstance(text, str) and not _blank_help(text) else None
 
 
 def _help_text(c: _Checker, path: Path, text: object) -> None:
@@ -655,9 +660,9 @@ def _metric(c: _Checker, path: Path, raw: dict[str, Any], module_endpoints: list
     _help_text(c, (*path, "help"), raw.get("help"))
     for suffix, entry in _items(entries):
         _help_text(c, (*path, "values", suffix, "help"), entry.get("help") if isinstance(entry, dict) else None)
-    blank = "help" in raw and _given_help(raw["help"]) is None  # spaces and tabs, or what the schema rejected
+    blank = _blank_help(raw.get("help"))  # a help that is not a string is the schema's error, not this warning
     if ("help" not in declared or blank) and not (
-            entries and all(isinstance(v, dict) and _given_help(v.get("help")) is not None for v in entries.values())):
+            entries and all(isinstance(v, dict) and "help" in v and not _blank_help(v["help"]) for v in entries.values())):
         c.add((*path, "help" if blank else "name"), f"metric {name!r} has no help" + (
             " (one of spaces and tabs only is none: the default help is written)" if blank else ""), "warning")
     endpoint = raw.get("endpoint")

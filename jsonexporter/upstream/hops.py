@@ -139,7 +139,8 @@ def _holds_credential(url: URL, credentials: set[str]) -> bool:
     # in any case: a URL's host is lowercased as it is parsed (`http://Xk9Token.evil/` is requested, and looked up in
     # the DNS, as `xk9token.evil`), and a server may fold its path's case
     forms = {form.lower() for form in forms_of(credentials)}
-    return any(form in text.lower() for text in decodings for form in forms)
+    lowered = [text.lower() for text in decodings]
+    return any(form in text for text in lowered for form in forms)
 
 
 def _refused(url: URL, previous: Hop, reason: str) -> Refusal:
