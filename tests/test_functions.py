@@ -339,7 +339,8 @@ def test_regex_replace_replaces_as_pythons_re_between_characters_never_within_on
 
 CALLS = ["lower(a)", "upper(a.b)", "trim(@)", "split(a, ',')", "replace(a, 'x', 'y')", "regex_match(a, '^[ab]')",
          "regex_extract(a, '(\\d+)')", "regex_replace(a, '(\\d)', '<\\1>')", "parse_bytes(a)", "parse_duration(b)",
-         "parse_time(a)", "add(a, b)", "divide(a, b)", "multiply(parse_bytes(a), `8`)", "length(a)", "not_null(a, b, `1`)",
+         "parse_time(a)", "add(a, b)", "subtract(a, b)", "divide(a, b)", "multiply(a, `2`)", "multiply(parse_bytes(a), `8`)", "length(a)",
+         "not_null(a, b, `1`)",
          "to_string(a)", "lower(to_string(a.b))", "join(',', a)", "contains(a, 'x')", "{x: a, y: upper(b)}", "{x: a.b, x: b}",
          '{"0.5": a, "+Inf": parse_bytes(b)}']
 _json = st.recursive(st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=False, allow_infinity=False)
@@ -395,6 +396,25 @@ def test_sizes_and_numbers_of_a_column_of_numbers_are_the_numbers_with_their_typ
     at_once = expression.columns(rows)
     assert at_once is not None
     assert [(type(v), repr(v)) for v in at_once] == [(type(v), repr(v)) for v in map(expression.search, rows)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["add(a, b)", "subtract(a, b)", "multiply(a, b)", "divide(a, b)", "divide(a, `1000`)", "multiply(a, `1e300`)"]),
+       st.lists(st.tuples(*[st.none() | st.integers(-(2**1100), 2**1100) | st.floats(allow_nan=False, allow_infinity=False)
+                            | st.sampled_from([0, -0.0, 1, 1e308, -1e308, 2**1024])] * 2), max_size=6))
+def test_arithmetic_by_columns_gives_each_rows_number_with_its_type_or_goes_row_by_row(source: str, pairs: list[tuple[Any, Any]]) -> None:
+    """Arithmetic by columns is the operator on the columns: an integer result stays an integer (however large),
+    a float a float; a null, a division by zero, a result beyond a float or an integer too large to divide goes
+    row by row (None), which gives the row's null or raises its error."""
+    expression = compile_expression(source)
+    assert expression.columns is not None
+    rows = [{"a": a, "b": b} for a, b in pairs]
+    at_once = expression.columns(rows)
+    one_by_one = [_outcome(expression.search, row) for row in rows]
+    if at_once is None:
+        assert any(outcome[0] == "error" or outcome[1] is None for outcome in one_by_one)
+    else:
+        assert [("value", type(v), repr(v)) for v in at_once] == [(o[0], type(o[1]), repr(o[1])) for o in one_by_one]
 
 
 def test_a_call_memo_keeps_at_most_its_entries_and_characters() -> None:
