@@ -238,6 +238,22 @@ def test_merged_series_by_columns_give_what_the_general_path_gives(module_spec: 
         _assert_objects_read_as_dicts(module_spec, objects_only)
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from([0.1, 0.2, 0.3, 1e16, -1e16, 1.0, -0.0, 0.0, 3, 2**53 + 1, 1e308])),
+                min_size=1, max_size=40), st.integers(1, 20))
+def test_a_sum_of_few_label_sets_adds_in_the_order_of_the_elements_as_the_general_path(pairs: list[tuple[str, float]], more: int) -> None:
+    """`duplicates: sum` by columns against the general path's `before + value` element by element: floats whose
+    sum depends on the order (1e16 + 1.0 - 1e16), the sign of zero, integers beyond a float's 53 bits, an overflow
+    to +Inf; few label texts and more."""
+    items = [{"id": label, "v": v} for label, v in pairs] + [{"id": f"x{i % more}", "v": 0.1} for i in range(more * 2)]
+    spec = make_spec(json.dumps({"modules": {"default": {"metrics": [
+        {"name": "s", "help": "h", "each": "items", "labels": {"id": "id"}, "value": "v", "duplicates": "sum"},
+        {"name": "t", "help": "h", "each": "items", "labels": {"id": "id"}, "values": {"one": "v", "two": "`2`"}, "duplicates": "sum"}]}}}))
+    fast, general = _both_paths(spec.modules["default"], {"items": items})
+    _assert_same(fast, general)
+    assert fast.families["s"].keys  # the fast path answered: the comparison is of the two
+
+
 # Columns of one kind, as orjson's text of them tells the kinds (extract._written_texts): values at the edges of
 # what it writes as format_value does (integral fractions, below 1e-4 where orjson's form is positional and repr's
 # not, "0.0000" inside a larger one, 1e6 and beyond; integers about EXACT_LIMIT, beyond int64 and beyond 64 bits),
