@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -152,15 +153,23 @@ def linearity_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
     return lines
 
 
-def features_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
+def features_table(pairs: list[Run]) -> list[str]:
+    """bench/spec.yml (`pair`) and bench/features.yml run in turn, each row as it was, then the ratios of the medians:
+    by probes/s and by CPU time per probe (2.1 MB, 8 connections)."""
     lines = [
-        "| spec | payload | series | conns | probes/s | p50 ms | p99 ms | peak RSS MB | /-/healthy p99 ms | vs bench/spec.yml |",
+        "| spec | payload | series | conns | probes/s | p50 ms | p99 ms | peak RSS MB | /-/healthy p99 ms | exporter CPU µs per probe |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    ours, plain = runs.get(("features", 7500, 8)), runs.get(("jsonexporter", 7500, 8))
-    if ours is not None and plain is not None:
-        lines.append(f"| bench/spec.yml |{_load_cells(plain, 7500, 8)[1:]} 1.00 |")
-        lines.append(f"| bench/features.yml |{_load_cells(ours, 7500, 8)[1:]} {_rate(ours) / _rate(plain):.2f} |")
+    plain = [run for run in pairs if run["app"] == "pair"]
+    ours = [run for run in pairs if run["app"] == "features"]
+    for run in pairs:
+        spec = "bench/features.yml" if run["app"] == "features" else "bench/spec.yml"
+        lines.append(f"| {spec} |{_load_cells(run, run['items'], run['connections'])[1:]} {_cpu_us(run):,.0f} |")
+    if plain and ours:
+        rate = statistics.median(map(_rate, ours)) / statistics.median(map(_rate, plain))
+        cpu = statistics.median(map(_cpu_us, plain)) / statistics.median(map(_cpu_us, ours))
+        lines.append(f"\nbench/features.yml against bench/spec.yml, medians of {len(ours)} and {len(plain)} runs: "
+                     f"{rate:.2f} by probes/s, {cpu:.2f} by CPU time per probe (spec.yml's / features.yml's).")
     return lines
 
 
@@ -218,18 +227,19 @@ def targets_table(runs: dict[tuple[str, int, int], Run], targets: list[Run]) -> 
 
 
 def instructions_table(counts: list[Run]) -> list[str]:
-    """Instructions per probe and their ratios (the goals of issue 16 without the noise of probes/s): 1,000 targets in
-    turn against one target, bench/features.yml against bench/spec.yml at 2.1 MB."""
+    """Instructions per probe and their ratios (the goals of issue 16 without the noise of probes/s): one target against
+    the floor, 1,000 targets in turn against one target, bench/features.yml against bench/spec.yml at 2.1 MB."""
     lines = ["| spec | items | targets | conns | probes counted | failed | instructions per probe (millions) | as probes/s against |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     per_probe = {(run.get("spec", "spec"), run["items"], run["targets"]): run["instructions"] / max(run["result"]["probes"], 1)
                  for run in counts}
     for run in counts:
         key = (run.get("spec", "spec"), run["items"], run["targets"])
-        base_key = ("spec", run["items"], 1)
-        base = per_probe.get(base_key)
-        against = (f"{base / per_probe[key]:.2f} of spec.yml's, one target" if base and per_probe[key] and key != base_key else "-")
-        lines.append(f"| {key[0]}.yml | {run['items']:,} items | "
+        base_key = ("floor", run["items"], 1) if key == ("spec", run["items"], 1) else ("spec", run["items"], 1)
+        base = per_probe.get(base_key) if key[0] != "floor" else None
+        whose = "the floor's" if base_key[0] == "floor" else "spec.yml's, one target"
+        against = f"{base / per_probe[key]:.2f} of {whose}" if base and per_probe[key] else "-"
+        lines.append(f"| {'bench/floor.py' if key[0] == 'floor' else key[0] + '.yml'} | {run['items']:,} items | "
                      f"{run['targets']:,} | {run['connections']} | {run['result']['probes']:,} | {run['result']['failed']} | "
                      f"{per_probe[key] / 1e6:.2f} | {against} |")
     return lines
@@ -238,7 +248,8 @@ def instructions_table(counts: list[Run]) -> list[str]:
 def main(path: str, duration: str, load: str, package: str, workers: str = "1") -> None:
     with open(path) as results:
         every = list(map(json.loads, results))
-    runs = {(r["app"], r["items"], r["connections"]): r for r in every if "targets" not in r}
+    runs = {(r["app"], r["items"], r["connections"]): r for r in every if "targets" not in r and r["app"] not in ("pair", "features")}
+    pairs = [r for r in every if r.get("app") in ("pair", "features")]
     targets = [r for r in every if "targets" in r and "instructions" not in r]
     instructions = [r for r in every if "instructions" in r]
     print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs ({_cpu_model()}), Python {platform.python_version()}, "
@@ -254,10 +265,10 @@ def main(path: str, duration: str, load: str, package: str, workers: str = "1") 
     if any(key[0] == "workers" for key in runs):
         print(f"\nWith `--web.workers {workers}` (the same probes, answered by {workers} worker processes on one port):\n")
         print("\n".join(workers_table(runs, int(workers))))
-    if ("features", 7500, 8) in runs:
+    if pairs:
         print("\nRule features (bench/features.yml: the function library in labels and values, a histogram per item, "
-              "`duplicates: sum` per region) against bench/spec.yml in the same run:\n")
-        print("\n".join(features_table(runs)))
+              "`duplicates: sum` per region) against bench/spec.yml, run in turn:\n")
+        print("\n".join(features_table(pairs)))
     if any(key[0] == "gzip" for key in runs):
         print("\nCompressed answers (`Accept-Encoding: gzip`, as Prometheus asks unless its scrape config says "
               "`enable_compression: false`), against the uncompressed runs above:\n")
