@@ -582,3 +582,25 @@ def test_a_credential_lowercased_as_a_host_is_in_a_message_is_hidden() -> None:
     jwt_like, long_key = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.Abc_dEf", "K" * 254
     spared = Redactor([jwt_like, long_key])
     assert spared(f"{jwt_like.lower()} {long_key.lower()}") == f"{jwt_like.lower()} {long_key.lower()}"
+
+
+def test_a_refusal_says_what_of_the_url_it_does_not_show_and_why() -> None:
+    """A refused hop whose URL holds a credential quotes its origin alone and says that its path and query hold a
+    secret, or quotes nothing of it when its host holds one, and says so of the whole URL; a hop refused for
+    holding a credential says that reason once. Decided by next_hop alone (no request is made)."""
+    key = "Xk9TokenValue77abc"
+    hop = Hop("GET", URL("https://127.0.0.1:8443/start"), {"Authorization": f"Bearer {key}"}, None)
+    in_path = next_hop(hop, 302, f"http://127.0.0.2:8081/p/{key}", hop.url, ())
+    assert isinstance(in_path, Refusal) and not in_path.hidden and in_path.url == URL("http://127.0.0.2:8081")
+    assert in_path.reason.startswith("it leaves https for http, and the request carries secrets")
+    assert in_path.reason.endswith("; its path and query, which hold a secret value of the request, are not shown")
+    in_host = next_hop(hop, 302, f"http://{key}.localhost:8081/p", hop.url, ())
+    assert isinstance(in_host, Refusal) and in_host.hidden and in_host.url is None
+    assert in_host.reason.endswith("; its URL, which holds a secret value of the request, is not shown")
+    plain = Hop("GET", URL("http://127.0.0.1:8080/start"), {"X-Api-Key": key}, None)
+    holding = next_hop(plain, 302, f"http://127.0.0.2:8081/p?x={key}x", plain.url, ())
+    assert isinstance(holding, Refusal) and holding.url == URL("http://127.0.0.2:8081")
+    assert holding.reason == ("its URL holds a secret value of the request (a credential it sends), which another origin must not get; "
+                              "its path and query are not shown")
+    for refusal in (in_path, in_host, holding):
+        assert key.lower() not in refusal.reason.lower()

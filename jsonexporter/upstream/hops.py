@@ -148,16 +148,19 @@ def _refused(url: URL, previous: Hop, reason: str) -> Refusal:
     form the Redactor of the message may not know (percent-encoded three times)."""
     credentials = _credentials(previous)
     if _holds_credential(url, credentials):
-        return _without_secrets(url, credentials, f"{reason}; its path and query, which hold a secret value of the request, are not shown")
+        return _without_secrets(url, credentials, reason, say_why=True)
     return Refusal(url, reason)
 
 
-def _without_secrets(url: URL, credentials: set[str], reason: str) -> Refusal:
+def _without_secrets(url: URL, credentials: set[str], reason: str, say_why: bool = False) -> Refusal:
     """A refusal of a URL holding one of `credentials`: quoting its origin alone, or nothing of it when the origin
-    holds one too (`http://<key>.evil/`: a host named after the key)."""
+    holds one too (`http://<key>.evil/`: a host named after the key). The reason goes on with what is not shown,
+    and why when it does not say it (`say_why`)."""
     if _holds_credential(url.origin(), credentials):
-        return Refusal(None, reason.replace("its path and query", "its URL"), hidden=True)
-    return Refusal(url.origin(), reason)
+        why = ", which holds a secret value of the request," if say_why else ""
+        return Refusal(None, f"{reason}; its URL{why} is not shown", hidden=True)
+    why = ", which hold a secret value of the request," if say_why else ""
+    return Refusal(url.origin(), f"{reason}; its path and query{why} are not shown")
 
 
 def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple[Pattern, ...]) -> Hop | Refusal:
@@ -194,7 +197,7 @@ def next_hop(previous: Hop, status: int, location: str, first: URL, allow: tuple
             url = url.with_query([(k, v) for k, v in url.query.items() if v not in hidden])
         if _holds_credential(url, hidden):  # its host and path as well as its query
             return _without_secrets(url, hidden, "its URL holds a secret value of the request (a credential it sends), which another "
-                                                 "origin must not get; its path and query are not shown")
+                                                 "origin must not get")
         headers = dict(BASE_HEADERS)
         if url.host != previous.url.host:
             server_hostname = None
