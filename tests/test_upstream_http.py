@@ -334,6 +334,74 @@ async def reload(client: Any) -> str:
     return str(await response.text()).strip()
 
 
+def _rotating_spec(url: str, secret: str, token_path: str) -> str:
+    return textwrap.dedent(f"""
+        modules:
+          default:
+            {LOCAL}
+            timeout: 60s
+            login: {{url: '{{target}}/login', method: POST, values: {{t: token}}}}
+            endpoints:
+              main:
+                url: '{{target}}/data'
+                headers: {{X-Session: '{{t}}'}}
+                http_client_config: {{oauth2: {{client_id: c, client_secret: {secret}, token_url: '{url}{token_path}'}}}}
+            metrics: [{{name: x, help: x, value: v}}]
+        """)
+
+
+async def test_a_probe_begun_before_a_reload_sends_no_token_request_with_the_configuration_the_reload_replaced(
+    aiohttp_client: Any, aiohttp_server: Any, tmp_path: Path,
+) -> None:
+    """A probe of the old spec that reaches its endpoint after the reload (it waited for its login) asked the new
+    Clients for the token of its own configuration: the old client secret went to the old token_url after the
+    reload that rotated it, and a TokenSource of it stayed. Now its endpoint fails, saying why."""
+    login_arrived, release_login = asyncio.Event(), asyncio.Event()
+    reloaded = False
+    after_reload: list[str] = []  # the Basic credentials of each token request made after the reload
+
+    async def login(request: web.Request) -> web.Response:
+        login_arrived.set()
+        await wait_for(release_login, 30)
+        return web.json_response({"token": "session-1"})
+
+    def token(path: str) -> Any:
+        async def handle(request: web.Request) -> web.Response:
+            if reloaded:
+                creds = base64.b64decode(request.headers["Authorization"].removeprefix("Basic ")).decode()
+                after_reload.append(f"{path} {creds}")
+            return web.json_response({"access_token": f"tok-{path.strip('/')}", "expires_in": 3600})
+        return handle
+
+    async def data(request: web.Request) -> web.Response:
+        return web.json_response({"v": 1})
+
+    app = web.Application()
+    app.router.add_post("/login", login)
+    app.router.add_post("/old-token", token("/old-token"))
+    app.router.add_post("/new-token", token("/new-token"))
+    app.router.add_get("/data", data)
+    server = await aiohttp_server(app)
+    url = str(server.make_url("")).rstrip("/")
+    file = tmp_path / "spec.yml"
+    file.write_text(_rotating_spec(url, "old-secret", "/old-token"))
+    client = await aiohttp_client(make_app(make_spec(file.read_text()), spec_file=str(file)))
+    state = client.app[STATE]
+
+    probe = asyncio.create_task(client.get("/probe", params={"target": url}))
+    await wait_for(login_arrived, 30)  # the probe of the old spec waits for its login
+    file.write_text(_rotating_spec(url, "new-secret", "/new-token"))  # the secret rotated, the token endpoint moved
+    response = await client.post("/-/reload")
+    assert response.status == 200, await response.text()
+    reloaded = True
+    release_login.set()
+    text = await (await asyncio.wait_for(probe, 30)).text()
+    assert "probe_success 0" in text
+    old = [config for config in state.upstream.clients._tokens if config.client_secret.value == "old-secret"]
+    assert after_reload == [] and old == [], (f"after the reload: token requests {after_reload}; "
+                                              f"TokenSources of the old configuration in the new Clients: {len(old)}")
+
+
 async def test_a_reload_reads_the_ca_file_again_and_keeps_the_pooled_connections_while_its_bytes_are_the_same(
     aiohttp_client: Any, aiohttp_server: Any, pki: dict[str, Any], tmp_path: Path,
 ) -> None:

@@ -276,6 +276,9 @@ class Clients:
         self._made: dict[tuple[TLSClientConfig, str], ssl.SSLContext] = {}
         self._made_before: dict[tuple[TLSClientConfig, str], ssl.SSLContext] = {}
         self._tokens: dict[OAuth2, TokenSource] = {}
+        # the OAuth2 configurations of the spec these are the Clients of, once it is a reload's (succeeded_by): a probe
+        # that began before the reload gets no token of one it removed (its client secret sent after it was rotated)
+        self._oauth2: frozenset[OAuth2] | None = None
         self._ready: dict[int, tuple[HTTPClientConfig, RequestOptions]] = {}  # ready_options, by the config's id
         self.redactor = redactor if redactor is not None else Redactor()
         self.files = SecretFiles()
@@ -340,6 +343,7 @@ class Clients:
         after = Clients(self.redactor)
         kept = set(_client_configs(spec))
         tokens = {c.oauth2 for c in kept if c.oauth2 is not None}
+        after._oauth2 = frozenset(tokens)
         tls = {t for c in kept for t in (c.tls, c.oauth2.tls if c.oauth2 is not None else None) if t is not None}
         tls |= {_anonymous(t) for t in tls}  # anonymous_context's
         for config, source in self._tokens.items():
@@ -359,6 +363,8 @@ class Clients:
     def token_source(self, config: OAuth2) -> TokenSource:
         found = self._tokens.get(config)
         if found is None:
+            if self._oauth2 is not None and config not in self._oauth2:
+                raise ClientConfigError("oauth2: the configuration of this probe was replaced by a reload while it ran")
             found = self._tokens[config] = TokenSource(config, self)
         return found
 
