@@ -34,6 +34,7 @@ from jsonexporter.spec.sources import spec_sha256
 from jsonexporter.trace import MAX_MESSAGE, Trace, cut
 from jsonexporter.upstream import EndpointResult, InvalidRequest, Upstream, new_session, probe_redactor, redact_target, reschedule
 from jsonexporter.upstream.client import Clients
+from jsonexporter.upstream.detached import Detached
 from jsonexporter.upstream.refresh import Events, Job
 from jsonexporter.webconfig import (
     BasicAuth,
@@ -618,7 +619,7 @@ def make_app(
 
     async def session_ctx(app: web.Application) -> AsyncIterator[None]:
         state.upstream = Upstream(new_session(options.connection_limit, options.connection_limit_per_host), Clients(state.redactor),
-                                  events=_BackgroundMetrics(state.metrics))
+                                  events=_BackgroundMetrics(state.metrics), detached=Detached(max(options.max_concurrent_probes, 1)))
         state.upstream.schedule(options.refresh_max_requests, options.refresh_min_idle, options.refresh_max_bytes)
         reschedule(state.upstream, state.spec)  # modules without a target: their schedules start with the app
         yield

@@ -12,6 +12,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from jsonexporter.upstream.detached import Detached
+
 DEFAULT_MAX_ENTRIES = 1024
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 # an answer of unknown parsed size counts as the densest JSON does parsed (`[[]],…`: docs/deployment.md#memory)
@@ -68,9 +70,10 @@ Fetch = Callable[[], Coroutine[Any, Any, tuple[Answer | None, Any]]]
 
 
 class ResponseCache:
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int = DEFAULT_MAX_BYTES, detached: Detached | None = None) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self.detached = detached if detached is not None else Detached()  # the fetches no probe waits for (detached.py)
         self.bytes = 0
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[tuple[Answer | None, Any]]] = {}
@@ -82,9 +85,10 @@ class ResponseCache:
                   revalidate_for: float | None = None, revalidate: Fetch | None = None) -> Lookup:
         """A fresh cached answer, or the result of one fetch shared by every concurrent caller of
         `key`; with `stale_for`, a failed fetch falls back to an answer younger than that.
-        Each caller waits at most `wait` seconds; the shared fetch goes on for the others.
+        Each caller waits at most `wait` seconds; the shared fetch goes on for the others, within `detached`'s bound.
         With `revalidate_for`, an answer older than `ttl` by less than that is returned at once,
-        and `revalidate` (bounded by its caller) refreshes it in the background unless a fetch of `key` is in flight."""
+        and `revalidate` (bounded by its caller) refreshes it in the background unless a fetch of `key` is in flight
+        or `detached` has no room."""
         now = time.monotonic()
         entry = self._entries.get(key)
         if entry is not None and now - entry.stored < ttl:
@@ -92,8 +96,8 @@ class ResponseCache:
             return Lookup(entry.answer, now - entry.stored, "hit")
         if entry is not None and revalidate_for is not None and revalidate is not None and now - entry.stored < ttl + revalidate_for:
             self._entries.move_to_end(key)
-            if key not in self._inflight:
-                self._start(key, revalidate)
+            if key not in self._inflight and self.detached.room():
+                self.detached.background(self._start(key, revalidate), self._forget(key))
             return Lookup(entry.answer, now - entry.stored, "revalidate")
         task = self._inflight.get(key)
         result = "coalesced"
@@ -101,7 +105,7 @@ class ResponseCache:
             result = "miss"
             task = self._start(key, fetch)
         try:
-            answer, failure = await asyncio.wait_for(asyncio.shield(task), max(wait, 0.0))
+            answer, failure = await self.detached.wait(task, wait, self._forget(key))
         except TimeoutError:
             answer, failure = None, TimeoutError()
         if answer is not None:
@@ -131,8 +135,13 @@ class ResponseCache:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _forget(self, key: str) -> Callable[[], object]:
+        """Let go of the fetch of `key` in flight (`detached` cancels it): the next caller starts another."""
+        return lambda: self._inflight.pop(key, None)
+
     def _settle(self, key: str, task: asyncio.Task[tuple[Answer | None, Any]]) -> None:
-        self._inflight.pop(key, None)
+        if self._inflight.get(key) is task:  # not the one started after this one was let go
+            del self._inflight[key]
         if task.cancelled() or task.exception() is not None:
             return
         answer, _ = task.result()

@@ -32,6 +32,7 @@ from jsonexporter.spec.projection import FULL, Projection
 from jsonexporter.trace import MAX_MESSAGE, Trace, cut, shorten
 from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache, parsed_size
 from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, awaited, basic_credentials, tls_key
+from jsonexporter.upstream.detached import Detached
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
 from jsonexporter.upstream.pagination import Page, fetch_pages
 from jsonexporter.upstream.refresh import Events, Job, Schedules, login_scope
@@ -234,9 +235,11 @@ class Upstream:
     logins: LoginStore = field(default_factory=LoginStore)
     schedules: Schedules | None = None
     events: Events = field(default_factory=Events)
+    detached: Detached = field(default_factory=Detached)  # one bound of the requests no probe waits for, the cache's and the logins'
 
     def __post_init__(self) -> None:
         self.logins.changed = self.events.sessions
+        self.cache.detached = self.logins.detached = self.detached
 
     def schedule(self, max_requests: int, min_idle: float, max_bytes: int = DEFAULT_REFRESH_MAX_BYTES) -> Schedules:
         """Fetch endpoints with refresh_interval on schedules from now on."""

@@ -11,6 +11,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jsonexporter.upstream.detached import Detached
+
 # One session per (module, target, secrets): an exporter probing a fleet of appliances keeps one per
 # appliance. Each holds at most 8 values (the schema's bound), which the Redactor holds while the
 # session lives (login.prepare): never forgotten while in use, whatever its learned budget; a session whose
@@ -43,8 +45,9 @@ Login = Callable[[bool], Coroutine[Any, Any, Session]]
 
 
 class LoginStore:
-    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
+    def __init__(self, max_sessions: int = MAX_SESSIONS, detached: Detached | None = None) -> None:
         self.max_sessions = max_sessions
+        self.detached = detached if detached is not None else Detached()  # the logins no probe waits for (detached.py)
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[Session]] = {}
         self._modules: dict[str, str] = {}  # key -> the module whose session it is, for `changed`
@@ -58,7 +61,8 @@ class LoginStore:
         """The session of `key`, logging in when there is none or it is due for renewal, or when it is
         `rejected` (an endpoint answered 401 or 403 with it). A session due for renewal but not expired is
         returned at once and renewed in the background (a failed renewal keeps it, and the next probe tries
-        again). Otherwise waits at most `wait` seconds (TimeoutError); a shared login goes on for the others.
+        again), unless `detached` has no room. Otherwise waits at most `wait` seconds (TimeoutError); a shared
+        login goes on for the others, within `detached`'s bound.
         `module` is the module whose session `key` is."""
         self._modules[key] = module
         current = self._sessions.get(key)
@@ -72,15 +76,15 @@ class LoginStore:
             return Obtained(current, "reused")
         if current is not None and now < current.expires_at:  # due, still valid: renewed while probes go on using it
             self._sessions.move_to_end(key)
-            if key not in self._inflight:
-                self._start(key, login, False)
+            if key not in self._inflight and self.detached.room():
+                self.detached.background(self._start(key, login, False), self._forget(key))
             return Obtained(current, "renewing")
         task = self._inflight.get(key)
         how = "coalesced"
         if task is None:
             how = "made"
             task = self._start(key, login, True)
-        return Obtained(await asyncio.wait_for(asyncio.shield(task), max(wait, 0.0)), how)
+        return Obtained(await self.detached.wait(task, wait, self._forget(key)), how)
 
     async def close(self) -> None:
         """Cancel the logins in flight (the app stops): none outlives the session it uses."""
@@ -95,8 +99,13 @@ class LoginStore:
         task.add_done_callback(lambda t, key=key: self._settle(key, t))  # type: ignore[misc]
         return task
 
+    def _forget(self, key: str) -> Callable[[], object]:
+        """Let go of the login of `key` in flight (`detached` cancels it): the next caller starts another."""
+        return lambda: self._inflight.pop(key, None)
+
     def _settle(self, key: str, task: asyncio.Task[Session]) -> None:
-        self._inflight.pop(key, None)
+        if self._inflight.get(key) is task:  # not the one started after this one was let go
+            del self._inflight[key]
         if not task.cancelled() and task.exception() is None:  # retrieved: every waiter may have given up
             self._sessions.pop(key, None)
             self._sessions[key] = task.result()
