@@ -1130,7 +1130,8 @@ def _histogram_texts(metric: Metric, plan: _FastPlan, layouts: dict[tuple[Any, .
         layout, counts = found
         if layout.negative and d.sum is not None:
             return None
-        if not all(set(map(type, column)) == _INT and min(column) >= 0 for column in counts):
+        written = list(map(_counts_written, counts))  # each column's text, for its sample texts unless made anew below
+        if None in written:
             return None  # fractions, text, negative counts: the element loop says which
         for i in range(1, len(counts)):
             if d.cumulative:
@@ -1138,6 +1139,7 @@ def _histogram_texts(metric: Metric, plan: _FastPlan, layouts: dict[tuple[Any, .
                     return None
             else:
                 counts[i] = list(map(operator.add, counts[i - 1], counts[i]))
+                written[i] = None
         count = None if d.count is None else fields.values(d.count, _plain_field(d.count))
         if count is not None and set(map(type, count)) == _NONE:
             count = None  # a histogram without its count has it in the +Inf bucket
@@ -1150,24 +1152,65 @@ def _histogram_texts(metric: Metric, plan: _FastPlan, layouts: dict[tuple[Any, .
             return None
         else:
             counts.append(count)
+            written.append(None)
         if max(counts[-1]) >= EXACT_LIMIT:
             return None  # where the general path's float sums may round
-        values = list(map(_json_texts, counts))
+        values = [(text if text is not None else orjson.dumps(column))[1:-1].decode().split(",") for column, text in zip(counts, written, strict=True)]
         values.append(values[-1])  # the count is the last bucket's: the same texts
         if d.sum is not None:
             total = fields.values(d.sum, _plain_field(d.sum))
-            if not set(map(type, total)) <= _NUMBERS:
-                return None
-            sums = list(map(float, total))
-            if not all(map((0.0).__le__, sums)):
-                return None
-            scaled = _scaled_all(sums, metric.scale)
+            scaled = _written_sums(total, metric.scale)
+            if scaled is None:  # not all written as non-negative numbers in positional form: the values themselves say
+                if not set(map(type, total)) <= _NUMBERS:
+                    return None
+                sums = list(map(float, total))
+                if not all(map((0.0).__le__, sums)):
+                    return None
+                scaled = _scaled_all(sums, metric.scale)
             if not all(map(math.isfinite, scaled)):
                 return None  # the element loop says which (`_check_finite`)
             values.append(_float_texts(scaled))
     except Exception:  # an element that is not an object, an expression failing
         return None
     return values, layout.pieces
+
+
+_COUNT_BYTES = b"0123456789,"  # orjson's text of a list of non-negative integers, beside its brackets
+_SUM_BYTES = b"0123456789,."  # of non-negative numbers in positional form (no sign, no exponent, no NaN or infinity as null)
+_EXACT_FLOAT = 2**53  # integers below are floats exactly: float(n)'s shortest digits are n's
+
+
+def _counts_written(column: list[Any]) -> bytes | None:
+    """orjson's text of a column of bucket counts when it tells they are non-negative integers (an integer is
+    written with digits alone; a bool, null, fraction, text or negative one with more), instead of a set of the
+    values' types and their least (512: about a third of the time, and the text is the sample texts' too); None
+    otherwise, and for integers beyond 64 bits (which EXACT_LIMIT refuses anyway)."""
+    try:
+        text = orjson.dumps(column)
+    except orjson.JSONEncodeError:
+        return None
+    return text if text.translate(None, _COUNT_BYTES) == b"[]" else None
+
+
+def _written_sums(total: list[Any], scale: float) -> list[float] | None:
+    """The histogram sums of `total` as floats, scaled (`_scaled_all` of `float()` of each), when orjson's text of them
+    tells they are all non-negative numbers in positional form, integers among them below 2**53: the scaled floats read
+    back from that text with the exponent added (`_scaled_all`'s way, without converting and writing them first), or
+    made of the floats for a scale that is not a power of ten; None otherwise (the caller checks the values)."""
+    try:
+        text = orjson.dumps(total)
+    except orjson.JSONEncodeError:
+        return None
+    if not total or text.translate(None, _SUM_BYTES) != b"[]" or max(total) >= _EXACT_FLOAT:
+        return None
+    if scale == 1.0:
+        return list(map(float, total))
+    exponent = _ten_to(scale)
+    if exponent is None or not -20 <= exponent <= 20:
+        return _scaled_all(list(map(float, total)), scale)
+    end = f"e{exponent}]".encode()  # as `_scaled_all` writes it: an integer's digits are its float's (below 2**53)
+    scaled: list[float] = orjson.loads(text[:-1].replace(b",", end[:-1] + b",") + end)
+    return scaled
 
 
 def _joined_series(columns: list[list[str]], values: list[list[str]], pieces: tuple[str, ...]) -> str:
@@ -1380,7 +1423,7 @@ _EXACT = 10**15  # EXACT_LIMIT as an integer: compared with integers at C speed,
 
 def _written_texts(raws: list[Any], metric: Metric, expr: Expression) -> bytes | None:
     """What `_number_texts` gives, for the columns orjson's text of them says are all integers, all fractions or
-    all booleans: the kinds told by the bytes written (what `_json_texts` and `_float_texts` write anyway) instead
+    all booleans: the kinds told by the bytes written (what `_histogram_texts` and `_float_texts` write anyway) instead
     of a set of the values' types and a scan for the least (200 values: about 3 us against 20). An integer is
     written with digits and a sign alone, a float always with a point or an exponent, NaN and infinities as
     null, a text quoted; None for any other column, and for ones that need more than a look at the text (a
@@ -1436,11 +1479,6 @@ def _float_bytes(values: list[float]) -> bytes | None:
             if b"e" not in written and b"n" not in written and b".0," not in written and not written.endswith(b".0]"):
                 return written[1:-1]
     return None
-
-
-def _json_texts(numbers: list[int]) -> list[str]:
-    """str() of each integer (within int64), in one call: 512 of them in 24 µs, against 41 one by one."""
-    return orjson.dumps(numbers)[1:-1].decode().split(",")
 
 
 def _one_by_one(metric: Metric, plan: _FastPlan, outputs: list[_Output], elements: list[Any], result: Extraction,

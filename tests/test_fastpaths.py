@@ -79,7 +79,8 @@ def _histogram_items(clean: bool) -> st.SearchStrategy[dict[str, Any]]:
     +Inf one), else some that are not."""
     ids = st.sampled_from(["a", "b", "c", "d"])
     if clean:
-        sums = st.integers(0, 9) | st.sampled_from([0.07, 0.13, 2.01, 700, 0.25, 1e-07])  # 0.07 * 0.001 is not 7e-05
+        # 0.07 * 0.001 is not 7e-05; integers about 2**53, where a float's digits stop being the integer's; 17 digits
+        sums = st.integers(0, 9) | st.sampled_from([0.07, 0.13, 2.01, 700, 0.25, 1e-07, 2**53 - 1, 2**53 + 1, 0.1 + 0.2, 123456.78901234567, 1e16])
         return st.tuples(ids, st.lists(st.integers(0, 4), min_size=3, max_size=3).map(sorted), sums).map(
             lambda t: {"id": t[0], "b": dict(zip(_BUCKET_KEYS, t[1], strict=True)), "x": t[1][1], "y": t[1][2], "c": t[1][2], "s": t[2]})
     count = st.integers(0, 4) | _BAD_NUMBERS
@@ -236,6 +237,43 @@ def test_merged_series_by_columns_give_what_the_general_path_gives(module_spec: 
     objects_only = {**document, "items": [e if isinstance(e, dict) else None for e in document["items"]]}
     if not _beyond_64_bits_in_a_value(objects_only, 0, dict):  # and parsed for the rules into objects
         _assert_objects_read_as_dicts(module_spec, objects_only)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(st.integers(0, 5), min_size=3, max_size=3).map(sorted), min_size=1, max_size=6),
+       st.integers(0, 5), st.integers(0, 2), st.sampled_from([-1, 2.5, 2.0, True, None, "3", 10**16, 2**64, -0.0, 0, 4]),
+       st.booleans(), st.sampled_from([None, 0.001]))
+def test_bucket_counts_by_columns_are_told_apart_as_the_element_loop_tells_them(counts: list[list[int]], at: int, bucket: int,
+                                                                                odd: Any, cumulative: bool, scale: float | None) -> None:
+    """Histograms whose buckets are objects of the same keys, one count of one element replaced by a value that is not
+    a count (negative, a fraction, a bool, null, text, beyond EXACT_LIMIT or 64 bits) or is one: the columns at once
+    give what the element loop gives, its error where it has one."""
+    items = [{"id": f"i{i}", "b": dict(zip(_BUCKET_KEYS, row, strict=True)), "s": 0.25} for i, row in enumerate(counts)]
+    items[at % len(items)]["b"][_BUCKET_KEYS[bucket]] = odd
+    rule: dict[str, Any] = {"name": "h_seconds", "help": "h", "type": "histogram", "each": "hists", "labels": {"id": "id"},
+                            "buckets": "b", "sum": "s", "cumulative": cumulative}
+    if scale is not None:
+        rule["scale"] = scale
+    spec = make_spec(json.dumps({"modules": {"default": {"metrics": [rule]}}}))
+    _assert_same(*_both_paths(spec.modules["default"], {"hists": items}))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.integers(-3, 2**60) | st.floats(allow_nan=False)
+                | st.sampled_from([-0.0, 0.0, 2**53 - 1, 2**53, 5e-324, 1e16, 0.1 + 0.2,
+                                   5258986265376043509, 7404550121351207166]),  # scaled from their digits, not their floats': another float
+                min_size=1, max_size=8),
+       st.sampled_from([1.0, 0.001, 0.1, 1000, 0.3, 1e-25, 1e25, 1e-20, 1e20]))
+def test_sums_read_from_their_text_are_the_floats_scaled_of_each(total: list[Any], scale: float) -> None:
+    """A histogram's sums scaled from orjson's text of the answer's values (`_written_sums`) are what `_scaled_all` makes
+    of `float()` of each, to the bit, whenever it takes them: non-negative numbers in positional form, integers below
+    2**53; it leaves every other column to the values' own checks (None)."""
+    found = extract_module._written_sums(total, scale)
+    if found is None:
+        return
+    assert all(type(v) in (int, float) and v >= 0 and not (type(v) is float and math.copysign(1, v) < 0) for v in total)
+    expected = extract_module._scaled_all(list(map(float, total)), scale)
+    assert [(type(v), repr(v)) for v in found] == [(type(v), repr(v)) for v in expected]
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
