@@ -49,7 +49,7 @@ class SelfMetrics:
             ["module", "limit"], registry=r,
         )
         self.cache_requests = Counter(
-            "jsonexporter_cache_requests", "Endpoint lookups of endpoints with cache_ttl (miss, hit, coalesced, stale, revalidate) or "
+            "jsonexporter_cache_requests", "Endpoint lookups of endpoints with cache_ttl (miss, hit, coalesced, stale, revalidate, deferred) or "
             "refresh_interval (first, scheduled, scheduled_stale), by result.",
             ["module", "endpoint", "result"], registry=r,
         )

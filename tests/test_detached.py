@@ -79,7 +79,7 @@ async def test_fetches_left_by_probes_that_gave_up_are_no_more_than_the_probes_l
 
 async def test_a_revalidation_waits_while_the_requests_no_probe_waits_for_are_at_the_bound() -> None:
     """A stale answer within stale_while_revalidate is served at once; its revalidation starts only while the
-    bound has room, and the next lookup after room is made starts it."""
+    bound has room (else the lookup says "deferred", not "revalidate"), and the next lookup after room is made starts it."""
     detached = Detached(limit=1)
     cache = ResponseCache(detached=detached)
     answer = Answer({"v": 1}, 200, 10)
@@ -101,7 +101,7 @@ async def test_a_revalidation_waits_while_the_requests_no_probe_waits_for_are_at
     with_room = await cache.get("other", 60, None, held, 0)  # a fetch whose caller gave up at once: detached
     assert with_room.answer is None and len(detached) == 1
     stale = await cache.get("a", 0.0, None, fetch, 5, revalidate_for=60, revalidate=revalidate)
-    assert stale.result == "revalidate" and stale.answer is answer and revalidations == []  # no room: none started
+    assert stale.result == "deferred" and stale.answer is answer and revalidations == []  # no room: none started, and it says so
     release.set()
     for _ in range(3000):  # bounded: the detached fetch ends
         if not len(detached):
@@ -148,3 +148,34 @@ async def test_a_login_left_beyond_the_bound_is_cancelled_and_the_next_caller_lo
     release.set()
     obtained = await asyncio.wait_for(again, 30)
     assert obtained.how == "made" and obtained.session.values == {"t": "b"}
+
+
+async def test_a_session_due_for_renewal_is_reused_without_saying_renewing_while_the_bound_is_full() -> None:
+    """A session due for renewal but valid is used at once; with the bound full no renewal starts and the store says
+    "reused" (the trace's "renewed in the background" would be untrue); once room is made, the next probe renews it."""
+    store = LoginStore(detached=Detached(limit=1))
+    release = asyncio.Event()
+    renewals: list[bool] = []
+
+    async def held(waited: bool) -> Session:
+        await wait_for(release, 30)
+        now = time.monotonic()
+        return Session({"t": "other"}, now, now + 60, now + 120)
+
+    async def due(waited: bool) -> Session:
+        renewals.append(waited)
+        now = time.monotonic()
+        return Session({"t": "k"}, now, now, now + 120)  # due for renewal at once, valid for 2 minutes
+
+    assert (await store.get("k", due, 5)).how == "made"
+    with contextlib.suppress(TimeoutError):
+        await store.get("other", held, 0)  # left going: the bound is full
+    assert (await store.get("k", due, 5)).how == "reused" and renewals == [True]
+    release.set()
+    await asyncio.wait_for(store._inflight["other"], 30)
+    assert (await store.get("k", due, 5)).how == "renewing"
+    for _ in range(3000):  # bounded: the renewal in the background has run
+        if len(renewals) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert renewals == [True, False]

@@ -62,7 +62,9 @@ class _Entry:
 class Lookup:
     answer: Answer | None  # None: the upstream failed and nothing usable was cached
     age: float  # seconds since the answer was fetched (0: fetched for this probe)
-    result: str  # miss, hit, coalesced, stale, revalidate (served stale while a background request refreshes it)
+    # miss, hit, coalesced, stale, revalidate (served stale while a background request refreshes it), deferred (served
+    # stale with none refreshing it: the requests no probe waits for are at their bound, detached.py)
+    result: str
     failure: Any = None  # what the fetch returned when it failed
 
 
@@ -88,7 +90,7 @@ class ResponseCache:
         Each caller waits at most `wait` seconds; the shared fetch goes on for the others, within `detached`'s bound.
         With `revalidate_for`, an answer older than `ttl` by less than that is returned at once,
         and `revalidate` (bounded by its caller) refreshes it in the background unless a fetch of `key` is in flight
-        or `detached` has no room."""
+        ("revalidate"), or `detached` has no room ("deferred")."""
         now = time.monotonic()
         entry = self._entries.get(key)
         if entry is not None and now - entry.stored < ttl:
@@ -96,7 +98,9 @@ class ResponseCache:
             return Lookup(entry.answer, now - entry.stored, "hit")
         if entry is not None and revalidate_for is not None and revalidate is not None and now - entry.stored < ttl + revalidate_for:
             self._entries.move_to_end(key)
-            if key not in self._inflight and self.detached.room():
+            if key not in self._inflight:
+                if not self.detached.room():  # no revalidation: the next probe within the window tries again
+                    return Lookup(entry.answer, now - entry.stored, "deferred")
                 self.detached.background(self._start(key, revalidate), self._forget(key))
             return Lookup(entry.answer, now - entry.stored, "revalidate")
         task = self._inflight.get(key)

@@ -10,7 +10,9 @@ connection and, once read, up to `max_response_bytes`, however few probes ran at
 `Detached` counts them: at most `limit` at once (the server's `--web.max-concurrent-probes`). Beyond it, a shared
 request whose last waiter gave up is cancelled (its store forgets it at once, so that no probe joins it: the
 next one starts it again), and one in the background is not started (the stale answer, or the session due for
-renewal, serves, and the next probe tries again)."""
+renewal, serves, and the next probe tries again). What such a request itself waits for is waited for, so not
+counted: a cached fetch left going that waits for its module's login keeps that login going too (at most one
+login each, a small answer)."""
 
 from __future__ import annotations
 

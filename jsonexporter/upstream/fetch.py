@@ -54,7 +54,7 @@ class EndpointResult:
     duration: float = 0.0
     document: Any = None
     error: str | None = None
-    cache: str | None = None  # with cache_ttl: miss, hit, coalesced, stale or revalidate; with refresh_interval: first, scheduled or scheduled_stale
+    cache: str | None = None  # with cache_ttl: miss, hit, coalesced, stale, revalidate or deferred; with refresh_interval: first, scheduled or scheduled_stale
     cache_age: float | None = None
     stale: bool = False  # the upstream failed; `document` is an older good answer (stale_if_error)
     redirects: list[str] = field(default_factory=list)  # each redirect followed, for the trace

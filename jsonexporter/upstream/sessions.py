@@ -76,7 +76,9 @@ class LoginStore:
             return Obtained(current, "reused")
         if current is not None and now < current.expires_at:  # due, still valid: renewed while probes go on using it
             self._sessions.move_to_end(key)
-            if key not in self._inflight and self.detached.room():
+            if key not in self._inflight:
+                if not self.detached.room():  # no renewal now: the next probe tries again
+                    return Obtained(current, "reused")
                 self.detached.background(self._start(key, login, False), self._forget(key))
             return Obtained(current, "renewing")
         task = self._inflight.get(key)
