@@ -266,6 +266,49 @@ async def test_a_reload_keeps_the_token_of_an_unchanged_oauth2_configuration_and
     assert value(parse(text), "token") == 2 and forms == ["A", "B"]
 
 
+async def test_a_reload_keeps_the_token_while_its_secret_file_holds_the_same_secret_and_a_rotated_one_gets_a_new_token(
+    aiohttp_client: Any, upstream: UpstreamFactory, tmp_path: Path,
+) -> None:
+    """A client_secret_file's configuration is its path: a rotated file left it as it was, so a reload kept the token
+    fetched with the old secret until it was due. After a reload the file is read before the token's next use: the
+    same secret keeps it (no token request), a rotated one gets a token of its own at once, as Prometheus drops its
+    token source when the secret changes."""
+    secrets: list[str] = []
+
+    async def token(request: web.Request) -> web.Response:
+        secrets.append(base64.b64decode(request.headers["Authorization"].removeprefix("Basic ")).decode().partition(":")[2])
+        return web.json_response({"access_token": f"tok-{len(secrets)}", "expires_in": 3600})
+
+    async def api(request: web.Request) -> web.Response:
+        return web.json_response({"v": int(request.headers.get("Authorization", "Bearer tok-0").rpartition("-")[2])})
+
+    up = await upstream({"/token": token, "/api": api})
+    secret_file = tmp_path / "client-secret"
+    secret_file.write_text("first-secret\n")
+    spec = f"""
+        modules:
+          default:
+            {LOCAL}
+            http_client_config: {{oauth2: {{client_id: c, client_secret_file: '{secret_file}', token_url: '{up.url}/token'}}}}
+            endpoints: {{api: {{url: '{{target}}/api'}}}}
+            metrics: [{{name: token, help: the token's number, endpoint: api, value: v}}]
+        """
+    client = await reloadable(aiohttp_client, tmp_path / "spec.yml", spec)
+    _, text = await probe(client, up.url)
+    assert value(parse(text), "token") == 1
+    assert await reload(client) == "reloaded (unchanged)"
+    _, text = await probe(client, up.url)
+    assert value(parse(text), "token") == 1 and secrets == ["first-secret"]  # the same secret: the same token
+    secret_file.write_text("second-secret\n")
+    _, text = await probe(client, up.url)
+    assert value(parse(text), "token") == 1  # no reload yet: the token goes on until it is due
+    assert await reload(client) == "reloaded (unchanged)"
+    _, text = await probe(client, up.url)
+    assert value(parse(text), "token") == 2 and secrets == ["first-secret", "second-secret"]
+    _, text = await probe(client, up.url)
+    assert value(parse(text), "token") == 2 and len(secrets) == 2  # read once after the reload, not at every use
+
+
 # -- TLS -------------------------------------------------------------------------------------
 
 

@@ -196,10 +196,20 @@ class TokenSource:
         self.refresh_at = 0.0
         self.fetching: asyncio.Task[str] | None = None
         self.fetches = 0
+        self.secret_digest = ""  # of the client secret the token was fetched with (keyed.py)
+        self.recheck = False  # the secret is read from a file and the spec was reloaded since: read it before the next use
 
     async def get(self, session: aiohttp.ClientSession) -> str:
         if self.token is not None and time.monotonic() < self.refresh_at:
-            return self.token
+            if not self.recheck:
+                return self.token
+            # after a reload, the token goes on only while the file holds the secret it was fetched with (a rotated
+            # secret and a reload: a token of the new one, as Prometheus drops its token source when the secret changes)
+            secret = await self.clients.reveal(self.config.client_secret, "client_secret_file")  # unreadable: fails, checked again
+            self.recheck = False
+            if keyed_digest(secret) == self.secret_digest and self.token is not None:
+                return self.token
+            self.token, self.refresh_at = None, 0.0
         if self.fetching is None or self.fetching.done():
             self.fetching = asyncio.create_task(self._refresh(session))
             self.fetching.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: every waiter may have given up
@@ -217,6 +227,7 @@ class TokenSource:
         if c.scopes:
             form["scope"] = " ".join(c.scopes)
         basic = basic_credentials(_form_quote(c.client_id), _form_quote(secret))
+        digest = keyed_digest(secret)
         context: ssl.SSLContext | bool = await self.clients.context(c.tls) if c.tls else True
         self.fetches += 1
         try:
@@ -245,6 +256,7 @@ class TokenSource:
         if lifetime is None:
             raise ClientConfigError("oauth2: the token endpoint's answer has no usable expires_in")
         self.clients.redactor.hold(self, "access_token", [token])  # the previous one released
+        self.secret_digest = digest
         return token, lifetime
 
 
@@ -349,6 +361,7 @@ class Clients:
         for config, source in self._tokens.items():
             if config in tokens:
                 source.clients = after  # its next token request reads the secret file and the CA files afresh
+                source.recheck = config.client_secret.file is not None  # and its next use, the secret file
                 after._tokens[config] = source
         # one context a config: the one made here, else (not used since the last reload) the one this had before
         used = {config for config, _ in self._made}
