@@ -661,12 +661,17 @@ def _remove(data: dict[str, Any], path: Path) -> None:
     """Remove the deepest mapping key of `path` that exists (a header, the body, an http_client_config key)."""
     node: Any = data
     parents: list[tuple[dict[str, Any], str]] = []
+    gone = False
     for part in path:
         if not isinstance(node, dict) or part not in node:
+            gone = isinstance(node, dict)
             break
         parents.append((node, str(part)))
         node = node[part]
-    depth = min(len(parents), 4 if path[:1] == ("endpoints",) else 2)
+    cap = 4 if path[:1] == ("endpoints",) else 2
+    if gone and len(parents) < min(len(path), cap):  # removed already (two problems of one key): its parent stays
+        return
+    depth = min(len(parents), cap)
     parent, key = parents[depth - 1]
     del parent[key]
 

@@ -331,12 +331,18 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
     url = c.template((*path, "url"), raw.get("url", "{target}"), names)
     headers: list[tuple[str, Template]] = []
     for key, value in _items(raw.get("headers")):
-        if not _HEADER_NAME.match(key) and (*path, "headers", key) not in c.marks.bare_keys:  # no value: the schema says so, not quoting it
-            c.add((*path, "headers", key), f"invalid header name {key!r}", at_key=True)
+        valid = bool(_HEADER_NAME.match(key))
+        if not valid and (*path, "headers", key) not in c.marks.bare_keys:  # no value: the schema says so
+            # not quoted, nor in the path: a header line written as a name (`Authorization: Bearer …: x`) holds its
+            # credential; located at it
+            line, col = c.marks.of_key((*path, "headers", key))
+            c.problems.append(Problem(c.file, line, col, (*path, "headers"),
+                                      "invalid header name (not shown: a key where credentials are written may be one)"))
         t = c.template((*path, "headers", key), value, names)
         if t is not None:
             if HEADER_VALUE_CONTROL.search(value):
-                c.add((*path, "headers", key), f"header {key} contains a line break or another control character: it cannot be sent")
+                c.add((*path, "headers", key) if valid else (*path, "headers"),
+                      f"header {key if valid else '(its name not shown)'} contains a line break or another control character: it cannot be sent")
             headers.append((key, t))
     params = [(k, t) for k, v in _items(raw.get("params")) if (t := c.template((*path, "params", k), v, names)) is not None]
     body: Template | JsonBody | None = None

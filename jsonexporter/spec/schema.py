@@ -172,13 +172,22 @@ def _required_keys(error: jsonschema.ValidationError) -> list[str]:
     return re.findall(r"'([^']+)' is a required property", error.message)
 
 
-def _message(error: jsonschema.ValidationError) -> str:
+def _message(error: jsonschema.ValidationError, at_credentials: bool = False) -> str:
+    """The problem the schema found, quoting the refused value unless it may be a secret: one under a secret's key,
+    or any in or below a place of credentials (`at_credentials`: a header line written for the headers' mapping,
+    `Authorization: Bearer …`, a number where a password's text goes) but null, true, false, a word of an enum close
+    to one of its words (`TLS19`); nor the whole file's value (a file of `KEY=value` lines or a PEM key given for the spec)."""
     v = error.validator
     inst = error.instance
     expected_value: Any = error.validator_value
     shown = json.dumps(inst)[:80] if not isinstance(inst, (dict, list)) else type(inst).__name__
-    if _shows_secret(tuple(error.absolute_path)):
-        shown = "a value (not shown: it is a secret)"
+    a_word = v == "enum" and isinstance(inst, str) and suggestion(inst, [str(e) for e in expected_value]) is not None
+    harmless = inst is None or isinstance(inst, (bool, dict, list)) or a_word  # null, true, false, a mapping's or list's kind
+    if _shows_secret(tuple(error.absolute_path)) or (at_credentials and not harmless):
+        shown = "a value (not shown: it is a secret)" if not at_credentials or _shows_secret(tuple(error.absolute_path)) else \
+            "a value (not shown: a place where credentials are written)"
+    elif not error.absolute_path and not isinstance(inst, (dict, list)):
+        shown = f"{_JSON_KINDS.get(type(inst), 'a value')} (not shown: the whole file's)"
     if v == "type":
         expected = expected_value if isinstance(expected_value, str) else " or ".join(expected_value)
         names = {"object": "a mapping", "array": "a list", "string": "a string", "number": "a number", "integer": "an integer", "boolean": "true or false"}
@@ -209,6 +218,7 @@ def _message(error: jsonschema.ValidationError) -> str:
     return f"does not satisfy the schema's {v!r}"
 
 
+_JSON_KINDS = {str: "a text", int: "a number", float: "a number", bool: "true or false", type(None): "nothing"}
 _KEY_KINDS = {"modules": "module name", "labels": "label name", "parameters": "parameter name", "endpoints": "endpoint name", "values": "value suffix"}
 
 
@@ -248,7 +258,7 @@ def check_schema(data: Any, file: str, marks: Marks, validator: jsonschema.Draft
             problems.append(Problem(file, line, col, shown, f"invalid {kind} {named}: must match {error.validator_value}"))
             continue
         line, col = marks.of_value(path)
-        problems.append(Problem(file, line, col, path, _message(error)))
+        problems.append(Problem(file, line, col, path, _message(error, _at_credentials(error, credential_places))))
     # what the schema refused already: a value (a header's must be a string), an unknown key
     refused = {tuple(error.absolute_path) for error in errors}
     refused |= {(*error.absolute_path, key) for error in errors if error.validator == "additionalProperties" and isinstance(error.instance, dict)
