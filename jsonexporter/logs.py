@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from jsonexporter.secrets import Redactor
+from jsonexporter.trace import printable
 
 _STATIC: dict[str, Any] = {}
 # Logging is process-wide, so is the redactor of its lines: the running spec's (redact_with).
@@ -42,10 +43,12 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 def _logfmt_value(value: Any) -> str:
+    """A logfmt value: bare, or quoted with `\\`, `"`, line feeds, tabs and every other control character escaped
+    (trace.printable): an upstream's reason phrase with ESC[2K or a vertical tab forges no line of its own."""
     text = str(value)
-    if text and not any(c in text for c in ' ="\\\n\t'):
+    if text and not any(c in text for c in ' ="\\\n\t') and printable(text) is text:
         return text
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+    return '"' + printable(text.replace("\\", "\\\\").replace('"', '\\"').replace("\t", "\\t"), line_feeds=True) + '"'
 
 
 class LogfmtFormatter(logging.Formatter):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,6 +35,24 @@ def shorten(value: Any, limit: int = MAX_SHOWN) -> str:
     except (TypeError, ValueError):
         text = repr(value)
     return cut(text, limit)
+
+
+# characters that move a terminal's cursor, erase or break a line, or that tools read as a line's end: all of C0
+# but the tab and the line feed (a trace's own line breaks), DEL, C1, and Unicode's line and paragraph separators
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_LINE_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # and the line feed
+
+
+def printable(text: str, line_feeds: bool = False) -> str:
+    """`text` with each control character written as its escape (`\\x1b`, `\\u2028`), `\\n` too with `line_feeds`:
+    what an upstream sends (a reason phrase with ESC[2K, a vertical tab) is shown, never acted on by a terminal or
+    read as a line of its own."""
+    pattern = _LINE_CONTROL if line_feeds else _CONTROL
+    if pattern.search(text) is None:
+        return text
+    return pattern.sub(lambda m: "\\n" if m.group() == "\n" else f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                       else f"\\u{ord(m.group()):04x}", text)
+
 
 
 def cut(text: str, limit: int) -> str:
@@ -100,7 +119,7 @@ class Trace:
 
     def add(self, line: str) -> None:
         if len(self.lines) < MAX_LINES:
-            self.lines.append(cut(line, MAX_LINE))
+            self.lines.append(cut(printable(line), MAX_LINE))
         else:
             self.dropped += 1
 

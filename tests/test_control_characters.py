@@ -1,0 +1,62 @@
+"""What an upstream sends that a terminal would act on: a reason phrase with ESC[2K ESC[1G (erase the line, back to its
+start), a vertical tab or a form feed (a line's end to Python's splitlines and some log tools). It reached logfmt log
+lines and the debug trace raw: a forged `level=error msg=…` line shown in place of the real one (the twelfth
+red-team review). Both now write every control character as its escape (trace.printable)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import textwrap
+from typing import Any
+
+import pytest
+from conftest import make_spec
+
+from jsonexporter import logs
+from jsonexporter.server import make_app
+from jsonexporter.trace import printable
+
+FORGED = b"HTTP/1.1 503 busy\x1b[2K\x1b[1Glevel=error msg=\"forged line\"\x0b\x0c\x7f"
+
+
+async def _raw_server(status_line: bytes) -> tuple[asyncio.AbstractServer, int]:
+    """A server on 127.0.0.1 answering every request with `status_line` (aiohttp's own servers write no such reason)."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(status_line + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_an_upstream_reason_phrase_with_terminal_escapes_is_escaped_in_logfmt_and_the_trace(
+    aiohttp_client: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
+    server, port = await _raw_server(FORGED)
+    try:
+        client = await aiohttp_client(make_app(make_spec(textwrap.dedent(rf"""
+            modules:
+              default:
+                endpoints: {{main: {{url: 'http://127.0.0.1:{port}/'}}}}
+                metrics: [{{name: x, help: x, value: v}}]
+            """))))
+        caplog.set_level(logging.WARNING)
+        traced = await (await client.get("/probe", params={"debug": "true"})).text()
+    finally:
+        server.close()
+    logged = "\n".join(logs.LogfmtFormatter().format(record) for record in caplog.records)
+    assert "invalid_status" in traced and "HTTP status 503 busy" in logged
+    for text in (logged, traced):
+        assert not any(c in text for c in "\x1b\x0b\x0c\x7f"), repr(text)
+        assert "busy\\x1b[2K\\x1b[1Glevel=error" in text  # shown, as its escapes
+    assert len(logged.splitlines()) == len(caplog.records)  # one line a record, whatever splitlines counts as a line's end
+
+
+def test_a_logfmt_value_escapes_every_control_character_and_stays_bare_when_it_needs_no_quotes() -> None:
+    assert logs._logfmt_value("plain") == "plain"
+    assert logs._logfmt_value("a\u2028b") == '"a\\u2028b"'
+    assert logs._logfmt_value('x "y"\tz\nw\r\x00\x9b') == '"x \\"y\\"\\tz\\nw\\x0d\\x00\\x9b"'
+    assert printable("line one\nline two\ttab") == "line one\nline two\ttab"  # a trace's own line breaks and tabs stay
