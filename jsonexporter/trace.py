@@ -54,7 +54,6 @@ def printable(text: str, line_feeds: bool = False) -> str:
                        else f"\\u{ord(m.group()):04x}", text)
 
 
-
 def cut(text: str, limit: int) -> str:
     """`text` within `limit` characters, and how long it was (the Redactor hides a secret it cut: secrets.cut_short).
     A text cut so already is as it is: a message cut where it is made (Extraction.error) and again where it leaves

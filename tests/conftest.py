@@ -199,15 +199,14 @@ async def forward_proxy() -> Any:
         task.cancel()
 
 
-@pytest.fixture
-async def malformed_upstream() -> Any:
-    """The URL of a real server on 127.0.0.1 that answers every request with an invalid HTTP head
-    (a Content-Length that is not a number): the client's parser error quotes the request's URL."""
+async def raw_server(answer: bytes) -> tuple[asyncio.AbstractServer, str]:
+    """A real server on 127.0.0.1 that answers every request with the bytes `answer` (an HTTP head aiohttp's own
+    servers would not write), and its URL; close it when done."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n{}")
+            writer.write(answer)
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -215,6 +214,14 @@ async def malformed_upstream() -> Any:
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+@pytest.fixture
+async def malformed_upstream() -> Any:
+    """The URL of a real server on 127.0.0.1 that answers every request with an invalid HTTP head
+    (a Content-Length that is not a number): the client's parser error quotes the request's URL."""
+    server, url = await raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n{}")
+    yield url
     server.close()
     await server.wait_closed()

@@ -5,13 +5,12 @@ red-team review). Both now write every control character as its escape (trace.pr
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import textwrap
 from typing import Any
 
 import pytest
-from conftest import make_spec
+from conftest import make_spec, raw_server
 
 from jsonexporter import logs
 from jsonexporter.server import make_app
@@ -20,27 +19,15 @@ from jsonexporter.trace import printable
 FORGED = b"HTTP/1.1 503 busy\x1b[2K\x1b[1Glevel=error msg=\"forged line\"\x0b\x0c\x7f"
 
 
-async def _raw_server(status_line: bytes) -> tuple[asyncio.AbstractServer, int]:
-    """A server on 127.0.0.1 answering every request with `status_line` (aiohttp's own servers write no such reason)."""
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(status_line + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
 async def test_an_upstream_reason_phrase_with_terminal_escapes_is_escaped_in_logfmt_and_the_trace(
     aiohttp_client: Any, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    server, port = await _raw_server(FORGED)
+    server, url = await raw_server(FORGED + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
     try:
         client = await aiohttp_client(make_app(make_spec(textwrap.dedent(rf"""
             modules:
               default:
-                endpoints: {{main: {{url: 'http://127.0.0.1:{port}/'}}}}
+                endpoints: {{main: {{url: '{url}/'}}}}
                 metrics: [{{name: x, help: x, value: v}}]
             """))))
         caplog.set_level(logging.WARNING)

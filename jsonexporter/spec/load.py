@@ -61,7 +61,7 @@ from jsonexporter.spec.model import (
 )
 from jsonexporter.spec.problems import Path, Problem, Severity, SpecError, format_path
 from jsonexporter.spec.projection import projections
-from jsonexporter.spec.schema import check_schema, schema_text, spec_keys
+from jsonexporter.spec.schema import check_schema, key_named, schema_text, spec_keys
 from jsonexporter.spec.sources import read_spec_files, spec_sha256
 from jsonexporter.spec.yamlload import Marks, load_yaml
 from jsonexporter.urls import UnusableURL, checked_url
@@ -336,8 +336,8 @@ def _endpoint(c: _Checker, path: Path, name: str, raw: dict[str, Any], names: fr
             # not quoted, nor in the path: a header line written as a name (`Authorization: Bearer …: x`) holds its
             # credential; located at it
             line, col = c.marks.of_key((*path, "headers", key))
-            c.problems.append(Problem(c.file, line, col, (*path, "headers"),
-                                      "invalid header name (not shown: a key where credentials are written may be one)"))
+            shown, named = key_named((*path, "headers", key), c.marks, at_credentials=True)
+            c.problems.append(Problem(c.file, line, col, shown, f"invalid header name {named}"))
         t = c.template((*path, "headers", key), value, names)
         if t is not None:
             if HEADER_VALUE_CONTROL.search(value):

@@ -183,9 +183,9 @@ def _message(error: jsonschema.ValidationError, at_credentials: bool = False) ->
     shown = json.dumps(inst)[:80] if not isinstance(inst, (dict, list)) else type(inst).__name__
     a_word = v == "enum" and isinstance(inst, str) and suggestion(inst, [str(e) for e in expected_value]) is not None
     harmless = inst is None or isinstance(inst, (bool, dict, list)) or a_word  # null, true, false, a mapping's or list's kind
-    if _shows_secret(tuple(error.absolute_path)) or (at_credentials and not harmless):
-        shown = "a value (not shown: it is a secret)" if not at_credentials or _shows_secret(tuple(error.absolute_path)) else \
-            "a value (not shown: a place where credentials are written)"
+    secret = _shows_secret(tuple(error.absolute_path))
+    if secret or (at_credentials and not harmless):
+        shown = f"a value (not shown: {'it is a secret' if secret else 'a place where credentials are written'})"
     elif not error.absolute_path and not isinstance(inst, (dict, list)):
         shown = f"{_JSON_KINDS.get(type(inst), 'a value')} (not shown: the whole file's)"
     if v == "type":
