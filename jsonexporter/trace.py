@@ -44,14 +44,18 @@ _LINE_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # and the line f
 
 
 def printable(text: str, line_feeds: bool = False) -> str:
-    """`text` with each control character written as its escape (`\\x1b`, `\\u2028`), `\\n` too with `line_feeds`:
-    what an upstream sends (a reason phrase with ESC[2K, a vertical tab) is shown, never acted on by a terminal or
-    read as a line of its own."""
+    """`text` with each control character written as repr writes it (`\\x1b`, `\\r`, `\\u2028`), `\\n` too with
+    `line_feeds`: what an upstream sends (a reason phrase with ESC[2K, a vertical tab) is shown, never acted on by a
+    terminal or read as a line of its own. repr's form, one of those the Redactor knows (secrets._forms): a trace is
+    redacted after its lines are made printable, and a secret with a carriage return in it is found there so."""
     pattern = _LINE_CONTROL if line_feeds else _CONTROL
     if pattern.search(text) is None:
         return text
-    return pattern.sub(lambda m: "\\n" if m.group() == "\n" else f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                       else f"\\u{ord(m.group()):04x}", text)
+    return pattern.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return repr(match.group())[1:-1]
 
 
 def cut(text: str, limit: int) -> str:

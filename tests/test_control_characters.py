@@ -13,8 +13,9 @@ import pytest
 from conftest import make_spec, raw_server
 
 from jsonexporter import logs
+from jsonexporter.secrets import Redactor
 from jsonexporter.server import make_app
-from jsonexporter.trace import printable
+from jsonexporter.trace import Trace, printable
 
 FORGED = b"HTTP/1.1 503 busy\x1b[2K\x1b[1Glevel=error msg=\"forged line\"\x0b\x0c\x7f"
 
@@ -45,5 +46,14 @@ async def test_an_upstream_reason_phrase_with_terminal_escapes_is_escaped_in_log
 def test_a_logfmt_value_escapes_every_control_character_and_stays_bare_when_it_needs_no_quotes() -> None:
     assert logs._logfmt_value("plain") == "plain"
     assert logs._logfmt_value("a\u2028b") == '"a\\u2028b"'
-    assert logs._logfmt_value('x "y"\tz\nw\r\x00\x9b') == '"x \\"y\\"\\tz\\nw\\x0d\\x00\\x9b"'
+    assert logs._logfmt_value('x "y"\tz\nw\r\x00\x9b') == '"x \\"y\\"\\tz\\nw\\r\\x00\\x9b"'
     assert printable("line one\nline two\ttab") == "line one\nline two\ttab"  # a trace's own line breaks and tabs stay
+
+
+def test_a_secret_with_a_carriage_return_is_hidden_in_a_trace_line_that_escapes_it() -> None:
+    secret = "s3cr3t\rtoken-value"
+    trace = Trace()
+    trace.add(f"label value {secret} read")
+    text = Redactor([secret])(trace.text())
+    assert "\r" not in text and "s3cr3t" not in text and "token-value" not in text, text
+    assert printable("a\rb\x1b\u2028") == "a\\rb\\x1b\\u2028"  # as repr writes them: one of the Redactor's forms
