@@ -162,6 +162,62 @@ async def test_oauth2_token_is_fetched_once_for_concurrent_probes_and_refreshed_
     assert len(issued) == 3 and value(parse(text), "token_generation") == 3
 
 
+async def _oauth2_exporter(aiohttp_client: Any, url: str) -> Any:
+    """An exporter whose module reads `v` of `{target}/api` with a token of `url`/token (client_id c, secret s)."""
+    return await exporter_for(aiohttp_client, f"""
+        modules:
+          default:
+            {LOCAL}
+            http_client_config: {{oauth2: {{client_id: c, client_secret: s, token_url: '{url}/token'}}}}
+            endpoints: {{api: {{url: '{{target}}/api'}}}}
+            metrics: [{{name: token_generation, help: x, endpoint: api, value: v}}]
+        """)
+
+
+async def test_an_oauth2_token_an_upstream_refuses_with_401_is_replaced_and_the_request_sent_once_more(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    issued: list[str] = []
+    valid: set[str] = set()
+
+    async def token(request: web.Request) -> web.Response:
+        issued.append(f"token-{len(issued) + 1}")
+        valid.add(issued[-1])
+        return web.json_response({"access_token": issued[-1], "token_type": "Bearer"})  # no expires_in: kept until refused
+
+    async def api(request: web.Request) -> web.Response:
+        got = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        return web.json_response({"v": int(got.rpartition("-")[2])}) if got in valid else web.json_response({}, status=401)
+
+    up = await upstream({"/token": token, "/api": api})
+    client = await _oauth2_exporter(aiohttp_client, up.url)
+    _, text = await probe(client, up.url)
+    assert value(parse(text), "token_generation") == 1
+    valid.clear()  # the token endpoint revoked its tokens (a restart): the one held has no expiry to renew it by
+    _, text = await probe(client, up.url, debug="true")
+    assert "endpoint api: its oauth2 token refused (HTTP 401): a new one fetched, the request sent once more" in text
+    assert "-> success, status 200" in text and "\ntoken_generation 2\n" in text and "\nprobe_success 1\n" in text
+    assert issued == ["token-1", "token-2"] and up.hits["/api"] == 3
+
+
+async def test_an_upstream_refusing_every_oauth2_token_gets_no_token_request_per_probe(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    issued: list[str] = []
+
+    async def token(request: web.Request) -> web.Response:
+        issued.append(f"token-{len(issued) + 1}")
+        return web.json_response({"access_token": issued[-1], "expires_in": 3600})
+
+    up = await upstream({"/token": token, "/api": needs_auth("Bearer never-this")})
+    client = await _oauth2_exporter(aiohttp_client, up.url)
+    for _ in range(4):
+        _, text = await probe(client, up.url)
+        assert "probe_success 0" in text and 'probe_endpoint_http_status_code{endpoint="api"} 401' in text
+    # the first 401 dropped token-1 and the request went again with token-2; token-2 is kept (TOKEN_REFUSED_INTERVAL)
+    assert issued == ["token-1", "token-2"] and up.hits["/api"] == 5
+
+
 @pytest.mark.parametrize(("expires_in", "usable"), [
     ("1" + "0" * 400, False),  # beyond a float
     ("1e400", False), ("NaN", False), ("-Infinity", False), ("-5", False), ("true", False), ('"soon"', False), ("{}", False),
@@ -876,7 +932,8 @@ async def test_secrets_never_reach_logs_traces_errors_or_pages(
     for module, target in probes:
         for debug in ("true", "false"):
             seen.append((await probe(client, target, module=module, debug=debug))[1])
-    assert up.hits["/"] == 14 and up.hits["/loop"] == 22  # every probe reached its upstream (a loop: 11 requests each)
+    # every probe reached its upstream (a loop: 11 requests each; the first oauth probe's 401 sent it once more with a new token)
+    assert up.hits["/"] == 15 and up.hits["/loop"] == 22
     # ... and every edge where text leaves the process: traces, pages, logs, error bodies, reprs
     seen.append(await (await client.get("/")).text())
     seen.append(await (await client.get("/metrics")).text())

@@ -39,6 +39,7 @@ from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SecretFiles, as_read
 
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 TOKEN_TIMEOUT = 10.0
+TOKEN_REFUSED_INTERVAL = 30.0  # seconds: an upstream's 401 drops an OAuth2 token at most this often (TokenSource.refused)
 MAX_TOKEN_BYTES = 1024 * 1024
 _MAX_READY = 4096  # client configs whose ready_options are kept (those of the spec's endpoints: Clients is per spec)
 
@@ -198,6 +199,7 @@ class TokenSource:
         self.fetches = 0
         self.secret_digest = ""  # of the client secret the token was fetched with (keyed.py)
         self.recheck = False  # the secret is read from a file and the spec was reloaded since: read it before the next use
+        self.dropped_at = -TOKEN_REFUSED_INTERVAL  # when an upstream's 401 last made the token be dropped (`refused`)
 
     async def get(self, session: aiohttp.ClientSession) -> str:
         if self.token is not None and time.monotonic() < self.refresh_at:
@@ -214,6 +216,20 @@ class TokenSource:
             self.fetching = asyncio.create_task(self._refresh(session))
             self.fetching.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: every waiter may have given up
         return await asyncio.shield(self.fetching)
+
+    def refused(self, authorization: str) -> bool:
+        """An upstream answered 401 to `authorization`: whether the request may be sent once more with the token `get`
+        gives now. The token, revoked or expired before its expires_in (or one without expires_in, never renewed
+        otherwise), is dropped when it is still the one in use, unless a 401 dropped one less than
+        TOKEN_REFUSED_INTERVAL seconds ago: an upstream that refuses every token of these credentials (a scope it
+        does not grant) makes a token request that often, not one per probe. One already replaced: yes, with the new one."""
+        if self.token is None or authorization != f"Bearer {self.token}":
+            return True  # renewed (or being renewed) since it was used
+        now = time.monotonic()
+        if now < self.dropped_at + TOKEN_REFUSED_INTERVAL:
+            return False
+        self.token, self.refresh_at, self.dropped_at = None, 0.0, now
+        return True
 
     async def _refresh(self, session: aiohttp.ClientSession) -> str:
         self.token, lifetime = await self._fetch(session)

@@ -481,8 +481,10 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
         result = EndpointResult(endpoint.name, "config_error", error=_cannot_be_made(exc))
     except TimeoutError:
         result = EndpointResult(endpoint.name, "timeout", error=f"no {awaited(endpoint.client)} within {budget:.3f}s")
-    if options is not None:
+
+    async def sent_as(options: RequestOptions) -> EndpointResult:
         remaining = budget - (loop.time() - start)
+        result: EndpointResult
         lookup: Lookup | None = None
         if job is not None and endpoint.refresh_interval is not None and up.schedules is not None:
             scheduled = request if not (job.module.secrets or job.module.login) else render_job(job)  # without their values
@@ -522,6 +524,14 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
             result = _from_cache(endpoint.name, lookup, remaining)
             if sent:
                 result.redirects, result.page_lines = sent[0].redirects, sent[0].page_lines
+        return result
+
+    if options is not None:
+        result = await sent_as(options)
+        if result.status == 401 and endpoint.client.oauth2 is not None and options.authorization is not None:
+            renewed = await _token_renewed(up, request, options, budget - (loop.time() - start), trace)
+            if renewed is not None:  # the token refused: sent once more with a new one
+                options, result = renewed, await sent_as(renewed)
     result.duration = loop.time() - start
     if trace is not None:
         _trace_request(trace, request, options, result)
@@ -541,6 +551,23 @@ async def _answer(up: Upstream, request: UpstreamRequest, options: RequestOption
         return await _request(up, paged, options, budget, page)
 
     return await fetch_pages(send, _parse_json, request, budget)
+
+
+async def _token_renewed(up: Upstream, request: UpstreamRequest, options: RequestOptions, budget: float,
+                         trace: Trace | None) -> RequestOptions | None:
+    """The options of a request whose OAuth2 token an upstream refused (HTTP 401) with the token that replaces it,
+    fetched within `budget` (client.TokenSource.refused says whether to); None: the 401 stands."""
+    config = request.endpoint.client
+    assert config.oauth2 is not None and options.authorization is not None
+    try:
+        if not up.clients.token_source(config.oauth2).refused(options.authorization):
+            return None
+        if trace is not None:
+            trace.add(f"endpoint {request.endpoint.name}: its oauth2 token refused (HTTP 401): a new one fetched, the request sent once more")
+        async with asyncio.timeout(max(budget, 0.0)):
+            return await up.clients.options(config, request.url, up.session)
+    except (ClientConfigError, ValueError, TimeoutError):  # no new token: the probe's answer is the 401 (the next probe asks again)
+        return None
 
 
 def _from_cache(name: str, lookup: Lookup, waited: float) -> EndpointResult:
