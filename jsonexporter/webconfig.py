@@ -30,7 +30,7 @@ from jsonexporter.spec.schema import schema_keys, schema_problems
 from jsonexporter.spec.sources import read_bounded_bytes, read_spec_text
 from jsonexporter.spec.yamlload import load_yaml
 from jsonexporter.upstream.client import TLS_VERSIONS
-from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SECRET_READ_TIMEOUT, as_read
+from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SECRET_READ_TIMEOUT, EncryptedKey, as_read, no_passphrase
 
 log = logging.getLogger("jsonexporter")
 
@@ -283,7 +283,9 @@ def load_cert_chain(context: ssl.SSLContext, tls: TLSConfig) -> bytes:
     key = _read_within_bounds("key_file", tls.key_file)
     try:
         with as_read(cert, tls.cert_file) as cert_file, as_read(key, tls.key_file) as key_file:
-            context.load_cert_chain(cert_file, key_file)
+            context.load_cert_chain(cert_file, key_file, password=no_passphrase)
+    except EncryptedKey as exc:
+        raise TLSFileError("key_file", str(exc)) from None
     except (OSError, ssl.SSLError) as exc:
         raise TLSFileError("cert_file", _reason(exc)) from None
     return cert + b"\0" + key

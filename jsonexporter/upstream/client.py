@@ -35,7 +35,7 @@ from jsonexporter.keyed import keyed_digest
 from jsonexporter.secrets import Redactor
 from jsonexporter.spec.model import HTTPClientConfig, OAuth2, Secret, Spec, TLSClientConfig
 from jsonexporter.spec.sources import read_bounded
-from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SecretFiles, as_read
+from jsonexporter.upstream.files import MAX_TLS_FILE_BYTES, SecretFiles, as_read, no_passphrase
 
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1, "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 TOKEN_TIMEOUT = 10.0
@@ -105,8 +105,9 @@ def tls_context(config: TLSClientConfig, read: Mapping[str, bytes] | None = None
 
             context = ssl.create_default_context(cafile=given(config.ca_file) if config.ca_file else None, cadata=config.ca)
             if config.cert_file and config.key_file:
-                context.load_cert_chain(given(config.cert_file), given(config.key_file))
-    except (OSError, ssl.SSLError, ValueError) as exc:
+                context.load_cert_chain(given(config.cert_file), given(config.key_file), password=no_passphrase)
+    # TypeError: an inline `ca` that is not ASCII (ssl's message quotes none of it)
+    except (OSError, ssl.SSLError, ValueError, TypeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ClientConfigError(f"tls_config: cannot load certificates: {reason}") from None
     if config.insecure_skip_verify:
@@ -251,9 +252,9 @@ class TokenSource:
                 c.token_url, data=form, headers={"Authorization": f"Basic {basic}", "Accept": "application/json"},
                 ssl=context, proxy=c.proxy_url, allow_redirects=False,
             ) as response:
-                body = await response.content.read(MAX_TOKEN_BYTES)
                 if response.status != 200:
                     raise ClientConfigError(f"oauth2: token endpoint answered HTTP {response.status}")
+                body = await _token_body(response)
         except TimeoutError:
             raise ClientConfigError(f"oauth2: no answer from the token endpoint within {TOKEN_TIMEOUT:g}s") from None
         except aiohttp.ClientError as exc:
@@ -274,6 +275,23 @@ class TokenSource:
         self.clients.redactor.hold(self, "access_token", [token])  # the previous one released
         self.secret_digest = digest
         return token, lifetime
+
+
+async def _token_body(response: aiohttp.ClientResponse) -> bytes:
+    """The token endpoint's answer whole, within MAX_TOKEN_BYTES (ClientConfigError beyond). Not one read of the stream:
+    that gives what has come so far, the first piece of an answer sent in more than one (a TLS record, a chunk, a TCP
+    segment of a slower network), refused as an answer without access_token."""
+    too_large = ClientConfigError(f"oauth2: the token endpoint's answer is larger than {MAX_TOKEN_BYTES} bytes")
+    if response.content_length is not None and response.content_length > MAX_TOKEN_BYTES:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > MAX_TOKEN_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _client_configs(spec: Spec) -> Iterator[HTTPClientConfig]:

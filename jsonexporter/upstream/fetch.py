@@ -448,7 +448,9 @@ def _background_done(up: Upstream, job: Job, result: EndpointResult) -> Answer |
     up.events.fetched(job, result)
     if not result.ok:
         caller = probe_redactor(job.values, up.clients.redactor, job.module)
-        err = caller(result.error) if caller is not None and result.error is not None else result.error
+        # cut as a probe's errors are (server._record), then redacted: an upstream's reason phrase is up to 8 KB
+        err = cut(result.error, MAX_MESSAGE) if result.error is not None else None
+        err = caller(err) if caller is not None and err is not None else err
         log.warning("background request failed, keeping the previous answer", extra=kv(
             module=job.module.name, endpoint=job.endpoint.name, target=redact_target(job.values.get("target", "")), outcome=result.outcome, err=err))
         return None

@@ -46,6 +46,19 @@ def as_read(data: bytes, path: str) -> Iterator[str]:
         os.close(fd)
 
 
+class EncryptedKey(ValueError):
+    """A key file encrypted with a passphrase (a `-----BEGIN ENCRYPTED PRIVATE KEY-----`): jsonexporter takes no
+    passphrase, as Prometheus's and exporter-toolkit's Go TLS take none."""
+
+
+def no_passphrase() -> bytes:
+    """The `password` of every ssl load_cert_chain: OpenSSL calls it only for an encrypted key, which is refused so.
+    Without it OpenSSL asks for the passphrase itself, on the process's terminal (or its stdin and stderr): a start
+    that never ended, a thread left reading the terminal, `Enter PEM pass phrase:` written into the log."""
+    raise EncryptedKey("the key is encrypted with a passphrase, which jsonexporter does not take: give it the key decrypted "
+                       "(openssl pkey -in KEY -out DECRYPTED_KEY), readable by the exporter alone")
+
+
 def _read(path: str) -> str:
     return read_bounded(path, MAX_SECRET_BYTES).decode("utf-8").rstrip("\r\n")
 
