@@ -11,7 +11,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 Run = dict[str, Any]
@@ -73,9 +73,34 @@ def load_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
     for items, conns, ours, floor in _beside_the_floor(runs):
         lines.append(
             f"{_load_cells(ours, items, conns)} {_rate(floor):,.1f}{_errors(floor)} | {_ms(floor['probe']['p50_us'])} | "
-            f"{floor['rss_kb'] / 1024:.0f} | {_rate(ours) / _rate(floor):.2f} |"
+            f"{floor['rss_kb'] / 1024:.0f} | {_rate(ours) / _rate(floor):.2f}{_rounds(runs, items, conns, _rate)} |"
         )
     return lines
+
+
+def _median_runs(every: list[Run]) -> dict[tuple[str, int, int], Run]:
+    """One run per (app, items, connections): of several rounds (BENCH_ROUNDS), the one of the median probes/s
+    (the lower of the two middle ones), every round kept under "rounds" for `_rounds`."""
+    grouped: dict[tuple[str, int, int], list[Run]] = {}
+    for run in every:
+        grouped.setdefault((run["app"], run["items"], run["connections"]), []).append(run)
+    chosen = {}
+    for key, group in grouped.items():
+        ranked = sorted(group, key=_rate)
+        chosen[key] = {**ranked[(len(ranked) - 1) // 2], "rounds": group}
+    return chosen
+
+
+def _rounds(runs: dict[tuple[str, int, int], Run], items: int, conns: int, measure: Callable[[Run], float]) -> str:
+    """The exporter / floor ratio of each round, in the order run, when there were several: ` (rounds 0.51, 0.47, 0.49)`."""
+    ours, floor = runs[("jsonexporter", items, conns)]["rounds"], runs[("floor", items, conns)]["rounds"]
+    if len(ours) < 2 or len(ours) != len(floor):
+        return ""
+    if measure is _rate:
+        ratios = [_rate(a) / _rate(b) for a, b in zip(ours, floor, strict=True)]
+    else:  # CPU time: the floor's over the exporter's
+        ratios = [measure(b) / measure(a) for a, b in zip(ours, floor, strict=True)]
+    return f" (rounds {', '.join(f'{r:.2f}' for r in ratios)})"
 
 
 def _beside_the_floor(runs: dict[tuple[str, int, int], Run]) -> Iterator[tuple[int, int, Run, Run]]:
@@ -98,6 +123,11 @@ def _others(run: Run) -> float:
     return (_cpu_us(run, "nginx") + _cpu_us(run, "wrk")) / app if app else float("nan")
 
 
+def _median_cpu(run: Run) -> float:
+    """The median CPU time per probe of a run's rounds (`_median_runs`)."""
+    return statistics.median(map(_cpu_us, run.get("rounds", [run])))
+
+
 def cpu_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
     """CPU time per probe of each process (/proc/PID/schedstat; wrk by bash's `time`): what a busy machine
     moves least, as the time the processes waited for a core is not in it."""
@@ -109,9 +139,9 @@ def cpu_table(runs: dict[tuple[str, int, int], Run]) -> list[str]:
     for items, conns, ours, floor in _beside_the_floor(runs):
         if "cpu_ns" not in ours or "cpu_ns" not in floor:
             continue
-        mine, base = _cpu_us(ours), _cpu_us(floor)
+        mine, base = _median_cpu(ours), _median_cpu(floor)
         lines.append(
-            f"| {_size(ours['bytes'])} ({items} items) | {conns} | {mine:,.0f} | {base:,.0f} | {base / mine:.2f} | "
+            f"| {_size(ours['bytes'])} ({items} items) | {conns} | {mine:,.0f} | {base:,.0f} | {base / mine:.2f}{_rounds(runs, items, conns, _cpu_us)} | "
             f"{_cpu_us(ours, 'nginx') + _cpu_us(ours, 'wrk'):,.0f} | {_others(ours):.2f} |"
         )
     return lines
@@ -248,7 +278,7 @@ def instructions_table(counts: list[Run]) -> list[str]:
 def main(path: str, duration: str, load: str, package: str, workers: str = "1") -> None:
     with open(path) as results:
         every = list(map(json.loads, results))
-    runs = {(r["app"], r["items"], r["connections"]): r for r in every if "targets" not in r and r["app"] not in ("pair", "features")}
+    runs = _median_runs([r for r in every if "targets" not in r and r["app"] not in ("pair", "features")])
     pairs = [r for r in every if r.get("app") in ("pair", "features")]
     targets = [r for r in every if "targets" in r and "instructions" not in r]
     instructions = [r for r in every if "instructions" in r]
