@@ -162,14 +162,15 @@ async def test_oauth2_token_is_fetched_once_for_concurrent_probes_and_refreshed_
     assert len(issued) == 3 and value(parse(text), "token_generation") == 3
 
 
-async def _oauth2_exporter(aiohttp_client: Any, url: str) -> Any:
-    """An exporter whose module reads `v` of `{target}/api` with a token of `url`/token (client_id c, secret s)."""
+async def _oauth2_exporter(aiohttp_client: Any, url: str, endpoint: str = "") -> Any:
+    """An exporter whose module reads `v` of `{target}/api` with a token of `url`/token (client_id c, secret s);
+    `endpoint`: more keys of the endpoint."""
     return await exporter_for(aiohttp_client, f"""
         modules:
           default:
             {LOCAL}
             http_client_config: {{oauth2: {{client_id: c, client_secret: s, token_url: '{url}/token'}}}}
-            endpoints: {{api: {{url: '{{target}}/api'}}}}
+            endpoints: {{api: {{url: '{{target}}/api'{endpoint}}}}}
             metrics: [{{name: token_generation, help: x, endpoint: api, value: v}}]
         """)
 
@@ -198,6 +199,35 @@ async def test_an_oauth2_token_an_upstream_refuses_with_401_is_replaced_and_the_
     assert "endpoint api: its oauth2 token refused (HTTP 401): a new one fetched, the request sent once more" in text
     assert "-> success, status 200" in text and "\ntoken_generation 2\n" in text and "\nprobe_success 1\n" in text
     assert issued == ["token-1", "token-2"] and up.hits["/api"] == 3
+
+
+async def test_a_scheduled_endpoint_whose_oauth2_token_is_refused_gets_a_new_one_in_its_background_request(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    issued: list[str] = []
+    valid: set[str] = set()
+
+    async def token(request: web.Request) -> web.Response:
+        issued.append(f"token-{len(issued) + 1}")
+        valid.add(issued[-1])
+        return web.json_response({"access_token": issued[-1]})
+
+    async def api(request: web.Request) -> web.Response:
+        got = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        return web.json_response({"v": int(got.rpartition("-")[2])}) if got in valid else web.json_response({}, status=401)
+
+    up = await upstream({"/token": token, "/api": api})
+    client = await _oauth2_exporter(aiohttp_client, up.url, ", refresh_interval: 1s")
+    _, text = await probe(client, up.url)
+    assert value(parse(text), "token_generation") == 1
+    valid.clear()
+    for _ in range(1000):  # bounded: the schedule's next request (1 s on) is refused, and sent again with a new token
+        _, text = await probe(client, up.url)
+        if value(parse(text), "token_generation") == 2:
+            break
+        await asyncio.sleep(0.01)  # the polling period of a bounded wait, not a synchronisation
+    assert value(parse(text), "token_generation") == 2 and issued == ["token-1", "token-2"]
+    assert up.hits["/api"] == 3  # the first answer, the refused one, the one sent again: no probe sent its own
 
 
 async def test_an_upstream_refusing_every_oauth2_token_gets_no_token_request_per_probe(

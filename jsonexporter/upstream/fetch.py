@@ -530,7 +530,9 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
 
     if options is not None:
         result = await sent_as(options)
-        if result.status == 401 and endpoint.client.oauth2 is not None and options.authorization is not None:
+        # a scheduled endpoint's answer is its schedule's: its background request renews the token and retries itself
+        scheduled = job is not None and endpoint.refresh_interval is not None and up.schedules is not None
+        if result.status == 401 and endpoint.client.oauth2 is not None and options.authorization is not None and not scheduled:
             renewed = await _token_renewed(up, request, options, budget - (loop.time() - start), trace)
             if renewed is not None:  # the token refused: sent once more with a new one
                 options, result = renewed, await sent_as(renewed)
