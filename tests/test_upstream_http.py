@@ -175,22 +175,27 @@ async def _oauth2_exporter(aiohttp_client: Any, url: str, endpoint: str = "") ->
         """)
 
 
-async def test_an_oauth2_token_an_upstream_refuses_with_401_is_replaced_and_the_request_sent_once_more(
-    aiohttp_client: Any, upstream: UpstreamFactory,
-) -> None:
-    issued: list[str] = []
-    valid: set[str] = set()
-
+def _revocable_tokens(issued: list[str], valid: set[str]) -> dict[str, Any]:
+    """A token endpoint issuing token-1, token-2, ... without expires_in (kept until refused) and an /api whose `v` is
+    the generation of the token it was sent, 401 for a token not in `valid` (the test revokes by emptying it)."""
     async def token(request: web.Request) -> web.Response:
         issued.append(f"token-{len(issued) + 1}")
         valid.add(issued[-1])
-        return web.json_response({"access_token": issued[-1], "token_type": "Bearer"})  # no expires_in: kept until refused
+        return web.json_response({"access_token": issued[-1], "token_type": "Bearer"})
 
     async def api(request: web.Request) -> web.Response:
         got = request.headers.get("Authorization", "").removeprefix("Bearer ")
         return web.json_response({"v": int(got.rpartition("-")[2])}) if got in valid else web.json_response({}, status=401)
 
-    up = await upstream({"/token": token, "/api": api})
+    return {"/token": token, "/api": api}
+
+
+async def test_an_oauth2_token_an_upstream_refuses_with_401_is_replaced_and_the_request_sent_once_more(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    issued: list[str] = []
+    valid: set[str] = set()
+    up = await upstream(_revocable_tokens(issued, valid))
     client = await _oauth2_exporter(aiohttp_client, up.url)
     _, text = await probe(client, up.url)
     assert value(parse(text), "token_generation") == 1
@@ -206,17 +211,7 @@ async def test_a_scheduled_endpoint_whose_oauth2_token_is_refused_gets_a_new_one
 ) -> None:
     issued: list[str] = []
     valid: set[str] = set()
-
-    async def token(request: web.Request) -> web.Response:
-        issued.append(f"token-{len(issued) + 1}")
-        valid.add(issued[-1])
-        return web.json_response({"access_token": issued[-1]})
-
-    async def api(request: web.Request) -> web.Response:
-        got = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        return web.json_response({"v": int(got.rpartition("-")[2])}) if got in valid else web.json_response({}, status=401)
-
-    up = await upstream({"/token": token, "/api": api})
+    up = await upstream(_revocable_tokens(issued, valid))
     client = await _oauth2_exporter(aiohttp_client, up.url, ", refresh_interval: 1s")
     _, text = await probe(client, up.url)
     assert value(parse(text), "token_generation") == 1
