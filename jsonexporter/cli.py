@@ -114,7 +114,7 @@ class _Loaded:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from jsonexporter.listen import KEEPALIVE_TIMEOUT, client_connection_limit, raise_open_files_limit
+    from jsonexporter.listen import KEEPALIVE_TIMEOUT, ParseErrors, client_connection_limit, raise_open_files_limit
     from jsonexporter.selfmetrics import SelfMetrics
     from jsonexporter.server import STATE, Options, load_anew, make_app, reload_on_sighup, stop_once_on_signals
     from jsonexporter.spec import SpecError, load_spec, parse_duration
@@ -122,6 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from jsonexporter.workers import WORKER_CANNOT_START, Supervisor, supervisor_notifier
 
     logs.setup(args.log_level, args.log_format)
+    logging.getLogger("aiohttp.server").addFilter(ParseErrors())  # one warning a minute, not an error line per malformed request
     try:
         host, port = _listen_address(args.web_listen_address)
         auto_reload = parse_duration(args.config_auto_reload_interval) if args.config_auto_reload_interval else 0.0

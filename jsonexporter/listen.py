@@ -1,7 +1,9 @@
 """The exporter's own side of its connections: the open-files limit raised at start, as every Go
 program does, and client connections bounded whatever their state (in their TLS handshake, idle, or
 with a request in progress), the oldest idle ones closed first and the rest refused, so that a crowd
-of idle or silent clients cannot take the file descriptors that /-/healthy and probes need."""
+of idle or silent clients cannot take the file descriptors that /-/healthy and probes need; what
+they have sent that no request has begun with bounded across them, so that request heads that never
+end cannot take its memory; and the requests aiohttp cannot parse logged once a minute, not each."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from jsonexporter.logs import kv
 
@@ -33,6 +36,11 @@ WARN_INTERVAL = 60.0  # seconds between warnings about closed or refused connect
 # logs each, a hundred times per readable event of the listening socket)
 _ACCEPT_OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 KEEPALIVE_TIMEOUT = 75.0  # seconds an idle client connection stays open (aiohttp's default, stated)
+# bytes that client connections have received, all together, and that no request of theirs has begun with:
+# request heads still coming (aiohttp lets one have 128 lines of 8190 bytes, about 1 MB, and keeps it twice
+# while parsing), pipelined requests waiting, bodies (no path reads one). A scraper's request is a few hundred
+# bytes, begun as soon as it has come. Beyond, the connections holding the most are closed (UnbegunBytes).
+UNBEGUN_BYTES = 16 << 20
 _NR_OPEN = "/proc/sys/fs/nr_open"  # Linux: the most a hard limit of "unlimited" lets a process open
 
 @dataclass(frozen=True, slots=True)
@@ -95,29 +103,39 @@ class ClientConnections:
         self.accept_warned = -WARN_INTERVAL
         self.listening: list[asyncio.Server] = []  # the loop's servers (_BoundedLoop), for stop_accepting
         self.servers: list[web.Server] = []  # aiohttp's, which list the connections, for close_idle
+        self.unbegun = UnbegunBytes()
 
     def new_event_loop(self) -> asyncio.AbstractEventLoop:
         """An event loop whose servers keep to the limit, for `web.run_app(loop=...)`."""
         return _BoundedLoop(self)
 
     def protocol_factory(self, server: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.BaseProtocol]:
-        if isinstance(server, web.Server):
-            self.servers.append(server)
-        if self.limit <= 0 or not isinstance(server, web.Server):
+        if not isinstance(server, web.Server):
             return server
+        self.servers.append(server)
         http = server
 
         def connection() -> asyncio.BaseProtocol:
+            if self.limit <= 0:
+                return self.unbegun.handler(http)
             self.opened += 1
             if self.opened > self.limit and not self._make_room(http):
                 return _Refused()
-            handler = http()
+            handler = self.unbegun.handler(http)
             self.pending[handler] = (time.monotonic(), None)
             if len(self.pending) > min(self.limit, 4096):  # many new ones, over the limit or not: forget those listed by now
                 self._still_pending(set(http.connections))
             return handler
 
         return connection
+
+    def begun(self, request: web.BaseRequest) -> None:
+        """A request of a connection has begun (the app's middleware): the connection is busy, and the
+        bytes of the request's head no longer count as unbegun."""
+        protocol = request.protocol
+        self.busy.add(protocol)
+        if isinstance(protocol, _Handler):
+            self.unbegun.begun(protocol, request)
 
     def stop_accepting(self) -> None:
         """Take no more connections from the listening sockets: the first step of a graceful stop.
@@ -206,6 +224,109 @@ class ClientConnections:
                         if handler not in listed and handler.transport is None
                         and (not transport.is_closing() if transport is not None else made > since)}
         return len(self.pending)
+
+
+class UnbegunBytes:
+    """What client connections have received that no request of theirs has begun with, all together at most
+    `limit` bytes: beyond, the connections that hold the most are closed, idle or not, until they hold a
+    quarter less than the limit (so that the count is sorted once in many reads, not at each). A scraper's
+    connection holds nothing between its requests, and its request only until it begins."""
+
+    def __init__(self, limit: int = UNBEGUN_BYTES) -> None:
+        self.limit = limit
+        self.total = 0
+        self.held: dict[_Handler, int] = {}  # the connections that hold some, and how much
+        self.closed = 0  # since the last warning
+        self.warned = -WARN_INTERVAL
+
+    def handler(self, server: web.Server) -> _Handler:
+        """A connection's handler that counts what it receives; as `server()` makes aiohttp's own."""
+        return _Handler(self, server, loop=server._loop, **server._kwargs)
+
+    def received(self, handler: _Handler, size: int) -> bool:
+        """Whether `handler` may take the `size` bytes it has received (False: it was closed for them)."""
+        self.held[handler] = self.held.get(handler, 0) + size
+        self.total += size
+        if self.total <= self.limit:
+            return True
+        self._shed()
+        return handler.transport is not None
+
+    def begun(self, handler: _Handler, request: web.BaseRequest) -> None:
+        held = self.held.get(handler)
+        if held is None:
+            return
+        # the head as it came: request line, header lines, the empty line (a scraper writes them so; a
+        # client that writes them otherwise is counted a little more or less, never below nothing)
+        head = len(request.method) + len(request.raw_path) + 12 + sum(len(name) + len(value) + 4 for name, value in request.raw_headers) + 2
+        self.forget(handler, min(head, held))
+
+    def forget(self, handler: _Handler, size: int | None = None) -> None:
+        """`size` bytes of `handler` no longer held (None: all of them, its connection is gone)."""
+        held = self.held.pop(handler, 0)
+        size = held if size is None else size
+        self.total -= size
+        if held > size:
+            self.held[handler] = held - size
+
+    def _shed(self) -> None:
+        target = self.limit - self.limit // 4
+        closed = 0
+        for handler in sorted(self.held, key=self.held.__getitem__, reverse=True):
+            if self.total <= target:
+                break
+            self.forget(handler)
+            handler.force_close()
+            closed += 1
+        self.closed += closed
+        now = time.monotonic()
+        if now >= self.warned + WARN_INTERVAL:
+            log.warning("client connections held too many bytes of requests not begun, closed those holding the most",
+                        extra=kv(limit=self.limit, closed=self.closed))
+            self.warned, self.closed = now, 0
+
+
+class _Handler(web.RequestHandler):
+    """aiohttp's handler of a client connection, counting what it receives (UnbegunBytes)."""
+
+    __slots__ = ("unbegun",)
+
+    def __init__(self, unbegun: UnbegunBytes, server: web.Server, **kwargs: Any) -> None:
+        super().__init__(server, **kwargs)
+        self.unbegun = unbegun
+
+    def data_received(self, data: bytes) -> None:
+        if self.unbegun.received(self, len(data)):
+            super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.unbegun.forget(self)
+        super().connection_lost(exc)
+
+
+class ParseErrors(logging.Filter):
+    """For aiohttp's server logger: a request it cannot parse (the client's fault, answered 400) is
+    logged by aiohttp at level error, each with the client's bytes; here as one warning a WARN_INTERVAL,
+    with the count since the last one. Every other line passes as it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0  # since the last warning
+        self.warned = -WARN_INTERVAL
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or not isinstance(record.exc_info[1], HttpProcessingError):
+            return True
+        self.count += 1
+        now = time.monotonic()
+        if now < self.warned + WARN_INTERVAL:
+            return False
+        client = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+        record.msg, record.args = "requests that could not be parsed, answered 400", ()
+        record.fields = {"requests": self.count, "last_client": client}  # the error of the last one: err
+        self.warned, self.count = now, 0
+        return True
 
 
 class _Refused(asyncio.Protocol):

@@ -165,15 +165,14 @@ class _ForPeople(web.Response):
 
 def _edge(state: State, auth: BasicAuth) -> Middleware:
     """The app's one middleware, one coroutine a request instead of one per concern: the request's connection
-    marked busy (listen.py closes only idle ones), the web config's basic auth (read at each request: a
+    marked busy (listen.py closes only idle ones) and its head no longer counted as unbegun, the web config's basic auth (read at each request: a
     reload may add users), and the edge of every text meant for people (pages, traces, errors): one
     redaction, whatever the handler put in. Metrics answers are data and pass untouched."""
 
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         protocol = request.protocol
-        busy = state.connections.busy
-        busy.add(protocol)
+        state.connections.begun(request)
         try:
             if state.web.users:
                 refused = await auth.refusal(request.headers.get("Authorization"))
@@ -187,7 +186,7 @@ def _edge(state: State, auth: BasicAuth) -> Middleware:
                 response.body = state.redactor(response.body.decode("utf-8"), mark).encode("utf-8")
             return response
         finally:
-            busy.discard(protocol)
+            state.connections.busy.discard(protocol)
 
     return edge
 
