@@ -238,10 +238,19 @@ class UnbegunBytes:
         self.held: dict[_Handler, int] = {}  # the connections that hold some, and how much
         self.closed = 0  # since the last warning
         self.warned = -WARN_INTERVAL
+        self.uncounted = False  # whether aiohttp's handler could not be made counting (`handler`)
 
-    def handler(self, server: web.Server) -> _Handler:
-        """A connection's handler that counts what it receives; as `server()` makes aiohttp's own."""
-        return _Handler(self, server, loop=server._loop, **server._kwargs)
+    def handler(self, server: web.Server) -> web.RequestHandler:
+        """A connection's handler that counts what it receives; as `server()` makes aiohttp's own. From aiohttp's
+        private `_loop` and `_kwargs`: an aiohttp that has them no more gets its own handler, uncounted (said once),
+        rather than no connection at all."""
+        try:
+            return _Handler(self, server, loop=server._loop, **server._kwargs)
+        except (AttributeError, TypeError):
+            if not self.uncounted:
+                self.uncounted = True
+                log.warning("this aiohttp's connection handler cannot be counted: bytes of requests not begun are not bounded")
+            return server()
 
     def received(self, handler: _Handler, size: int) -> bool:
         """Whether `handler` may take the `size` bytes it has received (False: it was closed for them)."""

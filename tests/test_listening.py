@@ -18,7 +18,7 @@ from conftest import make_spec
 from prometheus_util import free_port, jsonexporter, listening, poll, wait_healthy
 from test_cli import SPEC  # the one-module spec of the single-process tests
 
-from jsonexporter.listen import UNBEGUN_BYTES
+from jsonexporter.listen import UNBEGUN_BYTES, UnbegunBytes
 from jsonexporter.server import STATE, make_app
 
 BOUND = 20.0  # seconds any wait below gets before the test fails
@@ -192,3 +192,18 @@ def test_a_scrapers_keep_alive_connection_holds_no_unbegun_bytes_between_its_req
     finally:
         asyncio.set_event_loop(None)
     assert held == [("aiohttp", 0, 0), ("go", 0, 0)]
+
+
+def test_an_aiohttp_whose_server_lacks_the_private_attributes_gets_its_own_handlers_uncounted_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Server:  # a later aiohttp's web.Server without `_loop` and `_kwargs`: its handlers as it makes them
+        def __call__(self) -> str:
+            return "aiohttp's own handler"
+
+    unbegun = UnbegunBytes()
+    with caplog.at_level("WARNING", logger="jsonexporter"):
+        handlers = [unbegun.handler(Server()) for _ in range(3)]  # type: ignore[arg-type]
+    assert handlers == ["aiohttp's own handler"] * 3
+    assert [r.getMessage() for r in caplog.records].count(
+        "this aiohttp's connection handler cannot be counted: bytes of requests not begun are not bounded") == 1
