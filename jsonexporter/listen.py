@@ -27,6 +27,9 @@ log = logging.getLogger("jsonexporter")
 # the files read at a reload, the log, DNS; upstream connections are counted apart
 RESERVED_FILES = 128
 MIN_CLIENT_CONNECTIONS = 16
+# the most client connections by default, whatever the open files limit (Docker's is 1,048,576): an idle one costs
+# about 7 KB, so a crowd of them is bounded at some 115 MB; Prometheus's own server takes 512 by default
+MAX_DEFAULT_CLIENT_CONNECTIONS = 16384
 # seconds a client gets to finish its TLS handshake (asyncio's default is 60 s): a scrape that has not
 # finished its handshake by then has failed anyway (Prometheus's default scrape timeout is 10 s)
 HANDSHAKE_TIMEOUT = 10.0
@@ -75,10 +78,10 @@ def _nr_open() -> int:
 
 def client_connection_limit(open_files: int, upstream_connections: int) -> int:
     """What the open-files limit leaves for client connections once upstream connections and the
-    rest have theirs."""
+    rest have theirs, at most MAX_DEFAULT_CLIENT_CONNECTIONS."""
     if open_files == resource.RLIM_INFINITY:
         open_files = _nr_open()
-    return max(open_files - upstream_connections - RESERVED_FILES, MIN_CLIENT_CONNECTIONS)
+    return min(max(open_files - upstream_connections - RESERVED_FILES, MIN_CLIENT_CONNECTIONS), MAX_DEFAULT_CLIENT_CONNECTIONS)
 
 
 class ClientConnections:

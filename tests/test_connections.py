@@ -28,7 +28,7 @@ from metrics_util import parse, value
 from prometheus_util import SESSION, free_port, jsonexporter, listening, poll, wait_healthy
 from test_cli import SPEC  # the one-module spec of the single-process tests
 
-from jsonexporter.listen import ClientConnections
+from jsonexporter.listen import MAX_DEFAULT_CLIENT_CONNECTIONS, ClientConnections, client_connection_limit
 from jsonexporter.server import STATE, make_app, stop_once_on_signals
 
 BOUND = 20.0  # seconds any wait below gets before the test fails
@@ -116,6 +116,13 @@ async def test_the_open_files_limit_is_raised_to_the_hard_limit_so_idle_clients_
     [started] = [line for line in _log_lines(proc) if line["msg"] == "open files"]
     assert started["limit"] == hard and started["started_with"] == 256 and started["hard_limit"] == hard, started
     assert started["max_connections"] == hard - 256 - 128  # what the upstream connections and the rest leave
+
+
+def test_the_default_connection_limit_is_what_the_open_files_leave_and_at_most_16384_whatever_their_limit() -> None:
+    assert client_connection_limit(4096, 256) == 4096 - 256 - 128
+    assert client_connection_limit(200, 256) == 16  # the least, when the limit leaves nothing
+    # Docker's open files limit: a million idle clients at about 7 KB each would be 7 GB
+    assert client_connection_limit(1_048_576, 256) == MAX_DEFAULT_CLIENT_CONNECTIONS == 16384
 
 
 async def test_beyond_the_connection_limit_the_oldest_idle_clients_are_closed_and_health_checks_answer(serve: Serve) -> None:
