@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from jsonexporter.logs import kv
@@ -265,12 +265,17 @@ class UnbegunBytes:
         return handler.transport is not None
 
     def begun(self, handler: _Handler, request: web.BaseRequest) -> None:
+        # the previous request's body is over by now (aiohttp begins a connection's requests one after another,
+        # each once the one before has been read or discarded whole): its bytes no longer count either
+        before, handler.payload = handler.payload, request.content
         held = self.held.get(handler)
         if held is None:
             return
         # the head as it came: request line, header lines, the empty line (a scraper writes them so; a
         # client that writes them otherwise is counted a little more or less, never below nothing)
         head = len(request.method) + len(request.raw_path) + 12 + sum(len(name) + len(value) + 4 for name, value in request.raw_headers) + 2
+        if before is not None:
+            head += before.total_bytes  # its data as read (a chunked body's framing is not: counted on, a few bytes each)
         self.forget(handler, min(head, held))
 
     def forget(self, handler: _Handler, size: int | None = None) -> None:
@@ -301,11 +306,12 @@ class UnbegunBytes:
 class _Handler(web.RequestHandler):
     """aiohttp's handler of a client connection, counting what it receives (UnbegunBytes)."""
 
-    __slots__ = ("unbegun",)
+    __slots__ = ("payload", "unbegun")
 
     def __init__(self, unbegun: UnbegunBytes, server: web.Server, **kwargs: Any) -> None:
         super().__init__(server, **kwargs)
         self.unbegun = unbegun
+        self.payload: StreamReader | None = None  # the body of the request begun last (UnbegunBytes.begun)
 
     def data_received(self, data: bytes) -> None:
         if self.unbegun.received(self, len(data)):
