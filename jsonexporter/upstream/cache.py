@@ -125,6 +125,17 @@ class ResponseCache:
         if entry is not None:
             self.bytes -= entry.answer.weight
 
+    def carry(self, key: str, to: str) -> None:
+        """The answer of `key` kept under `to` instead, as old as it is: the same request with other credentials (an OAuth2
+        token refused and replaced, fetch.fetch_one), so that stale_if_error goes on serving it within its window."""
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        if to in self._entries:  # the new credentials have an answer of their own
+            self.bytes -= entry.answer.weight
+        else:
+            self._entries[to] = entry
+
     def _start(self, key: str, fetch: Fetch) -> asyncio.Task[tuple[Answer | None, Any]]:
         """The one fetch of `key` in flight: held here, so that no caller's end cancels it (close() does)."""
         task = asyncio.create_task(fetch())

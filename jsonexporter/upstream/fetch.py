@@ -535,6 +535,8 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
         if result.status == 401 and endpoint.client.oauth2 is not None and options.authorization is not None and not scheduled:
             renewed = await _token_renewed(up, request, options, budget - (loop.time() - start), trace)
             if renewed is not None:  # the token refused: sent once more with a new one
+                if endpoint.cache_ttl is not None:  # the refused token's answer is the new one's, as old: stale_if_error still serves it
+                    up.cache.carry(_cache_key(request, options), _cache_key(request, renewed))
                 options, result = renewed, await sent_as(renewed)
     result.duration = loop.time() - start
     if trace is not None:
