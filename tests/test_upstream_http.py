@@ -225,6 +225,23 @@ async def test_a_scheduled_endpoint_whose_oauth2_token_is_refused_gets_a_new_one
     assert up.hits["/api"] == 3  # the first answer, the refused one, the one sent again: no probe sent its own
 
 
+async def test_a_refused_oauth2_token_whose_replacement_cannot_be_fetched_leaves_the_401_and_the_trace_says_why(
+    aiohttp_client: Any, upstream: UpstreamFactory,
+) -> None:
+    issued: list[str] = []
+
+    async def token(request: web.Request) -> web.Response:
+        issued.append(f"token-{len(issued) + 1}")
+        return web.json_response({"access_token": issued[-1]}) if len(issued) == 1 else web.json_response({}, status=503)
+
+    up = await upstream({"/token": token, "/api": needs_auth("Bearer never-this")})
+    client = await _oauth2_exporter(aiohttp_client, up.url)
+    _, text = await probe(client, up.url, debug="true")
+    assert ("endpoint api: its oauth2 token refused (HTTP 401): no new one (oauth2: token endpoint answered HTTP 503): "
+            "the 401 stands") in text
+    assert "\nprobe_success 0\n" in text and len(issued) == 2 and up.hits["/api"] == 1
+
+
 async def test_an_upstream_refusing_every_oauth2_token_gets_no_token_request_per_probe(
     aiohttp_client: Any, upstream: UpstreamFactory,
 ) -> None:
@@ -241,6 +258,8 @@ async def test_an_upstream_refusing_every_oauth2_token_gets_no_token_request_per
         assert "probe_success 0" in text and 'probe_endpoint_http_status_code{endpoint="api"} 401' in text
     # the first 401 dropped token-1 and the request went again with token-2; token-2 is kept (TOKEN_REFUSED_INTERVAL)
     assert issued == ["token-1", "token-2"] and up.hits["/api"] == 5
+    _, text = await probe(client, up.url, debug="true")
+    assert "endpoint api: its oauth2 token refused (HTTP 401): kept, as one was dropped less than 30s ago: the 401 stands" in text
 
 
 @pytest.mark.parametrize(("expires_in", "usable"), [

@@ -31,7 +31,7 @@ from jsonexporter.spec.problems import fault
 from jsonexporter.spec.projection import FULL, Projection
 from jsonexporter.trace import MAX_MESSAGE, Trace, cut, shorten
 from jsonexporter.upstream.cache import Answer, Lookup, ResponseCache, parsed_size
-from jsonexporter.upstream.client import ClientConfigError, Clients, RequestOptions, awaited, basic_credentials, tls_key
+from jsonexporter.upstream.client import TOKEN_REFUSED_INTERVAL, ClientConfigError, Clients, RequestOptions, awaited, basic_credentials, tls_key
 from jsonexporter.upstream.detached import Detached
 from jsonexporter.upstream.hops import MAX_REDIRECTS, REDIRECT_STATUSES, Hop, Refusal, next_hop, origin
 from jsonexporter.upstream.pagination import Page, fetch_pages
@@ -565,15 +565,27 @@ async def _token_renewed(up: Upstream, request: UpstreamRequest, options: Reques
     fetched within `budget` (client.TokenSource.refused says whether to); None: the 401 stands."""
     config = request.endpoint.client
     assert config.oauth2 is not None and options.authorization is not None
+    said = f"endpoint {request.endpoint.name}: its oauth2 token refused (HTTP 401)"
     try:
         if not up.clients.token_source(config.oauth2).refused(options.authorization):
+            if trace is not None:
+                trace.add(f"{said}: kept, as one was dropped less than {TOKEN_REFUSED_INTERVAL:g}s ago: the 401 stands")
             return None
-        if trace is not None:
-            trace.add(f"endpoint {request.endpoint.name}: its oauth2 token refused (HTTP 401): a new one fetched, the request sent once more")
         async with asyncio.timeout(max(budget, 0.0)):
-            return await up.clients.options(config, request.url, up.session)
-    except (ClientConfigError, ValueError, TimeoutError):  # no new token: the probe's answer is the 401 (the next probe asks again)
-        return None
+            renewed = await up.clients.options(config, request.url, up.session)
+    except ClientConfigError as exc:  # no new token: the probe's answer is the 401 (the next probe asks again)
+        reason = str(exc)
+    except ValueError as exc:
+        reason = _cannot_be_made(exc)
+    except TimeoutError:
+        reason = f"no new token within {budget:.3f}s"
+    else:
+        if trace is not None:
+            trace.add(f"{said}: a new one fetched, the request sent once more")
+        return renewed
+    if trace is not None:
+        trace.add(f"{said}: no new one ({reason}): the 401 stands")
+    return None
 
 
 def _from_cache(name: str, lookup: Lookup, waited: float) -> EndpointResult:
