@@ -101,9 +101,9 @@ class ClientConnections:
         self.pending: dict[web.RequestHandler, tuple[float, asyncio.Transport | None]] = {}
         self.closed = 0  # since the last warning
         self.refused = 0  # since the last warning
-        self.warned = -WARN_INTERVAL
+        self.warning = _OnceAnInterval()  # of closed and refused connections
         self.accept_failures = 0  # since the last warning about them
-        self.accept_warned = -WARN_INTERVAL
+        self.accept_warning = _OnceAnInterval()
         self.listening: list[asyncio.Server] = []  # the loop's servers (_BoundedLoop), for stop_accepting
         self.servers: list[web.Server] = []  # aiohttp's, which list the connections, for close_idle
         self.unbegun = UnbegunBytes()
@@ -173,12 +173,11 @@ class ClientConnections:
         if "socket" not in context or not isinstance(exc, OSError) or exc.errno not in _ACCEPT_OUT_OF_RESOURCES:
             return False
         self.accept_failures += 1
-        now = time.monotonic()
-        if now >= self.accept_warned + WARN_INTERVAL:
+        if self.accept_warning.due():
             log.warning("cannot accept client connections, retrying each second", extra=kv(
                 err=exc.strerror or str(exc), failures=self.accept_failures, limit=self.limit,
                 hint="raise the open files limit, or lower --web.max-connections below what it leaves"))
-            self.accept_warned, self.accept_failures = now, 0
+            self.accept_failures = 0
         return True
 
     def _make_room(self, server: web.Server) -> bool:
@@ -211,10 +210,9 @@ class ClientConnections:
         room = closed >= excess
         self.closed += closed
         self.refused += not room
-        now = time.monotonic()
-        if (closed or not room) and now >= self.warned + WARN_INTERVAL:
+        if (closed or not room) and self.warning.due():
             log.warning("too many client connections, closed the oldest idle ones", extra=kv(limit=self.limit, closed=self.closed, refused=self.refused))
-            self.warned, self.closed, self.refused = now, 0, 0
+            self.closed, self.refused = 0, 0
         self.opened = count - closed + room
         return room
 
@@ -240,7 +238,7 @@ class UnbegunBytes:
         self.total = 0
         self.held: dict[_Handler, int] = {}  # the connections that hold some, and how much
         self.closed = 0  # since the last warning
-        self.warned = -WARN_INTERVAL
+        self.warning = _OnceAnInterval()
         self.uncounted = False  # whether aiohttp's handler could not be made counting (`handler`)
 
     def handler(self, server: web.Server) -> web.RequestHandler:
@@ -296,11 +294,10 @@ class UnbegunBytes:
             handler.force_close()
             closed += 1
         self.closed += closed
-        now = time.monotonic()
-        if now >= self.warned + WARN_INTERVAL:
+        if self.warning.due():
             log.warning("client connections held too many bytes of requests not begun, closed those holding the most",
                         extra=kv(limit=self.limit, closed=self.closed))
-            self.warned, self.closed = now, 0
+            self.closed = 0
 
 
 class _Handler(web.RequestHandler):
@@ -330,20 +327,35 @@ class ParseErrors(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.count = 0  # since the last warning
-        self.warned = -WARN_INTERVAL
+        self.warning = _OnceAnInterval()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.exc_info or not isinstance(record.exc_info[1], HttpProcessingError):
             return True
         self.count += 1
-        now = time.monotonic()
-        if now < self.warned + WARN_INTERVAL:
+        if not self.warning.due():
             return False
         client = record.args[0] if isinstance(record.args, tuple) and record.args else None
         record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
         record.msg, record.args = "requests that could not be parsed, answered 400", ()
         record.fields = {"requests": self.count, "last_client": client}  # the error of the last one: err
-        self.warned, self.count = now, 0
+        self.count = 0
+        return True
+
+
+class _OnceAnInterval:
+    """Whether a warning of what was counted since the last one is due: at most once a WARN_INTERVAL."""
+
+    __slots__ = ("said",)
+
+    def __init__(self) -> None:
+        self.said = -WARN_INTERVAL
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self.said + WARN_INTERVAL:
+            return False
+        self.said = now
         return True
 
 
