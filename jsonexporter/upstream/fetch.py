@@ -26,7 +26,7 @@ from jsonexporter.logs import kv
 from jsonexporter.numbers import OUT_OF_RANGE_AS_TEXT
 from jsonexporter.secrets import CUT, REDACTED, is_credential_header
 from jsonexporter.slices import PARSE, turn, turn_free
-from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, HEADER_VALUE_CONTROL
+from jsonexporter.spec.model import DEFAULT_REFRESH_MAX_BYTES, HEADER_VALUE_CONTROL, HTTPClientConfig
 from jsonexporter.spec.problems import fault
 from jsonexporter.spec.projection import FULL, Projection
 from jsonexporter.trace import MAX_MESSAGE, Trace, cut, shorten
@@ -477,12 +477,9 @@ async def fetch_one(up: Upstream, request: UpstreamRequest, deadline: float, tra
         if options is None:
             async with asyncio.timeout(max(budget, 0.0)):  # an OAuth2 token request counts against the deadline
                 options = await up.clients.options(endpoint.client, request.url, up.session)
-    except ClientConfigError as exc:
-        result = EndpointResult(endpoint.name, "config_error", error=str(exc))
-    except ValueError as exc:  # aiohttp reading a proxy from the environment (HTTP_PROXY) that is no URL
-        result = EndpointResult(endpoint.name, "config_error", error=_cannot_be_made(exc))
-    except TimeoutError:
-        result = EndpointResult(endpoint.name, "timeout", error=f"no {awaited(endpoint.client)} within {budget:.3f}s")
+    except (ClientConfigError, ValueError, TimeoutError) as exc:
+        outcome, error = _unmade(exc, endpoint.client, budget)
+        result = EndpointResult(endpoint.name, outcome, error=error)
 
     async def sent_as(options: RequestOptions) -> EndpointResult:
         remaining = budget - (loop.time() - start)
@@ -559,6 +556,15 @@ async def _answer(up: Upstream, request: UpstreamRequest, options: RequestOption
     return await fetch_pages(send, _parse_json, request, budget)
 
 
+def _unmade(exc: ClientConfigError | ValueError | TimeoutError, client: HTTPClientConfig, budget: float) -> tuple[str, str]:
+    """The outcome and error of a request whose options (Clients.options) could not be made within `budget`."""
+    if isinstance(exc, ClientConfigError):
+        return "config_error", str(exc)
+    if isinstance(exc, TimeoutError):
+        return "timeout", f"no {awaited(client)} within {budget:.3f}s"
+    return "config_error", _cannot_be_made(exc)  # aiohttp reading a proxy from the environment (HTTP_PROXY) that is no URL
+
+
 async def _token_renewed(up: Upstream, request: UpstreamRequest, options: RequestOptions, budget: float,
                          trace: Trace | None) -> RequestOptions | None:
     """The options of a request whose OAuth2 token an upstream refused (HTTP 401) with the token that replaces it,
@@ -573,12 +579,8 @@ async def _token_renewed(up: Upstream, request: UpstreamRequest, options: Reques
             return None
         async with asyncio.timeout(max(budget, 0.0)):
             renewed = await up.clients.options(config, request.url, up.session)
-    except ClientConfigError as exc:  # no new token: the probe's answer is the 401 (the next probe asks again)
-        reason = str(exc)
-    except ValueError as exc:
-        reason = _cannot_be_made(exc)
-    except TimeoutError:
-        reason = f"no new token within {budget:.3f}s"
+    except (ClientConfigError, ValueError, TimeoutError) as exc:  # no new token: the probe's answer is the 401 (the next probe asks again)
+        reason = _unmade(exc, config, budget)[1]
     else:
         if trace is not None:
             trace.add(f"{said}: a new one fetched, the request sent once more")
