@@ -35,9 +35,10 @@ BOUND = 20.0  # seconds any wait below gets before the test fails
 Serve = Callable[..., tuple[subprocess.Popen[str], str]]
 
 
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Serve]:
-    """`serve(*flags, nofile=(soft, hard))`: the exporter as a process, stopped at teardown."""
+@pytest.fixture(name="serve")
+def exporter_process(tmp_path: Path) -> Iterator[Serve]:
+    """`serve(*flags, nofile=(soft, hard))`: the exporter as a process logging JSON lines, stopped at teardown
+    (tests/test_listening.py's too)."""
     spec_file = tmp_path / "spec.yml"
     spec_file.write_text(SPEC)
     procs: list[subprocess.Popen[str]] = []

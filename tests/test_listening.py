@@ -5,72 +5,27 @@ may write to the log."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import subprocess
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 from conftest import make_spec
-from prometheus_util import free_port, jsonexporter, listening, poll, wait_healthy
+from prometheus_util import free_port, listening, poll, wait_healthy
 from test_cli import SPEC  # the one-module spec of the single-process tests
+from test_connections import Serve, _healthy_on, _log_lines, exporter_process  # noqa: F401 (the `serve` fixture)
 
 from jsonexporter.listen import UNBEGUN_BYTES, UnbegunBytes
 from jsonexporter.server import STATE, make_app
 
 BOUND = 20.0  # seconds any wait below gets before the test fails
-Serve = Callable[..., tuple[subprocess.Popen[str], str]]
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 _SCRAPES = web.AppKey("scrapes", asyncio.Task[None])
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Serve]:
-    """`serve(*flags)`: the exporter as a process logging JSON lines, stopped at teardown."""
-    spec_file = tmp_path / "spec.yml"
-    spec_file.write_text(SPEC)
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(*flags: str) -> tuple[subprocess.Popen[str], str]:
-        port = free_port()
-        proc = subprocess.Popen(jsonexporter("--config.file", str(spec_file), "--web.listen-address", f"127.0.0.1:{port}", "--log.format", "json", *flags),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        procs.append(proc)
-        return proc, f"http://127.0.0.1:{port}"
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-
-
-def _log_lines(proc: subprocess.Popen[str]) -> list[dict[str, object]]:
-    proc.terminate()
-    _, stderr = proc.communicate(timeout=BOUND)
-    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
 
 async def _connect(base: str) -> Connection:
     host, port = base.removeprefix("http://").split(":")
     return await asyncio.wait_for(asyncio.open_connection(host, int(port)), BOUND)
-
-
-async def _healthy_on(connection: Connection) -> bool:
-    """Whether /-/healthy answers 200 on this connection (False: the server had closed it)."""
-    reader, writer = connection
-    try:
-        writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND)
-        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
-        await asyncio.wait_for(reader.readexactly(length), BOUND)
-    except (ConnectionError, asyncio.IncompleteReadError):
-        return False
-    return head.startswith(b"HTTP/1.1 200")
 
 
 async def _closed(reader: asyncio.StreamReader) -> None:
